@@ -1,0 +1,1 @@
+"""The GatewayPool Kubernetes operator (kopf). Built in a later milestone."""
