@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# GatewayPool developer entry point. On a fresh Debian machine:
+#
+#   ./dev.sh demo    router + three local gateways + real DICOM traffic + report
+#   ./dev.sh test    lint, type check and the whole test suite
+#   ./dev.sh bench   the throughput / memory benchmark (prints figures)
+#
+# Each command installs what it needs first: the DICOM peers from Debian
+# (dcmtk, orthanc) and a virtualenv in .venv with this project and its
+# test tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${GATEWAYPOOL_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+need_debian_packages() {
+    local missing=()
+    command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+    command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "==> installing Debian packages: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+need_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating virtualenv $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        echo "==> installing gatewaypool and its tools into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q -e ".[operator,test]"
+        touch "$stamp"
+    fi
+}
+
+cmd="${1:-help}"
+shift || true
+case "$cmd" in
+    demo)
+        need_debian_packages
+        need_venv
+        exec "$VENV/bin/gatewaypool" local "$@"
+        ;;
+    bench)
+        need_debian_packages
+        need_venv
+        exec "$VENV/bin/gatewaypool" local bench "$@"
+        ;;
+    test)
+        need_debian_packages
+        need_venv
+        echo "==> ruff"
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        echo "==> mypy (strict)"
+        "$VENV/bin/mypy"
+        echo "==> pytest"
+        exec "$VENV/bin/pytest" "$@"
+        ;;
+    *)
+        sed -n '2,10p' "$0"
+        exit 2
+        ;;
+esac
