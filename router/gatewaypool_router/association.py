@@ -1,0 +1,515 @@
+"""One incoming association, served on its own thread, start to end.
+
+The data path: each PDV of a C-STORE data set is fed to the scanner; until
+the StudyInstanceUID is known the fragments wait in a short buffer, then the
+command and the buffer go to the gateway that owns the study's bucket, and
+every later fragment follows as soon as it arrives. The sender gets the
+gateway's own response, or a named failure status when no gateway holds the
+instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gatewaypool.bucketmap import Gateway
+from gatewaypool.hashing import study_bucket
+from gatewaypool.logs import log_event
+from gatewaypool_router import dimse, negotiation, pdus
+from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
+from gatewaypool_router.scanner import DatasetScanner, ScanState
+from gatewaypool_router.statuses import Status, outcome
+from gatewaypool_router.upstream import GatewayError, Upstream
+
+if TYPE_CHECKING:
+    from gatewaypool_router.server import Router
+
+log = logging.getLogger(__name__)
+
+_MAX_COMMAND = 64 * 1024
+_SCAN_FAILURES = {
+    ScanState.MISSING: Status.STUDY_UID_MISSING,
+    ScanState.INVALID_UID: Status.STUDY_UID_INVALID,
+    ScanState.MALFORMED: Status.DATASET_MALFORMED,
+}
+
+
+class _AbortError(Exception):
+    """End the association with an A-ABORT; the message says why."""
+
+
+@dataclass(slots=True)
+class _Instance:
+    """The C-STORE in progress (senders get one operation at a time)."""
+
+    context: AcceptedContext
+    command: dimse.Command
+    raw_command: bytes
+    scanner: DatasetScanner
+    started: float
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+    upstream: Upstream | None = None
+    gateway: Gateway | None = None
+    failure: Status | None = None
+    reason: str = ""
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Tally:
+    instances: int = 0
+    failed: int = 0
+    size: int = 0
+    gateways: set[str] = field(default_factory=set)
+
+
+class IncomingAssociation:
+    """Serve one sender: negotiate, route its instances, release or abort."""
+
+    def __init__(self, sock: socket.socket, peer: str, router: Router) -> None:
+        self._sock = sock
+        self._peer = peer
+        self._router = router
+        self._config = router.config
+        self._metrics = router.metrics
+        self._reader = pdus.open_reader(sock, buffer_size=max(self._config.max_pdu + 6, 65536))
+        self._request: AssociationRequest | None = None
+        self._contexts: dict[int, AcceptedContext] = {}
+        self._upstreams: dict[tuple[str, int, str], Upstream] = {}
+        self._command = bytearray()
+        self._instance: _Instance | None = None
+        self._peer_max_pdu = 0
+        self._tally = _Tally()
+        self._started = time.monotonic()
+
+    # -- life cycle -------------------------------------------------------
+
+    def serve(self, *, over_limit: bool) -> None:
+        """Run the association to its end; never raises."""
+        result = "aborted"
+        try:
+            if not self._negotiate(over_limit=over_limit):
+                return
+            self._metrics.active_associations.inc()
+            try:
+                result = self._data_phase()
+            finally:
+                self._metrics.active_associations.dec()
+        except _AbortError as exc:
+            result = "aborted"
+            log_event(
+                log, logging.WARNING, "association.protocol_error", **self._who(), reason=str(exc)
+            )
+            self._send_quietly(
+                pdus.abort_pdu(pdus.ABORT_SOURCE_PROVIDER, pdus.REASON_UNEXPECTED_PDU)
+            )
+        except (pdus.PeerClosedError, OSError) as exc:
+            result = "lost"
+            log_event(log, logging.WARNING, "association.lost", **self._who(), reason=str(exc))
+        except Exception:
+            result = "aborted"
+            log.exception("association.crashed peer=%s", self._peer)
+            self._send_quietly(pdus.abort_pdu())
+        finally:
+            if self._request is not None:
+                self._finish(result)
+            self._close()
+
+    def _who(self) -> dict[str, object]:
+        who: dict[str, object] = {"peer": self._peer}
+        if self._request is not None:
+            who["calling_ae"] = self._request.calling_ae
+            who["called_ae"] = self._request.called_ae
+        return who
+
+    def _finish(self, result: str) -> None:
+        for upstream in self._upstreams.values():
+            if result == "released":
+                upstream.release()
+            else:
+                upstream.abort()
+        self._upstreams.clear()
+        self._metrics.associations.labels(result=result).inc()
+        log_event(
+            log,
+            logging.INFO if result == "released" else logging.WARNING,
+            f"association.{result}",
+            **self._who(),
+            instances=self._tally.instances,
+            failed=self._tally.failed,
+            bytes=self._tally.size,
+            gateways=sorted(self._tally.gateways),
+            seconds=round(time.monotonic() - self._started, 3),
+        )
+
+    def _close(self) -> None:
+        try:
+            self._reader.close()
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendall(data)
+
+    # -- association establishment ---------------------------------------
+
+    def _refuse(self, reason: str, *, result: int, source: int, diagnostic: int) -> bool:
+        self._metrics.refusals.labels(reason=reason).inc()
+        self._metrics.associations.labels(result="rejected").inc()
+        log_event(log, logging.WARNING, "association.rejected", **self._who(), reason=reason)
+        self._send_quietly(negotiation.reject(result=result, source=source, reason=diagnostic))
+        self._request = None  # nothing to summarise
+        return False
+
+    def _negotiate(self, *, over_limit: bool) -> bool:
+        self._sock.settimeout(self._config.acse_timeout)
+        try:
+            pdu = pdus.read_pdu(self._reader, max_body=1 << 20)
+        except pdus.PeerClosedError as exc:
+            self._metrics.refusals.labels(reason="not_dicom").inc()
+            log_event(log, logging.WARNING, "connection.closed", peer=self._peer, reason=str(exc))
+            return False
+        except (pdus.ProtocolError, TimeoutError) as exc:
+            return self._not_dicom(str(exc) or "no association request in time")
+        if pdu.type != pdus.ASSOCIATE_RQ:
+            return self._not_dicom(f"PDU type 0x{pdu.type:02X} instead of A-ASSOCIATE-RQ")
+        try:
+            request = negotiation.parse_request(pdu.raw())
+        except Exception as exc:  # pynetdicom raises assorted errors on garbage
+            return self._not_dicom(f"undecodable A-ASSOCIATE-RQ: {exc}")
+        self._request = request
+        self._peer_max_pdu = request.max_pdu
+        config = self._config
+        if request.application_context != negotiation.APPLICATION_CONTEXT:
+            return self._refuse(
+                "application_context",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=negotiation.RJ_USER_APPLICATION_CONTEXT,
+            )
+        if config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
+            return self._refuse(
+                "calling_ae_not_allowed",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=negotiation.RJ_USER_CALLING_AE,
+            )
+        if config.require_called_ae and request.called_ae != config.ae_title:
+            return self._refuse(
+                "called_ae_mismatch",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=negotiation.RJ_USER_CALLED_AE,
+            )
+        if over_limit:
+            return self._refuse(
+                "too_many_associations",
+                result=negotiation.RJ_TRANSIENT,
+                source=negotiation.RJ_SOURCE_PRESENTATION,
+                diagnostic=negotiation.RJ_PRESENTATION_LOCAL_LIMIT,
+            )
+        accept_pdu, accepted = negotiation.accept(request, max_pdu=config.max_pdu)
+        self._contexts = {cx.context_id: cx for cx in accepted}
+        self._sock.sendall(accept_pdu)
+        log_event(
+            log,
+            logging.INFO,
+            "association.accepted",
+            **self._who(),
+            contexts=len(accepted),
+            max_pdu=request.max_pdu,
+        )
+        return True
+
+    def _not_dicom(self, reason: str) -> bool:
+        self._metrics.refusals.labels(reason="not_dicom").inc()
+        log_event(log, logging.WARNING, "connection.refused", peer=self._peer, reason=reason)
+        self._send_quietly(pdus.abort_pdu(pdus.ABORT_SOURCE_PROVIDER, pdus.REASON_UNRECOGNIZED_PDU))
+        return False
+
+    # -- data transfer ----------------------------------------------------
+
+    def _data_phase(self) -> str:
+        self._sock.settimeout(self._config.idle_timeout)
+        while True:
+            try:
+                pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
+            except pdus.ProtocolError as exc:
+                raise _AbortError(str(exc)) from exc
+            except TimeoutError as exc:
+                raise _AbortError("idle timeout") from exc
+            if pdu.type == pdus.P_DATA_TF:
+                try:
+                    for pdv in pdus.iter_pdvs(pdu.body):
+                        self._on_pdv(pdv)
+                except pdus.ProtocolError as exc:
+                    raise _AbortError(str(exc)) from exc
+            elif pdu.type == pdus.RELEASE_RQ:
+                if self._instance is not None:
+                    raise _AbortError("release requested in the middle of a C-STORE")
+                for upstream in self._upstreams.values():
+                    upstream.release()
+                self._upstreams.clear()
+                self._send_quietly(pdus.RELEASE_RP_PDU)
+                return "released"
+            elif pdu.type == pdus.ABORT:
+                return "aborted"
+            else:
+                raise _AbortError(f"unexpected PDU type 0x{pdu.type:02X} during data transfer")
+
+    def _on_pdv(self, pdv: pdus.Pdv) -> None:
+        context = self._contexts.get(pdv.context_id)
+        if context is None:
+            raise _AbortError(
+                f"PDV on presentation context {pdv.context_id}, which was not accepted"
+            )
+        if pdv.is_command:
+            if self._instance is not None:
+                raise _AbortError("command received before the data set in progress ended")
+            self._command += pdv.data
+            if len(self._command) > _MAX_COMMAND:
+                raise _AbortError("command set larger than 64 KiB")
+            if pdv.is_last:
+                raw = bytes(self._command)
+                self._command.clear()
+                self._on_command(context, raw)
+        else:
+            instance = self._instance
+            if instance is None or instance.context.context_id != pdv.context_id:
+                raise _AbortError("data set fragment without a C-STORE request")
+            self._on_data(instance, pdv)
+
+    def _on_command(self, context: AcceptedContext, raw: bytes) -> None:
+        try:
+            command = dimse.parse_request(raw)
+        except dimse.CommandError as exc:
+            raise _AbortError(str(exc)) from exc
+        if command.field == dimse.C_ECHO_RQ:
+            self._reply(context, dimse.echo_response(request=command))
+            return
+        if command.field != dimse.C_STORE_RQ:
+            raise _AbortError(f"unsupported DIMSE command 0x{command.field:04X}")
+        instance = _Instance(
+            context=context,
+            command=command,
+            raw_command=raw,
+            scanner=DatasetScanner(context.transfer_syntax),
+            started=time.monotonic(),
+        )
+        if context.is_verification:
+            self._fail(instance, Status.SOP_CLASS_NOT_SUPPORTED, "C-STORE on Verification context")
+        if not command.has_data_set:
+            self._fail(instance, Status.REQUEST_MALFORMED, "C-STORE request without a data set")
+            self._answer(instance)
+            return
+        self._instance = instance
+
+    def _fail(self, instance: _Instance, status: Status, reason: str) -> None:
+        if instance.failure is None:
+            instance.failure = status
+            instance.reason = reason
+        instance.pending.clear()
+        instance.pending_bytes = 0
+
+    def _on_data(self, instance: _Instance, pdv: pdus.Pdv) -> None:
+        instance.size += len(pdv.data)
+        complete = True
+        if instance.failure is None:
+            instance.scanner.feed(pdv.data)
+            if pdv.is_last:
+                complete = instance.scanner.finish()
+        if instance.failure is None and instance.upstream is None:
+            state = instance.scanner.state
+            if state in _SCAN_FAILURES:
+                self._fail(instance, _SCAN_FAILURES[state], instance.scanner.detail)
+            else:
+                instance.pending.append(bytes(pdv.data))
+                instance.pending_bytes += len(pdv.data)
+                if state is ScanState.FOUND:
+                    self._route(instance, last=pdv.is_last, complete=complete)
+                elif instance.pending_bytes > self._config.header_limit:
+                    self._fail(
+                        instance,
+                        Status.HEADER_TOO_LARGE,
+                        f"no StudyInstanceUID in the first {self._config.header_limit} bytes",
+                    )
+        elif instance.failure is None and instance.upstream is not None:
+            self._forward(instance, pdv.data, last=pdv.is_last, complete=complete)
+        if pdv.is_last:
+            self._instance = None
+            self._answer(instance)
+
+    def _route(self, instance: _Instance, *, last: bool, complete: bool) -> None:
+        bucket_map = self._router.maps.current
+        if bucket_map is None:
+            self._fail(instance, Status.NO_MAP, "no bucket map loaded")
+            return
+        study_uid = instance.scanner.study_uid
+        assert study_uid is not None
+        bucket = study_bucket(study_uid, bucket_map.buckets)
+        gateway = bucket_map.gateway_for(bucket)
+        instance.gateway = gateway
+        self._router.note_routed(bucket)
+        upstream = self._upstream_for(instance, gateway)
+        if upstream is None:
+            return
+        if instance.context.context_id not in upstream.usable_contexts:
+            self._fail(
+                instance,
+                Status.SOP_CLASS_NOT_SUPPORTED,
+                "gateway did not accept this SOP class and transfer syntax",
+            )
+            return
+        instance.upstream = upstream
+        try:
+            upstream.send_pdv(
+                instance.context.context_id,
+                pdus.MCH_COMMAND | pdus.MCH_LAST,
+                memoryview(instance.raw_command),
+            )
+        except GatewayError as exc:
+            self._gateway_failed(instance, exc)
+            return
+        pending = instance.pending
+        instance.pending = []
+        instance.pending_bytes = 0
+        for index, fragment in enumerate(pending):
+            is_last = last and index == len(pending) - 1
+            self._forward(instance, memoryview(fragment), last=is_last, complete=complete)
+            if instance.failure is not None:
+                return
+
+    def _upstream_for(self, instance: _Instance, gateway: Gateway) -> Upstream | None:
+        key = (gateway.host, gateway.port, gateway.ae_title)
+        upstream = self._upstreams.get(key)
+        if upstream is not None and upstream.is_open:
+            return upstream
+        assert self._request is not None
+        calling_ae = (
+            self._request.calling_ae if self._config.forward_calling_ae else self._config.ae_title
+        )
+        upstream = Upstream(
+            gateway=gateway,
+            address=self._config.resolve(gateway.host, gateway.port),
+            contexts=list(self._contexts.values()),
+            calling_ae=calling_ae,
+            max_pdu=self._config.max_pdu,
+            timeout=self._config.gateway_timeout,
+            connect_timeout=self._config.connect_timeout,
+        )
+        try:
+            upstream.open()
+        except GatewayError as exc:
+            self._upstreams.pop(key, None)
+            self._gateway_failed(instance, exc)
+            return None
+        self._upstreams[key] = upstream
+        self._tally.gateways.add(gateway.name)
+        return upstream
+
+    def _gateway_failed(self, instance: _Instance, exc: GatewayError) -> None:
+        name = instance.gateway.name if instance.gateway is not None else "-"
+        self._metrics.upstream_failures.labels(gateway=name, reason=exc.status.name.lower()).inc()
+        instance.upstream = None
+        self._fail(instance, exc.status, exc.reason)
+
+    def _forward(
+        self, instance: _Instance, data: memoryview, *, last: bool, complete: bool
+    ) -> None:
+        upstream = instance.upstream
+        assert upstream is not None
+        if last and not complete:
+            # Aborting makes the gateway drop the partial instance it holds.
+            upstream.abort()
+            instance.upstream = None
+            self._fail(instance, Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
+            return
+        try:
+            upstream.send_pdv(instance.context.context_id, pdus.MCH_LAST if last else 0, data)
+        except GatewayError as exc:
+            self._gateway_failed(instance, exc)
+
+    def _answer(self, instance: _Instance) -> None:
+        """Send the sender its C-STORE-RSP: the gateway's, or ours."""
+        gateway_name = instance.gateway.name if instance.gateway is not None else "-"
+        status: int
+        if instance.failure is None and instance.upstream is not None:
+            try:
+                raw, response = instance.upstream.read_response(instance.command.message_id)
+            except GatewayError as exc:
+                self._gateway_failed(instance, exc)
+            else:
+                status = response.status
+                self._reply(instance.context, raw)
+                if outcome(status) != "success":
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "instance.gateway_status",
+                        **self._who(),
+                        gateway=gateway_name,
+                        status=f"0x{status:04X}",
+                        comment=response.error_comment,
+                        sop_instance_uid=instance.command.sop_instance_uid,
+                    )
+                self._count(instance, gateway_name, status)
+                return
+        failure = instance.failure or Status.GATEWAY_ABORTED
+        self._reply(
+            instance.context,
+            dimse.store_response(
+                request=instance.command, status=failure, error_comment=instance.reason
+            ),
+        )
+        if failure in (
+            Status.STUDY_UID_MISSING,
+            Status.STUDY_UID_INVALID,
+            Status.DATASET_MALFORMED,
+            Status.HEADER_TOO_LARGE,
+            Status.REQUEST_MALFORMED,
+            Status.SOP_CLASS_NOT_SUPPORTED,
+        ):
+            self._metrics.refusals.labels(reason=failure.name.lower()).inc()
+        log_event(
+            log,
+            logging.WARNING,
+            "instance.failed",
+            **self._who(),
+            gateway=gateway_name,
+            status=f"0x{int(failure):04X}",
+            status_name=failure.name,
+            reason=instance.reason,
+            sop_instance_uid=instance.command.sop_instance_uid,
+            study_uid=instance.scanner.study_uid,
+        )
+        self._count(instance, gateway_name, int(failure))
+
+    def _count(self, instance: _Instance, gateway_name: str, status: int) -> None:
+        result = outcome(status)
+        self._tally.instances += 1
+        self._tally.size += instance.size
+        if result == "failure":
+            self._tally.failed += 1
+        self._metrics.instances.labels(gateway=gateway_name, outcome=result).inc()
+        self._metrics.bytes.labels(gateway=gateway_name, outcome=result).inc(instance.size)
+        self._metrics.forward_seconds.labels(gateway=gateway_name).observe(
+            time.monotonic() - instance.started
+        )
+
+    def _reply(self, context: AcceptedContext, command: bytes) -> None:
+        frames = pdus.pdv_frames(
+            context.context_id,
+            pdus.MCH_COMMAND | pdus.MCH_LAST,
+            memoryview(command),
+            max_body=self._peer_max_pdu,
+        )
+        pdus.send_buffers(self._sock, frames)

@@ -1,0 +1,173 @@
+"""``gatewaypool router``: run the study router.
+
+Flags follow DCMTK's storescp where one exists (``--aet``, ``--max-pdu``,
+``--acse-timeout``), so a DICOM engineer guesses them right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gatewaypool import logs
+from gatewaypool_router.config import ConfigError, ConnectTo, RouterConfig, parse_gateway
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``router`` subcommand (entry point ``gatewaypool.commands``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "router",
+        help="run the study router (a DICOM Storage SCP forwarding to gateways)",
+        description=(
+            "Accept DICOM C-STORE and C-ECHO, hash each instance's StudyInstanceUID to a "
+            "bucket and stream it to the gateway owning that bucket. Success is answered "
+            "only after that gateway answered success."
+        ),
+    )
+    defaults = RouterConfig(gateways=(parse_gateway("X@x:1", 0),))
+    net = parser.add_argument_group("DICOM network")
+    net.add_argument(
+        "--port", type=int, default=defaults.port, help="DICOM port (default %(default)s)"
+    )
+    net.add_argument("--bind", default=defaults.bind, help="listen address (default %(default)s)")
+    net.add_argument(
+        "--aet", default=defaults.ae_title, help="router AE title (default %(default)s)"
+    )
+    net.add_argument(
+        "--allow-calling-aet",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="accept associations only from this calling AE title (repeatable; default: any)",
+    )
+    net.add_argument(
+        "--require-called-aet",
+        action="store_true",
+        help="reject associations whose called AE title is not --aet",
+    )
+    net.add_argument(
+        "--forward-calling-aet",
+        action="store_true",
+        help="call gateways with the sender's AE title instead of --aet",
+    )
+    net.add_argument(
+        "--max-associations",
+        type=int,
+        default=defaults.max_associations,
+        help="concurrent incoming associations before rejecting (default %(default)s)",
+    )
+    net.add_argument(
+        "--max-pdu",
+        type=int,
+        default=defaults.max_pdu,
+        help="maximum PDU length offered to senders and gateways (default %(default)s)",
+    )
+    net.add_argument("--acse-timeout", type=float, default=defaults.acse_timeout)
+    net.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds a sender may stay silent mid-association (default %(default)s)",
+    )
+    net.add_argument(
+        "--gateway-timeout",
+        type=float,
+        default=defaults.gateway_timeout,
+        help="seconds to wait for a gateway's response (default %(default)s)",
+    )
+    net.add_argument("--connect-timeout", type=float, default=defaults.connect_timeout)
+    net.add_argument(
+        "--header-limit",
+        type=int,
+        default=defaults.header_limit,
+        help="bytes of data set read before the StudyInstanceUID must appear",
+    )
+    routing = parser.add_argument_group("routing")
+    source = routing.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--map", type=Path, help="bucket map file (JSON or YAML), reloaded on change"
+    )
+    source.add_argument(
+        "--gateway",
+        action="append",
+        metavar="AET@HOST:PORT",
+        help="a gateway (repeatable): builds a balanced map over them, in order",
+    )
+    routing.add_argument("--buckets", type=int, default=defaults.buckets)
+    routing.add_argument(
+        "--connect-to",
+        action="append",
+        default=[],
+        metavar="HOST:PORT:CONNECT_HOST:CONNECT_PORT",
+        help="reach a gateway of the map at another address (like curl's --connect-to)",
+    )
+    ops = parser.add_argument_group("operations")
+    ops.add_argument("--http-port", type=int, default=defaults.http_port)
+    ops.add_argument("--http-bind", default=defaults.http_bind)
+    ops.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
+    ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ops.add_argument("--log-format", default="json", choices=["json", "text"])
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    """Build the validated configuration; raises ConfigError naming the option."""
+    gateways = tuple(parse_gateway(text, index) for index, text in enumerate(args.gateway or []))
+    return RouterConfig(
+        ae_title=args.aet,
+        bind=args.bind,
+        port=args.port,
+        http_bind=args.http_bind,
+        http_port=args.http_port,
+        map_file=args.map,
+        gateways=gateways,
+        buckets=args.buckets,
+        allowed_calling_aes=frozenset(a.strip() for a in args.allow_calling_aet),
+        require_called_ae=args.require_called_aet,
+        forward_calling_ae=args.forward_calling_aet,
+        max_associations=args.max_associations,
+        max_pdu=args.max_pdu,
+        gateway_timeout=args.gateway_timeout,
+        connect_timeout=args.connect_timeout,
+        acse_timeout=args.acse_timeout,
+        idle_timeout=args.idle_timeout,
+        header_limit=args.header_limit,
+        shutdown_grace=args.shutdown_grace,
+        connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.configure(level=args.log_level, fmt=args.log_format)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"gatewaypool router: {exc}", file=sys.stderr)
+        return 2
+    from gatewaypool_router.server import Router
+
+    router = Router(config)
+    try:
+        router.start()
+    except OSError as exc:
+        print(
+            f"gatewaypool router: cannot listen on {config.bind}:{config.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logs.log_event(log, logging.INFO, "router.signal", signal=signal.Signals(signum).name)
+        router.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    router.wait()
+    router.stop()
+    return 0

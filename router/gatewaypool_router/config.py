@@ -1,0 +1,149 @@
+"""The router's one configuration model, validated at start.
+
+Every error names the option and the value, so a wrong flag in a Deployment
+is obvious from the pod's first log line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gatewaypool.bucketmap import Gateway
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+
+
+class ConfigError(ValueError):
+    """An invalid option; the message names it and its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTo:
+    """Connect to another address than the map says (curl's ``--connect-to``).
+
+    ``HOST:PORT:CONNECT_HOST:CONNECT_PORT``; an empty HOST or PORT matches
+    any. Lets the router reach cluster DNS names of a map where they do not
+    resolve (a laptop, tests), without changing the map.
+    """
+
+    host: str
+    port: int | None
+    connect_host: str
+    connect_port: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> ConnectTo:
+        parts = text.rsplit(":", 3)
+        if len(parts) != 4 or not parts[2]:
+            raise ConfigError(f"--connect-to: {text!r} is not HOST:PORT:CONNECT_HOST:CONNECT_PORT")
+        host, port, connect_host, connect_port = parts
+        return cls(
+            host=host,
+            port=_port_or_none("--connect-to", port),
+            connect_host=connect_host,
+            connect_port=_port_or_none("--connect-to", connect_port),
+        )
+
+    def apply(self, host: str, port: int) -> tuple[str, int] | None:
+        if (self.host and self.host != host) or (self.port is not None and self.port != port):
+            return None
+        return self.connect_host, self.connect_port if self.connect_port is not None else port
+
+
+def _port_or_none(option: str, text: str) -> int | None:
+    if not text:
+        return None
+    return check_port(option, text)
+
+
+def check_port(option: str, value: int | str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"{option}: {value!r} is not a TCP port (1..65535)") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{option}: {value!r} is not a TCP port (1..65535)")
+    return port
+
+
+def check_ae_title(option: str, value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ConfigError(
+            f"{option}: {value!r} is not an AE title (1-16 printable characters, no backslash)"
+        )
+    return value.strip()
+
+
+def parse_gateway(text: str, index: int) -> Gateway:
+    """Parse ``AET@HOST:PORT`` (the quick-start form of ``--gateway``)."""
+    match = re.fullmatch(r"(?P<ae>[^@]+)@(?P<host>[^:@\s]+):(?P<port>\d+)", text)
+    if match is None:
+        raise ConfigError(f"--gateway: {text!r} is not AET@HOST:PORT")
+    ae_title = check_ae_title("--gateway", match["ae"])
+    port = check_port("--gateway", match["port"])
+    return Gateway(name=f"gw-{index}", host=match["host"], port=port, ae_title=ae_title)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Everything one router process is told at start."""
+
+    ae_title: str = "GATEWAYPOOL"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    http_bind: str = "0.0.0.0"
+    http_port: int = 8080
+    map_file: Path | None = None
+    gateways: tuple[Gateway, ...] = ()
+    buckets: int = 4096
+    allowed_calling_aes: frozenset[str] = frozenset()
+    require_called_ae: bool = False
+    forward_calling_ae: bool = False
+    max_associations: int = 64
+    max_pdu: int = 262144
+    gateway_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    acse_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    header_limit: int = 4 * 1024 * 1024
+    map_poll_interval: float = 1.0
+    shutdown_grace: float = 30.0
+    connect_to: tuple[ConnectTo, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        check_ae_title("--aet", self.ae_title)
+        # Port 0 asks the kernel for a free port (tests, the local demo).
+        if self.port != 0:
+            check_port("--port", self.port)
+        if self.http_port != 0:
+            check_port("--http-port", self.http_port)
+        if (self.map_file is None) == (not self.gateways):
+            raise ConfigError("give either --map FILE or at least one --gateway AET@HOST:PORT")
+        if not 1 <= self.buckets <= 65536:
+            raise ConfigError(f"--buckets: {self.buckets} is not in 1..65536")
+        if self.gateways and len(self.gateways) > self.buckets:
+            raise ConfigError(
+                f"--gateway: {len(self.gateways)} gateways but only {self.buckets} buckets"
+            )
+        for ae in self.allowed_calling_aes:
+            check_ae_title("--allow-calling-aet", ae)
+        if not 1 <= self.max_associations <= 10000:
+            raise ConfigError(f"--max-associations: {self.max_associations} is not in 1..10000")
+        if not 4096 <= self.max_pdu <= 16 * 1024 * 1024:
+            raise ConfigError(f"--max-pdu: {self.max_pdu} is not in 4096..16777216")
+        for name in ("gateway_timeout", "connect_timeout", "acse_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: {value} must be positive")
+        if self.header_limit < 1024:
+            raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
+
+    def resolve(self, host: str, port: int) -> tuple[str, int]:
+        """The address to connect to for a gateway named ``host:port`` in the map."""
+        for rule in self.connect_to:
+            target = rule.apply(host, port)
+            if target is not None:
+                return target
+        return host, port

@@ -1,0 +1,119 @@
+"""Where the router's bucket map comes from, and how a new one is applied.
+
+Routing threads read ``MapHolder.current`` once per instance; replacing the
+reference is atomic, so a new map applies from the next instance on without
+touching any association. An invalid or stale map is refused, logged and
+counted, and the one in use stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from gatewaypool.bucketmap import BucketMap, MapError, load_map
+from gatewaypool.logs import log_event
+from gatewaypool_router.metrics import RouterMetrics
+
+log = logging.getLogger(__name__)
+
+
+class MapHolder:
+    """The bucket map in use, and the rules for replacing it."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self.current: BucketMap | None = None
+
+    def offer(self, candidate: BucketMap, *, source: str) -> bool:
+        """Apply ``candidate`` if it is newer; return whether it was applied."""
+        with self._lock:
+            current = self.current
+            if current is not None:
+                problem = None
+                if candidate.buckets != current.buckets:
+                    problem = (
+                        f"bucket count {candidate.buckets} differs from {current.buckets}, "
+                        "which is fixed for a pool's life"
+                    )
+                elif candidate.version < current.version:
+                    problem = f"version {candidate.version} is older than {current.version}"
+                elif candidate.version == current.version:
+                    if candidate == current:
+                        return False
+                    problem = f"content changed but version {candidate.version} was not bumped"
+                if problem is not None:
+                    self.refuse(problem, source=source)
+                    return False
+            self.current = candidate
+        self._metrics.map_version.set(candidate.version)
+        log_event(
+            log,
+            logging.INFO,
+            "map.applied",
+            source=source,
+            version=candidate.version,
+            gateways=len(candidate.gateways),
+            buckets=candidate.buckets,
+        )
+        return True
+
+    def refuse(self, problem: str, *, source: str) -> None:
+        """Count and log a refused map; the current one stays in use."""
+        self._metrics.map_rejected.inc()
+        kept = self.current.version if self.current is not None else None
+        log_event(log, logging.ERROR, "map.refused", source=source, problem=problem, kept=kept)
+
+
+class FileMapWatcher:
+    """Polls a map file and offers every changed version to the holder.
+
+    Polling the file's identity (inode, size, mtime) once a second is cheap
+    and also works for Kubernetes ConfigMap volumes, whose updates arrive as
+    an atomic symlink swap that inotify on the file itself would miss.
+    """
+
+    def __init__(self, path: Path, holder: MapHolder, *, interval: float = 1.0) -> None:
+        self._path = path
+        self._holder = holder
+        self._interval = interval
+        self._stop = threading.Event()
+        self._seen: tuple[int, int, int] | None = None
+        self._thread = threading.Thread(target=self._run, name="map-watcher", daemon=True)
+
+    def load_now(self) -> bool:
+        """Read the file once; return whether a map is in use afterwards."""
+        try:
+            stat = os.stat(self._path)
+        except OSError as exc:
+            if self._seen is not None or self._holder.current is None:
+                self._holder.refuse(f"cannot read {self._path}: {exc.strerror}", source="file")
+            self._seen = None
+            return self._holder.current is not None
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if identity == self._seen:
+            return self._holder.current is not None
+        self._seen = identity
+        try:
+            candidate = load_map(self._path)
+        except MapError as exc:
+            self._holder.refuse(str(exc), source=f"file {self._path}")
+        else:
+            self._holder.offer(candidate, source=f"file {self._path}")
+        return self._holder.current is not None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.load_now()
+            except Exception:  # never let the watcher die: the router would go stale
+                log.exception("map watcher iteration failed")

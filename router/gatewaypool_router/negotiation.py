@@ -1,0 +1,227 @@
+"""Association negotiation on both sides, through pynetdicom's PDU codecs.
+
+The router accepts every storage SOP class and Verification, in each
+transfer syntax whose data set it can read a StudyInstanceUID from, and
+proposes to each gateway exactly the contexts the sender got: same context
+IDs, same abstract syntaxes, same single transfer syntax. Keeping the IDs
+lets command and data PDVs pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pydicom.uid import UID
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from gatewaypool import __version__
+from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+IMPLEMENTATION_CLASS_UID = "2.25.270128384620245611785306214180733185433"
+IMPLEMENTATION_VERSION = f"GATEWAYPOOL_{__version__.replace('.', '')}"[:16]
+
+# A-ASSOCIATE-RJ fields (PS3.8 9.3.4).
+RJ_PERMANENT = 0x01
+RJ_TRANSIENT = 0x02
+RJ_SOURCE_USER = 0x01
+RJ_SOURCE_ACSE = 0x02
+RJ_SOURCE_PRESENTATION = 0x03
+RJ_USER_NO_REASON = 0x01
+RJ_USER_APPLICATION_CONTEXT = 0x02
+RJ_USER_CALLING_AE = 0x03
+RJ_USER_CALLED_AE = 0x07
+RJ_PRESENTATION_LOCAL_LIMIT = 0x02
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedContext:
+    """A presentation context as agreed: ID, abstract syntax, one transfer syntax."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+    @property
+    def is_verification(self) -> bool:
+        return self.abstract_syntax == VERIFICATION_SOP_CLASS
+
+
+@dataclass(slots=True)
+class AssociationRequest:
+    """What the router needs from an A-ASSOCIATE-RQ."""
+
+    calling_ae: str
+    called_ae: str
+    application_context: str
+    primitive: A_ASSOCIATE
+    max_pdu: int = 0
+    roles: dict[UID, tuple[bool | None, bool | None]] = field(default_factory=dict)
+
+
+def parse_request(raw: bytes) -> AssociationRequest:
+    """Decode an A-ASSOCIATE-RQ PDU (header included) with pynetdicom."""
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(raw)
+    primitive = pdu.to_primitive()
+    request = AssociationRequest(
+        calling_ae=str(primitive.calling_ae_title).strip(),
+        called_ae=str(primitive.called_ae_title).strip(),
+        application_context=str(primitive.application_context_name or ""),
+        primitive=primitive,
+    )
+    for item in primitive.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            request.max_pdu = int(item.maximum_length_received or 0)
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+            request.roles[UID(item.sop_class_uid)] = (item.scu_role, item.scp_role)
+    return request
+
+
+def _acceptable(abstract_syntax: str) -> bool:
+    service = uid_to_service_class(abstract_syntax)
+    return service is StorageServiceClass or service is VerificationServiceClass
+
+
+def _user_information(
+    max_pdu: int,
+) -> list[
+    MaximumLengthNotification
+    | ImplementationClassUIDNotification
+    | ImplementationVersionNameNotification
+]:
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION
+    return [max_length, class_uid, version]
+
+
+def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[AcceptedContext]]:
+    """Negotiate the presentation contexts and encode the A-ASSOCIATE-AC.
+
+    Returns the PDU and the contexts accepted (possibly none: the sender
+    then learns from the AC that nothing it proposed is supported).
+    """
+    proposed: list[PresentationContext] = list(
+        request.primitive.presentation_context_definition_list
+    )
+    supported: list[PresentationContext] = []
+    seen: set[str] = set()
+    for context in proposed:
+        syntax = str(context.abstract_syntax)
+        if syntax in seen or not _acceptable(syntax):
+            continue
+        seen.add(syntax)
+        ours = PresentationContext()
+        ours.abstract_syntax = UID(syntax)
+        ours.transfer_syntax = [UID(ts) for ts in SUPPORTED_TRANSFER_SYNTAXES]
+        supported.append(ours)
+    results, roles = negotiate_as_acceptor(proposed, supported, request.roles or None)
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT)
+    primitive.calling_ae_title = request.primitive.calling_ae_title
+    primitive.called_ae_title = request.primitive.called_ae_title
+    primitive.result = 0x00
+    primitive.result_source = 0x01
+    primitive.presentation_context_definition_results_list = results
+    primitive.user_information = [*_user_information(max_pdu), *roles]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    accepted = [
+        AcceptedContext(
+            int(cx.context_id or 0), str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+        )
+        for cx in results
+        if cx.result == 0x00
+    ]
+    return pdu.encode(), accepted
+
+
+def reject(*, result: int, source: int, reason: int) -> bytes:
+    """Encode an A-ASSOCIATE-RJ PDU."""
+    primitive = A_ASSOCIATE()
+    primitive.result = result
+    primitive.result_source = source
+    primitive.diagnostic = reason
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+def build_request(
+    *, calling_ae: str, called_ae: str, contexts: Iterable[AcceptedContext], max_pdu: int
+) -> bytes:
+    """Encode the A-ASSOCIATE-RQ proposing the sender's contexts to a gateway."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT)
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = called_ae
+    definitions: list[PresentationContext] = []
+    for accepted in contexts:
+        context = PresentationContext()
+        context.context_id = accepted.context_id
+        context.abstract_syntax = UID(accepted.abstract_syntax)
+        context.transfer_syntax = [UID(accepted.transfer_syntax)]
+        definitions.append(context)
+    primitive.presentation_context_definition_list = definitions
+    primitive.user_information = [*_user_information(max_pdu)]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayAcceptance:
+    """What a gateway agreed to: its maximum PDU and the usable context IDs."""
+
+    max_pdu: int
+    context_ids: frozenset[int]
+
+
+def parse_acceptance(raw: bytes, proposed: Sequence[AcceptedContext]) -> GatewayAcceptance:
+    """Decode a gateway's A-ASSOCIATE-AC.
+
+    A context counts as usable only if the gateway accepted it with the very
+    transfer syntax proposed: anything else would change the bytes.
+    """
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(raw)
+    primitive = pdu.to_primitive()
+    wanted = {cx.context_id: cx.transfer_syntax for cx in proposed}
+    usable = set()
+    for context in primitive.presentation_context_definition_results_list:
+        cid = int(context.context_id or 0)
+        if (
+            context.result == 0x00
+            and context.transfer_syntax
+            and str(context.transfer_syntax[0]) == wanted.get(cid)
+        ):
+            usable.add(cid)
+    max_pdu = 0
+    for item in primitive.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            max_pdu = int(item.maximum_length_received or 0)
+    return GatewayAcceptance(max_pdu=max_pdu, context_ids=frozenset(usable))
+
+
+def describe_rejection(raw: bytes) -> str:
+    """A readable reason from a gateway's A-ASSOCIATE-RJ."""
+    pdu = A_ASSOCIATE_RJ()
+    pdu.decode(raw)
+    return f"result={pdu.result} source={pdu.source} reason={pdu.reason_diagnostic}"

@@ -1,0 +1,160 @@
+"""The router process: listener, association threads, map source, HTTP.
+
+One thread per incoming association keeps the data path a plain sequence
+of blocking reads and writes (the GIL is released in every socket call);
+the number of associations is capped by ``max_associations``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from gatewaypool.bucketmap import balanced_map
+from gatewaypool.logs import log_event
+from gatewaypool_router.association import IncomingAssociation
+from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.httpserver import HealthServer
+from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
+from gatewaypool_router.metrics import RouterMetrics
+from gatewaypool_router.pdus import tune_socket
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """A running router; ``start()`` returns once it accepts associations."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.metrics = RouterMetrics()
+        self.maps = MapHolder(self.metrics)
+        self.started_at = time.time()
+        self.last_routed: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._active: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._watcher: FileMapWatcher | None = None
+        self._http: HealthServer | None = None
+        self.port = config.port
+        self.http_port = config.http_port
+
+    # -- state for health and handover ------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.maps.current is not None and self.is_alive
+
+    @property
+    def is_alive(self) -> bool:
+        return self._acceptor is not None and self._acceptor.is_alive()
+
+    @property
+    def active_associations(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def note_routed(self, bucket: int) -> None:
+        """Remember when a bucket last received an instance (bucket handover)."""
+        self.last_routed[bucket] = time.time()
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.config
+        if config.map_file is not None:
+            self._watcher = FileMapWatcher(
+                config.map_file, self.maps, interval=config.map_poll_interval
+            )
+            self._watcher.load_now()
+            self._watcher.start()
+        else:
+            self.maps.offer(
+                balanced_map(config.gateways, buckets=config.buckets), source="command line"
+            )
+        listener = socket.create_server((config.bind, config.port), reuse_port=False, backlog=128)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._http = HealthServer(self, bind=config.http_bind, port=config.http_port)
+        self._http.start()
+        self.http_port = self._http.port
+        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
+        self._acceptor.start()
+        log_event(
+            log,
+            logging.INFO,
+            "router.started",
+            ae_title=config.ae_title,
+            port=self.port,
+            http_port=self.http_port,
+            max_associations=config.max_associations,
+            max_pdu=config.max_pdu,
+            allowed_calling_aes=sorted(config.allowed_calling_aes) or "any",
+        )
+
+    def request_stop(self) -> None:
+        """Ask ``wait()`` to return (safe from a signal handler)."""
+        self._stopping.set()
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop accepting, let running associations finish for ``grace`` seconds."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        if self._watcher is not None:
+            self._watcher.stop()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                remaining = list(self._active)
+            if not remaining:
+                break
+            remaining[0].join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=1.0)
+        if self._http is not None:
+            self._http.stop()
+        log_event(log, logging.INFO, "router.stopped", unfinished=self.active_associations)
+
+    def wait(self) -> None:
+        """Block until ``request_stop()`` or ``stop()`` is called."""
+        self._stopping.wait()
+
+    # -- accepting ---------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("accept failed")
+                time.sleep(0.1)  # back off from a persistent error (EMFILE), not a sync wait
+                continue
+            tune_socket(sock)
+            peer = f"{address[0]}:{address[1]}"
+            with self._lock:
+                over_limit = len(self._active) >= self.config.max_associations
+                thread = threading.Thread(
+                    target=self._serve,
+                    args=(sock, peer, over_limit),
+                    name=f"assoc-{peer}",
+                    daemon=True,
+                )
+                if not over_limit:
+                    self._active.add(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket, peer: str, over_limit: bool) -> None:
+        try:
+            IncomingAssociation(sock, peer, self).serve(over_limit=over_limit)
+        finally:
+            with self._lock:
+                self._active.discard(threading.current_thread())

@@ -1,0 +1,192 @@
+"""One association from the router to one gateway, on behalf of one sender.
+
+Opened on the first instance routed to that gateway, with the contexts the
+sender negotiated; carries the sender's PDVs through unchanged; released
+when the sender releases, aborted when the sender aborts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import socket
+from collections.abc import Sequence
+
+from gatewaypool.bucketmap import Gateway
+from gatewaypool_router import negotiation, pdus
+from gatewaypool_router.dimse import C_STORE_RSP, CommandError, Response, parse_response
+from gatewaypool_router.negotiation import AcceptedContext
+from gatewaypool_router.statuses import Status
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """The gateway could not take the instance; ``status`` goes to the sender."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Upstream:
+    """A DICOM association to one gateway, driven synchronously."""
+
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        address: tuple[str, int],
+        contexts: Sequence[AcceptedContext],
+        calling_ae: str,
+        max_pdu: int,
+        timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.gateway = gateway
+        self.address = address
+        self._contexts = list(contexts)
+        self._calling_ae = calling_ae
+        self._max_pdu = max_pdu
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._sock: socket.socket | None = None
+        self._reader: io.BufferedReader | None = None
+        self.peer_max_pdu = 0
+        self.usable_contexts: frozenset[int] = frozenset()
+        self.instances = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    def open(self) -> None:
+        """Connect and associate; raise GatewayError(GATEWAY_UNREACHABLE) on failure."""
+        try:
+            sock = socket.create_connection(self.address, timeout=self._connect_timeout)
+        except OSError as exc:
+            raise GatewayError(Status.GATEWAY_UNREACHABLE, f"connect failed: {exc}") from exc
+        pdus.tune_socket(sock)
+        sock.settimeout(self._timeout)
+        reader = pdus.open_reader(sock, buffer_size=256 * 1024)
+        try:
+            sock.sendall(
+                negotiation.build_request(
+                    calling_ae=self._calling_ae,
+                    called_ae=self.gateway.ae_title,
+                    contexts=self._contexts,
+                    max_pdu=self._max_pdu,
+                )
+            )
+            reply = pdus.read_pdu(reader, max_body=1 << 20)
+        except (OSError, pdus.PeerClosedError, pdus.ProtocolError) as exc:
+            sock.close()
+            raise GatewayError(Status.GATEWAY_UNREACHABLE, f"association failed: {exc}") from exc
+        if reply.type == pdus.ASSOCIATE_RJ:
+            sock.close()
+            reason = negotiation.describe_rejection(reply.raw())
+            raise GatewayError(Status.GATEWAY_UNREACHABLE, f"association rejected: {reason}")
+        if reply.type != pdus.ASSOCIATE_AC:
+            sock.close()
+            raise GatewayError(
+                Status.GATEWAY_UNREACHABLE, f"unexpected PDU 0x{reply.type:02X} instead of AC"
+            )
+        try:
+            acceptance = negotiation.parse_acceptance(reply.raw(), self._contexts)
+        except Exception as exc:  # pynetdicom raises assorted errors on bad PDUs
+            sock.close()
+            raise GatewayError(Status.GATEWAY_UNREACHABLE, f"undecodable AC: {exc}") from exc
+        self.peer_max_pdu = acceptance.max_pdu
+        self.usable_contexts = acceptance.context_ids
+        self._sock = sock
+        self._reader = reader
+
+    def send(self, buffers: list[bytes | memoryview]) -> None:
+        """Write raw PDU buffers; raise GatewayError(GATEWAY_ABORTED) if the link fails."""
+        if self._sock is None:
+            raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
+        try:
+            pdus.send_buffers(self._sock, buffers)
+        except TimeoutError as exc:
+            self.abort()
+            raise GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading") from exc
+        except OSError as exc:
+            self.close()
+            raise GatewayError(Status.GATEWAY_ABORTED, f"send failed: {exc}") from exc
+
+    def send_pdv(self, context_id: int, control: int, data: memoryview) -> None:
+        """Send one PDV, split to the gateway's maximum PDU length if needed."""
+        self.send(pdus.pdv_frames(context_id, control, data, max_body=self.peer_max_pdu))
+
+    def read_response(self, message_id: int) -> tuple[bytes, Response]:
+        """Wait for the C-STORE-RSP to ``message_id``: (raw command set, parsed)."""
+        if self._reader is None:
+            raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
+        command = bytearray()
+        try:
+            while True:
+                pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
+                if pdu.type == pdus.ABORT:
+                    self.close()
+                    raise GatewayError(Status.GATEWAY_ABORTED, "gateway aborted the association")
+                if pdu.type != pdus.P_DATA_TF:
+                    self.abort()
+                    raise GatewayError(
+                        Status.GATEWAY_ABORTED, f"unexpected PDU 0x{pdu.type:02X} from gateway"
+                    )
+                for pdv in pdus.iter_pdvs(pdu.body):
+                    if not pdv.is_command:
+                        continue  # a C-STORE-RSP carries no data set; ignore stray data
+                    command += pdv.data
+                    if pdv.is_last:
+                        field, response = parse_response(bytes(command))
+                        if field != C_STORE_RSP or response.message_id != message_id:
+                            self.abort()
+                            raise GatewayError(
+                                Status.GATEWAY_ABORTED,
+                                f"unexpected response 0x{field:04X} to message "
+                                f"{response.message_id}",
+                            )
+                        self.instances += 1
+                        return bytes(command), response
+        except TimeoutError as exc:
+            self.abort()
+            raise GatewayError(Status.GATEWAY_TIMEOUT, "no response from gateway") from exc
+        except (pdus.PeerClosedError, pdus.ProtocolError, CommandError, OSError) as exc:
+            self.abort()
+            raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
+
+    def release(self) -> None:
+        """Release the association politely; abort it if the gateway does not answer."""
+        if self._sock is None or self._reader is None:
+            return
+        try:
+            self._sock.sendall(pdus.RELEASE_RQ_PDU)
+            while True:
+                pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
+                if pdu.type in (pdus.RELEASE_RP, pdus.ABORT):
+                    break
+        except (OSError, pdus.PeerClosedError, pdus.ProtocolError) as exc:
+            log.debug("release of %s failed: %s", self.gateway.address(), exc)
+            self.abort()
+            return
+        self.close()
+
+    def abort(self) -> None:
+        """Abort: the gateway drops whatever instance was in flight."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.sendall(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))
+        self.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
