@@ -1,0 +1,584 @@
+"""The bucket map: which gateway receives which bucket, as one versioned record.
+
+The map is the contract between the operator, its only writer, and the
+routers, which read it from a ConfigMap and never compute an assignment of
+their own; every replica that applied one version routes identically. A
+:class:`BucketMap` is valid by construction (it checks itself when built),
+so a router can trust any map it holds and the operator cannot publish a
+broken one.
+
+Wire format, camelCase as it sits in a Kubernetes ConfigMap (JSON, or YAML
+when written by hand)::
+
+    {"version": 3,
+     "buckets": 4096,
+     "gateways": [{"name": "gw-0", "host": "gw-0.pool-gw.ns.svc.cluster.local",
+                   "port": 104, "aeTitle": "GATEWAY"}, ...],
+     "owners": [0, 1, 2, ...],
+     "moving": {"17": 2}}
+
+``owners`` has one gateway index per bucket. ``moving`` (optional, default
+empty) marks buckets in handover: its keys are bucket numbers (strings in
+JSON), its values the index of the gateway the bucket is handed over *to*.
+Routers keep sending a moving bucket to its current owner; the operator
+publishes a new version with the new owner once the bucket is quiet.
+
+Every error is a :class:`MapError` that names the field, as spelled in the
+wire format (``gateways[2].port``), and the offending value, because the
+person reading it has to find that field in a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from gatewaypool.assignment import initial_owners
+
+__all__ = [
+    "MAX_BUCKETS",
+    "BucketMap",
+    "Gateway",
+    "MapError",
+    "balanced_map",
+    "dump_map",
+    "load_map",
+    "parse_map",
+]
+
+MAX_BUCKETS = 65536
+"""Upper bound of ``buckets``: ample for any pool, and it keeps a map small."""
+
+_MAX_NAME = 253  # a DNS name's length; gateway names and hosts are DNS names
+_MAX_AE_TITLE = 16
+_AE_CHARACTERS = (frozenset(string.printable) - frozenset(string.whitespace) - {"\\"}) | {" "}
+_TOP_LEVEL_KEYS = ("version", "buckets", "gateways", "owners", "moving")
+_REQUIRED_KEYS = ("version", "buckets", "gateways", "owners")
+_GATEWAY_KEYS = ("name", "host", "port", "aeTitle")
+
+
+class MapError(ValueError):
+    """A bucket map that is malformed or inconsistent.
+
+    The message reads ``"<path>: <problem>"``, e.g.
+    ``"gateways[2].port: 70000 is not a TCP port (1..65535)"``.
+
+    A map read from a file is prefixed with the file name:
+    ``"pool-map.json: owners[17]: 5 is not a gateway index (0..2)"``.
+
+    Attributes
+    ----------
+    path
+        The field, as spelled in the wire format (``""`` for the document as
+        a whole), so that tools can point at it.
+    problem
+        What is wrong with it, quoting the offending value.
+    source
+        The file the map came from, or ``""``.
+    """
+
+    def __init__(self, problem: str, *, path: str = "", source: str = "") -> None:
+        message = f"{path}: {problem}" if path else problem
+        super().__init__(f"{source}: {message}" if source else message)
+        self.path = path
+        self.problem = problem
+        self.source = source
+
+    def within(self, prefix: str) -> MapError:
+        """Return this error with its path under `prefix`: ``port`` → ``gateways[2].port``."""
+        if not self.path:
+            path = prefix
+        elif self.path.startswith("["):
+            path = prefix + self.path
+        else:
+            path = f"{prefix}.{self.path}"
+        return MapError(self.problem, path=path, source=self.source)
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """One gateway of the pool: where a router sends the buckets it owns.
+
+    Parameters
+    ----------
+    name
+        Identifies the gateway in status, logs and metrics; for a pool on
+        Kubernetes, its pod name (``gw-0``). Up to 253 characters, no
+        whitespace or control characters.
+    host
+        The address routers connect to: the pod's stable DNS name
+        (``<pod>.<headless-svc>.<ns>.svc.cluster.local``) or an IP address.
+    port
+        The gateway's DICOM port, 1..65535.
+    ae_title
+        The called AE title the gateway answers to: 1 to 16 characters of the
+        DICOM default repertoire (printable ASCII), no backslash, not all
+        spaces (the AE value representation of DICOM PS3.5).
+
+    Raises
+    ------
+    MapError
+        If a field is invalid.
+    """
+
+    name: str
+    host: str
+    port: int
+    ae_title: str
+
+    def __post_init__(self) -> None:
+        _check_label(self.name, "name")
+        _check_label(self.host, "host")
+        if not _is_int(self.port) or not 1 <= self.port <= 65535:
+            raise MapError(f"{_show(self.port)} is not a TCP port (1..65535)", path="port")
+        _check_ae_title(self.ae_title)
+
+    def address(self) -> str:
+        """Return ``"AE@host:port"``, how logs name the gateway (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire form of the gateway (camelCase keys)."""
+        return {"name": self.name, "host": self.host, "port": self.port, "aeTitle": self.ae_title}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Gateway:
+        """Build a gateway from its wire form, rejecting missing and unknown keys.
+
+        Raises
+        ------
+        MapError
+            If `data` is not a mapping with exactly the keys ``name``,
+            ``host``, ``port`` and ``aeTitle``, or a value is invalid.
+        """
+        fields = _mapping(data, what="a gateway", keys=_GATEWAY_KEYS, required=_GATEWAY_KEYS)
+        return cls(
+            name=fields["name"],
+            host=fields["host"],
+            port=fields["port"],
+            ae_title=fields["aeTitle"],
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BucketMap:
+    """One version of the bucket map; valid by construction.
+
+    Parameters
+    ----------
+    version
+        At least 0; the operator increases it on every change, so a router
+        can tell a newer map from the one it applied and report which it
+        routes by.
+    buckets
+        The bucket count, 1..65536, fixed for the life of a pool: a study's
+        bucket depends on it, so changing it would move every study.
+    gateways
+        The gateways, at least one, with unique names and unique addresses
+        (host, port and AE title). A gateway may own no bucket: one that
+        is joining or leaving.
+    owners
+        ``owners[b]`` is the index in `gateways` of the gateway that receives
+        bucket ``b`` now; one entry per bucket.
+    moving
+        Buckets in handover: bucket → index of the gateway it is handed over
+        to, never its current owner. Routers keep sending it to its owner.
+
+    Raises
+    ------
+    MapError
+        If a field is invalid or the fields disagree (an owner that is not a
+        gateway, fewer or more owners than buckets, ...).
+
+    Notes
+    -----
+    Sequences are stored as tuples and `moving` as a read-only mapping, so a
+    map cannot change after it is checked, and a caller's list is not shared.
+    """
+
+    version: int
+    buckets: int
+    gateways: tuple[Gateway, ...]
+    owners: tuple[int, ...]
+    moving: Mapping[int, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gateways", tuple(self.gateways))
+        object.__setattr__(self, "owners", tuple(self.owners))
+        object.__setattr__(self, "moving", MappingProxyType(dict(self.moving)))
+        if not _is_int(self.version) or self.version < 0:
+            raise MapError(
+                f"{_show(self.version)} is not a version (an integer >= 0)", path="version"
+            )
+        if not _is_int(self.buckets) or not 1 <= self.buckets <= MAX_BUCKETS:
+            raise MapError(
+                f"{_show(self.buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets"
+            )
+        self._check_gateways()
+        self._check_owners()
+        self._check_moving()
+        # Sorted once checked (keys are then known to be ints): equal maps print alike.
+        object.__setattr__(self, "moving", MappingProxyType(dict(sorted(self.moving.items()))))
+
+    def _check_gateways(self) -> None:
+        if not self.gateways:
+            raise MapError("[] has no gateway (at least one is needed)", path="gateways")
+        names: dict[str, int] = {}
+        addresses: dict[tuple[str, int, str], int] = {}
+        for index, gateway in enumerate(self.gateways):
+            path = f"gateways[{index}]"
+            if not isinstance(gateway, Gateway):
+                raise MapError(f"{_show(gateway)} is not a Gateway", path=path)
+            if gateway.name in names:
+                raise MapError(
+                    f"{gateway.name!r} is already the name of gateways[{names[gateway.name]}]",
+                    path=f"{path}.name",
+                )
+            names[gateway.name] = index
+            # DNS names are case-insensitive; an AE title's trailing spaces are not significant.
+            address = (gateway.host.lower(), gateway.port, gateway.ae_title.strip(" "))
+            if address in addresses:
+                raise MapError(
+                    f"{gateway.address()!r} is already the address of "
+                    f"gateways[{addresses[address]}]",
+                    path=path,
+                )
+            addresses[address] = index
+
+    def _check_owners(self) -> None:
+        if len(self.owners) != self.buckets:
+            raise MapError(
+                f"{len(self.owners)} entries, but there are {self.buckets} buckets "
+                "(one owner per bucket)",
+                path="owners",
+            )
+        count = len(self.gateways)
+        for bucket, owner in enumerate(self.owners):
+            if not _is_int(owner) or not 0 <= owner < count:
+                raise MapError(
+                    f"{_show(owner)} is not a gateway index (0..{count - 1})",
+                    path=f"owners[{bucket}]",
+                )
+
+    def _check_moving(self) -> None:
+        count = len(self.gateways)
+        for bucket, target in self.moving.items():
+            if not _is_int(bucket) or not 0 <= bucket < self.buckets:
+                raise MapError(
+                    f"key {_show(bucket)} is not a bucket (0..{self.buckets - 1})", path="moving"
+                )
+            path = f"moving[{bucket}]"
+            if not _is_int(target) or not 0 <= target < count:
+                raise MapError(
+                    f"{_show(target)} is not a gateway index (0..{count - 1})", path=path
+                )
+            if target == self.owners[bucket]:
+                raise MapError(
+                    f"{target} is the bucket's current owner; a handover needs another gateway",
+                    path=path,
+                )
+
+    def __repr__(self) -> str:
+        # The full owners list (thousands of entries) would drown a log line.
+        names = tuple(gateway.name for gateway in self.gateways)
+        return (
+            f"BucketMap(version={self.version}, buckets={self.buckets}, "
+            f"gateways={names!r}, moving={len(self.moving)} buckets)"
+        )
+
+    def gateway_for(self, bucket: int) -> Gateway:
+        """Return the gateway that receives `bucket` now (its owner, also while it is moving).
+
+        Raises
+        ------
+        ValueError
+            If `bucket` is not in ``0 .. buckets - 1``; a negative bucket must
+            not silently index from the end.
+        """
+        if not 0 <= bucket < self.buckets:
+            raise ValueError(f"bucket {bucket!r} is not in 0..{self.buckets - 1}")
+        return self.gateways[self.owners[bucket]]
+
+    def bucket_counts(self) -> dict[str, int]:
+        """Return how many buckets each gateway owns, by gateway name, in gateway order.
+
+        Gateways that own nothing are listed with 0, so status shows a joining
+        or drained gateway too.
+        """
+        counts = [0] * len(self.gateways)
+        for owner in self.owners:
+            counts[owner] += 1
+        return {gateway.name: n for gateway, n in zip(self.gateways, counts, strict=True)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire form: plain dicts, lists and scalars, ready for JSON or YAML."""
+        return {
+            "version": self.version,
+            "buckets": self.buckets,
+            "gateways": [gateway.to_dict() for gateway in self.gateways],
+            "owners": list(self.owners),
+            "moving": {str(bucket): target for bucket, target in self.moving.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> BucketMap:
+        """Build a map from its wire form, checking everything.
+
+        Unknown keys are refused, at the top level and in gateways, so that a
+        misspelt field fails loudly instead of being ignored. ``moving`` keys
+        may be decimal strings (JSON) or integers (YAML without quotes).
+
+        Raises
+        ------
+        MapError
+            If anything is missing, unknown, of the wrong type or inconsistent.
+        """
+        fields = _mapping(
+            data, what="the bucket map", keys=_TOP_LEVEL_KEYS, required=_REQUIRED_KEYS
+        )
+        raw_gateways = _list(fields["gateways"], "gateways")
+        gateways = []
+        for index, entry in enumerate(raw_gateways):
+            try:
+                gateways.append(Gateway.from_dict(entry))
+            except MapError as error:
+                raise error.within(f"gateways[{index}]") from None
+        return cls(
+            version=fields["version"],
+            buckets=fields["buckets"],
+            gateways=tuple(gateways),
+            owners=tuple(_list(fields["owners"], "owners")),
+            moving=_moving(fields.get("moving", {})),
+        )
+
+
+def parse_map(text: str) -> BucketMap:
+    """Parse and check a bucket map written as JSON or YAML.
+
+    JSON is tried first, being what the operator writes and much faster to
+    parse; anything else is read as YAML (with ``safe_load`` semantics: no
+    object construction). Duplicate keys are refused in both, since the last
+    one silently winning is the same trap as a misspelt key.
+
+    Raises
+    ------
+    MapError
+        On a syntax error (saying where: line and column) or an invalid map.
+    """
+    return BucketMap.from_dict(_load_document(text))
+
+
+def load_map(path: str | os.PathLike[str]) -> BucketMap:
+    """Read and check a bucket map file (JSON or YAML, UTF-8).
+
+    Raises
+    ------
+    MapError
+        If the file is not UTF-8 text or not a valid map; the message starts
+        with the file name.
+    OSError
+        If the file cannot be read: that is not a fault of the map.
+    """
+    source = os.fspath(path)
+    with open(path, "rb") as stream:
+        raw = stream.read()
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark from editors
+    except UnicodeDecodeError as error:
+        raise MapError(
+            f"not UTF-8 text ({error.reason} at byte {error.start})", source=source
+        ) from None
+    try:
+        return parse_map(text)
+    except MapError as error:
+        raise MapError(error.problem, path=error.path, source=source) from None
+
+
+def dump_map(bucket_map: BucketMap) -> str:
+    """Return the map as compact JSON with sorted keys.
+
+    The same map always gives the same text, so the operator can compare the
+    text with what the ConfigMap holds and skip writes that change nothing,
+    and `parse_map` gives back an equal map.
+    """
+    return json.dumps(bucket_map.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def balanced_map(
+    gateways: Sequence[Gateway], *, buckets: int = 4096, version: int = 1
+) -> BucketMap:
+    """Return the map of a new pool: buckets dealt round robin over `gateways`.
+
+    See `gatewaypool.assignment.initial_owners`.
+
+    Raises
+    ------
+    MapError
+        If `buckets` is out of range, there are no gateways or more gateways
+        than buckets, or the gateways are not unique.
+    """
+    if not _is_int(buckets) or not 1 <= buckets <= MAX_BUCKETS:
+        raise MapError(f"{_show(buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets")
+    if not 1 <= len(gateways) <= buckets:
+        raise MapError(
+            f"{len(gateways)} gateways for {buckets} buckets (1..{buckets} gateways)",
+            path="gateways",
+        )
+    owners = initial_owners(buckets, len(gateways))
+    return BucketMap(
+        version=version, buckets=buckets, gateways=tuple(gateways), owners=tuple(owners)
+    )
+
+
+# --- parsing helpers ---------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys in a mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, object]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_document(text: str) -> object:
+    json_error: json.JSONDecodeError | None = None
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as error:
+            json_error = error  # may still be a YAML flow mapping: {version: 3, ...}
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds no objects
+    except yaml.MarkedYAMLError as error:
+        if json_error is not None:
+            raise MapError(
+                f"line {json_error.lineno}, column {json_error.colno}: {json_error.msg} (JSON)"
+            ) from None
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = error.problem or error.context or "syntax error"
+        raise MapError(f"{where}{problem} (YAML)") from None
+    except yaml.YAMLError as error:
+        raise MapError(f"not valid YAML: {error}") from None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MapError(f"duplicate key {key!r} (JSON)")
+        result[key] = value
+    return result
+
+
+def _mapping(
+    data: object, *, what: str, keys: Sequence[str], required: Sequence[str]
+) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise MapError(f"{what} must be a mapping, not {_kind(data)}: {_show(data)}")
+    for key in data:
+        if key not in keys:
+            raise MapError(
+                f"{_show(key)} is not a known key (expected {', '.join(keys)})", path=str(key)
+            )
+    for key in required:
+        if key not in data:
+            raise MapError("required key is missing", path=key)
+    return data
+
+
+def _list(data: object, path: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise MapError(f"{_show(data)} is not a list ({_kind(data)})", path=path)
+    return data
+
+
+def _moving(data: object) -> dict[int, int]:
+    if not isinstance(data, Mapping):
+        raise MapError(f"{_show(data)} is not a mapping of bucket to gateway index", path="moving")
+    moving: dict[int, int] = {}
+    for key, target in data.items():
+        if _is_int(key):
+            bucket = key
+        elif isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key:
+            bucket = int(key)
+        else:
+            raise MapError(f"key {_show(key)} is not a bucket number", path="moving")
+        if bucket in moving:
+            raise MapError(f"key {_show(key)} names bucket {bucket} twice", path="moving")
+        moving[bucket] = target
+    return moving
+
+
+# --- value checks ------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; a YAML "yes" must not pass as 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_label(value: object, path: str) -> None:
+    if not isinstance(value, str):
+        raise MapError(f"{_show(value)} is not a string ({_kind(value)})", path=path)
+    if not value:
+        raise MapError("'' is empty", path=path)
+    if len(value) > _MAX_NAME:
+        raise MapError(f"{_show(value)} is longer than {_MAX_NAME} characters", path=path)
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise MapError(f"{value!r} contains whitespace or control characters", path=path)
+
+
+def _check_ae_title(value: object) -> None:
+    path = "aeTitle"
+    if not isinstance(value, str):
+        raise MapError(f"{_show(value)} is not a string ({_kind(value)})", path=path)
+    if not 1 <= len(value) <= _MAX_AE_TITLE:
+        raise MapError(
+            f"{value!r} is not an AE title (1..{_MAX_AE_TITLE} characters, has {len(value)})",
+            path=path,
+        )
+    if "\\" in value:
+        raise MapError(f"{value!r} is not an AE title (no backslash)", path=path)
+    if not set(value) <= _AE_CHARACTERS:
+        raise MapError(
+            f"{value!r} is not an AE title (printable ASCII only, no control characters)",
+            path=path,
+        )
+    if not value.strip(" "):
+        raise MapError(f"{value!r} is not an AE title (all spaces)", path=path)
+
+
+def _kind(value: object) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
