@@ -52,7 +52,7 @@ case "$cmd" in
     bench)
         need_debian_packages
         need_venv
-        exec "$VENV/bin/gatewaypool" local bench "$@"
+        exec "$VENV/bin/gatewaypool" bench "$@"
         ;;
     test)
         need_debian_packages

@@ -1,18 +1,79 @@
-"""``gatewaypool local``: the local demo and the benchmark."""
+"""``gatewaypool local`` (the demo) and ``gatewaypool bench`` (the benchmark)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
 def register(subparsers: Any) -> None:
     """Add the ``local`` subcommand (entry point ``gatewaypool.commands``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "local", help="run a router in front of three local gateways and send studies through it"
+        "local",
+        help="demo: a router in front of three local gateways, real DICOM traffic, a report",
+        description=(
+            "Start a router and three local gateways (DCMTK storescp, Orthanc, pynetdicom), "
+            "send generated head-CT studies through the router over several associations and "
+            "report where each study landed, throughput, split studies and lost instances."
+        ),
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--studies", type=int, default=8, help="studies to send (default %(default)s)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=48, help="slices per study (default %(default)s)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=512, help="rows and columns (default %(default)s)"
+    )
+    parser.add_argument(
+        "--associations", type=int, default=4, help="concurrent senders (default %(default)s)"
+    )
+    parser.add_argument("--work-dir", type=Path, help="keep everything in this folder")
+    parser.set_defaults(func=run_local)
 
 
-def run(args: argparse.Namespace) -> int:
-    raise SystemExit("gatewaypool local: not built yet")
+def run_local(args: argparse.Namespace) -> int:
+    from gatewaypool_local.demo import run_demo
+
+    if args.studies < 2 or args.instances < 2:
+        print("gatewaypool local: --studies and --instances must be at least 2")
+        return 2
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="gatewaypool-demo-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = run_demo(
+            work_dir,
+            studies=args.studies,
+            instances=args.instances,
+            size=args.size,
+            associations=args.associations,
+        )
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return 0 if report.ok else 1
+
+
+def register_bench(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand (entry point ``gatewaypool.commands``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="benchmark: storescu straight to storescp vs through the router; memory",
+    )
+    parser.add_argument("--instances", type=int, default=1000)
+    parser.add_argument("--multiframe-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2, help="runs per case; the best counts")
+    parser.add_argument("--work-dir", type=Path)
+    parser.add_argument("--markdown", type=Path, help="also write the figures to this file")
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from gatewaypool_local.bench import main as bench_main
+
+    result: int = bench_main(args)
+    return result

@@ -1,0 +1,184 @@
+"""The router as a real process on loopback, for the demo, benchmarks and tests.
+
+Tests never import the router into their own process: they start the
+``gatewaypool router`` command exactly as a Deployment would, wait for its
+``/readyz``, read its ``/metrics`` and its JSON log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gatewaypool_local.peers import LOOPBACK, free_port, wait_until
+
+
+class RouterProcess:
+    """``gatewaypool router`` in a subprocess, logging JSON to a file."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        gateways: Sequence[str] = (),
+        map_file: Path | None = None,
+        ae_title: str = "GATEWAYPOOL",
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.http_port = free_port()
+        self.log_path = self.work_dir / "router.log"
+        self._gateways = list(gateways)
+        self._map_file = map_file
+        self._extra = list(extra_args)
+        self._env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gatewaypool.cli",
+            "router",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--http-bind",
+            LOOPBACK,
+            "--http-port",
+            str(self.http_port),
+            "--aet",
+            self.ae_title,
+            "--log-format",
+            "json",
+        ]
+        if self._map_file is not None:
+            cmd += ["--map", str(self._map_file)]
+        for gateway in self._gateways:
+            cmd += ["--gateway", gateway]
+        return cmd + self._extra
+
+    def start(self, *, timeout: float = 20.0) -> None:
+        """Start and wait until ``/readyz`` answers 200 (a map is loaded)."""
+        self._log_file = self.log_path.open("ab")
+        env = dict(os.environ if self._env is None else self._env)
+        self._proc = subprocess.Popen(
+            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, env=env
+        )
+        wait_until(self._ready_or_dead, timeout=timeout, what="router /readyz")
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"router exited with {self._proc.returncode}:\n{self.log_tail()}")
+
+    def _ready_or_dead(self) -> bool:
+        return (self._proc is not None and self._proc.poll() is not None) or self.ready()
+
+    def ready(self) -> bool:
+        return self.http_status("/readyz") == 200
+
+    def http_status(self, path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://{LOOPBACK}:{self.http_port}{path}", timeout=2
+            ) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def http_text(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=5) as r:
+            return str(r.read().decode())
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Scrape ``/metrics``: {(sample name, sorted labels): value}."""
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(self.http_text("/metrics")):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when the labelled series does not exist yet)."""
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every JSON log line written so far."""
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return records
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [record for record in self.log_records() if record.get("event") == name]
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM of the live process: its peak resident memory so far."""
+        if self._proc is None:
+            return 0
+        for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, *, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful: running associations finish) and wait."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return self._proc.returncode
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
