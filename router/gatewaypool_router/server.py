@@ -7,6 +7,7 @@ the number of associations is capped by ``max_associations``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -105,6 +106,9 @@ class Router:
         grace = self.config.shutdown_grace if grace is None else grace
         self._stopping.set()
         if self._listener is not None:
+            # shutdown() wakes the acceptor blocked in accept(); close() alone does not.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
         if self._watcher is not None:
             self._watcher.stop()
