@@ -1,0 +1,141 @@
+"""Shared fixtures: real DICOM gateways on loopback and synthetic CT studies.
+
+Gateways are started per test (each in its own folder, on free ports) and
+stopped after it; starting waits on readiness (C-ECHO, Orthanc's REST API),
+never on a sleep. When a test fails, the last lines of each gateway's log are
+printed with the test's report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
+from gatewaypool_local.synth import Study, generate_study
+
+_LOG_LINES_ON_FAILURE = 30
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item, so fixtures know a test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is None or report.failed
+
+
+def _print_log_on_failure(
+    request: pytest.FixtureRequest, gateway: StoreSCP | Orthanc | PynetdicomSink
+) -> None:
+    # Printed output of a failed test is shown with its report.
+    if _failed(request):
+        print(gateway.log_tail(_LOG_LINES_ON_FAILURE))
+
+
+@pytest.fixture
+def tmp_workdir(tmp_path: Path) -> Path:
+    """A fresh folder for one test's gateways, studies and logs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+@pytest.fixture
+def storescp_gateway(tmp_workdir: Path, request: pytest.FixtureRequest) -> Iterator[StoreSCP]:
+    """A started DCMTK storescp (bit-preserving), stopped after the test."""
+    gateway = StoreSCP(tmp_workdir / "storescp", ae_title="GW-STORESCP")
+    with gateway:
+        yield gateway
+    _print_log_on_failure(request, gateway)
+
+
+@pytest.fixture
+def orthanc_gateway(tmp_workdir: Path, request: pytest.FixtureRequest) -> Iterator[Orthanc]:
+    """A started Orthanc with storage in the test's folder, killed after it.
+
+    Killed, not stopped: Orthanc 1.10's graceful stop takes ~2.5 s (its HTTP
+    server's shutdown), and the folder is thrown away with the test anyway.
+    """
+    gateway = Orthanc(tmp_workdir / "orthanc", ae_title="GW-ORTHANC")
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.kill()
+    _print_log_on_failure(request, gateway)
+
+
+@pytest.fixture
+def pynetdicom_gateway(
+    tmp_workdir: Path, request: pytest.FixtureRequest
+) -> Iterator[PynetdicomSink]:
+    """A started pynetdicom sink (exact received bytes), stopped after the test."""
+    gateway = PynetdicomSink(tmp_workdir / "sink", ae_title="GW-SINK")
+    with gateway:
+        yield gateway
+    _print_log_on_failure(request, gateway)
+
+
+class StudyFactory(Protocol):
+    """Signature of the ``ct_studies`` fixture's value."""
+
+    def __call__(
+        self,
+        count: int = 1,
+        *,
+        instances: int = 5,
+        rows: int = 64,
+        columns: int = 64,
+        transfer_syntax: str = ExplicitVRLittleEndian,
+        first_index: int = 0,
+        seed: int = 0,
+    ) -> list[Study]: ...
+
+
+@pytest.fixture
+def ct_studies(tmp_path: Path) -> StudyFactory:
+    """Factory: ``ct_studies(count, instances=5, rows=64, columns=64, ...)``.
+
+    Writes ``count`` small head-CT studies (indexes ``first_index`` on) under
+    the test's folder and returns them. Small images by default: tests need
+    the shape of CT traffic, not its size.
+    """
+    counter = iter(range(1_000_000))
+
+    def make(
+        count: int = 1,
+        *,
+        instances: int = 5,
+        rows: int = 64,
+        columns: int = 64,
+        transfer_syntax: str = ExplicitVRLittleEndian,
+        first_index: int = 0,
+        seed: int = 0,
+    ) -> list[Study]:
+        out = tmp_path / "studies" / f"batch-{next(counter)}"
+        return [
+            generate_study(
+                out,
+                study_index=first_index + i,
+                instances=instances,
+                rows=rows,
+                columns=columns,
+                transfer_syntax=transfer_syntax,
+                seed=seed,
+            )
+            for i in range(count)
+        ]
+
+    return make
