@@ -69,7 +69,7 @@ def check_port(option: str, value: int | str) -> int:
 
 
 def check_ae_title(option: str, value: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
+    if not _AE_TITLE.fullmatch(value) or not value.strip():
         raise ConfigError(
             f"{option}: {value!r} is not an AE title (1-16 printable characters, no backslash)"
         )

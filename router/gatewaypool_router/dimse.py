@@ -67,7 +67,7 @@ def parse_request(raw: bytes) -> Command:
             sop_class_uid=str(dataset.get("AffectedSOPClassUID", "")),
             sop_instance_uid=str(dataset.get("AffectedSOPInstanceUID", "")),
         )
-    except (AttributeError, TypeError, ValueError) as exc:
+    except Exception as exc:  # pydicom parses lazily: a bad element raises on access
         raise CommandError(f"command set lacks a required element: {exc}") from exc
 
 
@@ -80,7 +80,7 @@ def parse_response(raw: bytes) -> tuple[int, Response]:
             status=int(dataset.Status),
             error_comment=str(dataset.get("ErrorComment", "")),
         )
-    except (AttributeError, TypeError, ValueError) as exc:
+    except Exception as exc:  # pydicom parses lazily: a bad element raises on access
         raise CommandError(f"response lacks a required element: {exc}") from exc
 
 

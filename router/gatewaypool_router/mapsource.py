@@ -8,12 +8,12 @@ counted, and the one in use stays.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import threading
 from pathlib import Path
 
-from gatewaypool.bucketmap import BucketMap, MapError, load_map
+from gatewaypool.bucketmap import BucketMap, MapError, parse_map
 from gatewaypool.logs import log_event
 from gatewaypool_router.metrics import RouterMetrics
 
@@ -71,9 +71,9 @@ class MapHolder:
 class FileMapWatcher:
     """Polls a map file and offers every changed version to the holder.
 
-    Polling the file's identity (inode, size, mtime) once a second is cheap
-    and also works for Kubernetes ConfigMap volumes, whose updates arrive as
-    an atomic symlink swap that inotify on the file itself would miss.
+    Polling once a second is cheap and also works for Kubernetes ConfigMap
+    volumes, whose updates arrive as an atomic symlink swap that inotify on
+    the file itself would miss.
     """
 
     def __init__(self, path: Path, holder: MapHolder, *, interval: float = 1.0) -> None:
@@ -81,28 +81,38 @@ class FileMapWatcher:
         self._holder = holder
         self._interval = interval
         self._stop = threading.Event()
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: bytes | None = None
         self._thread = threading.Thread(target=self._run, name="map-watcher", daemon=True)
 
     def load_now(self) -> bool:
-        """Read the file once; return whether a map is in use afterwards."""
+        """Read the file once; return whether a map is in use afterwards.
+
+        The file's bytes, not its inode, size or mtime, decide whether it
+        changed: an in-place rewrite of the same size within one timestamp
+        tick must not go unnoticed. A map is a few tens of kilobytes, so
+        reading it every poll costs nothing.
+        """
         try:
-            stat = os.stat(self._path)
+            content = self._path.read_bytes()
         except OSError as exc:
             if self._seen is not None or self._holder.current is None:
-                self._holder.refuse(f"cannot read {self._path}: {exc.strerror}", source="file")
+                reason = exc.strerror or type(exc).__name__
+                self._holder.refuse(f"cannot read {self._path}: {reason}", source="file")
             self._seen = None
             return self._holder.current is not None
-        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if identity == self._seen:
+        digest = hashlib.sha256(content).digest()
+        if digest == self._seen:
             return self._holder.current is not None
-        self._seen = identity
+        self._seen = digest
+        source = f"file {self._path}"
         try:
-            candidate = load_map(self._path)
+            candidate = parse_map(content.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            self._holder.refuse(f"{self._path}: not UTF-8 text: {exc}", source=source)
         except MapError as exc:
-            self._holder.refuse(str(exc), source=f"file {self._path}")
+            self._holder.refuse(f"{self._path}: {exc}", source=source)
         else:
-            self._holder.offer(candidate, source=f"file {self._path}")
+            self._holder.offer(candidate, source=source)
         return self._holder.current is not None
 
     def start(self) -> None:

@@ -105,6 +105,11 @@ def _supported_context(abstract_syntax: str) -> PresentationContext | None:
     ours = PresentationContext()
     ours.abstract_syntax = UID(abstract_syntax)
     ours.transfer_syntax = [UID(ts) for ts in SUPPORTED_TRANSFER_SYNTAXES]
+    # The sender may be the SCU (it stores, we answer); it may never be the
+    # SCP: the router does not send instances back. Setting both lets
+    # pynetdicom answer SCP/SCU Role Selection items when a sender proposes them.
+    ours.scu_role = True
+    ours.scp_role = False
     return ours
 
 

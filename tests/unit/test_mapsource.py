@@ -238,17 +238,6 @@ def test_file_unchanged_is_not_reread(
     assert refusals(caplog) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug: FileMapWatcher.load_now (router/gatewaypool_router/mapsource.py:96, `identity = "
-        "(st_ino, st_size, st_mtime_ns)`) decides a file is unchanged from its stat "
-        "alone; a map rewritten in place with the same length within one mtime tick "
-        "(coarse timestamps: ~4 ms on older kernels, 1-2 s on some file systems) is "
-        "never read, so the router keeps routing by the old version"
-    ),
-)
 def test_file_rewritten_within_one_timestamp_tick(
     map_path: Path, watcher: FileMapWatcher, holder: MapHolder
 ) -> None:
@@ -341,17 +330,6 @@ def test_file_missing_at_start(
     assert rejected(metrics) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IsADirectoryError,
-    reason=(
-        "bug: FileMapWatcher.load_now (router/gatewaypool_router/mapsource.py:90-101) refuses an "
-        "OSError from os.stat but not one from load_map's open(): a --map path that is a "
-        "directory (or unreadable, or removed between stat and open) raises out of "
-        "load_now instead of being refused and counted; at start this crashes "
-        "Router.start"
-    ),
-)
 def test_file_that_is_a_directory_is_refused(
     tmp_path: Path, holder: MapHolder, metrics: RouterMetrics
 ) -> None:

@@ -236,16 +236,6 @@ def test_accept_with_roles_proposed_still_accepts() -> None:
     assert decode_ac(raw).result == 0x00
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: negotiation.accept (router/gatewaypool_router/negotiation.py:105-107, the `ours` "
-        "contexts in accept) never sets scu_role/scp_role on the acceptor contexts, so "
-        "pynetdicom's negotiate_as_acceptor treats role selection as unsupported and "
-        "returns no replies: the `*roles` appended to the AC's user information is always "
-        "empty and a proposed SCP/SCU Role Selection item is never answered"
-    ),
-)
 def test_accept_echoes_role_selection_items() -> None:
     extra = [role(CT_IMAGE_STORAGE, scu=True, scp=False), role(VERIFICATION, scu=True, scp=True)]
     request = negotiation.parse_request(association_rq(extra=extra))

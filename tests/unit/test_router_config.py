@@ -130,16 +130,6 @@ def test_valid_ae_titles(title: str) -> None:
     assert config(ae_title=title).ae_title == title
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug: config._AE_TITLE (router/gatewaypool_router/config.py:15) uses `$`, which "
-        "also matches before a trailing newline, and check_ae_title uses re.match, so "
-        "'ROUTER\\n' and a 17-character 'A'*16+'\\n' are accepted; RouterConfig then keeps "
-        "the newline in ae_title (it discards check_ae_title's stripped value)"
-    ),
-)
 @pytest.mark.parametrize("title", ["ROUTER\n", "A" * 16 + "\n"])
 def test_ae_title_with_trailing_newline(title: str) -> None:
     try:
