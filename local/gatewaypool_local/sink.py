@@ -176,6 +176,8 @@ class _Sink:
         sop_instance = str(request.AffectedSOPInstanceUID)
         transfer_syntax = UID(event.context.transfer_syntax)
         if self._config.delay > 0:
+            # Tests wait for this line to know an instance is in flight here.
+            LOGGER.info("received %s, answering in %g s", sop_instance, self._config.delay)
             time.sleep(self._config.delay)
         if not _is_stored_status(status):
             LOGGER.info("refused %s with status 0x%04X (as configured)", sop_instance, status)
