@@ -21,7 +21,10 @@ class HealthServer:
         self._server = ThreadingHTTPServer((bind, port), handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        # A short poll interval keeps shutdown() prompt: it waits for one poll.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="http", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
