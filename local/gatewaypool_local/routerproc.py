@@ -80,19 +80,21 @@ class RouterProcess:
             cmd += ["--gateway", gateway]
         return cmd + self._extra
 
-    def start(self, *, timeout: float = 20.0) -> None:
-        """Start and wait until ``/readyz`` answers 200 (a map is loaded)."""
+    def start(self, *, timeout: float = 20.0, wait_ready: bool = True) -> None:
+        """Start and wait until ``/readyz`` (or with ``wait_ready=False``, ``/healthz``) is 200."""
         self._log_file = self.log_path.open("ab")
         env = dict(os.environ if self._env is None else self._env)
         self._proc = subprocess.Popen(
             self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, env=env
         )
-        wait_until(self._ready_or_dead, timeout=timeout, what="router /readyz")
+        path = "/readyz" if wait_ready else "/healthz"
+        wait_until(lambda: self._up_or_dead(path), timeout=timeout, what=f"router {path}")
         if self._proc.poll() is not None:
             raise RuntimeError(f"router exited with {self._proc.returncode}:\n{self.log_tail()}")
 
-    def _ready_or_dead(self) -> bool:
-        return (self._proc is not None and self._proc.poll() is not None) or self.ready()
+    def _up_or_dead(self, path: str) -> bool:
+        dead = self._proc is not None and self._proc.poll() is not None
+        return dead or self.http_status(path) == 200
 
     def ready(self) -> bool:
         return self.http_status("/readyz") == 200
