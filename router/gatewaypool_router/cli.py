@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from gatewaypool import logs
-from gatewaypool_router.config import ConfigError, ConnectTo, RouterConfig, parse_gateway
+from gatewaypool_router.config import (
+    ConfigError,
+    ConnectTo,
+    ObjectRef,
+    RouterConfig,
+    parse_gateway,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,26 @@ def register(subparsers: Any) -> None:
         metavar="AET@HOST:PORT",
         help="a gateway (repeatable): builds a balanced map over them, in order",
     )
+    source.add_argument(
+        "--map-configmap",
+        metavar="NAMESPACE/NAME",
+        help="watch the bucket map in this ConfigMap (key map.json) through the Kubernetes API",
+    )
+    routing.add_argument(
+        "--report-configmap",
+        metavar="NAMESPACE/NAME",
+        help="write the applied map version under --pod-name into this ConfigMap",
+    )
+    routing.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME", ""),
+        help="this router's name in reports (default $POD_NAME)",
+    )
+    routing.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig for the API (default: the in-cluster service account)",
+    )
     routing.add_argument("--buckets", type=int, default=defaults.buckets)
     routing.add_argument(
         "--connect-to",
@@ -127,6 +154,16 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         http_port=args.http_port,
         map_file=args.map,
         gateways=gateways,
+        map_configmap=(
+            ObjectRef.parse("--map-configmap", args.map_configmap) if args.map_configmap else None
+        ),
+        report_configmap=(
+            ObjectRef.parse("--report-configmap", args.report_configmap)
+            if args.report_configmap
+            else None
+        ),
+        kubeconfig=args.kubeconfig,
+        pod_name=args.pod_name,
         buckets=args.buckets,
         allowed_calling_aes=frozenset(a.strip() for a in args.allow_calling_aet),
         require_called_ae=args.require_called_aet,

@@ -87,6 +87,25 @@ def parse_gateway(text: str, index: int) -> Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """``NAMESPACE/NAME`` of a Kubernetes object (a ConfigMap)."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, option: str, text: str) -> ObjectRef:
+        parts = text.split("/")
+        dns_label = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+        if len(parts) != 2 or not all(dns_label.match(part) for part in parts):
+            raise ConfigError(f"{option}: {text!r} is not NAMESPACE/NAME")
+        return cls(namespace=parts[0], name=parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     """Everything one router process is told at start."""
 
@@ -97,6 +116,10 @@ class RouterConfig:
     http_port: int = 8080
     map_file: Path | None = None
     gateways: tuple[Gateway, ...] = ()
+    map_configmap: ObjectRef | None = None
+    report_configmap: ObjectRef | None = None
+    kubeconfig: Path | None = None
+    pod_name: str = ""
     buckets: int = 4096
     allowed_calling_aes: frozenset[str] = frozenset()
     require_called_ae: bool = False
@@ -119,8 +142,14 @@ class RouterConfig:
             check_port("--port", self.port)
         if self.http_port != 0:
             check_port("--http-port", self.http_port)
-        if (self.map_file is None) == (not self.gateways):
-            raise ConfigError("give either --map FILE or at least one --gateway AET@HOST:PORT")
+        sources = [self.map_file is not None, bool(self.gateways), self.map_configmap is not None]
+        if sum(sources) != 1:
+            raise ConfigError(
+                "give exactly one of --map FILE, --map-configmap NAMESPACE/NAME "
+                "or at least one --gateway AET@HOST:PORT"
+            )
+        if self.report_configmap is not None and not self.pod_name:
+            raise ConfigError("--report-configmap needs --pod-name (or $POD_NAME)")
         if not 1 <= self.buckets <= 65536:
             raise ConfigError(f"--buckets: {self.buckets} is not in 1..65536")
         if self.gateways and len(self.gateways) > self.buckets:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from gatewaypool.bucketmap import BucketMap, MapError, parse_map
@@ -27,6 +28,11 @@ class MapHolder:
         self._metrics = metrics
         self._lock = threading.Lock()
         self.current: BucketMap | None = None
+        self._listeners: list[Callable[[BucketMap], None]] = []
+
+    def subscribe(self, listener: Callable[[BucketMap], None]) -> None:
+        """Call ``listener`` with every map applied from now on (e.g. to report it)."""
+        self._listeners.append(listener)
 
     def offer(self, candidate: BucketMap, *, source: str) -> bool:
         """Apply ``candidate`` if it is newer; return whether it was applied."""
@@ -50,6 +56,8 @@ class MapHolder:
                     return False
             self.current = candidate
         self._metrics.map_version.set(candidate.version)
+        for listener in self._listeners:
+            listener(candidate)
         log_event(
             log,
             logging.INFO,

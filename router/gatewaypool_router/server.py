@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Protocol
 
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.logs import log_event
@@ -23,6 +24,14 @@ from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 
 log = logging.getLogger(__name__)
+
+
+class _Part(Protocol):
+    """A background part of the router (map watch, reporter)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Router:
@@ -40,6 +49,8 @@ class Router:
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._watcher: FileMapWatcher | None = None
+        self._kube_api: object | None = None
+        self._stoppables: list[_Part] = []
         self._http: HealthServer | None = None
         self.port = config.port
         self.http_port = config.http_port
@@ -73,10 +84,27 @@ class Router:
             )
             self._watcher.load_now()
             self._watcher.start()
+        elif config.map_configmap is not None:
+            from gatewaypool_router.kubesource import ConfigMapMapWatcher, core_api
+
+            self._kube_api = core_api(config)
+            map_watch = ConfigMapMapWatcher(self._kube_api, config.map_configmap, self.maps)
+            map_watch.load_now()
+            self._stoppables.append(map_watch)
         else:
             self.maps.offer(
                 balanced_map(config.gateways, buckets=config.buckets), source="command line"
             )
+        if config.report_configmap is not None:
+            from gatewaypool_router.kubesource import RouterReporter, core_api
+
+            api = self._kube_api if self._kube_api is not None else core_api(config)
+            reporter = RouterReporter(
+                api, config.report_configmap, pod_name=config.pod_name, holder=self.maps
+            )
+            self._stoppables.append(reporter)
+        for part in self._stoppables:
+            part.start()
         listener = socket.create_server((config.bind, config.port), reuse_port=False, backlog=128)
         self._listener = listener
         self.port = listener.getsockname()[1]
@@ -112,6 +140,8 @@ class Router:
             self._listener.close()
         if self._watcher is not None:
             self._watcher.stop()
+        for part in self._stoppables:
+            part.stop()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
