@@ -1,17 +1,17 @@
 """DIMSE command sets: read the sender's requests, write the router's answers.
 
-Command sets are small and always implicit VR little endian; pydicom and
-pynetdicom's codec decode and encode them. Only data sets stream.
+Command sets are small and always implicit VR little endian. Reading them
+is on every instance's path, so it is a flat parse of our own; writing them
+(only for the router's own answers) goes through pynetdicom's codec.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -21,6 +21,7 @@ NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
 
 _ERROR_COMMENT_LIMIT = 64
+_ELEMENT = struct.Struct("<HHL")
 
 
 class CommandError(ValueError):
@@ -47,41 +48,63 @@ class Response:
     error_comment: str
 
 
-def _decode(raw: bytes) -> Dataset:
-    try:
-        dataset = decode(BytesIO(raw), True, True)
-        dataset.CommandField  # noqa: B018 - force the lazy parse to surface errors here
-    except Exception as exc:  # pydicom raises several types on garbage
-        raise CommandError(f"undecodable command set: {exc}") from exc
-    return dataset
+def _elements(raw: bytes) -> dict[int, bytes]:
+    """Split an implicit VR little endian command set into {tag: value}.
+
+    Command sets are a flat list of group 0000 elements with defined
+    lengths, so a few lines of our own replace a general pydicom decode,
+    which cost more than everything else the router does per instance.
+    """
+    elements: dict[int, bytes] = {}
+    offset = 0
+    end = len(raw)
+    while offset < end:
+        if end - offset < 8:
+            raise CommandError(f"command set truncated at byte {offset}")
+        group, element, length = _ELEMENT.unpack_from(raw, offset)
+        offset += 8
+        if length == 0xFFFFFFFF or offset + length > end:
+            raise CommandError(f"element ({group:04X},{element:04X}) runs past the command set")
+        if group != 0x0000:
+            raise CommandError(f"element ({group:04X},{element:04X}) outside group 0000")
+        elements[element] = raw[offset : offset + length]
+        offset += length
+    return elements
+
+
+def _us(elements: dict[int, bytes], element: int, name: str, *, what: str) -> int:
+    value = elements.get(element)
+    if value is None:
+        raise CommandError(f"{what} lacks a required element: {name}")
+    if len(value) != 2:
+        raise CommandError(f"{what} lacks a required element: {name} has length {len(value)}")
+    return int.from_bytes(value, "little")
+
+
+def _text(elements: dict[int, bytes], element: int) -> str:
+    return elements.get(element, b"").decode("ascii", "replace").rstrip("\0 ")
 
 
 def parse_request(raw: bytes) -> Command:
     """Decode a request command set (C-STORE-RQ, C-ECHO-RQ, or anything else)."""
-    dataset = _decode(raw)
-    try:
-        return Command(
-            field=int(dataset.CommandField),
-            message_id=int(dataset.MessageID),
-            has_data_set=int(dataset.CommandDataSetType) != NO_DATA_SET,
-            sop_class_uid=str(dataset.get("AffectedSOPClassUID", "")),
-            sop_instance_uid=str(dataset.get("AffectedSOPInstanceUID", "")),
-        )
-    except Exception as exc:  # pydicom parses lazily: a bad element raises on access
-        raise CommandError(f"command set lacks a required element: {exc}") from exc
+    elements = _elements(raw)
+    return Command(
+        field=_us(elements, 0x0100, "CommandField", what="command set"),
+        message_id=_us(elements, 0x0110, "MessageID", what="command set"),
+        has_data_set=_us(elements, 0x0800, "CommandDataSetType", what="command set") != NO_DATA_SET,
+        sop_class_uid=_text(elements, 0x0002),
+        sop_instance_uid=_text(elements, 0x1000),
+    )
 
 
 def parse_response(raw: bytes) -> tuple[int, Response]:
     """Decode a gateway's response command set: (command field, response)."""
-    dataset = _decode(raw)
-    try:
-        return int(dataset.CommandField), Response(
-            message_id=int(dataset.MessageIDBeingRespondedTo),
-            status=int(dataset.Status),
-            error_comment=str(dataset.get("ErrorComment", "")),
-        )
-    except Exception as exc:  # pydicom parses lazily: a bad element raises on access
-        raise CommandError(f"response lacks a required element: {exc}") from exc
+    elements = _elements(raw)
+    return _us(elements, 0x0100, "CommandField", what="response"), Response(
+        message_id=_us(elements, 0x0120, "MessageIDBeingRespondedTo", what="response"),
+        status=_us(elements, 0x0900, "Status", what="response"),
+        error_comment=_text(elements, 0x0902),
+    )
 
 
 def _encode(dataset: Dataset) -> bytes:
