@@ -499,10 +499,11 @@ class IncomingAssociation:
         self._tally.size += instance.size
         if result == "failure":
             self._tally.failed += 1
-        self._metrics.instances.labels(gateway=gateway_name, outcome=result).inc()
-        self._metrics.bytes.labels(gateway=gateway_name, outcome=result).inc(instance.size)
-        self._metrics.forward_seconds.labels(gateway=gateway_name).observe(
-            time.monotonic() - instance.started
+        self._metrics.record_instance(
+            gateway=gateway_name,
+            outcome=result,
+            size=instance.size,
+            seconds=time.monotonic() - instance.started,
         )
 
     def _reply(self, context: AcceptedContext, command: bytes) -> None:

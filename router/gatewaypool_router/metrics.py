@@ -6,6 +6,8 @@ several routers (tests, the local demo) never mix their counts.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -65,8 +67,29 @@ class RouterMetrics:
             registry=r,
         )
         self.map_version.set(-1)
+        self._per_instance: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.map_rejected = Counter(
             "gatewaypool_router_map_rejected",
             "New bucket maps refused (invalid, stale or changing the bucket count)",
             registry=r,
         )
+
+    def record_instance(self, *, gateway: str, outcome: str, size: int, seconds: float) -> None:
+        """Count one answered C-STORE.
+
+        The labelled children are looked up once per (gateway, outcome):
+        ``labels()`` takes a lock and builds a key on every call, and this
+        runs for every instance.
+        """
+        children = self._per_instance.get((gateway, outcome))
+        if children is None:
+            children = (
+                self.instances.labels(gateway=gateway, outcome=outcome),
+                self.bytes.labels(gateway=gateway, outcome=outcome),
+                self.forward_seconds.labels(gateway=gateway),
+            )
+            self._per_instance[(gateway, outcome)] = children
+        count, volume, latency = children
+        count.inc()
+        volume.inc(size)
+        latency.observe(seconds)

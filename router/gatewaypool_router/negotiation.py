@@ -184,7 +184,18 @@ def reject(*, result: int, source: int, reason: int) -> bytes:
 def build_request(
     *, calling_ae: str, called_ae: str, contexts: Iterable[AcceptedContext], max_pdu: int
 ) -> bytes:
-    """Encode the A-ASSOCIATE-RQ proposing the sender's contexts to a gateway."""
+    """Encode the A-ASSOCIATE-RQ proposing the sender's contexts to a gateway.
+
+    Cached: a modality reconnects with the same proposal over and over, and
+    pynetdicom validates every UID of every context each time it encodes.
+    """
+    return _build_request(calling_ae, called_ae, tuple(contexts), max_pdu)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_request(
+    calling_ae: str, called_ae: str, contexts: tuple[AcceptedContext, ...], max_pdu: int
+) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = UID(APPLICATION_CONTEXT)
     primitive.calling_ae_title = calling_ae
@@ -215,8 +226,14 @@ def parse_acceptance(raw: bytes, proposed: Sequence[AcceptedContext]) -> Gateway
     """Decode a gateway's A-ASSOCIATE-AC.
 
     A context counts as usable only if the gateway accepted it with the very
-    transfer syntax proposed: anything else would change the bytes.
+    transfer syntax proposed: anything else would change the bytes. Cached
+    like :func:`build_request`: a gateway answers the same proposal alike.
     """
+    return _parse_acceptance(raw, tuple(proposed))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_acceptance(raw: bytes, proposed: tuple[AcceptedContext, ...]) -> GatewayAcceptance:
     pdu = A_ASSOCIATE_AC()
     pdu.decode(raw)
     primitive = pdu.to_primitive()
