@@ -1,0 +1,843 @@
+"""The GatewayPool CRD: accepted by Kubernetes, structural, and exactly the shared contract.
+
+There is no API server here, so each of its jobs is done by a stand-in:
+
+- ``kubernetes-validate --strict`` checks the CRD object itself against the real
+  ``apiextensions.k8s.io/v1`` OpenAPI schema (a misspelt keyword is refused);
+- ``jsonschema`` applies the ``openAPIV3Schema`` to GatewayPools, after a small
+  defaulting walker that fills defaults as the API server does;
+- ``cel-python`` evaluates the ``x-kubernetes-validations`` rules, with ``self``
+  and, for transition rules, ``oldSelf`` bound;
+- a pruning walker reports the fields the API server would drop, which
+  ``kubectl apply`` (field validation ``Strict``, its default) refuses.
+
+Errors are spelled ``<field path>: <message>`` so that each file in
+``tests/schema/invalid`` can name, in its first line, the error it must cause.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "gatewaypool.io_gatewaypools.yaml"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+INVALID = sorted((ROOT / "tests" / "schema" / "invalid").glob("*.yaml"))
+EXPECT_PREFIX = "# expect: "
+
+# Kubernetes releases whose CRD schema the CRD must satisfy: 1.29, where CRD
+# validation rules (CEL) became GA, and the newest kubernetes-validate ships.
+KUBERNETES_VERSIONS = ["1.29", "1.37"]
+
+# The contract's spec fields (/work/tmp/spec.md), as dotted paths below `spec`.
+# A field added to or dropped from the CRD without the contract fails here.
+SPEC_FIELDS = [
+    "replicas",
+    "buckets",
+    "gateway",
+    "gateway.image",
+    "gateway.imagePullPolicy",
+    "gateway.command",
+    "gateway.args",
+    "gateway.port",
+    "gateway.aeTitle",
+    "gateway.env",
+    "gateway.resources",
+    "gateway.storage",
+    "gateway.storage.size",
+    "gateway.storage.storageClassName",
+    "gateway.storage.mountPath",
+    "gateway.podTemplate",
+    "gateway.podTemplate.labels",
+    "gateway.podTemplate.annotations",
+    "gateway.podTemplate.nodeSelector",
+    "gateway.podTemplate.tolerations",
+    "gateway.podTemplate.affinity",
+    "gateway.podTemplate.priorityClassName",
+    "gateway.podTemplate.serviceAccountName",
+    "router",
+    "router.replicas",
+    "router.image",
+    "router.aeTitle",
+    "router.port",
+    "router.serviceType",
+    "router.allowedCallingAETitles",
+    "router.resources",
+    "handover",
+    "handover.quietSeconds",
+    "handover.maxDrainSeconds",
+]
+
+STATUS_FIELDS = [
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "observedGeneration",
+    "mapVersion",
+    "routersInSync",
+    "routersTotal",
+    "routers",
+    "movingBuckets",
+    "bucketCounts",
+    "conditions",
+]
+CONDITION_FIELDS = [
+    "type",
+    "status",
+    "reason",
+    "message",
+    "lastTransitionTime",
+    "observedGeneration",
+]
+
+# Defaults, ranges and enums of the contract, by path below `spec`.
+DEFAULTS = {
+    "replicas": 1,
+    "buckets": 4096,
+    "gateway.imagePullPolicy": "IfNotPresent",
+    "gateway.port": 104,
+    "gateway.aeTitle": "GATEWAY",
+    "gateway.storage.mountPath": "/var/lib/gateway",
+    "router": {},
+    "router.replicas": 2,
+    "router.aeTitle": "GATEWAYPOOL",
+    "router.port": 11112,
+    "router.serviceType": "ClusterIP",
+    "handover": {},
+    "handover.quietSeconds": 30,
+    "handover.maxDrainSeconds": 600,
+}
+RANGES = {
+    "replicas": (0, 1024),
+    "buckets": (1, 65536),
+    "gateway.port": (1, 65535),
+    "router.replicas": (1, 100),
+    "router.port": (1, 65535),
+    "handover.quietSeconds": (1, 3600),
+    "handover.maxDrainSeconds": (10, 86400),
+}
+ENUMS = {
+    "gateway.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
+    "router.serviceType": ["ClusterIP", "NodePort", "LoadBalancer"],
+}
+AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
+AE_TITLE_FIELDS = ["gateway.aeTitle", "router.aeTitle", "router.allowedCallingAETitles[]"]
+
+# Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
+PRESERVE_UNKNOWN_FIELDS = {
+    "spec.gateway.env[]",
+    "spec.gateway.resources",
+    "spec.gateway.podTemplate.tolerations[]",
+    "spec.gateway.podTemplate.affinity",
+    "spec.router.resources",
+}
+
+# The contract's sample pool, status included.
+CONTRACT_SAMPLE: dict[str, Any] = {
+    "apiVersion": "gatewaypool.io/v1alpha1",
+    "kind": "GatewayPool",
+    "metadata": {"name": "ct-triage", "namespace": "radiology"},
+    "spec": {
+        "replicas": 3,
+        "buckets": 4096,
+        "gateway": {
+            "image": "orthancteam/orthanc:24.1.2",
+            "imagePullPolicy": "IfNotPresent",
+            "command": [],
+            "args": [],
+            "port": 104,
+            "aeTitle": "GATEWAY",
+            "env": [],
+            "resources": {},
+            "storage": {
+                "size": "10Gi",
+                "storageClassName": "fast",
+                "mountPath": "/var/lib/gateway",
+            },
+            "podTemplate": {
+                "labels": {},
+                "annotations": {},
+                "nodeSelector": {},
+                "tolerations": [],
+                "affinity": {},
+                "priorityClassName": "",
+                "serviceAccountName": "",
+            },
+        },
+        "router": {
+            "replicas": 2,
+            "image": "",
+            "aeTitle": "GATEWAYPOOL",
+            "port": 11112,
+            "serviceType": "ClusterIP",
+            "allowedCallingAETitles": [],
+            "resources": {},
+        },
+        "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
+    },
+    "status": {
+        "replicas": 3,
+        "readyReplicas": 3,
+        "selector": "app.kubernetes.io/instance=ct-triage,app.kubernetes.io/component=gateway",
+        "observedGeneration": 4,
+        "mapVersion": 7,
+        "routersInSync": 2,
+        "routersTotal": 2,
+        "routers": "2/2",
+        "movingBuckets": 0,
+        "bucketCounts": {"ct-triage-gw-0": 1366, "ct-triage-gw-1": 1365, "ct-triage-gw-2": 1365},
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "AllGatewaysReady",
+                "message": "3 of 3 gateways ready",
+                "lastTransitionTime": "2025-11-25T16:00:00Z",
+                "observedGeneration": 4,
+            }
+        ],
+    },
+}
+
+
+# --- loading -----------------------------------------------------------------
+
+
+@functools.cache
+def _parsed_crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    return crd
+
+
+def load_crd() -> dict[str, Any]:
+    """A fresh copy of the CRD, free for a test to change."""
+    return copy.deepcopy(_parsed_crd())
+
+
+def version_of(crd: Mapping[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    return dict(version)
+
+
+def root_schema() -> dict[str, Any]:
+    """The openAPIV3Schema, shared between tests: read it, never change it."""
+    schema: dict[str, Any] = version_of(_parsed_crd())["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = root_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def expectation(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(EXPECT_PREFIX), f"{path.name}: first line must be '{EXPECT_PREFIX}...'"
+    return first.removeprefix(EXPECT_PREFIX).strip()
+
+
+# --- the API server's jobs, as small walkers -------------------------------------
+
+
+def apply_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Return ``value`` with the schema's defaults filled in, as the API server does.
+
+    A declared property that is missing (or null where the schema does not say
+    ``nullable``) gets a copy of its default; then every property, the
+    defaulted ones included, is defaulted in turn, so ``router: {}`` gains
+    ``router.replicas``. An absent object without a default stays absent, so
+    ``storage.mountPath`` appears only when ``storage`` is set.
+    """
+    value = copy.deepcopy(value)
+    _default_in_place(value, schema)
+    return value
+
+
+def _default_in_place(value: Any, schema: Mapping[str, Any]) -> None:
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name, prop in properties.items():
+            missing = name not in value or (value[name] is None and not prop.get("nullable"))
+            if "default" in prop and missing:
+                value[name] = copy.deepcopy(prop["default"])
+        extra = schema.get("additionalProperties")
+        for name, child in value.items():
+            if name in properties:
+                _default_in_place(child, properties[name])
+            elif isinstance(extra, dict):
+                _default_in_place(child, extra)
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            _default_in_place(item, schema["items"])
+
+
+def unknown_fields(value: Any, schema: Mapping[str, Any], path: str = "") -> Iterator[str]:
+    """Yield the fields pruning would drop: not declared, not under preserve-unknown-fields."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for name, child in value.items():
+            child_path = f"{path}.{name}" if path else name
+            if child_path == "metadata":
+                continue  # ObjectMeta: the API server's own business
+            if name in properties:
+                yield from unknown_fields(child, properties[name], child_path)
+            elif isinstance(extra, dict):
+                yield from unknown_fields(child, extra, child_path)
+            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                yield child_path
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield from unknown_fields(item, schema["items"], f"{path}[{index}]")
+
+
+def _format_path(parts: Iterable[str | int]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def schema_errors(obj: Any) -> list[str]:
+    """What the openAPIV3Schema says about ``obj`` (already defaulted), as ``path: message``."""
+    errors = []
+    for error in _validator().iter_errors(obj):
+        path = _format_path(error.absolute_path)
+        errors.append(f"{path}: {error.message}" if path else error.message)
+    return sorted(errors)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``x-kubernetes-validations`` entry and where in the schema it sits."""
+
+    location: tuple[str, ...]  # property names; "[]" for list items, "{}" for map values
+    rule: str
+    message: str
+    field_path: str
+
+    @property
+    def is_transition(self) -> bool:
+        return "oldSelf" in self.rule
+
+    @property
+    def where(self) -> str:
+        return _format_path(self.location).replace(".[]", "[]") or "<root>"
+
+
+def find_rules(schema: Mapping[str, Any], location: tuple[str, ...] = ()) -> Iterator[Rule]:
+    for entry in schema.get("x-kubernetes-validations", []):
+        message = entry.get("message", f"failed rule: {entry['rule']}")
+        yield Rule(location, entry["rule"], message, entry.get("fieldPath", ""))
+    for name, prop in schema.get("properties", {}).items():
+        yield from find_rules(prop, (*location, name))
+    if isinstance(schema.get("items"), dict):
+        yield from find_rules(schema["items"], (*location, "[]"))
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from find_rules(schema["additionalProperties"], (*location, "{}"))
+
+
+@functools.cache
+def all_rules() -> tuple[Rule, ...]:
+    return tuple(find_rules(root_schema()))
+
+
+@functools.cache
+def _program(rule: str) -> celpy.Runner:
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
+def _values_at(value: Any, location: tuple[str, ...], path: str = "") -> Iterator[tuple[str, Any]]:
+    if not location:
+        yield path, value
+        return
+    step, rest = location[0], location[1:]
+    if step == "[]" and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _values_at(item, rest, f"{path}[{index}]")
+    elif step == "{}" and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _values_at(item, rest, f"{path}.{key}")
+    elif isinstance(value, dict) and step in value:
+        yield from _values_at(value[step], rest, f"{path}.{step}" if path else step)
+
+
+def evaluate(rule: Rule, self_value: Any, old_value: Any = None) -> bool:
+    activation = {"self": celpy.json_to_cel(self_value)}
+    if rule.is_transition:
+        activation["oldSelf"] = celpy.json_to_cel(old_value)
+    result = _program(rule.rule).evaluate(activation)
+    # An evaluation error (returned, not raised) is a refusal too, as on the API server.
+    return isinstance(result, celpy.celtypes.BoolType) and bool(result)
+
+
+def rule_errors(new: Any, old: Any = None) -> list[str]:
+    """Evaluate every rule where it applies; transition rules only on an update, as the API
+    server does (``oldSelf`` is the stored value at the same place)."""
+    errors = []
+    for rule in all_rules():
+        olds = dict(_values_at(old, rule.location)) if old is not None else {}
+        for path, value in _values_at(new, rule.location):
+            if rule.is_transition and path not in olds:
+                continue
+            if not evaluate(rule, value, olds.get(path)):
+                errors.append(f"{path}{rule.field_path}: {rule.message}")
+    return errors
+
+
+def rejections(new: Any, old: Any = None) -> list[str]:
+    """Everything ``kubectl apply`` would be told about ``new`` (an update of ``old``, if given).
+
+    Order as on the API server: unknown fields (strict field validation), then,
+    after defaulting, the schema, then the CEL rules, which only run on a
+    schema-valid object here.
+    """
+    schema = root_schema()
+    errors = [f'unknown field "{path}"' for path in unknown_fields(new, schema)]
+    new = apply_defaults(new, schema)
+    errors += schema_errors(new)
+    if not errors:
+        old = apply_defaults(old, schema) if old is not None else None
+        errors += rule_errors(new, old)
+    return errors
+
+
+def node(path: str) -> dict[str, Any]:
+    """The schema node at a dotted path below ``spec`` (``[]`` steps into list items)."""
+    current = root_schema()["properties"]["spec"]
+    for part in path.split("."):
+        name, items = (part[:-2], True) if part.endswith("[]") else (part, False)
+        current = current["properties"][name]
+        if items:
+            current = current["items"]
+    return current
+
+
+def declared_fields(schema: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for name, prop in schema.get("properties", {}).items():
+        path = f"{prefix}.{name}" if prefix else name
+        yield path
+        yield from declared_fields(prop, path)
+
+
+def walk(schema: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every schema node that describes a value, with its path (``[]`` for items)."""
+    yield path, schema
+    for name, prop in schema.get("properties", {}).items():
+        yield from walk(prop, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def minimal_pool(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": "pool", "namespace": "radiology"},
+        "spec": {"gateway": {"image": "example/gw:1"}, **spec},
+    }
+
+
+# --- the CRD object --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_crd_passes_kubernetes_validate_strict(version: str) -> None:
+    assert kubernetes_validate.validate(load_crd(), version, strict=True) == version
+
+
+def test_kubernetes_validate_strict_refuses_a_misspelt_keyword() -> None:
+    # The check above has teeth: a typo in the schema is an error, not ignored.
+    crd = load_crd()
+    version_of(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]["minimun"] = 0
+    with pytest.raises(kubernetes_validate.ValidationError, match="minimun"):
+        kubernetes_validate.validate(crd, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_names_group_version_scope() -> None:
+    crd = load_crd()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "gatewaypools.gatewaypool.io"
+    spec = crd["spec"]
+    assert spec["group"] == "gatewaypool.io"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"] == {
+        "kind": "GatewayPool",
+        "listKind": "GatewayPoolList",
+        "plural": "gatewaypools",
+        "singular": "gatewaypool",
+        "shortNames": ["gwp"],
+    }
+    version = version_of(crd)
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+
+
+def test_subresources_status_and_scale() -> None:
+    assert version_of(load_crd())["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+
+
+def test_scale_paths_point_at_declared_fields_of_the_right_type() -> None:
+    status = root_schema()["properties"]["status"]["properties"]
+    assert node("replicas")["type"] == "integer"
+    assert status["replicas"]["type"] == "integer"
+    assert status["selector"]["type"] == "string"
+
+
+def test_printer_columns() -> None:
+    columns = [
+        (column["name"], column["jsonPath"], column["type"])
+        for column in version_of(load_crd())["additionalPrinterColumns"]
+    ]
+    assert columns == [
+        ("Replicas", ".spec.replicas", "integer"),
+        ("Ready", ".status.readyReplicas", "integer"),
+        ("Map", ".status.mapVersion", "integer"),
+        ("Routers", ".status.routers", "string"),
+        ("Moving", ".status.movingBuckets", "integer"),
+        ("Age", ".metadata.creationTimestamp", "date"),
+    ]
+
+
+# --- the schema's shape -----------------------------------------------------------
+
+
+def test_schema_is_structural() -> None:
+    """The API server's structural-schema rules that a hand-written schema can break."""
+    problems = []
+    preserved = set()
+    for path, schema in walk(root_schema()):
+        where = path or "<root>"
+        if "type" not in schema and not schema.get("x-kubernetes-int-or-string"):
+            problems.append(f"{where}: no type")
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            preserved.add(path)
+            if schema.get("type") != "object":
+                problems.append(f"{where}: preserve-unknown-fields on a non-object")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, bool):
+            problems.append(f"{where}: additionalProperties must be a schema, not {extra}")
+        if extra is not None and "properties" in schema:
+            problems.append(f"{where}: properties and additionalProperties together")
+        for keyword in ("allOf", "anyOf", "oneOf"):
+            for index, branch in enumerate(schema.get(keyword, [])):
+                for banned in ("type", "description", "default", "additionalProperties"):
+                    if banned in branch:
+                        problems.append(f"{where}.{keyword}[{index}]: {banned} not allowed")
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = set(schema.get("x-kubernetes-list-map-keys", []))
+            if not keys or not keys <= set(schema["items"].get("required", [])):
+                problems.append(f"{where}: map list keys must be required")
+        if path == "metadata" and set(schema) != {"type"}:
+            problems.append(f"{where}: nothing may be declared inside metadata")
+    assert problems == []
+    assert preserved == PRESERVE_UNKNOWN_FIELDS
+
+
+def test_defaults_are_valid_values_of_their_fields() -> None:
+    # The API server refuses a CRD whose defaults fail their own schema or get pruned.
+    for path, schema in walk(root_schema()):
+        if "default" not in schema:
+            continue
+        value = apply_defaults(schema["default"], schema)
+        errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(value)]
+        assert errors == [], path
+        assert list(unknown_fields(value, schema)) == [], path
+
+
+def test_spec_fields_match_the_contract() -> None:
+    assert sorted(declared_fields(root_schema()["properties"]["spec"])) == sorted(SPEC_FIELDS)
+
+
+def test_every_spec_and_status_field_has_a_description() -> None:
+    undescribed = [
+        path
+        for path, schema in walk(root_schema())
+        if path.startswith(("spec", "status"))
+        and not path.endswith(("[]", "{}"))
+        and not str(schema.get("description", "")).strip()
+    ]
+    assert undescribed == []
+
+
+@pytest.mark.parametrize(("path", "default"), DEFAULTS.items())
+def test_default(path: str, default: Any) -> None:
+    assert node(path)["default"] == default
+
+
+def test_only_the_contract_defaults_exist() -> None:
+    spec = root_schema()["properties"]["spec"]
+    defaulted = {p for p, s in walk(spec) if "default" in s}
+    assert defaulted == set(DEFAULTS)
+
+
+@pytest.mark.parametrize(("path", "bounds"), RANGES.items())
+def test_range(path: str, bounds: tuple[int, int]) -> None:
+    schema = node(path)
+    assert schema["type"] == "integer"
+    assert (schema["minimum"], schema["maximum"]) == bounds
+
+
+@pytest.mark.parametrize(("path", "values"), ENUMS.items())
+def test_enum(path: str, values: list[str]) -> None:
+    assert node(path)["enum"] == values
+
+
+@pytest.mark.parametrize("path", AE_TITLE_FIELDS)
+def test_ae_title_fields(path: str) -> None:
+    schema = node(path)
+    assert (schema["type"], schema["pattern"]) == ("string", AE_TITLE_PATTERN)
+    assert (schema["minLength"], schema["maxLength"]) == (1, 16)
+
+
+def test_required_fields() -> None:
+    schema = root_schema()
+    assert schema["required"] == ["spec"]
+    assert schema["properties"]["spec"]["required"] == ["gateway"]
+    assert node("gateway")["required"] == ["image"]
+    assert node("gateway.storage")["required"] == ["size"]
+
+
+def test_every_contract_status_field_is_declared() -> None:
+    status = root_schema()["properties"]["status"]
+    assert sorted(status["properties"]) == sorted(STATUS_FIELDS)
+    condition = status["properties"]["conditions"]["items"]
+    assert sorted(condition["properties"]) == sorted(CONDITION_FIELDS)
+    assert status["properties"]["bucketCounts"]["additionalProperties"]["type"] == "integer"
+
+
+def test_the_contract_sample_is_valid_and_nothing_of_it_is_pruned() -> None:
+    assert list(unknown_fields(CONTRACT_SAMPLE, root_schema())) == []
+    assert rejections(CONTRACT_SAMPLE, CONTRACT_SAMPLE) == []
+
+
+# --- the defaulting and pruning walkers ------------------------------------------
+
+
+def test_defaulting_fills_a_minimal_pool_as_the_api_server_does() -> None:
+    (minimal,) = load_docs(ROOT / "examples" / "minimal.yaml")
+    spec = apply_defaults(minimal, root_schema())["spec"]
+    assert spec == {
+        "replicas": 1,
+        "buckets": 4096,
+        "gateway": {
+            "image": minimal["spec"]["gateway"]["image"],
+            "imagePullPolicy": "IfNotPresent",
+            "port": 104,
+            "aeTitle": "GATEWAY",
+        },
+        "router": {
+            "replicas": 2,
+            "aeTitle": "GATEWAYPOOL",
+            "port": 11112,
+            "serviceType": "ClusterIP",
+        },
+        "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
+    }
+
+
+def test_defaulting_keeps_given_values_and_leaves_the_input_alone() -> None:
+    pool = minimal_pool(replicas=0, router={"port": 4242}, handover={"quietSeconds": 5})
+    before = copy.deepcopy(pool)
+    spec = apply_defaults(pool, root_schema())["spec"]
+    assert pool == before
+    assert spec["replicas"] == 0
+    assert spec["router"] == {
+        "replicas": 2,
+        "aeTitle": "GATEWAYPOOL",
+        "port": 4242,
+        "serviceType": "ClusterIP",
+    }
+    assert spec["handover"] == {"quietSeconds": 5, "maxDrainSeconds": 600}
+
+
+def test_defaulting_enters_optional_objects_only_when_they_are_set() -> None:
+    schema = root_schema()
+    assert "storage" not in apply_defaults(minimal_pool(), schema)["spec"]["gateway"]
+    pool = minimal_pool()
+    pool["spec"]["gateway"]["storage"] = {"size": "1Gi"}
+    storage = apply_defaults(pool, schema)["spec"]["gateway"]["storage"]
+    assert storage == {"size": "1Gi", "mountPath": "/var/lib/gateway"}
+
+
+def test_defaulting_replaces_null_of_a_non_nullable_field() -> None:
+    spec = apply_defaults(minimal_pool(buckets=None, router=None), root_schema())["spec"]
+    assert spec["buckets"] == 4096
+    assert spec["router"]["replicas"] == 2
+
+
+def test_pruning_keeps_preserved_and_map_fields_and_reports_the_rest() -> None:
+    pool = minimal_pool()
+    gateway = pool["spec"]["gateway"]
+    gateway["resources"] = {"limits": {"memory": "1Gi"}, "claims": [{"name": "gpu"}]}
+    gateway["env"] = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    gateway["podTemplate"] = {"labels": {"team": "rad"}, "colour": "blue"}
+    pool["spec"]["typo"] = 1
+    pool["metadata"]["labels"] = {"a": "b"}
+    assert sorted(unknown_fields(pool, root_schema())) == [
+        "spec.gateway.podTemplate.colour",
+        "spec.typo",
+    ]
+
+
+# --- examples -----------------------------------------------------------------------
+
+
+def test_the_three_examples_exist() -> None:
+    assert [path.name for path in EXAMPLES] == ["minimal.yaml", "orthanc.yaml", "secure.yaml"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_accepted(path: Path) -> None:
+    (pool,) = load_docs(path)
+    assert (pool["apiVersion"], pool["kind"]) == ("gatewaypool.io/v1alpha1", "GatewayPool")
+    assert pool["metadata"]["namespace"]
+    # Created, then applied again unchanged: transition rules run too.
+    assert rejections(pool) == []
+    assert rejections(pool, pool) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: f"{r.where}:{r.rule}")
+def test_every_rule_holds_for_every_example(rule: Rule, path: Path) -> None:
+    (pool,) = load_docs(path)
+    pool = apply_defaults(pool, root_schema())
+    values = list(_values_at(pool, rule.location))
+    assert values, f"{rule.where} absent from the defaulted example"
+    for _, value in values:
+        assert evaluate(rule, value, value)
+
+
+def test_secure_example_says_tls_is_not_yet_supported() -> None:
+    text = (ROOT / "examples" / "secure.yaml").read_text()
+    assert "DICOM TLS is planned and NOT yet supported by the router" in text
+
+
+# --- the CEL rules ------------------------------------------------------------------
+
+
+def test_the_rules_are_where_the_contract_puts_them() -> None:
+    assert [(r.where, r.rule, r.field_path) for r in all_rules()] == [
+        (
+            "spec",
+            "!has(self.replicas) || !has(self.buckets) || self.replicas <= self.buckets",
+            ".replicas",
+        ),
+        ("spec.buckets", "self == oldSelf", ""),
+        (
+            "spec.handover",
+            "!has(self.maxDrainSeconds) || !has(self.quietSeconds)"
+            " || self.maxDrainSeconds >= self.quietSeconds",
+            ".maxDrainSeconds",
+        ),
+    ]
+    assert all(rule.message and "\n" not in rule.message for rule in all_rules())
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (4096, 4096, True),
+        (16, 16, True),
+        (4096, 8192, False),
+        (4096, 1, False),
+        (16, 4096, False),
+    ],
+)
+def test_buckets_are_immutable(old: int, new: int, allowed: bool) -> None:
+    (rule,) = [r for r in all_rules() if r.where == "spec.buckets"]
+    assert evaluate(rule, new, old) is allowed
+    errors = rejections(minimal_pool(buckets=new), minimal_pool(buckets=old))
+    assert errors == ([] if allowed else [f"spec.buckets: {rule.message}"])
+
+
+def test_buckets_left_out_on_update_keep_the_default() -> None:
+    # Stored with the default 4096; an update that does not mention buckets is fine...
+    assert rejections(minimal_pool(), minimal_pool(buckets=4096)) == []
+    # ...but one that drops a non-default value falls back to 4096: a change, refused.
+    assert rejections(minimal_pool(), minimal_pool(buckets=64)) != []
+
+
+def test_buckets_may_be_anything_in_range_on_create() -> None:
+    assert rejections(minimal_pool(buckets=8, replicas=8)) == []
+
+
+@pytest.mark.parametrize(
+    ("replicas", "buckets", "allowed"),
+    [(0, 1, True), (1, 1, True), (8, 8, True), (9, 8, False), (1024, 65536, True)],
+)
+def test_replicas_at_most_buckets(replicas: int, buckets: int, allowed: bool) -> None:
+    assert (rejections(minimal_pool(replicas=replicas, buckets=buckets)) == []) is allowed
+
+
+@pytest.mark.parametrize(
+    ("quiet", "drain", "allowed"),
+    [(10, 10, True), (30, 600, True), (3600, 3600, True), (61, 60, False), (3600, 600, False)],
+)
+def test_max_drain_at_least_quiet(quiet: int, drain: int, allowed: bool) -> None:
+    handover = {"quietSeconds": quiet, "maxDrainSeconds": drain}
+    assert (rejections(minimal_pool(handover=handover)) == []) is allowed
+
+
+# --- invalid GatewayPools -------------------------------------------------------------
+
+
+def test_there_are_enough_invalid_files() -> None:
+    assert len(INVALID) >= 12
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_file_is_refused_with_the_expected_error(path: Path) -> None:
+    expected = expectation(path)
+    docs = load_docs(path)
+    assert len(docs) in {1, 2}, "one pool, or a stored pool and its update"
+    new, old = (docs[0], None) if len(docs) == 1 else (docs[1], docs[0])
+    if old is not None:
+        assert rejections(old) == [], "the stored pool of an update must be valid"
+    errors = rejections(new, old)
+    assert errors, "accepted"
+    assert any(expected in error for error in errors), errors
+
+
+def test_every_rule_refuses_at_least_one_invalid_file() -> None:
+    refused_by = set()
+    for path in INVALID:
+        docs = load_docs(path)
+        errors = rejections(docs[-1], docs[0] if len(docs) == 2 else None)
+        expected = expectation(path)
+        refused_by |= {
+            rule.rule
+            for rule in all_rules()
+            for error in errors
+            if error.endswith(f": {rule.message}") and expected in error
+        }
+    assert refused_by == {rule.rule for rule in all_rules()}
