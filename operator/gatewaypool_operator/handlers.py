@@ -1,0 +1,110 @@
+"""kopf handlers: translate between Kubernetes events and the reconcile pass.
+
+Every handler runs the same level-based pass (:func:`reconcile.reconcile`):
+on creation, on each spec change (``kubectl scale`` and an HPA change
+``spec.replicas`` through the scale subresource), when the operator
+resumes, and on a timer that repairs drift and re-creates deleted children.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, delete_children, reconcile
+
+GROUP = "gatewaypool.io"
+VERSION = "v1alpha1"
+PLURAL = "gatewaypools"
+
+#: Seconds between drift checks of each pool (set by ``gatewaypool operator --resync``).
+RESYNC_SECONDS = float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30"))
+
+
+def _api_client() -> Any:
+    """An ApiClient from the in-cluster service account, else from $KUBECONFIG."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    # The kubernetes client is untyped: its loaders are called through Any.
+    load_incluster: Any = config.load_incluster_config
+    load_kube: Any = config.load_kube_config
+    try:
+        load_incluster(client_configuration=configuration)
+    except config.ConfigException:
+        load_kube(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Settings and the shared API client, once per operator process."""
+    settings.persistence.finalizer = "gatewaypool.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gatewaypool.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="gatewaypool.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+    memo["cluster"] = Cluster(_api_client())
+    memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
+
+
+def _pass(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any) -> None:
+    outcome = reconcile(
+        memo["cluster"],
+        body=body,
+        default_router_image=memo["router_image"],
+        now=datetime.now(UTC),
+    )
+    patch.status.update(outcome.status)
+    if outcome.accepted_spec is not None:
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(ACCEPTED_SPEC_ANNOTATION) != outcome.accepted_spec:
+            patch.metadata.annotations[ACCEPTED_SPEC_ANNOTATION] = outcome.accepted_spec
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        logger.log(level, "%s: %s", event.reason, event.message)
+    changed = [f"{a.kind}/{a.name} {a.action}" for a in outcome.applied if a.action != "unchanged"]
+    if changed:
+        logger.info("children: %s", ", ".join(changed))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_change(
+    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
+    """A pool appeared, changed its spec, or the operator (re)started."""
+    _pass(body, memo, patch, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(
+    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
+    """Repair drift, re-create deleted children, refresh status."""
+    _pass(body, memo, patch, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Delete what the pool owned.
+
+    In a cluster the garbage collector does this through ownerReferences;
+    doing it here too makes clean-up independent of the collector, and is
+    optional (no finalizer), so a stopped operator never blocks a deletion.
+    """
+    metadata = body.get("metadata") or {}
+    deleted = delete_children(
+        memo["cluster"], name=str(metadata["name"]), namespace=str(metadata["namespace"])
+    )
+    logger.info("deleted %d children: %s", len(deleted), ", ".join(deleted))
