@@ -1,0 +1,593 @@
+"""Everything a GatewayPool owns, built as plain data from its spec.
+
+Desired state is built here and applied elsewhere: these functions return
+the objects as ``kubectl get -o json`` would show them, minus what the API
+server fills in, so that a test can check a StatefulSet without a cluster
+and the applier only compares and writes. Nothing here talks to the API.
+
+No object carries an ownerReference: the kopf edge adds it with
+``kopf.adopt``. `owner_reference` builds the same reference for code that
+does not use kopf (and for tests).
+
+Names and labels follow the shared contract; see the module constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gatewaypool_operator.spec import PoolSpec, thaw
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "FS_GROUP",
+    "KIND",
+    "MAP_KEY",
+    "ROUTER_DICOM_PORT",
+    "ROUTER_HTTP_PORT",
+    "RUN_AS_USER",
+    "build_children",
+    "gateway_dns_name",
+    "gateway_pod_name",
+    "labels",
+    "map_configmap_name",
+    "owner_reference",
+    "router_name",
+    "routers_configmap",
+    "routers_configmap_name",
+    "selector_labels",
+    "selector_string",
+    "statefulset_name",
+]
+
+API_GROUP: Final = "gatewaypool.io"
+API_VERSION: Final = f"{API_GROUP}/v1alpha1"
+KIND: Final = "GatewayPool"
+
+MAP_KEY: Final = "map.json"
+"""The key of the bucket map in the ``NAME-map`` ConfigMap."""
+
+ROUTER_DICOM_PORT: Final = 11112
+"""The router container's DICOM port; ``spec.router.port`` is only the Service's."""
+ROUTER_HTTP_PORT: Final = 8080
+RUN_AS_USER: Final = 65532
+"""The router's user and group: the distroless "nonroot" user of the image."""
+FS_GROUP: Final = 65532
+"""The group that owns a gateway's data volume, so any non-root gateway user can write it."""
+
+CLUSTER_DOMAIN: Final = "svc.cluster.local"
+TMP_VOLUME: Final = "tmp"
+DATA_VOLUME: Final = "data"
+
+_NAME_LABEL: Final = "app.kubernetes.io/name"
+_INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
+_MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+_COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+_COMPONENTS: Final = ("gateway", "router", "map")
+
+
+# --- names --------------------------------------------------------------------
+
+
+def statefulset_name(name: str) -> str:
+    """Return ``NAME-gw``: the gateway StatefulSet, its headless Service, NetworkPolicy, PDB."""
+    return f"{name}-gw"
+
+
+def router_name(name: str) -> str:
+    """Return ``NAME-router``: the router Deployment, Service, ServiceAccount, Role, binding."""
+    return f"{name}-router"
+
+
+def map_configmap_name(name: str) -> str:
+    """Return ``NAME-map``: the ConfigMap holding the bucket map."""
+    return f"{name}-map"
+
+
+def routers_configmap_name(name: str) -> str:
+    """Return ``NAME-routers``: the ConfigMap the routers report into."""
+    return f"{name}-routers"
+
+
+def gateway_pod_name(name: str, ordinal: int) -> str:
+    """Return ``NAME-gw-<ordinal>``, the StatefulSet's pod name and the gateway's map name."""
+    return f"{statefulset_name(name)}-{ordinal}"
+
+
+def gateway_dns_name(name: str, namespace: str, ordinal: int) -> str:
+    """Return a gateway pod's stable DNS name, which the bucket map lists.
+
+    ``NAME-gw-<ordinal>.NAME-gw.NS.svc.cluster.local``: the headless
+    Service gives every StatefulSet pod this record, and publishes it before
+    the pod is ready, so routers can resolve a gateway as soon as it starts.
+    """
+    return (
+        f"{gateway_pod_name(name, ordinal)}.{statefulset_name(name)}.{namespace}.{CLUSTER_DOMAIN}"
+    )
+
+
+# --- labels -------------------------------------------------------------------
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    """Return the labels every object of pool `name` carries, for one component.
+
+    Parameters
+    ----------
+    name
+        The pool's name.
+    component
+        ``gateway``, ``router`` or ``map``.
+
+    Raises
+    ------
+    ValueError
+        For any other component: a typo would build selectors matching nothing.
+    """
+    _check_component(component)
+    return {
+        _NAME_LABEL: "gatewaypool",
+        _INSTANCE_LABEL: name,
+        _MANAGED_BY_LABEL: "gatewaypool-operator",
+        _COMPONENT_LABEL: component,
+    }
+
+
+def selector_labels(name: str, component: str) -> dict[str, str]:
+    """Return the labels that select one component's pods: instance and component.
+
+    Selectors of StatefulSets and Deployments are immutable, so they hold
+    only what never changes for a pool.
+    """
+    _check_component(component)
+    return {_INSTANCE_LABEL: name, _COMPONENT_LABEL: component}
+
+
+def selector_string(name: str) -> str:
+    """Return the gateway pods' label selector as a string, for ``status.selector``.
+
+    The scale subresource (and so ``kubectl scale`` and an HPA) reads it to
+    find the pods that `spec.replicas` counts.
+    """
+    return ",".join(f"{key}={value}" for key, value in selector_labels(name, "gateway").items())
+
+
+def _check_component(component: str) -> None:
+    if component not in _COMPONENTS:
+        raise ValueError(f"component: {component!r} is not one of {', '.join(_COMPONENTS)}")
+
+
+# --- owner reference ------------------------------------------------------------
+
+
+def owner_reference(pool_body: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the ownerReference every child of `pool_body` carries.
+
+    ``controller: true`` makes the pool the one manager of the child;
+    ``blockOwnerDeletion`` keeps foreground deletion of the pool waiting
+    until its children are gone.
+
+    Parameters
+    ----------
+    pool_body
+        The GatewayPool as the API returns it; needs ``metadata.name`` and
+        ``metadata.uid``.
+
+    Raises
+    ------
+    ValueError
+        If the body has no name or uid: a reference without a uid is refused
+        by the API server, and must not be sent.
+    """
+    metadata = pool_body.get("metadata") or {}
+    name = metadata.get("name")
+    uid = metadata.get("uid")
+    if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
+        raise ValueError(
+            f"pool body needs metadata.name and metadata.uid, has name={name!r} uid={uid!r}"
+        )
+    return {
+        "apiVersion": pool_body.get("apiVersion") or API_VERSION,
+        "kind": pool_body.get("kind") or KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# --- children -------------------------------------------------------------------
+
+
+def build_children(
+    *,
+    name: str,
+    namespace: str,
+    spec: PoolSpec,
+    bucket_map_json: str | None,
+    gateway_replicas: int,
+) -> list[dict[str, Any]]:
+    """Return every object pool `name` owns and the operator keeps in line with the spec.
+
+    The list excludes the ``NAME-routers`` ConfigMap (see `routers_configmap`):
+    routers write into it, so the operator creates it once and never
+    overwrites it.
+
+    Parameters
+    ----------
+    name, namespace
+        The pool's.
+    spec
+        The pool's checked spec.
+    bucket_map_json
+        The bucket map to publish (`gatewaypool.bucketmap.dump_map`), or
+        None if there is none yet (a pool of zero gateways has none): the
+        ``NAME-map`` ConfigMap is then built with no data, and routers stay
+        unready until a map appears.
+    gateway_replicas
+        The StatefulSet's replica count. Usually ``spec.replicas``; while
+        scaling down the operator keeps the leaving pods until their buckets
+        have moved, so it decides this, not the spec.
+
+    Returns
+    -------
+    list[dict]
+        StatefulSet, headless Service, router Deployment, router Service,
+        ServiceAccount, Role, RoleBinding, ConfigMap ``NAME-map``,
+        NetworkPolicy and PodDisruptionBudget, in an order that can be
+        created as is (what an object refers to comes first).
+
+    Raises
+    ------
+    ValueError
+        If `gateway_replicas` is negative.
+    """
+    if gateway_replicas < 0:
+        raise ValueError(f"gateway_replicas: {gateway_replicas!r} is negative")
+    return [
+        _service_account(name, namespace),
+        _role(name, namespace),
+        _role_binding(name, namespace),
+        _map_configmap(name, namespace, bucket_map_json),
+        _headless_service(name, namespace, spec),
+        _statefulset(name, namespace, spec, gateway_replicas),
+        _network_policy(name, namespace, spec),
+        _pod_disruption_budget(name, namespace),
+        _router_deployment(name, namespace, spec),
+        _router_service(name, namespace, spec),
+    ]
+
+
+def routers_configmap(*, name: str, namespace: str) -> dict[str, Any]:
+    """Return the ``NAME-routers`` ConfigMap, empty: create it once, never overwrite it.
+
+    Every router patches its own key (its pod name) with the map version it
+    applied; an operator that replaced the ConfigMap would erase those
+    reports and stall every handover, so the applier must only create it
+    when it is missing.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(routers_configmap_name(name), namespace, labels(name, "router")),
+        "data": {},
+    }
+
+
+def _metadata(object_name: str, namespace: str, object_labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": object_name, "namespace": namespace, "labels": dict(object_labels)}
+
+
+def _map_configmap(name: str, namespace: str, bucket_map_json: str | None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(map_configmap_name(name), namespace, labels(name, "map")),
+        "data": {} if bucket_map_json is None else {MAP_KEY: bucket_map_json},
+    }
+
+
+def _headless_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            "clusterIP": "None",
+            # DNS records before readiness: a router can resolve a starting gateway.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(name, "gateway"),
+            "ports": [
+                {
+                    "name": "dicom",
+                    "port": spec.gateway.port,
+                    "targetPort": "dicom",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def _container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _statefulset(
+    name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
+) -> dict[str, Any]:
+    gateway = spec.gateway
+    template = gateway.pod_template
+    volume_mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    if gateway.storage is not None:
+        volume_mounts.append({"name": DATA_VOLUME, "mountPath": gateway.storage.mount_path})
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gateway.image,
+        "imagePullPolicy": gateway.image_pull_policy,
+    }
+    if gateway.command:
+        container["command"] = list(gateway.command)
+    if gateway.args:
+        container["args"] = list(gateway.args)
+    container["ports"] = [{"name": "dicom", "containerPort": gateway.port, "protocol": "TCP"}]
+    if gateway.env:
+        container["env"] = thaw(gateway.env)
+    container["resources"] = thaw(gateway.resources)
+    container["readinessProbe"] = {
+        # Any DICOM SCP accepts a TCP connection when it can take associations;
+        # a C-ECHO probe would need a DICOM client in the user's image.
+        "tcpSocket": {"port": "dicom"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    container["securityContext"] = _container_security_context()
+    container["volumeMounts"] = volume_mounts
+
+    pod_security: dict[str, Any] = {
+        # The gateway image picks its user; it must only not be root.
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if gateway.storage is not None:
+        # A fresh volume is root's; the group makes it writable to any non-root user.
+        pod_security["fsGroup"] = FS_GROUP
+        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
+    pod_spec: dict[str, Any] = {
+        # Gateways do not call the Kubernetes API unless the user gives them an account.
+        "automountServiceAccountToken": bool(template.service_account_name),
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+    }
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.node_selector:
+        pod_spec["nodeSelector"] = thaw(template.node_selector)
+    if template.tolerations:
+        pod_spec["tolerations"] = thaw(template.tolerations)
+    if template.affinity:
+        pod_spec["affinity"] = thaw(template.affinity)
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+
+    pod_metadata: dict[str, Any] = {"labels": {**thaw(template.labels), **labels(name, "gateway")}}
+    if template.annotations:
+        pod_metadata["annotations"] = thaw(template.annotations)
+    statefulset_spec: dict[str, Any] = {
+        "replicas": gateway_replicas,
+        "serviceName": statefulset_name(name),
+        # Gateways are independent peers: start and stop them all at once.
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": selector_labels(name, "gateway")},
+        "template": {"metadata": pod_metadata, "spec": pod_spec},
+    }
+    if gateway.storage is not None:
+        claim_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": gateway.storage.size}},
+        }
+        if gateway.storage.storage_class_name is not None:
+            claim_spec["storageClassName"] = gateway.storage.storage_class_name
+        statefulset_spec["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": DATA_VOLUME, "labels": labels(name, "gateway")},
+                "spec": claim_spec,
+            }
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": statefulset_spec,
+    }
+
+
+def _network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, "gateway")},
+            # Ingress only: what gateways send (to PACS, AI services) is the user's business.
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    # A podSelector without namespaceSelector: this namespace only.
+                    "from": [{"podSelector": {"matchLabels": selector_labels(name, "router")}}],
+                    "ports": [{"protocol": "TCP", "port": spec.gateway.port}],
+                }
+            ],
+        },
+    }
+
+
+def _pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            # One gateway at a time: its buckets fail over only after the operator moves them.
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, "gateway")},
+        },
+    }
+
+
+def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
+    command = [
+        "gatewaypool",
+        "router",
+        "--map-configmap",
+        f"{namespace}/{map_configmap_name(name)}",
+        "--report-configmap",
+        f"{namespace}/{routers_configmap_name(name)}",
+        "--aet",
+        spec.router.ae_title,
+        "--port",
+        str(ROUTER_DICOM_PORT),
+        "--http-port",
+        str(ROUTER_HTTP_PORT),
+    ]
+    for title in spec.router.allowed_calling_ae_titles:
+        command += ["--allow-calling-aet", title]
+    return command
+
+
+def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "router",
+        "image": spec.router.image,
+        "command": _router_command(name, namespace, spec),
+        "ports": [
+            {"name": "dicom", "containerPort": ROUTER_DICOM_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": ROUTER_HTTP_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "resources": thaw(spec.router.resources),
+        # Ready once a map is applied: a router without one can only refuse studies.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "securityContext": _container_security_context(),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "replicas": spec.router.replicas,
+            "selector": {"matchLabels": selector_labels(name, "router")},
+            # Never below the wanted count during a rollout: senders keep a router to talk to.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels(name, "router")},
+                "spec": {
+                    "serviceAccountName": router_name(name),
+                    # The router reads its map and writes its report through the API.
+                    "automountServiceAccountToken": True,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def _router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "type": spec.router.service_type,
+            "selector": selector_labels(name, "router"),
+            "ports": [
+                {
+                    "name": "dicom",
+                    "port": spec.router.port,
+                    "targetPort": "dicom",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def _service_account(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+    }
+
+
+def _role(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        # Least privilege: the pool's own two ConfigMaps and nothing else; routers
+        # read the map and write only their reports.
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [map_configmap_name(name)],
+                "verbs": ["get", "list", "watch"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [routers_configmap_name(name)],
+                "verbs": ["get", "patch", "update"],
+            },
+        ],
+    }
+
+
+def _role_binding(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": router_name(name),
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": router_name(name), "namespace": namespace}],
+    }

@@ -1,0 +1,704 @@
+"""The GatewayPool spec as typed, frozen data, checked once at the edge.
+
+The API server checks a spec against the CRD's schema and fills in its
+defaults, but the operator must not rely on that: a CRD installed without
+the schema, an older CRD version, or the test emulator (which neither
+validates nor defaults) would otherwise let a half-filled spec reach the
+code that builds StatefulSets. `parse_spec` therefore applies every default
+of the contract itself and checks everything the schema checks, plus what
+only the operator can know: that a label cannot break the pool's selectors,
+that an AE title is usable in a bucket map, that a router image exists at
+all. Everything downstream receives a :class:`PoolSpec` and never looks at
+raw dictionaries again.
+
+Errors are :class:`SpecError`\\ s that name the field as a user writes it in
+``kubectl edit`` (``spec.gateway.port``) and the offending value, since the
+message ends up in an Event and in ``status.conditions`` where the user has
+to find that field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+__all__ = [
+    "AE_TITLE_PATTERN",
+    "DEFAULT_BUCKETS",
+    "MAX_NAME_LENGTH",
+    "RESERVED_LABELS",
+    "GatewaySpec",
+    "HandoverSpec",
+    "PodTemplateSpec",
+    "PoolSpec",
+    "RouterSpec",
+    "SpecError",
+    "StorageSpec",
+    "check_change",
+    "check_name",
+    "parse_spec",
+    "thaw",
+]
+
+DEFAULT_BUCKETS: Final = 4096
+MAX_BUCKETS: Final = 65536
+MAX_REPLICAS: Final = 1024
+MAX_ROUTER_REPLICAS: Final = 100
+TMP_PATH: Final = "/tmp"  # every pod mounts an emptyDir here; storage must not clash
+
+AE_TITLE_PATTERN: Final = r"^[ -\[\]-~]{1,16}$"
+"""The contract's AE title pattern: 1 to 16 printable ASCII characters, no backslash."""
+
+MAX_NAME_LENGTH: Final = 49
+"""Longest pool name whose children all get valid names.
+
+The StatefulSet ``NAME-gw`` stamps its pods with the label
+``controller-revision-hash: NAME-gw-<10 characters>``, and a label value
+holds at most 63 characters: 63 - 11 - 3 = 49.
+"""
+
+RESERVED_LABELS: Final = frozenset(
+    {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/component",
+    }
+)
+"""Label keys the operator sets on every child; a pod template may not override them,
+since the selectors of the StatefulSet, Services, NetworkPolicy and PDB rely on them."""
+
+_AE_TITLE = re.compile(AE_TITLE_PATTERN)
+_QUANTITY = re.compile(
+    r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # RFC 1035, as Services need
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
+_SERVICE_TYPES: Final = ("ClusterIP", "NodePort", "LoadBalancer")
+_RESOURCE_KEYS: Final = ("limits", "requests", "claims")
+
+
+class SpecError(ValueError):
+    """A GatewayPool spec the operator refuses.
+
+    ``str(error)`` reads ``"<field path>: <value> <problem>"``, e.g.
+    ``"spec.replicas: 5000 exceeds spec.buckets (4096)"``, or
+    ``"<field path>: <problem>"`` when the field is missing.
+
+    Parameters
+    ----------
+    field_path
+        The field as written in the resource, from ``spec`` down
+        (``spec.gateway.storage.size``, ``spec.gateway.env[2].name``).
+    value
+        The offending value, or `SpecError.MISSING` for a missing field.
+    problem
+        What is wrong, phrased to follow the value.
+    """
+
+    MISSING: Final = object()
+    """Stands for the value of a required field that is absent."""
+
+    def __init__(self, field_path: str, value: object, problem: str) -> None:
+        if value is SpecError.MISSING:
+            message = f"{field_path}: {problem}"
+        else:
+            message = f"{field_path}: {_show(value)} {problem}"
+        super().__init__(message)
+        self.field_path = field_path
+        self.value = value
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    """``spec.gateway.storage``: one PersistentVolumeClaim per gateway, named ``data``."""
+
+    size: str
+    storage_class_name: str | None = None
+    mount_path: str = "/var/lib/gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class PodTemplateSpec:
+    """``spec.gateway.podTemplate``: extra settings for the gateway pods.
+
+    Mappings are read-only and nested values frozen (see `thaw`), so a
+    spec shared between reconciliations cannot be changed by accident.
+    """
+
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    node_selector: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    priority_class_name: str = ""
+    service_account_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """``spec.gateway``: the user's DICOM Storage SCP, one pod per gateway."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    port: int = 104
+    ae_title: str = "GATEWAY"
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    storage: StorageSpec | None = None
+    pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    """``spec.router``: the study router Deployment and its Service."""
+
+    image: str
+    replicas: int = 2
+    ae_title: str = "GATEWAYPOOL"
+    port: int = 11112
+    service_type: str = "ClusterIP"
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverSpec:
+    """``spec.handover``: how long a moving bucket must be quiet, and the most to wait."""
+
+    quiet_seconds: int = 30
+    max_drain_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A whole GatewayPool spec with every default applied.
+
+    Build it with `parse_spec`; the constructor trusts its arguments (tests
+    and the operator's own code), only `parse_spec` checks.
+    """
+
+    gateway: GatewaySpec
+    router: RouterSpec
+    replicas: int = 1
+    buckets: int = DEFAULT_BUCKETS
+    handover: HandoverSpec = field(default_factory=HandoverSpec)
+
+
+def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpec:
+    """Check a GatewayPool's ``spec`` and return it typed, with every default applied.
+
+    Parameters
+    ----------
+    spec
+        The resource's ``spec`` as the API returns it (already defaulted by
+        the API server or not: the result is the same).
+    default_router_image
+        The image routers run when ``spec.router.image`` is empty: the
+        operator's own (``GATEWAYPOOL_IMAGE``), since the router is a
+        command of the same image. May be ``""`` if the operator does not
+        know it; then a spec must name a router image.
+
+    Returns
+    -------
+    PoolSpec
+        The spec, valid as a whole: replicas fit the buckets, every label and
+        AE title is usable.
+
+    Raises
+    ------
+    SpecError
+        At the first field that is missing, of the wrong type, out of range
+        or unknown; unknown fields are refused (not ignored) because a
+        misspelt optional field would otherwise silently take its default.
+    """
+    if spec is None:
+        raise SpecError("spec", SpecError.MISSING, "is required")
+    root = _Object(spec, "spec", keys=("replicas", "buckets", "gateway", "router", "handover"))
+    buckets = root.integer("buckets", default=DEFAULT_BUCKETS, low=1, high=MAX_BUCKETS)
+    replicas = root.integer("replicas", default=1, low=0, high=None)
+    if replicas > buckets:
+        # Checked before the upper bound: a pool needs a bucket for every gateway.
+        raise SpecError("spec.replicas", replicas, f"exceeds spec.buckets ({buckets})")
+    if replicas > MAX_REPLICAS:
+        raise SpecError("spec.replicas", replicas, f"is more than {MAX_REPLICAS} gateways")
+    return PoolSpec(
+        replicas=replicas,
+        buckets=buckets,
+        gateway=_gateway(root.child("gateway", required=True)),
+        router=_router(root.child("router"), default_router_image=default_router_image),
+        handover=_handover(root.child("handover")),
+    )
+
+
+def check_change(old: PoolSpec, new: PoolSpec) -> None:
+    """Refuse a spec change the running pool cannot follow.
+
+    ``spec.buckets`` is fixed for a pool's life: a study's bucket is its
+    hash modulo the bucket count, so a new count would move almost every
+    study at once, splitting all of those in flight. The CRD has the same
+    rule (``self == oldSelf``); this catches a CRD installed without it.
+
+    Raises
+    ------
+    SpecError
+        If `new` changes something immutable.
+    """
+    if new.buckets != old.buckets:
+        raise SpecError(
+            "spec.buckets",
+            new.buckets,
+            f"differs from {old.buckets}: the bucket count is fixed for a pool's life "
+            "(create a new pool to change it)",
+        )
+
+
+def check_name(name: str) -> None:
+    """Refuse a pool name that would give its children invalid names.
+
+    Services need RFC 1035 labels (a letter first), and the StatefulSet's
+    revision label caps the name at `MAX_NAME_LENGTH` characters. The API
+    server accepts longer or digit-first GatewayPool names, so only the
+    operator can refuse them, before creating anything.
+
+    Raises
+    ------
+    SpecError
+        With field path ``metadata.name``.
+    """
+    if not isinstance(name, str) or not _DNS_LABEL.match(name):
+        raise SpecError(
+            "metadata.name",
+            name,
+            "is not a DNS label (lower-case letters, digits and '-', a letter first): "
+            "the pool's Services are named after it",
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(
+            "metadata.name",
+            name,
+            f"is longer than {MAX_NAME_LENGTH} characters, too long for the names and "
+            "labels of the pool's StatefulSet pods",
+        )
+
+
+def thaw(value: Any) -> Any:
+    """Return a frozen value as plain, mutable ``dict``\\ s and ``list``\\ s.
+
+    The spec keeps free-form fields (``env``, ``resources``, ``affinity``,
+    ...) read-only; a Kubernetes object built from them needs plain JSON
+    types, and a fresh copy each time so that the object can be changed
+    without touching the spec.
+    """
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(item) for item in value]
+    return value
+
+
+# --- sections -----------------------------------------------------------------
+
+
+def _gateway(section: _Object) -> GatewaySpec:
+    section.keys(
+        "image",
+        "imagePullPolicy",
+        "command",
+        "args",
+        "port",
+        "aeTitle",
+        "env",
+        "resources",
+        "storage",
+        "podTemplate",
+    )
+    storage = section.child("storage", optional=True)
+    return GatewaySpec(
+        image=_image(section, "image", default=None),
+        image_pull_policy=section.choice("imagePullPolicy", _PULL_POLICIES, "IfNotPresent"),
+        command=section.strings("command"),
+        args=section.strings("args"),
+        port=section.integer("port", default=104, low=1, high=65535),
+        ae_title=section.ae_title("aeTitle", default="GATEWAY"),
+        env=_env(section),
+        resources=_resources(section, "resources"),
+        storage=None if storage is None else _storage(storage),
+        pod_template=_pod_template(section.child("podTemplate")),
+    )
+
+
+def _storage(section: _Object) -> StorageSpec:
+    section.keys("size", "storageClassName", "mountPath")
+    size = section.string("size", default=None)
+    if not _QUANTITY.match(size) or size.startswith("-") or not any(c in "123456789" for c in size):
+        raise SpecError(section.path("size"), size, "is not a positive quantity (e.g. 10Gi)")
+    storage_class = section.string("storageClassName", default="")
+    if storage_class:
+        _check_subdomain(section.path("storageClassName"), storage_class)
+    mount_path = section.string("mountPath", default="/var/lib/gateway")
+    if not mount_path.startswith("/") or mount_path.rstrip("/") in ("", TMP_PATH):
+        raise SpecError(
+            section.path("mountPath"),
+            mount_path,
+            f"is not an absolute path other than / and {TMP_PATH} "
+            f"(every pod has an emptyDir at {TMP_PATH})",
+        )
+    return StorageSpec(size=size, storage_class_name=storage_class or None, mount_path=mount_path)
+
+
+def _pod_template(section: _Object) -> PodTemplateSpec:
+    section.keys(
+        "labels",
+        "annotations",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "serviceAccountName",
+    )
+    labels = section.string_map("labels", values="label")
+    for key in labels:
+        if key in RESERVED_LABELS:
+            raise SpecError(
+                f"{section.path('labels')}[{key!r}]",
+                labels[key],
+                "would override a label the pool's selectors rely on (set by the operator)",
+            )
+    priority_class = section.string("priorityClassName", default="")
+    if priority_class:
+        _check_subdomain(section.path("priorityClassName"), priority_class)
+    service_account = section.string("serviceAccountName", default="")
+    if service_account:
+        _check_subdomain(section.path("serviceAccountName"), service_account)
+    return PodTemplateSpec(
+        labels=labels,
+        annotations=section.string_map("annotations", values="any"),
+        node_selector=section.string_map("nodeSelector", values="label"),
+        tolerations=section.objects("tolerations"),
+        affinity=section.free_object("affinity"),
+        priority_class_name=priority_class,
+        service_account_name=service_account,
+    )
+
+
+def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
+    section.keys(
+        "replicas",
+        "image",
+        "aeTitle",
+        "port",
+        "serviceType",
+        "allowedCallingAETitles",
+        "resources",
+    )
+    image = _image(section, "image", default="") or default_router_image
+    if not image:
+        raise SpecError(
+            section.path("image"),
+            "",
+            "names no image, and the operator has no default router image "
+            "(its GATEWAYPOOL_IMAGE is not set)",
+        )
+    if any(char.isspace() for char in image):
+        raise SpecError(section.path("image"), image, "is not an image reference (whitespace)")
+    allowed = section.strings("allowedCallingAETitles")
+    for index, title in enumerate(allowed):
+        _check_ae_title(f"{section.path('allowedCallingAETitles')}[{index}]", title)
+    return RouterSpec(
+        replicas=section.integer("replicas", default=2, low=1, high=MAX_ROUTER_REPLICAS),
+        image=image,
+        ae_title=section.ae_title("aeTitle", default="GATEWAYPOOL"),
+        port=section.integer("port", default=11112, low=1, high=65535),
+        service_type=section.choice("serviceType", _SERVICE_TYPES, "ClusterIP"),
+        allowed_calling_ae_titles=allowed,
+        resources=_resources(section, "resources"),
+    )
+
+
+def _handover(section: _Object) -> HandoverSpec:
+    section.keys("quietSeconds", "maxDrainSeconds")
+    quiet = section.integer("quietSeconds", default=30, low=1, high=3600)
+    max_drain = section.integer("maxDrainSeconds", default=600, low=10, high=86400)
+    if max_drain < quiet:
+        raise SpecError(
+            section.path("maxDrainSeconds"),
+            max_drain,
+            f"is less than spec.handover.quietSeconds ({quiet}): "
+            "a handover would be forced before a bucket could be quiet",
+        )
+    return HandoverSpec(quiet_seconds=quiet, max_drain_seconds=max_drain)
+
+
+def _image(section: _Object, key: str, *, default: str | None) -> str:
+    image = section.string(key, default=default)
+    if default is None and not image:
+        raise SpecError(section.path(key), image, "is empty (an image reference is required)")
+    if any(char.isspace() for char in image):
+        raise SpecError(section.path(key), image, "is not an image reference (whitespace)")
+    return image
+
+
+def _env(section: _Object) -> tuple[Mapping[str, Any], ...]:
+    env = section.objects("env")
+    for index, variable in enumerate(env):
+        path = f"{section.path('env')}[{index}].name"
+        name = variable.get("name")
+        if name is None:
+            raise SpecError(path, SpecError.MISSING, "is required (every variable has a name)")
+        if not isinstance(name, str) or not name:
+            raise SpecError(path, name, "is not a variable name (a non-empty string)")
+        value = variable.get("value")
+        if value is not None and not isinstance(value, str):
+            # A YAML number here is the usual slip; the StatefulSet would be refused.
+            raise SpecError(
+                f"{section.path('env')}[{index}].value",
+                value,
+                f'is not a string ({_kind(value)}; quote it: "{value}")',
+            )
+        source = variable.get("valueFrom")
+        if source is not None and not isinstance(source, Mapping):
+            raise SpecError(f"{section.path('env')}[{index}].valueFrom", source, "is not an object")
+    return env
+
+
+def _resources(section: _Object, key: str) -> Mapping[str, Any]:
+    resources = section.free_object(key)
+    path = section.path(key)
+    for name, value in resources.items():
+        if name not in _RESOURCE_KEYS:
+            raise SpecError(
+                f"{path}.{name}",
+                value,
+                f"is not a known field (expected {', '.join(_RESOURCE_KEYS)})",
+            )
+        if name == "claims":
+            continue
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{path}.{name}", value, "is not a mapping of resource to quantity")
+        for resource, quantity in value.items():
+            if _is_int(quantity) or isinstance(quantity, float):
+                ok = math.isfinite(quantity) and quantity >= 0
+            else:
+                ok = (
+                    isinstance(quantity, str)
+                    and bool(_QUANTITY.match(quantity))
+                    and not quantity.startswith("-")
+                )
+            if not ok:
+                raise SpecError(
+                    f"{path}.{name}[{resource!r}]",
+                    quantity,
+                    "is not a quantity (e.g. 500m, 1Gi)",
+                )
+    return resources
+
+
+# --- field readers ------------------------------------------------------------
+
+
+class _Object:
+    """One mapping of the spec, its path, and readers that check and default its fields."""
+
+    def __init__(self, data: object, path: str, *, keys: Sequence[str] | None = None) -> None:
+        if not isinstance(data, Mapping):
+            raise SpecError(path, data, f"is not an object ({_kind(data)})")
+        for key in data:
+            if not isinstance(key, str):
+                raise SpecError(path, key, "is not a field name (a string)")
+        self.data: Mapping[str, Any] = data
+        self._path = path
+        if keys is not None:
+            self.keys(*keys)
+
+    def path(self, key: str) -> str:
+        return f"{self._path}.{key}"
+
+    def keys(self, *known: str) -> None:
+        for key in self.data:
+            if key not in known:
+                raise SpecError(
+                    self.path(key),
+                    self.data[key],
+                    f"is set, but {self._path} has no field {key!r} "
+                    f"(its fields: {', '.join(known)})",
+                )
+
+    def _get(self, key: str) -> Any:
+        # An explicit null is "not set", as the API server treats it.
+        return self.data.get(key)
+
+    def child(self, key: str, *, required: bool = False, optional: bool = False) -> Any:
+        value = self._get(key)
+        if value is None:
+            if required:
+                raise SpecError(self.path(key), SpecError.MISSING, "is required")
+            if optional:
+                return None
+            value = {}
+        return _Object(value, self.path(key))
+
+    def integer(self, key: str, *, default: int, low: int, high: int | None) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not _is_int(value):
+            raise SpecError(self.path(key), value, f"is not an integer ({_kind(value)})")
+        if value < low:
+            raise SpecError(self.path(key), value, f"is less than {low}")
+        if high is not None and value > high:
+            raise SpecError(self.path(key), value, f"is more than {high}")
+        return int(value)
+
+    def string(self, key: str, *, default: str | None) -> str:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                raise SpecError(self.path(key), SpecError.MISSING, "is required")
+            return default
+        if not isinstance(value, str):
+            raise SpecError(self.path(key), value, f"is not a string ({_kind(value)})")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        value = self.string(key, default=default)
+        if value not in choices:
+            raise SpecError(self.path(key), value, f"is not one of {', '.join(choices)}")
+        return value
+
+    def ae_title(self, key: str, *, default: str) -> str:
+        value = self.string(key, default=default)
+        _check_ae_title(self.path(key), value)
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise SpecError(self.path(key), value, f"is not a list of strings ({_kind(value)})")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise SpecError(f"{self.path(key)}[{index}]", item, "is not a string")
+        return tuple(value)
+
+    def objects(self, key: str) -> tuple[Mapping[str, Any], ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise SpecError(self.path(key), value, f"is not a list of objects ({_kind(value)})")
+        result = []
+        for index, item in enumerate(value):
+            result.append(_Object(item, f"{self.path(key)}[{index}]").frozen())
+        return tuple(result)
+
+    def free_object(self, key: str) -> Mapping[str, Any]:
+        value = self._get(key)
+        if value is None:
+            return MappingProxyType({})
+        return _Object(value, self.path(key)).frozen()
+
+    def string_map(self, key: str, *, values: str) -> Mapping[str, str]:
+        """Read a map of string to string; keys are qualified names, as labels need."""
+        value = self._get(key)
+        if value is None:
+            return MappingProxyType({})
+        section = _Object(value, self.path(key))
+        for name, item in section.data.items():
+            item_path = f"{self.path(key)}[{name!r}]"
+            if not isinstance(item, str):
+                raise SpecError(item_path, item, f"is not a string ({_kind(item)})")
+            _check_qualified_name(self.path(key), name)
+            if values == "label" and not (item == "" or _is_label_name(item)):
+                raise SpecError(
+                    item_path,
+                    item,
+                    "is not a label value (up to 63 letters, digits, '-', '_', '.'; "
+                    "alphanumeric at both ends)",
+                )
+        return section.frozen()
+
+    def frozen(self) -> Mapping[str, Any]:
+        frozen: Mapping[str, Any] = _freeze(self.data)
+        return frozen
+
+
+# --- value checks -------------------------------------------------------------
+
+
+def _check_ae_title(path: str, value: str) -> None:
+    if not _AE_TITLE.match(value):
+        raise SpecError(
+            path,
+            value,
+            "is not an AE title (1 to 16 printable ASCII characters, no backslash)",
+        )
+    if not value.strip(" "):
+        # The schema's pattern lets it through; no DICOM peer can be called by it.
+        raise SpecError(path, value, "is not an AE title (all spaces)")
+
+
+def _check_subdomain(path: str, value: str) -> None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise SpecError(path, value, "is not a DNS subdomain (lower-case, as object names are)")
+
+
+def _check_qualified_name(path: str, key: str) -> None:
+    prefix, slash, name = key.rpartition("/")
+    if (slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or not _is_label_name(
+        name
+    ):
+        raise SpecError(
+            path,
+            key,
+            "is not a valid key (an optional DNS-subdomain prefix and '/', then up to 63 "
+            "letters, digits, '-', '_', '.'; alphanumeric at both ends)",
+        )
+
+
+def _is_label_name(value: str) -> bool:
+    return len(value) <= 63 and bool(_LABEL_NAME.match(value))
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; a YAML "yes" must not pass as 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _kind(value: object) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        tuple: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def _show(value: object, limit: int = 100) -> str:
+    text = repr(thaw(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

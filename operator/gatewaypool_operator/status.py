@@ -1,0 +1,447 @@
+"""The GatewayPool's status block, computed from what the operator observed.
+
+``status`` is what ``kubectl get gwp`` prints, what an HPA reads through the
+scale subresource, and what ``kubectl wait --for=condition=Ready`` waits
+on, so it is computed in one place from plain observations, no I/O: the
+StatefulSet's status, the published bucket map, the routers' reports and
+which router pods are alive.
+
+Conditions follow the Kubernetes conventions: ``type``, ``status``
+(``"True"``/``"False"``), a CamelCase ``reason``, a ``message`` for people,
+``lastTransitionTime`` (kept while the status stays the same, so it says
+since when) and ``observedGeneration``.
+
+- ``Ready``: the pool routes studies: its map is published, every gateway
+  the spec wants is ready, and at least one router applied the map.
+- ``Progressing``: the pool is on its way to the spec: gateways scaling or
+  starting, the map not yet matching them, buckets handing over, routers
+  not yet on the current map.
+- ``Degraded``: needs a person: the spec was rejected, or gateways are
+  unavailable that were ready before (or never became ready within the
+  progress deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gatewaypool.bucketmap import BucketMap
+from gatewaypool_operator.children import selector_string
+from gatewaypool_operator.spec import PoolSpec, thaw
+
+__all__ = [
+    "DEFAULT_PROGRESS_DEADLINE_SECONDS",
+    "RouterReport",
+    "compute_status",
+    "format_time",
+    "merge_patch",
+    "parse_router_report",
+]
+
+DEFAULT_PROGRESS_DEADLINE_SECONDS: Final = 600.0
+"""How long gateways may stay short of the spec while progressing before the pool is
+Degraded: a pulled image and a started DICOM server take well under that, a wrong image
+name never succeeds. The same default as a Deployment's progressDeadlineSeconds."""
+
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterReport:
+    """One router's entry in the ``NAME-routers`` ConfigMap.
+
+    Attributes
+    ----------
+    map_version
+        The bucket map version the router applied.
+    started_at, reported_at
+        When the router started and wrote this report; None if absent or
+        unreadable (the handover needs them, the status does not).
+    """
+
+    map_version: int
+    started_at: datetime | None = None
+    reported_at: datetime | None = None
+
+
+def parse_router_report(text: str) -> RouterReport | None:
+    """Parse a router's report, ``{"mapVersion": 7, "startedAt": ..., "reportedAt": ...}``.
+
+    Returns None for anything unusable: a router that wrote garbage (or an
+    older router) counts as not in sync, which is safe, rather than
+    stopping the operator.
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    version = data.get("mapVersion")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        return None
+    return RouterReport(
+        map_version=version,
+        started_at=_parse_time(data.get("startedAt")),
+        reported_at=_parse_time(data.get("reportedAt")),
+    )
+
+
+def compute_status(
+    *,
+    name: str,
+    spec: PoolSpec | None,
+    generation: int,
+    statefulset_status: Mapping[str, Any] | None,
+    bucket_map: BucketMap | None,
+    router_reports: Mapping[str, str],
+    live_router_pods: Collection[str],
+    spec_error: str | None,
+    previous_conditions: Sequence[Mapping[str, Any]],
+    now: datetime,
+    progress_deadline_seconds: float = DEFAULT_PROGRESS_DEADLINE_SECONDS,
+) -> dict[str, Any]:
+    """Return the pool's whole ``status`` block.
+
+    Parameters
+    ----------
+    name
+        The pool's name (for ``selector``).
+    spec
+        The spec the pool runs: the current one, or the last accepted one
+        when the current one is rejected; None if no spec was ever accepted.
+    generation
+        ``metadata.generation`` of the pool as observed.
+    statefulset_status
+        The gateway StatefulSet's ``status``; None if it does not exist yet.
+    bucket_map
+        The published map; None if there is none.
+    router_reports
+        The ``NAME-routers`` ConfigMap's data: pod name → report JSON.
+    live_router_pods
+        Names of the router pods that exist now. Reports of pods that are
+        gone are ignored: they can neither hold nor apply a map.
+    spec_error
+        Why the current spec was rejected (`SpecError` text), or None.
+    previous_conditions
+        ``status.conditions`` as they are now, to keep ``lastTransitionTime``
+        of conditions whose status does not change.
+    now
+        The time of this observation, timezone-aware (a parameter, so that
+        the result depends only on the arguments).
+    progress_deadline_seconds
+        See `DEFAULT_PROGRESS_DEADLINE_SECONDS`.
+
+    Returns
+    -------
+    dict
+        Every status field of the contract, always all of them: the status
+        is written as a merge patch, where an omitted field would keep a
+        stale value.
+
+    Raises
+    ------
+    ValueError
+        If `now` is naive.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now: a naive datetime is ambiguous; pass a timezone-aware one")
+    observed = _Observed.of(
+        spec=spec,
+        statefulset_status=statefulset_status,
+        bucket_map=bucket_map,
+        router_reports=router_reports,
+        live_router_pods=live_router_pods,
+    )
+    previous = _by_type(previous_conditions)
+    wanted = [
+        (READY, *_ready(observed)),
+        (PROGRESSING, *_progressing(observed)),
+        (
+            DEGRADED,
+            *_degraded(
+                observed,
+                spec_error=spec_error,
+                previous=previous,
+                generation=generation,
+                now=now,
+                deadline=progress_deadline_seconds,
+            ),
+        ),
+    ]
+    conditions = [
+        _condition(
+            kind,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=generation,
+            previous=previous.get(kind),
+            now=now,
+        )
+        for kind, status, reason, message in wanted
+    ]
+    return {
+        "replicas": observed.replicas,
+        "readyReplicas": observed.ready,
+        "selector": selector_string(name),
+        "observedGeneration": generation,
+        "mapVersion": observed.version,
+        "routersInSync": observed.in_sync,
+        "routersTotal": observed.routers,
+        "routers": f"{observed.in_sync}/{observed.routers}",
+        "movingBuckets": observed.moving,
+        "bucketCounts": bucket_map.bucket_counts() if bucket_map is not None else {},
+        "conditions": conditions,
+    }
+
+
+def merge_patch(*, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a JSON merge patch (RFC 7386) that turns `old` into `new`.
+
+    A merge patch merges mappings, so a key missing from `new` would stay:
+    a gateway gone from ``bucketCounts`` would keep its count forever. The
+    patch sets such keys to null, which deletes them. Lists are replaced
+    whole, as merge patches do.
+    """
+    patch: dict[str, Any] = {}
+    old = old or {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = merge_patch(old=before, new=value)
+        else:
+            patch[key] = thaw(value)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def format_time(moment: datetime) -> str:
+    """Return `moment` as the RFC 3339 UTC text Kubernetes uses: ``2026-01-02T03:04:05Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- observations ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Observed:
+    """The numbers the conditions are decided from."""
+
+    spec: PoolSpec | None
+    has_statefulset: bool
+    replicas: int
+    ready: int
+    bucket_map: BucketMap | None
+    version: int
+    map_gateways: int
+    moving: int
+    in_sync: int
+    routers: int
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        spec: PoolSpec | None,
+        statefulset_status: Mapping[str, Any] | None,
+        bucket_map: BucketMap | None,
+        router_reports: Mapping[str, str],
+        live_router_pods: Collection[str],
+    ) -> _Observed:
+        status = statefulset_status or {}
+        live = set(live_router_pods)
+        in_sync = 0
+        if bucket_map is not None:
+            for pod in live:
+                report = parse_router_report(router_reports.get(pod, ""))
+                if report is not None and report.map_version == bucket_map.version:
+                    in_sync += 1
+        return cls(
+            spec=spec,
+            has_statefulset=statefulset_status is not None,
+            replicas=_count(status.get("replicas")),
+            ready=_count(status.get("readyReplicas")),
+            bucket_map=bucket_map,
+            version=bucket_map.version if bucket_map is not None else 0,
+            map_gateways=len(bucket_map.gateways) if bucket_map is not None else 0,
+            moving=len(bucket_map.moving) if bucket_map is not None else 0,
+            in_sync=in_sync,
+            routers=len(live),
+        )
+
+
+_Verdict = tuple[str, str, str]  # status, reason, message
+
+
+def _ready(seen: _Observed) -> _Verdict:
+    spec = seen.spec
+    if spec is None:
+        return "False", "SpecRejected", "no spec of this pool was accepted yet"
+    if spec.replicas == 0:
+        return "False", "ScaledToZero", "spec.replicas is 0: no gateway takes studies"
+    if seen.bucket_map is None:
+        return "False", "MapNotPublished", "no bucket map is published yet"
+    if seen.ready < spec.replicas:
+        return (
+            "False",
+            "GatewaysNotReady",
+            f"{seen.ready} of {spec.replicas} gateways ready",
+        )
+    if seen.in_sync == 0:
+        return (
+            "False",
+            "RoutersNotReady",
+            f"no router has applied bucket map version {seen.version} ({seen.routers} router pods)",
+        )
+    return (
+        "True",
+        "AllGatewaysReady",
+        f"{spec.replicas} of {spec.replicas} gateways ready; "
+        f"{seen.in_sync}/{seen.routers} routers on bucket map version {seen.version}",
+    )
+
+
+def _progressing(seen: _Observed) -> _Verdict:
+    spec = seen.spec
+    if spec is None:
+        return "False", "SpecRejected", "no spec of this pool was accepted yet"
+    wanted = spec.replicas
+    map_behind = wanted > 0 and (seen.bucket_map is None or seen.map_gateways != wanted)
+    if not seen.has_statefulset or seen.replicas != wanted or seen.ready < wanted or map_behind:
+        listed = (
+            "no bucket map yet"
+            if seen.bucket_map is None
+            else f"bucket map version {seen.version} lists {seen.map_gateways}"
+        )
+        return (
+            "True",
+            "ScalingGateways",
+            f"{wanted} gateways wanted: {seen.replicas} exist, {seen.ready} ready; {listed}",
+        )
+    if seen.moving:
+        return (
+            "True",
+            "HandingOverBuckets",
+            f"{seen.moving} buckets moving in bucket map version {seen.version}",
+        )
+    routers_wanted = max(seen.routers, spec.router.replicas)
+    if seen.bucket_map is not None and seen.in_sync < routers_wanted:
+        return (
+            "True",
+            "RoutersUpdating",
+            f"{seen.in_sync} of {routers_wanted} routers applied bucket map version {seen.version}",
+        )
+    return "False", "UpToDate", f"{wanted} gateways and {seen.routers} routers as the spec says"
+
+
+def _degraded(
+    seen: _Observed,
+    *,
+    spec_error: str | None,
+    previous: Mapping[str, Mapping[str, Any]],
+    generation: int,
+    now: datetime,
+    deadline: float,
+) -> _Verdict:
+    if spec_error is not None:
+        return "True", "SpecRejected", spec_error
+    spec = seen.spec
+    if spec is not None and seen.ready < spec.replicas:
+        ready_before = previous.get(READY, {})
+        degraded_before = previous.get(DEGRADED, {})
+        progressing_before = previous.get(PROGRESSING, {})
+        # A gateway lost while the pool was ready at this very spec, not one
+        # still starting after a change of spec:
+        lost = (
+            ready_before.get("status") == "True"
+            and ready_before.get("observedGeneration") == generation
+        )
+        # ... stays lost until it is back, whatever Progressing says meanwhile:
+        still = (
+            degraded_before.get("status") == "True"
+            and degraded_before.get("reason") == "GatewaysUnavailable"
+        )
+        since = _parse_time(progressing_before.get("lastTransitionTime"))
+        stuck = (
+            progressing_before.get("status") == "True"
+            and since is not None
+            and (now - since).total_seconds() >= deadline
+        )
+        if lost or still or stuck:
+            missing = spec.replicas - seen.ready
+            why = (
+                f"progressing for more than {_seconds(deadline)}"
+                if stuck and not (lost or still)
+                else "they were ready before"
+            )
+            return (
+                "True",
+                "GatewaysUnavailable",
+                f"{missing} of {spec.replicas} gateways not ready ({why}); "
+                "studies in their buckets are refused until they are back",
+            )
+    return "False", "AsExpected", "nothing needs attention"
+
+
+# --- conditions -----------------------------------------------------------------
+
+
+def _condition(
+    kind: str,
+    *,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    since = format_time(now)
+    if previous is not None and previous.get("status") == status:
+        kept = previous.get("lastTransitionTime")
+        if isinstance(kept, str) and _parse_time(kept) is not None:
+            since = kept
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def _by_type(conditions: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    result: dict[str, Mapping[str, Any]] = {}
+    for condition in conditions:
+        if isinstance(condition, Mapping) and isinstance(condition.get("type"), str):
+            result[condition["type"]] = condition
+    return result
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _seconds(seconds: float) -> str:
+    return f"{math.ceil(seconds)} s"

@@ -1,0 +1,631 @@
+"""What a pool owns, as data: names, labels, selectors, ports, security, RBAC, validity."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from gatewaypool_operator.children import (
+    build_children,
+    gateway_dns_name,
+    labels,
+    owner_reference,
+    routers_configmap,
+    selector_labels,
+    selector_string,
+)
+from gatewaypool_operator.spec import MAX_NAME_LENGTH, PoolSpec, parse_spec
+
+NAME = "ct-triage"
+NAMESPACE = "radiology"
+OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
+MAP_JSON = '{"version":1}'  # opaque to the builder
+K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+
+MINIMAL: dict[str, Any] = {"replicas": 3, "gateway": {"image": "orthancteam/orthanc:24.1.2"}}
+FULL: dict[str, Any] = {
+    "replicas": 4,
+    "buckets": 1024,
+    "gateway": {
+        "image": "orthancteam/orthanc:24.1.2",
+        "imagePullPolicy": "Always",
+        "command": ["Orthanc"],
+        "args": ["/etc/orthanc/"],
+        "port": 4242,
+        "aeTitle": "ORTHANC",
+        "env": [
+            {"name": "ORTHANC__NAME", "value": "gw"},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}},
+        "storage": {"size": "10Gi", "storageClassName": "fast", "mountPath": "/data"},
+        "podTemplate": {
+            "labels": {"team": "radiology"},
+            "annotations": {"example.org/note": "free text"},
+            "nodeSelector": {"node-role.example.org/phi": "true"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "phi"}],
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {
+                                    "matchLabels": {"app.kubernetes.io/instance": NAME}
+                                },
+                            },
+                        }
+                    ]
+                }
+            },
+            "priorityClassName": "clinical-critical",
+            "serviceAccountName": "gateway",
+        },
+    },
+    "router": {
+        "replicas": 3,
+        "image": "registry.example.org/router:1",
+        "aeTitle": "ROUTER",
+        "port": 104,
+        "serviceType": "LoadBalancer",
+        "allowedCallingAETitles": ["CT1", "MR ROOM 2"],
+        "resources": {"limits": {"memory": "256Mi"}},
+    },
+    "handover": {"quietSeconds": 60, "maxDrainSeconds": 900},
+}
+SPECS = {"minimal": MINIMAL, "full": FULL}
+
+
+def parse(raw: Mapping[str, Any]) -> PoolSpec:
+    return parse_spec(raw, default_router_image=OPERATOR_IMAGE)
+
+
+def build(raw: Mapping[str, Any] = MINIMAL, **overrides: Any) -> dict[tuple[str, str], Any]:
+    spec = parse(raw)
+    arguments: dict[str, Any] = {
+        "name": NAME,
+        "namespace": NAMESPACE,
+        "spec": spec,
+        "bucket_map_json": MAP_JSON,
+        "gateway_replicas": spec.replicas,
+    } | overrides
+    objects = build_children(**arguments)
+    by_key = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+    assert len(by_key) == len(objects), "two children with one kind and name"
+    return by_key
+
+
+@pytest.fixture(params=sorted(SPECS))
+def children(request: pytest.FixtureRequest) -> dict[tuple[str, str], Any]:
+    return build(SPECS[request.param])
+
+
+def pod_specs(children: Mapping[tuple[str, str], Any]) -> Iterator[dict[str, Any]]:
+    for (kind, _), obj in children.items():
+        if kind in ("StatefulSet", "Deployment"):
+            yield obj["spec"]["template"]["spec"]
+
+
+def containers(children: Mapping[tuple[str, str], Any]) -> Iterator[dict[str, Any]]:
+    for pod in pod_specs(children):
+        yield from pod.get("initContainers", [])
+        yield from pod["containers"]
+
+
+def matches(selector: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
+    return all(pod_labels.get(key) == value for key, value in selector.items())
+
+
+def walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk(item)
+
+
+# --- names, labels, namespaces -----------------------------------------------
+
+
+def test_the_pool_owns_exactly_the_contracts_objects() -> None:
+    assert set(build()) == {
+        ("StatefulSet", "ct-triage-gw"),
+        ("Service", "ct-triage-gw"),
+        ("Deployment", "ct-triage-router"),
+        ("Service", "ct-triage-router"),
+        ("ServiceAccount", "ct-triage-router"),
+        ("Role", "ct-triage-router"),
+        ("RoleBinding", "ct-triage-router"),
+        ("ConfigMap", "ct-triage-map"),
+        ("NetworkPolicy", "ct-triage-gw"),
+        ("PodDisruptionBudget", "ct-triage-gw"),
+    }
+
+
+def test_the_routers_configmap_is_separate_and_empty() -> None:
+    """Routers write into it: the operator creates it once, so it is not a child to apply."""
+    assert ("ConfigMap", "ct-triage-routers") not in build()
+    configmap = routers_configmap(name=NAME, namespace=NAMESPACE)
+    assert configmap["metadata"]["name"] == "ct-triage-routers"
+    assert configmap["metadata"]["namespace"] == NAMESPACE
+    assert configmap["metadata"]["labels"] == labels(NAME, "router")
+    assert configmap["data"] == {}
+
+
+def test_every_child_has_the_pool_labels_namespace_and_no_owner(
+    children: dict[tuple[str, str], Any],
+) -> None:
+    components = {
+        "StatefulSet": "gateway",
+        "Service": None,
+        "Deployment": "router",
+        "ServiceAccount": "router",
+        "Role": "router",
+        "RoleBinding": "router",
+        "ConfigMap": "map",
+        "NetworkPolicy": "gateway",
+        "PodDisruptionBudget": "gateway",
+    }
+    for (kind, name), obj in children.items():
+        metadata = obj["metadata"]
+        assert metadata["namespace"] == NAMESPACE
+        component = components[kind] or ("gateway" if name.endswith("-gw") else "router")
+        assert metadata["labels"] == {
+            "app.kubernetes.io/name": "gatewaypool",
+            "app.kubernetes.io/instance": NAME,
+            "app.kubernetes.io/managed-by": "gatewaypool-operator",
+            "app.kubernetes.io/component": component,
+        }
+        assert "ownerReferences" not in metadata  # kopf.adopt adds it at the edge
+        assert set(metadata) == {"name", "namespace", "labels"}  # no server fields
+
+
+def test_labels_refuse_an_unknown_component() -> None:
+    with pytest.raises(ValueError, match="gatway"):
+        labels(NAME, "gatway")
+    with pytest.raises(ValueError):
+        selector_labels(NAME, "operator")
+
+
+def test_selector_string_is_the_contracts() -> None:
+    assert selector_string(NAME) == (
+        "app.kubernetes.io/instance=ct-triage,app.kubernetes.io/component=gateway"
+    )
+
+
+def test_selector_string_selects_the_gateway_pods() -> None:
+    pod_labels = build()[("StatefulSet", "ct-triage-gw")]["spec"]["template"]["metadata"]["labels"]
+    selector = dict(term.split("=") for term in selector_string(NAME).split(","))
+    assert matches(selector, pod_labels)
+
+
+# --- selectors ---------------------------------------------------------------
+
+
+def test_workload_selectors_match_their_pod_templates(children: dict[tuple[str, str], Any]) -> None:
+    statefulset = children[("StatefulSet", "ct-triage-gw")]
+    deployment = children[("Deployment", "ct-triage-router")]
+    gateway_pod = statefulset["spec"]["template"]["metadata"]["labels"]
+    router_pod = deployment["spec"]["template"]["metadata"]["labels"]
+    assert statefulset["spec"]["selector"] == {"matchLabels": selector_labels(NAME, "gateway")}
+    assert deployment["spec"]["selector"] == {"matchLabels": selector_labels(NAME, "router")}
+    assert matches(statefulset["spec"]["selector"]["matchLabels"], gateway_pod)
+    assert matches(deployment["spec"]["selector"]["matchLabels"], router_pod)
+    # ... and never each other's pods
+    assert not matches(statefulset["spec"]["selector"]["matchLabels"], router_pod)
+    assert not matches(deployment["spec"]["selector"]["matchLabels"], gateway_pod)
+    assert matches(children[("Service", "ct-triage-gw")]["spec"]["selector"], gateway_pod)
+    assert matches(children[("Service", "ct-triage-router")]["spec"]["selector"], router_pod)
+    for kind in ("NetworkPolicy", "PodDisruptionBudget"):
+        obj = children[(kind, "ct-triage-gw")]
+        selector = obj["spec"].get("podSelector") or obj["spec"]["selector"]
+        assert matches(selector["matchLabels"], gateway_pod)
+        assert not matches(selector["matchLabels"], router_pod)
+
+
+def test_pools_do_not_select_each_others_pods() -> None:
+    ours = build()[("StatefulSet", "ct-triage-gw")]
+    other = build_children(
+        name="mr-triage",
+        namespace=NAMESPACE,
+        spec=parse(MINIMAL),
+        bucket_map_json=None,
+        gateway_replicas=1,
+    )
+    other_pod = next(obj for obj in other if obj["kind"] == "StatefulSet")["spec"]["template"]
+    assert not matches(ours["spec"]["selector"]["matchLabels"], other_pod["metadata"]["labels"])
+
+
+def test_user_pod_labels_and_annotations_reach_only_the_gateway_pods() -> None:
+    children = build(FULL)
+    template = children[("StatefulSet", "ct-triage-gw")]["spec"]["template"]["metadata"]
+    assert template["labels"]["team"] == "radiology"
+    assert template["annotations"] == {"example.org/note": "free text"}
+    router_template = children[("Deployment", "ct-triage-router")]["spec"]["template"]["metadata"]
+    assert "team" not in router_template["labels"]
+
+
+def test_no_spec_hash_or_other_annotation_forces_restarts() -> None:
+    for raw in SPECS.values():
+        for obj in build(raw).values():
+            for value in walk(obj):
+                assert not (isinstance(value, str) and "spec-hash" in value)
+    minimal = build(MINIMAL)
+    for kind, name in (("StatefulSet", "ct-triage-gw"), ("Deployment", "ct-triage-router")):
+        assert "annotations" not in minimal[(kind, name)]["spec"]["template"]["metadata"]
+
+
+# --- gateways ----------------------------------------------------------------
+
+
+def test_statefulset_shape() -> None:
+    statefulset = build(MINIMAL)[("StatefulSet", "ct-triage-gw")]
+    spec = statefulset["spec"]
+    assert statefulset["apiVersion"] == "apps/v1"
+    assert spec["serviceName"] == "ct-triage-gw"
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["replicas"] == 3
+    assert "volumeClaimTemplates" not in spec
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["name"] == "gateway"
+    assert container["image"] == "orthancteam/orthanc:24.1.2"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert "command" not in container
+    assert "args" not in container
+    assert "env" not in container
+    assert container["ports"] == [{"name": "dicom", "containerPort": 104, "protocol": "TCP"}]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert spec["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in spec["template"]["spec"]
+
+
+def test_statefulset_replicas_come_from_the_caller() -> None:
+    """While scaling down, leaving pods stay until their buckets moved."""
+    statefulset = build(MINIMAL, gateway_replicas=5)[("StatefulSet", "ct-triage-gw")]
+    assert statefulset["spec"]["replicas"] == 5
+    with pytest.raises(ValueError, match="gateway_replicas"):
+        build(MINIMAL, gateway_replicas=-1)
+
+
+def test_statefulset_with_everything_set() -> None:
+    pod_spec_all = build(FULL)[("StatefulSet", "ct-triage-gw")]["spec"]
+    template = pod_spec_all["template"]["spec"]
+    (container,) = template["containers"]
+    assert container["imagePullPolicy"] == "Always"
+    assert container["command"] == ["Orthanc"]
+    assert container["args"] == ["/etc/orthanc/"]
+    assert container["env"] == FULL["gateway"]["env"]
+    assert container["resources"] == FULL["gateway"]["resources"]
+    assert container["ports"] == [{"name": "dicom", "containerPort": 4242, "protocol": "TCP"}]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    (claim,) = pod_spec_all["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "10Gi"}}
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert template["securityContext"]["fsGroup"] == 65532  # the volume is writable
+    assert template["nodeSelector"] == FULL["gateway"]["podTemplate"]["nodeSelector"]
+    assert template["tolerations"] == FULL["gateway"]["podTemplate"]["tolerations"]
+    assert template["affinity"] == FULL["gateway"]["podTemplate"]["affinity"]
+    assert template["priorityClassName"] == "clinical-critical"
+    assert template["serviceAccountName"] == "gateway"
+    assert template["automountServiceAccountToken"] is True
+
+
+def test_gateway_readiness_is_a_tcp_probe_on_the_dicom_port(
+    children: dict[tuple[str, str], Any],
+) -> None:
+    statefulset = children[("StatefulSet", "ct-triage-gw")]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "dicom"}
+    assert "dicom" in {port["name"] for port in container["ports"]}
+
+
+def test_headless_service(children: dict[tuple[str, str], Any]) -> None:
+    service = children[("Service", "ct-triage-gw")]
+    statefulset = children[("StatefulSet", "ct-triage-gw")]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    spec = service["spec"]
+    assert spec["clusterIP"] == "None"
+    assert spec["publishNotReadyAddresses"] is True
+    (port,) = spec["ports"]
+    assert port["name"] == "dicom"
+    assert port["port"] == container["ports"][0]["containerPort"]
+    assert port["targetPort"] == "dicom"
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_gateway_dns_names() -> None:
+    assert gateway_dns_name(NAME, NAMESPACE, 0) == (
+        "ct-triage-gw-0.ct-triage-gw.radiology.svc.cluster.local"
+    )
+    assert gateway_dns_name("p", "ns", 1023) == "p-gw-1023.p-gw.ns.svc.cluster.local"
+
+
+def test_dns_name_is_pod_name_dot_service_name() -> None:
+    children = build()
+    statefulset = children[("StatefulSet", "ct-triage-gw")]
+    service = children[("Service", "ct-triage-gw")]
+    for ordinal in range(3):
+        pod = f"{statefulset['metadata']['name']}-{ordinal}"
+        assert gateway_dns_name(NAME, NAMESPACE, ordinal) == (
+            f"{pod}.{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+        )
+
+
+def test_the_longest_pool_name_gives_valid_names_and_labels() -> None:
+    name = "p" * MAX_NAME_LENGTH
+    children = build_children(
+        name=name,
+        namespace=NAMESPACE,
+        spec=parse(MINIMAL),
+        bucket_map_json=None,
+        gateway_replicas=1024,
+    )
+    for obj in children:
+        assert len(obj["metadata"]["name"]) <= 63
+    # pod name of the highest ordinal, and the StatefulSet's revision label
+    assert len(f"{name}-gw-1023") <= 63
+    assert len(f"{name}-gw-") + 10 <= 63
+    for label in gateway_dns_name(name, NAMESPACE, 1023).split("."):
+        assert len(label) <= 63
+
+
+# --- network policy and disruption budget -------------------------------------
+
+
+def test_network_policy_lets_only_this_pools_routers_reach_gateways(
+    children: dict[tuple[str, str], Any],
+) -> None:
+    policy = children[("NetworkPolicy", "ct-triage-gw")]["spec"]
+    statefulset = children[("StatefulSet", "ct-triage-gw")]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    port = container["ports"][0]["containerPort"]
+    router_pod = children[("Deployment", "ct-triage-router")]["spec"]["template"]["metadata"]
+    assert policy["podSelector"] == {"matchLabels": selector_labels(NAME, "gateway")}
+    assert policy["policyTypes"] == ["Ingress"]  # anything not allowed below is denied
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace only
+    assert peer["podSelector"] == {"matchLabels": selector_labels(NAME, "router")}
+    assert matches(peer["podSelector"]["matchLabels"], router_pod["labels"])
+    assert not matches(
+        peer["podSelector"]["matchLabels"],
+        statefulset["spec"]["template"]["metadata"]["labels"],
+    )
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def test_pod_disruption_budget(children: dict[tuple[str, str], Any]) -> None:
+    budget = children[("PodDisruptionBudget", "ct-triage-gw")]
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels(NAME, "gateway")},
+    }
+
+
+# --- security -----------------------------------------------------------------
+
+
+def test_every_pod_and_container_is_locked_down(children: dict[tuple[str, str], Any]) -> None:
+    pods = list(pod_specs(children))
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    for container in containers(children):
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "privileged" not in context
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_router_runs_as_the_images_nonroot_user(children: dict[tuple[str, str], Any]) -> None:
+    pod = children[("Deployment", "ct-triage-router")]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["runAsGroup"] == 65532
+
+
+def test_gateway_user_is_left_to_the_image(children: dict[tuple[str, str], Any]) -> None:
+    pod = children[("StatefulSet", "ct-triage-gw")]["spec"]["template"]["spec"]
+    assert "runAsUser" not in pod["securityContext"]
+    (container,) = pod["containers"]
+    assert "runAsUser" not in container["securityContext"]
+
+
+def test_role_is_least_privilege(children: dict[tuple[str, str], Any]) -> None:
+    role = children[("Role", "ct-triage-router")]
+    assert role["apiVersion"] == "rbac.authorization.k8s.io/v1"
+    grants: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""]
+        assert rule["resources"] == ["configmaps"]
+        assert "*" not in rule["verbs"]
+        assert rule["resourceNames"], "a rule without resourceNames covers every ConfigMap"
+        for name in rule["resourceNames"]:
+            grants.setdefault(name, set()).update(rule["verbs"])
+    assert grants == {
+        "ct-triage-map": {"get", "list", "watch"},
+        "ct-triage-routers": {"get", "patch", "update"},
+    }
+    assert not any(isinstance(v, str) and "*" in v for v in walk(role["rules"]))
+
+
+def test_router_identity_is_bound_to_the_role(children: dict[tuple[str, str], Any]) -> None:
+    binding = children[("RoleBinding", "ct-triage-router")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "ct-triage-router",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ct-triage-router", "namespace": NAMESPACE}
+    ]
+    pod = children[("Deployment", "ct-triage-router")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ct-triage-router"
+    assert ("ServiceAccount", "ct-triage-router") in children
+
+
+# --- router ----------------------------------------------------------------------
+
+
+def router_container(children: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    deployment = children[("Deployment", "ct-triage-router")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def test_router_command_per_contract() -> None:
+    assert router_container(build(MINIMAL))["command"] == [
+        "gatewaypool",
+        "router",
+        "--map-configmap",
+        "radiology/ct-triage-map",
+        "--report-configmap",
+        "radiology/ct-triage-routers",
+        "--aet",
+        "GATEWAYPOOL",
+        "--port",
+        "11112",
+        "--http-port",
+        "8080",
+    ]
+
+
+def test_router_command_lists_each_allowed_calling_ae_title() -> None:
+    command = router_container(build(FULL))["command"]
+    assert command[command.index("--aet") + 1] == "ROUTER"
+    assert command[-4:] == ["--allow-calling-aet", "CT1", "--allow-calling-aet", "MR ROOM 2"]
+    assert "args" not in router_container(build(FULL))
+
+
+def test_router_container() -> None:
+    container = router_container(build(MINIMAL))
+    assert container["image"] == OPERATOR_IMAGE
+    assert container["ports"] == [
+        {"name": "dicom", "containerPort": 11112, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+    ]
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["resources"] == {}
+    full = router_container(build(FULL))
+    assert full["image"] == "registry.example.org/router:1"
+    assert full["resources"] == {"limits": {"memory": "256Mi"}}
+
+
+def test_router_deployment_and_service() -> None:
+    children = build(FULL)
+    deployment = children[("Deployment", "ct-triage-router")]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    service = children[("Service", "ct-triage-router")]["spec"]
+    assert service["type"] == "LoadBalancer"
+    assert service["ports"] == [
+        {"name": "dicom", "port": 104, "targetPort": "dicom", "protocol": "TCP"}
+    ]
+    minimal = build(MINIMAL)[("Service", "ct-triage-router")]["spec"]
+    assert minimal["type"] == "ClusterIP"
+    assert minimal["ports"][0]["port"] == 11112
+
+
+# --- bucket map -------------------------------------------------------------------
+
+
+def test_map_configmap_holds_the_map_json() -> None:
+    configmap = build(MINIMAL)[("ConfigMap", "ct-triage-map")]
+    assert configmap["data"] == {"map.json": MAP_JSON}
+
+
+def test_map_configmap_without_a_map_is_empty() -> None:
+    configmap = build(MINIMAL, bucket_map_json=None)[("ConfigMap", "ct-triage-map")]
+    assert configmap["data"] == {}
+
+
+# --- ownership and purity ------------------------------------------------------------
+
+
+def test_owner_reference() -> None:
+    pool = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": "1234-abcd"},
+    }
+    assert owner_reference(pool) == {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "name": NAME,
+        "uid": "1234-abcd",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    bare = {"metadata": {"name": NAME, "uid": "u"}}
+    assert owner_reference(bare)["apiVersion"] == "gatewaypool.io/v1alpha1"
+    assert owner_reference(bare)["kind"] == "GatewayPool"
+
+
+@pytest.mark.parametrize("metadata", [{}, {"name": NAME}, {"name": NAME, "uid": ""}, {"uid": "u"}])
+def test_owner_reference_needs_name_and_uid(metadata: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="uid"):
+        owner_reference({"metadata": metadata})
+
+
+def test_children_are_fresh_data_each_time() -> None:
+    spec = parse(FULL)
+
+    def make() -> list[dict[str, Any]]:
+        return build_children(
+            name=NAME, namespace=NAMESPACE, spec=spec, bucket_map_json=MAP_JSON, gateway_replicas=4
+        )
+
+    first = make()
+    pristine = copy.deepcopy(first)
+    for obj in first:  # an applier that edits what it got must not change the next result
+        for value in walk(obj):
+            if isinstance(value, dict):
+                value["poisoned"] = True
+            elif isinstance(value, list):
+                value.append("poisoned")
+    assert make() == pristine
+    assert json.loads(json.dumps(pristine)) == pristine  # plain JSON types only
+
+
+# --- validity against the real Kubernetes schemas --------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", sorted(SPECS))
+def test_every_child_passes_strict_kubernetes_validation(variant: str, version: str) -> None:
+    objects = [
+        *build(SPECS[variant]).values(),
+        *build(SPECS[variant], bucket_map_json=None).values(),
+        routers_configmap(name=NAME, namespace=NAMESPACE),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_is_not_vacuous() -> None:
+    statefulset = copy.deepcopy(build()[("StatefulSet", "ct-triage-gw")])
+    statefulset["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, K8S_VERSIONS[0], strict=True)

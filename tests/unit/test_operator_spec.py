@@ -1,0 +1,583 @@
+"""The operator's spec model: contract defaults, and errors that name field and value."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewaypool_operator.spec import (
+    MAX_NAME_LENGTH,
+    PoolSpec,
+    SpecError,
+    check_change,
+    check_name,
+    parse_spec,
+    thaw,
+)
+
+OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
+
+
+def parse(spec: Any) -> PoolSpec:
+    return parse_spec(spec, default_router_image=OPERATOR_IMAGE)
+
+
+def minimal() -> dict[str, Any]:
+    return {"gateway": {"image": "orthancteam/orthanc:24.1.2"}}
+
+
+def full() -> dict[str, Any]:
+    """Every field of the contract set, none to its default."""
+    return {
+        "replicas": 3,
+        "buckets": 1024,
+        "gateway": {
+            "image": "orthancteam/orthanc:24.1.2",
+            "imagePullPolicy": "Always",
+            "command": ["Orthanc"],
+            "args": ["/etc/orthanc/"],
+            "port": 4242,
+            "aeTitle": "ORTHANC",
+            "env": [
+                {"name": "ORTHANC__NAME", "value": "gw"},
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ],
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}},
+            "storage": {"size": "10Gi", "storageClassName": "fast", "mountPath": "/data"},
+            "podTemplate": {
+                "labels": {"team": "radiology"},
+                "annotations": {"example.org/note": "any text, even spaces"},
+                "nodeSelector": {"node-role.example.org/phi": "true"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "phi"}],
+                "affinity": {"nodeAffinity": {}},
+                "priorityClassName": "clinical-critical",
+                "serviceAccountName": "gateway",
+            },
+        },
+        "router": {
+            "replicas": 4,
+            "image": "registry.example.org/router:1",
+            "aeTitle": "ROUTER",
+            "port": 104,
+            "serviceType": "LoadBalancer",
+            "allowedCallingAETitles": ["CT1", "MR ROOM 2"],
+            "resources": {"limits": {"memory": "256Mi"}},
+        },
+        "handover": {"quietSeconds": 60, "maxDrainSeconds": 900},
+    }
+
+
+def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Return a copy of `spec` with the dotted `path` (below ``spec``) set to `value`."""
+    result = copy.deepcopy(spec)
+    node = result
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return result
+
+
+# --- defaults ------------------------------------------------------------------
+
+
+def test_minimal_spec_gets_every_contract_default() -> None:
+    spec = parse(minimal())
+    assert (spec.replicas, spec.buckets) == (1, 4096)
+    gateway = spec.gateway
+    assert gateway.image == "orthancteam/orthanc:24.1.2"
+    assert gateway.image_pull_policy == "IfNotPresent"
+    assert (gateway.command, gateway.args, gateway.env) == ((), (), ())
+    assert (gateway.port, gateway.ae_title) == (104, "GATEWAY")
+    assert dict(gateway.resources) == {}
+    assert gateway.storage is None
+    template = gateway.pod_template
+    assert dict(template.labels) == dict(template.annotations) == dict(template.node_selector) == {}
+    assert template.tolerations == ()
+    assert dict(template.affinity) == {}
+    assert template.priority_class_name == template.service_account_name == ""
+    router = spec.router
+    assert router.replicas == 2
+    assert router.image == OPERATOR_IMAGE
+    assert (router.ae_title, router.port, router.service_type) == (
+        "GATEWAYPOOL",
+        11112,
+        "ClusterIP",
+    )
+    assert router.allowed_calling_ae_titles == ()
+    assert dict(router.resources) == {}
+    assert (spec.handover.quiet_seconds, spec.handover.max_drain_seconds) == (30, 600)
+
+
+def test_storage_defaults_its_mount_path_and_class() -> None:
+    storage = parse(with_value(minimal(), "gateway.storage", {"size": "10Gi"})).gateway.storage
+    assert storage is not None
+    assert (storage.size, storage.storage_class_name, storage.mount_path) == (
+        "10Gi",
+        None,
+        "/var/lib/gateway",
+    )
+
+
+def test_a_spec_defaulted_by_the_api_server_parses_the_same() -> None:
+    """The operator defaults what the API server would; both ways give one PoolSpec."""
+    server_defaulted = {
+        "replicas": 1,
+        "buckets": 4096,
+        "gateway": {
+            "image": "orthancteam/orthanc:24.1.2",
+            "imagePullPolicy": "IfNotPresent",
+            "port": 104,
+            "aeTitle": "GATEWAY",
+        },
+        "router": {
+            "replicas": 2,
+            "image": "",
+            "aeTitle": "GATEWAYPOOL",
+            "port": 11112,
+            "serviceType": "ClusterIP",
+        },
+        "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
+    }
+    assert parse(server_defaulted) == parse(minimal())
+
+
+def test_explicit_nulls_count_as_unset() -> None:
+    spec = minimal() | {"router": None, "handover": None, "replicas": None}
+    assert parse(spec) == parse(minimal())
+
+
+def test_full_spec_keeps_every_value() -> None:
+    spec = parse(full())
+    assert (spec.replicas, spec.buckets) == (3, 1024)
+    gateway = spec.gateway
+    assert (gateway.image_pull_policy, gateway.command, gateway.args) == (
+        "Always",
+        ("Orthanc",),
+        ("/etc/orthanc/",),
+    )
+    assert (gateway.port, gateway.ae_title) == (4242, "ORTHANC")
+    assert thaw(gateway.env) == full()["gateway"]["env"]
+    assert thaw(gateway.resources) == full()["gateway"]["resources"]
+    assert gateway.storage is not None
+    assert gateway.storage.storage_class_name == "fast"
+    assert gateway.storage.mount_path == "/data"
+    template = gateway.pod_template
+    assert dict(template.labels) == {"team": "radiology"}
+    assert thaw(template.tolerations) == full()["gateway"]["podTemplate"]["tolerations"]
+    assert template.service_account_name == "gateway"
+    router = spec.router
+    assert (router.replicas, router.image, router.service_type) == (
+        4,
+        "registry.example.org/router:1",
+        "LoadBalancer",
+    )
+    assert router.allowed_calling_ae_titles == ("CT1", "MR ROOM 2")
+    assert (spec.handover.quiet_seconds, spec.handover.max_drain_seconds) == (60, 900)
+
+
+def test_router_image_from_the_spec_wins_over_the_operators() -> None:
+    spec = parse(with_value(minimal(), "router.image", "mine:2"))
+    assert spec.router.image == "mine:2"
+
+
+def test_no_router_image_anywhere_is_refused() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(minimal(), default_router_image="")
+    assert caught.value.field_path == "spec.router.image"
+    assert "GATEWAYPOOL_IMAGE" in str(caught.value)
+
+
+def test_replicas_may_equal_buckets_and_be_zero() -> None:
+    assert parse(minimal() | {"replicas": 8, "buckets": 8}).replicas == 8
+    assert parse(minimal() | {"replicas": 0}).replicas == 0
+
+
+# --- immutability --------------------------------------------------------------
+
+
+def test_spec_is_frozen_and_detached_from_its_input() -> None:
+    raw = full()
+    spec = parse(raw)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.replicas = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.gateway.pod_template.labels["team"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.gateway.env[0]["name"] = "x"  # type: ignore[index]
+    raw["gateway"]["env"][0]["value"] = "changed"
+    raw["gateway"]["resources"]["requests"]["cpu"] = "9"
+    assert spec.gateway.env[0]["value"] == "gw"
+    assert spec.gateway.resources["requests"]["cpu"] == "500m"
+
+
+def test_thaw_gives_fresh_plain_copies() -> None:
+    spec = parse(full())
+    first = thaw(spec.gateway.env)
+    first[0]["value"] = "changed"
+    assert thaw(spec.gateway.env)[0]["value"] == "gw"
+    assert isinstance(thaw(spec.gateway.resources), dict)
+    assert isinstance(thaw(spec.gateway.pod_template.tolerations), list)
+
+
+# --- errors --------------------------------------------------------------------
+
+
+def test_error_text_names_field_and_value() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(minimal() | {"replicas": 5000})
+    error = caught.value
+    assert str(error) == "spec.replicas: 5000 exceeds spec.buckets (4096)"
+    assert (error.field_path, error.value) == ("spec.replicas", 5000)
+    assert isinstance(error, ValueError)
+
+
+MISSING = SpecError.MISSING
+
+# (field below spec, value, expected field path of the error, expected value in the error)
+INVALID: list[tuple[str, Any, str, Any]] = [
+    ("replicas", -1, "spec.replicas", -1),
+    ("replicas", 1025, "spec.replicas", 1025),
+    ("replicas", "3", "spec.replicas", "3"),
+    ("replicas", 2.0, "spec.replicas", 2.0),
+    ("replicas", True, "spec.replicas", True),
+    ("buckets", 0, "spec.buckets", 0),
+    ("buckets", 65537, "spec.buckets", 65537),
+    ("buckets", "4096", "spec.buckets", "4096"),
+    ("gateway", "orthanc", "spec.gateway", "orthanc"),
+    ("gateway.image", "", "spec.gateway.image", ""),
+    ("gateway.image", "orthanc latest", "spec.gateway.image", "orthanc latest"),
+    ("gateway.image", 7, "spec.gateway.image", 7),
+    ("gateway.imagePullPolicy", "Sometimes", "spec.gateway.imagePullPolicy", "Sometimes"),
+    ("gateway.command", "Orthanc", "spec.gateway.command", "Orthanc"),
+    ("gateway.command", ["Orthanc", 1], "spec.gateway.command[1]", 1),
+    ("gateway.args", [None], "spec.gateway.args[0]", None),
+    ("gateway.port", 0, "spec.gateway.port", 0),
+    ("gateway.port", 65536, "spec.gateway.port", 65536),
+    ("gateway.port", "104", "spec.gateway.port", "104"),
+    ("gateway.aeTitle", "", "spec.gateway.aeTitle", ""),
+    ("gateway.aeTitle", "A" * 17, "spec.gateway.aeTitle", "A" * 17),
+    ("gateway.aeTitle", "CT\\1", "spec.gateway.aeTitle", "CT\\1"),
+    ("gateway.aeTitle", "CT\t1", "spec.gateway.aeTitle", "CT\t1"),
+    ("gateway.aeTitle", "É", "spec.gateway.aeTitle", "É"),
+    ("gateway.aeTitle", "   ", "spec.gateway.aeTitle", "   "),
+    ("gateway.env", {"A": "1"}, "spec.gateway.env", {"A": "1"}),
+    ("gateway.env", ["A=1"], "spec.gateway.env[0]", "A=1"),
+    ("gateway.env", [{"value": "1"}], "spec.gateway.env[0].name", MISSING),
+    ("gateway.env", [{"name": ""}], "spec.gateway.env[0].name", ""),
+    ("gateway.env", [{"name": "A", "value": 4242}], "spec.gateway.env[0].value", 4242),
+    ("gateway.env", [{"name": "A", "valueFrom": "x"}], "spec.gateway.env[0].valueFrom", "x"),
+    ("gateway.resources", [], "spec.gateway.resources", []),
+    ("gateway.resources", {"limit": {}}, "spec.gateway.resources.limit", {}),
+    ("gateway.resources", {"limits": 2}, "spec.gateway.resources.limits", 2),
+    (
+        "gateway.resources",
+        {"limits": {"cpu": "lots"}},
+        "spec.gateway.resources.limits['cpu']",
+        "lots",
+    ),
+    (
+        "gateway.resources",
+        {"requests": {"memory": "-1Gi"}},
+        "spec.gateway.resources.requests['memory']",
+        "-1Gi",
+    ),
+    ("gateway.storage", "10Gi", "spec.gateway.storage", "10Gi"),
+    ("gateway.storage", {}, "spec.gateway.storage.size", MISSING),
+    ("gateway.storage", {"size": "10 GB"}, "spec.gateway.storage.size", "10 GB"),
+    ("gateway.storage", {"size": "0"}, "spec.gateway.storage.size", "0"),
+    ("gateway.storage", {"size": "-5Gi"}, "spec.gateway.storage.size", "-5Gi"),
+    ("gateway.storage", {"size": 10}, "spec.gateway.storage.size", 10),
+    (
+        "gateway.storage",
+        {"size": "1Gi", "mountPath": "data"},
+        "spec.gateway.storage.mountPath",
+        "data",
+    ),
+    (
+        "gateway.storage",
+        {"size": "1Gi", "mountPath": "/tmp/"},
+        "spec.gateway.storage.mountPath",
+        "/tmp/",
+    ),
+    ("gateway.storage", {"size": "1Gi", "mountPath": "/"}, "spec.gateway.storage.mountPath", "/"),
+    (
+        "gateway.storage",
+        {"size": "1Gi", "storageClassName": "Fast SSD"},
+        "spec.gateway.storage.storageClassName",
+        "Fast SSD",
+    ),
+    (
+        "gateway.storage",
+        {"size": "1Gi", "volumeMode": "Block"},
+        "spec.gateway.storage.volumeMode",
+        "Block",
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"app.kubernetes.io/instance": "other"}},
+        "spec.gateway.podTemplate.labels['app.kubernetes.io/instance']",
+        "other",
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"app.kubernetes.io/component": "router"}},
+        "spec.gateway.podTemplate.labels['app.kubernetes.io/component']",
+        "router",
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"bad key": "x"}},
+        "spec.gateway.podTemplate.labels",
+        "bad key",
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"team": "two words"}},
+        "spec.gateway.podTemplate.labels['team']",
+        "two words",
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"team": "x" * 64}},
+        "spec.gateway.podTemplate.labels['team']",
+        "x" * 64,
+    ),
+    (
+        "gateway.podTemplate",
+        {"labels": {"team": 3}},
+        "spec.gateway.podTemplate.labels['team']",
+        3,
+    ),
+    (
+        "gateway.podTemplate",
+        {"nodeSelector": {"zone": "a b"}},
+        "spec.gateway.podTemplate.nodeSelector['zone']",
+        "a b",
+    ),
+    (
+        "gateway.podTemplate",
+        {"annotations": {"Bad_Prefix/x": "y"}},
+        "spec.gateway.podTemplate.annotations",
+        "Bad_Prefix/x",
+    ),
+    (
+        "gateway.podTemplate",
+        {"tolerations": {"key": "x"}},
+        "spec.gateway.podTemplate.tolerations",
+        {"key": "x"},
+    ),
+    (
+        "gateway.podTemplate",
+        {"tolerations": ["x"]},
+        "spec.gateway.podTemplate.tolerations[0]",
+        "x",
+    ),
+    ("gateway.podTemplate", {"affinity": []}, "spec.gateway.podTemplate.affinity", []),
+    (
+        "gateway.podTemplate",
+        {"priorityClassName": "High"},
+        "spec.gateway.podTemplate.priorityClassName",
+        "High",
+    ),
+    (
+        "gateway.podTemplate",
+        {"serviceAccountName": "my_account"},
+        "spec.gateway.podTemplate.serviceAccountName",
+        "my_account",
+    ),
+    (
+        "gateway.podTemplate",
+        {"hostNetwork": True},
+        "spec.gateway.podTemplate.hostNetwork",
+        True,
+    ),
+    ("gateway.imagePullPolicyy", "Always", "spec.gateway.imagePullPolicyy", "Always"),
+    ("router", [], "spec.router", []),
+    ("router.replicas", 0, "spec.router.replicas", 0),
+    ("router.replicas", 101, "spec.router.replicas", 101),
+    ("router.image", "a b", "spec.router.image", "a b"),
+    ("router.aeTitle", "R" * 17, "spec.router.aeTitle", "R" * 17),
+    ("router.aeTitle", " ", "spec.router.aeTitle", " "),
+    ("router.port", 0, "spec.router.port", 0),
+    ("router.port", 70000, "spec.router.port", 70000),
+    ("router.serviceType", "ExternalName", "spec.router.serviceType", "ExternalName"),
+    ("router.allowedCallingAETitles", "CT1", "spec.router.allowedCallingAETitles", "CT1"),
+    (
+        "router.allowedCallingAETitles",
+        ["CT1", "MR\\2"],
+        "spec.router.allowedCallingAETitles[1]",
+        "MR\\2",
+    ),
+    (
+        "router.allowedCallingAETitles",
+        ["A" * 17],
+        "spec.router.allowedCallingAETitles[0]",
+        "A" * 17,
+    ),
+    ("router.allowedCallingAETitles", [7], "spec.router.allowedCallingAETitles[0]", 7),
+    ("router.resources", {"limits": {"cpu": "x"}}, "spec.router.resources.limits['cpu']", "x"),
+    ("router.tls", {}, "spec.router.tls", {}),
+    ("handover.quietSeconds", 0, "spec.handover.quietSeconds", 0),
+    ("handover.quietSeconds", 3601, "spec.handover.quietSeconds", 3601),
+    ("handover.quietSeconds", "30s", "spec.handover.quietSeconds", "30s"),
+    ("handover.maxDrainSeconds", 9, "spec.handover.maxDrainSeconds", 9),
+    ("handover.maxDrainSeconds", 86401, "spec.handover.maxDrainSeconds", 86401),
+    ("handover.maxDrainSeconds", 20, "spec.handover.maxDrainSeconds", 20),
+    ("handover.quietSeconds", 900, "spec.handover.maxDrainSeconds", 600),
+    ("status", {}, "spec.status", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field_path", "shown"),
+    INVALID,
+    ids=[f"{path}={value!r}"[:60] for path, value, _, _ in INVALID],
+)
+def test_invalid_field_is_refused_naming_field_and_value(
+    path: str, value: Any, field_path: str, shown: Any
+) -> None:
+    base = minimal()
+    if path.endswith("maxDrainSeconds"):
+        base["handover"] = {"quietSeconds": 40}  # so that 20 is in range but below it
+    spec = with_value(base, path, value)
+    with pytest.raises(SpecError) as caught:
+        parse(spec)
+    error = caught.value
+    assert error.field_path == field_path
+    assert error.value is shown if shown is MISSING else error.value == shown
+    text = str(error)
+    assert text.startswith(f"{field_path}: ")
+    if shown is not MISSING:
+        assert repr(shown) in text
+    assert error.problem in text
+
+
+@pytest.mark.parametrize(
+    ("spec", "field_path"),
+    [
+        (None, "spec"),
+        ([], "spec"),
+        ({}, "spec.gateway"),
+        ({"gateway": {}}, "spec.gateway.image"),
+        ({"gateway": None}, "spec.gateway"),
+        ({"gateway": {"image": None}}, "spec.gateway.image"),
+    ],
+)
+def test_missing_required_parts_are_named(spec: Any, field_path: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(spec)
+    assert caught.value.field_path == field_path
+    assert str(caught.value).startswith(f"{field_path}: ")
+
+
+def test_long_values_are_shortened_in_the_message() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(with_value(minimal(), "gateway.image", "x " * 500))
+    assert len(str(caught.value)) < 250
+    assert "..." in str(caught.value)
+
+
+# --- robustness ------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = [
+    "replicas",
+    "buckets",
+    "gateway",
+    "gateway.image",
+    "gateway.imagePullPolicy",
+    "gateway.command",
+    "gateway.args",
+    "gateway.port",
+    "gateway.aeTitle",
+    "gateway.env",
+    "gateway.resources",
+    "gateway.storage",
+    "gateway.storage.size",
+    "gateway.storage.storageClassName",
+    "gateway.storage.mountPath",
+    "gateway.podTemplate",
+    "gateway.podTemplate.labels",
+    "gateway.podTemplate.annotations",
+    "gateway.podTemplate.nodeSelector",
+    "gateway.podTemplate.tolerations",
+    "gateway.podTemplate.affinity",
+    "gateway.podTemplate.priorityClassName",
+    "gateway.podTemplate.serviceAccountName",
+    "router",
+    "router.replicas",
+    "router.image",
+    "router.aeTitle",
+    "router.port",
+    "router.serviceType",
+    "router.allowedCallingAETitles",
+    "router.resources",
+    "handover",
+    "handover.quietSeconds",
+    "handover.maxDrainSeconds",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(FIELDS), value=JSON)
+def test_any_value_anywhere_gives_a_spec_or_a_spec_error(path: str, value: Any) -> None:
+    """Junk in any field is a SpecError about that field, never a crash elsewhere."""
+    base = minimal()
+    if "storage." in path:
+        base["gateway"]["storage"] = {"size": "1Gi"}
+    spec = with_value(base, path, value)
+    try:
+        parse(spec)
+    except SpecError as error:
+        parent = "spec." + path
+        related = (
+            error.field_path.startswith(parent)
+            or parent.startswith(error.field_path)
+            # cross-field rules: buckets that fit fewer replicas, drain below quiet
+            or error.field_path in {"spec.replicas", "spec.handover.maxDrainSeconds"}
+        )
+        assert related, (path, str(error))
+
+
+# --- changes and names ----------------------------------------------------------
+
+
+def test_buckets_cannot_change() -> None:
+    old = parse(minimal())
+    new = parse(minimal() | {"buckets": 8192})
+    with pytest.raises(SpecError) as caught:
+        check_change(old, new)
+    assert caught.value.field_path == "spec.buckets"
+    assert str(caught.value).startswith("spec.buckets: 8192 differs from 4096")
+
+
+def test_other_changes_are_allowed() -> None:
+    check_change(parse(minimal()), parse(full() | {"buckets": 4096}))
+    check_change(parse(full()), parse(full()))
+
+
+@pytest.mark.parametrize("name", ["ct-triage", "a", "a1", "x" * MAX_NAME_LENGTH])
+def test_usable_pool_names(name: str) -> None:
+    check_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "1ct", "CT", "ct_triage", "ct.triage", "ct-", "x" * (MAX_NAME_LENGTH + 1)]
+)
+def test_pool_names_that_would_break_children_are_refused(name: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_name(name)
+    assert caught.value.field_path == "metadata.name"
+    assert repr(name) in str(caught.value)

@@ -1,0 +1,515 @@
+"""The pool's status block: counts from observations, and conditions decided by a table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gatewaypool.bucketmap import BucketMap
+from gatewaypool_operator.mapping import desired_gateways, next_map
+from gatewaypool_operator.spec import PoolSpec, parse_spec
+from gatewaypool_operator.status import (
+    RouterReport,
+    compute_status,
+    format_time,
+    merge_patch,
+    parse_router_report,
+)
+
+NAME = "ct-triage"
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+EARLIER = "2026-03-01T11:00:00Z"
+GENERATION = 4
+
+
+def spec(replicas: int = 3, routers: int = 2) -> PoolSpec:
+    return parse_spec(
+        {"replicas": replicas, "gateway": {"image": "gw:1"}, "router": {"replicas": routers}},
+        default_router_image="op:1",
+    )
+
+
+def bucket_map(count: int = 3, version: int = 7, buckets: int = 64) -> BucketMap:
+    gateways = desired_gateways(name=NAME, namespace="ns", spec=spec(), count=count)
+    first = next_map(None, gateways=gateways, buckets=buckets)
+    assert first is not None
+    return dataclasses.replace(first, version=version)
+
+
+def report(version: int) -> str:
+    return json.dumps(
+        {
+            "mapVersion": version,
+            "startedAt": "2026-03-01T10:00:00Z",
+            "reportedAt": "2026-03-01T11:59:00Z",
+        }
+    )
+
+
+def observe(**overrides: Any) -> dict[str, Any]:
+    """compute_status for a healthy pool of 3 gateways and 2 routers, with `overrides`."""
+    arguments: dict[str, Any] = {
+        "name": NAME,
+        "spec": spec(),
+        "generation": GENERATION,
+        "statefulset_status": {"replicas": 3, "readyReplicas": 3},
+        "bucket_map": bucket_map(),
+        "router_reports": {"router-a": report(7), "router-b": report(7)},
+        "live_router_pods": ["router-a", "router-b"],
+        "spec_error": None,
+        "previous_conditions": [],
+        "now": NOW,
+    } | overrides
+    return compute_status(**arguments)
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def condition(
+    kind: str, status: str, reason: str = "X", since: str = EARLIER, generation: int = GENERATION
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": "",
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+# --- the fields --------------------------------------------------------------------
+
+
+def test_healthy_pool_status() -> None:
+    status = observe()
+    current = bucket_map()
+    assert {key: value for key, value in status.items() if key != "conditions"} == {
+        "replicas": 3,
+        "readyReplicas": 3,
+        "selector": "app.kubernetes.io/instance=ct-triage,app.kubernetes.io/component=gateway",
+        "observedGeneration": GENERATION,
+        "mapVersion": 7,
+        "routersInSync": 2,
+        "routersTotal": 2,
+        "routers": "2/2",
+        "movingBuckets": 0,
+        "bucketCounts": current.bucket_counts(),
+    }
+    assert status["bucketCounts"] == {
+        "ct-triage-gw-0": 22,
+        "ct-triage-gw-1": 21,
+        "ct-triage-gw-2": 21,
+    }
+    assert conditions(status) == {
+        "Ready": ("True", "AllGatewaysReady"),
+        "Progressing": ("False", "UpToDate"),
+        "Degraded": ("False", "AsExpected"),
+    }
+
+
+def test_every_field_is_present_without_anything_observed() -> None:
+    """Written as a merge patch: an omitted field would keep a stale value."""
+    status = observe(
+        statefulset_status=None, bucket_map=None, router_reports={}, live_router_pods=[]
+    )
+    assert status["replicas"] == status["readyReplicas"] == 0
+    assert status["mapVersion"] == 0
+    assert (status["routersInSync"], status["routersTotal"], status["routers"]) == (0, 0, "0/0")
+    assert (status["movingBuckets"], status["bucketCounts"]) == (0, {})
+
+
+def test_routers_in_sync_counts_live_routers_on_the_current_version() -> None:
+    status = observe(
+        router_reports={
+            "router-a": report(7),
+            "router-b": report(6),  # behind
+            "router-c": "not json",  # garbage counts as not in sync
+            "router-d": json.dumps({"mapVersion": True}),
+            "router-gone": report(7),  # pod deleted: its report is ignored
+        },
+        live_router_pods=["router-a", "router-b", "router-c", "router-d", "router-e"],
+    )
+    assert (status["routersInSync"], status["routersTotal"], status["routers"]) == (1, 5, "1/5")
+
+
+def test_moving_buckets_are_counted() -> None:
+    moving = dataclasses.replace(bucket_map(), moving={0: 1, 5: 0})
+    status = observe(bucket_map=moving)
+    assert status["movingBuckets"] == 2
+    assert conditions(status)["Progressing"] == ("True", "HandingOverBuckets")
+
+
+def test_statefulset_status_junk_counts_as_zero() -> None:
+    status = observe(statefulset_status={"replicas": "3", "readyReplicas": None})
+    assert status["replicas"] == status["readyReplicas"] == 0
+
+
+# --- the conditions, by table ----------------------------------------------------------
+
+R, P, D = "Ready", "Progressing", "Degraded"
+CASES: list[tuple[str, dict[str, Any], dict[str, tuple[str, str]]]] = [
+    (
+        "healthy",
+        {},
+        {R: ("True", "AllGatewaysReady"), P: ("False", "UpToDate"), D: ("False", "AsExpected")},
+    ),
+    (
+        "new pool, nothing exists yet",
+        {"statefulset_status": None, "bucket_map": None, "router_reports": {}},
+        {
+            R: ("False", "MapNotPublished"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "gateways starting",
+        {"statefulset_status": {"replicas": 3, "readyReplicas": 1}},
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "scaling up: StatefulSet not grown yet",
+        {"spec": spec(4), "bucket_map": bucket_map(4, 8)},
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "scaling up: pods ready, map not yet updated",
+        {"spec": spec(4), "statefulset_status": {"replicas": 4, "readyReplicas": 4}},
+        {
+            R: ("True", "AllGatewaysReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "scaling down: StatefulSet still larger",
+        {
+            "spec": spec(2),
+            "bucket_map": bucket_map(2, 8),
+            "router_reports": {"router-a": report(8), "router-b": report(8)},
+        },
+        {
+            R: ("True", "AllGatewaysReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "a router behind",
+        {"router_reports": {"router-a": report(7), "router-b": report(6)}},
+        {
+            R: ("True", "AllGatewaysReady"),
+            P: ("True", "RoutersUpdating"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "fewer router pods than wanted",
+        {"live_router_pods": ["router-a"]},
+        {
+            R: ("True", "AllGatewaysReady"),
+            P: ("True", "RoutersUpdating"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "no router on the current map",
+        {"router_reports": {"router-a": report(6)}},
+        {
+            R: ("False", "RoutersNotReady"),
+            P: ("True", "RoutersUpdating"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "no router at all",
+        {"router_reports": {}, "live_router_pods": []},
+        {
+            R: ("False", "RoutersNotReady"),
+            P: ("True", "RoutersUpdating"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "scaled to zero",
+        {"spec": spec(0), "statefulset_status": {"replicas": 0}},
+        {R: ("False", "ScaledToZero"), P: ("False", "UpToDate"), D: ("False", "AsExpected")},
+    ),
+    (
+        "new spec rejected, old one runs",
+        {"spec_error": "spec.replicas: 5000 exceeds spec.buckets (4096)"},
+        {R: ("True", "AllGatewaysReady"), P: ("False", "UpToDate"), D: ("True", "SpecRejected")},
+    ),
+    (
+        "first spec rejected",
+        {
+            "spec": None,
+            "spec_error": "spec.gateway.image: is required",
+            "statefulset_status": None,
+            "bucket_map": None,
+        },
+        {R: ("False", "SpecRejected"), P: ("False", "SpecRejected"), D: ("True", "SpecRejected")},
+    ),
+    (
+        "gateway lost while ready at this generation",
+        {
+            "statefulset_status": {"replicas": 3, "readyReplicas": 2},
+            "previous_conditions": [condition(R, "True")],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("True", "GatewaysUnavailable"),
+        },
+    ),
+    (
+        "gateways short after a spec change: still starting",
+        {
+            "statefulset_status": {"replicas": 3, "readyReplicas": 2},
+            "previous_conditions": [condition(R, "True", generation=GENERATION - 1)],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "gateways unavailable stays until they are back",
+        {
+            "statefulset_status": {"replicas": 3, "readyReplicas": 2},
+            "previous_conditions": [
+                condition(R, "False", generation=GENERATION - 1),
+                condition(D, "True", "GatewaysUnavailable", generation=GENERATION - 1),
+            ],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("True", "GatewaysUnavailable"),
+        },
+    ),
+    (
+        "gateways back: no longer degraded",
+        {"previous_conditions": [condition(D, "True", "GatewaysUnavailable")]},
+        {R: ("True", "AllGatewaysReady"), P: ("False", "UpToDate"), D: ("False", "AsExpected")},
+    ),
+    (
+        "progressing past the deadline with gateways short",
+        {
+            "statefulset_status": {"replicas": 3, "readyReplicas": 0},
+            "previous_conditions": [
+                condition(P, "True", "ScalingGateways", format_time(NOW - timedelta(seconds=600)))
+            ],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("True", "GatewaysUnavailable"),
+        },
+    ),
+    (
+        "progressing within the deadline",
+        {
+            "statefulset_status": {"replicas": 3, "readyReplicas": 0},
+            "previous_conditions": [
+                condition(P, "True", "ScalingGateways", format_time(NOW - timedelta(seconds=599)))
+            ],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("False", "AsExpected"),
+        },
+    ),
+    (
+        "spec rejected beats gateways unavailable",
+        {
+            "spec_error": "spec.router.port: 0 is less than 1",
+            "statefulset_status": {"replicas": 3, "readyReplicas": 2},
+            "previous_conditions": [condition(R, "True")],
+        },
+        {
+            R: ("False", "GatewaysNotReady"),
+            P: ("True", "ScalingGateways"),
+            D: ("True", "SpecRejected"),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_conditions(overrides: dict[str, Any], expected: dict[str, tuple[str, str]]) -> None:
+    status = observe(**overrides)
+    assert conditions(status) == expected
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded"]
+    for entry in status["conditions"]:
+        assert set(entry) == {
+            "type",
+            "status",
+            "reason",
+            "message",
+            "lastTransitionTime",
+            "observedGeneration",
+        }
+        assert re.fullmatch(r"(?:[A-Z][a-z]+)+", entry["reason"]), entry["reason"]
+        assert entry["message"]
+        assert entry["observedGeneration"] == GENERATION
+
+
+def test_spec_rejected_message_is_the_error() -> None:
+    error = "spec.replicas: 5000 exceeds spec.buckets (4096)"
+    degraded = observe(spec_error=error)["conditions"][2]
+    assert degraded["message"] == error
+
+
+def test_messages_give_the_numbers() -> None:
+    status = observe(statefulset_status={"replicas": 3, "readyReplicas": 1})
+    ready, progressing, _ = status["conditions"]
+    assert "1 of 3 gateways ready" in ready["message"]
+    assert "3 exist, 1 ready" in progressing["message"]
+
+
+# --- transition times ---------------------------------------------------------------
+
+
+def test_transition_time_is_kept_while_the_status_stays() -> None:
+    previous = [condition(R, "True"), condition(P, "False"), condition(D, "False")]
+    status = observe(previous_conditions=previous)
+    assert [c["lastTransitionTime"] for c in status["conditions"]] == [EARLIER] * 3
+
+
+def test_transition_time_is_kept_when_only_the_reason_changes() -> None:
+    previous = [condition(P, "True", "ScalingGateways")]
+    status = observe(
+        router_reports={"router-a": report(7), "router-b": report(6)},
+        previous_conditions=previous,
+    )
+    progressing = status["conditions"][1]
+    assert (progressing["reason"], progressing["lastTransitionTime"]) == (
+        "RoutersUpdating",
+        EARLIER,
+    )
+
+
+def test_transition_time_is_now_when_the_status_changes() -> None:
+    previous = [condition(R, "False"), condition(P, "True"), condition(D, "True")]
+    status = observe(previous_conditions=previous)
+    assert [c["lastTransitionTime"] for c in status["conditions"]] == ["2026-03-01T12:00:00Z"] * 3
+
+
+def test_unreadable_previous_conditions_are_ignored() -> None:
+    previous: list[Any] = [
+        "junk",
+        {"status": "True"},
+        condition(R, "True", since="yesterday"),
+        {"type": P, "status": "False", "lastTransitionTime": 5},
+    ]
+    status = observe(previous_conditions=previous)
+    assert [c["lastTransitionTime"] for c in status["conditions"]] == ["2026-03-01T12:00:00Z"] * 3
+
+
+def test_now_must_be_timezone_aware() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        observe(now=datetime(2026, 3, 1, 12, 0, 0))
+
+
+def test_times_are_written_in_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    assert format_time(datetime(2026, 3, 1, 14, 0, 0, tzinfo=plus_two)) == "2026-03-01T12:00:00Z"
+
+
+def test_status_is_a_function_of_its_arguments() -> None:
+    assert observe() == observe()
+    assert json.loads(json.dumps(observe())) == observe()
+
+
+# --- router reports -------------------------------------------------------------------
+
+
+def test_router_report_parses() -> None:
+    parsed = parse_router_report(report(7))
+    assert parsed == RouterReport(
+        map_version=7,
+        started_at=datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC),
+        reported_at=datetime(2026, 3, 1, 11, 59, 0, tzinfo=UTC),
+    )
+    assert parse_router_report('{"mapVersion": 3}') == RouterReport(map_version=3)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "null", "[]", "7", '{"mapVersion": "7"}', '{"mapVersion": -1}', '{"mapVersion": 1.5}'],
+)
+def test_unusable_router_reports(text: str) -> None:
+    assert parse_router_report(text) is None
+
+
+def test_unreadable_report_times_are_none() -> None:
+    parsed = parse_router_report('{"mapVersion": 2, "startedAt": "soon", "reportedAt": 5}')
+    assert parsed == RouterReport(map_version=2)
+
+
+# --- merge patch ------------------------------------------------------------------------
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch (written from the RFC)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def test_merge_patch_removes_gateways_gone_from_bucket_counts() -> None:
+    old = observe()
+    new = observe(spec=spec(2), bucket_map=bucket_map(2, 8))
+    patch = merge_patch(old=old, new=new)
+    assert patch["bucketCounts"]["ct-triage-gw-2"] is None
+    assert apply_merge_patch(old, patch) == new
+
+
+JSON_VALUES = st.recursive(
+    st.integers(-3, 3) | st.text(max_size=3) | st.booleans(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+DOCUMENTS = st.dictionaries(st.text(max_size=3), JSON_VALUES, max_size=4)
+
+
+@given(old=DOCUMENTS, new=DOCUMENTS)
+def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
+    assert apply_merge_patch(old, merge_patch(old=old, new=new)) == new
+
+
+def test_merge_patch_from_nothing_is_the_document() -> None:
+    assert merge_patch(old=None, new={"a": {"b": [1]}}) == {"a": {"b": [1]}}
