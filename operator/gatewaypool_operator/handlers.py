@@ -17,6 +17,7 @@ import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, delete_children, reconcile
+from gatewaypool_operator.status import merge_patch
 
 GROUP = "gatewaypool.io"
 VERSION = "v1alpha1"
@@ -63,7 +64,9 @@ def _pass(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any) -> N
         default_router_image=memo["router_image"],
         now=datetime.now(UTC),
     )
-    patch.status.update(outcome.status)
+    # A merge patch that also deletes keys the new status no longer has
+    # (a gateway gone from bucketCounts must not keep its count).
+    patch.status.update(merge_patch(old=body.get("status") or {}, new=outcome.status))
     if outcome.accepted_spec is not None:
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if annotations.get(ACCEPTED_SPEC_ANNOTATION) != outcome.accepted_spec:
