@@ -147,7 +147,9 @@ class Cluster:
 
         api, suffix = self._api(kind)
         try:
-            getattr(api, f"delete_namespaced_{suffix}")(name, namespace)
+            # The answer (the object, or a Status, depending on kind and server
+            # version) is not needed: skip deserializing it.
+            getattr(api, f"delete_namespaced_{suffix}")(name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -160,8 +162,20 @@ class Cluster:
         metadata = desired["metadata"]
         actual = self.read(kind, metadata["namespace"], metadata["name"])
         if actual is None:
-            self.create(desired)
-            return Applied(kind, metadata["name"], "created")
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                self.create(desired)
+            except ApiException as exc:
+                # Another pass (the resync timer runs beside change handlers)
+                # created it first: fall through and compare with that one.
+                if exc.status != 409:
+                    raise
+                actual = self.read(kind, metadata["namespace"], metadata["name"])
+                if actual is None:
+                    raise
+            else:
+                return Applied(kind, metadata["name"], "created")
         if create_only or not differs(_comparable(desired), actual):
             return Applied(kind, metadata["name"], "unchanged")
         self.patch(desired)

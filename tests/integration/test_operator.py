@@ -1,0 +1,357 @@
+"""The real operator process against a Kubernetes API over HTTP (kmock).
+
+The operator runs as ``gatewaypool operator`` in a subprocess, exactly as in
+its Deployment; the test reads and writes through the real ``kubernetes``
+client. The emulator has no controllers and no garbage collector (see
+``gatewaypool_local.kubeemu``), so the tests play those parts where needed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+
+from gatewaypool.assignment import rebalance
+from gatewaypool.bucketmap import parse_map
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.peers import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
+NS = "radiology"
+GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
+IMAGE = "registry.example.org/gatewaypool:0.1.0"
+CHILDREN = [
+    ("StatefulSet", "ct-gw"),
+    ("Service", "ct-gw"),
+    ("Deployment", "ct-router"),
+    ("Service", "ct-router"),
+    ("ServiceAccount", "ct-router"),
+    ("Role", "ct-router"),
+    ("RoleBinding", "ct-router"),
+    ("ConfigMap", "ct-map"),
+    ("ConfigMap", "ct-routers"),
+    ("NetworkPolicy", "ct-gw"),
+    ("PodDisruptionBudget", "ct-gw"),
+]
+
+
+class OperatorProcess:
+    """``gatewaypool operator`` against the emulator, logging to a file."""
+
+    def __init__(self, kube: KubeEmulator, work: Path) -> None:
+        self.kube = kube
+        self.log_path = work / "operator.log"
+        self.liveness_port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(KUBECONFIG=str(self.kube.kubeconfig_path), GATEWAYPOOL_IMAGE=IMAGE)
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gatewaypool.cli",
+                "operator",
+                "--resync",
+                "1",
+                "--liveness",
+                f"http://127.0.0.1:{self.liveness_port}/healthz",
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        wait_until(self._alive, timeout=30, what="operator liveness")
+
+    def _alive(self) -> bool:
+        import urllib.request
+
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"operator exited:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def count(self, text: str) -> int:
+        return self.log_path.read_text(errors="replace").count(text)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    with KubeEmulator() as emulator:
+        emulator.apply_crd(CRD)
+        emulator.create_namespace(NS)
+        yield emulator
+
+
+@pytest.fixture
+def operator(
+    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kube, tmp_path)
+    process.start()
+    yield process
+    process.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is None or report.failed:
+        print(f"--- operator log ---\n{process.log_tail(120)}")
+
+
+def custom(kube: KubeEmulator) -> Any:
+    return kubernetes.client.CustomObjectsApi(kube.api_client())
+
+
+def create_pool(kube: KubeEmulator, *, replicas: int = 3, buckets: int = 4096) -> dict[str, Any]:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GatewayPool",
+        "metadata": {"name": "ct", "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "buckets": buckets,
+            "gateway": {"image": "registry.example.org/ai-triage:2.1", "aeTitle": "TRIAGE"},
+        },
+    }
+    created: dict[str, Any] = custom(kube).create_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, body
+    )
+    return created
+
+
+def pool(kube: KubeEmulator) -> dict[str, Any]:
+    found = kube.get("GatewayPool", "ct", NS)
+    assert found is not None
+    return found
+
+
+def published_map(kube: KubeEmulator) -> Any:
+    configmap = kube.get("ConfigMap", "ct-map", NS)
+    if configmap is None or "map.json" not in (configmap.get("data") or {}):
+        return None
+    return parse_map(configmap["data"]["map.json"])
+
+
+def map_version(kube: KubeEmulator) -> int:
+    current = published_map(kube)
+    return current.version if current is not None else 0
+
+
+def all_children_exist(kube: KubeEmulator) -> bool:
+    return all(kube.get(kind, name, NS) is not None for kind, name in CHILDREN)
+
+
+def test_create_makes_every_child_owned_and_publishes_the_map(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    created = create_pool(kube)
+    wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    uid = created["metadata"]["uid"]
+    for kind, name in CHILDREN:
+        child = kube.get(kind, name, NS)
+        assert child is not None
+        [owner] = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("GatewayPool", "ct", uid), kind
+        assert owner["controller"] is True
+        labels = child["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "ct"
+        assert labels["app.kubernetes.io/managed-by"] == "gatewaypool-operator"
+    statefulset = kube.get("StatefulSet", "ct-gw", NS)
+    assert statefulset is not None
+    assert statefulset["spec"]["replicas"] == 3
+    assert statefulset["spec"]["serviceName"] == "ct-gw"
+    deployment = kube.get("Deployment", "ct-router", NS)
+    assert deployment is not None
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE
+    assert "--map-configmap" in container["command"] + container.get("args", [])
+    bucket_map = published_map(kube)
+    assert bucket_map is not None
+    assert bucket_map.version == 1
+    assert [g.host for g in bucket_map.gateways] == [
+        f"ct-gw-{i}.ct-gw.{NS}.svc.cluster.local" for i in range(3)
+    ]
+    assert {g.ae_title for g in bucket_map.gateways} == {"TRIAGE"}
+    counts = sorted(bucket_map.bucket_counts().values())
+    assert counts[-1] - counts[0] <= 1
+    wait_until(
+        lambda: (pool(kube).get("status") or {}).get("mapVersion") == 1,
+        timeout=20,
+        what="status.mapVersion",
+    )
+    status = pool(kube)["status"]
+    assert status["selector"] == "app.kubernetes.io/instance=ct,app.kubernetes.io/component=gateway"
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    events = [e for e in kube.objects("v1/events", NS) if e.get("reason") == "MapPublished"]
+    assert events, "no MapPublished event"
+
+
+def _wait_scaled(kube: KubeEmulator, replicas: int, version: int) -> None:
+    wait_until(
+        lambda: (
+            (kube.get("StatefulSet", "ct-gw", NS) or {}).get("spec", {}).get("replicas") == replicas
+            and map_version(kube) == version
+        ),
+        timeout=20,
+        what=f"scaled to {replicas}, map version {version}",
+    )
+
+
+def test_scale_through_the_scale_subresource_and_the_spec(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    create_pool(kube)
+    wait_until(lambda: map_version(kube) == 1, timeout=20, what="first map")
+    first = published_map(kube)
+
+    # kubectl scale gwp/ct --replicas=5 (and an HPA) write the scale subresource.
+    custom(kube).patch_namespaced_custom_object_scale(
+        GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 5}}
+    )
+    _wait_scaled(kube, 5, 2)
+    second = published_map(kube)
+    assert list(second.owners) == rebalance(list(first.owners), 5)
+    moved = sum(1 for a, b in zip(first.owners, second.owners, strict=True) if a != b)
+    # Only what the two newcomers need moves: 4096 // 5 = 819 buckets each.
+    assert moved == 2 * 819
+    counts = sorted(second.bucket_counts().values())
+    assert counts[-1] - counts[0] <= 1
+    scale = custom(kube).get_namespaced_custom_object_scale(GROUP, VERSION, NS, PLURAL, "ct")
+    assert scale["spec"]["replicas"] == 5
+
+    # Editing spec.replicas directly does the same.
+    custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 4}}
+    )
+    _wait_scaled(kube, 4, 3)
+    third = published_map(kube)
+    assert list(third.owners) == rebalance(list(second.owners), 4)
+    assert all(owner < 4 for owner in third.owners)
+
+
+def test_a_deleted_child_comes_back(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    create_pool(kube)
+    wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    before = kube.get("Service", "ct-router", NS)
+    assert before is not None
+    kubernetes.client.CoreV1Api(kube.api_client()).delete_namespaced_service(
+        "ct-router", NS, _preload_content=False
+    )
+    assert kube.get("Service", "ct-router", NS) is None
+    wait_until(
+        lambda: kube.get("Service", "ct-router", NS) is not None, timeout=20, what="re-created"
+    )
+    after = kube.get("Service", "ct-router", NS)
+    assert after is not None
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    assert after["spec"]["ports"] == before["spec"]["ports"]
+    # Drift on a kept object is repaired too.
+    kubernetes.client.AppsV1Api(kube.api_client()).patch_namespaced_stateful_set(
+        "ct-gw", NS, {"spec": {"replicas": 9}}
+    )
+    wait_until(
+        lambda: (kube.get("StatefulSet", "ct-gw", NS) or {})["spec"]["replicas"] == 3,
+        timeout=20,
+        what="drift repaired",
+    )
+    assert map_version(kube) == 1
+
+
+def test_an_unhonourable_spec_is_a_condition_and_leaves_the_pool_running(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    create_pool(kube, replicas=3, buckets=8)
+    wait_until(lambda: map_version(kube) == 1, timeout=20, what="first map")
+    # The API server's schema would refuse this; the operator must not trust that.
+    custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 12}}
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        for condition in (pool(kube).get("status") or {}).get("conditions") or []:
+            if condition["type"] == "Degraded" and condition["status"] == "True":
+                return dict(condition)
+        return None
+
+    wait_until(lambda: degraded() is not None, timeout=20, what="Degraded condition")
+    condition = degraded()
+    assert condition is not None
+    assert condition["reason"] == "SpecRejected"
+    assert "spec.replicas" in condition["message"] and "12" in condition["message"]
+    statefulset = kube.get("StatefulSet", "ct-gw", NS)
+    assert statefulset is not None and statefulset["spec"]["replicas"] == 3
+    assert map_version(kube) == 1
+    assert any(e.get("reason") == "SpecRejected" for e in kube.objects("v1/events", NS))
+    # A changed bucket count is refused the same way.
+    custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 3, "buckets": 16}}
+    )
+    wait_until(
+        lambda: "spec.buckets" in ((degraded() or {}).get("message") or ""),
+        timeout=20,
+        what="buckets change refused",
+    )
+    assert published_map(kube).buckets == 8
+
+
+def test_operator_restart_changes_nothing(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    create_pool(kube)
+    wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    wait_until(lambda: map_version(kube) == 1, timeout=20, what="first map")
+    uids = {(k, n): kube.get(k, n, NS)["metadata"]["uid"] for k, n in CHILDREN}  # type: ignore[index]
+    counts = {kind: len(kube.objects(kind, NS)) for kind, _ in CHILDREN}
+    map_text = kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"]  # type: ignore[index]
+    operator.stop()
+    resumed = operator.count("on_change")
+    operator.start()
+    wait_until(lambda: operator.count("on_change") > resumed, timeout=30, what="resume handler ran")
+    wait_until(lambda: operator.count("resync") >= 2, timeout=30, what="two resync passes")
+    assert {(k, n): kube.get(k, n, NS)["metadata"]["uid"] for k, n in CHILDREN} == uids  # type: ignore[index]
+    assert {kind: len(kube.objects(kind, NS)) for kind, _ in CHILDREN} == counts
+    assert kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"] == map_text  # type: ignore[index]
+
+
+def test_deleting_the_pool_removes_what_it_owned(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    create_pool(kube)
+    wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    custom(kube).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "ct")
+    wait_until(
+        lambda: not any(kube.get(kind, name, NS) for kind, name in CHILDREN),
+        timeout=20,
+        what="children deleted",
+    )
+    # kopf's finalizer (it keeps one while a timer runs) is removed once done.
+    wait_until(lambda: not kube.objects("GatewayPool", NS), timeout=20, what="pool gone")
