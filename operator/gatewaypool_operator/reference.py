@@ -75,7 +75,8 @@ def _rows(node: Mapping[str, Any], path: str) -> Iterator[str]:
         if key in required:
             description = f"**Required.** {description}"
         limits = _limits(child)
-        yield (f"| `{field}` | {_type(child)} | {shown} | {limits} | {description} |")
+        cells = [f"`{field}`", _type(child), shown, limits, description]
+        yield "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
         if child.get("type", "object") == "object" and "properties" in child:
             yield from _rows(child, field)
 
