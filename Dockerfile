@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+#
+# The GatewayPool image: the operator and the study router are two commands
+# of one program (`gatewaypool operator`, `gatewaypool router`), so a pool's
+# routers run the operator's own image.
+#
+#   docker build -t registry.example.org/gatewaypool/gatewaypool:0.1.0 .
+#
+# Two stages: the builder turns the project and its dependencies into
+# wheels; the final image installs those wheels and nothing else, so no
+# compiler, build tool, source tree or pip cache is shipped.
+#
+# The base image is pinned to an exact Python and Debian release. Pin its
+# digest too (python:3.11.14-slim-bookworm@sha256:...) for builds that must
+# be byte-for-byte repeatable.
+
+FROM python:3.11.14-slim-bookworm AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY router ./router
+COPY operator ./operator
+COPY local ./local
+
+# Wheels of gatewaypool and of every dependency, the operator's included.
+RUN pip wheel ".[operator]" -w /wheels
+
+
+FROM python:3.11.14-slim-bookworm
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="GatewayPool" \
+      org.opencontainers.image.description="Study-affine DICOM router and Kubernetes operator for pools of DICOM gateways" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="GatewayPool maintainers" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+
+# Only the wheels from the builder, mounted for this step and never copied
+# into a layer; --no-index: nothing is fetched here.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels "gatewaypool[operator]" \
+ && groupadd --system --gid 65532 gatewaypool \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin gatewaypool
+
+# Non-root, by number, so Kubernetes can verify runAsNonRoot. The root
+# filesystem may be read-only: the program writes only below /tmp.
+USER 65532:65532
+WORKDIR /tmp
+
+# 11112: router DICOM; 8080: router health, readiness and metrics;
+# 8081: operator liveness (kopf).
+EXPOSE 11112 8080 8081
+
+ENTRYPOINT ["gatewaypool"]
+CMD ["operator"]
