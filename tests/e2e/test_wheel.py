@@ -1,0 +1,159 @@
+"""The wheel, installed into a clean virtualenv, runs both commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes.client
+import pytest
+
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.peers import PynetdicomSink, echo, free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    work = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(work / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = (work / "dist").glob("gatewaypool-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for package in (
+        "gatewaypool",
+        "gatewaypool_router",
+        "gatewaypool_operator",
+        "gatewaypool_local",
+    ):
+        assert f"{package}/__init__.py" in names, package
+    assert not any(name.startswith("tests/") for name in names)
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run(
+        [str(work / "venv" / "bin" / "pip"), "install", "-q", f"{wheel}[operator]"],
+        check=True,
+        capture_output=True,
+    )
+    yield work / "venv"
+
+
+def run(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / "gatewaypool"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_every_command_is_registered(venv: Path) -> None:
+    result = run(venv, "--help")
+    assert result.returncode == 0
+    for command in ("router", "operator", "local", "bench"):
+        assert command in result.stdout
+    assert run(venv, "router", "--help").returncode == 0
+    assert run(venv, "operator", "--help").returncode == 0
+    assert run(venv, "--version").stdout.strip() == "gatewaypool 0.1.0"
+
+
+def test_router_from_the_wheel_serves(venv: Path, tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        process = subprocess.Popen(
+            [
+                str(venv / "bin" / "gatewaypool"),
+                "router",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--http-port",
+                str(http_port),
+                "--gateway",
+                f"SINK@{sink.host}:{sink.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_until(
+                lambda: echo("127.0.0.1", port, called_ae="GATEWAYPOOL") == 0x0000,
+                timeout=30,
+                what="router answers C-ECHO",
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
+def test_operator_from_the_wheel_reconciles(venv: Path, tmp_path: Path) -> None:
+    liveness = free_port()
+    with KubeEmulator() as kube:
+        kube.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
+        kube.create_namespace("radiology")
+        env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig_path), GATEWAYPOOL_IMAGE="gp:1")
+        with (tmp_path / "operator.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    str(venv / "bin" / "gatewaypool"),
+                    "operator",
+                    "--liveness",
+                    f"http://127.0.0.1:{liveness}/healthz",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+
+            def alive() -> bool:
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{liveness}/healthz", timeout=1
+                    ) as response:
+                        return bool(response.status == 200)
+                except OSError:
+                    return False
+
+            wait_until(alive, timeout=30, what="operator liveness")
+            kubernetes.client.CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(
+                "gatewaypool.io",
+                "v1alpha1",
+                "radiology",
+                "gatewaypools",
+                {
+                    "apiVersion": "gatewaypool.io/v1alpha1",
+                    "kind": "GatewayPool",
+                    "metadata": {"name": "ct", "namespace": "radiology"},
+                    "spec": {"replicas": 2, "gateway": {"image": "scp:1"}},
+                },
+            )
+            wait_until(
+                lambda: kube.get("StatefulSet", "ct-gw", "radiology") is not None,
+                timeout=30,
+                what="StatefulSet created by the wheel's operator",
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
