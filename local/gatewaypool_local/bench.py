@@ -55,7 +55,7 @@ def _send_parallel(host: str, port: int, called_ae: str, parts: Sequence[Sequenc
     def send(files: Sequence[Path], index: int) -> None:
         result = storescu(host, port, files, calling_ae=f"BENCH{index}", called_ae=called_ae)
         if result.returncode != 0:
-            errors.append(result.stderr[-400:])
+            errors.append((result.stdout + result.stderr)[-400:])
 
     threads = [threading.Thread(target=send, args=(files, i)) for i, files in enumerate(parts)]
     started = time.perf_counter()
@@ -128,8 +128,12 @@ def main(args: argparse.Namespace) -> int:
             work / "data", study_index=index, instances=_STUDY_SIZE, rows=512, columns=512
         ).files
     size = sum(path.stat().st_size for path in files)
-    direct_gateway = StoreSCP(work / "direct", ae_title="DIRECT")
-    gateways = [StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}") for i in range(3)]
+    # --fork: a gateway serves concurrent associations, as a real one does
+    # (a single storescp process takes one association at a time).
+    direct_gateway = StoreSCP(work / "direct", ae_title="DIRECT", extra_args=["--fork"])
+    gateways = [
+        StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}", extra_args=["--fork"]) for i in range(3)
+    ]
     router: RouterProcess | None = None
     results: list[Throughput] = []
     try:
