@@ -560,20 +560,22 @@ def _role(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
-        # Least privilege: the pool's own two ConfigMaps and nothing else; routers
-        # read the map and write only their reports.
+        # Least privilege, exactly the calls a router makes (checked against
+        # them in tests/integration/test_rbac_calls.py): read and watch the map
+        # (a watch narrowed to one name by a field selector is authorized by
+        # resourceNames), merge-patch its own key into the reports.
         "rules": [
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [map_configmap_name(name)],
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["get", "watch"],
             },
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [routers_configmap_name(name)],
-                "verbs": ["get", "patch", "update"],
+                "verbs": ["patch"],
             },
         ],
     }

@@ -52,30 +52,26 @@ Rules = dict[tuple[str, str], frozenset[str]]
 #: rbac.scope namespaces in each watched namespace.
 EXPECTED_OPERATOR_RULES: Rules = {
     # kopf lists and watches the pools, patches their annotations and status.
-    ("gatewaypool.io", "gatewaypools"): frozenset({"get", "list", "watch", "patch"}),
-    ("gatewaypool.io", "gatewaypools/status"): frozenset({"get", "patch"}),
+    ("gatewaypool.io", "gatewaypools"): frozenset({"list", "watch", "patch"}),
+    ("gatewaypool.io", "gatewaypools/status"): frozenset({"patch"}),
     # blockOwnerDeletion on the children's ownerReferences (admission plugin
     # OwnerReferencesPermissionEnforcement).
     ("gatewaypool.io", "gatewaypools/finalizers"): frozenset({"update"}),
-    # What a pool owns. "update" on ConfigMaps: the routers' Role grants it,
+    # What a pool owns. "watch" on ConfigMaps: the routers' Role grants it,
     # and RBAC lets the operator grant only what it holds.
-    ("", "configmaps"): frozenset({"get", "list", "watch", "create", "patch", "update", "delete"}),
-    ("", "services"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    ("", "serviceaccounts"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    ("apps", "statefulsets"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    ("apps", "deployments"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    ("rbac.authorization.k8s.io", "roles"): frozenset(
-        {"get", "list", "watch", "create", "patch", "delete"}
-    ),
+    ("", "configmaps"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("", "services"): frozenset({"get", "list", "create", "patch", "delete"}),
+    ("", "serviceaccounts"): frozenset({"get", "list", "create", "patch", "delete"}),
+    ("apps", "statefulsets"): frozenset({"get", "list", "create", "patch", "delete"}),
+    ("apps", "deployments"): frozenset({"get", "list", "create", "patch", "delete"}),
+    ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "list", "create", "patch", "delete"}),
     ("rbac.authorization.k8s.io", "rolebindings"): frozenset(
-        {"get", "list", "watch", "create", "patch", "delete"}
+        {"get", "list", "create", "patch", "delete"}
     ),
     ("networking.k8s.io", "networkpolicies"): frozenset(
-        {"get", "list", "watch", "create", "patch", "delete"}
+        {"get", "list", "create", "patch", "delete"}
     ),
-    ("policy", "poddisruptionbudgets"): frozenset(
-        {"get", "list", "watch", "create", "patch", "delete"}
-    ),
+    ("policy", "poddisruptionbudgets"): frozenset({"get", "list", "create", "patch", "delete"}),
     # Live router pods, for status.routersTotal.
     ("", "pods"): frozenset({"list"}),
     # kopf posts core/v1 Events (never patches them); so does the operator.

@@ -118,40 +118,42 @@ per watched namespace (rbac.scope namespaces).
 */}}
 {{- define "gatewaypool.namespacedRules" -}}
 # The GatewayPools: kopf lists and watches them and patches their
-# annotations (progress, last handled spec) and their status.
+# annotations (progress, last handled spec) and their status. These rules
+# are checked against the calls the operator really makes (tests/integration/
+# test_rbac_calls.py): no more, no less.
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # Children carry an ownerReference with blockOwnerDeletion: true, which the
 # OwnerReferencesPermissionEnforcement admission plugin allows only to who
 # may update the owner's finalizers.
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/finalizers"]
   verbs: ["update"]
-# What a pool owns. ConfigMaps also need "update": the operator creates a
-# Role that grants the routers get/list/watch/patch/update on the pool's
-# ConfigMaps, and Kubernetes lets it grant only what it holds itself.
+# What a pool owns: read, create, repair drift, delete with the pool.
+# ConfigMaps also need "watch": the operator creates a Role that grants it to
+# the routers, and Kubernetes lets it grant only what it holds.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["statefulsets", "deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Router pods, to count the live routers in the status.
 - apiGroups: [""]
   resources: ["pods"]
