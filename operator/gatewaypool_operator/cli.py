@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Handlers read their timer interval when imported.
     os.environ["GATEWAYPOOL_RESYNC_SECONDS"] = str(args.resync)
+    os.environ["GATEWAYPOOL_NAMESPACES"] = ",".join(args.namespace)
     from gatewaypool import logs
 
     logs.configure(level=args.log_level, fmt=args.log_format)

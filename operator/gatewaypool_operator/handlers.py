@@ -2,12 +2,15 @@
 
 Every handler runs the same level-based pass (:func:`reconcile.reconcile`):
 on creation, on each spec change (``kubectl scale`` and an HPA change
-``spec.replicas`` through the scale subresource), when the operator
-resumes, and on a timer that repairs drift and re-creates deleted children.
+``spec.replicas`` through the scale subresource) and when the operator
+resumes; a periodic resync (:mod:`gatewaypool_operator.resync`) repairs
+drift and re-creates deleted children.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -17,6 +20,7 @@ import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, delete_children, reconcile
+from gatewaypool_operator.resync import resync_forever
 from gatewaypool_operator.status import merge_patch
 
 GROUP = "gatewaypool.io"
@@ -25,6 +29,8 @@ PLURAL = "gatewaypools"
 
 #: Seconds between drift checks of each pool (set by ``gatewaypool operator --resync``).
 RESYNC_SECONDS = float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30"))
+#: The watched namespaces, comma-separated; empty for all (``--namespace``).
+NAMESPACES = tuple(ns for ns in os.environ.get("GATEWAYPOOL_NAMESPACES", "").split(",") if ns)
 
 
 def _api_client() -> Any:
@@ -55,6 +61,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 8
     memo["cluster"] = Cluster(_api_client())
     memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Start the periodic drift check (see :mod:`gatewaypool_operator.resync`)."""
+    memo["resync"] = asyncio.create_task(
+        resync_forever(
+            memo["cluster"],
+            namespaces=NAMESPACES,
+            interval=RESYNC_SECONDS,
+            router_image=memo["router_image"],
+        )
+    )
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _pass(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any) -> None:
@@ -90,22 +118,17 @@ def on_change(
     _pass(body, memo, patch, logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any
-) -> None:
-    """Repair drift, re-create deleted children, refresh status."""
-    _pass(body, memo, patch, logger)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def on_delete(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Delete what the pool owned.
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_event(type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A pool was deleted: delete what it owned, now.
 
     In a cluster the garbage collector does this through ownerReferences;
-    doing it here too makes clean-up independent of the collector, and is
-    optional (no finalizer), so a stopped operator never blocks a deletion.
+    doing it here too makes clean-up independent of the collector. It needs
+    no finalizer, so a stopped operator never blocks a deletion: the resync
+    then removes what a pool deleted meanwhile left behind.
     """
+    if type != "DELETED":
+        return
     metadata = body.get("metadata") or {}
     deleted = delete_children(
         memo["cluster"], name=str(metadata["name"]), namespace=str(metadata["namespace"])

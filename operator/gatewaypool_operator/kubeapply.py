@@ -10,7 +10,7 @@ API server fills in) are left alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ class Cluster:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, *, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    def find(self, kind: str, namespace: str, *, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Objects of ``kind`` carrying every label in ``labels``.
 
         The label selector goes to the API server, and is applied again here:
@@ -121,6 +121,26 @@ class Cluster:
         return [
             item
             for item in items
+            if all(
+                ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
+                for key, value in labels.items()
+            )
+        ]
+
+    def list_everywhere(
+        self, kind: str, *, labels: Mapping[str, str], namespaces: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` with ``labels`` in ``namespaces`` (all when empty)."""
+        if namespaces:
+            return [obj for ns in namespaces for obj in self.find(kind, ns, labels=labels)]
+        api, suffix = self._api(kind)
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        result = self._plain(
+            getattr(api, f"list_{suffix}_for_all_namespaces")(label_selector=selector)
+        )
+        return [
+            item
+            for item in result.get("items") or []
             if all(
                 ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
                 for key, value in labels.items()

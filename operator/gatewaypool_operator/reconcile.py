@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -200,7 +200,7 @@ def _status(
 ) -> dict[str, Any]:
     statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
     reports = cluster.read("ConfigMap", namespace, children.routers_configmap_name(name))
-    pods = cluster.list("Pod", namespace, labels=children.selector_labels(name, "router"))
+    pods = cluster.find("Pod", namespace, labels=children.selector_labels(name, "router"))
     live = [
         str(pod["metadata"]["name"]) for pod in pods if not pod["metadata"].get("deletionTimestamp")
     ]
@@ -230,11 +230,36 @@ def delete_children(cluster: Cluster, *, name: str, namespace: str) -> list[str]
         "app.kubernetes.io/managed-by": "gatewaypool-operator",
     }
     for kind in OWNED_KINDS:
-        for obj in cluster.list(kind, namespace, labels=selector):
+        for obj in cluster.find(kind, namespace, labels=selector):
             owners = obj["metadata"].get("ownerReferences") or []
             ours = any(
                 ref.get("kind") == children.KIND and ref.get("name") == name for ref in owners
             )
             if ours and cluster.delete(kind, namespace, obj["metadata"]["name"]):
                 deleted.append(f"{kind}/{obj['metadata']['name']}")
+    return deleted
+
+
+def delete_orphans(
+    cluster: Cluster, *, live_pool_uids: set[str], namespaces: Sequence[str] = ()
+) -> list[str]:
+    """Delete children whose owning pool no longer exists (garbage collection).
+
+    Catches what a pool deleted while the operator was down left behind; in
+    a cluster the garbage collector would do the same through the
+    ownerReferences.
+    """
+    deleted: list[str] = []
+    selector = {"app.kubernetes.io/managed-by": "gatewaypool-operator"}
+    for kind in OWNED_KINDS:
+        for obj in cluster.list_everywhere(kind, labels=selector, namespaces=namespaces):
+            owners = [
+                ref
+                for ref in obj["metadata"].get("ownerReferences") or []
+                if ref.get("kind") == children.KIND
+            ]
+            if owners and not any(ref.get("uid") in live_pool_uids for ref in owners):
+                meta = obj["metadata"]
+                if cluster.delete(kind, meta["namespace"], meta["name"]):
+                    deleted.append(f"{kind}/{meta['namespace']}/{meta['name']}")
     return deleted
