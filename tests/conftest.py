@@ -18,11 +18,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 
+from gatewaypool_local.synth import Study, generate_study
+
 # Property tests check properties, not speed: hypothesis's per-example
 # deadline would make them fail on a busy 2-core machine.
 hypothesis.settings.register_profile("gatewaypool", deadline=None)
 hypothesis.settings.load_profile("gatewaypool")
-from gatewaypool_local.synth import Study, generate_study
 
 _LOG_LINES_ON_FAILURE = 30
 
