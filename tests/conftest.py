@@ -17,7 +17,6 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
-
 from gatewaypool_local.synth import Study, generate_study
 
 # Property tests check properties, not speed: hypothesis's per-example
