@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import secrets
+import socket
+from typing import Any, cast
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +43,12 @@ def register(subparsers: Any) -> None:
         "(default: standalone, one replica)",
     )
     parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority: the live replica with the highest one works, the others "
+        "stand by (default with --peering: random, so exactly one replica is active)",
+    )
+    parser.add_argument(
         "--resync",
         type=float,
         default=float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30")),
@@ -60,6 +68,16 @@ def run(args: argparse.Namespace) -> int:
     # Handlers read their timer interval when imported.
     os.environ["GATEWAYPOOL_RESYNC_SECONDS"] = str(args.resync)
     os.environ["GATEWAYPOOL_NAMESPACES"] = ",".join(args.namespace)
+    priority = args.priority
+    if args.peering is not None and priority is None:
+        # Replicas of one Deployment share their arguments; distinct random
+        # priorities make one of them active and the others stand by, instead
+        # of all of them pausing at equal priority (kopf's rule).
+        priority = secrets.randbelow(1_000_000) + 1
+    identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    os.environ["GATEWAYPOOL_PEERING"] = args.peering or ""
+    os.environ["GATEWAYPOOL_PRIORITY"] = str(priority or 0)
+    os.environ["GATEWAYPOOL_IDENTITY"] = identity
     from gatewaypool import logs
 
     logs.configure(level=args.log_level, fmt=args.log_format)
@@ -72,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority,
+        # kopf types the identity as a private NewType of str.
+        identity=cast(Any, identity),
         liveness_endpoint=None if args.liveness == "off" else args.liveness,
     )
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.peering import Peering
 from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, delete_children, reconcile
 from gatewaypool_operator.resync import resync_forever
 from gatewaypool_operator.status import merge_patch
@@ -31,6 +32,10 @@ PLURAL = "gatewaypools"
 RESYNC_SECONDS = float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30"))
 #: The watched namespaces, comma-separated; empty for all (``--namespace``).
 NAMESPACES = tuple(ns for ns in os.environ.get("GATEWAYPOOL_NAMESPACES", "").split(",") if ns)
+#: kopf peering (``--peering``, ``--priority``) and this replica's identity in it.
+PEERING_NAME = os.environ.get("GATEWAYPOOL_PEERING", "")
+PRIORITY = int(os.environ.get("GATEWAYPOOL_PRIORITY", "0"))
+IDENTITY = os.environ.get("GATEWAYPOOL_IDENTITY", "")
 
 
 def _api_client() -> Any:
@@ -66,12 +71,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     """Start the periodic drift check (see :mod:`gatewaypool_operator.resync`)."""
+    peering = None
+    if PEERING_NAME:
+        peering = Peering(name=PEERING_NAME, identity=IDENTITY, priority=PRIORITY)
     memo["resync"] = asyncio.create_task(
         resync_forever(
             memo["cluster"],
             namespaces=NAMESPACES,
             interval=RESYNC_SECONDS,
             router_image=memo["router_image"],
+            peering=peering,
         )
     )
 

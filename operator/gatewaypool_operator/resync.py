@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.peering import Peering, is_active
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,
@@ -111,14 +112,39 @@ def resync_pool(cluster: Cluster, body: dict[str, Any], *, router_image: str) ->
         log.log(level, "%s/%s %s: %s", namespace, name, event.reason, event.message)
 
 
+def active_namespaces(
+    cluster: Cluster, *, namespaces: Sequence[str], peering: Peering | None
+) -> list[str] | None:
+    """The namespaces this replica may work in: None for all, [] for none (standing by)."""
+    now = datetime.now(UTC)
+    if not namespaces:
+        return None if is_active(cluster.custom, me=peering, namespace=None, now=now) else []
+    return [ns for ns in namespaces if is_active(cluster.custom, me=peering, namespace=ns, now=now)]
+
+
 async def resync_forever(
-    cluster: Cluster, *, namespaces: Sequence[str], interval: float, router_image: str
+    cluster: Cluster,
+    *,
+    namespaces: Sequence[str],
+    interval: float,
+    router_image: str,
+    peering: Peering | None = None,
 ) -> None:
-    """Every ``interval`` seconds, reconcile every pool; errors are logged, never fatal."""
+    """Every ``interval`` seconds, reconcile every pool; errors are logged, never fatal.
+
+    With peering, only while this replica is the active one (see
+    :mod:`gatewaypool_operator.peering`).
+    """
     while True:
         await asyncio.sleep(interval)  # the schedule itself, not a wait for a condition
         try:
-            pools = await asyncio.to_thread(list_pools, cluster, namespaces)
+            scope = await asyncio.to_thread(
+                active_namespaces, cluster, namespaces=namespaces, peering=peering
+            )
+            if scope == []:
+                log.debug("resync: standing by, a peer with a higher priority is active")
+                continue
+            pools = await asyncio.to_thread(list_pools, cluster, scope or ())
         except Exception:
             log.exception("resync: cannot list pools")
             continue
@@ -131,7 +157,7 @@ async def resync_forever(
         live = {str(body["metadata"].get("uid")) for body in pools}
         try:
             orphans = await asyncio.to_thread(
-                delete_orphans, cluster, live_pool_uids=live, namespaces=namespaces
+                delete_orphans, cluster, live_pool_uids=live, namespaces=scope or ()
             )
         except Exception:
             log.exception("resync: cannot collect orphans")

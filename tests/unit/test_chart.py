@@ -94,6 +94,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "namespaced": {"rbac": {"scope": "namespaces"}, "watchNamespaces": ["radiology", "cardiology"]},
     "templated-crds": {"crds": {"templated": True}},
+    "peering": {"operator": {"peering": {"enabled": True, "replicas": 3}}},
     "templated-crds-not-kept": {"crds": {"templated": True, "keep": False}},
     "extras": {
         "examplePool": {"enabled": True},
@@ -161,8 +162,15 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("gatewaypool.io/v1alpha1", "GatewayPool"),
+    ("kopf.dev/v1", "ClusterKopfPeering"),
+    ("kopf.dev/v1", "KopfPeering"),
 }
-CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED_KINDS = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ClusterKopfPeering",
+}
 
 ROUTER_METRICS = (
     "gatewaypool_router_instances_total",
@@ -392,6 +400,28 @@ def test_rbac_has_no_wildcards(value_set: str) -> None:
             assert "aggregationRule" not in obj
 
 
+#: With operator.peering.enabled: kopf keeps each replica's record in the
+#: peering object; the operator's resync reads it to stand by with kopf.
+EXPECTED_PEERING_RULES: Rules = {
+    ("kopf.dev", "clusterkopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
+    ("kopf.dev", "kopfpeerings"): frozenset({"get", "list", "watch", "patch"}),
+}
+
+
+def test_peering_runs_replicas_in_one_peering() -> None:
+    objects = objects_of("peering")
+    [peering] = of_kind(objects, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "gatewaypool"
+    args = _parse_operator_args(operator_container(objects)["args"])
+    assert args.peering == "gatewaypool"
+    assert args.priority is None  # each replica draws a random one
+    role = one(objects, "ClusterRole")
+    assert granted(role["rules"]) == (
+        EXPECTED_OPERATOR_RULES | EXPECTED_CLUSTER_RULES | EXPECTED_PEERING_RULES
+    )
+    assert of_kind(objects_of("default"), "ClusterKopfPeering") == []
+
+
 @pytest.mark.parametrize("value_set", ["default", "templated-crds", "extras"])
 def test_cluster_scope_grants_exactly_the_expected_rules(value_set: str) -> None:
     objects = objects_of(value_set)
@@ -520,8 +550,13 @@ def test_operator_deployment(value_set: str) -> None:
     values = VALUE_SETS[value_set]
     deployment = one(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    peering = values.get("operator", {}).get("peering", {})
+    if peering.get("enabled"):
+        assert spec["replicas"] == peering["replicas"]
+        assert spec["strategy"] == {"type": "RollingUpdate"}
+    else:
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]
     assert pod["metadata"]["labels"].items() >= spec["selector"]["matchLabels"].items()
     assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
@@ -560,7 +595,8 @@ def test_operator_deployment(value_set: str) -> None:
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert probe["path"] == "/healthz"
     assert ports.get(probe["port"], probe["port"]) == 8081
-    assert args.peering is None  # standalone: one replica, no kopf peering
+    # Standalone (one replica) unless peering is enabled.
+    assert args.peering == ("gatewaypool" if peering.get("enabled") else None)
 
     operator_values = values.get("operator", {})
     assert args.namespace == values.get("watchNamespaces", [])
@@ -613,7 +649,10 @@ def test_chart_crd_is_the_repository_crd() -> None:
     assert chart_crd.read_bytes() == (ROOT / "crds" / CRD_FILE).read_bytes(), (
         f"copy crds/{CRD_FILE} to charts/gatewaypool/crds/"
     )
-    assert [crd["filename"] for crd in _chart().crds] == [f"gatewaypool/crds/{CRD_FILE}"]
+    assert sorted(crd["filename"] for crd in _chart().crds) == [
+        f"gatewaypool/crds/{CRD_FILE}",
+        "gatewaypool/crds/kopf.dev_peerings.yaml",
+    ]
 
 
 def test_crds_are_not_templated_by_default() -> None:

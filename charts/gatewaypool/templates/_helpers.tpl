@@ -173,6 +173,13 @@ and watches namespaces, to notice one that is created later.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if .Values.operator.peering.enabled }}
+# kopf peering: watch the peering object and keep this replica's record in it;
+# the operator's own resync reads it to stand by with kopf.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings", "kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: ["namespaces"]

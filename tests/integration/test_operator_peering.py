@@ -1,0 +1,117 @@
+"""Two operator replicas with kopf peering: one works, the other stands by."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import kubernetes.client
+
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.peers import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "radiology"
+GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
+
+
+def start(kube: KubeEmulator, log: Path, priority: int) -> subprocess.Popen[bytes]:
+    port = free_port()
+    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig_path), GATEWAYPOOL_IMAGE="gp:1")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gatewaypool.cli",
+                "operator",
+                "--resync",
+                "1",
+                "--peering",
+                "gatewaypool",
+                "--priority",
+                str(priority),
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def alive() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_until(alive, timeout=30, what=f"operator {priority} alive")
+    return process
+
+
+def replicas(kube: KubeEmulator) -> int | None:
+    statefulset = kube.get("StatefulSet", "ct-gw", NS)
+    return None if statefulset is None else int(statefulset["spec"]["replicas"])
+
+
+def test_the_higher_priority_replica_works_and_the_other_takes_over(tmp_path: Path) -> None:
+    with KubeEmulator() as kube:
+        kube.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
+        kube.create_namespace(NS)
+        kube.create(
+            "ClusterKopfPeering",
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": "gatewaypool"},
+            },
+        )
+        active = start(kube, tmp_path / "active.log", 100)
+        standby = start(kube, tmp_path / "standby.log", 50)
+        try:
+            # A peered kopf starts paused and says so only when it resumes.
+            wait_until(
+                lambda: "Resuming operations" in (tmp_path / "active.log").read_text(),
+                timeout=30,
+                what="the higher priority replica works",
+            )
+            custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                NS,
+                PLURAL,
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "GatewayPool",
+                    "metadata": {"name": "ct", "namespace": NS},
+                    "spec": {"replicas": 2, "gateway": {"image": "scp:1"}},
+                },
+            )
+            wait_until(lambda: replicas(kube) == 2, timeout=30, what="pool created")
+            standby_log = (tmp_path / "standby.log").read_text()
+            assert "Resuming operations" not in standby_log, "the standby must stay paused"
+            assert "Creation is processed" not in standby_log
+            assert "resync:" not in standby_log, "the standby's resync must not run"
+
+            active.send_signal(signal.SIGTERM)
+            active.wait(timeout=30)
+            wait_until(
+                lambda: "Resuming operations" in (tmp_path / "standby.log").read_text(),
+                timeout=60,
+                what="the standby resumes",
+            )
+            custom.patch_namespaced_custom_object_scale(
+                GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 3}}
+            )
+            wait_until(lambda: replicas(kube) == 3, timeout=30, what="scaled by the standby")
+        finally:
+            for process in (active, standby):
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=30)
