@@ -9,12 +9,7 @@ its own ``--connect-to`` rules.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +21,7 @@ import pytest
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import PynetdicomSink, free_port, storescu, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study
@@ -83,40 +79,6 @@ def kube() -> Iterator[KubeEmulator]:
         yield emulator
 
 
-def start_operator(kube: KubeEmulator, work: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(KUBECONFIG=str(kube.kubeconfig_path), GATEWAYPOOL_IMAGE="gatewaypool:test")
-    port = free_port()
-    with (work / "operator.log").open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gatewaypool.cli",
-                "operator",
-                "--resync",
-                "1",
-                "--liveness",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def alive() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError((work / "operator.log").read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_until(alive, timeout=30, what="operator alive")
-    return process
-
-
 def published_version(kube: KubeEmulator) -> int:
     configmap = kube.get("ConfigMap", "ct-map", NS)
     text = ((configmap or {}).get("data") or {}).get("map.json")
@@ -143,7 +105,10 @@ def holders(kubelet: Kubelet) -> dict[str, dict[int, int]]:
 def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Path) -> None:
     ports = [free_port() for _ in range(MAX_GATEWAYS)]
     kubelet = Kubelet(kube, tmp_path, ports)
-    operator = start_operator(kube, tmp_path)
+    operator = OperatorProcess(
+        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
+    )
+    operator.start()
     router: RouterProcess | None = None
     try:
         custom = kubernetes.client.CustomObjectsApi(kube.api_client())
@@ -259,5 +224,4 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
         if router is not None:
             router.stop()
         kubelet.stop()
-        operator.send_signal(signal.SIGTERM)
-        operator.wait(timeout=30)
+        operator.stop()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import kubernetes.client
 import pytest
 
 from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import PynetdicomSink, echo, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,35 +107,16 @@ def test_router_from_the_wheel_serves(venv: Path, tmp_path: Path) -> None:
 
 
 def test_operator_from_the_wheel_reconciles(venv: Path, tmp_path: Path) -> None:
-    liveness = free_port()
     with KubeEmulator() as kube:
         kube.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
         kube.create_namespace("radiology")
-        env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig_path), GATEWAYPOOL_IMAGE="gp:1")
-        with (tmp_path / "operator.log").open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    str(venv / "bin" / "gatewaypool"),
-                    "operator",
-                    "--liveness",
-                    f"http://127.0.0.1:{liveness}/healthz",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        operator = OperatorProcess(
+            tmp_path / "operator.log",
+            kubeconfig=kube.kubeconfig_path,
+            command=[str(venv / "bin" / "gatewaypool")],
+        )
+        operator.start()
         try:
-
-            def alive() -> bool:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{liveness}/healthz", timeout=1
-                    ) as response:
-                        return bool(response.status == 200)
-                except OSError:
-                    return False
-
-            wait_until(alive, timeout=30, what="operator liveness")
             kubernetes.client.CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(
                 "gatewaypool.io",
                 "v1alpha1",
@@ -155,5 +135,4 @@ def test_operator_from_the_wheel_reconciles(venv: Path, tmp_path: Path) -> None:
                 what="StatefulSet created by the wheel's operator",
             )
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+            operator.stop()

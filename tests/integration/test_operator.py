@@ -8,10 +8,6 @@ client. The emulator has no controllers and no garbage collector (see
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,8 @@ import pytest
 from gatewaypool.assignment import rebalance
 from gatewaypool.bucketmap import parse_map
 from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.peers import free_port, wait_until
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
@@ -44,70 +41,6 @@ CHILDREN = [
 ]
 
 
-class OperatorProcess:
-    """``gatewaypool operator`` against the emulator, logging to a file."""
-
-    def __init__(self, kube: KubeEmulator, work: Path) -> None:
-        self.kube = kube
-        self.log_path = work / "operator.log"
-        self.liveness_port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.update(KUBECONFIG=str(self.kube.kubeconfig_path), GATEWAYPOOL_IMAGE=IMAGE)
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gatewaypool.cli",
-                "operator",
-                "--resync",
-                "1",
-                "--liveness",
-                f"http://127.0.0.1:{self.liveness_port}/healthz",
-                "--log-format",
-                "json",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        log.close()
-        wait_until(self._alive, timeout=30, what="operator liveness")
-
-    def _alive(self) -> bool:
-        import urllib.request
-
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"operator exited:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1
-            ) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def count(self, text: str) -> int:
-        return self.log_path.read_text(errors="replace").count(text)
-
-
 @pytest.fixture
 def kube() -> Iterator[KubeEmulator]:
     with KubeEmulator() as emulator:
@@ -120,7 +53,12 @@ def kube() -> Iterator[KubeEmulator]:
 def operator(
     kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube, tmp_path)
+    process = OperatorProcess(
+        tmp_path / "operator.log",
+        kubeconfig=kube.kubeconfig_path,
+        router_image=IMAGE,
+        extra_args=["--resync", "1"],
+    )
     process.start()
     yield process
     process.stop()
@@ -213,8 +151,11 @@ def test_create_makes_every_child_owned_and_publishes_the_map(
     status = pool(kube)["status"]
     assert status["selector"] == "app.kubernetes.io/instance=ct,app.kubernetes.io/component=gateway"
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
-    events = [e for e in kube.objects("v1/events", NS) if e.get("reason") == "MapPublished"]
-    assert events, "no MapPublished event"
+    wait_until(
+        lambda: any(e.get("reason") == "MapPublished" for e in kube.objects("v1/events", NS)),
+        timeout=20,
+        what="MapPublished event",
+    )
 
 
 def _wait_scaled(kube: KubeEmulator, replicas: int, version: int) -> None:
@@ -312,7 +253,12 @@ def test_an_unhonourable_spec_is_a_condition_and_leaves_the_pool_running(
     statefulset = kube.get("StatefulSet", "ct-gw", NS)
     assert statefulset is not None and statefulset["spec"]["replicas"] == 3
     assert map_version(kube) == 1
-    assert any(e.get("reason") == "SpecRejected" for e in kube.objects("v1/events", NS))
+    # kopf posts Events from a queue, shortly after the handler.
+    wait_until(
+        lambda: any(e.get("reason") == "SpecRejected" for e in kube.objects("v1/events", NS)),
+        timeout=20,
+        what="SpecRejected event",
+    )
     # A changed bucket count is refused the same way.
     custom(kube).patch_namespaced_custom_object(
         GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 3, "buckets": 16}}

@@ -2,56 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import kubernetes.client
 
 from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.peers import free_port, wait_until
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"
 GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 
 
-def start(kube: KubeEmulator, log: Path, priority: int) -> subprocess.Popen[bytes]:
-    port = free_port()
-    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig_path), GATEWAYPOOL_IMAGE="gp:1")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gatewaypool.cli",
-                "operator",
-                "--resync",
-                "1",
-                "--peering",
-                "gatewaypool",
-                "--priority",
-                str(priority),
-                "--liveness",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def alive() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_until(alive, timeout=30, what=f"operator {priority} alive")
-    return process
+def start(kube: KubeEmulator, log: Path, priority: int) -> OperatorProcess:
+    operator = OperatorProcess(
+        log,
+        kubeconfig=kube.kubeconfig_path,
+        extra_args=["--resync", "1", "--peering", "gatewaypool", "--priority", str(priority)],
+    )
+    operator.start()
+    return operator
 
 
 def replicas(kube: KubeEmulator) -> int | None:
@@ -99,8 +70,7 @@ def test_the_higher_priority_replica_works_and_the_other_takes_over(tmp_path: Pa
             assert "Creation is processed" not in standby_log
             assert "resync:" not in standby_log, "the standby's resync must not run"
 
-            active.send_signal(signal.SIGTERM)
-            active.wait(timeout=30)
+            active.stop()
             wait_until(
                 lambda: "Resuming operations" in (tmp_path / "standby.log").read_text(),
                 timeout=60,
@@ -111,7 +81,5 @@ def test_the_higher_priority_replica_works_and_the_other_takes_over(tmp_path: Pa
             )
             wait_until(lambda: replicas(kube) == 3, timeout=30, what="scaled by the standby")
         finally:
-            for process in (active, standby):
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(timeout=30)
+            active.stop()
+            standby.stop()

@@ -11,11 +11,6 @@ the routers.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,8 @@ import kubernetes.client
 import yaml
 
 from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.peers import free_port, wait_until
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster
@@ -180,37 +176,12 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
         router_config = kubeconfig_with_token(
             kube.kubeconfig_path, tmp_path / "router.kubeconfig", "router"
         )
-        liveness = free_port()
-        env = dict(os.environ, KUBECONFIG=str(operator_config), GATEWAYPOOL_IMAGE="gp:1")
-        with (tmp_path / "operator.log").open("wb") as log:
-            operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gatewaypool.cli",
-                    "operator",
-                    "--resync",
-                    "1",
-                    "--liveness",
-                    f"http://127.0.0.1:{liveness}/healthz",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        operator = OperatorProcess(
+            tmp_path / "operator.log", kubeconfig=operator_config, extra_args=["--resync", "1"]
+        )
         router: RouterProcess | None = None
+        operator.start()
         try:
-
-            def alive() -> bool:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{liveness}/healthz", timeout=1
-                    ) as response:
-                        return bool(response.status == 200)
-                except OSError:
-                    return False
-
-            wait_until(alive, timeout=30, what="operator liveness")
             custom = kubernetes.client.CustomObjectsApi(kube.api_client())
             custom.create_namespaced_custom_object(
                 GROUP,
@@ -289,8 +260,7 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
         finally:
             if router is not None:
                 router.stop()
-            operator.send_signal(signal.SIGTERM)
-            operator.wait(timeout=30)
+            operator.stop()
         requests = list(kube.emulator._requests)
 
     operator_used = triples(requests, "operator")
