@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -492,42 +494,25 @@ JSON = st.recursive(
     ),
     max_leaves=8,
 )
-FIELDS = [
-    "replicas",
-    "buckets",
-    "gateway",
-    "gateway.image",
-    "gateway.imagePullPolicy",
-    "gateway.command",
-    "gateway.args",
-    "gateway.port",
-    "gateway.aeTitle",
-    "gateway.env",
-    "gateway.resources",
-    "gateway.storage",
-    "gateway.storage.size",
-    "gateway.storage.storageClassName",
-    "gateway.storage.mountPath",
-    "gateway.podTemplate",
-    "gateway.podTemplate.labels",
-    "gateway.podTemplate.annotations",
-    "gateway.podTemplate.nodeSelector",
-    "gateway.podTemplate.tolerations",
-    "gateway.podTemplate.affinity",
-    "gateway.podTemplate.priorityClassName",
-    "gateway.podTemplate.serviceAccountName",
-    "router",
-    "router.replicas",
-    "router.image",
-    "router.aeTitle",
-    "router.port",
-    "router.serviceType",
-    "router.allowedCallingAETitles",
-    "router.resources",
-    "handover",
-    "handover.quietSeconds",
-    "handover.maxDrainSeconds",
-]
+
+
+def _crd_fields(node: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every field of the CRD's spec schema, as dotted paths below ``spec``."""
+    fields: list[str] = []
+    for key, child in (node.get("properties") or {}).items():
+        fields.append(prefix + key)
+        fields.extend(_crd_fields(child, f"{prefix}{key}."))
+    return fields
+
+
+# The fields the API server accepts: the operator must cope with any value in each.
+FIELDS = _crd_fields(
+    yaml.safe_load(
+        (
+            Path(__file__).resolve().parents[2] / "crds" / "gatewaypool.io_gatewaypools.yaml"
+        ).read_text()
+    )["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+)
 
 
 @settings(max_examples=300, deadline=None)
