@@ -274,7 +274,7 @@ def _kind(
 
 
 #: What GatewayPool reads and writes, what kopf needs, and GatewayPool itself
-#: as docs/spec.md defines it (its scale paths are the CRD's).
+#: as the CRD defines it (its scale paths are the CRD's).
 RESOURCES: Final[tuple[ResourceKind, ...]] = (
     _kind("", "v1", "namespaces", "Namespace", namespaced=False, shortnames={"ns"}),
     _kind("", "v1", "configmaps", "ConfigMap", shortnames={"cm"}),

@@ -40,7 +40,7 @@ EXPECT_PREFIX = "# expect: "
 # validation rules (CEL) became GA, and the newest kubernetes-validate ships.
 KUBERNETES_VERSIONS = ["1.29", "1.37"]
 
-# The contract's spec fields (/work/tmp/spec.md), as dotted paths below `spec`.
+# The spec fields the operator and the docs rely on, as dotted paths below `spec`.
 # A field added to or dropped from the CRD without the contract fails here.
 SPEC_FIELDS = [
     "replicas",
