@@ -52,7 +52,8 @@ class _Instance:
     raw_command: bytes
     scanner: DatasetScanner
     started: float
-    pending: list[bytes] = field(default_factory=list)
+    # Views into the PDU bodies read (immutable bytes): buffering copies nothing.
+    pending: list[memoryview] = field(default_factory=list)
     pending_bytes: int = 0
     upstream: Upstream | None = None
     gateway: Gateway | None = None
@@ -332,7 +333,7 @@ class IncomingAssociation:
             if state in _SCAN_FAILURES:
                 self._fail(instance, _SCAN_FAILURES[state], instance.scanner.detail)
             else:
-                instance.pending.append(bytes(pdv.data))
+                instance.pending.append(pdv.data)
                 instance.pending_bytes += len(pdv.data)
                 if state is ScanState.FOUND:
                     self._route(instance, last=pdv.is_last, complete=complete)
@@ -358,7 +359,6 @@ class IncomingAssociation:
         bucket = study_bucket(study_uid, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         instance.gateway = gateway
-        self._router.note_routed(bucket)
         upstream = self._upstream_for(instance, gateway)
         if upstream is None:
             return
@@ -384,7 +384,7 @@ class IncomingAssociation:
         instance.pending_bytes = 0
         for index, fragment in enumerate(pending):
             is_last = last and index == len(pending) - 1
-            self._forward(instance, memoryview(fragment), last=is_last, complete=complete)
+            self._forward(instance, fragment, last=is_last, complete=complete)
             if instance.failure is not None:
                 return
 

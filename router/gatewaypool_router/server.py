@@ -41,8 +41,6 @@ class Router:
         self.config = config
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
-        self.started_at = time.time()
-        self.last_routed: dict[int, float] = {}
         self._lock = threading.Lock()
         self._active: set[threading.Thread] = set()
         self._stopping = threading.Event()
@@ -55,7 +53,7 @@ class Router:
         self.port = config.port
         self.http_port = config.http_port
 
-    # -- state for health and handover ------------------------------------
+    # -- state for health --------------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -69,10 +67,6 @@ class Router:
     def active_associations(self) -> int:
         with self._lock:
             return len(self._active)
-
-    def note_routed(self, bucket: int) -> None:
-        """Remember when a bucket last received an instance (bucket handover)."""
-        self.last_routed[bucket] = time.time()
 
     # -- life cycle --------------------------------------------------------
 
