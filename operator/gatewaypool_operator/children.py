@@ -64,6 +64,8 @@ DATA_VOLUME: Final = "data"
 _NAME_LABEL: Final = "app.kubernetes.io/name"
 _INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
 _MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+#: The managed-by label's value on everything the operator makes.
+MANAGED_BY: Final = "gatewaypool-operator"
 _COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 _COMPONENTS: Final = ("gateway", "router", "map")
 
@@ -130,7 +132,7 @@ def labels(name: str, component: str) -> dict[str, str]:
     return {
         _NAME_LABEL: "gatewaypool",
         _INSTANCE_LABEL: name,
-        _MANAGED_BY_LABEL: "gatewaypool-operator",
+        _MANAGED_BY_LABEL: MANAGED_BY,
         _COMPONENT_LABEL: component,
     }
 

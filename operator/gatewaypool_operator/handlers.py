@@ -105,9 +105,7 @@ def _pass(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any) -> N
     # (a gateway gone from bucketCounts must not keep its count).
     patch.status.update(merge_patch(old=body.get("status") or {}, new=outcome.status))
     if outcome.accepted_spec is not None:
-        annotations = (body.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(ACCEPTED_SPEC_ANNOTATION) != outcome.accepted_spec:
-            patch.metadata.annotations[ACCEPTED_SPEC_ANNOTATION] = outcome.accepted_spec
+        patch.metadata.annotations[ACCEPTED_SPEC_ANNOTATION] = outcome.accepted_spec
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         level = logging.WARNING if event.type == "Warning" else logging.INFO

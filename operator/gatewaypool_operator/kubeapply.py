@@ -113,19 +113,10 @@ class Cluster:
         operator act on objects that are not its own.
         """
         api, suffix = self._api(kind)
-        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
         result = self._plain(
-            getattr(api, f"list_namespaced_{suffix}")(namespace, label_selector=selector)
+            getattr(api, f"list_namespaced_{suffix}")(namespace, label_selector=_selector(labels))
         )
-        items = result.get("items") or []
-        return [
-            item
-            for item in items
-            if all(
-                ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
-                for key, value in labels.items()
-            )
-        ]
+        return _labelled(result.get("items") or [], labels)
 
     def list_everywhere(
         self, kind: str, *, labels: Mapping[str, str], namespaces: Sequence[str] = ()
@@ -134,18 +125,10 @@ class Cluster:
         if namespaces:
             return [obj for ns in namespaces for obj in self.find(kind, ns, labels=labels)]
         api, suffix = self._api(kind)
-        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
         result = self._plain(
-            getattr(api, f"list_{suffix}_for_all_namespaces")(label_selector=selector)
+            getattr(api, f"list_{suffix}_for_all_namespaces")(label_selector=_selector(labels))
         )
-        return [
-            item
-            for item in result.get("items") or []
-            if all(
-                ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
-                for key, value in labels.items()
-            )
-        ]
+        return _labelled(result.get("items") or [], labels)
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(str(obj["kind"]))
@@ -205,3 +188,20 @@ class Cluster:
 def _comparable(desired: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a desired object the operator owns (not apiVersion/kind)."""
     return {key: value for key, value in desired.items() if key not in ("apiVersion", "kind")}
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    """A label selector requiring every label in ``labels``."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def _labelled(items: list[dict[str, Any]], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The items carrying every label in ``labels`` (the selector, applied again here)."""
+    return [
+        item
+        for item in items
+        if all(
+            ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
+            for key, value in labels.items()
+        )
+    ]

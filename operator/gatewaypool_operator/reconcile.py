@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,8 @@ class Outcome:
 
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    #: The spec to record in the accepted-spec annotation; None when the
+    #: annotation already holds it (or the spec was refused).
     accepted_spec: str | None = None
     applied: list[Applied] = field(default_factory=list)
 
@@ -73,7 +75,8 @@ def reconcile(
     generation = int(metadata.get("generation") or 0)
     events: list[Event] = []
 
-    map_object = cluster.read("ConfigMap", namespace, children.map_configmap_name(name))
+    map_name = children.map_configmap_name(name)
+    map_object = cluster.read("ConfigMap", namespace, map_name)
     published = mapping.read_published((map_object or {}).get("data"))
     if published.problem is not None:
         events.append(Event("Warning", "MapUnreadable", published.problem))
@@ -131,7 +134,7 @@ def reconcile(
     )
     for obj in desired:
         obj["metadata"]["ownerReferences"] = [owner]
-        is_map = obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-map")
+        is_map = obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == map_name
         if is_map and new_map is None and map_object is not None:
             # Only a new map version is ever written, never the same one again.
             continue
@@ -147,6 +150,8 @@ def reconcile(
                 Event("Normal", "ChildUpdated", f"{item.kind} {item.name} brought in line")
             )
 
+    accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
+    annotations = metadata.get("annotations") or {}
     return Outcome(
         status=_status(
             cluster,
@@ -160,7 +165,7 @@ def reconcile(
             now=now,
         ),
         events=events,
-        accepted_spec=json.dumps(raw_spec, sort_keys=True, separators=(",", ":")),
+        accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
         applied=applied,
     )
 
@@ -218,26 +223,44 @@ def _status(
     )
 
 
+def _pool_children(
+    cluster: Cluster, *, labels: Mapping[str, str], namespaces: Sequence[str]
+) -> Iterator[tuple[str, dict[str, Any], list[Mapping[str, Any]]]]:
+    """(kind, object, its GatewayPool ownerReferences) of every object a pool owns."""
+    for kind in OWNED_KINDS:
+        for obj in cluster.list_everywhere(kind, labels=labels, namespaces=namespaces):
+            refs = [
+                ref
+                for ref in obj["metadata"].get("ownerReferences") or []
+                if ref.get("kind") == children.KIND
+            ]
+            if refs:
+                yield kind, obj, refs
+
+
+def _delete(cluster: Cluster, kind: str, obj: Mapping[str, Any]) -> str | None:
+    meta = obj["metadata"]
+    if cluster.delete(kind, meta["namespace"], meta["name"]):
+        return f"{kind}/{meta['namespace']}/{meta['name']}"
+    return None
+
+
 def delete_children(cluster: Cluster, *, name: str, namespace: str) -> list[str]:
     """Delete what the pool owns (what garbage collection does in a cluster).
 
     Only objects that carry the pool's labels and name it as owner are
     touched, so a same-named object someone else made survives.
     """
-    deleted: list[str] = []
-    selector = {
+    labels = {
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": "gatewaypool-operator",
+        "app.kubernetes.io/managed-by": children.MANAGED_BY,
     }
-    for kind in OWNED_KINDS:
-        for obj in cluster.find(kind, namespace, labels=selector):
-            owners = obj["metadata"].get("ownerReferences") or []
-            ours = any(
-                ref.get("kind") == children.KIND and ref.get("name") == name for ref in owners
-            )
-            if ours and cluster.delete(kind, namespace, obj["metadata"]["name"]):
-                deleted.append(f"{kind}/{obj['metadata']['name']}")
-    return deleted
+    deleted = [
+        _delete(cluster, kind, obj)
+        for kind, obj, refs in _pool_children(cluster, labels=labels, namespaces=[namespace])
+        if any(ref.get("name") == name for ref in refs)
+    ]
+    return [item for item in deleted if item is not None]
 
 
 def delete_orphans(
@@ -249,17 +272,10 @@ def delete_orphans(
     a cluster the garbage collector would do the same through the
     ownerReferences.
     """
-    deleted: list[str] = []
-    selector = {"app.kubernetes.io/managed-by": "gatewaypool-operator"}
-    for kind in OWNED_KINDS:
-        for obj in cluster.list_everywhere(kind, labels=selector, namespaces=namespaces):
-            owners = [
-                ref
-                for ref in obj["metadata"].get("ownerReferences") or []
-                if ref.get("kind") == children.KIND
-            ]
-            if owners and not any(ref.get("uid") in live_pool_uids for ref in owners):
-                meta = obj["metadata"]
-                if cluster.delete(kind, meta["namespace"], meta["name"]):
-                    deleted.append(f"{kind}/{meta['namespace']}/{meta['name']}")
-    return deleted
+    labels = {"app.kubernetes.io/managed-by": children.MANAGED_BY}
+    deleted = [
+        _delete(cluster, kind, obj)
+        for kind, obj, refs in _pool_children(cluster, labels=labels, namespaces=namespaces)
+        if not any(ref.get("uid") in live_pool_uids for ref in refs)
+    ]
+    return [item for item in deleted if item is not None]

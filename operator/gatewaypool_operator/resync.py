@@ -93,11 +93,7 @@ def resync_pool(cluster: Cluster, body: dict[str, Any], *, router_image: str) ->
             name,
             {"status": merge_patch(old=current, new=outcome.status)},
         )
-    annotations = metadata.get("annotations") or {}
-    if (
-        outcome.accepted_spec is not None
-        and annotations.get(ACCEPTED_SPEC_ANNOTATION) != outcome.accepted_spec
-    ):
+    if outcome.accepted_spec is not None:
         cluster.custom.patch_namespaced_custom_object(
             GROUP,
             VERSION,
