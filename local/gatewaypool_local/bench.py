@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import _config
 
+from gatewaypool_local import scu
 from gatewaypool_local.peers import StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_multiframe, generate_study
@@ -80,24 +81,26 @@ def _split(files: Sequence[Path], parts: int) -> list[list[Path]]:
 
 def _round_trips(host: str, port: int, called_ae: str, files: Sequence[Path]) -> list[float]:
     """Seconds per C-STORE round trip on one pynetdicom association."""
-    ae = AE(ae_title="LATENCY")
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
-    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=131072)
-    if not assoc.is_established:
-        raise RuntimeError(f"no association with {called_ae} at {host}:{port}")
     timings = []
     try:
-        for path in files:
-            started = time.perf_counter()
-            status = assoc.send_c_store(path)
-            timings.append(time.perf_counter() - started)
-            if not status or int(status.Status) != 0:
-                raise RuntimeError(f"C-STORE failed: {status}")
+        with scu.open_association(
+            host,
+            port,
+            contexts=[("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")],
+            calling_ae="LATENCY",
+            called_ae=called_ae,
+            max_pdu=131072,
+        ) as assoc:
+            for path in files:
+                started = time.perf_counter()
+                status = scu.store(assoc, path)
+                timings.append(time.perf_counter() - started)
+                if not status or int(status.Status) != 0:
+                    raise RuntimeError(f"C-STORE failed: {status}")
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
     return timings
 
 

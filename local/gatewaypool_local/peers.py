@@ -15,7 +15,8 @@ peer to answer a C-ECHO (and, for Orthanc, its REST API) with a deadline; no
 fixed sleeps. Each process writes its output to a log file in its work dir.
 
 Senders: :func:`storescu` (DCMTK, an independent implementation) and
-:func:`send_files` (pynetdicom, which reports every instance's status).
+:func:`gatewaypool_local.scu.send_files` (pynetdicom, which reports every
+instance's status).
 
 DCMTK programs (``storescp``, ``storescu``, ``echoscu``, and Orthanc, which
 uses DCMTK's network code) are started with ``TCP_NODELAY=1`` in their
@@ -45,9 +46,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
-from pydicom.filereader import dcmread, read_file_meta_info
-from pynetdicom import AE, _config
+from pydicom.filereader import dcmread
 
+from gatewaypool_local import scu
 from gatewaypool_local import sink as sink_module
 from gatewaypool_local.synth import dataset_offset
 
@@ -59,12 +60,10 @@ __all__ = [
     "Orthanc",
     "PynetdicomSink",
     "Received",
-    "SendResult",
     "StoreSCP",
     "echo",
     "echoscu",
     "free_port",
-    "send_files",
     "storescu",
     "wait_until",
 ]
@@ -160,22 +159,13 @@ def echo(
     Used for readiness: a listening socket is not yet a DICOM peer that
     negotiates associations.
     """
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context("1.2.840.10008.1.1")  # Verification SOP Class
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=called_ae)
-    if not assoc.is_established:
-        return None
     try:
-        rsp = assoc.send_c_echo()
-        status = rsp.get("Status") if rsp else None
-        return int(status) if status is not None else None
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        with scu.open_association(
+            host, port, calling_ae=calling_ae, called_ae=called_ae, timeout=timeout
+        ) as assoc:
+            return scu.verify(assoc)
+    except scu.PynetdicomSendError:
+        return None
 
 
 def _dcmtk_env() -> dict[str, str]:
@@ -229,7 +219,7 @@ def storescu(
 
     Explicit VR little endian files with explicit lengths (what
     :mod:`gatewaypool_local.synth` writes) pass unchanged. For verbatim
-    sending of anything else use :func:`send_files`.
+    sending of anything else use :func:`gatewaypool_local.scu.send_files`.
     """
     cmd = [
         "storescu",
@@ -248,98 +238,6 @@ def storescu(
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=_dcmtk_env(), check=False
     )
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """Outcome of one C-STORE sent by :func:`send_files`.
-
-    Attributes
-    ----------
-    path : Path
-        The file sent.
-    sop_instance_uid : str
-        Its SOPInstanceUID (from the file meta).
-    status : int or None
-        The C-STORE response status, or None when there was none: the
-        association was rejected or aborted, the peer timed out, or it did not
-        accept the file's SOP class with the file's transfer syntax.
-    """
-
-    path: Path
-    sop_instance_uid: str
-    status: int | None
-
-
-def send_files(
-    host: str,
-    port: int,
-    files: Iterable[Path | str],
-    *,
-    calling_ae: str = "GWP-SCU",
-    called_ae: str = "ANY-SCP",
-    max_pdu: int = 1024 * 1024,
-    timeout: float = 60.0,
-) -> list[SendResult]:
-    """Send Part-10 files verbatim on one pynetdicom association.
-
-    Each (SOP class, transfer syntax) pair among the files gets its own
-    presentation context, and each file's dataset bytes are sent exactly as
-    they are in the file (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: read in
-    chunks, never decoded). That flag is process-wide in pynetdicom; it is set
-    for the duration of this call and restored after, so do not run this
-    concurrently with other pynetdicom senders in the same process.
-
-    Returns
-    -------
-    list of SendResult
-        One per file, in order, with the status the peer answered.
-
-    Raises
-    ------
-    GatewayError
-        If no association could be established at all.
-    """
-    paths = [Path(f) for f in files]
-    metas = [read_file_meta_info(p) for p in paths]
-    pairs = sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas})
-    if len(pairs) > 128:
-        raise ValueError(f"{len(pairs)} (SOP class, transfer syntax) pairs; at most 128 fit")
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    for sop_class, transfer_syntax in pairs:
-        ae.add_requested_context(sop_class, transfer_syntax)
-    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=max_pdu)
-    if not assoc.is_established:
-        raise GatewayError(f"no association with {called_ae} at {host}:{port}")
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    results: list[SendResult] = []
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        for path, meta in zip(paths, metas, strict=True):
-            sop_instance = str(meta.MediaStorageSOPInstanceUID)
-            status: int | None = None
-            if assoc.is_established:
-                try:
-                    rsp = assoc.send_c_store(path)
-                except ValueError:
-                    # No accepted context for this file's SOP class and syntax.
-                    LOGGER.warning("peer did not accept the context for %s", sop_instance)
-                else:
-                    value = rsp.get("Status") if rsp else None
-                    status = int(value) if value is not None else None
-            results.append(SendResult(path=path, sop_instance_uid=sop_instance, status=status))
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        if assoc.is_established:
-            assoc.release()
-    return results
 
 
 # --------------------------------------------------------------------------
@@ -709,13 +607,15 @@ class StoreSCP(_ProcessGateway):
     Flags: ``--bit-preserving`` (the dataset is streamed to the file as it
     arrives, never decoded and re-encoded), ``--accept-all`` (every transfer
     syntax DCMTK knows) and ``--promiscuous`` (unknown SOP classes too),
-    ``--max-pdu 131072`` (DCMTK's largest), ``--disable-host-lookup``,
-    single process (no ``--fork``), files named ``<modality>.<SOP UID>.dcm``
-    in ``<work_dir>/received``.
+    ``--max-pdu`` (`max_pdu`, default 131072, DCMTK's largest),
+    ``--disable-host-lookup``, files named ``<modality>.<SOP UID>.dcm`` in
+    ``<work_dir>/received``. Single process by default: one association at
+    a time, the others wait; with `fork`, ``--fork`` serves each association
+    in a child process, as a production gateway serves concurrent senders.
 
     Because the file is written while the data arrives, a file may be
-    incomplete; :meth:`received` leaves out any file the process still has
-    open (read from ``/proc/<pid>/fd``). After :meth:`kill`, a file being
+    incomplete; :meth:`received` leaves out any file the process or its
+    children still have open (read from ``/proc/<pid>/fd``). After :meth:`kill`, a file being
     received stays truncated, as with a real crash.
     """
 
@@ -729,12 +629,16 @@ class StoreSCP(_ProcessGateway):
         port: int | None = None,
         host: str = LOOPBACK,
         extra_args: Sequence[str] = (),
+        max_pdu: int = DCMTK_MAX_PDU,
+        fork: bool = False,
         start_timeout: float = _DEFAULT_START_TIMEOUT,
     ) -> None:
         super().__init__(
             work_dir, ae_title=ae_title, port=port, host=host, start_timeout=start_timeout
         )
         self._extra_args = list(extra_args)
+        self._max_pdu = max_pdu
+        self._fork = fork
 
     @property
     def out_dir(self) -> Path:
@@ -756,10 +660,11 @@ class StoreSCP(_ProcessGateway):
             "--accept-all",
             "--promiscuous",
             "--max-pdu",
-            str(DCMTK_MAX_PDU),
+            str(self._max_pdu),
             "--disable-host-lookup",
             "--filename-extension",
             ".dcm",
+            *(["--fork"] if self._fork else []),
             *self._extra_args,
             str(self.port),
         ]
@@ -769,17 +674,17 @@ class StoreSCP(_ProcessGateway):
         pid = self.pid
         if pid is None or not self.is_running():
             return set()
-        fd_dir = Path(f"/proc/{pid}/fd")
         opened: set[str] = set()
-        try:
-            entries = list(fd_dir.iterdir())
-        except OSError:
-            return opened
-        for entry in entries:
+        for process in [pid, *(_children(pid) if self._fork else [])]:
             try:
-                opened.add(os.readlink(entry))
+                entries = list(Path(f"/proc/{process}/fd").iterdir())
             except OSError:
                 continue
+            for entry in entries:
+                try:
+                    opened.add(os.readlink(entry))
+                except OSError:
+                    continue
         return opened
 
     def _complete_files(self) -> list[Path]:
@@ -812,6 +717,19 @@ class StoreSCP(_ProcessGateway):
                 )
             )
         return result
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (storescp --fork serves each association in one)."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid):
+            found.append(int(stat.parent.name))
+    return found
 
 
 # --------------------------------------------------------------------------

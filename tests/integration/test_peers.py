@@ -26,9 +26,9 @@ from gatewaypool_local.peers import (
     PynetdicomSink,
     echo,
     echoscu,
-    send_files,
     storescu,
 )
+from gatewaypool_local.scu import send_files
 from gatewaypool_local.synth import (
     Study,
     dataset_bytes,

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.association import Association
 
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
+from gatewaypool_local import scu
 from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study, study_uid_for
@@ -30,23 +31,24 @@ TRANSIENT = {0xA701, 0xA702, 0xA703}
 
 @contextmanager
 def association(router: RouterProcess) -> Iterator[Association]:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send file bytes verbatim
-    assoc = ae.associate(router.host, router.port, ae_title=router.ae_title)
-    assert assoc.is_established
     try:
-        yield assoc
+        with scu.open_association(
+            router.host,
+            router.port,
+            contexts=[(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)],
+            calling_ae="MODALITY",
+            called_ae=router.ae_title,
+            timeout=30,
+        ) as assoc:
+            yield assoc
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
-        if assoc.is_established:
-            assoc.release()
 
 
 def store(assoc: Association, path: Path) -> int | None:
-    response = assoc.send_c_store(path)
+    response = scu.store(assoc, path)
     return int(response.Status) if response and "Status" in response else None
 
 

@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import _config
 
 from gatewaypool.bucketmap import BucketMap, Gateway, dump_map
+from gatewaypool_local import scu
 from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
@@ -49,13 +50,17 @@ def test_new_map_applies_to_open_associations(start_router: RouterFactory, tmp_p
         write_atomically(map_file, dump_map(all_to([first, second], 0, version=1)))
         router = start_router(map_file=map_file, extra_args=["--log-level", "info"])
         assert router.metric("gatewaypool_router_map_version") == 1
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1")
         _config.STORE_SEND_CHUNKED_DATASET = True
         try:
-            assoc = ae.associate(router.host, router.port, ae_title=router.ae_title)
-            assert assoc.is_established
-            assert assoc.send_c_store(studies[0].files[0]).Status == 0
+            context = scu.open_association(
+                router.host,
+                router.port,
+                contexts=[(CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1")],
+                calling_ae="MODALITY",
+                called_ae=router.ae_title,
+            )
+            assoc = context.__enter__()
+            assert scu.store(assoc, studies[0].files[0]).Status == 0
             assert first.received_count() == 1
 
             write_atomically(map_file, dump_map(all_to([first, second], 1, version=2)))
@@ -65,7 +70,7 @@ def test_new_map_applies_to_open_associations(start_router: RouterFactory, tmp_p
                 what="map version 2 applied",
             )
             # Same association, next instance: the new owner.
-            assert assoc.send_c_store(studies[1].files[0]).Status == 0
+            assert scu.store(assoc, studies[1].files[0]).Status == 0
             assert second.received_count() == 1
 
             # An invalid map is refused, counted and logged; version 2 stays.
@@ -82,10 +87,10 @@ def test_new_map_applies_to_open_associations(start_router: RouterFactory, tmp_p
                 timeout=5,
                 what="stale map refused",
             )
-            assert assoc.send_c_store(studies[2].files[0]).Status == 0
+            assert scu.store(assoc, studies[2].files[0]).Status == 0
             assert second.received_count() == 2
             assert assoc.is_established
-            assoc.release()
+            context.__exit__(None, None, None)
         finally:
             _config.STORE_SEND_CHUNKED_DATASET = False
     refused = router.events("map.refused")
