@@ -22,6 +22,7 @@ from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
+from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
 from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.upstream import GatewayError, Upstream
@@ -88,6 +89,7 @@ class IncomingAssociation:
         self._peer_max_pdu = 0
         self._tally = _Tally()
         self._started = time.monotonic()
+        self.progress = Progress()
 
     # -- life cycle -------------------------------------------------------
 
@@ -105,14 +107,14 @@ class IncomingAssociation:
         except _AbortError as exc:
             result = "aborted"
             log_event(
-                log, logging.WARNING, "association.protocol_error", **self._who(), reason=str(exc)
+                log, logging.WARNING, "association.protocol_error", **self.who(), reason=str(exc)
             )
             self._send_quietly(
                 pdus.abort_pdu(pdus.ABORT_SOURCE_PROVIDER, pdus.REASON_UNEXPECTED_PDU)
             )
         except (pdus.PeerClosedError, OSError) as exc:
             result = "lost"
-            log_event(log, logging.WARNING, "association.lost", **self._who(), reason=str(exc))
+            log_event(log, logging.WARNING, "association.lost", **self.who(), reason=str(exc))
         except Exception:
             result = "aborted"
             log.exception("association.crashed peer=%s", self._peer)
@@ -122,7 +124,7 @@ class IncomingAssociation:
                 self._finish(result)
             self._close()
 
-    def _who(self) -> dict[str, object]:
+    def who(self) -> dict[str, object]:
         who: dict[str, object] = {"peer": self._peer}
         if self._request is not None:
             who["calling_ae"] = self._request.calling_ae
@@ -137,16 +139,21 @@ class IncomingAssociation:
                 upstream.abort()
         self._upstreams.clear()
         self._metrics.associations.labels(result=result).inc()
+        now = time.monotonic()
+        # How it ended is diagnosed from what it did last (issue 7: a sender
+        # that aborts 30 s after our last response lost that response).
+        state = self.progress.describe(now) if result != "released" else {}
         log_event(
             log,
             logging.INFO if result == "released" else logging.WARNING,
             f"association.{result}",
-            **self._who(),
+            **self.who(),
             instances=self._tally.instances,
             failed=self._tally.failed,
             bytes=self._tally.size,
             gateways=sorted(self._tally.gateways),
-            seconds=round(time.monotonic() - self._started, 3),
+            seconds=round(now - self._started, 3),
+            **state,
         )
 
     def _close(self) -> None:
@@ -166,13 +173,14 @@ class IncomingAssociation:
     def _refuse(self, reason: str, *, result: int, source: int, diagnostic: int) -> bool:
         self._metrics.refusals.labels(reason=reason).inc()
         self._metrics.associations.labels(result="rejected").inc()
-        log_event(log, logging.WARNING, "association.rejected", **self._who(), reason=reason)
+        log_event(log, logging.WARNING, "association.rejected", **self.who(), reason=reason)
         self._send_quietly(negotiation.reject(result=result, source=source, reason=diagnostic))
         self._request = None  # nothing to summarise
         return False
 
     def _negotiate(self, *, over_limit: bool) -> bool:
         self._sock.settimeout(self._config.acse_timeout)
+        self.progress.wait("sender", "A-ASSOCIATE-RQ")
         try:
             pdu = pdus.read_pdu(self._reader, max_body=1 << 20)
         except pdus.PeerClosedError as exc:
@@ -220,12 +228,14 @@ class IncomingAssociation:
             )
         accept_pdu, accepted = negotiation.accept(request, max_pdu=config.max_pdu)
         self._contexts = {cx.context_id: cx for cx in accepted}
+        self.progress.read(pdu_name(pdu.type), len(pdu.body))
         self._sock.sendall(accept_pdu)
+        self.progress.wrote("A-ASSOCIATE-AC", len(accept_pdu))
         log_event(
             log,
             logging.INFO,
             "association.accepted",
-            **self._who(),
+            **self.who(),
             contexts=len(accepted),
             max_pdu=request.max_pdu,
         )
@@ -241,13 +251,16 @@ class IncomingAssociation:
 
     def _data_phase(self) -> str:
         self._sock.settimeout(self._config.idle_timeout)
+        progress = self.progress
         while True:
+            progress.wait("sender", "data set fragment" if self._instance else "next request")
             try:
                 pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
             except pdus.ProtocolError as exc:
                 raise _AbortError(str(exc)) from exc
             except TimeoutError as exc:
                 raise _AbortError("idle timeout") from exc
+            progress.read(pdu_name(pdu.type), len(pdu.body))
             if pdu.type == pdus.P_DATA_TF:
                 try:
                     for pdv in pdus.iter_pdvs(pdu.body):
@@ -299,6 +312,7 @@ class IncomingAssociation:
             return
         if command.field != dimse.C_STORE_RQ:
             raise _AbortError(f"unsupported DIMSE command 0x{command.field:04X}")
+        self.progress.start_instance(command.sop_instance_uid)
         instance = _Instance(
             context=context,
             command=command,
@@ -323,6 +337,7 @@ class IncomingAssociation:
 
     def _on_data(self, instance: _Instance, pdv: pdus.Pdv) -> None:
         instance.size += len(pdv.data)
+        self.progress.received_bytes = instance.size
         complete = True
         if instance.failure is None:
             instance.scanner.feed(pdv.data)
@@ -359,6 +374,7 @@ class IncomingAssociation:
         bucket = study_bucket(study_uid, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         instance.gateway = gateway
+        self.progress.instance_gateway = gateway.name
         upstream = self._upstream_for(instance, gateway)
         if upstream is None:
             return
@@ -370,6 +386,7 @@ class IncomingAssociation:
             )
             return
         instance.upstream = upstream
+        self.progress.wait("gateway", "send")
         try:
             upstream.send_pdv(
                 instance.context.context_id,
@@ -379,6 +396,7 @@ class IncomingAssociation:
         except GatewayError as exc:
             self._gateway_failed(instance, exc)
             return
+        self.progress.wrote("C-STORE-RQ to gateway", len(instance.raw_command))
         pending = instance.pending
         instance.pending = []
         instance.pending_bytes = 0
@@ -433,21 +451,28 @@ class IncomingAssociation:
             instance.upstream = None
             self._fail(instance, Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
             return
+        progress = self.progress
+        progress.wait("gateway", "send")
         try:
             upstream.send_pdv(instance.context.context_id, pdus.MCH_LAST if last else 0, data)
         except GatewayError as exc:
             self._gateway_failed(instance, exc)
+            return
+        progress.wrote("data set fragment to gateway", len(data))
+        progress.forwarded_bytes += len(data)
 
     def _answer(self, instance: _Instance) -> None:
         """Send the sender its C-STORE-RSP: the gateway's, or ours."""
         gateway_name = instance.gateway.name if instance.gateway is not None else "-"
         status: int
         if instance.failure is None and instance.upstream is not None:
+            self.progress.wait("gateway", "C-STORE-RSP")
             try:
                 raw, response = instance.upstream.read_response(instance.command.message_id)
             except GatewayError as exc:
                 self._gateway_failed(instance, exc)
             else:
+                self.progress.read("C-STORE-RSP from gateway", len(raw))
                 status = response.status
                 self._reply(instance.context, raw)
                 if outcome(status) != "success":
@@ -455,7 +480,7 @@ class IncomingAssociation:
                         log,
                         logging.WARNING,
                         "instance.gateway_status",
-                        **self._who(),
+                        **self.who(),
                         gateway=gateway_name,
                         status=f"0x{status:04X}",
                         comment=response.error_comment,
@@ -483,7 +508,7 @@ class IncomingAssociation:
             log,
             logging.WARNING,
             "instance.failed",
-            **self._who(),
+            **self.who(),
             gateway=gateway_name,
             status=f"0x{int(failure):04X}",
             status_name=failure.name,
@@ -494,6 +519,7 @@ class IncomingAssociation:
         self._count(instance, gateway_name, int(failure))
 
     def _count(self, instance: _Instance, gateway_name: str, status: int) -> None:
+        self.progress.end_instance()
         result = outcome(status)
         self._tally.instances += 1
         self._tally.size += instance.size
@@ -513,4 +539,6 @@ class IncomingAssociation:
             memoryview(command),
             max_body=self._peer_max_pdu,
         )
+        self.progress.wait("sender", "send")
         pdus.send_buffers(self._sock, frames)
+        self.progress.wrote("response to sender", len(command))

@@ -86,7 +86,16 @@ def register(subparsers: Any) -> None:
         "--gateway-timeout",
         type=float,
         default=defaults.gateway_timeout,
-        help="seconds to wait for a gateway's response (default %(default)s)",
+        help="seconds a gateway may stay silent (not reading our data, or not answering) "
+        "before the sender gets 0xA702; keep it below the senders' DIMSE timeout "
+        "(default %(default)s)",
+    )
+    net.add_argument(
+        "--stall-warning",
+        type=float,
+        default=defaults.stall_warning,
+        help="log an instance still in progress after this many seconds, with what the "
+        "association waits for (default %(default)s)",
     )
     net.add_argument("--connect-timeout", type=float, default=defaults.connect_timeout)
     net.add_argument(
@@ -174,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         connect_timeout=args.connect_timeout,
         acse_timeout=args.acse_timeout,
         idle_timeout=args.idle_timeout,
+        stall_warning=args.stall_warning,
         header_limit=args.header_limit,
         shutdown_grace=args.shutdown_grace,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),

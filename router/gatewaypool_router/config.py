@@ -126,10 +126,11 @@ class RouterConfig:
     forward_calling_ae: bool = False
     max_associations: int = 64
     max_pdu: int = 262144
-    gateway_timeout: float = 30.0
+    gateway_timeout: float = 20.0
     connect_timeout: float = 5.0
     acse_timeout: float = 30.0
     idle_timeout: float = 600.0
+    stall_warning: float = 10.0
     header_limit: int = 4 * 1024 * 1024
     map_poll_interval: float = 1.0
     shutdown_grace: float = 30.0
@@ -162,7 +163,13 @@ class RouterConfig:
             raise ConfigError(f"--max-associations: {self.max_associations} is not in 1..10000")
         if not 4096 <= self.max_pdu <= 16 * 1024 * 1024:
             raise ConfigError(f"--max-pdu: {self.max_pdu} is not in 4096..16777216")
-        for name in ("gateway_timeout", "connect_timeout", "acse_timeout", "idle_timeout"):
+        for name in (
+            "gateway_timeout",
+            "connect_timeout",
+            "acse_timeout",
+            "idle_timeout",
+            "stall_warning",
+        ):
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: {value} must be positive")

@@ -61,6 +61,11 @@ class RouterMetrics:
             ["gateway", "reason"],
             registry=r,
         )
+        self.overdue_instances = Counter(
+            "gatewaypool_router_overdue_instances",
+            "Instances still in progress after --stall-warning seconds (each counted once)",
+            registry=r,
+        )
         self.map_version = Gauge(
             "gatewaypool_router_map_version",
             "Version of the bucket map in use (-1 until one is loaded)",

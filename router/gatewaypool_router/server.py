@@ -22,6 +22,7 @@ from gatewaypool_router.httpserver import HealthServer
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
+from gatewaypool_router.progress import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Router:
         self.maps = MapHolder(self.metrics)
         self._lock = threading.Lock()
         self._active: set[threading.Thread] = set()
+        self._associations: dict[threading.Thread, IncomingAssociation] = {}
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -97,6 +99,13 @@ class Router:
                 api, config.report_configmap, pod_name=config.pod_name, holder=self.maps
             )
             self._stoppables.append(reporter)
+        self._stoppables.append(
+            StallWatch(
+                self._watched,
+                limit=config.stall_warning,
+                on_overdue=self.metrics.overdue_instances.inc,
+            )
+        )
         for part in self._stoppables:
             part.start()
         listener = socket.create_server((config.bind, config.port), reuse_port=False, backlog=128)
@@ -181,8 +190,17 @@ class Router:
             thread.start()
 
     def _serve(self, sock: socket.socket, peer: str, over_limit: bool) -> None:
+        association = IncomingAssociation(sock, peer, self)
+        me = threading.current_thread()
+        with self._lock:
+            self._associations[me] = association
         try:
-            IncomingAssociation(sock, peer, self).serve(over_limit=over_limit)
+            association.serve(over_limit=over_limit)
         finally:
             with self._lock:
-                self._active.discard(threading.current_thread())
+                self._active.discard(me)
+                self._associations.pop(me, None)
+
+    def _watched(self) -> list[IncomingAssociation]:
+        with self._lock:
+            return list(self._associations.values())

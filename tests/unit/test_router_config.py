@@ -348,3 +348,16 @@ def test_cli_config_errors(argv: list[str], option: str, value: object) -> None:
     with pytest.raises(ConfigError) as exc:
         config_from_args(parse(*argv))
     assert_names(exc, option, value)
+
+
+def test_default_timeouts_answer_before_the_senders_give_up() -> None:
+    """0xA702 must reach a sender before its own DIMSE timeout aborts the association.
+
+    pynetdicom's default DIMSE timeout is 30 s (DCMTK storescu waits without
+    limit by default); a stall is logged before the gateway timeout fires.
+    """
+    from pynetdicom import AE
+
+    defaults = RouterConfig(gateways=(Gateway(name="gw-0", host="h", port=104, ae_title="GW"),))
+    assert defaults.gateway_timeout < AE().dimse_timeout
+    assert defaults.stall_warning < defaults.gateway_timeout
