@@ -78,6 +78,10 @@ class KubeEmulator:
         log for every request, so each request costs more the longer it runs
         (70 ms per request after 1000) -- fine for a short test, not for kopf
         running for minutes.
+    history_size
+        How many watch events are kept: a watch that resumes from a
+        resourceVersion older than these gets 410 Gone, as from a real server
+        whose watch cache moved on (:meth:`compact_history` forgets them all).
 
     Notes
     -----
@@ -90,9 +94,10 @@ class KubeEmulator:
         port: int | None = None,
         resources: Iterable[ResourceKind] = RESOURCES,
         keep_requests: bool = False,
+        history_size: int = 1000,
     ) -> None:
         self._requested_port = port
-        self._emulator = Emulator(keep_requests=keep_requests)
+        self._emulator = Emulator(keep_requests=keep_requests, history_size=history_size)
         for kind in resources:
             self._emulator.declare(kind)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -318,8 +323,7 @@ class KubeEmulator:
         async def apply() -> JSONObject:
             async with self._emulator._lock:
                 done = write(self._emulator)
-                for event in done.events:
-                    await self._emulator._buses[resource].put(event)
+                await self._emulator.publish(done.events)
             return copy.deepcopy(done.answer)
 
         try:
@@ -346,6 +350,25 @@ class KubeEmulator:
         return self._run_write(
             lambda emu: emu.write_create(resolved, namespace, body), resolved.resource
         )
+
+    def compact_history(self) -> int:
+        """Forget every watch event so far, as an etcd compaction does.
+
+        A watch resuming from any resourceVersion up to now gets 410 Gone.
+
+        Returns
+        -------
+        int
+            The resourceVersion compacted to.
+        """
+
+        async def compact() -> int:
+            async with self._emulator._lock:
+                revision = self._emulator.revision
+                self._emulator.history.compact(revision)
+                return revision
+
+        return self._call(compact)
 
     def create_namespace(self, name: str) -> JSONObject:
         """Create a Namespace (the emulator does not require them; kopf and kubectl may)."""
@@ -411,7 +434,12 @@ class KubeEmulator:
         subresource = "status" if "status" in resolved.subresources else None
         return self._run_write(
             lambda emu: emu.write_update(
-                resolved, namespace, name, subresource=subresource, patch=patch
+                resolved,
+                namespace,
+                name,
+                subresource=subresource,
+                patch=patch,
+                manager="kube-controller-manager",
             ),
             resolved.resource,
         )

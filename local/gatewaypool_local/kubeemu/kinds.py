@@ -26,8 +26,6 @@ _BUILTIN_GROUPS: Final = frozenset(
         "batch",
     }
 )
-#: kmock parses ``/api/v1/namespaces`` as "a namespace with no name" and fails;
-#: such requests are re-addressed to this segment, which no namespace can be
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +67,10 @@ class ResourceKind:
     subresources: frozenset[str] = frozenset()
     shortnames: frozenset[str] = frozenset()
     scale: ScalePaths | None = None
+    #: A custom resource's ``openAPIV3Schema`` (its list types guide apply).
+    openapi: Mapping[str, Any] | None = dataclasses.field(
+        default=None, compare=False, hash=False, repr=False
+    )
 
     @property
     def api_version(self) -> str:
@@ -107,6 +109,7 @@ def _kind(
     subresources: Iterable[str] = (),
     shortnames: Iterable[str] = (),
     scale: ScalePaths | None = None,
+    openapi: Mapping[str, Any] | None = None,
 ) -> ResourceKind:
     return ResourceKind(
         group,
@@ -117,6 +120,7 @@ def _kind(
         frozenset(subresources),
         frozenset(shortnames),
         scale,
+        openapi,
     )
 
 
@@ -128,6 +132,14 @@ RESOURCES: Final[tuple[ResourceKind, ...]] = (
     _kind("", "v1", "services", "Service", subresources={"status"}, shortnames={"svc"}),
     _kind("", "v1", "serviceaccounts", "ServiceAccount", shortnames={"sa"}),
     _kind("", "v1", "pods", "Pod", subresources={"status"}, shortnames={"po"}),
+    _kind(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        subresources={"status"},
+        shortnames={"pvc"},
+    ),
     _kind("", "v1", "events", "Event", shortnames={"ev"}),
     _kind(
         "apps",
@@ -146,6 +158,14 @@ RESOURCES: Final[tuple[ResourceKind, ...]] = (
         subresources={"status", "scale"},
         shortnames={"deploy"},
         scale=_WORKLOAD_SCALE,
+    ),
+    _kind(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        subresources={"status"},
+        shortnames={"hpa"},
     ),
     _kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     _kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
@@ -226,6 +246,7 @@ def kinds_from_crd(crd: Mapping[str, Any]) -> list[ResourceKind]:
                 subresources=subresources.keys(),
                 shortnames=names.get("shortNames") or (),
                 scale=scale,
+                openapi=(version.get("schema") or {}).get("openAPIV3Schema"),
             )
         )
     return kinds

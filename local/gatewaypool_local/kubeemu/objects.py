@@ -88,8 +88,6 @@ def apply_patch(target: Mapping[str, Any], patch: Any, content_type: str) -> JSO
     missing path, a dict patched onto a scalar -- is a 422, as kopf expects
     for its optimistic ``test`` on ``resourceVersion``.
     """
-    if "apply-patch" in content_type:
-        raise error(415, "UnsupportedMediaType", "server-side apply is not emulated")
     if not isinstance(patch, list | dict):
         raise error(400, "BadRequest", "the patch is not a JSON object or array")
     if ("json-patch" in content_type) != isinstance(patch, list):
@@ -108,4 +106,4 @@ class Write:
     """What one write did: the object to answer with, and the watch events to send."""
 
     answer: JSONObject
-    events: list[JSONObject] = dataclasses.field(default_factory=list)
+    events: list[tuple[kmock.resource, JSONObject]] = dataclasses.field(default_factory=list)

@@ -13,12 +13,21 @@ from typing import Any, Final
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 
+from .apply import apply, record_update
+from .defaults import apply_defaults, canonicalize_quantities, cluster_ip
 from .errors import error, not_found
 from .kinds import CRDS, NAMESPACES, ResourceKind, ScalePaths, kinds_from_crd
+from .merge import strategic_merge
 from .objects import JSONObject, Write, apply_patch, get_path, now, scale_of, set_path, without
+from .schemas import Schema, builtin_schema, custom_schema
 from .selectors import Selector
+from .validation import check_update
+from .watch import EventHistory, gone
 
+#: kmock parses ``/api/v1/namespaces`` as "a namespace with no name" and fails;
+#: such requests are re-addressed to this segment, which no namespace can be
 #: named (names are DNS labels), and put right in
 #: :meth:`Emulator._readdress_namespaces`.
 _ALL_NAMESPACES_SEGMENT: Final = "_"
@@ -26,6 +35,27 @@ _NAMESPACES_PATH: Final = re.compile(r"/api/v1/namespaces")
 _GENERATED_NAME_ALPHABET: Final = "bcdfghjklmnpqrstvwxz2456789"
 #: Versions of an object kept in kmock's history (``emulator.objects[...].history``).
 _HISTORY_KEPT: Final = 20
+#: The longest field manager name the API server derives from a User-Agent.
+_MANAGER_MAX: Final = 128
+
+
+def _manager_from(user_agent: str) -> str:
+    """The field manager of a write that names none: the User-Agent up to its first ``/``.
+
+    The ``kubernetes`` client says ``OpenAPI-Generator/37.0.2/python``, so its
+    writes are ``OpenAPI-Generator``'s; kopf's are ``kopf``'s.
+    """
+    return user_agent.split("/", 1)[0][:_MANAGER_MAX]
+
+
+def _propagation(request: kmock.Request) -> str | None:
+    """A DELETE's propagation policy, from the query or the DeleteOptions body."""
+    options = request.data if isinstance(request.data, Mapping) else {}
+    policy = request.params.get("propagationPolicy") or options.get("propagationPolicy")
+    legacy = request.params.get("orphanDependents", options.get("orphanDependents"))
+    if policy is None and str(legacy).lower() == "true":
+        return "Orphan"
+    return str(policy) if policy is not None else None
 
 
 @attrs.define(kw_only=True)
@@ -43,6 +73,10 @@ class Emulator(kmock.KubernetesEmulator):
     #: Keep kmock's log of every request (``.requests``) for assertions;
     #: serving slows down in proportion to its length.
     keep_requests: bool = False
+    #: How many watch events are kept for watches that resume from a resourceVersion.
+    history_size: int = 1000
+    history: EventHistory = attrs.field(init=False)
+    _allocated_ips: int = attrs.field(default=0, init=False)
     _kinds: dict[kmock.resource, ResourceKind] = attrs.field(factory=dict, init=False)
     _revision: int = attrs.field(default=1000, init=False)
     # Answers of writes for the fallbacks, keyed by request, while it is served.
@@ -52,6 +86,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.history = EventHistory(self.history_size)
         # kmock serves no PUT; writes are done in _handle, this only answers.
         self.fallback[kmock.method.PUT] << self._serve_write
 
@@ -114,8 +149,7 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             async with self._lock:
                 write = self._write(kind, request)
-                for event in write.events:
-                    await self._buses[kind.resource].put(event)
+                await self.publish(write.events)
             self._answers[request] = write.answer
             try:
                 # Skip KubernetesEmulator._handle, which would store the raw
@@ -162,34 +196,85 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- writes -------------------------------------------------------------
 
+    @property
+    def revision(self) -> int:
+        """The latest resourceVersion given out."""
+        return self._revision
+
     def _next_revision(self) -> str:
         self._revision += 1
         return str(self._revision)
+
+    def _allocate_ip(self) -> str:
+        self._allocated_ips += 1
+        return cluster_ip(self._allocated_ips)
 
     def _key(
         self, kind: ResourceKind, namespace: str | None, name: str
     ) -> tuple[kmock.resource, str | None, str]:
         return (kind.resource, namespace if kind.namespaced else None, name)
 
-    def _current(self, kind: ResourceKind, namespace: str | None, name: str) -> JSONObject:
+    def _exists(self, kind: ResourceKind, namespace: str | None, name: str) -> bool:
         key = self._key(kind, namespace, name)
-        if key not in self.objects or self.objects[key].deleted:
+        return key in self.objects and not self.objects[key].deleted
+
+    def _current(self, kind: ResourceKind, namespace: str | None, name: str) -> JSONObject:
+        if not self._exists(kind, namespace, name):
             raise not_found(kind, name)
-        return copy.deepcopy(self.objects[key].raw)
+        return copy.deepcopy(self.objects[self._key(kind, namespace, name)].raw)
+
+    def schema_of(self, kind: ResourceKind) -> Schema:
+        """The schema apply and strategic merge follow for this kind."""
+        if kind.builtin:
+            schema = builtin_schema(kind.api_version, kind.kind)
+            if schema is not None:
+                return schema
+        return custom_schema(kind.openapi)
+
+    async def publish(self, events: list[tuple[kmock.resource, JSONObject]]) -> None:
+        """Send a write's events to watchers and keep them for watches that resume."""
+        for resource, event in events:
+            self.history.record(resource, event)
+            await self._buses[resource].put(event)
 
     def _write(self, kind: ResourceKind, request: kmock.Request) -> Write:
         content_type = request.headers.get("Content-Type", "application/json")
+        manager = request.params.get("fieldManager") or _manager_from(
+            request.headers.get("User-Agent", "")
+        )
         if request.action == kmock.action.CREATE:
             if request.subresource:
                 raise error(405, "MethodNotAllowed", f"POST on {request.subresource!r}")
             if not isinstance(request.data, Mapping):
                 raise error(400, "BadRequest", "the body is not a JSON object")
-            return self.write_create(kind, request.namespace, request.data)
+            return self.write_create(kind, request.namespace, request.data, manager=manager)
         assert request.name is not None  # every other write names its object
         if request.action == kmock.action.DELETE:
-            return self.write_delete(kind, request.namespace, request.name)
-        strategic = "strategic-merge" in content_type
-        if request.action == kmock.action.UPDATE and strategic and not kind.builtin:
+            return self.write_delete(
+                kind, request.namespace, request.name, policy=_propagation(request)
+            )
+        is_patch = request.action == kmock.action.UPDATE
+        if is_patch and "apply-patch" in content_type:
+            if not request.params.get("fieldManager"):
+                raise error(
+                    400,
+                    "BadRequest",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                    "is required for apply patch",
+                )
+            body = request.data
+            if body is None and request.body:
+                body = yaml.safe_load(request.body)
+            return self.write_apply(
+                kind,
+                request.namespace,
+                request.name,
+                body,
+                manager=manager,
+                force=request.params.get("force", "").lower() == "true",
+                subresource=request.subresource,
+            )
+        if is_patch and "strategic-merge" in content_type and not kind.builtin:
             raise error(
                 415,
                 "UnsupportedMediaType",
@@ -200,13 +285,38 @@ class Emulator(kmock.KubernetesEmulator):
             request.namespace,
             request.name,
             subresource=request.subresource,
-            patch=request.data if request.action == kmock.action.UPDATE else None,
+            patch=request.data if is_patch else None,
             content_type=content_type,
-            replacement=request.data if request.action != kmock.action.UPDATE else None,
+            replacement=request.data if not is_patch else None,
+            manager=manager,
         )
 
+    def _finish(
+        self,
+        kind: ResourceKind,
+        candidate: JSONObject,
+        old: JSONObject | None,
+        subresource: str | None,
+    ) -> JSONObject:
+        """What the server makes of any object written: kept parts, defaults, quantities."""
+        if old is not None:
+            new = self._merge_allowed(kind, old, candidate, subresource)
+        else:
+            new = copy.deepcopy(candidate)
+            if "status" in kind.subresources:
+                new.pop("status", None)
+        apply_defaults(kind.api_version, kind.kind, new, old=old, allocate_ip=self._allocate_ip)
+        if kind.builtin:
+            new = canonicalize_quantities(new, self.schema_of(kind))
+        return new
+
     def write_create(
-        self, kind: ResourceKind, namespace: str | None, body: Mapping[str, Any]
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        body: Mapping[str, Any],
+        *,
+        manager: str = "kubeemu",
     ) -> Write:
         """Store a new object, as a POST does (call on the server's loop)."""
         obj = copy.deepcopy(dict(body))
@@ -214,6 +324,22 @@ class Emulator(kmock.KubernetesEmulator):
         if not metadata.get("name") and metadata.get("generateName"):
             suffix = "".join(secrets.choice(_GENERATED_NAME_ALPHABET) for _ in range(5))
             metadata["name"] = metadata["generateName"] + suffix
+        metadata.pop("managedFields", None)
+        obj = self._finish(kind, obj, None, None)
+        record_update(
+            None,
+            obj,
+            self.schema_of(kind),
+            manager=manager,
+            api_version=kind.api_version,
+            subresource=None,
+            status_apart="status" in kind.subresources,
+        )
+        return self._insert(kind, namespace, obj)
+
+    def _insert(self, kind: ResourceKind, namespace: str | None, obj: JSONObject) -> Write:
+        """Give a new object its identity and store it."""
+        metadata = obj.setdefault("metadata", {})
         name = metadata.get("name")
         if not name:
             raise error(422, "Invalid", "metadata.name: Required value")
@@ -226,7 +352,7 @@ class Emulator(kmock.KubernetesEmulator):
             namespace = None
             metadata.pop("namespace", None)
         key = self._key(kind, namespace, name)
-        if key in self.objects and not self.objects[key].deleted:
+        if self._exists(kind, namespace, name):
             raise error(409, "AlreadyExists", f'{kind.plural}.{kind.group} "{name}" already exists')
         for server_field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             metadata.pop(server_field, None)
@@ -238,8 +364,6 @@ class Emulator(kmock.KubernetesEmulator):
         )
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
-        if "status" in kind.subresources:
-            obj.pop("status", None)
         if kind.resource == CRDS:
             self._establish(obj)
         if kind.resource == NAMESPACES:  # set by the API server since 1.21
@@ -248,7 +372,7 @@ class Emulator(kmock.KubernetesEmulator):
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
-        return Write(obj, [{"type": "ADDED", "object": obj}])
+        return Write(obj, [(kind.resource, {"type": "ADDED", "object": obj})])
 
     def _establish(self, crd: JSONObject) -> None:
         # The apiextensions controller, the one controller emulated: a CRD
@@ -273,6 +397,74 @@ class Emulator(kmock.KubernetesEmulator):
             ],
         }
 
+    def write_apply(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        manager: str,
+        force: bool,
+        subresource: str | None = None,
+    ) -> Write:
+        """Server-side apply ``body`` as ``manager``; creates the object if absent."""
+        if not isinstance(body, Mapping):
+            raise error(400, "BadRequest", "the applied configuration is not an object")
+        if subresource not in {None, "status"} or (
+            subresource is not None and subresource not in kind.subresources
+        ):
+            raise not_found(kind, f"{name}/{subresource}")
+        applied = copy.deepcopy(dict(body))
+        metadata = applied.setdefault("metadata", {})
+        if (applied.get("apiVersion"), applied.get("kind")) != (kind.api_version, kind.kind):
+            raise error(
+                400,
+                "BadRequest",
+                f"the applied configuration must say apiVersion {kind.api_version!r} "
+                f"and kind {kind.kind!r}",
+            )
+        if metadata.get("name", name) != name:
+            raise error(
+                400,
+                "BadRequest",
+                f"the name of the object ({metadata['name']}) does not match the name "
+                f"on the URL ({name})",
+            )
+        if metadata.get("managedFields") is not None:
+            raise error(400, "BadRequest", "metadata.managedFields must be nil")
+        metadata["name"] = name
+        stated = metadata.pop("resourceVersion", None)
+        exists = self._exists(kind, namespace, name)
+        old = self._current(kind, namespace, name) if exists else None
+        if stated is not None and (old is None or stated != old["metadata"]["resourceVersion"]):
+            raise self._stale(kind, name)
+        if old is None and subresource is not None:
+            raise not_found(kind, name)
+        new = apply(
+            old,
+            applied,
+            self.schema_of(kind),
+            manager=manager,
+            force=force,
+            api_version=kind.api_version,
+            subresource=subresource,
+            status_apart="status" in kind.subresources,
+            finish=lambda obj: self._finish(kind, obj, old, subresource),
+        )
+        if old is None:
+            return self._insert(kind, namespace, new)
+        return self._commit_update(kind, old, new, subresource)
+
+    def _stale(self, kind: ResourceKind, name: str) -> Exception:
+        return error(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": '
+            "the object has been modified; please apply your changes to the latest "
+            "version and try again",
+        )
+
     def write_update(
         self,
         kind: ResourceKind,
@@ -283,6 +475,7 @@ class Emulator(kmock.KubernetesEmulator):
         patch: Any = None,
         content_type: str = "application/merge-patch+json",
         replacement: Any = None,
+        manager: str = "kubeemu",
     ) -> Write:
         """Patch (``patch``) or replace (``replacement``) an object or its subresource."""
         if subresource not in {None, *kind.subresources}:
@@ -297,21 +490,36 @@ class Emulator(kmock.KubernetesEmulator):
             candidate = copy.deepcopy(dict(replacement))
             stated = (candidate.get("metadata") or {}).get("resourceVersion")
         else:
-            candidate = apply_patch(old, patch, content_type)
+            if "strategic-merge" in content_type:
+                if not isinstance(patch, dict):
+                    raise error(400, "BadRequest", "a strategic merge patch is a JSON object")
+                candidate = strategic_merge(old, patch, self.schema_of(kind))
+            else:
+                candidate = apply_patch(old, patch, content_type)
             stated = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get(
                 "resourceVersion"
             )
-        current_revision = old["metadata"]["resourceVersion"]
-        if stated is not None and stated != current_revision:
-            raise error(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {kind.plural}.{kind.group} "{name}": '
-                "the object has been modified; please apply your changes to the latest "
-                "version and try again",
-            )
+        if stated is not None and stated != old["metadata"]["resourceVersion"]:
+            raise self._stale(kind, name)
 
-        new = self._merge_allowed(kind, old, candidate, subresource)
+        new = self._finish(kind, candidate, old, subresource)
+        record_update(
+            old,
+            new,
+            self.schema_of(kind),
+            manager=manager,
+            api_version=kind.api_version,
+            subresource=subresource,
+            status_apart="status" in kind.subresources,
+        )
+        return self._commit_update(kind, old, new, subresource)
+
+    def _commit_update(
+        self, kind: ResourceKind, old: JSONObject, new: JSONObject, subresource: str | None
+    ) -> Write:
+        """Store an update unless it changes nothing; refuse immutable changes."""
+        if subresource is None:
+            check_update(kind, old, new)
         if new == old:
             return Write(old)  # a no-op: no new resourceVersion, no event
         if without(new, "metadata", "status") != without(old, "metadata", "status"):
@@ -330,7 +538,7 @@ class Emulator(kmock.KubernetesEmulator):
             else:
                 new.pop("status", None)
             return new
-        new = candidate
+        new = copy.deepcopy(candidate)
         if "status" in kind.subresources:
             if "status" in old:
                 new["status"] = copy.deepcopy(old["status"])
@@ -347,6 +555,7 @@ class Emulator(kmock.KubernetesEmulator):
             "resourceVersion",
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
+            "managedFields",
         ):
             if fixed in old["metadata"]:
                 metadata[fixed] = old["metadata"][fixed]
@@ -375,7 +584,7 @@ class Emulator(kmock.KubernetesEmulator):
             raise error(422, "Invalid", f"spec.replicas: Invalid value: {replicas!r}")
         stated = get_path(new_scale, ("metadata", "resourceVersion"))
         if stated is not None and stated != old["metadata"]["resourceVersion"]:
-            raise error(409, "Conflict", "the object has been modified")
+            raise self._stale(kind, str(old["metadata"]["name"]))
         if get_path(old, paths.spec_replicas) == replicas:
             return Write(scale)
         new = copy.deepcopy(old)
@@ -385,8 +594,21 @@ class Emulator(kmock.KubernetesEmulator):
         write = self._store(kind, new, "MODIFIED")
         return Write(scale_of(kind, write.answer), write.events)
 
-    def write_delete(self, kind: ResourceKind, namespace: str | None, name: str) -> Write:
-        """Delete an object, or mark it for deletion while it has finalizers."""
+    def write_delete(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        *,
+        policy: str | None = None,
+    ) -> Write:
+        """Delete an object (or mark it while it has finalizers), then its dependents.
+
+        ``policy`` ``Orphan`` strips the object's ownerReference from its
+        dependents; anything else (``Background``, ``Foreground``, the
+        default) deletes the dependents it alone owned, as the garbage
+        collector does -- here at once, within the same write.
+        """
         old = self._current(kind, namespace, name)
         metadata = old["metadata"]
         if metadata.get("finalizers"):
@@ -402,6 +624,11 @@ class Emulator(kmock.KubernetesEmulator):
         new = copy.deepcopy(old)
         new["metadata"]["resourceVersion"] = self._next_revision()
         write = self._store(kind, new, "DELETED")
+        dependents = self._collect(
+            str(metadata.get("uid")),
+            namespace if kind.namespaced else None,
+            orphan=policy == "Orphan",
+        )
         return Write(
             {
                 "apiVersion": "v1",
@@ -410,8 +637,41 @@ class Emulator(kmock.KubernetesEmulator):
                 "status": "Success",
                 "details": {"name": name, "kind": kind.plural, "uid": metadata.get("uid")},
             },
-            write.events,
+            write.events + dependents,
         )
+
+    def _alive(self, uid: str) -> bool:
+        return any(
+            not stored.deleted and stored.raw.get("metadata", {}).get("uid") == uid
+            for stored in self.objects.values()
+        )
+
+    def _collect(
+        self, owner_uid: str, namespace: str | None, *, orphan: bool
+    ) -> list[tuple[kmock.resource, JSONObject]]:
+        """Orphan or delete the dependents of a deleted owner (the garbage collector)."""
+        events: list[tuple[kmock.resource, JSONObject]] = []
+        for (resource, ns, name), stored in list(self.objects.items()):
+            dependent_kind = self._kinds.get(resource)
+            if stored.deleted or dependent_kind is None:
+                continue
+            if namespace is not None and ns != namespace:
+                continue
+            references = stored.raw.get("metadata", {}).get("ownerReferences") or []
+            if not any(ref.get("uid") == owner_uid for ref in references):
+                continue
+            remaining = [ref for ref in references if ref.get("uid") != owner_uid]
+            if orphan or any(self._alive(str(ref.get("uid"))) for ref in remaining):
+                new = copy.deepcopy(stored.raw)
+                if remaining:
+                    new["metadata"]["ownerReferences"] = remaining
+                else:
+                    new["metadata"].pop("ownerReferences", None)
+                new["metadata"]["resourceVersion"] = self._next_revision()
+                events += self._store(dependent_kind, new, "MODIFIED").events
+            elif self._exists(dependent_kind, ns, name):
+                events += self.write_delete(dependent_kind, ns, name).events
+        return events
 
     def _store(self, kind: ResourceKind, new: JSONObject, event: str) -> Write:
         """Keep ``new`` as the object's latest version and say what watchers see.
@@ -432,7 +692,7 @@ class Emulator(kmock.KubernetesEmulator):
         if event == "DELETED" or released:
             self.objects[key].delete()
             event = "DELETED"
-        return Write(new, [{"type": event, "object": new}])
+        return Write(new, [(kind.resource, {"type": event, "object": new})])
 
     # -- answers ------------------------------------------------------------
 
@@ -481,7 +741,12 @@ class Emulator(kmock.KubernetesEmulator):
         }
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
-        """Stream the matching objects as ADDED, then every change, like a watch.
+        """Stream events like a watch of the API server.
+
+        Without ``resourceVersion`` (or with ``0``) the matching objects come
+        first as ADDED; with one, the events after it, from the history --
+        or one ERROR event (410 Expired) if the history no longer reaches
+        back that far, and the watch ends. Then every change.
 
         Unlike kmock's own, the subscription to changes is taken together
         with the snapshot, under the lock writes take: kmock's takes it after
@@ -501,19 +766,28 @@ class Emulator(kmock.KubernetesEmulator):
                 and selector.matches(obj)
             )
 
+        start = request.params.get("resourceVersion") or "0"
+        if not start.isdigit():
+            raise error(400, "BadRequest", f"resourceVersion {start!r} is not a number")
         yield b""  # send the headers now: a watch may stay silent for long
         bus = self._buses[resource]
         async with self._lock:
             marker = await bus.mark()
-            snapshot = [
-                copy.deepcopy(obj.raw)
-                for (res, _, _), obj in self.objects.items()
-                if res == resource and not obj.deleted
-            ]
+            if start == "0":
+                replay: list[JSONObject] | None = [
+                    {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
+                    for (res, _, _), obj in self.objects.items()
+                    if res == resource and not obj.deleted
+                ]
+            else:
+                replay = self.history.since(resource, int(start))
         try:
-            for obj in snapshot:
-                if wanted(obj):
-                    yield {"type": "ADDED", "object": obj}
+            if replay is None:
+                yield gone(int(start), self._revision)
+                return
+            for past in replay:
+                if wanted(past["object"]):
+                    yield past
             changes = aiter(bus.stream(since=marker))
             while True:
                 more, event = await self._next_or_end(changes, deadline)
