@@ -18,7 +18,7 @@ or a POST) declares its resource too, as the API server does.
 What kmock 0.8 lacks and this subclass adds
 -------------------------------------------
 kmock stores objects as the clients send them. The operator, kopf and the
-client need more of the API server's behaviour, so :class:`_Emulator` owns
+client need more of the API server's behaviour, so :class:`.server.Emulator` owns
 every write itself (kmock still stores, watches, lists and discovers):
 
 - ``metadata.uid``, ``creationTimestamp``, ``namespace`` (from the URL),
@@ -29,10 +29,28 @@ every write itself (kmock still stores, watches, lists and discovers):
 - ``generation``: 1 on create, +1 when anything but ``metadata``/``status``
   changes -- not on a ``/status`` write;
 - ``201 Created`` on create (the client returns ``None`` on a 200), 409
-  ``AlreadyExists``, 409 ``Conflict`` for a stale ``resourceVersion`` in a
-  merge patch or a PUT, 422 when a JSON patch (including kopf's ``test`` on
-  ``/metadata/resourceVersion``) does not apply, 415 for a strategic merge
-  patch on a custom resource and for server-side apply;
+  ``AlreadyExists``, 409 ``Conflict`` when a PUT, patch or apply carries a
+  stale ``metadata.resourceVersion``, 422 when a JSON patch (including
+  kopf's ``test`` on ``/metadata/resourceVersion``) does not apply, 415 for a
+  strategic merge patch on a custom resource;
+- **server-side apply** (``application/apply-patch+yaml``, ``fieldManager``
+  required, ``force``), creating absent objects, merging by the list types
+  of the real OpenAPI schemas (``kubernetes-validate``) or the CRD's
+  ``openAPIV3Schema``, with ``metadata.managedFields`` (``FieldsV1``),
+  409 conflicts naming manager and field, and removal of what a manager
+  stopped applying (:mod:`.apply`, :mod:`.fieldpath`, :mod:`.schemas`);
+  every other write records an ``Update`` entry (manager from
+  ``fieldManager`` or the User-Agent);
+- **strategic merge patch** by the schemas' patch strategies and merge keys,
+  with ``$patch``, ``$retainKeys``, ``$setElementOrder`` and
+  ``$deleteFromPrimitiveList`` (:mod:`.merge`);
+- **defaulting** of what GatewayPool's children meet (pod and container
+  fields, StatefulSet, Deployment, Service with an allocated ClusterIP,
+  NetworkPolicy) and **canonical quantities** wherever the schema has a
+  ``resource.Quantity`` (:mod:`.defaults`, :mod:`gatewaypool.quantity`);
+- **immutable fields**: StatefulSet spec outside the updatable fields,
+  Deployment selector, Service clusterIP -- 422 Invalid worded like the real
+  server, for every write verb (:mod:`.validation`);
 - PUT (replace); ``/status`` separated from the main resource where the
   resource has that subresource (status is dropped on create and on writes to
   the main resource; a ``/status`` write changes only status);
@@ -49,36 +67,49 @@ every write itself (kmock still stores, watches, lists and discovers):
   (kmock's missed a write made while it sent the snapshot), end after
   ``timeoutSeconds`` (kmock streams forever) and when the emulator stops
   (else aiohttp waits 60 s for them);
+- watch ``resourceVersion``: none or ``0`` sends the objects as ADDED first;
+  ``N`` sends only the events after N, from a bounded history
+  (``history_size``, default 1000; :meth:`KubeEmulator.compact_history`),
+  and a too old N gets an ERROR event with a 410 ``Expired`` Status
+  (:mod:`.watch`); ``allowWatchBookmarks`` is accepted, no bookmarks sent;
 - kmock's request log holds the requests in flight only, unless
   ``keep_requests``: kmock scans all of it for every request, which made a
   request cost 70 ms after 1000 and kopf's long runs unusable;
 - an object's history (``emulator.objects[...].history``) keeps its last
   20 versions, not all of them;
 - deleting an object with finalizers sets ``deletionTimestamp``; removing
-  the last finalizer deletes it (one DELETED event, as on a real server).
+  the last finalizer deletes it (one DELETED event, as on a real server);
+- garbage collection: deleting an object (no finalizers) deletes, at once
+  and in the same write, the dependents whose ownerReferences name its uid
+  and no other live owner (``Background``, ``Foreground`` and the default
+  alike); ``propagationPolicy: Orphan`` (query or DeleteOptions, or
+  ``orphanDependents``) strips the reference instead.
 
 What it still does not do -- tests must not rely on it
 ------------------------------------------------------
-- **Watch resourceVersion semantics**: every watch, including a reconnect
-  with ``resourceVersion=...``, first replays all objects as ADDED; no
-  bookmarks, no 410 Gone. Selectors filter events by the new object only (an
-  object that stops matching sends no DELETED).
+- **Watches**: no bookmarks; selectors filter events by the new object
+  only (an object that stops matching sends no DELETED).
 - **Lists**: no pagination (``limit``/``continue`` ignored: everything in
   one page); ``resourceVersion`` parameters on GET/list are ignored.
-- **Strategic merge** is a JSON merge patch (lists are replaced, not merged
-  by key); ``$patch`` directives are not understood; no server-side apply.
-- **Garbage collection**: deleting an owner leaves its dependents
-  (``ownerReferences`` are stored, never acted on); ``propagationPolicy``,
-  ``preconditions`` and ``dryRun`` are ignored; no deletecollection.
-- **Validation and defaulting**: no CRD schema (``openAPIV3Schema``),
-  ``x-kubernetes-validations``, pruning of unknown fields, defaults,
-  immutability or built-in kind validation; names are not checked. Beware of
-  pruning: kopf keeps its progress in ``status.kopf`` by default, which
-  survives here but is pruned by a real server unless the CRD's schema keeps
-  it (or kopf is told to use annotations only). Objects
-  may be created in namespaces that do not exist; deleting a namespace does
-  not delete its contents. Cover these with unit tests of the CRD and of the
-  manifests instead.
+- **Apply and managed fields**: conflicts are computed after defaulting and
+  quantity canonicalization (a real server compares the applied text, so
+  ``1000m`` against another manager's ``1`` conflicts there, not here); the
+  ``"."`` markers of ``Update`` entries approximate the real ones; no
+  ``managedFields`` reset through a write, no unions, no version
+  conversion; ``/scale`` writes record no managed fields.
+- **Garbage collection** is synchronous, and only when an object is really
+  deleted: an owner held by finalizers does not cascade, ``Foreground``
+  does not wait; no ``preconditions``, ``dryRun`` or deletecollection.
+- **Validation and defaulting**: only the defaults and immutable fields
+  above (a StatefulSet's ``revisionHistoryLimit`` is immutable here, as in
+  the message quoted; newer servers allow it); no CRD schema validation,
+  ``x-kubernetes-validations``, pruning of unknown fields, CRD defaults or
+  built-in kind validation; names are not checked. Beware of pruning: kopf
+  keeps its progress in ``status.kopf`` by default, which survives here but
+  is pruned by a real server unless the CRD's schema keeps it (or kopf is
+  told to use annotations only). Objects may be created in namespaces that
+  do not exist; deleting a namespace does not delete its contents. Cover
+  these with unit tests of the CRD and of the manifests instead.
 - **Controllers**: nothing reconciles. A StatefulSet's status never changes
   and no pods appear unless a test writes them
   (:meth:`KubeEmulator.write_status`, :meth:`KubeEmulator.create`); the only
