@@ -1,0 +1,225 @@
+"""What the API server fills in and rewrites on every write of a built-in kind.
+
+Defaulting (the ``SetDefaults_*`` functions of the real server, for the
+fields GatewayPool's children meet) and quantity canonicalization. A client
+that compares the object it wants with the one it reads back must ignore
+these, or it sees a difference on every pass; the emulator adds them so that
+such a client is tested. Defaults are not in the OpenAPI schemas (the real
+server has them in Go code), so they are listed here; which values are
+quantities comes from the schemas.
+
+Defaulted fields are owned by no manager when the object was applied (they
+are not in the applied configuration); a create or update through any other
+verb owns what it changed, defaults included, as on a real server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from gatewaypool.quantity import QuantityError, canonical
+
+from .errors import error
+from .schemas import Schema
+
+__all__ = ["apply_defaults", "canonicalize_quantities", "cluster_ip", "key_defaults"]
+
+JSONObject = dict[str, Any]
+
+#: Defaults of list-map key fields: an item sent without one is matched as if it had it.
+_KEY_DEFAULTS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "io.k8s.api.core.v1.ContainerPort": {"protocol": "TCP"},
+    "io.k8s.api.core.v1.ServicePort": {"protocol": "TCP"},
+    "io.k8s.api.core.v1.EndpointPort": {"protocol": "TCP"},
+}
+
+
+def key_defaults(definition: str | None) -> Mapping[str, Any]:
+    """The server defaults of the list-map keys of items of this definition."""
+    return _KEY_DEFAULTS.get(definition or "", {})
+
+
+def _image_pull_policy(image: str) -> str:
+    name = image.rsplit("/", 1)[-1]
+    if "@" in name:
+        return "IfNotPresent"
+    tag = name.split(":", 1)[1] if ":" in name else "latest"
+    return "Always" if tag == "latest" else "IfNotPresent"
+
+
+def _probe(probe: JSONObject) -> None:
+    for key, value in (
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ):
+        probe.setdefault(key, value)
+    if isinstance(probe.get("httpGet"), dict):
+        probe["httpGet"].setdefault("scheme", "HTTP")
+
+
+def _container(container: JSONObject) -> None:
+    if isinstance(container.get("image"), str):
+        container.setdefault("imagePullPolicy", _image_pull_policy(container["image"]))
+    container.setdefault("terminationMessagePath", "/dev/termination-log")
+    container.setdefault("terminationMessagePolicy", "File")
+    for port in container.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+    for name in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if isinstance(container.get(name), dict):
+            _probe(container[name])
+    for env in container.get("env") or []:
+        field_ref = (env.get("valueFrom") or {}).get("fieldRef")
+        if isinstance(field_ref, dict):
+            field_ref.setdefault("apiVersion", "v1")
+
+
+def _pod_spec(spec: JSONObject) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            _container(container)
+    for volume in spec.get("volumes") or []:
+        for source in ("configMap", "secret"):
+            if isinstance(volume.get(source), dict):
+                volume[source].setdefault("defaultMode", 0o644)
+
+
+def _template(workload: JSONObject) -> None:
+    spec = workload.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    if isinstance(template, dict) and isinstance(template.get("spec"), dict):
+        _pod_spec(template["spec"])
+
+
+def _statefulset(obj: JSONObject) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    strategy = spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
+    if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+        strategy.setdefault("type", "RollingUpdate")
+        strategy.setdefault("rollingUpdate", {}).setdefault("partition", 0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    retention = spec.setdefault("persistentVolumeClaimRetentionPolicy", {})
+    retention.setdefault("whenDeleted", "Retain")
+    retention.setdefault("whenScaled", "Retain")
+    for claim in spec.get("volumeClaimTemplates") or []:
+        claim.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    _template(obj)
+
+
+def _deployment(obj: JSONObject) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
+    if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+        strategy.setdefault("type", "RollingUpdate")
+        rolling = strategy.setdefault("rollingUpdate", {})
+        rolling.setdefault("maxUnavailable", "25%")
+        rolling.setdefault("maxSurge", "25%")
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    _template(obj)
+
+
+def _service(obj: JSONObject, old: JSONObject | None, allocate_ip: Callable[[], str]) -> None:
+    spec = obj.setdefault("spec", {})
+    before = (old or {}).get("spec") or {}
+    # An update that leaves out the allocated IP keeps it (patchAllocatedValues).
+    for allocated in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+        if allocated not in spec and allocated in before:
+            spec[allocated] = before[allocated]
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if spec["type"] != "ExternalName":
+        if not spec.get("clusterIP"):
+            spec["clusterIP"] = allocate_ip()
+        spec.setdefault("clusterIPs", [spec["clusterIP"]])
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+    for port in spec.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+        if "port" in port:
+            port.setdefault("targetPort", port["port"])
+
+
+def _network_policy(obj: JSONObject) -> None:
+    spec = obj.setdefault("spec", {})
+    if "policyTypes" not in spec:
+        spec["policyTypes"] = ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            for port in rule.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+
+
+def apply_defaults(
+    api_version: str,
+    kind: str,
+    obj: JSONObject,
+    *,
+    old: JSONObject | None,
+    allocate_ip: Callable[[], str],
+) -> None:
+    """Fill in, in place, what the real server defaults in an object of this kind.
+
+    Parameters
+    ----------
+    old
+        The stored object on an update (a Service keeps its allocated IP).
+    allocate_ip
+        Gives a new Service ClusterIP.
+    """
+    match (api_version, kind):
+        case ("apps/v1", "StatefulSet"):
+            _statefulset(obj)
+        case ("apps/v1", "Deployment"):
+            _deployment(obj)
+        case ("v1", "Service"):
+            _service(obj, old, allocate_ip)
+        case ("v1", "Pod") if isinstance(obj.get("spec"), dict):
+            _pod_spec(obj["spec"])
+        case ("networking.k8s.io/v1", "NetworkPolicy"):
+            _network_policy(obj)
+        case _:
+            pass
+
+
+def canonicalize_quantities(value: Any, schema: Schema, path: str = "") -> Any:
+    """``value`` with every ``resource.Quantity`` the schema marks in canonical form.
+
+    Raises
+    ------
+    kmock.KubernetesError
+        400 when a quantity does not parse, naming the field.
+    """
+    if schema.is_quantity and isinstance(value, str | int | float):
+        try:
+            return canonical(value)
+        except QuantityError as exc:
+            raise error(400, "BadRequest", f"{path.lstrip('.')}: {exc}") from exc
+    if isinstance(value, dict):
+        return {
+            key: canonicalize_quantities(child, schema.field(key), f"{path}.{key}")
+            for key, child in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            canonicalize_quantities(item, schema.items, f"{path}[{index}]")
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def cluster_ip(index: int) -> str:
+    """The ``index``-th ClusterIP of the emulated service range 10.96.0.0/12 (skips .0, .1)."""
+    return str(ipaddress.ip_address("10.96.0.0") + 10 + index)
