@@ -20,7 +20,7 @@ import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.peering import Peering
-from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, delete_children, reconcile
+from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, reconcile
 from gatewaypool_operator.resync import resync_forever
 from gatewaypool_operator.status import merge_patch
 
@@ -123,21 +123,3 @@ def on_change(
 ) -> None:
     """A pool appeared, changed its spec, or the operator (re)started."""
     _pass(body, memo, patch, logger)
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def on_event(type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A pool was deleted: delete what it owned, now.
-
-    In a cluster the garbage collector does this through ownerReferences;
-    doing it here too makes clean-up independent of the collector. It needs
-    no finalizer, so a stopped operator never blocks a deletion: the resync
-    then removes what a pool deleted meanwhile left behind.
-    """
-    if type != "DELETED":
-        return
-    metadata = body.get("metadata") or {}
-    deleted = delete_children(
-        memo["cluster"], name=str(metadata["name"]), namespace=str(metadata["namespace"])
-    )
-    logger.info("deleted %d children: %s", len(deleted), ", ".join(deleted))

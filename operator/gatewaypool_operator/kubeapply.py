@@ -1,4 +1,4 @@
-"""Apply desired objects through the Kubernetes API: create, repair drift, delete.
+"""Apply desired objects through the Kubernetes API: create, repair drift.
 
 Desired state is built as plain dicts by :mod:`gatewaypool_operator.children`;
 this module is the only place that sends them. An object is patched only
@@ -10,7 +10,7 @@ API server fills in) are left alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
 }
 
-#: The kinds a pool owns, in the order they are deleted when the pool goes.
+#: The kinds a pool owns (the API server's garbage collector deletes them with it).
 OWNED_KINDS: tuple[str, ...] = (
     "Deployment",
     "StatefulSet",
@@ -118,18 +118,6 @@ class Cluster:
         )
         return _labelled(result.get("items") or [], labels)
 
-    def list_everywhere(
-        self, kind: str, *, labels: Mapping[str, str], namespaces: Sequence[str] = ()
-    ) -> list[dict[str, Any]]:
-        """Objects of ``kind`` with ``labels`` in ``namespaces`` (all when empty)."""
-        if namespaces:
-            return [obj for ns in namespaces for obj in self.find(kind, ns, labels=labels)]
-        api, suffix = self._api(kind)
-        result = self._plain(
-            getattr(api, f"list_{suffix}_for_all_namespaces")(label_selector=_selector(labels))
-        )
-        return _labelled(result.get("items") or [], labels)
-
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(str(obj["kind"]))
         namespace = obj["metadata"]["namespace"]
@@ -143,21 +131,6 @@ class Cluster:
                 metadata["name"], metadata["namespace"], dict(obj)
             )
         )
-
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete; return False if it was already gone."""
-        from kubernetes.client.exceptions import ApiException
-
-        api, suffix = self._api(kind)
-        try:
-            # The answer (the object, or a Status, depending on kind and server
-            # version) is not needed: skip deserializing it.
-            getattr(api, f"delete_namespaced_{suffix}")(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
 
     def apply(self, desired: Mapping[str, Any], *, create_only: bool = False) -> Applied:
         """Create ``desired`` if missing, else patch it if any owned field drifted."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from gatewaypool.assignment import moved_buckets
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool_operator import children, mapping, status
-from gatewaypool_operator.kubeapply import OWNED_KINDS, Applied, Cluster
+from gatewaypool_operator.kubeapply import Applied, Cluster
 from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
 
 log = logging.getLogger(__name__)
@@ -221,61 +221,3 @@ def _status(
         previous_conditions=previous,
         now=now,
     )
-
-
-def _pool_children(
-    cluster: Cluster, *, labels: Mapping[str, str], namespaces: Sequence[str]
-) -> Iterator[tuple[str, dict[str, Any], list[Mapping[str, Any]]]]:
-    """(kind, object, its GatewayPool ownerReferences) of every object a pool owns."""
-    for kind in OWNED_KINDS:
-        for obj in cluster.list_everywhere(kind, labels=labels, namespaces=namespaces):
-            refs = [
-                ref
-                for ref in obj["metadata"].get("ownerReferences") or []
-                if ref.get("kind") == children.KIND
-            ]
-            if refs:
-                yield kind, obj, refs
-
-
-def _delete(cluster: Cluster, kind: str, obj: Mapping[str, Any]) -> str | None:
-    meta = obj["metadata"]
-    if cluster.delete(kind, meta["namespace"], meta["name"]):
-        return f"{kind}/{meta['namespace']}/{meta['name']}"
-    return None
-
-
-def delete_children(cluster: Cluster, *, name: str, namespace: str) -> list[str]:
-    """Delete what the pool owns (what garbage collection does in a cluster).
-
-    Only objects that carry the pool's labels and name it as owner are
-    touched, so a same-named object someone else made survives.
-    """
-    labels = {
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": children.MANAGED_BY,
-    }
-    deleted = [
-        _delete(cluster, kind, obj)
-        for kind, obj, refs in _pool_children(cluster, labels=labels, namespaces=[namespace])
-        if any(ref.get("name") == name for ref in refs)
-    ]
-    return [item for item in deleted if item is not None]
-
-
-def delete_orphans(
-    cluster: Cluster, *, live_pool_uids: set[str], namespaces: Sequence[str] = ()
-) -> list[str]:
-    """Delete children whose owning pool no longer exists (garbage collection).
-
-    Catches what a pool deleted while the operator was down left behind; in
-    a cluster the garbage collector would do the same through the
-    ownerReferences.
-    """
-    labels = {"app.kubernetes.io/managed-by": children.MANAGED_BY}
-    deleted = [
-        _delete(cluster, kind, obj)
-        for kind, obj, refs in _pool_children(cluster, labels=labels, namespaces=namespaces)
-        if not any(ref.get("uid") in live_pool_uids for ref in refs)
-    ]
-    return [item for item in deleted if item is not None]

@@ -21,7 +21,6 @@ from gatewaypool_operator.peering import Peering, is_active
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,
-    delete_orphans,
     reconcile,
 )
 from gatewaypool_operator.status import format_time, merge_patch
@@ -150,14 +149,4 @@ async def resync_forever(
             except Exception:
                 meta = body.get("metadata") or {}
                 log.exception("resync of %s/%s failed", meta.get("namespace"), meta.get("name"))
-        live = {str(body["metadata"].get("uid")) for body in pools}
-        try:
-            orphans = await asyncio.to_thread(
-                delete_orphans, cluster, live_pool_uids=live, namespaces=scope or ()
-            )
-        except Exception:
-            log.exception("resync: cannot collect orphans")
-        else:
-            if orphans:
-                log.info("resync: deleted orphans of deleted pools: %s", ", ".join(orphans))
         log.info("resync: %d pools checked", len(pools))

@@ -133,27 +133,28 @@ per watched namespace (rbac.scope namespaces).
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/finalizers"]
   verbs: ["update"]
-# What a pool owns: read, create, repair drift, delete with the pool.
+# What a pool owns: read, create, repair drift. Deleting the pool deletes
+# them through their ownerReferences (the API server's garbage collector).
 # ConfigMaps also need "watch": the operator creates a Role that grants it to
 # the routers, and Kubernetes lets it grant only what it holds.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets", "deployments"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 # Router pods, to count the live routers in the status.
 - apiGroups: [""]
   resources: ["pods"]
