@@ -126,6 +126,14 @@ def register(subparsers: Any) -> None:
         help="write the applied map version under --pod-name into this ConfigMap",
     )
     routing.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=defaults.watch_seconds,
+        metavar="SECONDS",
+        help="the API server ends each map watch after this long and the router resumes it; "
+        "a connection silent for 60 s is dropped and reopened (default %(default)s)",
+    )
+    routing.add_argument(
         "--pod-name",
         default=os.environ.get("POD_NAME", ""),
         help="this router's name in reports (default $POD_NAME)",
@@ -173,6 +181,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         ),
         kubeconfig=args.kubeconfig,
         pod_name=args.pod_name,
+        watch_seconds=args.watch_timeout,
         buckets=args.buckets,
         allowed_calling_aes=frozenset(a.strip() for a in args.allow_calling_aet),
         require_called_ae=args.require_called_aet,

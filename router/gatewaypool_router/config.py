@@ -133,6 +133,7 @@ class RouterConfig:
     stall_warning: float = 10.0
     header_limit: int = 4 * 1024 * 1024
     map_poll_interval: float = 1.0
+    watch_seconds: int = 50
     shutdown_grace: float = 30.0
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
@@ -173,6 +174,8 @@ class RouterConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: {value} must be positive")
+        if not 1 <= self.watch_seconds <= 3600:
+            raise ConfigError(f"--watch-timeout: {self.watch_seconds} is not in 1..3600")
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

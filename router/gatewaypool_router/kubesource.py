@@ -27,7 +27,14 @@ from gatewaypool_router.mapsource import MapHolder
 log = logging.getLogger(__name__)
 
 MAP_KEY = "map.json"
-_WATCH_SECONDS = 300
+#: The API server ends each watch after this long; the router resumes from the
+#: last resourceVersion it saw (a new list only after 410 Gone).
+WATCH_SECONDS = 50
+#: Client side: connect within 10 s, and give up on a connection silent for
+#: 60 s. A half-open TCP connection (a node or a load balancer that died
+#: without a RST) sends nothing, so without this a router would keep its map
+#: until the kernel's keep-alive gives up, two hours later.
+REQUEST_TIMEOUT = (10.0, 60.0)
 _RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 
 
@@ -52,14 +59,32 @@ def core_api(config: RouterConfig) -> Any:
 
 
 class ConfigMapMapWatcher:
-    """Watch one ConfigMap and offer every map it holds to the holder."""
+    """Watch one ConfigMap and offer every map it holds to the holder.
 
-    def __init__(self, api: Any, ref: ObjectRef, holder: MapHolder) -> None:
+    The usual list-then-watch: one GET gives the object and its
+    resourceVersion, then a watch from that version, ended by the server
+    after ``watch_seconds`` and resumed from the last version seen. A
+    resume the server answers 410 Gone (its history no longer reaches that
+    far back) starts over with a GET, so no change is ever missed.
+    """
+
+    def __init__(
+        self,
+        api: Any,
+        ref: ObjectRef,
+        holder: MapHolder,
+        *,
+        watch_seconds: int = WATCH_SECONDS,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> None:
         self._api = api
         self._ref = ref
         self._holder = holder
+        self._watch_seconds = watch_seconds
+        self._request_timeout = request_timeout
         self._stop = threading.Event()
         self._seen: str | None = None
+        self._resource_version: str | None = None
         self._thread = threading.Thread(target=self._run, name="map-watch", daemon=True)
 
     def load_now(self) -> bool:
@@ -67,14 +92,13 @@ class ConfigMapMapWatcher:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            body = self._api.read_namespaced_config_map(self._ref.name, self._ref.namespace)
+            self._list()
         except ApiException as exc:
             self._holder.refuse(f"cannot read ConfigMap {self._ref}: {exc.reason}", source="api")
             return False
         except OSError as exc:  # API server unreachable: the watch loop retries
             self._holder.refuse(f"cannot reach the API server: {exc}", source="api")
             return False
-        self._consider(body)
         return self._holder.current is not None
 
     def start(self) -> None:
@@ -82,6 +106,13 @@ class ConfigMapMapWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _list(self) -> None:
+        body = self._api.read_namespaced_config_map(
+            self._ref.name, self._ref.namespace, _request_timeout=self._request_timeout
+        )
+        self._consider(body)
+        self._resource_version = getattr(body.metadata, "resource_version", None)
 
     def _consider(self, body: Any) -> None:
         data = getattr(body, "data", None) or {}
@@ -100,53 +131,77 @@ class ConfigMapMapWatcher:
             return
         self._holder.offer(candidate, source=source)
 
-    def _run(self) -> None:
+    def _watch_once(self) -> None:
+        """List if needed, then follow one watch until the server ends it."""
         from kubernetes import watch
+
+        if self._resource_version is None:
+            self._list()
+        watch_class: Any = watch.Watch  # the client is untyped
+        stream = watch_class()
+        try:
+            # The field selector narrows the watch to our object (RBAC by
+            # resourceNames requires it); the name is checked again below in
+            # case a server ignores it.
+            for event in stream.stream(
+                self._api.list_namespaced_config_map,
+                self._ref.namespace,
+                field_selector=f"metadata.name={self._ref.name}",
+                resource_version=self._resource_version,
+                timeout_seconds=self._watch_seconds,
+                _request_timeout=self._request_timeout,
+            ):
+                if self._stop.is_set():
+                    return
+                body = event["object"]
+                metadata = body.metadata
+                if getattr(metadata, "name", None) != self._ref.name:
+                    continue
+                self._resource_version = metadata.resource_version
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    self._consider(body)
+                elif event["type"] == "DELETED":
+                    log_event(
+                        log,
+                        logging.ERROR,
+                        "map.deleted",
+                        configmap=str(self._ref),
+                        kept=self._holder.current.version if self._holder.current else None,
+                    )
+        finally:
+            stream.stop()
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
 
         failures = 0
         while not self._stop.is_set():
-            watch_class: Any = watch.Watch  # the client is untyped
-            stream = watch_class()
             try:
-                # The field selector narrows the watch to our object where the API
-                # server supports it (and RBAC by resourceNames requires it); the
-                # name is checked again below in case it does not.
-                for event in stream.stream(
-                    self._api.list_namespaced_config_map,
-                    self._ref.namespace,
-                    field_selector=f"metadata.name={self._ref.name}",
-                    timeout_seconds=_WATCH_SECONDS,
-                ):
-                    failures = 0
-                    if self._stop.is_set():
-                        break
-                    body = event["object"]
-                    if getattr(body.metadata, "name", None) != self._ref.name:
-                        continue
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._consider(body)
-                    elif event["type"] == "DELETED":
-                        log_event(
-                            log,
-                            logging.ERROR,
-                            "map.deleted",
-                            configmap=str(self._ref),
-                            kept=self._holder.current.version if self._holder.current else None,
-                        )
+                self._watch_once()
+                failures = 0
+            except ApiException as exc:
+                if exc.status == 410:
+                    # Expected now and then (etcd compaction): list again, at once.
+                    log_event(log, logging.INFO, "map.watch_expired", configmap=str(self._ref))
+                    self._resource_version = None
+                    continue
+                failures += 1
+                self._back_off(failures, exc)
             except Exception as exc:  # the API server restarts, the network blips
                 failures += 1
-                delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS)) - 1]
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "map.watch_failed",
-                    configmap=str(self._ref),
-                    error=str(exc)[:200],
-                    retry_in=delay,
-                )
-                self._stop.wait(delay)
-            finally:
-                stream.stop()
+                self._back_off(failures, exc)
+
+    def _back_off(self, failures: int, exc: Exception) -> None:
+        delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS)) - 1]
+        log_event(
+            log,
+            logging.WARNING,
+            "map.watch_failed",
+            configmap=str(self._ref),
+            error=str(exc)[:200],
+            retry_in=delay,
+        )
+        self._stop.wait(delay)
 
 
 class RouterReporter:

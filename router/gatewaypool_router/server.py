@@ -84,7 +84,12 @@ class Router:
             from gatewaypool_router.kubesource import ConfigMapMapWatcher, core_api
 
             self._kube_api = core_api(config)
-            map_watch = ConfigMapMapWatcher(self._kube_api, config.map_configmap, self.maps)
+            map_watch = ConfigMapMapWatcher(
+                self._kube_api,
+                config.map_configmap,
+                self.maps,
+                watch_seconds=config.watch_seconds,
+            )
             map_watch.load_now()
             self._stoppables.append(map_watch)
         else:
