@@ -372,6 +372,7 @@ class IncomingAssociation:
         study_uid = instance.scanner.study_uid
         assert study_uid is not None
         bucket = study_bucket(study_uid, bucket_map.buckets)
+        self._router.usage.routed(bucket, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         instance.gateway = gateway
         self.progress.instance_gateway = gateway.name
@@ -415,6 +416,7 @@ class IncomingAssociation:
         calling_ae = (
             self._request.calling_ae if self._config.forward_calling_ae else self._config.ae_title
         )
+        usage = self._router.usage
         upstream = Upstream(
             gateway=gateway,
             address=self._config.resolve(gateway.host, gateway.port),
@@ -423,6 +425,7 @@ class IncomingAssociation:
             max_pdu=self._config.max_pdu,
             timeout=self._config.gateway_timeout,
             connect_timeout=self._config.connect_timeout,
+            on_close=lambda: usage.closed(key),
         )
         try:
             upstream.open()
@@ -430,6 +433,7 @@ class IncomingAssociation:
             self._upstreams.pop(key, None)
             self._gateway_failed(instance, exc)
             return None
+        usage.opened(key)
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)
         return upstream

@@ -23,6 +23,7 @@ from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 from gatewaypool_router.progress import StallWatch
+from gatewaypool_router.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Router:
         self.config = config
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
+        self.usage = Usage()
         self._lock = threading.Lock()
         self._active: set[threading.Thread] = set()
         self._associations: dict[threading.Thread, IncomingAssociation] = {}

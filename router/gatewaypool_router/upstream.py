@@ -11,7 +11,7 @@ import contextlib
 import io
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gatewaypool.bucketmap import Gateway
 from gatewaypool_router import negotiation, pdus
@@ -44,8 +44,10 @@ class Upstream:
         max_pdu: int,
         timeout: float,
         connect_timeout: float,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.gateway = gateway
+        self._on_close = on_close
         self.address = address
         self._contexts = list(contexts)
         self._calling_ae = calling_ae
@@ -190,3 +192,5 @@ class Upstream:
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
             self._sock = None
+            if self._on_close is not None:
+                self._on_close()
