@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,11 @@ class GatewayKubelet:
     # -- status ----------------------------------------------------------------
 
     def _write_pod_status(self, ordinal: int, *, phase: str, ready: bool) -> None:
-        condition = {"type": "Ready", "status": "True" if ready else "False"}
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         self.kube.write_status(
             "",
             "v1",
