@@ -470,9 +470,9 @@ def test_a_malformed_state_names_the_field(text: str, field_name: str) -> None:
 
 # --- the model ------------------------------------------------------------------------
 
-QUIET = 3
+QUIET = 4
 MODEL_SETTINGS = HandoverSettings(
-    quiet_seconds=QUIET, max_drain_seconds=25, report_timeout_seconds=8, fresh_seconds=2
+    quiet_seconds=QUIET, max_drain_seconds=25, report_timeout_seconds=8, fresh_seconds=1
 )
 
 
@@ -709,7 +709,12 @@ class Model:
                             f"relied on its report of {relied}"
                         )
                     # The residual window is bounded by the freshness requirement.
-                    assert use.time >= change.decided - self.options.fresh_seconds
+                    if use.time < change.decided - self.options.fresh_seconds:
+                        raise SplitError(
+                            f"bucket {bucket} active (used by {use.router} at {use.time}) "
+                            f"while routers disagree {views}; completion at {change.decided} "
+                            "relied on a report older than fresh_seconds"
+                        )
 
 
 def owners_balanced(owners: Sequence[int], wanted: int) -> bool:
@@ -897,3 +902,63 @@ def test_the_model_catches_a_core_that_shrinks_too_early(monkeypatch: pytest.Mon
     monkeypatch.setattr(handover, "_replicas", lambda x, **kwargs: x.wanted)
     with pytest.raises(AssertionError):
         run_model(buckets=6, start=3, routers=1, steps=[("scale", 2)], failover=None)
+
+
+STALE_SCENARIO: list[tuple[object, ...]] = [
+    ("scale", 3),
+    ("ready", 2, True),  # buckets 4 and 5 start moving to gateway 2
+    ("tick", 4),
+    ("sync", 0),  # router-0 applies that and reports both quiet ...
+    ("tick", 1),
+    ("route", 0, 5, False),  # ... then sends bucket 5 to gateway 1, and reports nothing
+    ("tick", 2),
+    ("sync", 1),  # router-1 catches up: only router-0's word is stale now
+    ("apply", 1),
+]
+
+
+def test_the_model_catches_a_core_that_trusts_stale_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gatewaypool_operator import handover
+
+    model = run_model(buckets=6, start=2, routers=2, steps=STALE_SCENARIO, failover=None)
+    assert model.published is not None
+    assert model.published.moving == {4: 2, 5: 2}  # waits for a fresh report from router-0
+    trusting = replace(MODEL_SETTINGS, fresh_seconds=8)
+    original = handover._Routers.quiet
+
+    def quiet(self: object, bucket: int, **kwargs: object) -> bool:
+        kwargs["settings"] = trusting
+        return original(self, bucket, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(handover._Routers, "quiet", quiet)
+    with pytest.raises(SplitError, match="older than fresh_seconds"):
+        run_model(buckets=6, start=2, routers=2, steps=STALE_SCENARIO, failover=None)
+
+
+def test_the_model_drives_three_to_five_to_two_mid_handover_to_the_end() -> None:
+    steps: list[tuple[object, ...]] = [
+        ("scale", 5),
+        ("tick", 1),
+        ("ready", 3, True),
+        ("ready", 4, True),
+        ("sync all",),
+        ("route", 0, 7, True),
+        ("tick", 1),
+        ("scale", 2),  # before any move finished
+        ("sync all",),
+        ("tick", 1),
+        ("route", 1, 9, False),
+    ]
+    model = run_model(buckets=30, start=3, routers=2, steps=steps, failover=None)
+    assert model.published is not None
+    assert model.published.moving
+    assert not model.completions
+    owners, _, _ = settle(model)
+    final = model.published
+    assert owners_balanced(final.owners, 2)
+    assert not final.moving
+    assert model.statefulset == 2
+    assert model.forced_moves == 0
+    assert moved_buckets(owners, final.owners) == moved_buckets(owners, rebalance(owners, 2))
