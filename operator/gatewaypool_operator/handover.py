@@ -77,6 +77,9 @@ from gatewaypool.reports import RouterReport
 __all__ = [
     "DEFAULT_FRESH_SECONDS",
     "DEFAULT_REPORT_TIMEOUT_SECONDS",
+    "FORCED_FAILOVER",
+    "FORCED_MAX_DRAIN",
+    "FORCED_UNCONFIRMED",
     "MAX_BATCHES",
     "STATE_KEY",
     "GatewayPod",

@@ -742,6 +742,12 @@ actions = st.one_of(
 )
 
 
+def number(step: tuple[object, ...], index: int) -> int:
+    value = step[index]
+    assert isinstance(value, int)  # booleans too
+    return value
+
+
 def run_model(
     *, buckets: int, start: int, routers: int, steps: list[tuple[object, ...]], failover: int | None
 ) -> Model:
@@ -759,9 +765,9 @@ def run_model(
     for step in steps:
         kind = step[0]
         names = sorted(model.routers)
-        pick = names[int(step[1]) % len(names)] if len(step) > 1 and names else ""  # type: ignore[call-overload]
+        pick = names[number(step, 1) % len(names)] if len(step) > 1 and names else ""
         if kind == "route":
-            model.route(pick, int(step[2]), keep_open=bool(step[3]))  # type: ignore[call-overload]
+            model.route(pick, number(step, 2), keep_open=bool(number(step, 3)))
         elif kind == "close" and pick:
             model.routers[pick].opened.clear()
         elif kind == "apply":
@@ -783,11 +789,11 @@ def run_model(
             del model.routers[pick]
             model.check_agreement()
         elif kind == "scale":
-            model.wanted = int(step[1])  # type: ignore[call-overload]
+            model.wanted = number(step, 1)
         elif kind == "ready":
-            model.set_ready(int(step[1]), bool(step[2]))  # type: ignore[call-overload]
+            model.set_ready(number(step, 1), bool(number(step, 2)))
         elif kind == "tick":
-            model.time += int(step[1])  # type: ignore[call-overload]
+            model.time += number(step, 1)
             model.check_agreement()
         model.operate()
     return model
@@ -928,9 +934,16 @@ def test_the_model_catches_a_core_that_trusts_stale_reports(
     trusting = replace(MODEL_SETTINGS, fresh_seconds=8)
     original = handover._Routers.quiet
 
-    def quiet(self: object, bucket: int, **kwargs: object) -> bool:
-        kwargs["settings"] = trusting
-        return original(self, bucket, **kwargs)  # type: ignore[arg-type]
+    def quiet(
+        self: handover._Routers,
+        bucket: int,
+        *,
+        marked: int,
+        buckets: int,
+        settings: HandoverSettings,
+        now: datetime,
+    ) -> bool:
+        return original(self, bucket, marked=marked, buckets=buckets, settings=trusting, now=now)
 
     monkeypatch.setattr(handover._Routers, "quiet", quiet)
     with pytest.raises(SplitError, match="older than fresh_seconds"):

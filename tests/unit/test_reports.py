@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -30,17 +32,18 @@ from gatewaypool.reports import (
 STARTED = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def report(**changes: object) -> RouterReport:
-    fields: dict[str, object] = {
-        "map_version": 7,
-        "buckets": 4096,
-        "started_at": STARTED,
-        "reported_at": STARTED + timedelta(seconds=600),
-        "used": {17: 9, 4095: 1},
-        "open_associations": {2: 3},
-    }
-    fields.update(changes)
-    return RouterReport(**fields)  # type: ignore[arg-type]
+BASE = RouterReport(
+    map_version=7,
+    buckets=4096,
+    started_at=STARTED,
+    reported_at=STARTED + timedelta(seconds=600),
+    used={17: 9, 4095: 1},
+    open_associations={2: 3},
+)
+
+
+def report(**changes: Any) -> RouterReport:
+    return dataclasses.replace(BASE, **changes)
 
 
 def worst_case(buckets: int) -> RouterReport:
