@@ -67,8 +67,8 @@ import math
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Final, Literal, TypeGuard
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, NamedTuple, TypeGuard
 
 from gatewaypool.assignment import initial_owners, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway
@@ -280,12 +280,23 @@ class HandoverState:
         sends to no gateway at or above `span`.
     excluded
         Routers excluded at the last pass (to post the Event once).
+    routers
+        The router pods that existed at the last pass, to notice one that is
+        gone even if it never reported.
+    hold_until
+        No move completes quietly before this: a router pod went away, and
+        whatever study it was receiving may go on through another router,
+        which has not seen that bucket in use yet. Like a router that
+        started, one that left counts as active in every bucket for
+        ``quietSeconds``.
     """
 
     batches: tuple[MoveBatch, ...] = ()
     span: int = 0
     span_since: int = 0
     excluded: frozenset[str] = field(default_factory=frozenset)
+    routers: frozenset[str] = field(default_factory=frozenset)
+    hold_until: datetime | None = None
 
 
 def dump_state(state: HandoverState, *, buckets: int) -> str:
@@ -306,6 +317,8 @@ def dump_state(state: HandoverState, *, buckets: int) -> str:
         "span": state.span,
         "spanSince": state.span_since,
         "excluded": sorted(state.excluded),
+        "routers": sorted(state.routers),
+        "holdUntil": _format_time(state.hold_until) if state.hold_until else None,
     }
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -352,7 +365,13 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
         raise StateError(f"spanSince: {since!r} is not a version")
     if not isinstance(excluded, list) or not all(isinstance(name, str) for name in excluded):
         raise StateError(f"excluded: {excluded!r} is not a list of names")
-    return HandoverState(tuple(batches), span, since, frozenset(excluded))
+    routers, raw_hold = data.get("routers"), data.get("holdUntil")
+    if not isinstance(routers, list) or not all(isinstance(name, str) for name in routers):
+        raise StateError(f"routers: {routers!r} is not a list of names")
+    hold = _parse_time(raw_hold)
+    if raw_hold is not None and hold is None:
+        raise StateError(f"holdUntil: {raw_hold!r} is not a time")
+    return HandoverState(tuple(batches), span, since, frozenset(excluded), frozenset(routers), hold)
 
 
 # --- outputs -----------------------------------------------------------------------
@@ -453,10 +472,29 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
         if name not in previous.excluded:
             events.append(HandoverEvent("Warning", "RouterExcluded", routers.excluded[name]))
     excluded = frozenset(routers.excluded)
-    prune = tuple(sorted(set(x.report_keys) - {pod.name for pod in x.routers}))
+    live = frozenset(pod.name for pod in x.routers)
+    prune = tuple(sorted(set(x.report_keys) - live))
+    gone = sorted((set(x.report_keys) | previous.routers) - live)
+    hold = previous.hold_until
+    if gone or x.state is None:  # without a state, a router may have left unseen
+        until = x.now + timedelta(seconds=x.settings.quiet_seconds)
+        hold = max(hold, until) if hold is not None else until
+        if gone:
+            events.append(
+                HandoverEvent(
+                    "Normal",
+                    "HandoverPaused",
+                    f"router {', '.join(gone)} is gone; no bucket changes owner before "
+                    f"{_format_time(hold)} in case it was receiving a study that another "
+                    "router now continues",
+                )
+            )
+    if hold is not None and hold <= x.now:
+        hold = None
+    held = _Held(excluded=excluded, routers=live, hold_until=hold)
 
     if x.published is None:
-        return _first_map(x, routers=routers, events=events, excluded=excluded, prune=prune)
+        return _first_map(x, events=events, held=held, prune=prune)
 
     published = x.published
     ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
@@ -498,7 +536,7 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
             continue
         elif (x.now - started).total_seconds() >= x.settings.max_drain_seconds:
             reason = FORCED_MAX_DRAIN
-        elif routers.quiet(
+        elif hold is None and routers.quiet(
             bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now
         ):
             reason = FORCED_UNCONFIRMED if routers.excluded else None
@@ -538,7 +576,7 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
         span_since = version
 
     batches = _batches(marks, new_moving, fresh, version=version, now=x.now)
-    state = HandoverState(batches, span, span_since, excluded)
+    state = HandoverState(batches, span, span_since, *held)
 
     events.extend(
         _move_events(
@@ -568,6 +606,14 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
 
 
 # --- routers -----------------------------------------------------------------------
+
+
+class _Held(NamedTuple):
+    """The router bookkeeping a state carries: `HandoverState`'s last three fields."""
+
+    excluded: frozenset[str]
+    routers: frozenset[str]
+    hold_until: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -718,17 +764,12 @@ def _batches(
 
 
 def _first_map(
-    x: HandoverInput,
-    *,
-    routers: _Routers,
-    events: list[HandoverEvent],
-    excluded: frozenset[str],
-    prune: tuple[str, ...],
+    x: HandoverInput, *, events: list[HandoverEvent], held: _Held, prune: tuple[str, ...]
 ) -> HandoverPlan:
     """The first map of a pool: round robin over the Ready wanted gateways, or nothing yet."""
     ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
     receivers = [g for g in range(x.wanted) if g in ready][: x.buckets]
-    state = HandoverState(excluded=excluded)
+    state = HandoverState((), 0, 0, *held)
     publish = None
     if receivers:
         version = x.version_floor + 1
@@ -740,7 +781,7 @@ def _first_map(
             gateways=tuple(x.catalogue[: max(x.wanted, span)]),
             owners=tuple(owners),
         )
-        state = HandoverState((), span, version, excluded)
+        state = HandoverState((), span, version, *held)
         events.append(
             HandoverEvent(
                 "Normal",
@@ -763,7 +804,7 @@ def _first_map(
         prune_reports=prune,
         moving=0,
         oldest_move_seconds=None,
-        excluded_routers=tuple(sorted(excluded)),
+        excluded_routers=tuple(sorted(held.excluded)),
     )
 
 

@@ -435,6 +435,60 @@ def test_a_lost_state_is_resumed_conservatively() -> None:
     assert resumed.state_changed
 
 
+def test_a_router_that_left_holds_every_handover_for_the_quiet_period() -> None:
+    current, state = marked_scale_up()
+    quiet = router("r-a", version=2, reported=99)
+    left = replace(state, routers=frozenset({"r-a", "r-b"}))  # r-b's pod is gone now
+    paused = plan(
+        current, now=100, wanted=4, gateway_pods=pods([0, 1, 2, 3]), routers=[quiet], state=left
+    )
+    assert paused.publish is None
+    assert reasons(paused) == ["HandoverPaused"]
+    assert "r-b" in paused.events[0].message
+    assert paused.state.hold_until == at(130)
+    assert paused.state.routers == {"r-a"}
+    assert parse_state(dump_state(paused.state, buckets=12), buckets=12) == paused.state
+    still = router("r-a", version=2, reported=129)
+    held = plan(
+        current,
+        now=129,
+        wanted=4,
+        gateway_pods=pods([0, 1, 2, 3]),
+        routers=[still],
+        state=paused.state,
+    )
+    assert held.publish is None
+    assert not held.events  # said once
+    later = router("r-a", version=2, reported=130)
+    done = plan(
+        current,
+        now=130,
+        wanted=4,
+        gateway_pods=pods([0, 1, 2, 3]),
+        routers=[later],
+        state=held.state,
+    )
+    assert len(done.completed) == 3
+    assert done.state.hold_until is None
+
+
+def test_a_router_that_left_is_noticed_by_its_report_too() -> None:
+    current, state = marked_scale_up()
+    quiet = router("r-a", version=2, reported=99)
+    result = plan(
+        current,
+        now=100,
+        wanted=4,
+        gateway_pods=pods([0, 1, 2, 3]),
+        routers=[quiet],
+        state=state,
+        keys=["r-a", "r-old"],
+    )
+    assert result.publish is None
+    assert result.prune_reports == ("r-old",)
+    assert reasons(result) == ["HandoverPaused"]
+
+
 def test_reports_of_pods_that_are_gone_are_pruned() -> None:
     r = router("r-a", version=1, reported=0)
     result = plan(
@@ -461,6 +515,12 @@ def test_reports_of_pods_that_are_gone_are_pruned() -> None:
         ),
         ('{"batches": [], "span": "3"}', "span"),
         ('{"batches": [], "span": 3, "spanSince": 1, "excluded": [1]}', "excluded"),
+        ('{"batches": [], "span": 3, "spanSince": 1, "excluded": [], "routers": 2}', "routers"),
+        (
+            '{"batches": [], "span": 3, "spanSince": 1, "excluded": [], "routers": [], '
+            '"holdUntil": "soon"}',
+            "holdUntil",
+        ),
     ],
 )
 def test_a_malformed_state_names_the_field(text: str, field_name: str) -> None:
@@ -877,6 +937,7 @@ def test_model_one_scale_change_moves_exactly_the_minimum_without_forcing(
 
 
 SPLITTING_SCENARIO: list[tuple[object, ...]] = [
+    ("tick", 5),  # past the hold of the first pass, which has no state to go by
     ("route", 0, 5, False),  # router-0 sends bucket 5 to gateway 1 ...
     ("report", 0),  # ... and says so
     ("scale", 3),
