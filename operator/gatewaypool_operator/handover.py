@@ -1,0 +1,911 @@
+"""Bucket handover as pure decisions: what to publish next, and how far the gateways may shrink.
+
+A bucket changes owner only when no router is sending a study into it (see
+DESIGN.md, "Never split a study"). On every pass the operator calls
+`plan_handover` with what it observed; the function returns the next map to
+publish (or None), the StatefulSet replica count allowed now, the moves
+completed and forced, the Events to post and the drain progress. It does no
+I/O, keeps no memory between calls, and is deterministic: everything it needs
+to resume after an operator restart is in the published map and the
+`HandoverState` stored beside it.
+
+The rules, pass by pass:
+
+- Gateways that may *receive* buckets are the wanted ones (ordinal below
+  ``spec.replicas``) whose pods are Ready. A wanted gateway that is not Ready
+  keeps what it owns (its pod is restarting) but receives nothing, until it
+  has been not Ready for ``failoverAfterSeconds``: then its buckets move at
+  once, a forced move. Gateways at or above ``spec.replicas`` are leaving.
+- The target owners are `gatewaypool.assignment.rebalance` of the *planned*
+  owners: each bucket's owner, or the gateway it is moving to if that one may
+  still receive. Planning from the targets already published makes the
+  passes agree with each other (a balanced plan is a fixed point of
+  `rebalance`), so a handover is never re-decided while it drains, and a new
+  spec mid-handover only re-targets the moves it must. When rebalancing the
+  owners alone would move strictly fewer buckets (say the moves under way
+  went to gateways that are now over their share), that plan is taken
+  instead; every such switch leaves fewer moves to make, so the plans
+  settle, and from any pass on the buckets that change owner are at most
+  the fewest `rebalance` would move from the owners of that pass.
+- A bucket whose target differs from its owner is published moving,
+  ``owner → target``; routers keep sending it to the owner. It is recorded
+  with the version that marked it and the time it started (`MoveBatch`). A
+  moving bucket whose target changes keeps both: routers send it to the same
+  owner whatever the target. A bucket whose target becomes its owner again
+  simply stops moving.
+- A moving bucket completes (its target becomes the owner) when every live
+  router's fresh report shows the marking version or newer and a quiet time
+  of at least ``quietSeconds`` in that bucket, which also covers a router
+  that started less than ``quietSeconds`` before its report. It is forced
+  (and recorded) ``maxDrainSeconds`` after it started, when its owner failed
+  over, or when a live router's word was missing because its report timed out.
+- Versions only increase, also above ``version_floor`` (``status.mapVersion``).
+- The StatefulSet grows at once to ``spec.replicas``; it shrinks only as far
+  as no live router can still send to a gateway it would remove: not under
+  the map version it applied, whose highest owner is known only for versions
+  since the current highest owner was published (``HandoverState.span_since``;
+  a router on an older version holds the StatefulSet where it is), and not
+  over an association it reports open.
+
+Map gateways are numbered by StatefulSet ordinal (gateway ``i`` is pod ``i``),
+as `gatewaypool_operator.mapping.desired_gateways` builds them, so gateway
+indices in routers' reports mean the same pod in every version.
+
+Where the move records live: `dump_state` gives the text the operator stores
+under `STATE_KEY` in the ``NAME-map`` ConfigMap, written in the same update
+as the map (routers read only ``map.json``), so a map and the start times of
+its moves are never out of step. A missing or unreadable state is safe to
+resume from: every moving bucket then counts as marked by the published
+version and started now, which can only delay completion and forcing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, NamedTuple, TypeGuard
+
+from gatewaypool.assignment import initial_owners, rebalance
+from gatewaypool.bucketmap import BucketMap, Gateway
+from gatewaypool.reports import RouterReport
+
+__all__ = [
+    "DEFAULT_FRESH_SECONDS",
+    "DEFAULT_REPORT_TIMEOUT_SECONDS",
+    "FORCED_FAILOVER",
+    "FORCED_MAX_DRAIN",
+    "FORCED_UNCONFIRMED",
+    "MAX_BATCHES",
+    "STATE_KEY",
+    "GatewayPod",
+    "HandoverEvent",
+    "HandoverInput",
+    "HandoverPlan",
+    "HandoverSettings",
+    "HandoverState",
+    "Move",
+    "MoveBatch",
+    "RouterPod",
+    "StateError",
+    "dump_state",
+    "parse_state",
+    "plan_handover",
+]
+
+STATE_KEY: Final = "handover.json"
+"""The key of `HandoverState` in the ``NAME-map`` ConfigMap, beside ``map.json``."""
+
+DEFAULT_FRESH_SECONDS: Final = 10.0
+"""How old a report may be and still prove a bucket quiet (routers report every 2 s)."""
+
+DEFAULT_REPORT_TIMEOUT_SECONDS: Final = 60.0
+"""A router silent for this long is excluded from handovers (with an event)."""
+
+MAX_BATCHES: Final = 8
+"""At most this many move records; older ones merge (conservatively) beyond it."""
+
+FORCED_MAX_DRAIN: Final = "MaxDrain"
+FORCED_FAILOVER: Final = "GatewayFailedOver"
+FORCED_UNCONFIRMED: Final = "RouterExcluded"
+
+
+# --- inputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverSettings:
+    """The timings of handover.
+
+    Attributes
+    ----------
+    quiet_seconds, max_drain_seconds
+        ``spec.handover``.
+    failover_after_seconds
+        A gateway pod not Ready for this long has its buckets moved at once
+        (forced); None: never, its buckets wait for it.
+    report_timeout_seconds
+        A live router whose newest report (or, without one, whose pod) is
+        older than this is excluded: handovers stop waiting for it.
+    fresh_seconds
+        The oldest a report may be to prove a bucket quiet; see
+        `gatewaypool.reports` for why this bounds the risk of a split.
+    """
+
+    quiet_seconds: float
+    max_drain_seconds: float
+    failover_after_seconds: float | None = None
+    report_timeout_seconds: float = DEFAULT_REPORT_TIMEOUT_SECONDS
+    fresh_seconds: float = DEFAULT_FRESH_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.quiet_seconds <= 0:
+            raise ValueError(f"quiet_seconds: {self.quiet_seconds!r} is not positive")
+        if self.max_drain_seconds < self.quiet_seconds:
+            raise ValueError(
+                f"max_drain_seconds: {self.max_drain_seconds!r} is less than quiet_seconds"
+            )
+        if self.fresh_seconds <= 0 or self.report_timeout_seconds < self.fresh_seconds:
+            raise ValueError(
+                f"fresh_seconds {self.fresh_seconds!r} must be positive and at most "
+                f"report_timeout_seconds {self.report_timeout_seconds!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPod:
+    """A gateway pod that exists.
+
+    Attributes
+    ----------
+    ordinal
+        Its StatefulSet ordinal, which is its gateway index in the map.
+    ready
+        Its ``Ready`` condition.
+    since
+        When ``Ready`` last changed (the condition's ``lastTransitionTime``);
+        None if unknown, in which case it never fails over.
+    """
+
+    ordinal: int
+    ready: bool
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterPod:
+    """A router pod that exists, and its report.
+
+    Attributes
+    ----------
+    name
+        The pod's name, the key of its report.
+    created_at
+        The pod's ``creationTimestamp``: a router that never reported is
+        excluded once this is older than the report timeout.
+    report
+        Its newest report; None if there is none or it is unusable.
+    problem
+        Why the report is unusable (a `gatewaypool.reports.ReportError`), for
+        the Event.
+    """
+
+    name: str
+    created_at: datetime
+    report: RouterReport | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverInput:
+    """Everything one pass decides from.
+
+    Attributes
+    ----------
+    published
+        The map published now; None if there is none.
+    state
+        The `HandoverState` stored with it; None if missing or unreadable.
+    version_floor
+        A version known to have been published (``status.mapVersion``).
+    catalogue
+        The map entry of gateway ``i`` at index ``i``, for at least
+        ``max(wanted, len(published.gateways))`` gateways
+        (`gatewaypool_operator.mapping.desired_gateways`).
+    buckets
+        ``spec.buckets``.
+    wanted
+        ``spec.replicas``.
+    statefulset_replicas
+        The gateway StatefulSet's ``spec.replicas`` now.
+    gateway_pods
+        The gateway pods that exist.
+    routers
+        The router pods that exist, with their reports.
+    report_keys
+        The keys of the ``NAME-routers`` ConfigMap, to prune reports of pods
+        that are gone.
+    settings
+        The timings.
+    now
+        The time of the pass, timezone-aware.
+    """
+
+    published: BucketMap | None
+    state: HandoverState | None
+    catalogue: Sequence[Gateway]
+    buckets: int
+    wanted: int
+    statefulset_replicas: int
+    gateway_pods: Sequence[GatewayPod]
+    routers: Sequence[RouterPod]
+    settings: HandoverSettings
+    now: datetime
+    version_floor: int = 0
+    report_keys: Collection[str] = ()
+
+
+# --- stored state ------------------------------------------------------------------
+
+
+class StateError(ValueError):
+    """A stored `HandoverState` that is malformed; names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveBatch:
+    """Buckets that started moving together: marked in `version` at `started_at`."""
+
+    version: int
+    started_at: datetime
+    buckets: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverState:
+    """What the operator must remember across passes, stored beside the map.
+
+    Attributes
+    ----------
+    batches
+        The moves under way, by the version that marked them; at most
+        `MAX_BATCHES`.
+    span, span_since
+        One more than the highest owner index of the published map, and the
+        first version with that value: a router on `span_since` or newer
+        sends to no gateway at or above `span`.
+    excluded
+        Routers excluded at the last pass (to post the Event once).
+    routers
+        The router pods that existed at the last pass, to notice one that is
+        gone even if it never reported.
+    hold_until
+        No move completes quietly before this: a router pod went away, and
+        whatever study it was receiving may go on through another router,
+        which has not seen that bucket in use yet. Like a router that
+        started, one that left counts as active in every bucket for
+        ``quietSeconds``.
+    """
+
+    batches: tuple[MoveBatch, ...] = ()
+    span: int = 0
+    span_since: int = 0
+    excluded: frozenset[str] = field(default_factory=frozenset)
+    routers: frozenset[str] = field(default_factory=frozenset)
+    hold_until: datetime | None = None
+
+
+def dump_state(state: HandoverState, *, buckets: int) -> str:
+    """Return `state` as compact, canonical JSON (bucket sets as compressed bitmaps).
+
+    With 65536 buckets a batch takes at most about 11 KB, so the state stays
+    under 100 KB next to a map of about 400 KB.
+    """
+    data = {
+        "batches": [
+            {
+                "version": batch.version,
+                "startedAt": _format_time(batch.started_at),
+                "buckets": _encode_set(batch.buckets, buckets),
+            }
+            for batch in state.batches
+        ],
+        "span": state.span,
+        "spanSince": state.span_since,
+        "excluded": sorted(state.excluded),
+        "routers": sorted(state.routers),
+        "holdUntil": _format_time(state.hold_until) if state.hold_until else None,
+    }
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def parse_state(text: str, *, buckets: int) -> HandoverState:
+    """Parse `dump_state`'s text.
+
+    Raises
+    ------
+    StateError
+        Naming the field, if anything is malformed.
+    """
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise StateError(f"not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise StateError("the handover state must be a mapping")
+    batches = []
+    raw_batches = data.get("batches")
+    if not isinstance(raw_batches, list):
+        raise StateError("batches: not a list")
+    for index, raw in enumerate(raw_batches):
+        path = f"batches[{index}]"
+        if not isinstance(raw, dict):
+            raise StateError(f"{path}: not a mapping")
+        version = raw.get("version")
+        if not _is_count(version):
+            raise StateError(f"{path}.version: {version!r} is not a version")
+        started = _parse_time(raw.get("startedAt"))
+        if started is None:
+            raise StateError(f"{path}.startedAt: {raw.get('startedAt')!r} is not a time")
+        batches.append(
+            MoveBatch(
+                version=version,
+                started_at=started,
+                buckets=_decode_set(raw.get("buckets"), buckets, f"{path}.buckets"),
+            )
+        )
+    span, since, excluded = data.get("span"), data.get("spanSince"), data.get("excluded")
+    if not _is_count(span):
+        raise StateError(f"span: {span!r} is not a count")
+    if not _is_count(since):
+        raise StateError(f"spanSince: {since!r} is not a version")
+    if not isinstance(excluded, list) or not all(isinstance(name, str) for name in excluded):
+        raise StateError(f"excluded: {excluded!r} is not a list of names")
+    routers, raw_hold = data.get("routers"), data.get("holdUntil")
+    if not isinstance(routers, list) or not all(isinstance(name, str) for name in routers):
+        raise StateError(f"routers: {routers!r} is not a list of names")
+    hold = _parse_time(raw_hold)
+    if raw_hold is not None and hold is None:
+        raise StateError(f"holdUntil: {raw_hold!r} is not a time")
+    return HandoverState(tuple(batches), span, since, frozenset(excluded), frozenset(routers), hold)
+
+
+# --- outputs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A bucket that changed owner in this pass.
+
+    `forced` is None for a handover that completed quietly, else the reason
+    (``MaxDrain``, ``GatewayFailedOver``, ``RouterExcluded``).
+    """
+
+    bucket: int
+    source: int
+    target: int
+    started_at: datetime
+    forced: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverEvent:
+    """A Kubernetes Event to post on the pool."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverPlan:
+    """What one pass decided.
+
+    Attributes
+    ----------
+    publish
+        The map to publish now, or None.
+    state
+        The state to store with the map (also when `publish` is None: the
+        excluded routers may have changed); `state_changed` says whether a
+        write is needed.
+    replicas
+        The gateway StatefulSet's replica count allowed now.
+    completed, forced
+        Moves that completed quietly / were forced in `publish`.
+    events
+        To post, in order.
+    prune_reports
+        Keys of the ``NAME-routers`` ConfigMap whose pods are gone.
+    moving
+        Buckets moving after this pass; `oldest_move_seconds` the age of the
+        oldest move (None when nothing moves).
+    excluded_routers
+        Live routers whose word is not waited for.
+    """
+
+    publish: BucketMap | None
+    state: HandoverState
+    state_changed: bool
+    replicas: int
+    completed: tuple[Move, ...]
+    forced: tuple[Move, ...]
+    events: tuple[HandoverEvent, ...]
+    prune_reports: tuple[str, ...]
+    moving: int
+    oldest_move_seconds: float | None
+    excluded_routers: tuple[str, ...]
+
+
+# --- the pass ------------------------------------------------------------------------
+
+
+def plan_handover(inputs: HandoverInput) -> HandoverPlan:
+    """Decide one pass; see the module docstring for the rules.
+
+    Raises
+    ------
+    ValueError
+        If `now` is naive, the catalogue is too short, or the published map
+        has another bucket count than `buckets`.
+    """
+    x = inputs
+    if x.now.tzinfo is None:
+        raise ValueError("now: a naive datetime is ambiguous; pass a timezone-aware one")
+    if x.published is not None and x.published.buckets != x.buckets:
+        raise ValueError(
+            f"published map has {x.published.buckets} buckets, the spec {x.buckets}: "
+            "the bucket count is fixed for a pool's life"
+        )
+    listed = max(x.wanted, len(x.published.gateways) if x.published else 0, 1)
+    if len(x.catalogue) < listed:
+        raise ValueError(f"catalogue: {len(x.catalogue)} gateways, {listed} needed")
+
+    previous = x.state or HandoverState()
+    routers = _Routers.classify(x)
+    events: list[HandoverEvent] = []
+    for name in sorted(routers.excluded):
+        if name not in previous.excluded:
+            events.append(HandoverEvent("Warning", "RouterExcluded", routers.excluded[name]))
+    excluded = frozenset(routers.excluded)
+    live = frozenset(pod.name for pod in x.routers)
+    prune = tuple(sorted(set(x.report_keys) - live))
+    gone = sorted((set(x.report_keys) | previous.routers) - live)
+    hold = previous.hold_until
+    if gone or x.state is None:  # without a state, a router may have left unseen
+        until = x.now + timedelta(seconds=x.settings.quiet_seconds)
+        hold = max(hold, until) if hold is not None else until
+        if gone:
+            events.append(
+                HandoverEvent(
+                    "Normal",
+                    "HandoverPaused",
+                    f"router {', '.join(gone)} is gone; no bucket changes owner before "
+                    f"{_format_time(hold)} in case it was receiving a study that another "
+                    "router now continues",
+                )
+            )
+    if hold is not None and hold <= x.now:
+        hold = None
+    held = _Held(excluded=excluded, routers=live, hold_until=hold)
+
+    if x.published is None:
+        return _first_map(x, events=events, held=held, prune=prune)
+
+    published = x.published
+    ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
+    failed = _failed_over(x)
+    receivers = [g for g in range(x.wanted) if g in ready]
+    receiving = set(receivers)
+    holding = {g for g in range(x.wanted) if g not in ready and g not in failed}
+    marks = _recover_marks(published, x.state, x.now)
+
+    owners = list(published.owners)
+    planned = [
+        target if (target := published.moving.get(b)) in receiving else owner
+        for b, owner in enumerate(owners)
+    ]
+    # Continue the moves under way unless starting over from the owners moves
+    # strictly fewer buckets (a spec change can make moves under way pointless).
+    # Each switch leaves fewer moves to make, so plans cannot oscillate.
+    targets = _targets(planned, receivers, holding)
+    afresh = _targets(owners, receivers, holding)
+    if _changes(owners, afresh) < _changes(owners, targets):
+        targets = afresh
+
+    new_owners = list(owners)
+    new_moving: dict[int, int] = {}
+    completed: list[Move] = []
+    forced: list[Move] = []
+    fresh: set[int] = set()
+    for bucket, (owner, target) in enumerate(zip(owners, targets, strict=True)):
+        if target == owner:
+            continue
+        mark = marks.get(bucket)
+        started = mark[1] if mark else x.now
+        reason: str | None = None
+        if owner in failed:
+            reason = FORCED_FAILOVER
+        elif mark is None:
+            fresh.add(bucket)
+            new_moving[bucket] = target
+            continue
+        elif (x.now - started).total_seconds() >= x.settings.max_drain_seconds:
+            reason = FORCED_MAX_DRAIN
+        elif hold is None and routers.quiet(
+            bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now
+        ):
+            reason = FORCED_UNCONFIRMED if routers.excluded else None
+        else:
+            new_moving[bucket] = target
+            continue
+        new_owners[bucket] = target
+        move = Move(bucket, owner, target, started, reason)
+        (completed if reason is None else forced).append(move)
+
+    span = max(new_owners) + 1
+    count = max(x.wanted, span, 1)
+    gateways = tuple(x.catalogue[:count])
+    unchanged = (
+        gateways == published.gateways
+        and tuple(new_owners) == published.owners
+        and new_moving == dict(published.moving)
+        and published.version >= x.version_floor
+    )
+    publish: BucketMap | None = None
+    version = published.version
+    if not unchanged:
+        version = max(published.version, x.version_floor) + 1
+        publish = BucketMap(
+            version=version,
+            buckets=x.buckets,
+            gateways=gateways,
+            owners=tuple(new_owners),
+            moving=new_moving,
+        )
+    old_span = max(owners) + 1
+    if x.state is not None and previous.span == old_span:
+        span_since = min(previous.span_since, published.version)
+    else:
+        span_since = published.version  # no usable record: trust only this version
+    if span != old_span:
+        span_since = version
+
+    batches = _batches(marks, new_moving, fresh, version=version, now=x.now)
+    state = HandoverState(batches, span, span_since, *held)
+
+    events.extend(
+        _move_events(
+            fresh=fresh,
+            moving=new_moving,
+            owners=owners,
+            completed=completed,
+            forced=forced,
+            version=version,
+        )
+    )
+    replicas = _replicas(x, state=state)
+    starts = [batch.started_at for batch in batches]
+    return HandoverPlan(
+        publish=publish,
+        state=state,
+        state_changed=state != x.state,
+        replicas=replicas,
+        completed=tuple(completed),
+        forced=tuple(forced),
+        events=tuple(events),
+        prune_reports=prune,
+        moving=len(new_moving),
+        oldest_move_seconds=(x.now - min(starts)).total_seconds() if starts else None,
+        excluded_routers=tuple(sorted(excluded)),
+    )
+
+
+# --- routers -----------------------------------------------------------------------
+
+
+class _Held(NamedTuple):
+    """The router bookkeeping a state carries: `HandoverState`'s last three fields."""
+
+    excluded: frozenset[str]
+    routers: frozenset[str]
+    hold_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Routers:
+    """Live routers split into those whose word counts and those excluded."""
+
+    considered: tuple[RouterPod, ...]
+    excluded: Mapping[str, str]  # name → why, for the Event
+
+    @classmethod
+    def classify(cls, x: HandoverInput) -> _Routers:
+        considered: list[RouterPod] = []
+        excluded: dict[str, str] = {}
+        timeout = x.settings.report_timeout_seconds
+        for pod in x.routers:
+            since = pod.report.reported_at if pod.report else pod.created_at
+            age = (x.now - since).total_seconds()
+            if age <= timeout:
+                considered.append(pod)
+                continue
+            if pod.report is not None:
+                why = f"its report is {age:.0f} s old"
+            elif pod.problem is not None:
+                why = f"its report is unusable ({pod.problem})"
+            else:
+                why = f"it has not reported in the {age:.0f} s since its pod was created"
+            excluded[pod.name] = (
+                f"router {pod.name} excluded from bucket handover: {why} (timeout "
+                f"{timeout:.0f} s); handovers completed without it are counted as forced"
+            )
+        return cls(tuple(considered), excluded)
+
+    def quiet(
+        self, bucket: int, *, marked: int, buckets: int, settings: HandoverSettings, now: datetime
+    ) -> bool:
+        """Whether every considered router's fresh report proves `bucket` quiet."""
+        for pod in self.considered:
+            report = pod.report
+            if report is None or report.map_version is None or report.map_version < marked:
+                return False
+            if report.buckets != buckets:
+                return False
+            if (now - report.reported_at).total_seconds() > settings.fresh_seconds:
+                return False
+            if report.quiet_seconds(bucket) < settings.quiet_seconds:
+                return False
+        return True
+
+
+def _replicas(x: HandoverInput, *, state: HandoverState) -> int:
+    """Grow at once; shrink only as far as no live router may still send.
+
+    `state` is the one stored with the map this pass publishes (or keeps):
+    its `span` bounds the owners of that map and of every version since
+    `span_since`, which is all a router on such a version can send to.
+    """
+    current = x.statefulset_replicas
+    if x.wanted >= current:
+        return x.wanted
+    needed = max(x.wanted, state.span)
+    for pod in x.routers:  # excluded ones too: they may still be routing
+        report = pod.report
+        if report is None:
+            return current  # it may route by any map we know nothing of
+        if report.map_version is not None and report.map_version < state.span_since:
+            return current
+        top = report.highest_open_gateway()
+        if top is not None:
+            needed = max(needed, top + 1)
+    return min(current, needed)
+
+
+# --- planning ----------------------------------------------------------------------
+
+
+def _failed_over(x: HandoverInput) -> set[int]:
+    after = x.settings.failover_after_seconds
+    if after is None:
+        return set()
+    return {
+        pod.ordinal
+        for pod in x.gateway_pods
+        if not pod.ready and pod.since is not None and (x.now - pod.since).total_seconds() >= after
+    }
+
+
+def _targets(planned: Sequence[int], receivers: Sequence[int], holding: set[int]) -> list[int]:
+    """Rebalance `planned` over `receivers`; buckets planned on `holding` gateways stay."""
+    free = [b for b, holder in enumerate(planned) if holder not in holding]
+    if not receivers or not free:
+        return list(planned)
+    members = list(receivers[: len(free)])
+    index = {gateway: i for i, gateway in enumerate(members)}
+    leaving = len(members)
+    owners = [index.get(planned[b], leaving) for b in free]
+    result = list(planned)
+    for b, new in zip(free, rebalance(owners, len(members)), strict=True):
+        if new < leaving:
+            result[b] = members[new]
+    return result
+
+
+def _changes(before: Sequence[int], after: Sequence[int]) -> int:
+    return sum(1 for a, b in zip(before, after, strict=True) if a != b)
+
+
+def _recover_marks(
+    published: BucketMap, state: HandoverState | None, now: datetime
+) -> dict[int, tuple[int, datetime]]:
+    """Return bucket → (marking version, start) for every moving bucket of `published`.
+
+    Records of buckets no longer moving are dropped; a moving bucket without
+    a record (lost state) counts as marked by the published version, now.
+    """
+    marks: dict[int, tuple[int, datetime]] = {}
+    for batch in state.batches if state else ():
+        version = min(batch.version, published.version)
+        for bucket in batch.buckets:
+            if bucket in published.moving:
+                marks[bucket] = (version, batch.started_at)
+    for bucket in published.moving:
+        marks.setdefault(bucket, (published.version, now))
+    return marks
+
+
+def _batches(
+    marks: Mapping[int, tuple[int, datetime]],
+    moving: Mapping[int, int],
+    fresh: set[int],
+    *,
+    version: int,
+    now: datetime,
+) -> tuple[MoveBatch, ...]:
+    groups: dict[tuple[int, datetime], set[int]] = {}
+    for bucket in moving:
+        key = (version, now) if bucket in fresh else marks[bucket]
+        groups.setdefault(key, set()).add(bucket)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1]))
+    while len(ordered) > MAX_BATCHES:
+        # Merge the two oldest into one with the later version and start: completion
+        # then waits for more routers and forcing comes later, never sooner.
+        (first_key, first), (second_key, second) = ordered[0], ordered[1]
+        merged = (max(first_key[0], second_key[0]), max(first_key[1], second_key[1]))
+        ordered = sorted(
+            [(merged, first | second), *ordered[2:]], key=lambda item: (item[0][0], item[0][1])
+        )
+    return tuple(MoveBatch(v, started, frozenset(b)) for (v, started), b in ordered)
+
+
+def _first_map(
+    x: HandoverInput, *, events: list[HandoverEvent], held: _Held, prune: tuple[str, ...]
+) -> HandoverPlan:
+    """The first map of a pool: round robin over the Ready wanted gateways, or nothing yet."""
+    ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
+    receivers = [g for g in range(x.wanted) if g in ready][: x.buckets]
+    state = HandoverState((), 0, 0, *held)
+    publish = None
+    if receivers:
+        version = x.version_floor + 1
+        owners = [receivers[i] for i in initial_owners(x.buckets, len(receivers))]
+        span = max(owners) + 1
+        publish = BucketMap(
+            version=version,
+            buckets=x.buckets,
+            gateways=tuple(x.catalogue[: max(x.wanted, span)]),
+            owners=tuple(owners),
+        )
+        state = HandoverState((), span, version, *held)
+        events.append(
+            HandoverEvent(
+                "Normal",
+                "BucketMapPublished",
+                f"bucket map version {version}: {x.buckets} buckets over "
+                f"{len(receivers)} ready gateways",
+            )
+        )
+    # Shrink only if no router can be routing by a map we cannot see.
+    blind = all(pod.report is not None and pod.report.map_version is None for pod in x.routers)
+    replicas = x.wanted if blind else max(x.wanted, x.statefulset_replicas)
+    return HandoverPlan(
+        publish=publish,
+        state=state,
+        state_changed=state != x.state,
+        replicas=replicas,
+        completed=(),
+        forced=(),
+        events=tuple(events),
+        prune_reports=prune,
+        moving=0,
+        oldest_move_seconds=None,
+        excluded_routers=tuple(sorted(held.excluded)),
+    )
+
+
+def _move_events(
+    *,
+    fresh: set[int],
+    moving: Mapping[int, int],
+    owners: Sequence[int],
+    completed: Sequence[Move],
+    forced: Sequence[Move],
+    version: int,
+) -> list[HandoverEvent]:
+    events: list[HandoverEvent] = []
+    if fresh:
+        pairs = sorted({(owners[b], moving[b]) for b in fresh})
+        events.append(
+            HandoverEvent(
+                "Normal",
+                "HandoverStarted",
+                f"bucket map version {version}: {len(fresh)} buckets start moving "
+                f"({_pairs(pairs)}); they move once quiet on every router",
+            )
+        )
+    if completed:
+        events.append(
+            HandoverEvent(
+                "Normal",
+                "HandoverCompleted",
+                f"bucket map version {version}: {len(completed)} buckets handed over "
+                f"({_pairs(sorted({(m.source, m.target) for m in completed}))})",
+            )
+        )
+    by_reason: dict[str, list[Move]] = {}
+    for move in forced:
+        by_reason.setdefault(move.forced or "", []).append(move)
+    why = {
+        FORCED_MAX_DRAIN: "still in use after maxDrainSeconds",
+        FORCED_FAILOVER: "their gateway was not ready for failoverAfterSeconds",
+        FORCED_UNCONFIRMED: "quiet on every router that reports, but some are excluded",
+    }
+    for reason, moves in sorted(by_reason.items()):
+        events.append(
+            HandoverEvent(
+                "Warning",
+                "HandoverForced",
+                f"bucket map version {version}: {len(moves)} buckets handed over without "
+                f"proof of quiet ({reason}: {why.get(reason, reason)}; "
+                f"{_pairs(sorted({(m.source, m.target) for m in moves}))}); "
+                "a study in flight in them may be split",
+            )
+        )
+    return events
+
+
+def _pairs(pairs: Sequence[tuple[int, int]], limit: int = 6) -> str:
+    shown = ", ".join(f"gateway {a} → {b}" for a, b in pairs[:limit])
+    return shown + (f" and {len(pairs) - limit} more" if len(pairs) > limit else "")
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def _encode_set(members: frozenset[int], buckets: int) -> str:
+    bitmap = bytearray(math.ceil(buckets / 8))
+    for bucket in members:
+        bitmap[bucket // 8] |= 1 << (bucket % 8)
+    return base64.b64encode(zlib.compress(bytes(bitmap), 9)).decode("ascii")
+
+
+def _decode_set(text: object, buckets: int, path: str) -> frozenset[int]:
+    if not isinstance(text, str):
+        raise StateError(f"{path}: {text!r} is not a string")
+    size = math.ceil(buckets / 8)
+    try:
+        inflate = zlib.decompressobj()
+        bitmap = inflate.decompress(base64.b64decode(text, validate=True), size + 1)
+    except (ValueError, zlib.error) as error:
+        raise StateError(f"{path}: not a compressed bitmap ({error})") from None
+    if len(bitmap) != size:
+        raise StateError(f"{path}: {len(bitmap)} bytes, {size} expected")
+    members = frozenset(
+        8 * index + bit for index, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1
+    )
+    if any(bucket >= buckets for bucket in members):
+        raise StateError(f"{path}: names a bucket beyond {buckets}")
+    return members
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
