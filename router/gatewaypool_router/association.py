@@ -425,7 +425,7 @@ class IncomingAssociation:
             max_pdu=self._config.max_pdu,
             timeout=self._config.gateway_timeout,
             connect_timeout=self._config.connect_timeout,
-            on_close=lambda: usage.closed(key),
+            on_close=lambda: usage.closed(gateway.name),
         )
         try:
             upstream.open()
@@ -433,7 +433,7 @@ class IncomingAssociation:
             self._upstreams.pop(key, None)
             self._gateway_failed(instance, exc)
             return None
-        usage.opened(key)
+        usage.opened(gateway.name)
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)
         return upstream

@@ -12,17 +12,26 @@ or from ``--gateway`` does not need it.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gatewaypool.bucketmap import MapError, parse_map
+from gatewaypool.bucketmap import BucketMap, MapError, parse_map
 from gatewaypool.logs import log_event
+from gatewaypool.reports import (
+    PENDING_REPORT_SECONDS,
+    RouterReport,
+    build_report,
+    dump_report,
+    report_budget,
+)
 from gatewaypool_router.config import ObjectRef, RouterConfig
 from gatewaypool_router.mapsource import MapHolder
+from gatewaypool_router.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +45,6 @@ WATCH_SECONDS = 50
 #: until the kernel's keep-alive gives up, two hours later.
 REQUEST_TIMEOUT = (10.0, 60.0)
 _RETRY_SECONDS = (0.5, 1, 2, 5, 10)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def core_api(config: RouterConfig) -> Any:
@@ -205,11 +210,17 @@ class ConfigMapMapWatcher:
 
 
 class RouterReporter:
-    """Write this router's applied map version into the pool's report ConfigMap.
+    """Write this router's report into the pool's report ConfigMap, under its pod name.
 
     One key per router pod, merged into the ConfigMap's data, so routers
-    never overwrite each other; a heartbeat keeps ``reportedAt`` fresh so the
-    operator can tell a live router from a stale entry.
+    never overwrite each other. The report (:mod:`gatewaypool.reports`) says
+    which map version the router applied, when it started, when it last
+    routed into each moving bucket and how many associations it holds open
+    per gateway. It is written at once on every new map, every
+    ``PENDING_REPORT_SECONDS`` while the map has moving buckets (the
+    operator completes a move only on fresh news), and every ``heartbeat``
+    seconds otherwise, so the operator can tell a live router from a stale
+    entry.
     """
 
     def __init__(
@@ -219,18 +230,26 @@ class RouterReporter:
         *,
         pod_name: str,
         holder: MapHolder,
+        usage: Usage,
         heartbeat: float = 15.0,
+        pending_interval: float = PENDING_REPORT_SECONDS,
     ) -> None:
         self._api = api
         self._ref = ref
         self._pod = pod_name
         self._holder = holder
+        self._usage = usage
         self._heartbeat = heartbeat
-        self._started = _now()
+        self._pending_interval = pending_interval
+        self._started = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
-        holder.subscribe(lambda _map: self._wake.set())
+        holder.subscribe(self._on_map)
+
+    def _on_map(self, _bucket_map: BucketMap) -> None:
+        self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -239,19 +258,38 @@ class RouterReporter:
         self._stop.set()
         self._wake.set()
 
+    def build(self) -> RouterReport:
+        """The report as of now."""
+        current = self._holder.current
+        now = time.monotonic()
+        reported_at = self._started + timedelta(seconds=now - self._started_monotonic)
+        if current is None:
+            return build_report(
+                map_version=None,
+                buckets=0,
+                started_at=self._started,
+                reported_at=reported_at,
+                ages={},
+                open_associations={},
+            )
+        return build_report(
+            map_version=current.version,
+            buckets=current.buckets,
+            started_at=self._started,
+            reported_at=reported_at,
+            ages=self._usage.ages(current.moving, now=now),
+            open_associations=_by_index(current, self._usage.open_associations()),
+        )
+
     def report(self) -> bool:
         """Patch our key now; return whether the API accepted it."""
-        current = self._holder.current
-        entry = {
-            "mapVersion": current.version if current is not None else None,
-            "startedAt": self._started,
-            "reportedAt": _now(),
-        }
+        text = dump_report(self.build(), budget=REPORT_BUDGET)
         try:
             self._api.patch_namespaced_config_map(
                 self._ref.name,
                 self._ref.namespace,
-                {"data": {self._pod: json.dumps(entry, separators=(",", ":"))}},
+                {"data": {self._pod: text}},
+                _request_timeout=REQUEST_TIMEOUT,
             )
         except Exception as exc:
             log_event(
@@ -264,15 +302,46 @@ class RouterReporter:
             return False
         return True
 
+    def _interval(self) -> float:
+        current = self._holder.current
+        return self._pending_interval if current is not None and current.moving else self._heartbeat
+
     def _run(self) -> None:
-        last = 0.0
+        last = float("-inf")
         while not self._stop.is_set():
-            woke = self._wake.wait(timeout=max(0.0, last + self._heartbeat - time.monotonic()))
+            woke = self._wake.wait(timeout=max(0.0, last + self._interval() - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if woke or time.monotonic() - last >= self._heartbeat:
+            if woke or time.monotonic() - last >= self._interval():
                 if not self.report():
-                    self._stop.wait(2.0)  # back off; the next loop retries
+                    self._stop.wait(min(2.0, self._interval()))  # back off; the loop retries
                     continue
                 last = time.monotonic()
+
+
+#: Routers of one pool share the report ConfigMap (1 MiB): 100 replicas, the
+#: CRD's maximum, plus a rolling update's 25 % surge.
+REPORT_BUDGET = report_budget(125)
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def _by_index(current: BucketMap, open_by_name: Mapping[str, int]) -> dict[int, int]:
+    """Open associations per gateway index of `current`.
+
+    A gateway no longer in the map (it is leaving, or left) is counted at
+    the ordinal its name ends with, which is its index in every map the
+    operator publishes; only a name without one is left out.
+    """
+    index = {gateway.name: i for i, gateway in enumerate(current.gateways)}
+    result: dict[int, int] = {}
+    for name, count in open_by_name.items():
+        position = index.get(name)
+        if position is None:
+            match = _ORDINAL.search(name)
+            if match is None:
+                continue
+            position = int(match.group(1))
+        result[position] = result.get(position, 0) + count
+    return result

@@ -103,7 +103,11 @@ class Router:
 
             api = self._kube_api if self._kube_api is not None else core_api(config)
             reporter = RouterReporter(
-                api, config.report_configmap, pod_name=config.pod_name, holder=self.maps
+                api,
+                config.report_configmap,
+                pod_name=config.pod_name,
+                holder=self.maps,
+                usage=self.usage,
             )
             self._stoppables.append(reporter)
         self._stoppables.append(

@@ -19,8 +19,8 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-#: An upstream association's key: the gateway's (host, port, AE title).
-GatewayKey = tuple[str, int, str]
+#: Open associations are counted by the gateway's name in the map (its pod name).
+GatewayKey = str
 
 
 class Usage:
@@ -30,8 +30,6 @@ class Usage:
         self._last: array[float] = array("d")
         self._open: Counter[GatewayKey] = Counter()
         self._lock = threading.Lock()
-        self._changed = threading.Event()
-        self._watched: frozenset[int] = frozenset()
 
     def routed(self, bucket: int, buckets: int) -> None:
         """An instance was routed into `bucket` (of a map with `buckets` buckets) now."""
@@ -42,28 +40,12 @@ class Usage:
                     self._last = array("d", bytes(8 * buckets))
                 last = self._last
         last[bucket] = time.monotonic()
-        if bucket in self._watched:
-            self._changed.set()
 
     def ages(self, buckets: Iterable[int], *, now: float | None = None) -> dict[int, float]:
         """Seconds since the last use of each of `buckets` used since start."""
         moment = time.monotonic() if now is None else now
         last = self._last
         return {b: moment - last[b] for b in buckets if b < len(last) and last[b]}
-
-    def watch(self, buckets: Iterable[int]) -> None:
-        """Signal :meth:`wait_for_use` when one of `buckets` (the moving ones) is used."""
-        self._watched = frozenset(buckets)
-
-    def wait_for_use(self, timeout: float) -> bool:
-        """Wait until a watched bucket is used; clear the signal; whether it was."""
-        used = self._changed.wait(timeout)
-        self._changed.clear()
-        return used
-
-    def wake(self) -> None:
-        """Wake :meth:`wait_for_use` (a new map, a stop)."""
-        self._changed.set()
 
     def opened(self, gateway: GatewayKey) -> None:
         with self._lock:

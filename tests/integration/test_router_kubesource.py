@@ -7,17 +7,25 @@ as the real API server does after an etcd compaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kmock
 import kubernetes.client
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 
-from gatewaypool.bucketmap import Gateway, balanced_map, dump_map
+from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
+from gatewaypool.hashing import study_bucket
+from gatewaypool.reports import RouterReport, parse_report
+from gatewaypool_local import scu
 from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
+from gatewaypool_local.synth import Study
+
+StudyFactory = Callable[..., list[Study]]
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 NS = "radiology"
 GATEWAYS = [
@@ -127,3 +135,85 @@ def test_a_watch_answered_410_gone_lists_again_and_misses_nothing(
         router.stop()
     assert len(_map_reads(kube)) >= 2  # the start, and the list after 410
     assert not router.events("map.watch_failed")
+
+
+def test_the_report_says_when_moving_buckets_were_used_and_what_is_open(
+    kube: KubeEmulator, tmp_path: Path, ct_studies: StudyFactory
+) -> None:
+    sink = PynetdicomSink(tmp_path / "sink", ae_title="GW")
+    [study] = ct_studies(1, instances=2)
+    bucket = study_bucket(study.study_uid, 64)
+    gateways = [
+        Gateway(name=f"ct-gw-{i}", host=f"ct-gw-{i}.ct-gw.{NS}.svc", port=104, ae_title="GW")
+        for i in range(2)
+    ]
+    base = balanced_map(gateways, buckets=64, version=3)
+    owner = base.owners[bucket]
+    moving = BucketMap(
+        version=3,
+        buckets=64,
+        gateways=base.gateways,
+        owners=base.owners,
+        moving={bucket: 1 - owner, (bucket + 1) % 64: base.owners[(bucket + 1) % 64] ^ 1},
+    )
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "ct-map"}, "data": {"map.json": dump_map(moving)}}
+    )
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "ct-routers"}})
+    with sink:
+        router = RouterProcess(
+            tmp_path / "router",
+            extra_args=[
+                "--map-configmap",
+                f"{NS}/ct-map",
+                "--report-configmap",
+                f"{NS}/ct-routers",
+                "--pod-name",
+                "ct-router-0",
+                "--kubeconfig",
+                str(kube.kubeconfig_path),
+                "--buckets",
+                "64",
+                "--connect-to",
+                f"{gateways[owner].host}:104:127.0.0.1:{sink.port}",
+            ],
+        )
+        router.start()
+
+        def report() -> RouterReport | None:
+            data = (kube.get("ConfigMap", "ct-routers", NS) or {}).get("data") or {}
+            text = data.get("ct-router-0")
+            return parse_report(text) if text else None
+
+        try:
+            wait_until(lambda: report() is not None, timeout=10, what="a first report")
+            first = report()
+            assert first is not None
+            assert first.map_version == 3 and first.buckets == 64
+            assert not first.used and not first.open_associations
+            with scu.open_association(
+                router.host,
+                router.port,
+                contexts=[(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)],
+                called_ae=router.ae_title,
+            ) as assoc:
+                assert scu.store(assoc, study.files[0]).Status == 0
+                # Moving buckets make the router report every 2 s: no heartbeat wait.
+                wait_until(
+                    lambda: (r := report()) is not None and bucket in r.used,
+                    timeout=10,
+                    what="the moving bucket reported used",
+                )
+                held = report()
+                assert held is not None
+                assert held.quiet_seconds(bucket) < 5
+                assert (bucket + 1) % 64 not in held.used
+                assert held.open_associations == {owner: 1}
+            wait_until(
+                lambda: (r := report()) is not None and not r.open_associations,
+                timeout=10,
+                what="the released association no longer reported",
+            )
+        finally:
+            router.stop()

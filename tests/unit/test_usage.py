@@ -26,19 +26,9 @@ def test_a_new_bucket_count_starts_over() -> None:
     assert set(usage.ages(range(4096))) == {100}
 
 
-def test_use_of_a_watched_bucket_wakes_the_reporter() -> None:
-    usage = Usage()
-    usage.watch([7])
-    usage.routed(3, 64)
-    assert usage.wait_for_use(0) is False
-    usage.routed(7, 64)
-    assert usage.wait_for_use(0) is True
-    assert usage.wait_for_use(0) is False
-
-
 def test_open_associations_count_up_and_down_across_threads() -> None:
     usage = Usage()
-    key = ("gw-0.pool", 104, "GW")
+    key = "ct-gw-0"
 
     def churn() -> None:
         for _ in range(1000):
