@@ -39,6 +39,10 @@ The rules, pass by pass:
   that started less than ``quietSeconds`` before its report. It is forced
   (and recorded) ``maxDrainSeconds`` after it started, when its owner failed
   over, or when a live router's word was missing because its report timed out.
+- A router pod that goes away holds every completion for ``quietSeconds``
+  (``HandoverState.hold_until``): the study it was receiving may go on
+  through another router that has not seen that bucket in use. It is the
+  mirror of the rule for a router that starts.
 - Versions only increase, also above ``version_floor`` (``status.mapVersion``).
 - The StatefulSet grows at once to ``spec.replicas``; it shrinks only as far
   as no live router can still send to a gateway it would remove: not under
