@@ -157,6 +157,15 @@ class RouterProcess:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL, as when a node dies or the OOM killer strikes; wait for the exit."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
     def stop(self, *, timeout: float = 30.0) -> int | None:
         """SIGTERM (graceful: running associations finish) and wait."""
         if self._proc is None:

@@ -15,20 +15,20 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gatewaypool.bucketmap import Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus
+from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.mapsource import MapHolder
+from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
 from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
 from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.upstream import GatewayError, Upstream
-
-if TYPE_CHECKING:
-    from gatewaypool_router.server import Router
+from gatewaypool_router.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,22 @@ class _Tally:
 class IncomingAssociation:
     """Serve one sender: negotiate, route its instances, release or abort."""
 
-    def __init__(self, sock: socket.socket, peer: str, router: Router) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        *,
+        config: RouterConfig,
+        metrics: RouterMetrics,
+        maps: MapHolder,
+        usage: Usage,
+    ) -> None:
         self._sock = sock
         self._peer = peer
-        self._router = router
-        self._config = router.config
-        self._metrics = router.metrics
+        self._config = config
+        self._metrics = metrics
+        self._maps = maps
+        self._usage = usage
         self._reader = pdus.open_reader(sock, buffer_size=max(self._config.max_pdu + 6, 65536))
         self._request: AssociationRequest | None = None
         self._contexts: dict[int, AcceptedContext] = {}
@@ -365,14 +375,14 @@ class IncomingAssociation:
             self._answer(instance)
 
     def _route(self, instance: _Instance, *, last: bool, complete: bool) -> None:
-        bucket_map = self._router.maps.current
+        bucket_map = self._maps.current
         if bucket_map is None:
             self._fail(instance, Status.NO_MAP, "no bucket map loaded")
             return
         study_uid = instance.scanner.study_uid
         assert study_uid is not None
         bucket = study_bucket(study_uid, bucket_map.buckets)
-        self._router.usage.routed(bucket, bucket_map.buckets)
+        self._usage.routed(bucket, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         instance.gateway = gateway
         self.progress.instance_gateway = gateway.name
@@ -416,7 +426,7 @@ class IncomingAssociation:
         calling_ae = (
             self._request.calling_ae if self._config.forward_calling_ae else self._config.ae_title
         )
-        usage = self._router.usage
+        usage = self._usage
         upstream = Upstream(
             gateway=gateway,
             address=self._config.resolve(gateway.host, gateway.port),

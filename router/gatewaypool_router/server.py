@@ -201,7 +201,9 @@ class Router:
             thread.start()
 
     def _serve(self, sock: socket.socket, peer: str, over_limit: bool) -> None:
-        association = IncomingAssociation(sock, peer, self)
+        association = IncomingAssociation(
+            sock, peer, config=self.config, metrics=self.metrics, maps=self.maps, usage=self.usage
+        )
         me = threading.current_thread()
         with self._lock:
             self._associations[me] = association
