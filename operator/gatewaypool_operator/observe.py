@@ -1,0 +1,87 @@
+"""What the handover needs, read off Kubernetes objects: pure functions, no I/O.
+
+The reconcile pass lists the pool's pods and reads its report ConfigMap;
+these functions turn those plain objects into the inputs of
+:func:`gatewaypool_operator.handover.plan_handover`. Anything malformed is
+read as the safe thing: a pod without a readable Ready condition is not
+Ready, a report that does not parse is no report (its router then counts as
+not having spoken, which delays handovers and never completes one).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from gatewaypool.reports import ReportError, parse_report
+from gatewaypool_operator.handover import GatewayPod, RouterPod
+
+__all__ = ["gateway_pods", "parse_time", "router_pods"]
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time as Kubernetes writes it (``2026-12-01T10:00:00Z``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _ready(pod: Mapping[str, Any]) -> tuple[bool, datetime | None]:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False, parse_time(pod["metadata"]["deletionTimestamp"])
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            return condition.get("status") == "True", parse_time(
+                condition.get("lastTransitionTime")
+            )
+    return False, parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+
+
+def gateway_pods(pods: Iterable[Mapping[str, Any]], *, statefulset: str) -> list[GatewayPod]:
+    """The gateway pods of StatefulSet `statefulset`, by ordinal, with readiness.
+
+    A pod being deleted is not Ready (its gateway is shutting down), from
+    the moment its deletion started.
+    """
+    pattern = re.compile(rf"^{re.escape(statefulset)}-(\d+)$")
+    found: dict[int, GatewayPod] = {}
+    for pod in pods:
+        match = pattern.match(str((pod.get("metadata") or {}).get("name") or ""))
+        if match is None:
+            continue
+        ready, since = _ready(pod)
+        ordinal = int(match.group(1))
+        found[ordinal] = GatewayPod(ordinal=ordinal, ready=ready, since=since)
+    return [found[ordinal] for ordinal in sorted(found)]
+
+
+def router_pods(
+    pods: Iterable[Mapping[str, Any]], *, reports: Mapping[str, str], now: datetime
+) -> list[RouterPod]:
+    """The router pods that exist, each with its report from `reports` (pod name → text)."""
+    result: list[RouterPod] = []
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        name = str(metadata.get("name") or "")
+        if not name:
+            continue
+        # A router shutting down still serves its open associations and
+        # still reports: it counts until its pod is gone.
+        created = parse_time(metadata.get("creationTimestamp")) or now
+        text = reports.get(name)
+        if text is None:
+            result.append(RouterPod(name=name, created_at=created))
+            continue
+        try:
+            report = parse_report(text)
+        except ReportError as exc:
+            result.append(RouterPod(name=name, created_at=created, problem=str(exc)))
+        else:
+            result.append(RouterPod(name=name, created_at=created, report=report))
+    return sorted(result, key=lambda router: router.name)
