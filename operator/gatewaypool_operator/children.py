@@ -33,6 +33,7 @@ __all__ = [
     "gateway_pod_name",
     "labels",
     "map_configmap_name",
+    "optional_children",
     "owner_reference",
     "router_name",
     "routers_configmap",
@@ -260,6 +261,14 @@ def build_children(
         _router_deployment(name, namespace, spec),
         _router_service(name, namespace, spec),
     ]
+
+
+def optional_children(name: str) -> list[tuple[str, str]]:
+    """Return (kind, name) of the children a spec may leave out, which are then deleted.
+
+    The NetworkPolicies go with ``spec.networkPolicy.enabled: false``.
+    """
+    return [("NetworkPolicy", statefulset_name(name)), ("NetworkPolicy", router_name(name))]
 
 
 def routers_configmap(*, name: str, namespace: str) -> dict[str, Any]:

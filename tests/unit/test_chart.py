@@ -51,8 +51,9 @@ Rules = dict[tuple[str, str], frozenset[str]]
 #: (API group, resource) -> verbs. rbac.scope cluster grants it cluster-wide,
 #: rbac.scope namespaces in each watched namespace.
 EXPECTED_OPERATOR_RULES: Rules = {
-    # kopf lists and watches the pools, patches their annotations and status.
-    ("gatewaypool.io", "gatewaypools"): frozenset({"list", "watch", "patch"}),
+    # kopf lists and watches the pools, patches their annotations and status;
+    # each reconcile pass reads its pool afresh under the pool's lock.
+    ("gatewaypool.io", "gatewaypools"): frozenset({"get", "list", "watch", "patch"}),
     ("gatewaypool.io", "gatewaypools/status"): frozenset({"patch"}),
     # blockOwnerDeletion on the children's ownerReferences (admission plugin
     # OwnerReferencesPermissionEnforcement).

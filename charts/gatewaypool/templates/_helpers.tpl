@@ -118,12 +118,13 @@ per watched namespace (rbac.scope namespaces).
 */}}
 {{- define "gatewaypool.namespacedRules" -}}
 # The GatewayPools: kopf lists and watches them and patches their
-# annotations (progress, last handled spec) and their status. These rules
-# are checked against the calls the operator really makes (tests/integration/
+# annotations (progress, last handled spec) and their status; every reconcile
+# pass reads its pool afresh ("get") under the pool's lock. These rules are
+# checked against the calls the operator really makes (tests/integration/
 # test_rbac_calls.py): no more, no less.
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/status"]
   verbs: ["patch"]
