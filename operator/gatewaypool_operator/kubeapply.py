@@ -159,7 +159,9 @@ class Cluster:
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         api, suffix = self._api(str(obj["kind"]))
         namespace = obj["metadata"]["namespace"]
-        return self._plain(getattr(api, f"create_namespaced_{suffix}")(namespace, dict(obj)))
+        return self._plain(
+            getattr(api, f"create_namespaced_{suffix}")(namespace, dict(obj), field_manager=MANAGER)
+        )
 
     def patch(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """A strategic merge patch (a hand edit, in tests); the operator itself applies."""
@@ -207,6 +209,7 @@ class Cluster:
         desired: Mapping[str, Any],
         *,
         base: Mapping[str, Any] | _Unset | None = UNSET,
+        exclusive: bool = False,
         create_only: bool = False,
     ) -> Applied:
         """Bring the object in line with ``desired`` if anything the operator owns differs.
@@ -217,10 +220,16 @@ class Cluster:
             The whole object as the operator wants it.
         base
             The live object ``desired`` was computed from (None: computed from
-            its absence). The write is then conditional on it: created only if
-            still absent, applied only at its ``resourceVersion``; else
-            :class:`ConflictError`. Left out, the object is read here and written
-            unconditionally.
+            its absence). The write is then conditional on it: applied only at
+            its ``resourceVersion``, else :class:`ConflictError`. Left out, the
+            object is read here and written unconditionally.
+        exclusive
+            With ``base`` None: create the object only if it is still absent
+            (a POST; :class:`ConflictError` if it exists). For the bucket map,
+            whose first version must not overwrite another. Apply (which
+            creates too) is used otherwise, because fields a POST wrote stay
+            co-owned by its ``Update`` entry and a later apply could not
+            remove them.
         create_only
             Create the object if missing, never change it (the routers' reports).
 
@@ -236,17 +245,17 @@ class Cluster:
         kind = str(desired["kind"])
         metadata = desired["metadata"]
         name, namespace = str(metadata["name"]), str(metadata["namespace"])
-        conditional = not isinstance(base, _Unset)
+        conditional = not isinstance(base, _Unset)  # a write at base's resourceVersion
         live = base if not isinstance(base, _Unset) else self.read(kind, namespace, name)
         try:
             if live is None:
-                if conditional or create_only:
+                if exclusive or create_only:
                     try:
                         self.create(desired)
                     except ApiException as exc:
                         if exc.status != 409:
                             raise
-                        if conditional:
+                        if exclusive:
                             raise ConflictError(f"{kind} {name} was created meanwhile") from exc
                         return Applied(kind, name, "unchanged")
                 else:

@@ -158,7 +158,7 @@ def reconcile(
             if new_map is None and map_object is not None:
                 # Only a new map version is ever written, never the same one again.
                 continue
-            apply(obj, base=map_object)
+            apply(obj, base=map_object, exclusive=True)
         elif obj["kind"] == "StatefulSet":
             # Conditional: a pass computed from an older state cannot shrink it back.
             apply(obj, base=statefulset)

@@ -51,6 +51,7 @@ GRANTED_FOR_REAL_CLUSTERS: frozenset[Triple] = frozenset(
             ("", "services"),
             ("", "serviceaccounts"),
             ("apps", "deployments"),
+            ("apps", "statefulsets"),
             ("rbac.authorization.k8s.io", "roles"),
             ("rbac.authorization.k8s.io", "rolebindings"),
             ("networking.k8s.io", "networkpolicies"),
