@@ -14,7 +14,7 @@ Names and labels follow the shared contract; see the module constants.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from gatewaypool_operator.spec import PoolSpec, thaw
@@ -33,6 +33,7 @@ __all__ = [
     "gateway_pod_name",
     "labels",
     "map_configmap_name",
+    "optional_children",
     "owner_reference",
     "router_name",
     "routers_configmap",
@@ -40,6 +41,7 @@ __all__ = [
     "selector_labels",
     "selector_string",
     "statefulset_name",
+    "topology_spread",
 ]
 
 API_GROUP: Final = "gatewaypool.io"
@@ -238,8 +240,10 @@ def build_children(
     list[dict]
         StatefulSet, headless Service, router Deployment, router Service,
         ServiceAccount, Role, RoleBinding, ConfigMap ``NAME-map``,
-        NetworkPolicy and PodDisruptionBudget, in an order that can be
-        created as is (what an object refers to comes first).
+        NetworkPolicies ``NAME-gw`` and ``NAME-router`` (unless
+        ``spec.networkPolicy.enabled`` is false) and PodDisruptionBudgets
+        ``NAME-gw`` and ``NAME-router``, in an order that can be created as
+        is (what an object refers to comes first).
 
     Raises
     ------
@@ -248,6 +252,11 @@ def build_children(
     """
     if gateway_replicas < 0:
         raise ValueError(f"gateway_replicas: {gateway_replicas!r} is negative")
+    policies = (
+        [_network_policy(name, namespace, spec), _router_network_policy(name, namespace)]
+        if spec.network_policy.enabled
+        else []
+    )
     return [
         _service_account(name, namespace),
         _role(name, namespace),
@@ -255,11 +264,20 @@ def build_children(
         _map_configmap(name, namespace, bucket_map_json),
         _headless_service(name, namespace, spec),
         _statefulset(name, namespace, spec, gateway_replicas),
-        _network_policy(name, namespace, spec),
+        *policies,
         _pod_disruption_budget(name, namespace),
         _router_deployment(name, namespace, spec),
+        _router_pod_disruption_budget(name, namespace),
         _router_service(name, namespace, spec),
     ]
+
+
+def optional_children(name: str) -> list[tuple[str, str]]:
+    """Return (kind, name) of the children a spec may leave out, which are then deleted.
+
+    The NetworkPolicies go with ``spec.networkPolicy.enabled: false``.
+    """
+    return [("NetworkPolicy", statefulset_name(name)), ("NetworkPolicy", router_name(name))]
 
 
 def routers_configmap(*, name: str, namespace: str) -> dict[str, Any]:
@@ -380,6 +398,9 @@ def _statefulset(
         pod_spec["affinity"] = thaw(template.affinity)
     if template.priority_class_name:
         pod_spec["priorityClassName"] = template.priority_class_name
+    spread = topology_spread(name, "gateway", template.topology_spread_constraints)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
 
     pod_metadata: dict[str, Any] = {"labels": {**thaw(template.labels), **labels(name, "gateway")}}
     if template.annotations:
@@ -413,6 +434,35 @@ def _statefulset(
     }
 
 
+DEFAULT_SPREAD_KEYS: Final = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+"""Gateways and routers spread over zones, then nodes, unless the spec says otherwise."""
+
+
+def topology_spread(
+    name: str, component: str, constraints: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Return a component's ``topologySpreadConstraints``.
+
+    Not set in the spec (None): one constraint per key of
+    `DEFAULT_SPREAD_KEYS`, ``maxSkew: 1``, ``ScheduleAnyway`` -- a preference
+    that never keeps a pod from starting (on a one-node cluster, in a cluster
+    without zone labels). Set: the spec's constraints, where one without a
+    ``labelSelector`` gets the component's selector (without one it would
+    count no pods). ``[]``: none.
+    """
+    if constraints is None:
+        constraints = [
+            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway"}
+            for key in DEFAULT_SPREAD_KEYS
+        ]
+    result = []
+    for constraint in constraints:
+        item = thaw(constraint)
+        item.setdefault("labelSelector", {"matchLabels": selector_labels(name, component)})
+        result.append(item)
+    return result
+
+
 def _network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -427,6 +477,32 @@ def _network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]
                     # A podSelector without namespaceSelector: this namespace only.
                     "from": [{"podSelector": {"matchLabels": selector_labels(name, "router")}}],
                     "ports": [{"protocol": "TCP", "port": spec.gateway.port}],
+                },
+                # What else reaches the gateways: metrics scrapes, storage
+                # commitment N-EVENT-REPORTs, results sent back, web UIs.
+                *thaw(spec.network_policy.extra_ingress),
+            ],
+        },
+    }
+
+
+def _router_network_policy(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, "router")},
+            "policyTypes": ["Ingress"],
+            # No "from": modalities send from anywhere, and Prometheus scrapes
+            # /metrics from its own namespace. In a default-deny namespace the
+            # routers are reachable on these two ports and no other.
+            "ingress": [
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": ROUTER_DICOM_PORT},
+                        {"protocol": "TCP", "port": ROUTER_HTTP_PORT},
+                    ]
                 }
             ],
         },
@@ -442,6 +518,20 @@ def _pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
             # One gateway at a time: its buckets fail over only after the operator moves them.
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(name, "gateway")},
+        },
+    }
+
+
+def _router_pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            # One router at a time: a node drain never takes the pool's DICOM
+            # endpoint away, and a single router can still be evicted.
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, "router")},
         },
     }
 
@@ -523,10 +613,18 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
                     },
                     "containers": [container],
                     "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+                    **_spread_field(name, "router", spec.router.topology_spread_constraints),
                 },
             },
         },
     }
+
+
+def _spread_field(
+    name: str, component: str, constraints: Sequence[Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    spread = topology_spread(name, component, constraints)
+    return {"topologySpreadConstraints": spread} if spread else {}
 
 
 def _router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:

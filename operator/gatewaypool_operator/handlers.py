@@ -13,16 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.peering import Peering
-from gatewaypool_operator.reconcile import ACCEPTED_SPEC_ANNOTATION, reconcile
 from gatewaypool_operator.resync import resync_forever
-from gatewaypool_operator.status import merge_patch
+from gatewaypool_operator.runner import PoolLocks, run_pass
 
 GROUP = "gatewaypool.io"
 VERSION = "v1alpha1"
@@ -65,6 +63,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
     memo["cluster"] = Cluster(_api_client())
+    # One pass of a pool at a time, handlers and resync alike (see runner).
+    memo["locks"] = PoolLocks()
     memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
 
 
@@ -80,6 +80,7 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
             namespaces=NAMESPACES,
             interval=RESYNC_SECONDS,
             router_image=memo["router_image"],
+            locks=memo["locks"],
             peering=peering,
         )
     )
@@ -94,32 +95,22 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
             await task
 
 
-def _pass(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: Any) -> None:
-    outcome = reconcile(
-        memo["cluster"],
-        body=body,
-        default_router_image=memo["router_image"],
-        now=datetime.now(UTC),
-    )
-    # A merge patch that also deletes keys the new status no longer has
-    # (a gateway gone from bucketCounts must not keep its count).
-    patch.status.update(merge_patch(old=body.get("status") or {}, new=outcome.status))
-    if outcome.accepted_spec is not None:
-        patch.metadata.annotations[ACCEPTED_SPEC_ANNOTATION] = outcome.accepted_spec
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        level = logging.WARNING if event.type == "Warning" else logging.INFO
-        logger.log(level, "%s: %s", event.reason, event.message)
-    changed = [f"{a.kind}/{a.name} {a.action}" for a in outcome.applied if a.action != "unchanged"]
-    if changed:
-        logger.info("children: %s", ", ".join(changed))
-
-
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: kopf.Logger, **_: Any
-) -> None:
-    """A pool appeared, changed its spec, or the operator (re)started."""
-    _pass(body, memo, patch, logger)
+def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A pool appeared, changed its spec, or the operator (re)started.
+
+    The pass reads the pool afresh under its lock and writes status and
+    Events itself (see :mod:`gatewaypool_operator.runner`): ``body`` only
+    names the pool, its snapshot may already be older than the newest spec.
+    """
+    outcome = run_pass(
+        memo["cluster"],
+        memo["locks"],
+        namespace=str(body.metadata.namespace),
+        name=str(body.metadata.name),
+        router_image=memo["router_image"],
+    )
+    if outcome is not None:
+        logger.debug("pass done: %d events", len(outcome.events))

@@ -4,6 +4,14 @@ Level-based, so the same pass serves creation, every spec change, an
 operator restart, a deleted child and the periodic drift check. Decisions
 come from the pure core (spec, children, mapping, status); this module only
 reads and writes through :class:`~gatewaypool_operator.kubeapply.Cluster`.
+
+The bucket map and the StatefulSet are written conditionally on the
+versions read at the start of the pass: if either changed meanwhile,
+:class:`~gatewaypool_operator.kubeapply.ConflictError` ends the pass, and the
+caller (:mod:`gatewaypool_operator.runner`, which also holds the pool's
+lock) re-reads the pool and runs it again. A child the API server refuses
+does not stop the others: the pool is ``Degraded`` with the server's
+message, and one Warning Event says so (not one per pass).
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ from typing import Any
 from gatewaypool.assignment import moved_buckets
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool_operator import children, mapping, status
-from gatewaypool_operator.kubeapply import Applied, Cluster
+from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
 from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_SPEC_ANNOTATION = "gatewaypool.io/accepted-spec"
+APPLY_REFUSED = status.APPLY_REFUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,7 @@ def reconcile(
 
     map_name = children.map_configmap_name(name)
     map_object = cluster.read("ConfigMap", namespace, map_name)
+    statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
     published = mapping.read_published((map_object or {}).get("data"))
     if published.problem is not None:
         events.append(Event("Warning", "MapUnreadable", published.problem))
@@ -105,6 +115,7 @@ def reconcile(
                 generation=generation,
                 bucket_map=current_map,
                 spec_error=spec_error,
+                apply_error=None,
                 previous=previous,
                 now=now,
             ),
@@ -132,23 +143,56 @@ def reconcile(
         bucket_map_json=map_json,
         gateway_replicas=spec.replicas,
     )
+    refused: list[RefusedError] = []
+
+    def apply(obj: dict[str, Any], **options: Any) -> None:
+        try:
+            applied.append(cluster.apply(obj, **options))
+        except RefusedError as exc:
+            refused.append(exc)
+
+    wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
     for obj in desired:
         obj["metadata"]["ownerReferences"] = [owner]
-        is_map = obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == map_name
-        if is_map and new_map is None and map_object is not None:
-            # Only a new map version is ever written, never the same one again.
-            continue
-        applied.append(cluster.apply(obj))
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == map_name:
+            if new_map is None and map_object is not None:
+                # Only a new map version is ever written, never the same one again.
+                continue
+            apply(obj, base=map_object, exclusive=True)
+        elif obj["kind"] == "StatefulSet":
+            # Conditional: a pass computed from an older state cannot shrink it back.
+            apply(obj, base=statefulset)
+        else:
+            apply(obj)
     reports = children.routers_configmap(name=name, namespace=namespace)
     reports["metadata"]["ownerReferences"] = [owner]
-    applied.append(cluster.apply(reports, create_only=True))
+    apply(reports, create_only=True)
+    for kind, child_name in children.optional_children(name):
+        if (kind, child_name) not in wanted:
+            _remove_owned(cluster, kind, namespace, child_name, owner=owner, applied=applied)
     for item in applied:
         if item.action == "created" and map_object is not None:
             events.append(Event("Normal", "ChildRecreated", f"{item.kind} {item.name} re-created"))
+        elif item.action == "recreated":
+            events.append(
+                Event(
+                    "Normal",
+                    "ChildRecreated",
+                    f"{item.kind} {item.name} deleted with its pods and volumes orphaned and "
+                    f"created again: {item.why} (an immutable field)",
+                )
+            )
         elif item.action == "patched":
             events.append(
-                Event("Normal", "ChildUpdated", f"{item.kind} {item.name} brought in line")
+                Event(
+                    "Normal", "ChildUpdated", f"{item.kind} {item.name} brought in line: {item.why}"
+                )
             )
+        elif item.action == "deleted":
+            events.append(Event("Normal", "ChildDeleted", f"{item.kind} {item.name} deleted"))
+    apply_error = "; ".join(str(exc) for exc in refused) or None
+    if apply_error is not None and not _already_degraded(previous, apply_error):
+        events.append(Event("Warning", APPLY_REFUSED, f"the API server refused {apply_error}"))
 
     accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
     annotations = metadata.get("annotations") or {}
@@ -161,6 +205,7 @@ def reconcile(
             generation=generation,
             bucket_map=current_map,
             spec_error=None,
+            apply_error=apply_error,
             previous=previous,
             now=now,
         ),
@@ -200,6 +245,7 @@ def _status(
     generation: int,
     bucket_map: BucketMap | None,
     spec_error: str | None,
+    apply_error: str | None,
     previous: Any,
     now: datetime,
 ) -> dict[str, Any]:
@@ -218,6 +264,38 @@ def _status(
         router_reports=(reports or {}).get("data") or {},
         live_router_pods=live,
         spec_error=spec_error,
+        apply_error=apply_error,
         previous_conditions=previous,
         now=now,
     )
+
+
+def _already_degraded(previous: Any, message: str) -> bool:
+    """Whether the pool already says this refusal (its Event was posted then)."""
+    for condition in previous or []:
+        if condition.get("type") == status.DEGRADED:
+            return bool(
+                condition.get("status") == "True"
+                and condition.get("reason") == APPLY_REFUSED
+                and condition.get("message") == message
+            )
+    return False
+
+
+def _remove_owned(
+    cluster: Cluster,
+    kind: str,
+    namespace: str,
+    name: str,
+    *,
+    owner: Mapping[str, Any],
+    applied: list[Applied],
+) -> None:
+    """Delete a child the spec no longer wants, if this pool owns it."""
+    live = cluster.read(kind, namespace, name)
+    if live is None:
+        return
+    owners = (live.get("metadata") or {}).get("ownerReferences") or []
+    ours = any(ref.get("uid") == owner["uid"] for ref in owners)
+    if ours and cluster.delete(kind, namespace, name):
+        applied.append(Applied(kind, name, "deleted"))

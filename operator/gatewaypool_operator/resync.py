@@ -4,8 +4,10 @@ kopf puts a finalizer on every object that has a timer, so that it can stop
 the timer before the object goes; a pool could then not be deleted while the
 operator is down, and a lost finalizer update leaves a pool stuck in
 deletion. The drift check needs none of that: every ``interval`` seconds it
-lists the pools and runs the same reconcile pass the handlers run, writing
-status, annotation and Events through the API itself.
+lists the pools and runs the same reconcile pass the handlers run
+(:func:`gatewaypool_operator.runner.run_pass`: under the pool's lock, from a
+fresh read of the pool), writing status, annotation and Events through the
+API itself.
 """
 
 from __future__ import annotations
@@ -18,12 +20,7 @@ from typing import Any
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.peering import Peering, is_active
-from gatewaypool_operator.reconcile import (
-    ACCEPTED_SPEC_ANNOTATION,
-    Event,
-    reconcile,
-)
-from gatewaypool_operator.status import format_time, merge_patch
+from gatewaypool_operator.runner import PoolLocks, run_pass
 
 log = logging.getLogger(__name__)
 
@@ -44,69 +41,6 @@ def list_pools(cluster: Cluster, namespaces: Sequence[str]) -> list[dict[str, An
     return pools
 
 
-def post_event(cluster: Cluster, body: dict[str, Any], event: Event) -> None:
-    """A core/v1 Event about the pool, as kopf posts them."""
-    from kubernetes import client
-
-    metadata = body["metadata"]
-    now = format_time(datetime.now(UTC))
-    # A plain dict body: the client sends it as is (typed as CoreV1Event).
-    event_body: Any = {
-        "metadata": {"generateName": "gatewaypool-", "namespace": metadata["namespace"]},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "GatewayPool",
-            "name": metadata["name"],
-            "namespace": metadata["namespace"],
-            "uid": metadata.get("uid"),
-        },
-        "type": event.type,
-        "reason": event.reason,
-        "message": event.message[:1024],
-        "source": {"component": "gatewaypool-operator"},
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-    client.CoreV1Api(cluster.api_client).create_namespaced_event(
-        metadata["namespace"], event_body, _preload_content=False
-    )
-
-
-def resync_pool(cluster: Cluster, body: dict[str, Any], *, router_image: str) -> None:
-    """One reconcile pass for one pool, its results written through the API."""
-    metadata = body["metadata"]
-    if metadata.get("deletionTimestamp"):
-        return
-    outcome = reconcile(
-        cluster, body=body, default_router_image=router_image, now=datetime.now(UTC)
-    )
-    name, namespace = metadata["name"], metadata["namespace"]
-    current = body.get("status") or {}
-    if merge_patch(old={}, new=outcome.status) != current:
-        cluster.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"status": merge_patch(old=current, new=outcome.status)},
-        )
-    if outcome.accepted_spec is not None:
-        cluster.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"metadata": {"annotations": {ACCEPTED_SPEC_ANNOTATION: outcome.accepted_spec}}},
-        )
-    for event in outcome.events:
-        post_event(cluster, body, event)
-        level = logging.WARNING if event.type == "Warning" else logging.INFO
-        log.log(level, "%s/%s %s: %s", namespace, name, event.reason, event.message)
-
-
 def active_namespaces(
     cluster: Cluster, *, namespaces: Sequence[str], peering: Peering | None
 ) -> list[str] | None:
@@ -123,6 +57,7 @@ async def resync_forever(
     namespaces: Sequence[str],
     interval: float,
     router_image: str,
+    locks: PoolLocks,
     peering: Peering | None = None,
 ) -> None:
     """Every ``interval`` seconds, reconcile every pool; errors are logged, never fatal.
@@ -144,9 +79,18 @@ async def resync_forever(
             log.exception("resync: cannot list pools")
             continue
         for body in pools:
+            meta = body.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue
             try:
-                await asyncio.to_thread(resync_pool, cluster, body, router_image=router_image)
+                await asyncio.to_thread(
+                    run_pass,
+                    cluster,
+                    locks,
+                    namespace=str(meta["namespace"]),
+                    name=str(meta["name"]),
+                    router_image=router_image,
+                )
             except Exception:
-                meta = body.get("metadata") or {}
                 log.exception("resync of %s/%s failed", meta.get("namespace"), meta.get("name"))
         log.info("resync: %d pools checked", len(pools))

@@ -33,6 +33,7 @@ __all__ = [
     "RESERVED_LABELS",
     "GatewaySpec",
     "HandoverSpec",
+    "NetworkPolicySpec",
     "PodTemplateSpec",
     "PoolSpec",
     "RouterSpec",
@@ -143,6 +144,8 @@ class PodTemplateSpec:
     affinity: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     priority_class_name: str = ""
     service_account_name: str = ""
+    #: None: the default spread over zones and nodes; ``()``: no constraints.
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,8 @@ class RouterSpec:
     service_type: str = "ClusterIP"
     allowed_calling_ae_titles: tuple[str, ...] = ()
     resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: None: the default spread over zones and nodes; ``()``: no constraints.
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,19 @@ class HandoverSpec:
 
     quiet_seconds: int = 30
     max_drain_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicySpec:
+    """``spec.networkPolicy``: the NetworkPolicies of the gateways and the routers.
+
+    ``extra_ingress`` are NetworkPolicy ingress rules (``from`` peers and
+    ``ports``) the gateways accept besides the routers: metrics scrapes,
+    storage commitment N-EVENT-REPORTs, results sent back over DICOM, web UIs.
+    """
+
+    enabled: bool = True
+    extra_ingress: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +213,7 @@ class PoolSpec:
     replicas: int = 1
     buckets: int = DEFAULT_BUCKETS
     handover: HandoverSpec = field(default_factory=HandoverSpec)
+    network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
 
 
 def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpec:
@@ -226,7 +245,11 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
     """
     if spec is None:
         raise SpecError("spec", SpecError.MISSING, "is required")
-    root = _Object(spec, "spec", keys=("replicas", "buckets", "gateway", "router", "handover"))
+    root = _Object(
+        spec,
+        "spec",
+        keys=("replicas", "buckets", "gateway", "router", "handover", "networkPolicy"),
+    )
     buckets = root.integer("buckets", default=DEFAULT_BUCKETS, low=1, high=MAX_BUCKETS)
     replicas = root.integer("replicas", default=1, low=0, high=None)
     if replicas > buckets:
@@ -240,6 +263,7 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
         gateway=_gateway(root.child("gateway", required=True)),
         router=_router(root.child("router"), default_router_image=default_router_image),
         handover=_handover(root.child("handover")),
+        network_policy=_network_policy(root.child("networkPolicy")),
     )
 
 
@@ -368,6 +392,7 @@ def _pod_template(section: _Object) -> PodTemplateSpec:
         "affinity",
         "priorityClassName",
         "serviceAccountName",
+        "topologySpreadConstraints",
     )
     labels = section.string_map("labels", values="label")
     for key in labels:
@@ -387,10 +412,11 @@ def _pod_template(section: _Object) -> PodTemplateSpec:
         labels=labels,
         annotations=section.string_map("annotations", values="any"),
         node_selector=section.string_map("nodeSelector", values="label"),
-        tolerations=section.objects("tolerations"),
-        affinity=section.free_object("affinity"),
+        tolerations=_tolerations(section),
+        affinity=_affinity(section),
         priority_class_name=priority_class,
         service_account_name=service_account,
+        topology_spread_constraints=_spread(section),
     )
 
 
@@ -403,6 +429,7 @@ def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
         "serviceType",
         "allowedCallingAETitles",
         "resources",
+        "topologySpreadConstraints",
     )
     image = _image(section, "image", default="") or default_router_image
     if not image:
@@ -425,6 +452,7 @@ def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
         service_type=section.choice("serviceType", _SERVICE_TYPES, "ClusterIP"),
         allowed_calling_ae_titles=allowed,
         resources=_resources(section, "resources"),
+        topology_spread_constraints=_spread(section),
     )
 
 
@@ -440,6 +468,103 @@ def _handover(section: _Object) -> HandoverSpec:
             "a handover would be forced before a bucket could be quiet",
         )
     return HandoverSpec(quiet_seconds=quiet, max_drain_seconds=max_drain)
+
+
+_TOLERATION_KEYS: Final = ("key", "operator", "value", "effect", "tolerationSeconds")
+_TOLERATION_OPERATORS: Final = ("Exists", "Equal")
+_TAINT_EFFECTS: Final = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+_AFFINITY_KEYS: Final = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+_SPREAD_KEYS: Final = (
+    "maxSkew",
+    "topologyKey",
+    "whenUnsatisfiable",
+    "labelSelector",
+    "minDomains",
+    "nodeAffinityPolicy",
+    "nodeTaintsPolicy",
+    "matchLabelKeys",
+)
+_WHEN_UNSATISFIABLE: Final = ("DoNotSchedule", "ScheduleAnyway")
+_PEER_KEYS: Final = ("podSelector", "namespaceSelector", "ipBlock")
+_PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
+
+
+def _tolerations(section: _Object) -> tuple[Mapping[str, Any], ...]:
+    tolerations = section.objects("tolerations")
+    for index, toleration in enumerate(tolerations):
+        item = _Object(toleration, f"{section.path('tolerations')}[{index}]")
+        item.keys(*_TOLERATION_KEYS)
+        operator = item.choice("operator", _TOLERATION_OPERATORS, "Equal")
+        item.choice("effect", _TAINT_EFFECTS, "")
+        item.string("key", default="")
+        item.string("value", default="")
+        if operator == "Exists" and item.data.get("value"):
+            raise SpecError(item.path("value"), item.data["value"], "must be empty with Exists")
+        if item.data.get("tolerationSeconds") is not None:
+            item.integer("tolerationSeconds", default=0, low=-(2**63), high=2**63 - 1)
+    return tolerations
+
+
+def _affinity(section: _Object) -> Mapping[str, Any]:
+    affinity = section.free_object("affinity")
+    _Object(affinity, section.path("affinity")).keys(*_AFFINITY_KEYS)
+    for key, value in affinity.items():
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{section.path('affinity')}.{key}", value, "is not an object")
+    return affinity
+
+
+def _spread(section: _Object) -> tuple[Mapping[str, Any], ...] | None:
+    """``topologySpreadConstraints``: None when not set (the default spread applies)."""
+    if section.data.get("topologySpreadConstraints") is None:
+        return None
+    constraints = section.objects("topologySpreadConstraints")
+    seen: set[tuple[str, str]] = set()
+    for index, constraint in enumerate(constraints):
+        item = _Object(constraint, f"{section.path('topologySpreadConstraints')}[{index}]")
+        item.keys(*_SPREAD_KEYS)
+        if item.data.get("maxSkew") is None:
+            raise SpecError(item.path("maxSkew"), SpecError.MISSING, "is required")
+        item.integer("maxSkew", default=1, low=1, high=None)
+        key = item.string("topologyKey", default=None)
+        if not key:
+            raise SpecError(item.path("topologyKey"), key, "is empty")
+        if item.data.get("whenUnsatisfiable") is None:
+            raise SpecError(item.path("whenUnsatisfiable"), SpecError.MISSING, "is required")
+        when = item.choice("whenUnsatisfiable", _WHEN_UNSATISFIABLE, "ScheduleAnyway")
+        if (key, when) in seen:
+            raise SpecError(
+                item.path("topologyKey"),
+                key,
+                f"appears twice with whenUnsatisfiable {when} (the pair must be unique)",
+            )
+        seen.add((key, when))
+        if item.data.get("labelSelector") is not None:
+            item.child("labelSelector")
+    return constraints
+
+
+def _network_policy(section: _Object) -> NetworkPolicySpec:
+    section.keys("enabled", "extraIngress")
+    enabled = section.data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError(section.path("enabled"), enabled, f"is not a boolean ({_kind(enabled)})")
+    rules = section.objects("extraIngress")
+    for index, rule in enumerate(rules):
+        item = _Object(rule, f"{section.path('extraIngress')}[{index}]")
+        item.keys("from", "ports")
+        for peer_index, peer in enumerate(item.objects("from")):
+            _Object(peer, f"{item.path('from')}[{peer_index}]").keys(*_PEER_KEYS)
+        for port_index, port in enumerate(item.objects("ports")):
+            entry = _Object(port, f"{item.path('ports')}[{port_index}]")
+            entry.keys("protocol", "port", "endPort")
+            entry.choice("protocol", _PROTOCOLS, "TCP")
+            value = entry.data.get("port")
+            if value is not None and not (isinstance(value, str) and value) and not _is_int(value):
+                raise SpecError(entry.path("port"), value, "is not a port number or name")
+            if isinstance(value, int) and not 1 <= value <= 65535:
+                raise SpecError(entry.path("port"), value, "is not a port (1 to 65535)")
+    return NetworkPolicySpec(enabled=enabled, extra_ingress=rules)
 
 
 def _image(section: _Object, key: str, *, default: str | None) -> str:

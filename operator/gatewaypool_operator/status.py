@@ -16,7 +16,8 @@ since when) and ``observedGeneration``.
 - ``Progressing``: the pool is on its way to the spec: gateways scaling or
   starting, the map not yet matching them, buckets handing over, routers
   not yet on the current map.
-- ``Degraded``: needs a person: the spec was rejected, or gateways are
+- ``Degraded``: needs a person: the spec was rejected, the API server
+  refused to write a child (reason ``ApplyRefused``, its message), or gateways are
   unavailable that were ready before (or never became ready within the
   progress deadline).
 """
@@ -51,6 +52,7 @@ name never succeeds. The same default as a Deployment's progressDeadlineSeconds.
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
+APPLY_REFUSED: Final = "ApplyRefused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ def compute_status(
     previous_conditions: Sequence[Mapping[str, Any]],
     now: datetime,
     progress_deadline_seconds: float = DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    apply_error: str | None = None,
 ) -> dict[str, Any]:
     """Return the pool's whole ``status`` block.
 
@@ -138,6 +141,9 @@ def compute_status(
         the result depends only on the arguments).
     progress_deadline_seconds
         See `DEFAULT_PROGRESS_DEADLINE_SECONDS`.
+    apply_error
+        What the API server said when it refused to write a child (``"StatefulSet
+        NAME-gw: ..."``), or None.
 
     Returns
     -------
@@ -169,6 +175,7 @@ def compute_status(
             *_degraded(
                 observed,
                 spec_error=spec_error,
+                apply_error=apply_error,
                 previous=previous,
                 generation=generation,
                 now=now,
@@ -348,6 +355,7 @@ def _degraded(
     seen: _Observed,
     *,
     spec_error: str | None,
+    apply_error: str | None,
     previous: Mapping[str, Mapping[str, Any]],
     generation: int,
     now: datetime,
@@ -355,6 +363,8 @@ def _degraded(
 ) -> _Verdict:
     if spec_error is not None:
         return "True", "SpecRejected", spec_error
+    if apply_error is not None:
+        return "True", APPLY_REFUSED, apply_error
     spec = seen.spec
     if spec is not None and seen.ready < spec.replicas:
         ready_before = previous.get(READY, {})

@@ -43,6 +43,21 @@ GRANTED_FOR_REAL_CLUSTERS: frozenset[Triple] = frozenset(
         # granting more than one holds, so the operator holds it without using it.
         ("", "configmaps", "watch"),
     }
+    # Server-side apply creates a missing child with a PATCH, which the API
+    # server authorizes as "create" (and "patch"); requests record a patch.
+    | {
+        (group, resource, "create")
+        for group, resource in (
+            ("", "services"),
+            ("", "serviceaccounts"),
+            ("apps", "deployments"),
+            ("apps", "statefulsets"),
+            ("rbac.authorization.k8s.io", "roles"),
+            ("rbac.authorization.k8s.io", "rolebindings"),
+            ("networking.k8s.io", "networkpolicies"),
+            ("policy", "poddisruptionbudgets"),
+        )
+    }
 )
 
 
@@ -56,6 +71,8 @@ DRIFTABLE = [
     ("Deployment", "ct-router"),
     ("NetworkPolicy", "ct-gw"),
     ("PodDisruptionBudget", "ct-gw"),
+    ("NetworkPolicy", "ct-router"),
+    ("PodDisruptionBudget", "ct-router"),
 ]
 
 
@@ -244,6 +261,30 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                     timeout=30,
                     what=f"{kind} {name} repaired",
                 )
+            # An immutable field: the StatefulSet is deleted (pods orphaned) and
+            # created again; turning the NetworkPolicies off deletes them.
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                NS,
+                PLURAL,
+                "ct",
+                {
+                    "spec": {
+                        "gateway": {"image": "scp:1", "storage": {"size": "1Gi"}},
+                        "networkPolicy": {"enabled": False},
+                    }
+                },
+            )
+            wait_until(
+                lambda: (
+                    "volumeClaimTemplates"
+                    in (kube.get("StatefulSet", "ct-gw", NS) or {}).get("spec", {})
+                    and kube.get("NetworkPolicy", "ct-gw", NS) is None
+                ),
+                timeout=30,
+                what="StatefulSet recreated, NetworkPolicies deleted",
+            )
             custom.patch_namespaced_custom_object(
                 GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 40}}
             )

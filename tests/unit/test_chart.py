@@ -51,8 +51,9 @@ Rules = dict[tuple[str, str], frozenset[str]]
 #: (API group, resource) -> verbs. rbac.scope cluster grants it cluster-wide,
 #: rbac.scope namespaces in each watched namespace.
 EXPECTED_OPERATOR_RULES: Rules = {
-    # kopf lists and watches the pools, patches their annotations and status.
-    ("gatewaypool.io", "gatewaypools"): frozenset({"list", "watch", "patch"}),
+    # kopf lists and watches the pools, patches their annotations and status;
+    # each reconcile pass reads its pool afresh under the pool's lock.
+    ("gatewaypool.io", "gatewaypools"): frozenset({"get", "list", "watch", "patch"}),
     ("gatewaypool.io", "gatewaypools/status"): frozenset({"patch"}),
     # blockOwnerDeletion on the children's ownerReferences (admission plugin
     # OwnerReferencesPermissionEnforcement).
@@ -63,11 +64,14 @@ EXPECTED_OPERATOR_RULES: Rules = {
     ("", "configmaps"): frozenset({"get", "watch", "create", "patch"}),
     ("", "services"): frozenset({"get", "create", "patch"}),
     ("", "serviceaccounts"): frozenset({"get", "create", "patch"}),
-    ("apps", "statefulsets"): frozenset({"get", "create", "patch"}),
+    # Deleted with propagationPolicy Orphan and created again to change an
+    # immutable field (spec.gateway.storage): pods and volumes stay.
+    ("apps", "statefulsets"): frozenset({"get", "create", "patch", "delete"}),
     ("apps", "deployments"): frozenset({"get", "create", "patch"}),
     ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch"}),
     ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch"}),
-    ("networking.k8s.io", "networkpolicies"): frozenset({"get", "create", "patch"}),
+    # Deleted when spec.networkPolicy.enabled is false.
+    ("networking.k8s.io", "networkpolicies"): frozenset({"get", "create", "patch", "delete"}),
     ("policy", "poddisruptionbudgets"): frozenset({"get", "create", "patch"}),
     # Live router pods, for status.routersTotal.
     ("", "pods"): frozenset({"list"}),

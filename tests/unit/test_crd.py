@@ -64,8 +64,12 @@ SPEC_FIELDS = [
     "gateway.podTemplate.nodeSelector",
     "gateway.podTemplate.tolerations",
     "gateway.podTemplate.affinity",
+    "gateway.podTemplate.affinity.nodeAffinity",
+    "gateway.podTemplate.affinity.podAffinity",
+    "gateway.podTemplate.affinity.podAntiAffinity",
     "gateway.podTemplate.priorityClassName",
     "gateway.podTemplate.serviceAccountName",
+    "gateway.podTemplate.topologySpreadConstraints",
     "router",
     "router.replicas",
     "router.image",
@@ -74,6 +78,10 @@ SPEC_FIELDS = [
     "router.serviceType",
     "router.allowedCallingAETitles",
     "router.resources",
+    "router.topologySpreadConstraints",
+    "networkPolicy",
+    "networkPolicy.enabled",
+    "networkPolicy.extraIngress",
     "handover",
     "handover.quietSeconds",
     "handover.maxDrainSeconds",
@@ -117,6 +125,8 @@ DEFAULTS = {
     "handover": {},
     "handover.quietSeconds": 30,
     "handover.maxDrainSeconds": 600,
+    "networkPolicy": {},
+    "networkPolicy.enabled": True,
 }
 RANGES = {
     "replicas": (0, 1024),
@@ -140,7 +150,14 @@ PRESERVE_UNKNOWN_FIELDS = {
     "spec.gateway.resources",
     "spec.gateway.podTemplate.tolerations[]",
     "spec.gateway.podTemplate.affinity",
+    "spec.gateway.podTemplate.affinity.nodeAffinity",
+    "spec.gateway.podTemplate.affinity.podAffinity",
+    "spec.gateway.podTemplate.affinity.podAntiAffinity",
+    "spec.gateway.podTemplate.topologySpreadConstraints[]",
     "spec.router.resources",
+    "spec.router.topologySpreadConstraints[]",
+    "spec.networkPolicy.extraIngress[].from[]",
+    "spec.networkPolicy.extraIngress[].ports[]",
 }
 
 # The contract's sample pool, status included.
@@ -662,6 +679,7 @@ def test_defaulting_fills_a_minimal_pool_as_the_api_server_does() -> None:
             "serviceType": "ClusterIP",
         },
         "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
+        "networkPolicy": {"enabled": True},
     }
 
 

@@ -66,7 +66,19 @@ FULL: dict[str, Any] = {
             },
             "priorityClassName": "clinical-critical",
             "serviceAccountName": "gateway",
+            "topologySpreadConstraints": [
+                {"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule"}
+            ],
         },
+    },
+    "networkPolicy": {
+        "extraIngress": [
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+                "ports": [{"protocol": "TCP", "port": 8042}],
+            },
+            {"from": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
+        ]
     },
     "router": {
         "replicas": 3,
@@ -147,7 +159,9 @@ def test_the_pool_owns_exactly_the_contracts_objects() -> None:
         ("RoleBinding", "ct-triage-router"),
         ("ConfigMap", "ct-triage-map"),
         ("NetworkPolicy", "ct-triage-gw"),
+        ("NetworkPolicy", "ct-triage-router"),
         ("PodDisruptionBudget", "ct-triage-gw"),
+        ("PodDisruptionBudget", "ct-triage-router"),
     }
 
 
@@ -172,8 +186,8 @@ def test_every_child_has_the_pool_labels_namespace_and_no_owner(
         "Role": "router",
         "RoleBinding": "router",
         "ConfigMap": "map",
-        "NetworkPolicy": "gateway",
-        "PodDisruptionBudget": "gateway",
+        "NetworkPolicy": None,
+        "PodDisruptionBudget": None,
     }
     for (kind, name), obj in children.items():
         metadata = obj["metadata"]
@@ -393,7 +407,7 @@ def test_network_policy_lets_only_this_pools_routers_reach_gateways(
     router_pod = children[("Deployment", "ct-triage-router")]["spec"]["template"]["metadata"]
     assert policy["podSelector"] == {"matchLabels": selector_labels(NAME, "gateway")}
     assert policy["policyTypes"] == ["Ingress"]  # anything not allowed below is denied
-    (rule,) = policy["ingress"]
+    rule = policy["ingress"][0]  # then spec.networkPolicy.extraIngress, if any
     (peer,) = rule["from"]
     assert set(peer) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace only
     assert peer["podSelector"] == {"matchLabels": selector_labels(NAME, "router")}
@@ -412,6 +426,67 @@ def test_pod_disruption_budget(children: dict[tuple[str, str], Any]) -> None:
         "maxUnavailable": 1,
         "selector": {"matchLabels": selector_labels(NAME, "gateway")},
     }
+    routers = children[("PodDisruptionBudget", "ct-triage-router")]
+    assert routers["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels(NAME, "router")},
+    }
+
+
+def test_extra_ingress_is_added_to_the_gateways_policy() -> None:
+    policy = build(FULL)[("NetworkPolicy", "ct-triage-gw")]["spec"]
+    assert policy["ingress"][1:] == FULL["networkPolicy"]["extraIngress"]
+
+
+def test_routers_policy_opens_the_dicom_and_http_ports_to_anyone(
+    children: dict[tuple[str, str], Any],
+) -> None:
+    policy = children[("NetworkPolicy", "ct-triage-router")]["spec"]
+    assert policy["podSelector"] == {"matchLabels": selector_labels(NAME, "router")}
+    (rule,) = policy["ingress"]
+    assert "from" not in rule
+    assert rule["ports"] == [{"protocol": "TCP", "port": 11112}, {"protocol": "TCP", "port": 8080}]
+
+
+def test_network_policies_can_be_turned_off() -> None:
+    built = build({**MINIMAL, "networkPolicy": {"enabled": False}})
+    assert not [key for key in built if key[0] == "NetworkPolicy"]
+
+
+def test_pods_spread_over_zones_and_nodes_by_default(children: dict[tuple[str, str], Any]) -> None:
+    for kind, name, component in (
+        ("Deployment", "ct-triage-router", "router"),
+        ("StatefulSet", "ct-triage-gw", "gateway"),
+    ):
+        spread = children[(kind, name)]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        if kind == "StatefulSet" and spread[0]["topologyKey"] == "rack":
+            assert spread == [
+                {
+                    "maxSkew": 2,
+                    "topologyKey": "rack",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": selector_labels(NAME, "gateway")},
+                }
+            ]
+            continue
+        assert spread == [
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(NAME, component)},
+            }
+            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+        ]
+
+
+def test_an_empty_spread_list_means_no_constraints() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["gateway"]["podTemplate"] = {"topologySpreadConstraints": []}
+    raw["router"] = {"topologySpreadConstraints": []}
+    built = build(raw)
+    for key in (("StatefulSet", "ct-triage-gw"), ("Deployment", "ct-triage-router")):
+        assert "topologySpreadConstraints" not in built[key]["spec"]["template"]["spec"]
 
 
 # --- security -----------------------------------------------------------------

@@ -433,6 +433,62 @@ INVALID: list[tuple[str, Any, str, Any]] = [
     ("handover.maxDrainSeconds", 20, "spec.handover.maxDrainSeconds", 20),
     ("handover.quietSeconds", 900, "spec.handover.maxDrainSeconds", 600),
     ("status", {}, "spec.status", {}),
+    (
+        "gateway.podTemplate.tolerations",
+        [{"key": "a", "operator": "Maybe"}],
+        "spec.gateway.podTemplate.tolerations[0].operator",
+        "Maybe",
+    ),
+    (
+        "gateway.podTemplate.tolerations",
+        [{"key": "a", "effect": "NoRun"}],
+        "spec.gateway.podTemplate.tolerations[0].effect",
+        "NoRun",
+    ),
+    (
+        "gateway.podTemplate.tolerations",
+        [{"key": "a", "operator": "Exists", "value": "x"}],
+        "spec.gateway.podTemplate.tolerations[0].value",
+        "x",
+    ),
+    (
+        "gateway.podTemplate.affinity",
+        {"nodeAfinity": {}},
+        "spec.gateway.podTemplate.affinity.nodeAfinity",
+        {},
+    ),
+    (
+        "gateway.podTemplate.topologySpreadConstraints",
+        [{"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "spec.gateway.podTemplate.topologySpreadConstraints[0].maxSkew",
+        0,
+    ),
+    (
+        "gateway.podTemplate.topologySpreadConstraints",
+        [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}],
+        "spec.gateway.podTemplate.topologySpreadConstraints[0].whenUnsatisfiable",
+        "Sometimes",
+    ),
+    (
+        "router.topologySpreadConstraints",
+        [{"maxSkew": 1, "topologyKey": "zone"}],
+        "spec.router.topologySpreadConstraints[0].whenUnsatisfiable",
+        MISSING,
+    ),
+    ("networkPolicy.enabled", "yes", "spec.networkPolicy.enabled", "yes"),
+    ("networkPolicy.extraIngress", [{"to": "x"}], "spec.networkPolicy.extraIngress[0].to", "x"),
+    (
+        "networkPolicy.extraIngress",
+        [{"ports": [{"port": 70000}]}],
+        "spec.networkPolicy.extraIngress[0].ports[0].port",
+        70000,
+    ),
+    (
+        "networkPolicy.extraIngress",
+        [{"from": [{"pods": "x"}]}],
+        "spec.networkPolicy.extraIngress[0].from[0].pods",
+        "x",
+    ),
 ]
 
 

@@ -118,12 +118,13 @@ per watched namespace (rbac.scope namespaces).
 */}}
 {{- define "gatewaypool.namespacedRules" -}}
 # The GatewayPools: kopf lists and watches them and patches their
-# annotations (progress, last handled spec) and their status. These rules
-# are checked against the calls the operator really makes (tests/integration/
+# annotations (progress, last handled spec) and their status; every reconcile
+# pass reads its pool afresh ("get") under the pool's lock. These rules are
+# checked against the calls the operator really makes (tests/integration/
 # test_rbac_calls.py): no more, no less.
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/status"]
   verbs: ["patch"]
@@ -133,7 +134,8 @@ per watched namespace (rbac.scope namespaces).
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools/finalizers"]
   verbs: ["update"]
-# What a pool owns: read, create, repair drift. Deleting the pool deletes
+# What a pool owns: read, create, repair drift (server-side apply is a
+# patch, and creates what is missing with "create"). Deleting the pool deletes
 # them through their ownerReferences (the API server's garbage collector).
 # ConfigMaps also need "watch": the operator creates a Role that grants it to
 # the routers, and Kubernetes lets it grant only what it holds.
@@ -143,15 +145,21 @@ per watched namespace (rbac.scope namespaces).
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
   verbs: ["get", "create", "patch"]
+# StatefulSets are also deleted, with propagationPolicy Orphan (pods and
+# volumes kept), to change an immutable field (spec.gateway.storage) by
+# creating them again; NetworkPolicies when spec.networkPolicy.enabled is false.
 - apiGroups: ["apps"]
-  resources: ["statefulsets", "deployments"]
+  resources: ["statefulsets"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch"]

@@ -1,0 +1,372 @@
+"""The operator's writes on an API server that applies, defaults and canonicalizes.
+
+The real operator process runs against the emulator (server-side apply with
+managed fields, defaults, canonical quantities, immutable fields, 409 on a
+stale resourceVersion). Each test changes a running pool, checks the child
+field by field, and then that the next drift checks send no write and post
+no Event: what the operator applied is what the server holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kubernetes.client
+import pytest
+
+from gatewaypool.bucketmap import parse_map
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
+from gatewaypool_operator import children
+from gatewaypool_operator.kubeapply import Cluster, ConflictError
+from gatewaypool_operator.runner import PoolLocks, run_pass
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
+NS = "radiology"
+GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
+IMAGE = "registry.example.org/gatewaypool:0.1.0"
+WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    with KubeEmulator(keep_requests=True) as emulator:
+        emulator.apply_crd(CRD)
+        emulator.create_namespace(NS)
+        yield emulator
+
+
+@pytest.fixture
+def operator(
+    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        tmp_path / "operator.log",
+        kubeconfig=kube.kubeconfig_path,
+        router_image=IMAGE,
+        extra_args=["--resync", "1"],
+    )
+    process.start()
+    yield process
+    process.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is None or report.failed:
+        print(f"--- operator log ---\n{process.log_tail(120)}")
+
+
+def custom(kube: KubeEmulator) -> Any:
+    return kubernetes.client.CustomObjectsApi(kube.api_client())
+
+
+def create_pool(kube: KubeEmulator, gateway: dict[str, Any], **spec: Any) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GatewayPool",
+        "metadata": {"name": "ct", "namespace": NS},
+        "spec": {"replicas": 2, "buckets": 64, "gateway": {"image": "scp:1", **gateway}, **spec},
+    }
+    custom(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+
+def change_gateway(kube: KubeEmulator, gateway: dict[str, Any]) -> None:
+    """Replace spec.gateway whole (PUT), as an edited manifest does."""
+    api = custom(kube)
+    pool = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "ct")
+    pool["spec"]["gateway"] = {"image": "scp:1", **gateway}
+    api.replace_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "ct", pool)
+
+
+def statefulset(kube: KubeEmulator) -> dict[str, Any]:
+    return kube.get("StatefulSet", "ct-gw", NS) or {}
+
+
+def container(kube: KubeEmulator) -> dict[str, Any]:
+    spec = statefulset(kube).get("spec") or {}
+    found: dict[str, Any] = spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
+    return found
+
+
+def writes(kube: KubeEmulator) -> list[str]:
+    return [
+        f"{request.method} {request.url}"
+        for request in list(kube.emulator._requests)
+        if request.action in WRITES
+    ]
+
+
+def assert_quiet(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    """The next two drift checks write nothing and post no Event."""
+    checks = operator.count("pools checked")
+    wait_until(lambda: operator.count("pools checked") > checks, timeout=20, what="a resync")
+    before_writes = len(writes(kube))
+    before_events = len(kube.objects("v1/events", NS))
+    mark = operator.count("pools checked")
+    wait_until(lambda: operator.count("pools checked") >= mark + 2, timeout=20, what="2 resyncs")
+    assert writes(kube)[before_writes:] == []
+    assert len(kube.objects("v1/events", NS)) == before_events
+
+
+def settled(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    wait_until(
+        lambda: kube.get("ConfigMap", "ct-map", NS) is not None and bool(statefulset(kube)),
+        timeout=20,
+        what="pool created",
+    )
+    assert_quiet(kube, operator)
+
+
+def test_a_removed_env_var_goes(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    env = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    create_pool(kube, {"env": env})
+    settled(kube, operator)
+    assert container(kube)["env"] == env
+    change_gateway(kube, {"env": env[:1]})
+    wait_until(lambda: container(kube).get("env") == env[:1], timeout=20, what="B removed")
+    assert container(kube)["image"] == "scp:1"
+    assert_quiet(kube, operator)
+
+
+def test_a_new_port_replaces_the_old_one(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    create_pool(kube, {"port": 104})
+    settled(kube, operator)
+    change_gateway(kube, {"port": 4242})
+    wait_until(
+        lambda: (
+            container(kube).get("ports")
+            == [{"name": "dicom", "containerPort": 4242, "protocol": "TCP"}]
+        ),
+        timeout=20,
+        what="one dicom port, 4242",
+    )
+    service = kube.get("Service", "ct-gw", NS)
+    assert service is not None
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("dicom", 4242)]
+    wait_until(
+        lambda: (
+            (kube.get("NetworkPolicy", "ct-gw", NS) or {})["spec"]["ingress"][0]["ports"]
+            == [{"protocol": "TCP", "port": 4242}]
+        ),
+        timeout=20,
+        what="the policy on port 4242",
+    )
+    wait_until(
+        lambda: (
+            {
+                g.port
+                for g in parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"]).gateways
+            }  # type: ignore[index]
+            == {4242}
+        ),
+        timeout=20,
+        what="map with port 4242",
+    )
+    assert_quiet(kube, operator)
+
+
+def test_resources_written_as_1_and_1000m(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    create_pool(kube, {})
+    settled(kube, operator)
+    resources = {
+        "requests": {"cpu": 1, "memory": "1024Mi"},
+        "limits": {"cpu": "1000m", "memory": "2Gi"},
+    }
+    change_gateway(kube, {"resources": resources})
+    wait_until(
+        lambda: (
+            container(kube).get("resources")
+            == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+        ),
+        timeout=20,
+        what="canonical resources",
+    )
+    assert_quiet(kube, operator)
+    change_gateway(kube, {"resources": {"requests": {"cpu": "500m"}}})
+    wait_until(
+        lambda: container(kube).get("resources") == {"requests": {"cpu": "500m"}},
+        timeout=20,
+        what="limits and memory removed",
+    )
+    assert_quiet(kube, operator)
+
+
+def test_adding_storage_recreates_the_statefulset_and_keeps_its_pods(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    create_pool(kube, {})
+    settled(kube, operator)
+    before = statefulset(kube)["metadata"]
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "ct-gw",
+        "uid": before["uid"],
+        "controller": True,
+    }
+    for ordinal in range(2):
+        kube.create(
+            "Pod",
+            {
+                "metadata": {
+                    "name": f"ct-gw-{ordinal}",
+                    "labels": children.selector_labels("ct", "gateway"),
+                    "ownerReferences": [owner],
+                },
+                "spec": {"containers": [{"name": "gateway", "image": "scp:1"}]},
+            },
+            namespace=NS,
+        )
+    change_gateway(kube, {"storage": {"size": "10240Mi", "storageClassName": "fast"}})
+    wait_until(
+        lambda: "volumeClaimTemplates" in statefulset(kube).get("spec", {}),
+        timeout=20,
+        what="StatefulSet with a volume claim template",
+    )
+    after = statefulset(kube)
+    assert after["metadata"]["uid"] != before["uid"]
+    [claim] = after["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert {"name": "data", "mountPath": "/var/lib/gateway"} in container(kube)["volumeMounts"]
+    pods = kube.objects("Pod", NS)
+    assert sorted(p["metadata"]["name"] for p in pods) == ["ct-gw-0", "ct-gw-1"], "pods kept"
+    wait_until(
+        lambda: any(e.get("reason") == "ChildRecreated" for e in kube.objects("v1/events", NS)),
+        timeout=20,
+        what="ChildRecreated event",
+    )
+    assert_quiet(kube, operator)
+
+
+def test_pod_template_edits(kube: KubeEmulator, operator: OperatorProcess) -> None:
+    template = {
+        "labels": {"team": "imaging"},
+        "nodeSelector": {"disk": "ssd", "zone": "a"},
+        "tolerations": [{"key": "dicom", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    create_pool(kube, {"podTemplate": template})
+    settled(kube, operator)
+    spread = [
+        {
+            "maxSkew": 2,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+        }
+    ]
+    change_gateway(
+        kube,
+        {
+            "podTemplate": {
+                "nodeSelector": {"disk": "ssd"},
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}
+                            ]
+                        }
+                    }
+                },
+                "topologySpreadConstraints": spread,
+            }
+        },
+    )
+
+    def pod() -> dict[str, Any]:
+        found: dict[str, Any] = statefulset(kube).get("spec", {}).get("template", {})
+        return found
+
+    wait_until(lambda: "tolerations" not in pod().get("spec", {}), timeout=20, what="edited")
+    assert pod()["spec"]["nodeSelector"] == {"disk": "ssd"}
+    assert "team" not in pod()["metadata"]["labels"]
+    assert pod()["spec"]["affinity"]["nodeAffinity"]
+    assert pod()["spec"]["topologySpreadConstraints"] == [
+        {**spread[0], "labelSelector": {"matchLabels": children.selector_labels("ct", "gateway")}}
+    ]
+    assert_quiet(kube, operator)
+
+
+def test_a_refused_write_is_degraded_with_one_warning(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    # A Service of that name with a cluster IP: clusterIP None cannot be applied (422).
+    kubernetes.client.CoreV1Api(kube.api_client()).create_namespaced_service(
+        NS, {"metadata": {"name": "ct-gw"}, "spec": {"ports": [{"port": 104}]}}
+    )
+    create_pool(kube, {})
+
+    def degraded() -> dict[str, Any]:
+        pool = kube.get("GatewayPool", "ct", NS) or {}
+        for condition in (pool.get("status") or {}).get("conditions") or []:
+            if condition["type"] == "Degraded":
+                return dict(condition)
+        return {}
+
+    wait_until(lambda: degraded().get("reason") == "ApplyRefused", timeout=20, what="Degraded")
+    assert "Service ct-gw" in degraded()["message"]
+    assert "clusterIP" in degraded()["message"]
+    assert statefulset(kube), "the other children are written"
+    mark = operator.count("pools checked")
+    wait_until(lambda: operator.count("pools checked") >= mark + 3, timeout=20, what="3 resyncs")
+    warnings = [e for e in kube.objects("v1/events", NS) if e.get("reason") == "ApplyRefused"]
+    assert len(warnings) == 1
+
+
+def test_a_write_from_an_older_read_conflicts(kube: KubeEmulator) -> None:
+    cluster = Cluster(kube.api_client())
+    desired = children.routers_configmap(name="ct", namespace=NS)
+    desired["data"] = {"a": "1"}
+    cluster.apply(desired, base=None, exclusive=True)
+    read = cluster.read("ConfigMap", NS, "ct-routers")
+    assert read is not None
+    cluster.apply({**desired, "data": {"a": "2"}}, base=read)
+    with pytest.raises(ConflictError):
+        cluster.apply({**desired, "data": {"a": "3"}}, base=read)
+    with pytest.raises(ConflictError):
+        cluster.apply(desired, base=None, exclusive=True)
+    assert (cluster.read("ConfigMap", NS, "ct-routers") or {})["data"] == {"a": "2"}
+
+
+def test_concurrent_passes_never_end_older_than_the_newest_spec(kube: KubeEmulator) -> None:
+    """A change handler and the resync race on one pool; the end state is the newest spec.
+
+    Odd rounds share the locks (one process: handler and resync); even rounds
+    use two (as two operator processes would): then the conditional writes
+    alone keep a stale pass from winning.
+    """
+    create_pool(kube, {})
+    cluster = Cluster(kube.api_client())
+    shared = PoolLocks()
+    errors: list[BaseException] = []
+
+    def one_pass(locks: PoolLocks) -> None:
+        try:
+            run_pass(cluster, locks, namespace=NS, name="ct", router_image=IMAGE)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    versions: list[int] = []
+    for round_number, replicas in enumerate([3, 5, 2, 7, 4, 6, 1, 8, 3, 5, 2, 6]):
+        custom(kube).patch_namespaced_custom_object_scale(
+            GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": replicas}}
+        )
+        locks = (shared, shared) if round_number % 2 else (shared, PoolLocks())
+        threads = [threading.Thread(target=one_pass, args=(lock,)) for lock in locks * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        assert statefulset(kube)["spec"]["replicas"] == replicas
+        configmap = kube.get("ConfigMap", "ct-map", NS)
+        assert configmap is not None
+        bucket_map = parse_map(configmap["data"]["map.json"])
+        assert len(bucket_map.gateways) == replicas
+        versions.append(bucket_map.version)
+    assert versions == sorted(set(versions)), "one new map version per change, never back"

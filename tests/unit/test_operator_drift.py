@@ -1,0 +1,256 @@
+"""The local decision whether an apply changes anything agrees with server-side apply.
+
+The oracle is the API emulator's own server-side apply (the pure function
+under ``gatewaypool_local.kubeemu.apply``, with the real OpenAPI schemas,
+defaulting and canonical quantities): for two specs A and B, after applying
+A's children, ``drift.apply_change(children(B), live)`` must say "nothing"
+exactly when applying B would leave the object as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewaypool_local.kubeemu.apply import apply as server_apply
+from gatewaypool_local.kubeemu.defaults import apply_defaults, canonicalize_quantities
+from gatewaypool_local.kubeemu.schemas import Schema, builtin_schema
+from gatewaypool_operator import children, drift
+from gatewaypool_operator.spec import parse_spec
+
+NS = "radiology"
+OWNER = {
+    "apiVersion": "gatewaypool.io/v1alpha1",
+    "kind": "GatewayPool",
+    "name": "ct",
+    "uid": "u-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+
+
+def objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    parsed = parse_spec(spec, default_router_image="gp:1")
+    built = children.build_children(
+        name="ct", namespace=NS, spec=parsed, bucket_map_json="{}", gateway_replicas=parsed.replicas
+    )
+    for obj in built:
+        obj["metadata"]["ownerReferences"] = [OWNER]
+    return built
+
+
+def schema_of(obj: dict[str, Any]) -> Schema:
+    schema = builtin_schema(obj["apiVersion"], obj["kind"])
+    assert schema is not None, obj["kind"]
+    return schema
+
+
+def applied(live: dict[str, Any] | None, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` applied by the operator's manager, as the API server stores it."""
+    schema = schema_of(obj)
+
+    def finish(candidate: dict[str, Any]) -> dict[str, Any]:
+        new = copy.deepcopy(candidate)
+        apply_defaults(
+            obj["apiVersion"], obj["kind"], new, old=live, allocate_ip=lambda: "10.96.0.10"
+        )
+        result: dict[str, Any] = canonicalize_quantities(new, schema)
+        return result
+
+    return server_apply(
+        copy.deepcopy(live),
+        copy.deepcopy(obj),
+        schema,
+        manager=drift.MANAGER,
+        force=True,
+        api_version=obj["apiVersion"],
+        subresource=None,
+        status_apart=obj["kind"] in ("StatefulSet", "Deployment"),
+        finish=finish,
+    )
+
+
+def content(obj: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(obj)
+    result["metadata"].pop("managedFields", None)
+    return result
+
+
+def base_spec(**gateway: Any) -> dict[str, Any]:
+    return {"replicas": 2, "gateway": {"image": "scp:1", **gateway}}
+
+
+quantities = st.sampled_from(["1", 1, "1000m", "500m", "0.5", "1024Mi", "1Gi", "2Gi", "100M"])
+env = st.lists(st.sampled_from(["A", "B", "C", "D"]), unique=True, max_size=4).map(
+    lambda names: [{"name": n, "value": n.lower()} for n in names]
+)
+resources = st.fixed_dictionaries(
+    {},
+    optional={
+        "requests": st.fixed_dictionaries({}, optional={"cpu": quantities, "memory": quantities}),
+        "limits": st.fixed_dictionaries({}, optional={"cpu": quantities, "memory": quantities}),
+    },
+)
+tolerations = st.lists(
+    st.sampled_from(
+        [
+            {"key": "dicom", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"},
+        ]
+    ),
+    unique_by=lambda t: t["key"],
+    max_size=2,
+)
+gateways = st.fixed_dictionaries(
+    {
+        "port": st.sampled_from([104, 4242]),
+        "env": env,
+        "resources": resources,
+        "podTemplate": st.fixed_dictionaries(
+            {},
+            optional={
+                "nodeSelector": st.dictionaries(
+                    st.sampled_from(["disk", "zone"]), st.sampled_from(["ssd", "a"]), max_size=2
+                ),
+                "tolerations": tolerations,
+                "labels": st.dictionaries(
+                    st.sampled_from(["team", "tier"]), st.sampled_from(["x", "y"]), max_size=2
+                ),
+            },
+        ),
+    },
+    optional={
+        "storage": st.fixed_dictionaries(
+            {"size": st.sampled_from(["10Gi", "10240Mi", "20Gi"])},
+        )
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=gateways, second=gateways)
+def test_no_change_reported_exactly_when_the_apply_changes_nothing(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    before = objects(base_spec(**first))
+    after = objects(base_spec(**second))
+    for old, new in zip(before, after, strict=True):
+        live = applied(None, old)
+        assert drift.apply_change(old, live) is None, (old["kind"], "right after applying it")
+        result = applied(live, new)
+        changes = content(result) != content(live)
+        reason = drift.apply_change(new, live)
+        assert (reason is not None) == changes, (new["kind"], reason)
+
+
+def test_quantities_compare_by_value() -> None:
+    live = applied(None, objects(base_spec(resources={"requests": {"cpu": "1000m"}}))[5])
+    assert live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "1"
+    }
+    for cpu in (1, "1", "1000m"):
+        [sts] = [
+            o
+            for o in objects(base_spec(resources={"requests": {"cpu": cpu}}))
+            if o["kind"] == "StatefulSet"
+        ]
+        assert drift.apply_change(sts, live) is None, cpu
+
+
+def test_a_removed_env_var_is_a_change_and_names_the_field() -> None:
+    def sts(names: list[str]) -> dict[str, Any]:
+        spec = base_spec(env=[{"name": n, "value": "1"} for n in names])
+        [found] = [o for o in objects(spec) if o["kind"] == "StatefulSet"]
+        return found
+
+    live = applied(None, sts(["A", "B"]))
+    reason = drift.apply_change(sts(["A"]), live)
+    assert reason is not None and 'env[name="B"]' in reason and reason.endswith("removed")
+
+
+def test_other_managers_fields_and_server_defaults_are_ignored() -> None:
+    [sts] = [o for o in objects(base_spec()) if o["kind"] == "StatefulSet"]
+    live = applied(None, sts)
+    live["metadata"]["labels"]["added-by"] = "someone-else"
+    live["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "X", "value": "1"}]
+    assert live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"]
+    assert drift.apply_change(sts, live) is None
+
+
+def test_an_object_never_applied_by_the_operator_is_applied_once() -> None:
+    [sts] = [o for o in objects(base_spec()) if o["kind"] == "StatefulSet"]
+    live = applied(None, sts)
+    live["metadata"]["managedFields"] = []
+    assert drift.apply_change(sts, live) == "not yet applied by gatewaypool-operator"
+
+
+def test_immutable_changes() -> None:
+    def sts(**gateway: Any) -> dict[str, Any]:
+        [found] = [o for o in objects(base_spec(**gateway)) if o["kind"] == "StatefulSet"]
+        return found
+
+    plain = applied(None, sts())
+    stored = applied(None, sts(storage={"size": "10Gi"}))
+    assert drift.immutable_change(sts(), plain) is None
+    assert drift.immutable_change(sts(port=4242, env=[{"name": "A"}]), plain) is None
+    assert drift.immutable_change(sts(storage={"size": "10240Mi"}), stored) is None
+    added = drift.immutable_change(sts(storage={"size": "10Gi"}), plain)
+    assert added == ".spec.volumeClaimTemplates differs"
+    assert drift.immutable_change(sts(storage={"size": "20Gi"}), stored) is not None
+    assert drift.immutable_change(sts(), stored) == ".spec.volumeClaimTemplates removed"
+
+
+@given(spec=gateways, name=st.sampled_from(["ct", "mr-triage", "a"]))
+def test_selectors_come_from_the_pool_name_only(spec: dict[str, Any], name: str) -> None:
+    parsed = parse_spec(base_spec(**spec), default_router_image="gp:1")
+    for obj in children.build_children(
+        name=name, namespace=NS, spec=parsed, bucket_map_json=None, gateway_replicas=1
+    ):
+        selector = (obj.get("spec") or {}).get("selector")
+        if obj["kind"] in ("StatefulSet", "Deployment", "PodDisruptionBudget"):
+            component = "gateway" if obj["kind"] != "Deployment" else "router"
+            if obj["metadata"]["name"].endswith("-router"):
+                component = "router"
+            assert selector == {"matchLabels": children.selector_labels(name, component)}
+
+
+def _list_fields(
+    value: Any, schema: Schema, path: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], Schema]]:
+    """Every list in ``value`` with its schema, except lists inside atomic lists.
+
+    Those are compared whole with their atomic list, so their keys do not matter.
+    """
+    found: list[tuple[tuple[str, ...], Schema]] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += _list_fields(child, schema.field(key), (*path, f"f:{key}"))
+    elif isinstance(value, list):
+        found.append((path, schema))
+        if schema.list_type == "map":
+            for item in value:
+                found += _list_fields(item, schema.items, (*path, "k:{}"))
+    return found
+
+
+def test_list_keys_agree_with_the_real_schemas() -> None:
+    spec = base_spec(
+        env=[{"name": "A", "value": "1"}],
+        storage={"size": "1Gi"},
+        podTemplate={
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+            ],
+        },
+    )
+    seen = 0
+    for obj in objects(spec):
+        for path, schema in _list_fields(obj, schema_of(obj), ()):
+            expected = schema.map_keys if schema.list_type == "map" else ()
+            assert drift._keys(path) == expected, (obj["kind"], drift.render(path))
+            seen += 1
+    assert seen > 20
