@@ -210,7 +210,7 @@ def build_children(
     name: str,
     namespace: str,
     spec: PoolSpec,
-    bucket_map_json: str | None,
+    map_data: Mapping[str, str] | None,
     gateway_replicas: int,
 ) -> list[dict[str, Any]]:
     """Return every object pool `name` owns and the operator keeps in line with the spec.
@@ -225,11 +225,11 @@ def build_children(
         The pool's.
     spec
         The pool's checked spec.
-    bucket_map_json
-        The bucket map to publish (`gatewaypool.bucketmap.dump_map`), or
-        None if there is none yet (a pool of zero gateways has none): the
-        ``NAME-map`` ConfigMap is then built with no data, and routers stay
-        unready until a map appears.
+    map_data
+        The ``NAME-map`` ConfigMap's data to publish: the bucket map
+        (`MAP_KEY`) and the handover's state beside it, written together; or
+        None if there is no map yet (no gateway was Ready): the ConfigMap is
+        then built with no data, and routers stay unready until a map appears.
     gateway_replicas
         The StatefulSet's replica count. Usually ``spec.replicas``; while
         scaling down the operator keeps the leaving pods until their buckets
@@ -261,7 +261,7 @@ def build_children(
         _service_account(name, namespace),
         _role(name, namespace),
         _role_binding(name, namespace),
-        _map_configmap(name, namespace, bucket_map_json),
+        _map_configmap(name, namespace, map_data),
         _headless_service(name, namespace, spec),
         _statefulset(name, namespace, spec, gateway_replicas),
         *policies,
@@ -300,12 +300,21 @@ def _metadata(object_name: str, namespace: str, object_labels: Mapping[str, str]
     return {"name": object_name, "namespace": namespace, "labels": dict(object_labels)}
 
 
-def _map_configmap(name: str, namespace: str, bucket_map_json: str | None) -> dict[str, Any]:
+def _resources(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Resource requirements without empty ``requests``/``limits``.
+
+    The API server drops an empty map (``omitempty``), so one sent would
+    never be seen again and would read as drift on every pass.
+    """
+    return {key: value for key, value in thaw(resources).items() if value}
+
+
+def _map_configmap(name: str, namespace: str, map_data: Mapping[str, str] | None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(map_configmap_name(name), namespace, labels(name, "map")),
-        "data": {} if bucket_map_json is None else {MAP_KEY: bucket_map_json},
+        "data": dict(map_data or {}),
     }
 
 
@@ -361,7 +370,7 @@ def _statefulset(
     container["ports"] = [{"name": "dicom", "containerPort": gateway.port, "protocol": "TCP"}]
     if gateway.env:
         container["env"] = thaw(gateway.env)
-    container["resources"] = thaw(gateway.resources)
+    container["resources"] = _resources(gateway.resources)
     container["readinessProbe"] = {
         # Any DICOM SCP accepts a TCP connection when it can take associations;
         # a C-ECHO probe would need a DICOM client in the user's image.
@@ -387,6 +396,9 @@ def _statefulset(
         "securityContext": pod_security,
         "containers": [container],
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        # How long a gateway may finish what it holds after SIGTERM (scale-down,
+        # rolling update) before it is killed.
+        "terminationGracePeriodSeconds": gateway.termination_grace_period_seconds,
     }
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
@@ -426,6 +438,12 @@ def _statefulset(
                 "spec": claim_spec,
             }
         ]
+        # A removed gateway's claim is kept (its data may not be processed yet)
+        # unless the spec says Delete; deleting the pool never deletes claims.
+        statefulset_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenScaled": gateway.storage.when_scaled,
+            "whenDeleted": "Retain",
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -572,7 +590,7 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
         ],
-        "resources": thaw(spec.router.resources),
+        "resources": _resources(spec.router.resources),
         # Ready once a map is applied: a router without one can only refuse studies.
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},

@@ -19,7 +19,7 @@ import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.peering import Peering
-from gatewaypool_operator.resync import resync_forever
+from gatewaypool_operator.resync import Schedule, resync_forever
 from gatewaypool_operator.runner import PoolLocks, run_pass
 
 GROUP = "gatewaypool.io"
@@ -66,6 +66,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # One pass of a pool at a time, handlers and resync alike (see runner).
     memo["locks"] = PoolLocks()
     memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
+    memo["schedule"] = Schedule(RESYNC_SECONDS)
 
 
 @kopf.on.startup()
@@ -81,6 +82,7 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
             interval=RESYNC_SECONDS,
             router_image=memo["router_image"],
             locks=memo["locks"],
+            schedule=memo["schedule"],
             peering=peering,
         )
     )
@@ -105,12 +107,15 @@ def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
     Events itself (see :mod:`gatewaypool_operator.runner`): ``body`` only
     names the pool, its snapshot may already be older than the newest spec.
     """
+    key = (str(body.metadata.namespace), str(body.metadata.name))
     outcome = run_pass(
         memo["cluster"],
         memo["locks"],
-        namespace=str(body.metadata.namespace),
-        name=str(body.metadata.name),
+        namespace=key[0],
+        name=key[1],
         router_image=memo["router_image"],
     )
+    # A scale change is carried out over many passes: the resync takes it on.
+    memo["schedule"].after(key, outcome)
     if outcome is not None:
         logger.debug("pass done: %d events", len(outcome.events))

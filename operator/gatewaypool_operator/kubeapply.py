@@ -173,6 +173,27 @@ class Cluster:
             )
         )
 
+    def merge_patch_data(
+        self, kind: str, namespace: str, name: str, data: Mapping[str, str | None]
+    ) -> bool:
+        """Merge `data` into the object's ``data`` (None deletes a key); False if it is gone.
+
+        For keys other writers own (the routers' reports): a merge patch
+        touches only the keys it names.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        api, suffix = self._api(kind)
+        try:
+            getattr(api, f"patch_namespaced_{suffix}")(
+                name, namespace, {"data": dict(data)}, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def server_side_apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``obj`` as the operator's field manager, taking over conflicting fields."""
         api, suffix = self._api(str(obj["kind"]))

@@ -18,7 +18,7 @@ from typing import Any
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool_operator.handover import GatewayPod, RouterPod
 
-__all__ = ["gateway_pods", "parse_time", "router_pods"]
+__all__ = ["gateway_pods", "gateway_ports", "parse_time", "router_pods"]
 
 
 def parse_time(value: object) -> datetime | None:
@@ -59,6 +59,29 @@ def gateway_pods(pods: Iterable[Mapping[str, Any]], *, statefulset: str) -> list
         ordinal = int(match.group(1))
         found[ordinal] = GatewayPod(ordinal=ordinal, ready=ready, since=since)
     return [found[ordinal] for ordinal in sorted(found)]
+
+
+def gateway_ports(pods: Iterable[Mapping[str, Any]], *, statefulset: str) -> dict[int, int]:
+    """The DICOM port each existing gateway pod serves, by ordinal.
+
+    A pod keeps the port it was created with until it is replaced, so while
+    a new ``spec.gateway.port`` rolls out, the map must name each gateway at
+    the port its pod has, not at the spec's.
+    """
+    pattern = re.compile(rf"^{re.escape(statefulset)}-(\d+)$")
+    ports: dict[int, int] = {}
+    for pod in pods:
+        match = pattern.match(str((pod.get("metadata") or {}).get("name") or ""))
+        if match is None:
+            continue
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            if not isinstance(container, Mapping) or container.get("name") != "gateway":
+                continue
+            for port in container.get("ports") or []:
+                value = port.get("containerPort") if isinstance(port, Mapping) else None
+                if port.get("name") == "dicom" and isinstance(value, int) and 0 < value < 65536:
+                    ports[int(match.group(1))] = value
+    return ports
 
 
 def router_pods(

@@ -16,6 +16,7 @@ message, and one Warning Event says so (not one per pass).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -23,9 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gatewaypool.assignment import moved_buckets
 from gatewaypool.bucketmap import BucketMap, dump_map
-from gatewaypool_operator import children, mapping, status
+from gatewaypool_operator import children, handover, mapping, observe, status
 from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
 from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
 
@@ -54,6 +54,21 @@ class Outcome:
     #: annotation already holds it (or the spec was refused).
     accepted_spec: str | None = None
     applied: list[Applied] = field(default_factory=list)
+    #: The handover's decision; None when the spec was refused.
+    plan: handover.HandoverPlan | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the pool is mid-change: buckets moving, gateways not yet as wanted.
+
+        The resync then passes again within seconds, not at its usual interval:
+        a handover advances only on passes.
+        """
+        plan = self.plan
+        if plan is None:
+            return False
+        wanted = self.status.get("replicas") != plan.replicas
+        return bool(plan.moving or plan.publish is not None or wanted or plan.events)
 
 
 def _accepted(body: Mapping[str, Any], default_router_image: str) -> PoolSpec | None:
@@ -123,16 +138,42 @@ def reconcile(
         )
 
     floor = int((body.get("status") or {}).get("mapVersion") or 0)
-    gateways = mapping.desired_gateways(
-        name=name, namespace=namespace, spec=spec, count=spec.replicas
+    plan = _plan_handover(
+        cluster,
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        published=current_map,
+        map_data=(map_object or {}).get("data") or {},
+        statefulset=statefulset,
+        version_floor=floor,
+        now=now,
+        events=events,
     )
-    new_map = mapping.next_map(
-        current_map, gateways=gateways, buckets=spec.buckets, version_floor=floor
+    if plan.publish is not None:
+        current_map = plan.publish
+    stored = (map_object or {}).get("data") or {}
+    write_map = (
+        plan.publish is not None
+        or map_object is None
+        or (plan.state_changed and _state_news(stored, plan.state, buckets=spec.buckets, now=now))
     )
-    if new_map is not None:
-        events.append(_map_event(current_map, new_map))
-        current_map = new_map
-    map_json = dump_map(current_map) if current_map is not None else None
+    map_data = (
+        {
+            children.MAP_KEY: dump_map(current_map),
+            handover.STATE_KEY: handover.dump_state(plan.state, buckets=spec.buckets),
+        }
+        if current_map is not None
+        else None
+    )
+    events.extend(Event(e.type, e.reason, e.message) for e in plan.events)
+    previous_totals = (body.get("status") or {}).get("handovers") or {}
+    summary = status.HandoverSummary(
+        oldest_move_seconds=plan.oldest_move_seconds,
+        completed=_count(previous_totals.get("completed")) + len(plan.completed),
+        forced=_count(previous_totals.get("forced")) + len(plan.forced),
+        excluded_routers=plan.excluded_routers,
+    )
 
     owner = children.owner_reference(body)
     applied: list[Applied] = []
@@ -140,8 +181,8 @@ def reconcile(
         name=name,
         namespace=namespace,
         spec=spec,
-        bucket_map_json=map_json,
-        gateway_replicas=spec.replicas,
+        map_data=map_data,
+        gateway_replicas=plan.replicas,
     )
     refused: list[RefusedError] = []
 
@@ -155,9 +196,10 @@ def reconcile(
     for obj in desired:
         obj["metadata"]["ownerReferences"] = [owner]
         if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == map_name:
-            if new_map is None and map_object is not None:
-                # Only a new map version is ever written, never the same one again.
+            if not write_map:
+                # Written only with a new version or a new handover state.
                 continue
+            # Conditional: a pass computed from an older map cannot publish over a newer one.
             apply(obj, base=map_object, exclusive=True)
         elif obj["kind"] == "StatefulSet":
             # Conditional: a pass computed from an older state cannot shrink it back.
@@ -167,10 +209,20 @@ def reconcile(
     reports = children.routers_configmap(name=name, namespace=namespace)
     reports["metadata"]["ownerReferences"] = [owner]
     apply(reports, create_only=True)
+    if plan.prune_reports:
+        # Reports of router pods that are gone; each router writes only its own key.
+        cluster.merge_patch_data(
+            "ConfigMap",
+            namespace,
+            children.routers_configmap_name(name),
+            dict.fromkeys(plan.prune_reports),
+        )
     for kind, child_name in children.optional_children(name):
         if (kind, child_name) not in wanted:
             _remove_owned(cluster, kind, namespace, child_name, owner=owner, applied=applied)
     for item in applied:
+        if item.kind == "ConfigMap" and item.name == map_name and item.action == "patched":
+            continue  # map versions have their own events (BucketMapPublished, Handover*)
         if item.action == "created" and map_object is not None:
             events.append(Event("Normal", "ChildRecreated", f"{item.kind} {item.name} re-created"))
         elif item.action == "recreated":
@@ -208,32 +260,104 @@ def reconcile(
             apply_error=apply_error,
             previous=previous,
             now=now,
+            handover=summary,
         ),
         events=events,
         accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
         applied=applied,
+        plan=plan,
     )
 
 
-def _map_event(old: BucketMap | None, new: BucketMap) -> Event:
-    if old is None or old.buckets != new.buckets:
-        message = (
-            f"published map version {new.version}: "
-            f"{new.buckets} buckets over {len(new.gateways)} gateways"
+def _plan_handover(
+    cluster: Cluster,
+    *,
+    name: str,
+    namespace: str,
+    spec: PoolSpec,
+    published: BucketMap | None,
+    map_data: Mapping[str, str],
+    statefulset: Mapping[str, Any] | None,
+    version_floor: int,
+    now: datetime,
+    events: list[Event],
+) -> handover.HandoverPlan:
+    """Observe what the handover decides from, and let the pure core decide."""
+    state: handover.HandoverState | None = None
+    text = map_data.get(handover.STATE_KEY)
+    if text:
+        try:
+            state = handover.parse_state(text, buckets=spec.buckets)
+        except handover.StateError as exc:
+            # Safe to lose: moves then count as started now and wait again.
+            events.append(Event("Warning", "HandoverStateUnreadable", str(exc)))
+    sts_name = children.statefulset_name(name)
+    gateway_objects = cluster.find(
+        "Pod", namespace, labels=children.selector_labels(name, "gateway")
+    )
+    router_objects = cluster.find("Pod", namespace, labels=children.selector_labels(name, "router"))
+    reports_object = cluster.read("ConfigMap", namespace, children.routers_configmap_name(name))
+    reports = (reports_object or {}).get("data") or {}
+    sts_replicas = _count(((statefulset or {}).get("spec") or {}).get("replicas"))
+    listed = len(published.gateways) if published is not None else 0
+    ports = observe.gateway_ports(gateway_objects, statefulset=sts_name)
+    catalogue = [
+        dataclasses.replace(gateway, port=ports.get(ordinal, gateway.port))
+        for ordinal, gateway in enumerate(
+            mapping.desired_gateways(
+                name=name,
+                namespace=namespace,
+                spec=spec,
+                count=max(spec.replicas, listed, sts_replicas, 1),
+            )
         )
-    else:
-        moved = len(moved_buckets(_by_name(old, new), list(new.owners)))
-        message = (
-            f"published map version {new.version}: {len(old.gateways)} -> {len(new.gateways)} "
-            f"gateways, {moved} of {new.buckets} buckets moved"
+    ]
+    settings = handover.HandoverSettings(
+        quiet_seconds=spec.handover.quiet_seconds,
+        max_drain_seconds=spec.handover.max_drain_seconds,
+        failover_after_seconds=spec.handover.failover_after_seconds,
+    )
+    return handover.plan_handover(
+        handover.HandoverInput(
+            published=published,
+            state=state,
+            catalogue=catalogue,
+            buckets=spec.buckets,
+            wanted=spec.replicas,
+            statefulset_replicas=sts_replicas,
+            gateway_pods=observe.gateway_pods(gateway_objects, statefulset=sts_name),
+            routers=observe.router_pods(router_objects, reports=reports, now=now),
+            settings=settings,
+            now=now,
+            version_floor=version_floor,
+            report_keys=tuple(reports),
         )
-    return Event("Normal", "MapPublished", message)
+    )
 
 
-def _by_name(old: BucketMap, new: BucketMap) -> list[int]:
-    """Old owners renumbered into the new map's gateway indices (-1 if gone)."""
-    index = {gateway.name: i for i, gateway in enumerate(new.gateways)}
-    return [index.get(old.gateways[owner].name, -1) for owner in old.owners]
+def _state_news(
+    stored: Mapping[str, str], state: handover.HandoverState, *, buckets: int, now: datetime
+) -> bool:
+    """Whether `state` says more than the stored one (an expired hold says nothing).
+
+    A hold that has run out changes no decision, so clearing it is no reason
+    to write the map's ConfigMap (and to send every router a watch event).
+    """
+    try:
+        before = handover.parse_state(stored.get(handover.STATE_KEY, ""), buckets=buckets)
+    except handover.StateError:
+        return True
+
+    def settled(one: handover.HandoverState) -> handover.HandoverState:
+        if one.hold_until is not None and one.hold_until <= now:
+            return dataclasses.replace(one, hold_until=None)
+        return one
+
+    return settled(before) != settled(state)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _status(
@@ -248,6 +372,7 @@ def _status(
     apply_error: str | None,
     previous: Any,
     now: datetime,
+    handover: status.HandoverSummary | None = None,
 ) -> dict[str, Any]:
     statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
     reports = cluster.read("ConfigMap", namespace, children.routers_configmap_name(name))
@@ -267,6 +392,7 @@ def _status(
         apply_error=apply_error,
         previous_conditions=previous,
         now=now,
+        handover=handover,
     )
 
 

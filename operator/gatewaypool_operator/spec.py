@@ -125,6 +125,8 @@ class StorageSpec:
     size: str
     storage_class_name: str | None = None
     mount_path: str = "/var/lib/gateway"
+    #: What happens to a removed gateway's claim on scale-down: Retain or Delete.
+    when_scaled: str = "Retain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,7 @@ class GatewaySpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     storage: StorageSpec | None = None
     pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)
+    termination_grace_period_seconds: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,8 @@ class HandoverSpec:
 
     quiet_seconds: int = 30
     max_drain_seconds: int = 600
+    #: A gateway pod not Ready this long has its buckets moved at once (forced); None: never.
+    failover_after_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +353,7 @@ def _gateway(section: _Object) -> GatewaySpec:
         "resources",
         "storage",
         "podTemplate",
+        "terminationGracePeriodSeconds",
     )
     storage = section.child("storage", optional=True)
     return GatewaySpec(
@@ -361,11 +367,14 @@ def _gateway(section: _Object) -> GatewaySpec:
         resources=_resources(section, "resources"),
         storage=None if storage is None else _storage(storage),
         pod_template=_pod_template(section.child("podTemplate")),
+        termination_grace_period_seconds=section.integer(
+            "terminationGracePeriodSeconds", default=30, low=0, high=3600
+        ),
     )
 
 
 def _storage(section: _Object) -> StorageSpec:
-    section.keys("size", "storageClassName", "mountPath")
+    section.keys("size", "storageClassName", "mountPath", "whenScaled")
     size = section.string("size", default=None)
     if not _QUANTITY.match(size) or size.startswith("-") or not any(c in "123456789" for c in size):
         raise SpecError(section.path("size"), size, "is not a positive quantity (e.g. 10Gi)")
@@ -380,7 +389,12 @@ def _storage(section: _Object) -> StorageSpec:
             f"is not an absolute path other than / and {TMP_PATH} "
             f"(every pod has an emptyDir at {TMP_PATH})",
         )
-    return StorageSpec(size=size, storage_class_name=storage_class or None, mount_path=mount_path)
+    return StorageSpec(
+        size=size,
+        storage_class_name=storage_class or None,
+        mount_path=mount_path,
+        when_scaled=section.choice("whenScaled", ("Retain", "Delete"), "Retain"),
+    )
 
 
 def _pod_template(section: _Object) -> PodTemplateSpec:
@@ -457,8 +471,9 @@ def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
 
 
 def _handover(section: _Object) -> HandoverSpec:
-    section.keys("quietSeconds", "maxDrainSeconds")
+    section.keys("quietSeconds", "maxDrainSeconds", "failoverAfterSeconds")
     quiet = section.integer("quietSeconds", default=30, low=1, high=3600)
+    failover = section.integer("failoverAfterSeconds", default=0, low=10, high=86400)
     max_drain = section.integer("maxDrainSeconds", default=600, low=10, high=86400)
     if max_drain < quiet:
         raise SpecError(
@@ -467,7 +482,11 @@ def _handover(section: _Object) -> HandoverSpec:
             f"is less than spec.handover.quietSeconds ({quiet}): "
             "a handover would be forced before a bucket could be quiet",
         )
-    return HandoverSpec(quiet_seconds=quiet, max_drain_seconds=max_drain)
+    return HandoverSpec(
+        quiet_seconds=quiet,
+        max_drain_seconds=max_drain,
+        failover_after_seconds=failover or None,
+    )
 
 
 _TOLERATION_KEYS: Final = ("key", "operator", "value", "effect", "tolerationSeconds")

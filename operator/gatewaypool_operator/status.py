@@ -24,7 +24,6 @@ since when) and ``observedGeneration``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,16 +31,17 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gatewaypool.bucketmap import BucketMap
+from gatewaypool.reports import ReportError, parse_report
 from gatewaypool_operator.children import selector_string
 from gatewaypool_operator.spec import PoolSpec, thaw
 
 __all__ = [
     "DEFAULT_PROGRESS_DEADLINE_SECONDS",
-    "RouterReport",
+    "HandoverSummary",
     "compute_status",
     "format_time",
     "merge_patch",
-    "parse_router_report",
+    "report_in_sync",
 ]
 
 DEFAULT_PROGRESS_DEADLINE_SECONDS: Final = 600.0
@@ -56,44 +56,37 @@ APPLY_REFUSED: Final = "ApplyRefused"
 
 
 @dataclass(frozen=True, slots=True)
-class RouterReport:
-    """One router's entry in the ``NAME-routers`` ConfigMap.
+class HandoverSummary:
+    """What the handover pass adds to the status.
 
     Attributes
     ----------
-    map_version
-        The bucket map version the router applied.
-    started_at, reported_at
-        When the router started and wrote this report; None if absent or
-        unreadable (the handover needs them, the status does not).
+    oldest_move_seconds
+        Age of the oldest move under way; None when nothing moves.
+    completed, forced
+        Moves since the pool was created (the previous totals plus this pass's).
+    excluded_routers
+        Live routers whose reports are too old to wait for.
     """
 
-    map_version: int
-    started_at: datetime | None = None
-    reported_at: datetime | None = None
+    oldest_move_seconds: float | None = None
+    completed: int = 0
+    forced: int = 0
+    excluded_routers: tuple[str, ...] = ()
 
 
-def parse_router_report(text: str) -> RouterReport | None:
-    """Parse a router's report, ``{"mapVersion": 7, "startedAt": ..., "reportedAt": ...}``.
+def report_in_sync(text: str | None, version: int) -> bool:
+    """Whether a router's report (`gatewaypool.reports`) says it applied `version`.
 
-    Returns None for anything unusable: a router that wrote garbage (or an
-    older router) counts as not in sync, which is safe, rather than
+    Anything unusable counts as not in sync, which is safe, rather than
     stopping the operator.
     """
+    if not text:
+        return False
     try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    version = data.get("mapVersion")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        return None
-    return RouterReport(
-        map_version=version,
-        started_at=_parse_time(data.get("startedAt")),
-        reported_at=_parse_time(data.get("reportedAt")),
-    )
+        return parse_report(text).map_version == version
+    except ReportError:
+        return False
 
 
 def compute_status(
@@ -110,6 +103,7 @@ def compute_status(
     now: datetime,
     progress_deadline_seconds: float = DEFAULT_PROGRESS_DEADLINE_SECONDS,
     apply_error: str | None = None,
+    handover: HandoverSummary | None = None,
 ) -> dict[str, Any]:
     """Return the pool's whole ``status`` block.
 
@@ -144,13 +138,15 @@ def compute_status(
     apply_error
         What the API server said when it refused to write a child (``"StatefulSet
         NAME-gw: ..."``), or None.
+    handover
+        The handover's drain progress and totals; None before any pass planned one.
 
     Returns
     -------
     dict
-        Every status field of the contract, always all of them: the status
-        is written as a merge patch, where an omitted field would keep a
-        stale value.
+        Every status field of the contract, always all of them but
+        ``oldestMoveSeconds`` (absent when nothing moves): the status is
+        written with `merge_patch`, which deletes what is absent.
 
     Raises
     ------
@@ -167,6 +163,7 @@ def compute_status(
         live_router_pods=live_router_pods,
     )
     previous = _by_type(previous_conditions)
+    summary = handover if handover is not None else HandoverSummary()
     wanted = [
         (READY, *_ready(observed)),
         (PROGRESSING, *_progressing(observed)),
@@ -195,7 +192,7 @@ def compute_status(
         )
         for kind, status, reason, message in wanted
     ]
-    return {
+    result: dict[str, Any] = {
         "replicas": observed.replicas,
         "readyReplicas": observed.ready,
         "selector": selector_string(name),
@@ -205,9 +202,15 @@ def compute_status(
         "routersTotal": observed.routers,
         "routers": f"{observed.in_sync}/{observed.routers}",
         "movingBuckets": observed.moving,
+        "handovers": {"completed": summary.completed, "forced": summary.forced},
+        "excludedRouters": list(summary.excluded_routers),
         "bucketCounts": bucket_map.bucket_counts() if bucket_map is not None else {},
         "conditions": conditions,
     }
+    if summary.oldest_move_seconds is not None:
+        # Absent when nothing moves: the merge patch then deletes it.
+        result["oldestMoveSeconds"] = int(summary.oldest_move_seconds)
+    return result
 
 
 def merge_patch(*, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,10 +272,8 @@ class _Observed:
         live = set(live_router_pods)
         in_sync = 0
         if bucket_map is not None:
-            for pod in live:
-                report = parse_router_report(router_reports.get(pod, ""))
-                if report is not None and report.map_version == bucket_map.version:
-                    in_sync += 1
+            version = bucket_map.version
+            in_sync = sum(1 for pod in live if report_in_sync(router_reports.get(pod), version))
         return cls(
             spec=spec,
             has_statefulset=statefulset_status is not None,

@@ -1,15 +1,16 @@
 """Operator, router and gateways together: a pool scaled from 3 to 5 under traffic.
 
 The Kubernetes API is the emulator; the operator and the router are real
-processes; the test plays kubelet: one real DICOM gateway (a pynetdicom SCP)
-per StatefulSet replica on loopback, with readiness written back into the
-StatefulSet's status. The router reaches the map's cluster DNS names through
-its own ``--connect-to`` rules.
+processes; the kubelet harness runs one real DICOM gateway (a pynetdicom
+SCP) per StatefulSet pod with a real cluster's delays (listening 1.5 s after
+the pod is asked for, Ready 0.5 s later). Studies keep flowing, each over
+several associations, while the pool scales: the new gateways receive
+buckets only once Ready, each moving bucket changes gateway only once
+quiet, and no study is split.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,53 +23,23 @@ from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.operatorproc import OperatorProcess
-from gatewaypool_local.peers import PynetdicomSink, free_port, storescu, wait_until
+from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
-from gatewaypool_local.synth import Study, generate_study
+from gatewaypool_local.synth import generate_study
+from support.kubelet import GatewayKubelet
+from support.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"
 GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
-MAX_GATEWAYS = 5
 GATEWAY_PORT = 104
-
-
-class Kubelet:
-    """Runs one gateway process per StatefulSet replica and reports readiness."""
-
-    def __init__(self, kube: KubeEmulator, work: Path, ports: list[int]) -> None:
-        self.kube = kube
-        self.work = work
-        self.ports = ports
-        self.gateways: dict[int, PynetdicomSink] = {}
-
-    def sync(self) -> int:
-        statefulset = self.kube.get("StatefulSet", "ct-gw", NS)
-        if statefulset is None:
-            return 0
-        wanted = int(statefulset["spec"]["replicas"])
-        for ordinal in range(wanted):
-            if ordinal not in self.gateways:
-                sink = PynetdicomSink(
-                    self.work / f"ct-gw-{ordinal}", ae_title="TRIAGE", port=self.ports[ordinal]
-                )
-                sink.start()
-                self.gateways[ordinal] = sink
-        for ordinal in [o for o in self.gateways if o >= wanted]:
-            self.gateways.pop(ordinal).stop()
-        self.kube.write_status(
-            "apps",
-            "v1",
-            "statefulsets",
-            NS,
-            "ct-gw",
-            status={"replicas": wanted, "readyReplicas": wanted, "currentReplicas": wanted},
-        )
-        return wanted
-
-    def stop(self) -> None:
-        for sink in self.gateways.values():
-            sink.stop()
+KUBE_EVENTS: list[Any] = []
+ROUTER_LABELS = {
+    "app.kubernetes.io/instance": "ct",
+    "app.kubernetes.io/component": "router",
+    "app.kubernetes.io/name": "gatewaypool",
+    "app.kubernetes.io/managed-by": "gatewaypool-operator",
+}
 
 
 @pytest.fixture
@@ -79,39 +50,42 @@ def kube() -> Iterator[KubeEmulator]:
         yield emulator
 
 
-def published_version(kube: KubeEmulator) -> int:
-    configmap = kube.get("ConfigMap", "ct-map", NS)
-    text = ((configmap or {}).get("data") or {}).get("map.json")
-    return parse_map(text).version if text else 0
+def status(kube: KubeEmulator) -> dict[str, Any]:
+    return (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
 
 
-def send(router: RouterProcess, studies: list[Study], calling_ae: str) -> None:
-    files = [path for study in studies for path in study.files]
-    result = storescu(
-        router.host, router.port, files, calling_ae=calling_ae, called_ae=router.ae_title
+def settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
+    current = status(kube)
+    return (
+        current.get("readyReplicas") == replicas
+        and current.get("movingBuckets") == 0
+        and len(current.get("bucketCounts") or {}) == replicas
+        and kubelet.running_ordinals() == set(range(replicas))
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-
-
-def holders(kubelet: Kubelet) -> dict[str, dict[int, int]]:
-    """StudyInstanceUID -> {gateway ordinal: instances held}."""
-    found: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for ordinal, sink in kubelet.gateways.items():
-        for item in sink.received():
-            found[item.study_uid][ordinal] += 1
-    return found
 
 
 def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(MAX_GATEWAYS)]
-    kubelet = Kubelet(kube, tmp_path, ports)
     operator = OperatorProcess(
-        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
+        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "5"]
     )
-    operator.start()
+    kubelet = GatewayKubelet(
+        kube,
+        tmp_path,
+        namespace=NS,
+        pool="ct",
+        ae_title="TRIAGE",
+        port=GATEWAY_PORT,
+        max_gateways=5,
+    )
+    studies = [
+        generate_study(tmp_path / "data", study_index=i, instances=20, rows=16, columns=16)
+        for i in range(80)
+    ]
+    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
     router: RouterProcess | None = None
+    operator.start()
+    kubelet.start()
     try:
-        custom = kubernetes.client.CustomObjectsApi(kube.api_client())
         custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -124,35 +98,20 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
                 "spec": {
                     "replicas": 3,
                     "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
+                    "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
                 },
             },
         )
-        wait_until(lambda: kubelet.sync() == 3, timeout=30, what="three gateways running")
-        wait_until(lambda: published_version(kube) == 1, timeout=30, what="map version 1")
-
-        # The router pod, as the Deployment would run it.
+        wait_until(lambda: settled(kube, kubelet, 3), timeout=60, what="three gateways ready")
         kube.create(
             "Pod",
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {
-                    "name": "ct-router-0",
-                    "namespace": NS,
-                    "labels": {
-                        "app.kubernetes.io/instance": "ct",
-                        "app.kubernetes.io/component": "router",
-                        "app.kubernetes.io/name": "gatewaypool",
-                        "app.kubernetes.io/managed-by": "gatewaypool-operator",
-                    },
-                },
+                "metadata": {"name": "ct-router-0", "namespace": NS, "labels": ROUTER_LABELS},
                 "spec": {"containers": [{"name": "router", "image": "gatewaypool:test"}]},
             },
         )
-        connect_to = [
-            f"ct-gw-{i}.ct-gw.{NS}.svc.cluster.local:{GATEWAY_PORT}:127.0.0.1:{ports[i]}"
-            for i in range(MAX_GATEWAYS)
-        ]
         router = RouterProcess(
             tmp_path / "router",
             extra_args=[
@@ -164,64 +123,74 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
                 "ct-router-0",
                 "--kubeconfig",
                 str(kube.kubeconfig_path),
-                *[arg for rule in connect_to for arg in ("--connect-to", rule)],
+                *[arg for rule in kubelet.connect_to() for arg in ("--connect-to", rule)],
             ],
         )
         router.start()
-        assert router.metric("gatewaypool_router_map_version") == 1
+        first = router.metric("gatewaypool_router_map_version")
+        assert first >= 1
 
-        first = [
-            generate_study(tmp_path / "data", study_index=i, instances=10, rows=32, columns=32)
-            for i in range(6)
-        ]
-        send(router, first[:3], "CT1")
-        send(router, first[3:], "CT2")
-
+        traffic = Traffic([router], studies, seed=0, senders=3)
+        traffic.start()
+        wait_until(lambda: traffic.sent_studies() >= 5, timeout=60, what="traffic flowing")
         # kubectl scale gwp/ct --replicas=5
         custom.patch_namespaced_custom_object_scale(
             GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 5}}
         )
-        written = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and written is None:
-            if published_version(kube) == 2:
-                written = time.monotonic()
-        assert written is not None, "the operator did not publish map version 2"
+        wait_until(lambda: settled(kube, kubelet, 5), timeout=90, what="settled at five")
+        assert traffic.sent_studies() < len(studies), "traffic ran out before the scale ended"
+        final = parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"])  # type: ignore[index]
         wait_until(
-            lambda: router.metric("gatewaypool_router_map_version") == 2,
+            lambda: router.metric("gatewaypool_router_map_version") == final.version,
             timeout=10,
-            what="router on map version 2",
+            what="the router on the final map",
         )
-        assert time.monotonic() - written < 2.0
-        wait_until(lambda: kubelet.sync() == 5, timeout=30, what="five gateways running")
-
-        second = [
-            generate_study(tmp_path / "data", study_index=i, instances=10, rows=32, columns=32)
-            for i in range(6, 14)
-        ]
-        send(router, second[:4], "CT1")
-        send(router, second[4:], "CT3")
-
-        new_map = parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"])  # type: ignore[index]
-        found = holders(kubelet)
-        for study in first + second:
-            where = found[study.study_uid]
-            assert len(where) == 1, f"study split over gateways {dict(where)}"
-            assert sum(where.values()) == 10, "instances lost"
-        for study in second:
-            [ordinal] = found[study.study_uid]
-            owner = new_map.gateway_for(study_bucket(study.study_uid, new_map.buckets))
-            assert owner.name == f"ct-gw-{ordinal}"
-        assert {o for s in second for o in found[s.study_uid]} & {3, 4}, "no study on a newcomer"
-
-        # The router told the operator which version it runs; status shows it.
-        def in_sync() -> bool:
-            status: dict[str, Any] = (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
-            return status.get("mapVersion") == 2 and status.get("routers") == "1/1"
-
-        wait_until(in_sync, timeout=30, what="status routers 1/1 on version 2")
+        wait_until(
+            lambda: (
+                status(kube).get("routers") == "1/1"
+                and status(kube).get("mapVersion") == final.version
+            ),
+            timeout=30,
+            what="status: the router on the final version",
+        )
+        outcome = traffic.finish()
+        # Studies sent once the scale is over land where the final map says.
+        after = Traffic([router], studies[-6:], seed=1, senders=2)
+        after.start()
+        late = after.finish(drain=True)
+        held: dict[str, set[int]] = defaultdict(set)
+        holders: set[str] = set()
+        for ordinal, sink in kubelet.gateways.items():
+            for item in sink.received():
+                held[item.study_uid].add(ordinal)
+                holders.add(item.sop_instance_uid)
+        events = [e.get("reason") for e in kube.objects("v1/events", NS)]
+        KUBE_EVENTS[:] = kube.objects("v1/events", NS)
     finally:
         if router is not None:
             router.stop()
         kubelet.stop()
         operator.stop()
+
+    assert not outcome.failed, sorted(outcome.failed.items())[:5]
+    assert not outcome.unanswered
+    assert outcome.studies[-1] not in studies[-6:], "the late studies were sent before"
+    for study in outcome.studies:
+        assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
+        assert len(held[study.study_uid]) == 1, (
+            f"study split over {held[study.study_uid]}",
+            study_bucket(study.study_uid, 4096),
+            [
+                (e.get("ts"), e.get("version"))
+                for e in (router.events("map.applied") if router else [])
+            ],
+            [(e.get("reason"), e.get("message"), e.get("firstTimestamp")) for e in KUBE_EVENTS],
+        )
+    assert outcome.acknowledged.keys() <= holders
+    assert not late.failed and len(late.studies) == 6
+    for study in late.studies:
+        [ordinal] = held[study.study_uid]
+        owner = final.gateway_for(study_bucket(study.study_uid, final.buckets))
+        assert owner.name == f"ct-gw-{ordinal}"
+    assert {o for indexes in held.values() for o in indexes} >= {3, 4}, "no study on a newcomer"
+    assert "HandoverStarted" in events and "HandoverCompleted" in events

@@ -20,6 +20,7 @@ from gatewaypool.bucketmap import parse_map
 from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
+from support.kubelet import GatewayKubelet
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
@@ -47,6 +48,23 @@ def kube() -> Iterator[KubeEmulator]:
         emulator.apply_crd(CRD)
         emulator.create_namespace(NS)
         yield emulator
+
+
+@pytest.fixture(autouse=True)
+def kubelet(kube: KubeEmulator, tmp_path: Path) -> Iterator[GatewayKubelet]:
+    """Gateway pods that start late and become Ready later (no processes: no traffic here)."""
+    with GatewayKubelet(
+        kube,
+        tmp_path / "kubelet",
+        namespace=NS,
+        pool="ct",
+        ae_title="TRIAGE",
+        port=104,
+        max_gateways=12,
+        processes=False,
+    ) as harness:
+        yield harness
+    assert not harness.errors
 
 
 @pytest.fixture
@@ -80,6 +98,8 @@ def create_pool(kube: KubeEmulator, *, replicas: int = 3, buckets: int = 4096) -
             "replicas": replicas,
             "buckets": buckets,
             "gateway": {"image": "registry.example.org/ai-triage:2.1", "aeTitle": "TRIAGE"},
+            # No routers here: a move completes once the operator has waited this long.
+            "handover": {"quietSeconds": 1, "maxDrainSeconds": 10},
         },
     }
     created: dict[str, Any] = custom(kube).create_namespaced_custom_object(
@@ -111,10 +131,14 @@ def all_children_exist(kube: KubeEmulator) -> bool:
 
 
 def test_create_makes_every_child_owned_and_publishes_the_map(
-    kube: KubeEmulator, operator: OperatorProcess
+    kube: KubeEmulator, operator: OperatorProcess, kubelet: GatewayKubelet
 ) -> None:
     created = create_pool(kube)
     wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    # The map names gateways only once they are Ready: no map before that.
+    assert map_version(kube) == 0 or kubelet.ready_ordinals()
+    wait_until(lambda: map_version(kube) == 1, timeout=30, what="first map, gateways ready")
+    assert kubelet.ready_ordinals() == {0, 1, 2}
     uid = created["metadata"]["uid"]
     for kind, name in CHILDREN:
         child = kube.get(kind, name, NS)
@@ -152,21 +176,25 @@ def test_create_makes_every_child_owned_and_publishes_the_map(
     assert status["selector"] == "app.kubernetes.io/instance=ct,app.kubernetes.io/component=gateway"
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
     wait_until(
-        lambda: any(e.get("reason") == "MapPublished" for e in kube.objects("v1/events", NS)),
+        lambda: any(e.get("reason") == "BucketMapPublished" for e in kube.objects("v1/events", NS)),
         timeout=20,
-        what="MapPublished event",
+        what="BucketMapPublished event",
     )
 
 
-def _wait_scaled(kube: KubeEmulator, replicas: int, version: int) -> None:
-    wait_until(
-        lambda: (
-            (kube.get("StatefulSet", "ct-gw", NS) or {}).get("spec", {}).get("replicas") == replicas
-            and map_version(kube) == version
-        ),
-        timeout=20,
-        what=f"scaled to {replicas}, map version {version}",
+def _settled(kube: KubeEmulator, replicas: int) -> bool:
+    current = published_map(kube)
+    return (
+        (kube.get("StatefulSet", "ct-gw", NS) or {}).get("spec", {}).get("replicas") == replicas
+        and current is not None
+        and not current.moving
+        and set(current.owners) == set(range(replicas))
     )
+
+
+def _wait_scaled(kube: KubeEmulator, replicas: int) -> None:
+    """Gateways started, buckets handed over, leaving gateways removed."""
+    wait_until(lambda: _settled(kube, replicas), timeout=60, what=f"settled at {replicas}")
 
 
 def test_scale_through_the_scale_subresource_and_the_spec(
@@ -180,7 +208,7 @@ def test_scale_through_the_scale_subresource_and_the_spec(
     custom(kube).patch_namespaced_custom_object_scale(
         GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 5}}
     )
-    _wait_scaled(kube, 5, 2)
+    _wait_scaled(kube, 5)
     second = published_map(kube)
     assert list(second.owners) == rebalance(list(first.owners), 5)
     moved = sum(1 for a, b in zip(first.owners, second.owners, strict=True) if a != b)
@@ -195,7 +223,7 @@ def test_scale_through_the_scale_subresource_and_the_spec(
     custom(kube).patch_namespaced_custom_object(
         GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 4}}
     )
-    _wait_scaled(kube, 4, 3)
+    _wait_scaled(kube, 4)
     third = published_map(kube)
     assert list(third.owners) == rebalance(list(second.owners), 4)
     assert all(owner < 4 for owner in third.owners)
@@ -204,6 +232,7 @@ def test_scale_through_the_scale_subresource_and_the_spec(
 def test_a_deleted_child_comes_back(kube: KubeEmulator, operator: OperatorProcess) -> None:
     create_pool(kube)
     wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    wait_until(lambda: map_version(kube) == 1, timeout=30, what="first map")
     before = kube.get("Service", "ct-router", NS)
     assert before is not None
     kubernetes.client.CoreV1Api(kube.api_client()).delete_namespaced_service(

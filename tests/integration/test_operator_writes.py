@@ -25,6 +25,7 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
+from support.kubelet import GatewayKubelet
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
@@ -32,6 +33,8 @@ NS = "radiology"
 GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 IMAGE = "registry.example.org/gatewaypool:0.1.0"
 WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+#: The running test's kubelet (one at a time), for assert_quiet.
+KUBELETS: list[GatewayKubelet] = []
 
 
 @pytest.fixture
@@ -40,6 +43,25 @@ def kube() -> Iterator[KubeEmulator]:
         emulator.apply_crd(CRD)
         emulator.create_namespace(NS)
         yield emulator
+
+
+@pytest.fixture(autouse=True)
+def kubelet(kube: KubeEmulator, tmp_path: Path) -> Iterator[GatewayKubelet]:
+    """Gateway pods made from the StatefulSet's template, rolled one at a time."""
+    with GatewayKubelet(
+        kube,
+        tmp_path / "kubelet",
+        namespace=NS,
+        pool="ct",
+        ae_title="GATEWAY",
+        port=104,
+        max_gateways=8,
+        processes=False,
+    ) as harness:
+        KUBELETS.append(harness)
+        yield harness
+    KUBELETS.remove(harness)
+    assert not harness.errors
 
 
 @pytest.fixture
@@ -69,7 +91,13 @@ def create_pool(kube: KubeEmulator, gateway: dict[str, Any], **spec: Any) -> Non
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "GatewayPool",
         "metadata": {"name": "ct", "namespace": NS},
-        "spec": {"replicas": 2, "buckets": 64, "gateway": {"image": "scp:1", **gateway}, **spec},
+        "spec": {
+            "replicas": 2,
+            "buckets": 64,
+            "gateway": {"image": "scp:1", **gateway},
+            "handover": {"quietSeconds": 1, "maxDrainSeconds": 10},
+            **spec,
+        },
     }
     custom(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
 
@@ -101,9 +129,11 @@ def writes(kube: KubeEmulator) -> list[str]:
 
 
 def assert_quiet(kube: KubeEmulator, operator: OperatorProcess) -> None:
-    """The next two drift checks write nothing and post no Event."""
+    """Once the gateways rolled out, the next two drift checks write nothing, post no Event."""
+    wait_until(KUBELETS[-1].rolled_out, timeout=60, what="gateways rolled out")
+    # Two passes to take in what the kubelet wrote last (pod and StatefulSet status).
     checks = operator.count("pools checked")
-    wait_until(lambda: operator.count("pools checked") > checks, timeout=20, what="a resync")
+    wait_until(lambda: operator.count("pools checked") > checks + 1, timeout=20, what="resyncs")
     before_writes = len(writes(kube))
     before_events = len(kube.objects("v1/events", NS))
     mark = operator.count("pools checked")
@@ -112,11 +142,16 @@ def assert_quiet(kube: KubeEmulator, operator: OperatorProcess) -> None:
     assert len(kube.objects("v1/events", NS)) == before_events
 
 
+def published(kube: KubeEmulator) -> Any:
+    data = (kube.get("ConfigMap", "ct-map", NS) or {}).get("data") or {}
+    return parse_map(data["map.json"]) if "map.json" in data else None
+
+
 def settled(kube: KubeEmulator, operator: OperatorProcess) -> None:
     wait_until(
-        lambda: kube.get("ConfigMap", "ct-map", NS) is not None and bool(statefulset(kube)),
-        timeout=20,
-        what="pool created",
+        lambda: published(kube) is not None and bool(statefulset(kube)),
+        timeout=30,
+        what="pool created, gateways ready, map published",
     )
     assert_quiet(kube, operator)
 
@@ -155,17 +190,25 @@ def test_a_new_port_replaces_the_old_one(kube: KubeEmulator, operator: OperatorP
         timeout=20,
         what="the policy on port 4242",
     )
-    wait_until(
-        lambda: (
-            {
-                g.port
-                for g in parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"]).gateways
-            }  # type: ignore[index]
-            == {4242}
-        ),
-        timeout=20,
-        what="map with port 4242",
-    )
+    # The pods roll one at a time; the map names each gateway at the port its
+    # pod serves, never at one it does not serve yet.
+    mismatches: list[str] = []
+
+    def map_follows_pods() -> bool:
+        current = published(kube)
+        ports = {
+            pod["metadata"]["name"]: pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            for pod in kube.objects("Pod", NS)
+        }
+        for gateway in current.gateways:
+            # Named at 4242 only once its pod has 4242 (the old pod, still on
+            # 104, keeps 104 until it is replaced).
+            if gateway.port == 4242 and ports.get(gateway.name, 4242) != 4242:
+                mismatches.append(f"{gateway.name}: map {gateway.port}, pod {ports[gateway.name]}")
+        return {g.port for g in current.gateways} == {4242}
+
+    wait_until(map_follows_pods, timeout=60, what="map with port 4242")
+    assert not mismatches
     assert_quiet(kube, operator)
 
 
@@ -201,26 +244,9 @@ def test_adding_storage_recreates_the_statefulset_and_keeps_its_pods(
     create_pool(kube, {})
     settled(kube, operator)
     before = statefulset(kube)["metadata"]
-    owner = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "name": "ct-gw",
-        "uid": before["uid"],
-        "controller": True,
-    }
-    for ordinal in range(2):
-        kube.create(
-            "Pod",
-            {
-                "metadata": {
-                    "name": f"ct-gw-{ordinal}",
-                    "labels": children.selector_labels("ct", "gateway"),
-                    "ownerReferences": [owner],
-                },
-                "spec": {"containers": [{"name": "gateway", "image": "scp:1"}]},
-            },
-            namespace=NS,
-        )
+    pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.objects("Pod", NS)}
+    assert sorted(pods) == ["ct-gw-0", "ct-gw-1"]
+    start = len(list(kube.emulator._requests))
     change_gateway(kube, {"storage": {"size": "10240Mi", "storageClassName": "fast"}})
     wait_until(
         lambda: "volumeClaimTemplates" in statefulset(kube).get("spec", {}),
@@ -234,8 +260,11 @@ def test_adding_storage_recreates_the_statefulset_and_keeps_its_pods(
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert claim["spec"]["storageClassName"] == "fast"
     assert {"name": "data", "mountPath": "/var/lib/gateway"} in container(kube)["volumeMounts"]
-    pods = kube.objects("Pod", NS)
-    assert sorted(p["metadata"]["name"] for p in pods) == ["ct-gw-0", "ct-gw-1"], "pods kept"
+    # The StatefulSet went with its pods orphaned: the operator deleted no pod
+    # (the rolling update that follows, for the new volume, is the controller's).
+    deletes = [r for r in list(kube.emulator._requests)[start:] if r.action == kmock.action.DELETE]
+    assert [(r.resource.plural, r.url.name) for r in deletes] == [("statefulsets", "ct-gw")]
+    assert "Orphan" in str(deletes[0].data) + str(deletes[0].params)
     wait_until(
         lambda: any(e.get("reason") == "ChildRecreated" for e in kube.objects("v1/events", NS)),
         timeout=20,
@@ -363,10 +392,14 @@ def test_concurrent_passes_never_end_older_than_the_newest_spec(kube: KubeEmulat
         for thread in threads:
             thread.join(timeout=60)
         assert not errors, errors
-        assert statefulset(kube)["spec"]["replicas"] == replicas
-        configmap = kube.get("ConfigMap", "ct-map", NS)
-        assert configmap is not None
-        bucket_map = parse_map(configmap["data"]["map.json"])
-        assert len(bucket_map.gateways) == replicas
+        # Gateways grow at once; leaving ones stay until drained, never fewer.
+        assert statefulset(kube)["spec"]["replicas"] >= replicas
+        bucket_map = published(kube)
+        if bucket_map is None:
+            continue  # no gateway Ready yet
+        # Nothing computed from an older spec got through: no bucket moves to
+        # a gateway the newest spec does not want.
+        assert all(target < replicas for target in bucket_map.moving.values()), round_number
         versions.append(bucket_map.version)
-    assert versions == sorted(set(versions)), "one new map version per change, never back"
+    assert len(versions) >= 6, "the gateways never became Ready"
+    assert versions == sorted(versions), "a map version went back"

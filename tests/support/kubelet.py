@@ -13,16 +13,23 @@ timing of a real cluster:
   0.5 s): only then is the pod Ready and counted in ``readyReplicas``;
 - a pod the StatefulSet no longer wants (the highest ordinals first) is
   stopped at once, as SIGTERM to a gateway that exits on it, and its Pod
-  object is deleted.
+  object is deleted;
+- pods are made from the StatefulSet's template; when the template changes,
+  a rolling update replaces one pod at a time, highest ordinal first, each
+  only once every pod is Ready.
 
 Each gateway is a :class:`~gatewaypool_local.peers.PynetdicomSink` on its
-own loopback port; ``connect_to`` gives the router the rules that reach the
-pods' cluster DNS names there. Every gateway ever started is kept, so a test
+own loopback port (with ``processes=False``, for tests of the operator
+alone, no process is started: the pod "listens" when its delay is over);
+``connect_to`` gives the router the rules that reach the pods' cluster DNS
+names there. Every gateway ever started is kept, so a test
 can count what each one received after it was removed.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import threading
 import time
@@ -30,8 +37,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import kubernetes.client
 
 from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.peers import PynetdicomSink, free_port
@@ -45,6 +50,7 @@ _TICK = 0.05  # the controller loop's period, not a synchronisation
 class _Pod:
     ordinal: int
     created: float
+    template: str = ""
     listening: float | None = None
     ready: float | None = None
     starting: threading.Thread | None = None
@@ -63,6 +69,7 @@ class GatewayKubelet:
     max_gateways: int
     listen_after: float = 1.5
     ready_after: float = 0.5
+    processes: bool = True
     sink_options: dict[str, Any] = field(default_factory=dict)
     ports: list[int] = field(init=False)
     gateways: dict[int, PynetdicomSink] = field(init=False, default_factory=dict)
@@ -102,6 +109,23 @@ class GatewayKubelet:
         with self._lock:
             return {o for o, pod in self._pods.items() if pod.listening is not None}
 
+    def rolled_out(self) -> bool:
+        """Every wanted pod exists, on the StatefulSet's current template, and is Ready.
+
+        The StatefulSet is read now, not as the loop last saw it: a change
+        written a moment ago is not rolled out yet.
+        """
+        statefulset = self.kube.get("StatefulSet", self.statefulset, self.namespace)
+        if statefulset is None:
+            return False
+        spec = statefulset.get("spec") or {}
+        wanted = int(spec.get("replicas") or 0)
+        template = json.dumps(spec.get("template") or {}, sort_keys=True)
+        with self._lock:
+            return len(self._pods) == wanted and all(
+                pod.template == template and pod.ready is not None for pod in self._pods.values()
+            )
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
         self._thread.start()
@@ -140,21 +164,58 @@ class GatewayKubelet:
         wanted = int((statefulset.get("spec") or {}).get("replicas") or 0)
         if wanted > self.max_gateways:
             raise RuntimeError(f"{wanted} replicas asked, the harness has {self.max_gateways}")
+        template = (statefulset.get("spec") or {}).get("template") or {}
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "name": self.statefulset,
+            "uid": statefulset["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        self._adopt(owner)
         for ordinal in range(wanted):
             if ordinal not in self._pods:
-                self._create_pod(ordinal, now)
+                self._create_pod(ordinal, template, owner, now)
         for ordinal in sorted((o for o in self._pods if o >= wanted), reverse=True):
             self._remove_pod(ordinal)
+        self._roll(template, owner, now)
         for pod in list(self._pods.values()):
             self._advance(pod, now)
         self._write_status(statefulset, wanted)
 
-    def _create_pod(self, ordinal: int, now: float) -> None:
+    def _roll(self, template: dict[str, Any], owner: dict[str, Any], now: float) -> None:
+        """RollingUpdate: replace one outdated pod at a time, highest ordinal first.
+
+        As the StatefulSet controller does, only while every pod is Ready.
+        """
+        current = json.dumps(template, sort_keys=True)
+        outdated = sorted((o for o, pod in self._pods.items() if pod.template != current))
+        if not outdated or any(pod.ready is None for pod in self._pods.values()):
+            return
+        ordinal = outdated[-1]
+        self._remove_pod(ordinal)
+        self._create_pod(ordinal, template, owner, now)
+
+    def _adopt(self, owner: dict[str, Any]) -> None:
+        """A StatefulSet recreated with its pods orphaned takes them back."""
+        for ordinal in list(self._pods):
+            pod = self.kube.get("Pod", self.pod_name(ordinal), self.namespace)
+            if pod is None:
+                with self._lock:
+                    self._pods.pop(ordinal, None)  # deleted behind our back: made again
+                continue
+            refs = pod["metadata"].get("ownerReferences") or []
+            if [ref.get("uid") for ref in refs] != [owner["uid"]]:
+                self.kube.write_metadata(
+                    "Pod", self.pod_name(ordinal), self.namespace, ownerReferences=[owner]
+                )
+
+    def _create_pod(
+        self, ordinal: int, template: dict[str, Any], owner: dict[str, Any], now: float
+    ) -> None:
         labels = {
-            "app.kubernetes.io/name": "gatewaypool",
-            "app.kubernetes.io/instance": self.pool,
-            "app.kubernetes.io/component": "gateway",
-            "app.kubernetes.io/managed-by": "gatewaypool-operator",
+            **((template.get("metadata") or {}).get("labels") or {}),
             "statefulset.kubernetes.io/pod-name": self.pod_name(ordinal),
         }
         self.kube.create(
@@ -166,13 +227,16 @@ class GatewayKubelet:
                     "name": self.pod_name(ordinal),
                     "namespace": self.namespace,
                     "labels": labels,
+                    "ownerReferences": [owner],
                 },
-                "spec": {"containers": [{"name": "gateway", "image": "gateway:test"}]},
+                "spec": copy.deepcopy(template.get("spec") or {}),
             },
         )
         self._write_pod_status(ordinal, phase="Pending", ready=False)
         with self._lock:
-            self._pods[ordinal] = _Pod(ordinal=ordinal, created=now)
+            self._pods[ordinal] = _Pod(
+                ordinal=ordinal, created=now, template=json.dumps(template, sort_keys=True)
+            )
 
     def _advance(self, pod: _Pod, now: float) -> None:
         if (
@@ -194,6 +258,10 @@ class GatewayKubelet:
                 pod.ready = now
 
     def _start_gateway(self, pod: _Pod) -> None:
+        if not self.processes:
+            with self._lock:
+                pod.listening = time.monotonic()
+            return
         sink = self.gateways.get(pod.ordinal)
         if sink is None:
             sink = PynetdicomSink(
@@ -215,8 +283,8 @@ class GatewayKubelet:
         sink = self.gateways.get(ordinal)
         if sink is not None and sink.is_running():
             sink.stop()
-        core = kubernetes.client.CoreV1Api(self.kube.api_client())
-        core.delete_namespaced_pod(self.pod_name(ordinal), self.namespace, _preload_content=False)
+        # In process, like status writes: the request log keeps to what the system does.
+        self.kube.delete("Pod", self.pod_name(ordinal), self.namespace)
 
     # -- status ----------------------------------------------------------------
 

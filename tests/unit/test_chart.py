@@ -73,7 +73,8 @@ EXPECTED_OPERATOR_RULES: Rules = {
     # Deleted when spec.networkPolicy.enabled is false.
     ("networking.k8s.io", "networkpolicies"): frozenset({"get", "create", "patch", "delete"}),
     ("policy", "poddisruptionbudgets"): frozenset({"get", "create", "patch"}),
-    # Live router pods, for status.routersTotal.
+    # Gateway pods (Ready ones receive buckets) and router pods (whose reports
+    # a handover waits for, and status.routersTotal).
     ("", "pods"): frozenset({"list"}),
     # kopf posts core/v1 Events (never patches them); so does the operator.
     ("", "events"): frozenset({"create"}),
@@ -504,7 +505,7 @@ def _pool_children() -> list[dict[str, Any]]:
         name="ct-triage",
         namespace="radiology",
         spec=spec,
-        bucket_map_json='{"version":1}',
+        map_data={"map.json": '{"version":1}'},
         gateway_replicas=3,
     )
     return [*built, children.routers_configmap(name="ct-triage", namespace="radiology")]

@@ -58,6 +58,8 @@ SPEC_FIELDS = [
     "gateway.storage.size",
     "gateway.storage.storageClassName",
     "gateway.storage.mountPath",
+    "gateway.storage.whenScaled",
+    "gateway.terminationGracePeriodSeconds",
     "gateway.podTemplate",
     "gateway.podTemplate.labels",
     "gateway.podTemplate.annotations",
@@ -85,6 +87,7 @@ SPEC_FIELDS = [
     "handover",
     "handover.quietSeconds",
     "handover.maxDrainSeconds",
+    "handover.failoverAfterSeconds",
 ]
 
 STATUS_FIELDS = [
@@ -97,6 +100,9 @@ STATUS_FIELDS = [
     "routersTotal",
     "routers",
     "movingBuckets",
+    "oldestMoveSeconds",
+    "handovers",
+    "excludedRouters",
     "bucketCounts",
     "conditions",
 ]
@@ -117,6 +123,8 @@ DEFAULTS = {
     "gateway.port": 104,
     "gateway.aeTitle": "GATEWAY",
     "gateway.storage.mountPath": "/var/lib/gateway",
+    "gateway.storage.whenScaled": "Retain",
+    "gateway.terminationGracePeriodSeconds": 30,
     "router": {},
     "router.replicas": 2,
     "router.aeTitle": "GATEWAYPOOL",
@@ -136,10 +144,13 @@ RANGES = {
     "router.port": (1, 65535),
     "handover.quietSeconds": (1, 3600),
     "handover.maxDrainSeconds": (10, 86400),
+    "handover.failoverAfterSeconds": (10, 86400),
+    "gateway.terminationGracePeriodSeconds": (0, 3600),
 }
 ENUMS = {
     "gateway.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
     "router.serviceType": ["ClusterIP", "NodePort", "LoadBalancer"],
+    "gateway.storage.whenScaled": ["Retain", "Delete"],
 }
 AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
 AE_TITLE_FIELDS = ["gateway.aeTitle", "router.aeTitle", "router.allowedCallingAETitles[]"]
@@ -541,6 +552,7 @@ def test_printer_columns() -> None:
         ("Map", ".status.mapVersion", "integer"),
         ("Routers", ".status.routers", "string"),
         ("Moving", ".status.movingBuckets", "integer"),
+        ("Draining", ".status.oldestMoveSeconds", "integer"),
         ("Age", ".metadata.creationTimestamp", "date"),
     ]
 
@@ -671,6 +683,7 @@ def test_defaulting_fills_a_minimal_pool_as_the_api_server_does() -> None:
             "imagePullPolicy": "IfNotPresent",
             "port": 104,
             "aeTitle": "GATEWAY",
+            "terminationGracePeriodSeconds": 30,
         },
         "router": {
             "replicas": 2,
@@ -704,7 +717,7 @@ def test_defaulting_enters_optional_objects_only_when_they_are_set() -> None:
     pool = minimal_pool()
     pool["spec"]["gateway"]["storage"] = {"size": "1Gi"}
     storage = apply_defaults(pool, schema)["spec"]["gateway"]["storage"]
-    assert storage == {"size": "1Gi", "mountPath": "/var/lib/gateway"}
+    assert storage == {"size": "1Gi", "mountPath": "/var/lib/gateway", "whenScaled": "Retain"}
 
 
 def test_defaulting_replaces_null_of_a_non_nullable_field() -> None:

@@ -104,7 +104,7 @@ def build(raw: Mapping[str, Any] = MINIMAL, **overrides: Any) -> dict[tuple[str,
         "name": NAME,
         "namespace": NAMESPACE,
         "spec": spec,
-        "bucket_map_json": MAP_JSON,
+        "map_data": {"map.json": MAP_JSON},
         "gateway_replicas": spec.replicas,
     } | overrides
     objects = build_children(**arguments)
@@ -252,7 +252,7 @@ def test_pools_do_not_select_each_others_pods() -> None:
         name="mr-triage",
         namespace=NAMESPACE,
         spec=parse(MINIMAL),
-        bucket_map_json=None,
+        map_data=None,
         gateway_replicas=1,
     )
     other_pod = next(obj for obj in other if obj["kind"] == "StatefulSet")["spec"]["template"]
@@ -382,7 +382,7 @@ def test_the_longest_pool_name_gives_valid_names_and_labels() -> None:
         name=name,
         namespace=NAMESPACE,
         spec=parse(MINIMAL),
-        bucket_map_json=None,
+        map_data=None,
         gateway_replicas=1024,
     )
     for obj in children:
@@ -632,7 +632,7 @@ def test_map_configmap_holds_the_map_json() -> None:
 
 
 def test_map_configmap_without_a_map_is_empty() -> None:
-    configmap = build(MINIMAL, bucket_map_json=None)[("ConfigMap", "ct-triage-map")]
+    configmap = build(MINIMAL, map_data=None)[("ConfigMap", "ct-triage-map")]
     assert configmap["data"] == {}
 
 
@@ -669,7 +669,11 @@ def test_children_are_fresh_data_each_time() -> None:
 
     def make() -> list[dict[str, Any]]:
         return build_children(
-            name=NAME, namespace=NAMESPACE, spec=spec, bucket_map_json=MAP_JSON, gateway_replicas=4
+            name=NAME,
+            namespace=NAMESPACE,
+            spec=spec,
+            map_data={"map.json": MAP_JSON},
+            gateway_replicas=4,
         )
 
     first = make()
@@ -692,7 +696,7 @@ def test_children_are_fresh_data_each_time() -> None:
 def test_every_child_passes_strict_kubernetes_validation(variant: str, version: str) -> None:
     objects = [
         *build(SPECS[variant]).values(),
-        *build(SPECS[variant], bucket_map_json=None).values(),
+        *build(SPECS[variant], map_data=None).values(),
         routers_configmap(name=NAME, namespace=NAMESPACE),
     ]
     for obj in objects:

@@ -35,7 +35,11 @@ OWNER = {
 def objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
     parsed = parse_spec(spec, default_router_image="gp:1")
     built = children.build_children(
-        name="ct", namespace=NS, spec=parsed, bucket_map_json="{}", gateway_replicas=parsed.replicas
+        name="ct",
+        namespace=NS,
+        spec=parsed,
+        map_data={"map.json": "{}"},
+        gateway_replicas=parsed.replicas,
     )
     for obj in built:
         obj["metadata"]["ownerReferences"] = [OWNER]
@@ -207,7 +211,7 @@ def test_immutable_changes() -> None:
 def test_selectors_come_from_the_pool_name_only(spec: dict[str, Any], name: str) -> None:
     parsed = parse_spec(base_spec(**spec), default_router_image="gp:1")
     for obj in children.build_children(
-        name=name, namespace=NS, spec=parsed, bucket_map_json=None, gateway_replicas=1
+        name=name, namespace=NS, spec=parsed, map_data=None, gateway_replicas=1
     ):
         selector = (obj.get("spec") or {}).get("selector")
         if obj["kind"] in ("StatefulSet", "Deployment", "PodDisruptionBudget"):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator.observe import gateway_pods, parse_time, router_pods
+from gatewaypool_operator.observe import gateway_pods, gateway_ports, parse_time, router_pods
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -65,3 +65,24 @@ def test_router_pods_with_their_reports() -> None:
     assert found[1].report is None and found[1].problem and "buckets" in found[1].problem
     assert found[2].report is None and found[2].problem is None
     assert found[2].created_at == NOW
+
+
+def test_gateway_ports_as_each_pod_has_them() -> None:
+    def pod(name: str, port: object, container: str = "gateway") -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [
+                    {"name": container, "ports": [{"name": "dicom", "containerPort": port}]}
+                ]
+            },
+        }
+
+    pods = [
+        pod("ct-gw-0", 104),
+        pod("ct-gw-1", 11112),  # replaced already by the rolling update
+        pod("ct-gw-2", "104"),  # not a port number
+        pod("ct-gw-3", 104, container="sidecar"),
+        pod("ct-router-0", 104),
+    ]
+    assert gateway_ports(pods, statefulset="ct-gw") == {0: 104, 1: 11112}

@@ -13,14 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatewaypool.bucketmap import BucketMap
+from gatewaypool.reports import build_report, dump_report
 from gatewaypool_operator.mapping import desired_gateways, next_map
 from gatewaypool_operator.spec import PoolSpec, parse_spec
 from gatewaypool_operator.status import (
-    RouterReport,
+    HandoverSummary,
     compute_status,
     format_time,
     merge_patch,
-    parse_router_report,
+    report_in_sync,
 )
 
 NAME = "ct-triage"
@@ -44,12 +45,15 @@ def bucket_map(count: int = 3, version: int = 7, buckets: int = 64) -> BucketMap
 
 
 def report(version: int) -> str:
-    return json.dumps(
-        {
-            "mapVersion": version,
-            "startedAt": "2026-03-01T10:00:00Z",
-            "reportedAt": "2026-03-01T11:59:00Z",
-        }
+    return dump_report(
+        build_report(
+            map_version=version,
+            buckets=64,
+            started_at=datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC),
+            reported_at=datetime(2026, 3, 1, 11, 59, 0, tzinfo=UTC),
+            ages={},
+            open_associations={},
+        )
     )
 
 
@@ -103,6 +107,8 @@ def test_healthy_pool_status() -> None:
         "routersTotal": 2,
         "routers": "2/2",
         "movingBuckets": 0,
+        "handovers": {"completed": 0, "forced": 0},
+        "excludedRouters": [],
         "bucketCounts": current.bucket_counts(),
     }
     assert status["bucketCounts"] == {
@@ -449,27 +455,39 @@ def test_status_is_a_function_of_its_arguments() -> None:
 # --- router reports -------------------------------------------------------------------
 
 
-def test_router_report_parses() -> None:
-    parsed = parse_router_report(report(7))
-    assert parsed == RouterReport(
-        map_version=7,
-        started_at=datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC),
-        reported_at=datetime(2026, 3, 1, 11, 59, 0, tzinfo=UTC),
-    )
-    assert parse_router_report('{"mapVersion": 3}') == RouterReport(map_version=3)
+def test_a_report_is_in_sync_only_on_the_exact_version() -> None:
+    assert report_in_sync(report(7), 7)
+    assert not report_in_sync(report(6), 7)
+    assert not report_in_sync(None, 7)
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "null", "[]", "7", '{"mapVersion": "7"}', '{"mapVersion": -1}', '{"mapVersion": 1.5}'],
+    [
+        "",
+        "null",
+        "[]",
+        "7",
+        '{"mapVersion": 7}',  # the old format, or a report cut short
+        '{"mapVersion": "7", "buckets": 64}',
+    ],
 )
-def test_unusable_router_reports(text: str) -> None:
-    assert parse_router_report(text) is None
+def test_unusable_router_reports_are_not_in_sync(text: str) -> None:
+    assert not report_in_sync(text, 7)
 
 
-def test_unreadable_report_times_are_none() -> None:
-    parsed = parse_router_report('{"mapVersion": 2, "startedAt": "soon", "reportedAt": 5}')
-    assert parsed == RouterReport(map_version=2)
+def test_handover_progress_and_totals() -> None:
+    status = observe(
+        handover=HandoverSummary(
+            oldest_move_seconds=12.7, completed=40, forced=2, excluded_routers=("router-b",)
+        )
+    )
+    assert status["oldestMoveSeconds"] == 12
+    assert status["handovers"] == {"completed": 40, "forced": 2}
+    assert status["excludedRouters"] == ["router-b"]
+    idle = observe()
+    assert "oldestMoveSeconds" not in idle
+    assert idle["handovers"] == {"completed": 0, "forced": 0}
 
 
 # --- merge patch ------------------------------------------------------------------------

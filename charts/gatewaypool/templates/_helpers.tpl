@@ -163,7 +163,8 @@ per watched namespace (rbac.scope namespaces).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch"]
-# Router pods, to count the live routers in the status.
+# Gateway and router pods: which gateways are Ready (a bucket moves only to a
+# Ready gateway), which routers exist (whose reports a handover waits for).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

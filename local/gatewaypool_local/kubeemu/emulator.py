@@ -351,6 +351,43 @@ class KubeEmulator:
             lambda emu: emu.write_create(resolved, namespace, body), resolved.resource
         )
 
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> JSONObject:
+        """Delete an object directly in the store, as a DELETE would (dependents too).
+
+        For test stand-ins of controllers (a kubelet removing a pod): their
+        writes stay out of the request log, which then shows what the
+        operator and the routers did.
+
+        Raises
+        ------
+        KubeEmulatorError
+            404 if it does not exist.
+        """
+        resolved = self.resolve(kind)
+        return self._run_write(
+            lambda emu: emu.write_delete(resolved, namespace, name), resolved.resource
+        )
+
+    def write_metadata(
+        self, kind: str, name: str, namespace: str | None = None, **metadata: Any
+    ) -> JSONObject:
+        """Merge ``metadata`` fields into an object, as a controller would (in process).
+
+        For example a StatefulSet controller adopting an orphaned pod
+        (``ownerReferences``). A merge patch: lists given replace the old.
+        """
+        resolved = self.resolve(kind)
+        return self._run_write(
+            lambda emu: emu.write_update(
+                resolved,
+                namespace,
+                name,
+                patch={"metadata": dict(metadata)},
+                manager="kube-controller-manager",
+            ),
+            resolved.resource,
+        )
+
     def compact_history(self) -> int:
         """Forget every watch event so far, as an etcd compaction does.
 

@@ -1,0 +1,173 @@
+"""Continuous DICOM traffic through routers, as hospitals send it, with its outcome.
+
+Sender threads take whole studies from a queue and send each in chunks,
+every chunk on a new pynetdicom association to a router chosen at random
+(as the router Service spreads associations), one chunk right after the
+other, so a study is active from its first instance to its last. Each
+instance is recorded with the status it got:
+
+- a status (success or failure) is final: a failure is what the test must
+  never see;
+- no status at all (the router died under the association, or refused the
+  connection) is what a modality retries: the instance is sent again, on a
+  new association to another router, and the retry is counted.
+
+Nothing here waits on wall-clock sleeps; `finish` stops taking new studies
+and joins the senders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import _config
+
+from gatewaypool_local import scu
+from gatewaypool_local.routerproc import RouterProcess
+from gatewaypool_local.synth import Study
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+_RETRIES = 20
+
+
+@dataclass
+class Outcome:
+    """What every instance sent got."""
+
+    acknowledged: dict[str, str] = field(default_factory=dict)  # SOP instance -> study
+    failed: dict[str, int] = field(default_factory=dict)  # SOP instance -> status
+    unanswered: dict[str, int] = field(default_factory=dict)  # SOP instance -> attempts
+    retries: int = 0
+    #: When each instance was acknowledged (monotonic), to tell a paused study from a split.
+    acknowledged_at: dict[str, float] = field(default_factory=dict)
+    studies: list[Study] = field(default_factory=list)
+    associations: int = 0
+
+
+class Traffic:
+    """Send `studies` through `routers` until :meth:`finish`."""
+
+    def __init__(
+        self,
+        routers: Sequence[RouterProcess],
+        studies: Sequence[Study],
+        *,
+        seed: int,
+        senders: int = 4,
+        chunk: int = 10,
+        timeout: float = 20.0,
+    ) -> None:
+        self._routers = list(routers)
+        self._queue: queue.Queue[Study] = queue.Queue()
+        for study in studies:
+            self._queue.put(study)
+        self._seed = seed
+        self._chunk = chunk
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.outcome = Outcome()
+        self._threads = [
+            threading.Thread(target=self._send, args=(i,), name=f"sender-{i}", daemon=True)
+            for i in range(senders)
+        ]
+        self._previous_chunked = _config.STORE_SEND_CHUNKED_DATASET
+
+    def start(self) -> None:
+        _config.STORE_SEND_CHUNKED_DATASET = True  # file bytes as they are
+        for thread in self._threads:
+            thread.start()
+
+    def longest_pause(self, study: Study) -> float:
+        """The longest time between two acknowledged instances of `study`, in seconds."""
+        times = sorted(
+            self.outcome.acknowledged_at[sop]
+            for sop in study.sop_instance_uids
+            if sop in self.outcome.acknowledged_at
+        )
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def sent_studies(self) -> int:
+        with self._lock:
+            return len(self.outcome.studies)
+
+    def finish(self, *, timeout: float = 120.0, drain: bool = False) -> Outcome:
+        """Stop taking new studies, let the ones in flight end, and return the outcome.
+
+        With `drain`, send every study queued first.
+        """
+        if not drain:
+            self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+        _config.STORE_SEND_CHUNKED_DATASET = self._previous_chunked
+        if any(thread.is_alive() for thread in self._threads):
+            raise TimeoutError("senders still running")
+        return self.outcome
+
+    def _send(self, index: int) -> None:
+        rng = random.Random(self._seed * 1000 + index)
+        while not self._stop.is_set():
+            try:
+                study = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            files = list(zip(study.files, study.sop_instance_uids, strict=True))
+            for start in range(0, len(files), self._chunk):
+                self._send_chunk(rng, study, files[start : start + self._chunk])
+            with self._lock:
+                self.outcome.studies.append(study)
+
+    def _send_chunk(self, rng: random.Random, study: Study, files: list[tuple[Path, str]]) -> None:
+        pending = list(files)
+        for attempt in range(_RETRIES):
+            if not pending:
+                return
+            if attempt:
+                with self._lock:
+                    self.outcome.retries += 1
+            router = rng.choice(self._routers)
+            pending = self._over_one_association(router, study, pending)
+        with self._lock:
+            for _path, sop in pending:
+                self.outcome.unanswered[sop] = _RETRIES
+
+    def _over_one_association(
+        self, router: RouterProcess, study: Study, files: list[tuple[Path, str]]
+    ) -> list[tuple[Path, str]]:
+        """Send what it can; return the files that got no status."""
+        try:
+            with scu.open_association(
+                router.host,
+                router.port,
+                contexts=[(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)],
+                calling_ae="CT-CHAOS",
+                called_ae=router.ae_title,
+                timeout=self._timeout,
+            ) as assoc:
+                with self._lock:
+                    self.outcome.associations += 1
+                for position, (path, sop) in enumerate(files):
+                    if not assoc.is_established:
+                        return files[position:]
+                    response = scu.store(assoc, path)
+                    status = int(response.Status) if "Status" in response else None
+                    if status is None:
+                        return files[position:]
+                    with self._lock:
+                        if status == 0:
+                            self.outcome.acknowledged[sop] = study.study_uid
+                            self.outcome.acknowledged_at[sop] = time.monotonic()
+                        else:
+                            self.outcome.failed[sop] = status
+        except (scu.PynetdicomSendError, OSError):
+            return files
+        return []
