@@ -15,13 +15,18 @@ when written by hand)::
      "gateways": [{"name": "gw-0", "host": "gw-0.pool-gw.ns.svc.cluster.local",
                    "port": 104, "aeTitle": "GATEWAY"}, ...],
      "owners": [0, 1, 2, ...],
-     "moving": {"17": 2}}
+     "moving": {"17": 2},
+     "closing": [17]}
 
 ``owners`` has one gateway index per bucket. ``moving`` (optional, default
 empty) marks buckets in handover: its keys are bucket numbers (strings in
 JSON), its values the index of the gateway the bucket is handed over *to*.
 Routers keep sending a moving bucket to its current owner; the operator
 publishes a new version with the new owner once the bucket is quiet.
+``closing`` (optional, default empty) lists moving buckets in the last step
+of their handover: a router holds an instance for a closing bucket until a
+newer map says where it goes (see `gatewaypool.reports` and the operator's
+handover for why that makes the handover exact).
 
 Every error is a :class:`MapError` that names the field, as spelled in the
 wire format (``gateways[2].port``), and the offending value, because the
@@ -59,7 +64,7 @@ MAX_BUCKETS = 65536
 _MAX_NAME = 253  # a DNS name's length; gateway names and hosts are DNS names
 _MAX_AE_TITLE = 16
 _AE_CHARACTERS = (frozenset(string.printable) - frozenset(string.whitespace) - {"\\"}) | {" "}
-_TOP_LEVEL_KEYS = ("version", "buckets", "gateways", "owners", "moving")
+_TOP_LEVEL_KEYS = ("version", "buckets", "gateways", "owners", "moving", "closing")
 _REQUIRED_KEYS = ("version", "buckets", "gateways", "owners")
 _GATEWAY_KEYS = ("name", "host", "port", "aeTitle")
 
@@ -191,6 +196,10 @@ class BucketMap:
     moving
         Buckets in handover: bucket → index of the gateway it is handed over
         to, never its current owner. Routers keep sending it to its owner.
+    closing
+        Moving buckets in the last step of their handover: routers hold an
+        instance for one until a newer map either gives the bucket to its new
+        owner or takes it out of ``closing`` (then it goes to the owner).
 
     Raises
     ------
@@ -209,6 +218,7 @@ class BucketMap:
     gateways: tuple[Gateway, ...]
     owners: tuple[int, ...]
     moving: Mapping[int, int] = field(default_factory=dict, hash=False)
+    closing: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gateways", tuple(self.gateways))
@@ -225,6 +235,14 @@ class BucketMap:
         self._check_gateways()
         self._check_owners()
         self._check_moving()
+        object.__setattr__(self, "closing", frozenset(self.closing))
+        for bucket in sorted(self.closing, key=repr):
+            if bucket not in self.moving:
+                raise MapError(
+                    f"bucket {_show(bucket)} is closing but not moving (closing is the last "
+                    "step of a move)",
+                    path="closing",
+                )
         # Sorted once checked (keys are then known to be ints): equal maps print alike.
         object.__setattr__(self, "moving", MappingProxyType(dict(sorted(self.moving.items()))))
 
@@ -320,13 +338,16 @@ class BucketMap:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the wire form: plain dicts, lists and scalars, ready for JSON or YAML."""
-        return {
+        wire: dict[str, Any] = {
             "version": self.version,
             "buckets": self.buckets,
             "gateways": [gateway.to_dict() for gateway in self.gateways],
             "owners": list(self.owners),
             "moving": {str(bucket): target for bucket, target in self.moving.items()},
         }
+        if self.closing:  # absent when empty: maps without a closing bucket read as before
+            wire["closing"] = sorted(self.closing)
+        return wire
 
     @classmethod
     def from_dict(cls, data: object) -> BucketMap:
@@ -357,6 +378,7 @@ class BucketMap:
             gateways=tuple(gateways),
             owners=tuple(_list(fields["owners"], "owners")),
             moving=_moving(fields.get("moving", {})),
+            closing=frozenset(_closing(fields.get("closing", []))),
         )
 
 
@@ -509,6 +531,16 @@ def _list(data: object, path: str) -> list[Any]:
     if not isinstance(data, list):
         raise MapError(f"{_show(data)} is not a list ({_kind(data)})", path=path)
     return data
+
+
+def _closing(data: object) -> list[int]:
+    items = _list(data, "closing")
+    for index, bucket in enumerate(items):
+        if not _is_int(bucket):
+            raise MapError(f"{_show(bucket)} is not a bucket number", path=f"closing[{index}]")
+    if len(set(items)) != len(items):
+        raise MapError("a bucket is listed twice", path="closing")
+    return items
 
 
 def _moving(data: object) -> dict[int, int]:

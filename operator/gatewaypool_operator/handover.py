@@ -33,10 +33,18 @@ The rules, pass by pass:
   moving bucket whose target changes keeps both: routers send it to the same
   owner whatever the target. A bucket whose target becomes its owner again
   simply stops moving.
-- A moving bucket completes (its target becomes the owner) when every live
-  router's fresh report shows the marking version or newer and a quiet time
-  of at least ``quietSeconds`` in that bucket, which also covers a router
-  that started less than ``quietSeconds`` before its report. It is forced
+- A moving bucket that every live router's fresh report (on the marking
+  version or newer) shows quiet for at least ``quietSeconds`` -- which also
+  covers a router that started less than ``quietSeconds`` before its
+  report -- is published *closing*: routers on that version hold its
+  instances instead of sending them to the owner. It completes (its target
+  becomes the owner) when every live router's fresh report written on a
+  version that has it closing still shows it quiet: from then on no router
+  sends it to the old owner, and an instance held meanwhile belongs to a
+  study that began after the bucket went quiet, so the handover is exact,
+  whatever the reports' age. A closing bucket such a report shows used (a
+  study came in after the operator last looked, or one is held now) goes
+  back to plain moving, and its held instances go to the owner. It is forced
   (and recorded) ``maxDrainSeconds`` after it started, when its owner failed
   over, or when a live router's word was missing because its report timed out.
 - A router pod that goes away holds every completion for ``quietSeconds``
@@ -76,7 +84,7 @@ from typing import Final, Literal, NamedTuple, TypeGuard
 
 from gatewaypool.assignment import initial_owners, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway
-from gatewaypool.reports import RouterReport
+from gatewaypool.reports import AGE_CLASSES, RouterReport
 
 __all__ = [
     "DEFAULT_FRESH_SECONDS",
@@ -112,6 +120,10 @@ DEFAULT_REPORT_TIMEOUT_SECONDS: Final = 60.0
 
 MAX_BATCHES: Final = 8
 """At most this many move records; older ones merge (conservatively) beyond it."""
+
+_DONE: Final = "done"
+_WAIT: Final = "wait"
+_USED: Final = "used"
 
 FORCED_MAX_DRAIN: Final = "MaxDrain"
 FORCED_FAILOVER: Final = "GatewayFailedOver"
@@ -523,6 +535,8 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
 
     new_owners = list(owners)
     new_moving: dict[int, int] = {}
+    new_closing: set[int] = set()
+    reopened: set[int] = set()
     completed: list[Move] = []
     forced: list[Move] = []
     fresh: set[int] = set()
@@ -540,12 +554,31 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
             continue
         elif (x.now - started).total_seconds() >= x.settings.max_drain_seconds:
             reason = FORCED_MAX_DRAIN
-        elif hold is None and routers.quiet(
-            bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now
+        elif (
+            hold is None and bucket in published.closing and published.moving.get(bucket) == target
         ):
+            # The last step: routers on this version hold the bucket's instances.
+            verdict = routers.closing(
+                bucket,
+                version=published.version,
+                buckets=x.buckets,
+                settings=x.settings,
+                now=x.now,
+            )
+            if verdict != _DONE:
+                new_moving[bucket] = target
+                if verdict == _WAIT:
+                    new_closing.add(bucket)
+                else:
+                    reopened.add(bucket)
+                continue
             reason = FORCED_UNCONFIRMED if routers.excluded else None
         else:
             new_moving[bucket] = target
+            if hold is None and routers.quiet(
+                bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now
+            ):
+                new_closing.add(bucket)  # quiet: close it, and complete once confirmed
             continue
         new_owners[bucket] = target
         move = Move(bucket, owner, target, started, reason)
@@ -558,6 +591,7 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
         gateways == published.gateways
         and tuple(new_owners) == published.owners
         and new_moving == dict(published.moving)
+        and frozenset(new_closing) == published.closing
         and published.version >= x.version_floor
     )
     publish: BucketMap | None = None
@@ -570,6 +604,7 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
             gateways=gateways,
             owners=tuple(new_owners),
             moving=new_moving,
+            closing=frozenset(new_closing),
         )
     old_span = max(owners) + 1
     if x.state is not None and previous.span == old_span:
@@ -582,6 +617,15 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
     batches = _batches(marks, new_moving, fresh, version=version, now=x.now)
     state = HandoverState(batches, span, span_since, *held)
 
+    if reopened:
+        events.append(
+            HandoverEvent(
+                "Normal",
+                "HandoverDeferred",
+                f"bucket map version {version}: {len(reopened)} closing buckets were used "
+                "again (a study began in them); they move once quiet again",
+            )
+        )
     events.extend(
         _move_events(
             fresh=fresh,
@@ -649,6 +693,40 @@ class _Routers:
                 f"{timeout:.0f} s); handovers completed without it are counted as forced"
             )
         return cls(tuple(considered), excluded)
+
+    def closing(
+        self, bucket: int, *, version: int, buckets: int, settings: HandoverSettings, now: datetime
+    ) -> str:
+        """The last step of a move: `_DONE`, `_USED` (a study is in it) or `_WAIT`.
+
+        Done when every considered router's fresh report, written on
+        `version` or newer (so it holds the bucket's instances instead of
+        sending them to the old owner), still shows the bucket quiet for
+        quietSeconds: from then on no router sends to the old owner, and an
+        instance held meanwhile belongs to a study that began after the
+        bucket went quiet. Used when such a report shows a use within
+        quietSeconds: a study came in after the operator last looked (or one
+        is held now), so the bucket goes back to plain moving.
+        """
+        verdict = _DONE
+        for pod in self.considered:
+            report = pod.report
+            if report is None or report.map_version is None or report.map_version < version:
+                verdict = _WAIT
+                continue
+            if report.buckets != buckets:
+                verdict = _WAIT
+                continue
+            if report.all_used:
+                return _USED
+            cls = report.used.get(bucket)
+            if cls is not None and AGE_CLASSES[cls - 1] < settings.quiet_seconds:
+                return _USED
+            if (now - report.reported_at).total_seconds() > settings.fresh_seconds:
+                verdict = _WAIT
+            elif report.quiet_seconds(bucket) < settings.quiet_seconds:
+                verdict = _WAIT  # started too recently to vouch for the bucket
+        return verdict
 
     def quiet(
         self, bucket: int, *, marked: int, buckets: int, settings: HandoverSettings, now: datetime

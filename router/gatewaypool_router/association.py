@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from gatewaypool.bucketmap import Gateway
+from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus
@@ -382,6 +382,8 @@ class IncomingAssociation:
         study_uid = instance.scanner.study_uid
         assert study_uid is not None
         bucket = study_bucket(study_uid, bucket_map.buckets)
+        if bucket in bucket_map.closing:
+            bucket_map = self._hold(instance, bucket, bucket_map)
         self._usage.routed(bucket, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         instance.gateway = gateway
@@ -416,6 +418,41 @@ class IncomingAssociation:
             self._forward(instance, fragment, last=is_last, complete=complete)
             if instance.failure is not None:
                 return
+
+    def _hold(self, instance: _Instance, bucket: int, bucket_map: BucketMap) -> BucketMap:
+        """Hold an instance of a closing bucket until a newer map says where it goes.
+
+        A closing bucket is in the last step of its move: the operator saw it
+        quiet on every router and waits for every router to confirm that it
+        sends nothing more to the old owner. An instance that arrives now is
+        held, not sent, and reported as a use; the next map either gives the
+        bucket to its new owner or, seeing it in use, takes it out of closing
+        (then the instance goes to the old owner). Past --closing-hold it goes
+        to the old owner anyway, and the operator sees that use.
+        """
+        self._usage.hold(bucket)
+        self._metrics.held_instances.inc()
+        started = time.monotonic()
+        deadline = started + self._config.closing_hold
+        self.progress.wait("map", f"bucket {bucket} closing")
+        try:
+            while bucket in bucket_map.closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "instance.hold_expired",
+                        **self.who(),
+                        bucket=bucket,
+                        seconds=round(time.monotonic() - started, 1),
+                        sop_instance_uid=instance.command.sop_instance_uid,
+                    )
+                    break
+                bucket_map = self._maps.wait_newer(bucket_map.version, remaining) or bucket_map
+        finally:
+            self._usage.release(bucket)
+        return bucket_map
 
     def _upstream_for(self, instance: _Instance, gateway: Gateway) -> Upstream | None:
         key = (gateway.host, gateway.port, gateway.ae_title)

@@ -91,6 +91,13 @@ def register(subparsers: Any) -> None:
         "(default %(default)s)",
     )
     net.add_argument(
+        "--closing-hold",
+        type=float,
+        default=defaults.closing_hold,
+        help="the longest an instance of a closing bucket (the last step of a move) waits "
+        "for the next map before it goes to the bucket's owner (default %(default)s)",
+    )
+    net.add_argument(
         "--stall-warning",
         type=float,
         default=defaults.stall_warning,
@@ -193,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         acse_timeout=args.acse_timeout,
         idle_timeout=args.idle_timeout,
         stall_warning=args.stall_warning,
+        closing_hold=args.closing_hold,
         header_limit=args.header_limit,
         shutdown_grace=args.shutdown_grace,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),

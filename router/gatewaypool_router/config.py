@@ -131,6 +131,7 @@ class RouterConfig:
     acse_timeout: float = 30.0
     idle_timeout: float = 600.0
     stall_warning: float = 10.0
+    closing_hold: float = 10.0
     header_limit: int = 4 * 1024 * 1024
     map_poll_interval: float = 1.0
     watch_seconds: int = 50
@@ -170,6 +171,7 @@ class RouterConfig:
             "acse_timeout",
             "idle_timeout",
             "stall_warning",
+            "closing_hold",
         ):
             value = getattr(self, name)
             if not value > 0:

@@ -247,6 +247,7 @@ class RouterReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         holder.subscribe(self._on_map)
+        usage.subscribe(self._wake.set)  # a held instance: tell the operator at once
 
     def _on_map(self, _bucket_map: BucketMap) -> None:
         self._wake.set()

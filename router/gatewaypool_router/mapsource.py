@@ -27,6 +27,7 @@ class MapHolder:
     def __init__(self, metrics: RouterMetrics) -> None:
         self._metrics = metrics
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self.current: BucketMap | None = None
         self._listeners: list[Callable[[BucketMap], None]] = []
 
@@ -55,6 +56,7 @@ class MapHolder:
                     self.refuse(problem, source=source)
                     return False
             self.current = candidate
+            self._changed.notify_all()
         self._metrics.map_version.set(candidate.version)
         for listener in self._listeners:
             listener(candidate)
@@ -68,6 +70,14 @@ class MapHolder:
             buckets=candidate.buckets,
         )
         return True
+
+    def wait_newer(self, version: int, timeout: float) -> BucketMap | None:
+        """Wait until a map newer than `version` is applied; return the map in use."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.current is not None and self.current.version > version, timeout
+            )
+            return self.current
 
     def refuse(self, problem: str, *, source: str) -> None:
         """Count and log a refused map; the current one stays in use."""

@@ -66,6 +66,11 @@ class RouterMetrics:
             "Instances still in progress after --stall-warning seconds (each counted once)",
             registry=r,
         )
+        self.held_instances = Counter(
+            "gatewaypool_router_held_instances",
+            "Instances held because their bucket was closing (the last step of a move)",
+            registry=r,
+        )
         self.map_version = Gauge(
             "gatewaypool_router_map_version",
             "Version of the bucket map in use (-1 until one is loaded)",

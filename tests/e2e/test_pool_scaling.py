@@ -79,7 +79,7 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
     )
     studies = [
         generate_study(tmp_path / "data", study_index=i, instances=20, rows=16, columns=16)
-        for i in range(80)
+        for i in range(240)
     ]
     custom = kubernetes.client.CustomObjectsApi(kube.api_client())
     router: RouterProcess | None = None

@@ -448,3 +448,19 @@ def test_balanced_map_refuses_impossible_pools(
     with pytest.raises(MapError) as caught:
         balanced_map(gateways, buckets=buckets)
     assert caught.value.path == path
+
+
+def test_closing_buckets_round_trip_and_must_be_moving() -> None:
+    wire = good_wire_map()
+    wire["closing"] = [7]
+    closing = BucketMap.from_dict(wire)
+    assert closing.closing == frozenset({7})
+    assert parse_map(dump_map(closing)) == closing
+    assert json.loads(dump_map(closing))["closing"] == [7]
+    assert "closing" not in json.loads(dump_map(BucketMap.from_dict(good_wire_map())))
+    wire["closing"] = [3]
+    with pytest.raises(MapError, match="closing"):
+        BucketMap.from_dict(wire)
+    wire["closing"] = ["7"]
+    with pytest.raises(MapError, match=r"closing\[0\]"):
+        BucketMap.from_dict(wire)

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -119,6 +120,14 @@ def plan(
     )
 
 
+def confirm(
+    closing: HandoverPlan, *, now: float, routers: Sequence[RouterPod], **options: Any
+) -> HandoverPlan:
+    """The pass after a bucket went closing: routers report again on that version."""
+    assert closing.publish is not None and closing.publish.closing
+    return plan(closing.publish, now=now, routers=routers, state=closing.state, **options)
+
+
 def reasons(result: HandoverPlan) -> list[str]:
     return [event.reason for event in result.events]
 
@@ -177,11 +186,42 @@ def test_a_move_completes_only_when_every_router_applied_it_and_it_is_quiet() ->
     busy = router("r-c", version=2, reported=99, ages={bucket: 12})
     assert attempt(quiet, behind).publish is None  # r-b has not applied version 2
     blocked = attempt(quiet, busy)
-    assert blocked.publish is not None  # the others complete; this one stays
-    assert blocked.publish.moving == {bucket: 3}
-    done = attempt(quiet, router("r-c", version=2, reported=99, ages={bucket: 30}))
+    assert blocked.publish is not None  # the others close; this one stays moving
+    assert blocked.publish.moving == current.moving
+    assert blocked.publish.closing == set(current.moving) - {bucket}
+    closing = attempt(quiet, router("r-c", version=2, reported=99, ages={bucket: 30}))
+    assert closing.publish is not None and closing.publish.version == 3
+    assert closing.publish.closing == set(current.moving)
+    assert closing.publish.owners == current.owners  # still sent to (held for) the owner
+    assert not closing.completed
+    # The last step: every router confirms on the closing version that it is still quiet.
+    confirmations = [
+        router("r-a", version=3, reported=100.5),
+        router("r-c", version=3, reported=100.5, ages={bucket: 31}),
+    ]
+    lagging = confirm(
+        closing,
+        now=101,
+        routers=[confirmations[0], router("r-c", version=2, reported=100.5)],
+        wanted=4,
+        gateway_pods=everyone,
+    )
+    assert lagging.publish is None  # r-c has not applied the closing version yet
+    used = confirm(
+        closing,
+        now=101,
+        routers=[confirmations[0], router("r-c", version=3, reported=100.5, ages={bucket: 0})],
+        wanted=4,
+        gateway_pods=everyone,
+    )
+    # A study came in: that bucket goes back to moving; the confirmed ones complete.
+    assert used.publish is not None
+    assert used.publish.moving == {bucket: 3} and not used.publish.closing
+    assert len(used.completed) == 2
+    assert reasons(used) == ["HandoverDeferred", "HandoverCompleted"]
+    done = confirm(closing, now=101, routers=confirmations, wanted=4, gateway_pods=everyone)
     assert done.publish is not None
-    assert done.publish.version == 3
+    assert done.publish.version == 4
     assert not done.publish.moving
     assert done.publish.owners == tuple(rebalance(current.owners, 4))
     assert len(done.completed) == 3
@@ -204,9 +244,11 @@ def test_a_router_that_restarted_counts_as_active_until_start_plus_quiet() -> No
     )
     assert result.publish is None
     later = router("r-a", version=2, reported=110, started=80)
-    result = plan(
+    closing = plan(
         current, now=111, wanted=4, gateway_pods=pods([0, 1, 2, 3]), routers=[later], state=state
     )
+    again = router("r-a", version=3, reported=112, started=80)
+    result = confirm(closing, now=112, routers=[again], wanted=4, gateway_pods=pods([0, 1, 2, 3]))
     assert result.publish is not None
     assert len(result.completed) == 3
 
@@ -273,9 +315,16 @@ def test_a_silent_router_is_excluded_once_and_its_absence_is_recorded() -> None:
     assert first.excluded_routers == ("r-b",)
     assert reasons(first)[0] == "RouterExcluded"
     assert "r-b" in first.events[0].message
-    assert {m.forced for m in first.forced} == {"RouterExcluded"}
-    assert not first.completed
-    assert first.publish is not None
+    assert first.publish is not None and first.publish.closing
+    confirmed = confirm(
+        first,
+        now=201,
+        routers=[router("r-a", version=first.publish.version, reported=200.5), silent],
+        wanted=4,
+        gateway_pods=pods([0, 1, 2, 3]),
+    )
+    assert {m.forced for m in confirmed.forced} == {"RouterExcluded"}
+    assert not confirmed.completed
     again = plan(
         first.publish,
         now=201,
@@ -315,20 +364,25 @@ def test_scale_down_drains_first_and_shrinks_only_when_no_router_can_send_there(
     assert set(marked.publish.moving) == {3, 7, 11}
     v2, s2 = marked.publish, marked.state
     r = router("r-a", version=2, reported=40)
-    done = plan(v2, now=40, wanted=3, gateway_pods=everyone, routers=[r], state=s2, statefulset=4)
+    closing = plan(
+        v2, now=40, wanted=3, gateway_pods=everyone, routers=[r], state=s2, statefulset=4
+    )
+    assert closing.replicas == 4
+    r = router("r-a", version=3, reported=40.5)
+    done = confirm(closing, now=40.5, routers=[r], wanted=3, gateway_pods=everyone, statefulset=4)
     assert done.publish is not None
     assert 3 not in done.publish.owners
-    assert done.replicas == 4  # r-a still routes by version 2, where gateway 3 owns buckets
+    assert done.replicas == 4  # r-a still routes by version 3, where gateway 3 owns buckets
     v3, s3 = done.publish, done.state
     assert s3.span == 3
-    assert s3.span_since == 3
-    still_open = router("r-a", version=3, reported=41, opened={3: 1, 0: 2})
+    assert s3.span_since == 4
+    still_open = router("r-a", version=4, reported=41, opened={3: 1, 0: 2})
     held = plan(
         v3, now=41, wanted=3, gateway_pods=everyone, routers=[still_open], state=s3, statefulset=4
     )
     assert held.publish is None
     assert held.replicas == 4  # an association to gateway 3 is still open
-    closed = router("r-a", version=3, reported=42, opened={0: 2})
+    closed = router("r-a", version=4, reported=42, opened={0: 2})
     shrunk = plan(
         v3, now=42, wanted=3, gateway_pods=everyone, routers=[closed], state=s3, statefulset=4
     )
@@ -460,7 +514,7 @@ def test_a_router_that_left_holds_every_handover_for_the_quiet_period() -> None:
     assert held.publish is None
     assert not held.events  # said once
     later = router("r-a", version=2, reported=130)
-    done = plan(
+    closing = plan(
         current,
         now=130,
         wanted=4,
@@ -468,6 +522,8 @@ def test_a_router_that_left_holds_every_handover_for_the_quiet_period() -> None:
         routers=[later],
         state=held.state,
     )
+    again = router("r-a", version=3, reported=130.5)
+    done = confirm(closing, now=131, routers=[again], wanted=4, gateway_pods=pods([0, 1, 2, 3]))
     assert len(done.completed) == 3
     assert done.state.hold_until is None
 
@@ -959,6 +1015,7 @@ def test_the_model_catches_a_core_that_ignores_quiet(monkeypatch: pytest.MonkeyP
     from gatewaypool_operator import handover
 
     monkeypatch.setattr(handover._Routers, "quiet", lambda *args, **kwargs: True)
+    monkeypatch.setattr(handover._Routers, "closing", lambda *args, **kwargs: handover._DONE)
     with pytest.raises(SplitError, match="bucket 5 active"):
         run_model(buckets=6, start=2, routers=2, steps=SPLITTING_SCENARIO, failover=None)
 
@@ -984,9 +1041,11 @@ STALE_SCENARIO: list[tuple[object, ...]] = [
 ]
 
 
-def test_the_model_catches_a_core_that_trusts_stale_reports(
+def test_the_closing_step_saves_a_core_that_trusts_stale_reports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With the quiet check made to trust a stale report, the closing step still asks
+    every router on the closing version, sees bucket 5 used, and moves nothing."""
     from gatewaypool_operator import handover
 
     model = run_model(buckets=6, start=2, routers=2, steps=STALE_SCENARIO, failover=None)
@@ -1007,8 +1066,10 @@ def test_the_model_catches_a_core_that_trusts_stale_reports(
         return original(self, bucket, marked=marked, buckets=buckets, settings=trusting, now=now)
 
     monkeypatch.setattr(handover._Routers, "quiet", quiet)
-    with pytest.raises(SplitError, match="older than fresh_seconds"):
-        run_model(buckets=6, start=2, routers=2, steps=STALE_SCENARIO, failover=None)
+    steps = [*STALE_SCENARIO, ("sync", 0), ("sync", 1), ("tick", 1), ("sync", 0), ("sync", 1)]
+    model = run_model(buckets=6, start=2, routers=2, steps=steps, failover=None)
+    assert model.published is not None
+    assert 5 in model.published.moving and 5 not in model.published.closing
 
 
 def test_the_model_drives_three_to_five_to_two_mid_handover_to_the_end() -> None:

@@ -1,0 +1,214 @@
+"""Chaos: a pool scaled 2 → 5 → 1 → 3 under continuous traffic, a router killed mid-run.
+
+Everything real but the cluster: the API is the emulator, the operator and
+two routers are processes, the gateways are pynetdicom SCPs started by the
+kubelet harness with a real cluster's delays (listening 1.5 s after the
+StatefulSet asks, Ready 0.5 s later, stopped at once when removed). Senders
+keep sending studies, each over several associations to random routers,
+while the pool is scaled through the scale subresource and one router is
+killed with SIGKILL and started again.
+
+Asserted: no study split across gateways, no instance answered with a
+failure, every instance acknowledged (senders retry what got no answer, as
+modalities do) and every acknowledged instance held by a gateway, and every
+handover completed or forced and recorded in the pool's status and Events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
+from gatewaypool_local.routerproc import RouterProcess
+from gatewaypool_local.synth import generate_study
+from support.kubelet import GatewayKubelet
+from support.traffic import Traffic
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "radiology"
+GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
+GATEWAY_PORT = 104
+STUDIES = 300
+MIN_STUDIES = 30
+INSTANCES = 40
+QUIET_SECONDS = 2
+MAX_DRAIN_SECONDS = 60
+ROUTER_LABELS = {
+    "app.kubernetes.io/instance": "ct",
+    "app.kubernetes.io/component": "router",
+    "app.kubernetes.io/name": "gatewaypool",
+    "app.kubernetes.io/managed-by": "gatewaypool-operator",
+}
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    with KubeEmulator() as emulator:
+        emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
+        emulator.create_namespace(NS)
+        yield emulator
+
+
+def _status(kube: KubeEmulator) -> dict[str, Any]:
+    return (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
+
+
+def _settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
+    status = _status(kube)
+    return (
+        status.get("replicas") == replicas
+        and status.get("readyReplicas") == replicas
+        and not status.get("movingBuckets")
+        and kubelet.running_ordinals() == set(range(replicas))
+        and len(status.get("bucketCounts") or {}) == replicas
+    )
+
+
+def _router(
+    tmp_path: Path, kube: KubeEmulator, kubelet: GatewayKubelet, name: str
+) -> RouterProcess:
+    kube.create(
+        "Pod",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": ROUTER_LABELS},
+            "spec": {"containers": [{"name": "router", "image": "gatewaypool:test"}]},
+        },
+    )
+    return RouterProcess(
+        tmp_path / name,
+        extra_args=[
+            "--map-configmap",
+            f"{NS}/ct-map",
+            "--report-configmap",
+            f"{NS}/ct-routers",
+            "--pod-name",
+            name,
+            "--kubeconfig",
+            str(kube.kubeconfig_path),
+            *[arg for rule in kubelet.connect_to() for arg in ("--connect-to", rule)],
+        ],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
+    kube: KubeEmulator, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    studies = [
+        generate_study(
+            tmp_path / "data", study_index=i, instances=INSTANCES, rows=16, columns=16, seed=seed
+        )
+        for i in range(STUDIES)
+    ]
+    rng.shuffle(studies)
+    operator = OperatorProcess(
+        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
+    )
+    kubelet = GatewayKubelet(
+        kube,
+        tmp_path,
+        namespace=NS,
+        pool="ct",
+        ae_title="TRIAGE",
+        port=GATEWAY_PORT,
+        max_gateways=5,
+    )
+    routers: list[RouterProcess] = []
+    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+    operator.start()
+    kubelet.start()
+    try:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "GatewayPool",
+                "metadata": {"name": "ct", "namespace": NS},
+                "spec": {
+                    "replicas": 2,
+                    "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
+                    "handover": {
+                        "quietSeconds": QUIET_SECONDS,
+                        "maxDrainSeconds": MAX_DRAIN_SECONDS,
+                    },
+                },
+            },
+        )
+        wait_until(lambda: _settled(kube, kubelet, 2), timeout=60, what="two gateways ready")
+        routers = [_router(tmp_path, kube, kubelet, f"ct-router-{i}") for i in range(2)]
+        for router in routers:
+            router.start()
+
+        traffic = Traffic(routers, studies, seed=seed, senders=3)
+        traffic.start()
+        wait_until(lambda: traffic.sent_studies() >= 3, timeout=60, what="traffic flowing")
+        for step, replicas in enumerate([5, 1, 3]):
+            custom.patch_namespaced_custom_object_scale(
+                GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": replicas}}
+            )
+            if step == 1:
+                # Mid-handover: one router dies at once and comes back.
+                wait_until(
+                    lambda: bool(_status(kube).get("movingBuckets")),
+                    timeout=30,
+                    what="buckets moving",
+                )
+                routers[1].kill()
+                routers[1].start()
+            wait_until(
+                lambda replicas=replicas: _settled(kube, kubelet, replicas),
+                timeout=MAX_DRAIN_SECONDS + 60,
+                what=f"settled at {replicas} gateways",
+            )
+            assert traffic.sent_studies() < STUDIES, "traffic ran out before the scale ended"
+        wait_until(
+            lambda: traffic.sent_studies() >= MIN_STUDIES, timeout=120, what="enough studies"
+        )
+        outcome = traffic.finish()
+        held: dict[str, set[int]] = defaultdict(set)  # study -> gateway ordinals
+        holders: dict[str, int] = {}
+        for ordinal, sink in kubelet.gateways.items():
+            for item in sink.received():
+                held[item.study_uid].add(ordinal)
+                holders[item.sop_instance_uid] = ordinal
+        status = _status(kube)
+        events = [e.get("reason") for e in kube.objects("v1/events", NS)]
+    finally:
+        for router in routers:
+            router.stop()
+        kubelet.stop()
+        operator.stop()
+
+    assert not kubelet.errors
+    assert not outcome.failed, f"failed instances: {sorted(outcome.failed.items())[:5]}"
+    assert not outcome.unanswered
+    sent = outcome.studies
+    assert len(sent) >= MIN_STUDIES
+    for study in sent:
+        assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
+        assert len(held[study.study_uid]) == 1, (
+            f"study split over gateways {held[study.study_uid]}, "
+            f"longest pause {traffic.longest_pause(study):.1f} s"
+        )
+    assert outcome.acknowledged.keys() <= holders.keys(), "acknowledged but not held"
+    handovers = status.get("handovers") or {}
+    assert handovers.get("completed", 0) + handovers.get("forced", 0) > 0
+    assert "HandoverStarted" in events
+    assert "HandoverCompleted" in events
+    assert events.count("HandoverForced") == handovers.get("forced", 0)
