@@ -4,6 +4,7 @@
 #   ./dev.sh demo    router + three local gateways + real DICOM traffic + report
 #   ./dev.sh test    lint, type check and the whole test suite
 #   ./dev.sh bench   the throughput / memory benchmark (prints figures)
+#   ./dev.sh bench-handover   time from a scale change to its last bucket moved
 #
 # Each command installs what it needs first: the DICOM peers from Debian
 # (dcmtk, orthanc) and a virtualenv in .venv with this project and its
@@ -54,6 +55,11 @@ case "$cmd" in
         need_venv
         exec "$VENV/bin/gatewaypool" bench "$@"
         ;;
+    bench-handover)
+        need_debian_packages
+        need_venv
+        PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/handover.py "$@"
+        ;;
     test)
         need_debian_packages
         need_venv
@@ -66,7 +72,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,10p' "$0"
+        sed -n '2,11p' "$0"
         exit 2
         ;;
 esac
