@@ -34,6 +34,7 @@ class OperatorProcess:
     ) -> None:
         self.log_path = log_path
         self.liveness_port = free_port()
+        self.metrics_port = free_port()
         self._kubeconfig = kubeconfig
         self._extra = list(extra_args)
         self._router_image = router_image
@@ -56,6 +57,8 @@ class OperatorProcess:
                     f"http://127.0.0.1:{self.liveness_port}/healthz",
                     "--log-format",
                     "json",
+                    "--metrics",
+                    f"127.0.0.1:{self.metrics_port}",
                     *self._extra,
                 ],
                 stdout=log,
@@ -84,6 +87,20 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (0 when the series does not exist yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

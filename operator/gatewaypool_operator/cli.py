@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
+    parser.add_argument(
+        "--metrics",
+        default=":8082",
+        metavar="[HOST]:PORT",
+        help="serve Prometheus metrics (handovers completed and forced, buckets moving) "
+        "at /metrics here; 'off' for none (default %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -78,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ["GATEWAYPOOL_PEERING"] = args.peering or ""
     os.environ["GATEWAYPOOL_PRIORITY"] = str(priority or 0)
     os.environ["GATEWAYPOOL_IDENTITY"] = identity
+    if args.metrics != "off":
+        _address, colon, port = args.metrics.rpartition(":")
+        if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+            print(f"gatewaypool operator: --metrics: {args.metrics!r} is not [HOST]:PORT or off")
+            return 2
+    os.environ["GATEWAYPOOL_METRICS"] = "" if args.metrics == "off" else args.metrics
     from gatewaypool import logs
 
     logs.configure(level=args.log_level, fmt=args.log_format)

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.peering import Peering
 from gatewaypool_operator.resync import Schedule, resync_forever
 from gatewaypool_operator.runner import PoolLocks, run_pass
@@ -34,6 +35,8 @@ NAMESPACES = tuple(ns for ns in os.environ.get("GATEWAYPOOL_NAMESPACES", "").spl
 PEERING_NAME = os.environ.get("GATEWAYPOOL_PEERING", "")
 PRIORITY = int(os.environ.get("GATEWAYPOOL_PRIORITY", "0"))
 IDENTITY = os.environ.get("GATEWAYPOOL_IDENTITY", "")
+#: Where Prometheus metrics are served (``--metrics``), ``HOST:PORT``; empty: nowhere.
+METRICS = os.environ.get("GATEWAYPOOL_METRICS", "")
 
 
 def _api_client() -> Any:
@@ -67,6 +70,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["locks"] = PoolLocks()
     memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
     memo["schedule"] = Schedule(RESYNC_SECONDS)
+    metrics = OperatorMetrics()
+    memo["metrics"] = metrics
+    if METRICS:
+        from prometheus_client import start_http_server
+
+        address, _colon, port = METRICS.rpartition(":")
+        start_http_server(int(port), addr=address or "0.0.0.0", registry=metrics.registry)
 
 
 @kopf.on.startup()
@@ -84,6 +94,7 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
             locks=memo["locks"],
             schedule=memo["schedule"],
             peering=peering,
+            metrics=memo["metrics"],
         )
     )
 
@@ -114,6 +125,7 @@ def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
         namespace=key[0],
         name=key[1],
         router_image=memo["router_image"],
+        metrics=memo["metrics"],
     )
     # A scale change is carried out over many passes: the resync takes it on.
     memo["schedule"].after(key, outcome)

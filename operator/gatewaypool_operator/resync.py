@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.peering import Peering, is_active
 from gatewaypool_operator.reconcile import Outcome
 from gatewaypool_operator.runner import PoolLocks, run_pass
@@ -101,6 +102,7 @@ async def resync_forever(
     locks: PoolLocks,
     schedule: Schedule,
     peering: Peering | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
     """Pass every pool every ``interval`` seconds, and pools mid-change every 2 s.
 
@@ -147,6 +149,7 @@ async def resync_forever(
                     namespace=namespace,
                     name=name,
                     router_image=router_image,
+                    metrics=metrics,
                 )
             except Exception:
                 log.exception("resync of %s/%s failed", namespace, name)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
+from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,
@@ -92,6 +93,7 @@ def run_pass(
     namespace: str,
     name: str,
     router_image: str,
+    metrics: OperatorMetrics | None = None,
 ) -> Outcome | None:
     """Reconcile one pool under its lock and write status, annotation and Events.
 
@@ -117,6 +119,16 @@ def run_pass(
                 log.info("%s/%s: %s; reading again (attempt %d)", namespace, name, exc, attempt)
                 continue
             write_results(cluster, body, outcome)
+            plan = outcome.plan
+            if metrics is not None and plan is not None:
+                metrics.record(
+                    namespace=namespace,
+                    pool=name,
+                    completed=len(plan.completed),
+                    forced=len(plan.forced),
+                    moving=plan.moving,
+                    oldest_move_seconds=plan.oldest_move_seconds,
+                )
             return outcome
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -593,6 +593,9 @@ def test_operator_deployment(value_set: str) -> None:
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert probe["path"] == "/healthz"
     assert ports.get(probe["port"], probe["port"]) == 8081
+    # The operator's own metrics (handovers), on a named port for scraping.
+    assert args.metrics == "0.0.0.0:8082"
+    assert ports["metrics"] == 8082
     # Standalone (one replica) unless peering is enabled.
     assert args.peering == ("gatewaypool" if peering.get("enabled") else None)
 
