@@ -708,3 +708,28 @@ def test_strict_validation_is_not_vacuous() -> None:
     statefulset["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(statefulset, K8S_VERSIONS[0], strict=True)
+
+
+def test_scale_down_settings_reach_the_statefulset() -> None:
+    spec = parse_spec(
+        {
+            "gateway": {
+                "image": "gw:1",
+                "terminationGracePeriodSeconds": 90,
+                "storage": {"size": "5Gi", "whenScaled": "Delete"},
+            }
+        },
+        default_router_image="op:1",
+    )
+    [sts] = [
+        obj
+        for obj in build_children(
+            name="ct", namespace="ns", spec=spec, map_data=None, gateway_replicas=2
+        )
+        if obj["kind"] == "StatefulSet"
+    ]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Delete",
+        "whenDeleted": "Retain",
+    }
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90

@@ -622,3 +622,35 @@ def test_pool_names_that_would_break_children_are_refused(name: str) -> None:
         check_name(name)
     assert caught.value.field_path == "metadata.name"
     assert repr(name) in str(caught.value)
+
+
+def test_handover_and_scale_down_settings() -> None:
+    from gatewaypool_operator.spec import SpecError as _SpecError
+
+    spec = parse_spec(
+        {
+            "gateway": {
+                "image": "gw:1",
+                "terminationGracePeriodSeconds": 120,
+                "storage": {"size": "10Gi", "whenScaled": "Delete"},
+            },
+            "handover": {"failoverAfterSeconds": 90},
+        },
+        default_router_image="op:1",
+    )
+    assert spec.gateway.termination_grace_period_seconds == 120
+    assert spec.gateway.storage is not None and spec.gateway.storage.when_scaled == "Delete"
+    assert spec.handover.failover_after_seconds == 90
+    defaults = parse_spec(
+        {"gateway": {"image": "gw:1", "storage": {"size": "1Gi"}}}, default_router_image="op:1"
+    )
+    assert defaults.gateway.termination_grace_period_seconds == 30
+    assert defaults.gateway.storage is not None and defaults.gateway.storage.when_scaled == "Retain"
+    assert defaults.handover.failover_after_seconds is None
+    for wrong in (
+        {"gateway": {"image": "gw:1", "storage": {"size": "1Gi", "whenScaled": "Keep"}}},
+        {"gateway": {"image": "gw:1", "terminationGracePeriodSeconds": -1}},
+        {"gateway": {"image": "gw:1"}, "handover": {"failoverAfterSeconds": 5}},
+    ):
+        with pytest.raises(_SpecError):
+            parse_spec(wrong, default_router_image="op:1")

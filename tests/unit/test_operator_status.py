@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewaypool.bucketmap import BucketMap
+from gatewaypool.bucketmap import BucketMap, balanced_map
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator.mapping import desired_gateways, next_map
+from gatewaypool_operator.mapping import desired_gateways
 from gatewaypool_operator.spec import PoolSpec, parse_spec
 from gatewaypool_operator.status import (
     HandoverSummary,
@@ -39,9 +39,7 @@ def spec(replicas: int = 3, routers: int = 2) -> PoolSpec:
 
 def bucket_map(count: int = 3, version: int = 7, buckets: int = 64) -> BucketMap:
     gateways = desired_gateways(name=NAME, namespace="ns", spec=spec(), count=count)
-    first = next_map(None, gateways=gateways, buckets=buckets)
-    assert first is not None
-    return dataclasses.replace(first, version=version)
+    return balanced_map(gateways, buckets=buckets, version=version)
 
 
 def report(version: int) -> str:
