@@ -19,11 +19,10 @@ and joins the senders.
 from __future__ import annotations
 
 import itertools
-import queue
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +57,7 @@ class Traffic:
     def __init__(
         self,
         routers: Sequence[RouterProcess],
-        studies: Sequence[Study],
+        studies: Iterable[Study],
         *,
         seed: int,
         senders: int = 4,
@@ -66,9 +65,10 @@ class Traffic:
         timeout: float = 20.0,
     ) -> None:
         self._routers = list(routers)
-        self._queue: queue.Queue[Study] = queue.Queue()
-        for study in studies:
-            self._queue.put(study)
+        # Pulled one at a time by the senders: a generator makes studies only
+        # as they are needed.
+        self._studies = iter(studies)
+        self._next_lock = threading.Lock()
         self._seed = seed
         self._chunk = chunk
         self._timeout = timeout
@@ -116,9 +116,9 @@ class Traffic:
     def _send(self, index: int) -> None:
         rng = random.Random(self._seed * 1000 + index)
         while not self._stop.is_set():
-            try:
-                study = self._queue.get_nowait()
-            except queue.Empty:
+            with self._next_lock:
+                study = next(self._studies, None)
+            if study is None:
                 return
             files = list(zip(study.files, study.sop_instance_uids, strict=True))
             for start in range(0, len(files), self._chunk):
