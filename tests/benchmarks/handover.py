@@ -18,7 +18,6 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 
@@ -30,42 +29,24 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support.kubelet import GatewayKubelet
+from support.pool import pool_status, settled
+from support.pool import router as start_router
 from support.traffic import Traffic
 
 NS = "radiology"
 GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 REPO = Path(__file__).resolve().parents[2]
-ROUTER_LABELS = {
-    "app.kubernetes.io/instance": "ct",
-    "app.kubernetes.io/component": "router",
-    "app.kubernetes.io/name": "gatewaypool",
-    "app.kubernetes.io/managed-by": "gatewaypool-operator",
-}
 
 
 def published(kube: KubeEmulator) -> BucketMap:
     return parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"])  # type: ignore[index]
 
 
-def status(kube: KubeEmulator) -> dict[str, Any]:
-    return (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
-
-
-def settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
-    current = status(kube)
-    return (
-        current.get("readyReplicas") == replicas
-        and current.get("movingBuckets") == 0
-        and len(current.get("bucketCounts") or {}) == replicas
-        and kubelet.running_ordinals() == set(range(replicas))
-    )
-
-
 def step(
     kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int, *, label: str
 ) -> tuple[str, float, int, int, int]:
     before = published(kube)
-    forced_before = int((status(kube).get("handovers") or {}).get("forced") or 0)
+    forced_before = int((pool_status(kube, kubelet).get("handovers") or {}).get("forced") or 0)
     started = time.monotonic()
     kubernetes.client.CustomObjectsApi(kube.api_client()).patch_namespaced_custom_object_scale(
         GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": replicas}}
@@ -75,7 +56,8 @@ def step(
     after = published(kube)
     moved = sum(1 for a, b in zip(before.owners, after.owners, strict=True) if a != b)
     minimum = len(moved_buckets(list(before.owners), rebalance(list(before.owners), replicas)))
-    forced = int((status(kube).get("handovers") or {}).get("forced") or 0) - forced_before
+    handovers = pool_status(kube, kubelet).get("handovers") or {}
+    forced = int(handovers.get("forced") or 0) - forced_before
     return label, seconds, moved, minimum, forced
 
 
@@ -119,29 +101,7 @@ def main() -> int:
             wait_until(lambda: settled(kube, kubelet, 3), timeout=120, what="three gateways")
             for i in range(2):
                 name = f"ct-router-{i}"
-                kube.create(
-                    "Pod",
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Pod",
-                        "metadata": {"name": name, "namespace": NS, "labels": ROUTER_LABELS},
-                        "spec": {"containers": [{"name": "router", "image": "gatewaypool"}]},
-                    },
-                )
-                router = RouterProcess(
-                    work / name,
-                    extra_args=[
-                        "--map-configmap",
-                        f"{NS}/ct-map",
-                        "--report-configmap",
-                        f"{NS}/ct-routers",
-                        "--pod-name",
-                        name,
-                        "--kubeconfig",
-                        str(kube.kubeconfig_path),
-                        *[a for rule in kubelet.connect_to() for a in ("--connect-to", rule)],
-                    ],
-                )
+                router = start_router(kube, kubelet, work, name)
                 router.start()
                 routers.append(router)
             rows.append(step(kube, kubelet, 5, label="3 -> 5, idle"))

@@ -20,7 +20,6 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 import pytest
@@ -31,6 +30,8 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support.kubelet import GatewayKubelet
+from support.pool import pool_status, settled
+from support.pool import router as start_router
 from support.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,12 +43,6 @@ MIN_STUDIES = 30
 INSTANCES = 40
 QUIET_SECONDS = 2
 MAX_DRAIN_SECONDS = 60
-ROUTER_LABELS = {
-    "app.kubernetes.io/instance": "ct",
-    "app.kubernetes.io/component": "router",
-    "app.kubernetes.io/name": "gatewaypool",
-    "app.kubernetes.io/managed-by": "gatewaypool-operator",
-}
 
 
 @pytest.fixture
@@ -56,49 +51,6 @@ def kube() -> Iterator[KubeEmulator]:
         emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
         emulator.create_namespace(NS)
         yield emulator
-
-
-def _status(kube: KubeEmulator) -> dict[str, Any]:
-    return (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
-
-
-def _settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
-    status = _status(kube)
-    return (
-        status.get("replicas") == replicas
-        and status.get("readyReplicas") == replicas
-        and not status.get("movingBuckets")
-        and kubelet.running_ordinals() == set(range(replicas))
-        and len(status.get("bucketCounts") or {}) == replicas
-    )
-
-
-def _router(
-    tmp_path: Path, kube: KubeEmulator, kubelet: GatewayKubelet, name: str
-) -> RouterProcess:
-    kube.create(
-        "Pod",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": ROUTER_LABELS},
-            "spec": {"containers": [{"name": "router", "image": "gatewaypool:test"}]},
-        },
-    )
-    return RouterProcess(
-        tmp_path / name,
-        extra_args=[
-            "--map-configmap",
-            f"{NS}/ct-map",
-            "--report-configmap",
-            f"{NS}/ct-routers",
-            "--pod-name",
-            name,
-            "--kubeconfig",
-            str(kube.kubeconfig_path),
-            *[arg for rule in kubelet.connect_to() for arg in ("--connect-to", rule)],
-        ],
-    )
 
 
 @pytest.mark.slow
@@ -152,8 +104,8 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
                 },
             },
         )
-        wait_until(lambda: _settled(kube, kubelet, 2), timeout=60, what="two gateways ready")
-        routers = [_router(tmp_path, kube, kubelet, f"ct-router-{i}") for i in range(2)]
+        wait_until(lambda: settled(kube, kubelet, 2), timeout=60, what="two gateways ready")
+        routers = [start_router(kube, kubelet, tmp_path, f"ct-router-{i}") for i in range(2)]
         for router in routers:
             router.start()
 
@@ -167,14 +119,14 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
             if step == 1:
                 # Mid-handover: one router dies at once and comes back.
                 wait_until(
-                    lambda: bool(_status(kube).get("movingBuckets")),
+                    lambda: bool(pool_status(kube, kubelet).get("movingBuckets")),
                     timeout=30,
                     what="buckets moving",
                 )
                 routers[1].kill()
                 routers[1].start()
             wait_until(
-                lambda replicas=replicas: _settled(kube, kubelet, replicas),
+                lambda replicas=replicas: settled(kube, kubelet, replicas),
                 timeout=MAX_DRAIN_SECONDS + 60,
                 what=f"settled at {replicas} gateways",
             )
@@ -189,7 +141,7 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
             for item in sink.received():
                 held[item.study_uid].add(ordinal)
                 holders[item.sop_instance_uid] = ordinal
-        status = _status(kube)
+        status = pool_status(kube, kubelet)
         events = [e.get("reason") for e in kube.objects("v1/events", NS)]
         metrics = {
             result: operator.metric(

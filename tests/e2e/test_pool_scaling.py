@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import kubernetes.client
 import pytest
@@ -27,19 +26,14 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support.kubelet import GatewayKubelet
+from support.pool import pool_status, settled
+from support.pool import router as start_router
 from support.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"
 GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 GATEWAY_PORT = 104
-KUBE_EVENTS: list[Any] = []
-ROUTER_LABELS = {
-    "app.kubernetes.io/instance": "ct",
-    "app.kubernetes.io/component": "router",
-    "app.kubernetes.io/name": "gatewaypool",
-    "app.kubernetes.io/managed-by": "gatewaypool-operator",
-}
 
 
 @pytest.fixture
@@ -48,20 +42,6 @@ def kube() -> Iterator[KubeEmulator]:
         emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
         emulator.create_namespace(NS)
         yield emulator
-
-
-def status(kube: KubeEmulator) -> dict[str, Any]:
-    return (kube.get("GatewayPool", "ct", NS) or {}).get("status") or {}
-
-
-def settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
-    current = status(kube)
-    return (
-        current.get("readyReplicas") == replicas
-        and current.get("movingBuckets") == 0
-        and len(current.get("bucketCounts") or {}) == replicas
-        and kubelet.running_ordinals() == set(range(replicas))
-    )
 
 
 def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Path) -> None:
@@ -103,29 +83,7 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
             },
         )
         wait_until(lambda: settled(kube, kubelet, 3), timeout=60, what="three gateways ready")
-        kube.create(
-            "Pod",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "ct-router-0", "namespace": NS, "labels": ROUTER_LABELS},
-                "spec": {"containers": [{"name": "router", "image": "gatewaypool:test"}]},
-            },
-        )
-        router = RouterProcess(
-            tmp_path / "router",
-            extra_args=[
-                "--map-configmap",
-                f"{NS}/ct-map",
-                "--report-configmap",
-                f"{NS}/ct-routers",
-                "--pod-name",
-                "ct-router-0",
-                "--kubeconfig",
-                str(kube.kubeconfig_path),
-                *[arg for rule in kubelet.connect_to() for arg in ("--connect-to", rule)],
-            ],
-        )
+        router = start_router(kube, kubelet, tmp_path, "ct-router-0")
         router.start()
         first = router.metric("gatewaypool_router_map_version")
         assert first >= 1
@@ -147,8 +105,8 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
         )
         wait_until(
             lambda: (
-                status(kube).get("routers") == "1/1"
-                and status(kube).get("mapVersion") == final.version
+                pool_status(kube, kubelet).get("routers") == "1/1"
+                and pool_status(kube, kubelet).get("mapVersion") == final.version
             ),
             timeout=30,
             what="status: the router on the final version",
@@ -165,7 +123,6 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
                 held[item.study_uid].add(ordinal)
                 holders.add(item.sop_instance_uid)
         events = [e.get("reason") for e in kube.objects("v1/events", NS)]
-        KUBE_EVENTS[:] = kube.objects("v1/events", NS)
     finally:
         if router is not None:
             router.stop()
@@ -178,13 +135,8 @@ def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Pa
     for study in outcome.studies:
         assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
         assert len(held[study.study_uid]) == 1, (
-            f"study split over {held[study.study_uid]}",
-            study_bucket(study.study_uid, 4096),
-            [
-                (e.get("ts"), e.get("version"))
-                for e in (router.events("map.applied") if router else [])
-            ],
-            [(e.get("reason"), e.get("message"), e.get("firstTimestamp")) for e in KUBE_EVENTS],
+            f"study split over {held[study.study_uid]}, "
+            f"longest pause {traffic.longest_pause(study):.1f} s"
         )
     assert outcome.acknowledged.keys() <= holders
     assert not late.failed and len(late.studies) == 6
