@@ -138,7 +138,7 @@ def reconcile(
         )
 
     floor = int((body.get("status") or {}).get("mapVersion") or 0)
-    plan = _plan_handover(
+    plan, routers_seen = _plan_handover(
         cluster,
         name=name,
         namespace=namespace,
@@ -261,6 +261,7 @@ def reconcile(
             previous=previous,
             now=now,
             handover=summary,
+            routers_seen=routers_seen,
         ),
         events=events,
         accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
@@ -281,8 +282,12 @@ def _plan_handover(
     version_floor: int,
     now: datetime,
     events: list[Event],
-) -> handover.HandoverPlan:
-    """Observe what the handover decides from, and let the pure core decide."""
+) -> tuple[handover.HandoverPlan, _RoutersSeen]:
+    """Observe what the handover decides from, and let the pure core decide.
+
+    Also returns the router pods and reports it read, which the status of
+    the same pass counts (read once per pass, not twice).
+    """
     state: handover.HandoverState | None = None
     text = map_data.get(handover.STATE_KEY)
     if text:
@@ -317,7 +322,7 @@ def _plan_handover(
         max_drain_seconds=spec.handover.max_drain_seconds,
         failover_after_seconds=spec.handover.failover_after_seconds,
     )
-    return handover.plan_handover(
+    plan = handover.plan_handover(
         handover.HandoverInput(
             published=published,
             state=state,
@@ -333,6 +338,7 @@ def _plan_handover(
             report_keys=tuple(reports),
         )
     )
+    return plan, _RoutersSeen(pods=router_objects, reports=reports)
 
 
 def _state_news(
@@ -356,6 +362,14 @@ def _state_news(
     return settled(before) != settled(state)
 
 
+@dataclass(frozen=True, slots=True)
+class _RoutersSeen:
+    """The router pods and the ``NAME-routers`` reports a pass read."""
+
+    pods: list[dict[str, Any]]
+    reports: Mapping[str, str]
+
+
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -373,10 +387,16 @@ def _status(
     previous: Any,
     now: datetime,
     handover: status.HandoverSummary | None = None,
+    routers_seen: _RoutersSeen | None = None,
 ) -> dict[str, Any]:
     statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
-    reports = cluster.read("ConfigMap", namespace, children.routers_configmap_name(name))
-    pods = cluster.find("Pod", namespace, labels=children.selector_labels(name, "router"))
+    if routers_seen is None:
+        reports_object = cluster.read("ConfigMap", namespace, children.routers_configmap_name(name))
+        routers_seen = _RoutersSeen(
+            pods=cluster.find("Pod", namespace, labels=children.selector_labels(name, "router")),
+            reports=(reports_object or {}).get("data") or {},
+        )
+    pods = routers_seen.pods
     live = [
         str(pod["metadata"]["name"]) for pod in pods if not pod["metadata"].get("deletionTimestamp")
     ]
@@ -386,7 +406,7 @@ def _status(
         generation=generation,
         statefulset_status=(statefulset or {}).get("status"),
         bucket_map=bucket_map,
-        router_reports=(reports or {}).get("data") or {},
+        router_reports=routers_seen.reports,
         live_router_pods=live,
         spec_error=spec_error,
         apply_error=apply_error,
