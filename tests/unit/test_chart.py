@@ -1254,6 +1254,31 @@ def test_autoscaling_examples_are_all_checked_and_none_is_a_pool() -> None:
     assert not any(p.parent == AUTOSCALING_EXAMPLES for p in (ROOT / "examples").glob("*.yaml"))
 
 
+def test_autoscaling_docs_name_the_metrics_and_link_files_that_exist() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for metric in [*PER_GATEWAY_METRICS, "gatewaypool_router_studies_in_flight"]:
+        assert f"`{metric}" in operations, metric
+    chart_readme = (CHART / "README.md").read_text()
+    for key in ("autoscaling.prometheusAdapter.rules.enabled", "autoscaling.keda.scaledObjects"):
+        assert f"`{key}`" in chart_readme, key
+    docs = [
+        ROOT / "README.md",
+        ROOT / "docs" / "operations.md",
+        CHART / "README.md",
+        AUTOSCALING_EXAMPLES / "README.md",
+    ]
+    # Relative links, images left out (commands make those).
+    link = re.compile(r"(?<!!)\[[^\]]*\]\(([^)#\s]+)(?:#[^)]*)?\)")
+    checked = 0
+    for doc in docs:
+        for target in link.findall(doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+            checked += 1
+    assert checked >= 10
+
+
 # --- NOTES.txt ---------------------------------------------------------------------
 
 
