@@ -21,6 +21,7 @@ from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus
 from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
@@ -83,6 +84,7 @@ class IncomingAssociation:
         metrics: RouterMetrics,
         maps: MapHolder,
         usage: Usage,
+        studies: StudiesInFlight,
     ) -> None:
         self._sock = sock
         self._peer = peer
@@ -90,6 +92,7 @@ class IncomingAssociation:
         self._metrics = metrics
         self._maps = maps
         self._usage = usage
+        self._studies = studies
         self._reader = pdus.open_reader(sock, buffer_size=max(self._config.max_pdu + 6, 65536))
         self._request: AssociationRequest | None = None
         self._contexts: dict[int, AcceptedContext] = {}
@@ -386,6 +389,9 @@ class IncomingAssociation:
             bucket_map = self._hold(instance, bucket, bucket_map)
         self._usage.routed(bucket, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
+        # Counted when routed, before the gateway is reached: a study sent to
+        # a gateway that fails it is still load aimed at that gateway.
+        self._studies.seen(study_uid, gateway.name)
         instance.gateway = gateway
         self.progress.instance_gateway = gateway.name
         upstream = self._upstream_for(instance, gateway)

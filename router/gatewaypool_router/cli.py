@@ -159,6 +159,14 @@ def register(subparsers: Any) -> None:
         help="reach a gateway of the map at another address (like curl's --connect-to)",
     )
     ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--study-quiet-seconds",
+        type=float,
+        default=defaults.study_quiet_seconds,
+        metavar="SECONDS",
+        help="a study is in flight (metric gatewaypool_router_studies_in_flight) from its "
+        "first instance until none arrived for this long (default %(default)s)",
+    )
     ops.add_argument("--http-port", type=int, default=defaults.http_port)
     ops.add_argument("--http-bind", default=defaults.http_bind)
     ops.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
@@ -203,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         closing_hold=args.closing_hold,
         header_limit=args.header_limit,
         shutdown_grace=args.shutdown_grace,
+        study_quiet_seconds=args.study_quiet_seconds,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),
     )
 

@@ -136,6 +136,7 @@ class RouterConfig:
     map_poll_interval: float = 1.0
     watch_seconds: int = 50
     shutdown_grace: float = 30.0
+    study_quiet_seconds: float = 30.0
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -178,6 +179,11 @@ class RouterConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: {value} must be positive")
         if not 1 <= self.watch_seconds <= 3600:
             raise ConfigError(f"--watch-timeout: {self.watch_seconds} is not in 1..3600")
+        # The operator passes the pool's spec.handover.quietSeconds (1..3600).
+        if not 1 <= self.study_quiet_seconds <= 3600:
+            raise ConfigError(
+                f"--study-quiet-seconds: {self.study_quiet_seconds} is not in 1..3600"
+            )
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

@@ -2,13 +2,35 @@
 
 Each router owns its registry rather than using the process-global one, so
 several routers (tests, the local demo) never mix their counts.
+
+The load of each gateway, as an autoscaler reads it (every series carries the
+gateway's name in the map, its pod name, as label ``gateway``):
+
+- ``rate(gatewaypool_router_instances_total[1m])`` and
+  ``rate(gatewaypool_router_bytes_total[1m])``: instances and data set bytes
+  per second, by outcome; every gateway of an applied map has its series from
+  then on, at 0, so that ``rate()`` also counts a gateway's first instances;
+- ``gatewaypool_router_studies_in_flight``: studies routed to it whose last
+  instance is less than ``--study-quiet-seconds`` old, counted at scrape time.
+
+Summed over the router replicas they are the gateway's load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gatewaypool_router.load import StudiesInFlight
+
+#: What :func:`gatewaypool_router.statuses.outcome` answers; every gateway gets all three.
+OUTCOMES = ("success", "warning", "failure")
+
+STUDIES_IN_FLIGHT = "gatewaypool_router_studies_in_flight"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -84,6 +106,35 @@ class RouterMetrics:
             registry=r,
         )
 
+    def gateways_known(self, names: Iterable[str]) -> None:
+        """Give every gateway of a new map its instance and byte series, at 0.
+
+        ``rate()`` needs two samples of a series to see an increase, so a
+        series born at its first instance would lose that instance (and a
+        gateway's whole first burst, if it comes in one scrape interval).
+        Series of gateways that leave the map stay, as Prometheus counters do.
+        """
+        for name in names:
+            for result in OUTCOMES:
+                self.instances.labels(gateway=name, outcome=result)
+                self.bytes.labels(gateway=name, outcome=result)
+
+    def export_studies_in_flight(
+        self, studies: StudiesInFlight, gateways: Callable[[], Iterable[str]]
+    ) -> None:
+        """Export ``studies`` as ``gatewaypool_router_studies_in_flight{gateway}``.
+
+        Parameters
+        ----------
+        studies
+            The router's tracker, read at every scrape.
+        gateways
+            The names of the gateways of the map in use; each is exported,
+            at 0 if it has no study in flight, so an idle gateway has a
+            series (an HPA averaging over the pool's pods must see it).
+        """
+        self.registry.register(_StudiesInFlightCollector(studies, gateways))
+
     def record_instance(self, *, gateway: str, outcome: str, size: int, seconds: float) -> None:
         """Count one answered C-STORE.
 
@@ -103,3 +154,31 @@ class RouterMetrics:
         count.inc()
         volume.inc(size)
         latency.observe(seconds)
+
+
+class _StudiesInFlightCollector(Collector):
+    """Counts studies in flight when scraped, not on the data path."""
+
+    def __init__(self, studies: StudiesInFlight, gateways: Callable[[], Iterable[str]]) -> None:
+        self._studies = studies
+        self._gateways = gateways
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The family without samples: registering must not count studies."""
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._studies.by_gateway()
+        family = self._family()
+        # Gateways of the map at 0, then any that left it with studies still in flight.
+        for name in sorted(set(self._gateways()) | counts.keys()):
+            family.add_metric([name], counts.get(name, 0))
+        yield family
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            STUDIES_IN_FLIGHT,
+            "Studies routed to the gateway whose last instance arrived less than "
+            "--study-quiet-seconds ago",
+            labels=["gateway"],
+        )

@@ -19,6 +19,7 @@ from gatewaypool.logs import log_event
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
+from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
@@ -43,7 +44,12 @@ class Router:
         self.config = config
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
+        self.maps.subscribe(
+            lambda applied: self.metrics.gateways_known(g.name for g in applied.gateways)
+        )
         self.usage = Usage()
+        self.studies = StudiesInFlight(quiet_seconds=config.study_quiet_seconds)
+        self.metrics.export_studies_in_flight(self.studies, self._map_gateways)
         self._lock = threading.Lock()
         self._active: set[threading.Thread] = set()
         self._associations: dict[threading.Thread, IncomingAssociation] = {}
@@ -66,6 +72,10 @@ class Router:
     @property
     def is_alive(self) -> bool:
         return self._acceptor is not None and self._acceptor.is_alive()
+
+    def _map_gateways(self) -> list[str]:
+        bucket_map = self.maps.current
+        return [] if bucket_map is None else [g.name for g in bucket_map.gateways]
 
     @property
     def active_associations(self) -> int:
@@ -202,7 +212,13 @@ class Router:
 
     def _serve(self, sock: socket.socket, peer: str, over_limit: bool) -> None:
         association = IncomingAssociation(
-            sock, peer, config=self.config, metrics=self.metrics, maps=self.maps, usage=self.usage
+            sock,
+            peer,
+            config=self.config,
+            metrics=self.metrics,
+            maps=self.maps,
+            usage=self.usage,
+            studies=self.studies,
         )
         me = threading.current_thread()
         with self._lock:

@@ -27,6 +27,7 @@ from gatewaypool_local.peers import free_port
 from gatewaypool_router import dimse, negotiation, pdus
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.usage import Usage
@@ -44,6 +45,7 @@ class Router:
     metrics: RouterMetrics
     maps: MapHolder
     thread: threading.Thread
+    studies: StudiesInFlight
 
 
 class Modality:
@@ -144,12 +146,19 @@ def serve(
     maps = MapHolder(metrics)
     if with_map:
         maps.offer(balanced_map([gateway]), source="test")
+    studies = StudiesInFlight(quiet_seconds=config.study_quiet_seconds)
     association = IncomingAssociation(
-        sock, "test:1", config=config, metrics=metrics, maps=maps, usage=Usage()
+        sock,
+        "test:1",
+        config=config,
+        metrics=metrics,
+        maps=maps,
+        usage=Usage(),
+        studies=studies,
     )
     thread = threading.Thread(target=association.serve, kwargs={"over_limit": over_limit})
     thread.start()
-    return Router(metrics=metrics, maps=maps, thread=thread)
+    return Router(metrics=metrics, maps=maps, thread=thread, studies=studies)
 
 
 def _sample(metrics: RouterMetrics, name: str, **labels: str) -> float:
@@ -227,6 +236,7 @@ def test_an_unusable_study_uid_is_refused_never_guessed(
     assert modality.echo().status == 0
     modality.release()
     router.thread.join(timeout=10)
+    assert len(router.studies) == 0, "a refused instance is no study in flight"
 
 
 def test_an_unreachable_gateway_answers_0xa701_and_the_association_carries_on(
@@ -246,6 +256,8 @@ def test_an_unreachable_gateway_answers_0xa701_and_the_association_carries_on(
         reason="gateway_unreachable",
     )
     assert failures == 2
+    # Load aimed at a gateway counts even when the gateway fails it.
+    assert router.studies.by_gateway() == {"gw-0": 1}
 
 
 def test_garbage_instead_of_an_association_request_is_aborted(

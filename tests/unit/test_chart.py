@@ -110,6 +110,32 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "podMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s"},
         "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
     },
+    "autoscaling": {
+        "podMonitor": {"enabled": True},
+        "autoscaling": {
+            "prometheusAdapter": {
+                "rules": {"enabled": True, "namespace": "monitoring", "rateWindow": "1m"}
+            },
+            "keda": {
+                "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+                "scaledObjects": [
+                    {
+                        "pool": "ct-triage",
+                        "namespace": "radiology",
+                        "maxReplicas": 8,
+                        "studiesInFlight": 4,
+                    },
+                    {
+                        "pool": "archive",
+                        "minReplicas": 2,
+                        "maxReplicas": 6,
+                        "studiesInFlight": 10,
+                        "scaleDown": {"stabilizationSeconds": 900, "periodSeconds": 120},
+                    },
+                ],
+            },
+        },
+    },
     "custom": {
         "fullnameOverride": "dicom-operator",
         "image": {
@@ -137,6 +163,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
 }
 
+
+def _scaled_object(**fields: Any) -> dict[str, Any]:
+    """An autoscaling.keda.scaledObjects entry; a field set to None is left out."""
+    entry: dict[str, Any] = {"pool": "ct-triage", "maxReplicas": 4, "studiesInFlight": 4}
+    entry.update(fields)
+    return {key: value for key, value in entry.items() if value is not None}
+
+
 # Bad values: the schema must refuse each one, naming the key.
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "typo at the top": ({"watchNamespace": ["radiology"]}, "watchNamespace"),
@@ -158,6 +192,37 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "podLabels",
     ),
     "example pool without gateway": ({"examplePool": {"spec": {"gateway": None}}}, "gateway"),
+    "typo in autoscaling": ({"autoscaling": {"keda": {"scaledObject": []}}}, "scaledObject"),
+    "bad rate window": (
+        {"autoscaling": {"prometheusAdapter": {"rules": {"rateWindow": "2 minutes"}}}},
+        "rateWindow",
+    ),
+    "scaled object to zero": (
+        {"autoscaling": {"keda": {"scaledObjects": [_scaled_object(minReplicas=0)]}}},
+        "minReplicas",
+    ),
+    "scaled object without target": (
+        {"autoscaling": {"keda": {"scaledObjects": [_scaled_object(studiesInFlight=None)]}}},
+        "studiesInFlight",
+    ),
+    "scaled object typo": (
+        {"autoscaling": {"keda": {"scaledObjects": [_scaled_object(maxReplica=3)]}}},
+        "maxReplica",
+    ),
+    "scale-down window over an hour": (
+        {
+            "autoscaling": {
+                "keda": {
+                    "scaledObjects": [_scaled_object(scaleDown={"stabilizationSeconds": 3601})]
+                }
+            }
+        },
+        "stabilizationSeconds",
+    ),
+    "keda address without scheme": (
+        {"autoscaling": {"keda": {"serverAddress": "prometheus:9090"}}},
+        "serverAddress",
+    ),
 }
 
 # The rendered kinds that kubernetes-validate has no schema for.
@@ -166,6 +231,7 @@ CUSTOM_KINDS = {
     ("gatewaypool.io/v1alpha1", "GatewayPool"),
     ("kopf.dev/v1", "ClusterKopfPeering"),
     ("kopf.dev/v1", "KopfPeering"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
 CLUSTER_SCOPED_KINDS = {
     "ClusterRole",
@@ -182,6 +248,7 @@ ROUTER_METRICS = (
     "gatewaypool_router_refusals_total",
     "gatewaypool_router_gateway_failures_total",
     "gatewaypool_router_map_version",
+    "gatewaypool_router_studies_in_flight",
 )
 
 
@@ -798,6 +865,418 @@ def test_dashboard_config_map(value_set: str) -> None:
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["namespace"] == values.get("namespace", RELEASE_NAMESPACE)
     assert json.loads(config_map["data"]["gatewaypool.json"]) == _dashboard()
+
+
+# --- autoscaling: Prometheus Adapter rules and KEDA ScaledObjects ------------------
+
+AUTOSCALING_EXAMPLES = ROOT / "examples" / "autoscaling"
+
+#: The fields of Prometheus Adapter's configuration (DiscoveryRule and its parts
+#: in pkg/config/config.go of kubernetes-sigs/prometheus-adapter). The adapter
+#: loads it with yaml.UnmarshalStrict: any other field stops the adapter.
+ADAPTER_RULE_FIELDS = {
+    "seriesQuery",
+    "seriesFilters",
+    "resources",
+    "name",
+    "metricsQuery",
+    "labelValueReplacements",
+}
+ADAPTER_RESOURCE_FIELDS = {"template", "overrides"}
+ADAPTER_NAME_FIELDS = {"matches", "as"}
+
+#: Per-gateway Pods metric -> (the router series it is made of, summed as a rate).
+PER_GATEWAY_METRICS = {
+    "gatewaypool_studies_in_flight": ("gatewaypool_router_studies_in_flight", False),
+    "gatewaypool_instances_per_second": ("gatewaypool_router_instances_total", True),
+    "gatewaypool_bytes_per_second": ("gatewaypool_router_bytes_total", True),
+}
+
+#: The fields of a KEDA ScaledObject and of its prometheus trigger (KEDA 2.17
+#: docs: reference/scaledobject-spec.md and scalers/prometheus.md).
+KEDA_SPEC_FIELDS = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+}
+KEDA_TARGET_FIELDS = {"apiVersion", "kind", "name", "envSourceContainerName"}
+KEDA_ADVANCED_FIELDS = {
+    "restoreToOriginalReplicaCount",
+    "horizontalPodAutoscalerConfig",
+    "scalingModifiers",
+}
+KEDA_HPA_CONFIG_FIELDS = {"name", "behavior"}
+KEDA_TRIGGER_FIELDS = {
+    "type",
+    "metadata",
+    "name",
+    "useCachedMetrics",
+    "authenticationRef",
+    "metricType",
+}
+KEDA_PROMETHEUS_METADATA = {
+    "serverAddress",
+    "query",
+    "threshold",
+    "activationThreshold",
+    "namespace",
+    "customHeaders",
+    "ignoreNullValues",
+    "queryParameters",
+    "unsafeSsl",
+}
+
+
+def adapter_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parsed config.yaml of the one ConfigMap holding adapter rules."""
+    [config_map] = [obj for obj in of_kind(objects, "ConfigMap") if "config.yaml" in obj["data"]]
+    config: dict[str, Any] = yaml.safe_load(config_map["data"]["config.yaml"])
+    return config
+
+
+def check_adapter_rules(rules: list[dict[str, Any]], rate_window: str) -> None:
+    """The three per-gateway metrics, each from its router series, summed by gateway."""
+    by_metric = {}
+    for rule in rules:
+        assert set(rule) <= ADAPTER_RULE_FIELDS, rule
+        assert set(rule["resources"]) <= ADAPTER_RESOURCE_FIELDS, rule
+        assert set(rule["name"]) <= ADAPTER_NAME_FIELDS, rule
+        by_metric[rule["name"]["as"]] = rule
+    assert set(by_metric) == set(PER_GATEWAY_METRICS)
+    for metric, (series, is_rate) in PER_GATEWAY_METRICS.items():
+        rule = by_metric[metric]
+        assert re.fullmatch(rule["name"]["matches"], series), metric
+        assert rule["seriesQuery"].startswith(series + "{"), metric
+        assert 'namespace!=""' in rule["seriesQuery"]
+        assert 'gateway!=""' in rule["seriesQuery"]
+        # The gateway label names a pod, the namespace label its namespace;
+        # the router's own "pod" label names nothing.
+        assert rule["resources"] == {
+            "overrides": {
+                "namespace": {"resource": "namespace"},
+                "gateway": {"resource": "pod"},
+            }
+        }
+        # GroupBy is the gateway label: the sum adds up router replicas and outcomes.
+        selected = "<<.Series>>{<<.LabelMatchers>>}"
+        summed = f"rate({selected}[{rate_window}])" if is_rate else selected
+        assert rule["metricsQuery"] == f"sum({summed}) by (<<.GroupBy>>)", metric
+
+
+def safe_behavior(stabilization_seconds: int, period_seconds: int) -> dict[str, Any]:
+    """The HPA behavior of the contract: prompt scale-up, one gateway per period down."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+            ],
+            "selectPolicy": "Max",
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": stabilization_seconds,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": period_seconds}],
+            "selectPolicy": "Min",
+        },
+    }
+
+
+def default_stabilization_seconds() -> int:
+    """max(300, spec.handover.maxDrainSeconds) for a pool with the CRD's defaults."""
+    version = next(v for v in load_crd()["spec"]["versions"] if v["storage"])
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    max_drain = spec["properties"]["handover"]["properties"]["maxDrainSeconds"]["default"]
+    return max(300, int(max_drain))
+
+
+def check_gateway_pool_target(target: Mapping[str, Any], pool: str) -> None:
+    """A reference to the pool's scale subresource, as the CRD declares it."""
+    crd = load_crd()
+    version = next(v for v in crd["spec"]["versions"] if v["storage"])
+    assert target == {
+        "apiVersion": f"{crd['spec']['group']}/{version['name']}",
+        "kind": crd["spec"]["names"]["kind"],
+        "name": pool,
+    }
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+
+
+def check_behavior(behavior: dict[str, Any]) -> None:
+    """An autoscaling/v2 HPA with this behavior passes kubernetes-validate --strict."""
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "check", "namespace": "radiology"},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "gatewaypool.io/v1alpha1",
+                "kind": "GatewayPool",
+                "name": "x",
+            },
+            "maxReplicas": 2,
+            "behavior": behavior,
+        },
+    }
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+
+
+def check_scaled_object(
+    obj: Mapping[str, Any],
+    *,
+    pool: str,
+    namespace: str,
+    replicas: tuple[int, int],
+    studies_in_flight: int,
+    scale_down: tuple[int, int],
+    server_address: str,
+) -> None:
+    assert (obj["apiVersion"], obj["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    assert obj["metadata"]["name"] == pool
+    assert obj["metadata"]["namespace"] == namespace
+    spec = obj["spec"]
+    assert set(spec) <= KEDA_SPEC_FIELDS
+    assert set(spec["scaleTargetRef"]) <= KEDA_TARGET_FIELDS
+    check_gateway_pool_target(spec["scaleTargetRef"], pool)
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == replicas
+    assert set(spec["advanced"]) <= KEDA_ADVANCED_FIELDS
+    hpa_config = spec["advanced"]["horizontalPodAutoscalerConfig"]
+    assert set(hpa_config) <= KEDA_HPA_CONFIG_FIELDS
+    assert hpa_config["behavior"] == safe_behavior(*scale_down)
+    check_behavior(hpa_config["behavior"])
+    [trigger] = spec["triggers"]
+    assert set(trigger) <= KEDA_TRIGGER_FIELDS
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "AverageValue"
+    metadata = trigger["metadata"]
+    assert set(metadata) <= KEDA_PROMETHEUS_METADATA
+    # The CRD types every metadata value as a string.
+    assert all(isinstance(value, str) for value in metadata.values()), metadata
+    assert metadata["serverAddress"] == server_address
+    assert metadata["query"] == (
+        f'sum(gatewaypool_router_studies_in_flight{{namespace="{namespace}", pool="{pool}"}})'
+    )
+    assert metadata["threshold"] == str(studies_in_flight)
+    assert metadata["ignoreNullValues"] == "false"
+
+
+def test_autoscaling_helpers_are_off_by_default() -> None:
+    objects = objects_of("default")
+    assert of_kind(objects, "ScaledObject") == []
+    assert of_kind(objects, "ConfigMap") == []
+    assert "Prometheus Adapter" not in notes_of("default")
+    assert "KEDA" not in notes_of("default")
+
+
+def test_adapter_config_serves_the_per_gateway_metrics() -> None:
+    objects = objects_of("autoscaling")
+    [config_map] = of_kind(objects, "ConfigMap")
+    # The adapter's pod mounts it: it lives in the adapter's namespace.
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["name"] == f"{FULLNAME}-adapter-rules"
+    config = adapter_config(objects)
+    assert set(config) == {"rules"}
+    check_adapter_rules(config["rules"], "1m")
+    # The checker fails on a rule that maps labels by template (the router's
+    # own "pod" label would then name a pod) and on another rate window.
+    bad = [dict(config["rules"][0], resources={"template": "<<.Resource>>"}), *config["rules"][1:]]
+    with pytest.raises(AssertionError):
+        check_adapter_rules(bad, "1m")
+    with pytest.raises(AssertionError):
+        check_adapter_rules(config["rules"], "2m")
+    notes = notes_of("autoscaling")
+    assert f"--set rules.existing={FULLNAME}-adapter-rules" in notes
+    # The PodMonitor that gives the series their "namespace" label is on too.
+    assert one(objects, "PodMonitor")
+
+
+def test_adapter_rules_name_and_namespace_default() -> None:
+    values = {"autoscaling": {"prometheusAdapter": {"rules": {"enabled": True, "name": "mine"}}}}
+    [config_map] = of_kind(objects_in(render_files(values)), "ConfigMap")
+    assert config_map["metadata"]["name"] == "mine"
+    assert config_map["metadata"]["namespace"] == RELEASE_NAMESPACE
+
+
+def test_adapter_examples_are_the_chart_rules() -> None:
+    objects = objects_in(
+        render_files({"autoscaling": {"prometheusAdapter": {"rules": {"enabled": True}}}})
+    )
+    rendered = adapter_config(objects)["rules"]
+    check_adapter_rules(rendered, "2m")
+    plain = yaml.safe_load((AUTOSCALING_EXAMPLES / "prometheus-adapter-config.yaml").read_text())
+    assert plain == {"rules": rendered}
+    values = yaml.safe_load((AUTOSCALING_EXAMPLES / "prometheus-adapter-values.yaml").read_text())
+    assert values["rules"]["custom"] == rendered
+
+
+def test_keda_scaled_objects_scale_the_listed_pools() -> None:
+    objects = objects_of("autoscaling")
+    keda = VALUE_SETS["autoscaling"]["autoscaling"]["keda"]
+    scaled = {obj["metadata"]["name"]: obj for obj in of_kind(objects, "ScaledObject")}
+    assert sorted(scaled) == ["archive", "ct-triage"]
+    check_scaled_object(
+        scaled["ct-triage"],
+        pool="ct-triage",
+        namespace="radiology",
+        replicas=(1, 8),
+        studies_in_flight=4,
+        scale_down=(default_stabilization_seconds(), 60),
+        server_address=keda["serverAddress"],
+    )
+    check_scaled_object(
+        scaled["archive"],
+        pool="archive",
+        namespace=RELEASE_NAMESPACE,
+        replicas=(2, 6),
+        studies_in_flight=10,
+        scale_down=(900, 120),
+        server_address=keda["serverAddress"],
+    )
+    # The query's "pool" label is the one the chart's PodMonitor adds.
+    relabelings = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert [r["targetLabel"] for r in relabelings] == ["pool"]
+    notes = notes_of("autoscaling")
+    assert "radiology/ct-triage" in notes
+    assert f"{RELEASE_NAMESPACE}/archive" in notes
+
+
+def test_scaled_object_check_can_fail() -> None:
+    [scaled] = [
+        obj
+        for obj in of_kind(objects_of("autoscaling"), "ScaledObject")
+        if obj["metadata"]["name"] == "ct-triage"
+    ]
+    wrong_kind = json.loads(json.dumps(scaled))
+    wrong_kind["spec"]["scaleTargetRef"]["kind"] = "StatefulSet"
+    with pytest.raises(AssertionError):
+        check_scaled_object(
+            wrong_kind,
+            pool="ct-triage",
+            namespace="radiology",
+            replicas=(1, 8),
+            studies_in_flight=4,
+            scale_down=(default_stabilization_seconds(), 60),
+            server_address=VALUE_SETS["autoscaling"]["autoscaling"]["keda"]["serverAddress"],
+        )
+    bad_behavior = safe_behavior(600, 60)
+    bad_behavior["scaleDown"]["selectPolicy"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        check_behavior(bad_behavior)
+
+
+KEDA_REFUSALS = {
+    "max below min": (
+        {
+            "serverAddress": "http://p:9090",
+            "scaledObjects": [_scaled_object(minReplicas=3, maxReplicas=2)],
+        },
+        "maxReplicas 2 below minReplicas 3",
+    ),
+    "one pool twice": (
+        {"serverAddress": "http://p:9090", "scaledObjects": [_scaled_object(), _scaled_object()]},
+        "lists pool gatewaypool-system/ct-triage twice",
+    ),
+    "no prometheus": (
+        {"scaledObjects": [_scaled_object()]},
+        r"autoscaling\.keda\.serverAddress is required",
+    ),
+}
+
+
+@pytest.mark.parametrize(("keda", "message"), KEDA_REFUSALS.values(), ids=list(KEDA_REFUSALS))
+def test_keda_values_are_checked(keda: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmError, match=message):
+        render_files({"autoscaling": {"keda": keda}})
+
+
+def test_keda_example_is_the_chart_object() -> None:
+    (example,) = yaml.safe_load_all((AUTOSCALING_EXAMPLES / "keda-scaledobject.yaml").read_text())
+    server_address = example["spec"]["triggers"][0]["metadata"]["serverAddress"]
+    check_scaled_object(
+        example,
+        pool="ct-triage",
+        namespace="radiology",
+        replicas=(1, 8),
+        studies_in_flight=4,
+        scale_down=(default_stabilization_seconds(), 60),
+        server_address=server_address,
+    )
+    values = {
+        "autoscaling": {
+            "keda": {
+                "serverAddress": server_address,
+                "scaledObjects": [
+                    {
+                        "pool": "ct-triage",
+                        "namespace": "radiology",
+                        "maxReplicas": 8,
+                        "studiesInFlight": 4,
+                    }
+                ],
+            }
+        }
+    }
+    rendered = one(objects_in(render_files(values)), "ScaledObject")
+    del rendered["metadata"]["labels"]
+    assert rendered == example
+
+
+def test_own_hpa_example_reads_an_adapter_metric() -> None:
+    (hpa,) = yaml.safe_load_all((AUTOSCALING_EXAMPLES / "hpa-bytes-per-second.yaml").read_text())
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+    check_gateway_pool_target(hpa["spec"]["scaleTargetRef"], "archive")
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "gatewaypool_bytes_per_second"
+    assert metric["pods"]["metric"]["name"] in PER_GATEWAY_METRICS
+    assert hpa["spec"]["behavior"] == safe_behavior(default_stabilization_seconds(), 60)
+
+
+def test_autoscaling_examples_are_all_checked_and_none_is_a_pool() -> None:
+    files = sorted(path.name for path in AUTOSCALING_EXAMPLES.glob("*.yaml"))
+    assert files == [
+        "hpa-bytes-per-second.yaml",
+        "keda-scaledobject.yaml",
+        "prometheus-adapter-config.yaml",
+        "prometheus-adapter-values.yaml",
+    ]
+    for path in AUTOSCALING_EXAMPLES.glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc.get("kind") != "GatewayPool", path.name
+    # tests/unit/test_crd.py checks examples/*.yaml as GatewayPools: not these.
+    assert not any(p.parent == AUTOSCALING_EXAMPLES for p in (ROOT / "examples").glob("*.yaml"))
+
+
+def test_autoscaling_docs_name_the_metrics_and_link_files_that_exist() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for metric in [*PER_GATEWAY_METRICS, "gatewaypool_router_studies_in_flight"]:
+        assert f"`{metric}" in operations, metric
+    chart_readme = (CHART / "README.md").read_text()
+    for key in ("autoscaling.prometheusAdapter.rules.enabled", "autoscaling.keda.scaledObjects"):
+        assert f"`{key}`" in chart_readme, key
+    docs = [
+        ROOT / "README.md",
+        ROOT / "docs" / "operations.md",
+        CHART / "README.md",
+        AUTOSCALING_EXAMPLES / "README.md",
+    ]
+    # Relative links, images left out (commands make those).
+    link = re.compile(r"(?<!!)\[[^\]]*\]\(([^)#\s]+)(?:#[^)]*)?\)")
+    checked = 0
+    for doc in docs:
+        for target in link.findall(doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+            checked += 1
+    assert checked >= 10
 
 
 # --- NOTES.txt ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gatewaypool.bucketmap import Gateway
 from gatewaypool.cli import build_parser
@@ -47,6 +48,8 @@ def test_defaults_are_valid() -> None:
     assert built.port == 11112
     assert built.max_pdu == 262144
     assert built.connect_to == ()
+    # The same default as the pool's spec.handover.quietSeconds.
+    assert built.study_quiet_seconds == 30
 
 
 def test_port_zero_asks_the_kernel() -> None:
@@ -90,6 +93,11 @@ def test_port_zero_asks_the_kernel() -> None:
         ({"idle_timeout": -600}, "--idle-timeout", -600),
         ({"header_limit": 1023}, "--header-limit", 1023),
         ({"header_limit": 0}, "--header-limit", 0),
+        ({"study_quiet_seconds": 0}, "--study-quiet-seconds", 0),
+        ({"study_quiet_seconds": 0.5}, "--study-quiet-seconds", 0.5),
+        ({"study_quiet_seconds": -30}, "--study-quiet-seconds", -30),
+        ({"study_quiet_seconds": math.nan}, "--study-quiet-seconds", "nan"),
+        ({"study_quiet_seconds": 3601}, "--study-quiet-seconds", 3601),
     ],
 )
 def test_invalid_option(changes: dict[str, Any], option: str, value: object) -> None:
@@ -265,6 +273,8 @@ def test_cli_gateways() -> None:
             "65536",
             "--gateway-timeout",
             "2.5",
+            "--study-quiet-seconds",
+            "45",
             "--connect-to",
             "gw-a.local:104:127.0.0.1:4104",
             "--connect-to",
@@ -284,6 +294,7 @@ def test_cli_gateways() -> None:
     assert built.forward_calling_ae is False
     assert built.max_pdu == 65536
     assert built.gateway_timeout == 2.5
+    assert built.study_quiet_seconds == 45
     assert built.resolve("gw-a.local", 104) == ("127.0.0.1", 4104)
     assert built.resolve("gw-b.local", 11112) == ("127.0.0.1", 11112)
 
@@ -309,6 +320,7 @@ def test_cli_map_and_defaults(tmp_path: Path) -> None:
         "idle_timeout",
         "header_limit",
         "shutdown_grace",
+        "study_quiet_seconds",
     ):
         assert getattr(built, name) == getattr(reference, name), name
 
@@ -338,6 +350,7 @@ def test_cli_parser_refuses(argv: list[str], capsys: pytest.CaptureFixture[str])
         (["--gateway", "GW@h:104", "--buckets", "0"], "--buckets", 0),
         (["--gateway", "GW@h:104", "--max-pdu", "100"], "--max-pdu", 100),
         (["--gateway", "GW@h:104", "--idle-timeout", "0"], "--idle-timeout", 0.0),
+        (["--gateway", "GW@h:104", "--study-quiet-seconds", "0"], "--study-quiet-seconds", 0.0),
         (["--gateway", "GW@h:104", "--aet", "A" * 17], "--aet", "A" * 17),
         (["--gateway", "GW@h:104", "--allow-calling-aet", "B\\D"], "--allow-calling-aet", "B\\D"),
         (["--gateway", "GW@h:104", "--connect-to", "h:1:x"], "--connect-to", "h:1:x"),
@@ -361,3 +374,14 @@ def test_default_timeouts_answer_before_the_senders_give_up() -> None:
     defaults = RouterConfig(gateways=(Gateway(name="gw-0", host="h", port=104, ae_title="GW"),))
     assert defaults.gateway_timeout < AE().dimse_timeout
     assert defaults.stall_warning < defaults.gateway_timeout
+
+
+def test_study_quiet_seconds_takes_every_quiet_seconds_a_pool_may_have() -> None:
+    """The operator passes spec.handover.quietSeconds: its range and default fit the flag."""
+    crd_path = Path(__file__).parents[2] / "crds" / "gatewaypool.io_gatewaypools.yaml"
+    crd = yaml.safe_load(crd_path.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    field = spec["properties"]["handover"]["properties"]["quietSeconds"]
+    for value in (field["minimum"], field["default"], field["maximum"]):
+        assert config(study_quiet_seconds=value).study_quiet_seconds == value
+    assert config().study_quiet_seconds == field["default"]
