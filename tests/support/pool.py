@@ -7,6 +7,7 @@ reports) and the ``--connect-to`` rules that reach the kubelet's gateways.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,19 @@ def settled(kube: KubeEmulator, kubelet: GatewayKubelet, replicas: int) -> bool:
     )
 
 
-def router(kube: KubeEmulator, kubelet: GatewayKubelet, work: Path, name: str) -> RouterProcess:
-    """A router pod `name` of the kubelet's pool, and its process (not started)."""
+def router(
+    kube: KubeEmulator,
+    kubelet: GatewayKubelet,
+    work: Path,
+    name: str,
+    *,
+    extra_args: Sequence[str] = (),
+) -> RouterProcess:
+    """A router pod `name` of the kubelet's pool, and its process (not started).
+
+    `extra_args` are the router flags the operator would render from the
+    pool's spec (``--study-quiet-seconds``, for one).
+    """
     namespace, pool = kubelet.namespace, kubelet.pool
     kube.create(
         "Pod",
@@ -67,5 +79,6 @@ def router(kube: KubeEmulator, kubelet: GatewayKubelet, work: Path, name: str) -
             "--kubeconfig",
             str(kube.kubeconfig_path),
             *[arg for rule in kubelet.connect_to() for arg in ("--connect-to", rule)],
+            *extra_args,
         ],
     )

@@ -1,0 +1,388 @@
+"""An autoscaled pool through a load that rises and falls: the scenario, its timeline, its outcome.
+
+Shared by the end-to-end test (which asserts on it) and the benchmark (which
+plots it), so both run the same thing. Everything real but the cluster: the
+API is the emulator, the operator and the routers are processes, the
+kubelet harness starts a pynetdicom gateway per pod with a real cluster's
+delays, and :class:`support.hpa_controller.HPAController` plays Kubernetes'
+HPA controller on the HPA the operator renders, fed by the routers'
+``/metrics``.
+
+The load: one sender, then 2, 4 and 8 at once, held until the pool has
+scaled to its maximum and settled, then 4, 2, 1 until the pool is back at
+its minimum, then none. Phases are counted in HPA syncs and ended by what
+the pool does, not by wall-clock sleeps, so a slow machine stretches the run
+instead of failing it. A sampler records, several times per sync period,
+senders, studies in flight (summed over routers and gateways), the pool's
+spec and status replicas and the gateways Ready.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+
+from gatewaypool_local.kubeemu import KubeEmulator
+from gatewaypool_local.operatorproc import OperatorProcess
+from gatewaypool_local.peers import wait_until
+from gatewaypool_local.routerproc import RouterProcess
+from gatewaypool_local.synth import Study, generate_study
+from support.hpa_controller import HPAController, RouterMetricsAdapter, Sync
+from support.kubelet import GatewayKubelet
+from support.load import Load
+from support.pool import pool_status, settled
+from support.pool import router as make_router
+from support.traffic import Outcome
+
+NS = "radiology"
+POOL = "ct"
+GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
+GATEWAY_PORT = 104
+REPO = Path(__file__).resolve().parents[2]
+IN_FLIGHT = "gatewaypool_router_studies_in_flight"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The pool, the load and the timing of one run."""
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    studies_in_flight: int = 3  # the HPA's target per gateway
+    buckets: int = 64  # few buckets: handovers are quick
+    quiet_seconds: int = 2
+    max_drain_seconds: int = 10
+    period_seconds: int = 3  # scaleDown.periodSeconds
+    sync_period: float = 1.0  # Kubernetes: 15 s, compressed here
+    routers: int = 2
+    instances: int = 30  # per study
+    chunk: int = 10  # instances per association
+    ramp: tuple[int, ...] = (1, 2, 4, 8)
+    #: HPA syncs each step of the ramp is held (the last one: after the pool settled at max).
+    hold_syncs: int = 3
+    #: HPA syncs the lowest load is held on the way down before it stops; None:
+    #: long enough for the window to pass and a few gateways to go.
+    calm: int | None = None
+    seed: int = 0
+
+    @property
+    def stabilization_seconds(self) -> int:
+        """scaleDown.stabilizationSeconds: the shortest allowed, maxDrainSeconds."""
+        return self.max_drain_seconds
+
+    def calm_syncs(self) -> int:
+        if self.calm is not None:
+            return self.calm
+        return math.ceil((self.stabilization_seconds + 2 * self.period_seconds) / self.sync_period)
+
+    def pool(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "GatewayPool",
+            "metadata": {"name": POOL, "namespace": NS},
+            "spec": {
+                "replicas": self.min_replicas,
+                "buckets": self.buckets,
+                "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
+                "handover": {
+                    "quietSeconds": self.quiet_seconds,
+                    "maxDrainSeconds": self.max_drain_seconds,
+                },
+                "autoscaling": {
+                    "minReplicas": self.min_replicas,
+                    "maxReplicas": self.max_replicas,
+                    "targets": {"studiesInFlight": self.studies_in_flight},
+                    "scaleDown": {
+                        "stabilizationSeconds": self.stabilization_seconds,
+                        "periodSeconds": self.period_seconds,
+                    },
+                },
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The pool at one moment (seconds since the load started)."""
+
+    time: float
+    senders: int
+    in_flight: float  # studies in flight, summed over routers and gateways
+    spec_replicas: int
+    status_replicas: int
+    ready: int  # gateway pods Ready
+
+
+@dataclass
+class Result:
+    """What a run did."""
+
+    scenario: Scenario
+    started: float  # monotonic time the load started; sample and phase times count from it
+    samples: list[Sample]
+    syncs: list[Sync]
+    phases: list[tuple[float, int]]  # (time, senders)
+    outcome: Outcome
+    held: dict[str, set[int]]  # study -> gateway ordinals that hold some of it
+    holders: dict[str, int]  # SOP instance -> gateway ordinal
+    hpa: dict[str, Any]
+    handovers: dict[str, int]  # the pool's status.handovers at the end: completed, forced
+    errors: list[str] = field(default_factory=list)
+    #: Times (since the load started) of the milestones the run waited for.
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def at(self, monotonic: float) -> float:
+        return monotonic - self.started
+
+    def scale_events(self) -> list[tuple[float, int, int]]:
+        """(time, from, to) of every spec.replicas change the HPA controller wrote."""
+        return [
+            (self.at(s.time), s.current, s.decision.replicas)
+            for s in self.syncs
+            if s.wrote and s.time >= self.started
+        ]
+
+    def split_studies(self) -> list[str]:
+        return [s.study_uid for s in self.outcome.studies if len(self.held[s.study_uid]) != 1]
+
+    def lost_instances(self) -> set[str]:
+        """Acknowledged to the sender but held by no gateway."""
+        return set(self.outcome.acknowledged) - set(self.holders)
+
+    def summary(self) -> str:
+        events = self.scale_events()
+        ups = [e for e in events if e[2] > e[1]]
+        downs = [e for e in events if e[2] < e[1]]
+        peak = max((s.spec_replicas for s in self.samples), default=0)
+        lines = [
+            f"autoscaling: {self.scenario.min_replicas}..{self.scenario.max_replicas} gateways, "
+            f"target {self.scenario.studies_in_flight} studies in flight per gateway, "
+            f"HPA sync every {self.scenario.sync_period:g} s (Kubernetes: 15 s)",
+            f"load: senders {' -> '.join(str(n) for _, n in self.phases)}",
+            f"max replicas reached: {peak}; max studies in flight: "
+            f"{max((s.in_flight for s in self.samples), default=0):g}",
+        ]
+        for name, when in self.marks.items():
+            lines.append(f"  {name}: {when:.1f} s")
+        lines.append(
+            "scale-ups: "
+            + ", ".join(f"{t:.1f} s {a}->{b}" for t, a, b in ups)
+            + "; scale-downs: "
+            + ", ".join(f"{t:.1f} s {a}->{b}" for t, a, b in downs)
+        )
+        lines.append(
+            f"studies sent: {len(self.outcome.studies)}, instances acknowledged: "
+            f"{len(self.outcome.acknowledged)}, split studies: {len(self.split_studies())}, "
+            f"failed: {len(self.outcome.failed)}, unanswered: {len(self.outcome.unanswered)}, "
+            f"lost: {len(self.lost_instances())}, retries: {self.outcome.retries}"
+        )
+        lines.append(
+            f"handovers: {self.handovers.get('completed', 0)} completed, "
+            f"{self.handovers.get('forced', 0)} forced"
+        )
+        return "\n".join(lines)
+
+
+class Sampler:
+    """Records :class:`Sample` every `interval` seconds in a thread.
+
+    The pool is read from the emulator in process (cheap, so the replicas
+    are sampled far more often than the HPA syncs); studies in flight are
+    the total of the HPA's last scrape of the routers, not a scrape of our
+    own, which would double the load on the routers' ``/metrics``.
+    """
+
+    def __init__(
+        self,
+        kube: KubeEmulator,
+        kubelet: GatewayKubelet,
+        adapter: RouterMetricsAdapter,
+        load: Load,
+        *,
+        interval: float,
+    ) -> None:
+        self.samples: list[Sample] = []
+        self.started = time.monotonic()
+        self._kube, self._kubelet, self._adapter, self._load = kube, kubelet, adapter, load
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            pool = self._kube.get("GatewayPool", POOL, NS) or {}
+            self.samples.append(
+                Sample(
+                    time=time.monotonic() - self.started,
+                    senders=self._load.senders,
+                    in_flight=self._adapter.last_total,
+                    spec_replicas=int((pool.get("spec") or {}).get("replicas") or 0),
+                    status_replicas=int((pool.get("status") or {}).get("replicas") or 0),
+                    ready=len(self._kubelet.ready_ordinals()),
+                )
+            )
+
+
+@contextmanager
+def _running(*parts: Any) -> Iterator[None]:
+    """Start parts in order, stop them in reverse, whatever happens."""
+    with ExitStack() as stack:
+        for part in parts:
+            part.start()
+            stack.callback(part.stop)
+        yield
+
+
+def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
+    """Run `scenario` on `kube` (CRD applied, namespace made) with files under `work`."""
+    s = scenario
+    kubelet = GatewayKubelet(
+        kube,
+        work,
+        namespace=NS,
+        pool=POOL,
+        ae_title="TRIAGE",
+        port=GATEWAY_PORT,
+        max_gateways=s.max_replicas,
+    )
+    operator = OperatorProcess(
+        work / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
+    )
+    routers: list[RouterProcess] = []
+    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+
+    def make_study(index: int) -> Study:
+        return generate_study(
+            work / "data",
+            study_index=index,
+            instances=s.instances,
+            rows=16,
+            columns=16,
+            seed=s.seed,
+        )
+
+    with _running(operator, kubelet):
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, s.pool())
+        wait_until(lambda: settled(kube, kubelet, s.min_replicas), timeout=60, what="pool at min")
+        wait_until(
+            lambda: kube.get("HorizontalPodAutoscaler", POOL, NS) is not None,
+            timeout=30,
+            what="the operator's HPA",
+        )
+        hpa = kube.get("HorizontalPodAutoscaler", POOL, NS) or {}
+        for i in range(s.routers):
+            routers.append(
+                make_router(
+                    kube,
+                    kubelet,
+                    work,
+                    f"{POOL}-router-{i}",
+                    extra_args=["--study-quiet-seconds", str(s.quiet_seconds)],
+                )
+            )
+        adapter = RouterMetricsAdapter(lambda: routers)
+        controller = HPAController(
+            kube, namespace=NS, name=POOL, metrics=adapter.pods_metric, sync_period=s.sync_period
+        )
+        load = Load(routers, make_study, seed=s.seed, chunk=s.chunk)
+        sampler = Sampler(kube, kubelet, adapter, load, interval=0.1)
+        phases: list[tuple[float, int]] = []
+        marks: dict[str, float] = {}
+
+        def senders(count: int) -> None:
+            load.set_senders(count)
+            phases.append((time.monotonic() - sampler.started, count))
+
+        def hold(syncs: int, what: str) -> None:
+            target = len(controller.syncs) + syncs
+            wait_until(
+                lambda: len(controller.syncs) >= target,
+                timeout=syncs * s.sync_period * 5 + 10,
+                what=what,
+            )
+
+        def settled_at(replicas: int, what: str, timeout: float) -> None:
+            wait_until(
+                lambda: _spec_replicas(kube) == replicas and settled(kube, kubelet, replicas),
+                timeout=timeout,
+                what=what,
+            )
+            marks[what] = time.monotonic() - sampler.started
+
+        with _running(*routers, controller, sampler):
+            try:
+                for step, count in enumerate(s.ramp):
+                    senders(count)
+                    if step < len(s.ramp) - 1:
+                        hold(s.hold_syncs, f"{count} senders")
+                settled_at(s.max_replicas, "settled at max", timeout=90)
+                hold(s.hold_syncs, "the peak")
+                marks["load falls"] = time.monotonic() - sampler.started
+                for count in reversed(s.ramp[:-1]):
+                    senders(count)
+                    if count != s.ramp[0]:
+                        hold(s.hold_syncs - 1, f"{count} senders")
+                hold(s.calm_syncs(), f"{s.ramp[0]} sender")
+                senders(0)
+                down = (
+                    s.stabilization_seconds
+                    + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
+                    + s.max_drain_seconds
+                    + 60
+                )
+                settled_at(s.min_replicas, "settled back at min", timeout=down)
+            finally:
+                outcome = load.finish()
+            wait_until(
+                lambda: all(_in_flight(r) == 0 for r in routers),
+                timeout=s.quiet_seconds * 5 + 10,
+                what="nothing in flight",
+            )
+            hold(s.hold_syncs, "idle")
+        held: dict[str, set[int]] = defaultdict(set)
+        holders: dict[str, int] = {}
+        for ordinal, sink in kubelet.gateways.items():
+            for item in sink.received():
+                held[item.study_uid].add(ordinal)
+                holders[item.sop_instance_uid] = ordinal
+        handovers = dict(pool_status(kube, kubelet).get("handovers") or {})
+    return Result(
+        scenario=s,
+        started=sampler.started,
+        samples=sampler.samples,
+        syncs=controller.syncs,
+        phases=phases,
+        outcome=outcome,
+        held=held,
+        holders=holders,
+        hpa=hpa,
+        handovers=handovers,
+        errors=[*kubelet.errors, *controller.errors],
+        marks=marks,
+    )
+
+
+def _spec_replicas(kube: KubeEmulator) -> int:
+    pool = kube.get("GatewayPool", POOL, NS) or {}
+    return int((pool.get("spec") or {}).get("replicas") or 0)
+
+
+def _in_flight(router: RouterProcess) -> float:
+    return sum(v for (name, _), v in router.metrics().items() if name == IN_FLIGHT)
