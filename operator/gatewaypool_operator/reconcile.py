@@ -400,6 +400,12 @@ def _status(
     live = [
         str(pod["metadata"]["name"]) for pod in pods if not pod["metadata"].get("deletionTimestamp")
     ]
+    autoscaler = None
+    if spec is not None and spec.autoscaling is not None:
+        # Its conditions say whether it can scale the pool (metrics found, scale read).
+        autoscaler = cluster.read(
+            "HorizontalPodAutoscaler", namespace, children.autoscaler_name(name)
+        )
     return status.compute_status(
         name=name,
         spec=spec,
@@ -413,6 +419,7 @@ def _status(
         previous_conditions=previous,
         now=now,
         handover=handover,
+        autoscaler_status=(autoscaler or {}).get("status"),
     )
 
 
