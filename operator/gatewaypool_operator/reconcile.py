@@ -27,7 +27,7 @@ from typing import Any
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool_operator import children, handover, mapping, observe, status
 from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
-from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
+from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def reconcile(
 
     spec_error: str | None = None
     try:
+        # The API server accepts names that would give the children invalid names.
+        check_name(name)
         spec = parse_spec(raw_spec, default_router_image=default_router_image)
         if current_map is not None and current_map.buckets != spec.buckets:
             raise SpecError(

@@ -44,7 +44,6 @@ __all__ = [
     "RouterSpec",
     "SpecError",
     "StorageSpec",
-    "check_change",
     "check_name",
     "parse_spec",
     "thaw",
@@ -319,28 +318,6 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
             else _autoscaling(autoscaling, buckets=buckets, gateway=gateway, handover=handover)
         ),
     )
-
-
-def check_change(old: PoolSpec, new: PoolSpec) -> None:
-    """Refuse a spec change the running pool cannot follow.
-
-    ``spec.buckets`` is fixed for a pool's life: a study's bucket is its
-    hash modulo the bucket count, so a new count would move almost every
-    study at once, splitting all of those in flight. The CRD has the same
-    rule (``self == oldSelf``); this catches a CRD installed without it.
-
-    Raises
-    ------
-    SpecError
-        If `new` changes something immutable.
-    """
-    if new.buckets != old.buckets:
-        raise SpecError(
-            "spec.buckets",
-            new.buckets,
-            f"differs from {old.buckets}: the bucket count is fixed for a pool's life "
-            "(create a new pool to change it)",
-        )
 
 
 def check_name(name: str) -> None:
