@@ -5,9 +5,10 @@ the objects as ``kubectl get -o json`` would show them, minus what the API
 server fills in, so that a test can check a StatefulSet without a cluster
 and the applier only compares and writes. Nothing here talks to the API.
 
-No object carries an ownerReference: the kopf edge adds it with
-``kopf.adopt``. `owner_reference` builds the same reference for code that
-does not use kopf (and for tests).
+The objects are built without an ownerReference: the reconciler adds
+`owner_reference` to each as it applies them (the pool's uid is known only
+from the live object), which makes the garbage collector delete them with
+the pool.
 
 Names and labels follow the shared contract; see the module constants.
 """
