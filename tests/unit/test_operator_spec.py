@@ -21,6 +21,7 @@ from gatewaypool_operator.spec import (
     parse_spec,
     thaw,
 )
+from support.crd import apply_defaults, spec_schema
 
 OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
 
@@ -88,32 +89,13 @@ def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 # --- defaults ------------------------------------------------------------------
 
 
-def test_minimal_spec_gets_every_contract_default() -> None:
+def test_minimal_spec_gets_what_the_crd_does_not_default() -> None:
+    # The CRD's defaults are checked against the operator's below; these are the operator's own.
     spec = parse(minimal())
-    assert (spec.replicas, spec.buckets) == (1, 4096)
-    gateway = spec.gateway
-    assert gateway.image == "orthancteam/orthanc:24.1.2"
-    assert gateway.image_pull_policy == "IfNotPresent"
-    assert (gateway.command, gateway.args, gateway.env) == ((), (), ())
-    assert (gateway.port, gateway.ae_title) == (104, "GATEWAY")
-    assert dict(gateway.resources) == {}
-    assert gateway.storage is None
-    template = gateway.pod_template
-    assert dict(template.labels) == dict(template.annotations) == dict(template.node_selector) == {}
-    assert template.tolerations == ()
-    assert dict(template.affinity) == {}
-    assert template.priority_class_name == template.service_account_name == ""
-    router = spec.router
-    assert router.replicas == 2
-    assert router.image == OPERATOR_IMAGE
-    assert (router.ae_title, router.port, router.service_type) == (
-        "GATEWAYPOOL",
-        11112,
-        "ClusterIP",
-    )
-    assert router.allowed_calling_ae_titles == ()
-    assert dict(router.resources) == {}
-    assert (spec.handover.quiet_seconds, spec.handover.max_drain_seconds) == (30, 600)
+    assert spec.router.image == OPERATOR_IMAGE
+    assert spec.gateway.storage is None
+    assert spec.gateway.pod_template.topology_spread_constraints is None
+    assert spec.handover.failover_after_seconds is None
     assert spec.autoscaling is None
 
 
@@ -127,27 +109,33 @@ def test_storage_defaults_its_mount_path_and_class() -> None:
     )
 
 
-def test_a_spec_defaulted_by_the_api_server_parses_the_same() -> None:
-    """The operator defaults what the API server would; both ways give one PoolSpec."""
-    server_defaulted = {
-        "replicas": 1,
-        "buckets": 4096,
-        "gateway": {
-            "image": "orthancteam/orthanc:24.1.2",
-            "imagePullPolicy": "IfNotPresent",
-            "port": 104,
-            "aeTitle": "GATEWAY",
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"gateway.storage": {"size": "10Gi"}},
+        {"gateway.podTemplate": {}},
+        {"router": {}, "handover": {}, "networkPolicy": {}},
+        {"autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}}},
+        {
+            "handover": {"maxDrainSeconds": 900},
+            "autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}, "scaleDown": {}},
         },
-        "router": {
-            "replicas": 2,
-            "image": "",
-            "aeTitle": "GATEWAYPOOL",
-            "port": 11112,
-            "serviceType": "ClusterIP",
-        },
-        "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
-    }
-    assert parse(server_defaulted) == parse(minimal())
+    ],
+    ids=["minimal", "storage", "pod-template", "empty-sections", "autoscaling", "scale-down"],
+)
+def test_a_spec_defaulted_by_the_api_server_parses_the_same(extra: dict[str, Any]) -> None:
+    """The operator defaults what the API server would; both ways give one PoolSpec.
+
+    The server's side is the CRD's own ``default`` keywords, applied as the
+    API server applies them: the contract's defaults have one copy.
+    """
+    raw = minimal()
+    for path, value in extra.items():
+        raw = with_value(raw, path, value)
+    server_defaulted = apply_defaults(raw, spec_schema())
+    assert server_defaulted != raw  # the CRD filled something in
+    assert parse(server_defaulted) == parse(raw)
 
 
 def test_explicit_nulls_count_as_unset() -> None:
