@@ -5,9 +5,10 @@ the objects as ``kubectl get -o json`` would show them, minus what the API
 server fills in, so that a test can check a StatefulSet without a cluster
 and the applier only compares and writes. Nothing here talks to the API.
 
-No object carries an ownerReference: the kopf edge adds it with
-``kopf.adopt``. `owner_reference` builds the same reference for code that
-does not use kopf (and for tests).
+The objects are built without an ownerReference: the reconciler adds
+`owner_reference` to each as it applies them (the pool's uid is known only
+from the live object), which makes the garbage collector delete them with
+the pool.
 
 Names and labels follow the shared contract; see the module constants.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from gatewaypool_operator.spec import PoolSpec, thaw
+from gatewaypool_operator.spec import AutoscalingSpec, PoolSpec, thaw
 
 __all__ = [
     "API_GROUP",
@@ -28,6 +29,8 @@ __all__ = [
     "ROUTER_DICOM_PORT",
     "ROUTER_HTTP_PORT",
     "RUN_AS_USER",
+    "STUDIES_IN_FLIGHT_METRIC",
+    "autoscaler_name",
     "build_children",
     "gateway_dns_name",
     "gateway_pod_name",
@@ -58,6 +61,10 @@ RUN_AS_USER: Final = 65532
 """The router's user and group: the distroless "nonroot" user of the image."""
 FS_GROUP: Final = 65532
 """The group that owns a gateway's data volume, so any non-root gateway user can write it."""
+
+STUDIES_IN_FLIGHT_METRIC: Final = "gatewaypool_studies_in_flight"
+"""The per-gateway Pods metric (served by Prometheus Adapter or KEDA from the routers'
+``gatewaypool_router_studies_in_flight``) the autoscaler's studiesInFlight target reads."""
 
 CLUSTER_DOMAIN: Final = "svc.cluster.local"
 TMP_VOLUME: Final = "tmp"
@@ -93,6 +100,11 @@ def map_configmap_name(name: str) -> str:
 def routers_configmap_name(name: str) -> str:
     """Return ``NAME-routers``: the ConfigMap the routers report into."""
     return f"{name}-routers"
+
+
+def autoscaler_name(name: str) -> str:
+    """Return ``NAME``: the HorizontalPodAutoscaler, named like the pool it scales."""
+    return name
 
 
 def gateway_pod_name(name: str, ordinal: int) -> str:
@@ -242,8 +254,9 @@ def build_children(
         ServiceAccount, Role, RoleBinding, ConfigMap ``NAME-map``,
         NetworkPolicies ``NAME-gw`` and ``NAME-router`` (unless
         ``spec.networkPolicy.enabled`` is false) and PodDisruptionBudgets
-        ``NAME-gw`` and ``NAME-router``, in an order that can be created as
-        is (what an object refers to comes first).
+        ``NAME-gw`` and ``NAME-router``, and the HorizontalPodAutoscaler
+        ``NAME`` when ``spec.autoscaling`` is set, in an order that can be
+        created as is (what an object refers to comes first).
 
     Raises
     ------
@@ -255,6 +268,11 @@ def build_children(
     policies = (
         [_network_policy(name, namespace, spec), _router_network_policy(name, namespace)]
         if spec.network_policy.enabled
+        else []
+    )
+    autoscalers = (
+        [_horizontal_pod_autoscaler(name, namespace, spec.autoscaling)]
+        if spec.autoscaling is not None
         else []
     )
     return [
@@ -269,15 +287,21 @@ def build_children(
         _router_deployment(name, namespace, spec),
         _router_pod_disruption_budget(name, namespace),
         _router_service(name, namespace, spec),
+        *autoscalers,
     ]
 
 
 def optional_children(name: str) -> list[tuple[str, str]]:
     """Return (kind, name) of the children a spec may leave out, which are then deleted.
 
-    The NetworkPolicies go with ``spec.networkPolicy.enabled: false``.
+    The NetworkPolicies go with ``spec.networkPolicy.enabled: false``, the
+    HorizontalPodAutoscaler with ``spec.autoscaling``.
     """
-    return [("NetworkPolicy", statefulset_name(name)), ("NetworkPolicy", router_name(name))]
+    return [
+        ("NetworkPolicy", statefulset_name(name)),
+        ("NetworkPolicy", router_name(name)),
+        ("HorizontalPodAutoscaler", autoscaler_name(name)),
+    ]
 
 
 def routers_configmap(*, name: str, namespace: str) -> dict[str, Any]:
@@ -568,6 +592,10 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
         str(ROUTER_DICOM_PORT),
         "--http-port",
         str(ROUTER_HTTP_PORT),
+        # A study counts as in flight until it has been quiet this long: the
+        # same quiet period after which a handover takes it as complete.
+        "--study-quiet-seconds",
+        str(spec.handover.quiet_seconds),
     ]
     for title in spec.router.allowed_calling_ae_titles:
         command += ["--allow-calling-aet", title]
@@ -632,6 +660,82 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
                     "containers": [container],
                     "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
                     **_spread_field(name, "router", spec.router.topology_spread_constraints),
+                },
+            },
+        },
+    }
+
+
+SCALE_UP_POLICIES: Final = (
+    {"type": "Percent", "value": 100, "periodSeconds": 15},
+    {"type": "Pods", "value": 4, "periodSeconds": 15},
+)
+"""Scale up promptly: double the gateways, or add four, every 15 s, whichever is more."""
+
+
+def _horizontal_pod_autoscaler(
+    name: str, namespace: str, autoscaling: AutoscalingSpec
+) -> dict[str, Any]:
+    """The autoscaling/v2 HorizontalPodAutoscaler aimed at the pool's scale subresource.
+
+    It writes ``spec.replicas`` of the GatewayPool, never the StatefulSet's:
+    every step it takes goes through the bucket handover like a manual scale.
+    Scale-down waits ``stabilization_seconds`` (never shorter than a handover
+    may take) and removes at most one gateway per ``period_seconds``.
+    """
+    metrics: list[dict[str, Any]] = []
+    if autoscaling.cpu_utilization is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": autoscaling.cpu_utilization,
+                    },
+                },
+            }
+        )
+    if autoscaling.studies_in_flight is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": STUDIES_IN_FLIGHT_METRIC},
+                    # A quantity: the API server stores it as a string.
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": str(autoscaling.studies_in_flight),
+                    },
+                },
+            }
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(autoscaler_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": name},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": metrics,
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [dict(policy) for policy in SCALE_UP_POLICIES],
+                    "selectPolicy": "Max",
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": autoscaling.stabilization_seconds,
+                    "policies": [
+                        {
+                            "type": "Pods",
+                            "value": 1,
+                            "periodSeconds": autoscaling.period_seconds,
+                        }
+                    ],
+                    "selectPolicy": "Min",
                 },
             },
         },

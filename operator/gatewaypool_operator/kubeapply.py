@@ -47,6 +47,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
     "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
+    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
 }
 
 #: The kinds a pool owns (the API server's garbage collector deletes them with it).
@@ -56,6 +57,7 @@ OWNED_KINDS: tuple[str, ...] = (
     "Service",
     "NetworkPolicy",
     "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
     "RoleBinding",
     "Role",
     "ServiceAccount",

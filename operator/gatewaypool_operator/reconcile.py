@@ -27,7 +27,7 @@ from typing import Any
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool_operator import children, handover, mapping, observe, status
 from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
-from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
+from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def reconcile(
 
     spec_error: str | None = None
     try:
+        # The API server accepts names that would give the children invalid names.
+        check_name(name)
         spec = parse_spec(raw_spec, default_router_image=default_router_image)
         if current_map is not None and current_map.buckets != spec.buckets:
             raise SpecError(
@@ -400,6 +402,12 @@ def _status(
     live = [
         str(pod["metadata"]["name"]) for pod in pods if not pod["metadata"].get("deletionTimestamp")
     ]
+    autoscaler = None
+    if spec is not None and spec.autoscaling is not None:
+        # Its conditions say whether it can scale the pool (metrics found, scale read).
+        autoscaler = cluster.read(
+            "HorizontalPodAutoscaler", namespace, children.autoscaler_name(name)
+        )
     return status.compute_status(
         name=name,
         spec=spec,
@@ -413,6 +421,7 @@ def _status(
         previous_conditions=previous,
         now=now,
         handover=handover,
+        autoscaler_status=(autoscaler or {}).get("status"),
     )
 
 

@@ -34,6 +34,8 @@ defaults and refuses values outside the ranges shown.
 
 
 def _type(node: Mapping[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "integer or string"
     kind = str(node.get("type", "object"))
     if kind == "array":
         items = node.get("items") or {}

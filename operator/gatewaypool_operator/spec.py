@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from gatewaypool.quantity import QuantityError
+from gatewaypool.quantity import parse as parse_quantity
+
 __all__ = [
     "AE_TITLE_PATTERN",
     "DEFAULT_BUCKETS",
     "MAX_NAME_LENGTH",
+    "MAX_SCALE_DOWN_WINDOW",
     "RESERVED_LABELS",
+    "AutoscalingSpec",
     "GatewaySpec",
     "HandoverSpec",
     "NetworkPolicySpec",
@@ -39,7 +44,6 @@ __all__ = [
     "RouterSpec",
     "SpecError",
     "StorageSpec",
-    "check_change",
     "check_name",
     "parse_spec",
     "thaw",
@@ -49,6 +53,10 @@ DEFAULT_BUCKETS: Final = 4096
 MAX_BUCKETS: Final = 65536
 MAX_REPLICAS: Final = 1024
 MAX_ROUTER_REPLICAS: Final = 100
+MAX_SCALE_DOWN_WINDOW: Final = 3600
+"""The longest scale-down stabilization window a HorizontalPodAutoscaler accepts, seconds."""
+MIN_DEFAULT_SCALE_DOWN_WINDOW: Final = 300
+"""The HorizontalPodAutoscaler's own scale-down window, the least the default ever is."""
 TMP_PATH: Final = "/tmp"  # every pod mounts an emptyDir here; storage must not clash
 
 AE_TITLE_PATTERN: Final = r"^[ -\[\]-~]{1,16}$"
@@ -206,6 +214,26 @@ class NetworkPolicySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscalingSpec:
+    """``spec.autoscaling``: the HorizontalPodAutoscaler the operator keeps for the pool.
+
+    At least one of the targets is set. ``stabilization_seconds`` is resolved:
+    when the spec leaves it out it is ``max(300, spec.handover.maxDrainSeconds)``,
+    so a scale-down the autoscaler decides is never quicker than a handover may take.
+    """
+
+    max_replicas: int
+    stabilization_seconds: int
+    min_replicas: int = 1
+    #: Average CPU utilization of the gateway pods, percent of their CPU request.
+    cpu_utilization: int | None = None
+    #: Average studies in flight per gateway (the routers' per-gateway metric).
+    studies_in_flight: int | None = None
+    #: At most one gateway is removed per this many seconds.
+    period_seconds: int = 60
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     """A whole GatewayPool spec with every default applied.
 
@@ -219,6 +247,8 @@ class PoolSpec:
     buckets: int = DEFAULT_BUCKETS
     handover: HandoverSpec = field(default_factory=HandoverSpec)
     network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
+    #: None: no autoscaler; ``spec.replicas`` is the user's to set.
+    autoscaling: AutoscalingSpec | None = None
 
 
 def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpec:
@@ -253,7 +283,15 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
     root = _Object(
         spec,
         "spec",
-        keys=("replicas", "buckets", "gateway", "router", "handover", "networkPolicy"),
+        keys=(
+            "replicas",
+            "buckets",
+            "gateway",
+            "router",
+            "handover",
+            "networkPolicy",
+            "autoscaling",
+        ),
     )
     buckets = root.integer("buckets", default=DEFAULT_BUCKETS, low=1, high=MAX_BUCKETS)
     replicas = root.integer("replicas", default=1, low=0, high=None)
@@ -262,36 +300,24 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
         raise SpecError("spec.replicas", replicas, f"exceeds spec.buckets ({buckets})")
     if replicas > MAX_REPLICAS:
         raise SpecError("spec.replicas", replicas, f"is more than {MAX_REPLICAS} gateways")
+    gateway = _gateway(root.child("gateway", required=True))
+    router = _router(root.child("router"), default_router_image=default_router_image)
+    handover = _handover(root.child("handover"))
+    network_policy = _network_policy(root.child("networkPolicy"))
+    autoscaling = root.child("autoscaling", optional=True)
     return PoolSpec(
         replicas=replicas,
         buckets=buckets,
-        gateway=_gateway(root.child("gateway", required=True)),
-        router=_router(root.child("router"), default_router_image=default_router_image),
-        handover=_handover(root.child("handover")),
-        network_policy=_network_policy(root.child("networkPolicy")),
+        gateway=gateway,
+        router=router,
+        handover=handover,
+        network_policy=network_policy,
+        autoscaling=(
+            None
+            if autoscaling is None
+            else _autoscaling(autoscaling, buckets=buckets, gateway=gateway, handover=handover)
+        ),
     )
-
-
-def check_change(old: PoolSpec, new: PoolSpec) -> None:
-    """Refuse a spec change the running pool cannot follow.
-
-    ``spec.buckets`` is fixed for a pool's life: a study's bucket is its
-    hash modulo the bucket count, so a new count would move almost every
-    study at once, splitting all of those in flight. The CRD has the same
-    rule (``self == oldSelf``); this catches a CRD installed without it.
-
-    Raises
-    ------
-    SpecError
-        If `new` changes something immutable.
-    """
-    if new.buckets != old.buckets:
-        raise SpecError(
-            "spec.buckets",
-            new.buckets,
-            f"differs from {old.buckets}: the bucket count is fixed for a pool's life "
-            "(create a new pool to change it)",
-        )
 
 
 def check_name(name: str) -> None:
@@ -487,6 +513,110 @@ def _handover(section: _Object) -> HandoverSpec:
         max_drain_seconds=max_drain,
         failover_after_seconds=failover or None,
     )
+
+
+def _autoscaling(
+    section: _Object, *, buckets: int, gateway: GatewaySpec, handover: HandoverSpec
+) -> AutoscalingSpec:
+    """``spec.autoscaling``, checked against the rest of the spec as the CRD's rules do."""
+    section.keys("minReplicas", "maxReplicas", "targets", "scaleDown")
+    low = section.integer("minReplicas", default=1, low=1, high=MAX_REPLICAS)
+    if section.data.get("maxReplicas") is None:
+        raise SpecError(section.path("maxReplicas"), SpecError.MISSING, "is required")
+    high = section.integer("maxReplicas", default=low, low=1, high=None)
+    if high > buckets:
+        raise SpecError(
+            section.path("maxReplicas"),
+            high,
+            f"exceeds spec.buckets ({buckets}): every gateway needs at least one bucket",
+        )
+    if high > MAX_REPLICAS:
+        raise SpecError(section.path("maxReplicas"), high, f"is more than {MAX_REPLICAS} gateways")
+    if high < low:
+        raise SpecError(
+            section.path("maxReplicas"), high, f"is less than {section.path('minReplicas')} ({low})"
+        )
+
+    targets = section.child("targets", required=True)
+    targets.keys("cpuUtilization", "studiesInFlight")
+    cpu = targets.integer("cpuUtilization", default=0, low=1, high=None) or None
+    studies = targets.integer("studiesInFlight", default=0, low=1, high=None) or None
+    if cpu is None and studies is None:
+        raise SpecError(
+            section.path("targets"),
+            targets.data,
+            "sets no target (set cpuUtilization, studiesInFlight or both)",
+        )
+    if cpu is not None:
+        _check_cpu_request(targets.path("cpuUtilization"), cpu, gateway)
+
+    scale_down = section.child("scaleDown")
+    scale_down.keys("stabilizationSeconds", "periodSeconds")
+    period = scale_down.integer("periodSeconds", default=60, low=1, high=1800)
+    window_path = scale_down.path("stabilizationSeconds")
+    drain = handover.max_drain_seconds
+    if scale_down.data.get("stabilizationSeconds") is None:
+        window = max(MIN_DEFAULT_SCALE_DOWN_WINDOW, drain)
+        if window > MAX_SCALE_DOWN_WINDOW:
+            raise SpecError(
+                "spec.handover.maxDrainSeconds",
+                drain,
+                f"is more than {MAX_SCALE_DOWN_WINDOW}: with spec.autoscaling, the autoscaler "
+                f"waits at least maxDrainSeconds before removing a gateway ({window_path}, "
+                f"default max(300, maxDrainSeconds)), and a HorizontalPodAutoscaler waits at "
+                f"most {MAX_SCALE_DOWN_WINDOW} seconds",
+            )
+    else:
+        window = scale_down.integer("stabilizationSeconds", default=0, low=0, high=None)
+        if window > MAX_SCALE_DOWN_WINDOW:
+            raise SpecError(
+                window_path,
+                window,
+                f"is more than {MAX_SCALE_DOWN_WINDOW}, the longest scale-down window a "
+                "HorizontalPodAutoscaler accepts",
+            )
+        if window < drain:
+            raise SpecError(
+                window_path,
+                window,
+                f"is less than spec.handover.maxDrainSeconds ({drain}): the autoscaler could "
+                "remove a gateway before its buckets can drain",
+            )
+    return AutoscalingSpec(
+        min_replicas=low,
+        max_replicas=high,
+        cpu_utilization=cpu,
+        studies_in_flight=studies,
+        stabilization_seconds=window,
+        period_seconds=period,
+    )
+
+
+def _check_cpu_request(path: str, target: int, gateway: GatewaySpec) -> None:
+    """A CPU target needs a CPU request above zero on the gateway pods.
+
+    The HorizontalPodAutoscaler computes utilization as usage divided by the
+    pods' request; without one it reports "missing request for cpu" and never
+    scales, so the spec is refused rather than the autoscaler left stuck.
+    """
+    requests = gateway.resources.get("requests") or {}
+    request = requests.get("cpu") if isinstance(requests, Mapping) else None
+    why = (
+        "the HorizontalPodAutoscaler measures CPU utilization against the gateway pods' "
+        'CPU request, and without one reports "missing request for cpu" and does not scale'
+    )
+    if request is None:
+        raise SpecError(path, target, f"needs spec.gateway.resources.requests.cpu: {why}")
+    try:
+        positive = parse_quantity(request)[0] > 0
+    except QuantityError:
+        positive = False
+    if not positive:
+        raise SpecError(
+            path,
+            target,
+            f"needs spec.gateway.resources.requests.cpu above zero (it is {request!r}): {why}",
+        )
 
 
 _TOLERATION_KEYS: Final = ("key", "operator", "value", "effect", "tolerationSeconds")

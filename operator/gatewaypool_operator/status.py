@@ -17,9 +17,14 @@ since when) and ``observedGeneration``.
   starting, the map not yet matching them, buckets handing over, routers
   not yet on the current map.
 - ``Degraded``: needs a person: the spec was rejected, the API server
-  refused to write a child (reason ``ApplyRefused``, its message), or gateways are
+  refused to write a child (reason ``ApplyRefused``, its message), gateways are
   unavailable that were ready before (or never became ready within the
-  progress deadline).
+  progress deadline), or the pool's HorizontalPodAutoscaler says it cannot
+  scale (reason ``AutoscalerNotScaling``: its ``ScalingActive`` or
+  ``AbleToScale`` condition is False, e.g. no metrics for its targets).
+
+With ``spec.autoscaling``, ``status.autoscaling`` reads ``MIN-MAX`` (the
+autoscaler's range, a column of ``kubectl get gwp``); without, it is absent.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 APPLY_REFUSED: Final = "ApplyRefused"
+AUTOSCALER_NOT_SCALING: Final = "AutoscalerNotScaling"
+#: The HorizontalPodAutoscaler conditions that, when False, mean it does not scale the pool.
+_AUTOSCALER_BLOCKERS: Final = ("ScalingActive", "AbleToScale")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,7 @@ def compute_status(
     progress_deadline_seconds: float = DEFAULT_PROGRESS_DEADLINE_SECONDS,
     apply_error: str | None = None,
     handover: HandoverSummary | None = None,
+    autoscaler_status: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the pool's whole ``status`` block.
 
@@ -140,13 +149,17 @@ def compute_status(
         NAME-gw: ..."``), or None.
     handover
         The handover's drain progress and totals; None before any pass planned one.
+    autoscaler_status
+        The ``status`` of the pool's HorizontalPodAutoscaler; None if there is
+        none or it has no status yet. Read only when `spec` has autoscaling.
 
     Returns
     -------
     dict
         Every status field of the contract, always all of them but
-        ``oldestMoveSeconds`` (absent when nothing moves): the status is
-        written with `merge_patch`, which deletes what is absent.
+        ``oldestMoveSeconds`` (absent when nothing moves) and ``autoscaling``
+        (absent without ``spec.autoscaling``): the status is written with
+        `merge_patch`, which deletes what is absent.
 
     Raises
     ------
@@ -177,6 +190,9 @@ def compute_status(
                 generation=generation,
                 now=now,
                 deadline=progress_deadline_seconds,
+                autoscaler=_autoscaler_problem(
+                    autoscaler_status if spec is not None and spec.autoscaling else None
+                ),
             ),
         ),
     ]
@@ -210,6 +226,10 @@ def compute_status(
     if summary.oldest_move_seconds is not None:
         # Absent when nothing moves: the merge patch then deletes it.
         result["oldestMoveSeconds"] = int(summary.oldest_move_seconds)
+    if spec is not None and spec.autoscaling is not None:
+        # Absent when not autoscaled, so that kubectl get gwp shows <none>.
+        autoscaling = spec.autoscaling
+        result["autoscaling"] = f"{autoscaling.min_replicas}-{autoscaling.max_replicas}"
     return result
 
 
@@ -361,6 +381,7 @@ def _degraded(
     generation: int,
     now: datetime,
     deadline: float,
+    autoscaler: str | None,
 ) -> _Verdict:
     if spec_error is not None:
         return "True", "SpecRejected", spec_error
@@ -401,7 +422,31 @@ def _degraded(
                 f"{missing} of {spec.replicas} gateways not ready ({why}); "
                 "studies in their buckets are refused until they are back",
             )
+    if autoscaler is not None:
+        return "True", AUTOSCALER_NOT_SCALING, autoscaler
     return "False", "AsExpected", "nothing needs attention"
+
+
+def _autoscaler_problem(autoscaler_status: Mapping[str, Any] | None) -> str | None:
+    """What keeps the pool's HorizontalPodAutoscaler from scaling, in its own words.
+
+    The autoscaler reports a missing metric (no Prometheus Adapter, a CPU
+    request gone) only on itself; the pool's ``Degraded`` condition repeats
+    it, so that ``kubectl get gwp`` users learn their pool stopped following
+    its load. None when both conditions are True or not reported yet.
+    """
+    problems = []
+    for condition in (autoscaler_status or {}).get("conditions") or []:
+        if not isinstance(condition, Mapping):
+            continue
+        kind = condition.get("type")
+        if kind in _AUTOSCALER_BLOCKERS and condition.get("status") == "False":
+            reason = condition.get("reason") or "no reason"
+            message = condition.get("message")
+            problems.append(f"{kind} is False ({reason})" + (f": {message}" if message else ""))
+    if not problems:
+        return None
+    return "the HorizontalPodAutoscaler does not scale the pool: " + "; ".join(problems)
 
 
 # --- conditions -----------------------------------------------------------------

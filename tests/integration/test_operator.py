@@ -258,6 +258,34 @@ def test_a_deleted_child_comes_back(kube: KubeEmulator, operator: OperatorProces
     assert map_version(kube) == 1
 
 
+def test_a_name_too_long_for_the_children_is_refused_before_anything_is_made(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    # Valid for the API server (a DNS subdomain), too long for the StatefulSet's pod labels.
+    name = "ct-" + "x" * 47
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GatewayPool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"replicas": 1, "gateway": {"image": "registry.example.org/ai-triage:2.1"}},
+    }
+    custom(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+    def condition() -> dict[str, Any] | None:
+        found = kube.get("GatewayPool", name, NS) or {}
+        for item in (found.get("status") or {}).get("conditions") or []:
+            if item["type"] == "Degraded" and item["status"] == "True":
+                return dict(item)
+        return None
+
+    wait_until(lambda: condition() is not None, timeout=20, what="Degraded condition")
+    refused = condition()
+    assert refused is not None and refused["reason"] == "SpecRejected"
+    assert refused["message"].startswith("metadata.name:")
+    assert kube.get("StatefulSet", f"{name}-gw", NS) is None
+    assert kube.get("Deployment", f"{name}-router", NS) is None
+
+
 def test_an_unhonourable_spec_is_a_condition_and_leaves_the_pool_running(
     kube: KubeEmulator, operator: OperatorProcess
 ) -> None:

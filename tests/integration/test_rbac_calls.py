@@ -57,6 +57,7 @@ GRANTED_FOR_REAL_CLUSTERS: frozenset[Triple] = frozenset(
             ("rbac.authorization.k8s.io", "rolebindings"),
             ("networking.k8s.io", "networkpolicies"),
             ("policy", "poddisruptionbudgets"),
+            ("autoscaling", "horizontalpodautoscalers"),
         )
     }
 )
@@ -74,6 +75,7 @@ DRIFTABLE = [
     ("PodDisruptionBudget", "ct-gw"),
     ("NetworkPolicy", "ct-router"),
     ("PodDisruptionBudget", "ct-router"),
+    ("HorizontalPodAutoscaler", "ct"),
 ]
 
 
@@ -226,6 +228,7 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                         "buckets": 16,
                         "gateway": {"image": "scp:1"},
                         "handover": {"quietSeconds": 1, "maxDrainSeconds": 10},
+                        "autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 4}},
                     },
                 },
             )
@@ -281,7 +284,8 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                     what=f"{kind} {name} repaired",
                 )
             # An immutable field: the StatefulSet is deleted (pods orphaned) and
-            # created again; turning the NetworkPolicies off deletes them.
+            # created again; turning the NetworkPolicies off deletes them, and
+            # dropping spec.autoscaling the autoscaler.
             custom.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
@@ -292,6 +296,7 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                     "spec": {
                         "gateway": {"image": "scp:1", "storage": {"size": "1Gi"}},
                         "networkPolicy": {"enabled": False},
+                        "autoscaling": None,
                     }
                 },
             )
@@ -300,9 +305,10 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                     "volumeClaimTemplates"
                     in (kube.get("StatefulSet", "ct-gw", NS) or {}).get("spec", {})
                     and kube.get("NetworkPolicy", "ct-gw", NS) is None
+                    and kube.get("HorizontalPodAutoscaler", "ct", NS) is None
                 ),
                 timeout=30,
-                what="StatefulSet recreated, NetworkPolicies deleted",
+                what="StatefulSet recreated, NetworkPolicies and autoscaler deleted",
             )
             custom.patch_namespaced_custom_object(
                 GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 40}}

@@ -16,7 +16,8 @@ from gatewaypool_local.synth import dataset_sha256, generate_multiframe
 
 RouterFactory = Callable[..., RouterProcess]
 INSTANCE_BYTES = 384 * 2**20
-RSS_CEILING = 160 * 2**20
+#: What streaming may add to the router's peak RSS: a few PDUs and buffers, not the instance.
+RSS_GROWTH_LIMIT = 16 * 2**20
 
 
 def test_large_instance_streams_in_bounded_memory(
@@ -34,6 +35,9 @@ def test_large_instance_streams_in_bounded_memory(
         assert received.sop_instance_uid == instance.sop_instance_uid
         assert received.dataset_sha256() == dataset_sha256(instance.path)
     assert instance.total_bytes >= INSTANCE_BYTES
-    assert peak < RSS_CEILING, (
-        f"router peak RSS {peak / 2**20:.0f} MiB (baseline {baseline / 2**20:.0f})"
+    # Growth over the started router's own peak: the interpreter's and libraries'
+    # footprint differ between machines, what one instance adds must not.
+    assert peak - baseline < RSS_GROWTH_LIMIT, (
+        f"router peak RSS {peak / 2**20:.0f} MiB, {(peak - baseline) / 2**20:.1f} MiB "
+        f"over its baseline {baseline / 2**20:.0f} MiB"
     )

@@ -73,6 +73,9 @@ EXPECTED_OPERATOR_RULES: Rules = {
     # Deleted when spec.networkPolicy.enabled is false.
     ("networking.k8s.io", "networkpolicies"): frozenset({"get", "create", "patch", "delete"}),
     ("policy", "poddisruptionbudgets"): frozenset({"get", "create", "patch"}),
+    # The autoscaler of a pool with spec.autoscaling: read (its status says
+    # whether it can scale), created, repaired, deleted when the field goes.
+    ("autoscaling", "horizontalpodautoscalers"): frozenset({"get", "create", "patch", "delete"}),
     # Gateway pods (Ready ones receive buckets) and router pods (whose reports
     # a handover waits for, and status.routersTotal).
     ("", "pods"): frozenset({"list"}),
@@ -565,7 +568,11 @@ def _resource_of(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 def _pool_children() -> list[dict[str, Any]]:
     spec = parse_spec(
-        {"replicas": 3, "gateway": {"image": "orthancteam/orthanc:24.1.2"}},
+        {
+            "replicas": 3,
+            "gateway": {"image": "orthancteam/orthanc:24.1.2"},
+            "autoscaling": {"maxReplicas": 8, "targets": {"studiesInFlight": 4}},
+        },
         default_router_image="registry.example.org/gatewaypool/gatewaypool:0.1.0",
     )
     built = children.build_children(

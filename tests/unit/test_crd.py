@@ -30,8 +30,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from support.crd import apply_defaults, load_crd, root_schema, version_of
+
 ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = ROOT / "crds" / "gatewaypool.io_gatewaypools.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "schema" / "invalid").glob("*.yaml"))
 EXPECT_PREFIX = "# expect: "
@@ -54,6 +55,9 @@ SPEC_FIELDS = [
     "gateway.aeTitle",
     "gateway.env",
     "gateway.resources",
+    "gateway.resources.limits",
+    "gateway.resources.requests",
+    "gateway.resources.claims",
     "gateway.storage",
     "gateway.storage.size",
     "gateway.storage.storageClassName",
@@ -80,6 +84,9 @@ SPEC_FIELDS = [
     "router.serviceType",
     "router.allowedCallingAETitles",
     "router.resources",
+    "router.resources.limits",
+    "router.resources.requests",
+    "router.resources.claims",
     "router.topologySpreadConstraints",
     "networkPolicy",
     "networkPolicy.enabled",
@@ -88,6 +95,15 @@ SPEC_FIELDS = [
     "handover.quietSeconds",
     "handover.maxDrainSeconds",
     "handover.failoverAfterSeconds",
+    "autoscaling",
+    "autoscaling.minReplicas",
+    "autoscaling.maxReplicas",
+    "autoscaling.targets",
+    "autoscaling.targets.cpuUtilization",
+    "autoscaling.targets.studiesInFlight",
+    "autoscaling.scaleDown",
+    "autoscaling.scaleDown.stabilizationSeconds",
+    "autoscaling.scaleDown.periodSeconds",
 ]
 
 STATUS_FIELDS = [
@@ -103,6 +119,7 @@ STATUS_FIELDS = [
     "oldestMoveSeconds",
     "handovers",
     "excludedRouters",
+    "autoscaling",
     "bucketCounts",
     "conditions",
 ]
@@ -135,6 +152,8 @@ DEFAULTS = {
     "handover.maxDrainSeconds": 600,
     "networkPolicy": {},
     "networkPolicy.enabled": True,
+    "autoscaling.minReplicas": 1,
+    "autoscaling.scaleDown.periodSeconds": 60,
 }
 RANGES = {
     "replicas": (0, 1024),
@@ -146,6 +165,15 @@ RANGES = {
     "handover.maxDrainSeconds": (10, 86400),
     "handover.failoverAfterSeconds": (10, 86400),
     "gateway.terminationGracePeriodSeconds": (0, 3600),
+    "autoscaling.minReplicas": (1, 1024),
+    "autoscaling.maxReplicas": (1, 1024),
+    "autoscaling.scaleDown.stabilizationSeconds": (0, 3600),
+    "autoscaling.scaleDown.periodSeconds": (1, 1800),
+}
+#: Integers with a lower bound only.
+MINIMUMS = {
+    "autoscaling.targets.cpuUtilization": 1,
+    "autoscaling.targets.studiesInFlight": 1,
 }
 ENUMS = {
     "gateway.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
@@ -158,14 +186,12 @@ AE_TITLE_FIELDS = ["gateway.aeTitle", "router.aeTitle", "router.allowedCallingAE
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
 PRESERVE_UNKNOWN_FIELDS = {
     "spec.gateway.env[]",
-    "spec.gateway.resources",
     "spec.gateway.podTemplate.tolerations[]",
     "spec.gateway.podTemplate.affinity",
     "spec.gateway.podTemplate.affinity.nodeAffinity",
     "spec.gateway.podTemplate.affinity.podAffinity",
     "spec.gateway.podTemplate.affinity.podAntiAffinity",
     "spec.gateway.podTemplate.topologySpreadConstraints[]",
-    "spec.router.resources",
     "spec.router.topologySpreadConstraints[]",
     "spec.networkPolicy.extraIngress[].from[]",
     "spec.networkPolicy.extraIngress[].ports[]",
@@ -243,28 +269,6 @@ CONTRACT_SAMPLE: dict[str, Any] = {
 
 
 @functools.cache
-def _parsed_crd() -> dict[str, Any]:
-    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
-    return crd
-
-
-def load_crd() -> dict[str, Any]:
-    """A fresh copy of the CRD, free for a test to change."""
-    return copy.deepcopy(_parsed_crd())
-
-
-def version_of(crd: Mapping[str, Any]) -> dict[str, Any]:
-    (version,) = crd["spec"]["versions"]
-    return dict(version)
-
-
-def root_schema() -> dict[str, Any]:
-    """The openAPIV3Schema, shared between tests: read it, never change it."""
-    schema: dict[str, Any] = version_of(_parsed_crd())["schema"]["openAPIV3Schema"]
-    return schema
-
-
-@functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
     schema = root_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -282,38 +286,6 @@ def expectation(path: Path) -> str:
 
 
 # --- the API server's jobs, as small walkers -------------------------------------
-
-
-def apply_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
-    """Return ``value`` with the schema's defaults filled in, as the API server does.
-
-    A declared property that is missing (or null where the schema does not say
-    ``nullable``) gets a copy of its default; then every property, the
-    defaulted ones included, is defaulted in turn, so ``router: {}`` gains
-    ``router.replicas``. An absent object without a default stays absent, so
-    ``storage.mountPath`` appears only when ``storage`` is set.
-    """
-    value = copy.deepcopy(value)
-    _default_in_place(value, schema)
-    return value
-
-
-def _default_in_place(value: Any, schema: Mapping[str, Any]) -> None:
-    if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        for name, prop in properties.items():
-            missing = name not in value or (value[name] is None and not prop.get("nullable"))
-            if "default" in prop and missing:
-                value[name] = copy.deepcopy(prop["default"])
-        extra = schema.get("additionalProperties")
-        for name, child in value.items():
-            if name in properties:
-                _default_in_place(child, properties[name])
-            elif isinstance(extra, dict):
-                _default_in_place(child, extra)
-    elif isinstance(value, list) and "items" in schema:
-        for item in value:
-            _default_in_place(item, schema["items"])
 
 
 def unknown_fields(value: Any, schema: Mapping[str, Any], path: str = "") -> Iterator[str]:
@@ -548,6 +520,7 @@ def test_printer_columns() -> None:
     ]
     assert columns == [
         ("Replicas", ".spec.replicas", "integer"),
+        ("Autoscaling", ".status.autoscaling", "string"),
         ("Ready", ".status.readyReplicas", "integer"),
         ("Map", ".status.mapVersion", "integer"),
         ("Routers", ".status.routers", "string"),
@@ -578,6 +551,8 @@ def test_schema_is_structural() -> None:
         if extra is not None and "properties" in schema:
             problems.append(f"{where}: properties and additionalProperties together")
         for keyword in ("allOf", "anyOf", "oneOf"):
+            if keyword == "anyOf" and _is_int_or_string(schema):
+                continue  # the one form in which branches may carry a type
             for index, branch in enumerate(schema.get(keyword, [])):
                 for banned in ("type", "description", "default", "additionalProperties"):
                     if banned in branch:
@@ -590,6 +565,21 @@ def test_schema_is_structural() -> None:
             problems.append(f"{where}: nothing may be declared inside metadata")
     assert problems == []
     assert preserved == PRESERVE_UNKNOWN_FIELDS
+
+
+def _is_int_or_string(schema: Mapping[str, Any]) -> bool:
+    """``x-kubernetes-int-or-string`` spelt out as the API server allows (quantities)."""
+    return bool(schema.get("x-kubernetes-int-or-string")) and schema.get("anyOf") == [
+        {"type": "integer"},
+        {"type": "string"},
+    ]
+
+
+def test_structural_check_allows_int_or_string_only_in_its_own_form() -> None:
+    quantity = node("gateway.resources.requests")["additionalProperties"]
+    assert _is_int_or_string(quantity)
+    assert not _is_int_or_string({**quantity, "anyOf": [{"type": "integer"}, {"type": "object"}]})
+    assert not _is_int_or_string({"anyOf": quantity["anyOf"]})
 
 
 def test_defaults_are_valid_values_of_their_fields() -> None:
@@ -636,6 +626,13 @@ def test_range(path: str, bounds: tuple[int, int]) -> None:
     assert (schema["minimum"], schema["maximum"]) == bounds
 
 
+@pytest.mark.parametrize(("path", "low"), MINIMUMS.items())
+def test_minimum(path: str, low: int) -> None:
+    schema = node(path)
+    assert (schema["type"], schema["minimum"]) == ("integer", low)
+    assert "maximum" not in schema
+
+
 @pytest.mark.parametrize(("path", "values"), ENUMS.items())
 def test_enum(path: str, values: list[str]) -> None:
     assert node(path)["enum"] == values
@@ -654,6 +651,7 @@ def test_required_fields() -> None:
     assert schema["properties"]["spec"]["required"] == ["gateway"]
     assert node("gateway")["required"] == ["image"]
     assert node("gateway.storage")["required"] == ["size"]
+    assert node("autoscaling")["required"] == ["maxReplicas", "targets"]
 
 
 def test_every_contract_status_field_is_declared() -> None:
@@ -732,19 +730,37 @@ def test_pruning_keeps_preserved_and_map_fields_and_reports_the_rest() -> None:
     gateway["resources"] = {"limits": {"memory": "1Gi"}, "claims": [{"name": "gpu"}]}
     gateway["env"] = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     gateway["podTemplate"] = {"labels": {"team": "rad"}, "colour": "blue"}
+    pool["spec"]["router"] = {"resources": {"requests": {"cpu": 1}, "limit": {"cpu": 2}}}
     pool["spec"]["typo"] = 1
     pool["metadata"]["labels"] = {"a": "b"}
     assert sorted(unknown_fields(pool, root_schema())) == [
         "spec.gateway.podTemplate.colour",
+        "spec.router.resources.limit",
         "spec.typo",
     ]
+
+
+@pytest.mark.parametrize(
+    ("quantity", "allowed"),
+    [("500m", True), ("1.5", True), (2, True), ("1Gi", True), ("two", False), (0.5, False)],
+)
+def test_resources_hold_quantities_as_in_a_container(quantity: Any, allowed: bool) -> None:
+    # As the API server stores quantities: integers or strings, never YAML floats.
+    resources = {"requests": {"cpu": quantity}, "limits": {"cpu": quantity}}
+    pool = minimal_pool(gateway={"image": "example/gw:1", "resources": resources})
+    assert (rejections(pool) == []) is allowed
 
 
 # --- examples -----------------------------------------------------------------------
 
 
-def test_the_three_examples_exist() -> None:
-    assert [path.name for path in EXAMPLES] == ["minimal.yaml", "orthanc.yaml", "secure.yaml"]
+def test_the_four_examples_exist() -> None:
+    assert [path.name for path in EXAMPLES] == [
+        "autoscaling.yaml",
+        "minimal.yaml",
+        "orthanc.yaml",
+        "secure.yaml",
+    ]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -782,6 +798,45 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             "spec",
             "!has(self.replicas) || !has(self.buckets) || self.replicas <= self.buckets",
             ".replicas",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || !has(self.buckets)"
+            " || self.autoscaling.maxReplicas <= self.buckets",
+            ".autoscaling.maxReplicas",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || !has(self.autoscaling.minReplicas)"
+            " || self.autoscaling.maxReplicas >= self.autoscaling.minReplicas",
+            ".autoscaling.maxReplicas",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || has(self.autoscaling.targets.cpuUtilization)"
+            " || has(self.autoscaling.targets.studiesInFlight)",
+            ".autoscaling.targets",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || !has(self.autoscaling.targets.cpuUtilization)"
+            " || (has(self.gateway.resources) && has(self.gateway.resources.requests)"
+            " && 'cpu' in self.gateway.resources.requests)",
+            ".autoscaling.targets.cpuUtilization",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || !has(self.autoscaling.scaleDown)"
+            " || !has(self.autoscaling.scaleDown.stabilizationSeconds)"
+            " || !has(self.handover) || !has(self.handover.maxDrainSeconds)"
+            " || self.autoscaling.scaleDown.stabilizationSeconds >= self.handover.maxDrainSeconds",
+            ".autoscaling.scaleDown.stabilizationSeconds",
+        ),
+        (
+            "spec",
+            "!has(self.autoscaling) || !has(self.handover)"
+            " || !has(self.handover.maxDrainSeconds) || self.handover.maxDrainSeconds <= 3600",
+            ".handover.maxDrainSeconds",
         ),
         ("spec.buckets", "self == oldSelf", ""),
         (
@@ -837,6 +892,114 @@ def test_replicas_at_most_buckets(replicas: int, buckets: int, allowed: bool) ->
 def test_max_drain_at_least_quiet(quiet: int, drain: int, allowed: bool) -> None:
     handover = {"quietSeconds": quiet, "maxDrainSeconds": drain}
     assert (rejections(minimal_pool(handover=handover)) == []) is allowed
+
+
+def autoscaled(
+    autoscaling: dict[str, Any], *, requests: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    gateway: dict[str, Any] = {"image": "example/gw:1"}
+    if requests is not None:
+        gateway["resources"] = {"requests": requests}
+    return minimal_pool(gateway=gateway, autoscaling=autoscaling, **spec)
+
+
+STUDIES = {"studiesInFlight": 4}
+
+
+@pytest.mark.parametrize(
+    ("buckets", "low", "high", "allowed"),
+    [
+        (8, 1, 8, True),
+        (8, 1, 9, False),
+        (4096, 2, 2, True),
+        (4096, 3, 2, False),
+        (4096, None, 1, True),
+        (1, None, 1, True),
+        (1, None, 2, False),
+    ],
+)
+def test_autoscaling_range_fits_the_buckets(
+    buckets: int, low: int | None, high: int, allowed: bool
+) -> None:
+    autoscaling: dict[str, Any] = {"maxReplicas": high, "targets": STUDIES}
+    if low is not None:
+        autoscaling["minReplicas"] = low
+    errors = rejections(autoscaled(autoscaling, buckets=buckets))
+    assert (errors == []) is allowed, errors
+    assert all(error.startswith("spec.autoscaling.maxReplicas: ") for error in errors)
+
+
+@pytest.mark.parametrize(
+    ("targets", "requests", "allowed"),
+    [
+        ({"studiesInFlight": 4}, None, True),
+        ({"cpuUtilization": 70}, {"cpu": "500m"}, True),
+        ({"cpuUtilization": 70, "studiesInFlight": 4}, {"cpu": 1}, True),
+        ({"cpuUtilization": 70}, None, False),
+        ({"cpuUtilization": 70}, {"memory": "1Gi"}, False),
+        ({}, {"cpu": 1}, False),
+    ],
+)
+def test_autoscaling_targets(
+    targets: dict[str, Any], requests: dict[str, Any] | None, allowed: bool
+) -> None:
+    pool = autoscaled({"maxReplicas": 4, "targets": targets}, requests=requests)
+    errors = rejections(pool)
+    assert (errors == []) is allowed, errors
+
+
+def test_the_cpu_rule_sees_the_request_and_only_the_request() -> None:
+    (rule,) = [r for r in all_rules() if r.field_path == ".autoscaling.targets.cpuUtilization"]
+    spec = autoscaled({"maxReplicas": 4, "targets": {"cpuUtilization": 70}})["spec"]
+    assert not evaluate(rule, spec)
+    spec["gateway"]["resources"] = {"limits": {"cpu": "2"}}
+    assert not evaluate(rule, spec)
+    spec["gateway"]["resources"]["requests"] = {"cpu": "1"}
+    assert evaluate(rule, spec)
+    # Without autoscaling, or without a CPU target, the rule holds whatever the resources.
+    assert evaluate(rule, minimal_pool()["spec"])
+    assert evaluate(rule, autoscaled({"maxReplicas": 4, "targets": STUDIES})["spec"])
+
+
+@pytest.mark.parametrize(
+    ("drain", "window", "allowed"),
+    [
+        (600, None, True),
+        (600, 600, True),
+        (600, 3600, True),
+        (600, 599, False),
+        (10, 10, True),
+        (10, 0, False),
+        (3600, None, True),
+        (3601, None, False),
+        (3601, 3600, False),
+    ],
+)
+def test_autoscaling_scale_down_window_covers_a_drain(
+    drain: int, window: int | None, allowed: bool
+) -> None:
+    autoscaling: dict[str, Any] = {"maxReplicas": 4, "targets": STUDIES}
+    if window is not None:
+        autoscaling["scaleDown"] = {"stabilizationSeconds": window}
+    handover = {"quietSeconds": 5, "maxDrainSeconds": drain}
+    errors = rejections(autoscaled(autoscaling, handover=handover))
+    assert (errors == []) is allowed, errors
+
+
+def test_without_autoscaling_the_autoscaling_rules_hold() -> None:
+    # A long drain is fine for a pool that no autoscaler scales.
+    assert rejections(minimal_pool(handover={"maxDrainSeconds": 86400}, replicas=3)) == []
+
+
+def test_autoscaling_defaults() -> None:
+    pool = autoscaled({"maxReplicas": 4, "targets": STUDIES, "scaleDown": {}})
+    autoscaling = apply_defaults(pool, root_schema())["spec"]["autoscaling"]
+    assert autoscaling == {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targets": STUDIES,
+        "scaleDown": {"periodSeconds": 60},
+    }
 
 
 # --- invalid GatewayPools -------------------------------------------------------------

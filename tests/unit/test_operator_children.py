@@ -11,9 +11,11 @@ import kubernetes_validate
 import pytest
 
 from gatewaypool_operator.children import (
+    autoscaler_name,
     build_children,
     gateway_dns_name,
     labels,
+    optional_children,
     owner_reference,
     routers_configmap,
     selector_labels,
@@ -90,6 +92,12 @@ FULL: dict[str, Any] = {
         "resources": {"limits": {"memory": "256Mi"}},
     },
     "handover": {"quietSeconds": 60, "maxDrainSeconds": 900},
+    "autoscaling": {
+        "minReplicas": 2,
+        "maxReplicas": 8,
+        "targets": {"cpuUtilization": 70, "studiesInFlight": 4},
+        "scaleDown": {"stabilizationSeconds": 1200, "periodSeconds": 120},
+    },
 }
 SPECS = {"minimal": MINIMAL, "full": FULL}
 
@@ -188,6 +196,7 @@ def test_every_child_has_the_pool_labels_namespace_and_no_owner(
         "ConfigMap": "map",
         "NetworkPolicy": None,
         "PodDisruptionBudget": None,
+        "HorizontalPodAutoscaler": "gateway",
     }
     for (kind, name), obj in children.items():
         metadata = obj["metadata"]
@@ -579,7 +588,15 @@ def test_router_command_per_contract() -> None:
         "11112",
         "--http-port",
         "8080",
+        "--study-quiet-seconds",
+        "30",
     ]
+
+
+def test_router_counts_studies_in_flight_over_the_handovers_quiet_period() -> None:
+    # The same quiet period after which a handover takes a study as complete.
+    command = router_container(build(FULL))["command"]
+    assert command[command.index("--study-quiet-seconds") + 1] == "60"
 
 
 def test_router_command_lists_each_allowed_calling_ae_title() -> None:
@@ -733,3 +750,151 @@ def test_scale_down_settings_reach_the_statefulset() -> None:
         "whenDeleted": "Retain",
     }
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+
+
+# --- the HorizontalPodAutoscaler -------------------------------------------------------
+
+TARGETS: dict[str, dict[str, int]] = {
+    "cpu": {"cpuUtilization": 70},
+    "studies": {"studiesInFlight": 4},
+    "both": {"cpuUtilization": 70, "studiesInFlight": 4},
+}
+SCALE_DOWNS: dict[str, dict[str, int] | None] = {
+    "default": None,
+    "set": {"stabilizationSeconds": 900, "periodSeconds": 120},
+}
+
+
+def autoscaled(
+    targets: Mapping[str, int],
+    scale_down: Mapping[str, int] | None = None,
+    *,
+    max_drain: int = 600,
+) -> dict[str, Any]:
+    autoscaling: dict[str, Any] = {"minReplicas": 2, "maxReplicas": 8, "targets": dict(targets)}
+    if scale_down is not None:
+        autoscaling["scaleDown"] = dict(scale_down)
+    return {
+        "gateway": {
+            "image": "registry.example.org/ai-triage:2.1",
+            "resources": {"requests": {"cpu": "1"}},
+        },
+        "handover": {"quietSeconds": 30, "maxDrainSeconds": max_drain},
+        "autoscaling": autoscaling,
+    }
+
+
+def autoscaler(raw: Mapping[str, Any]) -> dict[str, Any]:
+    hpa: dict[str, Any] = build(raw)[("HorizontalPodAutoscaler", NAME)]
+    return hpa
+
+
+def test_the_autoscaler_per_contract() -> None:
+    hpa = autoscaler(autoscaled(TARGETS["both"]))
+    assert hpa == {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels(NAME, "gateway")},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "gatewaypool.io/v1alpha1",
+                "kind": "GatewayPool",
+                "name": NAME,
+            },
+            "minReplicas": 2,
+            "maxReplicas": 8,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
+                    },
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "gatewaypool_studies_in_flight"},
+                        "target": {"type": "AverageValue", "averageValue": "4"},
+                    },
+                },
+            ],
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15},
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                    ],
+                    "selectPolicy": "Max",
+                },
+                "scaleDown": {
+                    # Not set: max(300, maxDrainSeconds).
+                    "stabilizationWindowSeconds": 600,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                    "selectPolicy": "Min",
+                },
+            },
+        },
+    }
+    assert autoscaler_name(NAME) == NAME
+
+
+@pytest.mark.parametrize("targets", sorted(TARGETS))
+def test_the_autoscaler_measures_only_the_targets_that_are_set(targets: str) -> None:
+    metrics = autoscaler(autoscaled(TARGETS[targets]))["spec"]["metrics"]
+    kinds = [metric["type"] for metric in metrics]
+    assert (
+        kinds == {"cpu": ["Resource"], "studies": ["Pods"], "both": ["Resource", "Pods"]}[targets]
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_drain", "scale_down", "window", "period"),
+    [
+        (600, None, 600, 60),
+        (120, None, 300, 60),
+        (3600, None, 3600, 60),
+        (600, {"stabilizationSeconds": 900, "periodSeconds": 120}, 900, 120),
+        (600, {"periodSeconds": 1}, 600, 1),
+    ],
+)
+def test_the_autoscalers_scale_down_waits_for_a_drain(
+    max_drain: int, scale_down: dict[str, int] | None, window: int, period: int
+) -> None:
+    behavior = autoscaler(autoscaled(TARGETS["studies"], scale_down, max_drain=max_drain))
+    down = behavior["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == window
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": period}]
+
+
+def test_without_autoscaling_there_is_no_autoscaler_and_it_is_optional() -> None:
+    assert not [key for key in build(MINIMAL) if key[0] == "HorizontalPodAutoscaler"]
+    # Optional: a pool whose spec drops autoscaling gets its autoscaler deleted.
+    assert ("HorizontalPodAutoscaler", NAME) in optional_children(NAME)
+    assert ("HorizontalPodAutoscaler", NAME) in build(FULL)
+
+
+def test_the_autoscaler_never_scales_the_statefulset_itself() -> None:
+    # It scales the pool; the operator moves buckets before the StatefulSet follows.
+    children = build(FULL)
+    target = children[("HorizontalPodAutoscaler", NAME)]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("GatewayPool", NAME)
+    assert children[("StatefulSet", "ct-triage-gw")]["spec"]["replicas"] == 4
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("scale_down", sorted(SCALE_DOWNS))
+@pytest.mark.parametrize("targets", sorted(TARGETS))
+def test_the_autoscaler_passes_strict_kubernetes_validation(
+    targets: str, scale_down: str, version: str
+) -> None:
+    hpa = autoscaler(autoscaled(TARGETS[targets], SCALE_DOWNS[scale_down]))
+    kubernetes_validate.validate(hpa, version, strict=True)
+
+
+def test_strict_validation_of_the_autoscaler_is_not_vacuous() -> None:
+    hpa = copy.deepcopy(autoscaler(autoscaled(TARGETS["studies"])))
+    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValues"] = "4"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(hpa, K8S_VERSIONS[0], strict=True)

@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 from gatewaypool_operator.spec import (
     MAX_NAME_LENGTH,
+    AutoscalingSpec,
     PoolSpec,
     SpecError,
-    check_change,
     check_name,
     parse_spec,
     thaw,
 )
+from support.crd import apply_defaults, spec_schema
 
 OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
 
@@ -88,32 +89,14 @@ def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 # --- defaults ------------------------------------------------------------------
 
 
-def test_minimal_spec_gets_every_contract_default() -> None:
+def test_minimal_spec_gets_what_the_crd_does_not_default() -> None:
+    # The CRD's defaults are checked against the operator's below; these are the operator's own.
     spec = parse(minimal())
-    assert (spec.replicas, spec.buckets) == (1, 4096)
-    gateway = spec.gateway
-    assert gateway.image == "orthancteam/orthanc:24.1.2"
-    assert gateway.image_pull_policy == "IfNotPresent"
-    assert (gateway.command, gateway.args, gateway.env) == ((), (), ())
-    assert (gateway.port, gateway.ae_title) == (104, "GATEWAY")
-    assert dict(gateway.resources) == {}
-    assert gateway.storage is None
-    template = gateway.pod_template
-    assert dict(template.labels) == dict(template.annotations) == dict(template.node_selector) == {}
-    assert template.tolerations == ()
-    assert dict(template.affinity) == {}
-    assert template.priority_class_name == template.service_account_name == ""
-    router = spec.router
-    assert router.replicas == 2
-    assert router.image == OPERATOR_IMAGE
-    assert (router.ae_title, router.port, router.service_type) == (
-        "GATEWAYPOOL",
-        11112,
-        "ClusterIP",
-    )
-    assert router.allowed_calling_ae_titles == ()
-    assert dict(router.resources) == {}
-    assert (spec.handover.quiet_seconds, spec.handover.max_drain_seconds) == (30, 600)
+    assert spec.router.image == OPERATOR_IMAGE
+    assert spec.gateway.storage is None
+    assert spec.gateway.pod_template.topology_spread_constraints is None
+    assert spec.handover.failover_after_seconds is None
+    assert spec.autoscaling is None
 
 
 def test_storage_defaults_its_mount_path_and_class() -> None:
@@ -126,27 +109,33 @@ def test_storage_defaults_its_mount_path_and_class() -> None:
     )
 
 
-def test_a_spec_defaulted_by_the_api_server_parses_the_same() -> None:
-    """The operator defaults what the API server would; both ways give one PoolSpec."""
-    server_defaulted = {
-        "replicas": 1,
-        "buckets": 4096,
-        "gateway": {
-            "image": "orthancteam/orthanc:24.1.2",
-            "imagePullPolicy": "IfNotPresent",
-            "port": 104,
-            "aeTitle": "GATEWAY",
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"gateway.storage": {"size": "10Gi"}},
+        {"gateway.podTemplate": {}},
+        {"router": {}, "handover": {}, "networkPolicy": {}},
+        {"autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}}},
+        {
+            "handover": {"maxDrainSeconds": 900},
+            "autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}, "scaleDown": {}},
         },
-        "router": {
-            "replicas": 2,
-            "image": "",
-            "aeTitle": "GATEWAYPOOL",
-            "port": 11112,
-            "serviceType": "ClusterIP",
-        },
-        "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
-    }
-    assert parse(server_defaulted) == parse(minimal())
+    ],
+    ids=["minimal", "storage", "pod-template", "empty-sections", "autoscaling", "scale-down"],
+)
+def test_a_spec_defaulted_by_the_api_server_parses_the_same(extra: dict[str, Any]) -> None:
+    """The operator defaults what the API server would; both ways give one PoolSpec.
+
+    The server's side is the CRD's own ``default`` keywords, applied as the
+    API server applies them: the contract's defaults have one copy.
+    """
+    raw = minimal()
+    for path, value in extra.items():
+        raw = with_value(raw, path, value)
+    server_defaulted = apply_defaults(raw, spec_schema())
+    assert server_defaulted != raw  # the CRD filled something in
+    assert parse(server_defaulted) == parse(raw)
 
 
 def test_explicit_nulls_count_as_unset() -> None:
@@ -578,6 +567,8 @@ def test_any_value_anywhere_gives_a_spec_or_a_spec_error(path: str, value: Any) 
     base = minimal()
     if "storage." in path:
         base["gateway"]["storage"] = {"size": "1Gi"}
+    if path.startswith("autoscaling."):
+        base["autoscaling"] = {"maxReplicas": 4, "targets": {"studiesInFlight": 4}}
     spec = with_value(base, path, value)
     try:
         parse(spec)
@@ -586,27 +577,15 @@ def test_any_value_anywhere_gives_a_spec_or_a_spec_error(path: str, value: Any) 
         related = (
             error.field_path.startswith(parent)
             or parent.startswith(error.field_path)
-            # cross-field rules: buckets that fit fewer replicas, drain below quiet
-            or error.field_path in {"spec.replicas", "spec.handover.maxDrainSeconds"}
+            # cross-field rules: buckets that fit fewer replicas, drain below quiet,
+            # an autoscaler's range
+            or error.field_path
+            in {"spec.replicas", "spec.handover.maxDrainSeconds", "spec.autoscaling.maxReplicas"}
         )
         assert related, (path, str(error))
 
 
-# --- changes and names ----------------------------------------------------------
-
-
-def test_buckets_cannot_change() -> None:
-    old = parse(minimal())
-    new = parse(minimal() | {"buckets": 8192})
-    with pytest.raises(SpecError) as caught:
-        check_change(old, new)
-    assert caught.value.field_path == "spec.buckets"
-    assert str(caught.value).startswith("spec.buckets: 8192 differs from 4096")
-
-
-def test_other_changes_are_allowed() -> None:
-    check_change(parse(minimal()), parse(full() | {"buckets": 4096}))
-    check_change(parse(full()), parse(full()))
+# --- names ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["ct-triage", "a", "a1", "x" * MAX_NAME_LENGTH])
@@ -654,3 +633,190 @@ def test_handover_and_scale_down_settings() -> None:
     ):
         with pytest.raises(_SpecError):
             parse_spec(wrong, default_router_image="op:1")
+
+
+# --- autoscaling ------------------------------------------------------------------
+
+INVALID_FILES = Path(__file__).resolve().parents[1] / "schema" / "invalid"
+
+
+def autoscaled(**autoscaling: Any) -> dict[str, Any]:
+    spec = minimal()
+    spec["gateway"]["resources"] = {"requests": {"cpu": "500m"}}
+    spec["autoscaling"] = {"maxReplicas": 8, "targets": {"studiesInFlight": 4}} | autoscaling
+    return spec
+
+
+def test_autoscaling_defaults() -> None:
+    assert parse(autoscaled()).autoscaling == AutoscalingSpec(
+        min_replicas=1,
+        max_replicas=8,
+        studies_in_flight=4,
+        cpu_utilization=None,
+        # max(300, spec.handover.maxDrainSeconds): the default drain is 600
+        stabilization_seconds=600,
+        period_seconds=60,
+    )
+    assert parse(minimal() | {"autoscaling": None}).autoscaling is None
+
+
+def test_autoscaling_keeps_every_value() -> None:
+    spec = parse(
+        autoscaled(
+            minReplicas=2,
+            maxReplicas=6,
+            targets={"cpuUtilization": 70, "studiesInFlight": 3},
+            scaleDown={"stabilizationSeconds": 1200, "periodSeconds": 90},
+        )
+    )
+    assert spec.autoscaling == AutoscalingSpec(
+        min_replicas=2,
+        max_replicas=6,
+        cpu_utilization=70,
+        studies_in_flight=3,
+        stabilization_seconds=1200,
+        period_seconds=90,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.autoscaling.max_replicas = 9  # type: ignore[misc, union-attr]
+
+
+@pytest.mark.parametrize(("drain", "window"), [(10, 300), (300, 300), (600, 600), (3600, 3600)])
+def test_the_default_scale_down_window_is_never_shorter_than_a_drain(
+    drain: int, window: int
+) -> None:
+    spec = autoscaled()
+    spec["handover"] = {"quietSeconds": 5, "maxDrainSeconds": drain}
+    autoscaling = parse(spec).autoscaling
+    assert autoscaling is not None
+    assert autoscaling.stabilization_seconds == window
+
+
+def test_the_example_is_accepted_by_the_operator() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "autoscaling.yaml"
+    autoscaling = parse(yaml.safe_load(example.read_text())["spec"]).autoscaling
+    assert autoscaling is not None
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (2, 8)
+
+
+# (spec, field path, value in the error, words the message must contain)
+AUTOSCALING_REFUSED: list[tuple[dict[str, Any], str, Any, str]] = [
+    (autoscaled(minReplicas=0), "spec.autoscaling.minReplicas", 0, "less than 1"),
+    (autoscaled(maxReplicas=0), "spec.autoscaling.maxReplicas", 0, "less than 1"),
+    (autoscaled(maxReplicas="8"), "spec.autoscaling.maxReplicas", "8", "not an integer"),
+    (
+        autoscaled(minReplicas=5, maxReplicas=4),
+        "spec.autoscaling.maxReplicas",
+        4,
+        "less than spec.autoscaling.minReplicas (5)",
+    ),
+    (
+        autoscaled(maxReplicas=17) | {"buckets": 16},
+        "spec.autoscaling.maxReplicas",
+        17,
+        "exceeds spec.buckets (16)",
+    ),
+    (
+        autoscaled(maxReplicas=2000) | {"buckets": 65536},
+        "spec.autoscaling.maxReplicas",
+        2000,
+        "more than 1024",
+    ),
+    (autoscaled(targets={}), "spec.autoscaling.targets", {}, "sets no target"),
+    (
+        autoscaled(targets={"studiesInFlight": 0}),
+        "spec.autoscaling.targets.studiesInFlight",
+        0,
+        "less than 1",
+    ),
+    (
+        autoscaled(targets={"memoryUtilization": 80}),
+        "spec.autoscaling.targets.memoryUtilization",
+        80,
+        "has no field",
+    ),
+    (
+        autoscaled(targets={"cpuUtilization": 70})
+        | {"gateway": {"image": "gw:1", "resources": {"limits": {"cpu": "2"}}}},
+        "spec.autoscaling.targets.cpuUtilization",
+        70,
+        '"missing request for cpu"',
+    ),
+    (
+        autoscaled(targets={"cpuUtilization": 70})
+        | {"gateway": {"image": "gw:1", "resources": {"requests": {"cpu": "0"}}}},
+        "spec.autoscaling.targets.cpuUtilization",
+        70,
+        "above zero (it is '0')",
+    ),
+    (
+        autoscaled(scaleDown={"stabilizationSeconds": 599}),
+        "spec.autoscaling.scaleDown.stabilizationSeconds",
+        599,
+        "less than spec.handover.maxDrainSeconds (600)",
+    ),
+    (
+        autoscaled(scaleDown={"stabilizationSeconds": 3601})
+        | {"handover": {"maxDrainSeconds": 600}},
+        "spec.autoscaling.scaleDown.stabilizationSeconds",
+        3601,
+        "more than 3600",
+    ),
+    (
+        autoscaled() | {"handover": {"maxDrainSeconds": 3601}},
+        "spec.handover.maxDrainSeconds",
+        3601,
+        "a HorizontalPodAutoscaler waits at most 3600 seconds",
+    ),
+    (
+        autoscaled(scaleDown={"periodSeconds": 1801}),
+        "spec.autoscaling.scaleDown.periodSeconds",
+        1801,
+        "more than 1800",
+    ),
+    (autoscaled(scaleDown=[]), "spec.autoscaling.scaleDown", [], "not an object"),
+    (autoscaled(colour="blue"), "spec.autoscaling.colour", "blue", "has no field"),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field_path", "shown", "words"),
+    AUTOSCALING_REFUSED,
+    ids=[f"{path}={shown!r}"[:70] for _, path, shown, _ in AUTOSCALING_REFUSED],
+)
+def test_autoscaling_is_refused_naming_field_and_value(
+    spec: dict[str, Any], field_path: str, shown: Any, words: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(spec)
+    error = caught.value
+    assert (error.field_path, error.value) == (field_path, shown)
+    assert str(error).startswith(f"{field_path}: {shown!r} ")
+    assert words in str(error)
+
+
+def test_autoscaling_without_required_fields() -> None:
+    for missing, field_path in (("maxReplicas", "maxReplicas"), ("targets", "targets")):
+        spec = autoscaled()
+        del spec["autoscaling"][missing]
+        with pytest.raises(SpecError) as caught:
+            parse(spec)
+        assert str(caught.value) == f"spec.autoscaling.{field_path}: is required"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(INVALID_FILES.glob("autoscaling-*.yaml")), ids=lambda p: p.name
+)
+def test_the_operator_refuses_what_the_crd_refuses(path: Path) -> None:
+    """Without the CRD's schema and rules (the emulator, an old CRD) the operator still refuses
+    each invalid autoscaling file, naming the field the API server would name."""
+    first, *_ = path.read_text().splitlines()
+    expected = first.removeprefix("# expect: ")
+    field = (
+        expected.split('"')[1]
+        if expected.startswith("unknown field")
+        else expected.partition(":")[0]
+    )
+    with pytest.raises(SpecError) as caught:
+        parse(yaml.safe_load(path.read_text())["spec"])
+    assert caught.value.field_path.startswith(field), (caught.value.field_path, field)

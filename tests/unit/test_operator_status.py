@@ -529,3 +529,103 @@ def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]
 
 def test_merge_patch_from_nothing_is_the_document() -> None:
     assert merge_patch(old=None, new={"a": {"b": [1]}}) == {"a": {"b": [1]}}
+
+
+# --- autoscaling -------------------------------------------------------------------
+
+
+def autoscaled_spec(replicas: int = 3) -> PoolSpec:
+    return parse_spec(
+        {
+            "replicas": replicas,
+            "gateway": {"image": "gw:1"},
+            "autoscaling": {
+                "minReplicas": 2,
+                "maxReplicas": 8,
+                "targets": {"studiesInFlight": 4},
+            },
+        },
+        default_router_image="op:1",
+    )
+
+
+def hpa_status(**conditions_by_type: tuple[str, str, str]) -> dict[str, Any]:
+    """An autoscaling/v2 status with conditions given as type=(status, reason, message)."""
+    return {
+        "currentReplicas": 3,
+        "desiredReplicas": 3,
+        "conditions": [
+            {"type": kind, "status": status, "reason": reason, "message": message}
+            for kind, (status, reason, message) in conditions_by_type.items()
+        ],
+    }
+
+
+HEALTHY_HPA = hpa_status(
+    AbleToScale=("True", "ReadyForNewScale", "recommended size matches current size"),
+    ScalingActive=("True", "ValidMetricFound", "the HPA was able to compute the replica count"),
+    ScalingLimited=("True", "TooFewReplicas", "the desired replica count is less than min"),
+)
+
+
+def test_an_autoscaled_pool_shows_its_range() -> None:
+    status = observe(spec=autoscaled_spec(), autoscaler_status=HEALTHY_HPA)
+    assert status["autoscaling"] == "2-8"
+    assert conditions(status)["Degraded"] == ("False", "AsExpected")
+
+
+def test_a_pool_without_autoscaling_has_no_range_and_ignores_a_stray_autoscaler() -> None:
+    stuck = hpa_status(ScalingActive=("False", "FailedGetPodsMetric", "no metrics"))
+    status = observe(autoscaler_status=stuck)
+    assert "autoscaling" not in status
+    assert conditions(status)["Degraded"] == ("False", "AsExpected")
+    # The merge patch deletes the field once autoscaling is gone.
+    assert merge_patch(old={"autoscaling": "2-8"}, new=status)["autoscaling"] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "message"),
+    [
+        (
+            "ScalingActive",
+            "FailedGetPodsMetric",
+            "unable to get metric gatewaypool_studies_in_flight: no metrics returned",
+        ),
+        ("ScalingActive", "FailedGetResourceMetric", "missing request for cpu"),
+        ("AbleToScale", "FailedGetScale", "the HPA controller was unable to get the scale"),
+    ],
+)
+def test_an_autoscaler_that_cannot_scale_degrades_the_pool(
+    kind: str, reason: str, message: str
+) -> None:
+    stuck = hpa_status(**{kind: ("False", reason, message)})
+    status = observe(spec=autoscaled_spec(), autoscaler_status=stuck)
+    [degraded] = [c for c in status["conditions"] if c["type"] == "Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "AutoscalerNotScaling")
+    assert degraded["message"] == (
+        f"the HorizontalPodAutoscaler does not scale the pool: {kind} is False ({reason}): "
+        f"{message}"
+    )
+    # The pool itself still routes: Ready says so.
+    assert conditions(status)["Ready"] == ("True", "AllGatewaysReady")
+
+
+@pytest.mark.parametrize("autoscaler_status", [None, {}, {"conditions": None}, HEALTHY_HPA])
+def test_an_autoscaler_without_news_degrades_nothing(autoscaler_status: Any) -> None:
+    status = observe(spec=autoscaled_spec(), autoscaler_status=autoscaler_status)
+    assert conditions(status)["Degraded"] == ("False", "AsExpected")
+
+
+def test_both_autoscaler_problems_are_told_and_a_refused_spec_comes_first() -> None:
+    stuck = hpa_status(
+        AbleToScale=("False", "FailedGetScale", ""),
+        ScalingActive=("False", "ScalingDisabled", "scaling is disabled"),
+    )
+    status = observe(spec=autoscaled_spec(), autoscaler_status=stuck)
+    [degraded] = [c for c in status["conditions"] if c["type"] == "Degraded"]
+    assert degraded["message"].endswith(
+        "AbleToScale is False (FailedGetScale); ScalingActive is False (ScalingDisabled): "
+        "scaling is disabled"
+    )
+    refused = observe(spec=autoscaled_spec(), autoscaler_status=stuck, spec_error="spec.x: bad")
+    assert conditions(refused)["Degraded"] == ("True", "SpecRejected")

@@ -163,6 +163,12 @@ per watched namespace (rbac.scope namespaces).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch"]
+# The HorizontalPodAutoscaler of a pool with spec.autoscaling; deleted when
+# that field goes. The operator reads its status for the pool's Degraded
+# condition; it never lists or watches autoscalers.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch", "delete"]
 # Gateway and router pods: which gateways are Ready (a bucket moves only to a
 # Ready gateway), which routers exist (whose reports a handover waits for).
 - apiGroups: [""]
