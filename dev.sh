@@ -5,6 +5,8 @@
 #   ./dev.sh test    lint, type check and the whole test suite
 #   ./dev.sh bench   the throughput / memory benchmark (prints figures)
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
+#   ./dev.sh bench-autoscale  an autoscaled pool under rising and falling load:
+#                             figures, and the plot docs/autoscaling.png
 #
 # Each command installs what it needs first: the DICOM peers from Debian
 # (dcmtk, orthanc) and a virtualenv in .venv with this project and its
@@ -60,6 +62,13 @@ case "$cmd" in
         need_venv
         PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/handover.py "$@"
         ;;
+    bench-autoscale)
+        need_debian_packages
+        need_venv
+        "$VENV/bin/python" -c "import matplotlib" 2>/dev/null \
+            || "$VENV/bin/python" -m pip install -q -e ".[operator,test,plot]"
+        PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
+        ;;
     test)
         need_debian_packages
         need_venv
@@ -72,7 +81,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,11p' "$0"
+        sed -n '2,13p' "$0"
         exit 2
         ;;
 esac

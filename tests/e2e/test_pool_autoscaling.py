@@ -107,10 +107,11 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
     # Throughout: nothing split, failed, unanswered or lost.
     outcome = result.outcome
     assert len(outcome.studies) >= 20
-    assert not outcome.failed, sorted(outcome.failed.items())[:5]
+    assert not outcome.failed, f"{len(outcome.failed)} failed: {set(outcome.failed.values())}"
     assert not outcome.unanswered
     for study in outcome.studies:
         assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
-    assert not result.split_studies()
-    assert not result.lost_instances()
+    # Counted, not listed: UIDs stay out of logs and reports.
+    assert len(result.split_studies()) == 0, result.summary()
+    assert len(result.lost_instances()) == 0, result.summary()
     assert result.handovers.get("forced", 0) == 0, result.handovers

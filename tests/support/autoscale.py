@@ -58,9 +58,15 @@ class Scenario:
     min_replicas: int = 1
     max_replicas: int = 4
     studies_in_flight: int = 3  # the HPA's target per gateway
-    buckets: int = 64  # few buckets: handovers are quick
+    #: Few buckets make handovers quick; too few make each a busy one, whose
+    #: studies follow one another so closely that it is not quiet for
+    #: quietSeconds within maxDrainSeconds: its move is then forced, and may
+    #: split a study.
+    buckets: int = 256
     quiet_seconds: int = 2
-    max_drain_seconds: int = 10
+    #: Under 8 senders a study takes seconds on a 2-core machine: 10 s (the
+    #: least allowed) leaves a busy bucket too little time to fall quiet.
+    max_drain_seconds: int = 20
     period_seconds: int = 3  # scaleDown.periodSeconds
     sync_period: float = 1.0  # Kubernetes: 15 s, compressed here
     routers: int = 2
@@ -173,6 +179,20 @@ class Result:
         ]
         for name, when in self.marks.items():
             lines.append(f"  {name}: {when:.1f} s")
+        reached = [x.time for x in self.samples if x.spec_replicas == self.scenario.max_replicas]
+        if reached:
+            lines.append(f"  max replicas written at {reached[0]:.1f} s")
+        if downs and "load falls" in self.marks:
+            lines.append(
+                f"  first scale-down {downs[0][0] - self.marks['load falls']:.1f} s after the "
+                f"load fell (window {self.scenario.stabilization_seconds} s)"
+            )
+        if "load stops" in self.marks and "settled back at min" in self.marks:
+            lines.append(
+                f"  back at min and settled "
+                f"{self.marks['settled back at min'] - self.marks['load stops']:.1f} s after "
+                "the load stopped"
+            )
         lines.append(
             "scale-ups: "
             + ", ".join(f"{t:.1f} s {a}->{b}" for t, a, b in ups)
@@ -341,6 +361,7 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
                         hold(s.hold_syncs - 1, f"{count} senders")
                 hold(s.calm_syncs(), f"{s.ramp[0]} sender")
                 senders(0)
+                marks["load stops"] = time.monotonic() - sampler.started
                 down = (
                     s.stabilization_seconds
                     + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
