@@ -28,8 +28,8 @@ from gatewaypool_local.kubeemu import KubeEmulator
 from support import autoscale
 from support.hpa_algorithm import parse_hpa
 
-#: Short holds: the scale-downs happen once the load has stopped.
-SCENARIO = autoscale.Scenario(hold_syncs=2, calm=2)
+#: Short holds, so that the whole test takes about 70 s.
+SCENARIO = autoscale.Scenario(hold_syncs=2, peak_syncs=4, calm_syncs=4)
 
 
 @pytest.fixture
@@ -72,6 +72,7 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
     )
     assert reached is not None, "never scaled to the maximum"
     assert reached <= peak_start + 8 * s.sync_period + 5, (reached, peak_start)
+    assert max(x.ready for x in result.samples) == s.max_replicas
     ups = [(t, a, b) for t, a, b in events if b > a]
     assert ups and ups[0][0] < result.marks["load falls"]
 
@@ -103,10 +104,13 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
     assert "settled back at min" in result.marks
     assert result.samples[-1].spec_replicas == s.min_replicas
     assert result.samples[-1].ready == s.min_replicas
+    # The operator read the HPA's conditions as the stand-in wrote them: it scales.
+    [degraded] = [c for c in result.conditions if c["type"] == "Degraded"]
+    assert degraded["status"] == "False", degraded
 
     # Throughout: nothing split, failed, unanswered or lost.
     outcome = result.outcome
-    assert len(outcome.studies) >= 20
+    assert len(outcome.studies) >= 15
     assert not outcome.failed, f"{len(outcome.failed)} failed: {set(outcome.failed.values())}"
     assert not outcome.unanswered
     for study in outcome.studies:

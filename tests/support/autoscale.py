@@ -8,18 +8,19 @@ delays, and :class:`support.hpa_controller.HPAController` plays Kubernetes'
 HPA controller on the HPA the operator renders, fed by the routers'
 ``/metrics``.
 
-The load: one sender, then 2, 4 and 8 at once, held until the pool has
-scaled to its maximum and settled, then 4, 2, 1 until the pool is back at
-its minimum, then none. Phases are counted in HPA syncs and ended by what
-the pool does, not by wall-clock sleeps, so a slow machine stretches the run
-instead of failing it. A sampler records, several times per sync period,
-senders, studies in flight (summed over routers and gateways), the pool's
-spec and status replicas and the gateways Ready.
+The load: one sender, then 2, 4 and 8 at once, held a while once the HPA
+has scaled the pool to its maximum, then 4, 2 and 1, held until the HPA
+has begun to scale down and a while longer (gateways leave under load),
+then none until the pool is back at its minimum and settled. Phases are
+counted in HPA syncs and ended by what the pool does, not by wall-clock
+sleeps, so a slow machine stretches the run instead of failing it. A
+sampler records, every 0.1 s, senders, studies in flight (summed over
+routers and gateways, as the HPA last read them), the pool's spec and
+status replicas and the gateways Ready.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import defaultdict
@@ -66,29 +67,26 @@ class Scenario:
     quiet_seconds: int = 2
     #: Under 8 senders a study takes seconds on a 2-core machine: 10 s (the
     #: least allowed) leaves a busy bucket too little time to fall quiet.
-    max_drain_seconds: int = 20
+    max_drain_seconds: int = 15
     period_seconds: int = 3  # scaleDown.periodSeconds
     sync_period: float = 1.0  # Kubernetes: 15 s, compressed here
     routers: int = 2
     instances: int = 30  # per study
     chunk: int = 10  # instances per association
     ramp: tuple[int, ...] = (1, 2, 4, 8)
-    #: HPA syncs each step of the ramp is held (the last one: after the pool settled at max).
+    #: HPA syncs each step of the ramp is held.
     hold_syncs: int = 3
-    #: HPA syncs the lowest load is held on the way down before it stops; None:
-    #: long enough for the window to pass and a few gateways to go.
-    calm: int | None = None
+    #: HPA syncs the most senders send once the pool is at max.
+    peak_syncs: int = 12
+    #: HPA syncs the lowest load goes on once the HPA has begun to scale down,
+    #: so that gateways leave while studies still come in.
+    calm_syncs: int = 8
     seed: int = 0
 
     @property
     def stabilization_seconds(self) -> int:
         """scaleDown.stabilizationSeconds: the shortest allowed, maxDrainSeconds."""
         return self.max_drain_seconds
-
-    def calm_syncs(self) -> int:
-        if self.calm is not None:
-            return self.calm
-        return math.ceil((self.stabilization_seconds + 2 * self.period_seconds) / self.sync_period)
 
     def pool(self) -> dict[str, Any]:
         return {
@@ -142,6 +140,7 @@ class Result:
     holders: dict[str, int]  # SOP instance -> gateway ordinal
     hpa: dict[str, Any]
     handovers: dict[str, int]  # the pool's status.handovers at the end: completed, forced
+    conditions: list[dict[str, Any]]  # the pool's status.conditions at the end
     errors: list[str] = field(default_factory=list)
     #: Times (since the load started) of the milestones the run waited for.
     marks: dict[str, float] = field(default_factory=dict)
@@ -352,14 +351,24 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
                     senders(count)
                     if step < len(s.ramp) - 1:
                         hold(s.hold_syncs, f"{count} senders")
-                settled_at(s.max_replicas, "settled at max", timeout=90)
-                hold(s.hold_syncs, "the peak")
+                wait_until(
+                    lambda: _spec_replicas(kube) == s.max_replicas,
+                    timeout=30 * s.sync_period + 30,
+                    what="the HPA scaling to max",
+                )
+                # The peak: the new gateways get their buckets as the load goes on.
+                hold(s.peak_syncs, "the peak")
                 marks["load falls"] = time.monotonic() - sampler.started
                 for count in reversed(s.ramp[:-1]):
                     senders(count)
                     if count != s.ramp[0]:
                         hold(s.hold_syncs - 1, f"{count} senders")
-                hold(s.calm_syncs(), f"{s.ramp[0]} sender")
+                wait_until(
+                    lambda: _spec_replicas(kube) < s.max_replicas,
+                    timeout=s.stabilization_seconds + 30 * s.sync_period + 30,
+                    what="the HPA's first scale-down",
+                )
+                hold(s.calm_syncs, f"{s.ramp[0]} sender while gateways leave")
                 senders(0)
                 marks["load stops"] = time.monotonic() - sampler.started
                 down = (
@@ -383,7 +392,9 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
             for item in sink.received():
                 held[item.study_uid].add(ordinal)
                 holders[item.sop_instance_uid] = ordinal
-        handovers = dict(pool_status(kube, kubelet).get("handovers") or {})
+        status = pool_status(kube, kubelet)
+        handovers = dict(status.get("handovers") or {})
+        conditions = list(status.get("conditions") or [])
     return Result(
         scenario=s,
         started=sampler.started,
@@ -395,6 +406,7 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
         holders=holders,
         hpa=hpa,
         handovers=handovers,
+        conditions=conditions,
         errors=[*kubelet.errors, *controller.errors],
         marks=marks,
     )

@@ -36,14 +36,13 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool import quantity
 from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.routerproc import RouterProcess
 from support.hpa_algorithm import (
     DEFAULT_SYNC_PERIOD,
     DEFAULT_TOLERANCE,
@@ -62,6 +61,14 @@ HPA_GROUP, HPA_VERSION, HPA_PLURAL = "autoscaling", "v2", "horizontalpodautoscal
 SCALE_TARGETS = {("gatewaypool.io/v1alpha1", "GatewayPool"): "gatewaypools"}
 
 
+class Scraped(Protocol):
+    """What the adapter scrapes: a router and its ``/metrics`` (a ``RouterProcess``)."""
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """{(sample name, sorted labels): value}; OSError when it does not answer."""
+        ...
+
+
 class RouterMetricsAdapter:
     """The custom metrics API for pods, as Prometheus Adapter serves it from the routers.
 
@@ -75,7 +82,7 @@ class RouterMetricsAdapter:
         "gatewaypool_studies_in_flight": "gatewaypool_router_studies_in_flight"
     }
 
-    def __init__(self, routers: Callable[[], Sequence[RouterProcess]]) -> None:
+    def __init__(self, routers: Callable[[], Sequence[Scraped]]) -> None:
         self._routers = routers
         #: The last answer, summed over every gateway: the pool's whole load.
         self.last_total = 0.0
@@ -263,7 +270,10 @@ class HPAController:
                 }
             ]
         if wrote:
-            status["lastScaleTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            status["lastScaleTime"] = _now()
+        status["conditions"] = _conditions(
+            (hpa.get("status") or {}).get("conditions") or [], metric, decision, wrote
+        )
         generation = (hpa.get("metadata") or {}).get("generation")
         if generation is not None:
             status["observedGeneration"] = generation
@@ -281,3 +291,80 @@ def _plain(answer: object) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise TypeError(f"expected a JSON object, got {type(answer).__name__}")
     return answer
+
+
+_LIMITS = {
+    "TooManyReplicas": "the desired replica count is more than the maximum replica count",
+    "TooFewReplicas": "the desired replica count is less than the minimum replica count",
+    "ScaleUpLimit": "the desired replica count is increasing faster than the maximum scale rate",
+    "ScaleDownLimit": "the desired replica count is decreasing faster than the maximum scale rate",
+}
+
+
+def _conditions(
+    previous: Sequence[Mapping[str, Any]], metric: str, decision: Decision, wrote: bool
+) -> list[dict[str, Any]]:
+    """AbleToScale, ScalingActive and ScalingLimited, worded as the controller words them.
+
+    The operator reads the first two (False: the pool is Degraded, reason
+    AutoscalerNotScaling), so the end-to-end test exercises that too.
+    """
+    if wrote:
+        able = (
+            "SucceededRescale",
+            f"the HPA controller was able to update the target scale to {decision.replicas}",
+        )
+    elif decision.reason in {"ScaleDownStabilized", "ScaleUpStabilized"}:
+        able = (
+            decision.reason,
+            "recent recommendations were different from the current one, "
+            "applying the stabilized recommendation",
+        )
+    else:
+        able = ("ReadyForNewScale", "recommended size matches current size")
+    if decision.reason == "FailedGetPodsMetric":
+        active = (
+            "False",
+            decision.reason,
+            f"the HPA was unable to compute the replica count: no value of pods metric {metric}",
+        )
+    elif decision.reason == "ScalingDisabled":
+        active = (
+            "False",
+            decision.reason,
+            "scaling is disabled since the replica count of the target is zero",
+        )
+    else:
+        active = (
+            "True",
+            "ValidMetricFound",
+            f"the HPA was able to successfully calculate a replica count from pods metric {metric}",
+        )
+    limited = (
+        ("True", decision.reason, _LIMITS[decision.reason])
+        if decision.reason in _LIMITS
+        else ("False", "DesiredWithinRange", "the desired count is within the acceptable range")
+    )
+    before = {c.get("type"): c for c in previous}
+    conditions = []
+    for kind, (status, reason, message) in (
+        ("AbleToScale", ("True", *able)),
+        ("ScalingActive", active),
+        ("ScalingLimited", limited),
+    ):
+        old = before.get(kind) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        conditions.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since or _now(),
+            }
+        )
+    return conditions
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
