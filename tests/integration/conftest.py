@@ -8,14 +8,14 @@ from typing import Protocol
 
 import pytest
 
-from gatewaypool_local.peers import Gateway
+from gatewaypool_local.peers import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 
 
 class RouterFactory(Protocol):
     def __call__(
         self,
-        gateways: Sequence[Gateway] = (),
+        gateways: Sequence[GatewayPeer] = (),
         *,
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
@@ -23,7 +23,7 @@ class RouterFactory(Protocol):
     ) -> RouterProcess: ...
 
 
-def gateway_arg(gateway: Gateway) -> str:
+def gateway_arg(gateway: GatewayPeer) -> str:
     return f"{gateway.ae_title}@{gateway.host}:{gateway.port}"
 
 
@@ -33,7 +33,7 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
     routers: list[RouterProcess] = []
 
     def start(
-        gateways: Sequence[Gateway] = (),
+        gateways: Sequence[GatewayPeer] = (),
         *,
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
