@@ -30,13 +30,13 @@ from typing import Any, Final
 
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
+from gatewaypool_operator.poolstatus import format_time, merge_patch
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,
     Outcome,
     reconcile,
 )
-from gatewaypool_operator.status import format_time, merge_patch
 
 log = logging.getLogger(__name__)
 
