@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from gatewaypool.contract import API_GROUP, API_GROUP_VERSION, KIND, MAP_KEY
 from gatewaypool_operator.spec import AutoscalingSpec, PoolSpec, thaw
 
 __all__ = [
@@ -47,12 +48,8 @@ __all__ = [
     "topology_spread",
 ]
 
-API_GROUP: Final = "gatewaypool.io"
-API_VERSION: Final = f"{API_GROUP}/v1alpha1"
-KIND: Final = "GatewayPool"
-
-MAP_KEY: Final = "map.json"
-"""The key of the bucket map in the ``NAME-map`` ConfigMap."""
+API_VERSION: Final = API_GROUP_VERSION
+"""The GatewayPool's ``apiVersion``, as an ownerReference and the HPA's scaleTargetRef name it."""
 
 ROUTER_DICOM_PORT: Final = 11112
 """The router container's DICOM port; ``spec.router.port`` is only the Service's."""

@@ -17,16 +17,15 @@ from typing import Any
 
 import kopf
 
+from gatewaypool.contract import API_GROUP as GROUP
+from gatewaypool.contract import API_VERSION as VERSION
+from gatewaypool.contract import PLURAL
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.options import Options
 from gatewaypool_operator.peering import Peering
 from gatewaypool_operator.resync import Schedule, resync_forever
 from gatewaypool_operator.runner import PoolLocks, run_pass
-
-GROUP = "gatewaypool.io"
-VERSION = "v1alpha1"
-PLURAL = "gatewaypools"
 
 
 def _api_client() -> Any:
@@ -58,9 +57,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     """
     options = _options(memo)
     settings.persistence.finalizer = "gatewaypool.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gatewaypool.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="gatewaypool.io", key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300

@@ -28,6 +28,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gatewaypool.contract import API_GROUP as GROUP
+from gatewaypool.contract import API_VERSION as VERSION
+from gatewaypool.contract import PLURAL
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.poolstatus import format_time, merge_patch
@@ -40,9 +43,6 @@ from gatewaypool_operator.reconcile import (
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "gatewaypool.io"
-VERSION: Final = "v1alpha1"
-PLURAL: Final = "gatewaypools"
 
 MAX_ATTEMPTS: Final = 5
 """Passes tried when conditional writes keep conflicting; the next trigger retries."""

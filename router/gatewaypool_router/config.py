@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewaypool.bucketmap import Gateway
-
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+from gatewaypool.contract import ae_title_problem
 
 
 class ConfigError(ValueError):
@@ -69,10 +68,9 @@ def check_port(option: str, value: int | str) -> int:
 
 
 def check_ae_title(option: str, value: str) -> str:
-    if not _AE_TITLE.fullmatch(value) or not value.strip():
-        raise ConfigError(
-            f"{option}: {value!r} is not an AE title (1-16 printable characters, no backslash)"
-        )
+    problem = ae_title_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{option}: {value!r} is not an AE title ({problem})")
     return value.strip()
 
 
