@@ -5,6 +5,7 @@
 #   ./dev.sh test    lint, type check and the whole test suite
 #   ./dev.sh bench   the throughput / memory benchmark (prints figures)
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
+#   ./dev.sh docs    regenerate docs/configuration.md from the CRD
 #
 # Each command installs what it needs first: the DICOM peers from Debian
 # (dcmtk, orthanc) and a virtualenv in .venv with this project and its
@@ -60,6 +61,10 @@ case "$cmd" in
         need_venv
         PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/handover.py "$@"
         ;;
+    docs)
+        need_venv
+        PYTHONPATH=tests exec "$VENV/bin/python" -m support.configref "$@"
+        ;;
     test)
         need_debian_packages
         need_venv
@@ -72,7 +77,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,11p' "$0"
+        sed -n '2,12p' "$0"
         exit 2
         ;;
 esac
