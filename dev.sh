@@ -38,7 +38,7 @@ need_venv() {
     if [ ! -f "$stamp" ]; then
         echo "==> installing gatewaypool and its tools into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e ".[operator,test]"
+        "$VENV/bin/python" -m pip install -q -e ".[local,test]"
         touch "$stamp"
     fi
 }
