@@ -15,6 +15,10 @@ from gatewaypool.bucketmap import Gateway
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
 
 
+#: More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
+
+
 class ConfigError(ValueError):
     """An invalid option; the message names it and its value."""
 
@@ -137,6 +141,7 @@ class RouterConfig:
     watch_seconds: int = 50
     shutdown_grace: float = 30.0
     study_quiet_seconds: float = 30.0
+    workers: int = 1
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -184,6 +189,8 @@ class RouterConfig:
             raise ConfigError(
                 f"--study-quiet-seconds: {self.study_quiet_seconds} is not in 1..3600"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {self.workers} is not in 1..{MAX_WORKERS}")
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

@@ -31,7 +31,7 @@ from gatewaypool.reports import (
 )
 from gatewaypool_router.config import ObjectRef, RouterConfig
 from gatewaypool_router.mapsource import MapHolder
-from gatewaypool_router.usage import Usage
+from gatewaypool_router.usage import UsageView
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class RouterReporter:
         *,
         pod_name: str,
         holder: MapHolder,
-        usage: Usage,
+        usage: UsageView,
         heartbeat: float = 15.0,
         pending_interval: float = PENDING_REPORT_SECONDS,
     ) -> None:
