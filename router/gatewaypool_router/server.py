@@ -8,6 +8,7 @@ the number of associations is capped by ``max_associations``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -184,8 +185,13 @@ class Router:
         while not self._stopping.is_set():
             try:
                 sock, address = self._listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
+                    return
+                if self._supervised and exc.errno == errno.EINVAL:
+                    # A sibling worker shut the shared listener down: the replica
+                    # is stopping, and our own SIGTERM is on its way.
+                    log_event(log, logging.INFO, "router.listener_closed")
                     return
                 log.exception("accept failed")
                 time.sleep(0.1)  # back off from a persistent error (EMFILE), not a sync wait
