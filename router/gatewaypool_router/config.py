@@ -13,6 +13,9 @@ from pathlib import Path
 from gatewaypool.bucketmap import Gateway
 from gatewaypool.contract import ae_title_problem
 
+#: More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
+
 
 class ConfigError(ValueError):
     """An invalid option; the message names it and its value."""
@@ -135,6 +138,7 @@ class RouterConfig:
     watch_seconds: int = 50
     shutdown_grace: float = 30.0
     study_quiet_seconds: float = 30.0
+    workers: int = 1
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -182,6 +186,8 @@ class RouterConfig:
             raise ConfigError(
                 f"--study-quiet-seconds: {self.study_quiet_seconds} is not in 1..3600"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {self.workers} is not in 1..{MAX_WORKERS}")
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

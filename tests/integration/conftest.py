@@ -20,6 +20,7 @@ class RouterFactory(Protocol):
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
         ae_title: str = "GATEWAYPOOL",
+        workers: int | None = 1,
     ) -> RouterProcess: ...
 
 
@@ -38,6 +39,7 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
         ae_title: str = "GATEWAYPOOL",
+        workers: int | None = 1,
     ) -> RouterProcess:
         router = RouterProcess(
             tmp_path / f"router-{len(routers)}",
@@ -45,6 +47,7 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
             map_file=map_file,
             extra_args=extra_args,
             ae_title=ae_title,
+            workers=workers,
         )
         routers.append(router)
         router.start()
