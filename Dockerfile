@@ -25,10 +25,12 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY router ./router
 COPY operator ./operator
-COPY local ./local
 
-# Wheels of gatewaypool and of every dependency, the operator's included.
-RUN pip wheel ".[operator]" -w /wheels
+# Wheels of gatewaypool and of every dependency. local/ (the demo, the
+# benchmark and their synthetic studies) is left out of the build, so the
+# image carries neither it nor numpy; `gatewaypool --help` then lists only
+# the commands the image has.
+RUN pip wheel . -w /wheels
 
 
 FROM python:3.11.14-slim-bookworm
@@ -50,7 +52,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Only the wheels from the builder, mounted for this step and never copied
 # into a layer; --no-index: nothing is fetched here.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "gatewaypool[operator]" \
+    pip install --no-index --find-links=/wheels gatewaypool \
  && groupadd --system --gid 65532 gatewaypool \
  && useradd --system --uid 65532 --gid 65532 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin gatewaypool

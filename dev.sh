@@ -7,6 +7,7 @@
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
 #   ./dev.sh bench-autoscale  an autoscaled pool under rising and falling load:
 #                             figures, and the plot docs/autoscaling.png
+#   ./dev.sh docs    regenerate docs/configuration.md from the CRD
 #
 # Each command installs what it needs first: the DICOM peers from Debian
 # (dcmtk, orthanc) and a virtualenv in .venv with this project and its
@@ -39,7 +40,7 @@ need_venv() {
     if [ ! -f "$stamp" ]; then
         echo "==> installing gatewaypool and its tools into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e ".[operator,test]"
+        "$VENV/bin/python" -m pip install -q -e ".[local,test]"
         touch "$stamp"
     fi
 }
@@ -66,8 +67,12 @@ case "$cmd" in
         need_debian_packages
         need_venv
         "$VENV/bin/python" -c "import matplotlib" 2>/dev/null \
-            || "$VENV/bin/python" -m pip install -q -e ".[operator,test,plot]"
+            || "$VENV/bin/python" -m pip install -q -e ".[local,test,plot]"
         PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
+        ;;
+    docs)
+        need_venv
+        PYTHONPATH=tests exec "$VENV/bin/python" -m support.configref "$@"
         ;;
     test)
         need_debian_packages
@@ -81,7 +86,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,13p' "$0"
+        sed -n '2,14p' "$0"
         exit 2
         ;;
 esac

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -46,6 +45,7 @@ from typing import Any
 import yaml
 
 from gatewaypool.assignment import initial_owners
+from gatewaypool.contract import MAX_BUCKETS, ae_title_problem
 
 __all__ = [
     "MAX_BUCKETS",
@@ -58,12 +58,8 @@ __all__ = [
     "parse_map",
 ]
 
-MAX_BUCKETS = 65536
-"""Upper bound of ``buckets``: ample for any pool, and it keeps a map small."""
 
 _MAX_NAME = 253  # a DNS name's length; gateway names and hosts are DNS names
-_MAX_AE_TITLE = 16
-_AE_CHARACTERS = (frozenset(string.printable) - frozenset(string.whitespace) - {"\\"}) | {" "}
 _TOP_LEVEL_KEYS = ("version", "buckets", "gateways", "owners", "moving", "closing")
 _REQUIRED_KEYS = ("version", "buckets", "gateways", "owners")
 _GATEWAY_KEYS = ("name", "host", "port", "aeTitle")
@@ -583,20 +579,9 @@ def _check_ae_title(value: object) -> None:
     path = "aeTitle"
     if not isinstance(value, str):
         raise MapError(f"{_show(value)} is not a string ({_kind(value)})", path=path)
-    if not 1 <= len(value) <= _MAX_AE_TITLE:
-        raise MapError(
-            f"{value!r} is not an AE title (1..{_MAX_AE_TITLE} characters, has {len(value)})",
-            path=path,
-        )
-    if "\\" in value:
-        raise MapError(f"{value!r} is not an AE title (no backslash)", path=path)
-    if not set(value) <= _AE_CHARACTERS:
-        raise MapError(
-            f"{value!r} is not an AE title (printable ASCII only, no control characters)",
-            path=path,
-        )
-    if not value.strip(" "):
-        raise MapError(f"{value!r} is not an AE title (all spaces)", path=path)
+    problem = ae_title_problem(value)
+    if problem is not None:
+        raise MapError(f"{value!r} is not an AE title ({problem})", path=path)
 
 
 def _kind(value: object) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 _FORBIDDEN = ("patient", "birth")
@@ -74,10 +75,35 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure(*, level: str = "info", fmt: str = "json") -> None:
-    """Configure the root logger for a GatewayPool process (stderr)."""
+class _Context(logging.Filter):
+    """Put fixed fields (a worker's index) on every record, ahead of the event's own."""
+
+    def __init__(self, context: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._context = dict(context)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, "fields", None)
+        record.fields = {**self._context, **(fields if isinstance(fields, dict) else {})}
+        return True
+
+
+def configure(
+    *, level: str = "info", fmt: str = "json", context: Mapping[str, Any] | None = None
+) -> None:
+    """Configure the root logger for a GatewayPool process (stderr).
+
+    Parameters
+    ----------
+    context
+        Fields written on every line, such as the worker a router process
+        is: the workers of one replica share its stderr, and a line must
+        say which of them wrote it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if context:
+        handler.addFilter(_Context(context))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -92,7 +92,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
-from gatewaypool.bucketmap import MAX_BUCKETS
+from gatewaypool.contract import MAX_BUCKETS
 
 __all__ = [
     "AGE_CLASSES",

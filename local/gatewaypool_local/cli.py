@@ -36,7 +36,23 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run_local)
 
 
+def _missing_extra(command: str) -> str | None:
+    """Why `command` cannot run here, if the ``local`` extra is not installed."""
+    try:
+        import numpy  # noqa: F401 - only checked for
+    except ModuleNotFoundError:
+        return (
+            f"gatewaypool {command}: needs the 'local' extra (numpy, for synthetic studies): "
+            "pip install 'gatewaypool[local]'"
+        )
+    return None
+
+
 def run_local(args: argparse.Namespace) -> int:
+    missing = _missing_extra("local")
+    if missing is not None:
+        print(missing)
+        return 2
     from gatewaypool_local.demo import run_demo
 
     if args.studies < 2 or args.instances < 2:
@@ -73,6 +89,10 @@ def register_bench(subparsers: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    missing = _missing_extra("bench")
+    if missing is not None:
+        print(missing)
+        return 2
     from gatewaypool_local.bench import main as bench_main
 
     result: int = bench_main(args)

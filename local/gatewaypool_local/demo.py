@@ -22,7 +22,7 @@ from typing import TextIO
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import Gateway, Orthanc, PynetdicomSink, StoreSCP, storescu
+from gatewaypool_local.peers import GatewayPeer, Orthanc, PynetdicomSink, StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 
@@ -120,7 +120,7 @@ class _Progress:
 
 
 def _watch(
-    gateways: Sequence[Gateway], total: int, progress: _Progress, stop: threading.Event
+    gateways: Sequence[GatewayPeer], total: int, progress: _Progress, stop: threading.Event
 ) -> None:
     while not stop.wait(0.25):
         progress.show(min(total, sum(g.received_count() for g in gateways)))
@@ -145,7 +145,7 @@ def run_demo(
         generate_study(data_dir, study_index=i, instances=instances, rows=size, columns=size)
         for i in range(studies)
     ]
-    gateways: list[Gateway] = [
+    gateways: list[GatewayPeer] = [
         StoreSCP(work_dir / "gw-0-storescp", ae_title="STORESCP"),
         Orthanc(work_dir / "gw-1-orthanc", ae_title="ORTHANC"),
         PynetdicomSink(work_dir / "gw-2-pynetdicom", ae_title="PYNETDICOM"),
@@ -222,7 +222,7 @@ def _send(router: RouterProcess, files: list[Path], calling_ae: str, failures: l
 def _collect(
     generated: list[Study],
     *,
-    gateways: list[Gateway],
+    gateways: list[GatewayPeer],
     total: int,
     total_bytes: int,
     seconds: float,

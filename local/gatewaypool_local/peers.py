@@ -8,7 +8,7 @@ are real, independent programs run as processes:
 - :class:`PynetdicomSink` — :mod:`gatewaypool_local.sink`, which keeps the
   exact received bytes and can answer chosen statuses.
 
-All three implement :class:`Gateway`: start, stop, crash (``kill``), restart on
+All three implement :class:`GatewayPeer`: start, stop, crash (``kill``), restart on
 the same port, and list what they received with the dataset bytes, so tests
 can compare them byte for byte with what was sent. Starting waits for the
 peer to answer a C-ECHO (and, for Orthanc, its REST API) with a deadline; no
@@ -55,9 +55,9 @@ from gatewaypool_local.synth import dataset_offset
 __all__ = [
     "DCMTK_ENV",
     "LOOPBACK",
-    "Gateway",
-    "GatewayError",
+    "GatewayPeer",
     "Orthanc",
+    "PeerError",
     "PynetdicomSink",
     "Received",
     "StoreSCP",
@@ -86,7 +86,7 @@ _CHUNK = 8 * 1024 * 1024
 _AE_TITLE_MAX = 16
 
 
-class GatewayError(RuntimeError):
+class PeerError(RuntimeError):
     """A gateway process could not be started, or exited when it should not."""
 
 
@@ -284,7 +284,7 @@ class Received:
                 fp.seek(self.offset)
                 return fp.read()
         if self.fetch is None:
-            raise GatewayError(f"no way to read {self.sop_instance_uid}")
+            raise PeerError(f"no way to read {self.sop_instance_uid}")
         return _strip_file_meta(self.fetch())
 
     def dataset_sha256(self) -> str:
@@ -309,7 +309,7 @@ def _strip_file_meta(part10: bytes) -> bytes:
 
 
 @runtime_checkable
-class Gateway(Protocol):
+class GatewayPeer(Protocol):
     """A DICOM Storage SCP process on loopback that a test can inspect."""
 
     @property
@@ -388,7 +388,7 @@ class _ProcessGateway(abc.ABC):
 
     #: Short name, used for the log file and messages.
     kind = "gateway"
-    #: See :attr:`Gateway.bit_preserving`.
+    #: See :attr:`GatewayPeer.bit_preserving`.
     _BIT_PRESERVING = True
 
     def __init__(
@@ -485,16 +485,16 @@ class _ProcessGateway(abc.ABC):
     def start(self) -> None:
         """Start the process; return when it answers, raise if it does not."""
         if self.is_running():
-            raise GatewayError(f"{self!r} is already running")
+            raise PeerError(f"{self!r} is already running")
         executable = self._command()[0]
         if shutil.which(executable) is None:
-            raise GatewayError(
+            raise PeerError(
                 f"{executable} not found: install it (./dev.sh installs dcmtk and orthanc)"
             )
         if not _port_free(self._host, self._port):
             # Checked first: readiness is a C-ECHO on the port, which another
             # process listening there would answer.
-            raise GatewayError(f"{self!r}: port {self._port} is in use")
+            raise PeerError(f"{self!r}: port {self._port} is in use")
         self._prepare()
         self._log = self.log_path.open("ab")
         self._log.write(f"=== {time.strftime('%H:%M:%S')} starting {self!r}\n".encode())
@@ -517,13 +517,11 @@ class _ProcessGateway(abc.ABC):
             )
         except TimeoutError as exc:
             self.kill()
-            raise GatewayError(f"{exc}\n{self.log_tail()}") from exc
+            raise PeerError(f"{exc}\n{self.log_tail()}") from exc
         if not self.is_running():
             code = self._process.returncode
             self._close_log()
-            raise GatewayError(
-                f"{self!r} exited with code {code} while starting\n{self.log_tail()}"
-            )
+            raise PeerError(f"{self!r} exited with code {code} while starting\n{self.log_tail()}")
         LOGGER.info("%r ready in %.2f s", self, time.monotonic() - began)
 
     def _ready_or_dead(self) -> bool:
@@ -856,7 +854,7 @@ class Orthanc(_ProcessGateway):
     def _is_ready(self) -> bool:
         try:
             self.rest("/system")
-        except (OSError, GatewayError):
+        except (OSError, PeerError):
             return False
         return super()._is_ready()
 
@@ -867,7 +865,7 @@ class Orthanc(_ProcessGateway):
                 body: bytes = response.read()
                 return body
         except urllib.error.HTTPError as exc:
-            raise GatewayError(f"{self!r}: GET {path} -> HTTP {exc.code}") from exc
+            raise PeerError(f"{self!r}: GET {path} -> HTTP {exc.code}") from exc
 
     def rest(self, path: str, *, timeout: float = 60.0) -> Any:
         """GET ``path`` from the REST API and decode the JSON answer."""

@@ -36,7 +36,17 @@ class RouterProcess:
         ae_title: str = "GATEWAYPOOL",
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        workers: int | None = 1,
     ) -> None:
+        """Prepare (not start) a router.
+
+        Parameters
+        ----------
+        workers
+            ``--workers``: 1 (one process, as most tests and the demo want,
+            whatever the machine's cores), more for a supervisor and its
+            workers, or None for the router's own default (the CPUs it may use).
+        """
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -48,6 +58,7 @@ class RouterProcess:
         self._map_file = map_file
         self._extra = list(extra_args)
         self._env = env
+        self.workers = workers
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
 
@@ -74,6 +85,8 @@ class RouterProcess:
             "--log-format",
             "json",
         ]
+        if self.workers is not None:
+            cmd += ["--workers", str(self.workers)]
         if self._map_file is not None:
             cmd += ["--map", str(self._map_file)]
         for gateway in self._gateways:

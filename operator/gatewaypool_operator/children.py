@@ -15,9 +15,12 @@ Names and labels follow the shared contract; see the module constants.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from gatewaypool import quantity
+from gatewaypool.contract import API_GROUP, API_GROUP_VERSION, KIND, MAP_KEY
 from gatewaypool_operator.spec import AutoscalingSpec, PoolSpec, thaw
 
 __all__ = [
@@ -47,12 +50,8 @@ __all__ = [
     "topology_spread",
 ]
 
-API_GROUP: Final = "gatewaypool.io"
-API_VERSION: Final = f"{API_GROUP}/v1alpha1"
-KIND: Final = "GatewayPool"
-
-MAP_KEY: Final = "map.json"
-"""The key of the bucket map in the ``NAME-map`` ConfigMap."""
+API_VERSION: Final = API_GROUP_VERSION
+"""The GatewayPool's ``apiVersion``, as an ownerReference and the HPA's scaleTargetRef name it."""
 
 ROUTER_DICOM_PORT: Final = 11112
 """The router container's DICOM port; ``spec.router.port`` is only the Service's."""
@@ -599,7 +598,27 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
     ]
     for title in spec.router.allowed_calling_ae_titles:
         command += ["--allow-calling-aet", title]
+    workers = router_workers(spec.router.resources)
+    if workers is not None:
+        command += ["--workers", str(workers)]
     return command
+
+
+def router_workers(resources: Mapping[str, Any]) -> int | None:
+    """Return the router's ``--workers``: its CPU request in whole cores, rounded up.
+
+    A router process uses about one core, so a router given more than one
+    runs one worker per core. The request, not the limit, is what the
+    scheduler guarantees; 1.5 cores round up to 2 workers that share them.
+    Without a request, None: the flag is left out and the router counts the
+    CPUs its container may use (its cgroup quota, which a CPU limit sets).
+    """
+    requests = resources.get("requests") or {}
+    cpu = requests.get("cpu")
+    if cpu is None:
+        return None
+    cores, _ = quantity.parse(cpu)
+    return max(1, math.ceil(cores))
 
 
 def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:

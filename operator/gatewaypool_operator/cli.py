@@ -8,6 +8,8 @@ import secrets
 import socket
 from typing import Any, cast
 
+from gatewaypool_operator.options import Options
+
 
 def register(subparsers: Any) -> None:
     """Add the ``operator`` subcommand (entry point ``gatewaypool.commands``)."""
@@ -51,7 +53,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--resync",
         type=float,
-        default=float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30")),
+        default=30.0,
         help="seconds between drift checks of each pool (default %(default)s)",
     )
     parser.add_argument(
@@ -72,9 +74,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resync <= 0:
         print(f"gatewaypool operator: --resync: {args.resync} must be positive")
         return 2
-    # Handlers read their timer interval when imported.
-    os.environ["GATEWAYPOOL_RESYNC_SECONDS"] = str(args.resync)
-    os.environ["GATEWAYPOOL_NAMESPACES"] = ",".join(args.namespace)
     priority = args.priority
     if args.peering is not None and priority is None:
         # Replicas of one Deployment share their arguments; distinct random
@@ -82,15 +81,21 @@ def run(args: argparse.Namespace) -> int:
         # of all of them pausing at equal priority (kopf's rule).
         priority = secrets.randbelow(1_000_000) + 1
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-    os.environ["GATEWAYPOOL_PEERING"] = args.peering or ""
-    os.environ["GATEWAYPOOL_PRIORITY"] = str(priority or 0)
-    os.environ["GATEWAYPOOL_IDENTITY"] = identity
     if args.metrics != "off":
         _address, colon, port = args.metrics.rpartition(":")
         if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
             print(f"gatewaypool operator: --metrics: {args.metrics!r} is not [HOST]:PORT or off")
             return 2
-    os.environ["GATEWAYPOOL_METRICS"] = "" if args.metrics == "off" else args.metrics
+    options = Options(
+        resync_seconds=args.resync,
+        namespaces=tuple(args.namespace),
+        # The operator's own image, which the chart passes on: routers run the same one.
+        router_image=os.environ.get("GATEWAYPOOL_IMAGE", ""),
+        peering=args.peering or "",
+        priority=priority or 0,
+        identity=identity,
+        metrics="" if args.metrics == "off" else args.metrics,
+    )
     from gatewaypool import logs
 
     logs.configure(level=args.log_level, fmt=args.log_format)
@@ -107,5 +112,6 @@ def run(args: argparse.Namespace) -> int:
         # kopf types the identity as a private NewType of str.
         identity=cast(Any, identity),
         liveness_endpoint=None if args.liveness == "off" else args.liveness,
+        memo=kopf.Memo(options=options),
     )
     return 0

@@ -17,26 +17,15 @@ from typing import Any
 
 import kopf
 
+from gatewaypool.contract import API_GROUP as GROUP
+from gatewaypool.contract import API_VERSION as VERSION
+from gatewaypool.contract import PLURAL
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
+from gatewaypool_operator.options import Options
 from gatewaypool_operator.peering import Peering
 from gatewaypool_operator.resync import Schedule, resync_forever
 from gatewaypool_operator.runner import PoolLocks, run_pass
-
-GROUP = "gatewaypool.io"
-VERSION = "v1alpha1"
-PLURAL = "gatewaypools"
-
-#: Seconds between drift checks of each pool (set by ``gatewaypool operator --resync``).
-RESYNC_SECONDS = float(os.environ.get("GATEWAYPOOL_RESYNC_SECONDS", "30"))
-#: The watched namespaces, comma-separated; empty for all (``--namespace``).
-NAMESPACES = tuple(ns for ns in os.environ.get("GATEWAYPOOL_NAMESPACES", "").split(",") if ns)
-#: kopf peering (``--peering``, ``--priority``) and this replica's identity in it.
-PEERING_NAME = os.environ.get("GATEWAYPOOL_PEERING", "")
-PRIORITY = int(os.environ.get("GATEWAYPOOL_PRIORITY", "0"))
-IDENTITY = os.environ.get("GATEWAYPOOL_IDENTITY", "")
-#: Where Prometheus metrics are served (``--metrics``), ``HOST:PORT``; empty: nowhere.
-METRICS = os.environ.get("GATEWAYPOOL_METRICS", "")
 
 
 def _api_client() -> Any:
@@ -54,13 +43,23 @@ def _api_client() -> Any:
     return client.ApiClient(configuration)
 
 
+def _options(memo: kopf.Memo) -> Options:
+    """The command line's settings; the defaults when kopf runs the module by itself."""
+    options = memo.get("options")
+    return options if isinstance(options, Options) else Options()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Settings and the shared API client, once per operator process."""
+    """Settings and the shared API client, once per operator process.
+
+    ``memo.options`` is the command line's `Options`, given to ``kopf.run``.
+    """
+    options = _options(memo)
     settings.persistence.finalizer = "gatewaypool.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gatewaypool.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="gatewaypool.io", key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
@@ -68,28 +67,31 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["cluster"] = Cluster(_api_client())
     # One pass of a pool at a time, handlers and resync alike (see runner).
     memo["locks"] = PoolLocks()
-    memo["router_image"] = os.environ.get("GATEWAYPOOL_IMAGE", "")
-    memo["schedule"] = Schedule(RESYNC_SECONDS)
+    memo["router_image"] = options.router_image
+    memo["schedule"] = Schedule(options.resync_seconds)
     metrics = OperatorMetrics()
     memo["metrics"] = metrics
-    if METRICS:
+    if options.metrics:
         from prometheus_client import start_http_server
 
-        address, _colon, port = METRICS.rpartition(":")
+        address, _colon, port = options.metrics.rpartition(":")
         start_http_server(int(port), addr=address or "0.0.0.0", registry=metrics.registry)
 
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     """Start the periodic drift check (see :mod:`gatewaypool_operator.resync`)."""
+    options = _options(memo)
     peering = None
-    if PEERING_NAME:
-        peering = Peering(name=PEERING_NAME, identity=IDENTITY, priority=PRIORITY)
+    if options.peering:
+        peering = Peering(
+            name=options.peering, identity=options.identity, priority=options.priority
+        )
     memo["resync"] = asyncio.create_task(
         resync_forever(
             memo["cluster"],
-            namespaces=NAMESPACES,
-            interval=RESYNC_SECONDS,
+            namespaces=options.namespaces,
+            interval=options.resync_seconds,
             router_image=memo["router_image"],
             locks=memo["locks"],
             schedule=memo["schedule"],

@@ -60,7 +60,7 @@ The rules, pass by pass:
   over an association it reports open.
 
 Map gateways are numbered by StatefulSet ordinal (gateway ``i`` is pod ``i``),
-as `gatewaypool_operator.mapping.desired_gateways` builds them, so gateway
+as `gatewaypool_operator.mapgateways.desired_gateways` builds them, so gateway
 indices in routers' reports mean the same pod in every version.
 
 Where the move records live: `dump_state` gives the text the operator stores
@@ -231,7 +231,7 @@ class HandoverInput:
     catalogue
         The map entry of gateway ``i`` at index ``i``, for at least
         ``max(wanted, len(published.gateways))`` gateways
-        (`gatewaypool_operator.mapping.desired_gateways`).
+        (`gatewaypool_operator.mapgateways.desired_gateways`).
     buckets
         ``spec.buckets``.
     wanted

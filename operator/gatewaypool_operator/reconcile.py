@@ -25,14 +25,14 @@ from datetime import datetime
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, dump_map
-from gatewaypool_operator import children, handover, mapping, observe, status
+from gatewaypool_operator import children, handover, mapgateways, observe, poolstatus
 from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
 from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_SPEC_ANNOTATION = "gatewaypool.io/accepted-spec"
-APPLY_REFUSED = status.APPLY_REFUSED
+APPLY_REFUSED = poolstatus.APPLY_REFUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ def reconcile(
     map_name = children.map_configmap_name(name)
     map_object = cluster.read("ConfigMap", namespace, map_name)
     statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
-    published = mapping.read_published((map_object or {}).get("data"))
+    published = mapgateways.read_published((map_object or {}).get("data"))
     if published.problem is not None:
         events.append(Event("Warning", "MapUnreadable", published.problem))
     current_map = published.bucket_map
@@ -170,7 +170,7 @@ def reconcile(
     )
     events.extend(Event(e.type, e.reason, e.message) for e in plan.events)
     previous_totals = (body.get("status") or {}).get("handovers") or {}
-    summary = status.HandoverSummary(
+    summary = poolstatus.HandoverSummary(
         oldest_move_seconds=plan.oldest_move_seconds,
         completed=_count(previous_totals.get("completed")) + len(plan.completed),
         forced=_count(previous_totals.get("forced")) + len(plan.forced),
@@ -311,7 +311,7 @@ def _plan_handover(
     catalogue = [
         dataclasses.replace(gateway, port=ports.get(ordinal, gateway.port))
         for ordinal, gateway in enumerate(
-            mapping.desired_gateways(
+            mapgateways.desired_gateways(
                 name=name,
                 namespace=namespace,
                 spec=spec,
@@ -388,7 +388,7 @@ def _status(
     apply_error: str | None,
     previous: Any,
     now: datetime,
-    handover: status.HandoverSummary | None = None,
+    handover: poolstatus.HandoverSummary | None = None,
     routers_seen: _RoutersSeen | None = None,
 ) -> dict[str, Any]:
     statefulset = cluster.read("StatefulSet", namespace, children.statefulset_name(name))
@@ -408,7 +408,7 @@ def _status(
         autoscaler = cluster.read(
             "HorizontalPodAutoscaler", namespace, children.autoscaler_name(name)
         )
-    return status.compute_status(
+    return poolstatus.compute_status(
         name=name,
         spec=spec,
         generation=generation,
@@ -428,7 +428,7 @@ def _status(
 def _already_degraded(previous: Any, message: str) -> bool:
     """Whether the pool already says this refusal (its Event was posted then)."""
     for condition in previous or []:
-        if condition.get("type") == status.DEGRADED:
+        if condition.get("type") == poolstatus.DEGRADED:
             return bool(
                 condition.get("status") == "True"
                 and condition.get("reason") == APPLY_REFUSED

@@ -20,6 +20,9 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gatewaypool.contract import API_GROUP as GROUP
+from gatewaypool.contract import API_VERSION as VERSION
+from gatewaypool.contract import PLURAL
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.peering import Peering, is_active
@@ -27,10 +30,6 @@ from gatewaypool_operator.reconcile import Outcome
 from gatewaypool_operator.runner import PoolLocks, run_pass
 
 log = logging.getLogger(__name__)
-
-GROUP = "gatewaypool.io"
-VERSION = "v1alpha1"
-PLURAL = "gatewaypools"
 
 
 def list_pools(cluster: Cluster, namespaces: Sequence[str]) -> list[dict[str, Any]]:

@@ -28,21 +28,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gatewaypool.contract import API_GROUP as GROUP
+from gatewaypool.contract import API_VERSION as VERSION
+from gatewaypool.contract import PLURAL
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
+from gatewaypool_operator.poolstatus import format_time, merge_patch
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,
     Outcome,
     reconcile,
 )
-from gatewaypool_operator.status import format_time, merge_patch
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "gatewaypool.io"
-VERSION: Final = "v1alpha1"
-PLURAL: Final = "gatewaypools"
 
 MAX_ATTEMPTS: Final = 5
 """Passes tried when conditional writes keep conflicting; the next trigger retries."""

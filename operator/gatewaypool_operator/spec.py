@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from gatewaypool.contract import AE_TITLE_PATTERN, MAX_BUCKETS, ae_title_problem
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
 
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 DEFAULT_BUCKETS: Final = 4096
-MAX_BUCKETS: Final = 65536
 MAX_REPLICAS: Final = 1024
 MAX_ROUTER_REPLICAS: Final = 100
 MAX_SCALE_DOWN_WINDOW: Final = 3600
@@ -59,8 +59,6 @@ MIN_DEFAULT_SCALE_DOWN_WINDOW: Final = 300
 """The HorizontalPodAutoscaler's own scale-down window, the least the default ever is."""
 TMP_PATH: Final = "/tmp"  # every pod mounts an emptyDir here; storage must not clash
 
-AE_TITLE_PATTERN: Final = r"^[ -\[\]-~]{1,16}$"
-"""The contract's AE title pattern: 1 to 16 printable ASCII characters, no backslash."""
 
 MAX_NAME_LENGTH: Final = 49
 """Longest pool name whose children all get valid names.
@@ -81,7 +79,6 @@ RESERVED_LABELS: Final = frozenset(
 """Label keys the operator sets on every child; a pod template may not override them,
 since the selectors of the StatefulSet, Services, NetworkPolicy and PDB rely on them."""
 
-_AE_TITLE = re.compile(AE_TITLE_PATTERN)
 _QUANTITY = re.compile(
     r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
@@ -914,15 +911,9 @@ class _Object:
 
 
 def _check_ae_title(path: str, value: str) -> None:
-    if not _AE_TITLE.match(value):
-        raise SpecError(
-            path,
-            value,
-            "is not an AE title (1 to 16 printable ASCII characters, no backslash)",
-        )
-    if not value.strip(" "):
-        # The schema's pattern lets it through; no DICOM peer can be called by it.
-        raise SpecError(path, value, "is not an AE title (all spaces)")
+    problem = ae_title_problem(value)
+    if problem is not None:
+        raise SpecError(path, value, f"is not an AE title ({problem})")
 
 
 def _check_subdomain(path: str, value: str) -> None:

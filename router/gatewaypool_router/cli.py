@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from gatewaypool_router.config import (
     RouterConfig,
     parse_gateway,
 )
+from gatewaypool_router.cpus import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,15 @@ def register(subparsers: Any) -> None:
         help="a study is in flight (metric gatewaypool_router_studies_in_flight) from its "
         "first instance until none arrived for this long (default %(default)s)",
     )
+    ops.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="router processes sharing the DICOM port, each on its own core, behind one "
+        "map source, one report and one /metrics (default: the CPUs the container may "
+        "use: its cgroup CPU quota, else the CPUs it may run on)",
+    )
     ops.add_argument("--http-port", type=int, default=defaults.http_port)
     ops.add_argument("--http-bind", default=defaults.http_bind)
     ops.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
@@ -212,6 +224,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         header_limit=args.header_limit,
         shutdown_grace=args.shutdown_grace,
         study_quiet_seconds=args.study_quiet_seconds,
+        workers=available_cpus() if args.workers is None else args.workers,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),
     )
 
@@ -223,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gatewaypool router: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        return _run_workers(config, args)
     from gatewaypool_router.server import Router
 
     router = Router(config)
@@ -244,3 +259,48 @@ def run(args: argparse.Namespace) -> int:
     router.wait()
     router.stop()
     return 0
+
+
+def _run_workers(config: RouterConfig, args: argparse.Namespace) -> int:
+    """Run a supervisor and its workers: one replica on ``config.workers`` cores.
+
+    Every metric of the replica's processes is kept in files of one fresh
+    folder (prometheus_client's multiprocess mode), which must be chosen
+    before prometheus_client is imported, in this process and in the
+    workers, which inherit the environment.
+    """
+    if "prometheus_client" in sys.modules:
+        print("gatewaypool router: metrics were set up before the workers' folder", file=sys.stderr)
+        return 1
+    folder = Path(tempfile.mkdtemp(prefix="gatewaypool-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        from gatewaypool_router.supervisor import Supervisor
+
+        supervisor = Supervisor(
+            config,
+            workers=config.workers,
+            multiproc_dir=folder,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
+        try:
+            supervisor.start()
+        except OSError as exc:
+            print(
+                f"gatewaypool router: cannot listen on {config.bind}:{config.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+
+        def on_signal(signum: int, _frame: object) -> None:
+            logs.log_event(log, logging.INFO, "router.signal", signal=signal.Signals(signum).name)
+            supervisor.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        supervisor.wait()
+        supervisor.stop()
+        return 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

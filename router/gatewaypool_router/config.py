@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewaypool.bucketmap import Gateway
+from gatewaypool.contract import ae_title_problem
 
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+#: More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
 
 
 class ConfigError(ValueError):
@@ -69,10 +71,9 @@ def check_port(option: str, value: int | str) -> int:
 
 
 def check_ae_title(option: str, value: str) -> str:
-    if not _AE_TITLE.fullmatch(value) or not value.strip():
-        raise ConfigError(
-            f"{option}: {value!r} is not an AE title (1-16 printable characters, no backslash)"
-        )
+    problem = ae_title_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{option}: {value!r} is not an AE title ({problem})")
     return value.strip()
 
 
@@ -137,6 +138,7 @@ class RouterConfig:
     watch_seconds: int = 50
     shutdown_grace: float = 30.0
     study_quiet_seconds: float = 30.0
+    workers: int = 1
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -184,6 +186,8 @@ class RouterConfig:
             raise ConfigError(
                 f"--study-quiet-seconds: {self.study_quiet_seconds} is not in 1..3600"
             )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {self.workers} is not in 1..{MAX_WORKERS}")
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from gatewaypool_router.server import Router
+
+class Served(Protocol):
+    """What the endpoint reports on: a router process, or a supervisor of workers."""
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether associations are being accepted."""
+
+    @property
+    def ready_version(self) -> int | None:
+        """The version of the map in use while ready, else None."""
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition of everything this replica counts."""
 
 
 class HealthServer:
     """``/healthz`` (the acceptor runs), ``/readyz`` (a map is loaded), ``/metrics``."""
 
-    def __init__(self, router: Router, *, bind: str, port: int) -> None:
+    def __init__(self, router: Served, *, bind: str, port: int) -> None:
         self._router = router
         handler = self._handler_class()
         self._server = ThreadingHTTPServer((bind, port), handler)
@@ -43,13 +55,13 @@ class HealthServer:
                     alive = router.is_alive
                     self._send(200 if alive else 503, b"ok\n" if alive else b"acceptor down\n")
                 elif path == "/readyz":
-                    bucket_map = router.maps.current
-                    if bucket_map is not None and router.is_alive:
-                        self._send(200, f"ok map version {bucket_map.version}\n".encode())
+                    version = router.ready_version
+                    if version is not None:
+                        self._send(200, f"ok map version {version}\n".encode())
                     else:
                         self._send(503, b"no valid bucket map loaded\n")
                 elif path == "/metrics":
-                    body = generate_latest(router.metrics.registry)
+                    body = router.metrics_text()
                     self._send(200, body, content_type=CONTENT_TYPE_LATEST)
                 else:
                     self._send(404, b"not found\n")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, MapError, parse_map
+from gatewaypool.contract import MAP_KEY
 from gatewaypool.logs import log_event
 from gatewaypool.reports import (
     PENDING_REPORT_SECONDS,
@@ -31,11 +32,10 @@ from gatewaypool.reports import (
 )
 from gatewaypool_router.config import ObjectRef, RouterConfig
 from gatewaypool_router.mapsource import MapHolder
-from gatewaypool_router.usage import Usage
+from gatewaypool_router.usage import UsageView
 
 log = logging.getLogger(__name__)
 
-MAP_KEY = "map.json"
 #: The API server ends each watch after this long; the router resumes from the
 #: last resourceVersion it saw (a new list only after 410 Gone).
 WATCH_SECONDS = 50
@@ -230,7 +230,7 @@ class RouterReporter:
         *,
         pod_name: str,
         holder: MapHolder,
-        usage: Usage,
+        usage: UsageView,
         heartbeat: float = 15.0,
         pending_interval: float = PENDING_REPORT_SECONDS,
     ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 
 class StudiesInFlight:
@@ -79,6 +79,18 @@ class StudiesInFlight:
             self._prune(now)
             return dict(Counter(gateway for _, gateway in self._last.values()))
 
+    def snapshot(self) -> dict[str, tuple[float, str]]:
+        """The studies in flight now: study UID -> (monotonic time of its last instance, gateway).
+
+        A worker process hands this to its supervisor, which merges the
+        workers' snapshots with :func:`merge_in_flight`: one study may reach
+        a replica over associations served by different workers.
+        """
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            return dict(self._last)
+
     def __len__(self) -> int:
         """Studies remembered (in flight, or quiet but not yet forgotten)."""
         return len(self._last)
@@ -88,3 +100,23 @@ class StudiesInFlight:
         cutoff = now - self._quiet
         self._last = {uid: entry for uid, entry in self._last.items() if entry[0] > cutoff}
         self._next_prune = now + self._quiet
+
+
+def merge_in_flight(
+    snapshots: Iterable[Mapping[str, tuple[float, str]]], *, now: float, quiet_seconds: float
+) -> dict[str, int]:
+    """Studies in flight per gateway across `snapshots` (one per worker of a replica).
+
+    A study seen by several workers counts once, on the gateway of its
+    latest instance, exactly as one process's :class:`StudiesInFlight`
+    counts it; studies quiet for `quiet_seconds` at `now` are left out.
+    Monotonic times compare across processes: the clock is the machine's.
+    """
+    latest: dict[str, tuple[float, str]] = {}
+    for snapshot in snapshots:
+        for uid, (moment, gateway) in snapshot.items():
+            known = latest.get(uid)
+            if known is None or moment > known[0]:
+                latest[uid] = (moment, gateway)
+    cutoff = now - quiet_seconds
+    return dict(Counter(gateway for moment, gateway in latest.values() if moment > cutoff))

@@ -14,18 +14,29 @@ gateway's name in the map, its pod name, as label ``gateway``):
   instance is less than ``--study-quiet-seconds`` old, counted at scrape time.
 
 Summed over the router replicas they are the gateway's load.
+
+A replica with several worker processes (``--workers``) keeps every value
+in prometheus_client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set
+by the supervisor before any metric exists): counters and histograms are
+summed over the workers, including workers that died, the gauges below say
+how they combine, and the supervisor serves one ``/metrics`` for the replica.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gatewaypool_router.load import StudiesInFlight
+
+class StudyCounts(Protocol):
+    """Studies in flight per gateway: one process's tracker, or a replica's workers merged."""
+
+    def by_gateway(self) -> dict[str, int]: ...
+
 
 #: What :func:`gatewaypool_router.statuses.outcome` answers; every gateway gets all three.
 OUTCOMES = ("success", "warning", "failure")
@@ -64,6 +75,7 @@ class RouterMetrics:
             "gatewaypool_router_active_associations",
             "Incoming associations currently established",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.associations = Counter(
             "gatewaypool_router_associations",
@@ -97,8 +109,20 @@ class RouterMetrics:
             "gatewaypool_router_map_version",
             "Version of the bucket map in use (-1 until one is loaded)",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.map_version.set(-1)
+        self.worker_restarts = Counter(
+            "gatewaypool_router_worker_restarts",
+            "Worker processes that died and were replaced (--workers above 1)",
+            registry=r,
+        )
+        self.workers = Gauge(
+            "gatewaypool_router_workers",
+            "Worker processes of this router replica that are running",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._per_instance: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.map_rejected = Counter(
             "gatewaypool_router_map_rejected",
@@ -120,7 +144,11 @@ class RouterMetrics:
                 self.bytes.labels(gateway=name, outcome=result)
 
     def export_studies_in_flight(
-        self, studies: StudiesInFlight, gateways: Callable[[], Iterable[str]]
+        self,
+        studies: StudyCounts,
+        gateways: Callable[[], Iterable[str]],
+        *,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """Export ``studies`` as ``gatewaypool_router_studies_in_flight{gateway}``.
 
@@ -132,8 +160,12 @@ class RouterMetrics:
             The names of the gateways of the map in use; each is exported,
             at 0 if it has no study in flight, so an idle gateway has a
             series (an HPA averaging over the pool's pods must see it).
+        registry
+            Where to export it, the router's own registry by default; a
+            supervisor serves a registry of its own that merges its workers.
         """
-        self.registry.register(_StudiesInFlightCollector(studies, gateways))
+        target = self.registry if registry is None else registry
+        target.register(_StudiesInFlightCollector(studies, gateways))
 
     def record_instance(self, *, gateway: str, outcome: str, size: int, seconds: float) -> None:
         """Count one answered C-STORE.
@@ -159,7 +191,7 @@ class RouterMetrics:
 class _StudiesInFlightCollector(Collector):
     """Counts studies in flight when scraped, not on the data path."""
 
-    def __init__(self, studies: StudiesInFlight, gateways: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, studies: StudyCounts, gateways: Callable[[], Iterable[str]]) -> None:
         self._studies = studies
         self._gateways = gateways
 

@@ -8,19 +8,21 @@ the number of associations is capped by ``max_associations``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import threading
 import time
-from typing import Protocol
 
-from gatewaypool.bucketmap import balanced_map
+from prometheus_client import generate_latest
+
 from gatewaypool.logs import log_event
+from gatewaypool_router import sources
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
 from gatewaypool_router.load import StudiesInFlight
-from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
+from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 from gatewaypool_router.progress import StallWatch
@@ -29,19 +31,30 @@ from gatewaypool_router.usage import Usage
 log = logging.getLogger(__name__)
 
 
-class _Part(Protocol):
-    """A background part of the router (map watch, reporter)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 class Router:
     """A running router; ``start()`` returns once it accepts associations."""
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        listener: socket.socket | None = None,
+        supervised: bool = False,
+    ) -> None:
+        """Prepare a router; nothing runs before :meth:`start`.
+
+        Parameters
+        ----------
+        listener
+            A listening socket to accept on instead of opening one: a worker
+            process shares its supervisor's.
+        supervised
+            A worker of a supervisor (``--workers`` above 1): the supervisor
+            holds the replica's map source, report and HTTP endpoint, and
+            hands maps in through :attr:`maps`; this router only routes.
+        """
         self.config = config
+        self._supervised = supervised
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
         self.maps.subscribe(
@@ -54,11 +67,9 @@ class Router:
         self._active: set[threading.Thread] = set()
         self._associations: dict[threading.Thread, IncomingAssociation] = {}
         self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
+        self._listener: socket.socket | None = listener
         self._acceptor: threading.Thread | None = None
-        self._watcher: FileMapWatcher | None = None
-        self._kube_api: object | None = None
-        self._stoppables: list[_Part] = []
+        self._stoppables: list[sources.Part] = []
         self._http: HealthServer | None = None
         self.port = config.port
         self.http_port = config.http_port
@@ -73,6 +84,14 @@ class Router:
     def is_alive(self) -> bool:
         return self._acceptor is not None and self._acceptor.is_alive()
 
+    @property
+    def ready_version(self) -> int | None:
+        bucket_map = self.maps.current
+        return bucket_map.version if bucket_map is not None and self.is_alive else None
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.metrics.registry)
+
     def _map_gateways(self) -> list[str]:
         bucket_map = self.maps.current
         return [] if bucket_map is None else [g.name for g in bucket_map.gateways]
@@ -86,40 +105,12 @@ class Router:
 
     def start(self) -> None:
         config = self.config
-        if config.map_file is not None:
-            self._watcher = FileMapWatcher(
-                config.map_file, self.maps, interval=config.map_poll_interval
-            )
-            self._watcher.load_now()
-            self._watcher.start()
-        elif config.map_configmap is not None:
-            from gatewaypool_router.kubesource import ConfigMapMapWatcher, core_api
-
-            self._kube_api = core_api(config)
-            map_watch = ConfigMapMapWatcher(
-                self._kube_api,
-                config.map_configmap,
-                self.maps,
-                watch_seconds=config.watch_seconds,
-            )
-            map_watch.load_now()
-            self._stoppables.append(map_watch)
-        else:
-            self.maps.offer(
-                balanced_map(config.gateways, buckets=config.buckets), source="command line"
-            )
-        if config.report_configmap is not None:
-            from gatewaypool_router.kubesource import RouterReporter, core_api
-
-            api = self._kube_api if self._kube_api is not None else core_api(config)
-            reporter = RouterReporter(
-                api,
-                config.report_configmap,
-                pod_name=config.pod_name,
-                holder=self.maps,
-                usage=self.usage,
-            )
-            self._stoppables.append(reporter)
+        if not self._supervised:
+            parts, api = sources.map_source(config, self.maps)
+            self._stoppables.extend(parts)
+            report = sources.reporter(config, api, self.maps, self.usage)
+            if report is not None:
+                self._stoppables.append(report)
         self._stoppables.append(
             StallWatch(
                 self._watched,
@@ -129,12 +120,18 @@ class Router:
         )
         for part in self._stoppables:
             part.start()
-        listener = socket.create_server((config.bind, config.port), reuse_port=False, backlog=128)
-        self._listener = listener
+        listener = self._listener
+        if listener is None:
+            listener = socket.create_server(
+                (config.bind, config.port), reuse_port=False, backlog=128
+            )
+            self._listener = listener
         self.port = listener.getsockname()[1]
-        self._http = HealthServer(self, bind=config.http_bind, port=config.http_port)
-        self._http.start()
-        self.http_port = self._http.port
+        if not self._supervised:
+            self._http = HealthServer(self, bind=config.http_bind, port=config.http_port)
+            self._http.start()
+            self.http_port = self._http.port
+            self.metrics.workers.set(1)
         self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
         self._acceptor.start()
         log_event(
@@ -162,8 +159,6 @@ class Router:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
-        if self._watcher is not None:
-            self._watcher.stop()
         for part in self._stoppables:
             part.stop()
         deadline = time.monotonic() + grace
@@ -190,8 +185,13 @@ class Router:
         while not self._stopping.is_set():
             try:
                 sock, address = self._listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
+                    return
+                if self._supervised and exc.errno == errno.EINVAL:
+                    # A sibling worker shut the shared listener down: the replica
+                    # is stopping, and our own SIGTERM is on its way.
+                    log_event(log, logging.INFO, "router.listener_closed")
                     return
                 log.exception("accept failed")
                 time.sleep(0.1)  # back off from a persistent error (EMFILE), not a sync wait

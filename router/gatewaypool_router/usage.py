@@ -21,9 +21,20 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 #: Open associations are counted by the gateway's name in the map (its pod name).
 GatewayKey = str
+
+
+class UsageView(Protocol):
+    """What the reporter reads: one process's :class:`Usage`, or a replica's workers merged."""
+
+    def ages(self, buckets: Iterable[int], *, now: float | None = None) -> dict[int, float]: ...
+
+    def open_associations(self) -> Mapping[GatewayKey, int]: ...
+
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
 
 
 class Usage:

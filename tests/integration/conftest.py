@@ -8,22 +8,23 @@ from typing import Protocol
 
 import pytest
 
-from gatewaypool_local.peers import Gateway
+from gatewaypool_local.peers import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 
 
 class RouterFactory(Protocol):
     def __call__(
         self,
-        gateways: Sequence[Gateway] = (),
+        gateways: Sequence[GatewayPeer] = (),
         *,
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
         ae_title: str = "GATEWAYPOOL",
+        workers: int | None = 1,
     ) -> RouterProcess: ...
 
 
-def gateway_arg(gateway: Gateway) -> str:
+def gateway_arg(gateway: GatewayPeer) -> str:
     return f"{gateway.ae_title}@{gateway.host}:{gateway.port}"
 
 
@@ -33,11 +34,12 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
     routers: list[RouterProcess] = []
 
     def start(
-        gateways: Sequence[Gateway] = (),
+        gateways: Sequence[GatewayPeer] = (),
         *,
         map_file: Path | None = None,
         extra_args: Sequence[str] = (),
         ae_title: str = "GATEWAYPOOL",
+        workers: int | None = 1,
     ) -> RouterProcess:
         router = RouterProcess(
             tmp_path / f"router-{len(routers)}",
@@ -45,6 +47,7 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
             map_file=map_file,
             extra_args=extra_args,
             ae_title=ae_title,
+            workers=workers,
         )
         routers.append(router)
         router.start()

@@ -21,8 +21,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from gatewaypool_local.peers import (
-    Gateway,
-    GatewayError,
+    GatewayPeer,
+    PeerError,
     PynetdicomSink,
     echo,
     echoscu,
@@ -43,13 +43,13 @@ GATEWAYS = ["storescp_gateway", "orthanc_gateway", "pynetdicom_gateway"]
 
 
 @pytest.fixture(params=GATEWAYS)
-def gateway(request: pytest.FixtureRequest) -> Gateway:
+def gateway(request: pytest.FixtureRequest) -> GatewayPeer:
     """Each of the three gateways in turn, started."""
-    gw: Gateway = request.getfixturevalue(request.param)
+    gw: GatewayPeer = request.getfixturevalue(request.param)
     return gw
 
 
-def _assert_holds_exactly(gateway: Gateway, files: list[Path]) -> None:
+def _assert_holds_exactly(gateway: GatewayPeer, files: list[Path]) -> None:
     expected = {}
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -64,7 +64,7 @@ def _assert_holds_exactly(gateway: Gateway, files: list[Path]) -> None:
 
 
 def test_storescu_to_gateway_keeps_dataset_bytes(
-    gateway: Gateway, ct_studies: StudyFactory
+    gateway: GatewayPeer, ct_studies: StudyFactory
 ) -> None:
     (study,) = ct_studies(1, instances=5)
 
@@ -74,13 +74,13 @@ def test_storescu_to_gateway_keeps_dataset_bytes(
     _assert_holds_exactly(gateway, study.files)
 
 
-def test_echoscu_succeeds(gateway: Gateway) -> None:
+def test_echoscu_succeeds(gateway: GatewayPeer) -> None:
     result = echoscu(gateway.host, gateway.port, called_ae=gateway.ae_title)
 
     assert result.returncode == 0, result.stderr
 
 
-def test_kill_then_restart_on_same_port(gateway: Gateway, ct_studies: StudyFactory) -> None:
+def test_kill_then_restart_on_same_port(gateway: GatewayPeer, ct_studies: StudyFactory) -> None:
     first, second = ct_studies(2, instances=3)
     assert (
         storescu(gateway.host, gateway.port, first.files, called_ae=gateway.ae_title).returncode
@@ -103,7 +103,9 @@ def test_kill_then_restart_on_same_port(gateway: Gateway, ct_studies: StudyFacto
     _assert_holds_exactly(gateway, first.files + second.files)
 
 
-def test_send_files_is_verbatim_for_a_multiframe_instance(gateway: Gateway, tmp_path: Path) -> None:
+def test_send_files_is_verbatim_for_a_multiframe_instance(
+    gateway: GatewayPeer, tmp_path: Path
+) -> None:
     # Enhanced CT: nested sequences, 4 MiB of pixel data written in chunks.
     instance = generate_multiframe(
         tmp_path / "mf.dcm", size_bytes=4 * 1024 * 1024, rows=128, columns=128, study_index=3
@@ -119,7 +121,7 @@ def test_send_files_is_verbatim_for_a_multiframe_instance(gateway: Gateway, tmp_
 
 
 def test_undefined_length_sequences_are_kept_by_bit_preserving_gateways(
-    gateway: Gateway, tmp_path: Path
+    gateway: GatewayPeer, tmp_path: Path
 ) -> None:
     # What modalities often send: a sequence and an item of undefined length.
     (path,) = generate_study(tmp_path, study_index=9, instances=1, rows=16, columns=16).files
@@ -213,7 +215,7 @@ def test_start_fails_clearly_when_the_port_is_taken(
     from gatewaypool_local.peers import StoreSCP
 
     clash = StoreSCP(tmp_workdir / "clash", port=pynetdicom_gateway.port, start_timeout=10)
-    with pytest.raises(GatewayError, match="in use"):
+    with pytest.raises(PeerError, match="in use"):
         clash.start()
 
 

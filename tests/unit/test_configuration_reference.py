@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import yaml
 
-from gatewaypool_operator import reference
+from support import configref as reference
 
 
 def test_reference_is_current() -> None:
     assert reference.DOC_PATH.read_text() == reference.render_file(), (
-        "docs/configuration.md is stale: run python -m gatewaypool_operator.reference"
+        "docs/configuration.md is stale: run ./dev.sh docs"
     )
 
 

@@ -30,6 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gatewaypool.contract import AE_TITLE_PATTERN
 from support.crd import apply_defaults, load_crd, root_schema, version_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +181,6 @@ ENUMS = {
     "router.serviceType": ["ClusterIP", "NodePort", "LoadBalancer"],
     "gateway.storage.whenScaled": ["Retain", "Delete"],
 }
-AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
 AE_TITLE_FIELDS = ["gateway.aeTitle", "router.aeTitle", "router.allowedCallingAETitles[]"]
 
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.

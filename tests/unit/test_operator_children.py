@@ -606,6 +606,24 @@ def test_router_command_lists_each_allowed_calling_ae_title() -> None:
     assert "args" not in router_container(build(FULL))
 
 
+@pytest.mark.parametrize(
+    ("cpu", "workers"),
+    [("1", "1"), ("2", "2"), ("1500m", "2"), ("250m", "1"), (3, "3"), ("2.5", "3"), ("4000m", "4")],
+)
+def test_router_runs_a_worker_per_requested_core(cpu: str | int, workers: str) -> None:
+    raw = {**MINIMAL, "router": {"resources": {"requests": {"cpu": cpu}}}}
+    command = router_container(build(raw))["command"]
+    assert command[-2:] == ["--workers", workers]
+    assert command.count("--workers") == 1
+
+
+def test_router_without_a_cpu_request_counts_its_own_cpus() -> None:
+    # No flag: the router reads its cgroup quota (set by a CPU limit) itself.
+    raw = {**MINIMAL, "router": {"resources": {"limits": {"cpu": "2"}}}}
+    assert "--workers" not in router_container(build(raw))["command"]
+    assert "--workers" not in router_container(build(FULL))["command"]
+
+
 def test_router_container() -> None:
     container = router_container(build(MINIMAL))
     assert container["image"] == OPERATOR_IMAGE

@@ -385,3 +385,16 @@ def test_study_quiet_seconds_takes_every_quiet_seconds_a_pool_may_have() -> None
     for value in (field["minimum"], field["default"], field["maximum"]):
         assert config(study_quiet_seconds=value).study_quiet_seconds == value
     assert config().study_quiet_seconds == field["default"]
+
+
+def test_cli_workers_default_to_the_cpus_the_router_may_use() -> None:
+    from gatewaypool_router.cpus import available_cpus
+
+    assert config_from_args(parse("--gateway", "GW@gw:104")).workers == available_cpus()
+    assert config_from_args(parse("--gateway", "GW@gw:104", "--workers", "3")).workers == 3
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257])
+def test_cli_workers_out_of_range(workers: int) -> None:
+    with pytest.raises(ConfigError, match="--workers"):
+        config_from_args(parse("--gateway", "GW@gw:104", "--workers", str(workers)))

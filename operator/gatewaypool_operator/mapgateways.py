@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gatewaypool.bucketmap import BucketMap, Gateway, MapError, parse_map
-from gatewaypool_operator.children import MAP_KEY, gateway_dns_name, gateway_pod_name
+from gatewaypool.contract import MAP_KEY
+from gatewaypool_operator.children import gateway_dns_name, gateway_pod_name
 from gatewaypool_operator.spec import PoolSpec
 
 __all__ = [

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
-from gatewaypool_operator.mapping import desired_gateways, read_published
+from gatewaypool_operator.mapgateways import desired_gateways, read_published
 from gatewaypool_operator.spec import PoolSpec, parse_spec
 
 NAME = "ct-triage"

@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 
 from gatewaypool.bucketmap import BucketMap, balanced_map
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator.mapping import desired_gateways
-from gatewaypool_operator.spec import PoolSpec, parse_spec
-from gatewaypool_operator.status import (
+from gatewaypool_operator.mapgateways import desired_gateways
+from gatewaypool_operator.poolstatus import (
     HandoverSummary,
     compute_status,
     format_time,
     merge_patch,
     report_in_sync,
 )
+from gatewaypool_operator.spec import PoolSpec, parse_spec
 
 NAME = "ct-triage"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -1,9 +1,10 @@
 """The GatewayPool configuration reference, generated from the CRD's schema.
 
 The CRD is the one source of truth for fields, types, defaults and ranges;
-``docs/configuration.md`` is rendered from it (``python -m
-gatewaypool_operator.reference``) and a test fails when the two disagree,
-so the document can never describe a field the API server does not know.
+``docs/configuration.md`` is rendered from it (``./dev.sh docs``) and a
+test fails when the two disagree, so the document can never describe a
+field the API server does not know. A tool of the repository, not of the
+product: it lives beside the tests that call it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _HEADER = """\
 # GatewayPool configuration reference
 
 <!-- Generated from crds/gatewaypool.io_gatewaypools.yaml by
-     `python -m gatewaypool_operator.reference`; do not edit by hand. -->
+     `./dev.sh docs`; do not edit by hand. -->
 
 A `GatewayPool` (`apiVersion: gatewaypool.io/v1alpha1`, short name `gwp`)
 describes one pool of DICOM gateways and its study router. Fields without a

@@ -1,0 +1,67 @@
+"""What the operator and the routers must agree on, in one place.
+
+The two formats they exchange have modules of their own: the bucket map
+(:mod:`gatewaypool.bucketmap`), which the operator publishes and every
+router applies, and the router report (:mod:`gatewaypool.reports`), which
+each router writes and the operator reads. This module holds the rest of the
+contract: the custom resource's API coordinates, where the map is kept, the
+bucket limit, and the one rule for an AE title that every part checks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "AE_TITLE_MAX_LENGTH",
+    "AE_TITLE_PATTERN",
+    "API_GROUP",
+    "API_GROUP_VERSION",
+    "API_VERSION",
+    "KIND",
+    "MAP_KEY",
+    "MAX_BUCKETS",
+    "PLURAL",
+    "ae_title_problem",
+]
+
+API_GROUP: Final = "gatewaypool.io"
+API_VERSION: Final = "v1alpha1"
+API_GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
+KIND: Final = "GatewayPool"
+PLURAL: Final = "gatewaypools"
+
+MAP_KEY: Final = "map.json"
+"""The key of the bucket map in a pool's ``NAME-map`` ConfigMap."""
+
+MAX_BUCKETS: Final = 65536
+"""Upper bound of a pool's bucket count: ample for any pool, and it keeps a map small."""
+
+AE_TITLE_MAX_LENGTH: Final = 16
+AE_TITLE_PATTERN: Final = r"^[ -\[\]-~]{1,16}$"
+"""An AE title: 1 to 16 printable ASCII characters, no backslash (PS3.5 6.2, AE VR).
+
+The CRD's schema uses this pattern; `ae_title_problem` adds what a pattern
+cannot say well: a title of spaces only, which no DICOM peer can be called by.
+"""
+
+_AE_TITLE: Final = re.compile(AE_TITLE_PATTERN)
+
+
+def ae_title_problem(value: str) -> str | None:
+    """Return why `value` is not a usable AE title, or None if it is one.
+
+    The answer completes "… is not an AE title (<answer>)" in each caller's
+    own error type: the operator's spec errors, the router's option errors
+    and the bucket map's format errors say the same thing.
+    """
+    if not 1 <= len(value) <= AE_TITLE_MAX_LENGTH:
+        return f"1 to {AE_TITLE_MAX_LENGTH} characters, has {len(value)}"
+    if "\\" in value:
+        return "no backslash"
+    if not _AE_TITLE.fullmatch(value):  # match() would let a trailing newline through
+        return "printable ASCII only, no control characters"
+    if not value.strip(" "):
+        return "all spaces"
+    return None

@@ -1,0 +1,87 @@
+"""The contract operator and routers share: one AE title rule, checked alike everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gatewaypool.bucketmap import BucketMap, Gateway, MapError, balanced_map, dump_map, parse_map
+from gatewaypool.contract import (
+    AE_TITLE_PATTERN,
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PLURAL,
+    ae_title_problem,
+)
+from gatewaypool_operator.spec import SpecError, parse_spec
+from gatewaypool_router.config import ConfigError, check_ae_title
+from support.crd import CRD_PATH, version_of
+
+TITLES = ["GATEWAY", "A", "X" * 16, "CT SCANNER 1", "a~[]{}!", " PAD "]
+NOT_TITLES = ["", "X" * 17, "BACK\\SLASH", "TAB\tS", "NEW\nLINE", "ROUTER\n", "    ", "ÄRZTE"]
+
+
+def operator_accepts(title: str) -> bool:
+    spec: dict[str, Any] = {"gateway": {"image": "gw:1", "aeTitle": title}}
+    try:
+        parse_spec(spec, default_router_image="router:1")
+    except SpecError:
+        return False
+    return True
+
+
+def router_accepts(title: str) -> bool:
+    try:
+        check_ae_title("--aet", title)
+    except ConfigError:
+        return False
+    return True
+
+
+def map_accepts(title: str) -> bool:
+    wire = json.loads(dump_map(_one_gateway_map()))
+    wire["gateways"][0]["aeTitle"] = title
+    try:
+        parse_map(json.dumps(wire))
+    except MapError:
+        return False
+    return True
+
+
+def _one_gateway_map() -> BucketMap:
+    gateway = Gateway(name="gw-0", host="gw-0.local", port=104, ae_title="GW")
+    return balanced_map([gateway], buckets=4)
+
+
+@pytest.mark.parametrize("title", TITLES)
+def test_every_part_accepts_a_title(title: str) -> None:
+    assert ae_title_problem(title) is None
+    assert (operator_accepts(title), router_accepts(title), map_accepts(title)) == (True,) * 3
+
+
+@pytest.mark.parametrize("title", NOT_TITLES)
+def test_every_part_refuses_a_non_title(title: str) -> None:
+    assert ae_title_problem(title)
+    assert (operator_accepts(title), router_accepts(title), map_accepts(title)) == (False,) * 3
+
+
+@given(st.text(max_size=20))
+def test_the_rule_is_the_crd_pattern_less_all_spaces(title: str) -> None:
+    # The API server matches the whole string (Go's RE2: $ is the end of text).
+    by_pattern = re.fullmatch(AE_TITLE_PATTERN.strip("^$"), title) is not None
+    assert (ae_title_problem(title) is None) == (by_pattern and bool(title.strip(" ")))
+
+
+def test_the_crd_has_the_contract_coordinates() -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    assert crd["spec"]["group"] == API_GROUP
+    assert crd["spec"]["names"]["kind"] == KIND
+    assert crd["spec"]["names"]["plural"] == PLURAL
+    assert version_of(crd)["name"] == API_VERSION
