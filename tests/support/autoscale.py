@@ -269,9 +269,18 @@ def _running(*parts: Any) -> Iterator[None]:
         yield
 
 
-def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
-    """Run `scenario` on `kube` (CRD applied, namespace made) with files under `work`."""
-    s = scenario
+@dataclass
+class _Pool:
+    """The pool at its minimum with its routers, the operator and the kubelet running."""
+
+    kube: KubeEmulator
+    kubelet: GatewayKubelet
+    routers: list[RouterProcess]
+    hpa: dict[str, Any]
+
+
+@contextmanager
+def _pool(kube: KubeEmulator, work: Path, s: Scenario) -> Iterator[_Pool]:
     kubelet = GatewayKubelet(
         kube,
         work,
@@ -284,8 +293,143 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
     operator = OperatorProcess(
         work / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
     )
-    routers: list[RouterProcess] = []
     custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+    with _running(operator, kubelet), ExitStack() as stack:
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, s.pool())
+        routers = [
+            make_router(
+                kube,
+                kubelet,
+                work,
+                f"{POOL}-router-{i}",
+                extra_args=["--study-quiet-seconds", str(s.quiet_seconds)],
+            )
+            for i in range(s.routers)
+        ]
+        for router in routers:
+            stack.callback(router.stop)
+        # Together, while the first gateway starts: each is ready once it has a map.
+        _start_together(routers, timeout=90)
+        wait_until(lambda: settled(kube, kubelet, s.min_replicas), timeout=60, what="pool at min")
+        wait_until(
+            lambda: kube.get("HorizontalPodAutoscaler", POOL, NS) is not None,
+            timeout=30,
+            what="the operator's HPA",
+        )
+        yield _Pool(kube, kubelet, routers, kube.get("HorizontalPodAutoscaler", POOL, NS) or {})
+
+
+def _start_together(routers: list[RouterProcess], *, timeout: float) -> None:
+    """Start every router at once and wait until each is ready; raise what any raised."""
+    failures: list[BaseException] = []
+
+    def start(router: RouterProcess) -> None:
+        try:
+            router.start(timeout=timeout)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(r,), name="start-router") for r in routers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+class _Phases:
+    """Drives the load through its phases, counting time in HPA syncs."""
+
+    def __init__(
+        self,
+        pool: _Pool,
+        s: Scenario,
+        controller: HPAController,
+        load: Load,
+        sampler: Sampler,
+    ) -> None:
+        self.pool = pool
+        self.s = s
+        self.controller = controller
+        self.load = load
+        self.sampler = sampler
+        self.phases: list[tuple[float, int]] = []
+        self.marks: dict[str, float] = {}
+
+    def run(self) -> Outcome:
+        s = self.s
+        try:
+            for step, count in enumerate(s.ramp):
+                self.senders(count)
+                if step < len(s.ramp) - 1:
+                    self.hold(s.hold_syncs, f"{count} senders")
+            wait_until(
+                lambda: self.spec_replicas() == s.max_replicas,
+                timeout=30 * s.sync_period + 30,
+                what="the HPA scaling to max",
+            )
+            # The peak: the new gateways get their buckets as the load goes on.
+            self.hold(s.peak_syncs, "the peak")
+            self.mark("load falls")
+            for count in reversed(s.ramp[:-1]):
+                self.senders(count)
+                if count != s.ramp[0]:
+                    self.hold(s.hold_syncs - 1, f"{count} senders")
+            wait_until(
+                lambda: self.spec_replicas() < s.max_replicas,
+                timeout=s.stabilization_seconds + 30 * s.sync_period + 30,
+                what="the HPA's first scale-down",
+            )
+            self.hold(s.calm_syncs, f"{s.ramp[0]} sender while gateways leave")
+            self.senders(0)
+            self.mark("load stops")
+            kube, kubelet = self.pool.kube, self.pool.kubelet
+            wait_until(
+                lambda: (
+                    self.spec_replicas() == s.min_replicas
+                    and settled(kube, kubelet, s.min_replicas)
+                ),
+                timeout=s.stabilization_seconds
+                + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
+                + s.max_drain_seconds
+                + 60,
+                what="the pool back at min and settled",
+            )
+            self.mark("settled back at min")
+        finally:
+            outcome = self.load.finish()
+        wait_until(
+            lambda: all(_in_flight(r) == 0 for r in self.pool.routers),
+            timeout=s.quiet_seconds * 5 + 10,
+            what="nothing in flight",
+        )
+        self.hold(s.hold_syncs, "idle")
+        return outcome
+
+    def senders(self, count: int) -> None:
+        self.load.set_senders(count)
+        self.phases.append((time.monotonic() - self.sampler.started, count))
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.monotonic() - self.sampler.started
+
+    def hold(self, syncs: int, what: str) -> None:
+        target = len(self.controller.syncs) + syncs
+        wait_until(
+            lambda: len(self.controller.syncs) >= target,
+            timeout=syncs * self.s.sync_period * 5 + 10,
+            what=what,
+        )
+
+    def spec_replicas(self) -> int:
+        pool = self.pool.kube.get("GatewayPool", POOL, NS) or {}
+        return int((pool.get("spec") or {}).get("replicas") or 0)
+
+
+def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
+    """Run `scenario` on `kube` (CRD applied, namespace made) with files under `work`."""
+    s = scenario
 
     def make_study(index: int) -> Study:
         return generate_study(
@@ -297,124 +441,38 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
             seed=s.seed,
         )
 
-    with _running(operator, kubelet):
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, s.pool())
-        wait_until(lambda: settled(kube, kubelet, s.min_replicas), timeout=60, what="pool at min")
-        wait_until(
-            lambda: kube.get("HorizontalPodAutoscaler", POOL, NS) is not None,
-            timeout=30,
-            what="the operator's HPA",
-        )
-        hpa = kube.get("HorizontalPodAutoscaler", POOL, NS) or {}
-        for i in range(s.routers):
-            routers.append(
-                make_router(
-                    kube,
-                    kubelet,
-                    work,
-                    f"{POOL}-router-{i}",
-                    extra_args=["--study-quiet-seconds", str(s.quiet_seconds)],
-                )
-            )
-        adapter = RouterMetricsAdapter(lambda: routers)
+    with _pool(kube, work, s) as pool:
+        adapter = RouterMetricsAdapter(lambda: pool.routers)
         controller = HPAController(
             kube, namespace=NS, name=POOL, metrics=adapter.pods_metric, sync_period=s.sync_period
         )
-        load = Load(routers, make_study, seed=s.seed, chunk=s.chunk)
-        sampler = Sampler(kube, kubelet, adapter, load, interval=0.1)
-        phases: list[tuple[float, int]] = []
-        marks: dict[str, float] = {}
-
-        def senders(count: int) -> None:
-            load.set_senders(count)
-            phases.append((time.monotonic() - sampler.started, count))
-
-        def hold(syncs: int, what: str) -> None:
-            target = len(controller.syncs) + syncs
-            wait_until(
-                lambda: len(controller.syncs) >= target,
-                timeout=syncs * s.sync_period * 5 + 10,
-                what=what,
-            )
-
-        def settled_at(replicas: int, what: str, timeout: float) -> None:
-            wait_until(
-                lambda: _spec_replicas(kube) == replicas and settled(kube, kubelet, replicas),
-                timeout=timeout,
-                what=what,
-            )
-            marks[what] = time.monotonic() - sampler.started
-
-        with _running(*routers, controller, sampler):
-            try:
-                for step, count in enumerate(s.ramp):
-                    senders(count)
-                    if step < len(s.ramp) - 1:
-                        hold(s.hold_syncs, f"{count} senders")
-                wait_until(
-                    lambda: _spec_replicas(kube) == s.max_replicas,
-                    timeout=30 * s.sync_period + 30,
-                    what="the HPA scaling to max",
-                )
-                # The peak: the new gateways get their buckets as the load goes on.
-                hold(s.peak_syncs, "the peak")
-                marks["load falls"] = time.monotonic() - sampler.started
-                for count in reversed(s.ramp[:-1]):
-                    senders(count)
-                    if count != s.ramp[0]:
-                        hold(s.hold_syncs - 1, f"{count} senders")
-                wait_until(
-                    lambda: _spec_replicas(kube) < s.max_replicas,
-                    timeout=s.stabilization_seconds + 30 * s.sync_period + 30,
-                    what="the HPA's first scale-down",
-                )
-                hold(s.calm_syncs, f"{s.ramp[0]} sender while gateways leave")
-                senders(0)
-                marks["load stops"] = time.monotonic() - sampler.started
-                down = (
-                    s.stabilization_seconds
-                    + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
-                    + s.max_drain_seconds
-                    + 60
-                )
-                settled_at(s.min_replicas, "settled back at min", timeout=down)
-            finally:
-                outcome = load.finish()
-            wait_until(
-                lambda: all(_in_flight(r) == 0 for r in routers),
-                timeout=s.quiet_seconds * 5 + 10,
-                what="nothing in flight",
-            )
-            hold(s.hold_syncs, "idle")
+        load = Load(pool.routers, make_study, seed=s.seed, chunk=s.chunk)
+        sampler = Sampler(kube, pool.kubelet, adapter, load, interval=0.1)
+        phases = _Phases(pool, s, controller, load, sampler)
+        with _running(controller, sampler):
+            outcome = phases.run()
         held: dict[str, set[int]] = defaultdict(set)
         holders: dict[str, int] = {}
-        for ordinal, sink in kubelet.gateways.items():
+        for ordinal, sink in pool.kubelet.gateways.items():
             for item in sink.received():
                 held[item.study_uid].add(ordinal)
                 holders[item.sop_instance_uid] = ordinal
-        status = pool_status(kube, kubelet)
-        handovers = dict(status.get("handovers") or {})
-        conditions = list(status.get("conditions") or [])
+        status = pool_status(kube, pool.kubelet)
     return Result(
         scenario=s,
         started=sampler.started,
         samples=sampler.samples,
         syncs=controller.syncs,
-        phases=phases,
+        phases=phases.phases,
         outcome=outcome,
         held=held,
         holders=holders,
-        hpa=hpa,
-        handovers=handovers,
-        conditions=conditions,
-        errors=[*kubelet.errors, *controller.errors],
-        marks=marks,
+        hpa=pool.hpa,
+        handovers=dict(status.get("handovers") or {}),
+        conditions=list(status.get("conditions") or []),
+        errors=[*pool.kubelet.errors, *controller.errors],
+        marks=phases.marks,
     )
-
-
-def _spec_replicas(kube: KubeEmulator) -> int:
-    pool = kube.get("GatewayPool", POOL, NS) or {}
-    return int((pool.get("spec") or {}).get("replicas") or 0)
 
 
 def _in_flight(router: RouterProcess) -> float:
