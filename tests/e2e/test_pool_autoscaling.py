@@ -84,8 +84,9 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
         result.marks,
     )
     assert all(a - b == 1 for _, a, b in downs), downs
-    for (t1, _, _), (t2, _, _) in itertools.pairwise(downs):
-        assert t2 - t1 >= s.period_seconds, downs
+    for (t1, a1, b1), (t2, a2, b2) in itertools.pairwise(events):
+        if b1 < a1 and b2 < a2:  # two scale-downs in a row (a scale-up between allows more)
+            assert t2 - t1 >= s.period_seconds, events
     # ... and the controller's own view agrees: every recommendation of the
     # window before a scale-down asked for no more than it left.
     for sync in result.syncs:
@@ -97,8 +98,6 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
                 and other.decision.metric_replicas is not None
             ]
             assert max(window) <= sync.decision.replicas, (sync, window)
-    # No up and down ping-pong: one climb, one descent.
-    assert [b > a for _, a, b in events] == [True] * len(ups) + [False] * len(downs), events
 
     # The end: back at the minimum once the load stopped, and staying there.
     assert "settled back at min" in result.marks
@@ -108,14 +107,15 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
     [degraded] = [c for c in result.conditions if c["type"] == "Degraded"]
     assert degraded["status"] == "False", degraded
 
-    # Throughout: nothing split, failed, unanswered or lost.
+    # Throughout: nothing split, failed, unanswered or lost. Counted, not
+    # listed: UIDs stay out of logs and reports, failed ones' included.
     outcome = result.outcome
     assert len(outcome.studies) >= 15
-    assert not outcome.failed, f"{len(outcome.failed)} failed: {set(outcome.failed.values())}"
-    assert not outcome.unanswered
-    for study in outcome.studies:
-        assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
-    # Counted, not listed: UIDs stay out of logs and reports.
-    assert len(result.split_studies()) == 0, result.summary()
-    assert len(result.lost_instances()) == 0, result.summary()
+    failed, unanswered = len(outcome.failed), len(outcome.unanswered)
+    assert (failed, unanswered) == (0, 0), set(outcome.failed.values())
+    unacknowledged = sum(
+        1 for study in outcome.studies if set(study.sop_instance_uids) - outcome.acknowledged.keys()
+    )
+    split, lost = len(result.split_studies()), len(result.lost_instances())
+    assert (unacknowledged, split, lost) == (0, 0, 0), result.summary()
     assert result.handovers.get("forced", 0) == 0, result.handovers

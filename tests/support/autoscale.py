@@ -128,17 +128,21 @@ class Sample:
 
 @dataclass
 class Result:
-    """What a run did."""
+    """What a run did.
+
+    Its repr leaves out the timeline and the outcome: long, and the outcome
+    holds UIDs, which stay out of test reports.
+    """
 
     scenario: Scenario
     started: float  # monotonic time the load started; sample and phase times count from it
-    samples: list[Sample]
-    syncs: list[Sync]
+    samples: list[Sample] = field(repr=False)
+    syncs: list[Sync] = field(repr=False)
     phases: list[tuple[float, int]]  # (time, senders)
-    outcome: Outcome
-    held: dict[str, set[int]]  # study -> gateway ordinals that hold some of it
-    holders: dict[str, int]  # SOP instance -> gateway ordinal
-    hpa: dict[str, Any]
+    outcome: Outcome = field(repr=False)
+    held: dict[str, set[int]] = field(repr=False)  # study -> gateway ordinals holding some of it
+    holders: dict[str, int] = field(repr=False)  # SOP instance -> gateway ordinal
+    hpa: dict[str, Any] = field(repr=False)
     handovers: dict[str, int]  # the pool's status.handovers at the end: completed, forced
     conditions: list[dict[str, Any]]  # the pool's status.conditions at the end
     errors: list[str] = field(default_factory=list)
