@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -83,8 +84,29 @@ def _gateway_of(scp: StoreSCP, name: str) -> Gateway:
 
 
 def main(args: argparse.Namespace) -> int:
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gatewaypool-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    """Run every case, print the figures and append them to ``args.markdown`` if given.
+
+    Without ``--work-dir`` the generated data (over half a gigabyte by
+    default, plus what the gateways wrote) goes to a temporary folder that is
+    removed at the end; with it, everything stays for inspection.
+
+    Returns
+    -------
+    int
+        0; a failed case raises instead, since a figure from a run that lost
+        instances would flatter whichever path lost them.
+    """
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        return _run(args, args.work_dir)
+    work = Path(tempfile.mkdtemp(prefix="gatewaypool-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     machine, load_start = this_machine(), load_average()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     study_size = max(1, args.study_size)
