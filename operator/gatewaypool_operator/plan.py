@@ -382,21 +382,10 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         map_data=map_data,
         gateway_replicas=decided.replicas,
     )
-    writes: list[Write] = []
-    for obj in desired:
-        obj["metadata"]["ownerReferences"] = [owner]
-        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == map_name:
-            if write_map:
-                # Written only with a new version or a new handover state.
-                writes.append(Write(obj, conditional=True, base=map_object, exclusive=True))
-        elif obj["kind"] == "StatefulSet":
-            writes.append(Write(obj, conditional=True, base=observed.statefulset))
-        else:
-            writes.append(Write(obj))
     reports = children.routers_configmap(name=name, namespace=namespace)
-    reports["metadata"]["ownerReferences"] = [owner]
-    writes.append(Write(reports, create_only=True))
-
+    writes = _writes(
+        [*desired, reports], pool=name, owner=owner, observed=observed, write_map=write_map
+    )
     wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
     deletes = tuple(
         child
@@ -416,7 +405,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         ),
         map_name=map_name,
         map_existed=map_object is not None,
-        writes=tuple(writes),
+        writes=writes,
         # Reports of router pods that are gone; each router writes only its own key.
         prune=(
             Prune(children.routers_configmap_name(name), decided.prune_reports)
@@ -556,6 +545,40 @@ def _plan_handover(
             report_keys=tuple(reports),
         )
     )
+
+
+def _writes(
+    objects: Sequence[dict[str, Any]],
+    *,
+    pool: str,
+    owner: Mapping[str, Any],
+    observed: Observed,
+    write_map: bool,
+) -> tuple[Write, ...]:
+    """The writes of `objects` (the children, then the routers' reports), owned by the pool.
+
+    The map and the StatefulSet are written only over the versions the pass
+    read: a pass decided from an older map cannot publish over a newer one,
+    nor shrink the StatefulSet back. The map's first version is created only
+    if it is still absent. The routers' reports are created once and never
+    overwritten: the routers write into them.
+    """
+    writes: list[Write] = []
+    for obj in objects:
+        obj["metadata"]["ownerReferences"] = [owner]
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind == "ConfigMap" and name == children.map_configmap_name(pool):
+            if write_map:
+                # Written only with a new version or a new handover state.
+                base = observed.map_configmap
+                writes.append(Write(obj, conditional=True, base=base, exclusive=True))
+        elif kind == "ConfigMap" and name == children.routers_configmap_name(pool):
+            writes.append(Write(obj, create_only=True))
+        elif kind == "StatefulSet":
+            writes.append(Write(obj, conditional=True, base=observed.statefulset))
+        else:
+            writes.append(Write(obj))
+    return tuple(writes)
 
 
 def _state_news(

@@ -75,8 +75,12 @@ def observe(cluster: Cluster, *, body: Mapping[str, Any]) -> Observed:
     read.
 
     All optional children are read, whether the spec wants them or not:
-    which ones it wants is the plan's decision, and reading one is cheaper
-    than deciding before observing.
+    which ones it wants is the plan's decision, made after the reads. The
+    price is a second read of each one the spec wants, which
+    :meth:`~gatewaypool_operator.kubeapply.Cluster.apply` reads again to
+    compare: it cannot take this read as its ``base``, since a conditional
+    write of an object others update (the autoscaler's status) would
+    conflict again and again.
     """
     metadata = body.get("metadata") or {}
     name = str(metadata["name"])
