@@ -1,219 +1,281 @@
 """``gatewaypool bench``: what the router costs, in figures.
 
-Same data, same run: DCMTK ``storescu`` straight to one ``storescp`` is 1.0;
-the same files through the router to three ``storescp`` gateways give the
-ratio. Then the latency the router adds per instance (a pynetdicom sender
-timing each C-STORE round trip, direct and routed) and the router's peak
-memory, also while it streams one very large multi-frame instance.
+Same data, same run: DCMTK ``storescu`` straight to one ``storescp`` is the
+reference on one association; on four, so is the *limit*, every study sent
+straight to the gateway its bucket names. The same files through the router
+to three ``storescp`` gateways give the ratios. Then the router's CPU per GB
+forwarded, the latency it adds per C-STORE (a pynetdicom sender timing each
+round trip of small instances, direct and routed) and its peak memory, per
+worker and in total, also while it streams one very large multi-frame
+instance. :mod:`gatewaypool_local.bench_cases` holds the cases,
+:mod:`gatewaypool_local.bench_measure` the measuring and
+:mod:`gatewaypool_local.bench_report` the text.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
+import datetime
+import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import _config
-
-from gatewaypool_local import scu
+from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
+from gatewaypool_local import bench_cases as cases
+from gatewaypool_local.bench_measure import (
+    Latency,
+    ProcessSample,
+    load_average,
+    sample_tree,
+    this_machine,
+    tree_cpu_seconds,
+)
+from gatewaypool_local.bench_report import BenchResult, RouterCpu, Throughput, render
 from gatewaypool_local.peers import StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_multiframe, generate_study
 
-_STUDY_SIZE = 50
-
-
-@dataclass(frozen=True)
-class Throughput:
-    label: str
-    associations: int
-    instances: int
-    size: int
-    seconds: float
-
-    @property
-    def per_second(self) -> float:
-        return self.instances / self.seconds
-
-    @property
-    def megabytes_per_second(self) -> float:
-        return self.size / 1e6 / self.seconds
+#: Rows and columns of the latency instances: small, so the transfer time
+#: does not hide the per-instance work.
+_LATENCY_SIZE = 64
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _send_parallel(host: str, port: int, called_ae: str, parts: Sequence[Sequence[Path]]) -> float:
-    errors: list[str] = []
-
-    def send(files: Sequence[Path], index: int) -> None:
-        result = storescu(host, port, files, calling_ae=f"BENCH{index}", called_ae=called_ae)
-        if result.returncode != 0:
-            errors.append((result.stdout + result.stderr)[-400:])
-
-    threads = [threading.Thread(target=send, args=(files, i)) for i, files in enumerate(parts)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError("storescu failed: " + " | ".join(errors))
-    return elapsed
+def _command(args: argparse.Namespace) -> str:
+    words = [
+        "gatewaypool bench",
+        f"--instances {args.instances}",
+        f"--multiframe-mb {args.multiframe_mb}",
+        f"--rounds {args.rounds}",
+        f"--workers {args.workers}",
+    ]
+    if args.size != 512:
+        words.append(f"--size {args.size}")
+    if args.study_size != 50:
+        words.append(f"--study-size {args.study_size}")
+    if args.latency_instances != 200:
+        words.append(f"--latency-instances {args.latency_instances}")
+    return " ".join(words)
 
 
-def _split(files: Sequence[Path], parts: int) -> list[list[Path]]:
-    """Whole studies per association, as modalities send them."""
-    studies = [list(files[i : i + _STUDY_SIZE]) for i in range(0, len(files), _STUDY_SIZE)]
-    out: list[list[Path]] = [[] for _ in range(parts)]
-    for index, study in enumerate(studies):
-        out[index % parts].extend(study)
-    return [part for part in out if part]
+class _RouterTree:
+    """The router under test: its process, and readings of its whole process tree."""
+
+    def __init__(self, router: RouterProcess, workers: int) -> None:
+        self.router = router
+        self.workers = workers
+
+    def sample(self) -> list[ProcessSample]:
+        if self.router.pid is None:
+            raise RuntimeError("router not started")
+        return sample_tree(self.router.pid, workers=self.workers)
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.sample())
 
 
-def _round_trips(host: str, port: int, called_ae: str, files: Sequence[Path]) -> list[float]:
-    """Seconds per C-STORE round trip on one pynetdicom association."""
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    timings = []
-    try:
-        with scu.open_association(
-            host,
-            port,
-            contexts=[("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")],
-            calling_ae="LATENCY",
-            called_ae=called_ae,
-            max_pdu=131072,
-        ) as assoc:
-            for path in files:
-                started = time.perf_counter()
-                status = scu.store(assoc, path)
-                timings.append(time.perf_counter() - started)
-                if not status or int(status.Status) != 0:
-                    raise RuntimeError(f"C-STORE failed: {status}")
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-    return timings
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def _gateway_of(scp: StoreSCP, name: str) -> Gateway:
+    return Gateway(name=name, host=scp.host, port=scp.port, ae_title=scp.ae_title)
 
 
 def main(args: argparse.Namespace) -> int:
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gatewaypool-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
+    """Run every case, print the figures and append them to ``args.markdown`` if given.
 
-    def record(text: str = "") -> None:
-        _say(text)
-        lines.append(text)
+    Without ``--work-dir`` the generated data (over half a gigabyte by
+    default, plus what the gateways wrote) goes to a temporary folder that is
+    removed at the end; with it, everything stays for inspection.
 
-    instances = max(_STUDY_SIZE, args.instances)
-    studies = (instances + _STUDY_SIZE - 1) // _STUDY_SIZE
-    _say(f"generating {studies * _STUDY_SIZE} CT instances (512x512, 16 bit) in {work}")
-    files: list[Path] = []
-    for index in range(studies):
-        files += generate_study(
-            work / "data", study_index=index, instances=_STUDY_SIZE, rows=512, columns=512
-        ).files
+    Returns
+    -------
+    int
+        0; a failed case raises instead, since a figure from a run that lost
+        instances would flatter whichever path lost them.
+    """
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        return _run(args, args.work_dir)
+    work = Path(tempfile.mkdtemp(prefix="gatewaypool-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    machine, load_start = this_machine(), load_average()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    study_size = max(1, args.study_size)
+    count = (max(study_size, args.instances) + study_size - 1) // study_size
+    _say(
+        f"generating {count * study_size} CT instances ({args.size}x{args.size}, 16 bit) "
+        f"in {work}; load average {load_start[0]:.2f}"
+    )
+    studies = []
+    for index in range(count):
+        study = generate_study(
+            work / "data",
+            study_index=index,
+            instances=study_size,
+            rows=args.size,
+            columns=args.size,
+        )
+        studies.append(cases.StudyFiles(study.study_uid, tuple(study.files)))
+    files = [f for s in studies for f in s.files]
     size = sum(path.stat().st_size for path in files)
+    small = generate_study(
+        work / "latency",
+        study_index=count,
+        instances=max(1, args.latency_instances),
+        rows=_LATENCY_SIZE,
+        columns=_LATENCY_SIZE,
+    )
     # --fork: a gateway serves concurrent associations, as a real one does
     # (a single storescp process takes one association at a time).
     direct_gateway = StoreSCP(work / "direct", ae_title="DIRECT", extra_args=["--fork"])
-    gateways = [
-        StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}", extra_args=["--fork"]) for i in range(3)
-    ]
+    scps = [StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}", extra_args=["--fork"]) for i in range(3)]
     router: RouterProcess | None = None
-    results: list[Throughput] = []
     try:
-        for gateway in [direct_gateway, *gateways]:
-            gateway.start()
-        router = RouterProcess(
-            work / "router", gateways=[f"{g.ae_title}@{g.host}:{g.port}" for g in gateways]
-        )
+        for scp in [direct_gateway, *scps]:
+            scp.start()
+        bucket_map = balanced_map([_gateway_of(scp, f"gw-{i}") for i, scp in enumerate(scps)])
+        map_file = work / "map.json"
+        map_file.write_text(dump_map(bucket_map))
+        router = RouterProcess(work / "router", map_file=map_file, workers=args.workers)
         router.start()
-        targets = [
-            ("direct", direct_gateway.host, direct_gateway.port, direct_gateway.ae_title),
-            ("routed", router.host, router.port, router.ae_title),
-        ]
-        for associations in (1, 4):
-            parts = _split(files, associations)
-            for label, host, port, ae_title in targets:
-                best = min(_send_parallel(host, port, ae_title, parts) for _ in range(args.rounds))
-                results.append(Throughput(label, associations, len(files), size, best))
-                _say(f"  {label} x{associations}: {len(files) / best:.0f} instances/s")
-        sample = files[: min(200, len(files))]
-        direct_rt = _round_trips(
-            direct_gateway.host, direct_gateway.port, direct_gateway.ae_title, sample
+        tree = _RouterTree(router, args.workers)
+        results, cpu, limit_spread = _throughput(
+            args,
+            studies,
+            size=size,
+            direct_gateway=direct_gateway,
+            router=router,
+            bucket_map=bucket_map,
+            tree=tree,
         )
-        routed_rt = _round_trips(router.host, router.port, router.ae_title, sample)
-        router_rss = router.peak_rss_bytes()
+        latency = Latency(
+            direct=tuple(
+                cases.round_trips(
+                    direct_gateway.host, direct_gateway.port, direct_gateway.ae_title, small.files
+                )
+            ),
+            routed=tuple(cases.round_trips(router.host, router.port, router.ae_title, small.files)),
+        )
+        memory = tuple(tree.sample())
     finally:
         if router is not None:
             router.stop()
-        for gateway in [direct_gateway, *gateways]:
-            gateway.stop()
+        for scp in [direct_gateway, *scps]:
+            scp.stop()
 
-    big_rss, big_seconds, big_size = _multiframe(work, args.multiframe_mb)
-
-    record("## Router benchmark")
-    record()
-    command = f"gatewaypool bench --instances {args.instances} --multiframe-mb {args.multiframe_mb}"
-    record(f"Command: `{command}`")
-    record(
-        f"Data: {len(files)} CT instances, 512x512x16 bit, {size / 1e6:.0f} MB, "
-        f"in studies of {_STUDY_SIZE}; best of {args.rounds} rounds. "
-        f"Machine: {_machine()}."
+    big = _multiframe(work, args.multiframe_mb, args.workers)
+    cpu.append(big.cpu)
+    result = BenchResult(
+        command=_command(args),
+        date=date,
+        machine=machine,
+        load_start=load_start,
+        load_end=load_average(),
+        workers=args.workers,
+        instances=len(files),
+        data_bytes=size,
+        rows=args.size,
+        study_size=study_size,
+        studies=len(studies),
+        rounds=args.rounds,
+        throughput=tuple(results),
+        limit_spread=limit_spread,
+        cpu=tuple(cpu),
+        latency=latency,
+        latency_instance_bytes=small.total_bytes // small.instances,
+        memory=memory,
+        multiframe_bytes=big.size,
+        multiframe_seconds=big.seconds,
+        multiframe_memory=big.memory,
     )
-    record()
-    record("| path | associations | instances/s | MB/s | routed/direct |")
-    record("|---|---|---|---|---|")
-    for associations in (1, 4):
-        direct = next(r for r in results if r.label == "direct" and r.associations == associations)
-        routed = next(r for r in results if r.label == "routed" and r.associations == associations)
-        for r in (direct, routed):
-            ratio = f"{routed.per_second / direct.per_second:.2f}" if r is routed else "1.00"
-            record(
-                f"| {'storescu → storescp' if r is direct else 'storescu → router → 3 storescp'} "
-                f"| {associations} | {r.per_second:.0f} | {r.megabytes_per_second:.0f} | {ratio} |"
-            )
-    record()
-    added50 = (statistics.median(routed_rt) - statistics.median(direct_rt)) * 1000
-    added99 = (_percentile(routed_rt, 0.99) - _percentile(direct_rt, 0.99)) * 1000
-    record(
-        f"Per-instance C-STORE round trip (pynetdicom sender, {len(direct_rt)} instances): "
-        f"direct p50 {_ms(statistics.median(direct_rt))}, p99 {_ms(_percentile(direct_rt, 0.99))}; "
-        f"routed p50 {_ms(statistics.median(routed_rt))}, p99 {_ms(_percentile(routed_rt, 0.99))}; "
-        f"added by the router p50 {added50:.2f} ms, p99 {added99:.2f} ms."
-    )
-    record()
-    record(f"Router peak RSS over all the runs above: {router_rss / 2**20:.0f} MiB.")
-    record(
-        f"Router peak RSS while streaming one {big_size / 2**20:.0f} MiB multi-frame instance: "
-        f"{big_rss / 2**20:.0f} MiB (took {big_seconds:.1f} s)."
-    )
+    text = render(result)
+    _say()
+    _say(text)
     if args.markdown:
-        args.markdown.write_text("\n".join(lines) + "\n")
-        _say(f"figures written to {args.markdown}")
+        with args.markdown.open("a") as out:
+            out.write("\n" + text)
+        _say(f"figures appended to {args.markdown}")
     return 0
 
 
-def _multiframe(work: Path, megabytes: int) -> tuple[int, float, int]:
-    """Peak RSS of a fresh router while one huge instance streams through it."""
+def _throughput(
+    args: argparse.Namespace,
+    studies: list[cases.StudyFiles],
+    *,
+    size: int,
+    direct_gateway: StoreSCP,
+    router: RouterProcess,
+    bucket_map: BucketMap,
+    tree: _RouterTree,
+) -> tuple[list[Throughput], list[RouterCpu], str]:
+    """Run the direct, limit and routed cases on 1 and 4 associations.
+
+    Returns
+    -------
+    tuple
+        The best round of each case; the router's CPU over all rounds of
+        each routed case (read around those rounds only, so the other cases'
+        idle router does not count); how the limit case spread the studies.
+    """
+    instances = sum(len(s.files) for s in studies)
+    results: list[Throughput] = []
+    cpu: list[RouterCpu] = []
+    spread = ""
+    for associations in (1, 4):
+        study_lanes = cases.lanes(studies, associations)
+        plans = {
+            "direct": cases.through_one_peer(
+                study_lanes,
+                host=direct_gateway.host,
+                port=direct_gateway.port,
+                called_ae=direct_gateway.ae_title,
+            ),
+            "routed": cases.through_one_peer(
+                study_lanes, host=router.host, port=router.port, called_ae=router.ae_title
+            ),
+        }
+        if associations > 1:
+            plans["limit"] = cases.straight_to_owners(study_lanes, bucket_map)
+            spread = cases.studies_per_gateway(plans["limit"], bucket_map.gateways)
+        for label, plan in plans.items():
+            before = tree.cpu_seconds() if label == "routed" else 0.0
+            best = min(cases.run_lanes(plan) for _ in range(args.rounds))
+            if label == "routed":
+                cpu.append(
+                    RouterCpu(
+                        f"{associations} association{'s' if associations > 1 else ''}",
+                        tree.cpu_seconds() - before,
+                        size * args.rounds,
+                    )
+                )
+            results.append(Throughput(label, associations, instances, size, best))
+            _say(f"  {label} x{associations}: {instances / best:.0f} instances/s")
+    return results, cpu, spread
+
+
+@dataclass(frozen=True)
+class _Multiframe:
+    size: int
+    seconds: float
+    memory: tuple[ProcessSample, ...]
+    cpu: RouterCpu
+
+
+def _multiframe(work: Path, megabytes: int, workers: int) -> _Multiframe:
+    """Peak RSS and CPU of a fresh router while one huge instance streams through it.
+
+    A fresh router, so its VmHWM shows what streaming costs and not what the
+    throughput runs left behind.
+    """
     path = work / "multiframe.dcm"
     instance = generate_multiframe(path, size_bytes=megabytes * 2**20)
     gateway = StoreSCP(work / "gw-big", ae_title="BIG", extra_args=["--ignore"])
@@ -221,28 +283,23 @@ def _multiframe(work: Path, megabytes: int) -> tuple[int, float, int]:
     try:
         gateway.start()
         router = RouterProcess(
-            work / "router-big", gateways=[f"{gateway.ae_title}@{gateway.host}:{gateway.port}"]
+            work / "router-big",
+            gateways=[f"{gateway.ae_title}@{gateway.host}:{gateway.port}"],
+            workers=workers,
         )
         router.start()
+        tree = _RouterTree(router, workers)
+        before = tree.cpu_seconds()
         started = time.perf_counter()
         result = storescu(router.host, router.port, [path], called_ae=router.ae_title)
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(f"multi-frame send failed: {result.stderr[-400:]}")
-        return router.peak_rss_bytes(), seconds, instance.total_bytes
+        samples = tree.sample()
+        cpu = RouterCpu("multi-frame", tree_cpu_seconds(samples) - before, instance.total_bytes)
+        return _Multiframe(instance.total_bytes, seconds, tuple(samples), cpu)
     finally:
         if router is not None:
             router.stop()
         gateway.stop()
         path.unlink(missing_ok=True)
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}"
-
-
-if __name__ == "__main__":
-    sys.exit(main(argparse.Namespace()))

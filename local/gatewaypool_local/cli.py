@@ -78,13 +78,55 @@ def register_bench(subparsers: Any) -> None:
     """Add the ``bench`` subcommand (entry point ``gatewaypool.commands``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
-        help="benchmark: storescu straight to storescp vs through the router; memory",
+        help="benchmark: storescu straight to storescp vs through the router; CPU, latency, memory",
+        description=(
+            "Throughput of DCMTK storescu straight to storescp, straight to the gateway each "
+            "study's bucket names (the limit), and through the router; the router's CPU per GB "
+            "forwarded, the latency it adds per C-STORE, and its peak RSS per worker and in "
+            "total, also while streaming one large multi-frame instance."
+        ),
     )
-    parser.add_argument("--instances", type=int, default=1000)
-    parser.add_argument("--multiframe-mb", type=int, default=1024)
+    parser.add_argument(
+        "--instances", type=int, default=1000, help="CT instances to send (default %(default)s)"
+    )
+    parser.add_argument(
+        "--multiframe-mb",
+        type=int,
+        default=1024,
+        help="size of the multi-frame instance streamed for the memory figure (default "
+        "%(default)s)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="runs per case; the best counts")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the router's --workers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help="rows and columns of the CT instances (default "
+        "%(default)s; small sizes are for smoke tests)",
+    )
+    parser.add_argument(
+        "--study-size", type=int, default=50, help="instances per study (default %(default)s)"
+    )
+    parser.add_argument(
+        "--latency-instances",
+        type=int,
+        default=200,
+        help="small instances timed one by one for the added latency (default %(default)s)",
+    )
     parser.add_argument("--work-dir", type=Path)
-    parser.add_argument("--markdown", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="append the figures to this file as a dated section (how BENCHMARKS.md keeps "
+        "its history)",
+    )
     parser.set_defaults(func=run_bench)
 
 
@@ -92,6 +134,12 @@ def run_bench(args: argparse.Namespace) -> int:
     missing = _missing_extra("bench")
     if missing is not None:
         print(missing)
+        return 2
+    if min(args.instances, args.rounds, args.workers, args.study_size) < 1:
+        print("gatewaypool bench: --instances, --rounds, --workers and --study-size must be >= 1")
+        return 2
+    if args.latency_instances < 1 or args.multiframe_mb < 1:
+        print("gatewaypool bench: --latency-instances and --multiframe-mb must be >= 1")
         return 2
     from gatewaypool_local.bench import main as bench_main
 

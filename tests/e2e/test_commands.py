@@ -46,23 +46,52 @@ def test_local_demo_reports_every_study_whole(tmp_path: Path) -> None:
 
 
 def test_bench_prints_its_figures(tmp_path: Path) -> None:
+    """The whole bench, tiny: every case runs and every figure is stated.
+
+    Two workers, so the figures that cover the router's process tree
+    (CPU, peak RSS per worker) are read from more than one process. The
+    figures themselves mean nothing at this size and are not checked.
+    """
+    markdown = tmp_path / "bench.md"
+    markdown.write_text("# History\n")
     result = gatewaypool(
         "bench",
         "--instances",
-        "50",
+        "12",
+        "--study-size",
+        "3",
+        "--size",
+        "64",
+        "--latency-instances",
+        "20",
         "--multiframe-mb",
-        "16",
+        "8",
         "--rounds",
         "1",
+        "--workers",
+        "2",
         "--work-dir",
         str(tmp_path / "bench"),
         "--markdown",
-        str(tmp_path / "bench.md"),
+        str(markdown),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    report = (tmp_path / "bench.md").read_text()
+    report = markdown.read_text()
+    assert report.startswith("# History\n\n### ")  # appended: the history is kept
+    assert "Command: `gatewaypool bench --instances 12 " in report
+    assert "Machine: " in report
+    assert "`--workers 2` (2 worker processes and a supervisor)" in report
     assert "| storescu → router → 3 storescp | 1 |" in report
+    assert "| storescu per study → its gateway (limit) | 4 |" in report
     assert "| storescu → router → 3 storescp | 4 |" in report
     assert "added by the router p50" in report
-    assert "multi-frame instance" in report
+    assert "| router CPU per GB forwarded, 4 associations |" in report
+    assert "| added latency per C-STORE, p50 |" in report
+    assert "| peak RSS per worker, 8 MiB multi-frame |" in report
+    # Both workers and the supervisor were read, and the total sums them.
+    rss = next(line for line in report.splitlines() if line.startswith("Peak RSS"))
+    assert rss.count("supervisor") == 2 and rss.count("workers") == 2, rss
+    assert "total" in rss
+    # What was printed is what was written.
+    assert report.removeprefix("# History\n\n") in result.stdout

@@ -1,0 +1,247 @@
+"""The benchmark's figures as data, and the one text that states them.
+
+The same Markdown is printed and appended to ``--markdown FILE``: a dated
+section with the command, the machine and its load, so that BENCHMARKS.md
+keeps every run and a later reader can tell which figures are comparable.
+Rendering is a pure function of :class:`BenchResult`, tested on made-up
+figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gatewaypool_local.bench_measure import (
+    Latency,
+    Machine,
+    ProcessSample,
+    cpu_seconds_per_gb,
+    percentile,
+)
+
+#: A 1-minute load average at the start at or above this marks the run as loaded.
+QUIET_LOAD = 0.5
+
+_PATHS = {
+    "direct": "storescu → storescp",
+    "routed": "storescu → router → 3 storescp",
+    "limit": "storescu per study → its gateway (limit)",
+}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One throughput case: the best of its rounds."""
+
+    label: str  # "direct", "routed" or "limit"
+    associations: int
+    instances: int
+    size: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.size / 1e6 / self.seconds
+
+
+@dataclass(frozen=True)
+class RouterCpu:
+    """Router CPU (its whole process tree) over every round of one routed case."""
+
+    case: str
+    cpu_seconds: float
+    forwarded_bytes: int
+
+    @property
+    def per_gb(self) -> float:
+        return cpu_seconds_per_gb(self.cpu_seconds, self.forwarded_bytes)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything one ``gatewaypool bench`` run measured, and where."""
+
+    command: str
+    date: str
+    machine: Machine
+    load_start: tuple[float, float, float]
+    load_end: tuple[float, float, float]
+    workers: int
+    instances: int
+    data_bytes: int
+    rows: int
+    study_size: int
+    studies: int
+    rounds: int
+    throughput: tuple[Throughput, ...]
+    limit_spread: str
+    cpu: tuple[RouterCpu, ...]
+    latency: Latency
+    latency_instance_bytes: int
+    memory: tuple[ProcessSample, ...]
+    multiframe_bytes: int
+    multiframe_seconds: float
+    multiframe_memory: tuple[ProcessSample, ...]
+
+    def find(self, label: str, associations: int) -> Throughput:
+        return next(
+            r for r in self.throughput if r.label == label and r.associations == associations
+        )
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
+def _figure(value: float) -> str:
+    """Whole numbers where they are large, two decimals where a smoke run makes them small."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def worker_peak(samples: Sequence[ProcessSample]) -> int:
+    """The largest VmHWM among the worker processes (the figure the target bounds)."""
+    return max((s.peak_rss for s in samples if s.role == "worker"), default=0)
+
+
+def describe_memory(samples: Sequence[ProcessSample]) -> str:
+    """Each process's peak RSS by role, and their sum.
+
+    The total is a sum of peaks, which may have come at different moments:
+    an upper bound of what the replica held at once, the figure a memory
+    limit must allow for.
+    """
+    parts = []
+    for role in ("supervisor", "worker", "helper"):
+        peaks = [s.peak_rss for s in samples if s.role == role]
+        if peaks:
+            name = role if len(peaks) == 1 else f"{role}s"
+            parts.append(f"{name} {' / '.join(_mib(p) for p in peaks)}")
+    total = sum(s.peak_rss for s in samples)
+    return f"{', '.join(parts)}; total {_mib(total)}"
+
+
+def _target_row(figure: str, measured: str, target: str, met: bool | None) -> str:
+    verdict = "" if met is None else ("yes" if met else "no")
+    return f"| {figure} | {measured} | {target} | {verdict} |"
+
+
+def render(result: BenchResult) -> str:
+    """Return the run as a dated Markdown section (a level-3 heading and its figures)."""
+    lines: list[str] = []
+    say: Callable[[str], None] = lines.append
+    machine = result.machine
+    loaded = result.load_start[0] >= QUIET_LOAD
+    say(f"### {result.date}, --workers {result.workers}")
+    say("")
+    say(f"Command: `{result.command}`")
+    say("")
+    say(f"Machine: {machine.describe()}.")
+    load = (
+        f"Load average (1 min) {result.load_start[0]:.2f} at the start, "
+        f"{result.load_end[0]:.2f} at the end"
+    )
+    if loaded:
+        say(f"{load}: **measured on a loaded machine**, not a final figure.")
+    else:
+        say(f"{load}.")
+    worker_word = "process" if result.workers == 1 else "processes and a supervisor"
+    say(
+        f"Case: the router runs with `--workers {result.workers}` ({result.workers} worker "
+        f"{worker_word})."
+    )
+    say(
+        f"Data: {result.instances} CT instances, {result.rows}x{result.rows}x16 bit, "
+        f"{_figure(result.data_bytes / 1e6)} MB, {result.studies} studies of "
+        f"{result.study_size}; best of {result.rounds} round{'s' if result.rounds > 1 else ''}."
+    )
+    say("")
+    say("| path | associations | instances/s | MB/s | routed vs reference |")
+    say("|---|---|---|---|---|")
+    for associations in (1, 4):
+        direct = result.find("direct", associations)
+        routed = result.find("routed", associations)
+        references = [direct]
+        if associations > 1:
+            references.append(result.find("limit", associations))
+        for case in [*references, routed]:
+            if case is routed:
+                ratio = ", ".join(
+                    f"{routed.per_second / ref.per_second:.2f} of {ref.label}" for ref in references
+                )
+            else:
+                ratio = "reference"
+            say(
+                f"| {_PATHS[case.label]} | {associations} | {case.per_second:.0f} "
+                f"| {_figure(case.megabytes_per_second)} | {ratio} |"
+            )
+    say("")
+    say(
+        f"Limit: each of the {result.studies} studies sent by its own `storescu` straight to "
+        f"the gateway its bucket names in the router's map ({result.limit_spread} studies), "
+        f"the same {min(4, result.studies)} senders at once."
+    )
+    say("")
+    lat = result.latency
+    say(
+        f"C-STORE round trip (pynetdicom sender, one association, {len(lat.direct)} instances "
+        f"of {result.latency_instance_bytes / 1e3:.0f} kB): "
+        f"direct p50 {_ms(percentile(lat.direct, 0.5))}, p99 {_ms(percentile(lat.direct, 0.99))}; "
+        f"routed p50 {_ms(percentile(lat.routed, 0.5))}, "
+        f"p99 {_ms(percentile(lat.routed, 0.99))}; "
+        f"added by the router p50 {_ms(lat.added(0.5))}, p99 {_ms(lat.added(0.99))}."
+    )
+    say("")
+    say(
+        "Router CPU (user + system time of every process of the router, /proc/<pid>/stat): "
+        + "; ".join(
+            f"{c.case}: {c.cpu_seconds:.2f} s for {c.forwarded_bytes / 1e9:.2f} GB, "
+            f"{c.per_gb:.2f} s/GB"
+            for c in result.cpu
+        )
+        + "."
+    )
+    say("")
+    say(
+        f"Peak RSS (VmHWM of each process) after the throughput and latency runs: "
+        f"{describe_memory(result.memory)}. While streaming one "
+        f"{_mib(result.multiframe_bytes)} multi-frame instance "
+        f"(took {result.multiframe_seconds:.1f} s): {describe_memory(result.multiframe_memory)}."
+    )
+    say("")
+    say("| figure (issue 11) | measured | target | met |")
+    say("|---|---|---|---|")
+    one = result.find("routed", 1).per_second / result.find("direct", 1).per_second
+    four = result.find("routed", 4).per_second / result.find("limit", 4).per_second
+    say(_target_row("one association, routed / direct", f"{one:.2f}", "≥ 0.85", one >= 0.85))
+    say(_target_row("four associations, routed / limit", f"{four:.2f}", "≥ 0.85", four >= 0.85))
+    for c in result.cpu:
+        say(
+            _target_row(
+                f"router CPU per GB forwarded, {c.case}",
+                f"{c.per_gb:.2f} s",
+                "≤ 0.3 s",
+                c.per_gb <= 0.3,
+            )
+        )
+    added50, added99 = lat.added(0.5), lat.added(0.99)
+    say(_target_row("added latency per C-STORE, p50", _ms(added50), "≤ 0.3 ms", added50 <= 0.0003))
+    say(_target_row("added latency per C-STORE, p99", _ms(added99), "none", None))
+    for what, samples in (
+        ("peak RSS per worker", result.memory),
+        (
+            f"peak RSS per worker, {_mib(result.multiframe_bytes)} multi-frame",
+            result.multiframe_memory,
+        ),
+    ):
+        peak = worker_peak(samples)
+        say(_target_row(what, _mib(peak), "< 100 MiB", peak < 100 * 2**20))
+    return "\n".join(lines) + "\n"

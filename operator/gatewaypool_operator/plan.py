@@ -1,0 +1,463 @@
+"""What one pass of the control loop decides for a pool, from what it observed: no I/O.
+
+A pass reads the pool and the objects around it once (`Observed`, read by
+:func:`gatewaypool_operator.reconcile.observe`), decides everything here
+(:func:`plan`), and only then writes (:func:`gatewaypool_operator.reconcile.apply`).
+Keeping the decisions apart from the reads and writes means every rule of a
+pass -- a refused spec leaves the pool alone, the map is published only with
+news, an optional child goes only if this pool owns it, a refusal is
+announced once -- can be tested from plain dicts, the way
+:mod:`gatewaypool_operator.children` builds the objects themselves.
+
+Two things depend on how the writes went, and are decided after them, still
+without I/O, by :func:`finish`: the Events about children created, patched
+or deleted, and the ``Degraded`` condition with the API server's message
+when it refused a write (its Warning Event posted once, not on every pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from gatewaypool.bucketmap import BucketMap, dump_map
+from gatewaypool_operator import children, handover, mapgateways, observe, poolstatus
+from gatewaypool_operator.handover import HandoverPlan
+from gatewaypool_operator.kubeapply import Applied
+from gatewaypool_operator.passdata import (
+    ApplyResult,
+    Event,
+    Observed,
+    Outcome,
+    Plan,
+    Prune,
+    StatusBasis,
+    Write,
+)
+from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
+
+__all__ = [
+    "ACCEPTED_SPEC_ANNOTATION",
+    "APPLY_REFUSED",
+    "ApplyResult",
+    "Event",
+    "Observed",
+    "Outcome",
+    "Plan",
+    "Prune",
+    "StatusBasis",
+    "Write",
+    "finish",
+    "plan",
+]
+
+ACCEPTED_SPEC_ANNOTATION = "gatewaypool.io/accepted-spec"
+APPLY_REFUSED = poolstatus.APPLY_REFUSED
+
+
+def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Plan:
+    """Decide everything one pass does to bring the pool in line with its spec.
+
+    Deterministic and free of I/O: the same observations at the same `now`
+    give the same plan, and `observed` is left as it was.
+
+    Parameters
+    ----------
+    observed
+        What the pass read.
+    default_router_image
+        The router image when the spec names none (the operator's own).
+    now
+        The time of the pass, timezone-aware.
+
+    Raises
+    ------
+    ValueError
+        If the pool has no ``metadata.uid`` (its children's owner reference
+        needs one), or `now` is naive.
+    """
+    body = observed.pool
+    metadata = body.get("metadata") or {}
+    name = str(metadata["name"])
+    namespace = str(metadata["namespace"])
+    raw_spec = body.get("spec") or {}
+    pool_status = body.get("status") or {}
+    previous = pool_status.get("conditions") or []
+    generation = int(metadata.get("generation") or 0)
+    events: list[Event] = []
+    map_name = children.map_configmap_name(name)
+    map_object = observed.map_configmap
+    stored: Mapping[str, str] = (map_object or {}).get("data") or {}
+
+    published = mapgateways.read_published((map_object or {}).get("data"))
+    if published.problem is not None:
+        events.append(Event("Warning", "MapUnreadable", published.problem))
+    current_map = published.bucket_map
+    basis = StatusBasis(
+        name=name,
+        spec=None,
+        generation=generation,
+        statefulset_status=(observed.statefulset or {}).get("status"),
+        bucket_map=current_map,
+        router_reports=observed.reports,
+        live_router_pods=tuple(
+            str(pod["metadata"]["name"])
+            for pod in observed.router_pods
+            if not pod["metadata"].get("deletionTimestamp")
+        ),
+        spec_error=None,
+        previous_conditions=previous,
+        now=now,
+    )
+
+    try:
+        spec = _checked_spec(name, raw_spec, current_map, default_router_image)
+    except SpecError as exc:
+        events.append(Event("Warning", "SpecRejected", f"{exc}; the pool is left as it was"))
+        running = _accepted(body, default_router_image)
+        return Plan(
+            namespace=namespace,
+            status_basis=dataclasses.replace(
+                basis,
+                spec=running,
+                spec_error=str(exc),
+                autoscaler_status=_autoscaler_status(observed, name, running),
+            ),
+            map_name=map_name,
+            map_existed=map_object is not None,
+            events=tuple(events),
+        )
+
+    decided = _plan_handover(
+        observed,
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        published=current_map,
+        stored=stored,
+        version_floor=int(pool_status.get("mapVersion") or 0),
+        now=now,
+        events=events,
+    )
+    if decided.publish is not None:
+        current_map = decided.publish
+    write_map = (
+        decided.publish is not None
+        or map_object is None
+        or (
+            decided.state_changed
+            and _state_news(stored, decided.state, buckets=spec.buckets, now=now)
+        )
+    )
+    map_data = (
+        {
+            children.MAP_KEY: dump_map(current_map),
+            handover.STATE_KEY: handover.dump_state(decided.state, buckets=spec.buckets),
+        }
+        if current_map is not None
+        else None
+    )
+    events.extend(Event(e.type, e.reason, e.message) for e in decided.events)
+    previous_totals = pool_status.get("handovers") or {}
+    summary = poolstatus.HandoverSummary(
+        oldest_move_seconds=decided.oldest_move_seconds,
+        completed=_count(previous_totals.get("completed")) + len(decided.completed),
+        forced=_count(previous_totals.get("forced")) + len(decided.forced),
+        excluded_routers=decided.excluded_routers,
+    )
+
+    owner = children.owner_reference(body)
+    desired = children.build_children(
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        map_data=map_data,
+        gateway_replicas=decided.replicas,
+    )
+    reports = children.routers_configmap(name=name, namespace=namespace)
+    writes = _writes(
+        [*desired, reports], pool=name, owner=owner, observed=observed, write_map=write_map
+    )
+    wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
+    deletes = tuple(
+        child
+        for child in children.optional_children(name)
+        if child not in wanted and _owned(observed.optional_children.get(child), owner["uid"])
+    )
+    accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
+    annotations = metadata.get("annotations") or {}
+    return Plan(
+        namespace=namespace,
+        status_basis=dataclasses.replace(
+            basis,
+            spec=spec,
+            bucket_map=current_map,
+            handover=summary,
+            autoscaler_status=_autoscaler_status(observed, name, spec),
+        ),
+        map_name=map_name,
+        map_existed=map_object is not None,
+        writes=writes,
+        # Reports of router pods that are gone; each router writes only its own key.
+        prune=(
+            Prune(children.routers_configmap_name(name), decided.prune_reports)
+            if decided.prune_reports
+            else None
+        ),
+        deletes=deletes,
+        events=tuple(events),
+        accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
+        handover=decided,
+    )
+
+
+def finish(plan: Plan, result: ApplyResult) -> Outcome:
+    """The pass's outcome once its writes are done: Events about them, the final status.
+
+    A refusal makes the pool ``Degraded`` (reason `APPLY_REFUSED`, the
+    server's words) on every pass it lasts, but its Warning Event is posted
+    only when the pool did not already say the same: a refused child is
+    retried on every resync, and one Event a minute would bury the others.
+    """
+    events = list(plan.events)
+    for item in result.applied:
+        event = _child_event(plan, item)
+        if event is not None:
+            events.append(event)
+    apply_error = "; ".join(result.refused) or None
+    previous = plan.status_basis.previous_conditions
+    if apply_error is not None and not _already_degraded(previous, apply_error):
+        events.append(Event("Warning", APPLY_REFUSED, f"the API server refused {apply_error}"))
+    return Outcome(
+        status=plan.status_basis.status(apply_error=apply_error),
+        events=events,
+        accepted_spec=plan.accepted_spec,
+        applied=list(result.applied),
+        plan=plan.handover,
+    )
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _checked_spec(
+    name: str,
+    raw_spec: Mapping[str, Any],
+    current_map: BucketMap | None,
+    default_router_image: str,
+) -> PoolSpec:
+    """The pool's spec, checked against its name and its published map.
+
+    Raises
+    ------
+    SpecError
+        If the spec is invalid, the name would give the children invalid
+        names (the API server accepts such names), or the spec changes the
+        bucket count of a published map.
+    """
+    check_name(name)
+    spec = parse_spec(raw_spec, default_router_image=default_router_image)
+    if current_map is not None and current_map.buckets != spec.buckets:
+        raise SpecError(
+            "spec.buckets",
+            spec.buckets,
+            f"cannot change from {current_map.buckets}: the bucket count is fixed "
+            "for a pool's life",
+        )
+    return spec
+
+
+def _accepted(body: Mapping[str, Any], default_router_image: str) -> PoolSpec | None:
+    """The last spec this operator accepted for the pool, from its annotation."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ACCEPTED_SPEC_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return parse_spec(json.loads(text), default_router_image=default_router_image)
+    except (ValueError, SpecError):
+        return None
+
+
+def _plan_handover(
+    observed: Observed,
+    *,
+    name: str,
+    namespace: str,
+    spec: PoolSpec,
+    published: BucketMap | None,
+    stored: Mapping[str, str],
+    version_floor: int,
+    now: datetime,
+    events: list[Event],
+) -> HandoverPlan:
+    """Turn the observed objects into the handover's inputs, and let it decide."""
+    state: handover.HandoverState | None = None
+    text = stored.get(handover.STATE_KEY)
+    if text:
+        try:
+            state = handover.parse_state(text, buckets=spec.buckets)
+        except handover.StateError as exc:
+            # Safe to lose: moves then count as started now and wait again.
+            events.append(Event("Warning", "HandoverStateUnreadable", str(exc)))
+    sts_name = children.statefulset_name(name)
+    sts_replicas = _count(((observed.statefulset or {}).get("spec") or {}).get("replicas"))
+    listed = len(published.gateways) if published is not None else 0
+    ports = observe.gateway_ports(observed.gateway_pods, statefulset=sts_name)
+    catalogue = [
+        dataclasses.replace(gateway, port=ports.get(ordinal, gateway.port))
+        for ordinal, gateway in enumerate(
+            mapgateways.desired_gateways(
+                name=name,
+                namespace=namespace,
+                spec=spec,
+                count=max(spec.replicas, listed, sts_replicas, 1),
+            )
+        )
+    ]
+    settings = handover.HandoverSettings(
+        quiet_seconds=spec.handover.quiet_seconds,
+        max_drain_seconds=spec.handover.max_drain_seconds,
+        failover_after_seconds=spec.handover.failover_after_seconds,
+    )
+    reports = observed.reports
+    return handover.plan_handover(
+        handover.HandoverInput(
+            published=published,
+            state=state,
+            catalogue=catalogue,
+            buckets=spec.buckets,
+            wanted=spec.replicas,
+            statefulset_replicas=sts_replicas,
+            gateway_pods=observe.gateway_pods(observed.gateway_pods, statefulset=sts_name),
+            routers=observe.router_pods(observed.router_pods, reports=reports, now=now),
+            settings=settings,
+            now=now,
+            version_floor=version_floor,
+            report_keys=tuple(reports),
+        )
+    )
+
+
+def _writes(
+    objects: Sequence[dict[str, Any]],
+    *,
+    pool: str,
+    owner: Mapping[str, Any],
+    observed: Observed,
+    write_map: bool,
+) -> tuple[Write, ...]:
+    """The writes of `objects` (the children, then the routers' reports), owned by the pool.
+
+    The map and the StatefulSet are written only over the versions the pass
+    read: a pass decided from an older map cannot publish over a newer one,
+    nor shrink the StatefulSet back. The map's first version is created only
+    if it is still absent. The routers' reports are created once and never
+    overwritten: the routers write into them.
+    """
+    writes: list[Write] = []
+    for obj in objects:
+        obj["metadata"]["ownerReferences"] = [owner]
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind == "ConfigMap" and name == children.map_configmap_name(pool):
+            if write_map:
+                # Written only with a new version or a new handover state.
+                base = observed.map_configmap
+                writes.append(Write(obj, conditional=True, base=base, exclusive=True))
+        elif kind == "ConfigMap" and name == children.routers_configmap_name(pool):
+            writes.append(Write(obj, create_only=True))
+        elif kind == "StatefulSet":
+            writes.append(Write(obj, conditional=True, base=observed.statefulset))
+        else:
+            writes.append(Write(obj))
+    return tuple(writes)
+
+
+def _state_news(
+    stored: Mapping[str, str], state: handover.HandoverState, *, buckets: int, now: datetime
+) -> bool:
+    """Whether `state` says more than the stored one (an expired hold says nothing).
+
+    A hold that has run out changes no decision, so clearing it is no reason
+    to write the map's ConfigMap (and to send every router a watch event).
+    """
+    try:
+        before = handover.parse_state(stored.get(handover.STATE_KEY, ""), buckets=buckets)
+    except handover.StateError:
+        return True
+
+    def settled(one: handover.HandoverState) -> handover.HandoverState:
+        if one.hold_until is not None and one.hold_until <= now:
+            return dataclasses.replace(one, hold_until=None)
+        return one
+
+    return settled(before) != settled(state)
+
+
+def _autoscaler_status(
+    observed: Observed, name: str, spec: PoolSpec | None
+) -> Mapping[str, Any] | None:
+    """The HorizontalPodAutoscaler's status, when the spec the pool runs has one.
+
+    Its conditions say whether it can scale the pool (metrics found, scale read).
+    """
+    if spec is None or spec.autoscaling is None:
+        return None
+    autoscaler = observed.optional_children.get(
+        ("HorizontalPodAutoscaler", children.autoscaler_name(name))
+    )
+    status: Mapping[str, Any] | None = (autoscaler or {}).get("status")
+    return status
+
+
+def _owned(live: Mapping[str, Any] | None, uid: str) -> bool:
+    """Whether `live` exists and names the pool `uid` among its owners.
+
+    A NetworkPolicy or autoscaler of the same name that someone else made is
+    not the pool's to delete.
+    """
+    if live is None:
+        return False
+    owners = (live.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in owners)
+
+
+def _child_event(plan: Plan, item: Applied) -> Event | None:
+    """The Event that says what a write did to a child; None for nothing worth one."""
+    if item.kind == "ConfigMap" and item.name == plan.map_name and item.action == "patched":
+        return None  # map versions have their own events (BucketMapPublished, Handover*)
+    if item.action == "created" and plan.map_existed:
+        return Event("Normal", "ChildRecreated", f"{item.kind} {item.name} re-created")
+    if item.action == "recreated":
+        return Event(
+            "Normal",
+            "ChildRecreated",
+            f"{item.kind} {item.name} deleted with its pods and volumes orphaned and "
+            f"created again: {item.why} (an immutable field)",
+        )
+    if item.action == "patched":
+        return Event(
+            "Normal", "ChildUpdated", f"{item.kind} {item.name} brought in line: {item.why}"
+        )
+    if item.action == "deleted":
+        return Event("Normal", "ChildDeleted", f"{item.kind} {item.name} deleted")
+    return None
+
+
+def _already_degraded(previous: Any, message: str) -> bool:
+    """Whether the pool already says this refusal (its Event was posted then)."""
+    for condition in previous or []:
+        if condition.get("type") == poolstatus.DEGRADED:
+            return bool(
+                condition.get("status") == "True"
+                and condition.get("reason") == APPLY_REFUSED
+                and condition.get("message") == message
+            )
+    return False
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
