@@ -20,8 +20,8 @@ from typing import Any
 
 import matplotlib
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from support import autoscale
+from support.kubeemu import KubeEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 

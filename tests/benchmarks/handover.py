@@ -23,12 +23,12 @@ import kubernetes.client
 
 from gatewaypool.assignment import moved_buckets, rebalance
 from gatewaypool.bucketmap import BucketMap, parse_map
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 from support.pool import pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic

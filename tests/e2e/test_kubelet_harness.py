@@ -7,8 +7,8 @@ from pathlib import Path
 
 import kubernetes.client
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.peers import echo, wait_until
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 
 NS = "radiology"

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from support import autoscale
 from support.hpa_algorithm import parse_hpa
+from support.kubeemu import KubeEmulator
 
 #: Short holds, so that the whole test takes about 70 s.
 SCENARIO = autoscale.Scenario(hold_syncs=2, peak_syncs=4, calm_syncs=4)

@@ -20,12 +20,12 @@ import pytest
 
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 from support.pool import pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic

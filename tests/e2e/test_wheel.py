@@ -13,9 +13,9 @@ from pathlib import Path
 import kubernetes.client
 import pytest
 
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import PynetdicomSink, echo, free_port, wait_until
+from support.kubeemu import KubeEmulator
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

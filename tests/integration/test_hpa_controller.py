@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_operator.children import build_children, selector_labels, selector_string
 from gatewaypool_operator.spec import parse_spec
 from support.hpa_algorithm import UnsupportedHPAError
 from support.hpa_controller import HPAController, RouterMetricsAdapter
+from support.kubeemu import KubeEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"

@@ -25,7 +25,7 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_local.kubeemu import KubeEmulator
+from support.kubeemu import KubeEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"

@@ -19,7 +19,7 @@ import kubernetes.watch
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_local.kubeemu import KubeEmulator
+from support.kubeemu import KubeEmulator
 
 NS = "radiology"
 APPLY = "application/apply-patch+yaml"

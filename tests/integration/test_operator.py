@@ -3,7 +3,7 @@
 The operator runs as ``gatewaypool operator`` in a subprocess, exactly as in
 its Deployment; the test reads and writes through the real ``kubernetes``
 client. The emulator has no controllers and no garbage collector (see
-``gatewaypool_local.kubeemu``), so the tests play those parts where needed.
+``support.kubeemu``), so the tests play those parts where needed.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 
 from gatewaypool.assignment import rebalance
 from gatewaypool.bucketmap import parse_map
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"

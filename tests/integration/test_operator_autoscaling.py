@@ -16,10 +16,10 @@ import kubernetes.client
 import pytest
 
 from gatewaypool.bucketmap import parse_map
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import kubernetes.client
 
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
+from support.kubeemu import KubeEmulator
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"

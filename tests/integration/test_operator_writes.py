@@ -19,13 +19,13 @@ import kubernetes.client
 import pytest
 
 from gatewaypool.bucketmap import parse_map
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"

@@ -20,14 +20,14 @@ import kmock
 import kubernetes.client
 import yaml
 
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.spec import parse_spec
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "radiology"

@@ -19,10 +19,10 @@ from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool.reports import RouterReport, parse_report
 from gatewaypool_local import scu
-from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
+from support.kubeemu import KubeEmulator
 
 StudyFactory = Callable[..., list[Study]]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -32,14 +32,14 @@ from typing import Any
 
 import kubernetes.client
 
-from gatewaypool_local.kubeemu import KubeEmulator
-from gatewaypool_local.operatorproc import OperatorProcess
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study
 from support.hpa_controller import HPAController, RouterMetricsAdapter, Sync
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.load import Load
+from support.operatorproc import OperatorProcess
 from support.pool import pool_status, settled
 from support.pool import router as make_router
 from support.traffic import Outcome

@@ -42,7 +42,6 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool import quantity
-from gatewaypool_local.kubeemu import KubeEmulator
 from support.hpa_algorithm import (
     DEFAULT_SYNC_PERIOD,
     DEFAULT_TOLERANCE,
@@ -53,6 +52,7 @@ from support.hpa_algorithm import (
     parse_hpa,
     reconcile,
 )
+from support.kubeemu import KubeEmulator
 
 log = logging.getLogger(__name__)
 

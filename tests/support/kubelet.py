@@ -38,8 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.peers import PynetdicomSink, free_port
+from support.kubeemu import KubeEmulator
 
 log = logging.getLogger(__name__)
 

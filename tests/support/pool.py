@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gatewaypool_local.kubeemu import KubeEmulator
 from gatewaypool_local.routerproc import RouterProcess
+from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 
 

@@ -1,7 +1,7 @@
 """The local decision whether an apply changes anything agrees with server-side apply.
 
 The oracle is the API emulator's own server-side apply (the pure function
-under ``gatewaypool_local.kubeemu.apply``, with the real OpenAPI schemas,
+under ``support.kubeemu.apply``, with the real OpenAPI schemas,
 defaulting and canonical quantities): for two specs A and B, after applying
 A's children, ``drift.apply_change(children(B), live)`` must say "nothing"
 exactly when applying B would leave the object as it is.
@@ -15,11 +15,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewaypool_local.kubeemu.apply import apply as server_apply
-from gatewaypool_local.kubeemu.defaults import apply_defaults, canonicalize_quantities
-from gatewaypool_local.kubeemu.schemas import Schema, builtin_schema
 from gatewaypool_operator import children, drift
 from gatewaypool_operator.spec import parse_spec
+from support.kubeemu.apply import apply as server_apply
+from support.kubeemu.defaults import apply_defaults, canonicalize_quantities
+from support.kubeemu.schemas import Schema, builtin_schema
 
 NS = "radiology"
 OWNER = {
