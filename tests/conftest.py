@@ -18,6 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 from gatewaypool_local.synth import Study, generate_study
+from support.cluster import pool_cluster
+from support.kubeemu import KubeEmulator
 
 # Property tests check properties, not speed: hypothesis's per-example
 # deadline would make them fail on a busy 2-core machine.
@@ -145,3 +147,10 @@ def ct_studies(tmp_path: Path) -> StudyFactory:
         ]
 
     return make
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    """The API emulator with the GatewayPool CRD and the tests' namespace (support.cluster)."""
+    with pool_cluster() as emulator:
+        yield emulator

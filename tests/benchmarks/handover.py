@@ -26,6 +26,7 @@ from gatewaypool.bucketmap import BucketMap, parse_map
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
@@ -33,8 +34,6 @@ from support.pool import pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic
 
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 REPO = Path(__file__).resolve().parents[2]
 
 

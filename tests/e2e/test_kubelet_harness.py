@@ -8,10 +8,9 @@ from pathlib import Path
 import kubernetes.client
 
 from gatewaypool_local.peers import echo, wait_until
+from support.cluster import NS
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
-
-NS = "radiology"
 
 
 def _statefulset(replicas: int) -> dict[str, object]:

@@ -19,7 +19,6 @@ unanswered, none acknowledged and lost.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ from support.kubeemu import KubeEmulator
 
 #: Short holds, so that the whole test takes about 70 s.
 SCENARIO = autoscale.Scenario(hold_syncs=2, peak_syncs=4, calm_syncs=4)
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        emulator.apply_crd(autoscale.REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
-        emulator.create_namespace(autoscale.NS)
-        yield emulator
 
 
 @pytest.mark.slow

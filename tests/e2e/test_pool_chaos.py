@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes.client
@@ -27,6 +26,7 @@ import pytest
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
@@ -34,23 +34,12 @@ from support.pool import pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic
 
-REPO = Path(__file__).resolve().parents[2]
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 GATEWAY_PORT = 104
 STUDIES = 300
 MIN_STUDIES = 30
 INSTANCES = 40
 QUIET_SECONDS = 2
 MAX_DRAIN_SECONDS = 60
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
-        emulator.create_namespace(NS)
-        yield emulator
 
 
 @pytest.mark.slow

@@ -12,17 +12,16 @@ quiet, and no study is split.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes.client
-import pytest
 
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
@@ -30,18 +29,7 @@ from support.pool import pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic
 
-REPO = Path(__file__).resolve().parents[2]
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 GATEWAY_PORT = 104
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
-        emulator.create_namespace(NS)
-        yield emulator
 
 
 def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Path) -> None:

@@ -14,11 +14,9 @@ import kubernetes.client
 import pytest
 
 from gatewaypool_local.peers import PynetdicomSink, echo, free_port, wait_until
+from support.cluster import REPO
 from support.kubeemu import KubeEmulator
 from support.operatorproc import OperatorProcess
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 #: What the Dockerfile copies into its build: the product, without local/.
 IMAGE_SOURCES = ("pyproject.toml", "README.md", "common", "router", "operator")

@@ -11,30 +11,19 @@ with routers that answer fixed samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gatewaypool_operator.children import build_children, selector_labels, selector_string
 from gatewaypool_operator.spec import parse_spec
+from support.cluster import NS
 from support.hpa_algorithm import UnsupportedHPAError
 from support.hpa_controller import HPAController, RouterMetricsAdapter
 from support.kubeemu import KubeEmulator
 
-REPO = Path(__file__).resolve().parents[2]
-NS = "radiology"
 METRIC = "gatewaypool_studies_in_flight"
 SERIES = "gatewaypool_router_studies_in_flight"
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        emulator.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
-        emulator.create_namespace(NS)
-        yield emulator
 
 
 def pool_spec(**autoscaling: Any) -> dict[str, Any]:

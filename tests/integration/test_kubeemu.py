@@ -25,12 +25,10 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
 from support.kubeemu import KubeEmulator
 
-REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
-NS = "radiology"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 

@@ -19,9 +19,9 @@ import kubernetes.watch
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from support.cluster import NS
 from support.kubeemu import KubeEmulator
 
-NS = "radiology"
 APPLY = "application/apply-patch+yaml"
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"

@@ -18,14 +18,12 @@ import pytest
 from gatewaypool.assignment import rebalance
 from gatewaypool.bucketmap import parse_map
 from gatewaypool_local.peers import wait_until
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 IMAGE = "registry.example.org/gatewaypool:0.1.0"
 CHILDREN = [
     ("StatefulSet", "ct-gw"),
@@ -40,14 +38,6 @@ CHILDREN = [
     ("NetworkPolicy", "ct-gw"),
     ("PodDisruptionBudget", "ct-gw"),
 ]
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        emulator.apply_crd(CRD)
-        emulator.create_namespace(NS)
-        yield emulator
 
 
 @pytest.fixture(autouse=True)

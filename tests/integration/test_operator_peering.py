@@ -7,12 +7,9 @@ from pathlib import Path
 import kubernetes.client
 
 from gatewaypool_local.peers import wait_until
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
 from support.kubeemu import KubeEmulator
 from support.operatorproc import OperatorProcess
-
-REPO = Path(__file__).resolve().parents[2]
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 
 
 def start(kube: KubeEmulator, log: Path, priority: int) -> OperatorProcess:

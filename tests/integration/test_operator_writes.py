@@ -23,14 +23,12 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION, pool_cluster
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 IMAGE = "registry.example.org/gatewaypool:0.1.0"
 WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 #: The running test's kubelet (one at a time), for assert_quiet.
@@ -39,9 +37,7 @@ KUBELETS: list[GatewayKubelet] = []
 
 @pytest.fixture
 def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator(keep_requests=True) as emulator:
-        emulator.apply_crd(CRD)
-        emulator.create_namespace(NS)
+    with pool_cluster(keep_requests=True) as emulator:
         yield emulator
 
 

@@ -25,13 +25,11 @@ from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.spec import parse_spec
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
-NS = "radiology"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 Triple = tuple[str, str, str]
 
 #: Granted but not exercised against the emulator, each with its reason.

@@ -22,12 +22,12 @@ from gatewaypool_local import scu
 from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
+from support.cluster import NS
 from support.kubeemu import KubeEmulator
 
 StudyFactory = Callable[..., list[Study]]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
-NS = "radiology"
 GATEWAYS = [
     Gateway(name=f"ct-gw-{i}", host=f"ct-gw-{i}.ct-gw.{NS}.svc", port=104, ae_title="GW")
     for i in range(3)

@@ -35,6 +35,7 @@ import kubernetes.client
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study
+from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.hpa_controller import HPAController, RouterMetricsAdapter, Sync
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
@@ -44,11 +45,8 @@ from support.pool import pool_status, settled
 from support.pool import router as make_router
 from support.traffic import Outcome
 
-NS = "radiology"
 POOL = "ct"
-GROUP, VERSION, PLURAL = "gatewaypool.io", "v1alpha1", "gatewaypools"
 GATEWAY_PORT = 104
-REPO = Path(__file__).resolve().parents[2]
 IN_FLIGHT = "gatewaypool_router_studies_in_flight"
 
 

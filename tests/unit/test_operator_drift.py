@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from gatewaypool_operator import children, drift
 from gatewaypool_operator.spec import parse_spec
+from support.cluster import NS
 from support.kubeemu.apply import apply as server_apply
 from support.kubeemu.defaults import apply_defaults, canonicalize_quantities
 from support.kubeemu.schemas import Schema, builtin_schema
 
-NS = "radiology"
 OWNER = {
     "apiVersion": "gatewaypool.io/v1alpha1",
     "kind": "GatewayPool",
