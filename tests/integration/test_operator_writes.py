@@ -118,9 +118,7 @@ def container(kube: KubeEmulator) -> dict[str, Any]:
 
 def writes(kube: KubeEmulator) -> list[str]:
     return [
-        f"{request.method} {request.url}"
-        for request in list(kube.emulator._requests)
-        if request.action in WRITES
+        f"{request.method} {request.url}" for request in kube.requests() if request.action in WRITES
     ]
 
 
@@ -242,7 +240,7 @@ def test_adding_storage_recreates_the_statefulset_and_keeps_its_pods(
     before = statefulset(kube)["metadata"]
     pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.objects("Pod", NS)}
     assert sorted(pods) == ["ct-gw-0", "ct-gw-1"]
-    start = len(list(kube.emulator._requests))
+    start = len(kube.requests())
     change_gateway(kube, {"storage": {"size": "10240Mi", "storageClassName": "fast"}})
     wait_until(
         lambda: "volumeClaimTemplates" in statefulset(kube).get("spec", {}),
@@ -258,7 +256,7 @@ def test_adding_storage_recreates_the_statefulset_and_keeps_its_pods(
     assert {"name": "data", "mountPath": "/var/lib/gateway"} in container(kube)["volumeMounts"]
     # The StatefulSet went with its pods orphaned: the operator deleted no pod
     # (the rolling update that follows, for the new volume, is the controller's).
-    deletes = [r for r in list(kube.emulator._requests)[start:] if r.action == kmock.action.DELETE]
+    deletes = [r for r in kube.requests()[start:] if r.action == kmock.action.DELETE]
     assert [(r.resource.plural, r.url.name) for r in deletes] == [("statefulsets", "ct-gw")]
     assert "Orphan" in str(deletes[0].data) + str(deletes[0].params)
     wait_until(

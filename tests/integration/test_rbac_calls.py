@@ -326,7 +326,7 @@ def test_every_call_is_granted_and_every_grant_is_used(tmp_path: Path) -> None:
                 router.stop()
             operator.stop()
             kubelet.stop()
-        requests = list(kube.emulator._requests)
+        requests = kube.requests()
 
     operator_used = triples(requests, "operator")
     router_used = named_calls(requests, "router")

@@ -66,7 +66,7 @@ def _router(kube: KubeEmulator, tmp_path: Path) -> RouterProcess:
 def _map_reads(kube: KubeEmulator) -> list[kmock.Request]:
     return [
         request
-        for request in list(kube.emulator._requests)
+        for request in kube.requests()
         if request.action == kmock.action.FETCH
         and request.resource is not None
         and request.resource.plural == "configmaps"
@@ -76,7 +76,7 @@ def _map_reads(kube: KubeEmulator) -> list[kmock.Request]:
 def _map_watches(kube: KubeEmulator) -> list[kmock.Request]:
     return [
         request
-        for request in list(kube.emulator._requests)
+        for request in kube.requests()
         if request.action == kmock.action.WATCH
         and request.resource is not None
         and request.resource.plural == "configmaps"

@@ -72,9 +72,10 @@ every write itself (kmock still stores, watches, lists and discovers):
   (``history_size``, default 1000; :meth:`KubeEmulator.compact_history`),
   and a too old N gets an ERROR event with a 410 ``Expired`` Status
   (:mod:`.watch`); ``allowWatchBookmarks`` is accepted, no bookmarks sent;
-- kmock's request log holds the requests in flight only, unless
-  ``keep_requests``: kmock scans all of it for every request, which made a
-  request cost 70 ms after 1000 and kopf's long runs unusable;
+- kmock's request log holds the requests in flight only (kmock scans all
+  of it for every request, which made a request cost 70 ms after 1000);
+  with ``keep_requests`` the emulator logs every request apart, for
+  :meth:`KubeEmulator.requests`;
 - an object's history (``emulator.objects[...].history``) keeps its last
   20 versions, not all of them;
 - deleting an object with finalizers sets ``deletionTimestamp``; removing

@@ -237,9 +237,16 @@ class KubeEmulator:
         )
         return kubernetes.client.ApiClient(configuration)
 
+    def requests(self) -> list[kmock.Request]:
+        """Every request served so far, in order (with ``keep_requests``; else none).
+
+        Read it when clients are quiet: the log grows on the server's thread.
+        """
+        return list(self._emulator.request_log)
+
     @property
     def emulator(self) -> kmock.KubernetesEmulator:
-        """The kmock emulator, for its reactions and (``keep_requests``) its request log.
+        """The kmock emulator, for its reactions.
 
         A reaction answers matching requests its own way, e.g. to inject a
         failure: ``kube.emulator["patch statefulsets"] << 500`` (the write is
