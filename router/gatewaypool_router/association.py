@@ -6,13 +6,23 @@ command and the buffer go to the gateway that owns the study's bucket, and
 every later fragment follows as soon as it arrives. The sender gets the
 gateway's own response, or a named failure status when no gateway holds the
 instance.
+
+With ``--forwarding splice`` (the default where Linux allows it) a P-DATA-TF
+of the instance in progress is not read whole: its PDV headers are read,
+the data is read in small pieces only while the scanner must look at it
+(before the StudyInstanceUID, element headers, the last byte), and every
+run of bytes the scanner would skip unseen moves from the sender's socket
+to the gateway's in the kernel (:mod:`gatewaypool_router.splice`), behind
+PDU and PDV headers written from here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +37,8 @@ from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
 from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
+from gatewaypool_router.splice import Splicer
+from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.upstream import GatewayError, Upstream
 from gatewaypool_router.usage import Usage
@@ -34,6 +46,28 @@ from gatewaypool_router.usage import Usage
 log = logging.getLogger(__name__)
 
 _MAX_COMMAND = 64 * 1024
+
+#: While the scanner must see the bytes, the splicing path reads this much
+#: at a time: a CT header's remainder in one read, and little read ahead of a
+#: value the kernel could have moved instead.
+_SCAN_CHUNK = 4096
+#: Runs of skippable bytes shorter than this are read and written instead:
+#: two splices cost more than copying a few hundred bytes.
+_MIN_SPLICE = 1024
+#: Bytes read at a time from a sender whose instance already failed.
+_DISCARD_CHUNK = 256 * 1024
+#: A P-DATA-TF header and the first PDV header: what the splicing path reads
+#: ahead, so that no data set byte lands in the reader's buffer unasked.
+_HEADERS_AHEAD = 12
+_PDU_HEADER = struct.Struct(">BxL")
+_PDV_HEADER = struct.Struct(">LBB")
+
+
+@functools.cache
+def _can_splice() -> bool:
+    return splice_available()
+
+
 _SCAN_FAILURES = {
     ScanState.MISSING: Status.STUDY_UID_MISSING,
     ScanState.INVALID_UID: Status.STUDY_UID_INVALID,
@@ -93,7 +127,16 @@ class IncomingAssociation:
         self._maps = maps
         self._usage = usage
         self._studies = studies
-        self._reader = pdus.open_reader(sock, buffer_size=max(self._config.max_pdu + 6, 65536))
+        # The pipe is the association's own, so threads never share one.
+        self._splicer: Splicer | None = (
+            Splicer() if config.forwarding != "copy" and _can_splice() else None
+        )
+        capacity = max(config.max_pdu + 6, 65536)
+        self._reader = pdus.SocketReader(
+            sock,
+            capacity=capacity,
+            read_ahead=capacity if self._splicer is None else _HEADERS_AHEAD,
+        )
         self._request: AssociationRequest | None = None
         self._contexts: dict[int, AcceptedContext] = {}
         self._upstreams: dict[tuple[str, int, str], Upstream] = {}
@@ -170,6 +213,8 @@ class IncomingAssociation:
         )
 
     def _close(self) -> None:
+        if self._splicer is not None:
+            self._splicer.close()
         try:
             self._reader.close()
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -268,7 +313,13 @@ class IncomingAssociation:
         while True:
             progress.wait("sender", "data set fragment" if self._instance else "next request")
             try:
-                pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
+                if self._splicer is None:
+                    pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
+                else:
+                    streamed = self._read_or_stream()
+                    if streamed is None:
+                        continue
+                    pdu = streamed
             except pdus.ProtocolError as exc:
                 raise _AbortError(str(exc)) from exc
             except TimeoutError as exc:
@@ -292,6 +343,193 @@ class IncomingAssociation:
                 return "aborted"
             else:
                 raise _AbortError(f"unexpected PDU type 0x{pdu.type:02X} during data transfer")
+
+    # -- the splicing path -------------------------------------------------
+
+    def _read_or_stream(self) -> pdus.Pdu | None:
+        """Read the next PDU, or stream it if it carries the instance in progress.
+
+        Returns the PDU to handle as the copying path does, or None when a
+        P-DATA-TF was handled here, PDV by PDV, without reading it whole.
+        """
+        reader = self._reader
+        header = reader.read(6)
+        if len(header) < 6:
+            raise pdus.PeerClosedError(
+                "connection closed" if not header else "connection closed mid-PDU"
+            )
+        pdu_type, length = _PDU_HEADER.unpack(header)
+        if pdu_type < pdus.ASSOCIATE_RQ or pdu_type > pdus.ABORT:
+            raise pdus.ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+        if length > self._config.max_pdu:
+            raise pdus.ProtocolError(
+                f"PDU length {length} exceeds the limit {self._config.max_pdu}"
+            )
+        instance = self._instance
+        if (
+            pdu_type != pdus.P_DATA_TF
+            or instance is None
+            or instance.failure is not None
+            or instance.scanner.deflated
+        ):
+            body = reader.read(length)
+            if len(body) < length:
+                raise pdus.PeerClosedError("connection closed mid-PDU")
+            return pdus.Pdu(pdu_type, header, body)
+        self.progress.read("P-DATA-TF", length)
+        self._stream_pdu(length)
+        return None
+
+    def _stream_pdu(self, length: int) -> None:
+        """Handle a P-DATA-TF of ``length`` bytes PDV by PDV, as it arrives."""
+        reader = self._reader
+        left = length
+        if left < 6:
+            raise pdus.ProtocolError("P-DATA-TF without a presentation data value")
+        while left:
+            if left < 6:
+                raise pdus.ProtocolError("truncated PDV header")
+            head = reader.read(6)
+            if len(head) < 6:
+                raise pdus.PeerClosedError("connection closed mid-PDU")
+            item_length, context_id, control = _PDV_HEADER.unpack(head)
+            pdus.check_pdv_header(item_length, left - 4)
+            size = item_length - 2
+            left -= 6 + size
+            instance = self._instance
+            if (
+                control & pdus.MCH_COMMAND
+                or instance is None
+                or instance.context.context_id != context_id
+                or instance.failure is not None
+                or instance.scanner.deflated
+            ):
+                data = reader.read(size)
+                if len(data) < size:
+                    raise pdus.PeerClosedError("connection closed mid-PDU")
+                self._on_pdv(pdus.Pdv(context_id, control, memoryview(data)))
+            else:
+                self._stream_data(instance, context_id, control, size)
+
+    def _stream_data(self, instance: _Instance, context_id: int, control: int, size: int) -> None:
+        """Take one data set PDV of ``size`` bytes from the sender, piece by piece.
+
+        Until the instance is routed (or failed) its bytes are read in small
+        pieces and go through :meth:`_on_data` as the copying path's PDVs
+        do; what is left once the gateway is known goes to
+        :meth:`_splice_rest`; after a failure the rest is read and dropped.
+        """
+        reader = self._reader
+        if not size:
+            self._on_data(instance, pdus.Pdv(context_id, control, memoryview(b"")))
+            return
+        left = size
+        while left and instance.failure is None and instance.upstream is None:
+            chunk = reader.read_some(min(left, _SCAN_CHUNK))
+            left -= len(chunk)
+            piece_control = control if not left else control & ~pdus.MCH_LAST
+            self._on_data(instance, pdus.Pdv(context_id, piece_control, memoryview(chunk)))
+        if left and instance.failure is None:
+            left = self._splice_rest(instance, context_id, control, left)
+        while left:
+            limit = _DISCARD_CHUNK if instance.failure is not None else _SCAN_CHUNK
+            chunk = reader.read_some(min(left, limit))
+            left -= len(chunk)
+            piece_control = control if not left else control & ~pdus.MCH_LAST
+            self._on_data(instance, pdus.Pdv(context_id, piece_control, memoryview(chunk)))
+
+    def _splice_rest(self, instance: _Instance, context_id: int, control: int, size: int) -> int:
+        """Forward the last ``size`` bytes of a PDV to the instance's gateway.
+
+        The PDV is re-framed for the gateway's maximum PDU; each piece's
+        12 header bytes are written from here, then its bytes follow: runs
+        the scanner would skip are spliced, the rest is read, scanned and
+        written. The final byte of the data set is always read, so that the
+        scan can judge the data set complete before the gateway has it all:
+        a truncated instance is aborted at the gateway, never stored.
+
+        Returns
+        -------
+        int
+            Bytes of the PDV still to be taken from the sender: 0, unless the
+            gateway failed on the way.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        scanner = instance.scanner
+        reader = self._reader
+        progress = self.progress
+        sock = self._sock
+        last = bool(control & pdus.MCH_LAST)
+        pieces = pdus.piece_headers(context_id, control, size, max_body=upstream.peer_max_pdu)
+        final_index = len(pieces) - 1
+        left = size
+        try:
+            for index, (header, piece) in enumerate(pieces):
+                final = last and index == final_index
+                progress.wait("gateway", "send")
+                upstream.pdu_open = True
+                upstream.send([header], more=True)
+                todo = piece
+                while todo:
+                    room = todo - 1 if final else todo
+                    run = min(scanner.skippable, room) if not reader.buffered else 0
+                    if run >= _MIN_SPLICE:
+                        progress.wait("sender", "data set fragment")
+                        try:
+                            upstream.splice_from(
+                                splicer, sock, run, more=run < todo, on_wait=self._splice_wait
+                            )
+                        except GatewayError as exc:
+                            left -= exc.consumed
+                            instance.size += exc.consumed
+                            raise
+                        scanner.skip(run)
+                        todo -= run
+                        left -= run
+                        instance.size += run
+                        progress.read("P-DATA-TF", run)
+                        progress.wrote("data set fragment to gateway", run)
+                        progress.received_bytes = instance.size
+                        progress.forwarded_bytes += run
+                        continue
+                    progress.wait("sender", "data set fragment")
+                    chunk = reader.read_some(min(todo, _SCAN_CHUNK))
+                    count = len(chunk)
+                    todo -= count
+                    left -= count
+                    instance.size += count
+                    progress.read("P-DATA-TF", count)
+                    progress.received_bytes = instance.size
+                    scanner.feed(chunk)
+                    if final and not todo and not scanner.finish():
+                        # Aborting makes the gateway drop the partial instance it holds.
+                        upstream.abort()
+                        instance.upstream = None
+                        detail = scanner.detail or "truncated"
+                        self._fail(instance, Status.DATASET_MALFORMED, detail)
+                        break  # the final piece: nothing follows
+                    progress.wait("gateway", "send")
+                    upstream.send([chunk], more=todo > 0)
+                    progress.wrote("data set fragment to gateway", count)
+                    progress.forwarded_bytes += count
+                upstream.pdu_open = False
+        except GatewayError as exc:
+            progress.received_bytes = instance.size
+            self._gateway_failed(instance, exc)
+        if left:
+            return left  # failed: the caller drops the rest, then answers
+        if last:
+            self._instance = None
+            self._answer(instance)
+        return 0
+
+    def _splice_wait(self, on_gateway: bool) -> None:
+        if on_gateway:
+            self.progress.wait("gateway", "send")
+        else:
+            self.progress.wait("sender", "data set fragment")
 
     def _on_pdv(self, pdv: pdus.Pdv) -> None:
         context = self._contexts.get(pdv.context_id)

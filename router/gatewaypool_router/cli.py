@@ -18,6 +18,7 @@ from typing import Any
 
 from gatewaypool import logs
 from gatewaypool_router.config import (
+    FORWARDING_MODES,
     ConfigError,
     ConnectTo,
     ObjectRef,
@@ -77,6 +78,14 @@ def register(subparsers: Any) -> None:
         type=int,
         default=defaults.max_pdu,
         help="maximum PDU length offered to senders and gateways (default %(default)s)",
+    )
+    net.add_argument(
+        "--forwarding",
+        choices=FORWARDING_MODES,
+        default=defaults.forwarding,
+        help="how data set bytes move to the gateway once its instance is routed: 'splice' "
+        "inside the kernel (Linux), 'copy' through the router's memory, 'auto' splices where "
+        "the system can (default %(default)s)",
     )
     net.add_argument("--acse-timeout", type=float, default=defaults.acse_timeout)
     net.add_argument(
@@ -215,6 +224,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         forward_calling_ae=args.forward_calling_aet,
         max_associations=args.max_associations,
         max_pdu=args.max_pdu,
+        forwarding=args.forwarding,
         gateway_timeout=args.gateway_timeout,
         connect_timeout=args.connect_timeout,
         acse_timeout=args.acse_timeout,
@@ -235,6 +245,14 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"gatewaypool router: {exc}", file=sys.stderr)
+        return 2
+    from gatewaypool_router import splice
+
+    if config.forwarding == "splice" and not splice.available():
+        print(
+            "gatewaypool router: --forwarding splice: this system cannot splice between sockets",
+            file=sys.stderr,
+        )
         return 2
     if config.workers > 1:
         return _run_workers(config, args)

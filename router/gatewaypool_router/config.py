@@ -16,6 +16,11 @@ from gatewaypool.contract import ae_title_problem
 #: More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 256
 
+#: ``--forwarding``: how data set bytes move once an instance's gateway is
+#: known. ``splice`` moves them inside the kernel (Linux), ``copy`` through
+#: the router's memory, ``auto`` splices where the system can.
+FORWARDING_MODES = ("auto", "splice", "copy")
+
 
 class ConfigError(ValueError):
     """An invalid option; the message names it and its value."""
@@ -139,6 +144,7 @@ class RouterConfig:
     shutdown_grace: float = 30.0
     study_quiet_seconds: float = 30.0
     workers: int = 1
+    forwarding: str = "auto"
     connect_to: tuple[ConnectTo, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -188,6 +194,10 @@ class RouterConfig:
             )
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"--workers: {self.workers} is not in 1..{MAX_WORKERS}")
+        if self.forwarding not in FORWARDING_MODES:
+            raise ConfigError(
+                f"--forwarding: {self.forwarding!r} is not one of {', '.join(FORWARDING_MODES)}"
+            )
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
 

@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 ASSOCIATE_RQ = 0x01
 ASSOCIATE_AC = 0x02
@@ -36,6 +37,8 @@ REASON_NOT_SPECIFIED = 0x00
 REASON_UNRECOGNIZED_PDU = 0x01
 REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
+
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 RELEASE_RQ_PDU = bytes((RELEASE_RQ, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 RELEASE_RP_PDU = bytes((RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0))
@@ -84,19 +87,133 @@ def abort_pdu(source: int = ABORT_SOURCE_PROVIDER, reason: int = REASON_NOT_SPEC
     return bytes((ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason))
 
 
+class ExactReader(Protocol):
+    """Anything whose ``read(n)`` returns n bytes, or fewer only at end of stream."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 def open_reader(sock: socket.socket, *, buffer_size: int) -> io.BufferedReader:
     """A buffered reader on ``sock``: whole PDUs in few system calls."""
     return io.BufferedReader(socket.SocketIO(sock, "rb"), buffer_size=buffer_size)
 
 
-def read_pdu(rfile: io.BufferedReader, *, max_body: int) -> Pdu:
+class SocketReader:
+    """A socket reader whose buffer the caller can see and drain.
+
+    The fast path moves data set bytes from the sender's socket to a
+    gateway's socket inside the kernel (:mod:`gatewaypool_router.splice`).
+    That is only correct if no byte of them sits in a user-space buffer
+    first, which :class:`io.BufferedReader` cannot promise: it reads ahead
+    as far as its buffer goes and does not say how much it holds. This
+    reader asks one ``recv`` for at most ``read_ahead`` bytes beyond what
+    the call needs (the copying path sets it to a whole PDU, the splicing
+    path to a PDU and PDV header), and :attr:`buffered` tells how many bytes
+    :meth:`read_some` must hand out before the socket itself may be spliced.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        A connected stream socket; its timeout applies to every read, and
+        ``TimeoutError`` passes through to the caller.
+    capacity : int
+        Size of the buffer, allocated once; a read larger than it gets a
+        buffer of its own.
+    read_ahead : int
+        The most bytes one ``recv`` asks for beyond what the call needs.
+    """
+
+    __slots__ = ("_buf", "_end", "_sock", "_start", "_view", "read_ahead")
+
+    def __init__(self, sock: socket.socket, *, capacity: int, read_ahead: int) -> None:
+        self._sock = sock
+        self._buf = bytearray(capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.read_ahead = read_ahead
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the socket and not yet returned to the caller."""
+        return self._end - self._start
+
+    def _fill(self, need: int) -> None:
+        """Receive until ``need`` bytes are buffered (need <= capacity), or the peer closes."""
+        view = self._view
+        capacity = len(view)
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif capacity - self._start < need:
+            held = self._end - self._start
+            view[:held] = view[self._start : self._end]
+            self._start, self._end = 0, held
+        while self._end - self._start < need:
+            want = max(need - (self._end - self._start), self.read_ahead)
+            stop = min(self._end + want, capacity)
+            count = self._sock.recv_into(view[self._end : stop])
+            if not count:
+                return
+            self._end += count
+
+    def read(self, size: int, /) -> bytes:
+        """Return exactly ``size`` bytes, or fewer only if the peer closed."""
+        if self._end - self._start < size:
+            if size > len(self._view):
+                return self._read_large(size)
+            self._fill(size)
+        end = min(self._start + size, self._end)
+        data = bytes(self._view[self._start : end])
+        self._start = end
+        return data
+
+    def _read_large(self, size: int) -> bytes:
+        """Read more than the buffer holds straight into a buffer of its own."""
+        out = bytearray(size)
+        with memoryview(out) as view:
+            got = self._end - self._start
+            view[:got] = self._view[self._start : self._end]
+            self._start = self._end = 0
+            while got < size:
+                count = self._sock.recv_into(view[got:], size - got)
+                if not count:
+                    break
+                got += count
+        del out[got:]
+        return bytes(out)
+
+    def read_some(self, limit: int) -> bytes:
+        """Return between 1 and ``limit`` bytes, buffered ones first.
+
+        Raises
+        ------
+        PeerClosedError
+            If the peer closed the connection before sending anything more.
+        """
+        if self._end == self._start:
+            data = self._sock.recv(limit)
+            if not data:
+                raise PeerClosedError("connection closed mid-PDU")
+            return data
+        end = min(self._start + limit, self._end)
+        data = bytes(self._view[self._start : end])
+        self._start = end
+        return data
+
+    def close(self) -> None:
+        """Drop what is buffered (the socket is the caller's to close)."""
+        self._start = self._end = 0
+
+
+def read_pdu(rfile: ExactReader, *, max_body: int) -> Pdu:
     """Read one PDU from a buffered socket file.
 
     Parameters
     ----------
-    rfile : io.BufferedReader
-        From :func:`open_reader`: its buffered reads return exactly the
-        bytes asked for unless the peer closed the connection.
+    rfile : ExactReader
+        From :func:`open_reader`, or a :class:`SocketReader`: its reads
+        return exactly the bytes asked for unless the peer closed the
+        connection.
     max_body : int
         The largest variable field accepted; a larger length is a protocol
         error (a peer ignoring our maximum PDU length, or garbage).
@@ -132,6 +249,53 @@ def iter_pdvs(body: bytes) -> Iterator[Pdv]:
         offset += 4 + item_length
 
 
+def check_pdv_header(item_length: int, room: int) -> None:
+    """Refuse a PDV whose item length is impossible or overruns its PDU.
+
+    ``room`` is what is left of the P-DATA-TF variable field after the
+    4-byte item length field. The same rule as :func:`iter_pdvs`, for the
+    streaming reader, which sees PDV headers one at a time.
+    """
+    if item_length < 2 or item_length > room:
+        raise ProtocolError(f"PDV length {item_length} does not fit its PDU")
+
+
+def piece_lengths(length: int, *, max_body: int) -> list[int]:
+    """How a PDV of ``length`` data bytes is split for a peer's maximum PDU.
+
+    Each piece travels in its own P-DATA-TF with one PDV, whose 6 bytes of
+    PDV header count against the peer's maximum PDU length (PS3.8 9.3.5).
+    ``max_body`` 0 means the peer set no limit. An empty PDV stays one empty
+    piece, so its control bits (the "last" bit above all) still travel.
+    """
+    room = length if max_body == 0 else max(max_body - 6, 1)
+    if length <= room:
+        return [length]
+    full, rest = divmod(length, room)
+    return [room] * full + ([rest] if rest else [])
+
+
+def pdv_header(context_id: int, control: int, length: int) -> bytes:
+    """The 12 bytes before ``length`` data bytes: P-DATA-TF header and PDV header."""
+    return _HEADER.pack(P_DATA_TF, length + 6) + _PDV_HEADER.pack(length + 2, context_id, control)
+
+
+def piece_headers(
+    context_id: int, control: int, length: int, *, max_body: int
+) -> list[tuple[bytes, int]]:
+    """Headers and data lengths of the P-DATA-TF PDUs that carry one PDV.
+
+    Only the final piece keeps the "last" bit of ``control``; the command
+    bit stays on every piece.
+    """
+    pieces = piece_lengths(length, max_body=max_body)
+    final = len(pieces) - 1
+    return [
+        (pdv_header(context_id, control if index == final else control & ~MCH_LAST, piece), piece)
+        for index, piece in enumerate(pieces)
+    ]
+
+
 def pdv_frames(
     context_id: int, control: int, data: memoryview, *, max_body: int
 ) -> list[bytes | memoryview]:
@@ -158,11 +322,19 @@ def pdv_frames(
     return frames
 
 
-def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
-    """Write every buffer, in order, without joining them first."""
+def send_buffers(
+    sock: socket.socket, buffers: list[bytes | memoryview], *, more: bool = False
+) -> None:
+    """Write every buffer, in order, without joining them first.
+
+    ``more`` tells the kernel that more of the same PDU follows at once
+    (``MSG_MORE``), so a 12-byte header written here and the data spliced
+    right after it leave in one segment instead of two.
+    """
     pending: list[bytes | memoryview] = [b for b in buffers if len(b)]
+    flags = _MSG_MORE if more else 0
     while pending:
-        sent = sock.sendmsg(pending[:512])
+        sent = sock.sendmsg(pending[:512], [], flags)
         while sent:
             first = pending[0]
             if sent >= len(first):

@@ -361,6 +361,44 @@ class DatasetScanner:
         """
         return len(self._buf)
 
+    @property
+    def deflated(self) -> bool:
+        """Whether every byte must be inflated to be scanned (nothing is skippable)."""
+        return self._inflater is not None
+
+    @property
+    def skippable(self) -> int:
+        """How many of the next bytes the scan would pass over without looking.
+
+        These bytes lie inside a value being skipped (pixel data, mostly), so
+        the router may move them between sockets without reading them, and
+        account for them with :meth:`skip`. Always 0 for a deflated data set,
+        whose every byte must be inflated, and once the scan is malformed or
+        finished.
+        """
+        if self._inflater is not None or self._malformed or self._finished:
+            return 0
+        return self._skip
+
+    def skip(self, size: int) -> None:
+        """Account for ``size`` bytes that went by unseen; at most :attr:`skippable`.
+
+        The scan ends in exactly the state that :meth:`feed` of those bytes
+        would have left, whatever they were, because feed would not have
+        looked at them either.
+
+        Raises
+        ------
+        ValueError
+            If ``size`` exceeds :attr:`skippable`: that is a bug in the
+            caller, and the bytes would have been scanned.
+        """
+        if not 0 <= size <= self.skippable:
+            raise ValueError(f"skip({size}) beyond the {self.skippable} skippable bytes")
+        self._skip -= size
+        self._total += size
+        self.bytes_seen += size
+
     def feed(self, fragment: bytes | bytearray | memoryview) -> None:
         """Scan the next fragment of the data set.
 

@@ -11,12 +11,14 @@ import contextlib
 import io
 import logging
 import socket
+import struct
 from collections.abc import Callable, Sequence
 
 from gatewaypool.bucketmap import Gateway
 from gatewaypool_router import negotiation, pdus
 from gatewaypool_router.dimse import C_STORE_RSP, CommandError, Response, parse_response
 from gatewaypool_router.negotiation import AcceptedContext
+from gatewaypool_router.splice import SinkError, Splicer
 from gatewaypool_router.statuses import Status
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class GatewayError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        #: Sender bytes a failed splice had already taken (see Upstream.splice_from).
+        self.consumed = 0
 
 
 class Upstream:
@@ -59,6 +63,11 @@ class Upstream:
         self.peer_max_pdu = 0
         self.usable_contexts: frozenset[int] = frozenset()
         self.instances = 0
+        #: True while a PDU's header has gone out and not all its bytes (the
+        #: splicing path writes a PDU in several steps). An A-ABORT written
+        #: then would be read as the PDU's missing bytes, and could complete
+        #: a truncated instance; :meth:`abort` resets the connection instead.
+        self.pdu_open = False
 
     @property
     def is_open(self) -> bool:
@@ -105,18 +114,57 @@ class Upstream:
         self._sock = sock
         self._reader = reader
 
-    def send(self, buffers: list[bytes | memoryview]) -> None:
-        """Write raw PDU buffers; raise GatewayError(GATEWAY_ABORTED) if the link fails."""
+    def send(self, buffers: list[bytes | memoryview], *, more: bool = False) -> None:
+        """Write raw PDU buffers; raise GatewayError(GATEWAY_ABORTED) if the link fails.
+
+        ``more``: the rest of the PDU follows at once (see :func:`pdus.send_buffers`).
+        """
         if self._sock is None:
             raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
         try:
-            pdus.send_buffers(self._sock, buffers)
+            pdus.send_buffers(self._sock, buffers, more=more)
         except TimeoutError as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading") from exc
         except OSError as exc:
             self.close()
             raise GatewayError(Status.GATEWAY_ABORTED, f"send failed: {exc}") from exc
+
+    def splice_from(
+        self,
+        splicer: Splicer,
+        source: socket.socket,
+        size: int,
+        *,
+        more: bool,
+        on_wait: Callable[[bool], None] | None = None,
+    ) -> int:
+        """Move ``size`` bytes from the sender's socket to the gateway, in the kernel.
+
+        Failures on the sender's side (closed, silent, reset) pass through as
+        they come from :meth:`Splicer.move`; the gateway's side turns into
+        GatewayError like :meth:`send`, whose ``consumed`` says how many of
+        the ``size`` bytes were taken from the sender all the same.
+
+        Returns
+        -------
+        int
+            ``size``: every byte was moved.
+        """
+        if self._sock is None:
+            raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
+        try:
+            splicer.move(source, self._sock, size, more=more, on_wait=on_wait)
+        except SinkError as exc:
+            if exc.timeout:
+                self.abort()
+                error = GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading")
+            else:
+                self.close()
+                error = GatewayError(Status.GATEWAY_ABORTED, f"send failed: {exc}")
+            error.consumed = exc.consumed
+            raise error from exc
+        return size
 
     def send_pdv(self, context_id: int, control: int, data: memoryview) -> None:
         """Send one PDV, split to the gateway's maximum PDU length if needed."""
@@ -177,10 +225,22 @@ class Upstream:
         self.close()
 
     def abort(self) -> None:
-        """Abort: the gateway drops whatever instance was in flight."""
+        """Abort: the gateway drops whatever instance was in flight.
+
+        Between PDUs that is an A-ABORT. In the middle of one, the
+        connection is reset (``SO_LINGER`` 0): the gateway sees its
+        association end with a PDU cut short, which no DICOM peer can take
+        for a complete instance.
+        """
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.sendall(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))
+                if self.pdu_open:
+                    self._sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self._sock.close()
+                else:
+                    self._sock.sendall(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))
         self.close()
 
     def close(self) -> None:
@@ -188,9 +248,10 @@ class Upstream:
             self._reader.close()
             self._reader = None
         if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
+            if self._sock.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                self._sock.close()
             self._sock = None
             if self._on_close is not None:
                 self._on_close()

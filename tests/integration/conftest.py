@@ -10,6 +10,42 @@ import pytest
 
 from gatewaypool_local.peers import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
+from gatewaypool_router import splice
+
+#: Modules whose tests run once per ``--forwarding`` mode: every test that
+#: moves data set bytes (routing, streaming, bad input, failures,
+#: concurrency, stalls, real-world files). The others (maps, Kubernetes
+#: sources, load reports, workers) do not depend on how bytes move, and
+#: running them twice would only cost suite time.
+DATA_PATH_MODULES = frozenset(
+    {
+        "test_router_routing",
+        "test_router_streaming",
+        "test_router_bad_input",
+        "test_router_failures",
+        "test_router_concurrency",
+        "test_router_stalls",
+        "test_router_testdata",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the data path's tests with the fast path on (splice) and forced off (copy)."""
+    if (
+        "start_router" in metafunc.fixturenames
+        and metafunc.module.__name__.rsplit(".", 1)[-1] in DATA_PATH_MODULES
+    ):
+        metafunc.parametrize("forwarding", ["splice", "copy"], indirect=True)
+
+
+@pytest.fixture
+def forwarding(request: pytest.FixtureRequest) -> str | None:
+    """The ``--forwarding`` mode of the routers a test starts (None: the default)."""
+    mode: str | None = getattr(request, "param", None)
+    if mode == "splice" and not splice.available():
+        pytest.skip("this system cannot splice between sockets")
+    return mode
 
 
 class RouterFactory(Protocol):
@@ -29,7 +65,9 @@ def gateway_arg(gateway: GatewayPeer) -> str:
 
 
 @pytest.fixture
-def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RouterFactory]:
+def start_router(
+    tmp_path: Path, request: pytest.FixtureRequest, forwarding: str | None
+) -> Iterator[RouterFactory]:
     """Factory starting ``gatewaypool router`` processes; all stopped after the test."""
     routers: list[RouterProcess] = []
 
@@ -41,6 +79,8 @@ def start_router(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rou
         ae_title: str = "GATEWAYPOOL",
         workers: int | None = 1,
     ) -> RouterProcess:
+        if forwarding is not None:
+            extra_args = ["--forwarding", forwarding, *extra_args]
         router = RouterProcess(
             tmp_path / f"router-{len(routers)}",
             gateways=[gateway_arg(g) for g in gateways],

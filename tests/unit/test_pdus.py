@@ -316,7 +316,9 @@ class ChokedSocket:
         self._limit = limit
         self.calls: list[int] = []
 
-    def sendmsg(self, buffers: list[bytes | memoryview]) -> int:
+    def sendmsg(
+        self, buffers: list[bytes | memoryview], ancdata: list[object] | None = None, flags: int = 0
+    ) -> int:
         self.calls.append(len(buffers))
         room = self._limit
         taken: list[bytes | memoryview] = []
@@ -326,7 +328,7 @@ class ChokedSocket:
             piece = memoryview(buffer)[:room]
             taken.append(piece)
             room -= len(piece)
-        return self._sock.sendmsg(taken)
+        return self._sock.sendmsg(taken, [], flags)
 
 
 @pytest.mark.parametrize("limit", [1, 4097, 100_003])

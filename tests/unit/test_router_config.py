@@ -98,6 +98,7 @@ def test_port_zero_asks_the_kernel() -> None:
         ({"study_quiet_seconds": -30}, "--study-quiet-seconds", -30),
         ({"study_quiet_seconds": math.nan}, "--study-quiet-seconds", "nan"),
         ({"study_quiet_seconds": 3601}, "--study-quiet-seconds", 3601),
+        ({"forwarding": "zerocopy"}, "--forwarding", "zerocopy"),
     ],
 )
 def test_invalid_option(changes: dict[str, Any], option: str, value: object) -> None:
@@ -321,8 +322,14 @@ def test_cli_map_and_defaults(tmp_path: Path) -> None:
         "header_limit",
         "shutdown_grace",
         "study_quiet_seconds",
+        "forwarding",
     ):
         assert getattr(built, name) == getattr(reference, name), name
+
+
+@pytest.mark.parametrize("mode", ["auto", "splice", "copy"])
+def test_cli_forwarding(mode: str) -> None:
+    assert config_from_args(parse("--gateway", "GW@h:104", "--forwarding", mode)).forwarding == mode
 
 
 @pytest.mark.parametrize(
@@ -332,6 +339,7 @@ def test_cli_map_and_defaults(tmp_path: Path) -> None:
         ["--map", "m.json", "--gateway", "GW@h:104"],  # both
         ["--gateway", "GW@h:104", "--port", "x"],  # not an int
         ["--gateway", "GW@h:104", "--log-level", "chatty"],
+        ["--gateway", "GW@h:104", "--forwarding", "zerocopy"],
     ],
 )
 def test_cli_parser_refuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1060,3 +1060,64 @@ def test_64_mib_of_pixel_data_is_counted_not_kept() -> None:
     scanner.feed(el(0xFFFCFFFC, b"OB", bytes(8)))  # data set trailing padding
     assert scanner.finish() is True
     assert scanner.bytes_seen == len(big_instance_head()) + (64 << 20) + 20
+
+
+# -- skipping unseen bytes (the splicing path) ---------------------------------
+
+
+def scan_skipping(transfer_syntax: str, fragments: list[bytes]) -> DatasetScanner:
+    """Like :func:`scan`, but let every skippable byte go by unseen.
+
+    The router splices those bytes straight to the gateway: the scan only
+    learns how many there were (:meth:`DatasetScanner.skip`).
+    """
+    scanner = DatasetScanner(transfer_syntax)
+    for fragment in fragments:
+        unseen = min(scanner.skippable, len(fragment))
+        scanner.skip(unseen)
+        if unseen < len(fragment):
+            scanner.feed(fragment[unseen:])
+    assert scanner.bytes_seen == sum(len(f) for f in fragments)
+    return scanner
+
+
+def verdict(scanner: DatasetScanner) -> tuple[bool, ScanState, str | None, str]:
+    complete = scanner.finish()
+    return complete, scanner.state, scanner.study_uid, scanner.detail
+
+
+@pytest.mark.parametrize("sample", GOOD_SAMPLES, ids=sample_id)
+@file_settings
+@given(data=st.data())
+def test_skipping_what_is_skippable_reaches_the_same_verdict(
+    sample: Sample, data: st.DataObject
+) -> None:
+    plain = sample.plain
+    cut = data.draw(st.one_of(st.just(len(plain)), st.integers(0, len(plain))), label="cut")
+    piece = plain[:cut]
+    if sample.transfer_syntax in DEFLATED:
+        piece = deflate(piece)
+    fragments = data.draw(fragmentations(piece))
+    skipping = scan_skipping(sample.transfer_syntax, fragments)
+    assert verdict(skipping) == verdict(scan(sample.transfer_syntax, fragments))
+
+
+def test_deflated_data_is_never_skippable() -> None:
+    scanner = DatasetScanner(DeflatedExplicitVRLittleEndian)
+    assert scanner.deflated
+    assert scanner.skippable == 0
+    with pytest.raises(ValueError, match="skippable"):
+        scanner.skip(1)
+
+
+def test_skip_refuses_more_than_skippable_and_nothing_after_finish() -> None:
+    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    # (0008,0016) UI of length 1024: the scan skips its value unread.
+    scanner.feed(struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 1024))
+    assert scanner.skippable == 1024
+    with pytest.raises(ValueError, match="skippable"):
+        scanner.skip(1025)
+    scanner.skip(1000)
+    assert scanner.skippable == 24
+    scanner.finish()
+    assert scanner.skippable == 0
