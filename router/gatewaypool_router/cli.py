@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gatewaypool import logs
 from gatewaypool_router.config import (
@@ -258,9 +258,25 @@ def run(args: argparse.Namespace) -> int:
         return _run_workers(config, args)
     from gatewaypool_router.server import Router
 
-    router = Router(config)
+    return _serve(Router(config), config)
+
+
+class _Replica(Protocol):
+    """What runs a replica: the single-process `Router` or the workers' `Supervisor`."""
+
+    def start(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+    def wait(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _serve(replica: _Replica, config: RouterConfig) -> int:
+    """Start `replica`, serve until SIGTERM or SIGINT, then drain and stop it."""
     try:
-        router.start()
+        replica.start()
     except OSError as exc:
         print(
             f"gatewaypool router: cannot listen on {config.bind}:{config.port}: {exc}",
@@ -270,12 +286,12 @@ def run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         logs.log_event(log, logging.INFO, "router.signal", signal=signal.Signals(signum).name)
-        router.request_stop()
+        replica.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    router.wait()
-    router.stop()
+    replica.wait()
+    replica.stop()
     return 0
 
 
@@ -302,23 +318,6 @@ def _run_workers(config: RouterConfig, args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
         )
-        try:
-            supervisor.start()
-        except OSError as exc:
-            print(
-                f"gatewaypool router: cannot listen on {config.bind}:{config.port}: {exc}",
-                file=sys.stderr,
-            )
-            return 1
-
-        def on_signal(signum: int, _frame: object) -> None:
-            logs.log_event(log, logging.INFO, "router.signal", signal=signal.Signals(signum).name)
-            supervisor.request_stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        supervisor.wait()
-        supervisor.stop()
-        return 0
+        return _serve(supervisor, config)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
