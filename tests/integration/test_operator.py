@@ -18,13 +18,12 @@ import pytest
 from gatewaypool.assignment import rebalance
 from gatewaypool.bucketmap import parse_map
 from gatewaypool_local.peers import wait_until
-from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
+from support.cluster import GROUP, IMAGE, NS, PLURAL, REPO, VERSION, custom
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-IMAGE = "registry.example.org/gatewaypool:0.1.0"
 CHILDREN = [
     ("StatefulSet", "ct-gw"),
     ("Service", "ct-gw"),
@@ -55,28 +54,6 @@ def kubelet(kube: KubeEmulator, tmp_path: Path) -> Iterator[GatewayKubelet]:
     ) as harness:
         yield harness
     assert not harness.errors
-
-
-@pytest.fixture
-def operator(
-    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        tmp_path / "operator.log",
-        kubeconfig=kube.kubeconfig_path,
-        router_image=IMAGE,
-        extra_args=["--resync", "1"],
-    )
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
-        print(f"--- operator log ---\n{process.log_tail(120)}")
-
-
-def custom(kube: KubeEmulator) -> Any:
-    return kubernetes.client.CustomObjectsApi(kube.api_client())
 
 
 def create_pool(kube: KubeEmulator, *, replicas: int = 3, buckets: int = 4096) -> dict[str, Any]:

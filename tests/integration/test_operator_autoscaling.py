@@ -12,18 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
 import pytest
 
 from gatewaypool.bucketmap import parse_map
 from gatewaypool_local.peers import wait_until
-from support.cluster import GROUP, NS, PLURAL, REPO, VERSION
+from support.cluster import GROUP, NS, PLURAL, REPO, VERSION, custom
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-IMAGE = "registry.example.org/gatewaypool:0.1.0"
 HPA = "HorizontalPodAutoscaler"
 
 
@@ -42,28 +40,6 @@ def kubelet(kube: KubeEmulator, tmp_path: Path) -> Iterator[GatewayKubelet]:
     ) as harness:
         yield harness
     assert not harness.errors
-
-
-@pytest.fixture
-def operator(
-    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        tmp_path / "operator.log",
-        kubeconfig=kube.kubeconfig_path,
-        router_image=IMAGE,
-        extra_args=["--resync", "1"],
-    )
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
-        print(f"--- operator log ---\n{process.log_tail(120)}")
-
-
-def custom(kube: KubeEmulator) -> Any:
-    return kubernetes.client.CustomObjectsApi(kube.api_client())
 
 
 def create_pool(kube: KubeEmulator, *, replicas: int, autoscaling: dict[str, Any] | None) -> str:

@@ -23,13 +23,12 @@ from gatewaypool_local.peers import wait_until
 from gatewaypool_operator import children
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
-from support.cluster import GROUP, NS, PLURAL, REPO, VERSION, pool_cluster
+from support.cluster import GROUP, IMAGE, NS, PLURAL, REPO, VERSION, custom, pool_cluster
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.operatorproc import OperatorProcess
 
 CRD = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
-IMAGE = "registry.example.org/gatewaypool:0.1.0"
 WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 #: The running test's kubelet (one at a time), for assert_quiet.
 KUBELETS: list[GatewayKubelet] = []
@@ -58,28 +57,6 @@ def kubelet(kube: KubeEmulator, tmp_path: Path) -> Iterator[GatewayKubelet]:
         yield harness
     KUBELETS.remove(harness)
     assert not harness.errors
-
-
-@pytest.fixture
-def operator(
-    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        tmp_path / "operator.log",
-        kubeconfig=kube.kubeconfig_path,
-        router_image=IMAGE,
-        extra_args=["--resync", "1"],
-    )
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
-        print(f"--- operator log ---\n{process.log_tail(120)}")
-
-
-def custom(kube: KubeEmulator) -> Any:
-    return kubernetes.client.CustomObjectsApi(kube.api_client())
 
 
 def create_pool(kube: KubeEmulator, gateway: dict[str, Any], **spec: Any) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import kubernetes.client
 
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
@@ -16,11 +19,23 @@ from gatewaypool.contract import PLURAL
 from support.crd import CRD_PATH, ROOT
 from support.kubeemu import KubeEmulator
 
-__all__ = ["CRD_PATH", "GROUP", "NS", "PLURAL", "REPO", "VERSION", "pool_cluster"]
+__all__ = [
+    "CRD_PATH",
+    "GROUP",
+    "IMAGE",
+    "NS",
+    "PLURAL",
+    "REPO",
+    "VERSION",
+    "custom",
+    "pool_cluster",
+]
 
 REPO = ROOT
 #: The namespace the tests' pools live in.
 NS = "radiology"
+#: The image the operator under test names for routers (nothing pulls it).
+IMAGE = "registry.example.org/gatewaypool:0.1.0"
 
 
 @contextmanager
@@ -30,3 +45,8 @@ def pool_cluster(*, keep_requests: bool = False) -> Iterator[KubeEmulator]:
         emulator.apply_crd(CRD_PATH)
         emulator.create_namespace(NS)
         yield emulator
+
+
+def custom(kube: KubeEmulator) -> Any:
+    """The GatewayPool API (``CustomObjectsApi``) of `kube`, as kubectl and an HPA use it."""
+    return kubernetes.client.CustomObjectsApi(kube.api_client())
