@@ -14,6 +14,7 @@ from gatewaypool_local.peers import PynetdicomSink, echo, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import send_files
 from gatewaypool_local.synth import Study, generate_study
+from support.rawdicom import ASSOCIATE_AC, Reply, request_association
 
 RouterFactory = Callable[..., RouterProcess]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -164,17 +165,8 @@ def test_non_dicom_client_is_dropped_and_the_router_carries_on(
     assert_router_serves(router, study, pynetdicom_gateway)
 
 
-def _associate(router: RouterProcess, calling_ae: str) -> tuple[bool, tuple[int, int, int] | None]:
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(CT_IMAGE_STORAGE)
-    assoc = ae.associate(router.host, router.port, ae_title=router.ae_title)
-    if assoc.is_established:
-        assoc.release()
-        return True, None
-    if assoc.is_rejected and assoc.acceptor.primitive is not None:
-        primitive = assoc.acceptor.primitive
-        return False, (primitive.result, primitive.result_source, primitive.diagnostic)
-    return False, None
+def _associate(router: RouterProcess, calling_ae: str) -> Reply:
+    return request_association(router.host, router.port, calling=calling_ae, called=router.ae_title)
 
 
 def test_calling_ae_outside_the_allow_list_is_rejected(
@@ -184,14 +176,12 @@ def test_calling_ae_outside_the_allow_list_is_rejected(
         [pynetdicom_gateway],
         extra_args=["--allow-calling-aet", "CT01", "--allow-calling-aet", "MR02"],
     )
-    established, reason = _associate(router, "INTRUDER")
-    assert not established
-    assert reason == (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+    reply = _associate(router, "INTRUDER")
+    assert reply.reject_reason == (0x01, 0x01, 0x03)  # permanent, user, calling AE not recognised
     [line] = router.events("association.rejected")
     assert line["calling_ae"] == "INTRUDER"
     assert line["reason"] == "calling_ae_not_allowed"
-    established, _ = _associate(router, "CT01")
-    assert established
+    assert _associate(router, "CT01").pdu_type == ASSOCIATE_AC
     assert router.metric("gatewaypool_router_refusals_total", reason="calling_ae_not_allowed") == 1
 
 
@@ -207,9 +197,12 @@ def test_associations_past_the_limit_are_rejected_transiently(
         assert assoc.is_established
         holders.append(assoc)
     try:
-        established, reason = _associate(router, "THIRD")
-        assert not established
-        assert reason == (0x02, 0x03, 0x02)  # transient, presentation, local limit exceeded
+        reply = _associate(router, "THIRD")
+        assert reply.reject_reason == (
+            0x02,
+            0x03,
+            0x02,
+        )  # transient, presentation, limit
         assert router.events("association.rejected")[0]["reason"] == "too_many_associations"
     finally:
         for assoc in holders:
@@ -219,5 +212,4 @@ def test_associations_past_the_limit_are_rejected_transiently(
         timeout=10,
         what="held associations released",
     )
-    established, _ = _associate(router, "FOURTH")
-    assert established
+    assert _associate(router, "FOURTH").pdu_type == ASSOCIATE_AC

@@ -31,6 +31,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from gatewaypool_router import negotiation
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
+from support import rawdicom
+from support.rawdicom import context, max_length
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -40,20 +42,6 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 ACCEPTANCE = 0x00
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
-
-
-def context(
-    context_id: int, abstract: str, transfers: Sequence[str] | None = None
-) -> PresentationContext:
-    built = build_context(abstract, list(transfers) if transfers is not None else None)
-    built.context_id = context_id
-    return built
-
-
-def max_length(value: int) -> MaximumLengthNotification:
-    item = MaximumLengthNotification()
-    item.maximum_length_received = value
-    return item
 
 
 def role(uid: str, *, scu: bool, scp: bool) -> SCP_SCU_RoleSelectionNegotiation:
@@ -82,19 +70,13 @@ def association_rq(
     calling: str = "MODALITY",
     called: str = "GATEWAYPOOL",
 ) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = UID(negotiation.APPLICATION_CONTEXT)
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    primitive.presentation_context_definition_list = (
-        contexts if contexts is not None else sender_contexts()
+    return rawdicom.association_rq(
+        contexts=contexts if contexts is not None else sender_contexts(),
+        max_pdu=max_pdu,
+        extra=extra,
+        calling=calling,
+        called=called,
     )
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = UID("1.2.826.0.1.3680043.9.3811.3.0.4")
-    primitive.user_information = [max_length(max_pdu), class_uid, *extra]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
 
 
 def decode_ac(raw: bytes) -> A_ASSOCIATE:
