@@ -20,7 +20,6 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-import kubernetes.client
 import pytest
 
 from gatewaypool_local.peers import wait_until
@@ -28,13 +27,10 @@ from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.kubeemu import KubeEmulator
-from support.kubelet import GatewayKubelet
-from support.operatorproc import OperatorProcess
-from support.pool import pool_status, settled
+from support.pool import operated_pool, pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic
 
-GATEWAY_PORT = 104
 STUDIES = 300
 MIN_STUDIES = 30
 INSTANCES = 40
@@ -57,92 +53,65 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
         )
         for i in order
     )
-    operator = OperatorProcess(
-        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
-    )
-    kubelet = GatewayKubelet(
+    routers: list[RouterProcess] = []
+    with operated_pool(
         kube,
         tmp_path,
-        namespace=NS,
-        pool="ct",
-        ae_title="TRIAGE",
-        port=GATEWAY_PORT,
+        replicas=2,
         max_gateways=5,
-    )
-    routers: list[RouterProcess] = []
-    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
-    operator.start()
-    kubelet.start()
-    try:
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "GatewayPool",
-                "metadata": {"name": "ct", "namespace": NS},
-                "spec": {
-                    "replicas": 2,
-                    "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
-                    "handover": {
-                        "quietSeconds": QUIET_SECONDS,
-                        "maxDrainSeconds": MAX_DRAIN_SECONDS,
-                    },
-                },
-            },
-        )
-        wait_until(lambda: settled(kube, kubelet, 2), timeout=60, what="two gateways ready")
-        routers = [start_router(kube, kubelet, tmp_path, f"ct-router-{i}") for i in range(2)]
-        for router in routers:
-            router.start()
+        quiet_seconds=QUIET_SECONDS,
+        max_drain_seconds=MAX_DRAIN_SECONDS,
+        resync=1,
+    ) as pool:
+        operator, kubelet, custom = pool.operator, pool.kubelet, pool.api
+        try:
+            routers = [start_router(kube, kubelet, tmp_path, f"ct-router-{i}") for i in range(2)]
+            for router in routers:
+                router.start()
 
-        traffic = Traffic(routers, studies, seed=seed, senders=3)
-        traffic.start()
-        wait_until(lambda: traffic.sent_studies() >= 3, timeout=60, what="traffic flowing")
-        for step, replicas in enumerate([5, 1, 3]):
-            custom.patch_namespaced_custom_object_scale(
-                GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": replicas}}
-            )
-            if step == 1:
-                # Mid-handover: one router dies at once and comes back.
-                wait_until(
-                    lambda: bool(pool_status(kube, kubelet).get("movingBuckets")),
-                    timeout=30,
-                    what="buckets moving",
+            traffic = Traffic(routers, studies, seed=seed, senders=3)
+            traffic.start()
+            wait_until(lambda: traffic.sent_studies() >= 3, timeout=60, what="traffic flowing")
+            for step, replicas in enumerate([5, 1, 3]):
+                custom.patch_namespaced_custom_object_scale(
+                    GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": replicas}}
                 )
-                routers[1].kill()
-                routers[1].start()
+                if step == 1:
+                    # Mid-handover: one router dies at once and comes back.
+                    wait_until(
+                        lambda: bool(pool_status(kube, kubelet).get("movingBuckets")),
+                        timeout=30,
+                        what="buckets moving",
+                    )
+                    routers[1].kill()
+                    routers[1].start()
+                wait_until(
+                    lambda replicas=replicas: settled(kube, kubelet, replicas),
+                    timeout=MAX_DRAIN_SECONDS + 60,
+                    what=f"settled at {replicas} gateways",
+                )
+                assert traffic.sent_studies() < STUDIES, "traffic ran out before the scale ended"
             wait_until(
-                lambda replicas=replicas: settled(kube, kubelet, replicas),
-                timeout=MAX_DRAIN_SECONDS + 60,
-                what=f"settled at {replicas} gateways",
+                lambda: traffic.sent_studies() >= MIN_STUDIES, timeout=120, what="enough studies"
             )
-            assert traffic.sent_studies() < STUDIES, "traffic ran out before the scale ended"
-        wait_until(
-            lambda: traffic.sent_studies() >= MIN_STUDIES, timeout=120, what="enough studies"
-        )
-        outcome = traffic.finish()
-        held: dict[str, set[int]] = defaultdict(set)  # study -> gateway ordinals
-        holders: dict[str, int] = {}
-        for ordinal, sink in kubelet.gateways.items():
-            for item in sink.received():
-                held[item.study_uid].add(ordinal)
-                holders[item.sop_instance_uid] = ordinal
-        status = pool_status(kube, kubelet)
-        events = [e.get("reason") for e in kube.objects("v1/events", NS)]
-        metrics = {
-            result: operator.metric(
-                "gatewaypool_operator_handovers_total", namespace=NS, pool="ct", result=result
-            )
-            for result in ("completed", "forced")
-        }
-    finally:
-        for router in routers:
-            router.stop()
-        kubelet.stop()
-        operator.stop()
+            outcome = traffic.finish()
+            held: dict[str, set[int]] = defaultdict(set)  # study -> gateway ordinals
+            holders: dict[str, int] = {}
+            for ordinal, sink in kubelet.gateways.items():
+                for item in sink.received():
+                    held[item.study_uid].add(ordinal)
+                    holders[item.sop_instance_uid] = ordinal
+            status = pool_status(kube, kubelet)
+            events = [e.get("reason") for e in kube.objects("v1/events", NS)]
+            metrics = {
+                result: operator.metric(
+                    "gatewaypool_operator_handovers_total", namespace=NS, pool="ct", result=result
+                )
+                for result in ("completed", "forced")
+            }
+        finally:
+            for router in routers:
+                router.stop()
 
     assert not kubelet.errors
     assert not outcome.failed, f"failed instances: {sorted(outcome.failed.items())[:5]}"

@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import kubernetes.client
-
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers import wait_until
@@ -23,99 +21,71 @@ from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support.cluster import GROUP, NS, PLURAL, VERSION
 from support.kubeemu import KubeEmulator
-from support.kubelet import GatewayKubelet
-from support.operatorproc import OperatorProcess
-from support.pool import pool_status, settled
+from support.pool import operated_pool, pool_status, settled
 from support.pool import router as start_router
 from support.traffic import Traffic
 
-GATEWAY_PORT = 104
-
 
 def test_scale_from_three_to_five_under_traffic(kube: KubeEmulator, tmp_path: Path) -> None:
-    operator = OperatorProcess(
-        tmp_path / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "5"]
-    )
-    kubelet = GatewayKubelet(
-        kube,
-        tmp_path,
-        namespace=NS,
-        pool="ct",
-        ae_title="TRIAGE",
-        port=GATEWAY_PORT,
-        max_gateways=5,
-    )
     studies = [
         generate_study(tmp_path / "data", study_index=i, instances=20, rows=16, columns=16)
         for i in range(240)
     ]
-    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
     router: RouterProcess | None = None
-    operator.start()
-    kubelet.start()
-    try:
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            NS,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "GatewayPool",
-                "metadata": {"name": "ct", "namespace": NS},
-                "spec": {
-                    "replicas": 3,
-                    "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
-                    "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
-                },
-            },
-        )
-        wait_until(lambda: settled(kube, kubelet, 3), timeout=60, what="three gateways ready")
-        router = start_router(kube, kubelet, tmp_path, "ct-router-0")
-        router.start()
-        first = router.metric("gatewaypool_router_map_version")
-        assert first >= 1
+    with operated_pool(
+        kube,
+        tmp_path,
+        replicas=3,
+        max_gateways=5,
+        quiet_seconds=2,
+        max_drain_seconds=60,
+        resync=5,
+    ) as pool:
+        kubelet, custom = pool.kubelet, pool.api
+        try:
+            router = start_router(kube, kubelet, tmp_path, "ct-router-0")
+            router.start()
+            first = router.metric("gatewaypool_router_map_version")
+            assert first >= 1
 
-        traffic = Traffic([router], studies, seed=0, senders=3)
-        traffic.start()
-        wait_until(lambda: traffic.sent_studies() >= 5, timeout=60, what="traffic flowing")
-        # kubectl scale gwp/ct --replicas=5
-        custom.patch_namespaced_custom_object_scale(
-            GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 5}}
-        )
-        wait_until(lambda: settled(kube, kubelet, 5), timeout=90, what="settled at five")
-        assert traffic.sent_studies() < len(studies), "traffic ran out before the scale ended"
-        final = parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"])  # type: ignore[index]
-        wait_until(
-            lambda: router.metric("gatewaypool_router_map_version") == final.version,
-            timeout=10,
-            what="the router on the final map",
-        )
-        wait_until(
-            lambda: (
-                pool_status(kube, kubelet).get("routers") == "1/1"
-                and pool_status(kube, kubelet).get("mapVersion") == final.version
-            ),
-            timeout=30,
-            what="status: the router on the final version",
-        )
-        outcome = traffic.finish()
-        # Studies sent once the scale is over land where the final map says.
-        after = Traffic([router], studies[-6:], seed=1, senders=2)
-        after.start()
-        late = after.finish(drain=True)
-        held: dict[str, set[int]] = defaultdict(set)
-        holders: set[str] = set()
-        for ordinal, sink in kubelet.gateways.items():
-            for item in sink.received():
-                held[item.study_uid].add(ordinal)
-                holders.add(item.sop_instance_uid)
-        events = [e.get("reason") for e in kube.objects("v1/events", NS)]
-    finally:
-        if router is not None:
-            router.stop()
-        kubelet.stop()
-        operator.stop()
+            traffic = Traffic([router], studies, seed=0, senders=3)
+            traffic.start()
+            wait_until(lambda: traffic.sent_studies() >= 5, timeout=60, what="traffic flowing")
+            # kubectl scale gwp/ct --replicas=5
+            custom.patch_namespaced_custom_object_scale(
+                GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"replicas": 5}}
+            )
+            wait_until(lambda: settled(kube, kubelet, 5), timeout=90, what="settled at five")
+            assert traffic.sent_studies() < len(studies), "traffic ran out before the scale ended"
+            final = parse_map(kube.get("ConfigMap", "ct-map", NS)["data"]["map.json"])  # type: ignore[index]
+            wait_until(
+                lambda: router.metric("gatewaypool_router_map_version") == final.version,
+                timeout=10,
+                what="the router on the final map",
+            )
+            wait_until(
+                lambda: (
+                    pool_status(kube, kubelet).get("routers") == "1/1"
+                    and pool_status(kube, kubelet).get("mapVersion") == final.version
+                ),
+                timeout=30,
+                what="status: the router on the final version",
+            )
+            outcome = traffic.finish()
+            # Studies sent once the scale is over land where the final map says.
+            after = Traffic([router], studies[-6:], seed=1, senders=2)
+            after.start()
+            late = after.finish(drain=True)
+            held: dict[str, set[int]] = defaultdict(set)
+            holders: set[str] = set()
+            for ordinal, sink in kubelet.gateways.items():
+                for item in sink.received():
+                    held[item.study_uid].add(ordinal)
+                    holders.add(item.sop_instance_uid)
+            events = [e.get("reason") for e in kube.objects("v1/events", NS)]
+        finally:
+            if router is not None:
+                router.stop()
 
     assert not outcome.failed, sorted(outcome.failed.items())[:5]
     assert not outcome.unanswered

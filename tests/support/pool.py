@@ -7,13 +7,95 @@ reports) and the ``--connect-to`` rules that reach the kubelet's gateways.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
+
+from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
+from support.cluster import GROUP, NS, PLURAL, VERSION, custom
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
+from support.operatorproc import OperatorProcess
+
+POOL = "ct"
+GATEWAY_PORT = 104
+GATEWAY_AE = "TRIAGE"
+
+
+@dataclass(frozen=True)
+class OperatedPool:
+    """What `operated_pool` started, and an API client for the pool."""
+
+    operator: OperatorProcess
+    kubelet: GatewayKubelet
+    api: kubernetes.client.CustomObjectsApi
+
+
+@contextmanager
+def operated_pool(
+    kube: KubeEmulator,
+    work: Path,
+    *,
+    replicas: int,
+    max_gateways: int,
+    quiet_seconds: int,
+    max_drain_seconds: int,
+    resync: float,
+) -> Iterator[OperatedPool]:
+    """The operator and the kubelet running, pool `POOL` made and settled at `replicas`.
+
+    Stops the operator and the kubelet on the way out, after whatever the
+    caller started inside.
+    """
+    operator = OperatorProcess(
+        work / "operator.log",
+        kubeconfig=kube.kubeconfig_path,
+        extra_args=["--resync", str(resync)],
+    )
+    kubelet = GatewayKubelet(
+        kube,
+        work,
+        namespace=NS,
+        pool=POOL,
+        ae_title=GATEWAY_AE,
+        port=GATEWAY_PORT,
+        max_gateways=max_gateways,
+    )
+    api = custom(kube)
+    with ExitStack() as stack:
+        for part in (operator, kubelet):
+            part.start()
+            stack.callback(part.stop)
+        api.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "GatewayPool",
+                "metadata": {"name": POOL, "namespace": NS},
+                "spec": {
+                    "replicas": replicas,
+                    "gateway": {"image": "triage:1", "aeTitle": GATEWAY_AE, "port": GATEWAY_PORT},
+                    "handover": {
+                        "quietSeconds": quiet_seconds,
+                        "maxDrainSeconds": max_drain_seconds,
+                    },
+                },
+            },
+        )
+        wait_until(
+            lambda: settled(kube, kubelet, replicas),
+            timeout=60,
+            what=f"{replicas} gateways ready",
+        )
+        yield OperatedPool(operator, kubelet, api)
 
 
 def pool_status(kube: KubeEmulator, kubelet: GatewayKubelet) -> dict[str, Any]:
