@@ -124,6 +124,9 @@ class Upstream:
         try:
             pdus.send_buffers(self._sock, buffers, more=more)
         except TimeoutError as exc:
+            # Part of these buffers may be out: the connection is reset, never
+            # followed by an A-ABORT the gateway would read as the PDU's rest.
+            self.pdu_open = True
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading") from exc
         except OSError as exc:
@@ -225,23 +228,32 @@ class Upstream:
         self.close()
 
     def abort(self) -> None:
-        """Abort: the gateway drops whatever instance was in flight.
+        """Abort at once: the gateway drops whatever instance was in flight.
 
-        Between PDUs that is an A-ABORT. In the middle of one, the
-        connection is reset (``SO_LINGER`` 0): the gateway sees its
-        association end with a PDU cut short, which no DICOM peer can take
-        for a complete instance.
+        Between PDUs that is an A-ABORT, if the socket takes its ten bytes
+        without waiting. In the middle of a PDU, or when the gateway has
+        stopped reading and the send buffer is full, the connection is reset
+        (``SO_LINGER`` 0): the gateway sees its association end with a PDU
+        cut short, which no DICOM peer can take for a complete instance, and
+        the router never waits a second ``--gateway-timeout`` to say so.
         """
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                if self.pdu_open:
+                if self.pdu_open or not self._send_at_once(pdus.abort_pdu(pdus.ABORT_SOURCE_USER)):
                     self._sock.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
                     self._sock.close()
-                else:
-                    self._sock.sendall(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))
         self.close()
+
+    def _send_at_once(self, data: bytes) -> bool:
+        """Send `data` if the socket takes all of it without blocking."""
+        assert self._sock is not None
+        self._sock.settimeout(0)
+        try:
+            return self._sock.send(data) == len(data)
+        except OSError:  # BlockingIOError included: the buffer is full
+            return False
 
     def close(self) -> None:
         if self._reader is not None:
