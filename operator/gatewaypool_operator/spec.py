@@ -103,13 +103,15 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # RFC 1035, as Service
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 SUBJECT_PATTERN: Final = (
-    r'^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)=([^,+;"<>\\]|\\.)*'
-    r'([,+] *([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)=([^,+;"<>\\]|\\.)*)*$'
+    r'^((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+'
+    r'([,+] *((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+)*$'
 )
 """A distinguished name in RFC 4514 form (``CN=ct01.example.org,O=Example Hospital``):
-attribute types (names or OIDs) and values, separated by ``,`` or ``+`` and
-optional spaces; special characters in values escaped with a backslash. The
-CRD's schema uses this pattern too."""
+``TYPE=VALUE`` pairs separated by ``,`` (or ``+`` within one RDN) and optional
+spaces, special characters in values escaped with a backslash. TYPE is one of
+the names RFC 4514 defines (any case) or a dotted OID (``2.5.4.5`` for a
+serial number, ``1.2.840.113549.1.9.1`` for an e-mail address): what the
+router's ``--caller-subject`` parses. The CRD's schema uses this pattern too."""
 _SUBJECT = re.compile(SUBJECT_PATTERN)
 _PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 _SERVICE_TYPES: Final = ("ClusterIP", "NodePort", "LoadBalancer")

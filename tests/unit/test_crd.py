@@ -1117,6 +1117,25 @@ TLS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
     ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "2.5.4.3=a+UID=7"}]}}, None, True),
     ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": r"CN=Smith\, J.,O=x"}]}}, None, True),
     ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN=a,,O=b"}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "cn=a, o=b"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN="}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN=a\nO=b"}]}}, None, False),
+    # Attribute types the router parses by name, others only as OIDs.
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "emailAddress=ct@x.org"}]}},
+        None,
+        False,
+    ),
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "1.2.840.113549.1.9.1=ct@x.org"}]}},
+        None,
+        True,
+    ),
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "DC=org,DC=x,UID=ct01"}]}},
+        None,
+        True,
+    ),
     ({"tls": {**MTLS, "callerSubjects": [{"aeTitle": "CT01"}]}}, None, False),
     ({"tls": {"secretName": "Router"}}, None, False),
     ({"tls": {"secretName": "router.tls-1"}}, None, True),
