@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -1154,3 +1155,48 @@ def test_strict_validation_of_a_secret_volume_is_not_vacuous() -> None:
     deployment["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretNme"] = "x"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+
+def router_accepts(command: list[str]) -> Any:
+    """The router's own command line parser and configuration model, given `command`."""
+    from gatewaypool.cli import build_parser
+    from gatewaypool_router.cli import config_from_args
+
+    assert command[:2] == ["gatewaypool", "router"]
+    return config_from_args(build_parser().parse_args(command[1:]))
+
+
+@pytest.mark.parametrize("variant", sorted(SPECS))
+def test_the_router_accepts_the_command_it_is_given(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POD_NAME", "ct-triage-router-0")  # the Deployment's env sets it
+    config = router_accepts(router_container(build(SPECS[variant]))["command"])
+    assert config.ae_title == parse(SPECS[variant]).router.ae_title
+    assert config.port == 11112
+
+
+@pytest.mark.parametrize("variant", sorted(TLS_SPECS))
+def test_the_router_accepts_the_tls_command_it_is_given(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatewaypool_router.config import RouterConfig
+
+    if "tls_cert" not in {field.name for field in dataclasses.fields(RouterConfig)}:
+        pytest.skip("this router has no TLS options yet (the router side of issue 12)")
+    monkeypatch.setenv("POD_NAME", "ct-triage-router-0")
+    spec = parse(TLS_SPECS[variant])
+    config = router_accepts(router_container(build(TLS_SPECS[variant]))["command"])
+    assert config.plain_port is spec.router.plain_port
+    if spec.router.tls is not None:
+        assert str(config.tls_cert) == f"{TLS}/server/tls.crt"
+        assert str(config.tls_key) == f"{TLS}/server/tls.key"
+        assert config.tls_port == 2762
+        assert len(config.caller_subjects) == len(spec.router.tls.caller_subjects)
+    else:
+        assert config.tls_cert is None
+    if spec.gateway.tls is not None:
+        assert str(config.gateway_tls_ca) == f"{TLS}/gateway-ca/ca.crt"
+        assert (config.gateway_tls_cert is None) is (
+            spec.gateway.tls.client_cert_secret_name is None
+        )
