@@ -797,8 +797,9 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     if mounts:
-        # Secret files belong to root; this group (the router's) may read them.
-        pod_security["fsGroup"] = FS_GROUP
+        # Secret files belong to root; the kubelet gives them this group, the
+        # router's own, which mode 0440 lets read them.
+        pod_security["fsGroup"] = RUN_AS_USER
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

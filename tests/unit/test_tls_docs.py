@@ -60,7 +60,7 @@ def test_the_guide_lists_every_folder_and_option_the_operator_renders() -> None:
     for option in options - {"--tls-port"}:
         assert f"`{option}" in text, option
     assert f"0{children.SECRET_FILE_MODE:o}" in text
-    assert str(children.FS_GROUP) in text
+    assert f"`fsGroup` {children.RUN_AS_USER}" in text
 
 
 def test_the_dcmtk_commands_use_the_examples_names() -> None:
