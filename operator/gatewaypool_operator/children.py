@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gatewaypool import quantity
@@ -31,8 +32,12 @@ __all__ = [
     "MAP_KEY",
     "ROUTER_DICOM_PORT",
     "ROUTER_HTTP_PORT",
+    "ROUTER_TLS_PORT",
     "RUN_AS_USER",
+    "SECRET_FILE_MODE",
     "STUDIES_IN_FLIGHT_METRIC",
+    "TLS_DIRECTORY",
+    "SecretMount",
     "autoscaler_name",
     "build_children",
     "gateway_dns_name",
@@ -42,6 +47,7 @@ __all__ = [
     "optional_children",
     "owner_reference",
     "router_name",
+    "router_secret_mounts",
     "routers_configmap",
     "routers_configmap_name",
     "selector_labels",
@@ -56,6 +62,9 @@ API_VERSION: Final = API_GROUP_VERSION
 ROUTER_DICOM_PORT: Final = 11112
 """The router container's DICOM port; ``spec.router.port`` is only the Service's."""
 ROUTER_HTTP_PORT: Final = 8080
+ROUTER_TLS_PORT: Final = 2762
+"""The router container's DICOM TLS port; ``spec.router.tls.port`` is only the Service's,
+so changing it moves the Service's port and restarts no router."""
 RUN_AS_USER: Final = 65532
 """The router's user and group: the distroless "nonroot" user of the image."""
 FS_GROUP: Final = 65532
@@ -64,6 +73,13 @@ FS_GROUP: Final = 65532
 STUDIES_IN_FLIGHT_METRIC: Final = "gatewaypool_studies_in_flight"
 """The per-gateway Pods metric (served by Prometheus Adapter or KEDA from the routers'
 ``gatewaypool_router_studies_in_flight``) the autoscaler's studiesInFlight target reads."""
+
+TLS_DIRECTORY: Final = "/etc/gatewaypool/tls"
+"""Where the router pods mount the Secrets of ``spec.router.tls`` and ``spec.gateway.tls``,
+one folder each (see `router_secret_mounts`)."""
+SECRET_FILE_MODE: Final = 0o440
+"""Secret files readable by their owner (root) and group only: the router pod's
+``fsGroup``, which is the router's own group. A private key is never world-readable."""
 
 CLUSTER_DOMAIN: Final = "svc.cluster.local"
 TMP_VOLUME: Final = "tmp"
@@ -265,7 +281,7 @@ def build_children(
     if gateway_replicas < 0:
         raise ValueError(f"gateway_replicas: {gateway_replicas!r} is negative")
     policies = (
-        [_network_policy(name, namespace, spec), _router_network_policy(name, namespace)]
+        [_network_policy(name, namespace, spec), _router_network_policy(name, namespace, spec)]
         if spec.network_policy.enabled
         else []
     )
@@ -527,7 +543,11 @@ def _network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]
     }
 
 
-def _router_network_policy(name: str, namespace: str) -> dict[str, Any]:
+def _router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    dicom_ports = [
+        *([ROUTER_DICOM_PORT] if spec.router.plain_port else []),
+        *([ROUTER_TLS_PORT] if spec.router.tls is not None else []),
+    ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -537,11 +557,12 @@ def _router_network_policy(name: str, namespace: str) -> dict[str, Any]:
             "policyTypes": ["Ingress"],
             # No "from": modalities send from anywhere, and Prometheus scrapes
             # /metrics from its own namespace. In a default-deny namespace the
-            # routers are reachable on these two ports and no other.
+            # routers are reachable on their DICOM ports (plain, TLS or both)
+            # and their HTTP port, and no other.
             "ingress": [
                 {
                     "ports": [
-                        {"protocol": "TCP", "port": ROUTER_DICOM_PORT},
+                        *({"protocol": "TCP", "port": port} for port in dicom_ports),
                         {"protocol": "TCP", "port": ROUTER_HTTP_PORT},
                     ]
                 }
@@ -577,6 +598,107 @@ def _router_pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
+_CERT_KEYS: Final = ("tls.crt", "tls.key")  # a kubernetes.io/tls Secret
+_CA_KEY: Final = "ca.crt"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMount:
+    """One Secret the router pods mount read-only: volume, Secret, folder, and the keys used.
+
+    Only `keys` are projected into the folder: the Secret of a cert-manager
+    CA (``ca.crt``, ``tls.crt``, ``tls.key``) may serve as a client CA without
+    its private key reaching the routers. No ``subPath``: the kubelet swaps
+    a Secret volume's files atomically when the Secret changes, which is how
+    a renewed certificate reaches running routers.
+    """
+
+    volume: str
+    secret_name: str
+    directory: str
+    keys: tuple[str, ...]
+
+    def path(self, key: str) -> str:
+        """The file of `key` inside the router container."""
+        return f"{self.directory}/{key}"
+
+
+def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
+    """Return the Secrets the router pods mount for ``spec.router.tls`` and ``spec.gateway.tls``.
+
+    The folders are the contract with the router's options (``--tls-cert``
+    and the others): ``server``, ``client-ca``, ``gateway-ca`` and
+    ``gateway-client`` below `TLS_DIRECTORY`.
+    """
+    mounts: list[SecretMount] = []
+    tls = spec.router.tls
+    if tls is not None:
+        mounts.append(
+            SecretMount("tls-server", tls.secret_name, f"{TLS_DIRECTORY}/server", _CERT_KEYS)
+        )
+        if tls.client_ca_secret_name is not None:
+            mounts.append(
+                SecretMount(
+                    "tls-client-ca",
+                    tls.client_ca_secret_name,
+                    f"{TLS_DIRECTORY}/client-ca",
+                    (_CA_KEY,),
+                )
+            )
+    gateway_tls = spec.gateway.tls
+    if gateway_tls is not None:
+        mounts.append(
+            SecretMount(
+                "gateway-tls-ca",
+                gateway_tls.ca_secret_name,
+                f"{TLS_DIRECTORY}/gateway-ca",
+                (_CA_KEY,),
+            )
+        )
+        if gateway_tls.client_cert_secret_name is not None:
+            mounts.append(
+                SecretMount(
+                    "gateway-tls-client",
+                    gateway_tls.client_cert_secret_name,
+                    f"{TLS_DIRECTORY}/gateway-client",
+                    _CERT_KEYS,
+                )
+            )
+    return mounts
+
+
+def _tls_arguments(spec: PoolSpec) -> list[str]:
+    """The router's TLS options, naming the files `router_secret_mounts` puts in place."""
+    mounts = {mount.volume: mount for mount in router_secret_mounts(spec)}
+    arguments: list[str] = []
+    if "tls-server" in mounts:
+        server = mounts["tls-server"]
+        arguments += [
+            "--tls-port",
+            str(ROUTER_TLS_PORT),
+            "--tls-cert",
+            server.path("tls.crt"),
+            "--tls-key",
+            server.path("tls.key"),
+        ]
+    if "tls-client-ca" in mounts:
+        arguments += ["--tls-client-ca", mounts["tls-client-ca"].path(_CA_KEY)]
+    if spec.router.tls is not None:
+        for binding in spec.router.tls.caller_subjects:
+            arguments += ["--caller-subject", f"{binding.ae_title}={binding.subject}"]
+    if "gateway-tls-ca" in mounts:
+        arguments += ["--gateway-tls-ca", mounts["gateway-tls-ca"].path(_CA_KEY)]
+    if "gateway-tls-client" in mounts:
+        client = mounts["gateway-tls-client"]
+        arguments += [
+            "--gateway-tls-cert",
+            client.path("tls.crt"),
+            "--gateway-tls-key",
+            client.path("tls.key"),
+        ]
+    return arguments
+
+
 def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
     command = [
         "gatewaypool",
@@ -587,8 +709,7 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
         f"{namespace}/{routers_configmap_name(name)}",
         "--aet",
         spec.router.ae_title,
-        "--port",
-        str(ROUTER_DICOM_PORT),
+        *(["--port", str(ROUTER_DICOM_PORT)] if spec.router.plain_port else ["--no-plain-port"]),
         "--http-port",
         str(ROUTER_HTTP_PORT),
         # A study counts as in flight until it has been quiet this long: the
@@ -596,6 +717,7 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
         "--study-quiet-seconds",
         str(spec.handover.quiet_seconds),
     ]
+    command += _tls_arguments(spec)
     for title in spec.router.allowed_calling_ae_titles:
         command += ["--allow-calling-aet", title]
     workers = router_workers(spec.router.resources)
@@ -622,12 +744,22 @@ def router_workers(resources: Mapping[str, Any]) -> int | None:
 
 
 def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    mounts = router_secret_mounts(spec)
     container: dict[str, Any] = {
         "name": "router",
         "image": spec.router.image,
         "command": _router_command(name, namespace, spec),
         "ports": [
-            {"name": "dicom", "containerPort": ROUTER_DICOM_PORT, "protocol": "TCP"},
+            *(
+                [{"name": "dicom", "containerPort": ROUTER_DICOM_PORT, "protocol": "TCP"}]
+                if spec.router.plain_port
+                else []
+            ),
+            *(
+                [{"name": "dicom-tls", "containerPort": ROUTER_TLS_PORT, "protocol": "TCP"}]
+                if spec.router.tls is not None
+                else []
+            ),
             {"name": "http", "containerPort": ROUTER_HTTP_PORT, "protocol": "TCP"},
         ],
         "env": [
@@ -650,8 +782,24 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
             "failureThreshold": 3,
         },
         "securityContext": _container_security_context(),
-        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *(
+                {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
+                for mount in mounts
+            ),
+        ],
     }
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if mounts:
+        # Secret files belong to root; the kubelet gives them this group, the
+        # router's own, which mode 0440 lets read them.
+        pod_security["fsGroup"] = RUN_AS_USER
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -670,17 +818,26 @@ def _router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, A
                     "serviceAccountName": router_name(name),
                     # The router reads its map and writes its report through the API.
                     "automountServiceAccountToken": True,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_USER,
-                        "runAsGroup": RUN_AS_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security,
                     "containers": [container],
-                    "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+                    "volumes": [
+                        {"name": TMP_VOLUME, "emptyDir": {}},
+                        *(_secret_volume(mount) for mount in mounts),
+                    ],
                     **_spread_field(name, "router", spec.router.topology_spread_constraints),
                 },
             },
+        },
+    }
+
+
+def _secret_volume(mount: SecretMount) -> dict[str, Any]:
+    return {
+        "name": mount.volume,
+        "secret": {
+            "secretName": mount.secret_name,
+            "items": [{"key": key, "path": key} for key in mount.keys],
+            "defaultMode": SECRET_FILE_MODE,
         },
     }
 
@@ -776,16 +933,28 @@ def _router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]
         "spec": {
             "type": spec.router.service_type,
             "selector": selector_labels(name, "router"),
-            "ports": [
-                {
-                    "name": "dicom",
-                    "port": spec.router.port,
-                    "targetPort": "dicom",
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": _router_service_ports(spec),
         },
     }
+
+
+def _router_service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
+    """``dicom`` on ``spec.router.port`` unless plainPort is off, ``dicom-tls`` with TLS."""
+    ports = []
+    if spec.router.plain_port:
+        ports.append(
+            {"name": "dicom", "port": spec.router.port, "targetPort": "dicom", "protocol": "TCP"}
+        )
+    if spec.router.tls is not None:
+        ports.append(
+            {
+                "name": "dicom-tls",
+                "port": spec.router.tls.port,
+                "targetPort": "dicom-tls",
+                "protocol": "TCP",
+            }
+        )
+    return ports
 
 
 def _service_account(name: str, namespace: str) -> dict[str, Any]:

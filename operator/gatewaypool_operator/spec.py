@@ -33,16 +33,24 @@ from gatewaypool.quantity import parse as parse_quantity
 __all__ = [
     "AE_TITLE_PATTERN",
     "DEFAULT_BUCKETS",
+    "DEFAULT_TLS_PORT",
+    "MAX_ALLOWED_CALLING_AE_TITLES",
+    "MAX_CALLER_SUBJECTS",
     "MAX_NAME_LENGTH",
     "MAX_SCALE_DOWN_WINDOW",
+    "MAX_SUBJECT_LENGTH",
     "RESERVED_LABELS",
+    "SUBJECT_PATTERN",
     "AutoscalingSpec",
+    "CallerSubject",
     "GatewaySpec",
+    "GatewayTLSSpec",
     "HandoverSpec",
     "NetworkPolicySpec",
     "PodTemplateSpec",
     "PoolSpec",
     "RouterSpec",
+    "RouterTLSSpec",
     "SpecError",
     "StorageSpec",
     "check_name",
@@ -58,6 +66,14 @@ MAX_SCALE_DOWN_WINDOW: Final = 3600
 MIN_DEFAULT_SCALE_DOWN_WINDOW: Final = 300
 """The HorizontalPodAutoscaler's own scale-down window, the least the default ever is."""
 TMP_PATH: Final = "/tmp"  # every pod mounts an emptyDir here; storage must not clash
+DEFAULT_TLS_PORT: Final = 2762
+"""The router Service's DICOM TLS port unless ``spec.router.tls.port`` says otherwise:
+the port registered for DICOM over TLS (IANA "dicom-tls")."""
+MAX_CALLER_SUBJECTS: Final = 256
+MAX_ALLOWED_CALLING_AE_TITLES: Final = 1024
+"""List bounds the CRD sets too: its CEL rule that compares the two lists must
+have a bounded cost for the API server to accept the CRD."""
+MAX_SUBJECT_LENGTH: Final = 1024
 
 
 MAX_NAME_LENGTH: Final = 49
@@ -86,6 +102,17 @@ _QUANTITY = re.compile(
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # RFC 1035, as Services need
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+SUBJECT_PATTERN: Final = (
+    r'^((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+'
+    r'([,+] *((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+)*$'
+)
+"""A distinguished name in RFC 4514 form (``CN=ct01.example.org,O=Example Hospital``):
+``TYPE=VALUE`` pairs separated by ``,`` (or ``+`` within one RDN) and optional
+spaces, special characters in values escaped with a backslash. TYPE is one of
+the names RFC 4514 defines (any case) or a dotted OID (``2.5.4.5`` for a
+serial number, ``1.2.840.113549.1.9.1`` for an e-mail address): what the
+router's ``--caller-subject`` parses. The CRD's schema uses this pattern too."""
+_SUBJECT = re.compile(SUBJECT_PATTERN)
 _PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 _SERVICE_TYPES: Final = ("ClusterIP", "NodePort", "LoadBalancer")
 _RESOURCE_KEYS: Final = ("limits", "requests", "claims")
@@ -156,6 +183,20 @@ class PodTemplateSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayTLSSpec:
+    """``spec.gateway.tls``: the router talks TLS to every gateway.
+
+    Both are names of Secrets in the pool's namespace, mounted into the
+    router pods: ``ca_secret_name`` holds ``ca.crt`` (the CA bundle gateway
+    certificates must verify against), ``client_cert_secret_name`` a
+    ``kubernetes.io/tls`` certificate the router presents to the gateways.
+    """
+
+    ca_secret_name: str
+    client_cert_secret_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
     """``spec.gateway``: the user's DICOM Storage SCP, one pod per gateway."""
 
@@ -170,6 +211,37 @@ class GatewaySpec:
     storage: StorageSpec | None = None
     pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)
     termination_grace_period_seconds: int = 30
+    #: None: the router speaks plain DICOM to the gateways.
+    tls: GatewayTLSSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSubject:
+    """One ``spec.router.tls.callerSubjects`` entry: the certificate an AE title must present.
+
+    ``subject`` is a distinguished name in RFC 4514 form, as the router
+    compares it with the caller's client certificate.
+    """
+
+    ae_title: str
+    subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouterTLSSpec:
+    """``spec.router.tls``: DICOM over TLS on the router's own TLS port.
+
+    Secret names are in the pool's namespace: ``secret_name`` a
+    ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``), as cert-manager
+    writes it; ``client_ca_secret_name`` one with ``ca.crt``, which turns on
+    mutual TLS: every caller on the TLS port must present a certificate it
+    verifies.
+    """
+
+    secret_name: str
+    port: int = DEFAULT_TLS_PORT
+    client_ca_secret_name: str | None = None
+    caller_subjects: tuple[CallerSubject, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +257,10 @@ class RouterSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     #: None: the default spread over zones and nodes; ``()``: no constraints.
     topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
+    #: Whether the router listens on its plain DICOM port; False needs `tls`.
+    plain_port: bool = True
+    #: None: no TLS port.
+    tls: RouterTLSSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +453,10 @@ def _gateway(section: _Object) -> GatewaySpec:
         "storage",
         "podTemplate",
         "terminationGracePeriodSeconds",
+        "tls",
     )
     storage = section.child("storage", optional=True)
+    tls = section.child("tls", optional=True)
     return GatewaySpec(
         image=_image(section, "image", default=None),
         image_pull_policy=section.choice("imagePullPolicy", _PULL_POLICIES, "IfNotPresent"),
@@ -393,6 +471,15 @@ def _gateway(section: _Object) -> GatewaySpec:
         termination_grace_period_seconds=section.integer(
             "terminationGracePeriodSeconds", default=30, low=0, high=3600
         ),
+        tls=None if tls is None else _gateway_tls(tls),
+    )
+
+
+def _gateway_tls(section: _Object) -> GatewayTLSSpec:
+    section.keys("caSecretName", "clientCertSecretName")
+    return GatewayTLSSpec(
+        ca_secret_name=_required_secret_name(section, "caSecretName"),
+        client_cert_secret_name=_secret_name(section, "clientCertSecretName"),
     )
 
 
@@ -467,6 +554,8 @@ def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
         "allowedCallingAETitles",
         "resources",
         "topologySpreadConstraints",
+        "plainPort",
+        "tls",
     )
     image = _image(section, "image", default="") or default_router_image
     if not image:
@@ -479,18 +568,120 @@ def _router(section: _Object, *, default_router_image: str) -> RouterSpec:
     if any(char.isspace() for char in image):
         raise SpecError(section.path("image"), image, "is not an image reference (whitespace)")
     allowed = section.strings("allowedCallingAETitles")
+    if len(allowed) > MAX_ALLOWED_CALLING_AE_TITLES:
+        raise SpecError(
+            section.path("allowedCallingAETitles"),
+            allowed,
+            f"has {len(allowed)} titles, more than {MAX_ALLOWED_CALLING_AE_TITLES}",
+        )
     for index, title in enumerate(allowed):
         _check_ae_title(f"{section.path('allowedCallingAETitles')}[{index}]", title)
+    port = section.integer("port", default=11112, low=1, high=65535)
+    plain_port = section.boolean("plainPort", default=True)
+    tls_section = section.child("tls", optional=True)
+    tls = None if tls_section is None else _router_tls(tls_section, allowed=allowed)
+    if tls is None and not plain_port:
+        raise SpecError(
+            section.path("plainPort"),
+            plain_port,
+            "needs spec.router.tls: without the plain port the router would have no DICOM "
+            "port at all",
+        )
+    if tls is not None and plain_port and tls.port == port:
+        raise SpecError(
+            section.path("tls.port"),
+            tls.port,
+            "is spec.router.port too: the plain and the TLS port need two numbers "
+            "(or set spec.router.plainPort: false)",
+        )
     return RouterSpec(
         replicas=section.integer("replicas", default=2, low=1, high=MAX_ROUTER_REPLICAS),
         image=image,
         ae_title=section.ae_title("aeTitle", default="GATEWAYPOOL"),
-        port=section.integer("port", default=11112, low=1, high=65535),
+        port=port,
         service_type=section.choice("serviceType", _SERVICE_TYPES, "ClusterIP"),
         allowed_calling_ae_titles=allowed,
         resources=_resources(section, "resources"),
         topology_spread_constraints=_spread(section),
+        plain_port=plain_port,
+        tls=tls,
     )
+
+
+def _router_tls(section: _Object, *, allowed: Sequence[str]) -> RouterTLSSpec:
+    """``spec.router.tls``, with its caller subjects checked against the allowed callers."""
+    section.keys("secretName", "port", "clientCASecretName", "callerSubjects")
+    secret_name = _required_secret_name(section, "secretName")
+    port = section.integer("port", default=DEFAULT_TLS_PORT, low=1, high=65535)
+    client_ca = _secret_name(section, "clientCASecretName")
+    entries = section.objects("callerSubjects")
+    path = section.path("callerSubjects")
+    if entries and client_ca is None:
+        raise SpecError(
+            path,
+            entries,
+            "needs spec.router.tls.clientCASecretName: a caller's certificate subject can be "
+            "checked only when callers must present a certificate (mutual TLS)",
+        )
+    if len(entries) > MAX_CALLER_SUBJECTS:
+        raise SpecError(
+            path, entries, f"has {len(entries)} entries, more than {MAX_CALLER_SUBJECTS}"
+        )
+    subjects: list[CallerSubject] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        item = _Object(entry, f"{path}[{index}]")
+        item.keys("aeTitle", "subject")
+        title = item.string("aeTitle", default=None)
+        _check_ae_title(item.path("aeTitle"), title)
+        if "=" in title:
+            raise SpecError(
+                item.path("aeTitle"),
+                title,
+                "contains '=' (the router's --caller-subject option reads AE=SUBJECT, so a "
+                "bound AE title cannot hold one)",
+            )
+        if title in seen:
+            raise SpecError(item.path("aeTitle"), title, "appears twice (one subject per title)")
+        seen.add(title)
+        if allowed and title not in allowed:
+            raise SpecError(
+                item.path("aeTitle"),
+                title,
+                "is not in spec.router.allowedCallingAETitles, so the router would refuse it "
+                "whatever its certificate (add it there too)",
+            )
+        subject = item.string("subject", default=None)
+        if len(subject) > MAX_SUBJECT_LENGTH or not _SUBJECT.fullmatch(subject):
+            raise SpecError(
+                item.path("subject"),
+                subject,
+                "is not a distinguished name in RFC 4514 form "
+                "(e.g. CN=ct01.radiology.example.org,O=Example Hospital)",
+            )
+        subjects.append(CallerSubject(ae_title=title, subject=subject))
+    return RouterTLSSpec(
+        secret_name=secret_name,
+        port=port,
+        client_ca_secret_name=client_ca,
+        caller_subjects=tuple(subjects),
+    )
+
+
+def _secret_name(section: _Object, key: str) -> str | None:
+    """An optional Secret's name: None when not set or empty."""
+    value = section.string(key, default="")
+    if not value:
+        return None
+    _check_subdomain(section.path(key), value)
+    return value
+
+
+def _required_secret_name(section: _Object, key: str) -> str:
+    value = _secret_name(section, key)
+    if value is None:
+        raise SpecError(section.path(key), SpecError.MISSING, "is required (a Secret's name)")
+    return value
 
 
 def _handover(section: _Object) -> HandoverSpec:
@@ -843,6 +1034,14 @@ class _Object:
             raise SpecError(self.path(key), value, f"is not a string ({_kind(value)})")
         return value
 
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise SpecError(self.path(key), value, f"is not a boolean ({_kind(value)})")
+        return value
+
     def choice(self, key: str, choices: Sequence[str], default: str) -> str:
         value = self.string(key, default=default)
         if value not in choices:
@@ -917,7 +1116,7 @@ def _check_ae_title(path: str, value: str) -> None:
 
 
 def _check_subdomain(path: str, value: str) -> None:
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
         raise SpecError(path, value, "is not a DNS subdomain (lower-case, as object names are)")
 
 

@@ -8,6 +8,7 @@ client. The emulator has no controllers and no garbage collector (see
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,142 @@ def test_deleting_the_pool_removes_what_it_owned(
     )
     # kopf's finalizer (it keeps one while a timer runs) is removed once done.
     wait_until(lambda: not kube.objects("GatewayPool", NS), timeout=20, what="pool gone")
+
+
+def router_objects(kube: KubeEmulator) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    deployment = kube.get("Deployment", "ct-router", NS)
+    service = kube.get("Service", "ct-router", NS)
+    policy = kube.get("NetworkPolicy", "ct-router", NS)
+    assert deployment is not None and service is not None and policy is not None
+    return deployment, service, policy
+
+
+def tls_state(kube: KubeEmulator) -> tuple[int, bool]:
+    """Secret volumes of the routers, and whether the Service and the policy have the TLS port.
+
+    The operator writes the Deployment, the Service and the policy one after another.
+    """
+    deployment, service, policy = router_objects(kube)
+    in_service = any(p["name"] == "dicom-tls" for p in service["spec"]["ports"])
+    in_policy = any(p["port"] == 2762 for p in policy["spec"]["ingress"][0]["ports"])
+    if in_service != in_policy:
+        return -1, in_service
+    return len(secret_volumes(deployment)), in_service
+
+
+def sorted_ports(template: dict[str, Any]) -> dict[str, Any]:
+    """A pod template with its containers' ports in name order (apply appends what it adds)."""
+    result = copy.deepcopy(template)
+    for container in result["spec"]["containers"]:
+        container["ports"].sort(key=lambda port: port["name"])
+    return result
+
+
+def secret_volumes(deployment: dict[str, Any]) -> dict[str, str]:
+    pod = deployment["spec"]["template"]["spec"]
+    return {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+
+
+def test_tls_settings_reach_the_routers_and_go_away_with_them(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    created = create_pool(kube)
+    wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
+    plain_template = router_objects(kube)[0]["spec"]["template"]
+    tls = {
+        "secretName": "ct-router-tls",
+        "port": 2762,
+        "clientCASecretName": "modality-ca",
+        "callerSubjects": [{"aeTitle": "CT01", "subject": "CN=ct01.example.org,O=Hospital"}],
+    }
+    custom(kube).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "ct",
+        {
+            "spec": {
+                "router": {"allowedCallingAETitles": ["CT01", "MR1"], "tls": tls},
+                "gateway": {"tls": {"caSecretName": "gateway-ca"}},
+            }
+        },
+    )
+    wait_until(lambda: tls_state(kube) == (3, True), timeout=20, what="TLS everywhere")
+    deployment, service, policy = router_objects(kube)
+    assert secret_volumes(deployment) == {
+        "tls-server": "ct-router-tls",
+        "tls-client-ca": "modality-ca",
+        "gateway-tls-ca": "gateway-ca",
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == 65532
+    [container] = pod["containers"]
+    command = container["command"]
+    assert command[command.index("--tls-cert") + 1] == "/etc/gatewaypool/tls/server/tls.crt"
+    assert command[command.index("--tls-client-ca") + 1] == "/etc/gatewaypool/tls/client-ca/ca.crt"
+    assert command[command.index("--caller-subject") + 1] == "CT01=CN=ct01.example.org,O=Hospital"
+    assert (
+        command[command.index("--gateway-tls-ca") + 1] == "/etc/gatewaypool/tls/gateway-ca/ca.crt"
+    )
+    assert {m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")} == {
+        "/etc/gatewaypool/tls/server",
+        "/etc/gatewaypool/tls/client-ca",
+        "/etc/gatewaypool/tls/gateway-ca",
+    }
+    assert {(p["name"], p["containerPort"]) for p in container["ports"]} == {
+        ("dicom", 11112),
+        ("dicom-tls", 2762),
+        ("http", 8080),
+    }
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
+        ("dicom", 11112),
+        ("dicom-tls", 2762),
+    }
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {11112, 2762, 8080}
+    # Written by the operator's own manager: a later removal is a removal, not a leftover.
+    assert any(
+        entry["manager"] == "gatewaypool-operator" and entry["operation"] == "Apply"
+        for entry in deployment["metadata"]["managedFields"]
+    )
+
+    # TLS only: the plain port goes from the routers, their Service and their policy.
+    custom(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "ct", {"spec": {"router": {"plainPort": False}}}
+    )
+    wait_until(
+        lambda: (
+            [p["name"] for p in router_objects(kube)[1]["spec"]["ports"]] == ["dicom-tls"]
+            and {p["port"] for p in router_objects(kube)[2]["spec"]["ingress"][0]["ports"]}
+            == {2762, 8080}
+        ),
+        timeout=20,
+        what="plain port gone from the Service and the policy",
+    )
+    deployment, _, policy = router_objects(kube)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    # Server-side apply keeps the items it had and appends new ones: compare as sets.
+    assert {p["name"] for p in container["ports"]} == {"dicom-tls", "http"}
+    assert "--no-plain-port" in container["command"] and "--port" not in container["command"]
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {2762, 8080}
+
+    # Back to the first spec: the routers are as they were (no volumes, no TLS port or option).
+    custom(kube).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "ct",
+        {
+            "spec": {
+                "router": {"plainPort": None, "tls": None, "allowedCallingAETitles": None},
+                "gateway": {"tls": None},
+            }
+        },
+    )
+    wait_until(lambda: tls_state(kube) == (0, False), timeout=20, what="TLS gone everywhere")
+    deployment, service, policy = router_objects(kube)
+    assert sorted_ports(deployment["spec"]["template"]) == sorted_ports(plain_template)
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("dicom", 11112)]
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {11112, 8080}
+    assert created["metadata"]["uid"] == pool(kube)["metadata"]["uid"]

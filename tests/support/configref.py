@@ -63,6 +63,11 @@ def _limits(node: Mapping[str, Any]) -> str:
         parts.append(f"at least {node['minLength']} characters")
     if "maxLength" in node:
         parts.append(f"at most {node['maxLength']} characters")
+    if "maxItems" in node:
+        parts.append(f"at most {node['maxItems']} items")
+    if node.get("x-kubernetes-list-type") == "map":
+        keys = ", ".join(node.get("x-kubernetes-list-map-keys") or [])
+        parts.append(f"one item per {keys}")
     for rule in node.get("x-kubernetes-validations") or []:
         parts.append(str(rule.get("message") or rule.get("rule")))
     return "; ".join(parts)
@@ -82,6 +87,9 @@ def _rows(node: Mapping[str, Any], path: str) -> Iterator[str]:
         yield "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
         if child.get("type", "object") == "object" and "properties" in child:
             yield from _rows(child, field)
+        items = child.get("items")
+        if child.get("type") == "array" and isinstance(items, Mapping) and "properties" in items:
+            yield from _rows(items, f"{field}[]")
 
 
 def _scalar(value: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,14 @@ import pytest
 import yaml
 
 from gatewaypool.contract import AE_TITLE_PATTERN
+from gatewaypool_operator.spec import (
+    MAX_ALLOWED_CALLING_AE_TITLES,
+    MAX_CALLER_SUBJECTS,
+    MAX_SUBJECT_LENGTH,
+    SUBJECT_PATTERN,
+    SpecError,
+    parse_spec,
+)
 from support.crd import apply_defaults, load_crd, root_schema, version_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +74,9 @@ SPEC_FIELDS = [
     "gateway.storage.mountPath",
     "gateway.storage.whenScaled",
     "gateway.terminationGracePeriodSeconds",
+    "gateway.tls",
+    "gateway.tls.caSecretName",
+    "gateway.tls.clientCertSecretName",
     "gateway.podTemplate",
     "gateway.podTemplate.labels",
     "gateway.podTemplate.annotations",
@@ -89,6 +101,12 @@ SPEC_FIELDS = [
     "router.resources.requests",
     "router.resources.claims",
     "router.topologySpreadConstraints",
+    "router.plainPort",
+    "router.tls",
+    "router.tls.secretName",
+    "router.tls.port",
+    "router.tls.clientCASecretName",
+    "router.tls.callerSubjects",
     "networkPolicy",
     "networkPolicy.enabled",
     "networkPolicy.extraIngress",
@@ -148,6 +166,8 @@ DEFAULTS = {
     "router.aeTitle": "GATEWAYPOOL",
     "router.port": 11112,
     "router.serviceType": "ClusterIP",
+    "router.plainPort": True,
+    "router.tls.port": 2762,
     "handover": {},
     "handover.quietSeconds": 30,
     "handover.maxDrainSeconds": 600,
@@ -162,6 +182,7 @@ RANGES = {
     "gateway.port": (1, 65535),
     "router.replicas": (1, 100),
     "router.port": (1, 65535),
+    "router.tls.port": (1, 65535),
     "handover.quietSeconds": (1, 3600),
     "handover.maxDrainSeconds": (10, 86400),
     "handover.failoverAfterSeconds": (10, 86400),
@@ -181,7 +202,19 @@ ENUMS = {
     "router.serviceType": ["ClusterIP", "NodePort", "LoadBalancer"],
     "gateway.storage.whenScaled": ["Retain", "Delete"],
 }
-AE_TITLE_FIELDS = ["gateway.aeTitle", "router.aeTitle", "router.allowedCallingAETitles[]"]
+AE_TITLE_FIELDS = [
+    "gateway.aeTitle",
+    "router.aeTitle",
+    "router.allowedCallingAETitles[]",
+    "router.tls.callerSubjects[].aeTitle",
+]
+#: Names of Secrets in the pool's namespace: DNS subdomains, as object names are.
+SECRET_NAME_FIELDS = [
+    "router.tls.secretName",
+    "router.tls.clientCASecretName",
+    "gateway.tls.caSecretName",
+    "gateway.tls.clientCertSecretName",
+]
 
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
 PRESERVE_UNKNOWN_FIELDS = {
@@ -318,6 +351,28 @@ def _format_path(parts: Iterable[str | int]) -> str:
     return text
 
 
+def duplicate_keys(value: Any, schema: Mapping[str, Any], path: str = "") -> Iterator[str]:
+    """Yield the API server's refusals of a list-map (``x-kubernetes-list-type: map``) that
+    holds two items with the same keys, as ``path[i]: Duplicate value: {...}``."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties", {})
+        for name, child in value.items():
+            if name in properties:
+                yield from duplicate_keys(
+                    child, properties[name], f"{path}.{name}" if path else name
+                )
+    elif isinstance(value, list) and "items" in schema:
+        keys = schema.get("x-kubernetes-list-map-keys", [])
+        seen: set[str] = set()
+        for index, item in enumerate(value):
+            if schema.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
+                key = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+                if key in seen:
+                    yield f"{path}[{index}]: Duplicate value: {key}"
+                seen.add(key)
+            yield from duplicate_keys(item, schema["items"], f"{path}[{index}]")
+
+
 def schema_errors(obj: Any) -> list[str]:
     """What the openAPIV3Schema says about ``obj`` (already defaulted), as ``path: message``."""
     errors = []
@@ -417,6 +472,7 @@ def rejections(new: Any, old: Any = None) -> list[str]:
     errors = [f'unknown field "{path}"' for path in unknown_fields(new, schema)]
     new = apply_defaults(new, schema)
     errors += schema_errors(new)
+    errors += duplicate_keys(new, schema)
     if not errors:
         old = apply_defaults(old, schema) if old is not None else None
         errors += rule_errors(new, old)
@@ -688,6 +744,7 @@ def test_defaulting_fills_a_minimal_pool_as_the_api_server_does() -> None:
             "aeTitle": "GATEWAYPOOL",
             "port": 11112,
             "serviceType": "ClusterIP",
+            "plainPort": True,
         },
         "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
         "networkPolicy": {"enabled": True},
@@ -705,6 +762,7 @@ def test_defaulting_keeps_given_values_and_leaves_the_input_alone() -> None:
         "aeTitle": "GATEWAYPOOL",
         "port": 4242,
         "serviceType": "ClusterIP",
+        "plainPort": True,
     }
     assert spec["handover"] == {"quietSeconds": 5, "maxDrainSeconds": 600}
 
@@ -763,30 +821,164 @@ def test_the_four_examples_exist() -> None:
     ]
 
 
+#: What an example may hold besides its one GatewayPool: the cert-manager objects that
+#: make the pool's TLS Secrets (examples/secure.yaml).
+CERT_MANAGER = "cert-manager.io/v1"
+CERT_MANAGER_KINDS = {"Issuer", "ClusterIssuer", "Certificate"}
+
+# cert-manager's own CRDs are not available here, so the fields the examples use are
+# checked against this hand-written excerpt of its v1 API reference (CertificateSpec,
+# IssuerSpec), not against its schema.
+CERTIFICATE_FIELDS = {
+    "secretName",
+    "commonName",
+    "dnsNames",
+    "ipAddresses",
+    "uris",
+    "emailAddresses",
+    "subject",
+    "isCA",
+    "usages",
+    "duration",
+    "renewBefore",
+    "privateKey",
+    "issuerRef",
+}
+CERTIFICATE_USAGES = {
+    "digital signature",
+    "key encipherment",
+    "server auth",
+    "client auth",
+    "cert sign",
+}
+PRIVATE_KEY_FIELDS = {
+    "algorithm": {"RSA", "ECDSA", "Ed25519"},
+    "size": None,
+    "rotationPolicy": {"Never", "Always"},
+}
+
+
+def example_pool(path: Path) -> dict[str, Any]:
+    """The one GatewayPool of an example file; anything else in it must be cert-manager's."""
+    docs = load_docs(path)
+    pools = [doc for doc in docs if doc.get("kind") == "GatewayPool"]
+    assert len(pools) == 1, f"{path.name}: one GatewayPool per example"
+    for doc in docs:
+        if doc is not pools[0]:
+            assert doc["apiVersion"] == CERT_MANAGER, (path.name, doc.get("kind"))
+            assert doc["kind"] in CERT_MANAGER_KINDS, (path.name, doc["kind"])
+            assert doc["metadata"]["namespace"] == pools[0]["metadata"]["namespace"]
+    return pools[0]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_is_accepted(path: Path) -> None:
-    (pool,) = load_docs(path)
+    pool = example_pool(path)
     assert (pool["apiVersion"], pool["kind"]) == ("gatewaypool.io/v1alpha1", "GatewayPool")
     assert pool["metadata"]["namespace"]
     # Created, then applied again unchanged: transition rules run too.
     assert rejections(pool) == []
     assert rejections(pool, pool) == []
+    # And the operator takes it as the API server stores it.
+    parse_spec(apply_defaults(pool, root_schema())["spec"], default_router_image="gp:1")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 @pytest.mark.parametrize("rule", all_rules(), ids=lambda r: f"{r.where}:{r.rule}")
 def test_every_rule_holds_for_every_example(rule: Rule, path: Path) -> None:
-    (pool,) = load_docs(path)
-    pool = apply_defaults(pool, root_schema())
+    pool = apply_defaults(example_pool(path), root_schema())
     values = list(_values_at(pool, rule.location))
     assert values, f"{rule.where} absent from the defaulted example"
     for _, value in values:
         assert evaluate(rule, value, value)
 
 
-def test_secure_example_says_tls_is_not_yet_supported() -> None:
+def cert_manager_objects(path: Path, kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in load_docs(path)
+        if doc.get("apiVersion") == CERT_MANAGER and doc["kind"] == kind
+    }
+
+
+def rfc4514(certificate: Mapping[str, Any]) -> str:
+    """The subject cert-manager gives a Certificate, as ``openssl -nameopt RFC2253`` prints it.
+
+    cert-manager encodes the subject in Go's order (C, ST, L, O, OU, CN); RFC 4514
+    prints the RDNs last first.
+    """
+    spec = certificate["spec"]
+    subject = spec.get("subject") or {}
+    rdns = [f"C={value}" for value in subject.get("countries", [])]
+    rdns += [f"ST={value}" for value in subject.get("provinces", [])]
+    rdns += [f"L={value}" for value in subject.get("localities", [])]
+    rdns += [f"O={value}" for value in subject.get("organizations", [])]
+    rdns += [f"OU={value}" for value in subject.get("organizationalUnits", [])]
+    if spec.get("commonName"):
+        rdns.append(f"CN={spec['commonName']}")
+    return ",".join(reversed(rdns))
+
+
+def test_the_secure_example_makes_every_secret_its_pool_names() -> None:
+    path = ROOT / "examples" / "secure.yaml"
+    pool = example_pool(path)
+    name, namespace = pool["metadata"]["name"], pool["metadata"]["namespace"]
+    router = pool["spec"]["router"]
+    certificates = cert_manager_objects(path, "Certificate")
+    issuers = cert_manager_objects(path, "Issuer")
+    by_secret = {cert["spec"]["secretName"]: cert for cert in certificates.values()}
+
+    for cert in certificates.values():
+        spec = cert["spec"]
+        assert set(spec) <= CERTIFICATE_FIELDS, cert["metadata"]["name"]
+        assert set(spec.get("usages", [])) <= CERTIFICATE_USAGES
+        for key, value in (spec.get("privateKey") or {}).items():
+            allowed = PRIVATE_KEY_FIELDS[key]
+            assert allowed is None or value in allowed, (key, value)
+        issuer = spec["issuerRef"]
+        assert (issuer["kind"], issuer["group"]) == ("Issuer", "cert-manager.io")
+        assert issuer["name"] in issuers
+    for issuer in issuers.values():
+        assert list(issuer["spec"]) in (["selfSigned"], ["ca"])
+        if "ca" in issuer["spec"]:
+            assert by_secret[issuer["spec"]["ca"]["secretName"]]["spec"]["isCA"] is True
+
+    # The routers' server certificate covers every name of the router Service.
+    server = by_secret[router["tls"]["secretName"]]["spec"]
+    service = f"{name}-router"
+    for dns_name in (
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ):
+        assert dns_name in server["dnsNames"]
+    assert "server auth" in server["usages"]
+
+    # The client CA is a CA; every bound subject is that of a client certificate it signs.
+    client_ca = router["tls"]["clientCASecretName"]
+    assert by_secret[client_ca]["spec"]["isCA"] is True
+    ca_issuers = {
+        n for n, i in issuers.items() if i["spec"].get("ca", {}).get("secretName") == client_ca
+    }
+    clients = {
+        rfc4514(cert): cert
+        for cert in certificates.values()
+        if "client auth" in cert["spec"].get("usages", [])
+        and cert["spec"]["issuerRef"]["name"] in ca_issuers
+    }
+    assert router["tls"]["callerSubjects"]
+    for binding in router["tls"]["callerSubjects"]:
+        assert binding["subject"] in clients, binding
+        assert binding["aeTitle"] in router["allowedCallingAETitles"]
+    assert router["plainPort"] is False
+
+
+def test_the_secure_example_keeps_its_honest_notes() -> None:
     text = (ROOT / "examples" / "secure.yaml").read_text()
-    assert "DICOM TLS is planned and NOT yet supported by the router" in text
+    assert "An AE title is not a password" in text
+    assert "network controls" in text
+    assert "NOT yet supported" not in text
 
 
 # --- the CEL rules ------------------------------------------------------------------
@@ -839,6 +1031,27 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             ".handover.maxDrainSeconds",
         ),
         ("spec.buckets", "self == oldSelf", ""),
+        ("spec.router", "!has(self.plainPort) || self.plainPort || has(self.tls)", ".plainPort"),
+        (
+            "spec.router",
+            "!has(self.tls) || (has(self.plainPort) && !self.plainPort)"
+            " || (has(self.tls.port) ? self.tls.port : 2762)"
+            " != (has(self.port) ? self.port : 11112)",
+            ".tls.port",
+        ),
+        (
+            "spec.router",
+            "!has(self.tls) || !has(self.tls.callerSubjects)"
+            " || size(self.tls.callerSubjects) == 0 || has(self.tls.clientCASecretName)",
+            ".tls.callerSubjects",
+        ),
+        (
+            "spec.router",
+            "!has(self.tls) || !has(self.tls.callerSubjects)"
+            " || !has(self.allowedCallingAETitles) || size(self.allowedCallingAETitles) == 0"
+            " || self.tls.callerSubjects.all(c, c.aeTitle in self.allowedCallingAETitles)",
+            ".tls.callerSubjects",
+        ),
         (
             "spec.handover",
             "!has(self.maxDrainSeconds) || !has(self.quietSeconds)"
@@ -1000,6 +1213,134 @@ def test_autoscaling_defaults() -> None:
         "targets": STUDIES,
         "scaleDown": {"periodSeconds": 60},
     }
+
+
+# --- DICOM TLS ------------------------------------------------------------------------
+
+TLS_SERVER = {"secretName": "router-tls"}
+MTLS = {**TLS_SERVER, "clientCASecretName": "modality-ca"}
+CT01 = {"aeTitle": "CT01", "subject": "CN=ct01.radiology.example.org,O=Example Hospital"}
+
+#: (spec.router, spec.gateway.tls or None, accepted): each checked by the CRD and the operator.
+TLS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
+    ({"tls": TLS_SERVER}, None, True),
+    ({"tls": {**TLS_SERVER, "port": 11112}}, None, False),
+    ({"tls": {**TLS_SERVER, "port": 11112}, "plainPort": False}, None, True),
+    ({"port": 104, "tls": {**TLS_SERVER, "port": 104}}, None, False),
+    ({"port": 2762, "tls": TLS_SERVER}, None, False),
+    ({"port": 2762, "tls": {**TLS_SERVER, "port": 11112}}, None, True),
+    ({"plainPort": False}, None, False),
+    ({"plainPort": True}, None, True),
+    ({"plainPort": False, "tls": TLS_SERVER}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [CT01]}}, None, True),
+    ({"tls": {**TLS_SERVER, "callerSubjects": [CT01]}}, None, False),
+    ({"tls": {**TLS_SERVER, "callerSubjects": []}}, None, True),
+    (
+        {"allowedCallingAETitles": ["CT01", "MR1"], "tls": {**MTLS, "callerSubjects": [CT01]}},
+        None,
+        True,
+    ),
+    ({"allowedCallingAETitles": ["MR1"], "tls": {**MTLS, "callerSubjects": [CT01]}}, None, False),
+    ({"allowedCallingAETitles": [], "tls": {**MTLS, "callerSubjects": [CT01]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [CT01, {**CT01, "subject": "CN=b"}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [CT01, {**CT01, "aeTitle": "CT02"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "aeTitle": "A=B"}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "aeTitle": "   "}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "ct01"}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN=a, O=b"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "2.5.4.3=a+UID=7"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": r"CN=Smith\, J.,O=x"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN=a,,O=b"}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "cn=a, o=b"}]}}, None, True),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN="}]}}, None, False),
+    ({"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "CN=a\nO=b"}]}}, None, False),
+    # Attribute types the router parses by name, others only as OIDs.
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "emailAddress=ct@x.org"}]}},
+        None,
+        False,
+    ),
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "1.2.840.113549.1.9.1=ct@x.org"}]}},
+        None,
+        True,
+    ),
+    (
+        {"tls": {**MTLS, "callerSubjects": [{**CT01, "subject": "DC=org,DC=x,UID=ct01"}]}},
+        None,
+        True,
+    ),
+    ({"tls": {**MTLS, "callerSubjects": [{"aeTitle": "CT01"}]}}, None, False),
+    ({"tls": {"secretName": "Router"}}, None, False),
+    ({"tls": {"secretName": "router.tls-1"}}, None, True),
+    ({"tls": {"secretName": "-router"}}, None, False),
+    ({"tls": {"secretName": "r" * 254}}, None, False),
+    ({"tls": {"port": 2762}}, None, False),
+    ({"tls": {**TLS_SERVER, "port": 0}}, None, False),
+    ({}, {"caSecretName": "gateway-ca"}, True),
+    ({}, {"caSecretName": "gateway-ca", "clientCertSecretName": "router-client"}, True),
+    ({}, {"clientCertSecretName": "router-client"}, False),
+    ({}, {"caSecretName": "Gateway_CA"}, False),
+    ({"plainPort": False, "tls": MTLS}, {"caSecretName": "gateway-ca"}, True),
+]
+
+
+def tls_pool(router: dict[str, Any], gateway_tls: dict[str, Any] | None) -> dict[str, Any]:
+    gateway: dict[str, Any] = {"image": "example/gw:1"}
+    if gateway_tls is not None:
+        gateway["tls"] = gateway_tls
+    return minimal_pool(gateway=gateway, router=router)
+
+
+@pytest.mark.parametrize(("router", "gateway_tls", "accepted"), TLS_CASES)
+def test_tls_settings_are_checked_alike_by_the_crd_and_the_operator(
+    router: dict[str, Any], gateway_tls: dict[str, Any] | None, accepted: bool
+) -> None:
+    pool = tls_pool(router, gateway_tls)
+    errors = rejections(pool)
+    assert (errors == []) is accepted, errors
+    try:
+        parse_spec(pool["spec"], default_router_image="gp:1")
+    except SpecError as exc:
+        assert not accepted, str(exc)
+    else:
+        assert accepted, "the operator accepted what the CRD refuses"
+
+
+def test_tls_defaults() -> None:
+    spec = apply_defaults(tls_pool({"tls": TLS_SERVER}, {"caSecretName": "ca"}), root_schema())
+    assert spec["spec"]["router"]["plainPort"] is True
+    assert spec["spec"]["router"]["tls"] == {"secretName": "router-tls", "port": 2762}
+    assert spec["spec"]["gateway"]["tls"] == {"caSecretName": "ca"}
+    assert "tls" not in apply_defaults(minimal_pool(), root_schema())["spec"]["router"]
+
+
+def test_the_subject_pattern_is_the_operators() -> None:
+    assert node("router.tls.callerSubjects[].subject")["pattern"] == SUBJECT_PATTERN
+
+
+@pytest.mark.parametrize("path", SECRET_NAME_FIELDS)
+def test_secret_names_are_dns_subdomains(path: str) -> None:
+    schema = node(path)
+    assert schema["type"] == "string"
+    assert schema["maxLength"] == 253
+    assert schema["pattern"] == r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def test_caller_subjects_are_a_map_by_ae_title() -> None:
+    # The API server refuses a second entry for one AE title, and apply merges by it.
+    subjects = node("router.tls.callerSubjects")
+    assert subjects["x-kubernetes-list-type"] == "map"
+    assert subjects["x-kubernetes-list-map-keys"] == ["aeTitle"]
+
+
+def test_the_lists_the_caller_rule_compares_are_bounded() -> None:
+    # The API server refuses a CEL rule whose estimated cost is unbounded: the rule that
+    # looks up every bound AE title in allowedCallingAETitles needs both lists bounded,
+    # and the operator keeps the same bounds.
+    assert node("router.allowedCallingAETitles")["maxItems"] == MAX_ALLOWED_CALLING_AE_TITLES
+    assert node("router.tls.callerSubjects")["maxItems"] == MAX_CALLER_SUBJECTS
+    assert node("router.tls.callerSubjects[].subject")["maxLength"] == MAX_SUBJECT_LENGTH
 
 
 # --- invalid GatewayPools -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -916,3 +917,286 @@ def test_strict_validation_of_the_autoscaler_is_not_vacuous() -> None:
     hpa["spec"]["metrics"][0]["pods"]["target"]["averageValues"] = "4"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(hpa, K8S_VERSIONS[0], strict=True)
+
+
+# --- DICOM TLS ----------------------------------------------------------------------
+
+CT01_SUBJECT = "CN=ct01.radiology.example.org,O=Example Hospital"
+TLS_SPECS: dict[str, dict[str, Any]] = {
+    "plain-and-tls": {**MINIMAL, "router": {"tls": {"secretName": "router-tls"}}},
+    "tls-only": {
+        **MINIMAL,
+        "router": {"plainPort": False, "tls": {"secretName": "router-tls", "port": 11112}},
+    },
+    "mtls": {
+        **MINIMAL,
+        "router": {
+            "allowedCallingAETitles": ["CT01", "MR1"],
+            "tls": {
+                "secretName": "router-tls",
+                "clientCASecretName": "modality-ca",
+                "callerSubjects": [
+                    {"aeTitle": "CT01", "subject": CT01_SUBJECT},
+                    {"aeTitle": "MR1", "subject": "CN=mr1,O=Example Hospital"},
+                ],
+            },
+        },
+    },
+    "gateway-tls": {**MINIMAL, "gateway": {**MINIMAL["gateway"], "tls": {"caSecretName": "gw-ca"}}},
+    "gateway-mtls": {
+        **MINIMAL,
+        "gateway": {
+            **MINIMAL["gateway"],
+            "tls": {"caSecretName": "gw-ca", "clientCertSecretName": "router-to-gw"},
+        },
+    },
+    "everything": {
+        **FULL,
+        "router": {
+            **FULL["router"],
+            "allowedCallingAETitles": ["CT1", "MR ROOM 2"],
+            "plainPort": False,
+            "tls": {
+                "secretName": "router-tls",
+                "clientCASecretName": "modality-ca",
+                "callerSubjects": [{"aeTitle": "CT1", "subject": CT01_SUBJECT}],
+            },
+        },
+        "gateway": {
+            **FULL["gateway"],
+            "tls": {"caSecretName": "gw-ca", "clientCertSecretName": "router-to-gw"},
+        },
+    },
+}
+TLS = "/etc/gatewaypool/tls"
+
+
+def router_pod(children: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = children[("Deployment", "ct-triage-router")]["spec"]["template"]["spec"]
+    return pod
+
+
+def option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_without_tls_nothing_of_it_is_rendered() -> None:
+    children = build(MINIMAL)
+    command = router_container(children)["command"]
+    assert not [arg for arg in command if "tls" in arg or arg == "--caller-subject"]
+    assert "fsGroup" not in router_pod(children)["securityContext"]
+    assert [volume["name"] for volume in router_pod(children)["volumes"]] == ["tmp"]
+
+
+def test_plain_and_tls_ports_side_by_side() -> None:
+    children = build(TLS_SPECS["plain-and-tls"])
+    container = router_container(children)
+    assert container["ports"] == [
+        {"name": "dicom", "containerPort": 11112, "protocol": "TCP"},
+        {"name": "dicom-tls", "containerPort": 2762, "protocol": "TCP"},
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+    ]
+    command = container["command"]
+    assert option(command, "--port") == "11112"
+    assert "--no-plain-port" not in command
+    assert command[command.index("--tls-port") : command.index("--tls-port") + 6] == [
+        "--tls-port",
+        "2762",
+        "--tls-cert",
+        f"{TLS}/server/tls.crt",
+        "--tls-key",
+        f"{TLS}/server/tls.key",
+    ]
+    assert "--tls-client-ca" not in command
+    assert children[("Service", "ct-triage-router")]["spec"]["ports"] == [
+        {"name": "dicom", "port": 11112, "targetPort": "dicom", "protocol": "TCP"},
+        {"name": "dicom-tls", "port": 2762, "targetPort": "dicom-tls", "protocol": "TCP"},
+    ]
+    policy = children[("NetworkPolicy", "ct-triage-router")]["spec"]
+    assert policy["ingress"] == [
+        {
+            "ports": [
+                {"protocol": "TCP", "port": 11112},
+                {"protocol": "TCP", "port": 2762},
+                {"protocol": "TCP", "port": 8080},
+            ]
+        }
+    ]
+
+
+def test_tls_only_has_no_plain_port_anywhere() -> None:
+    children = build(TLS_SPECS["tls-only"])
+    container = router_container(children)
+    assert [port["name"] for port in container["ports"]] == ["dicom-tls", "http"]
+    command = container["command"]
+    assert "--no-plain-port" in command
+    assert "--port" not in command
+    # The Service's TLS port is the spec's; the container's stays 2762.
+    assert option(command, "--tls-port") == "2762"
+    assert children[("Service", "ct-triage-router")]["spec"]["ports"] == [
+        {"name": "dicom-tls", "port": 11112, "targetPort": "dicom-tls", "protocol": "TCP"}
+    ]
+    (rule,) = children[("NetworkPolicy", "ct-triage-router")]["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 2762}, {"protocol": "TCP", "port": 8080}]
+
+
+def test_probes_stay_on_the_http_port_whatever_the_dicom_ports() -> None:
+    for spec in TLS_SPECS.values():
+        container = router_container(build(spec))
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_mutual_tls_binds_each_caller_to_its_subject() -> None:
+    command = router_container(build(TLS_SPECS["mtls"]))["command"]
+    assert option(command, "--tls-client-ca") == f"{TLS}/client-ca/ca.crt"
+    subjects = [command[i + 1] for i, arg in enumerate(command) if arg == "--caller-subject"]
+    assert subjects == [f"CT01={CT01_SUBJECT}", "MR1=CN=mr1,O=Example Hospital"]
+    # The existing allow list still reaches the routers.
+    allowed = [command[i + 1] for i, arg in enumerate(command) if arg == "--allow-calling-aet"]
+    assert allowed == ["CT01", "MR1"]
+
+
+@pytest.mark.parametrize(("variant", "client"), [("gateway-tls", False), ("gateway-mtls", True)])
+def test_gateway_tls_options(variant: str, client: bool) -> None:
+    children = build(TLS_SPECS[variant])
+    command = router_container(children)["command"]
+    assert option(command, "--gateway-tls-ca") == f"{TLS}/gateway-ca/ca.crt"
+    if client:
+        assert option(command, "--gateway-tls-cert") == f"{TLS}/gateway-client/tls.crt"
+        assert option(command, "--gateway-tls-key") == f"{TLS}/gateway-client/tls.key"
+    else:
+        assert "--gateway-tls-cert" not in command
+        assert "--gateway-tls-key" not in command
+    # No inbound TLS: the router's own ports are as before.
+    assert "--tls-cert" not in command
+    assert [p["name"] for p in router_container(children)["ports"]] == ["dicom", "http"]
+
+
+def test_secrets_are_mounted_read_only_with_only_the_keys_used() -> None:
+    children = build(TLS_SPECS["everything"])
+    pod = router_pod(children)
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes == {
+        "tmp": {"name": "tmp", "emptyDir": {}},
+        "tls-server": secret_volume("tls-server", "router-tls", "tls.crt", "tls.key"),
+        "tls-client-ca": secret_volume("tls-client-ca", "modality-ca", "ca.crt"),
+        "gateway-tls-ca": secret_volume("gateway-tls-ca", "gw-ca", "ca.crt"),
+        "gateway-tls-client": secret_volume(
+            "gateway-tls-client", "router-to-gw", "tls.crt", "tls.key"
+        ),
+    }
+    (container,) = pod["containers"]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tls-server", "mountPath": f"{TLS}/server", "readOnly": True},
+        {"name": "tls-client-ca", "mountPath": f"{TLS}/client-ca", "readOnly": True},
+        {"name": "gateway-tls-ca", "mountPath": f"{TLS}/gateway-ca", "readOnly": True},
+        {"name": "gateway-tls-client", "mountPath": f"{TLS}/gateway-client", "readOnly": True},
+    ]
+    assert not any("subPath" in mount for mount in container["volumeMounts"])  # rotation
+    # Every file the command names is in a mounted folder, from a projected key.
+    files = {
+        f"{mount['mountPath']}/{item['path']}"
+        for mount in container["volumeMounts"]
+        for item in volumes[mount["name"]].get("secret", {}).get("items", [])
+    }
+    named = {arg for arg in container["command"] if arg.startswith(TLS)}
+    assert named == files
+
+
+def secret_volume(name: str, secret: str, *keys: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": key} for key in keys],
+            "defaultMode": 0o440,
+        },
+    }
+
+
+def test_the_router_user_can_read_the_secret_files_and_nobody_else() -> None:
+    # Secret files are root's, mode 0440; the kubelet gives them the pod's fsGroup,
+    # which is the group the router runs as.
+    for variant, spec in TLS_SPECS.items():
+        security = router_pod(build(spec))["securityContext"]
+        assert security["fsGroup"] == security["runAsGroup"] == 65532, variant
+        assert security["runAsUser"] == 65532
+        for volume in router_pod(build(spec))["volumes"]:
+            if "secret" in volume:
+                assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+                assert volume["secret"]["defaultMode"] & 0o040  # group-readable
+
+
+def test_gateways_are_untouched_by_tls() -> None:
+    # TLS to the gateways is the gateway image's business; the operator changes only routers.
+    plain = build(MINIMAL)
+    for variant in ("plain-and-tls", "mtls", "gateway-tls", "gateway-mtls"):
+        secure = build(TLS_SPECS[variant])
+        for key in (("StatefulSet", "ct-triage-gw"), ("Service", "ct-triage-gw")):
+            assert secure[key] == plain[key], (variant, key)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", sorted(TLS_SPECS))
+def test_tls_children_pass_strict_kubernetes_validation(variant: str, version: str) -> None:
+    children = build(TLS_SPECS[variant])
+    for key in (
+        ("Deployment", "ct-triage-router"),
+        ("Service", "ct-triage-router"),
+        ("NetworkPolicy", "ct-triage-router"),
+    ):
+        kubernetes_validate.validate(children[key], version, strict=True)
+
+
+def test_strict_validation_of_a_secret_volume_is_not_vacuous() -> None:
+    deployment = copy.deepcopy(build(TLS_SPECS["mtls"])[("Deployment", "ct-triage-router")])
+    deployment["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretNme"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+
+def router_accepts(command: list[str]) -> Any:
+    """The router's own command line parser and configuration model, given `command`."""
+    from gatewaypool.cli import build_parser
+    from gatewaypool_router.cli import config_from_args
+
+    assert command[:2] == ["gatewaypool", "router"]
+    return config_from_args(build_parser().parse_args(command[1:]))
+
+
+@pytest.mark.parametrize("variant", sorted(SPECS))
+def test_the_router_accepts_the_command_it_is_given(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POD_NAME", "ct-triage-router-0")  # the Deployment's env sets it
+    config = router_accepts(router_container(build(SPECS[variant]))["command"])
+    assert config.ae_title == parse(SPECS[variant]).router.ae_title
+    assert config.port == 11112
+
+
+@pytest.mark.parametrize("variant", sorted(TLS_SPECS))
+def test_the_router_accepts_the_tls_command_it_is_given(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatewaypool_router.config import RouterConfig
+
+    if "tls_cert" not in {field.name for field in dataclasses.fields(RouterConfig)}:
+        pytest.skip("this router has no TLS options yet (the router side of issue 12)")
+    monkeypatch.setenv("POD_NAME", "ct-triage-router-0")
+    spec = parse(TLS_SPECS[variant])
+    config = router_accepts(router_container(build(TLS_SPECS[variant]))["command"])
+    assert config.plain_port is spec.router.plain_port
+    if spec.router.tls is not None:
+        assert str(config.tls_cert) == f"{TLS}/server/tls.crt"
+        assert str(config.tls_key) == f"{TLS}/server/tls.key"
+        assert config.tls_port == 2762
+        assert len(config.caller_subjects) == len(spec.router.tls.caller_subjects)
+    else:
+        assert config.tls_cert is None
+    if spec.gateway.tls is not None:
+        assert str(config.gateway_tls_ca) == f"{TLS}/gateway-ca/ca.crt"
+        assert (config.gateway_tls_cert is None) is (
+            spec.gateway.tls.client_cert_secret_name is None
+        )

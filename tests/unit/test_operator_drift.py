@@ -258,3 +258,69 @@ def test_list_keys_agree_with_the_real_schemas() -> None:
             assert drift._keys(path) == expected, (obj["kind"], drift.render(path))
             seen += 1
     assert seen > 20
+
+
+TLS_ROUTERS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "plain-and-tls": {"tls": {"secretName": "router-tls"}},
+    "tls-only": {"plainPort": False, "tls": {"secretName": "router-tls"}},
+    "tls-other-secret": {"plainPort": False, "tls": {"secretName": "router-tls-2"}},
+    "mtls": {
+        "tls": {
+            "secretName": "router-tls",
+            "clientCASecretName": "ca",
+            "callerSubjects": [{"aeTitle": "CT01", "subject": "CN=ct01"}],
+        }
+    },
+    "tls-port-moved": {"tls": {"secretName": "router-tls", "port": 4443}},
+}
+GATEWAY_TLS: dict[str, dict[str, Any] | None] = {
+    "plain": None,
+    "tls": {"caSecretName": "gw-ca"},
+    "mtls": {"caSecretName": "gw-ca", "clientCertSecretName": "router-gw"},
+}
+
+
+def tls_spec(router: str, gateway: str) -> dict[str, Any]:
+    spec = base_spec()
+    spec["router"] = TLS_ROUTERS[router]
+    if GATEWAY_TLS[gateway] is not None:
+        spec["gateway"]["tls"] = GATEWAY_TLS[gateway]
+    return spec
+
+
+def test_a_tls_change_is_seen_and_rolls_the_routers_and_its_removal_removes_it() -> None:
+    """Every change of TLS settings is drift where the apply changes something, and a
+    change of the router pods' TLS settings changes their template: a rollout."""
+    combos = [(router, "plain") for router in TLS_ROUTERS]
+    combos += [("plain", "tls"), ("plain", "mtls"), ("mtls", "mtls")]
+    router_kinds = {"Deployment", "Service", "NetworkPolicy"}
+
+    def router_objects(combo: tuple[str, str]) -> list[dict[str, Any]]:
+        return [
+            o
+            for o in objects(tls_spec(*combo))
+            if o["kind"] in router_kinds and o["metadata"]["name"] == "ct-router"
+        ]
+
+    for first in combos:
+        live_objects = {o["kind"]: applied(None, o) for o in router_objects(first)}
+        for second in combos:
+            for new in router_objects(second):
+                live = live_objects[new["kind"]]
+                result = applied(live, new)
+                reason = drift.apply_change(new, live)
+                assert (reason is not None) == (content(result) != content(live)), (first, second)
+                if new["kind"] != "Deployment":
+                    continue
+                template_changed = result["spec"]["template"] != live["spec"]["template"]
+                # Only the Service's TLS port may move without restarting a router.
+                pods_differ = (
+                    TLS_ROUTERS[first[0]] != TLS_ROUTERS[second[0]]
+                    and {first[0], second[0]} != {"plain-and-tls", "tls-port-moved"}
+                ) or first[1] != second[1]
+                assert template_changed == pods_differ, (first, second)
+                if second == ("plain", "plain"):
+                    pod = result["spec"]["template"]["spec"]
+                    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+                    assert "fsGroup" not in pod["securityContext"]

@@ -13,9 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewaypool_operator.spec import (
+    DEFAULT_TLS_PORT,
     MAX_NAME_LENGTH,
     AutoscalingSpec,
+    CallerSubject,
+    GatewayTLSSpec,
     PoolSpec,
+    RouterTLSSpec,
     SpecError,
     check_name,
     parse_spec,
@@ -116,13 +120,22 @@ def test_storage_defaults_its_mount_path_and_class() -> None:
         {"gateway.storage": {"size": "10Gi"}},
         {"gateway.podTemplate": {}},
         {"router": {}, "handover": {}, "networkPolicy": {}},
+        {"router.tls": {"secretName": "router-tls"}, "gateway.tls": {"caSecretName": "ca"}},
         {"autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}}},
         {
             "handover": {"maxDrainSeconds": 900},
             "autoscaling": {"maxReplicas": 4, "targets": {"studiesInFlight": 2}, "scaleDown": {}},
         },
     ],
-    ids=["minimal", "storage", "pod-template", "empty-sections", "autoscaling", "scale-down"],
+    ids=[
+        "minimal",
+        "storage",
+        "pod-template",
+        "empty-sections",
+        "tls",
+        "autoscaling",
+        "scale-down",
+    ],
 )
 def test_a_spec_defaulted_by_the_api_server_parses_the_same(extra: dict[str, Any]) -> None:
     """The operator defaults what the API server would; both ways give one PoolSpec.
@@ -187,6 +200,159 @@ def test_no_router_image_anywhere_is_refused() -> None:
 def test_replicas_may_equal_buckets_and_be_zero() -> None:
     assert parse(minimal() | {"replicas": 8, "buckets": 8}).replicas == 8
     assert parse(minimal() | {"replicas": 0}).replicas == 0
+
+
+# --- DICOM TLS --------------------------------------------------------------------
+
+CT01_SUBJECT = "CN=ct01.radiology.example.org,O=Example Hospital"
+
+
+def test_without_tls_the_router_serves_plain_dicom_only() -> None:
+    router = parse(minimal()).router
+    assert (router.plain_port, router.tls) == (True, None)
+    assert parse(minimal()).gateway.tls is None
+
+
+def test_tls_settings_are_kept() -> None:
+    raw = with_value(
+        minimal(),
+        "router",
+        {
+            "plainPort": False,
+            "allowedCallingAETitles": ["CT01", "MR1"],
+            "tls": {
+                "secretName": "router-tls",
+                "port": 11112,
+                "clientCASecretName": "modality-ca",
+                "callerSubjects": [{"aeTitle": "CT01", "subject": CT01_SUBJECT}],
+            },
+        },
+    )
+    raw["gateway"]["tls"] = {"caSecretName": "gateway-ca", "clientCertSecretName": "router-gw"}
+    spec = parse(raw)
+    assert spec.router.plain_port is False
+    assert spec.router.tls == RouterTLSSpec(
+        secret_name="router-tls",
+        port=11112,
+        client_ca_secret_name="modality-ca",
+        caller_subjects=(CallerSubject(ae_title="CT01", subject=CT01_SUBJECT),),
+    )
+    assert spec.gateway.tls == GatewayTLSSpec(
+        ca_secret_name="gateway-ca", client_cert_secret_name="router-gw"
+    )
+    assert parse(with_value(minimal(), "router.tls", {"secretName": "s"})).router.tls == (
+        RouterTLSSpec(secret_name="s", port=DEFAULT_TLS_PORT)
+    )
+
+
+def mtls(*subjects: dict[str, Any], allowed: list[str] | None = None) -> dict[str, Any]:
+    router: dict[str, Any] = {
+        "tls": {
+            "secretName": "router-tls",
+            "clientCASecretName": "modality-ca",
+            "callerSubjects": list(subjects),
+        }
+    }
+    if allowed is not None:
+        router["allowedCallingAETitles"] = allowed
+    return with_value(minimal(), "router", router)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field_path", "words"),
+    [
+        (
+            with_value(
+                minimal(),
+                "router.tls",
+                {"secretName": "s", "callerSubjects": [{"aeTitle": "CT01", "subject": "CN=a"}]},
+            ),
+            "spec.router.tls.callerSubjects",
+            "needs spec.router.tls.clientCASecretName",
+        ),
+        (
+            mtls({"aeTitle": "CT01", "subject": "CN=a"}, allowed=["MR1"]),
+            "spec.router.tls.callerSubjects[0].aeTitle",
+            "is not in spec.router.allowedCallingAETitles",
+        ),
+        (
+            mtls({"aeTitle": "CT01", "subject": "CN=a"}, {"aeTitle": "CT01", "subject": "CN=b"}),
+            "spec.router.tls.callerSubjects[1].aeTitle",
+            "appears twice",
+        ),
+        (
+            mtls({"aeTitle": "CT\\01", "subject": "CN=a"}),
+            "spec.router.tls.callerSubjects[0].aeTitle",
+            "is not an AE title (no backslash)",
+        ),
+        (
+            mtls({"aeTitle": "CT=01", "subject": "CN=a"}),
+            "spec.router.tls.callerSubjects[0].aeTitle",
+            "contains '='",
+        ),
+        (
+            mtls({"aeTitle": "CT01", "subject": "ct01.example.org"}),
+            "spec.router.tls.callerSubjects[0].subject",
+            "is not a distinguished name in RFC 4514 form",
+        ),
+        (
+            mtls({"aeTitle": "CT01", "subject": "CN=" + "x" * 1024}),
+            "spec.router.tls.callerSubjects[0].subject",
+            "is not a distinguished name in RFC 4514 form",
+        ),
+        (
+            mtls({"aeTitle": "CT01"}),
+            "spec.router.tls.callerSubjects[0].subject",
+            "is required",
+        ),
+        (
+            mtls({"aeTitle": "CT01", "subject": "CN=a", "issuer": "CN=ca"}),
+            "spec.router.tls.callerSubjects[0].issuer",
+            "has no field 'issuer'",
+        ),
+        (
+            with_value(minimal(), "router", {"port": 2762, "tls": {"secretName": "s"}}),
+            "spec.router.tls.port",
+            "is spec.router.port too",
+        ),
+        (
+            with_value(minimal(), "router.plainPort", False),
+            "spec.router.plainPort",
+            "needs spec.router.tls",
+        ),
+    ],
+    ids=[
+        "subjects-without-client-ca",
+        "bound-title-not-allowed",
+        "title-twice",
+        "title-backslash",
+        "title-equals",
+        "subject-not-a-dn",
+        "subject-too-long",
+        "subject-missing",
+        "unknown-field",
+        "port-clash",
+        "no-port-at-all",
+    ],
+)
+def test_tls_mistakes_are_refused_clearly(raw: dict[str, Any], field_path: str, words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(raw)
+    assert caught.value.field_path == field_path
+    assert words in str(caught.value)
+
+
+def test_bound_titles_need_not_be_listed_when_any_caller_is_allowed() -> None:
+    subject = {"aeTitle": "CT01", "subject": CT01_SUBJECT}
+    assert parse(mtls(subject)).router.allowed_calling_ae_titles == ()
+    assert parse(mtls(subject, allowed=["CT01"])).router.allowed_calling_ae_titles == ("CT01",)
+
+
+def test_the_plain_port_may_take_the_tls_ports_number_when_it_is_off() -> None:
+    raw = with_value(
+        minimal(), "router", {"plainPort": False, "tls": {"secretName": "s", "port": 11112}}
+    )
+    assert parse(raw).router.tls == RouterTLSSpec(secret_name="s", port=11112)
 
 
 # --- immutability --------------------------------------------------------------
@@ -413,7 +579,28 @@ INVALID: list[tuple[str, Any, str, Any]] = [
     ),
     ("router.allowedCallingAETitles", [7], "spec.router.allowedCallingAETitles[0]", 7),
     ("router.resources", {"limits": {"cpu": "x"}}, "spec.router.resources.limits['cpu']", "x"),
-    ("router.tls", {}, "spec.router.tls", {}),
+    ("router.tls", {}, "spec.router.tls.secretName", MISSING),
+    ("router.tls", {"secretName": ""}, "spec.router.tls.secretName", MISSING),
+    ("router.tls", {"secretName": "Router"}, "spec.router.tls.secretName", "Router"),
+    ("router.tls", {"secretName": "r", "port": 0}, "spec.router.tls.port", 0),
+    ("router.tls", {"secretName": "r", "port": 11112}, "spec.router.tls.port", 11112),
+    (
+        "router.tls",
+        {"secretName": "r", "clientCASecretName": "a_b"},
+        "spec.router.tls.clientCASecretName",
+        "a_b",
+    ),
+    ("router.tls", {"secretName": "r", "key": "k"}, "spec.router.tls.key", "k"),
+    ("router.plainPort", "no", "spec.router.plainPort", "no"),
+    ("router.plainPort", False, "spec.router.plainPort", False),
+    ("gateway.tls", {}, "spec.gateway.tls.caSecretName", MISSING),
+    ("gateway.tls", "ca", "spec.gateway.tls", "ca"),
+    (
+        "gateway.tls",
+        {"caSecretName": "ca", "clientCertSecretName": "A"},
+        "spec.gateway.tls.clientCertSecretName",
+        "A",
+    ),
     ("handover.quietSeconds", 0, "spec.handover.quietSeconds", 0),
     ("handover.quietSeconds", 3601, "spec.handover.quietSeconds", 3601),
     ("handover.quietSeconds", "30s", "spec.handover.quietSeconds", "30s"),
@@ -569,6 +756,10 @@ def test_any_value_anywhere_gives_a_spec_or_a_spec_error(path: str, value: Any) 
         base["gateway"]["storage"] = {"size": "1Gi"}
     if path.startswith("autoscaling."):
         base["autoscaling"] = {"maxReplicas": 4, "targets": {"studiesInFlight": 4}}
+    if path.startswith("router.tls."):
+        base["router"] = {"tls": {"secretName": "router-tls", "clientCASecretName": "ca"}}
+    if path.startswith("gateway.tls."):
+        base["gateway"]["tls"] = {"caSecretName": "gateway-ca"}
     spec = with_value(base, path, value)
     try:
         parse(spec)
