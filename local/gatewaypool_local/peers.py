@@ -58,6 +58,7 @@ __all__ = [
     "GatewayPeer",
     "Orthanc",
     "PeerError",
+    "PeerTls",
     "PynetdicomSink",
     "Received",
     "StoreSCP",
@@ -383,6 +384,16 @@ class GatewayPeer(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True)
+class PeerTls:
+    """DICOM over TLS for a gateway peer: its certificate chain and key (PEM), and
+    with `client_ca`, the CA its callers' certificates must verify against."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
 class _ProcessGateway(abc.ABC):
     """Process management shared by the three gateways."""
 
@@ -630,11 +641,21 @@ class StoreSCP(_ProcessGateway):
         max_pdu: int = DCMTK_MAX_PDU,
         fork: bool = False,
         start_timeout: float = _DEFAULT_START_TIMEOUT,
+        tls: PeerTls | None = None,
     ) -> None:
         super().__init__(
             work_dir, ae_title=ae_title, port=port, host=host, start_timeout=start_timeout
         )
         self._extra_args = list(extra_args)
+        self._tls = tls
+        if tls is not None:
+            # DCMTK's default profile is BCP 195 (non-downgrading); without a
+            # client CA, callers need no certificate.
+            self._extra_args += ["+tls", str(tls.key), str(tls.cert)]
+            if tls.client_ca is not None:
+                self._extra_args += ["+cf", str(tls.client_ca)]
+            else:
+                self._extra_args.append("--ignore-peer-cert")
         self._max_pdu = max_pdu
         self._fork = fork
 
@@ -645,6 +666,11 @@ class StoreSCP(_ProcessGateway):
 
     def _prepare(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def _is_ready(self) -> bool:
+        if self._tls is None:
+            return super()._is_ready()
+        return _tcp_open(self._host, self._port)  # DCMTK listens once TLS is set up
 
     def _command(self) -> list[str]:
         return [
@@ -953,11 +979,17 @@ class PynetdicomSink(_ProcessGateway):
         max_pdu: int | None = None,
         chunked: bool = False,
         start_timeout: float = _DEFAULT_START_TIMEOUT,
+        tls: PeerTls | None = None,
     ) -> None:
         super().__init__(
             work_dir, ae_title=ae_title, port=port, host=host, start_timeout=start_timeout
         )
+        self._tls = tls
         self._options: list[str] = []
+        if tls is not None:
+            self._options += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            if tls.client_ca is not None:
+                self._options += ["--tls-ca", str(tls.client_ca)]
         if fail_after is not None:
             self._options += ["--fail-after", str(fail_after)]
         if status is not None:
@@ -982,6 +1014,11 @@ class PynetdicomSink(_ProcessGateway):
     def _prepare(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "tmp").mkdir(exist_ok=True)
+
+    def _is_ready(self) -> bool:
+        if self._tls is None:
+            return super()._is_ready()
+        return _tcp_open(self._host, self._port)  # pynetdicom listens once TLS is set up
 
     def _command(self) -> list[str]:
         return [

@@ -38,6 +38,7 @@ operations (release and abort from the peer are still noticed), and
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -148,12 +149,15 @@ def open_association(
     called_ae: str = "ANY-SCP",
     max_pdu: int = 1024 * 1024,
     timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[Any]:
     """A pynetdicom association whose reactor :func:`store` can pause safely.
 
     `contexts` are (SOP class, transfer syntax) pairs; Verification is always
-    proposed. The association is released (or aborted, if the peer does not
-    answer the release) on leaving the block.
+    proposed. With `tls`, the association runs over TLS with that client
+    context (its host name check, if on, is against `host`). The association
+    is released (or aborted, if the peer does not answer the release) on
+    leaving the block.
 
     Raises
     ------
@@ -168,7 +172,13 @@ def open_association(
     ae.add_requested_context(_VERIFICATION)
     for sop_class, transfer_syntax in contexts:
         ae.add_requested_context(sop_class, transfer_syntax)
-    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=max_pdu)
+    assoc = ae.associate(
+        host,
+        port,
+        ae_title=called_ae,
+        max_pdu=max_pdu,
+        tls_args=(tls, host) if tls is not None else None,
+    )
     if not assoc.is_established:
         raise PynetdicomSendError(f"no association with {called_ae} at {host}:{port}")
     # The reactor reads the attribute on every loop, so the swap takes effect

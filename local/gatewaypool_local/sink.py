@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -102,6 +103,10 @@ class SinkConfig:
     chunked : bool
         Let pynetdicom spool each incoming dataset to a temporary file instead
         of memory (``STORE_RECV_CHUNKED_DATASET``), for multi-GiB instances.
+    tls_cert, tls_key : Path or None
+        Serve DICOM over TLS with this certificate chain and key (PEM).
+    tls_ca : Path or None
+        With TLS, require a client certificate this CA bundle verifies.
     """
 
     port: int
@@ -113,6 +118,9 @@ class SinkConfig:
     delay: float = 0.0
     max_pdu: int = _DEFAULT_MAX_PDU
     chunked: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 def instance_file_name(sop_instance_uid: str) -> str:
@@ -305,7 +313,12 @@ def parse_args(argv: Sequence[str] | None = None) -> SinkConfig:
     parser.add_argument(
         "--chunked", action="store_true", help="spool datasets to disk while receiving"
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve over TLS with this chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the key of --tls-cert (PEM)")
+    parser.add_argument("--tls-ca", type=Path, help="require client certificates from this CA")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     if args.fail_after is not None and args.fail_after < 0:
         parser.error("--fail-after must be >= 0")
     return SinkConfig(
@@ -318,7 +331,22 @@ def parse_args(argv: Sequence[str] | None = None) -> SinkConfig:
         delay=args.delay,
         max_pdu=args.max_pdu,
         chunked=args.chunked,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
+
+
+def _ssl_context(config: SinkConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_ca is not None:
+        context.load_verify_locations(config.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,7 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the mask and the signals are taken by sigwait() below.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+    server = ae.start_server(
+        (config.host, config.port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=_ssl_context(config),
+    )
     LOGGER.info(
         "listening on %s:%d as %s, writing to %s",
         config.host,

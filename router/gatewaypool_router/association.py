@@ -40,6 +40,7 @@ from gatewaypool_router.scanner import DatasetScanner, ScanState
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.statuses import Status, outcome
+from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
 from gatewaypool_router.usage import Usage
 
@@ -119,17 +120,38 @@ class IncomingAssociation:
         maps: MapHolder,
         usage: Usage,
         studies: StudiesInFlight,
+        secure: bool = False,
+        client_subject: str | None = None,
+        gateway_tls: ReloadingContext | None = None,
     ) -> None:
+        """Prepare to serve `sock`; nothing is read before :meth:`serve`.
+
+        Parameters
+        ----------
+        secure
+            `sock` is a TLS connection whose handshake is done.
+        client_subject
+            The subject (RFC 4514) of the caller's verified certificate, if it
+            presented one.
+        gateway_tls
+            The context for TLS to gateways (``--gateway-tls-ca``), if any.
+        """
         self._sock = sock
+        self._secure = secure
+        self._client_subject = client_subject
+        self._gateway_tls = gateway_tls
         self._peer = peer
         self._config = config
         self._metrics = metrics
         self._maps = maps
         self._usage = usage
         self._studies = studies
-        # The pipe is the association's own, so threads never share one.
+        # The pipe is the association's own, so threads never share one. Bytes
+        # spliced in the kernel would bypass TLS: a TLS leg on either side copies.
         self._splicer: Splicer | None = (
-            Splicer() if config.forwarding != "copy" and _can_splice() else None
+            Splicer()
+            if config.forwarding != "copy" and not secure and gateway_tls is None and _can_splice()
+            else None
         )
         capacity = max(config.max_pdu + 6, 65536)
         self._reader = pdus.SocketReader(
@@ -263,7 +285,11 @@ class IncomingAssociation:
                 source=negotiation.RJ_SOURCE_USER,
                 diagnostic=negotiation.RJ_USER_APPLICATION_CONTEXT,
             )
-        if config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
+        subjects = config.subjects_for(request.calling_ae)
+        if subjects is not None:
+            if self._client_subject not in subjects:
+                return self._refuse_subject(subjects)
+        elif config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
             return self._refuse(
                 "calling_ae_not_allowed",
                 result=negotiation.RJ_PERMANENT,
@@ -298,6 +324,30 @@ class IncomingAssociation:
             max_pdu=request.max_pdu,
         )
         return True
+
+    def _refuse_subject(self, subjects: frozenset[str]) -> bool:
+        """A calling AE title bound by ``--caller-subject`` without its certificate."""
+        if not self._secure:
+            why = "AE title bound to a certificate subject, called on the plain port"
+        elif self._client_subject is None:
+            why = "AE title bound to a certificate subject, no client certificate"
+        else:
+            why = "client certificate subject is not the one bound to this AE title"
+        log_event(
+            log,
+            logging.WARNING,
+            "association.caller_subject_mismatch",
+            **self.who(),
+            reason=why,
+            subject=self._client_subject,
+            expected=sorted(subjects),
+        )
+        return self._refuse(
+            "caller_subject_mismatch",
+            result=negotiation.RJ_PERMANENT,
+            source=negotiation.RJ_SOURCE_USER,
+            diagnostic=negotiation.RJ_USER_CALLING_AE,
+        )
 
     def _not_dicom(self, reason: str) -> bool:
         self._metrics.refusals.labels(reason="not_dicom").inc()
@@ -717,6 +767,7 @@ class IncomingAssociation:
             timeout=self._config.gateway_timeout,
             connect_timeout=self._config.connect_timeout,
             on_close=lambda: usage.closed(gateway.name),
+            tls=self._gateway_tls.current() if self._gateway_tls is not None else None,
         )
         try:
             upstream.open()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from gatewaypool import logs
 from gatewaypool_router.config import (
     FORWARDING_MODES,
+    CallerSubject,
     ConfigError,
     ConnectTo,
     ObjectRef,
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
     defaults = RouterConfig(gateways=(parse_gateway("X@x:1", 0),))
     net = parser.add_argument_group("DICOM network")
     net.add_argument(
-        "--port", type=int, default=defaults.port, help="DICOM port (default %(default)s)"
+        "--port", type=int, default=defaults.port, help="plain DICOM port (default %(default)s)"
     )
     net.add_argument("--bind", default=defaults.bind, help="listen address (default %(default)s)")
     net.add_argument(
@@ -85,7 +86,10 @@ def register(subparsers: Any) -> None:
         default=defaults.forwarding,
         help="how data set bytes move to the gateway once its instance is routed: 'splice' "
         "inside the kernel (Linux), 'copy' through the router's memory, 'auto' splices where "
-        "the system can (default %(default)s)",
+        "the system can (default %(default)s). An association with a TLS leg (from the TLS "
+        "port, or to a gateway with --gateway-tls-ca) always copies: spliced bytes would "
+        "bypass TLS. 'splice' is refused at start when no association could splice "
+        "(--gateway-tls-ca, or --no-plain-port)",
     )
     net.add_argument("--acse-timeout", type=float, default=defaults.acse_timeout)
     net.add_argument(
@@ -122,6 +126,76 @@ def register(subparsers: Any) -> None:
         type=int,
         default=defaults.header_limit,
         help="bytes of data set read before the StudyInstanceUID must appear",
+    )
+    tls = parser.add_argument_group(
+        "DICOM TLS (PS3.15 Annex B.9 BCP 195 profile: TLS 1.2 minimum; on TLS 1.2 ECDHE/DHE "
+        "with AES-GCM only). Certificate, key and CA files are re-read when they change on "
+        "disk (checked every few seconds while connections come); open associations keep "
+        "their session, and a new file that does not load keeps the old one and logs "
+        "tls.reload_failed"
+    )
+    tls.add_argument(
+        "--tls-port",
+        type=int,
+        default=defaults.tls_port,
+        help="DICOM TLS port, listened on only with --tls-cert (default %(default)s)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="server certificate chain (PEM, tls.crt of a kubernetes.io/tls Secret); "
+        "turns on the TLS port; needs --tls-key",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="PATH", help="private key of --tls-cert (PEM, tls.key)"
+    )
+    tls.add_argument(
+        "--no-plain-port",
+        dest="plain_port",
+        action="store_false",
+        help="do not listen on the plain --port: TLS only (needs --tls-cert)",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PATH",
+        help="CA bundle (PEM): callers on the TLS port must present a certificate it "
+        "verifies (mutual TLS); a caller without one is refused in the handshake",
+    )
+    tls.add_argument(
+        "--caller-subject",
+        action="append",
+        default=[],
+        metavar="AE=SUBJECT",
+        help="accept calling AE title AE only over TLS with a client certificate whose "
+        "subject, in RFC 4514 form (as `openssl x509 -noout -subject -nameopt RFC2253` "
+        "prints it, e.g. CN=ct01.example.org,O=Example Hospital), is SUBJECT; otherwise "
+        "reject it permanently with 'calling AE title not recognized' (repeatable, also "
+        "several subjects for one AE; needs --tls-client-ca). AE titles without a binding "
+        "follow --allow-calling-aet",
+    )
+    tls.add_argument(
+        "--gateway-tls-ca",
+        type=Path,
+        metavar="PATH",
+        help="CA bundle (PEM): every connection to a gateway is TLS, verifying its "
+        "certificate chain and host name (the gateway's host in the map, DNS name or IP "
+        "address, also under --connect-to); a gateway that fails it fails the instance "
+        "with 0xA705",
+    )
+    tls.add_argument(
+        "--gateway-tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="client certificate chain (PEM) presented to gateways; needs --gateway-tls-key "
+        "and --gateway-tls-ca",
+    )
+    tls.add_argument(
+        "--gateway-tls-key",
+        type=Path,
+        metavar="PATH",
+        help="private key of --gateway-tls-cert (PEM)",
     )
     routing = parser.add_argument_group("routing")
     source = routing.add_mutually_exclusive_group(required=True)
@@ -236,6 +310,15 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         study_quiet_seconds=args.study_quiet_seconds,
         workers=available_cpus() if args.workers is None else args.workers,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),
+        plain_port=args.plain_port,
+        tls_port=args.tls_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        caller_subjects=tuple(CallerSubject.parse(text) for text in args.caller_subject),
+        gateway_tls_ca=args.gateway_tls_ca,
+        gateway_tls_cert=args.gateway_tls_cert,
+        gateway_tls_key=args.gateway_tls_key,
     )
 
 
@@ -246,8 +329,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gatewaypool router: {exc}", file=sys.stderr)
         return 2
-    from gatewaypool_router import splice
+    from gatewaypool_router import splice, tls
 
+    try:
+        tls.check_files(config)
+    except tls.TlsFileError as exc:
+        print(f"gatewaypool router: {exc}", file=sys.stderr)
+        return 2
     if config.forwarding == "splice" and not splice.available():
         print(
             "gatewaypool router: --forwarding splice: this system cannot splice between sockets",
@@ -278,10 +366,11 @@ def _serve(replica: _Replica, config: RouterConfig) -> int:
     try:
         replica.start()
     except OSError as exc:
-        print(
-            f"gatewaypool router: cannot listen on {config.bind}:{config.port}: {exc}",
-            file=sys.stderr,
-        )
+        ports = [config.port] if config.plain_port else []
+        if config.tls_cert is not None:
+            ports.append(config.tls_port)
+        where = " and ".join(f"{config.bind}:{port}" for port in ports)
+        print(f"gatewaypool router: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -93,6 +93,29 @@ def parse_gateway(text: str, index: int) -> Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerSubject:
+    """``--caller-subject AE=SUBJECT``: this calling AE title only with this certificate."""
+
+    ae_title: str
+    #: RFC 4514, as :func:`gatewaypool_router.tls.normalize_subject` prints it.
+    subject: str
+
+    @classmethod
+    def parse(cls, text: str) -> CallerSubject:
+        from gatewaypool_router.tls import normalize_subject
+
+        ae_title, sep, subject = text.partition("=")
+        if not sep or not subject.strip():
+            raise ConfigError(f"--caller-subject: {text!r} is not AE=SUBJECT")
+        ae_title = check_ae_title("--caller-subject", ae_title)
+        try:
+            normalized = normalize_subject(subject)
+        except ValueError as exc:
+            raise ConfigError(f"--caller-subject: {subject!r}: {exc}") from None
+        return cls(ae_title=ae_title, subject=normalized)
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectRef:
     """``NAMESPACE/NAME`` of a Kubernetes object (a ConfigMap)."""
 
@@ -146,6 +169,20 @@ class RouterConfig:
     workers: int = 1
     forwarding: str = "auto"
     connect_to: tuple[ConnectTo, ...] = field(default=())
+    #: Listen on ``port`` (plain DICOM); False needs ``tls_cert`` (``--no-plain-port``).
+    plain_port: bool = True
+    #: The DICOM TLS port, listened on only with ``tls_cert``.
+    tls_port: int = 2762
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Callers on the TLS port must present a certificate this CA bundle verifies.
+    tls_client_ca: Path | None = None
+    #: ``--caller-subject``: calling AE title -> the client certificate subjects
+    #: (RFC 4514, normalized) it must present.
+    caller_subjects: tuple[CallerSubject, ...] = ()
+    gateway_tls_ca: Path | None = None
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         check_ae_title("--aet", self.ae_title)
@@ -200,6 +237,58 @@ class RouterConfig:
             )
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_port != 0:
+            check_port("--tls-port", self.tls_port)
+        if not self.plain_port and self.tls_cert is None:
+            raise ConfigError("--no-plain-port needs --tls-cert and --tls-key (no port left)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.caller_subjects and self.tls_client_ca is None:
+            raise ConfigError(
+                "--caller-subject needs --tls-client-ca (a subject is only known from a "
+                "verified client certificate)"
+            )
+        if (
+            self.tls_cert is not None
+            and self.plain_port
+            and self.port != 0
+            and self.port == self.tls_port
+        ):
+            raise ConfigError(
+                f"--tls-port: {self.tls_port} is also --port; give them different ports "
+                "or --no-plain-port"
+            )
+        if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):
+            raise ConfigError(
+                "--gateway-tls-cert and --gateway-tls-key go together: give both or neither"
+            )
+        if self.gateway_tls_cert is not None and self.gateway_tls_ca is None:
+            raise ConfigError("--gateway-tls-cert needs --gateway-tls-ca")
+        if self.forwarding == "splice" and not self.can_splice:
+            why = (
+                "every gateway connection is TLS (--gateway-tls-ca)"
+                if self.gateway_tls_ca is not None
+                else "the only port is TLS (--no-plain-port)"
+            )
+            raise ConfigError(
+                f"--forwarding splice: no connection could splice, {why}; kernel splicing "
+                "would bypass TLS. Use --forwarding auto or copy"
+            )
+
+    @property
+    def can_splice(self) -> bool:
+        """Whether any association could use the splice path: a plain leg on both sides."""
+        return self.gateway_tls_ca is None and self.plain_port
+
+    def subjects_for(self, calling_ae: str) -> frozenset[str] | None:
+        """The subjects bound to `calling_ae` by ``--caller-subject``, or None if unbound."""
+        subjects = frozenset(b.subject for b in self.caller_subjects if b.ae_title == calling_ae)
+        return subjects or None
 
     def resolve(self, host: str, port: int) -> tuple[str, int]:
         """The address to connect to for a gateway named ``host:port`` in the map."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -332,6 +333,10 @@ def send_buffers(
     right after it leave in one segment instead of two.
     """
     pending: list[bytes | memoryview] = [b for b in buffers if len(b)]
+    if isinstance(sock, ssl.SSLSocket):
+        # TLS has no sendmsg(): one write, so the buffers go out in few records.
+        sock.sendall(b"".join(pending))
+        return
     flags = _MSG_MORE if more else 0
     while pending:
         sent = sock.sendmsg(pending[:512], [], flags)

@@ -13,11 +13,12 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from prometheus_client import generate_latest
 
 from gatewaypool.logs import log_event
-from gatewaypool_router import sources
+from gatewaypool_router import sources, tls
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
@@ -31,6 +32,44 @@ from gatewaypool_router.usage import Usage
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """A replica's listening sockets: the plain DICOM port, the TLS port, or both.
+
+    Both are plain TCP sockets: TLS starts on each accepted connection, in
+    its association's thread.
+    """
+
+    plain: socket.socket | None
+    tls: socket.socket | None
+
+    @classmethod
+    def open(cls, config: RouterConfig) -> Listeners:
+        plain = (
+            socket.create_server((config.bind, config.port), backlog=128)
+            if config.plain_port
+            else None
+        )
+        secure = None
+        if config.tls_cert is not None:
+            try:
+                secure = socket.create_server((config.bind, config.tls_port), backlog=128)
+            except OSError:
+                if plain is not None:
+                    plain.close()
+                raise
+        return cls(plain=plain, tls=secure)
+
+    def each(self) -> list[tuple[socket.socket, bool]]:
+        """(socket, is TLS) for every port listened on."""
+        pairs = [(self.plain, False), (self.tls, True)]
+        return [(sock, secure) for sock, secure in pairs if sock is not None]
+
+    def close(self) -> None:
+        for sock, _ in self.each():
+            sock.close()
+
+
 class Router:
     """A running router; ``start()`` returns once it accepts associations."""
 
@@ -38,15 +77,15 @@ class Router:
         self,
         config: RouterConfig,
         *,
-        listener: socket.socket | None = None,
+        listeners: Listeners | None = None,
         supervised: bool = False,
     ) -> None:
         """Prepare a router; nothing runs before :meth:`start`.
 
         Parameters
         ----------
-        listener
-            A listening socket to accept on instead of opening one: a worker
+        listeners
+            Listening sockets to accept on instead of opening them: a worker
             process shares its supervisor's.
         supervised
             A worker of a supervisor (``--workers`` above 1): the supervisor
@@ -67,11 +106,15 @@ class Router:
         self._active: set[threading.Thread] = set()
         self._associations: dict[threading.Thread, IncomingAssociation] = {}
         self._stopping = threading.Event()
-        self._listener: socket.socket | None = listener
-        self._acceptor: threading.Thread | None = None
+        self._listeners: Listeners | None = listeners
+        self._acceptors: list[threading.Thread] = []
         self._stoppables: list[sources.Part] = []
         self._http: HealthServer | None = None
+        self._inbound_tls: tls.ReloadingContext | None = None
+        self._gateway_tls: tls.ReloadingContext | None = None
+        #: The plain port (0 with --no-plain-port) and the TLS port (0 without TLS).
         self.port = config.port
+        self.tls_port = 0
         self.http_port = config.http_port
 
     # -- state for health --------------------------------------------------
@@ -82,7 +125,7 @@ class Router:
 
     @property
     def is_alive(self) -> bool:
-        return self._acceptor is not None and self._acceptor.is_alive()
+        return bool(self._acceptors) and all(thread.is_alive() for thread in self._acceptors)
 
     @property
     def ready_version(self) -> int | None:
@@ -118,28 +161,40 @@ class Router:
                 on_overdue=self.metrics.overdue_instances.inc,
             )
         )
+        # Built in this process (a worker builds its own): a bad file stops the start.
+        self._inbound_tls = tls.inbound_for(config)
+        self._gateway_tls = tls.outbound_for(config)
         for part in self._stoppables:
             part.start()
-        listener = self._listener
-        if listener is None:
-            listener = socket.create_server(
-                (config.bind, config.port), reuse_port=False, backlog=128
-            )
-            self._listener = listener
-        self.port = listener.getsockname()[1]
+        listeners = self._listeners
+        if listeners is None:
+            listeners = Listeners.open(config)
+            self._listeners = listeners
+        self.port = listeners.plain.getsockname()[1] if listeners.plain is not None else 0
+        self.tls_port = listeners.tls.getsockname()[1] if listeners.tls is not None else 0
         if not self._supervised:
             self._http = HealthServer(self, bind=config.http_bind, port=config.http_port)
             self._http.start()
             self.http_port = self._http.port
             self.metrics.workers.set(1)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="acceptor", daemon=True)
-        self._acceptor.start()
+        for sock, secure in listeners.each():
+            acceptor = threading.Thread(
+                target=self._accept_loop,
+                args=(sock, secure),
+                name="acceptor-tls" if secure else "acceptor",
+                daemon=True,
+            )
+            self._acceptors.append(acceptor)
+            acceptor.start()
         log_event(
             log,
             logging.INFO,
             "router.started",
             ae_title=config.ae_title,
-            port=self.port,
+            port=self.port or None,
+            tls_port=self.tls_port or None,
+            mutual_tls=config.tls_client_ca is not None,
+            gateway_tls=config.gateway_tls_ca is not None,
             http_port=self.http_port,
             max_associations=config.max_associations,
             max_pdu=config.max_pdu,
@@ -154,11 +209,12 @@ class Router:
         """Stop accepting, let running associations finish for ``grace`` seconds."""
         grace = self.config.shutdown_grace if grace is None else grace
         self._stopping.set()
-        if self._listener is not None:
-            # shutdown() wakes the acceptor blocked in accept(); close() alone does not.
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
+        if self._listeners is not None:
+            for sock, _ in self._listeners.each():
+                # shutdown() wakes the acceptor blocked in accept(); close() alone does not.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._listeners.close()
         for part in self._stoppables:
             part.stop()
         deadline = time.monotonic() + grace
@@ -168,8 +224,8 @@ class Router:
             if not remaining:
                 break
             remaining[0].join(timeout=max(0.0, deadline - time.monotonic()))
-        if self._acceptor is not None:
-            self._acceptor.join(timeout=1.0)
+        for acceptor in self._acceptors:
+            acceptor.join(timeout=1.0)
         if self._http is not None:
             self._http.stop()
         log_event(log, logging.INFO, "router.stopped", unfinished=self.active_associations)
@@ -180,11 +236,10 @@ class Router:
 
     # -- accepting ---------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _accept_loop(self, listener: socket.socket, secure: bool) -> None:
         while not self._stopping.is_set():
             try:
-                sock, address = self._listener.accept()
+                sock, address = listener.accept()
             except OSError as exc:
                 if self._stopping.is_set():
                     return
@@ -202,7 +257,7 @@ class Router:
                 over_limit = len(self._active) >= self.config.max_associations
                 thread = threading.Thread(
                     target=self._serve,
-                    args=(sock, peer, over_limit),
+                    args=(sock, peer, over_limit, secure),
                     name=f"assoc-{peer}",
                     daemon=True,
                 )
@@ -210,7 +265,16 @@ class Router:
                     self._active.add(thread)
             thread.start()
 
-    def _serve(self, sock: socket.socket, peer: str, over_limit: bool) -> None:
+    def _serve(self, sock: socket.socket, peer: str, over_limit: bool, secure: bool) -> None:
+        me = threading.current_thread()
+        subject: str | None = None
+        if secure:
+            try:
+                sock, subject = self._handshake(sock, peer)
+            except tls.HandshakeError:
+                with self._lock:
+                    self._active.discard(me)
+                return
         association = IncomingAssociation(
             sock,
             peer,
@@ -219,8 +283,10 @@ class Router:
             maps=self.maps,
             usage=self.usage,
             studies=self.studies,
+            secure=secure,
+            client_subject=subject,
+            gateway_tls=self._gateway_tls,
         )
-        me = threading.current_thread()
         with self._lock:
             self._associations[me] = association
         try:
@@ -229,6 +295,34 @@ class Router:
             with self._lock:
                 self._active.discard(me)
                 self._associations.pop(me, None)
+
+    def _handshake(self, sock: socket.socket, peer: str) -> tuple[socket.socket, str | None]:
+        """TLS on an accepted connection, in its own thread, within --acse-timeout.
+
+        Returns the TLS socket and its verified client certificate's subject
+        (None without one). A failed handshake (a plain DICOM caller, a
+        certificate from another CA, none where mutual TLS wants one) is
+        logged, counted as refusal ``tls_handshake``, and raised.
+        """
+        assert self._inbound_tls is not None
+        try:
+            secure = tls.accept(sock, self._inbound_tls.current(), timeout=self.config.acse_timeout)
+        except tls.HandshakeError as exc:
+            self.metrics.refusals.labels(reason="tls_handshake").inc()
+            log_event(log, logging.WARNING, "connection.tls_refused", peer=peer, reason=str(exc))
+            raise
+        try:
+            subject = tls.peer_subject(secure)
+        except ValueError as exc:  # verified by OpenSSL yet unparsable: treat as no subject
+            log_event(
+                log,
+                logging.WARNING,
+                "connection.tls_subject_unreadable",
+                peer=peer,
+                reason=str(exc),
+            )
+            subject = None
+        return secure, subject
 
     def _watched(self) -> list[IncomingAssociation]:
         with self._lock:

@@ -26,6 +26,11 @@ class Status(enum.IntEnum):
     GATEWAY_ABORTED = 0xA703
     #: The bucket map has no usable gateway (no map loaded yet).
     NO_MAP = 0xA704
+    #: The TLS connection to the gateway failed (``--gateway-tls-ca``): its
+    #: certificate did not verify against the CA or did not name its host, or
+    #: the handshake failed. A gateway's certificate is an operator's fix, but a
+    #: sender's retry after it is worth making, hence "out of resources".
+    GATEWAY_TLS_FAILED = 0xA705
     #: The data set is truncated or structurally malformed.
     DATASET_MALFORMED = 0xC210
     #: The data set has no top-level StudyInstanceUID (0020,000D), or it is empty.

@@ -4,7 +4,8 @@ Python runs one thread at a time per process, so one router process uses
 about one core however many the pod is given. The supervisor makes a
 replica use them all and still look like one router from outside:
 
-- one listening socket, opened here and shared by every worker (the kernel
+- one listening socket per port (plain, TLS), opened here and shared by
+  every worker (the kernel
   gives each new connection to one worker waiting in ``accept()``, and
   connections waiting in the backlog survive a worker's death);
 - one map source (one watch of the map ConfigMap, not one per worker): each
@@ -30,7 +31,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from itertools import count
@@ -51,6 +51,7 @@ from gatewaypool_router.load import merge_in_flight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.replicausage import ReplicaUsage
+from gatewaypool_router.server import Listeners
 from gatewaypool_router.usage import GatewayKey
 from gatewaypool_router.worker import worker_main
 
@@ -184,11 +185,12 @@ class Supervisor:
         self._due = [0.0] * workers
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
-        self._listener: socket.socket | None = None
+        self._listeners: Listeners | None = None
         self._parts: list[sources.Part] = []
         self._monitor: threading.Thread | None = None
         self._http: HealthServer | None = None
         self.port = config.port
+        self.tls_port = 0
         self.http_port = config.http_port
 
     # -- what the HTTP endpoint reports ---------------------------------------
@@ -242,9 +244,10 @@ class Supervisor:
             self._parts.append(report)
         for part in self._parts:
             part.start()
-        listener = socket.create_server((config.bind, config.port), backlog=128)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        listeners = Listeners.open(config)
+        self._listeners = listeners
+        self.port = listeners.plain.getsockname()[1] if listeners.plain is not None else 0
+        self.tls_port = listeners.tls.getsockname()[1] if listeners.tls is not None else 0
         for index in range(self._workers):
             self._spawn(index)
         self._http = HealthServer(self, bind=config.http_bind, port=config.http_port)
@@ -257,7 +260,10 @@ class Supervisor:
             logging.INFO,
             "router.started",
             ae_title=config.ae_title,
-            port=self.port,
+            port=self.port or None,
+            tls_port=self.tls_port or None,
+            mutual_tls=config.tls_client_ca is not None,
+            gateway_tls=config.gateway_tls_ca is not None,
             http_port=self.http_port,
             workers=self._workers,
             max_associations=config.max_associations,
@@ -298,8 +304,8 @@ class Supervisor:
                 handle.process.kill()
                 handle.process.join(timeout=5.0)
             handle.close()
-        if self._listener is not None:
-            self._listener.close()
+        if self._listeners is not None:
+            self._listeners.close()
         for part in self._parts:
             part.stop()
         if self._http is not None:
@@ -321,13 +327,14 @@ class Supervisor:
         return [] if bucket_map is None else [g.name for g in bucket_map.gateways]
 
     def _spawn(self, index: int) -> None:
-        assert self._listener is not None
+        assert self._listeners is not None
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_main,
             kwargs={
                 "config": self.config,
-                "listener": self._listener,
+                "listener": self._listeners.plain,
+                "tls_listener": self._listeners.tls,
                 "conn": child,
                 "index": index,
                 "log_level": self._log[0],

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Sequence
 
@@ -49,6 +50,7 @@ class Upstream:
         timeout: float,
         connect_timeout: float,
         on_close: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.gateway = gateway
         self._on_close = on_close
@@ -58,6 +60,7 @@ class Upstream:
         self._max_pdu = max_pdu
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._tls = tls
         self._sock: socket.socket | None = None
         self._reader: io.BufferedReader | None = None
         self.peer_max_pdu = 0
@@ -80,6 +83,8 @@ class Upstream:
         except OSError as exc:
             raise GatewayError(Status.GATEWAY_UNREACHABLE, f"connect failed: {exc}") from exc
         pdus.tune_socket(sock)
+        if self._tls is not None:
+            sock = self._handshake(sock, self._tls)
         sock.settimeout(self._timeout)
         reader = pdus.open_reader(sock, buffer_size=256 * 1024)
         try:
@@ -113,6 +118,34 @@ class Upstream:
         self.usable_contexts = acceptance.context_ids
         self._sock = sock
         self._reader = reader
+
+    def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """TLS to the gateway: its chain must verify and name the map's host for it.
+
+        The host name checked is the gateway's in the map (its DNS name or
+        IP address), not where ``--connect-to`` sends the connection.
+        """
+        try:
+            return context.wrap_socket(sock, server_hostname=self.gateway.host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise GatewayError(
+                Status.GATEWAY_TLS_FAILED,
+                f"TLS: gateway certificate not verified: {exc.verify_message}",
+            ) from exc
+        except ssl.SSLError as exc:
+            sock.close()
+            raise GatewayError(
+                Status.GATEWAY_TLS_FAILED, f"TLS handshake failed: {exc.reason or exc}"
+            ) from exc
+        except TimeoutError as exc:
+            sock.close()
+            raise GatewayError(Status.GATEWAY_TLS_FAILED, "TLS handshake timed out") from exc
+        except OSError as exc:
+            sock.close()
+            raise GatewayError(
+                Status.GATEWAY_TLS_FAILED, f"TLS handshake failed: {exc.strerror or exc}"
+            ) from exc
 
     def send(self, buffers: list[bytes | memoryview], *, more: bool = False) -> None:
         """Write raw PDU buffers; raise GatewayError(GATEWAY_ABORTED) if the link fails.

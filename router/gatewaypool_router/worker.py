@@ -101,7 +101,8 @@ class SupervisorLink:
 def worker_main(
     *,
     config: RouterConfig,
-    listener: socket.socket,
+    listener: socket.socket | None,
+    tls_listener: socket.socket | None = None,
     conn: Connection,
     index: int,
     log_level: str,
@@ -113,8 +114,10 @@ def worker_main(
     ----------
     config
         The replica's configuration; its map source options are not used here.
-    listener
-        The replica's listening socket, shared by all its workers.
+    listener, tls_listener
+        The replica's listening sockets (plain and TLS port; either may be
+        None), shared by all its workers. Each worker makes its own TLS
+        context from the configured files.
     conn
         This worker's pipe to its supervisor.
     index
@@ -126,9 +129,10 @@ def worker_main(
         # Metrics kept in this process's memory would never reach /metrics.
         print("gatewaypool router worker: no PROMETHEUS_MULTIPROC_DIR", file=sys.stderr)
         sys.exit(2)
-    from gatewaypool_router.server import Router
+    from gatewaypool_router.server import Listeners, Router
 
-    router = Router(config, listener=listener, supervised=True)
+    listeners = Listeners(plain=listener, tls=tls_listener)
+    router = Router(config, listeners=listeners, supervised=True)
     link = SupervisorLink(conn, router)
 
     def on_signal(signum: int, _frame: object) -> None:

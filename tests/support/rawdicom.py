@@ -13,6 +13,7 @@ and decodes what comes back.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,10 +107,20 @@ def read_pdu(sock: socket.socket) -> Reply:
 
 
 def request_association(
-    host: str, port: int, *, calling: str, called: str, timeout: float = 10.0
+    host: str,
+    port: int,
+    *,
+    calling: str,
+    called: str,
+    timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
-    """Send an A-ASSOCIATE-RQ and return the answer; a release follows an accept."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    """Send an A-ASSOCIATE-RQ and return the answer; a release follows an accept.
+
+    With `tls`, over a TLS connection made with that client context.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as plain:
+        sock = plain if tls is None else tls.wrap_socket(plain, server_hostname=host)
         sock.sendall(association_rq(calling=calling, called=called))
         reply = read_pdu(sock)
         if reply.pdu_type == ASSOCIATE_AC:
