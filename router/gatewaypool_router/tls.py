@@ -110,10 +110,11 @@ def gateway_context(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLCon
 def _load_chain(
     context: ssl.SSLContext, cert: Path, key: Path, cert_option: str, key_option: str
 ) -> None:
+    for option, path in ((cert_option, cert), (key_option, key)):
+        if not path.is_file():
+            raise TlsFileError(f"{option}: {path}: no such file")
     try:
         context.load_cert_chain(certfile=cert, keyfile=key)
-    except FileNotFoundError as exc:
-        raise TlsFileError(f"{cert_option}/{key_option}: {exc.filename}: no such file") from exc
     except (ssl.SSLError, OSError) as exc:
         raise TlsFileError(
             f"{cert_option} {cert} / {key_option} {key}: cannot load the certificate chain "
@@ -122,10 +123,10 @@ def _load_chain(
 
 
 def _load_ca(context: ssl.SSLContext, ca: Path, option: str) -> None:
+    if not ca.is_file():
+        raise TlsFileError(f"{option}: {ca}: no such file")
     try:
         context.load_verify_locations(cafile=ca)
-    except FileNotFoundError as exc:
-        raise TlsFileError(f"{option}: {ca}: no such file") from exc
     except (ssl.SSLError, OSError) as exc:
         raise TlsFileError(f"{option} {ca}: no CA certificate in it ({exc})") from exc
 

@@ -11,7 +11,13 @@ import pytest
 
 from gatewaypool_router.statuses import Status, outcome
 
-TRANSIENT = {"GATEWAY_UNREACHABLE", "GATEWAY_TIMEOUT", "GATEWAY_ABORTED", "NO_MAP"}
+TRANSIENT = {
+    "GATEWAY_UNREACHABLE",
+    "GATEWAY_TIMEOUT",
+    "GATEWAY_ABORTED",
+    "NO_MAP",
+    "GATEWAY_TLS_FAILED",
+}
 DATA_FAULTS = {
     "DATASET_MALFORMED",
     "STUDY_UID_MISSING",
