@@ -322,6 +322,8 @@ class IncomingAssociation:
             **self.who(),
             contexts=len(accepted),
             max_pdu=request.max_pdu,
+            tls=self._secure,
+            forwarding="copy" if self._splicer is None else "splice",
         )
         return True
 

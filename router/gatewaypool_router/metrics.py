@@ -85,8 +85,17 @@ class RouterMetrics:
         )
         self.refusals = Counter(
             "gatewaypool_router_refusals",
-            "Associations and instances refused by the router, by reason",
+            "Connections, associations and instances refused by the router, by reason "
+            "(tls_handshake: a failed TLS handshake on the TLS port; caller_subject_mismatch: "
+            "a calling AE title bound by --caller-subject without its certificate; ...)",
             ["reason"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "gatewaypool_router_tls_reloads",
+            "TLS certificate, key or CA files that changed on disk, by context (inbound, "
+            "gateway) and result (applied; failed: the old files stay in use)",
+            ["context", "result"],
             registry=r,
         )
         self.upstream_failures = Counter(

@@ -162,8 +162,8 @@ class Router:
             )
         )
         # Built in this process (a worker builds its own): a bad file stops the start.
-        self._inbound_tls = tls.inbound_for(config)
-        self._gateway_tls = tls.outbound_for(config)
+        self._inbound_tls = tls.inbound_for(config, on_reload=self._tls_reloaded)
+        self._gateway_tls = tls.outbound_for(config, on_reload=self._tls_reloaded)
         for part in self._stoppables:
             part.start()
         listeners = self._listeners
@@ -323,6 +323,10 @@ class Router:
             )
             subject = None
         return secure, subject
+
+    def _tls_reloaded(self, context: str, applied: bool) -> None:
+        result = "applied" if applied else "failed"
+        self.metrics.tls_reloads.labels(context=context, result=result).inc()
 
     def _watched(self) -> list[IncomingAssociation]:
         with self._lock:

@@ -142,6 +142,8 @@ class ReloadingContext:
         The files `build` reads; a change of any of them triggers a reload.
     name
         Which context this is, in log lines (``inbound``, ``gateway``).
+    on_reload
+        Told ``(name, applied)`` after each attempt to load changed files.
     """
 
     def __init__(
@@ -151,8 +153,10 @@ class ReloadingContext:
         *,
         name: str,
         clock: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._build = build
+        self._on_reload = on_reload
         self._paths = tuple(paths)
         self._name = name
         self._clock = clock
@@ -190,21 +194,34 @@ class ReloadingContext:
         except TlsFileError as exc:
             self._refused = ids
             log_event(log, logging.ERROR, "tls.reload_failed", context=self._name, reason=str(exc))
+            if self._on_reload is not None:
+                self._on_reload(self._name, False)
             return
         self._context = context
         self._ids = ids
         self._refused = None
         self.reloads += 1
         log_event(log, logging.INFO, "tls.reloaded", context=self._name)
+        if self._on_reload is not None:
+            self._on_reload(self._name, True)
 
 
 def inbound(
-    cert: Path, key: Path, client_ca: Path | None, *, clock: Callable[[], float] = time.monotonic
+    cert: Path,
+    key: Path,
+    client_ca: Path | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_reload: Callable[[str, bool], None] | None = None,
 ) -> ReloadingContext:
     """The reloading inbound context of ``--tls-cert``, ``--tls-key``, ``--tls-client-ca``."""
     paths = [cert, key] + ([client_ca] if client_ca is not None else [])
     return ReloadingContext(
-        lambda: server_context(cert, key, client_ca), paths, name="inbound", clock=clock
+        lambda: server_context(cert, key, client_ca),
+        paths,
+        name="inbound",
+        clock=clock,
+        on_reload=on_reload,
     )
 
 
@@ -214,11 +231,16 @@ def outbound(
     key: Path | None,
     *,
     clock: Callable[[], float] = time.monotonic,
+    on_reload: Callable[[str, bool], None] | None = None,
 ) -> ReloadingContext:
     """The reloading gateway context of ``--gateway-tls-ca`` and its client certificate."""
     paths = [ca] + ([cert, key] if cert is not None and key is not None else [])
     return ReloadingContext(
-        lambda: gateway_context(ca, cert, key), paths, name="gateway", clock=clock
+        lambda: gateway_context(ca, cert, key),
+        paths,
+        name="gateway",
+        clock=clock,
+        on_reload=on_reload,
     )
 
 
@@ -354,15 +376,24 @@ def check_files(config: RouterConfig) -> None:
         gateway_context(config.gateway_tls_ca, config.gateway_tls_cert, config.gateway_tls_key)
 
 
-def inbound_for(config: RouterConfig) -> ReloadingContext | None:
+def inbound_for(
+    config: RouterConfig, *, on_reload: Callable[[str, bool], None] | None = None
+) -> ReloadingContext | None:
     """The inbound context of `config`, or None without ``--tls-cert``."""
     if config.tls_cert is None or config.tls_key is None:
         return None
-    return inbound(config.tls_cert, config.tls_key, config.tls_client_ca)
+    return inbound(config.tls_cert, config.tls_key, config.tls_client_ca, on_reload=on_reload)
 
 
-def outbound_for(config: RouterConfig) -> ReloadingContext | None:
+def outbound_for(
+    config: RouterConfig, *, on_reload: Callable[[str, bool], None] | None = None
+) -> ReloadingContext | None:
     """The gateway context of `config`, or None without ``--gateway-tls-ca``."""
     if config.gateway_tls_ca is None:
         return None
-    return outbound(config.gateway_tls_ca, config.gateway_tls_cert, config.gateway_tls_key)
+    return outbound(
+        config.gateway_tls_ca,
+        config.gateway_tls_cert,
+        config.gateway_tls_key,
+        on_reload=on_reload,
+    )

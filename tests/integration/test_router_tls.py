@@ -252,6 +252,8 @@ def test_callers_the_tls_port_must_refuse_are_refused_and_counted(
     assert good.returncode == 0, good.stdout + good.stderr
     assert _delivered(pynetdicom_gateway, len(study.files)) == _sent(study)
     assert router.is_running()
+    accepted = router.events("association.accepted")
+    assert [(event["tls"], event["forwarding"]) for event in accepted] == [(True, "copy")]
 
 
 def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
@@ -403,6 +405,9 @@ def test_rotated_certificate_reaches_new_connections_and_spares_open_ones(
             assert scu.store(assoc, dataset).Status == 0
     pynetdicom_gateway.wait_for_count(len(datasets))
     assert router.events("tls.reloaded")
+    reloads = "gatewaypool_router_tls_reloads_total"
+    assert router.metric(reloads, context="inbound", result="applied") == 1
+    assert router.metric(reloads, context="inbound", result="failed") == 0
     released = router.events("association.released")
     assert any(event["instances"] == len(datasets) for event in released), released
 

@@ -270,7 +270,8 @@ def test_rotation_reload_and_a_bad_file_keeps_the_old_context(
     cert.write_bytes(first.cert.read_bytes())
     key.write_bytes(first.key.read_bytes())
     clock = Clock()
-    reloading = tls.inbound(cert, key, None, clock=clock)
+    told: list[tuple[str, bool]] = []
+    reloading = tls.inbound(cert, key, None, clock=clock, on_reload=lambda *args: told.append(args))
     original = reloading.current()
     # Unchanged files: the same context, however often asked.
     clock.now += 60
@@ -291,6 +292,7 @@ def test_rotation_reload_and_a_bad_file_keeps_the_old_context(
     rotated = reloading.current()
     assert rotated is not original
     assert reloading.reloads == 1
+    assert told == [("inbound", False), ("inbound", True)]
 
 
 # -- the handshake ----------------------------------------------------------------
