@@ -13,7 +13,9 @@ the data is read in small pieces only while the scanner must look at it
 (before the StudyInstanceUID, element headers, the last byte), and every
 run of bytes the scanner would skip unseen moves from the sender's socket
 to the gateway's in the kernel (:mod:`gatewaypool_router.splice`), behind
-PDU and PDV headers written from here.
+PDU and PDV headers written from here. Never on a TLS leg: bytes spliced
+in the kernel would be ciphertext on one side and bypass TLS on the other,
+so an association from the TLS port, or with ``--gateway-tls-ca``, copies.
 """
 
 from __future__ import annotations

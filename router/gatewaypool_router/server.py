@@ -3,6 +3,11 @@
 One thread per incoming association keeps the data path a plain sequence
 of blocking reads and writes (the GIL is released in every socket call);
 the number of associations is capped by ``max_associations``.
+
+With ``--tls-cert`` a second listener serves the TLS port, each accepted
+connection's handshake running on that connection's own thread (within
+``--acse-timeout``), so a slow or silent caller never holds up the accept
+loop or anyone else.
 """
 
 from __future__ import annotations
