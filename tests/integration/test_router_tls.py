@@ -39,7 +39,7 @@ from support import rawdicom
 from support.certs import Issued, TestCA
 
 REFUSALS = "gatewaypool_router_refusals_total"
-CALLER = "CN=ct01.radiology.example.org,O=Example Hospital"
+CALLER = "CN=ct01.radiology.example.org,OU=Radiology,O=Example Hospital"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "ct01.radiology.example.org",
             common_name="ct01.radiology.example.org",
             organization="Example Hospital",
+            unit="Radiology",
         ),
         "ct02": ca.issue(
             "ct02",
@@ -263,16 +264,14 @@ def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
     pynetdicom_gateway: PynetdicomSink,
 ) -> None:
     ca = _ca(pki)
-    # The binding's spelling differs from the certificate's RFC 4514 string.
-    binding = "CT01=cn=ct01.radiology.example.org, o=Example Hospital"
-    subject = _cert(pki, "ct01").subject()
-    assert subject.startswith("CN=ct01.radiology.example.org,")
-    bound = f"CT01={subject}"
+    assert _cert(pki, "ct01").subject() == CALLER
+    # Spelled otherwise than the certificate's RFC 4514 string: the same subject.
+    binding = "CT01=cn=ct01.radiology.example.org, ou=Radiology, o=Example Hospital"
     router, tls_port = _start(
         routers,
         tmp_path,
         [f"{pynetdicom_gateway.ae_title}@{LOOPBACK}:{pynetdicom_gateway.port}"],
-        [*_inbound_args(pki), "--caller-subject", bound, "--caller-subject", binding],
+        [*_inbound_args(pki), "--caller-subject", binding],
     )
 
     def ask(calling: str, client: Issued | None, *, secure: bool = True) -> rawdicom.Reply:
@@ -295,6 +294,7 @@ def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
     mismatches = router.events("association.caller_subject_mismatch")
     assert [event["subject"] for event in mismatches] == [_cert(pki, "ct02").subject(), None]
     assert all(event["calling_ae"] == "CT01" for event in mismatches)
+    assert all(event["expected"] == [CALLER] for event in mismatches)
 
 
 def test_gateway_certificate_from_another_ca_fails_the_instance_with_a705(
@@ -378,8 +378,12 @@ def test_rotated_certificate_reaches_new_connections_and_spares_open_ones(
             str(volume / "tls.key"),
             "--tls-client-ca",
             str(ca.bundle),
+            "--no-plain-port",
         ],
     )
+    assert router.events("router.started")[0]["port"] is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((LOOPBACK, router.port), timeout=5).close()
     assert _served_serial(tls_port, ca, client) == first.serial()
     datasets = [dcmread(path) for path in study.files]
     context = _client_context(ca, client)

@@ -46,12 +46,18 @@ class TestCA:
         *identities: str,
         common_name: str | None = None,
         organization: str | None = None,
+        unit: str | None = None,
     ) -> Issued:
-        """Write ``<folder>/<name>/tls.crt`` and ``tls.key`` for `identities` (DNS names, IPs)."""
+        """Write ``<folder>/<name>/tls.crt`` and ``tls.key`` for `identities` (DNS names, IPs).
+
+        Without `unit`, trustme names a random organizational unit, which
+        makes every subject unique.
+        """
         leaf = self._ca.issue_cert(
             *(identities or ("localhost", "127.0.0.1")),
             common_name=common_name,
             organization_name=organization,
+            organization_unit_name=unit,
         )
         where = self.folder / name
         where.mkdir(parents=True, exist_ok=True)
