@@ -128,11 +128,12 @@ def register(subparsers: Any) -> None:
         help="bytes of data set read before the StudyInstanceUID must appear",
     )
     tls = parser.add_argument_group(
-        "DICOM TLS (PS3.15 Annex B.9 BCP 195 profile: TLS 1.2 minimum; on TLS 1.2 ECDHE/DHE "
-        "with AES-GCM only). Certificate, key and CA files are re-read when they change on "
-        "disk (checked every few seconds while connections come); open associations keep "
-        "their session, and a new file that does not load keeps the old one and logs "
-        "tls.reload_failed"
+        "DICOM TLS",
+        "PS3.15 Annex B.9 BCP 195 profile on both legs: TLS 1.2 minimum; on TLS 1.2 only "
+        "ECDHE/DHE with AES-GCM. Certificate, key and CA files are re-read when they change "
+        "on disk (looked at on new connections, at most every 2 s); open associations keep "
+        "their session, and a new file that does not load keeps the old one in use and logs "
+        "tls.reload_failed.",
     )
     tls.add_argument(
         "--tls-port",
@@ -180,9 +181,9 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="PATH",
         help="CA bundle (PEM): every connection to a gateway is TLS, verifying its "
-        "certificate chain and host name (the gateway's host in the map, DNS name or IP "
-        "address, also under --connect-to); a gateway that fails it fails the instance "
-        "with 0xA705",
+        "certificate chain and host name (its host as the map names it, DNS name or IP "
+        "address, even where --connect-to sends the connection elsewhere); a gateway that "
+        "fails it fails the instance with 0xA705",
     )
     tls.add_argument(
         "--gateway-tls-cert",
