@@ -226,6 +226,9 @@ def test_callers_the_tls_port_must_refuse_are_refused_and_counted(
         [*_inbound_args(pki), *forwarding],
     )
     one = study.files[:1]
+    # A caller that connects and says nothing holds only its own thread: the
+    # handshake waits in the association's thread, not in the accept loop.
+    silent = socket.create_connection((LOOPBACK, tls_port), timeout=5)
     # A plain DICOM caller on the TLS port.
     plain = storescu(LOOPBACK, tls_port, one, called_ae="GATEWAYPOOL", timeout=60)
     # A certificate from another CA, and no certificate at all.
@@ -255,6 +258,13 @@ def test_callers_the_tls_port_must_refuse_are_refused_and_counted(
     assert router.is_running()
     accepted = router.events("association.accepted")
     assert [(event["tls"], event["forwarding"]) for event in accepted] == [(True, "copy")]
+    assert router.metric(REFUSALS, reason="tls_handshake") == 3  # still waiting on `silent`
+    silent.close()
+    wait_until(
+        lambda: router.metric(REFUSALS, reason="tls_handshake") == 4,
+        timeout=10,
+        what="the silent caller's end counted",
+    )
 
 
 def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
