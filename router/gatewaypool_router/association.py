@@ -325,6 +325,7 @@ class IncomingAssociation:
             contexts=len(accepted),
             max_pdu=request.max_pdu,
             tls=self._secure,
+            client_subject=self._client_subject,
             forwarding="copy" if self._splicer is None else "splice",
         )
         return True

@@ -5,9 +5,9 @@ about one core however many the pod is given. The supervisor makes a
 replica use them all and still look like one router from outside:
 
 - one listening socket per port (plain, TLS), opened here and shared by
-  every worker (the kernel
-  gives each new connection to one worker waiting in ``accept()``, and
-  connections waiting in the backlog survive a worker's death);
+  every worker (the kernel gives each new connection to one worker waiting
+  in ``accept()``, and connections waiting in the backlog survive a
+  worker's death); each worker makes its own TLS context from the files;
 - one map source (one watch of the map ConfigMap, not one per worker): each
   map the supervisor applies goes to every worker over its pipe;
 - one report to the operator, merging every worker's bucket use and open
