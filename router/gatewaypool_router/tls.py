@@ -191,7 +191,7 @@ class ReloadingContext:
             return
         try:
             context = self._build()
-        except TlsFileError as exc:
+        except (TlsFileError, OSError) as exc:  # OSError: an unreadable file (permissions)
             self._refused = ids
             log_event(log, logging.ERROR, "tls.reload_failed", context=self._name, reason=str(exc))
             if self._on_reload is not None:
