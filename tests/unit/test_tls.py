@@ -346,3 +346,72 @@ def test_mutual_tls_handshake_gives_the_subject(server: Issued, ca: TestCA) -> N
     secure.close()
     thread.join(timeout=5)
     assert outcome_["version"] in ("TLSv1.2", "TLSv1.3")
+
+
+def _handshake_with(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> tuple[str | None, str | None]:
+    """Handshake in-process; (server-side error or None, negotiated cipher or None)."""
+    client, accepted = _connected()
+    cipher: dict[str, str | None] = {"name": None}
+
+    def connect() -> None:
+        try:
+            with client_context.wrap_socket(client, server_hostname="localhost") as secure:
+                described = secure.cipher()
+                cipher["name"] = described[0] if described else None
+                secure.recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    try:
+        secure = tls.accept(accepted, server_context, timeout=5)
+    except tls.HandshakeError as exc:
+        client.close()
+        thread.join(timeout=5)
+        return str(exc), None
+    secure.close()
+    thread.join(timeout=5)
+    return None, cipher["name"]
+
+
+@pytest.mark.parametrize(
+    ("version", "ciphers", "accepted"),
+    [
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256", True),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES256-GCM-SHA384", True),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-CHACHA20-POLY1305", False),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256", False),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA", False),
+        (ssl.TLSVersion.TLSv1_3, None, True),
+    ],
+)
+def test_the_tls_port_holds_callers_to_the_profile(
+    server: Issued, ca: TestCA, version: ssl.TLSVersion, ciphers: str | None, accepted: bool
+) -> None:
+    client_context = ssl.create_default_context(cafile=str(ca.bundle))
+    client_context.minimum_version = client_context.maximum_version = version
+    if ciphers is not None:
+        client_context.set_ciphers(ciphers)
+    error, cipher = _handshake_with(
+        tls.server_context(server.cert, server.key, None), client_context
+    )
+    if accepted:
+        assert error is None
+        assert cipher is not None
+    else:
+        assert error is not None
+        assert "TLS handshake failed" in error
+
+
+def test_tls_1_1_callers_are_refused(server: Issued, ca: TestCA) -> None:
+    client_context = ssl.create_default_context(cafile=str(ca.bundle))
+    with pytest.warns(DeprecationWarning):
+        client_context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        client_context.maximum_version = ssl.TLSVersion.TLSv1_1
+    client_context.set_ciphers("ALL:@SECLEVEL=0")
+    error, _ = _handshake_with(tls.server_context(server.cert, server.key, None), client_context)
+    assert error is not None
+    assert "UNSUPPORTED_PROTOCOL" in error, error
