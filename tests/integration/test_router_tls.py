@@ -307,10 +307,23 @@ def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
     assert all(event["expected"] == [CALLER] for event in mismatches)
 
 
-def test_gateway_certificate_from_another_ca_fails_the_instance_with_a705(
-    tmp_path: Path, pki: dict[str, object], study: Study, routers: list[RouterProcess]
+@pytest.mark.parametrize(
+    ("certificate", "why"),
+    [
+        ("rogue-gateway", "unable to get local issuer certificate"),
+        # Our CA, but issued to another host than the map names.
+        ("ct01", "IP address mismatch"),
+    ],
+)
+def test_gateway_certificate_the_router_cannot_verify_fails_the_instance_with_a705(
+    tmp_path: Path,
+    pki: dict[str, object],
+    study: Study,
+    routers: list[RouterProcess],
+    certificate: str,
+    why: str,
 ) -> None:
-    rogue = _cert(pki, "rogue-gateway")
+    rogue = _cert(pki, certificate)
     with PynetdicomSink(
         tmp_path / "sink", ae_title="GW-SINK", tls=PeerTls(rogue.cert, rogue.key)
     ) as gateway:
@@ -326,7 +339,7 @@ def test_gateway_certificate_from_another_ca_fails_the_instance_with_a705(
     failed = router.events("instance.failed")
     assert [event["status"] for event in failed] == ["0xA705"]
     assert failed[0]["status_name"] == "GATEWAY_TLS_FAILED"
-    assert "certificate" in failed[0]["reason"], failed[0]
+    assert why in failed[0]["reason"], failed[0]
     assert (
         router.metric(
             "gatewaypool_router_gateway_failures_total",
