@@ -31,6 +31,9 @@ from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+#: Presentation context result (PS3.8 9.3.3.2).
+RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 IMPLEMENTATION_CLASS_UID = "2.25.270128384620245611785306214180733185433"
 IMPLEMENTATION_VERSION = f"GATEWAYPOOL_{__version__.replace('.', '')}"[:16]
 
@@ -138,6 +141,11 @@ def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[Ac
     proposed: list[PresentationContext] = list(
         request.primitive.presentation_context_definition_list
     )
+    # Every proposed context carries a transfer syntax (PS3.8 9.3.2.2), and
+    # pynetdicom's negotiation takes the first one of each unchecked: a
+    # context without any is refused here, not left to crash it.
+    without_syntax = [cx for cx in proposed if not cx.transfer_syntax]
+    proposed = [cx for cx in proposed if cx.transfer_syntax]
     supported: list[PresentationContext] = []
     seen: set[str] = set()
     for context in proposed:
@@ -149,6 +157,13 @@ def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[Ac
         if ours is not None:
             supported.append(ours)
     results, roles = negotiate_as_acceptor(proposed, supported, request.roles or None)
+    for context in without_syntax:
+        refused = PresentationContext()
+        refused.context_id = context.context_id
+        refused.transfer_syntax = [UID(IMPLICIT_VR_LITTLE_ENDIAN)]  # not significant when refused
+        refused.result = RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED
+        results.append(refused)
+    results.sort(key=lambda cx: int(cx.context_id or 0))
 
     primitive = A_ASSOCIATE()
     primitive.application_context_name = UID(APPLICATION_CONTEXT)

@@ -210,6 +210,21 @@ def test_accept_nothing_supported_still_answers_an_ac() -> None:
     }
 
 
+def test_a_context_without_transfer_syntax_is_refused_not_a_crash() -> None:
+    # Found by the PDU fuzzer: pynetdicom's negotiation indexed the missing syntax.
+    bare = context(5, MR_IMAGE_STORAGE, [ExplicitVRLittleEndian])
+    bare.transfer_syntax = []
+    contexts = [context(1, CT_IMAGE_STORAGE, [ExplicitVRLittleEndian]), bare]
+    request = negotiation.parse_request(association_rq(contexts=contexts))
+    raw, accepted = negotiation.accept(request, max_pdu=16384)
+    assert [cx.context_id for cx in accepted] == [1]
+    results = results_by_id(decode_ac(raw))
+    assert {cid: cx.result for cid, cx in results.items()} == {
+        1: ACCEPTANCE,
+        5: TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    }
+
+
 def test_accept_with_roles_proposed_still_accepts() -> None:
     extra = [role(CT_IMAGE_STORAGE, scu=True, scp=False), role(VERIFICATION, scu=True, scp=True)]
     request = negotiation.parse_request(association_rq(extra=extra))
