@@ -7,6 +7,7 @@ is on every instance's path, so it is a flat parse of our own; writing them
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
 
 _ERROR_COMMENT_LIMIT = 64
+_UID_VALUE = re.compile(r"[0-9.]{1,64}")
 _ELEMENT = struct.Struct("<HHL")
 
 
@@ -107,6 +109,17 @@ def parse_response(raw: bytes) -> tuple[int, Response]:
     )
 
 
+def _uid_or_none(value: str) -> str | None:
+    """``value`` if it can be written back as a UI element, else None.
+
+    A request's UIDs are echoed in our responses; one that is no UID at all
+    (a hostile or garbled command set) is left out rather than failing the
+    encoding: the Affected SOP Class and Instance UIDs of a response are
+    optional (PS3.7 9.3.1.2, 9.3.5.2).
+    """
+    return value if _UID_VALUE.fullmatch(value) else None
+
+
 def _encode(dataset: Dataset) -> bytes:
     body = encode(dataset, True, True)
     if body is None:
@@ -117,13 +130,16 @@ def _encode(dataset: Dataset) -> bytes:
 def store_response(*, request: Command, status: int, error_comment: str | None = None) -> bytes:
     """Encode the router's own C-STORE-RSP for ``request``."""
     dataset = Dataset()
-    dataset.AffectedSOPClassUID = request.sop_class_uid
+    sop_class = _uid_or_none(request.sop_class_uid)
+    if sop_class:
+        dataset.AffectedSOPClassUID = sop_class
     dataset.CommandField = C_STORE_RSP
     dataset.MessageIDBeingRespondedTo = request.message_id
     dataset.CommandDataSetType = NO_DATA_SET
     dataset.Status = status
-    if request.sop_instance_uid:
-        dataset.AffectedSOPInstanceUID = request.sop_instance_uid
+    sop_instance = _uid_or_none(request.sop_instance_uid)
+    if sop_instance:
+        dataset.AffectedSOPInstanceUID = sop_instance
     if error_comment:
         # LO: at most 64 characters, no backslash.
         dataset.ErrorComment = error_comment.replace("\\", "/")[:_ERROR_COMMENT_LIMIT]
@@ -133,7 +149,7 @@ def store_response(*, request: Command, status: int, error_comment: str | None =
 def echo_response(*, request: Command, status: int = 0x0000) -> bytes:
     """Encode the C-ECHO-RSP: the router itself answers Verification."""
     dataset = Dataset()
-    dataset.AffectedSOPClassUID = request.sop_class_uid or "1.2.840.10008.1.1"
+    dataset.AffectedSOPClassUID = _uid_or_none(request.sop_class_uid) or "1.2.840.10008.1.1"
     dataset.CommandField = C_ECHO_RSP
     dataset.MessageIDBeingRespondedTo = request.message_id
     dataset.CommandDataSetType = NO_DATA_SET

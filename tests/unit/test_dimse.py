@@ -109,6 +109,18 @@ def test_store_response_without_instance_uid_omits_it() -> None:
     assert_group_length_right(raw)
 
 
+@pytest.mark.parametrize("uid", ["1.2\ufffd3", "1.2.abc", "1.2 3", "1" * 65])
+def test_store_response_leaves_out_uids_that_are_none(uid: str) -> None:
+    # Found by the PDU fuzzer: a non-ASCII UID failed the encoding and crashed the association.
+    request = store_request(sop_class_uid=uid, sop_instance_uid=uid)
+    decoded = decode_command(dimse.store_response(request=request, status=0xC210))
+    assert "AffectedSOPClassUID" not in decoded
+    assert "AffectedSOPInstanceUID" not in decoded
+    assert decoded.Status == 0xC210
+    echo = Command(dimse.C_ECHO_RQ, 3, False, uid, "")
+    assert decode_command(dimse.echo_response(request=echo)).AffectedSOPClassUID == VERIFICATION
+
+
 @pytest.mark.parametrize("message_id", [0, 1, 0xFFFF])
 def test_store_response_message_id_range(message_id: int) -> None:
     raw = dimse.store_response(request=store_request(message_id=message_id), status=0)
