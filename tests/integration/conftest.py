@@ -17,7 +17,7 @@ from support.operatorproc import OperatorProcess
 
 #: Modules whose tests run once per ``--forwarding`` mode: every test that
 #: moves data set bytes (routing, streaming, bad input, failures,
-#: concurrency, stalls, real-world files). The others (maps, Kubernetes
+#: concurrency, stalls, real-world files, the PDU fuzzer). The others (maps, Kubernetes
 #: sources, load reports, workers) do not depend on how bytes move, and
 #: running them twice would only cost suite time.
 DATA_PATH_MODULES = frozenset(
@@ -29,6 +29,7 @@ DATA_PATH_MODULES = frozenset(
         "test_router_concurrency",
         "test_router_stalls",
         "test_router_testdata",
+        "test_router_fuzz",
     }
 )
 

@@ -1,5 +1,5 @@
 """DICOM upper-layer PDUs built byte by byte, for tests that must see exactly
-what the router answers.
+what the router answers, or send it exactly what no real peer would.
 
 pynetdicom as a requestor cannot always report a rejection: when the
 A-ASSOCIATE-RJ and the close arrive before its association thread has looked
@@ -29,9 +29,22 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+ASSOCIATE_RQ = 0x01
 ASSOCIATE_AC = 0x02
 ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
 ABORT = 0x07
+RELEASE_RQ_PDU = bytes((RELEASE_RQ, 0, 0, 0, 0, 4, 0, 0, 0, 0))
+#: Message control header bits (PS3.8 E.2).
+MCH_COMMAND = 0x01
+MCH_LAST = 0x02
+#: DIMSE command fields and the "no data set" marker (PS3.7 E.1).
+C_STORE_RQ = 0x0001
+C_ECHO_RQ = 0x0030
+NO_DATA_SET = 0x0101
 
 
 def context(
@@ -90,6 +103,91 @@ class Reply:
         return result, source, reason
 
 
+def pdv(context_id: int, control: int, data: bytes, *, item_length: int | None = None) -> bytes:
+    """One presentation data value item; ``item_length`` overrides the true one."""
+    length = len(data) + 2 if item_length is None else item_length
+    return struct.pack(">LBB", length, context_id, control) + data
+
+
+def pdu(pdu_type: int, body: bytes, *, length: int | None = None) -> bytes:
+    """Any PDU: type, reserved byte, 4-byte length (``length`` overrides it), body."""
+    return struct.pack(">BBL", pdu_type, 0, len(body) if length is None else length) + body
+
+
+def p_data_tf(*pdvs: bytes) -> bytes:
+    """A P-DATA-TF carrying encoded PDVs (see :func:`pdv`)."""
+    return pdu(P_DATA_TF, b"".join(pdvs))
+
+
+def _element(element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+
+def command_set(elements: dict[int, bytes | int]) -> bytes:
+    """A group 0000 command set, implicit VR little endian, group length first.
+
+    Values are bytes (UIDs, padded to even length here) or ints (US, 2 bytes).
+    """
+    body = b"".join(
+        _element(tag, value if isinstance(value, bytes) else struct.pack("<H", value))
+        for tag, value in sorted(elements.items())
+    )
+    return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def c_store_rq(
+    *, message_id: int, sop_class: str, sop_instance: str, data_set: bool = True
+) -> dict[int, bytes | int]:
+    """The elements of a C-STORE-RQ (pass them to :func:`command_set`)."""
+    return {
+        0x0002: sop_class.encode(),
+        0x0100: C_STORE_RQ,
+        0x0110: message_id,
+        0x0700: 0x0000,  # priority: medium
+        0x0800: NO_DATA_SET if not data_set else 0x0000,
+        0x1000: sop_instance.encode(),
+    }
+
+
+def c_echo_rq(*, message_id: int) -> dict[int, bytes | int]:
+    """The elements of a C-ECHO-RQ."""
+    return {
+        0x0002: VERIFICATION.encode(),
+        0x0100: C_ECHO_RQ,
+        0x0110: message_id,
+        0x0800: NO_DATA_SET,
+    }
+
+
+def command_elements(raw: bytes) -> dict[int, bytes]:
+    """{element: value} of a group 0000 command set; stops at the first inconsistency."""
+    elements: dict[int, bytes] = {}
+    offset = 0
+    while offset + 8 <= len(raw):
+        _group, element, length = struct.unpack_from("<HHL", raw, offset)
+        offset += 8
+        if offset + length > len(raw):
+            break
+        elements[element] = raw[offset : offset + length]
+        offset += length
+    return elements
+
+
+def split_pdus(stream: bytes) -> tuple[list[Reply], bytes]:
+    """Whole PDUs at the start of ``stream``, and the bytes of an unfinished one."""
+    replies: list[Reply] = []
+    offset = 0
+    while len(stream) - offset >= 6:
+        pdu_type, _, length = struct.unpack_from(">BBL", stream, offset)
+        if len(stream) - offset - 6 < length:
+            break
+        replies.append(Reply(pdu_type, stream[offset + 6 : offset + 6 + length]))
+        offset += 6 + length
+    return replies, stream[offset:]
+
+
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -124,6 +222,6 @@ def request_association(
         sock.sendall(association_rq(calling=calling, called=called))
         reply = read_pdu(sock)
         if reply.pdu_type == ASSOCIATE_AC:
-            sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+            sock.sendall(RELEASE_RQ_PDU)
             read_pdu(sock)  # A-RELEASE-RP
         return reply
