@@ -32,7 +32,8 @@ from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-#: Presentation context result (PS3.8 9.3.3.2).
+#: Presentation context results (PS3.8 9.3.3.2).
+RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 IMPLEMENTATION_CLASS_UID = "2.25.270128384620245611785306214180733185433"
 IMPLEMENTATION_VERSION = f"GATEWAYPOOL_{__version__.replace('.', '')}"[:16]
@@ -141,11 +142,11 @@ def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[Ac
     proposed: list[PresentationContext] = list(
         request.primitive.presentation_context_definition_list
     )
-    # Every proposed context carries a transfer syntax (PS3.8 9.3.2.2), and
-    # pynetdicom's negotiation takes the first one of each unchecked: a
-    # context without any is refused here, not left to crash it.
-    without_syntax = [cx for cx in proposed if not cx.transfer_syntax]
-    proposed = [cx for cx in proposed if cx.transfer_syntax]
+    # Every proposed context carries an abstract syntax and at least one
+    # transfer syntax (PS3.8 9.3.2.2), and pynetdicom's negotiation uses both
+    # unchecked: a context without them is refused here, not left to crash it.
+    incomplete = [cx for cx in proposed if not cx.abstract_syntax or not cx.transfer_syntax]
+    proposed = [cx for cx in proposed if cx.abstract_syntax and cx.transfer_syntax]
     supported: list[PresentationContext] = []
     seen: set[str] = set()
     for context in proposed:
@@ -157,11 +158,15 @@ def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[Ac
         if ours is not None:
             supported.append(ours)
     results, roles = negotiate_as_acceptor(proposed, supported, request.roles or None)
-    for context in without_syntax:
+    for context in incomplete:
         refused = PresentationContext()
         refused.context_id = context.context_id
         refused.transfer_syntax = [UID(IMPLICIT_VR_LITTLE_ENDIAN)]  # not significant when refused
-        refused.result = RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED
+        refused.result = (
+            RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED
+            if context.abstract_syntax
+            else RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
+        )
         results.append(refused)
     results.sort(key=lambda cx: int(cx.context_id or 0))
 

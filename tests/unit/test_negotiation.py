@@ -7,6 +7,7 @@ wrong place would fail to decode or decode to something else.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import pytest
@@ -223,6 +224,22 @@ def test_a_context_without_transfer_syntax_is_refused_not_a_crash() -> None:
         1: ACCEPTANCE,
         5: TRANSFER_SYNTAXES_NOT_SUPPORTED,
     }
+
+
+def test_a_context_without_abstract_syntax_is_refused_not_a_crash() -> None:
+    # Found by the PDU fuzzer: the abstract syntax sub-item's type turned into 0x40.
+    contexts = [
+        context(1, CT_IMAGE_STORAGE, [ExplicitVRLittleEndian]),
+        context(5, MR_IMAGE_STORAGE, [ExplicitVRLittleEndian]),
+    ]
+    item = struct.pack(">BxH", 0x30, len(MR_IMAGE_STORAGE)) + MR_IMAGE_STORAGE.encode()
+    raw = association_rq(contexts=contexts)
+    assert raw.count(item) == 1
+    request = negotiation.parse_request(raw.replace(item, b"\x40" + item[1:]))
+    raw_ac, accepted = negotiation.accept(request, max_pdu=16384)
+    assert [cx.context_id for cx in accepted] == [1]
+    results = results_by_id(decode_ac(raw_ac))
+    assert results[5].result == ABSTRACT_SYNTAX_NOT_SUPPORTED
 
 
 def test_accept_with_roles_proposed_still_accepts() -> None:
