@@ -7,6 +7,8 @@
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
 #   ./dev.sh bench-autoscale  an autoscaled pool under rising and falling load:
 #                             figures, and the plot docs/autoscaling.png
+#   ./dev.sh fuzz    the PDU fuzzer against a router, beside a well-formed
+#                    sender: figures (--cases N --seed S --workers W)
 #   ./dev.sh docs    regenerate docs/configuration.md from the CRD
 #
 # Each command installs what it needs first: the DICOM peers from Debian
@@ -70,6 +72,11 @@ case "$cmd" in
             || "$VENV/bin/python" -m pip install -q -e ".[local,test,plot]"
         PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
         ;;
+    fuzz)
+        need_debian_packages
+        need_venv
+        PYTHONPATH=tests exec "$VENV/bin/python" -m support.fuzzrun "$@"
+        ;;
     docs)
         need_venv
         PYTHONPATH=tests exec "$VENV/bin/python" -m support.configref "$@"
@@ -86,7 +93,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,14p' "$0"
+        sed -n '2,16p' "$0"
         exit 2
         ;;
 esac

@@ -311,6 +311,8 @@ def check_stored(stored: dict[str, bytes], originals: dict[str, str]) -> list[st
 
 
 def check_cases(results: list[CaseResult], stored: dict[str, bytes]) -> list[str]:
+    """Problems with how the router treated each case (hangs, statuses)."""
+    stored_hashes = {hashlib.sha256(data).hexdigest() for data in stored.values()}
     problems = []
     for result in results:
         case = result.case
@@ -318,7 +320,10 @@ def check_cases(results: list[CaseResult], stored: dict[str, bytes]) -> list[str
         if result.outcome == "hung":
             problems.append(f"router did not end the connection: {case.describe()}")
         for field_, status, sop in result.responses:
-            if field_ == C_STORE_RSP and status == SUCCESS and sop not in stored:
+            # By name, or by bytes: a command whose UID a flipped bit made
+            # non-ASCII names the instance differently at each end.
+            at_gateway = sop in stored or not stored_hashes.isdisjoint(case.data_sets)
+            if field_ == C_STORE_RSP and status == SUCCESS and not at_gateway:
                 problems.append(f"answered 0x0000 for {sop}, not at the gateway: {case.describe()}")
         if case.must_succeed and (
             result.outcome != "released" or not statuses or set(statuses) != {SUCCESS}
@@ -480,7 +485,10 @@ def figures(reports: Sequence[Report]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``./dev.sh fuzz [--cases N --seed S --workers W --forwarding MODE]``."""
-    parser = argparse.ArgumentParser(prog="./dev.sh fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="./dev.sh fuzz",
+        description="Hostile PDUs at a router beside a well-formed sender; prints figures.",
+    )
     parser.add_argument("--cases", type=int, default=2000, help="cases in all (default 2000)")
     parser.add_argument("--seed", type=int, default=1, help="run seed (default 1)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent connections")
