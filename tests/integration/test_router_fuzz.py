@@ -33,7 +33,7 @@ def test_hostile_pdus_beside_a_wellformed_sender(
         generate_study(tmp_path / "studies", study_index=i, instances=4, rows=32, columns=32)
         for i in range(3)
     ]
-    router = start_router([pynetdicom_gateway], extra_args=fuzzrun.router_args(forwarding)[2:])
+    router = start_router([pynetdicom_gateway], extra_args=fuzzrun.ROUTER_OPTIONS)
     first = 0 if forwarding == "splice" else CASES_PER_MODE
     report = fuzzrun.run(
         router,

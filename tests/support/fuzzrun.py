@@ -46,19 +46,27 @@ from pathlib import Path
 from gatewaypool_local import sink as sink_module
 from gatewaypool_local.peers import LOOPBACK, PynetdicomSink, echo, wait_until
 from gatewaypool_local.routerproc import RouterProcess
-from gatewaypool_local.scu import send_files
+from gatewaypool_local.scu import PynetdicomSendError, send_files
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 from support import rawdicom
 from support.pdufuzz import Case, generate
 
-#: Router timeouts for a fuzz run (--acse-timeout, --idle-timeout,
-#: --gateway-timeout): a case that stalls costs this long, and so does one
-#: whose garbled command the gateway ignores.
+#: Router timeouts for a fuzz run (--acse-timeout, --idle-timeout): a case
+#: left open costs this long.
 ROUTER_TIMEOUT = 4.0
+#: --gateway-timeout: a case whose garbled command the gateway ignores costs
+#: this long; the well-formed sender's instances must never reach it.
+GATEWAY_TIMEOUT = 8.0
+#: The router options of a fuzz run (besides --forwarding).
+ROUTER_OPTIONS = (
+    *("--acse-timeout", str(ROUTER_TIMEOUT)),
+    *("--idle-timeout", str(ROUTER_TIMEOUT)),
+    *("--gateway-timeout", str(GATEWAY_TIMEOUT)),
+)
 #: After a case's last byte, how long the router may take to end the
 #: connection: a gateway timeout for each of a case's two C-STOREs, the idle
 #: timeout, and a margin for a loaded machine.
-CASE_DEADLINE = 3 * ROUTER_TIMEOUT + 8.0
+CASE_DEADLINE = 2 * GATEWAY_TIMEOUT + ROUTER_TIMEOUT + 8.0
 #: What the router's peak RSS may grow by over its baseline during a run:
 #: per concurrent connection an A-ASSOCIATE-RQ of up to 1 MiB and a 256 KiB
 #: read buffer, with room to spare; a leak of 16 KiB per case exceeds it over
@@ -276,7 +284,11 @@ class _Sender(threading.Thread):
                 self.errors.append(f"round {self.rounds}: sender timed out")
                 return
             for line in done.stdout.splitlines():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    self.errors.append(f"round {self.rounds}: sender printed {line[:200]!r}")
+                    continue
                 if "sop" in record:
                     self.statuses[record["sop"]].append(record["status"])
             if done.returncode != 0:
@@ -406,9 +418,15 @@ def run(
         return report
     if echo(router.host, router.port, called_ae=router.ae_title, timeout=10) != SUCCESS:
         report.problems.append("router no longer answers C-ECHO")
-    [after] = send_files(router.host, router.port, [studies[0].files[0]], called_ae=router.ae_title)
-    if after.status != SUCCESS:
-        report.problems.append(f"router no longer stores: status {after.status}")
+    try:
+        [after] = send_files(
+            router.host, router.port, [studies[0].files[0]], called_ae=router.ae_title
+        )
+    except PynetdicomSendError as exc:
+        report.problems.append(f"router no longer stores: {exc}")
+    else:
+        if after.status != SUCCESS:
+            report.problems.append(f"router no longer stores: status {after.status}")
     try:
         wait_until(
             lambda: router.metric("gatewaypool_router_active_associations") == 0,
@@ -525,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 router = RouterProcess(
                     work / f"router-{mode}",
                     gateways=[f"{gateway.ae_title}@{gateway.host}:{gateway.port}"],
-                    extra_args=router_args(mode),
+                    extra_args=["--forwarding", mode, *ROUTER_OPTIONS],
                 )
                 with router:
                     print(f"==> {mode}: cases {first}..{first + count - 1} of seed {args.seed}")
@@ -543,12 +561,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"seed {args.seed}, {args.workers} workers, {os.cpu_count()} CPUs")
     print(figures(reports))
     return 1 if any(report.problems for report in reports) else 0
-
-
-def router_args(mode: str) -> list[str]:
-    """The router options of a fuzz run: short timeouts, so stalled cases end soon."""
-    timeouts = ["--acse-timeout", "--idle-timeout", "--gateway-timeout"]
-    return ["--forwarding", mode, *(a for t in timeouts for a in (t, str(ROUTER_TIMEOUT)))]
 
 
 if __name__ == "__main__":
