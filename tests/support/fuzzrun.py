@@ -82,7 +82,8 @@ class CaseResult:
 
     case: Case
     #: ``rejected``, ``aborted``, ``released``, ``closed`` (EOF or RST
-    #: without an A-ABORT), ``reset`` (we reset it), or ``hung``.
+    #: without an A-ABORT), ``reset`` (we reset it), ``hung``, or ``refused``
+    #: (no TCP connection).
     outcome: str
     #: (command field, status, AffectedSOPInstanceUID) of every DIMSE response.
     responses: list[tuple[int, int, str]]
@@ -209,7 +210,10 @@ def _responses(received: bytes) -> tuple[list[int], list[tuple[int, int, str]]]:
 def run_case(case: Case, host: str, port: int, *, deadline: float = CASE_DEADLINE) -> CaseResult:
     """Send one case and wait (up to ``deadline`` after its last byte) for the router to end it."""
     started = time.monotonic()
-    conn = _Connection(host, port)
+    try:
+        conn = _Connection(host, port)
+    except OSError:
+        return CaseResult(case, "refused", [], time.monotonic() - started)
     local_port = conn.sock.getsockname()[1]
     try:
         limit = started + 60.0
@@ -339,6 +343,8 @@ def check_cases(results: list[CaseResult], stored: dict[str, bytes]) -> list[str
         statuses = [status for field_, status, _sop in result.responses if field_ == C_STORE_RSP]
         if result.outcome == "hung":
             problems.append(f"router did not end the connection: {case.describe()}")
+        elif result.outcome == "refused":
+            problems.append(f"router refused the TCP connection: {case.describe()}")
         for field_, status, sop in result.responses:
             # By name, or by bytes: a command whose UID a flipped bit made
             # non-ASCII names the instance differently at each end.

@@ -20,6 +20,7 @@ sent a partial instance as if it were complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -227,6 +228,7 @@ def pack(messages: list[Message], rng: random.Random, *, per_pdu: int = 1) -> li
     return pdus
 
 
+@functools.cache
 def association_rq(*, calling: str = "FUZZER", called: str = "GATEWAYPOOL") -> bytes:
     """The well-formed request every data-phase case starts with."""
     return rawdicom.association_rq(
@@ -586,14 +588,16 @@ def _command_case(b: _Builder) -> Case:
 def _sequence_case(b: _Builder) -> Case:
     """Messages out of order: overlapping C-STOREs, release or PDUs mid-instance."""
     rng = b.rng
-    first, second = b.store(1), b.store(2)
+    one = b.data_set()
+    first = store_message(rng, message_id=1, data_set=one)
+    second = b.store(2)
     how = rng.randrange(5)
     broken = False
     if how == 0:
         pdvs = [*first.command, first.data[0], *second.command, *second.data, *first.data[1:]]
         detail = "a second C-STORE before the first data set ended"
     elif how == 1:
-        first = store_message(rng, message_id=1, data_set=first.data_set or b.data_set(), context=3)
+        first = store_message(rng, message_id=1, data_set=one, context=VERIFICATION_CONTEXT)
         pdvs = [*first.command, *first.data]
         detail = "C-STORE on the Verification context"
         broken = True
@@ -607,7 +611,7 @@ def _sequence_case(b: _Builder) -> Case:
     elif how == 3:
         pdu_type = _choice(rng, [0x01, 0x02, 0x03, 0x06, 0x00, 0x08, 0x42, 0xFF])
         body = rng.randbytes(_choice(rng, [0, 4, 64]))
-        at = rng.randint(1, len(first.data))
+        at = rng.randint(1, len(first.data) - 1)
         pdus = pack([Message([*first.command, *first.data[:at]], [], None)], rng)
         pdus.append(Pdu(pdu_type, body=body))
         pdus += pack([Message(first.data[at:], [], None)], rng)
