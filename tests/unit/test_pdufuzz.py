@@ -75,7 +75,6 @@ def silent_server() -> Iterator[tuple[str, int]]:
 def test_run_case_reports_a_peer_that_never_ends_the_connection(
     silent_server: tuple[str, int],
 ) -> None:
-
     case = dataclasses.replace(pdufuzz.generate(1, 0), ending="stall")
     result = fuzzrun.run_case(case, *silent_server, deadline=0.3)
     assert result.outcome == "hung"
