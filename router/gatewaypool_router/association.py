@@ -628,6 +628,12 @@ class IncomingAssociation:
         )
         if context.is_verification:
             self._fail(instance, Status.SOP_CLASS_NOT_SUPPORTED, "C-STORE on Verification context")
+        if not (dimse.is_uid(command.sop_class_uid) and dimse.is_uid(command.sop_instance_uid)):
+            # No gateway can store it under that name (a gateway that cannot
+            # decode the command would leave the sender waiting).
+            self._fail(
+                instance, Status.REQUEST_MALFORMED, "Affected SOP Class or Instance UID is no UID"
+            )
         if not command.has_data_set:
             self._fail(instance, Status.REQUEST_MALFORMED, "C-STORE request without a data set")
             self._answer(instance)

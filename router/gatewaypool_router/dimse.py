@@ -109,6 +109,15 @@ def parse_response(raw: bytes) -> tuple[int, Response]:
     )
 
 
+def is_uid(value: str) -> bool:
+    """Whether ``value`` can be a UID on the wire: 1 to 64 digits and dots.
+
+    Lenient on purpose (leading zeros and empty components pass): it keeps
+    out what no peer can use, not what a strict validator would flag.
+    """
+    return _UID_VALUE.fullmatch(value) is not None
+
+
 def _uid_or_none(value: str) -> str | None:
     """``value`` if it can be written back as a UI element, else None.
 
@@ -117,7 +126,7 @@ def _uid_or_none(value: str) -> str | None:
     encoding: the Affected SOP Class and Instance UIDs of a response are
     optional (PS3.7 9.3.1.2, 9.3.5.2).
     """
-    return value if _UID_VALUE.fullmatch(value) else None
+    return value if is_uid(value) else None
 
 
 def _encode(dataset: Dataset) -> bytes:

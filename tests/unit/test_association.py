@@ -31,6 +31,7 @@ from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.usage import Usage
+from support import rawdicom
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -87,6 +88,12 @@ class Modality:
         message = C_STORE_RQ()
         message.primitive_to_message(request)
         self.send_message(message, context_id)
+        return self.response()
+
+    def store_raw(self, command: bytes, dataset: bytes) -> dimse.Response:
+        """A C-STORE whose command set is given byte for byte."""
+        self.sock.sendall(rawdicom.p_data_tf(rawdicom.pdv(STORE_CX, 0x03, command)))
+        self.sock.sendall(rawdicom.p_data_tf(rawdicom.pdv(STORE_CX, 0x02, dataset)))
         return self.response()
 
     def echo(self) -> dimse.Response:
@@ -237,6 +244,27 @@ def test_an_unusable_study_uid_is_refused_never_guessed(
     modality.release()
     router.thread.join(timeout=10)
     assert len(router.studies) == 0, "a refused instance is no study in flight"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance"),
+    [(CT, "1.2.\u00e9.4"), (CT, ""), ("CT Image", "1.2.3.4")],
+)
+def test_a_c_store_naming_no_uid_is_refused_before_any_gateway(
+    pair: tuple[Modality, socket.socket], sop_class: str, sop_instance: str
+) -> None:
+    modality, sock = pair
+    router = serve(sock)  # its gateway listens nowhere: forwarding would answer 0xA701
+    modality.associate()
+    command = rawdicom.command_set(
+        rawdicom.c_store_rq(message_id=3, sop_class=sop_class, sop_instance=sop_instance)
+    )
+    response = modality.store_raw(command, _dataset(StudyInstanceUID="1.2.3"))
+    assert response.status == 0xC214
+    assert response.message_id == 3
+    assert modality.echo().status == 0, "the association carries on"
+    modality.release()
+    router.thread.join(timeout=10)
 
 
 def test_an_unreachable_gateway_answers_0xa701_and_the_association_carries_on(
