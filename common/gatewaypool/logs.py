@@ -109,3 +109,7 @@ def configure(
     root.setLevel(level.upper())
     # pynetdicom is chatty at INFO and may print dataset summaries at DEBUG.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom.utils logs a whole traceback for every AE title that is not
+    # ASCII before it decodes it another way: one hostile connection, one
+    # traceback. The router logs its own line for what it refuses.
+    logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
