@@ -22,7 +22,8 @@ from typing import Any, Final
 
 from gatewaypool import quantity
 from gatewaypool.contract import API_GROUP, API_GROUP_VERSION, KIND, MAP_KEY
-from gatewaypool_operator.spec import AutoscalingSpec, PoolSpec, thaw
+from gatewaypool_operator.specfields import thaw
+from gatewaypool_operator.spectypes import AutoscalingSpec, PoolSpec
 
 __all__ = [
     "API_GROUP",

@@ -37,7 +37,9 @@ from gatewaypool_operator.passdata import (
     StatusBasis,
     Write,
 )
-from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
+from gatewaypool_operator.spec import check_name, parse_spec
+from gatewaypool_operator.specfields import SpecError
+from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
     "ACCEPTED_SPEC_ANNOTATION",
