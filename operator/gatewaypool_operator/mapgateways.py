@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from gatewaypool.bucketmap import BucketMap, Gateway, MapError, parse_map
 from gatewaypool.contract import MAP_KEY
-from gatewaypool_operator.children import gateway_dns_name, gateway_pod_name
-from gatewaypool_operator.spec import PoolSpec
+from gatewaypool_operator.childnames import gateway_dns_name, gateway_pod_name
+from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
     "PublishedMap",

@@ -18,7 +18,7 @@ from gatewaypool.bucketmap import BucketMap
 from gatewaypool_operator import poolstatus
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
-from gatewaypool_operator.spec import PoolSpec
+from gatewaypool_operator.spectypes import PoolSpec
 
 #: A child named by kind and name.
 Child = tuple[str, str]

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, dump_map
-from gatewaypool_operator import children, handover, mapgateways, observe, poolstatus
+from gatewaypool_operator import childnames, children, handover, mapgateways, observe, poolstatus
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.passdata import (
@@ -37,7 +37,9 @@ from gatewaypool_operator.passdata import (
     StatusBasis,
     Write,
 )
-from gatewaypool_operator.spec import PoolSpec, SpecError, check_name, parse_spec
+from gatewaypool_operator.spec import check_name, parse_spec
+from gatewaypool_operator.specfields import SpecError
+from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
     "ACCEPTED_SPEC_ANNOTATION",
@@ -88,7 +90,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
     previous = pool_status.get("conditions") or []
     generation = int(metadata.get("generation") or 0)
     events: list[Event] = []
-    map_name = children.map_configmap_name(name)
+    map_name = childnames.map_configmap_name(name)
     map_object = observed.map_configmap
     stored: Mapping[str, str] = (map_object or {}).get("data") or {}
 
@@ -169,7 +171,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         excluded_routers=decided.excluded_routers,
     )
 
-    owner = children.owner_reference(body)
+    owner = childnames.owner_reference(body)
     desired = children.build_children(
         name=name,
         namespace=namespace,
@@ -203,7 +205,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         writes=writes,
         # Reports of router pods that are gone; each router writes only its own key.
         prune=(
-            Prune(children.routers_configmap_name(name), decided.prune_reports)
+            Prune(childnames.routers_configmap_name(name), decided.prune_reports)
             if decided.prune_reports
             else None
         ),
@@ -303,7 +305,7 @@ def _plan_handover(
         except handover.StateError as exc:
             # Safe to lose: moves then count as started now and wait again.
             events.append(Event("Warning", "HandoverStateUnreadable", str(exc)))
-    sts_name = children.statefulset_name(name)
+    sts_name = childnames.statefulset_name(name)
     sts_replicas = _count(((observed.statefulset or {}).get("spec") or {}).get("replicas"))
     listed = len(published.gateways) if published is not None else 0
     ports = observe.gateway_ports(observed.gateway_pods, statefulset=sts_name)
@@ -362,12 +364,12 @@ def _writes(
     for obj in objects:
         obj["metadata"]["ownerReferences"] = [owner]
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind == "ConfigMap" and name == children.map_configmap_name(pool):
+        if kind == "ConfigMap" and name == childnames.map_configmap_name(pool):
             if write_map:
                 # Written only with a new version or a new handover state.
                 base = observed.map_configmap
                 writes.append(Write(obj, conditional=True, base=base, exclusive=True))
-        elif kind == "ConfigMap" and name == children.routers_configmap_name(pool):
+        elif kind == "ConfigMap" and name == childnames.routers_configmap_name(pool):
             writes.append(Write(obj, create_only=True))
         elif kind == "StatefulSet":
             writes.append(Write(obj, conditional=True, base=observed.statefulset))
@@ -407,7 +409,7 @@ def _autoscaler_status(
     if spec is None or spec.autoscaling is None:
         return None
     autoscaler = observed.optional_children.get(
-        ("HorizontalPodAutoscaler", children.autoscaler_name(name))
+        ("HorizontalPodAutoscaler", childnames.autoscaler_name(name))
     )
     status: Mapping[str, Any] | None = (autoscaler or {}).get("status")
     return status

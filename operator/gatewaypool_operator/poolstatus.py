@@ -37,8 +37,9 @@ from typing import Any, Final
 
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool.reports import ReportError, parse_report
-from gatewaypool_operator.children import selector_string
-from gatewaypool_operator.spec import PoolSpec, thaw
+from gatewaypool_operator.childnames import selector_string
+from gatewaypool_operator.specfields import thaw
+from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
     "DEFAULT_PROGRESS_DEADLINE_SECONDS",

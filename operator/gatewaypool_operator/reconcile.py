@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gatewaypool_operator import children
+from gatewaypool_operator import childnames, children
 from gatewaypool_operator.kubeapply import Applied, Cluster, RefusedError
 from gatewaypool_operator.plan import (
     ACCEPTED_SPEC_ANNOTATION,
@@ -92,14 +92,16 @@ def observe(cluster: Cluster, *, body: Mapping[str, Any]) -> Observed:
             optional[(kind, child_name)] = live
     return Observed(
         pool=body,
-        map_configmap=cluster.read("ConfigMap", namespace, children.map_configmap_name(name)),
-        statefulset=cluster.read("StatefulSet", namespace, children.statefulset_name(name)),
+        map_configmap=cluster.read("ConfigMap", namespace, childnames.map_configmap_name(name)),
+        statefulset=cluster.read("StatefulSet", namespace, childnames.statefulset_name(name)),
         gateway_pods=cluster.find(
-            "Pod", namespace, labels=children.selector_labels(name, "gateway")
+            "Pod", namespace, labels=childnames.selector_labels(name, "gateway")
         ),
-        router_pods=cluster.find("Pod", namespace, labels=children.selector_labels(name, "router")),
+        router_pods=cluster.find(
+            "Pod", namespace, labels=childnames.selector_labels(name, "router")
+        ),
         reports_configmap=cluster.read(
-            "ConfigMap", namespace, children.routers_configmap_name(name)
+            "ConfigMap", namespace, childnames.routers_configmap_name(name)
         ),
         optional_children=optional,
     )

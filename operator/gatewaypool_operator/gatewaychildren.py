@@ -1,0 +1,205 @@
+"""The gateways' objects: StatefulSet, headless Service, NetworkPolicy, PodDisruptionBudget.
+
+The user's DICOM Storage SCP runs as the StatefulSet ``NAME-gw``, one pod
+per gateway with a stable DNS name from the headless Service (the names the
+bucket map lists), its own volume with ``spec.gateway.storage``, a
+NetworkPolicy that lets only the pool's routers (and
+``spec.networkPolicy.extraIngress``) reach it, and a PodDisruptionBudget of
+one. Built as plain data; `gatewaypool_operator.children.build_children`
+puts them in the list of what the pool owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from gatewaypool_operator.childnames import (
+    labels,
+    object_metadata,
+    selector_labels,
+    statefulset_name,
+)
+from gatewaypool_operator.podparts import (
+    TMP_VOLUME,
+    container_resources,
+    container_security_context,
+    topology_spread,
+)
+from gatewaypool_operator.specfields import thaw
+from gatewaypool_operator.spectypes import PoolSpec
+
+__all__ = [
+    "DATA_VOLUME",
+    "FS_GROUP",
+    "headless_service",
+    "network_policy",
+    "pod_disruption_budget",
+    "statefulset",
+]
+
+FS_GROUP: Final = 65532
+"""The group that owns a gateway's data volume, so any non-root gateway user can write it."""
+DATA_VOLUME: Final = "data"
+"""The volume of ``spec.gateway.storage``, and so the prefix of its claims' names."""
+
+
+def headless_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the headless Service ``NAME-gw``, which gives each gateway pod its DNS name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            "clusterIP": "None",
+            # DNS records before readiness: a router can resolve a starting gateway.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(name, "gateway"),
+            "ports": [
+                {
+                    "name": "dicom",
+                    "port": spec.gateway.port,
+                    "targetPort": "dicom",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int) -> dict[str, Any]:
+    """Return the gateway StatefulSet ``NAME-gw`` with `gateway_replicas` pods."""
+    gateway = spec.gateway
+    template = gateway.pod_template
+    volume_mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    if gateway.storage is not None:
+        volume_mounts.append({"name": DATA_VOLUME, "mountPath": gateway.storage.mount_path})
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gateway.image,
+        "imagePullPolicy": gateway.image_pull_policy,
+    }
+    if gateway.command:
+        container["command"] = list(gateway.command)
+    if gateway.args:
+        container["args"] = list(gateway.args)
+    container["ports"] = [{"name": "dicom", "containerPort": gateway.port, "protocol": "TCP"}]
+    if gateway.env:
+        container["env"] = thaw(gateway.env)
+    container["resources"] = container_resources(gateway.resources)
+    container["readinessProbe"] = {
+        # Any DICOM SCP accepts a TCP connection when it can take associations;
+        # a C-ECHO probe would need a DICOM client in the user's image.
+        "tcpSocket": {"port": "dicom"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    container["securityContext"] = container_security_context()
+    container["volumeMounts"] = volume_mounts
+
+    pod_security: dict[str, Any] = {
+        # The gateway image picks its user; it must only not be root.
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if gateway.storage is not None:
+        # A fresh volume is root's; the group makes it writable to any non-root user.
+        pod_security["fsGroup"] = FS_GROUP
+        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
+    pod_spec: dict[str, Any] = {
+        # Gateways do not call the Kubernetes API unless the user gives them an account.
+        "automountServiceAccountToken": bool(template.service_account_name),
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        # How long a gateway may finish what it holds after SIGTERM (scale-down,
+        # rolling update) before it is killed.
+        "terminationGracePeriodSeconds": gateway.termination_grace_period_seconds,
+    }
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.node_selector:
+        pod_spec["nodeSelector"] = thaw(template.node_selector)
+    if template.tolerations:
+        pod_spec["tolerations"] = thaw(template.tolerations)
+    if template.affinity:
+        pod_spec["affinity"] = thaw(template.affinity)
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+    spread = topology_spread(name, "gateway", template.topology_spread_constraints)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
+
+    pod_metadata: dict[str, Any] = {"labels": {**thaw(template.labels), **labels(name, "gateway")}}
+    if template.annotations:
+        pod_metadata["annotations"] = thaw(template.annotations)
+    statefulset_spec: dict[str, Any] = {
+        "replicas": gateway_replicas,
+        "serviceName": statefulset_name(name),
+        # Gateways are independent peers: start and stop them all at once.
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": selector_labels(name, "gateway")},
+        "template": {"metadata": pod_metadata, "spec": pod_spec},
+    }
+    if gateway.storage is not None:
+        claim_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": gateway.storage.size}},
+        }
+        if gateway.storage.storage_class_name is not None:
+            claim_spec["storageClassName"] = gateway.storage.storage_class_name
+        statefulset_spec["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": DATA_VOLUME, "labels": labels(name, "gateway")},
+                "spec": claim_spec,
+            }
+        ]
+        # A removed gateway's claim is kept (its data may not be processed yet)
+        # unless the spec says Delete; deleting the pool never deletes claims.
+        statefulset_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenScaled": gateway.storage.when_scaled,
+            "whenDeleted": "Retain",
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": statefulset_spec,
+    }
+
+
+def network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the NetworkPolicy ``NAME-gw``: the routers and the spec's extra ingress only."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, "gateway")},
+            # Ingress only: what gateways send (to PACS, AI services) is the user's business.
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    # A podSelector without namespaceSelector: this namespace only.
+                    "from": [{"podSelector": {"matchLabels": selector_labels(name, "router")}}],
+                    "ports": [{"protocol": "TCP", "port": spec.gateway.port}],
+                },
+                # What else reaches the gateways: metrics scrapes, storage
+                # commitment N-EVENT-REPORTs, results sent back, web UIs.
+                *thaw(spec.network_policy.extra_ingress),
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
+    """Return the PodDisruptionBudget ``NAME-gw``: one gateway unavailable at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
+        "spec": {
+            # One gateway at a time: its buckets fail over only after the operator moves them.
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, "gateway")},
+        },
+    }

@@ -1,0 +1,442 @@
+"""The routers' objects: Deployment, Service, RBAC, NetworkPolicy, PDB, and their TLS Secrets.
+
+The study router runs as the Deployment ``NAME-router`` behind the Service
+of the same name, with a ServiceAccount, Role and RoleBinding that allow
+exactly the API calls a router makes, a NetworkPolicy that opens its DICOM
+and HTTP ports and no other, and a PodDisruptionBudget of one. The Secrets
+of ``spec.router.tls`` and ``spec.gateway.tls`` are mounted into its pods
+(`router_secret_mounts`), and its command line names the files they hold.
+Built as plain data; `gatewaypool_operator.children.build_children` puts
+them in the list of what the pool owns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gatewaypool import quantity
+from gatewaypool_operator.childnames import (
+    labels,
+    map_configmap_name,
+    object_metadata,
+    router_name,
+    routers_configmap_name,
+    selector_labels,
+)
+from gatewaypool_operator.podparts import (
+    TMP_VOLUME,
+    container_resources,
+    container_security_context,
+    spread_field,
+)
+from gatewaypool_operator.spectypes import PoolSpec
+
+__all__ = [
+    "ROUTER_DICOM_PORT",
+    "ROUTER_HTTP_PORT",
+    "ROUTER_TLS_PORT",
+    "RUN_AS_USER",
+    "SECRET_FILE_MODE",
+    "TLS_DIRECTORY",
+    "SecretMount",
+    "role",
+    "role_binding",
+    "router_deployment",
+    "router_network_policy",
+    "router_pod_disruption_budget",
+    "router_secret_mounts",
+    "router_service",
+    "router_workers",
+    "service_account",
+]
+
+ROUTER_DICOM_PORT: Final = 11112
+"""The router container's DICOM port; ``spec.router.port`` is only the Service's."""
+ROUTER_HTTP_PORT: Final = 8080
+ROUTER_TLS_PORT: Final = 2762
+"""The router container's DICOM TLS port; ``spec.router.tls.port`` is only the Service's,
+so changing it moves the Service's port and restarts no router."""
+RUN_AS_USER: Final = 65532
+"""The router's user and group: the distroless "nonroot" user of the image."""
+TLS_DIRECTORY: Final = "/etc/gatewaypool/tls"
+"""Where the router pods mount the Secrets of ``spec.router.tls`` and ``spec.gateway.tls``,
+one folder each (see `router_secret_mounts`)."""
+SECRET_FILE_MODE: Final = 0o440
+"""Secret files readable by their owner (root) and group only: the router pod's
+``fsGroup``, which is the router's own group. A private key is never world-readable."""
+
+
+def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the NetworkPolicy ``NAME-router``: the DICOM and HTTP ports, from anywhere."""
+    dicom_ports = [
+        *([ROUTER_DICOM_PORT] if spec.router.plain_port else []),
+        *([ROUTER_TLS_PORT] if spec.router.tls is not None else []),
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, "router")},
+            "policyTypes": ["Ingress"],
+            # No "from": modalities send from anywhere, and Prometheus scrapes
+            # /metrics from its own namespace. In a default-deny namespace the
+            # routers are reachable on their DICOM ports (plain, TLS or both)
+            # and their HTTP port, and no other.
+            "ingress": [
+                {
+                    "ports": [
+                        *({"protocol": "TCP", "port": port} for port in dicom_ports),
+                        {"protocol": "TCP", "port": ROUTER_HTTP_PORT},
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def router_pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
+    """Return the PodDisruptionBudget ``NAME-router``: one router unavailable at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            # One router at a time: a node drain never takes the pool's DICOM
+            # endpoint away, and a single router can still be evicted.
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, "router")},
+        },
+    }
+
+
+_CERT_KEYS: Final = ("tls.crt", "tls.key")  # a kubernetes.io/tls Secret
+_CA_KEY: Final = "ca.crt"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMount:
+    """One Secret the router pods mount read-only: volume, Secret, folder, and the keys used.
+
+    Only `keys` are projected into the folder: the Secret of a cert-manager
+    CA (``ca.crt``, ``tls.crt``, ``tls.key``) may serve as a client CA without
+    its private key reaching the routers. No ``subPath``: the kubelet swaps
+    a Secret volume's files atomically when the Secret changes, which is how
+    a renewed certificate reaches running routers.
+    """
+
+    volume: str
+    secret_name: str
+    directory: str
+    keys: tuple[str, ...]
+
+    def path(self, key: str) -> str:
+        """The file of `key` inside the router container."""
+        return f"{self.directory}/{key}"
+
+
+def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
+    """Return the Secrets the router pods mount for ``spec.router.tls`` and ``spec.gateway.tls``.
+
+    The folders are the contract with the router's options (``--tls-cert``
+    and the others): ``server``, ``client-ca``, ``gateway-ca`` and
+    ``gateway-client`` below `TLS_DIRECTORY`.
+    """
+    mounts: list[SecretMount] = []
+    tls = spec.router.tls
+    if tls is not None:
+        mounts.append(
+            SecretMount("tls-server", tls.secret_name, f"{TLS_DIRECTORY}/server", _CERT_KEYS)
+        )
+        if tls.client_ca_secret_name is not None:
+            mounts.append(
+                SecretMount(
+                    "tls-client-ca",
+                    tls.client_ca_secret_name,
+                    f"{TLS_DIRECTORY}/client-ca",
+                    (_CA_KEY,),
+                )
+            )
+    gateway_tls = spec.gateway.tls
+    if gateway_tls is not None:
+        mounts.append(
+            SecretMount(
+                "gateway-tls-ca",
+                gateway_tls.ca_secret_name,
+                f"{TLS_DIRECTORY}/gateway-ca",
+                (_CA_KEY,),
+            )
+        )
+        if gateway_tls.client_cert_secret_name is not None:
+            mounts.append(
+                SecretMount(
+                    "gateway-tls-client",
+                    gateway_tls.client_cert_secret_name,
+                    f"{TLS_DIRECTORY}/gateway-client",
+                    _CERT_KEYS,
+                )
+            )
+    return mounts
+
+
+def _tls_arguments(spec: PoolSpec) -> list[str]:
+    """The router's TLS options, naming the files `router_secret_mounts` puts in place."""
+    mounts = {mount.volume: mount for mount in router_secret_mounts(spec)}
+    arguments: list[str] = []
+    if "tls-server" in mounts:
+        server = mounts["tls-server"]
+        arguments += [
+            "--tls-port",
+            str(ROUTER_TLS_PORT),
+            "--tls-cert",
+            server.path("tls.crt"),
+            "--tls-key",
+            server.path("tls.key"),
+        ]
+    if "tls-client-ca" in mounts:
+        arguments += ["--tls-client-ca", mounts["tls-client-ca"].path(_CA_KEY)]
+    if spec.router.tls is not None:
+        for binding in spec.router.tls.caller_subjects:
+            arguments += ["--caller-subject", f"{binding.ae_title}={binding.subject}"]
+    if "gateway-tls-ca" in mounts:
+        arguments += ["--gateway-tls-ca", mounts["gateway-tls-ca"].path(_CA_KEY)]
+    if "gateway-tls-client" in mounts:
+        client = mounts["gateway-tls-client"]
+        arguments += [
+            "--gateway-tls-cert",
+            client.path("tls.crt"),
+            "--gateway-tls-key",
+            client.path("tls.key"),
+        ]
+    return arguments
+
+
+def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
+    command = [
+        "gatewaypool",
+        "router",
+        "--map-configmap",
+        f"{namespace}/{map_configmap_name(name)}",
+        "--report-configmap",
+        f"{namespace}/{routers_configmap_name(name)}",
+        "--aet",
+        spec.router.ae_title,
+        *(["--port", str(ROUTER_DICOM_PORT)] if spec.router.plain_port else ["--no-plain-port"]),
+        "--http-port",
+        str(ROUTER_HTTP_PORT),
+        # A study counts as in flight until it has been quiet this long: the
+        # same quiet period after which a handover takes it as complete.
+        "--study-quiet-seconds",
+        str(spec.handover.quiet_seconds),
+    ]
+    command += _tls_arguments(spec)
+    for title in spec.router.allowed_calling_ae_titles:
+        command += ["--allow-calling-aet", title]
+    workers = router_workers(spec.router.resources)
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    return command
+
+
+def router_workers(resources: Mapping[str, Any]) -> int | None:
+    """Return the router's ``--workers``: its CPU request in whole cores, rounded up.
+
+    A router process uses about one core, so a router given more than one
+    runs one worker per core. The request, not the limit, is what the
+    scheduler guarantees; 1.5 cores round up to 2 workers that share them.
+    Without a request, None: the flag is left out and the router counts the
+    CPUs its container may use (its cgroup quota, which a CPU limit sets).
+    """
+    requests = resources.get("requests") or {}
+    cpu = requests.get("cpu")
+    if cpu is None:
+        return None
+    cores, _ = quantity.parse(cpu)
+    return max(1, math.ceil(cores))
+
+
+def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the router Deployment ``NAME-router``, with its TLS Secrets mounted."""
+    mounts = router_secret_mounts(spec)
+    container: dict[str, Any] = {
+        "name": "router",
+        "image": spec.router.image,
+        "command": _router_command(name, namespace, spec),
+        "ports": [
+            *(
+                [{"name": "dicom", "containerPort": ROUTER_DICOM_PORT, "protocol": "TCP"}]
+                if spec.router.plain_port
+                else []
+            ),
+            *(
+                [{"name": "dicom-tls", "containerPort": ROUTER_TLS_PORT, "protocol": "TCP"}]
+                if spec.router.tls is not None
+                else []
+            ),
+            {"name": "http", "containerPort": ROUTER_HTTP_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "resources": container_resources(spec.router.resources),
+        # Ready once a map is applied: a router without one can only refuse studies.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *(
+                {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
+                for mount in mounts
+            ),
+        ],
+    }
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if mounts:
+        # Secret files belong to root; the kubelet gives them this group, the
+        # router's own, which mode 0440 lets read them.
+        pod_security["fsGroup"] = RUN_AS_USER
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "replicas": spec.router.replicas,
+            "selector": {"matchLabels": selector_labels(name, "router")},
+            # Never below the wanted count during a rollout: senders keep a router to talk to.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels(name, "router")},
+                "spec": {
+                    "serviceAccountName": router_name(name),
+                    # The router reads its map and writes its report through the API.
+                    "automountServiceAccountToken": True,
+                    "securityContext": pod_security,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": TMP_VOLUME, "emptyDir": {}},
+                        *(_secret_volume(mount) for mount in mounts),
+                    ],
+                    **spread_field(name, "router", spec.router.topology_spread_constraints),
+                },
+            },
+        },
+    }
+
+
+def _secret_volume(mount: SecretMount) -> dict[str, Any]:
+    return {
+        "name": mount.volume,
+        "secret": {
+            "secretName": mount.secret_name,
+            "items": [{"key": key, "path": key} for key in mount.keys],
+            "defaultMode": SECRET_FILE_MODE,
+        },
+    }
+
+
+def router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the router Service ``NAME-router``: the pool's DICOM endpoint."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "type": spec.router.service_type,
+            "selector": selector_labels(name, "router"),
+            "ports": _router_service_ports(spec),
+        },
+    }
+
+
+def _router_service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
+    """``dicom`` on ``spec.router.port`` unless plainPort is off, ``dicom-tls`` with TLS."""
+    ports = []
+    if spec.router.plain_port:
+        ports.append(
+            {"name": "dicom", "port": spec.router.port, "targetPort": "dicom", "protocol": "TCP"}
+        )
+    if spec.router.tls is not None:
+        ports.append(
+            {
+                "name": "dicom-tls",
+                "port": spec.router.tls.port,
+                "targetPort": "dicom-tls",
+                "protocol": "TCP",
+            }
+        )
+    return ports
+
+
+def service_account(name: str, namespace: str) -> dict[str, Any]:
+    """Return the routers' ServiceAccount ``NAME-router``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+    }
+
+
+def role(name: str, namespace: str) -> dict[str, Any]:
+    """Return the routers' Role ``NAME-router``: exactly the calls a router makes."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        # Least privilege, exactly the calls a router makes (checked against
+        # them in tests/integration/test_rbac_calls.py): read and watch the map
+        # (a watch narrowed to one name by a field selector is authorized by
+        # resourceNames), merge-patch its own key into the reports.
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [map_configmap_name(name)],
+                "verbs": ["get", "watch"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [routers_configmap_name(name)],
+                "verbs": ["patch"],
+            },
+        ],
+    }
+
+
+def role_binding(name: str, namespace: str) -> dict[str, Any]:
+    """Return the RoleBinding ``NAME-router`` of the routers' Role to their ServiceAccount."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": router_name(name),
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": router_name(name), "namespace": namespace}],
+    }

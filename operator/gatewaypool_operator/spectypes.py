@@ -1,0 +1,211 @@
+"""The GatewayPool spec as typed, frozen data: one dataclass per section of ``spec``.
+
+`gatewaypool_operator.spec.parse_spec` builds a `PoolSpec` from the raw
+spec, with every default applied and every field checked; everything
+downstream of it reads these types and never raw dictionaries. The
+constructors trust their arguments (tests and the operator's own code
+build them directly); only `parse_spec` checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_TLS_PORT",
+    "AutoscalingSpec",
+    "CallerSubject",
+    "GatewaySpec",
+    "GatewayTLSSpec",
+    "HandoverSpec",
+    "NetworkPolicySpec",
+    "PodTemplateSpec",
+    "PoolSpec",
+    "RouterSpec",
+    "RouterTLSSpec",
+    "StorageSpec",
+]
+
+DEFAULT_BUCKETS: Final = 4096
+DEFAULT_TLS_PORT: Final = 2762
+"""The router Service's DICOM TLS port unless ``spec.router.tls.port`` says otherwise:
+the port registered for DICOM over TLS (IANA "dicom-tls")."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    """``spec.gateway.storage``: one PersistentVolumeClaim per gateway, named ``data``."""
+
+    size: str
+    storage_class_name: str | None = None
+    mount_path: str = "/var/lib/gateway"
+    #: What happens to a removed gateway's claim on scale-down: Retain or Delete.
+    when_scaled: str = "Retain"
+
+
+@dataclass(frozen=True, slots=True)
+class PodTemplateSpec:
+    """``spec.gateway.podTemplate``: extra settings for the gateway pods.
+
+    Mappings are read-only and nested values frozen (see
+    `gatewaypool_operator.specfields.thaw`), so a spec shared between
+    reconciliations cannot be changed by accident.
+    """
+
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    node_selector: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    priority_class_name: str = ""
+    service_account_name: str = ""
+    #: None: the default spread over zones and nodes; ``()``: no constraints.
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTLSSpec:
+    """``spec.gateway.tls``: the router talks TLS to every gateway.
+
+    Both are names of Secrets in the pool's namespace, mounted into the
+    router pods: ``ca_secret_name`` holds ``ca.crt`` (the CA bundle gateway
+    certificates must verify against), ``client_cert_secret_name`` a
+    ``kubernetes.io/tls`` certificate the router presents to the gateways.
+    """
+
+    ca_secret_name: str
+    client_cert_secret_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """``spec.gateway``: the user's DICOM Storage SCP, one pod per gateway."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    port: int = 104
+    ae_title: str = "GATEWAY"
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    storage: StorageSpec | None = None
+    pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)
+    termination_grace_period_seconds: int = 30
+    #: None: the router speaks plain DICOM to the gateways.
+    tls: GatewayTLSSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSubject:
+    """One ``spec.router.tls.callerSubjects`` entry: the certificate an AE title must present.
+
+    ``subject`` is a distinguished name in RFC 4514 form, as the router
+    compares it with the caller's client certificate.
+    """
+
+    ae_title: str
+    subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouterTLSSpec:
+    """``spec.router.tls``: DICOM over TLS on the router's own TLS port.
+
+    Secret names are in the pool's namespace: ``secret_name`` a
+    ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``), as cert-manager
+    writes it; ``client_ca_secret_name`` one with ``ca.crt``, which turns on
+    mutual TLS: every caller on the TLS port must present a certificate it
+    verifies.
+    """
+
+    secret_name: str
+    port: int = DEFAULT_TLS_PORT
+    client_ca_secret_name: str | None = None
+    caller_subjects: tuple[CallerSubject, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    """``spec.router``: the study router Deployment and its Service."""
+
+    image: str
+    replicas: int = 2
+    ae_title: str = "GATEWAYPOOL"
+    port: int = 11112
+    service_type: str = "ClusterIP"
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: None: the default spread over zones and nodes; ``()``: no constraints.
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
+    #: Whether the router listens on its plain DICOM port; False needs `tls`.
+    plain_port: bool = True
+    #: None: no TLS port.
+    tls: RouterTLSSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverSpec:
+    """``spec.handover``: how long a moving bucket must be quiet, and the most to wait."""
+
+    quiet_seconds: int = 30
+    max_drain_seconds: int = 600
+    #: A gateway pod not Ready this long has its buckets moved at once (forced); None: never.
+    failover_after_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicySpec:
+    """``spec.networkPolicy``: the NetworkPolicies of the gateways and the routers.
+
+    ``extra_ingress`` are NetworkPolicy ingress rules (``from`` peers and
+    ``ports``) the gateways accept besides the routers: metrics scrapes,
+    storage commitment N-EVENT-REPORTs, results sent back over DICOM, web UIs.
+    """
+
+    enabled: bool = True
+    extra_ingress: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingSpec:
+    """``spec.autoscaling``: the HorizontalPodAutoscaler the operator keeps for the pool.
+
+    At least one of the targets is set. ``stabilization_seconds`` is resolved:
+    when the spec leaves it out it is ``max(300, spec.handover.maxDrainSeconds)``,
+    so a scale-down the autoscaler decides is never quicker than a handover may take.
+    """
+
+    max_replicas: int
+    stabilization_seconds: int
+    min_replicas: int = 1
+    #: Average CPU utilization of the gateway pods, percent of their CPU request.
+    cpu_utilization: int | None = None
+    #: Average studies in flight per gateway (the routers' per-gateway metric).
+    studies_in_flight: int | None = None
+    #: At most one gateway is removed per this many seconds.
+    period_seconds: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A whole GatewayPool spec with every default applied.
+
+    Build it with `parse_spec`; the constructor trusts its arguments (tests
+    and the operator's own code), only `parse_spec` checks.
+    """
+
+    gateway: GatewaySpec
+    router: RouterSpec
+    replicas: int = 1
+    buckets: int = DEFAULT_BUCKETS
+    handover: HandoverSpec = field(default_factory=HandoverSpec)
+    network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
+    #: None: no autoscaler; ``spec.replicas`` is the user's to set.
+    autoscaling: AutoscalingSpec | None = None
