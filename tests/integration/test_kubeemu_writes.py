@@ -597,3 +597,36 @@ def test_delete_orphans_or_cascades(kube: KubeEmulator, api: kubernetes.client.A
     apps.delete_namespaced_stateful_set("ct-gw", NS, propagation_policy="Background")
     assert kube.objects("Pod", NS) == [], "the garbage collector deleted the dependents"
     assert kube.objects("PersistentVolumeClaim", NS), "a PVC the set did not own stays"
+
+
+def test_a_dependent_written_after_its_owner_went_is_collected(
+    kube: KubeEmulator, api: kubernetes.client.ApiClient
+) -> None:
+    # A controller that read its owner just before the owner was deleted
+    # still writes the child; the garbage collector removes it.
+    core = kubernetes.client.CoreV1Api(api)
+    owner = core.create_namespaced_config_map(NS, {"metadata": {"name": "owner"}})
+    reference = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner.metadata.uid,
+    }
+    kept = core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "while-owned", "ownerReferences": [reference]}}
+    )
+    assert kept.metadata.name == "while-owned"
+    assert kube.get("ConfigMap", "while-owned", NS) is not None, "its owner lives: kept"
+    core.delete_namespaced_config_map("owner", NS)
+    assert kube.get("ConfigMap", "while-owned", NS) is None
+    late = core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "late", "ownerReferences": [reference]}}
+    )
+    assert late.metadata.name == "late", "the write itself succeeds"
+    assert kube.get("ConfigMap", "late", NS) is None, "then the collector deletes it"
+    unowned = core.create_namespaced_config_map(NS, {"metadata": {"name": "unowned"}})
+    core.patch_namespaced_config_map(
+        "unowned", NS, {"metadata": {"ownerReferences": [reference]}}, _content_type=MERGE
+    )
+    assert kube.get("ConfigMap", "unowned", NS) is None, "also when an update names the owner"
+    assert unowned.metadata.name == "unowned"

@@ -84,7 +84,11 @@ every write itself (kmock still stores, watches, lists and discovers):
   and in the same write, the dependents whose ownerReferences name its uid
   and no other live owner (``Background``, ``Foreground`` and the default
   alike); ``propagationPolicy: Orphan`` (query or DeleteOptions, or
-  ``orphanDependents``) strips the reference instead.
+  ``orphanDependents``) strips the reference instead. An object written
+  (created, updated, applied) with ownerReferences whose owners are all
+  absent is deleted right after that write, as the garbage collector
+  deletes dependents with dangling owners (the writer's answer still shows
+  the object, and watchers see it come and go).
 
 What it still does not do -- tests must not rely on it
 ------------------------------------------------------

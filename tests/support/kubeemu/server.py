@@ -152,6 +152,8 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             async with self._lock:
                 write = self._write(kind, request)
+                if request.action != kmock.action.DELETE:
+                    write = self._collect_orphan(kind, write)
                 await self.publish(write.events)
             self._answers[request] = write.answer
             try:
@@ -642,6 +644,27 @@ class Emulator(kmock.KubernetesEmulator):
             },
             write.events + dependents,
         )
+
+    def _collect_orphan(self, kind: ResourceKind, write: Write) -> Write:
+        """Delete the object just written if every owner it names is gone.
+
+        The garbage collector deletes a dependent whose owners are all absent
+        (looked up by uid) whenever it sees one, not only when an owner goes:
+        a child written a moment after its owner was deleted (a controller
+        that read the owner before the delete) is collected too.
+        """
+        answer = write.answer
+        metadata = answer.get("metadata") or {}
+        references = metadata.get("ownerReferences") or []
+        if not references or answer.get("kind") != kind.kind:
+            return write  # no owners, or a subresource's answer (a Scale)
+        if any(self._alive(str(ref.get("uid"))) for ref in references):
+            return write
+        namespace = metadata.get("namespace") if kind.namespaced else None
+        if not self._exists(kind, namespace, metadata["name"]):
+            return write
+        collected = self.write_delete(kind, namespace, metadata["name"])
+        return Write(answer, write.events + collected.events)
 
     def _alive(self, uid: str) -> bool:
         return any(
