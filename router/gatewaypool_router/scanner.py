@@ -35,6 +35,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Final
 
+import pydicom.datadict
 import pydicom.uid
 
 __all__ = [
@@ -217,6 +218,26 @@ def _tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _may_be_sequence(tag: int) -> bool:
+    """Whether an implicit VR element of undefined length may be a sequence.
+
+    Implicit VR puts no VR on the wire, so readers take it from their data
+    dictionary. pydicom reads a standard element that is not a sequence, and
+    has an undefined length, up to the first bytes that look like a sequence
+    delimiter, even inside an item; DCMTK refuses it; the scan would read
+    items. Three readers, three data sets: a StudyInstanceUID hidden where
+    only pydicom looks would route the instance by one UID and store it
+    under another. Private and unknown tags may be sequences.
+    """
+    if tag >> 16 & 1:
+        return True
+    try:
+        vr = pydicom.datadict.dictionary_VR(tag)
+    except KeyError:
+        return True
+    return vr in ("SQ", "UN")
+
+
 def _resolve_transfer_syntax(transfer_syntax: str) -> tuple[_Encoding, bool]:
     """Return the encoding of the data set and whether it is deflated."""
     value = transfer_syntax.rstrip("\0 ")
@@ -280,16 +301,19 @@ class DatasetScanner:
     -----
     Memory stays bounded whatever the size of the instance: the scanner holds
     at most one element header or one (0020,000D) value
-    (:attr:`buffered_bytes`), a few parser frames per open undefined-length
-    sequence or item (at most :data:`MAX_NESTING_DEPTH`), and for deflated
+    (:attr:`buffered_bytes`), a few parser frames per open sequence of
+    undefined length and open item in it (at most :data:`MAX_NESTING_DEPTH`
+    sequences deep), and for deflated
     data an inflater window. It keeps no reference to a fragment after
     :meth:`feed` returns.
 
     The StudyInstanceUID must appear at most once at the top level and before
     any larger tag; a repeated one makes the data set MALFORMED, because the
     gateway could read a different UID from the one the router routed by.
-    Sequence items of defined length are skipped unread; the UID inside any
-    sequence (a Referenced Study Sequence, say) is not the instance's. An
+    A sequence of defined length is skipped unread; one of undefined length
+    is read item by item, and an item's elements must end exactly where its
+    length, if defined, says. The UID inside any sequence (a Referenced Study
+    Sequence, say) is not the instance's. An
     explicit VR element with an unknown VR is MALFORMED, since where its
     length is cannot be known.
     """
@@ -584,8 +608,13 @@ class DatasetScanner:
                 return data
             yield 0
 
-    def _dataset(self, enc: _Encoding, *, depth: int) -> _Parser:
-        """Parse elements to the end of input (depth 0) or of an item."""
+    def _dataset(self, enc: _Encoding, *, depth: int, end: int | None = None) -> _Parser:
+        """Parse elements to the end of input (depth 0) or of an item.
+
+        An item of undefined length ends at its delimiter; one of defined
+        length at `end`, the data set offset its length gives, which its last
+        element must meet exactly.
+        """
         top = depth == 0
         undecided = top  # no verdict on the StudyInstanceUID yet
         explicit = enc.explicit
@@ -594,6 +623,14 @@ class DatasetScanner:
         view = self._view
         pos = self._pos
         while True:
+            if end is not None:
+                here = self._total - len(view) + pos
+                if here == end:
+                    self._pos = pos
+                    return
+                if here > end:
+                    self._pos = pos
+                    raise _MalformedError("an element runs past the end of its item")
             raw: bytes | memoryview
             if len(view) - pos >= 8:
                 raw, at = view, pos
@@ -630,7 +667,7 @@ class DatasetScanner:
 
             if group == _ITEM_GROUP:
                 self._pos = pos
-                if tag == _ITEM_END_TAG and not top:
+                if tag == _ITEM_END_TAG and not top and end is None:
                     return  # a non-zero delimiter length is ignored, as pydicom does
                 raise _MalformedError(f"unexpected {_tag_name(tag)} among data elements")
             if top and tag == _STUDY_UID_TAG:
@@ -646,6 +683,10 @@ class DatasetScanner:
                 self._uid_state = ScanState.MISSING
                 self.detail = f"no StudyInstanceUID (0020,000D) before {_tag_name(tag)}"
 
+            past_end = end is not None and self._total - len(view) + pos + length > end
+            if past_end and length != _UNDEFINED:
+                self._pos = pos
+                raise _MalformedError(f"element {_tag_name(tag)} runs past the end of its item")
             if length == _UNDEFINED:
                 self._pos = pos
                 yield from self._undefined_length(enc, tag, vr, depth=depth)
@@ -663,6 +704,11 @@ class DatasetScanner:
     def _undefined_length(self, enc: _Encoding, tag: int, vr: bytes, *, depth: int) -> _Parser:
         """Parse the value of an element of undefined length."""
         if not enc.explicit:
+            if tag != _PIXEL_DATA_TAG and not _may_be_sequence(tag):
+                raise _MalformedError(
+                    f"undefined length in element {_tag_name(tag)}, not a sequence"
+                    " by the data dictionary"
+                )
             yield from self._items(enc, depth=depth + 1, fragments=tag == _PIXEL_DATA_TAG)
         elif vr == b"SQ":
             yield from self._items(enc, depth=depth + 1)
@@ -677,9 +723,11 @@ class DatasetScanner:
     def _items(self, enc: _Encoding, *, depth: int, fragments: bool = False) -> _Parser:
         """Parse the items of a sequence, or pixel data fragments, to the delimiter.
 
-        Items of defined length are skipped unread; an item of undefined
-        length is a nested data set. Pixel data fragments always have a
-        defined length.
+        An item is a nested data set that ends at its delimiter or, if its
+        length is defined, exactly where its length says: readers that parse
+        the item (pydicom) and readers that skip it must agree on where the
+        sequence ends. Pixel data fragments have a defined length and are
+        skipped unread.
         """
         if depth > MAX_NESTING_DEPTH:
             raise _MalformedError(f"sequences nested deeper than {MAX_NESTING_DEPTH}")
@@ -707,6 +755,12 @@ class DatasetScanner:
                 if fragments:
                     raise _MalformedError("pixel data fragment of undefined length")
                 yield from self._dataset(enc, depth=depth)
+                view = self._view
+                pos = self._pos
+            elif length and not fragments:
+                self._pos = pos
+                end = self._total - len(view) + pos + length
+                yield from self._dataset(enc, depth=depth, end=end)
                 view = self._view
                 pos = self._pos
             elif length:

@@ -35,7 +35,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.filereader import (
+    _read_file_meta_info,
+    data_element_generator,
+    read_dataset,
+    read_preamble,
+)
 from pydicom.filewriter import dcmwrite, write_sequence_item
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -796,9 +801,66 @@ def test_implicit_undefined_length_is_a_sequence_except_for_pixel_data() -> None
     assert "fragment of undefined length" in scanner.detail
 
 
+def test_implicit_undefined_length_on_a_standard_non_sequence_tag_is_malformed() -> None:
+    # Found by tests/unit/test_scanner_differential.py. (0008,0016) is UI by
+    # the data dictionary: pydicom reads its undefined-length value up to the
+    # first delimiter bytes, here inside an item, and then finds the hidden
+    # (0020,000D) 1.2.666 at the top level; item by item, the scan found
+    # 1.2.3. The router refuses the instance rather than pick one reading.
+    def implicit(tag: int, value: bytes, length: int | None = None) -> bytes:
+        n = len(value) if length is None else length
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, n) + value
+
+    tail = ITEM_END + SEQ_END + implicit(0x0020000D, b"1.2.3\0")
+    hidden = SEQ_END + implicit(0x0020000D, b"1.2.666\0") + implicit(0x0020000E, b"", len(tail))
+    body = item(implicit(0x00091000, hidden), length=UNDEFINED)
+    data = implicit(0x00080016, body, length=UNDEFINED) + tail
+    assert read_dataset(io.BytesIO(data), True, True).StudyInstanceUID == "1.2.666"
+    scanner = scan_whole(ImplicitVRLittleEndian, data)
+    assert scanner.finish() is False
+    assert "(0008,0016), not a sequence" in scanner.detail
+    # The same bytes under a sequence tag, or a private one, are a sequence.
+    for tag in (0x00081110, 0x00091010):
+        scanner = scan_whole(ImplicitVRLittleEndian, implicit(tag, body, length=UNDEFINED) + tail)
+        assert scanner.finish() is True
+        assert scanner.study_uid == "1.2.3"
+
+
+def test_element_running_past_the_end_of_its_defined_length_item_is_malformed() -> None:
+    # Found by tests/unit/test_scanner_differential.py. In a sequence of
+    # undefined length, pydicom reads a defined-length item element by element
+    # and lets its last element run past the item's end: here it swallows the
+    # sequence delimiter and (0020,000D) 1.2.3 and then finds 1.2.666 at the
+    # top level. DCMTK refuses the item; skipping it by its length, the scan
+    # found 1.2.3. The router refuses the instance rather than pick one reading.
+    def implicit(tag: int, value: bytes, length: int | None = None) -> bytes:
+        n = len(value) if length is None else length
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, n) + value
+
+    real, fake = implicit(0x0020000D, b"1.2.3\0"), implicit(0x0020000D, b"1.2.666\0")
+    swallow = implicit(0x0020000E, b"", len(SEQ_END + fake))
+    overrun = implicit(0x00090010, b"", len(SEQ_END + real + swallow))
+    data = implicit(0x00081110, item(overrun), length=UNDEFINED) + SEQ_END + real + swallow
+    data += SEQ_END + fake
+    assert read_dataset(io.BytesIO(data), True, True).StudyInstanceUID == "1.2.666"
+    scanner = scan(ImplicitVRLittleEndian, list(iter_chunks(data, 3)))
+    assert scanner.finish() is False
+    assert "(0009,0010) runs past the end of its item" in scanner.detail
+    # Items whose elements end short of the item's length, or with an item
+    # delimiter inside, are refused too; items that fit are read.
+    short = item(implicit(0x00080100, b"CODE") + b"\0" * 4)
+    delimited = item(implicit(0x00080100, b"CODE") + ITEM_END)
+    fits = item(implicit(0x00080100, b"CODE") + implicit(0x00080102, b"DCM "))
+    for body, complete in [(short, False), (delimited, False), (fits, True)]:
+        data = implicit(0x00081110, body + SEQ_END, length=UNDEFINED) + real
+        scanner = scan(ImplicitVRLittleEndian, list(iter_chunks(data, 5)))
+        assert scanner.finish() is complete, scanner.detail
+        assert scanner.state is (ScanState.FOUND if complete else ScanState.MALFORMED)
+
+
 def test_defined_length_items_are_skipped_unread() -> None:
-    # The content of a defined-length item is not parsed: even a top-level
-    # looking (0020,000D) in it does not count.
+    # The content of a sequence of defined length is not parsed: even a
+    # top-level looking (0020,000D) in one of its items does not count.
     sq = el(0x00081110, b"SQ", item(b"\x00" * 6 + STUDY))
     scanner = scan_whole(ExplicitVRLittleEndian, HEAD + sq + TAIL)
     assert scanner.finish() is True
