@@ -492,3 +492,21 @@ def test_reference_judges_a_long_uid_by_the_router_rule(long_value: bytes) -> No
     study = b"\x20\x00\x0d\x00UN\0\0" + len(long_value).to_bytes(4, "little") + long_value
     assert reference(study, EXPLICIT_LE).verdict.state is ScanState.INVALID_UID
     assert scan(ExplicitVRLittleEndian, [study]).verdict.state is ScanState.INVALID_UID
+
+
+def test_pydicom_misreads_a_un_sequence_whose_first_length_looks_like_a_vr() -> None:
+    """pydicom's fault, kept out of the strategy (``support.datasets._un_sequence``).
+
+    A UN of undefined length holds implicit VR little endian items (PS3.5
+    6.2.2). pydicom guesses the encoding of each item from its first element,
+    and takes a length of 0x5942 ("BY") for an explicit VR: it cannot read
+    the data set. The scanner reads it.
+    """
+    element = struct.pack("<HHL", 0x0008, 0x0100, 0x5942) + bytes(0x5942)
+    items = struct.pack("<HHL", 0xFFFE, 0xE000, len(element)) + element
+    un = struct.pack("<HH2s2xL", 0x0008, 0x0006, b"UN", UNDEFINED) + items
+    study = b"\x20\x00\x0d\x00UI\x06\x001.2.3\0"
+    data = un + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0) + study
+    assert reference(data, EXPLICIT_LE).verdict.complete is False
+    result = scan(ExplicitVRLittleEndian, [data])
+    assert result.verdict == Verdict(True, ScanState.FOUND, "1.2.3")
