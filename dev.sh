@@ -9,6 +9,8 @@
 #                             figures, and the plot docs/autoscaling.png
 #   ./dev.sh fuzz    the PDU fuzzer against a router, beside a well-formed
 #                    sender: figures (--cases N --seed S --workers W)
+#   ./dev.sh fuzz-scanner   the long differential run of the StudyInstanceUID
+#                    scanner against pydicom (50x the suite's examples)
 #   ./dev.sh docs    regenerate docs/configuration.md from the CRD
 #
 # Each command installs what it needs first: the DICOM peers from Debian
@@ -76,6 +78,11 @@ case "$cmd" in
         need_debian_packages
         need_venv
         PYTHONPATH=tests exec "$VENV/bin/python" -m support.fuzzrun "$@"
+        ;;
+    fuzz-scanner)
+        need_venv
+        GATEWAYPOOL_FUZZ=long exec "$VENV/bin/pytest" tests/unit/test_scanner_differential.py \
+            -p no:timeout -p no:cacheprovider --hypothesis-show-statistics "$@"
         ;;
     docs)
         need_venv

@@ -20,8 +20,10 @@ under test, not from the luck of the draw, and reproduces on any machine;
 this module takes about 20 s of CPU. Exploring is the long run's job: 50
 times as many examples, new random ones every time::
 
-    GATEWAYPOOL_FUZZ=long .venv/bin/pytest tests/unit/test_scanner_differential.py \\
-        -p no:timeout --hypothesis-show-statistics
+    ./dev.sh fuzz-scanner
+
+(which runs this module with ``GATEWAYPOOL_FUZZ=long``, ``-p no:timeout``
+and ``--hypothesis-show-statistics``).
 
 A failure prints the shrunk example and a ``@reproduce_failure`` line that
 replays it; the statistics say what the examples were made of.
