@@ -5,7 +5,8 @@ The two formats they exchange have modules of their own: the bucket map
 router applies, and the router report (:mod:`gatewaypool.reports`), which
 each router writes and the operator reads. This module holds the rest of the
 contract: the custom resource's API coordinates, where the map is kept, the
-bucket limit, and the one rule for an AE title that every part checks.
+bucket limit, the one rule for an AE title that every part checks, and the
+attribute names a caller's certificate subject may use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "MAP_KEY",
     "MAX_BUCKETS",
     "PLURAL",
+    "SUBJECT_ATTRIBUTE_TYPES",
     "ae_title_problem",
 ]
 
@@ -65,3 +67,11 @@ def ae_title_problem(value: str) -> str | None:
     if not value.strip(" "):
         return "all spaces"
     return None
+
+
+SUBJECT_ATTRIBUTE_TYPES: Final = ("CN", "C", "L", "ST", "O", "OU", "STREET", "DC", "UID")
+"""Attribute types a caller's certificate subject (``--caller-subject``,
+``spec.router.tls.callerSubjects[].subject``) may name, in any case: those
+RFC 4514 and the router's certificate library know by name. Any other
+attribute is written as a dotted OID. The router parses by them; the
+operator's and the CRD's pattern admits them."""

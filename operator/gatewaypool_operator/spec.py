@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from gatewaypool.contract import AE_TITLE_PATTERN, MAX_BUCKETS
+from gatewaypool.contract import AE_TITLE_PATTERN, MAX_BUCKETS, SUBJECT_ATTRIBUTE_TYPES
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
 from gatewaypool_operator import specpod
@@ -116,16 +116,17 @@ The StatefulSet ``NAME-gw`` stamps its pods with the label
 holds at most 63 characters: 63 - 11 - 3 = 49.
 """
 
-SUBJECT_PATTERN: Final = (
-    r'^((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+'
-    r'([,+] *((?i:CN|C|L|ST|O|OU|STREET|DC|UID)|[0-9]+(\.[0-9]+)+)=([^,+;"<>\\\x00-\x1f]|\\.)+)*$'
+_SUBJECT_PAIR: Final = (
+    rf"((?i:{'|'.join(SUBJECT_ATTRIBUTE_TYPES)})|[0-9]+(\.[0-9]+)+)"
+    r'=([^,+;"<>\\\x00-\x1f]|\\.)+'
 )
+SUBJECT_PATTERN: Final = f"^{_SUBJECT_PAIR}([,+] *{_SUBJECT_PAIR})*$"
 """A distinguished name in RFC 4514 form (``CN=ct01.example.org,O=Example Hospital``):
 ``TYPE=VALUE`` pairs separated by ``,`` (or ``+`` within one RDN) and optional
-spaces, special characters in values escaped with a backslash. TYPE is one of
-the names RFC 4514 defines (any case) or a dotted OID (``2.5.4.5`` for a
-serial number, ``1.2.840.113549.1.9.1`` for an e-mail address): what the
-router's ``--caller-subject`` parses. The CRD's schema uses this pattern too."""
+spaces, special characters in values escaped with a backslash. TYPE is one
+of `gatewaypool.contract.SUBJECT_ATTRIBUTE_TYPES` (any case) or a dotted OID
+(``2.5.4.5`` for a serial number, ``1.2.840.113549.1.9.1`` for an e-mail
+address): what the router's ``--caller-subject`` parses. The CRD's schema uses this pattern too."""
 _SUBJECT = re.compile(SUBJECT_PATTERN)
 _PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 _SERVICE_TYPES: Final = ("ClusterIP", "NodePort", "LoadBalancer")

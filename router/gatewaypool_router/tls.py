@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gatewaypool.contract import SUBJECT_ATTRIBUTE_TYPES
 from gatewaypool.logs import log_event
 
 if TYPE_CHECKING:
@@ -310,10 +311,9 @@ def peer_subject(sock: ssl.SSLSocket) -> str | None:
 
 # -- subjects -----------------------------------------------------------------
 
-#: Attribute type names that RFC 4514 (and cryptography) know by name; any
-#: spelling of their case means the same attribute.
-_KNOWN_TYPES = {name.upper(): name for name in ("CN", "C", "L", "ST", "O", "OU", "STREET", "DC")}
-_KNOWN_TYPES["UID"] = "UID"
+#: Attribute type names known by name; any spelling of their case means the
+#: same attribute.
+_KNOWN_TYPES = {name.upper(): name for name in SUBJECT_ATTRIBUTE_TYPES}
 #: A separator (``,`` between RDNs, ``+`` inside one) not escaped by a backslash.
 _SEPARATOR = re.compile(r"(?<!\\)(?:\\\\)*([,+])")
 
