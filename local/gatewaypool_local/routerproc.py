@@ -153,6 +153,22 @@ class RouterProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [record for record in self.log_records() if record.get("event") == name]
 
+    def wait_events(
+        self, name: str, count: int = 1, *, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The `name` log lines once there are at least `count`.
+
+        The router logs how an association ended after it answered the
+        sender (an A-RELEASE-RP goes out first), so a sender that has
+        finished may be a moment ahead of the line.
+        """
+        wait_until(
+            lambda: len(self.events(name)) >= count,
+            timeout=timeout,
+            what=f"{count} {name} log line(s)",
+        )
+        return self.events(name)
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""

@@ -99,7 +99,7 @@ def test_new_map_applies_to_open_associations(start_router: RouterFactory, tmp_p
     assert refused[0]["kept"] == 2
     assert "older" in refused[1]["problem"]
     assert router.metric("gatewaypool_router_map_version") == 2
-    assert router.events("association.released")[0]["instances"] == 3
+    assert router.wait_events("association.released")[0]["instances"] == 3
 
 
 def test_readiness_follows_the_map(tmp_path: Path) -> None:

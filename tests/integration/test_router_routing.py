@@ -30,7 +30,7 @@ def test_echo_is_answered_by_the_router(
     router = start_router([pynetdicom_gateway])
     result = echoscu(router.host, router.port, called_ae=router.ae_title)
     assert result.returncode == 0, result.stderr
-    assert router.events("association.released")
+    assert router.wait_events("association.released")
 
 
 def test_studies_over_several_associations_land_whole_and_identical(
@@ -110,6 +110,6 @@ def test_studies_over_several_associations_land_whole_and_identical(
     ) + router.metric("gatewaypool_router_instances_total", gateway="gw-2", outcome="success") == (
         total
     )
-    released = router.events("association.released")
+    released = router.wait_events("association.released", 4)
     assert sorted(r["calling_ae"] for r in released) == ["CT0", "CT1", "CT2", "CT3"]
     assert sum(r["instances"] for r in released) == total
