@@ -45,16 +45,18 @@ from gatewaypool_operator.childnames import (
     selector_string,
     statefulset_name,
 )
-from gatewaypool_operator.gatewaychildren import FS_GROUP
-from gatewaypool_operator.podparts import topology_spread
+from gatewaypool_operator.gatewaychildren import FS_GROUP, gateway_secret_mounts
+from gatewaypool_operator.podparts import (
+    SECRET_FILE_MODE,
+    TLS_DIRECTORY,
+    SecretMount,
+    topology_spread,
+)
 from gatewaypool_operator.routerchildren import (
     ROUTER_DICOM_PORT,
     ROUTER_HTTP_PORT,
     ROUTER_TLS_PORT,
     RUN_AS_USER,
-    SECRET_FILE_MODE,
-    TLS_DIRECTORY,
-    SecretMount,
     router_secret_mounts,
 )
 from gatewaypool_operator.spectypes import AutoscalingSpec, PoolSpec
@@ -77,6 +79,7 @@ __all__ = [
     "build_children",
     "gateway_dns_name",
     "gateway_pod_name",
+    "gateway_secret_mounts",
     "labels",
     "map_configmap_name",
     "optional_children",

@@ -5,8 +5,10 @@ per gateway with a stable DNS name from the headless Service (the names the
 bucket map lists), its own volume with ``spec.gateway.storage``, a
 NetworkPolicy that lets only the pool's routers (and
 ``spec.networkPolicy.extraIngress``) reach it, and a PodDisruptionBudget of
-one. Built as plain data; `gatewaypool_operator.children.build_children`
-puts them in the list of what the pool owns.
+one. With ``spec.gateway.tls.serverCertSecretName`` every gateway pod mounts
+that certificate (`gateway_secret_mounts`). Built as plain data;
+`gatewaypool_operator.children.build_children` puts them in the list of what
+the pool owns.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from gatewaypool_operator.childnames import (
     statefulset_name,
 )
 from gatewaypool_operator.podparts import (
+    CERT_KEYS,
+    GATEWAY_CERT_DIRECTORY,
     TMP_VOLUME,
+    SecretMount,
     container_resources,
     container_security_context,
+    secret_volume,
     topology_spread,
 )
 from gatewaypool_operator.specfields import thaw
@@ -31,6 +37,8 @@ from gatewaypool_operator.spectypes import PoolSpec
 __all__ = [
     "DATA_VOLUME",
     "FS_GROUP",
+    "GATEWAY_CERT_DIRECTORY",
+    "gateway_secret_mounts",
     "headless_service",
     "network_policy",
     "pod_disruption_budget",
@@ -41,6 +49,21 @@ FS_GROUP: Final = 65532
 """The group that owns a gateway's data volume, so any non-root gateway user can write it."""
 DATA_VOLUME: Final = "data"
 """The volume of ``spec.gateway.storage``, and so the prefix of its claims' names."""
+
+
+def gateway_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
+    """Return the Secrets the gateway pods mount: the certificate of ``serverCertSecretName``.
+
+    Its files are `GATEWAY_CERT_DIRECTORY` ``/tls.crt`` and ``/tls.key``,
+    which the gateway's own ``args`` or configuration name. The pod's
+    ``fsGroup`` lets whatever non-root user the image runs as read them.
+    """
+    tls = spec.gateway.tls
+    if tls is None or tls.server_cert_secret_name is None:
+        return []
+    return [
+        SecretMount("tls-server", tls.server_cert_secret_name, GATEWAY_CERT_DIRECTORY, CERT_KEYS)
+    ]
 
 
 def headless_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
@@ -70,9 +93,11 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
     """Return the gateway StatefulSet ``NAME-gw`` with `gateway_replicas` pods."""
     gateway = spec.gateway
     template = gateway.pod_template
+    secrets = gateway_secret_mounts(spec)
     volume_mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     if gateway.storage is not None:
         volume_mounts.append({"name": DATA_VOLUME, "mountPath": gateway.storage.mount_path})
+    volume_mounts += [mount.volume_mount() for mount in secrets]
     container: dict[str, Any] = {
         "name": "gateway",
         "image": gateway.image,
@@ -101,8 +126,9 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if gateway.storage is not None:
-        # A fresh volume is root's; the group makes it writable to any non-root user.
+    if gateway.storage is not None or secrets:
+        # A fresh volume and Secret files are root's; the group makes the
+        # volume writable and the Secret files readable to any non-root user.
         pod_security["fsGroup"] = FS_GROUP
         pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
     pod_spec: dict[str, Any] = {
@@ -110,7 +136,10 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
         "automountServiceAccountToken": bool(template.service_account_name),
         "securityContext": pod_security,
         "containers": [container],
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        "volumes": [
+            {"name": TMP_VOLUME, "emptyDir": {}},
+            *(secret_volume(mount) for mount in secrets),
+        ],
         # How long a gateway may finish what it holds after SIGTERM (scale-down,
         # rolling update) before it is killed.
         "terminationGracePeriodSeconds": gateway.termination_grace_period_seconds,

@@ -1,31 +1,90 @@
-"""What the gateway and router pod templates share: security context, resources, spread.
+"""What the gateway and router pod templates share: security context, resources, spread, Secrets.
 
 Both the gateway StatefulSet (`gatewaypool_operator.gatewaychildren`) and
 the router Deployment (`gatewaypool_operator.routerchildren`) run locked-down
 containers with a writable ``/tmp`` only, take their resource requirements
-from the spec, and spread over zones and nodes unless the spec says
-otherwise; the parts they build alike are built here once.
+from the spec, spread over zones and nodes unless the spec says otherwise,
+and mount the TLS Secrets of the spec read-only below `TLS_DIRECTORY`; the
+parts they build alike are built here once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gatewaypool_operator.childnames import selector_labels
 from gatewaypool_operator.specfields import thaw
 
 __all__ = [
+    "CA_KEY",
+    "CERT_KEYS",
     "DEFAULT_SPREAD_KEYS",
+    "GATEWAY_CERT_DIRECTORY",
+    "SECRET_FILE_MODE",
+    "TLS_DIRECTORY",
     "TMP_VOLUME",
+    "SecretMount",
     "container_resources",
     "container_security_context",
+    "secret_volume",
     "spread_field",
     "topology_spread",
 ]
 
 TMP_VOLUME: Final = "tmp"
 """The emptyDir volume every pod mounts at ``/tmp``, its only writable folder."""
+TLS_DIRECTORY: Final = "/etc/gatewaypool/tls"
+"""Where router and gateway pods mount the Secrets of ``spec.router.tls`` and
+``spec.gateway.tls``, one folder each."""
+SECRET_FILE_MODE: Final = 0o440
+"""Secret files readable by their owner (root) and group only: the pod's
+``fsGroup``, which the kubelet gives the files and adds to the container's
+groups. A private key is never world-readable."""
+GATEWAY_CERT_DIRECTORY: Final = f"{TLS_DIRECTORY}/server"
+"""Where a gateway pod finds the certificate it serves (``tls.crt``, ``tls.key``)."""
+CERT_KEYS: Final = ("tls.crt", "tls.key")
+"""The keys of a ``kubernetes.io/tls`` Secret."""
+CA_KEY: Final = "ca.crt"
+"""The key of a CA bundle, as cert-manager and ``kubectl create secret`` name it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMount:
+    """One Secret a pod mounts read-only: volume, Secret, folder, and the keys used.
+
+    Only `keys` are projected into the folder: the Secret of a cert-manager
+    CA (``ca.crt``, ``tls.crt``, ``tls.key``) may serve as a client CA without
+    its private key reaching the pod. No ``subPath``: the kubelet swaps
+    a Secret volume's files atomically when the Secret changes, which is how
+    a renewed certificate reaches running pods.
+    """
+
+    volume: str
+    secret_name: str
+    directory: str
+    keys: tuple[str, ...]
+
+    def path(self, key: str) -> str:
+        """The file of `key` inside the container."""
+        return f"{self.directory}/{key}"
+
+    def volume_mount(self) -> dict[str, Any]:
+        """The container's ``volumeMounts`` entry."""
+        return {"name": self.volume, "mountPath": self.directory, "readOnly": True}
+
+
+def secret_volume(mount: SecretMount) -> dict[str, Any]:
+    """The pod's ``volumes`` entry of `mount`: only its keys, mode `SECRET_FILE_MODE`."""
+    return {
+        "name": mount.volume,
+        "secret": {
+            "secretName": mount.secret_name,
+            "items": [{"key": key, "path": key} for key in mount.keys],
+            "defaultMode": SECRET_FILE_MODE,
+        },
+    }
 
 
 def container_resources(resources: Mapping[str, Any]) -> dict[str, Any]:

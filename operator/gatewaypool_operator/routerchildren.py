@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from gatewaypool import quantity
@@ -27,9 +26,14 @@ from gatewaypool_operator.childnames import (
     selector_labels,
 )
 from gatewaypool_operator.podparts import (
+    CA_KEY,
+    CERT_KEYS,
+    TLS_DIRECTORY,
     TMP_VOLUME,
+    SecretMount,
     container_resources,
     container_security_context,
+    secret_volume,
     spread_field,
 )
 from gatewaypool_operator.spectypes import PoolSpec
@@ -39,9 +43,6 @@ __all__ = [
     "ROUTER_HTTP_PORT",
     "ROUTER_TLS_PORT",
     "RUN_AS_USER",
-    "SECRET_FILE_MODE",
-    "TLS_DIRECTORY",
-    "SecretMount",
     "role",
     "role_binding",
     "router_deployment",
@@ -61,12 +62,6 @@ ROUTER_TLS_PORT: Final = 2762
 so changing it moves the Service's port and restarts no router."""
 RUN_AS_USER: Final = 65532
 """The router's user and group: the distroless "nonroot" user of the image."""
-TLS_DIRECTORY: Final = "/etc/gatewaypool/tls"
-"""Where the router pods mount the Secrets of ``spec.router.tls`` and ``spec.gateway.tls``,
-one folder each (see `router_secret_mounts`)."""
-SECRET_FILE_MODE: Final = 0o440
-"""Secret files readable by their owner (root) and group only: the router pod's
-``fsGroup``, which is the router's own group. A private key is never world-readable."""
 
 
 def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
@@ -113,31 +108,6 @@ def router_pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-_CERT_KEYS: Final = ("tls.crt", "tls.key")  # a kubernetes.io/tls Secret
-_CA_KEY: Final = "ca.crt"
-
-
-@dataclass(frozen=True, slots=True)
-class SecretMount:
-    """One Secret the router pods mount read-only: volume, Secret, folder, and the keys used.
-
-    Only `keys` are projected into the folder: the Secret of a cert-manager
-    CA (``ca.crt``, ``tls.crt``, ``tls.key``) may serve as a client CA without
-    its private key reaching the routers. No ``subPath``: the kubelet swaps
-    a Secret volume's files atomically when the Secret changes, which is how
-    a renewed certificate reaches running routers.
-    """
-
-    volume: str
-    secret_name: str
-    directory: str
-    keys: tuple[str, ...]
-
-    def path(self, key: str) -> str:
-        """The file of `key` inside the router container."""
-        return f"{self.directory}/{key}"
-
-
 def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
     """Return the Secrets the router pods mount for ``spec.router.tls`` and ``spec.gateway.tls``.
 
@@ -149,7 +119,7 @@ def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
     tls = spec.router.tls
     if tls is not None:
         mounts.append(
-            SecretMount("tls-server", tls.secret_name, f"{TLS_DIRECTORY}/server", _CERT_KEYS)
+            SecretMount("tls-server", tls.secret_name, f"{TLS_DIRECTORY}/server", CERT_KEYS)
         )
         if tls.client_ca_secret_name is not None:
             mounts.append(
@@ -157,7 +127,7 @@ def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
                     "tls-client-ca",
                     tls.client_ca_secret_name,
                     f"{TLS_DIRECTORY}/client-ca",
-                    (_CA_KEY,),
+                    (CA_KEY,),
                 )
             )
     gateway_tls = spec.gateway.tls
@@ -167,7 +137,7 @@ def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
                 "gateway-tls-ca",
                 gateway_tls.ca_secret_name,
                 f"{TLS_DIRECTORY}/gateway-ca",
-                (_CA_KEY,),
+                (CA_KEY,),
             )
         )
         if gateway_tls.client_cert_secret_name is not None:
@@ -176,7 +146,7 @@ def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
                     "gateway-tls-client",
                     gateway_tls.client_cert_secret_name,
                     f"{TLS_DIRECTORY}/gateway-client",
-                    _CERT_KEYS,
+                    CERT_KEYS,
                 )
             )
     return mounts
@@ -197,12 +167,12 @@ def _tls_arguments(spec: PoolSpec) -> list[str]:
             server.path("tls.key"),
         ]
     if "tls-client-ca" in mounts:
-        arguments += ["--tls-client-ca", mounts["tls-client-ca"].path(_CA_KEY)]
+        arguments += ["--tls-client-ca", mounts["tls-client-ca"].path(CA_KEY)]
     if spec.router.tls is not None:
         for binding in spec.router.tls.caller_subjects:
             arguments += ["--caller-subject", f"{binding.ae_title}={binding.subject}"]
     if "gateway-tls-ca" in mounts:
-        arguments += ["--gateway-tls-ca", mounts["gateway-tls-ca"].path(_CA_KEY)]
+        arguments += ["--gateway-tls-ca", mounts["gateway-tls-ca"].path(CA_KEY)]
     if "gateway-tls-client" in mounts:
         client = mounts["gateway-tls-client"]
         arguments += [
@@ -300,10 +270,7 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
-            *(
-                {"name": mount.volume, "mountPath": mount.directory, "readOnly": True}
-                for mount in mounts
-            ),
+            *(mount.volume_mount() for mount in mounts),
         ],
     }
     pod_security: dict[str, Any] = {
@@ -338,22 +305,11 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
                     "containers": [container],
                     "volumes": [
                         {"name": TMP_VOLUME, "emptyDir": {}},
-                        *(_secret_volume(mount) for mount in mounts),
+                        *(secret_volume(mount) for mount in mounts),
                     ],
                     **spread_field(name, "router", spec.router.topology_spread_constraints),
                 },
             },
-        },
-    }
-
-
-def _secret_volume(mount: SecretMount) -> dict[str, Any]:
-    return {
-        "name": mount.volume,
-        "secret": {
-            "secretName": mount.secret_name,
-            "items": [{"key": key, "path": key} for key in mount.keys],
-            "defaultMode": SECRET_FILE_MODE,
         },
     }
 

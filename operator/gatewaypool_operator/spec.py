@@ -38,6 +38,7 @@ from gatewaypool.contract import AE_TITLE_PATTERN, MAX_BUCKETS, SUBJECT_ATTRIBUT
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
 from gatewaypool_operator import specpod
+from gatewaypool_operator.podparts import GATEWAY_CERT_DIRECTORY
 from gatewaypool_operator.specfields import (
     DNS_LABEL,
     QUANTITY,
@@ -248,8 +249,22 @@ def _gateway(section: SpecObject) -> GatewaySpec:
         "terminationGracePeriodSeconds",
         "tls",
     )
-    storage = section.child("storage", optional=True)
-    tls = section.child("tls", optional=True)
+    storage_section = section.child("storage", optional=True)
+    storage = None if storage_section is None else _storage(storage_section)
+    tls_section = section.child("tls", optional=True)
+    tls = None if tls_section is None else _gateway_tls(tls_section)
+    if (
+        storage is not None
+        and tls is not None
+        and tls.server_cert_secret_name is not None
+        and _within(storage.mount_path, GATEWAY_CERT_DIRECTORY)
+    ):
+        raise SpecError(
+            section.path("storage.mountPath"),
+            storage.mount_path,
+            f"is {GATEWAY_CERT_DIRECTORY} or inside it, where the gateway pods mount "
+            "spec.gateway.tls.serverCertSecretName",
+        )
     return GatewaySpec(
         image=specpod.image(section, "image", default=None),
         image_pull_policy=section.choice("imagePullPolicy", _PULL_POLICIES, "IfNotPresent"),
@@ -259,21 +274,27 @@ def _gateway(section: SpecObject) -> GatewaySpec:
         ae_title=section.ae_title("aeTitle", default="GATEWAY"),
         env=specpod.env(section),
         resources=specpod.resources(section, "resources"),
-        storage=None if storage is None else _storage(storage),
+        storage=storage,
         pod_template=specpod.pod_template(section.child("podTemplate")),
         termination_grace_period_seconds=section.integer(
             "terminationGracePeriodSeconds", default=30, low=0, high=3600
         ),
-        tls=None if tls is None else _gateway_tls(tls),
+        tls=tls,
     )
 
 
 def _gateway_tls(section: SpecObject) -> GatewayTLSSpec:
-    section.keys("caSecretName", "clientCertSecretName")
+    section.keys("caSecretName", "clientCertSecretName", "serverCertSecretName")
     return GatewayTLSSpec(
         ca_secret_name=_required_secret_name(section, "caSecretName"),
         client_cert_secret_name=_secret_name(section, "clientCertSecretName"),
+        server_cert_secret_name=_secret_name(section, "serverCertSecretName"),
     )
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or inside it (trailing slashes aside)."""
+    return (path.rstrip("/") + "/").startswith(folder + "/")
 
 
 def _storage(section: SpecObject) -> StorageSpec:

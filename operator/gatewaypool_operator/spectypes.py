@@ -73,14 +73,17 @@ class PodTemplateSpec:
 class GatewayTLSSpec:
     """``spec.gateway.tls``: the router talks TLS to every gateway.
 
-    Both are names of Secrets in the pool's namespace, mounted into the
+    All are names of Secrets in the pool's namespace. Mounted into the
     router pods: ``ca_secret_name`` holds ``ca.crt`` (the CA bundle gateway
     certificates must verify against), ``client_cert_secret_name`` a
     ``kubernetes.io/tls`` certificate the router presents to the gateways.
+    Mounted into the gateway pods: ``server_cert_secret_name``, the
+    ``kubernetes.io/tls`` certificate the gateways serve.
     """
 
     ca_secret_name: str
     client_cert_secret_name: str | None = None
+    server_cert_secret_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,9 +357,18 @@ def sorted_ports(template: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def secret_volumes(deployment: dict[str, Any]) -> dict[str, str]:
-    pod = deployment["spec"]["template"]["spec"]
+def secret_volumes(workload_or_template: dict[str, Any]) -> dict[str, str]:
+    """The Secret volumes of a Deployment's or StatefulSet's pod template (or of a template)."""
+    template = workload_or_template.get("spec", {}).get("template", workload_or_template)
+    pod = template["spec"]
     return {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+
+
+def gateway_template(kube: KubeEmulator) -> dict[str, Any]:
+    statefulset = kube.get("StatefulSet", "ct-gw", NS)
+    assert statefulset is not None
+    template: dict[str, Any] = statefulset["spec"]["template"]
+    return template
 
 
 def test_tls_settings_reach_the_routers_and_go_away_with_them(
@@ -368,6 +377,7 @@ def test_tls_settings_reach_the_routers_and_go_away_with_them(
     created = create_pool(kube)
     wait_until(lambda: all_children_exist(kube), timeout=20, what="every child")
     plain_template = router_objects(kube)[0]["spec"]["template"]
+    plain_gateways = gateway_template(kube)
     tls = {
         "secretName": "ct-router-tls",
         "port": 2762,
@@ -383,7 +393,9 @@ def test_tls_settings_reach_the_routers_and_go_away_with_them(
         {
             "spec": {
                 "router": {"allowedCallingAETitles": ["CT01", "MR1"], "tls": tls},
-                "gateway": {"tls": {"caSecretName": "gateway-ca"}},
+                "gateway": {
+                    "tls": {"caSecretName": "gateway-ca", "serverCertSecretName": "gw-serving"}
+                },
             }
         },
     )
@@ -414,6 +426,17 @@ def test_tls_settings_reach_the_routers_and_go_away_with_them(
         ("dicom-tls", 2762),
         ("http", 8080),
     }
+    # The gateways mount the certificate they serve; the routers never see its key.
+    wait_until(
+        lambda: secret_volumes(gateway_template(kube)) == {"tls-server": "gw-serving"},
+        timeout=20,
+        what="the gateways' certificate mounted",
+    )
+    [gateway] = gateway_template(kube)["spec"]["containers"]
+    assert {"name": "tls-server", "mountPath": "/etc/gatewaypool/tls/server", "readOnly": True} in (
+        gateway["volumeMounts"]
+    )
+    assert gateway_template(kube)["spec"]["securityContext"]["fsGroup"] == 65532
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
         ("dicom", 11112),
         ("dicom-tls", 2762),
@@ -460,6 +483,13 @@ def test_tls_settings_reach_the_routers_and_go_away_with_them(
         },
     )
     wait_until(lambda: tls_state(kube) == (0, False), timeout=20, what="TLS gone everywhere")
+    wait_until(
+        lambda: secret_volumes(gateway_template(kube)) == {},
+        timeout=20,
+        what="the gateways' certificate unmounted",
+    )
+    [gateway] = gateway_template(kube)["spec"]["containers"]
+    assert gateway["volumeMounts"] == plain_gateways["spec"]["containers"][0]["volumeMounts"]
     deployment, service, policy = router_objects(kube)
     assert sorted_ports(deployment["spec"]["template"]) == sorted_ports(plain_template)
     assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("dicom", 11112)]

@@ -77,6 +77,7 @@ SPEC_FIELDS = [
     "gateway.tls",
     "gateway.tls.caSecretName",
     "gateway.tls.clientCertSecretName",
+    "gateway.tls.serverCertSecretName",
     "gateway.podTemplate",
     "gateway.podTemplate.labels",
     "gateway.podTemplate.annotations",
@@ -214,6 +215,7 @@ SECRET_NAME_FIELDS = [
     "router.tls.clientCASecretName",
     "gateway.tls.caSecretName",
     "gateway.tls.clientCertSecretName",
+    "gateway.tls.serverCertSecretName",
 ]
 
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
@@ -1031,6 +1033,12 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             ".handover.maxDrainSeconds",
         ),
         ("spec.buckets", "self == oldSelf", ""),
+        (
+            "spec.gateway",
+            "!has(self.tls) || !has(self.tls.serverCertSecretName) || !has(self.storage)"
+            " || !(self.storage.mountPath + '/').startsWith('/etc/gatewaypool/tls/server/')",
+            ".storage.mountPath",
+        ),
         ("spec.router", "!has(self.plainPort) || self.plainPort || has(self.tls)", ".plainPort"),
         (
             "spec.router",
@@ -1281,6 +1289,9 @@ TLS_CASES: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = [
     ({}, {"caSecretName": "gateway-ca", "clientCertSecretName": "router-client"}, True),
     ({}, {"clientCertSecretName": "router-client"}, False),
     ({}, {"caSecretName": "Gateway_CA"}, False),
+    ({}, {"caSecretName": "gateway-ca", "serverCertSecretName": "gateway-serving"}, True),
+    ({}, {"serverCertSecretName": "gateway-serving"}, False),
+    ({}, {"caSecretName": "gateway-ca", "serverCertSecretName": "Gateway_Serving"}, False),
     ({"plainPort": False, "tls": MTLS}, {"caSecretName": "gateway-ca"}, True),
 ]
 
@@ -1303,6 +1314,45 @@ def test_tls_settings_are_checked_alike_by_the_crd_and_the_operator(
         parse_spec(pool["spec"], default_router_image="gp:1")
     except SpecError as exc:
         assert not accepted, str(exc)
+    else:
+        assert accepted, "the operator accepted what the CRD refuses"
+
+
+SERVING = {"caSecretName": "gateway-ca", "serverCertSecretName": "gateway-serving"}
+
+
+@pytest.mark.parametrize(
+    ("gateway_tls", "mount_path", "accepted"),
+    [
+        (SERVING, "/var/lib/gateway", True),
+        (SERVING, "/etc/gatewaypool", True),  # the certificate's folder inside the volume
+        (SERVING, "/etc/gatewaypool/tls/server-data", True),
+        (SERVING, "/etc/gatewaypool/tls/server", False),
+        (SERVING, "/etc/gatewaypool/tls/server/", False),
+        (SERVING, "/etc/gatewaypool/tls/server/data", False),
+        ({"caSecretName": "gateway-ca"}, "/etc/gatewaypool/tls/server", True),
+        (None, "/etc/gatewaypool/tls/server", True),
+    ],
+)
+def test_storage_stays_out_of_the_gateways_certificate_folder(
+    gateway_tls: dict[str, Any] | None, mount_path: str, accepted: bool
+) -> None:
+    gateway: dict[str, Any] = {
+        "image": "example/gw:1",
+        "storage": {"size": "1Gi", "mountPath": mount_path},
+    }
+    if gateway_tls is not None:
+        gateway["tls"] = gateway_tls
+    pool = minimal_pool(gateway=gateway)
+    errors = rejections(pool)
+    assert (errors == []) is accepted, errors
+    if not accepted:
+        assert any("tls.serverCertSecretName" in error for error in errors), errors
+    try:
+        parse_spec(pool["spec"], default_router_image="gp:1")
+    except SpecError as exc:
+        assert not accepted, str(exc)
+        assert exc.field_path == "spec.gateway.storage.mountPath"
     else:
         assert accepted, "the operator accepted what the CRD refuses"
 

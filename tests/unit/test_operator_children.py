@@ -950,6 +950,13 @@ TLS_SPECS: dict[str, dict[str, Any]] = {
             "tls": {"caSecretName": "gw-ca", "clientCertSecretName": "router-to-gw"},
         },
     },
+    "gateway-serves-mounted-cert": {
+        **MINIMAL,
+        "gateway": {
+            **MINIMAL["gateway"],
+            "tls": {"caSecretName": "gw-ca", "serverCertSecretName": "gw-serving"},
+        },
+    },
     "everything": {
         **FULL,
         "router": {
@@ -964,7 +971,11 @@ TLS_SPECS: dict[str, dict[str, Any]] = {
         },
         "gateway": {
             **FULL["gateway"],
-            "tls": {"caSecretName": "gw-ca", "clientCertSecretName": "router-to-gw"},
+            "tls": {
+                "caSecretName": "gw-ca",
+                "clientCertSecretName": "router-to-gw",
+                "serverCertSecretName": "gw-serving",
+            },
         },
     },
 }
@@ -1129,13 +1140,50 @@ def test_the_router_user_can_read_the_secret_files_and_nobody_else() -> None:
                 assert volume["secret"]["defaultMode"] & 0o040  # group-readable
 
 
-def test_gateways_are_untouched_by_tls() -> None:
-    # TLS to the gateways is the gateway image's business; the operator changes only routers.
+def test_gateways_are_untouched_by_tls_without_a_server_certificate() -> None:
+    # How a gateway image serves TLS is its own business unless the spec names its certificate.
     plain = build(MINIMAL)
     for variant in ("plain-and-tls", "mtls", "gateway-tls", "gateway-mtls"):
         secure = build(TLS_SPECS[variant])
         for key in (("StatefulSet", "ct-triage-gw"), ("Service", "ct-triage-gw")):
             assert secure[key] == plain[key], (variant, key)
+
+
+def gateway_pod(children: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = children[("StatefulSet", "ct-triage-gw")]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_gateways_mount_the_certificate_they_serve() -> None:
+    children = build(TLS_SPECS["gateway-serves-mounted-cert"])
+    pod = gateway_pod(children)
+    assert pod["volumes"] == [
+        {"name": "tmp", "emptyDir": {}},
+        secret_volume("tls-server", "gw-serving", "tls.crt", "tls.key"),
+    ]
+    (container,) = pod["containers"]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tls-server", "mountPath": f"{TLS}/server", "readOnly": True},
+    ]
+    # Root's files, mode 0440: the fsGroup lets any non-root gateway user read them.
+    assert pod["securityContext"]["fsGroup"] == 65532
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # The routers mount only what they use: the CA, not the gateways' key.
+    assert [v["name"] for v in router_pod(children)["volumes"]] == ["tmp", "gateway-tls-ca"]
+    # Nothing else of the gateways changes.
+    plain = gateway_pod(build(MINIMAL))
+    for key in set(pod) - {"volumes", "containers", "securityContext"}:
+        assert pod[key] == plain[key], key
+
+
+def test_the_server_certificate_mounts_beside_the_gateways_storage() -> None:
+    pod = gateway_pod(build(TLS_SPECS["everything"]))
+    (container,) = pod["containers"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["tls-server"] == f"{TLS}/server"
+    assert "data" in mounts and mounts["data"] != mounts["tls-server"]
+    assert pod["securityContext"]["fsGroup"] == 65532
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -1146,6 +1194,7 @@ def test_tls_children_pass_strict_kubernetes_validation(variant: str, version: s
         ("Deployment", "ct-triage-router"),
         ("Service", "ct-triage-router"),
         ("NetworkPolicy", "ct-triage-router"),
+        ("StatefulSet", "ct-triage-gw"),
     ):
         kubernetes_validate.validate(children[key], version, strict=True)
 

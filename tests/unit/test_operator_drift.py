@@ -324,3 +324,41 @@ def test_a_tls_change_is_seen_and_rolls_the_routers_and_its_removal_removes_it()
                     pod = result["spec"]["template"]["spec"]
                     assert [v["name"] for v in pod["volumes"]] == ["tmp"]
                     assert "fsGroup" not in pod["securityContext"]
+
+
+def test_the_gateways_certificate_comes_and_goes_with_its_field() -> None:
+    """Adding, changing and removing serverCertSecretName is drift on the StatefulSet's
+    template, and its removal leaves the gateway pods as they were without it."""
+    variants: dict[str, dict[str, Any] | None] = {
+        "none": None,
+        "ca-only": {"caSecretName": "gw-ca"},
+        "serving": {"caSecretName": "gw-ca", "serverCertSecretName": "gw-serving"},
+        "serving-renamed": {"caSecretName": "gw-ca", "serverCertSecretName": "gw-serving-2"},
+    }
+
+    def statefulset(variant: str) -> dict[str, Any]:
+        spec = base_spec()
+        if variants[variant] is not None:
+            spec["gateway"]["tls"] = variants[variant]
+        [found] = [o for o in objects(spec) if o["kind"] == "StatefulSet"]
+        return found
+
+    for first in variants:
+        live = applied(None, statefulset(first))
+        for second in variants:
+            new = statefulset(second)
+            result = applied(live, new)
+            reason = drift.apply_change(new, live)
+            assert (reason is not None) == (content(result) != content(live)), (first, second)
+            mounted = {first, second} & {"serving", "serving-renamed"}
+            pods_differ = first != second and bool(mounted)
+            assert (result["spec"]["template"] != live["spec"]["template"]) == pods_differ, (
+                first,
+                second,
+            )
+            if second in ("none", "ca-only"):
+                pod = result["spec"]["template"]["spec"]
+                assert [v["name"] for v in pod["volumes"]] == ["tmp"], (first, second)
+                assert "fsGroup" not in pod["securityContext"], (first, second)
+                mounts = pod["containers"][0]["volumeMounts"]
+                assert mounts == [{"name": "tmp", "mountPath": "/tmp"}], (first, second)

@@ -228,7 +228,11 @@ def test_tls_settings_are_kept() -> None:
             },
         },
     )
-    raw["gateway"]["tls"] = {"caSecretName": "gateway-ca", "clientCertSecretName": "router-gw"}
+    raw["gateway"]["tls"] = {
+        "caSecretName": "gateway-ca",
+        "clientCertSecretName": "router-gw",
+        "serverCertSecretName": "gw-serving",
+    }
     spec = parse(raw)
     assert spec.router.plain_port is False
     assert spec.router.tls == RouterTLSSpec(
@@ -238,7 +242,9 @@ def test_tls_settings_are_kept() -> None:
         caller_subjects=(CallerSubject(ae_title="CT01", subject=CT01_SUBJECT),),
     )
     assert spec.gateway.tls == GatewayTLSSpec(
-        ca_secret_name="gateway-ca", client_cert_secret_name="router-gw"
+        ca_secret_name="gateway-ca",
+        client_cert_secret_name="router-gw",
+        server_cert_secret_name="gw-serving",
     )
     assert parse(with_value(minimal(), "router.tls", {"secretName": "s"})).router.tls == (
         RouterTLSSpec(secret_name="s", port=DEFAULT_TLS_PORT)
@@ -600,6 +606,12 @@ INVALID: list[tuple[str, Any, str, Any]] = [
         {"caSecretName": "ca", "clientCertSecretName": "A"},
         "spec.gateway.tls.clientCertSecretName",
         "A",
+    ),
+    (
+        "gateway.tls",
+        {"caSecretName": "ca", "serverCertSecretName": "gw_serving"},
+        "spec.gateway.tls.serverCertSecretName",
+        "gw_serving",
     ),
     ("handover.quietSeconds", 0, "spec.handover.quietSeconds", 0),
     ("handover.quietSeconds", 3601, "spec.handover.quietSeconds", 3601),

@@ -91,3 +91,25 @@ def test_the_guides_links_exist() -> None:
     assert targets
     for target in targets:
         assert (GUIDE.parent / target).exists(), target
+
+
+def test_the_gateway_example_is_a_valid_spec_whose_args_name_the_mounted_files() -> None:
+    from gatewaypool_operator.gatewaychildren import gateway_secret_mounts
+
+    blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    [block] = [b for b in blocks if "serverCertSecretName" in b]
+    spec = yaml.safe_load(block)["spec"]
+    pool = parse_spec(spec, default_router_image="gp:1")
+    [mount] = gateway_secret_mounts(pool)
+    assert mount.secret_name == spec["gateway"]["tls"]["serverCertSecretName"]
+    args = spec["gateway"]["args"]
+    assert args[args.index("+tls") + 1 : args.index("+tls") + 3] == [
+        mount.path("tls.key"),
+        mount.path("tls.crt"),
+    ]
+    assert args[-1] == str(pool.gateway.port)  # storescp's port is the gateway's
+    assert pool.gateway.storage is not None
+    assert args[args.index("-od") + 1] == pool.gateway.storage.mount_path
+    text = GUIDE.read_text()
+    assert f"`{mount.directory}`" in text
+    assert f"mode 0{children.SECRET_FILE_MODE:o}, group {children.FS_GROUP}" in text
