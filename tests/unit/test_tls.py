@@ -415,3 +415,50 @@ def test_tls_1_1_callers_are_refused(server: Issued, ca: TestCA) -> None:
     error, _ = _handshake_with(tls.server_context(server.cert, server.key, None), client_context)
     assert error is not None
     assert "UNSUPPORTED_PROTOCOL" in error, error
+
+
+def _router_to_gateway(
+    gateway_cert: Issued, ca: TestCA, host_name: str
+) -> tuple[str | None, str | None]:
+    """A router-side handshake with `host_name` against a gateway serving `gateway_cert`:
+    (router-side error or None, gateway-side error or None)."""
+    gateway_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    gateway_context.load_cert_chain(gateway_cert.cert, gateway_cert.key)
+    router_context = tls.gateway_context(ca.bundle, None, None)
+    client, accepted = _connected()
+    errors: dict[str, str | None] = {"gateway": None}
+
+    def serve() -> None:
+        try:
+            with gateway_context.wrap_socket(accepted, server_side=True):
+                pass
+        except (ssl.SSLError, OSError) as exc:
+            errors["gateway"] = type(exc).__name__
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    router_error = None
+    try:
+        with router_context.wrap_socket(client, server_hostname=host_name):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        router_error = exc.verify_message
+    thread.join(timeout=5)
+    return router_error, errors["gateway"]
+
+
+def test_one_wildcard_certificate_serves_every_gateway_of_a_pool(ca: TestCA) -> None:
+    # The certificate docs/security.md asks for: *.NAME-gw.<namespace>.svc.cluster.local.
+    from gatewaypool_operator.childnames import gateway_dns_name
+
+    wildcard = ca.issue("gateways", "*.ct-gw.radiology.svc.cluster.local")
+    for ordinal in (0, 1, 17):
+        name = gateway_dns_name("ct", "radiology", ordinal)
+        assert _router_to_gateway(wildcard, ca, name)[0] is None, name
+    # Not another pool's gateways, nor this pool's in another namespace.
+    for name in (
+        gateway_dns_name("mr", "radiology", 0),
+        gateway_dns_name("ct", "cardiology", 0),
+    ):
+        error, _ = _router_to_gateway(wildcard, ca, name)
+        assert error is not None and "mismatch" in error.lower(), (name, error)
