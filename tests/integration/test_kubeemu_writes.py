@@ -381,6 +381,59 @@ def test_defaults_are_filled_in(kube: KubeEmulator, api: kubernetes.client.ApiCl
     assert applied.spec.cluster_ip == service.spec.cluster_ip, "an update keeps the IP"
 
 
+def test_autoscaler_defaults_are_filled_in(
+    kube: KubeEmulator, api: kubernetes.client.ApiClient
+) -> None:
+    """autoscaling/v2 SetDefaults_HorizontalPodAutoscaler, as the real server applies it."""
+    target = {"apiVersion": "gatewaypool.io/v1alpha1", "kind": "GatewayPool", "name": "ct"}
+    autoscaling = kubernetes.client.AutoscalingV2Api(api)
+    bare = autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        NS, {"metadata": {"name": "bare"}, "spec": {"scaleTargetRef": target, "maxReplicas": 3}}
+    )
+    assert bare.spec.min_replicas == 1
+    [metric] = bare.spec.metrics
+    assert (metric.type, metric.resource.name) == ("Resource", "cpu")
+    assert (metric.resource.target.type, metric.resource.target.average_utilization) == (
+        "Utilization",
+        80,
+    )
+    assert bare.spec.behavior is None, "no behavior sent, none stored"
+
+    partial = autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        NS,
+        {
+            "metadata": {"name": "partial"},
+            "spec": {
+                "scaleTargetRef": target,
+                "maxReplicas": 3,
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+            },
+        },
+    )
+    up, down = partial.spec.behavior.scale_up, partial.spec.behavior.scale_down
+    assert (up.stabilization_window_seconds, up.select_policy) == (0, "Max")
+    assert [(p.type, p.value, p.period_seconds) for p in up.policies] == [
+        ("Pods", 4, 15),
+        ("Percent", 100, 15),
+    ]
+    assert (down.stabilization_window_seconds, down.select_policy) == (600, "Max")
+    assert [(p.type, p.value, p.period_seconds) for p in down.policies] == [("Percent", 100, 15)]
+    # The scale-down window alone stays unset: the controller's flag decides it.
+    unset = autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        NS,
+        {
+            "metadata": {"name": "unset"},
+            "spec": {
+                "scaleTargetRef": target,
+                "maxReplicas": 3,
+                "behavior": {"scaleUp": {"selectPolicy": "Min"}},
+            },
+        },
+    )
+    assert unset.spec.behavior.scale_up.select_policy == "Min"
+    assert unset.spec.behavior.scale_down.stabilization_window_seconds is None
+
+
 def test_quantities_are_canonical(kube: KubeEmulator, api: kubernetes.client.ApiClient) -> None:
     apps = kubernetes.client.AppsV1Api(api)
     body = gateway_sts()

@@ -127,6 +127,26 @@ def settled(kube: KubeEmulator, operator: OperatorProcess) -> None:
     assert_quiet(kube, operator)
 
 
+def test_an_autoscaled_pool_is_quiet_once_applied(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    # The server defaults nothing the operator leaves out of its HPA, and
+    # canonicalizes its quantities: nothing to write again on the next passes.
+    create_pool(
+        kube,
+        {"resources": {"requests": {"cpu": "0.5"}}},
+        autoscaling={
+            "maxReplicas": 4,
+            "targets": {"cpuUtilization": 70, "studiesInFlight": 3},
+        },
+    )
+    settled(kube, operator)
+    hpa = kube.get("HorizontalPodAutoscaler", "ct", NS)
+    assert hpa is not None
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource", "Pods"]
+    assert set(hpa["spec"]["behavior"]) == {"scaleUp", "scaleDown"}
+
+
 def test_a_removed_env_var_goes(kube: KubeEmulator, operator: OperatorProcess) -> None:
     env = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
     create_pool(kube, {"env": env})

@@ -162,6 +162,46 @@ def _network_policy(obj: JSONObject) -> None:
                 port.setdefault("protocol", "TCP")
 
 
+def _horizontal_pod_autoscaler(obj: JSONObject) -> None:
+    """``autoscaling/v2`` ``SetDefaults_HorizontalPodAutoscaler``.
+
+    No metrics is CPU at 80 % utilization. A ``behavior`` sent is filled
+    rule by rule: a missing direction or field takes the controller's old
+    fixed behavior (up: no window, ``Max`` of 4 pods or 100 % per 15 s; down:
+    ``Max`` of 100 % per 15 s), except the scale-down window, which stays
+    unset (the controller's command-line flag decides it). Fields behind
+    alpha feature gates (``tolerance``, ``selectionStrategy``) are left alone.
+    """
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("minReplicas", 1)
+    if not spec.get("metrics"):
+        spec["metrics"] = [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80},
+                },
+            }
+        ]
+    behavior = spec.get("behavior")
+    if not isinstance(behavior, dict):
+        return
+    up = behavior.get("scaleUp") or {}
+    up.setdefault("stabilizationWindowSeconds", 0)
+    up.setdefault("selectPolicy", "Max")
+    if up.get("policies") is None:
+        up["policies"] = [
+            {"type": "Pods", "value": 4, "periodSeconds": 15},
+            {"type": "Percent", "value": 100, "periodSeconds": 15},
+        ]
+    down = behavior.get("scaleDown") or {}
+    down.setdefault("selectPolicy", "Max")
+    if down.get("policies") is None:
+        down["policies"] = [{"type": "Percent", "value": 100, "periodSeconds": 15}]
+    behavior["scaleUp"], behavior["scaleDown"] = up, down
+
+
 def apply_defaults(
     api_version: str,
     kind: str,
@@ -190,6 +230,8 @@ def apply_defaults(
             _pod_spec(obj["spec"])
         case ("networking.k8s.io/v1", "NetworkPolicy"):
             _network_policy(obj)
+        case ("autoscaling/v2", "HorizontalPodAutoscaler"):
+            _horizontal_pod_autoscaler(obj)
         case _:
             pass
 
