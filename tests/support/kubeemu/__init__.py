@@ -46,7 +46,7 @@ every write itself (kmock still stores, watches, lists and discovers):
   ``$deleteFromPrimitiveList`` (:mod:`.merge`);
 - **defaulting** of what GatewayPool's children meet (pod and container
   fields, StatefulSet, Deployment, Service with an allocated ClusterIP,
-  NetworkPolicy) and **canonical quantities** wherever the schema has a
+  NetworkPolicy, HorizontalPodAutoscaler) and **canonical quantities** wherever the schema has a
   ``resource.Quantity`` (:mod:`.defaults`, :mod:`gatewaypool.quantity`);
 - **immutable fields**: StatefulSet spec outside the updatable fields,
   Deployment selector, Service clusterIP -- 422 Invalid worded like the real
