@@ -30,23 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
-
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study
-from support.cluster import GROUP, NS, PLURAL, VERSION
+from support.cluster import NS
 from support.hpa_controller import HPAController, RouterMetricsAdapter, Sync
 from support.kubeemu import KubeEmulator
 from support.kubelet import GatewayKubelet
 from support.load import Load
-from support.operatorproc import OperatorProcess
-from support.pool import pool_status, settled
+from support.pool import POOL, operated, pool_spec, pool_status, settled
 from support.pool import router as make_router
 from support.traffic import Outcome
 
-POOL = "ct"
-GATEWAY_PORT = 104
 IN_FLIGHT = "gatewaypool_router_studies_in_flight"
 
 
@@ -86,27 +81,22 @@ class Scenario:
         """scaleDown.stabilizationSeconds: the shortest allowed, maxDrainSeconds."""
         return self.max_drain_seconds
 
-    def pool(self) -> dict[str, Any]:
+    def spec(self) -> dict[str, Any]:
+        """The pool's spec: the harness's gateways, few buckets, autoscaled on studies."""
         return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "GatewayPool",
-            "metadata": {"name": POOL, "namespace": NS},
-            "spec": {
-                "replicas": self.min_replicas,
-                "buckets": self.buckets,
-                "gateway": {"image": "triage:1", "aeTitle": "TRIAGE", "port": GATEWAY_PORT},
-                "handover": {
-                    "quietSeconds": self.quiet_seconds,
-                    "maxDrainSeconds": self.max_drain_seconds,
-                },
-                "autoscaling": {
-                    "minReplicas": self.min_replicas,
-                    "maxReplicas": self.max_replicas,
-                    "targets": {"studiesInFlight": self.studies_in_flight},
-                    "scaleDown": {
-                        "stabilizationSeconds": self.stabilization_seconds,
-                        "periodSeconds": self.period_seconds,
-                    },
+            **pool_spec(
+                replicas=self.min_replicas,
+                quiet_seconds=self.quiet_seconds,
+                max_drain_seconds=self.max_drain_seconds,
+            ),
+            "buckets": self.buckets,
+            "autoscaling": {
+                "minReplicas": self.min_replicas,
+                "maxReplicas": self.max_replicas,
+                "targets": {"studiesInFlight": self.studies_in_flight},
+                "scaleDown": {
+                    "stabilizationSeconds": self.stabilization_seconds,
+                    "periodSeconds": self.period_seconds,
                 },
             },
         }
@@ -283,25 +273,14 @@ class _Pool:
 
 @contextmanager
 def _pool(kube: KubeEmulator, work: Path, s: Scenario) -> Iterator[_Pool]:
-    kubelet = GatewayKubelet(
-        kube,
-        work,
-        namespace=NS,
-        pool=POOL,
-        ae_title="TRIAGE",
-        port=GATEWAY_PORT,
-        max_gateways=s.max_replicas,
-    )
-    operator = OperatorProcess(
-        work / "operator.log", kubeconfig=kube.kubeconfig_path, extra_args=["--resync", "1"]
-    )
-    custom = kubernetes.client.CustomObjectsApi(kube.api_client())
-    with _running(operator, kubelet), ExitStack() as stack:
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, s.pool())
+    with (
+        operated(kube, work, spec=s.spec(), max_gateways=s.max_replicas, resync=1) as pool,
+        ExitStack() as stack,
+    ):
         routers = [
             make_router(
                 kube,
-                kubelet,
+                pool.kubelet,
                 work,
                 f"{POOL}-router-{i}",
                 extra_args=["--study-quiet-seconds", str(s.quiet_seconds)],
@@ -312,13 +291,17 @@ def _pool(kube: KubeEmulator, work: Path, s: Scenario) -> Iterator[_Pool]:
             stack.callback(router.stop)
         # Together, while the first gateway starts: each is ready once it has a map.
         _start_together(routers, timeout=90)
-        wait_until(lambda: settled(kube, kubelet, s.min_replicas), timeout=60, what="pool at min")
+        wait_until(
+            lambda: settled(kube, pool.kubelet, s.min_replicas), timeout=60, what="pool at min"
+        )
         wait_until(
             lambda: kube.get("HorizontalPodAutoscaler", POOL, NS) is not None,
             timeout=30,
             what="the operator's HPA",
         )
-        yield _Pool(kube, kubelet, routers, kube.get("HorizontalPodAutoscaler", POOL, NS) or {})
+        yield _Pool(
+            kube, pool.kubelet, routers, kube.get("HorizontalPodAutoscaler", POOL, NS) or {}
+        )
 
 
 def _start_together(routers: list[RouterProcess], *, timeout: float) -> None:

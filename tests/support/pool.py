@@ -7,7 +7,7 @@ reports) and the ``--connect-to`` rules that reach the kubelet's gateways.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,18 +37,18 @@ class OperatedPool:
 
 
 @contextmanager
-def operated_pool(
+def operated(
     kube: KubeEmulator,
     work: Path,
     *,
-    replicas: int,
+    spec: Mapping[str, Any],
     max_gateways: int,
-    quiet_seconds: int,
-    max_drain_seconds: int,
     resync: float,
 ) -> Iterator[OperatedPool]:
-    """The operator and the kubelet running, pool `POOL` made and settled at `replicas`.
+    """The operator and the kubelet running, pool `POOL` created with `spec`.
 
+    Yields as soon as the pool is created, before anything of it runs, so
+    that a caller can start what must be there while it settles (routers).
     Stops the operator and the kubelet on the way out, after whatever the
     caller started inside.
     """
@@ -80,22 +80,43 @@ def operated_pool(
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "GatewayPool",
                 "metadata": {"name": POOL, "namespace": NS},
-                "spec": {
-                    "replicas": replicas,
-                    "gateway": {"image": "triage:1", "aeTitle": GATEWAY_AE, "port": GATEWAY_PORT},
-                    "handover": {
-                        "quietSeconds": quiet_seconds,
-                        "maxDrainSeconds": max_drain_seconds,
-                    },
-                },
+                "spec": dict(spec),
             },
         )
+        yield OperatedPool(operator, kubelet, api)
+
+
+def pool_spec(*, replicas: int, quiet_seconds: int, max_drain_seconds: int) -> dict[str, Any]:
+    """The spec of a pool of `replicas` gateways the kubelet harness runs."""
+    return {
+        "replicas": replicas,
+        "gateway": {"image": "triage:1", "aeTitle": GATEWAY_AE, "port": GATEWAY_PORT},
+        "handover": {"quietSeconds": quiet_seconds, "maxDrainSeconds": max_drain_seconds},
+    }
+
+
+@contextmanager
+def operated_pool(
+    kube: KubeEmulator,
+    work: Path,
+    *,
+    replicas: int,
+    max_gateways: int,
+    quiet_seconds: int,
+    max_drain_seconds: int,
+    resync: float,
+) -> Iterator[OperatedPool]:
+    """The operator and the kubelet running, pool `POOL` made and settled at `replicas`."""
+    spec = pool_spec(
+        replicas=replicas, quiet_seconds=quiet_seconds, max_drain_seconds=max_drain_seconds
+    )
+    with operated(kube, work, spec=spec, max_gateways=max_gateways, resync=resync) as pool:
         wait_until(
-            lambda: settled(kube, kubelet, replicas),
+            lambda: settled(kube, pool.kubelet, replicas),
             timeout=60,
             what=f"{replicas} gateways ready",
         )
-        yield OperatedPool(operator, kubelet, api)
+        yield pool
 
 
 def pool_status(kube: KubeEmulator, kubelet: GatewayKubelet) -> dict[str, Any]:
