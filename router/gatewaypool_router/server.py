@@ -37,6 +37,32 @@ from gatewaypool_router.usage import Usage
 log = logging.getLogger(__name__)
 
 
+def log_started(
+    config: RouterConfig, *, port: int, tls_port: int, http_port: int, workers: int | None = None
+) -> None:
+    """Log ``router.started`` with what the router listens on and admits.
+
+    A port of 0 is one the router does not open; `workers` is given by the
+    supervisor of worker processes only.
+    """
+    extra = {} if workers is None else {"workers": workers}
+    log_event(
+        log,
+        logging.INFO,
+        "router.started",
+        ae_title=config.ae_title,
+        port=port or None,
+        tls_port=tls_port or None,
+        mutual_tls=config.tls_client_ca is not None,
+        gateway_tls=config.gateway_tls_ca is not None,
+        http_port=http_port,
+        **extra,
+        max_associations=config.max_associations,
+        max_pdu=config.max_pdu,
+        allowed_calling_aes=sorted(config.allowed_calling_aes) or "any",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Listeners:
     """A replica's listening sockets: the plain DICOM port, the TLS port, or both.
@@ -191,20 +217,7 @@ class Router:
             )
             self._acceptors.append(acceptor)
             acceptor.start()
-        log_event(
-            log,
-            logging.INFO,
-            "router.started",
-            ae_title=config.ae_title,
-            port=self.port or None,
-            tls_port=self.tls_port or None,
-            mutual_tls=config.tls_client_ca is not None,
-            gateway_tls=config.gateway_tls_ca is not None,
-            http_port=self.http_port,
-            max_associations=config.max_associations,
-            max_pdu=config.max_pdu,
-            allowed_calling_aes=sorted(config.allowed_calling_aes) or "any",
-        )
+        log_started(config, port=self.port, tls_port=self.tls_port, http_port=self.http_port)
 
     def request_stop(self) -> None:
         """Ask ``wait()`` to return (safe from a signal handler)."""

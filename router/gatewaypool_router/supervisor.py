@@ -51,7 +51,7 @@ from gatewaypool_router.load import merge_in_flight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.replicausage import ReplicaUsage
-from gatewaypool_router.server import Listeners
+from gatewaypool_router.server import Listeners, log_started
 from gatewaypool_router.usage import GatewayKey
 from gatewaypool_router.worker import worker_main
 
@@ -255,20 +255,12 @@ class Supervisor:
         self.http_port = self._http.port
         self._monitor = threading.Thread(target=self._watch, name="worker-monitor", daemon=True)
         self._monitor.start()
-        log_event(
-            log,
-            logging.INFO,
-            "router.started",
-            ae_title=config.ae_title,
-            port=self.port or None,
-            tls_port=self.tls_port or None,
-            mutual_tls=config.tls_client_ca is not None,
-            gateway_tls=config.gateway_tls_ca is not None,
+        log_started(
+            config,
+            port=self.port,
+            tls_port=self.tls_port,
             http_port=self.http_port,
             workers=self._workers,
-            max_associations=config.max_associations,
-            max_pdu=config.max_pdu,
-            allowed_calling_aes=sorted(config.allowed_calling_aes) or "any",
         )
 
     def request_stop(self) -> None:
