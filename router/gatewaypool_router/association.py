@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
-from gatewaypool_router import dimse, negotiation, pdus
+from gatewaypool_router import dimse, negotiation, pdus, tls
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
@@ -202,7 +202,7 @@ class IncomingAssociation:
         finally:
             if self._request is not None:
                 self._finish(result)
-            self._close()
+            self._close(released=result == "released")
 
     def who(self) -> dict[str, object]:
         who: dict[str, object] = {"peer": self._peer}
@@ -236,9 +236,11 @@ class IncomingAssociation:
             **state,
         )
 
-    def _close(self) -> None:
+    def _close(self, *, released: bool = False) -> None:
         if self._splicer is not None:
             self._splicer.close()
+        if released:
+            tls.close_notify(self._sock)
         try:
             self._reader.close()
             self._sock.shutdown(socket.SHUT_RDWR)

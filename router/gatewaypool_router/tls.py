@@ -281,6 +281,23 @@ def accept(sock: socket.socket, context: ssl.SSLContext, *, timeout: float) -> s
     return tls_sock
 
 
+def close_notify(sock: socket.socket) -> None:
+    """Send TLS's ``close_notify`` on `sock` if it is a TLS socket; never wait, never raise.
+
+    Said after a DICOM release, so that the peer sees the connection end as
+    TLS says it should, not as a truncation. Only at a PDU boundary: an alert
+    after half a record would garble it. The peer's own ``close_notify`` is
+    not awaited (``unwrap`` on a non-blocking socket sends ours and stops).
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    try:
+        sock.settimeout(0)
+        sock.unwrap()
+    except (ssl.SSLError, OSError, ValueError):
+        pass  # SSLWantReadError: ours is sent, theirs not yet here; or the peer is gone
+
+
 #: OpenSSL's reasons for the failures an operator meets most, in words.
 _REASONS = {
     "WRONG_VERSION_NUMBER": "not a TLS handshake (a plain DICOM caller on the TLS port?)",

@@ -21,6 +21,7 @@ from gatewaypool_router.dimse import C_STORE_RSP, CommandError, Response, parse_
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.splice import SinkError, Splicer
 from gatewaypool_router.statuses import Status
+from gatewaypool_router.tls import close_notify
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class Upstream:
             log.debug("release of %s failed: %s", self.gateway.address(), exc)
             self.abort()
             return
+        close_notify(self._sock)
         self.close()
 
     def abort(self) -> None:

@@ -307,6 +307,30 @@ def test_caller_subject_binding_accepts_its_certificate_and_rejects_others(
     assert all(event["expected"] == [CALLER] for event in mismatches)
 
 
+def test_a_released_tls_association_ends_with_close_notify(
+    tmp_path: Path,
+    pki: dict[str, object],
+    routers: list[RouterProcess],
+    pynetdicom_gateway: PynetdicomSink,
+) -> None:
+    router, tls_port = _start(
+        routers,
+        tmp_path,
+        [f"{pynetdicom_gateway.ae_title}@{LOOPBACK}:{pynetdicom_gateway.port}"],
+        _inbound_args(pki, mutual=False),
+    )
+    context = _client_context(_ca(pki), None)
+    with socket.create_connection((LOOPBACK, tls_port), timeout=10) as plain:
+        # A connection cut without TLS's close_notify reads as SSLEOFError here.
+        sock = context.wrap_socket(plain, server_hostname=LOOPBACK, suppress_ragged_eofs=False)
+        sock.sendall(rawdicom.association_rq(calling="CT01", called="GATEWAYPOOL"))
+        assert rawdicom.read_pdu(sock).pdu_type == rawdicom.ASSOCIATE_AC
+        sock.sendall(rawdicom.RELEASE_RQ_PDU)
+        assert rawdicom.read_pdu(sock).pdu_type == rawdicom.RELEASE_RP
+        assert sock.recv(1) == b""
+    router.wait_events("association.released", 1, timeout=10)
+
+
 @pytest.mark.parametrize(
     ("certificate", "why"),
     [

@@ -462,3 +462,57 @@ def test_one_wildcard_certificate_serves_every_gateway_of_a_pool(ca: TestCA) -> 
     ):
         error, _ = _router_to_gateway(wildcard, ca, name)
         assert error is not None and "mismatch" in error.lower(), (name, error)
+
+
+def _tls_pair(server: Issued, ca: TestCA) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """A handshaken (router side, caller side) pair; the caller sees a truncation as an error."""
+    context = tls.server_context(server.cert, server.key, None)
+    client_context = ssl.create_default_context(cafile=str(ca.bundle))
+    client, accepted = _connected()
+    secure: dict[str, ssl.SSLSocket] = {}
+
+    def connect() -> None:
+        secure["caller"] = client_context.wrap_socket(
+            client, server_hostname="localhost", suppress_ragged_eofs=False
+        )
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    router_side = tls.accept(accepted, context, timeout=5)
+    thread.join(timeout=5)
+    caller = secure["caller"]
+    caller.settimeout(5)
+    return router_side, caller
+
+
+def test_close_notify_ends_the_connection_as_tls_says(server: Issued, ca: TestCA) -> None:
+    router_side, caller = _tls_pair(server, ca)
+    with caller:
+        tls.close_notify(router_side)
+        router_side.close()
+        assert caller.recv(1) == b""  # a clean end, not a truncation
+
+
+def test_without_close_notify_the_caller_sees_a_truncation(server: Issued, ca: TestCA) -> None:
+    # What the router did before: the test above can tell the difference.
+    router_side, caller = _tls_pair(server, ca)
+    with caller:
+        router_side.close()
+        with pytest.raises(ssl.SSLEOFError):
+            caller.recv(1)
+
+
+def test_close_notify_never_waits_for_the_peer(server: Issued, ca: TestCA) -> None:
+    router_side, caller = _tls_pair(server, ca)
+    with caller:
+        # The caller never answers with its own close_notify: the call still returns.
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (tls.close_notify(router_side), done.set()))
+        thread.start()
+        assert done.wait(timeout=5)
+        router_side.close()
+    plain, other = _connected()
+    with plain, other:
+        tls.close_notify(plain)  # a plain socket: nothing to do, nothing raised
+        other.sendall(b"x")
+        assert plain.recv(1) == b"x"

@@ -97,7 +97,7 @@ def test_the_gateway_example_is_a_valid_spec_whose_args_name_the_mounted_files()
     from gatewaypool_operator.gatewaychildren import gateway_secret_mounts
 
     blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.DOTALL)
-    [block] = [b for b in blocks if "serverCertSecretName" in b]
+    [block] = [b for b in blocks if "serverCertSecretName" in b and "args:" in b]
     spec = yaml.safe_load(block)["spec"]
     pool = parse_spec(spec, default_router_image="gp:1")
     [mount] = gateway_secret_mounts(pool)
