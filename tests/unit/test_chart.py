@@ -1397,6 +1397,15 @@ def test_dockerfile_runs_gatewaypool_as_a_numeric_non_root_user() -> None:
     assert operator_container(objects_of("default"))["args"][0] == "operator"
 
 
+def test_dockerfile_limits_malloc_arenas_in_the_image() -> None:
+    # A thread per association: glibc's per-thread arenas kept the router's
+    # RSS up (docs/hostile-input.md gives the figures).
+    final = dockerfile_stages()[-1]
+    env = " ".join(arguments for keyword, arguments in final if keyword == "ENV")
+    assert re.search(r"(^|\s)MALLOC_ARENA_MAX=2(\s|$)", env), env
+    assert "MALLOC_ARENA_MAX=2" in (ROOT / "docs" / "hostile-input.md").read_text()
+
+
 def test_dockerfile_has_labels_and_no_secrets() -> None:
     instructions = dockerfile_instructions()
     labels = " ".join(arguments for keyword, arguments in instructions if keyword == "LABEL")
