@@ -10,17 +10,20 @@ mode, while a pynetdicom sender stores real studies through the same router.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewaypool_local.peers import PynetdicomSink
+from gatewaypool_local.peers import PynetdicomSink, free_port
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support import fuzzrun
+from support.certs import TestCA
 
 RouterFactory = Callable[..., RouterProcess]
 SEED = 20261202
 CASES_PER_MODE = 150
+CASES_OVER_TLS = 100
 
 
 def test_hostile_pdus_beside_a_wellformed_sender(
@@ -51,3 +54,45 @@ def test_hostile_pdus_beside_a_wellformed_sender(
     assert {"aborted", "released", "reset"} <= outcomes
     assert report.sender_sent >= 4
     assert report.sender_delivered == report.sender_sent
+
+
+def test_hostile_pdus_over_tls_beside_a_wellformed_sender(
+    pynetdicom_gateway: PynetdicomSink, tmp_path: Path
+) -> None:
+    # The same cases inside TLS, to the router's TLS port: the router reads
+    # them through its TLS socket (records never line up with PDUs), and a
+    # cut or reset connection ends the TLS stream without close_notify. An
+    # association from the TLS port always copies, so one mode is enough;
+    # not start_router, which would run this once per mode.
+    ca = TestCA(tmp_path / "pki")
+    server = ca.issue("server")
+    studies = [
+        generate_study(tmp_path / "studies", study_index=i, instances=4, rows=32, columns=32)
+        for i in range(3)
+    ]
+    tls_port = free_port()
+    gateway = f"{pynetdicom_gateway.ae_title}@{pynetdicom_gateway.host}:{pynetdicom_gateway.port}"
+    tls_options = ["--tls-port", str(tls_port), "--tls-cert", str(server.cert)]
+    tls_options += ["--tls-key", str(server.key)]
+    with RouterProcess(
+        tmp_path / "router",
+        gateways=[gateway],
+        extra_args=[*fuzzrun.ROUTER_OPTIONS, *tls_options],
+    ) as router:
+        report = fuzzrun.run(
+            router,
+            pynetdicom_gateway,
+            studies,
+            seed=SEED,
+            indexes=range(2 * CASES_PER_MODE, 2 * CASES_PER_MODE + CASES_OVER_TLS),
+            workers=6,
+            mode="tls",
+            tls=(tls_port, ssl.create_default_context(cafile=str(ca.bundle))),
+        )
+        print(fuzzrun.figures([report]))
+        assert not report.problems, "\n".join(report.problems[:10])
+        assert len(report.results) == CASES_OVER_TLS
+        assert {"aborted", "released", "reset"} <= {r.outcome for r in report.results}
+        accepted = router.events("association.accepted")
+        assert sum(1 for event in accepted if event["tls"]) >= CASES_OVER_TLS // 2
+        assert report.sender_delivered == report.sender_sent >= 4

@@ -31,6 +31,7 @@ import json
 import os
 import selectors
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -44,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewaypool_local import sink as sink_module
-from gatewaypool_local.peers import LOOPBACK, PynetdicomSink, echo, wait_until
+from gatewaypool_local.peers import LOOPBACK, PynetdicomSink, echo, free_port, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import PynetdicomSendError, send_files
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 from support import rawdicom
+from support.certs import TestCA
 from support.pdufuzz import Case, generate
 
 #: Router timeouts for a fuzz run (--acse-timeout, --idle-timeout): a case
@@ -112,15 +114,43 @@ class Report:
 
 
 class _Connection:
-    """A non-blocking client socket that reads whatever comes while it writes."""
+    """A non-blocking client socket that reads whatever comes while it writes.
 
-    def __init__(self, host: str, port: int) -> None:
+    With `tls`, the case's bytes travel inside TLS: the handshake is done
+    first, and TLS runs over memory buffers (``ssl.MemoryBIO``) so that the
+    same select loop drives it; a half-close or a reset then cuts the TLS
+    stream as it cuts a plain one, without ``close_notify``.
+    """
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
         self.sock.setblocking(False)
         self.received = bytearray()
         self.eof = False
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock, selectors.EVENT_READ)
+        self._tls: ssl.SSLObject | None = None
+        self._handshaken = False
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        if tls is not None:
+            self._tls = tls.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+            self._handshake(time.monotonic() + 10)
+
+    def _handshake(self, deadline: float) -> None:
+        assert self._tls is not None
+        while True:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                self._tls.do_handshake()
+                self._handshaken = True
+            self._raw_send(self._outgoing.read(), deadline)
+            if self._handshaken and not self._outgoing.pending:
+                self._decrypt()  # anything that came with the handshake's end
+                return
+            if self.eof or time.monotonic() >= deadline:
+                raise OSError("TLS handshake with the router did not finish")
+            if self._selector.select(deadline - time.monotonic()):
+                self._read()
 
     def _read(self) -> None:
         try:
@@ -130,13 +160,39 @@ class _Connection:
         except OSError:  # reset by the router
             self.eof = True
             return
+        if self._tls is None:
+            if chunk:
+                self.received += chunk
+            else:
+                self.eof = True
+            return
         if chunk:
-            self.received += chunk
+            self._incoming.write(chunk)
         else:
-            self.eof = True
+            self._incoming.write_eof()
+            self.eof = not self._handshaken or self.eof
+        if self._handshaken:
+            self._decrypt()
 
-    def send(self, data: bytes, deadline: float) -> bool:
-        """Send ``data``; False if the router closed first or the deadline passed."""
+    def _decrypt(self) -> None:
+        assert self._tls is not None
+        while True:
+            try:
+                plain = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                if self._incoming.eof:
+                    self.eof = True
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLError):  # close_notify, or a cut stream
+                self.eof = True
+                return
+            if not plain:
+                self.eof = True
+                return
+            self.received += plain
+
+    def _raw_send(self, data: bytes, deadline: float) -> bool:
+        """Send ``data`` on the TCP socket, reading meanwhile; as :meth:`send`."""
         view = memoryview(data)
         self._selector.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
         try:
@@ -157,6 +213,16 @@ class _Connection:
         finally:
             self._selector.modify(self.sock, selectors.EVENT_READ)
         return not view
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        """Send ``data``; False if the router closed first or the deadline passed."""
+        if self._tls is None:
+            return self._raw_send(data, deadline)
+        for at in range(0, len(data), 16384):  # one TLS record at a time
+            self._tls.write(data[at : at + 16384])
+            if not self._raw_send(self._outgoing.read(), deadline):
+                return False
+        return not self.eof
 
     def read_to_end(self, deadline: float) -> bool:
         """Read until the router closes; False if it has not by ``deadline``."""
@@ -207,11 +273,21 @@ def _responses(received: bytes) -> tuple[list[int], list[tuple[int, int, str]]]:
     return types, responses
 
 
-def run_case(case: Case, host: str, port: int, *, deadline: float = CASE_DEADLINE) -> CaseResult:
-    """Send one case and wait (up to ``deadline`` after its last byte) for the router to end it."""
+def run_case(
+    case: Case,
+    host: str,
+    port: int,
+    *,
+    deadline: float = CASE_DEADLINE,
+    tls: ssl.SSLContext | None = None,
+) -> CaseResult:
+    """Send one case and wait (up to ``deadline`` after its last byte) for the router to end it.
+
+    With `tls`, over TLS to the router's TLS port `port`.
+    """
     started = time.monotonic()
     try:
-        conn = _Connection(host, port)
+        conn = _Connection(host, port, tls)
     except OSError:
         return CaseResult(case, "refused", [], time.monotonic() - started)
     local_port = conn.sock.getsockname()[1]
@@ -390,8 +466,14 @@ def run(
     workers: int = 4,
     mode: str = "",
     rss_limit: int = RSS_GROWTH_LIMIT,
+    tls: tuple[int, ssl.SSLContext] | None = None,
 ) -> Report:
-    """Run cases ``indexes`` of ``seed`` against ``router`` (whose gateway is ``gateway``)."""
+    """Run cases ``indexes`` of ``seed`` against ``router`` (whose gateway is ``gateway``).
+
+    With `tls` (the router's TLS port and a client context for it), the cases
+    go over TLS; the well-formed sender stays on the plain port beside them.
+    """
+    case_port, case_tls = (router.port, None) if tls is None else tls
     report = Report(mode=mode)
     started = time.monotonic()
     # Warm up (codecs loaded, first association served) before the baseline.
@@ -408,7 +490,8 @@ def run(
                 run_case,
                 generate(seed, index, router_ae=router.ae_title),
                 router.host,
-                router.port,
+                case_port,
+                tls=case_tls,
             )
             for index in indexes
         ]
@@ -516,7 +599,7 @@ def figures(reports: Sequence[Report]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``./dev.sh fuzz [--cases N --seed S --workers W --forwarding MODE]``."""
+    """``./dev.sh fuzz [--cases N --seed S --workers W --forwarding MODE --tls]``."""
     parser = argparse.ArgumentParser(
         prog="./dev.sh fuzz",
         description="Hostile PDUs at a router beside a well-formed sender; prints figures.",
@@ -531,8 +614,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="router --forwarding mode(s); 'both' splits the cases (default)",
     )
     parser.add_argument("--first", type=int, default=0, help="index of the first case")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="send the cases over TLS to the router's TLS port (which always copies)",
+    )
     args = parser.parse_args(argv)
     modes = ["splice", "copy"] if args.forwarding == "both" else [args.forwarding]
+    if args.tls:
+        modes = ["copy"]
     reports = []
     with tempfile.TemporaryDirectory(prefix="pdufuzz-") as tmp:
         work = Path(tmp)
@@ -544,11 +634,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number, mode in enumerate(modes):
             first = args.first + number * share
             count = share if number < len(modes) - 1 else args.cases - share * number
+            tls_options: list[str] = []
+            tls: tuple[int, ssl.SSLContext] | None = None
+            if args.tls:
+                ca = TestCA(work / "pki")
+                server = ca.issue("server")
+                tls_port = free_port()
+                tls_options = ["--tls-port", str(tls_port), "--tls-cert", str(server.cert)]
+                tls_options += ["--tls-key", str(server.key)]
+                tls = (tls_port, ssl.create_default_context(cafile=str(ca.bundle)))
             with PynetdicomSink(work / f"sink-{mode}", ae_title="FUZZSINK") as gateway:
                 router = RouterProcess(
                     work / f"router-{mode}",
                     gateways=[f"{gateway.ae_title}@{gateway.host}:{gateway.port}"],
-                    extra_args=["--forwarding", mode, *ROUTER_OPTIONS],
+                    extra_args=["--forwarding", mode, *ROUTER_OPTIONS, *tls_options],
                 )
                 with router:
                     print(f"==> {mode}: cases {first}..{first + count - 1} of seed {args.seed}")
@@ -560,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             seed=args.seed,
                             indexes=range(first, first + count),
                             workers=args.workers,
-                            mode=mode,
+                            mode="tls" if args.tls else mode,
+                            tls=tls,
                         )
                     )
     print(f"seed {args.seed}, {args.workers} workers, {os.cpu_count()} CPUs")
