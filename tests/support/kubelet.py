@@ -18,12 +18,19 @@ timing of a real cluster:
   a rolling update replaces one pod at a time, highest ordinal first, each
   only once every pod is Ready.
 
+- Secret volumes are mounted as a kubelet does (:mod:`support.secretvolumes`):
+  a pod whose Secret or key is missing does not start until it appears.
+
 Each gateway is a :class:`~gatewaypool_local.peers.PynetdicomSink` on its
 own loopback port (with ``processes=False``, for tests of the operator
 alone, no process is started: the pod "listens" when its delay is over);
 ``connect_to`` gives the router the rules that reach the pods' cluster DNS
 names there. Every gateway ever started is kept, so a test
-can count what each one received after it was removed.
+can count what each one received after it was removed. The gateway "image"
+serves DICOM over TLS when its pod mounts a certificate at
+`GATEWAY_CERT_FOLDER`, as ``spec.gateway.tls.serverCertSecretName`` has the
+operator mount one (the documented folder, written here as a gateway image
+would have it, not imported from the operator).
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gatewaypool_local.peers import PynetdicomSink, free_port
+from gatewaypool_local.peers import PeerTls, PynetdicomSink, free_port
+from support import secretvolumes
 from support.kubeemu import KubeEmulator
 
 log = logging.getLogger(__name__)
 
 _TICK = 0.05  # the controller loop's period, not a synchronisation
+#: Where the stand-in gateway image reads the certificate it serves (docs/security.md).
+GATEWAY_CERT_FOLDER = "/etc/gatewaypool/tls/server"
 
 
 @dataclass
@@ -78,6 +88,9 @@ class GatewayKubelet:
     _thread: threading.Thread | None = field(init=False, default=None)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     errors: list[str] = field(init=False, default_factory=list)
+    #: Ordinals of pods that could not start because a Secret or key was missing.
+    failed_mounts: set[int] = field(init=False, default_factory=set)
+    _tls: dict[int, PeerTls | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ports = [free_port() for _ in range(self.max_gateways)]
@@ -262,12 +275,31 @@ class GatewayKubelet:
             with self._lock:
                 pod.listening = time.monotonic()
             return
+        spec = json.loads(pod.template).get("spec") or {}
+        folder = self.work / self.pod_name(pod.ordinal) / "volumes"
+        mounted = secretvolumes.mount(self.kube, self.namespace, spec, folder)
+        if mounted is None:  # FailedMount: tried again on a later tick
+            with self._lock:
+                self.failed_mounts.add(pod.ordinal)
+                pod.starting = None
+            return
+        certificate = mounted.get(GATEWAY_CERT_FOLDER)
+        tls = (
+            None
+            if certificate is None
+            else PeerTls(certificate / "tls.crt", certificate / "tls.key")
+        )
         sink = self.gateways.get(pod.ordinal)
+        if sink is not None and self._tls.get(pod.ordinal) != tls:
+            self.errors.append(f"{self.pod_name(pod.ordinal)}: its TLS changed, not played here")
+            return
+        self._tls[pod.ordinal] = tls
         if sink is None:
             sink = PynetdicomSink(
                 self.work / self.pod_name(pod.ordinal),
                 ae_title=self.ae_title,
                 port=self.ports[pod.ordinal],
+                tls=tls,
                 **self.sink_options,
             )
             self.gateways[pod.ordinal] = sink

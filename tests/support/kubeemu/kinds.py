@@ -124,13 +124,15 @@ def _kind(
     )
 
 
-#: What GatewayPool reads and writes, what kopf needs, and GatewayPool itself
-#: as the CRD defines it (its scale paths are the CRD's).
+#: What GatewayPool reads and writes, what kopf needs, the Secrets its pods
+#: mount (which the kubelet stand-ins read), and GatewayPool itself as the CRD
+#: defines it (its scale paths are the CRD's).
 RESOURCES: Final[tuple[ResourceKind, ...]] = (
     _kind("", "v1", "namespaces", "Namespace", namespaced=False, shortnames={"ns"}),
     _kind("", "v1", "configmaps", "ConfigMap", shortnames={"cm"}),
     _kind("", "v1", "services", "Service", subresources={"status"}, shortnames={"svc"}),
     _kind("", "v1", "serviceaccounts", "ServiceAccount", shortnames={"sa"}),
+    _kind("", "v1", "secrets", "Secret"),
     _kind("", "v1", "pods", "Pod", subresources={"status"}, shortnames={"po"}),
     _kind(
         "",
