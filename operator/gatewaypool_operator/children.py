@@ -50,6 +50,7 @@ from gatewaypool_operator.podparts import (
     SECRET_FILE_MODE,
     TLS_DIRECTORY,
     SecretMount,
+    pod_disruption_budget,
     topology_spread,
 )
 from gatewaypool_operator.routerchildren import (
@@ -172,9 +173,9 @@ def build_children(
         gatewaychildren.headless_service(name, namespace, spec),
         gatewaychildren.statefulset(name, namespace, spec, gateway_replicas),
         *policies,
-        gatewaychildren.pod_disruption_budget(name, namespace),
+        pod_disruption_budget(statefulset_name(name), name, namespace, "gateway"),
         routerchildren.router_deployment(name, namespace, spec),
-        routerchildren.router_pod_disruption_budget(name, namespace),
+        pod_disruption_budget(router_name(name), name, namespace, "router"),
         routerchildren.router_service(name, namespace, spec),
         *autoscalers,
     ]

@@ -1,12 +1,13 @@
-"""The gateways' objects: StatefulSet, headless Service, NetworkPolicy, PodDisruptionBudget.
+"""The gateways' objects: StatefulSet, headless Service, NetworkPolicy.
 
 The user's DICOM Storage SCP runs as the StatefulSet ``NAME-gw``, one pod
 per gateway with a stable DNS name from the headless Service (the names the
 bucket map lists), its own volume with ``spec.gateway.storage``, a
 NetworkPolicy that lets only the pool's routers (and
-``spec.networkPolicy.extraIngress``) reach it, and a PodDisruptionBudget of
-one. With ``spec.gateway.tls.serverCertSecretName`` every gateway pod mounts
-that certificate (`gateway_secret_mounts`). Built as plain data;
+``spec.networkPolicy.extraIngress``) reach it (and a PodDisruptionBudget of
+one, from `gatewaypool_operator.podparts`). With
+``spec.gateway.tls.serverCertSecretName`` every gateway pod mounts that
+certificate (`gateway_secret_mounts`). Built as plain data;
 `gatewaypool_operator.children.build_children` puts them in the list of what
 the pool owns.
 """
@@ -41,7 +42,6 @@ __all__ = [
     "gateway_secret_mounts",
     "headless_service",
     "network_policy",
-    "pod_disruption_budget",
     "statefulset",
 ]
 
@@ -216,19 +216,5 @@ def network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
                 # commitment N-EVENT-REPORTs, results sent back, web UIs.
                 *thaw(spec.network_policy.extra_ingress),
             ],
-        },
-    }
-
-
-def pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
-    """Return the PodDisruptionBudget ``NAME-gw``: one gateway unavailable at a time."""
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
-        "spec": {
-            # One gateway at a time: its buckets fail over only after the operator moves them.
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(name, "gateway")},
         },
     }

@@ -1,11 +1,12 @@
-"""What the gateway and router pod templates share: security context, resources, spread, Secrets.
+"""What gateway and router pods share: security context, resources, spread, Secrets, PDB.
 
 Both the gateway StatefulSet (`gatewaypool_operator.gatewaychildren`) and
 the router Deployment (`gatewaypool_operator.routerchildren`) run locked-down
 containers with a writable ``/tmp`` only, take their resource requirements
 from the spec, spread over zones and nodes unless the spec says otherwise,
-and mount the TLS Secrets of the spec read-only below `TLS_DIRECTORY`; the
-parts they build alike are built here once.
+mount the TLS Secrets of the spec read-only below `TLS_DIRECTORY`, and have
+a PodDisruptionBudget of one; the parts they build alike are built here
+once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gatewaypool_operator.childnames import selector_labels
+from gatewaypool_operator.childnames import labels, object_metadata, selector_labels
 from gatewaypool_operator.specfields import thaw
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SecretMount",
     "container_resources",
     "container_security_context",
+    "pod_disruption_budget",
     "secret_volume",
     "spread_field",
     "topology_spread",
@@ -142,3 +144,23 @@ def spread_field(
     """Return `topology_spread` as a pod spec's field, or no field at all when it is empty."""
     spread = topology_spread(name, component, constraints)
     return {"topologySpreadConstraints": spread} if spread else {}
+
+
+def pod_disruption_budget(
+    object_name: str, name: str, namespace: str, component: str
+) -> dict[str, Any]:
+    """Return the PodDisruptionBudget `object_name`: one pod of `component` unavailable at a time.
+
+    A node drain then never takes the pool's DICOM endpoint away (routers),
+    nor more than one gateway, whose buckets fail over only after the
+    operator moves them; a single pod of either can still be evicted.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_metadata(object_name, namespace, labels(name, component)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, component)},
+        },
+    }

@@ -1,9 +1,10 @@
-"""The routers' objects: Deployment, Service, RBAC, NetworkPolicy, PDB, and their TLS Secrets.
+"""The routers' objects: Deployment, Service, RBAC, NetworkPolicy, and their TLS Secrets.
 
 The study router runs as the Deployment ``NAME-router`` behind the Service
 of the same name, with a ServiceAccount, Role and RoleBinding that allow
 exactly the API calls a router makes, a NetworkPolicy that opens its DICOM
-and HTTP ports and no other, and a PodDisruptionBudget of one. The Secrets
+and HTTP ports and no other (and a PodDisruptionBudget of one, from
+`gatewaypool_operator.podparts`). The Secrets
 of ``spec.router.tls`` and ``spec.gateway.tls`` are mounted into its pods
 (`router_secret_mounts`), and its command line names the files they hold.
 Built as plain data; `gatewaypool_operator.children.build_children` puts
@@ -47,7 +48,6 @@ __all__ = [
     "role_binding",
     "router_deployment",
     "router_network_policy",
-    "router_pod_disruption_budget",
     "router_secret_mounts",
     "router_service",
     "router_workers",
@@ -89,21 +89,6 @@ def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str
                     ]
                 }
             ],
-        },
-    }
-
-
-def router_pod_disruption_budget(name: str, namespace: str) -> dict[str, Any]:
-    """Return the PodDisruptionBudget ``NAME-router``: one router unavailable at a time."""
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
-        "spec": {
-            # One router at a time: a node drain never takes the pool's DICOM
-            # endpoint away, and a single router can still be evicted.
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(name, "router")},
         },
     }
 
