@@ -346,7 +346,7 @@ def tls_state(kube: KubeEmulator) -> tuple[int, bool]:
     in_policy = any(p["port"] == 2762 for p in policy["spec"]["ingress"][0]["ports"])
     if in_service != in_policy:
         return -1, in_service
-    return len(secret_volumes(deployment)), in_service
+    return len(secret_volumes(deployment["spec"]["template"])), in_service
 
 
 def sorted_ports(template: dict[str, Any]) -> dict[str, Any]:
@@ -357,9 +357,8 @@ def sorted_ports(template: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def secret_volumes(workload_or_template: dict[str, Any]) -> dict[str, str]:
-    """The Secret volumes of a Deployment's or StatefulSet's pod template (or of a template)."""
-    template = workload_or_template.get("spec", {}).get("template", workload_or_template)
+def secret_volumes(template: dict[str, Any]) -> dict[str, str]:
+    """The Secret volumes of a pod template: volume name to Secret name."""
     pod = template["spec"]
     return {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
 
@@ -401,7 +400,7 @@ def test_tls_settings_reach_the_routers_and_go_away_with_them(
     )
     wait_until(lambda: tls_state(kube) == (3, True), timeout=20, what="TLS everywhere")
     deployment, service, policy = router_objects(kube)
-    assert secret_volumes(deployment) == {
+    assert secret_volumes(deployment["spec"]["template"]) == {
         "tls-server": "ct-router-tls",
         "tls-client-ca": "modality-ca",
         "gateway-tls-ca": "gateway-ca",

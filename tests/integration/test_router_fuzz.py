@@ -10,15 +10,13 @@ mode, while a pynetdicom sender stores real studies through the same router.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewaypool_local.peers import PynetdicomSink, free_port
+from gatewaypool_local.peers import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 from support import fuzzrun
-from support.certs import TestCA
 
 RouterFactory = Callable[..., RouterProcess]
 SEED = 20261202
@@ -64,16 +62,12 @@ def test_hostile_pdus_over_tls_beside_a_wellformed_sender(
     # cut or reset connection ends the TLS stream without close_notify. An
     # association from the TLS port always copies, so one mode is enough;
     # not start_router, which would run this once per mode.
-    ca = TestCA(tmp_path / "pki")
-    server = ca.issue("server")
+    tls_options, tls = fuzzrun.tls_target(tmp_path / "pki")
     studies = [
         generate_study(tmp_path / "studies", study_index=i, instances=4, rows=32, columns=32)
         for i in range(3)
     ]
-    tls_port = free_port()
     gateway = f"{pynetdicom_gateway.ae_title}@{pynetdicom_gateway.host}:{pynetdicom_gateway.port}"
-    tls_options = ["--tls-port", str(tls_port), "--tls-cert", str(server.cert)]
-    tls_options += ["--tls-key", str(server.key)]
     with RouterProcess(
         tmp_path / "router",
         gateways=[gateway],
@@ -87,7 +81,7 @@ def test_hostile_pdus_over_tls_beside_a_wellformed_sender(
             indexes=range(2 * CASES_PER_MODE, 2 * CASES_PER_MODE + CASES_OVER_TLS),
             workers=6,
             mode="tls",
-            tls=(tls_port, ssl.create_default_context(cafile=str(ca.bundle))),
+            tls=tls,
         )
         print(fuzzrun.figures([report]))
         assert not report.problems, "\n".join(report.problems[:10])

@@ -327,6 +327,20 @@ def run_case(
 # -- the run ---------------------------------------------------------------------
 
 
+def tls_target(folder: Path) -> tuple[list[str], tuple[int, ssl.SSLContext]]:
+    """A TLS port for a fuzz run: the router's options, and ``run``'s `tls` for them.
+
+    The certificates (a CA and the router's, for localhost and 127.0.0.1)
+    are made in `folder`.
+    """
+    ca = TestCA(folder)
+    server = ca.issue("server")
+    port = free_port()
+    options = ["--tls-port", str(port), "--tls-cert", str(server.cert)]
+    options += ["--tls-key", str(server.key)]
+    return options, (port, ssl.create_default_context(cafile=str(ca.bundle)))
+
+
 class _Sender(threading.Thread):
     """The well-formed sender: one study per association, round after round."""
 
@@ -634,15 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number, mode in enumerate(modes):
             first = args.first + number * share
             count = share if number < len(modes) - 1 else args.cases - share * number
-            tls_options: list[str] = []
-            tls: tuple[int, ssl.SSLContext] | None = None
-            if args.tls:
-                ca = TestCA(work / "pki")
-                server = ca.issue("server")
-                tls_port = free_port()
-                tls_options = ["--tls-port", str(tls_port), "--tls-cert", str(server.cert)]
-                tls_options += ["--tls-key", str(server.key)]
-                tls = (tls_port, ssl.create_default_context(cafile=str(ca.bundle)))
+            tls_options, tls = tls_target(work / "pki") if args.tls else ([], None)
             with PynetdicomSink(work / f"sink-{mode}", ae_title="FUZZSINK") as gateway:
                 router = RouterProcess(
                     work / f"router-{mode}",
