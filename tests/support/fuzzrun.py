@@ -170,9 +170,10 @@ class _Connection:
             self._incoming.write(chunk)
         else:
             self._incoming.write_eof()
-            self.eof = not self._handshaken or self.eof
         if self._handshaken:
-            self._decrypt()
+            self._decrypt()  # sees the EOF too, after what came before it
+        elif not chunk:
+            self.eof = True  # closed during the handshake
 
     def _decrypt(self) -> None:
         assert self._tls is not None
