@@ -314,8 +314,8 @@ class HandoverPlan:
     prune_reports
         Keys of the ``NAME-routers`` ConfigMap whose pods are gone.
     moving
-        Buckets moving after this pass; `oldest_move_seconds` the age of the
-        oldest move (None when nothing moves).
+        Buckets moving after this pass; `oldest_move_since` when the oldest
+        move started, `oldest_move_seconds` its age (None when nothing moves).
     excluded_routers
         Live routers whose word is not waited for.
     """
@@ -331,6 +331,7 @@ class HandoverPlan:
     moving: int
     oldest_move_seconds: float | None
     excluded_routers: tuple[str, ...]
+    oldest_move_since: datetime | None = None
 
 
 # --- the pass ------------------------------------------------------------------------
@@ -526,6 +527,7 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
         moving=len(new_moving),
         oldest_move_seconds=(x.now - min(starts)).total_seconds() if starts else None,
         excluded_routers=tuple(sorted(excluded)),
+        oldest_move_since=min(starts) if starts else None,
     )
 
 

@@ -6,6 +6,12 @@ these functions turn those plain objects into the inputs of
 read as the safe thing: a pod without a readable Ready condition is not
 Ready, a report that does not parse is no report (its router then counts as
 not having spoken, which delays handovers and never completes one).
+
+A pod in phase ``Failed`` or ``Succeeded`` (evicted, killed by a node
+shutdown, or its container exited for good) runs no container again and is
+kept only until the pod garbage collector removes it: it is no router. It
+never reports, so counting it would hold every handover until
+``maxDrainSeconds`` forces it, and keep the StatefulSet from shrinking.
 """
 
 from __future__ import annotations
@@ -13,12 +19,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool_operator.handover import GatewayPod, RouterPod
 
-__all__ = ["gateway_pods", "gateway_ports", "parse_time", "router_pods"]
+__all__ = [
+    "FINISHED_PHASES",
+    "gateway_pods",
+    "gateway_ports",
+    "live_routers",
+    "parse_time",
+    "router_pods",
+]
+
+FINISHED_PHASES: Final = frozenset({"Failed", "Succeeded"})
+"""Pod phases after which no container of the pod runs again."""
 
 
 def parse_time(value: object) -> datetime | None:
@@ -84,12 +100,24 @@ def gateway_ports(pods: Iterable[Mapping[str, Any]], *, statefulset: str) -> dic
     return ports
 
 
+def live_routers(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The router pods that may route: all but those in a `FINISHED_PHASES` phase.
+
+    A pod being deleted stays: it still serves its open associations and
+    still reports until it is gone.
+    """
+    return [pod for pod in pods if (pod.get("status") or {}).get("phase") not in FINISHED_PHASES]
+
+
 def router_pods(
     pods: Iterable[Mapping[str, Any]], *, reports: Mapping[str, str], now: datetime
 ) -> list[RouterPod]:
-    """The router pods that exist, each with its report from `reports` (pod name → text)."""
+    """The router pods that may route (`live_routers`), each with its report from `reports`.
+
+    `reports` maps pod name to report text.
+    """
     result: list[RouterPod] = []
-    for pod in pods:
+    for pod in live_routers(pods):
         metadata = pod.get("metadata") or {}
         name = str(metadata.get("name") or "")
         if not name:

@@ -107,7 +107,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         router_reports=observed.reports,
         live_router_pods=tuple(
             str(pod["metadata"]["name"])
-            for pod in observed.router_pods
+            for pod in observe.live_routers(observed.router_pods)
             if not pod["metadata"].get("deletionTimestamp")
         ),
         spec_error=None,
@@ -165,7 +165,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
     events.extend(Event(e.type, e.reason, e.message) for e in decided.events)
     previous_totals = pool_status.get("handovers") or {}
     summary = poolstatus.HandoverSummary(
-        oldest_move_seconds=decided.oldest_move_seconds,
+        oldest_move_since=decided.oldest_move_since,
         completed=_count(previous_totals.get("completed")) + len(decided.completed),
         forced=_count(previous_totals.get("forced")) + len(decided.forced),
         excluded_routers=decided.excluded_routers,

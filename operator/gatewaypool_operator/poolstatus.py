@@ -23,6 +23,15 @@ since when) and ``observedGeneration``.
   scale (reason ``AutoscalerNotScaling``: its ``ScalingActive`` or
   ``AbleToScale`` condition is False, e.g. no metrics for its targets).
 
+The status changes only when something a user sees changed: it holds no
+age or anything else that moves with the clock alone (the oldest move's
+start is ``oldestMoveSince``, a time; ``kubectl get gwp`` shows its age).
+A pass with nothing new then writes no status (see
+`gatewaypool_operator.runner`), and so does not change the pool's
+``resourceVersion``: a HorizontalPodAutoscaler writes ``/scale`` with the
+resourceVersion it read, and a status write in between makes that write
+conflict (``FailedRescale``), just when it scales.
+
 With ``spec.autoscaling``, ``status.autoscaling`` reads ``MIN-MAX`` (the
 autoscaler's range, a column of ``kubectl get gwp``); without, it is absent.
 """
@@ -70,15 +79,16 @@ class HandoverSummary:
 
     Attributes
     ----------
-    oldest_move_seconds
-        Age of the oldest move under way; None when nothing moves.
+    oldest_move_since
+        When the oldest move under way started; None when nothing moves.
+        A time, not an age: an age would change the status on every pass.
     completed, forced
         Moves since the pool was created (the previous totals plus this pass's).
     excluded_routers
         Live routers whose reports are too old to wait for.
     """
 
-    oldest_move_seconds: float | None = None
+    oldest_move_since: datetime | None = None
     completed: int = 0
     forced: int = 0
     excluded_routers: tuple[str, ...] = ()
@@ -158,7 +168,7 @@ def compute_status(
     -------
     dict
         Every status field of the contract, always all of them but
-        ``oldestMoveSeconds`` (absent when nothing moves) and ``autoscaling``
+        ``oldestMoveSince`` (absent when nothing moves) and ``autoscaling``
         (absent without ``spec.autoscaling``): the status is written with
         `merge_patch`, which deletes what is absent.
 
@@ -224,9 +234,9 @@ def compute_status(
         "bucketCounts": bucket_map.bucket_counts() if bucket_map is not None else {},
         "conditions": conditions,
     }
-    if summary.oldest_move_seconds is not None:
+    if summary.oldest_move_since is not None:
         # Absent when nothing moves: the merge patch then deletes it.
-        result["oldestMoveSeconds"] = int(summary.oldest_move_seconds)
+        result["oldestMoveSince"] = format_time(summary.oldest_move_since)
     if spec is not None and spec.autoscaling is not None:
         # Absent when not autoscaled, so that kubectl get gwp shows <none>.
         autoscaling = spec.autoscaling

@@ -134,7 +134,12 @@ def run_pass(
 
 
 def write_results(cluster: Cluster, body: dict[str, Any], outcome: Outcome) -> None:
-    """Write a pass's status, accepted spec and Events through the API."""
+    """Write a pass's status, accepted spec and Events through the API.
+
+    The status is written only when it differs from the pool's: a write
+    with nothing new would still change the pool's resourceVersion and make
+    an autoscaler's ``/scale`` write, made at the version it read, conflict.
+    """
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     current = body.get("status") or {}

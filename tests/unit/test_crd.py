@@ -136,7 +136,7 @@ STATUS_FIELDS = [
     "routersTotal",
     "routers",
     "movingBuckets",
-    "oldestMoveSeconds",
+    "oldestMoveSince",
     "handovers",
     "excludedRouters",
     "autoscaling",
@@ -583,7 +583,8 @@ def test_printer_columns() -> None:
         ("Map", ".status.mapVersion", "integer"),
         ("Routers", ".status.routers", "string"),
         ("Moving", ".status.movingBuckets", "integer"),
-        ("Draining", ".status.oldestMoveSeconds", "integer"),
+        # A time, shown as an age: an age in the status would change on every pass.
+        ("Draining", ".status.oldestMoveSince", "date"),
         ("Age", ".metadata.creationTimestamp", "date"),
     ]
 

@@ -271,6 +271,7 @@ def test_after_max_drain_a_move_is_forced_and_recorded() -> None:
     )
     assert early.publish is None
     assert early.oldest_move_seconds == 599
+    assert early.oldest_move_since == at(0)
     busy = router("r-a", version=2, reported=600, ages=dict.fromkeys(current.moving, 1.0))
     forced = plan(
         current, now=600, wanted=4, gateway_pods=pods([0, 1, 2, 3]), routers=[busy], state=state

@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator.observe import gateway_pods, gateway_ports, parse_time, router_pods
+from gatewaypool_operator.observe import (
+    gateway_pods,
+    gateway_ports,
+    live_routers,
+    parse_time,
+    router_pods,
+)
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -65,6 +71,21 @@ def test_router_pods_with_their_reports() -> None:
     assert found[1].report is None and found[1].problem and "buckets" in found[1].problem
     assert found[2].report is None and found[2].problem is None
     assert found[2].created_at == NOW
+
+
+def test_failed_and_succeeded_router_pods_are_not_routers() -> None:
+    """Evicted or shut-down pods (phase Failed, Succeeded) never report again."""
+    pods = [
+        _pod("ct-router-a") | {"status": {"phase": "Running"}},
+        _pod("ct-router-evicted") | {"status": {"phase": "Failed", "reason": "Evicted"}},
+        _pod("ct-router-done") | {"status": {"phase": "Succeeded"}},
+        _pod("ct-router-new") | {"status": {"phase": "Pending"}},
+        _pod("ct-router-unknown"),  # no status yet
+        _pod("ct-router-leaving", deletionTimestamp="2026-12-01T09:59:30Z"),
+    ]
+    expected = ["ct-router-a", "ct-router-leaving", "ct-router-new", "ct-router-unknown"]
+    assert sorted(p["metadata"]["name"] for p in live_routers(pods)) == expected
+    assert [r.name for r in router_pods(pods, reports={}, now=NOW)] == expected
 
 
 def test_gateway_ports_as_each_pod_has_them() -> None:

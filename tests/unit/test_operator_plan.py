@@ -116,13 +116,13 @@ def router_pod(name: str) -> dict[str, Any]:
     }
 
 
-def report(version: int) -> str:
+def report(version: int, *, at: datetime | None = None) -> str:
     return dump_report(
         build_report(
             map_version=version,
             buckets=12,
             started_at=NOW - timedelta(hours=1),
-            reported_at=NOW - timedelta(seconds=1),
+            reported_at=NOW - timedelta(seconds=1) if at is None else at,
             ages={},
             open_associations={},
         )
@@ -374,6 +374,105 @@ def test_scale_down_keeps_the_leaving_gateway_until_its_buckets_moved() -> None:
         # Nothing new: the map is not written again.
         (1, None, 0, 0, ()),
     ]
+
+
+def test_passes_during_a_handover_with_nothing_new_give_the_same_status() -> None:
+    """The status holds no age: a pass that learns nothing leaves it as it was.
+
+    The runner then writes no status, so the pool's resourceVersion stays and
+    an autoscaler's ``/scale`` write at the version it read does not conflict.
+    """
+    spec = {**SPEC, "replicas": 1}
+    observed = Observed(
+        pool(spec, status={"mapVersion": 3}),
+        map_configmap=published(2),
+        statefulset=statefulset(2),
+        gateway_pods=[gateway_pod(0), gateway_pod(1)],
+        router_pods=[router_pod("ct-router-a")],
+        reports_configmap={"metadata": {"name": "ct-routers"}, "data": {"ct-router-a": report(3)}},
+    )
+    started = decide(observed)
+    map_write = write_of(started, "ConfigMap", "ct-map")
+    assert map_write is not None and reasons(started) == ["HandoverStarted"]
+    statuses = []
+    for seconds in (1, 4, 9):
+        # The router has not applied the new map yet (it reports the old one): the move waits.
+        now = NOW + timedelta(seconds=seconds)
+        waiting = dataclasses.replace(
+            observed,
+            pool=pool(spec, status=started.status),
+            map_configmap={"metadata": {"name": "ct-map"}, "data": map_write.obj["data"]},
+            reports_configmap={
+                "metadata": {"name": "ct-routers"},
+                "data": {"ct-router-a": report(3, at=now - timedelta(seconds=1))},
+            },
+        )
+        decided = decide(waiting, now=now)
+        assert write_of(decided, "ConfigMap", "ct-map") is None
+        statuses.append(decided.status)
+    assert statuses[0]["movingBuckets"] == 6
+    assert statuses[0]["oldestMoveSince"] == "2026-03-01T12:00:00Z"
+    assert statuses == [started.status] * 3
+
+
+def test_a_failed_router_pod_neither_holds_nor_forces_a_handover() -> None:
+    """An evicted router (phase Failed) never reports: the handover goes on without it.
+
+    Counted, it would have no report: the StatefulSet could never shrink, and
+    its silence would force every move once it was excluded.
+    """
+    spec = {**SPEC, "replicas": 1}
+    evicted = router_pod("ct-router-evicted") | {"status": {"phase": "Failed"}}
+    observed = Observed(
+        pool(spec, status={"mapVersion": 3}),
+        map_configmap=published(2),
+        statefulset=statefulset(2),
+        gateway_pods=[gateway_pod(0), gateway_pod(1)],
+        router_pods=[router_pod("ct-router-a"), evicted],
+        reports_configmap={"metadata": {"name": "ct-routers"}, "data": {}},
+    )
+    now = NOW
+    completed, forced = [], []
+    for _ in range(4):
+        decided = decide(observed, now=now)
+        assert decided.handover is not None
+        completed += decided.handover.completed
+        forced += decided.handover.forced
+        map_write = write_of(decided, "ConfigMap", "ct-map")
+        map_configmap = (
+            {"metadata": {"name": "ct-map"}, "data": map_write.obj["data"]}
+            if map_write is not None
+            else observed.map_configmap
+        )
+        version = parse_map(map_configmap["data"][children.MAP_KEY]).version
+        replicas = sts_replicas(decided)
+        now += timedelta(seconds=31)
+        # The live router applied what was published and routed nothing since.
+        reports = {
+            "ct-router-a": dump_report(
+                build_report(
+                    map_version=version,
+                    buckets=12,
+                    started_at=NOW - timedelta(hours=1),
+                    reported_at=now - timedelta(seconds=1),
+                    ages={},
+                    open_associations={},
+                )
+            )
+        }
+        observed = dataclasses.replace(
+            observed,
+            pool=pool(spec, status=decided.status),
+            map_configmap=map_configmap,
+            statefulset=statefulset(replicas),
+            gateway_pods=[gateway_pod(o) for o in range(replicas)],
+            reports_configmap={"metadata": {"name": "ct-routers"}, "data": reports},
+        )
+    assert len(completed) == 6 and forced == []
+    # Once the live router applied the map without gateway 1, it goes.
+    assert replicas == 1
+    assert decided.status["routers"] == "1/1"
+    assert decided.status["excludedRouters"] == []
 
 
 # --- optional children ------------------------------------------------------------------

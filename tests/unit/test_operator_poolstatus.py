@@ -477,14 +477,17 @@ def test_unusable_router_reports_are_not_in_sync(text: str) -> None:
 def test_handover_progress_and_totals() -> None:
     status = observe(
         handover=HandoverSummary(
-            oldest_move_seconds=12.7, completed=40, forced=2, excluded_routers=("router-b",)
+            oldest_move_since=NOW - timedelta(seconds=12.7),
+            completed=40,
+            forced=2,
+            excluded_routers=("router-b",),
         )
     )
-    assert status["oldestMoveSeconds"] == 12
+    assert status["oldestMoveSince"] == format_time(NOW - timedelta(seconds=13))
     assert status["handovers"] == {"completed": 40, "forced": 2}
     assert status["excludedRouters"] == ["router-b"]
     idle = observe()
-    assert "oldestMoveSeconds" not in idle
+    assert "oldestMoveSince" not in idle
     assert idle["handovers"] == {"completed": 0, "forced": 0}
 
 
