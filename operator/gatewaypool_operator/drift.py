@@ -154,6 +154,8 @@ def immutable_change(desired: Mapping[str, Any], live: Mapping[str, Any]) -> str
     fields = IMMUTABLE_FIELDS.get(str(desired.get("kind")), ())
     wanted = desired.get("spec") or {}
     actual = live.get("spec") or {}
+    if desired.get("kind") == "Service":
+        return _service_immutable_change(wanted, actual)
     for name in fields:
         if name in wanted:
             path = _first_difference(wanted[name], actual.get(name), ("f:spec", f"f:{name}"))
@@ -161,6 +163,22 @@ def immutable_change(desired: Mapping[str, Any], live: Mapping[str, Any]) -> str
                 return f"{render(path)} differs"
         elif name in ("volumeClaimTemplates", "selector") and actual.get(name):
             return f".spec.{name} removed"
+    return None
+
+
+def _service_immutable_change(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> str | None:
+    """A Service's fields the API server keeps once set: ``loadBalancerClass`` while the
+    type stays LoadBalancer (another type clears it), and the primary IP family.
+
+    The cluster IP and node ports are immutable too, but the operator never
+    writes them unless fixed in the spec (a fixed node port may change).
+    """
+    both_load_balancers = wanted.get("type") == actual.get("type") == "LoadBalancer"
+    if both_load_balancers and wanted.get("loadBalancerClass") != actual.get("loadBalancerClass"):
+        return ".spec.loadBalancerClass differs"
+    families, live_families = wanted.get("ipFamilies") or [], actual.get("ipFamilies") or []
+    if families and live_families and families[0] != live_families[0]:
+        return ".spec.ipFamilies[0] differs"
     return None
 
 

@@ -29,6 +29,8 @@ from gatewaypool_operator.podparts import (
     SecretMount,
     container_resources,
     container_security_context,
+    image_pull_secrets_field,
+    scheduling_fields,
     secret_volume,
     topology_spread,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "DATA_VOLUME",
     "FS_GROUP",
     "GATEWAY_CERT_DIRECTORY",
+    "PRIVILEGED_PORTS",
+    "UNPRIVILEGED_PORT_SYSCTL",
     "gateway_secret_mounts",
     "headless_service",
     "network_policy",
@@ -47,6 +51,10 @@ __all__ = [
 
 FS_GROUP: Final = 65532
 """The group that owns a gateway's data volume, so any non-root gateway user can write it."""
+UNPRIVILEGED_PORT_SYSCTL: Final = "net.ipv4.ip_unprivileged_port_start"
+"""The pod sysctl that lets a non-root gateway bind a port below `PRIVILEGED_PORTS`."""
+PRIVILEGED_PORTS: Final = 1024
+"""Ports below this need root or CAP_NET_BIND_SERVICE, unless the sysctl lowers the bound."""
 DATA_VOLUME: Final = "data"
 """The volume of ``spec.gateway.storage``, and so the prefix of its claims' names."""
 
@@ -118,23 +126,37 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
         "periodSeconds": 5,
         "failureThreshold": 3,
     }
-    container["securityContext"] = container_security_context()
+    security = gateway.security_context
+    container["securityContext"] = container_security_context(
+        run_as_non_root=security.run_as_non_root
+    )
     container["volumeMounts"] = volume_mounts
 
     pod_security: dict[str, Any] = {
-        # The gateway image picks its user; it must only not be root.
-        "runAsNonRoot": True,
+        # The image picks its user unless the spec does; by default it must not be root.
+        "runAsNonRoot": security.run_as_non_root,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if gateway.storage is not None or secrets:
+    if security.run_as_user is not None:
+        pod_security["runAsUser"] = security.run_as_user
+    if security.run_as_group is not None:
+        pod_security["runAsGroup"] = security.run_as_group
+    if security.fs_group is not None or gateway.storage is not None or secrets:
         # A fresh volume and Secret files are root's; the group makes the
         # volume writable and the Secret files readable to any non-root user.
-        pod_security["fsGroup"] = FS_GROUP
+        pod_security["fsGroup"] = security.fs_group if security.fs_group is not None else FS_GROUP
         pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
+    if gateway.port < PRIVILEGED_PORTS:
+        # A non-root gateway may bind its DICOM port (104) without a capability:
+        # the pod's own network namespace lets unprivileged users bind from the
+        # port up. A "safe" sysctl, allowed by the baseline and restricted Pod
+        # Security levels and by every kubelet since Kubernetes 1.22.
+        pod_security["sysctls"] = [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": str(gateway.port)}]
     pod_spec: dict[str, Any] = {
         # Gateways do not call the Kubernetes API unless the user gives them an account.
         "automountServiceAccountToken": bool(template.service_account_name),
         "securityContext": pod_security,
+        **image_pull_secrets_field(spec.image_pull_secrets),
         "containers": [container],
         "volumes": [
             {"name": TMP_VOLUME, "emptyDir": {}},
@@ -146,14 +168,7 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
     }
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
-    if template.node_selector:
-        pod_spec["nodeSelector"] = thaw(template.node_selector)
-    if template.tolerations:
-        pod_spec["tolerations"] = thaw(template.tolerations)
-    if template.affinity:
-        pod_spec["affinity"] = thaw(template.affinity)
-    if template.priority_class_name:
-        pod_spec["priorityClassName"] = template.priority_class_name
+    pod_spec.update(scheduling_fields(template))
     spread = topology_spread(name, "gateway", template.topology_spread_constraints)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread

@@ -24,7 +24,15 @@ from datetime import datetime
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, dump_map
-from gatewaypool_operator import childnames, children, handover, mapgateways, observe, poolstatus
+from gatewaypool_operator import (
+    childnames,
+    children,
+    exposure,
+    handover,
+    mapgateways,
+    observe,
+    poolstatus,
+)
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.passdata import (
@@ -163,6 +171,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         else None
     )
     events.extend(Event(e.type, e.reason, e.message) for e in decided.events)
+    events.extend(_exposure_events(spec, previous))
     previous_totals = pool_status.get("handovers") or {}
     summary = poolstatus.HandoverSummary(
         oldest_move_since=decided.oldest_move_since,
@@ -447,6 +456,20 @@ def _child_event(plan: Plan, item: Applied) -> Event | None:
     if item.action == "deleted":
         return Event("Normal", "ChildDeleted", f"{item.kind} {item.name} deleted")
     return None
+
+
+def _exposure_events(spec: PoolSpec, previous: Sequence[Mapping[str, Any]]) -> list[Event]:
+    """The ``RouterExposed`` Warning Event, when the condition turns True (not on every pass)."""
+    exposed, _, message = exposure.router_exposure(spec)
+    was = any(
+        isinstance(condition, Mapping)
+        and condition.get("type") == exposure.ROUTER_EXPOSED
+        and condition.get("status") == "True"
+        for condition in previous
+    )
+    if not exposed or was:
+        return []
+    return [Event("Warning", exposure.ROUTER_EXPOSED, message)]
 
 
 def _already_degraded(previous: Any, message: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from gatewaypool_operator.childnames import labels, object_metadata, selector_labels
 from gatewaypool_operator.specfields import thaw
+from gatewaypool_operator.spectypes import PodTemplateSpec
 
 __all__ = [
     "CA_KEY",
@@ -29,7 +30,9 @@ __all__ = [
     "SecretMount",
     "container_resources",
     "container_security_context",
+    "image_pull_secrets_field",
     "pod_disruption_budget",
+    "scheduling_fields",
     "secret_volume",
     "spread_field",
     "topology_spread",
@@ -98,10 +101,34 @@ def container_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in thaw(resources).items() if value}
 
 
-def container_security_context() -> dict[str, Any]:
-    """Return the ``securityContext`` of every container: non-root, read-only, no privileges."""
+def image_pull_secrets_field(names: Sequence[str]) -> dict[str, Any]:
+    """Return a pod spec's ``imagePullSecrets`` for ``spec.imagePullSecrets``, or no field."""
+    return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}
+
+
+def scheduling_fields(template: PodTemplateSpec) -> dict[str, Any]:
+    """Return the pod spec fields of a pod template that place the pods, those set only.
+
+    ``nodeSelector``, ``tolerations``, ``affinity`` and ``priorityClassName``,
+    alike for gateways and routers; the spread is `spread_field`'s.
+    """
+    fields: dict[str, Any] = {}
+    if template.node_selector:
+        fields["nodeSelector"] = thaw(template.node_selector)
+    if template.tolerations:
+        fields["tolerations"] = thaw(template.tolerations)
+    if template.affinity:
+        fields["affinity"] = thaw(template.affinity)
+    if template.priority_class_name:
+        fields["priorityClassName"] = template.priority_class_name
+    return fields
+
+
+def container_security_context(*, run_as_non_root: bool = True) -> dict[str, Any]:
+    """Return the ``securityContext`` of every container: read-only, no privileges, and
+    non-root unless a pool's ``spec.gateway.securityContext.runAsNonRoot`` is false."""
     return {
-        "runAsNonRoot": True,
+        "runAsNonRoot": run_as_non_root,
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},

@@ -22,6 +22,10 @@ since when) and ``observedGeneration``.
   progress deadline), or the pool's HorizontalPodAutoscaler says it cannot
   scale (reason ``AutoscalerNotScaling``: its ``ScalingActive`` or
   ``AbleToScale`` condition is False, e.g. no metrics for its targets).
+- ``RouterExposed``: present, and True, only while the router Service is a
+  LoadBalancer that admits any source address (see
+  `gatewaypool_operator.exposure`); it goes when the spec restricts the
+  sources or the type changes.
 
 The status changes only when something a user sees changed: it holds no
 age or anything else that moves with the clock alone (the oldest move's
@@ -46,6 +50,7 @@ from typing import Any, Final
 
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool.reports import ReportError, parse_report
+from gatewaypool_operator import exposure
 from gatewaypool_operator.childnames import selector_string
 from gatewaypool_operator.specfields import thaw
 from gatewaypool_operator.spectypes import PoolSpec
@@ -207,6 +212,8 @@ def compute_status(
             ),
         ),
     ]
+    if spec is not None and exposure.router_exposure(spec)[0]:
+        wanted.append((exposure.ROUTER_EXPOSED, "True", *exposure.router_exposure(spec)[1:]))
     conditions = [
         _condition(
             kind,

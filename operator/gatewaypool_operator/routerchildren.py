@@ -34,9 +34,12 @@ from gatewaypool_operator.podparts import (
     SecretMount,
     container_resources,
     container_security_context,
+    image_pull_secrets_field,
+    scheduling_fields,
     secret_volume,
     spread_field,
 )
+from gatewaypool_operator.specfields import thaw
 from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
@@ -65,11 +68,36 @@ RUN_AS_USER: Final = 65532
 
 
 def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
-    """Return the NetworkPolicy ``NAME-router``: the DICOM and HTTP ports, from anywhere."""
+    """Return the NetworkPolicy ``NAME-router``: the DICOM ports from ``routerFrom`` or anywhere,
+    the HTTP port from anywhere."""
     dicom_ports = [
         *([ROUTER_DICOM_PORT] if spec.router.plain_port else []),
         *([ROUTER_TLS_PORT] if spec.router.tls is not None else []),
     ]
+    router_from = thaw(spec.network_policy.router_from)
+    if router_from:
+        # The modality subnets (ipBlock) or pods the spec names reach the DICOM
+        # ports; the HTTP port (probes, Prometheus) stays open as before.
+        ingress = [
+            {
+                "from": router_from,
+                "ports": [{"protocol": "TCP", "port": port} for port in dicom_ports],
+            },
+            {"ports": [{"protocol": "TCP", "port": ROUTER_HTTP_PORT}]},
+        ]
+    else:
+        # No "from": modalities send from anywhere, and Prometheus scrapes
+        # /metrics from its own namespace. In a default-deny namespace the
+        # routers are reachable on their DICOM ports (plain, TLS or both)
+        # and their HTTP port, and no other.
+        ingress = [
+            {
+                "ports": [
+                    *({"protocol": "TCP", "port": port} for port in dicom_ports),
+                    {"protocol": "TCP", "port": ROUTER_HTTP_PORT},
+                ]
+            }
+        ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -77,18 +105,7 @@ def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str
         "spec": {
             "podSelector": {"matchLabels": selector_labels(name, "router")},
             "policyTypes": ["Ingress"],
-            # No "from": modalities send from anywhere, and Prometheus scrapes
-            # /metrics from its own namespace. In a default-deny namespace the
-            # routers are reachable on their DICOM ports (plain, TLS or both)
-            # and their HTTP port, and no other.
-            "ingress": [
-                {
-                    "ports": [
-                        *({"protocol": "TCP", "port": port} for port in dicom_ports),
-                        {"protocol": "TCP", "port": ROUTER_HTTP_PORT},
-                    ]
-                }
-            ],
+            "ingress": ingress,
         },
     }
 
@@ -268,6 +285,10 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
         # Secret files belong to root; the kubelet gives them this group, the
         # router's own, which mode 0440 lets read them.
         pod_security["fsGroup"] = RUN_AS_USER
+    template = spec.router.pod_template
+    pod_metadata: dict[str, Any] = {"labels": {**thaw(template.labels), **labels(name, "router")}}
+    if template.annotations:
+        pod_metadata["annotations"] = thaw(template.annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -281,18 +302,20 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
             "template": {
-                "metadata": {"labels": labels(name, "router")},
+                "metadata": pod_metadata,
                 "spec": {
                     "serviceAccountName": router_name(name),
                     # The router reads its map and writes its report through the API.
                     "automountServiceAccountToken": True,
                     "securityContext": pod_security,
+                    **image_pull_secrets_field(spec.image_pull_secrets),
                     "containers": [container],
                     "volumes": [
                         {"name": TMP_VOLUME, "emptyDir": {}},
                         *(secret_volume(mount) for mount in mounts),
                     ],
-                    **spread_field(name, "router", spec.router.topology_spread_constraints),
+                    **scheduling_fields(template),
+                    **spread_field(name, "router", template.topology_spread_constraints),
                 },
             },
         },
@@ -300,26 +323,55 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
 
 
 def router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
-    """Return the router Service ``NAME-router``: the pool's DICOM endpoint."""
+    """Return the router Service ``NAME-router``: the pool's DICOM endpoint.
+
+    Only what ``spec.router.service`` sets is written. What the API server
+    allocates -- ``clusterIP``/``clusterIPs``, a node port not fixed in the
+    spec, ``healthCheckNodePort`` -- is never in the object, so server-side
+    apply leaves it alone, and it survives every edit of the pool, a change
+    of type included (the name never changes; the allocated node ports go
+    only when the type no longer needs them).
+    """
+    service = spec.router.service
+    metadata = object_metadata(
+        router_name(name), namespace, {**thaw(service.labels), **labels(name, "router")}
+    )
+    if service.annotations:
+        metadata["annotations"] = thaw(service.annotations)
+    service_spec: dict[str, Any] = {
+        "type": service.type,
+        "selector": selector_labels(name, "router"),
+        "ports": _router_service_ports(spec),
+    }
+    if service.load_balancer_class is not None:
+        service_spec["loadBalancerClass"] = service.load_balancer_class
+    if service.load_balancer_source_ranges:
+        service_spec["loadBalancerSourceRanges"] = list(service.load_balancer_source_ranges)
+    if service.external_traffic_policy is not None:
+        service_spec["externalTrafficPolicy"] = service.external_traffic_policy
+    if service.ip_family_policy is not None:
+        service_spec["ipFamilyPolicy"] = service.ip_family_policy
+    if service.ip_families:
+        service_spec["ipFamilies"] = list(service.ip_families)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
-        "spec": {
-            "type": spec.router.service_type,
-            "selector": selector_labels(name, "router"),
-            "ports": _router_service_ports(spec),
-        },
+        "metadata": metadata,
+        "spec": service_spec,
     }
 
 
 def _router_service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
-    """``dicom`` on ``spec.router.port`` unless plainPort is off, ``dicom-tls`` with TLS."""
-    ports = []
+    """``dicom`` on ``spec.router.port`` unless plainPort is off, ``dicom-tls`` with TLS;
+    each with its fixed node port, if the spec gives one."""
+    service = spec.router.service
+    ports: list[dict[str, Any]] = []
     if spec.router.plain_port:
         ports.append(
             {"name": "dicom", "port": spec.router.port, "targetPort": "dicom", "protocol": "TCP"}
         )
+        if service.node_port is not None:
+            ports[-1]["nodePort"] = service.node_port
     if spec.router.tls is not None:
         ports.append(
             {
@@ -329,6 +381,8 @@ def _router_service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
                 "protocol": "TCP",
             }
         )
+        if service.tls_node_port is not None:
+            ports[-1]["nodePort"] = service.tls_node_port
     return ports
 
 

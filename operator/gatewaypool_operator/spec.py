@@ -30,6 +30,7 @@ in modules of its own, and what they define is re-exported here, so
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -47,6 +48,7 @@ from gatewaypool_operator.specfields import (
     check_ae_title,
     check_subdomain,
     is_int,
+    is_qualified_name,
     kind_of,
     thaw,
 )
@@ -56,12 +58,14 @@ from gatewaypool_operator.spectypes import (
     DEFAULT_TLS_PORT,
     AutoscalingSpec,
     CallerSubject,
+    GatewaySecurityContextSpec,
     GatewaySpec,
     GatewayTLSSpec,
     HandoverSpec,
     NetworkPolicySpec,
     PodTemplateSpec,
     PoolSpec,
+    RouterServiceSpec,
     RouterSpec,
     RouterTLSSpec,
     StorageSpec,
@@ -131,6 +135,13 @@ address): what the router's ``--caller-subject`` parses. The CRD's schema uses t
 _SUBJECT = re.compile(SUBJECT_PATTERN)
 _PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 _SERVICE_TYPES: Final = ("ClusterIP", "NodePort", "LoadBalancer")
+_EXTERNAL_TRAFFIC_POLICIES: Final = ("Cluster", "Local")
+_IP_FAMILY_POLICIES: Final = ("SingleStack", "PreferDualStack", "RequireDualStack")
+_IP_FAMILIES: Final = ("IPv4", "IPv6")
+MAX_SOURCE_RANGES: Final = 256
+"""The most ``spec.router.service.loadBalancerSourceRanges`` a pool may list (the CRD's bound)."""
+MAX_IMAGE_PULL_SECRETS: Final = 16
+"""The most ``spec.imagePullSecrets`` a pool may name (the CRD's bound)."""
 
 
 def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpec:
@@ -173,6 +184,7 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
             "handover",
             "networkPolicy",
             "autoscaling",
+            "imagePullSecrets",
         ),
     )
     buckets = root.integer("buckets", default=DEFAULT_BUCKETS, low=1, high=MAX_BUCKETS)
@@ -199,7 +211,27 @@ def parse_spec(spec: Mapping[str, Any], *, default_router_image: str) -> PoolSpe
             if autoscaling is None
             else _autoscaling(autoscaling, buckets=buckets, gateway=gateway, handover=handover)
         ),
+        image_pull_secrets=_image_pull_secrets(root),
     )
+
+
+def _image_pull_secrets(root: SpecObject) -> tuple[str, ...]:
+    """``spec.imagePullSecrets``: ``{name}`` entries, each a Secret's name, none twice."""
+    entries = root.objects("imagePullSecrets")
+    path = root.path("imagePullSecrets")
+    if len(entries) > MAX_IMAGE_PULL_SECRETS:
+        raise SpecError(
+            path, entries, f"has {len(entries)} entries, more than {MAX_IMAGE_PULL_SECRETS}"
+        )
+    names: list[str] = []
+    for index, entry in enumerate(entries):
+        item = SpecObject(entry, f"{path}[{index}]")
+        item.keys("name")
+        name = _required_secret_name(item, "name")
+        if name in names:
+            raise SpecError(item.path("name"), name, "appears twice (each Secret once)")
+        names.append(name)
+    return tuple(names)
 
 
 def check_name(name: str) -> None:
@@ -248,6 +280,7 @@ def _gateway(section: SpecObject) -> GatewaySpec:
         "podTemplate",
         "terminationGracePeriodSeconds",
         "tls",
+        "securityContext",
     )
     storage_section = section.child("storage", optional=True)
     storage = None if storage_section is None else _storage(storage_section)
@@ -280,6 +313,38 @@ def _gateway(section: SpecObject) -> GatewaySpec:
             "terminationGracePeriodSeconds", default=30, low=0, high=3600
         ),
         tls=tls,
+        security_context=_gateway_security_context(section.child("securityContext")),
+    )
+
+
+MAX_ID: Final = 2**31 - 1
+"""The largest user or group id a pod's securityContext takes (an int64 the kubelet
+checks against the Linux limit)."""
+
+
+def _gateway_security_context(section: SpecObject) -> GatewaySecurityContextSpec:
+    """``spec.gateway.securityContext``: ids in 0..2^31-1; root refused while runAsNonRoot."""
+    section.keys("runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup")
+
+    def identity(key: str) -> int | None:
+        if section.data.get(key) is None:
+            return None
+        return section.integer(key, default=0, low=0, high=MAX_ID)
+
+    user = identity("runAsUser")
+    non_root = section.boolean("runAsNonRoot", default=True)
+    if non_root and user == 0:
+        raise SpecError(
+            section.path("runAsUser"),
+            user,
+            "is root, which runAsNonRoot (true unless set to false) forbids: the kubelet "
+            "would refuse to start the gateway",
+        )
+    return GatewaySecurityContextSpec(
+        run_as_user=user,
+        run_as_group=identity("runAsGroup"),
+        run_as_non_root=non_root,
+        fs_group=identity("fsGroup"),
     )
 
 
@@ -328,9 +393,11 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         "aeTitle",
         "port",
         "serviceType",
+        "service",
         "allowedCallingAETitles",
         "resources",
         "topologySpreadConstraints",
+        "podTemplate",
         "plainPort",
         "tls",
     )
@@ -376,13 +443,177 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         image=image,
         ae_title=section.ae_title("aeTitle", default="GATEWAYPOOL"),
         port=port,
-        service_type=section.choice("serviceType", _SERVICE_TYPES, "ClusterIP"),
+        service=_router_service(section, plain_port=plain_port, tls=tls is not None),
         allowed_calling_ae_titles=allowed,
         resources=specpod.resources(section, "resources"),
-        topology_spread_constraints=specpod.spread(section),
+        pod_template=_router_pod_template(section),
         plain_port=plain_port,
         tls=tls,
     )
+
+
+def _router_pod_template(section: SpecObject) -> PodTemplateSpec:
+    """``spec.router.podTemplate``, whose spread ``spec.router.topologySpreadConstraints``
+    (the older spelling) may give instead, not both."""
+    template_section = section.child("podTemplate")
+    template = specpod.pod_template(template_section, with_service_account=False)
+    older = specpod.spread(section)
+    if older is None:
+        return template
+    if template.topology_spread_constraints is not None:
+        raise SpecError(
+            section.path("topologySpreadConstraints"),
+            older,
+            "is set with spec.router.podTemplate.topologySpreadConstraints too "
+            "(one field: podTemplate.topologySpreadConstraints)",
+        )
+    return PodTemplateSpec(
+        labels=template.labels,
+        annotations=template.annotations,
+        node_selector=template.node_selector,
+        tolerations=template.tolerations,
+        affinity=template.affinity,
+        priority_class_name=template.priority_class_name,
+        topology_spread_constraints=older,
+    )
+
+
+def _router_service(section: SpecObject, *, plain_port: bool, tls: bool) -> RouterServiceSpec:
+    """``spec.router.service``, with ``spec.router.serviceType`` as the older name of its type.
+
+    Every rule here is a rule of the API server for a Service (or of the
+    router's ports), refused at the pool's field instead of as a Service
+    the API server rejects on every pass; the CRD's rules say the same.
+    """
+    service = section.child("service")
+    service.keys(
+        "type",
+        "annotations",
+        "labels",
+        "loadBalancerClass",
+        "loadBalancerSourceRanges",
+        "externalTrafficPolicy",
+        "nodePorts",
+        "ipFamilyPolicy",
+        "ipFamilies",
+    )
+    alias = section.data.get("serviceType")
+    alias_type = None if alias is None else section.choice("serviceType", _SERVICE_TYPES, "")
+    kind = service.choice("type", _SERVICE_TYPES, alias_type or "ClusterIP")
+    if alias_type is not None and service.data.get("type") is not None and kind != alias_type:
+        raise SpecError(
+            section.path("serviceType"),
+            alias_type,
+            f"differs from spec.router.service.type ({kind}); serviceType is the older name "
+            "of service.type: set only service.type",
+        )
+
+    def only_with(key: str, types: Sequence[str]) -> None:
+        if service.data.get(key) is not None and kind not in types:
+            raise SpecError(
+                service.path(key),
+                service.data[key],
+                f"needs spec.router.service.type {' or '.join(types)} (it is {kind})",
+            )
+
+    labels = service.string_map("labels", values="label")
+    for key in labels:
+        if key in RESERVED_LABELS:
+            raise SpecError(
+                f"{service.path('labels')}[{key!r}]",
+                labels[key],
+                "would override a label the pool's selectors rely on (set by the operator)",
+            )
+    only_with("loadBalancerClass", ("LoadBalancer",))
+    load_balancer_class = service.string("loadBalancerClass", default="") or None
+    if load_balancer_class is not None and not is_qualified_name(load_balancer_class):
+        raise SpecError(
+            service.path("loadBalancerClass"),
+            load_balancer_class,
+            "is not a qualified name (e.g. example.com/internal-lb)",
+        )
+    only_with("loadBalancerSourceRanges", ("LoadBalancer",))
+    ranges = service.strings("loadBalancerSourceRanges")
+    if len(ranges) > MAX_SOURCE_RANGES:
+        raise SpecError(
+            service.path("loadBalancerSourceRanges"),
+            ranges,
+            f"has {len(ranges)} ranges, more than {MAX_SOURCE_RANGES}",
+        )
+    for index, text in enumerate(ranges):
+        _check_cidr(f"{service.path('loadBalancerSourceRanges')}[{index}]", text)
+    only_with("externalTrafficPolicy", ("NodePort", "LoadBalancer"))
+    traffic = service.data.get("externalTrafficPolicy")
+    if traffic is not None:
+        traffic = service.choice("externalTrafficPolicy", _EXTERNAL_TRAFFIC_POLICIES, "Cluster")
+    only_with("nodePorts", ("NodePort", "LoadBalancer"))
+    node_ports = service.child("nodePorts")
+    node_ports.keys("dicom", "dicomTLS")
+    ports: dict[str, int | None] = {}
+    for key, needed, why in (
+        ("dicom", plain_port, "spec.router.plainPort (the plain DICOM port)"),
+        ("dicomTLS", tls, "spec.router.tls (the DICOM TLS port)"),
+    ):
+        if node_ports.data.get(key) is None:
+            ports[key] = None
+            continue
+        ports[key] = node_ports.integer(key, default=0, low=1, high=65535)
+        if not needed:
+            raise SpecError(node_ports.path(key), ports[key], f"needs {why}")
+    if ports["dicom"] is not None and ports["dicom"] == ports["dicomTLS"]:
+        raise SpecError(
+            node_ports.path("dicomTLS"),
+            ports["dicomTLS"],
+            "is nodePorts.dicom too: the plain and the TLS port need two node ports",
+        )
+    policy = service.data.get("ipFamilyPolicy")
+    if policy is not None:
+        policy = service.choice("ipFamilyPolicy", _IP_FAMILY_POLICIES, "SingleStack")
+    families = service.strings("ipFamilies")
+    for index, family in enumerate(families):
+        if family not in _IP_FAMILIES:
+            raise SpecError(
+                f"{service.path('ipFamilies')}[{index}]",
+                family,
+                f"is not one of {', '.join(_IP_FAMILIES)}",
+            )
+    if len(families) > 2 or len(set(families)) != len(families):
+        raise SpecError(
+            service.path("ipFamilies"), families, "is not one or two different families"
+        )
+    if len(families) == 2 and policy == "SingleStack":
+        raise SpecError(
+            service.path("ipFamilyPolicy"),
+            policy,
+            "cannot have two ipFamilies (use PreferDualStack or RequireDualStack)",
+        )
+    return RouterServiceSpec(
+        type=kind,
+        annotations=service.string_map("annotations", values="any"),
+        labels=labels,
+        load_balancer_class=load_balancer_class,
+        load_balancer_source_ranges=ranges,
+        external_traffic_policy=traffic,
+        node_port=ports["dicom"],
+        tls_node_port=ports["dicomTLS"],
+        ip_family_policy=policy,
+        ip_families=families,
+    )
+
+
+def _check_cidr(path: str, text: str) -> None:
+    """Refuse `text` unless it is an IPv4 or IPv6 network in CIDR form (``10.20.0.0/16``)."""
+    address, _, prefix = text.partition("/")
+    if prefix.isdigit() and prefix.isascii() and "%" not in address:
+        # ip_network would take a netmask (/255.255.0.0) or a scope (%eth0); Go's
+        # ParseCIDR, which the API server uses, takes neither.
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            pass
+        else:
+            return
+    raise SpecError(path, text, "is not an address range in CIDR form (e.g. 10.20.30.0/24)")
 
 
 def _router_tls(section: SpecObject, *, allowed: Sequence[str]) -> RouterTLSSpec:
@@ -589,7 +820,7 @@ _PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
 
 
 def _network_policy(section: SpecObject) -> NetworkPolicySpec:
-    section.keys("enabled", "extraIngress")
+    section.keys("enabled", "extraIngress", "routerFrom")
     enabled = section.data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise SpecError(section.path("enabled"), enabled, f"is not a boolean ({kind_of(enabled)})")
@@ -608,4 +839,7 @@ def _network_policy(section: SpecObject) -> NetworkPolicySpec:
                 raise SpecError(entry.path("port"), value, "is not a port number or name")
             if isinstance(value, int) and not 1 <= value <= 65535:
                 raise SpecError(entry.path("port"), value, "is not a port (1 to 65535)")
-    return NetworkPolicySpec(enabled=enabled, extra_ingress=rules)
+    router_from = section.objects("routerFrom")
+    for index, peer in enumerate(router_from):
+        SpecObject(peer, f"{section.path('routerFrom')}[{index}]").keys(*_PEER_KEYS)
+    return NetworkPolicySpec(enabled=enabled, extra_ingress=rules, router_from=router_from)

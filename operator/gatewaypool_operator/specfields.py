@@ -27,6 +27,7 @@ __all__ = [
     "check_ae_title",
     "check_subdomain",
     "is_int",
+    "is_qualified_name",
     "kind_of",
     "thaw",
 ]
@@ -260,11 +261,17 @@ def check_subdomain(path: str, value: str) -> None:
         raise SpecError(path, value, "is not a DNS subdomain (lower-case, as object names are)")
 
 
+def is_qualified_name(value: str) -> bool:
+    """Whether `value` is a qualified name, as label keys and ``loadBalancerClass`` are:
+    an optional DNS-subdomain prefix and ``/``, then a name of up to 63 characters."""
+    prefix, slash, name = value.rpartition("/")
+    return not (
+        slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))
+    ) and _is_label_name(name)
+
+
 def _check_qualified_name(path: str, key: str) -> None:
-    prefix, slash, name = key.rpartition("/")
-    if (slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or not _is_label_name(
-        name
-    ):
+    if not is_qualified_name(key):
         raise SpecError(
             path,
             key,

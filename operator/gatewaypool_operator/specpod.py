@@ -64,8 +64,13 @@ _SPREAD_KEYS: Final = (
 _WHEN_UNSATISFIABLE: Final = ("DoNotSchedule", "ScheduleAnyway")
 
 
-def pod_template(section: SpecObject) -> PodTemplateSpec:
-    """``spec.gateway.podTemplate``; its labels may not override `RESERVED_LABELS`."""
+def pod_template(section: SpecObject, *, with_service_account: bool = True) -> PodTemplateSpec:
+    """``spec.gateway.podTemplate`` or ``spec.router.podTemplate``.
+
+    Its labels may not override `RESERVED_LABELS`. ``with_service_account``
+    False (the router's) refuses ``serviceAccountName``: routers run as the
+    account whose Role lets them read their map.
+    """
     section.keys(
         "labels",
         "annotations",
@@ -73,7 +78,7 @@ def pod_template(section: SpecObject) -> PodTemplateSpec:
         "tolerations",
         "affinity",
         "priorityClassName",
-        "serviceAccountName",
+        *(["serviceAccountName"] if with_service_account else []),
         "topologySpreadConstraints",
     )
     labels = section.string_map("labels", values="label")

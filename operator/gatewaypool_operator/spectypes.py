@@ -19,12 +19,14 @@ __all__ = [
     "DEFAULT_TLS_PORT",
     "AutoscalingSpec",
     "CallerSubject",
+    "GatewaySecurityContextSpec",
     "GatewaySpec",
     "GatewayTLSSpec",
     "HandoverSpec",
     "NetworkPolicySpec",
     "PodTemplateSpec",
     "PoolSpec",
+    "RouterServiceSpec",
     "RouterSpec",
     "RouterTLSSpec",
     "StorageSpec",
@@ -87,6 +89,20 @@ class GatewayTLSSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaySecurityContextSpec:
+    """``spec.gateway.securityContext``: the user and groups the gateway pods run as.
+
+    None leaves a field to the image (its ``USER``) or, for ``fs_group``, to
+    the operator's default (65532 when the pods mount a volume or Secret).
+    """
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool = True
+    fs_group: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
     """``spec.gateway``: the user's DICOM Storage SCP, one pod per gateway."""
 
@@ -103,6 +119,7 @@ class GatewaySpec:
     termination_grace_period_seconds: int = 30
     #: None: the router speaks plain DICOM to the gateways.
     tls: GatewayTLSSpec | None = None
+    security_context: GatewaySecurityContextSpec = field(default_factory=GatewaySecurityContextSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +152,28 @@ class RouterTLSSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterServiceSpec:
+    """``spec.router.service``: the router Service modalities send to.
+
+    Fields left None are not written, so the API server's defaults (and
+    what it allocates: the cluster IP, node ports not fixed here) stay.
+    ``node_port`` and ``tls_node_port`` fix the node ports of the plain and
+    TLS DICOM ports (``nodePorts.dicom``, ``nodePorts.dicomTLS``).
+    """
+
+    type: str = "ClusterIP"
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    load_balancer_class: str | None = None
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    external_traffic_policy: str | None = None
+    node_port: int | None = None
+    tls_node_port: int | None = None
+    ip_family_policy: str | None = None
+    ip_families: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RouterSpec:
     """``spec.router``: the study router Deployment and its Service."""
 
@@ -142,11 +181,13 @@ class RouterSpec:
     replicas: int = 2
     ae_title: str = "GATEWAYPOOL"
     port: int = 11112
-    service_type: str = "ClusterIP"
+    service: RouterServiceSpec = field(default_factory=RouterServiceSpec)
     allowed_calling_ae_titles: tuple[str, ...] = ()
     resources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-    #: None: the default spread over zones and nodes; ``()``: no constraints.
-    topology_spread_constraints: tuple[Mapping[str, Any], ...] | None = None
+    #: ``spec.router.podTemplate`` (its service account is always the router's own);
+    #: the spread is ``spec.router.podTemplate.topologySpreadConstraints`` or the older
+    #: ``spec.router.topologySpreadConstraints``.
+    pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)
     #: Whether the router listens on its plain DICOM port; False needs `tls`.
     plain_port: bool = True
     #: None: no TLS port.
@@ -174,6 +215,8 @@ class NetworkPolicySpec:
 
     enabled: bool = True
     extra_ingress: tuple[Mapping[str, Any], ...] = ()
+    #: NetworkPolicy peers that may reach the routers' DICOM ports; ``()``: anyone.
+    router_from: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,3 +255,5 @@ class PoolSpec:
     network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
     #: None: no autoscaler; ``spec.replicas`` is the user's to set.
     autoscaling: AutoscalingSpec | None = None
+    #: Secrets the kubelet pulls the router and gateway images with.
+    image_pull_secrets: tuple[str, ...] = ()

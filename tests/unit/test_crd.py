@@ -56,6 +56,7 @@ KUBERNETES_VERSIONS = ["1.29", "1.37"]
 SPEC_FIELDS = [
     "replicas",
     "buckets",
+    "imagePullSecrets",
     "gateway",
     "gateway.image",
     "gateway.imagePullPolicy",
@@ -78,6 +79,11 @@ SPEC_FIELDS = [
     "gateway.tls.caSecretName",
     "gateway.tls.clientCertSecretName",
     "gateway.tls.serverCertSecretName",
+    "gateway.securityContext",
+    "gateway.securityContext.runAsUser",
+    "gateway.securityContext.runAsGroup",
+    "gateway.securityContext.runAsNonRoot",
+    "gateway.securityContext.fsGroup",
     "gateway.podTemplate",
     "gateway.podTemplate.labels",
     "gateway.podTemplate.annotations",
@@ -96,12 +102,35 @@ SPEC_FIELDS = [
     "router.aeTitle",
     "router.port",
     "router.serviceType",
+    "router.service",
+    "router.service.type",
+    "router.service.annotations",
+    "router.service.labels",
+    "router.service.loadBalancerClass",
+    "router.service.loadBalancerSourceRanges",
+    "router.service.externalTrafficPolicy",
+    "router.service.nodePorts",
+    "router.service.nodePorts.dicom",
+    "router.service.nodePorts.dicomTLS",
+    "router.service.ipFamilyPolicy",
+    "router.service.ipFamilies",
     "router.allowedCallingAETitles",
     "router.resources",
     "router.resources.limits",
     "router.resources.requests",
     "router.resources.claims",
     "router.topologySpreadConstraints",
+    "router.podTemplate",
+    "router.podTemplate.labels",
+    "router.podTemplate.annotations",
+    "router.podTemplate.nodeSelector",
+    "router.podTemplate.tolerations",
+    "router.podTemplate.affinity",
+    "router.podTemplate.affinity.nodeAffinity",
+    "router.podTemplate.affinity.podAffinity",
+    "router.podTemplate.affinity.podAntiAffinity",
+    "router.podTemplate.priorityClassName",
+    "router.podTemplate.topologySpreadConstraints",
     "router.plainPort",
     "router.tls",
     "router.tls.secretName",
@@ -111,6 +140,7 @@ SPEC_FIELDS = [
     "networkPolicy",
     "networkPolicy.enabled",
     "networkPolicy.extraIngress",
+    "networkPolicy.routerFrom",
     "handover",
     "handover.quietSeconds",
     "handover.maxDrainSeconds",
@@ -166,8 +196,8 @@ DEFAULTS = {
     "router.replicas": 2,
     "router.aeTitle": "GATEWAYPOOL",
     "router.port": 11112,
-    "router.serviceType": "ClusterIP",
     "router.plainPort": True,
+    "gateway.securityContext.runAsNonRoot": True,
     "router.tls.port": 2762,
     "handover": {},
     "handover.quietSeconds": 30,
@@ -184,6 +214,11 @@ RANGES = {
     "router.replicas": (1, 100),
     "router.port": (1, 65535),
     "router.tls.port": (1, 65535),
+    "router.service.nodePorts.dicom": (1, 65535),
+    "router.service.nodePorts.dicomTLS": (1, 65535),
+    "gateway.securityContext.runAsUser": (0, 2**31 - 1),
+    "gateway.securityContext.runAsGroup": (0, 2**31 - 1),
+    "gateway.securityContext.fsGroup": (0, 2**31 - 1),
     "handover.quietSeconds": (1, 3600),
     "handover.maxDrainSeconds": (10, 86400),
     "handover.failoverAfterSeconds": (10, 86400),
@@ -201,6 +236,9 @@ MINIMUMS = {
 ENUMS = {
     "gateway.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
     "router.serviceType": ["ClusterIP", "NodePort", "LoadBalancer"],
+    "router.service.type": ["ClusterIP", "NodePort", "LoadBalancer"],
+    "router.service.externalTrafficPolicy": ["Cluster", "Local"],
+    "router.service.ipFamilyPolicy": ["SingleStack", "PreferDualStack", "RequireDualStack"],
     "gateway.storage.whenScaled": ["Retain", "Delete"],
 }
 AE_TITLE_FIELDS = [
@@ -216,6 +254,7 @@ SECRET_NAME_FIELDS = [
     "gateway.tls.caSecretName",
     "gateway.tls.clientCertSecretName",
     "gateway.tls.serverCertSecretName",
+    "imagePullSecrets[].name",
 ]
 
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
@@ -228,6 +267,13 @@ PRESERVE_UNKNOWN_FIELDS = {
     "spec.gateway.podTemplate.affinity.podAntiAffinity",
     "spec.gateway.podTemplate.topologySpreadConstraints[]",
     "spec.router.topologySpreadConstraints[]",
+    "spec.router.podTemplate.tolerations[]",
+    "spec.router.podTemplate.affinity",
+    "spec.router.podTemplate.affinity.nodeAffinity",
+    "spec.router.podTemplate.affinity.podAffinity",
+    "spec.router.podTemplate.affinity.podAntiAffinity",
+    "spec.router.podTemplate.topologySpreadConstraints[]",
+    "spec.networkPolicy.routerFrom[]",
     "spec.networkPolicy.extraIngress[].from[]",
     "spec.networkPolicy.extraIngress[].ports[]",
 }
@@ -269,7 +315,6 @@ CONTRACT_SAMPLE: dict[str, Any] = {
             "image": "",
             "aeTitle": "GATEWAYPOOL",
             "port": 11112,
-            "serviceType": "ClusterIP",
             "allowedCallingAETitles": [],
             "resources": {},
         },
@@ -746,7 +791,6 @@ def test_defaulting_fills_a_minimal_pool_as_the_api_server_does() -> None:
             "replicas": 2,
             "aeTitle": "GATEWAYPOOL",
             "port": 11112,
-            "serviceType": "ClusterIP",
             "plainPort": True,
         },
         "handover": {"quietSeconds": 30, "maxDrainSeconds": 600},
@@ -764,7 +808,6 @@ def test_defaulting_keeps_given_values_and_leaves_the_input_alone() -> None:
         "replicas": 2,
         "aeTitle": "GATEWAYPOOL",
         "port": 4242,
-        "serviceType": "ClusterIP",
         "plainPort": True,
     }
     assert spec["handover"] == {"quietSeconds": 5, "maxDrainSeconds": 600}
@@ -987,6 +1030,14 @@ def test_the_secure_example_keeps_its_honest_notes() -> None:
 # --- the CEL rules ------------------------------------------------------------------
 
 
+#: The router Service's type as the CRD's rules read it: service.type, else the older
+#: serviceType, else ClusterIP (neither has a schema default, so that both can be read).
+SERVICE_TYPE = (
+    "(has(self.service) && has(self.service.type) ? self.service.type"
+    " : (has(self.serviceType) ? self.serviceType : 'ClusterIP'))"
+)
+
+
 def test_the_rules_are_where_the_contract_puts_them() -> None:
     assert [(r.where, r.rule, r.field_path) for r in all_rules()] == [
         (
@@ -1040,6 +1091,13 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             " || !(self.storage.mountPath + '/').startsWith('/etc/gatewaypool/tls/server/')",
             ".storage.mountPath",
         ),
+        (
+            "spec.gateway",
+            "!has(self.securityContext) || !has(self.securityContext.runAsUser)"
+            " || self.securityContext.runAsUser != 0"
+            " || (has(self.securityContext.runAsNonRoot) && !self.securityContext.runAsNonRoot)",
+            ".securityContext.runAsUser",
+        ),
         ("spec.router", "!has(self.plainPort) || self.plainPort || has(self.tls)", ".plainPort"),
         (
             "spec.router",
@@ -1060,6 +1118,76 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             " || !has(self.allowedCallingAETitles) || size(self.allowedCallingAETitles) == 0"
             " || self.tls.callerSubjects.all(c, c.aeTitle in self.allowedCallingAETitles)",
             ".tls.callerSubjects",
+        ),
+        (
+            "spec.router",
+            "!has(self.serviceType) || !has(self.service) || !has(self.service.type)"
+            " || self.service.type == self.serviceType",
+            ".serviceType",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.loadBalancerClass)"
+            f" || {SERVICE_TYPE} == 'LoadBalancer'",
+            ".service.loadBalancerClass",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.loadBalancerSourceRanges)"
+            f" || {SERVICE_TYPE} == 'LoadBalancer'",
+            ".service.loadBalancerSourceRanges",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.externalTrafficPolicy)"
+            f" || {SERVICE_TYPE} != 'ClusterIP'",
+            ".service.externalTrafficPolicy",
+        ),
+        (
+            "spec.router",
+            f"!has(self.service) || !has(self.service.nodePorts) || {SERVICE_TYPE} != 'ClusterIP'",
+            ".service.nodePorts",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.nodePorts)"
+            " || !has(self.service.nodePorts.dicom)"
+            " || !has(self.plainPort) || self.plainPort",
+            ".service.nodePorts.dicom",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.nodePorts)"
+            " || !has(self.service.nodePorts.dicomTLS) || has(self.tls)",
+            ".service.nodePorts.dicomTLS",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.nodePorts)"
+            " || !has(self.service.nodePorts.dicom)"
+            " || !has(self.service.nodePorts.dicomTLS)"
+            " || self.service.nodePorts.dicom != self.service.nodePorts.dicomTLS",
+            ".service.nodePorts.dicomTLS",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.ipFamilies)"
+            " || size(self.service.ipFamilies) < 2"
+            " || self.service.ipFamilies[0] != self.service.ipFamilies[1]",
+            ".service.ipFamilies",
+        ),
+        (
+            "spec.router",
+            "!has(self.service) || !has(self.service.ipFamilies)"
+            " || size(self.service.ipFamilies) < 2"
+            " || !has(self.service.ipFamilyPolicy) || self.service.ipFamilyPolicy != 'SingleStack'",
+            ".service.ipFamilyPolicy",
+        ),
+        (
+            "spec.router",
+            "!has(self.topologySpreadConstraints) || !has(self.podTemplate)"
+            " || !has(self.podTemplate.topologySpreadConstraints)",
+            ".topologySpreadConstraints",
         ),
         (
             "spec.handover",

@@ -176,7 +176,7 @@ def test_full_spec_keeps_every_value() -> None:
     assert thaw(template.tolerations) == full()["gateway"]["podTemplate"]["tolerations"]
     assert template.service_account_name == "gateway"
     router = spec.router
-    assert (router.replicas, router.image, router.service_type) == (
+    assert (router.replicas, router.image, router.service.type) == (
         4,
         "registry.example.org/router:1",
         "LoadBalancer",
@@ -1007,12 +1007,26 @@ def test_autoscaling_without_required_fields() -> None:
         assert str(caught.value) == f"spec.autoscaling.{field_path}: is required"
 
 
+#: The invalid files whose every rule the operator checks too (the others' rules are
+#: checked field by field in the tests above).
+OPERATOR_CHECKED = (
+    "autoscaling-",
+    "router-service-",
+    "router-spread-",
+    "router-podtemplate-",
+    "gateway-security-",
+    "image-pull-",
+)
+
+
 @pytest.mark.parametrize(
-    "path", sorted(INVALID_FILES.glob("autoscaling-*.yaml")), ids=lambda p: p.name
+    "path",
+    sorted(p for p in INVALID_FILES.glob("*.yaml") if p.name.startswith(OPERATOR_CHECKED)),
+    ids=lambda p: p.name,
 )
 def test_the_operator_refuses_what_the_crd_refuses(path: Path) -> None:
     """Without the CRD's schema and rules (the emulator, an old CRD) the operator still refuses
-    each invalid autoscaling file, naming the field the API server would name."""
+    each of these invalid files, naming the field the API server would name."""
     first, *_ = path.read_text().splitlines()
     expected = first.removeprefix("# expect: ")
     field = (
@@ -1023,3 +1037,187 @@ def test_the_operator_refuses_what_the_crd_refuses(path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         parse(yaml.safe_load(path.read_text())["spec"])
     assert caught.value.field_path.startswith(field), (caught.value.field_path, field)
+
+
+# --- the router Service, the router pod template, pull Secrets, gateway users (issues 25, 19)
+
+
+def routed(**router: Any) -> dict[str, Any]:
+    return minimal() | {"router": router}
+
+
+def test_router_service_defaults_to_a_cluster_ip_with_nothing_else_set() -> None:
+    service = parse(minimal()).router.service
+    assert service.type == "ClusterIP"
+    assert (service.load_balancer_class, service.external_traffic_policy) == (None, None)
+    assert (service.node_port, service.tls_node_port, service.ip_family_policy) == (None,) * 3
+    assert (service.load_balancer_source_ranges, service.ip_families) == ((), ())
+
+
+def test_service_type_is_read_from_the_older_service_type_too() -> None:
+    assert parse(routed(serviceType="NodePort")).router.service.type == "NodePort"
+    assert parse(routed(service={"type": "LoadBalancer"})).router.service.type == "LoadBalancer"
+    both = routed(serviceType="LoadBalancer", service={"type": "LoadBalancer"})
+    assert parse(both).router.service.type == "LoadBalancer"
+
+
+def test_router_service_keeps_every_value() -> None:
+    service = parse(
+        routed(
+            tls={"secretName": "router-tls"},
+            service={
+                "type": "LoadBalancer",
+                "annotations": {"metallb.io/loadBalancerIPs": "10.20.0.50"},
+                "labels": {"site": "north"},
+                "loadBalancerClass": "example.com/internal",
+                "loadBalancerSourceRanges": ["10.20.30.0/24", "fd00:20::/64"],
+                "externalTrafficPolicy": "Local",
+                "nodePorts": {"dicom": 30104, "dicomTLS": 32762},
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv4", "IPv6"],
+            },
+        )
+    ).router.service
+    assert dict(service.annotations) == {"metallb.io/loadBalancerIPs": "10.20.0.50"}
+    assert dict(service.labels) == {"site": "north"}
+    assert service.load_balancer_class == "example.com/internal"
+    assert service.load_balancer_source_ranges == ("10.20.30.0/24", "fd00:20::/64")
+    assert (service.external_traffic_policy, service.node_port, service.tls_node_port) == (
+        "Local",
+        30104,
+        32762,
+    )
+    assert (service.ip_family_policy, service.ip_families) == ("PreferDualStack", ("IPv4", "IPv6"))
+
+
+# (router section, field path, value in the error, words the message must contain)
+ROUTER_SERVICE_REFUSED: list[tuple[dict[str, Any], str, Any, str]] = [
+    ({"service": {"type": "ExternalName"}}, "spec.router.service.type", "ExternalName", "one of"),
+    (
+        {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.1"]}},
+        "spec.router.service.loadBalancerSourceRanges[0]",
+        "10.0.0.1",
+        "CIDR",
+    ),
+    (
+        {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/255.0.0.0"]}},
+        "spec.router.service.loadBalancerSourceRanges[0]",
+        "10.0.0.0/255.0.0.0",
+        "CIDR",
+    ),
+    (
+        {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"]}},
+        "spec.router.service.loadBalancerSourceRanges[0]",
+        "10.0.0.0/33",
+        "CIDR",
+    ),
+    (
+        {"service": {"type": "LoadBalancer", "loadBalancerClass": "not a class"}},
+        "spec.router.service.loadBalancerClass",
+        "not a class",
+        "qualified name",
+    ),
+    (
+        {"service": {"type": "NodePort", "externalTrafficPolicy": "Nearest"}},
+        "spec.router.service.externalTrafficPolicy",
+        "Nearest",
+        "one of",
+    ),
+    (
+        {"service": {"type": "NodePort", "nodePorts": {"dicom": 0}}},
+        "spec.router.service.nodePorts.dicom",
+        0,
+        "less than 1",
+    ),
+    (
+        {"service": {"type": "NodePort", "nodePorts": {"plain": 30104}}},
+        "spec.router.service.nodePorts.plain",
+        30104,
+        "has no field",
+    ),
+    (
+        {"service": {"ipFamilies": ["IPv5"]}},
+        "spec.router.service.ipFamilies[0]",
+        "IPv5",
+        "not one of",
+    ),
+    (
+        {"service": {"labels": {"app.kubernetes.io/component": "x"}}},
+        "spec.router.service.labels['app.kubernetes.io/component']",
+        "x",
+        "selectors rely on",
+    ),
+    (
+        {"podTemplate": {"labels": {"app.kubernetes.io/instance": "x"}}},
+        "spec.router.podTemplate.labels['app.kubernetes.io/instance']",
+        "x",
+        "selectors rely on",
+    ),
+    (
+        {"podTemplate": {"priorityClassName": "Not_A_Name"}},
+        "spec.router.podTemplate.priorityClassName",
+        "Not_A_Name",
+        "DNS subdomain",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("router", "field_path", "shown", "words"),
+    ROUTER_SERVICE_REFUSED,
+    ids=[f"{path}={shown!r}"[:70] for _, path, shown, _ in ROUTER_SERVICE_REFUSED],
+)
+def test_router_service_and_template_are_refused_naming_field_and_value(
+    router: dict[str, Any], field_path: str, shown: Any, words: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(routed(**router))
+    assert (caught.value.field_path, caught.value.value) == (field_path, shown)
+    assert words in str(caught.value)
+
+
+def test_router_pod_template_keeps_every_value_and_the_older_spread_field() -> None:
+    template = parse(
+        routed(
+            podTemplate={
+                "labels": {"tier": "ingress"},
+                "annotations": {"example.org/owner": "radiology"},
+                "nodeSelector": {"node-role.example.org/dicom-ingress": ""},
+                "tolerations": [{"key": "dicom-ingress", "operator": "Exists"}],
+                "affinity": {"nodeAffinity": {}},
+                "priorityClassName": "dicom-ingress",
+                "topologySpreadConstraints": [],
+            }
+        )
+    ).router.pod_template
+    assert dict(template.node_selector) == {"node-role.example.org/dicom-ingress": ""}
+    assert template.priority_class_name == "dicom-ingress"
+    assert template.topology_spread_constraints == ()
+    older = [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]
+    spread = parse(routed(topologySpreadConstraints=older)).router.pod_template
+    assert thaw(spread.topology_spread_constraints) == older
+
+
+def test_image_pull_secrets_are_names_of_secrets() -> None:
+    spec = parse(minimal() | {"imagePullSecrets": [{"name": "registry"}, {"name": "mirror"}]})
+    assert spec.image_pull_secrets == ("registry", "mirror")
+    assert parse(minimal()).image_pull_secrets == ()
+    with pytest.raises(SpecError, match=r"spec.imagePullSecrets\[0\].name: 'Reg' is not a DNS"):
+        parse(minimal() | {"imagePullSecrets": [{"name": "Reg"}]})
+    with pytest.raises(SpecError, match=r"spec.imagePullSecrets\[0\].name: is required"):
+        parse(minimal() | {"imagePullSecrets": [{}]})
+
+
+def test_gateway_security_context() -> None:
+    default = parse(minimal()).gateway.security_context
+    assert (default.run_as_user, default.run_as_group, default.fs_group) == (None, None, None)
+    assert default.run_as_non_root is True
+    spec = minimal()
+    spec["gateway"]["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000}
+    given_ = parse(spec).gateway.security_context
+    assert (given_.run_as_user, given_.run_as_group, given_.fs_group) == (1000, 1000, 2000)
+    spec["gateway"]["securityContext"] = {"runAsUser": 0, "runAsNonRoot": False}
+    assert parse(spec).gateway.security_context.run_as_user == 0
+    spec["gateway"]["securityContext"] = {"runAsUser": -1}
+    with pytest.raises(SpecError, match="runAsUser: -1 is less than 0"):
+        parse(spec)

@@ -1,0 +1,85 @@
+"""Whether a pool's DICOM endpoint is open to any address: the ``RouterExposed`` decision.
+
+A ``LoadBalancer`` router Service admits whatever addresses its load
+balancer admits. On several clouds that is the internet unless an
+annotation makes the load balancer internal, and the operator cannot read
+a cloud's annotations reliably. What it can read is whether the pool
+restricts the sources itself, in one of the two places Kubernetes enforces:
+
+- ``spec.router.service.loadBalancerSourceRanges``, which the load balancer
+  (or kube-proxy) enforces, or
+- ``spec.networkPolicy.routerFrom``, which the network plugin enforces on
+  the router pods (with ``spec.networkPolicy.enabled``; a peer list that
+  admits every address, ``0.0.0.0/0`` or ``::/0`` with no ``except``, is no
+  restriction).
+
+With neither, the pool's ``RouterExposed`` condition is True and a Warning
+Event of that reason is posted when it becomes so. A ``ClusterIP`` or
+``NodePort`` router is never "exposed" here: a NodePort is reached through
+the nodes' own network, which the site's firewalls already guard. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gatewaypool_operator.spectypes import PoolSpec
+
+__all__ = [
+    "EXPOSED",
+    "NOT_A_LOAD_BALANCER",
+    "RESTRICTED",
+    "ROUTER_EXPOSED",
+    "router_exposure",
+]
+
+ROUTER_EXPOSED: Final = "RouterExposed"
+"""The condition type, and the reason of the Warning Event posted when it turns True."""
+EXPOSED: Final = "AnySourceAdmitted"
+"""Reason while True: a LoadBalancer with neither source ranges nor a NetworkPolicy restriction."""
+RESTRICTED: Final = "SourcesRestricted"
+"""Reason while False on a LoadBalancer: source ranges or ``routerFrom`` restrict the callers."""
+NOT_A_LOAD_BALANCER: Final = "NotALoadBalancer"
+"""Reason while False otherwise: the router Service is ClusterIP or NodePort."""
+
+_EVERYWHERE: Final = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def router_exposure(spec: PoolSpec) -> tuple[bool, str, str]:
+    """Return (exposed, reason, message) for the ``RouterExposed`` condition of `spec`."""
+    service = spec.router.service
+    if service.type != "LoadBalancer":
+        return False, NOT_A_LOAD_BALANCER, f"the router Service is of type {service.type}"
+    if service.load_balancer_source_ranges:
+        return (
+            False,
+            RESTRICTED,
+            "the load balancer admits only spec.router.service.loadBalancerSourceRanges",
+        )
+    policy = spec.network_policy
+    if policy.enabled and policy.router_from and not any(map(_admits_all, policy.router_from)):
+        return (
+            False,
+            RESTRICTED,
+            "the routers' NetworkPolicy admits only spec.networkPolicy.routerFrom",
+        )
+    return (
+        True,
+        EXPOSED,
+        "the router Service is a LoadBalancer with no spec.router.service."
+        "loadBalancerSourceRanges and no spec.networkPolicy.routerFrom: its DICOM port is "
+        "reachable from any address the load balancer admits (on several clouds, the "
+        "internet, unless an annotation makes it internal)",
+    )
+
+
+def _admits_all(peer: Mapping[str, Any]) -> bool:
+    block = peer.get("ipBlock")
+    return (
+        isinstance(block, Mapping)
+        and block.get("cidr") in _EVERYWHERE
+        and not block.get("except")
+        and "podSelector" not in peer
+        and "namespaceSelector" not in peer
+    )
