@@ -16,7 +16,7 @@ from gatewaypool.contract import API_GROUP_VERSION, KIND
 
 __all__ = [
     "API_VERSION",
-    "CLUSTER_DOMAIN",
+    "DEFAULT_CLUSTER_DOMAIN",
     "MANAGED_BY",
     "autoscaler_name",
     "gateway_dns_name",
@@ -35,7 +35,8 @@ __all__ = [
 API_VERSION: Final = API_GROUP_VERSION
 """The GatewayPool's ``apiVersion``, as an ownerReference and the HPA's scaleTargetRef name it."""
 
-CLUSTER_DOMAIN: Final = "svc.cluster.local"
+DEFAULT_CLUSTER_DOMAIN: Final = "cluster.local"
+"""The cluster's DNS domain unless the operator is told another (``--cluster-domain``)."""
 _NAME_LABEL: Final = "app.kubernetes.io/name"
 _INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
 _MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
@@ -78,16 +79,17 @@ def gateway_pod_name(name: str, ordinal: int) -> str:
     return f"{statefulset_name(name)}-{ordinal}"
 
 
-def gateway_dns_name(name: str, namespace: str, ordinal: int) -> str:
+def gateway_dns_name(
+    name: str, namespace: str, ordinal: int, *, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
     """Return a gateway pod's stable DNS name, which the bucket map lists.
 
-    ``NAME-gw-<ordinal>.NAME-gw.NS.svc.cluster.local``: the headless
+    ``NAME-gw-<ordinal>.NAME-gw.NS.svc.<cluster_domain>``: the headless
     Service gives every StatefulSet pod this record, and publishes it before
     the pod is ready, so routers can resolve a gateway as soon as it starts.
     """
-    return (
-        f"{gateway_pod_name(name, ordinal)}.{statefulset_name(name)}.{namespace}.{CLUSTER_DOMAIN}"
-    )
+    pod = gateway_pod_name(name, ordinal)
+    return f"{pod}.{statefulset_name(name)}.{namespace}.svc.{cluster_domain}"
 
 
 # --- labels -------------------------------------------------------------------

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import socket
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from gatewaypool_operator.options import Options
+
+_DOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""A DNS name in lower case, as a cluster domain is (``cluster.local``)."""
 
 
 def register(subparsers: Any) -> None:
@@ -67,6 +71,14 @@ def register(subparsers: Any) -> None:
         help="serve Prometheus metrics (handovers completed and forced, buckets moving) "
         "at /metrics here; 'off' for none (default %(default)s)",
     )
+    parser.add_argument(
+        "--cluster-domain",
+        default=os.environ.get("GATEWAYPOOL_CLUSTER_DOMAIN") or "cluster.local",
+        metavar="DOMAIN",
+        help="the cluster's DNS domain, which ends the gateways' host names in the bucket "
+        "map (NAME-gw-0.NAME-gw.NS.svc.DOMAIN); from GATEWAYPOOL_CLUSTER_DOMAIN when set "
+        "(default %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -86,8 +98,13 @@ def run(args: argparse.Namespace) -> int:
         if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
             print(f"gatewaypool operator: --metrics: {args.metrics!r} is not [HOST]:PORT or off")
             return 2
+    domain = args.cluster_domain.rstrip(".")
+    if not _DOMAIN.fullmatch(domain) or len(domain) > 253:
+        print(f"gatewaypool operator: --cluster-domain: {args.cluster_domain!r} is not a DNS name")
+        return 2
     options = Options(
         resync_seconds=args.resync,
+        cluster_domain=domain,
         namespaces=tuple(args.namespace),
         # The operator's own image, which the chart passes on: routers run the same one.
         router_image=os.environ.get("GATEWAYPOOL_IMAGE", ""),

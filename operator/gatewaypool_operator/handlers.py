@@ -68,6 +68,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # One pass of a pool at a time, handlers and resync alike (see runner).
     memo["locks"] = PoolLocks()
     memo["router_image"] = options.router_image
+    memo["cluster_domain"] = options.cluster_domain
     memo["schedule"] = Schedule(options.resync_seconds)
     metrics = OperatorMetrics()
     memo["metrics"] = metrics
@@ -93,6 +94,7 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
             namespaces=options.namespaces,
             interval=options.resync_seconds,
             router_image=memo["router_image"],
+            cluster_domain=memo["cluster_domain"],
             locks=memo["locks"],
             schedule=memo["schedule"],
             peering=peering,
@@ -128,6 +130,7 @@ def on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
         name=key[1],
         router_image=memo["router_image"],
         metrics=memo["metrics"],
+        cluster_domain=memo["cluster_domain"],
     )
     # A scale change is carried out over many passes: the resync takes it on.
     memo["schedule"].after(key, outcome)

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 
 from gatewaypool.bucketmap import BucketMap, Gateway, MapError, parse_map
 from gatewaypool.contract import MAP_KEY
-from gatewaypool_operator.childnames import gateway_dns_name, gateway_pod_name
+from gatewaypool_operator.childnames import (
+    DEFAULT_CLUSTER_DOMAIN,
+    gateway_dns_name,
+    gateway_pod_name,
+)
 from gatewaypool_operator.spectypes import PoolSpec
 
 __all__ = [
@@ -24,7 +28,12 @@ __all__ = [
 
 
 def desired_gateways(
-    *, name: str, namespace: str, spec: PoolSpec, count: int
+    *,
+    name: str,
+    namespace: str,
+    spec: PoolSpec,
+    count: int,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> tuple[Gateway, ...]:
     """Return the map's entries for gateway pods ``0 .. count - 1`` of pool `name`.
 
@@ -38,6 +47,8 @@ def desired_gateways(
         The pool's.
     spec
         Gives the gateways' DICOM port and AE title, the same for all.
+    cluster_domain
+        The cluster's DNS domain (``--cluster-domain``), the end of every host name.
     count
         How many gateways; the caller decides (the StatefulSet may hold more
         pods than the spec wants while buckets move away).
@@ -52,7 +63,7 @@ def desired_gateways(
     return tuple(
         Gateway(
             name=gateway_pod_name(name, ordinal),
-            host=gateway_dns_name(name, namespace, ordinal),
+            host=gateway_dns_name(name, namespace, ordinal, cluster_domain=cluster_domain),
             port=spec.gateway.port,
             ae_title=spec.gateway.ae_title,
         )

@@ -26,5 +26,8 @@ class Options:
     #: Peering priority (``--priority``) and this replica's identity in the peering.
     priority: int = 0
     identity: str = ""
+    #: The cluster's DNS domain (``--cluster-domain``, ``GATEWAYPOOL_CLUSTER_DOMAIN``): the
+    #: gateways' host names in the bucket map end in ``.svc.<it>``.
+    cluster_domain: str = "cluster.local"
     #: Where Prometheus metrics are served (``--metrics``), ``[HOST]:PORT``; empty: nowhere.
     metrics: str = ""

@@ -68,7 +68,13 @@ ACCEPTED_SPEC_ANNOTATION = "gatewaypool.io/accepted-spec"
 APPLY_REFUSED = poolstatus.APPLY_REFUSED
 
 
-def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Plan:
+def plan(
+    observed: Observed,
+    *,
+    default_router_image: str,
+    now: datetime,
+    cluster_domain: str = childnames.DEFAULT_CLUSTER_DOMAIN,
+) -> Plan:
     """Decide everything one pass does to bring the pool in line with its spec.
 
     Deterministic and free of I/O: the same observations at the same `now`
@@ -82,6 +88,8 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         The router image when the spec names none (the operator's own).
     now
         The time of the pass, timezone-aware.
+    cluster_domain
+        The cluster's DNS domain, in the gateways' host names in the map.
 
     Raises
     ------
@@ -151,6 +159,7 @@ def plan(observed: Observed, *, default_router_image: str, now: datetime) -> Pla
         version_floor=int(pool_status.get("mapVersion") or 0),
         now=now,
         events=events,
+        cluster_domain=cluster_domain,
     )
     if decided.publish is not None:
         current_map = decided.publish
@@ -304,6 +313,7 @@ def _plan_handover(
     version_floor: int,
     now: datetime,
     events: list[Event],
+    cluster_domain: str,
 ) -> HandoverPlan:
     """Turn the observed objects into the handover's inputs, and let it decide."""
     state: handover.HandoverState | None = None
@@ -326,6 +336,7 @@ def _plan_handover(
                 namespace=namespace,
                 spec=spec,
                 count=max(spec.replicas, listed, sts_replicas, 1),
+                cluster_domain=cluster_domain,
             )
         )
     ]

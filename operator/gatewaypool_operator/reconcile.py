@@ -54,6 +54,7 @@ def reconcile(
     body: Mapping[str, Any],
     default_router_image: str,
     now: datetime,
+    cluster_domain: str = childnames.DEFAULT_CLUSTER_DOMAIN,
 ) -> Outcome:
     """Bring the pool's children, map and status in line with its spec.
 
@@ -63,7 +64,12 @@ def reconcile(
         If the map or the StatefulSet changed since this pass read them.
     """
     observed = observe(cluster, body=body)
-    decided = plan(observed, default_router_image=default_router_image, now=now)
+    decided = plan(
+        observed,
+        default_router_image=default_router_image,
+        now=now,
+        cluster_domain=cluster_domain,
+    )
     return finish(decided, apply(cluster, decided))
 
 

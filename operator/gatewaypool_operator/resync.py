@@ -23,6 +23,7 @@ from typing import Any
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
+from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.peering import Peering, is_active
@@ -102,6 +103,7 @@ async def resync_forever(
     schedule: Schedule,
     peering: Peering | None = None,
     metrics: OperatorMetrics | None = None,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> None:
     """Pass every pool every ``interval`` seconds, and pools mid-change every 2 s.
 
@@ -149,6 +151,7 @@ async def resync_forever(
                     name=name,
                     router_image=router_image,
                     metrics=metrics,
+                    cluster_domain=cluster_domain,
                 )
             except Exception:
                 log.exception("resync of %s/%s failed", namespace, name)

@@ -31,6 +31,7 @@ from typing import Any, Final
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
+from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.poolstatus import format_time, merge_patch
@@ -94,6 +95,7 @@ def run_pass(
     name: str,
     router_image: str,
     metrics: OperatorMetrics | None = None,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> Outcome | None:
     """Reconcile one pool under its lock and write status, annotation and Events.
 
@@ -111,7 +113,11 @@ def run_pass(
                 return None
             try:
                 outcome = reconcile(
-                    cluster, body=body, default_router_image=router_image, now=datetime.now(UTC)
+                    cluster,
+                    body=body,
+                    default_router_image=router_image,
+                    now=datetime.now(UTC),
+                    cluster_domain=cluster_domain,
                 )
             except ConflictError as exc:
                 if attempt == MAX_ATTEMPTS:

@@ -141,6 +141,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "custom": {
         "fullnameOverride": "dicom-operator",
+        "clusterDomain": "hospital.internal",
         "image": {
             "repository": "registry.internal:5000/radiology/gatewaypool",
             "digest": "sha256:" + "ab" * 32,
@@ -654,6 +655,9 @@ def test_operator_deployment(value_set: str) -> None:
 
     env = {item["name"]: item for item in container["env"]}
     assert env["GATEWAYPOOL_IMAGE"] == {"name": "GATEWAYPOOL_IMAGE", "value": container["image"]}
+    assert env["GATEWAYPOOL_CLUSTER_DOMAIN"]["value"] == values.get(
+        "clusterDomain", "cluster.local"
+    )
 
     assert container["resources"] == values.get("operator", {}).get(
         "resources", {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
@@ -698,6 +702,8 @@ def test_custom_image_resources_and_scheduling() -> None:
     assert container["imagePullPolicy"] == "Always"
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["GATEWAYPOOL_IMAGE"] == container["image"]
+    # The operator names gateways in the bucket map with the cluster's own domain.
+    assert env["GATEWAYPOOL_CLUSTER_DOMAIN"] == "hospital.internal"
     assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod_spec["serviceAccountName"] == "dicom-operator-sa"
     assert pod_spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -1294,7 +1300,8 @@ def test_notes_give_the_next_steps(value_set: str) -> None:
     notes = notes_of(value_set)
     assert "kubectl apply" in notes or "example pool" in notes
     assert re.search(r"kubectl -n \S+ get gwp", notes)
-    assert re.search(r"\S+-router\.\S+\.svc\.cluster\.local", notes)
+    domain = re.escape(VALUE_SETS[value_set].get("clusterDomain", "cluster.local"))
+    assert re.search(rf"\S+-router\.\S+\.svc\.{domain}", notes)
     assert re.search(r"port  11112 ", notes)
     assert re.search(r"kubectl -n \S+ scale gwp/\S+ --replicas=\d+", notes)
     assert "{{" not in notes and "<no value>" not in notes

@@ -435,3 +435,43 @@ def test_a_privileged_gateway_port_gets_the_unprivileged_port_sysctl(
         assert sysctls == [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": sysctl}]
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(statefulset, version, strict=True)
+
+
+# --- the cluster domain (issue 19) -------------------------------------------------------------
+
+
+def test_the_cluster_domain_ends_every_gateway_host_in_the_map() -> None:
+    from gatewaypool_operator.mapgateways import desired_gateways
+
+    spec = spec_of(replicas=2)
+    hosts = [
+        g.host
+        for g in desired_gateways(
+            name=NAME, namespace=NAMESPACE, spec=spec, count=2, cluster_domain="hospital.internal"
+        )
+    ]
+    assert hosts == [
+        "ct-gw-0.ct-gw.radiology.svc.hospital.internal",
+        "ct-gw-1.ct-gw.radiology.svc.hospital.internal",
+    ]
+    default = desired_gateways(name=NAME, namespace=NAMESPACE, spec=spec, count=1)
+    assert default[0].host == "ct-gw-0.ct-gw.radiology.svc.cluster.local"
+
+
+def test_the_operator_option_takes_the_environment_and_refuses_a_bad_domain(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from gatewaypool_operator import cli
+
+    def parsed(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        cli.register(parser.add_subparsers())
+        return parser.parse_args(["operator", *argv])
+
+    monkeypatch.setenv("GATEWAYPOOL_CLUSTER_DOMAIN", "hospital.internal")
+    assert parsed().cluster_domain == "hospital.internal"
+    assert parsed("--cluster-domain", "other.example").cluster_domain == "other.example"
+    assert cli.run(parsed("--cluster-domain", "Not A Domain")) == 2
+    assert "--cluster-domain" in capsys.readouterr().out
