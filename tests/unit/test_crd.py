@@ -858,10 +858,11 @@ def test_resources_hold_quantities_as_in_a_container(quantity: Any, allowed: boo
 # --- examples -----------------------------------------------------------------------
 
 
-def test_the_four_examples_exist() -> None:
+def test_the_examples_exist() -> None:
     assert [path.name for path in EXAMPLES] == [
         "autoscaling.yaml",
         "minimal.yaml",
+        "modality-vlan.yaml",
         "orthanc.yaml",
         "secure.yaml",
     ]

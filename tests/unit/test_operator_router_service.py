@@ -475,3 +475,25 @@ def test_the_operator_option_takes_the_environment_and_refuses_a_bad_domain(
     assert parsed("--cluster-domain", "other.example").cluster_domain == "other.example"
     assert cli.run(parsed("--cluster-domain", "Not A Domain")) == 2
     assert "--cluster-domain" in capsys.readouterr().out
+
+
+def test_the_modality_vlan_example_is_reachable_only_from_its_subnets() -> None:
+    import yaml
+
+    from support.cluster import REPO
+
+    pool = yaml.safe_load((REPO / "examples" / "modality-vlan.yaml").read_text())
+    spec = parse_spec(pool["spec"], default_router_image="gp:1")
+    children = children_of(spec)
+    service = children[("Service", "ct-router")]
+    assert service["metadata"]["annotations"] == {"metallb.io/loadBalancerIPs": "10.20.0.50"}
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
+    assert service["spec"]["loadBalancerSourceRanges"] == ["10.20.30.0/24", "10.20.40.0/24"]
+    assert exposure.router_exposure(spec)[0] is False
+    policy = children[("NetworkPolicy", "ct-router")]["spec"]["ingress"][0]
+    assert [peer["ipBlock"]["cidr"] for peer in policy["from"]] == [
+        "10.20.30.0/24",
+        "10.20.40.0/24",
+    ]
+    pod = children[("Deployment", "ct-router")]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"example.org/dicom-ingress": "true"}
