@@ -31,12 +31,16 @@ Values compare as the API server stores them: a quantity (under
 ``resources.requests``/``limits``, ``sizeLimit``) by value, so ``1``,
 ``"1"`` and ``"1000m"`` are equal and ``1024Mi`` equals ``1Gi``; an empty map
 or list in ``desired`` equals an absent one (the server omits empty
-collections). Lists merge as their Kubernetes type says: list-maps by their
-keys (a container by ``name``, a container port by ``containerPort`` and
-``protocol``; :data:`LIST_MAP_KEYS`, checked against the real OpenAPI
-schemas in the unit tests), other lists are atomic and compare item by item,
-each item only on the fields ``desired`` sets (defaults inside atomic lists,
-such as a PVC template's ``volumeMode``, are ignored too).
+collections), and so does an empty string: the core types' string fields
+are ``omitempty``, so ``env: [{name: X, value: ""}]`` or a toleration with
+``key: ""`` comes back without the field. Compared as present, such a field
+would be re-applied, with a ``ChildUpdated`` Event, on every pass forever.
+Lists merge as their Kubernetes type says: list-maps by their keys (a
+container by ``name``, a container port by ``containerPort`` and ``protocol``;
+:data:`LIST_MAP_KEYS`, checked against the real OpenAPI schemas in the unit
+tests), other lists are atomic and compare item by item, each item only on
+the fields ``desired`` sets (defaults inside atomic lists, such as a PVC
+template's ``volumeMode``, are ignored too).
 
 Paths use the ``FieldsV1`` encoding of ``managedFields`` (``f:spec``,
 ``k:{"name":"gateway"}``, ``v:"x"``), so what the server says the operator
@@ -57,6 +61,7 @@ __all__ = [
     "MANAGER",
     "FieldPath",
     "apply_change",
+    "duplicate_key",
     "immutable_change",
     "owned_paths",
     "render",
@@ -182,6 +187,38 @@ def _service_immutable_change(wanted: Mapping[str, Any], actual: Mapping[str, An
     return None
 
 
+def duplicate_key(obj: Mapping[str, Any]) -> str | None:
+    """The first item of a list map in `obj` whose keys an earlier item has, or None.
+
+    Server-side apply refuses such an object outright (500, "duplicate
+    entries for key"): an ``env`` name, a container port (``containerPort``
+    and ``protocol``), a volume name or a mount path given twice. The answer
+    names the field and the key: ``.spec.template.spec.containers[name=gateway].env[name=A]``.
+    """
+    return _duplicate(_content(obj), ())
+
+
+def _duplicate(value: Any, path: FieldPath) -> str | None:
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            found = _duplicate(child, (*path, f"f:{key}"))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        keys = _keys(path)
+        seen: set[str] = set()
+        for item in value:
+            element = _item_element(item, keys) if keys and _key_of(item, keys) else None
+            if element is not None:
+                if element in seen:
+                    return f"{render((*path, element))} appears twice"
+                seen.add(element)
+            found = _duplicate(item, (*path, element) if element else path)
+            if found is not None:
+                return found
+    return None
+
+
 def render(path: FieldPath) -> str:
     """A path as people read it: ``.spec.template.spec.containers[name="gateway"].env``."""
     text = ""
@@ -209,7 +246,8 @@ def _content(desired: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, Mapping | list | tuple) and not value)
+    """Whether the server stores `value` as no value: None, ``{}``, ``[]`` or ``""``."""
+    return value is None or value == "" or (isinstance(value, Mapping | list | tuple) and not value)
 
 
 def _first_difference(

@@ -17,15 +17,31 @@ Immutable fields (a StatefulSet's ``volumeClaimTemplates`` when
 ``spec.gateway.storage`` changes) cannot be applied: the object is deleted
 with ``propagationPolicy: Orphan`` -- its pods and PersistentVolumeClaims
 stay -- and applied again; the new StatefulSet adopts the pods (same
-selector) and rolls them onto the new template. A write the API server
-refuses raises :class:`RefusedError` with the server's message.
+selector) and rolls them onto the new template. The delete names the old
+object's uid as a precondition, so it never deletes a newer one. The API
+server keeps the old object, with the ``orphan`` finalizer, until the
+garbage collector has detached its dependents; an apply meanwhile would
+patch the old object and be refused (422). So the new one is created only
+once the old one is gone: the applier waits for that at most
+:data:`GONE_WAIT_SECONDS` (the pool's other children wait behind it), and
+otherwise reports the child as ``deleting``: a later pass, which sees the
+object terminating, waits again and creates it.
+
+The API server's answers: 429 (API Priority and Fairness throttles under
+load) and 5xx are retried after :data:`RETRY_DELAYS`, or after the server's
+``Retry-After`` when it says a longer one (at most
+:data:`MAX_RETRY_AFTER_SECONDS`) -- the decision is :func:`retry_delay`. Any
+other error, or one that lasts through the retries, of one child's write
+raises :class:`RefusedError` with the server's message; the pass records it
+and goes on with the other children.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +50,13 @@ from gatewaypool_operator.drift import MANAGER, apply_change, immutable_change
 log = logging.getLogger(__name__)
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"
+
+RETRY_DELAYS: Final = (0.2, 0.5, 1.0, 2.0)
+"""Seconds before each retry of a request answered 429 or 5xx; then it fails."""
+MAX_RETRY_AFTER_SECONDS: Final = 10.0
+"""The longest ``Retry-After`` honoured: longer, the request fails and a later pass retries."""
+GONE_WAIT_SECONDS: Final = 5.0
+"""How long a re-creation waits for the old object to go (its dependents orphaned)."""
 
 #: kind -> (API class name in kubernetes.client, method suffix)
 _KINDS: dict[str, tuple[str, str]] = {
@@ -67,7 +90,11 @@ OWNED_KINDS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What applying one object did: ``created``, ``patched``, ``recreated`` or ``unchanged``.
+    """What applying one object did.
+
+    ``created``, ``patched``, ``recreated``, ``unchanged``, ``deleted``, or
+    ``deleting``: deleted for a re-creation, but not yet gone (a later pass
+    creates it).
 
     ``why``: the field that differed (see :func:`~gatewaypool_operator.drift.apply_change`).
     """
@@ -83,7 +110,8 @@ class ConflictError(Exception):
 
 
 class RefusedError(Exception):
-    """The API server refused a write (4xx other than 404/409); ``message`` is its own."""
+    """The API server refused a write (an error other than a 409), or kept failing it (429,
+    5xx); ``message`` is its own."""
 
     def __init__(self, kind: str, name: str, message: str) -> None:
         super().__init__(f"{kind} {name}: {message}")
@@ -100,6 +128,30 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
+def retry_delay(
+    status: int | None, headers: Mapping[str, str] | None, retries: int
+) -> float | None:
+    """Seconds to wait before retrying a request answered `status`; None: do not retry.
+
+    `retries` is how many retries were made already. 429 and 5xx are
+    retried, after the larger of :data:`RETRY_DELAYS` and the answer's
+    ``Retry-After`` (in seconds), at most :data:`MAX_RETRY_AFTER_SECONDS`.
+    """
+    if status is None or not (status == 429 or 500 <= status <= 599):
+        return None
+    if retries >= len(RETRY_DELAYS):
+        return None
+    delay = RETRY_DELAYS[retries]
+    after = {key.lower(): value for key, value in (headers or {}).items()}.get("retry-after")
+    try:
+        asked = float(after) if after is not None else 0.0
+    except ValueError:
+        asked = 0.0  # an HTTP date: the schedule's own delay
+    if asked > MAX_RETRY_AFTER_SECONDS:
+        return None
+    return max(delay, asked)
+
+
 def _server_message(exc: Any) -> str:
     try:
         body = json.loads(exc.body or "")
@@ -113,13 +165,37 @@ def _server_message(exc: Any) -> str:
 class Cluster:
     """Typed access to the kinds a pool owns, on one ``ApiClient``."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from kubernetes import client
 
         self.api_client = api_client
         self._apis: dict[str, Any] = {}
         self._client = client
+        self._sleep = sleep
+        self._clock = clock
         self.custom = client.CustomObjectsApi(api_client)
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)``, retried on 429 and 5xx as :func:`retry_delay` says."""
+        from kubernetes.client.exceptions import ApiException
+
+        retries = 0
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except ApiException as exc:
+                delay = retry_delay(exc.status, exc.headers, retries)
+                if delay is None:
+                    raise
+                log.info("%s answered %s; retrying in %.1f s", method.__name__, exc.status, delay)
+                self._sleep(delay)
+                retries += 1
 
     def _api(self, kind: str) -> tuple[Any, str]:
         class_name, suffix = _KINDS[kind]
@@ -139,7 +215,9 @@ class Cluster:
 
         api, suffix = self._api(kind)
         try:
-            return self._plain(getattr(api, f"read_namespaced_{suffix}")(name, namespace))
+            return self._plain(
+                self.call(getattr(api, f"read_namespaced_{suffix}"), name, namespace)
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -154,7 +232,11 @@ class Cluster:
         """
         api, suffix = self._api(kind)
         result = self._plain(
-            getattr(api, f"list_namespaced_{suffix}")(namespace, label_selector=_selector(labels))
+            self.call(
+                getattr(api, f"list_namespaced_{suffix}"),
+                namespace,
+                label_selector=_selector(labels),
+            )
         )
         return _labelled(result.get("items") or [], labels)
 
@@ -162,7 +244,12 @@ class Cluster:
         api, suffix = self._api(str(obj["kind"]))
         namespace = obj["metadata"]["namespace"]
         return self._plain(
-            getattr(api, f"create_namespaced_{suffix}")(namespace, dict(obj), field_manager=MANAGER)
+            self.call(
+                getattr(api, f"create_namespaced_{suffix}"),
+                namespace,
+                dict(obj),
+                field_manager=MANAGER,
+            )
         )
 
     def patch(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,8 +257,11 @@ class Cluster:
         api, suffix = self._api(str(obj["kind"]))
         metadata = obj["metadata"]
         return self._plain(
-            getattr(api, f"patch_namespaced_{suffix}")(
-                metadata["name"], metadata["namespace"], dict(obj)
+            self.call(
+                getattr(api, f"patch_namespaced_{suffix}"),
+                metadata["name"],
+                metadata["namespace"],
+                dict(obj),
             )
         )
 
@@ -182,18 +272,27 @@ class Cluster:
 
         For keys other writers own (the routers' reports): a merge patch
         touches only the keys it names.
+
+        Raises
+        ------
+        RefusedError
+            The API server refused the patch.
         """
         from kubernetes.client.exceptions import ApiException
 
         api, suffix = self._api(kind)
         try:
-            getattr(api, f"patch_namespaced_{suffix}")(
-                name, namespace, {"data": dict(data)}, _preload_content=False
+            self.call(
+                getattr(api, f"patch_namespaced_{suffix}"),
+                name,
+                namespace,
+                {"data": dict(data)},
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise
+            raise RefusedError(kind, name, _server_message(exc)) from exc
         return True
 
     def server_side_apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +300,8 @@ class Cluster:
         api, suffix = self._api(str(obj["kind"]))
         metadata = obj["metadata"]
         return self._plain(
-            getattr(api, f"patch_namespaced_{suffix}")(
+            self.call(
+                getattr(api, f"patch_namespaced_{suffix}"),
                 metadata["name"],
                 metadata["namespace"],
                 dict(obj),
@@ -211,21 +311,56 @@ class Cluster:
             )
         )
 
-    def delete(self, kind: str, namespace: str, name: str, *, orphan: bool = False) -> bool:
-        """Delete an object (its dependents kept with ``orphan``); False if it was gone."""
+    def delete(
+        self, kind: str, namespace: str, name: str, *, orphan: bool = False, uid: str | None = None
+    ) -> bool:
+        """Delete an object (its dependents kept with ``orphan``); False if it was gone.
+
+        With `uid`, only the object of that uid: a newer one of the same name
+        makes it raise :class:`ConflictError`. Any other refusal raises
+        :class:`RefusedError`.
+        """
         from kubernetes.client.exceptions import ApiException
 
         api, suffix = self._api(kind)
-        body = self._client.V1DeleteOptions(propagation_policy="Orphan" if orphan else "Background")
+        body = self._client.V1DeleteOptions(
+            propagation_policy="Orphan" if orphan else "Background",
+            preconditions=self._client.V1Preconditions(uid=uid) if uid else None,
+        )
         try:
-            getattr(api, f"delete_namespaced_{suffix}")(
-                name, namespace, body=body, _preload_content=False
+            self.call(
+                getattr(api, f"delete_namespaced_{suffix}"),
+                name,
+                namespace,
+                body=body,
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise
+            if exc.status == 409:
+                raise ConflictError(f"{kind} {name}: {_server_message(exc)}") from exc
+            raise RefusedError(kind, name, _server_message(exc)) from exc
         return True
+
+    def wait_gone(self, kind: str, namespace: str, name: str, *, uid: str | None) -> bool:
+        """Whether the object of `uid` is gone within :data:`GONE_WAIT_SECONDS`.
+
+        A terminating object stays while finalizers hold it (``orphan``,
+        until the garbage collector detached its dependents). Polled, at
+        growing intervals; an object of another uid counts as gone.
+        """
+        deadline = self._clock() + GONE_WAIT_SECONDS
+        interval = 0.1
+        while True:
+            live = self.read(kind, namespace, name)
+            if live is None or (live.get("metadata") or {}).get("uid") != uid:
+                return True
+            left = deadline - self._clock()
+            if left <= 0:
+                return False
+            self._sleep(min(interval, left))
+            interval = min(interval * 2, 1.0)
 
     def apply(
         self,
@@ -271,6 +406,14 @@ class Cluster:
         conditional = not isinstance(base, _Unset)  # a write at base's resourceVersion
         live = base if not isinstance(base, _Unset) else self.read(kind, namespace, name)
         try:
+            live_metadata = (live or {}).get("metadata") or {}
+            if live is not None and live_metadata.get("deletionTimestamp"):
+                # Deleted for a re-creation by an earlier pass, or by someone:
+                # create it once it is gone.
+                if not self.wait_gone(kind, namespace, name, uid=live_metadata.get("uid")):
+                    return Applied(kind, name, "deleting", "the old object is still terminating")
+                self.server_side_apply(desired)
+                return Applied(kind, name, "created")
             if live is None:
                 if exclusive or create_only:
                     try:
@@ -289,7 +432,10 @@ class Cluster:
             immutable = immutable_change(desired, live)
             if immutable is not None:
                 # Pods and PersistentVolumeClaims stay: the new object adopts them.
-                self.delete(kind, namespace, name, orphan=True)
+                uid = live_metadata.get("uid")
+                self.delete(kind, namespace, name, orphan=True, uid=uid)
+                if not self.wait_gone(kind, namespace, name, uid=uid):
+                    return Applied(kind, name, "deleting", immutable)
                 self.server_side_apply(desired)
                 return Applied(kind, name, "recreated", immutable)
             why = apply_change(desired, live)
@@ -303,7 +449,8 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 409:
                 raise ConflictError(f"{kind} {name}: {_server_message(exc)}") from exc
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 404:
+            if exc.status is not None and 400 <= exc.status <= 599:
+                # Also a 5xx that outlasted the retries: one child's trouble.
                 raise RefusedError(kind, name, _server_message(exc)) from exc
             raise
 

@@ -167,6 +167,10 @@ class Plan:
         annotation already holds it or the spec was refused.
     handover
         The handover's decision; None when the spec was refused.
+    refused
+        Children not written because the API server would refuse them (a
+        list-map key twice), each as ``"KIND NAME: why"``; `finish` reports
+        them as the server's own refusals are.
     status_basis
         What the status is computed from (see `StatusBasis`).
     map_name
@@ -186,6 +190,7 @@ class Plan:
     events: tuple[Event, ...] = ()
     accepted_spec: str | None = None
     handover: HandoverPlan | None = None
+    refused: tuple[str, ...] = ()
 
     @property
     def status(self) -> dict[str, Any]:
@@ -225,6 +230,8 @@ class Outcome:
         The resync then passes again within seconds, not at its usual interval:
         a handover advances only on passes.
         """
+        if any(item.action == "deleting" for item in self.applied):
+            return True  # a re-creation waits for the old object to go
         plan = self.plan
         if plan is None:
             return False

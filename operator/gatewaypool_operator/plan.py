@@ -33,6 +33,7 @@ from gatewaypool_operator import (
     observe,
     poolstatus,
 )
+from gatewaypool_operator.drift import duplicate_key
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.passdata import (
@@ -198,8 +199,18 @@ def plan(
         gateway_replicas=decided.replicas,
     )
     reports = children.routers_configmap(name=name, namespace=namespace)
+    # What server-side apply would refuse with a 500 is not sent: refused here, by name.
+    refused = tuple(
+        f"{obj['kind']} {obj['metadata']['name']}: {problem}"
+        for obj in desired
+        if (problem := duplicate_key(obj)) is not None
+    )
     writes = _writes(
-        [*desired, reports], pool=name, owner=owner, observed=observed, write_map=write_map
+        [obj for obj in (*desired, reports) if duplicate_key(obj) is None],
+        pool=name,
+        owner=owner,
+        observed=observed,
+        write_map=write_map,
     )
     wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
     deletes = tuple(
@@ -231,6 +242,7 @@ def plan(
         events=tuple(events),
         accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
         handover=decided,
+        refused=refused,
     )
 
 
@@ -247,7 +259,7 @@ def finish(plan: Plan, result: ApplyResult) -> Outcome:
         event = _child_event(plan, item)
         if event is not None:
             events.append(event)
-    apply_error = "; ".join(result.refused) or None
+    apply_error = "; ".join((*plan.refused, *result.refused)) or None
     previous = plan.status_basis.previous_conditions
     if apply_error is not None and not _already_degraded(previous, apply_error):
         events.append(Event("Warning", APPLY_REFUSED, f"the API server refused {apply_error}"))

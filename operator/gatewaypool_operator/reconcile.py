@@ -116,8 +116,9 @@ def observe(cluster: Cluster, *, body: Mapping[str, Any]) -> Observed:
 def apply(cluster: Cluster, decided: Plan) -> ApplyResult:
     """Carry out `decided`'s writes, prune and deletions, in that order.
 
-    A write the API server refuses is recorded and the others go on: one
-    bad child must not keep the rest from being repaired.
+    A write the API server refuses (any 4xx but a conflict, or a 429 or 5xx
+    that outlasts the retries) is recorded and the others go on: one bad
+    child must not keep the rest from being repaired.
 
     Raises
     ------
@@ -144,13 +145,19 @@ def apply(cluster: Cluster, decided: Plan) -> ApplyResult:
         else:
             applied.append(result)
     if decided.prune is not None:
-        cluster.merge_patch_data(
-            "ConfigMap",
-            decided.namespace,
-            decided.prune.configmap,
-            dict.fromkeys(decided.prune.keys),
-        )
+        try:
+            cluster.merge_patch_data(
+                "ConfigMap",
+                decided.namespace,
+                decided.prune.configmap,
+                dict.fromkeys(decided.prune.keys),
+            )
+        except RefusedError as exc:
+            refused.append(str(exc))
     for kind, name in decided.deletes:
-        if cluster.delete(kind, decided.namespace, name):
-            applied.append(Applied(kind, name, "deleted"))
+        try:
+            if cluster.delete(kind, decided.namespace, name):
+                applied.append(Applied(kind, name, "deleted"))
+        except RefusedError as exc:
+            refused.append(str(exc))
     return ApplyResult(applied=tuple(applied), refused=tuple(refused))

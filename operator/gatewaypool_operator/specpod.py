@@ -23,6 +23,7 @@ from gatewaypool_operator.specfields import (
     check_subdomain,
     is_int,
     kind_of,
+    thaw,
 )
 from gatewaypool_operator.spectypes import PodTemplateSpec
 
@@ -173,8 +174,13 @@ def image(section: SpecObject, key: str, *, default: str | None) -> str:
 
 
 def env(section: SpecObject) -> tuple[Mapping[str, Any], ...]:
-    """``env``: variables with a name, and a string ``value`` (a YAML number is refused)."""
+    """``env``: variables with a name, each once, and a string ``value`` (a YAML number is refused).
+
+    A container's ``env`` is a list map keyed by name: server-side apply of a
+    StatefulSet with one name twice fails (500, "duplicate entries for key").
+    """
     env = section.objects("env")
+    seen: dict[str, int] = {}
     for index, variable in enumerate(env):
         path = f"{section.path('env')}[{index}].name"
         name = variable.get("name")
@@ -182,6 +188,11 @@ def env(section: SpecObject) -> tuple[Mapping[str, Any], ...]:
             raise SpecError(path, SpecError.MISSING, "is required (every variable has a name)")
         if not isinstance(name, str) or not name:
             raise SpecError(path, name, "is not a variable name (a non-empty string)")
+        if name in seen:
+            raise SpecError(
+                path, name, f"is env[{seen[name]}].name too (each variable name at most once)"
+            )
+        seen[name] = index
         value = variable.get("value")
         if value is not None and not isinstance(value, str):
             # A YAML number here is the usual slip; the StatefulSet would be refused.
@@ -208,6 +219,14 @@ def resources(section: SpecObject, key: str) -> Mapping[str, Any]:
                 f"is not a known field (expected {', '.join(_RESOURCE_KEYS)})",
             )
         if name == "claims":
+            if value:
+                raise SpecError(
+                    f"{path}.{name}",
+                    thaw(value),
+                    "must be empty: a container's claims name the pod's resourceClaims, "
+                    "which a GatewayPool does not set (the API server would refuse such "
+                    "pods, or drop the field)",
+                )
             continue
         if not isinstance(value, Mapping):
             raise SpecError(f"{path}.{name}", value, "is not a mapping of resource to quantity")

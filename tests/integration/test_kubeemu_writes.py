@@ -19,6 +19,7 @@ import kubernetes.watch
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from gatewaypool_local.peers import wait_until
 from support.cluster import NS
 from support.kubeemu import KubeEmulator
 
@@ -434,6 +435,64 @@ def test_autoscaler_defaults_are_filled_in(
     assert unset.spec.behavior.scale_down.stabilization_window_seconds is None
 
 
+def test_apply_with_a_list_map_key_twice_is_a_server_error(
+    kube: KubeEmulator, api: kubernetes.client.ApiClient
+) -> None:
+    # The real server cannot build its typed patch object: 500, naming list and key.
+    apps = kubernetes.client.AppsV1Api(api)
+    body = gateway_sts()
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "A", "value": "1"},
+        {"name": "A", "value": "2"},
+    ]
+    failed = status_of(
+        lambda: apps.patch_namespaced_stateful_set(
+            "ct-gw", NS, body, field_manager=OPERATOR, force=True, _content_type=APPLY
+        )
+    )
+    assert failed.status == 500
+    assert body_of(failed)["message"] == (
+        "failed to create typed patch object (apps/v1, Kind=StatefulSet): "
+        '.spec.template.spec.containers[name="gateway"].env: duplicate entries for key [name="A"]'
+    )
+    assert kube.get("StatefulSet", "ct-gw", NS) is None
+    ports = gateway_sts()
+    ports["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"name": "again", "containerPort": 4242, "protocol": "TCP"}
+    )
+    failed = status_of(
+        lambda: apps.patch_namespaced_stateful_set(
+            "ct-gw", NS, ports, field_manager=OPERATOR, force=True, _content_type=APPLY
+        )
+    )
+    assert failed.status == 500
+    assert '[containerPort=4242,protocol="TCP"]' in body_of(failed)["message"]
+
+
+def test_empty_strings_of_omitempty_fields_are_dropped(
+    kube: KubeEmulator, api: kubernetes.client.ApiClient
+) -> None:
+    # The server encodes its Go structs again: optional strings are omitempty.
+    apps = kubernetes.client.AppsV1Api(api)
+    body = gateway_sts(env={"EMPTY": "", "SET": "1"})
+    body["spec"]["template"]["spec"]["tolerations"] = [{"key": "", "operator": "Exists"}]
+    body["spec"]["volumeClaimTemplates"] = [
+        {"metadata": {"name": "data"}, "spec": {"storageClassName": "", "accessModes": []}}
+    ]
+    apps.patch_namespaced_stateful_set(
+        "ct-gw", NS, body, field_manager=OPERATOR, force=True, _content_type=APPLY
+    )
+    stored = kube.get("StatefulSet", "ct-gw", NS) or {}
+    pod = stored["spec"]["template"]["spec"]
+    assert pod["containers"][0]["env"] == [{"name": "EMPTY"}, {"name": "SET", "value": "1"}]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    # A pointer to "" is kept (no storage class at all); so are map entries.
+    assert stored["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == ""
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "m"}, "data": {"k": ""}})
+    assert (kube.get("ConfigMap", "m", NS) or {})["data"] == {"k": ""}
+
+
 def test_quantities_are_canonical(kube: KubeEmulator, api: kubernetes.client.ApiClient) -> None:
     apps = kubernetes.client.AppsV1Api(api)
     body = gateway_sts()
@@ -631,9 +690,35 @@ def test_delete_orphans_or_cascades(kube: KubeEmulator, api: kubernetes.client.A
             namespace=NS,
         )
     kube.create("PersistentVolumeClaim", {"metadata": {"name": "data-ct-gw-0"}}, namespace=NS)
-    apps.delete_namespaced_stateful_set(
-        "ct-gw", NS, body=kubernetes.client.V1DeleteOptions(propagation_policy="Orphan")
+    stale = status_of(
+        lambda: apps.delete_namespaced_stateful_set(
+            "ct-gw",
+            NS,
+            body=kubernetes.client.V1DeleteOptions(
+                propagation_policy="Orphan",
+                preconditions=kubernetes.client.V1Preconditions(uid="not-its-uid"),
+            ),
+        )
     )
+    assert stale.status == 409
+    assert "Precondition failed: UID in precondition: not-its-uid" in body_of(stale)["message"]
+    apps.delete_namespaced_stateful_set(
+        "ct-gw",
+        NS,
+        body=kubernetes.client.V1DeleteOptions(
+            propagation_policy="Orphan",
+            preconditions=kubernetes.client.V1Preconditions(uid=sts.metadata.uid),
+        ),
+    )
+    # As on a real server, the object stays, held by the orphan finalizer,
+    # until the garbage collector has detached its dependents.
+    held = kube.get("StatefulSet", "ct-gw", NS)
+    assert held is not None
+    assert held["metadata"]["finalizers"] == ["orphan"]
+    assert held["metadata"]["deletionTimestamp"]
+    busy = status_of(lambda: apps.create_namespaced_stateful_set(NS, gateway_sts()))
+    assert busy.status == 409
+    wait_until(lambda: kube.get("StatefulSet", "ct-gw", NS) is None, timeout=10, what="orphaned")
     pods = kube.objects("Pod", NS)
     assert [p["metadata"]["name"] for p in pods] == ["ct-gw-0", "ct-gw-1"], "orphaned, kept"
     assert all("ownerReferences" not in p["metadata"] for p in pods)

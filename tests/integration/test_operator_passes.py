@@ -227,3 +227,31 @@ def test_a_failed_router_pod_is_not_waited_for(kube: KubeEmulator) -> None:
     events = [e for e in kube.objects("v1/events", NS) if e.get("reason") == "HandoverForced"]
     assert events == [], json.dumps(events)[:500]
     assert before.version < (published(kube) or before).version
+
+
+def test_a_server_error_on_one_child_degrades_the_pool_and_the_others_are_written(
+    kube: KubeEmulator,
+) -> None:
+    """A 5xx that outlasts the retries is one child's refusal, not the end of the pass."""
+    kube.emulator["patch statefulsets"] << 500  # every apply of a StatefulSet fails
+    create_pool(kube, replicas=2)
+    Passes(kube).run()
+    degraded = {c["type"]: c for c in pool_status(kube)["conditions"]}["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyRefused")
+    assert degraded["message"].startswith("StatefulSet ct-gw: ")
+    # Written after the StatefulSet in the same pass:
+    for kind, name in [
+        ("NetworkPolicy", "ct-gw"),
+        ("Deployment", "ct-router"),
+        ("Service", "ct-router"),
+        ("ConfigMap", "ct-routers"),
+    ]:
+        assert kube.get(kind, name, NS) is not None, (kind, name)
+    tries = [
+        r
+        for r in kube.requests()
+        if r.action == kmock.action.UPDATE
+        and r.resource is not None
+        and r.resource.plural == "statefulsets"
+    ]
+    assert len(tries) > 1, "a 500 is retried before it counts as a refusal"

@@ -158,6 +158,22 @@ def test_a_removed_env_var_goes(kube: KubeEmulator, operator: OperatorProcess) -
     assert_quiet(kube, operator)
 
 
+def test_empty_strings_the_server_drops_are_no_drift(
+    kube: KubeEmulator, operator: OperatorProcess
+) -> None:
+    # The server stores env value "" and toleration key "" as absent (omitempty):
+    # compared as present, they were applied again, with an Event, on every pass.
+    env = [{"name": "EMPTY", "value": ""}, {"name": "SET", "value": "1"}]
+    tolerations = [{"key": "", "operator": "Exists", "effect": ""}]
+    create_pool(kube, {"env": env, "podTemplate": {"tolerations": tolerations}})
+    settled(kube, operator)
+    assert container(kube)["env"] == [{"name": "EMPTY"}, {"name": "SET", "value": "1"}]
+    pod = statefulset(kube)["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    updated = [e for e in kube.objects("v1/events", NS) if e.get("reason") == "ChildUpdated"]
+    assert updated == []
+
+
 def test_a_new_port_replaces_the_old_one(kube: KubeEmulator, operator: OperatorProcess) -> None:
     create_pool(kube, {"port": 104})
     settled(kube, operator)

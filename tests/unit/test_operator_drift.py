@@ -19,7 +19,7 @@ from gatewaypool_operator import children, drift
 from gatewaypool_operator.spec import parse_spec
 from support.cluster import NS
 from support.kubeemu.apply import apply as server_apply
-from support.kubeemu.defaults import apply_defaults, canonicalize_quantities
+from support.kubeemu.defaults import apply_defaults, canonicalize_quantities, drop_empty_strings
 from support.kubeemu.schemas import Schema, builtin_schema
 
 OWNER = {
@@ -57,7 +57,7 @@ def applied(live: dict[str, Any] | None, obj: dict[str, Any]) -> dict[str, Any]:
     schema = schema_of(obj)
 
     def finish(candidate: dict[str, Any]) -> dict[str, Any]:
-        new = copy.deepcopy(candidate)
+        new = drop_empty_strings(copy.deepcopy(candidate), schema)
         apply_defaults(
             obj["apiVersion"], obj["kind"], new, old=live, allocate_ip=lambda: "10.96.0.10"
         )
@@ -88,8 +88,9 @@ def base_spec(**gateway: Any) -> dict[str, Any]:
 
 
 quantities = st.sampled_from(["1", 1, "1000m", "500m", "0.5", "1024Mi", "1Gi", "2Gi", "100M"])
+# D is empty: the server drops the empty value (omitempty).
 env = st.lists(st.sampled_from(["A", "B", "C", "D"]), unique=True, max_size=4).map(
-    lambda names: [{"name": n, "value": n.lower()} for n in names]
+    lambda names: [{"name": n, "value": "" if n == "D" else n.lower()} for n in names]
 )
 resources = st.fixed_dictionaries(
     {},
@@ -103,6 +104,8 @@ tolerations = st.lists(
         [
             {"key": "dicom", "operator": "Exists", "effect": "NoSchedule"},
             {"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"},
+            # Every taint; the server drops the empty key and effect (omitempty).
+            {"key": "", "operator": "Exists", "effect": ""},
         ]
     ),
     unique_by=lambda t: t["key"],
@@ -173,6 +176,25 @@ def test_a_removed_env_var_is_a_change_and_names_the_field() -> None:
     live = applied(None, sts(["A", "B"]))
     reason = drift.apply_change(sts(["A"]), live)
     assert reason is not None and 'env[name="B"]' in reason and reason.endswith("removed")
+
+
+def test_empty_strings_the_server_drops_are_no_drift() -> None:
+    """``value: ""`` and a toleration's ``key: ""`` come back absent (omitempty)."""
+    spec = base_spec(
+        env=[{"name": "EMPTY", "value": ""}, {"name": "SET", "value": "1"}],
+        podTemplate={"tolerations": [{"key": "", "operator": "Exists"}]},
+    )
+    [sts] = [o for o in objects(spec) if o["kind"] == "StatefulSet"]
+    live = applied(None, sts)
+    pod = live["spec"]["template"]["spec"]
+    assert pod["containers"][0]["env"] == [{"name": "EMPTY"}, {"name": "SET", "value": "1"}]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert drift.apply_change(sts, live) is None
+    # A value set since is still a change, and an empty one that was set before too.
+    pod["containers"][0]["env"][0]["value"] = "x"
+    assert drift.apply_change(sts, live) == (
+        '.spec.template.spec.containers[name="gateway"].env[name="EMPTY"].value differs'
+    )
 
 
 def test_other_managers_fields_and_server_defaults_are_ignored() -> None:
@@ -362,3 +384,36 @@ def test_the_gateways_certificate_comes_and_goes_with_its_field() -> None:
                 assert "fsGroup" not in pod["securityContext"], (first, second)
                 mounts = pod["containers"][0]["volumeMounts"]
                 assert mounts == [{"name": "tmp", "mountPath": "/tmp"}], (first, second)
+
+
+def test_a_list_map_key_given_twice_is_found_and_named() -> None:
+    """What server-side apply refuses with a 500 is refused before it is sent."""
+    [sts] = [o for o in objects(base_spec()) if o["kind"] == "StatefulSet"]
+    assert drift.duplicate_key(sts) is None
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    twice = copy.deepcopy(sts)
+    twice["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"name": "other", "containerPort": container["ports"][0]["containerPort"]}
+    )
+    assert drift.duplicate_key(twice) == (
+        '.spec.template.spec.containers[name="gateway"]'
+        '.ports[containerPort=104,protocol="TCP"] appears twice'
+    )
+    mounts = copy.deepcopy(sts)
+    mounts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "other", "mountPath": "/tmp"}
+    )
+    assert drift.duplicate_key(mounts) == (
+        '.spec.template.spec.containers[name="gateway"]'
+        '.volumeMounts[mountPath="/tmp"] appears twice'
+    )
+    volumes = copy.deepcopy(sts)
+    volumes["spec"]["template"]["spec"]["volumes"].append(pod["volumes"][0])
+    assert drift.duplicate_key(volumes) == '.spec.template.spec.volumes[name="tmp"] appears twice'
+    # UDP and TCP on one port are two ports; a Service port is keyed by port and protocol.
+    both = copy.deepcopy(sts)
+    both["spec"]["template"]["spec"]["containers"][0]["ports"].append(
+        {"containerPort": container["ports"][0]["containerPort"], "protocol": "UDP"}
+    )
+    assert drift.duplicate_key(both) is None

@@ -435,6 +435,19 @@ INVALID: list[tuple[str, Any, str, Any]] = [
     ("gateway.env", [{"name": ""}], "spec.gateway.env[0].name", ""),
     ("gateway.env", [{"name": "A", "value": 4242}], "spec.gateway.env[0].value", 4242),
     ("gateway.env", [{"name": "A", "valueFrom": "x"}], "spec.gateway.env[0].valueFrom", "x"),
+    ("gateway.env", [{"name": "A"}, {"name": "A", "value": ""}], "spec.gateway.env[1].name", "A"),
+    (
+        "gateway.resources",
+        {"claims": [{"name": "gpu"}]},
+        "spec.gateway.resources.claims",
+        [{"name": "gpu"}],
+    ),
+    (
+        "router.resources",
+        {"claims": [{"name": "gpu"}]},
+        "spec.router.resources.claims",
+        [{"name": "gpu"}],
+    ),
     ("gateway.resources", [], "spec.gateway.resources", []),
     ("gateway.resources", {"limit": {}}, "spec.gateway.resources.limit", {}),
     ("gateway.resources", {"limits": 2}, "spec.gateway.resources.limits", 2),
@@ -1021,7 +1034,11 @@ OPERATOR_CHECKED = (
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in INVALID_FILES.glob("*.yaml") if p.name.startswith(OPERATOR_CHECKED)),
+    [
+        *sorted(p for p in INVALID_FILES.glob("*.yaml") if p.name.startswith(OPERATOR_CHECKED)),
+        INVALID_FILES / "env-name-twice.yaml",
+        INVALID_FILES / "resources-claims.yaml",
+    ],
     ids=lambda p: p.name,
 )
 def test_the_operator_refuses_what_the_crd_refuses(path: Path) -> None:

@@ -34,7 +34,8 @@ every write itself (kmock still stores, watches, lists and discovers):
   kopf's ``test`` on ``/metadata/resourceVersion``) does not apply, 415 for a
   strategic merge patch on a custom resource;
 - **server-side apply** (``application/apply-patch+yaml``, ``fieldManager``
-  required, ``force``), creating absent objects, merging by the list types
+  required, ``force``), a 500 (``duplicate entries for key``) for a
+  configuration with one list-map key twice, creating absent objects, merging by the list types
   of the real OpenAPI schemas (``kubernetes-validate``) or the CRD's
   ``openAPIV3Schema``, with ``metadata.managedFields`` (``FieldsV1``),
   409 conflicts naming manager and field, and removal of what a manager
@@ -44,6 +45,8 @@ every write itself (kmock still stores, watches, lists and discovers):
 - **strategic merge patch** by the schemas' patch strategies and merge keys,
   with ``$patch``, ``$retainKeys``, ``$setElementOrder`` and
   ``$deleteFromPrimitiveList`` (:mod:`.merge`);
+- ``omitempty``: an optional string field of a built-in kind sent as ``""``
+  is stored without it (:func:`.defaults.drop_empty_strings`);
 - **defaulting** of what GatewayPool's children meet (pod and container
   fields, StatefulSet, Deployment, Service with an allocated ClusterIP,
   NetworkPolicy, HorizontalPodAutoscaler) and **canonical quantities** wherever the schema has a
@@ -84,7 +87,12 @@ every write itself (kmock still stores, watches, lists and discovers):
   and in the same write, the dependents whose ownerReferences name its uid
   and no other live owner (``Background``, ``Foreground`` and the default
   alike); ``propagationPolicy: Orphan`` (query or DeleteOptions, or
-  ``orphanDependents``) strips the reference instead. An object written
+  ``orphanDependents``) instead adds the ``orphan`` finalizer and marks the
+  object deleted, as the real server does: ``orphan_delay`` seconds later
+  the emulated garbage collector strips the reference from the dependents
+  and removes the finalizer, and only then is the object gone (a create of
+  the same name meanwhile is a 409). DeleteOptions ``preconditions``
+  (``uid``, ``resourceVersion``) are checked (409 when not met). An object written
   (created, updated, applied) with ownerReferences whose owners are all
   absent is deleted right after that write, as the garbage collector
   deletes dependents with dangling owners (the writer's answer still shows
@@ -102,9 +110,10 @@ What it still does not do -- tests must not rely on it
   ``"."`` markers of ``Update`` entries approximate the real ones; no
   ``managedFields`` reset through a write, no unions, no version
   conversion; ``/scale`` writes record no managed fields.
-- **Garbage collection** is synchronous, and only when an object is really
-  deleted: an owner held by finalizers does not cascade, ``Foreground``
-  does not wait; no ``preconditions``, ``dryRun`` or deletecollection.
+- **Garbage collection** is synchronous (but for orphaning, see above), and
+  only when an object is really deleted: an owner held by finalizers does
+  not cascade, ``Foreground`` does not wait; no ``dryRun`` or
+  deletecollection.
 - **Validation and defaulting**: only the defaults and immutable fields
   above (a StatefulSet's ``revisionHistoryLimit`` is immutable here, as in
   the message quoted; newer servers allow it); no CRD schema validation,

@@ -8,6 +8,10 @@ such a client is tested. Defaults are not in the OpenAPI schemas (the real
 server has them in Go code), so they are listed here; which values are
 quantities comes from the schemas.
 
+Empty strings: the built-in types are Go structs whose optional string
+fields are ``omitempty``, so a field sent as ``""`` (an env var's
+``value``, a toleration's ``key``) is stored without it (:func:`drop_empty_strings`).
+
 Defaulted fields are owned by no manager when the object was applied (they
 are not in the applied configuration); a create or update through any other
 verb owns what it changed, defaults included, as on a real server.
@@ -24,7 +28,13 @@ from gatewaypool.quantity import QuantityError, canonical
 from .errors import error
 from .schemas import Schema
 
-__all__ = ["apply_defaults", "canonicalize_quantities", "cluster_ip", "key_defaults"]
+__all__ = [
+    "apply_defaults",
+    "canonicalize_quantities",
+    "cluster_ip",
+    "drop_empty_strings",
+    "key_defaults",
+]
 
 JSONObject = dict[str, Any]
 
@@ -234,6 +244,50 @@ def apply_defaults(
             _horizontal_pod_autoscaler(obj)
         case _:
             pass
+
+
+#: Optional string fields that are Go pointers (``*string``): ``omitempty`` keeps a
+#: pointer to ``""``, which means something of its own (no storage class at all).
+_POINTER_STRINGS: Final = frozenset(
+    {
+        "storageClassName",
+        "volumeAttributesClassName",
+        "loadBalancerClass",
+        "runtimeClassName",
+        "preemptionPolicy",
+        "localhostProfile",
+        "procMount",
+    }
+)
+
+
+def drop_empty_strings(value: Any, schema: Schema) -> Any:
+    """``value`` without the ``""`` of optional string fields, as the server stores it.
+
+    The real server decodes a write into its Go structs and encodes them
+    again: a string field tagged ``omitempty`` disappears when empty. The
+    OpenAPI schemas do not carry the tag; a field they list as ``required``
+    has none (required fields are not ``omitempty``), the others are taken
+    to have it, but for the pointers of `_POINTER_STRINGS`. Entries of maps
+    (labels, ConfigMap data) are no fields, and keep ``""``.
+    """
+    if isinstance(value, dict):
+        required = set(schema.node.get("required") or ())
+        kept = {}
+        for key, child in value.items():
+            if (
+                child == ""
+                and schema.is_struct
+                and not schema.is_map_entry(key)
+                and key not in required
+                and key not in _POINTER_STRINGS
+            ):
+                continue
+            kept[key] = drop_empty_strings(child, schema.field(key))
+        return kept
+    if isinstance(value, list):
+        return [drop_empty_strings(item, schema.items) for item in value]
+    return value
 
 
 def canonicalize_quantities(value: Any, schema: Schema, path: str = "") -> Any:

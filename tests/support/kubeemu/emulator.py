@@ -95,9 +95,12 @@ class KubeEmulator:
         resources: Iterable[ResourceKind] = RESOURCES,
         keep_requests: bool = False,
         history_size: int = 1000,
+        orphan_delay: float = 0.5,
     ) -> None:
         self._requested_port = port
-        self._emulator = Emulator(keep_requests=keep_requests, history_size=history_size)
+        self._emulator = Emulator(
+            keep_requests=keep_requests, history_size=history_size, orphan_delay=orphan_delay
+        )
         for kind in resources:
             self._emulator.declare(kind)
         self._loop: asyncio.AbstractEventLoop | None = None

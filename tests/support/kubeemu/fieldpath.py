@@ -21,6 +21,7 @@ __all__ = [
     "FieldPath",
     "compare",
     "decode",
+    "duplicate_entries",
     "encode",
     "field_set",
     "item_element",
@@ -188,6 +189,33 @@ def decode(fields: Mapping[str, Any], prefix: FieldPath = ()) -> set[FieldPath]:
         else:
             paths.add(path)
     return paths
+
+
+def duplicate_entries(value: Any, schema: Schema, prefix: FieldPath = ()) -> str | None:
+    """The first ``map`` list holding two items of one key, as the server words it, or None.
+
+    Server-side apply cannot build its typed object from such a
+    configuration and answers 500: ``.spec.template.spec.containers[name="gw"].env:
+    duplicate entries for key [name="A"]``.
+    """
+    if isinstance(value, list) and schema.list_type in {"map", "set"}:
+        seen: set[str] = set()
+        for item in value:
+            element = item_element(item, schema)
+            if element in seen:
+                key = element[2:]
+                if element.startswith("k:"):
+                    pairs = json.loads(key).items()
+                    key = ",".join(f"{name}={_compact(v)}" for name, v in pairs)
+                    return f"{render(prefix)}: duplicate entries for key [{key}]"
+                return f"{render(prefix)}: duplicate entries for value {key}"
+            seen.add(element)
+    if isinstance(value, Mapping | list) and not _is_leaf(value, schema):
+        for element, child, child_schema, _entry in _children(value, schema):
+            found = duplicate_entries(child, child_schema, (*prefix, element))
+            if found is not None:
+                return found
+    return None
 
 
 def render(path: FieldPath) -> str:

@@ -16,8 +16,9 @@ import kmock
 import yaml
 
 from .apply import apply, record_update
-from .defaults import apply_defaults, canonicalize_quantities, cluster_ip
+from .defaults import apply_defaults, canonicalize_quantities, cluster_ip, drop_empty_strings
 from .errors import error, not_found
+from .fieldpath import duplicate_entries
 from .kinds import CRDS, NAMESPACES, ResourceKind, ScalePaths, kinds_from_crd
 from .merge import strategic_merge
 from .objects import JSONObject, Write, apply_patch, get_path, now, scale_of, set_path, without
@@ -46,6 +47,13 @@ def _manager_from(user_agent: str) -> str:
     writes are ``OpenAPI-Generator``'s; kopf's are ``kopf``'s.
     """
     return user_agent.split("/", 1)[0][:_MANAGER_MAX]
+
+
+def _preconditions(request: kmock.Request) -> Mapping[str, Any]:
+    """A DELETE's ``preconditions`` (uid, resourceVersion), from the DeleteOptions body."""
+    options = request.data if isinstance(request.data, Mapping) else {}
+    found = options.get("preconditions")
+    return found if isinstance(found, Mapping) else {}
 
 
 def _propagation(request: kmock.Request) -> str | None:
@@ -77,6 +85,9 @@ class Emulator(kmock.KubernetesEmulator):
     request_log: list[kmock.Request] = attrs.field(factory=list, init=False)
     #: How many watch events are kept for watches that resume from a resourceVersion.
     history_size: int = 1000
+    #: Seconds the garbage collector takes to orphan the dependents of an object
+    #: deleted with ``propagationPolicy: Orphan``; the object stays until then.
+    orphan_delay: float = 0.5
     history: EventHistory = attrs.field(init=False)
     _allocated_ips: int = attrs.field(default=0, init=False)
     _kinds: dict[kmock.resource, ResourceKind] = attrs.field(factory=dict, init=False)
@@ -256,7 +267,11 @@ class Emulator(kmock.KubernetesEmulator):
         assert request.name is not None  # every other write names its object
         if request.action == kmock.action.DELETE:
             return self.write_delete(
-                kind, request.namespace, request.name, policy=_propagation(request)
+                kind,
+                request.namespace,
+                request.name,
+                policy=_propagation(request),
+                preconditions=_preconditions(request),
             )
         is_patch = request.action == kmock.action.UPDATE
         if is_patch and "apply-patch" in content_type:
@@ -310,6 +325,8 @@ class Emulator(kmock.KubernetesEmulator):
             new = copy.deepcopy(candidate)
             if "status" in kind.subresources:
                 new.pop("status", None)
+        if kind.builtin:
+            new = drop_empty_strings(new, self.schema_of(kind))
         apply_defaults(kind.api_version, kind.kind, new, old=old, allocate_ip=self._allocate_ip)
         if kind.builtin:
             new = canonicalize_quantities(new, self.schema_of(kind))
@@ -446,6 +463,14 @@ class Emulator(kmock.KubernetesEmulator):
             raise self._stale(kind, name)
         if old is None and subresource is not None:
             raise not_found(kind, name)
+        duplicate = duplicate_entries(applied, self.schema_of(kind))
+        if duplicate is not None:
+            version = kind.api_version if "/" in kind.api_version else f"/{kind.api_version}"
+            raise error(
+                500,
+                "InternalError",
+                f"failed to create typed patch object ({version}, Kind={kind.kind}): {duplicate}",
+            )
         new = apply(
             old,
             applied,
@@ -606,16 +631,49 @@ class Emulator(kmock.KubernetesEmulator):
         name: str,
         *,
         policy: str | None = None,
+        preconditions: Mapping[str, Any] | None = None,
     ) -> Write:
         """Delete an object (or mark it while it has finalizers), then its dependents.
 
-        ``policy`` ``Orphan`` strips the object's ownerReference from its
-        dependents; anything else (``Background``, ``Foreground``, the
-        default) deletes the dependents it alone owned, as the garbage
-        collector does -- here at once, within the same write.
+        ``policy`` ``Orphan`` adds the ``orphan`` finalizer and marks the
+        object deleted: after :attr:`orphan_delay` the garbage collector
+        strips the object's ownerReference from its dependents and removes
+        the finalizer, which deletes it. Anything else (``Background``,
+        ``Foreground``, the default) deletes the dependents it alone owned,
+        as the garbage collector does -- here at once, within the same write.
+        ``preconditions`` (``uid``, ``resourceVersion``) that the object does
+        not meet answer 409, as on the real server.
         """
         old = self._current(kind, namespace, name)
         metadata = old["metadata"]
+        for field, said in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            wanted = (preconditions or {}).get(field)
+            if wanted is not None and wanted != metadata.get(field):
+                raise error(
+                    409,
+                    "Conflict",
+                    f"Operation cannot be fulfilled on {kind.plural}.{kind.group} "
+                    f'"{name}": Precondition failed: {said} in precondition: {wanted}, '
+                    f"{said} in object meta: {metadata.get(field)}",
+                )
+        if policy == "Orphan" and not metadata.get("deletionTimestamp"):
+            new = copy.deepcopy(old)
+            finalizers = list(metadata.get("finalizers") or [])
+            if "orphan" not in finalizers:
+                finalizers.append("orphan")
+            new["metadata"].update(
+                finalizers=finalizers,
+                deletionTimestamp=now(),
+                deletionGracePeriodSeconds=0,
+                resourceVersion=self._next_revision(),
+            )
+            asyncio.get_running_loop().call_later(
+                self.orphan_delay,
+                lambda: asyncio.ensure_future(
+                    self._release_orphan(kind, namespace, name, str(metadata.get("uid")))
+                ),
+            )
+            return self._store(kind, new, "MODIFIED")
         if metadata.get("finalizers"):
             if metadata.get("deletionTimestamp"):
                 return Write(old)
@@ -644,6 +702,31 @@ class Emulator(kmock.KubernetesEmulator):
             },
             write.events + dependents,
         )
+
+    async def _release_orphan(
+        self, kind: ResourceKind, namespace: str | None, name: str, uid: str
+    ) -> None:
+        """The garbage collector's part of an orphaning delete: detach, then unblock.
+
+        Strips the object's ownerReference from its dependents and removes its
+        ``orphan`` finalizer (deleting it if no other finalizer holds it).
+        """
+        async with self._lock:
+            if not self._exists(kind, namespace, name):
+                return
+            current = self._current(kind, namespace, name)
+            if current["metadata"].get("uid") != uid:
+                return
+            events = self._collect(uid, namespace if kind.namespaced else None, orphan=True)
+            new = copy.deepcopy(current)
+            left = [f for f in new["metadata"].get("finalizers") or [] if f != "orphan"]
+            if left:
+                new["metadata"]["finalizers"] = left
+            else:
+                new["metadata"].pop("finalizers", None)
+            new["metadata"]["resourceVersion"] = self._next_revision()
+            events += self._store(kind, new, "MODIFIED").events
+            await self.publish(events)
 
     def _collect_orphan(self, kind: ResourceKind, write: Write) -> Write:
         """Delete the object just written if every owner it names is gone.
