@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import select
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -369,6 +371,8 @@ class IncomingAssociation:
         progress = self.progress
         while True:
             progress.wait("sender", "data set fragment" if self._instance else "next request")
+            if self._instance is None and self._upstreams:
+                self._await_sender()
             try:
                 if self._splicer is None:
                     pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
@@ -765,7 +769,9 @@ class IncomingAssociation:
         key = (gateway.host, gateway.port, gateway.ae_title)
         upstream = self._upstreams.get(key)
         if upstream is not None and upstream.is_open:
-            return upstream
+            if upstream.check_alive():
+                return upstream
+            self._upstream_ended(upstream)
         assert self._request is not None
         calling_ae = (
             self._request.calling_ae if self._config.forward_calling_ae else self._config.ae_title
@@ -792,6 +798,85 @@ class IncomingAssociation:
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)
         return upstream
+
+    def _upstream_ended(self, upstream: Upstream) -> None:
+        """The gateway ended an idle association (see :meth:`Upstream.check_alive`)."""
+        self._metrics.upstream_ends.labels(
+            gateway=upstream.gateway.name, reason=f"gateway_{upstream.ended_by}"
+        ).inc()
+        log_event(
+            log,
+            logging.INFO,
+            "upstream.ended_by_gateway",
+            **self.who(),
+            gateway=upstream.gateway.name,
+            how=upstream.ended_by,
+            instances=upstream.instances,
+        )
+        self._upstreams = {k: u for k, u in self._upstreams.items() if u is not upstream}
+
+    def _await_sender(self) -> None:
+        """Wait for the sender's next request, minding the idle gateway associations.
+
+        Between instances the upstreams are idle: a gateway may end one (its
+        A-RELEASE-RQ is answered at once, not when the sender's release
+        finally reaches it), and one idle for ``--gateway-idle-release`` is
+        released here, before the gateway's own idle timeout could race with
+        the sender's next instance. Returns once the sender has sent
+        something; past ``--idle-timeout`` of silence, aborts.
+        """
+        config = self._config
+        deadline = time.monotonic() + config.idle_timeout
+        poller = select.poll()
+        self._upstreams = {k: u for k, u in self._upstreams.items() if u.is_open}
+        while self._upstreams and not self._sender_pending():
+            now = time.monotonic()
+            if now >= deadline:
+                raise _AbortError("idle timeout")
+            for upstream in list(self._upstreams.values()):
+                if now - upstream.last_used >= config.gateway_idle_release:
+                    self._release_idle(upstream, now - upstream.last_used)
+                elif upstream.has_pending() and not upstream.check_alive():
+                    self._upstream_ended(upstream)
+            if not self._upstreams:
+                return
+            due = min(u.last_used for u in self._upstreams.values()) + config.gateway_idle_release
+            wait = max(0.0, min(deadline, due) - now)
+            fds = {self._sock.fileno(): None, **{u.fileno(): u for u in self._upstreams.values()}}
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            try:
+                ready = poller.poll(wait * 1000)
+            finally:
+                for fd in fds:
+                    poller.unregister(fd)
+            for fd, _ in ready:
+                woken = fds.get(fd)
+                if woken is None:
+                    return  # the sender: readable, or closed (the read will say)
+                if not woken.check_alive():
+                    self._upstream_ended(woken)
+
+    def _sender_pending(self) -> bool:
+        if self._reader.buffered:
+            return True
+        return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
+
+    def _release_idle(self, upstream: Upstream, idle: float) -> None:
+        upstream.release()
+        self._metrics.upstream_ends.labels(
+            gateway=upstream.gateway.name, reason="idle_release"
+        ).inc()
+        log_event(
+            log,
+            logging.INFO,
+            "upstream.idle_released",
+            **self.who(),
+            gateway=upstream.gateway.name,
+            idle_seconds=round(idle, 1),
+            instances=upstream.instances,
+        )
+        self._upstreams = {k: u for k, u in self._upstreams.items() if u is not upstream}
 
     def _gateway_failed(self, instance: _Instance, exc: GatewayError) -> None:
         name = instance.gateway.name if instance.gateway is not None else "-"

@@ -107,6 +107,15 @@ def register(subparsers: Any) -> None:
         "(default %(default)s)",
     )
     net.add_argument(
+        "--gateway-idle-release",
+        type=float,
+        default=defaults.gateway_idle_release,
+        metavar="SECONDS",
+        help="release an association to a gateway that carried nothing for this long; the "
+        "sender's next instance opens a new one. Keep it below the gateways' own idle "
+        "timeout (Orthanc's DicomScpTimeout: 30 s by default) (default %(default)s)",
+    )
+    net.add_argument(
         "--closing-hold",
         type=float,
         default=defaults.closing_hold,
@@ -304,6 +313,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         connect_timeout=args.connect_timeout,
         acse_timeout=args.acse_timeout,
         idle_timeout=args.idle_timeout,
+        gateway_idle_release=args.gateway_idle_release,
         stall_warning=args.stall_warning,
         closing_hold=args.closing_hold,
         header_limit=args.header_limit,

@@ -159,6 +159,9 @@ class RouterConfig:
     connect_timeout: float = 5.0
     acse_timeout: float = 30.0
     idle_timeout: float = 600.0
+    #: Release a gateway association idle this long (below gateways' own
+    #: idle timeouts: Orthanc's DicomScpTimeout is 30 s by default).
+    gateway_idle_release: float = 20.0
     stall_warning: float = 10.0
     closing_hold: float = 10.0
     header_limit: int = 4 * 1024 * 1024
@@ -216,6 +219,7 @@ class RouterConfig:
             "connect_timeout",
             "acse_timeout",
             "idle_timeout",
+            "gateway_idle_release",
             "stall_warning",
             "closing_hold",
         ):

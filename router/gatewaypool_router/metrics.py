@@ -104,6 +104,15 @@ class RouterMetrics:
             ["gateway", "reason"],
             registry=r,
         )
+        self.upstream_ends = Counter(
+            "gatewaypool_router_gateway_association_ends",
+            "Gateway associations ended between instances, by gateway and reason "
+            "(idle_release: idle for --gateway-idle-release; gateway_released, "
+            "gateway_aborted, gateway_closed: the gateway ended it, and the next instance "
+            "opened a new one)",
+            ["gateway", "reason"],
+            registry=r,
+        )
         self.overdue_instances = Counter(
             "gatewaypool_router_overdue_instances",
             "Instances still in progress after --stall-warning seconds (each counted once)",

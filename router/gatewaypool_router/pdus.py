@@ -8,10 +8,12 @@ and writing PDVs to the next hop is done here, on plain bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -201,6 +203,36 @@ class SocketReader:
         self._start = end
         return data
 
+    def poll(self) -> bool:
+        """Whether bytes wait to be read, without waiting for any.
+
+        Buffered bytes count; otherwise one non-blocking ``recv`` looks at
+        the socket (for TLS, a record that holds no application data, such
+        as a session ticket, counts as nothing). The socket's timeout is
+        restored afterwards.
+
+        Raises
+        ------
+        PeerClosedError
+            If the peer closed the connection and nothing is buffered.
+        """
+        if self._end > self._start:
+            return True
+        if self._start == self._end:
+            self._start = self._end = 0
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(0)
+        try:
+            count = self._sock.recv_into(self._view[self._end :])
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        finally:
+            self._sock.settimeout(timeout)
+        if not count:
+            raise PeerClosedError("connection closed")
+        self._end += count
+        return True
+
     def close(self) -> None:
         """Drop what is buffered (the socket is the caller's to close)."""
         self._start = self._end = 0
@@ -348,6 +380,27 @@ def send_buffers(
             else:
                 pending[0] = memoryview(first)[sent:]
                 sent = 0
+
+
+def drain_and_close(sock: socket.socket, *, timeout: float) -> None:
+    """Close after an A-ABORT so that the peer reads it (PS3.8 Sta13).
+
+    Closing a socket with unread bytes in its receive buffer sends a TCP
+    reset, which can make the peer's kernel drop the A-ABORT before the
+    peer read it: it sees "connection reset" instead of the abort and its
+    reason. So: end our side (FIN after the A-ABORT), read and drop what
+    the peer still sends until it closes too or ``timeout`` passes (the
+    ARTIM timer's part), then close.
+    """
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(OSError):
+        # On a TLS socket this ends TLS without close_notify and drains raw bytes.
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    sock.close()
 
 
 def tune_socket(sock: socket.socket) -> None:

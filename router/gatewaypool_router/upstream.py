@@ -3,16 +3,27 @@
 Opened on the first instance routed to that gateway, with the contexts the
 sender negotiated; carries the sender's PDVs through unchanged; released
 when the sender releases, aborted when the sender aborts.
+
+Gateways end idle associations of their own accord (Orthanc after
+``DicomScpTimeout``, 30 s by default, with an A-ABORT; others with an
+A-RELEASE-RQ or by closing the connection). Between instances the
+association is therefore looked at before it is used again
+(:meth:`Upstream.check_alive`, a read that does not wait): whatever the
+gateway sent while idle ends it, a release request is answered, and the
+caller opens a new association. Nothing of the next instance has gone out
+yet, so its sender never sees it. The router also releases an upstream
+idle for ``--gateway-idle-release`` seconds itself, before a gateway's own
+timeout can race with the next instance.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Sequence
 
 from gatewaypool.bucketmap import Gateway
@@ -24,6 +35,10 @@ from gatewaypool_router.statuses import Status
 from gatewaypool_router.tls import close_notify
 
 log = logging.getLogger(__name__)
+
+#: After an A-ABORT, how long the gateway may take to close its side (see
+#: :func:`pdus.drain_and_close`).
+_ABORT_DRAIN = 1.0
 
 
 class GatewayError(Exception):
@@ -63,7 +78,11 @@ class Upstream:
         self._connect_timeout = connect_timeout
         self._tls = tls
         self._sock: socket.socket | None = None
-        self._reader: io.BufferedReader | None = None
+        self._reader: pdus.SocketReader | None = None
+        #: When the association last finished an exchange (monotonic seconds).
+        self.last_used = 0.0
+        #: Why the gateway ended it while idle (see :meth:`check_alive`).
+        self.ended_by = ""
         self.peer_max_pdu = 0
         self.usable_contexts: frozenset[int] = frozenset()
         self.instances = 0
@@ -87,7 +106,8 @@ class Upstream:
         if self._tls is not None:
             sock = self._handshake(sock, self._tls)
         sock.settimeout(self._timeout)
-        reader = pdus.open_reader(sock, buffer_size=256 * 1024)
+        capacity = max(self._max_pdu, 1 << 16) + 6
+        reader = pdus.SocketReader(sock, capacity=capacity, read_ahead=capacity)
         try:
             sock.sendall(
                 negotiation.build_request(
@@ -119,6 +139,56 @@ class Upstream:
         self.usable_contexts = acceptance.context_ids
         self._sock = sock
         self._reader = reader
+        self.last_used = time.monotonic()
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for ``poll`` (-1 once closed)."""
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def has_pending(self) -> bool:
+        """Bytes from the gateway already read from the socket, not yet looked at."""
+        if self._reader is not None and self._reader.buffered:
+            return True
+        return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
+
+    def check_alive(self) -> bool:
+        """Whether the idle association can carry the next instance.
+
+        A zero-timeout read: nothing waiting means alive. Anything the
+        gateway sent between instances ends the association here: an
+        A-RELEASE-RQ is answered with an A-RELEASE-RP (PS3.8 Sta8), an
+        A-ABORT or a closed connection is taken as it is, any other PDU is
+        answered with an A-ABORT. :attr:`ended_by` then says which.
+        """
+        if self._sock is None or self._reader is None:
+            return False
+        try:
+            if not self._reader.poll():
+                return True
+            pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
+        except (pdus.PeerClosedError, ConnectionError) as exc:
+            self.ended_by = "closed"
+            log.debug("gateway %s closed an idle association: %s", self.gateway.address(), exc)
+            self.close()
+            return False
+        except (OSError, pdus.ProtocolError) as exc:
+            self.ended_by = "broken"
+            log.debug("idle association to %s broke: %s", self.gateway.address(), exc)
+            self.abort(reason=pdus.REASON_UNRECOGNIZED_PDU, source=pdus.ABORT_SOURCE_PROVIDER)
+            return False
+        if pdu.type == pdus.RELEASE_RQ:
+            self.ended_by = "released"
+            with contextlib.suppress(OSError):
+                self._sock.sendall(pdus.RELEASE_RP_PDU)
+                close_notify(self._sock)
+            self.close()
+        elif pdu.type == pdus.ABORT:
+            self.ended_by = "aborted"
+            self.close()
+        else:
+            self.ended_by = "unexpected_pdu"
+            self.abort(reason=pdus.REASON_UNEXPECTED_PDU, source=pdus.ABORT_SOURCE_PROVIDER)
+        return False
 
     def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
         """TLS to the gateway: its chain must verify and name the map's host for it.
@@ -219,7 +289,7 @@ class Upstream:
                     self.close()
                     raise GatewayError(Status.GATEWAY_ABORTED, "gateway aborted the association")
                 if pdu.type != pdus.P_DATA_TF:
-                    self.abort()
+                    self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=pdus.REASON_UNEXPECTED_PDU)
                     raise GatewayError(
                         Status.GATEWAY_ABORTED, f"unexpected PDU 0x{pdu.type:02X} from gateway"
                     )
@@ -237,11 +307,15 @@ class Upstream:
                                 f"{response.message_id}",
                             )
                         self.instances += 1
+                        self.last_used = time.monotonic()
                         return bytes(command), response
         except TimeoutError as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "no response from gateway") from exc
-        except (pdus.PeerClosedError, pdus.ProtocolError, CommandError, OSError) as exc:
+        except pdus.ProtocolError as exc:
+            self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=pdus.REASON_UNRECOGNIZED_PDU)
+            raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
+        except (pdus.PeerClosedError, CommandError, OSError) as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
 
@@ -255,6 +329,10 @@ class Upstream:
                 pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
                 if pdu.type in (pdus.RELEASE_RP, pdus.ABORT):
                     break
+                if pdu.type == pdus.RELEASE_RQ:
+                    # Release collision, we being the requestor (PS3.8 Sta9):
+                    # answer theirs, then wait for the answer to ours.
+                    self._sock.sendall(pdus.RELEASE_RP_PDU)
         except (OSError, pdus.PeerClosedError, pdus.ProtocolError) as exc:
             log.debug("release of %s failed: %s", self.gateway.address(), exc)
             self.abort()
@@ -262,8 +340,15 @@ class Upstream:
         close_notify(self._sock)
         self.close()
 
-    def abort(self) -> None:
+    def abort(
+        self, *, source: int = pdus.ABORT_SOURCE_USER, reason: int = pdus.REASON_NOT_SPECIFIED
+    ) -> None:
         """Abort at once: the gateway drops whatever instance was in flight.
+
+        The A-ABORT says who ends it (PS3.8 Table 9-26): the router as the
+        service user (its sender went away, a data set was truncated, the
+        gateway timed out), reason not significant; or as the service
+        provider with a reason, when the gateway broke the protocol.
 
         Between PDUs that is an A-ABORT, if the socket takes its ten bytes
         without waiting. In the middle of a PDU, or when the gateway has
@@ -274,11 +359,13 @@ class Upstream:
         """
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                if self.pdu_open or not self._send_at_once(pdus.abort_pdu(pdus.ABORT_SOURCE_USER)):
+                if self.pdu_open or not self._send_at_once(pdus.abort_pdu(source, reason)):
                     self._sock.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
                     self._sock.close()
+                else:
+                    pdus.drain_and_close(self._sock, timeout=_ABORT_DRAIN)
         self.close()
 
     def _send_at_once(self, data: bytes) -> bool:
