@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from gatewaypool_local.peers import wait_until
 from support.cluster import NS
 from support.kubeemu import KubeEmulator
+from support.kubeemu.watch import next_bookmark
 
 APPLY = "application/apply-patch+yaml"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -665,6 +666,40 @@ def test_watch_resumes_from_a_resource_version(
             list(stream)
         assert gone.value.status == 410
         assert "too old resource version" in str(gone.value.reason)
+
+
+def test_bookmarks_come_as_from_the_watch_cache() -> None:
+    assert next_bookmark(100.0, None, 60.0) == 160.0
+    assert next_bookmark(100.0, 150.0, 60.0) == 148.0, "2 s before the end"
+    assert next_bookmark(100.0, 101.0, 60.0) is None, "a watch of 2 s or less gets none"
+    with KubeEmulator(bookmark_interval=0.2) as kube, kube.api_client() as client:
+        core = kubernetes.client.CoreV1Api(client)
+        quiet = core.create_namespaced_config_map(NS, {"metadata": {"name": "quiet"}})
+        busy = core.create_namespaced_config_map(NS, {"metadata": {"name": "busy"}})
+
+        def events(**params: Any) -> list[tuple[str, str]]:
+            seen: list[tuple[str, str]] = []
+            watch = kubernetes.watch.Watch()
+            for event in watch.stream(
+                core.list_namespaced_config_map,
+                NS,
+                field_selector="metadata.name=quiet",
+                resource_version=quiet.metadata.resource_version,
+                timeout_seconds=3,
+                _request_timeout=10,
+                **params,
+            ):
+                raw = event["raw_object"]
+                seen.append((event["type"], raw["metadata"]["resourceVersion"]))
+                assert raw["kind"] == "ConfigMap" and raw["apiVersion"] == "v1"
+            return seen
+
+        # The other object's write is filtered out, and its version is what
+        # the bookmarks say: a client resuming from one misses nothing of its own.
+        marks = events(allow_watch_bookmarks=True)
+        assert marks, "bookmarks while the watch lasts"
+        assert set(marks) == {("BOOKMARK", busy.metadata.resource_version)}
+        assert events() == [], "none unless asked for"
 
 
 def test_delete_orphans_or_cascades(kube: KubeEmulator, api: kubernetes.client.ApiClient) -> None:

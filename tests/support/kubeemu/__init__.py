@@ -74,7 +74,12 @@ every write itself (kmock still stores, watches, lists and discovers):
   ``N`` sends only the events after N, from a bounded history
   (``history_size``, default 1000; :meth:`KubeEmulator.compact_history`),
   and a too old N gets an ERROR event with a 410 ``Expired`` Status
-  (:mod:`.watch`); ``allowWatchBookmarks`` is accepted, no bookmarks sent;
+  (:mod:`.watch`); with ``allowWatchBookmarks`` BOOKMARK events come as
+  from the API server's watch cache: every ``bookmark_interval`` seconds
+  (a minute by default) and 2 s before the watch's ``timeoutSeconds`` end
+  it (none on a watch of 2 s or less), carrying the newest resourceVersion
+  the watch has passed (a write to any object of the resource advances
+  it, whatever the watch's selectors);
 - kmock's request log holds the requests in flight only (kmock scans all
   of it for every request, which made a request cost 70 ms after 1000);
   with ``keep_requests`` the emulator logs every request apart, for
@@ -100,8 +105,10 @@ every write itself (kmock still stores, watches, lists and discovers):
 
 What it still does not do -- tests must not rely on it
 ------------------------------------------------------
-- **Watches**: no bookmarks; selectors filter events by the new object
-  only (an object that stops matching sends no DELETED).
+- **Watches**: selectors filter events by the new object only (an object
+  that stops matching sends no DELETED); no ``sendInitialEvents`` (and so
+  no initial-events-end bookmark); a bookmark's resourceVersion advances
+  only with writes to that resource (no etcd progress notifications).
 - **Lists**: no pagination (``limit``/``continue`` ignored: everything in
   one page); ``resourceVersion`` parameters on GET/list are ignored.
 - **Apply and managed fields**: conflicts are computed after defaulting and

@@ -82,6 +82,10 @@ class KubeEmulator:
         How many watch events are kept: a watch that resumes from a
         resourceVersion older than these gets 410 Gone, as from a real server
         whose watch cache moved on (:meth:`compact_history` forgets them all).
+    bookmark_interval
+        Seconds between the BOOKMARK events of a watch that allows them (the
+        API server's is a minute); one also comes 2 s before a watch's
+        ``timeoutSeconds`` ends it, as from a real server.
 
     Notes
     -----
@@ -96,10 +100,14 @@ class KubeEmulator:
         keep_requests: bool = False,
         history_size: int = 1000,
         orphan_delay: float = 0.5,
+        bookmark_interval: float = 60.0,
     ) -> None:
         self._requested_port = port
         self._emulator = Emulator(
-            keep_requests=keep_requests, history_size=history_size, orphan_delay=orphan_delay
+            keep_requests=keep_requests,
+            history_size=history_size,
+            orphan_delay=orphan_delay,
+            bookmark_interval=bookmark_interval,
         )
         for kind in resources:
             self._emulator.declare(kind)

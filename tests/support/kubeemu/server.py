@@ -25,7 +25,7 @@ from .objects import JSONObject, Write, apply_patch, get_path, now, scale_of, se
 from .schemas import Schema, builtin_schema, custom_schema
 from .selectors import Selector
 from .validation import check_update
-from .watch import EventHistory, gone
+from .watch import EventHistory, bookmark, gone, next_bookmark
 
 #: kmock parses ``/api/v1/namespaces`` as "a namespace with no name" and fails;
 #: such requests are re-addressed to this segment, which no namespace can be
@@ -88,6 +88,10 @@ class Emulator(kmock.KubernetesEmulator):
     #: Seconds the garbage collector takes to orphan the dependents of an object
     #: deleted with ``propagationPolicy: Orphan``; the object stays until then.
     orphan_delay: float = 0.5
+    #: Seconds between the bookmarks of a watch that allows them (the API
+    #: server's ``bookmarkFrequency``: a minute); one comes 2 s before the
+    #: watch's end in any case.
+    bookmark_interval: float = 60.0
     history: EventHistory = attrs.field(init=False)
     _allocated_ips: int = attrs.field(default=0, init=False)
     _kinds: dict[kmock.resource, ResourceKind] = attrs.field(factory=dict, init=False)
@@ -857,15 +861,24 @@ class Emulator(kmock.KubernetesEmulator):
         or one ERROR event (410 Expired) if the history no longer reaches
         back that far, and the watch ends. Then every change.
 
+        With ``allowWatchBookmarks=true``, BOOKMARK events as the API server
+        sends them (:func:`.watch.next_bookmark`). A bookmark's
+        resourceVersion is the newest this watch has passed on or filtered
+        out -- never one of a change still on its way to it, which a client
+        resuming from the bookmark would miss.
+
         Unlike kmock's own, the subscription to changes is taken together
         with the snapshot, under the lock writes take: kmock's takes it after
         sending the snapshot, and a write in between was never seen.
         """
         selector = Selector.from_params(request.params)
         timeout = request.params.get("timeoutSeconds")
-        deadline = asyncio.get_running_loop().time() + float(timeout) if timeout else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(timeout) if timeout else None
         resource = request.resource
         assert resource is not None  # kmock routes watches of resources only
+        kind = self.kind_of(resource)
+        bookmarks = str(request.params.get("allowWatchBookmarks", "")).lower() == "true"
 
         def wanted(obj: Mapping[str, Any]) -> bool:
             metadata = obj.get("metadata") or {}
@@ -882,6 +895,9 @@ class Emulator(kmock.KubernetesEmulator):
         bus = self._buses[resource]
         async with self._lock:
             marker = await bus.mark()
+            # Every change up to here is in the snapshot or the history; later
+            # ones come through the bus.
+            passed = self._revision
             if start == "0":
                 replay: list[JSONObject] | None = [
                     {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
@@ -890,6 +906,7 @@ class Emulator(kmock.KubernetesEmulator):
                 ]
             else:
                 replay = self.history.since(resource, int(start))
+        step: asyncio.Future[kmock.Payload] | None = None
         try:
             if replay is None:
                 yield gone(int(start), self._revision)
@@ -898,45 +915,57 @@ class Emulator(kmock.KubernetesEmulator):
                 if wanted(past["object"]):
                     yield past
             changes = aiter(bus.stream(since=marker))
+            mark_at = None
+            if bookmarks and kind is not None:
+                mark_at = next_bookmark(loop.time(), deadline, self.bookmark_interval)
             while True:
-                more, event = await self._next_or_end(changes, deadline)
-                if not more:
+                if step is None:
+                    step = asyncio.ensure_future(anext(changes))
+                wake = min((t for t in (deadline, mark_at) if t is not None), default=None)
+                if not await self._step_or_end(step, wake):
+                    if self._closing.is_set() or mark_at is None or loop.time() < mark_at:
+                        return  # the deadline, or the server stops
+                    assert kind is not None  # mark_at is set only then
+                    yield bookmark(kind.api_version, kind.kind, passed)
+                    mark_at = next_bookmark(loop.time(), deadline, self.bookmark_interval)
+                    continue
+                done, step = step, None
+                error_ = done.exception()
+                if isinstance(error_, StopAsyncIteration):
                     return
-                if isinstance(event, dict) and wanted(event.get("object") or {}):
+                if error_ is not None:
+                    raise error_
+                event = done.result()
+                if not isinstance(event, dict):
+                    continue
+                obj = event.get("object") or {}
+                version = str((obj.get("metadata") or {}).get("resourceVersion"))
+                if version.isdigit():
+                    passed = max(passed, int(version))
+                if wanted(obj):
                     yield event
         finally:
+            if step is not None and not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
             await bus.unmark(marker)
 
-    async def _next_or_end(
-        self, source: AsyncIterator[kmock.Payload], deadline: float | None
-    ) -> tuple[bool, kmock.Payload]:
-        """The next change on a watch's bus; ``(False, None)`` at the deadline or closing.
+    async def _step_or_end(self, step: asyncio.Future[kmock.Payload], until: float | None) -> bool:
+        """Wait for a watch's next change; False at ``until`` or when the server stops.
 
-        A bus stream waits forever. Its ``anext`` runs as a task here so that
-        it can be cancelled from outside the generator: that ends the watch
-        cleanly (the client sees the end of the response, as when a real
-        server's watch times out).
+        A bus stream waits forever. Its ``anext`` runs as a task (``step``)
+        so that the watch can end, or send a bookmark and wait on, without
+        cancelling it: the same task is awaited again after a bookmark.
         """
         loop = asyncio.get_running_loop()
-        step: asyncio.Future[kmock.Payload] = asyncio.ensure_future(anext(source))
         closing = asyncio.ensure_future(self._closing.wait())
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        timeout = None if until is None else max(0.0, until - loop.time())
         try:
             waiters: set[asyncio.Future[Any]] = {step, closing}
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
-            if not step.done():
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
-        if step.cancelled():
-            return False, None
-        error = step.exception()
-        if isinstance(error, StopAsyncIteration):
-            return False, None
-        if error is not None:
-            raise error
-        return True, step.result()
+        return step.done() and not self._closing.is_set()
 
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
         answer = await super()._serve_version(request)

@@ -4,6 +4,11 @@ Every event is kept with its resourceVersion, up to a limit; a watch from a
 resourceVersion still covered gets the events after it, one from an older
 one gets ``410 Gone`` (``Expired``: "too old resource version") and must
 re-list, as from a real server whose watch cache moved on.
+
+A watch that asks for ``allowWatchBookmarks`` gets BOOKMARK events when the
+API server's watch cache sends them (:func:`next_bookmark`): they carry only
+a resourceVersion, so that a client watching a quiet object can resume from a
+version its server still remembers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import kmock
 
 from .objects import JSONObject
 
-__all__ = ["EventHistory", "gone"]
+__all__ = ["BOOKMARK_BEFORE_END", "EventHistory", "bookmark", "gone", "next_bookmark"]
+
+#: The API server sends a watch's last bookmark this long before its
+#: ``timeoutSeconds`` ends it (``cacheWatcher.nextBookmarkTime``).
+BOOKMARK_BEFORE_END = 2.0
 
 
 class EventHistory:
@@ -67,5 +76,31 @@ def gone(revision: int, oldest: int) -> JSONObject:
             "message": f"too old resource version: {revision} ({oldest})",
             "reason": "Expired",
             "code": 410,
+        },
+    }
+
+
+def next_bookmark(now: float, deadline: float | None, interval: float) -> float | None:
+    """When a watch gets its next bookmark, as the API server's watch cache decides it.
+
+    Every ``interval`` seconds (the server's ``bookmarkFrequency``, a minute),
+    but no later than :data:`BOOKMARK_BEFORE_END` before the watch's deadline;
+    ``None`` once that moment has passed: a watch of 2 s or less gets none.
+    """
+    at = now + interval
+    if deadline is None:
+        return at
+    at = min(at, deadline - BOOKMARK_BEFORE_END)
+    return None if at < now else at
+
+
+def bookmark(api_version: str, kind: str, resource_version: int) -> JSONObject:
+    """A BOOKMARK event: the object's kind and a resourceVersion, nothing else."""
+    return {
+        "type": "BOOKMARK",
+        "object": {
+            "kind": kind,
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": str(resource_version)},
         },
     }
