@@ -402,15 +402,15 @@ def role(name: str, namespace: str) -> dict[str, Any]:
         "kind": "Role",
         "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
         # Least privilege, exactly the calls a router makes (checked against
-        # them in tests/integration/test_rbac_calls.py): read and watch the map
-        # (a watch narrowed to one name by a field selector is authorized by
-        # resourceNames), merge-patch its own key into the reports.
+        # them in tests/integration/test_rbac_calls.py): list and watch the map
+        # (a list or watch narrowed to one name by a field selector is
+        # authorized by resourceNames), merge-patch its own key into the reports.
         "rules": [
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [map_configmap_name(name)],
-                "verbs": ["get", "watch"],
+                "verbs": ["list", "watch"],
             },
             {
                 "apiGroups": [""],

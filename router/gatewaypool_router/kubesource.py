@@ -1,8 +1,10 @@
 """The bucket map from the Kubernetes API, and the router's report back.
 
 In a cluster the operator is the only writer of the map, a ConfigMap the
-pool owns. Each router watches that one object and applies every new
-version as it arrives (typically within milliseconds of the write), and
+pool owns. Each router watches that one object (list, then watch with
+bookmarks; :class:`ListWatchPlan` decides each request and back-off) and
+applies every new version as it arrives (typically within milliseconds of
+the write), and
 writes what it applied under its own pod name in the pool's report
 ConfigMap, which the operator reads to know when all routers agree.
 
@@ -13,12 +15,14 @@ or from ``--gateway`` does not need it.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from gatewaypool.bucketmap import BucketMap, MapError, parse_map
 from gatewaypool.contract import MAP_KEY
@@ -44,7 +48,122 @@ WATCH_SECONDS = 50
 #: without a RST) sends nothing, so without this a router would keep its map
 #: until the kernel's keep-alive gives up, two hours later.
 REQUEST_TIMEOUT = (10.0, 60.0)
-_RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+#: Back-off after a failed request: doubling from the first delay up to the
+#: last, each drawn between half and all of it (jitter, so that the routers
+#: of a pool, which all fail together when the API server restarts, do not
+#: all come back in the same instant).
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: A watch the server ends sooner than this, having sent nothing, did not
+#: work (a proxy closing it, a server shutting down): it is retried after a
+#: back-off, not at once.
+SHORT_WATCH = 1.0
+
+Verb = Literal["list", "watch"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """The map watch's next request: a list, or a watch from a resourceVersion."""
+
+    verb: Verb
+    resource_version: str | None
+    #: Seconds to wait before making it.
+    delay: float
+
+
+class ListWatchPlan:
+    """Which request the map watch makes next, and when: the decisions, with no I/O.
+
+    It lists (a list's resourceVersion is the server's current one, so a
+    watch from it starts inside the server's history), then watches from the
+    newest resourceVersion it saw -- an event's, or a BOOKMARK's, which the
+    server sends so that a watch of a quiet object (ours changes rarely, while
+    every router writes its report ConfigMap often) still resumes from a
+    version the server remembers. A 410 Gone lists again at once the first
+    time; a 410 that comes again before anything worked, and any other
+    failure, waits with a jittered, doubling back-off. So whatever the server
+    answers, the router makes no more than one request per back-off delay,
+    apart from that single immediate re-list.
+    """
+
+    def __init__(
+        self,
+        *,
+        jitter: Callable[[], float] = random.random,
+        first: float = BACKOFF_FIRST,
+        most: float = BACKOFF_MAX,
+        short_watch: float = SHORT_WATCH,
+    ) -> None:
+        self._jitter = jitter
+        self._first = first
+        self._most = most
+        self._short_watch = short_watch
+        self.resource_version: str | None = None
+        #: Failures since a watch last worked.
+        self.failures = 0
+        self._expired = False
+        self._progress = False
+        self._delay = 0.0
+
+    def next(self) -> Step:
+        """The request to make now (after ``delay``)."""
+        if self.resource_version is None:
+            return Step("list", None, self._delay)
+        return Step("watch", self.resource_version, self._delay)
+
+    def listed(self, resource_version: str | None) -> None:
+        """A list answered: watch from its resourceVersion, at once."""
+        self.resource_version = resource_version or None
+        self._delay = 0.0
+
+    def watching(self) -> None:
+        """A watch starts."""
+        self._progress = False
+
+    def seen(self, resource_version: str | None) -> None:
+        """A watch event or bookmark: resume from its version; the watch works."""
+        if resource_version:
+            self.resource_version = resource_version
+        self._progress = True
+        self._worked()
+
+    def ended(self, *, seconds: float) -> float:
+        """The server ended a watch; return the delay before the next request."""
+        if self._progress or seconds >= self._short_watch:
+            self._worked()
+            self._delay = 0.0
+        else:
+            self._delay = self._back_off()
+        return self._delay
+
+    def expired(self) -> float:
+        """410 Gone: list again, at once if it is the first since a watch worked."""
+        self.resource_version = None
+        if self._expired:
+            self._delay = self._back_off()
+        else:
+            self._expired = True
+            self._delay = 0.0
+        return self._delay
+
+    def failed(self) -> float:
+        """Any other failure; return the delay before the next request.
+
+        The resourceVersion is kept: a resumed watch misses nothing, and if
+        the server no longer remembers it, it answers 410.
+        """
+        self._delay = self._back_off()
+        return self._delay
+
+    def _worked(self) -> None:
+        self.failures = 0
+        self._expired = False
+
+    def _back_off(self) -> float:
+        self.failures += 1
+        ceiling: float = min(self._most, self._first * 2.0 ** min(self.failures - 1, 30))
+        return ceiling * (0.5 + 0.5 * self._jitter())
 
 
 def core_api(config: RouterConfig) -> Any:
@@ -66,11 +185,12 @@ def core_api(config: RouterConfig) -> Any:
 class ConfigMapMapWatcher:
     """Watch one ConfigMap and offer every map it holds to the holder.
 
-    The usual list-then-watch: one GET gives the object and its
-    resourceVersion, then a watch from that version, ended by the server
-    after ``watch_seconds`` and resumed from the last version seen. A
-    resume the server answers 410 Gone (its history no longer reaches that
-    far back) starts over with a GET, so no change is ever missed.
+    The usual list-then-watch, narrowed to one object by a ``metadata.name``
+    field selector (RBAC by resourceNames requires it): a list gives the
+    object and the server's current resourceVersion, then a watch from
+    there, with bookmarks, ended by the server after ``watch_seconds`` and
+    resumed from the newest version seen. :class:`ListWatchPlan` decides
+    each request and every back-off; ``requests`` counts them by verb.
     """
 
     def __init__(
@@ -81,27 +201,32 @@ class ConfigMapMapWatcher:
         *,
         watch_seconds: int = WATCH_SECONDS,
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        plan: ListWatchPlan | None = None,
+        requests: Callable[[Verb], None] | None = None,
     ) -> None:
         self._api = api
         self._ref = ref
         self._holder = holder
         self._watch_seconds = watch_seconds
         self._request_timeout = request_timeout
+        self._plan = plan if plan is not None else ListWatchPlan()
+        self._requests = requests
         self._stop = threading.Event()
         self._seen: str | None = None
-        self._resource_version: str | None = None
         self._thread = threading.Thread(target=self._run, name="map-watch", daemon=True)
 
     def load_now(self) -> bool:
-        """One GET, so a starting router is ready before its watch begins."""
+        """One list, so a starting router is ready before its watch begins."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             self._list()
         except ApiException as exc:
+            self._plan.failed()
             self._holder.refuse(f"cannot read ConfigMap {self._ref}: {exc.reason}", source="api")
             return False
         except OSError as exc:  # API server unreachable: the watch loop retries
+            self._plan.failed()
             self._holder.refuse(f"cannot reach the API server: {exc}", source="api")
             return False
         return self._holder.current is not None
@@ -112,12 +237,23 @@ class ConfigMapMapWatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def _count(self, verb: Verb) -> None:
+        if self._requests is not None:
+            self._requests(verb)
+
     def _list(self) -> None:
-        body = self._api.read_namespaced_config_map(
-            self._ref.name, self._ref.namespace, _request_timeout=self._request_timeout
+        self._count("list")
+        listed = self._api.list_namespaced_config_map(
+            self._ref.namespace,
+            field_selector=f"metadata.name={self._ref.name}",
+            _request_timeout=self._request_timeout,
         )
-        self._consider(body)
-        self._resource_version = getattr(body.metadata, "resource_version", None)
+        items = [i for i in listed.items or [] if i.metadata.name == self._ref.name]
+        if items:
+            self._consider(items[0])
+        else:
+            self._holder.refuse(f"ConfigMap {self._ref} not found", source="api")
+        self._plan.listed(getattr(listed.metadata, "resource_version", None))
 
     def _consider(self, body: Any) -> None:
         data = getattr(body, "data", None) or {}
@@ -136,33 +272,34 @@ class ConfigMapMapWatcher:
             return
         self._holder.offer(candidate, source=source)
 
-    def _watch_once(self) -> None:
-        """List if needed, then follow one watch until the server ends it."""
+    def _watch(self, resource_version: str | None) -> None:
+        """Follow one watch until the server ends it."""
         from kubernetes import watch
 
-        if self._resource_version is None:
-            self._list()
         watch_class: Any = watch.Watch  # the client is untyped
         stream = watch_class()
+        started = time.monotonic()
+        self._count("watch")
+        self._plan.watching()
         try:
-            # The field selector narrows the watch to our object (RBAC by
-            # resourceNames requires it); the name is checked again below in
-            # case a server ignores it.
             for event in stream.stream(
                 self._api.list_namespaced_config_map,
                 self._ref.namespace,
                 field_selector=f"metadata.name={self._ref.name}",
-                resource_version=self._resource_version,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
                 timeout_seconds=self._watch_seconds,
                 _request_timeout=self._request_timeout,
             ):
                 if self._stop.is_set():
                     return
+                raw = event.get("raw_object") or {}
+                self._plan.seen((raw.get("metadata") or {}).get("resourceVersion"))
+                if event["type"] == "BOOKMARK":
+                    continue  # a resourceVersion only (the client leaves it a dict)
                 body = event["object"]
-                metadata = body.metadata
-                if getattr(metadata, "name", None) != self._ref.name:
-                    continue
-                self._resource_version = metadata.resource_version
+                if getattr(body.metadata, "name", None) != self._ref.name:
+                    continue  # the field selector already says so; a server may ignore it
                 if event["type"] in ("ADDED", "MODIFIED"):
                     self._consider(body)
                 elif event["type"] == "DELETED":
@@ -175,38 +312,47 @@ class ConfigMapMapWatcher:
                     )
         finally:
             stream.stop()
+        self._plan.ended(seconds=time.monotonic() - started)
 
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        failures = 0
         while not self._stop.is_set():
+            step = self._plan.next()
+            if step.delay and self._stop.wait(step.delay):
+                return
             try:
-                self._watch_once()
-                failures = 0
+                if step.verb == "list":
+                    self._list()
+                else:
+                    self._watch(step.resource_version)
             except ApiException as exc:
                 if exc.status == 410:
-                    # Expected now and then (etcd compaction): list again, at once.
-                    log_event(log, logging.INFO, "map.watch_expired", configmap=str(self._ref))
-                    self._resource_version = None
+                    # Expected now and then (etcd compaction, an API server
+                    # restart): list again, at once unless it repeats.
+                    delay = self._plan.expired()
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "map.watch_expired",
+                        configmap=str(self._ref),
+                        retry_in=round(delay, 2),
+                    )
                     continue
-                failures += 1
-                self._back_off(failures, exc)
+                self._failed(exc)
             except Exception as exc:  # the API server restarts, the network blips
-                failures += 1
-                self._back_off(failures, exc)
+                self._failed(exc)
 
-    def _back_off(self, failures: int, exc: Exception) -> None:
-        delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS)) - 1]
+    def _failed(self, exc: Exception) -> None:
+        delay = self._plan.failed()
         log_event(
             log,
             logging.WARNING,
             "map.watch_failed",
             configmap=str(self._ref),
             error=str(exc)[:200],
-            retry_in=delay,
+            retry_in=round(delay, 2),
         )
-        self._stop.wait(delay)
 
 
 class RouterReporter:

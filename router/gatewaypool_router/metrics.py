@@ -142,6 +142,15 @@ class RouterMetrics:
             multiprocess_mode="livesum",
         )
         self._per_instance: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.map_requests = Counter(
+            "gatewaypool_router_map_requests",
+            "Requests to the API server for the map ConfigMap, by verb (list, watch): about "
+            "one watch per --watch-timeout when all is well, more after errors and 410 Gone",
+            ["verb"],
+            registry=r,
+        )
+        for verb in ("list", "watch"):
+            self.map_requests.labels(verb=verb)
         self.map_rejected = Counter(
             "gatewaypool_router_map_rejected",
             "New bucket maps refused (invalid, stale or changing the bucket count)",

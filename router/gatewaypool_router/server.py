@@ -180,7 +180,7 @@ class Router:
     def start(self) -> None:
         config = self.config
         if not self._supervised:
-            parts, api = sources.map_source(config, self.maps)
+            parts, api = sources.map_source(config, self.maps, self.metrics)
             self._stoppables.extend(parts)
             report = sources.reporter(config, api, self.maps, self.usage)
             if report is not None:

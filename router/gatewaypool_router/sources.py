@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
+from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.usage import UsageView
 
 
@@ -24,8 +25,12 @@ class Part(Protocol):
     def stop(self) -> None: ...
 
 
-def map_source(config: RouterConfig, maps: MapHolder) -> tuple[list[Part], Any]:
+def map_source(
+    config: RouterConfig, maps: MapHolder, metrics: RouterMetrics
+) -> tuple[list[Part], Any]:
     """Load the first map into `maps` now, and return what keeps it current.
+
+    A ConfigMap watch counts its requests in ``metrics``.
 
     Returns
     -------
@@ -42,8 +47,13 @@ def map_source(config: RouterConfig, maps: MapHolder) -> tuple[list[Part], Any]:
         from gatewaypool_router.kubesource import ConfigMapMapWatcher, core_api
 
         api = core_api(config)
+        counter = metrics.map_requests
         map_watch = ConfigMapMapWatcher(
-            api, config.map_configmap, maps, watch_seconds=config.watch_seconds
+            api,
+            config.map_configmap,
+            maps,
+            watch_seconds=config.watch_seconds,
+            requests=lambda verb: counter.labels(verb=verb).inc(),
         )
         map_watch.load_now()
         return [map_watch], api

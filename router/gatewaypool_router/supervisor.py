@@ -237,7 +237,7 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
-        parts, api = sources.map_source(config, self.maps)
+        parts, api = sources.map_source(config, self.maps, self.metrics)
         self._parts.extend(parts)
         report = sources.reporter(config, api, self.maps, self.usage)
         if report is not None:

@@ -38,8 +38,10 @@ GRANTED_FOR_REAL_CLUSTERS: frozenset[Triple] = frozenset(
         # blockOwnerDeletion on ownerReferences needs it under the
         # OwnerReferencesPermissionEnforcement admission plugin (no admission here).
         ("gatewaypool.io", "gatewaypools/finalizers", "update"),
-        # The routers' Role grants watch on the map ConfigMap; RBAC forbids
-        # granting more than one holds, so the operator holds it without using it.
+        # The routers' Role grants list and watch on the map ConfigMap; RBAC
+        # forbids granting more than one holds, so the operator holds them
+        # without using them.
+        ("", "configmaps", "list"),
         ("", "configmaps", "watch"),
     }
     # Server-side apply creates a missing child with a PATCH, which the API

@@ -59,9 +59,9 @@ EXPECTED_OPERATOR_RULES: Rules = {
     # OwnerReferencesPermissionEnforcement).
     ("gatewaypool.io", "gatewaypools/finalizers"): frozenset({"update"}),
     # What a pool owns: read, create, repair. The API server's garbage
-    # collector deletes it with the pool. "watch" on ConfigMaps: the routers'
-    # Role grants it, and RBAC lets the operator grant only what it holds.
-    ("", "configmaps"): frozenset({"get", "watch", "create", "patch"}),
+    # collector deletes it with the pool. "list" and "watch" on ConfigMaps: the
+    # routers' Role grants them, and RBAC lets the operator grant only what it holds.
+    ("", "configmaps"): frozenset({"get", "list", "watch", "create", "patch"}),
     ("", "services"): frozenset({"get", "create", "patch"}),
     ("", "serviceaccounts"): frozenset({"get", "create", "patch"}),
     # Deleted with propagationPolicy Orphan and created again to change an

@@ -137,11 +137,11 @@ per watched namespace (rbac.scope namespaces).
 # What a pool owns: read, create, repair drift (server-side apply is a
 # patch, and creates what is missing with "create"). Deleting the pool deletes
 # them through their ownerReferences (the API server's garbage collector).
-# ConfigMaps also need "watch": the operator creates a Role that grants it to
-# the routers, and Kubernetes lets it grant only what it holds.
+# ConfigMaps also need "list" and "watch": the operator creates a Role that
+# grants them to the routers, and Kubernetes lets it grant only what it holds.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
   verbs: ["get", "create", "patch"]
