@@ -101,6 +101,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "templated-crds": {"crds": {"templated": True}},
     "peering": {"operator": {"peering": {"enabled": True, "replicas": 3}}},
     "templated-crds-not-kept": {"crds": {"templated": True, "keep": False}},
+    "templated-crds-peering": {
+        "crds": {"templated": True},
+        "operator": {"peering": {"enabled": True, "replicas": 2}},
+        "rbac": {"scope": "namespaces"},
+        "watchNamespaces": ["radiology", "cardiology"],
+    },
     "extras": {
         "examplePool": {"enabled": True},
         "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -751,6 +757,54 @@ def test_templated_crd_is_the_repository_crd(value_set: str) -> None:
     annotations = rendered["metadata"].get("annotations") or {}
     keep = VALUE_SETS[value_set]["crds"].get("keep", True)
     assert (annotations.get("helm.sh/resource-policy") == "keep") is keep
+
+
+@pytest.mark.parametrize("value_set", ["templated-crds-peering", "peering-templated-cluster"])
+def test_templated_crds_with_peering_install_kopfs_crds_and_then_the_peering(
+    value_set: str,
+) -> None:
+    """``helm install --skip-crds`` skips crds/: the release must bring kopf's CRDs itself.
+
+    Helm maps every object of a release before creating any, so the peering
+    objects are post-install/post-upgrade hooks (mapped after the CRDs
+    exist), owned by the release so that the next upgrade adopts them.
+    """
+    values = VALUE_SETS.get(value_set) or {
+        "crds": {"templated": True, "keep": False},
+        "operator": {"peering": {"enabled": True}},
+    }
+    objects = objects_in(render_files(values))
+    rendered = {c["metadata"]["name"]: c for c in of_kind(objects, "CustomResourceDefinition")}
+    source = [
+        d for d in yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text())
+    ]
+    assert {d["metadata"]["name"] for d in source if d} <= rendered.keys()
+    keep = values["crds"].get("keep", True)
+    for crd in filter(None, source):
+        copy = rendered[crd["metadata"]["name"]]
+        assert copy["spec"] == crd["spec"]
+        assert copy["metadata"]["labels"]["app.kubernetes.io/component"] == "crd"
+        annotations = copy["metadata"].get("annotations") or {}
+        assert (annotations.get("helm.sh/resource-policy") == "keep") is keep
+    served = {c["spec"]["names"]["kind"] for c in rendered.values()}
+    peerings = [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+    assert peerings
+    for peering in peerings:
+        assert peering["kind"] in served
+        annotations = peering["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+        assert "helm.sh/hook-delete-policy" not in annotations
+        assert annotations["meta.helm.sh/release-name"] == RELEASE
+        assert annotations["meta.helm.sh/release-namespace"] == RELEASE_NAMESPACE
+        assert peering["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_peering_without_templated_crds_is_a_plain_object() -> None:
+    """crds/ is installed before the templates: no hook, and kopf's CRDs only there."""
+    objects = objects_of("peering")
+    assert of_kind(objects, "CustomResourceDefinition") == []
+    peering = one(objects, "ClusterKopfPeering")
+    assert "annotations" not in peering["metadata"]
 
 
 # --- example pool, PodMonitor, dashboard -------------------------------------------
