@@ -20,6 +20,7 @@ from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 from gatewaypool_local.synth import Study, generate_study
 from support.cluster import pool_cluster
 from support.kubeemu import KubeEmulator
+from support.realcluster import Cluster, namespace_for, running_cluster, session_folder
 
 # Property tests check properties, not speed: hypothesis's per-example
 # deadline would make them fail on a busy 2-core machine.
@@ -154,3 +155,32 @@ def kube() -> Iterator[KubeEmulator]:
     """The API emulator with the GatewayPool CRD and the tests' namespace (support.cluster)."""
     with pool_cluster() as emulator:
         yield emulator
+
+
+# -- the real control plane -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The real control plane and its stand-ins, one per session (see support.realcluster).
+
+    Its folder is outside /tmp: pods mount an emptyDir there, which would hide
+    the folders their other volumes come from.
+    """
+    folder = session_folder()
+    with running_cluster(folder) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the session's cluster for one test, deleted afterwards.
+
+    When the test fails, the logs of the pods it ran are printed.
+    """
+    with cluster.namespace(namespace_for(request.node.name)) as namespace:
+        yield namespace
+        if _failed(request):
+            for pod in cluster.kubelet.pods(namespace):
+                print(f"--- pod {pod.name} ({pod.uid[:8]}) ---")
+                print("\n".join(cluster.kubelet.log(pod).splitlines()[-_LOG_LINES_ON_FAILURE:]))

@@ -21,6 +21,9 @@ from support.operatorproc import OperatorProcess
 #: What the Dockerfile copies into its build: the product, without local/.
 IMAGE_SOURCES = ("pyproject.toml", "README.md", "common", "router", "operator")
 
+# Building and installing the wheel fetches its build and run dependencies.
+pytestmark = pytest.mark.network
+
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
