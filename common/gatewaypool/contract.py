@@ -25,7 +25,10 @@ __all__ = [
     "MAX_BUCKETS",
     "PLURAL",
     "SUBJECT_ATTRIBUTE_TYPES",
+    "UID_MAX_LENGTH",
+    "UID_PATTERN",
     "ae_title_problem",
+    "uid_problem",
 ]
 
 API_GROUP: Final = "gatewaypool.io"
@@ -66,6 +69,25 @@ def ae_title_problem(value: str) -> str | None:
         return "printable ASCII only, no control characters"
     if not value.strip(" "):
         return "all spaces"
+    return None
+
+
+UID_MAX_LENGTH: Final = 64
+UID_PATTERN: Final = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
+"""A UID (PS3.5 9.1): digits in dot-separated components, no leading zeros,
+at most 64 characters. ``spec.gateway.acceptedTransferSyntaxes`` and
+``sopClasses``, and the router's ``--accepted-transfer-syntax`` and
+``--sop-class``, hold UIDs."""
+
+_UID: Final = re.compile(UID_PATTERN)
+
+
+def uid_problem(value: str) -> str | None:
+    """Return why `value` is not a UID, or None if it is one (as `ae_title_problem`)."""
+    if not 1 <= len(value) <= UID_MAX_LENGTH:
+        return f"1 to {UID_MAX_LENGTH} characters, has {len(value)}"
+    if not _UID.fullmatch(value):
+        return "digits in dot-separated components, no leading zeros"
     return None
 
 

@@ -34,6 +34,7 @@ from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus, tls
+from gatewaypool_router.catalog import GatewayCatalog
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
@@ -43,7 +44,7 @@ from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
-from gatewaypool_router.statuses import Status, outcome
+from gatewaypool_router.statuses import OFFENDING, Status, outcome
 from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
 from gatewaypool_router.usage import Usage
@@ -59,13 +60,35 @@ _SCAN_CHUNK = 4096
 #: Runs of skippable bytes shorter than this are read and written instead:
 #: two splices cost more than copying a few hundred bytes.
 _MIN_SPLICE = 1024
+#: After an A-ABORT to the sender, how long it may take to close its side.
+_ABORT_DRAIN = 2.0
 #: Bytes read at a time from a sender whose instance already failed.
 _DISCARD_CHUNK = 256 * 1024
 #: A P-DATA-TF header and the first PDV header: what the splicing path reads
 #: ahead, so that no data set byte lands in the reader's buffer unasked.
 _HEADERS_AHEAD = 12
 _PDU_HEADER = struct.Struct(">BxL")
+#: Command elements a REQUEST_MALFORMED names as Offending Element.
+_AFFECTED_SOP_CLASS_UID = 0x00000002
+_AFFECTED_SOP_INSTANCE_UID = 0x00001000
+_COMMAND_DATA_SET_TYPE = 0x00000800
 _PDV_HEADER = struct.Struct(">LBB")
+
+
+def _blank_ae_title(raw: bytes) -> str | None:
+    """ "calling" or "called" if that AE title of an A-ASSOCIATE-RQ is all spaces.
+
+    PS3.5 forbids an AE title of spaces only, and pynetdicom's decoder
+    refuses one with an error; it is a request all the same, answered with
+    an A-ASSOCIATE-RJ ("not recognized"), not an abort.
+    """
+    if len(raw) < 42:
+        return None
+    if not raw[10:26].strip(b" \0"):
+        return "called"
+    if not raw[26:42].strip(b" \0"):
+        return "calling"
+    return None
 
 
 @functools.cache
@@ -81,7 +104,32 @@ _SCAN_FAILURES = {
 
 
 class _AbortError(Exception):
-    """End the association with an A-ABORT; the message says why."""
+    """End the association with an A-ABORT; the message says why.
+
+    ``source`` and ``reason`` are the A-ABORT's (PS3.8 Table 9-26): the
+    upper-layer provider with a reason for a PDU that breaks PS3.8 (AA-8),
+    the service user, reason not significant, for the router's own
+    decisions (DIMSE faults, an idle sender: AA-1).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: int = pdus.ABORT_SOURCE_PROVIDER,
+        reason: int = pdus.REASON_UNEXPECTED_PDU,
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.reason = reason if source == pdus.ABORT_SOURCE_PROVIDER else pdus.REASON_NOT_SPECIFIED
+
+    @classmethod
+    def by_user(cls, message: str) -> _AbortError:
+        return cls(message, source=pdus.ABORT_SOURCE_USER)
+
+    @classmethod
+    def from_protocol(cls, exc: pdus.ProtocolError) -> _AbortError:
+        return cls(str(exc), reason=exc.reason)
 
 
 @dataclass(slots=True)
@@ -100,6 +148,8 @@ class _Instance:
     gateway: Gateway | None = None
     failure: Status | None = None
     reason: str = ""
+    #: Offending Element (0000,0901) of the failure, if it has one.
+    offending: tuple[int, ...] = ()
     size: int = 0
 
 
@@ -127,6 +177,7 @@ class IncomingAssociation:
         secure: bool = False,
         client_subject: str | None = None,
         gateway_tls: ReloadingContext | None = None,
+        catalog: GatewayCatalog | None = None,
     ) -> None:
         """Prepare to serve `sock`; nothing is read before :meth:`serve`.
 
@@ -139,7 +190,13 @@ class IncomingAssociation:
             presented one.
         gateway_tls
             The context for TLS to gateways (``--gateway-tls-ca``), if any.
+        catalog
+            What the gateways accept and whether any is reachable: decides
+            which contexts are accepted, and refuses associations while no
+            map is loaded or no gateway can be reached. Without one every
+            association is admitted and every storage context accepted.
         """
+        self._catalog = catalog
         self._sock = sock
         self._secure = secure
         self._client_subject = client_subject
@@ -171,6 +228,8 @@ class IncomingAssociation:
         self._peer_max_pdu = 0
         self._tally = _Tally()
         self._started = time.monotonic()
+        #: An A-ABORT went out: the connection ends gracefully after it.
+        self._aborted = False
         self.progress = Progress()
 
     # -- life cycle -------------------------------------------------------
@@ -191,9 +250,8 @@ class IncomingAssociation:
             log_event(
                 log, logging.WARNING, "association.protocol_error", **self.who(), reason=str(exc)
             )
-            self._send_quietly(
-                pdus.abort_pdu(pdus.ABORT_SOURCE_PROVIDER, pdus.REASON_UNEXPECTED_PDU)
-            )
+            self._send_quietly(pdus.abort_pdu(exc.source, exc.reason))
+            self._aborted = True
         except (pdus.PeerClosedError, OSError) as exc:
             result = "lost"
             log_event(log, logging.WARNING, "association.lost", **self.who(), reason=str(exc))
@@ -201,6 +259,7 @@ class IncomingAssociation:
             result = "aborted"
             log.exception("association.crashed peer=%s", self._peer)
             self._send_quietly(pdus.abort_pdu())
+            self._aborted = True
         finally:
             if self._request is not None:
                 self._finish(result)
@@ -243,6 +302,11 @@ class IncomingAssociation:
             self._splicer.close()
         if released:
             tls.close_notify(self._sock)
+        if self._aborted:
+            # Let the peer read the A-ABORT rather than a reset (PS3.8 Sta13).
+            self._reader.close()
+            pdus.drain_and_close(self._sock, timeout=_ABORT_DRAIN)
+            return
         try:
             self._reader.close()
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -265,7 +329,15 @@ class IncomingAssociation:
         return False
 
     def _negotiate(self, *, over_limit: bool) -> bool:
-        self._sock.settimeout(self._config.acse_timeout)
+        """Read the A-ASSOCIATE-RQ and answer it (PS3.8 Sta2, then Sta3).
+
+        ``--acse-timeout`` bounds the whole request, however slowly its bytes
+        come. Before a request there is no association to abort: when that
+        time passes (the ARTIM timer), or the peer sends an A-ABORT, the
+        connection is closed (AA-2); anything else that is not a request is
+        answered with an A-ABORT (AA-1), then closed.
+        """
+        self._reader.deadline = time.monotonic() + self._config.acse_timeout
         self.progress.wait("sender", "A-ASSOCIATE-RQ")
         try:
             pdu = pdus.read_pdu(self._reader, max_body=1 << 20)
@@ -273,10 +345,29 @@ class IncomingAssociation:
             self._metrics.refusals.labels(reason="not_dicom").inc()
             log_event(log, logging.WARNING, "connection.closed", peer=self._peer, reason=str(exc))
             return False
-        except (pdus.ProtocolError, TimeoutError) as exc:
-            return self._not_dicom(str(exc) or "no association request in time")
+        except TimeoutError:
+            return self._not_dicom("no association request in time", abort=False)
+        except pdus.ProtocolError as exc:
+            return self._not_dicom(str(exc))
+        finally:
+            self._reader.deadline = None
+        self._sock.settimeout(self._config.acse_timeout)
+        if pdu.type == pdus.ABORT:
+            return self._not_dicom("A-ABORT instead of A-ASSOCIATE-RQ", abort=False)
         if pdu.type != pdus.ASSOCIATE_RQ:
             return self._not_dicom(f"PDU type 0x{pdu.type:02X} instead of A-ASSOCIATE-RQ")
+        blank = _blank_ae_title(pdu.raw())
+        if blank is not None:
+            return self._refuse(
+                f"{blank}_ae_blank",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=(
+                    negotiation.RJ_USER_CALLING_AE
+                    if blank == "calling"
+                    else negotiation.RJ_USER_CALLED_AE
+                ),
+            )
         try:
             request = negotiation.parse_request(pdu.raw())
         except Exception as exc:  # pynetdicom raises assorted errors on garbage
@@ -316,7 +407,22 @@ class IncomingAssociation:
                 source=negotiation.RJ_SOURCE_PRESENTATION,
                 diagnostic=negotiation.RJ_PRESENTATION_LOCAL_LIMIT,
             )
-        accept_pdu, accepted = negotiation.accept(request, max_pdu=config.max_pdu)
+        policy = None
+        if self._catalog is not None:
+            why = self._catalog.admit()
+            if why is not None:
+                return self._refuse(
+                    why,
+                    result=negotiation.RJ_TRANSIENT,
+                    source=negotiation.RJ_SOURCE_PRESENTATION,
+                    diagnostic=negotiation.RJ_PRESENTATION_CONGESTION,
+                )
+            proposed = request.primitive.presentation_context_definition_list
+            policy = self._catalog.policy_for(
+                [str(cx.abstract_syntax) for cx in proposed if cx.abstract_syntax],
+                request.extended,
+            )
+        accept_pdu, accepted = negotiation.accept(request, max_pdu=config.max_pdu, policy=policy)
         self._contexts = {cx.context_id: cx for cx in accepted}
         self.progress.read(pdu_name(pdu.type), len(pdu.body))
         self._sock.sendall(accept_pdu)
@@ -358,10 +464,13 @@ class IncomingAssociation:
             diagnostic=negotiation.RJ_USER_CALLING_AE,
         )
 
-    def _not_dicom(self, reason: str) -> bool:
+    def _not_dicom(self, reason: str, *, abort: bool = True) -> bool:
         self._metrics.refusals.labels(reason="not_dicom").inc()
         log_event(log, logging.WARNING, "connection.refused", peer=self._peer, reason=reason)
-        self._send_quietly(pdus.abort_pdu(pdus.ABORT_SOURCE_PROVIDER, pdus.REASON_UNRECOGNIZED_PDU))
+        if abort:
+            # AA-1: the A-ABORT of Sta2 has the service-user source (PS3.8 9.2.2).
+            self._send_quietly(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))
+            self._aborted = True
         return False
 
     # -- data transfer ----------------------------------------------------
@@ -382,16 +491,16 @@ class IncomingAssociation:
                         continue
                     pdu = streamed
             except pdus.ProtocolError as exc:
-                raise _AbortError(str(exc)) from exc
+                raise _AbortError.from_protocol(exc) from exc
             except TimeoutError as exc:
-                raise _AbortError("idle timeout") from exc
+                raise _AbortError.by_user("idle timeout") from exc
             progress.read(pdu_name(pdu.type), len(pdu.body))
             if pdu.type == pdus.P_DATA_TF:
                 try:
                     for pdv in pdus.iter_pdvs(pdu.body):
                         self._on_pdv(pdv)
                 except pdus.ProtocolError as exc:
-                    raise _AbortError(str(exc)) from exc
+                    raise _AbortError.from_protocol(exc) from exc
             elif pdu.type == pdus.RELEASE_RQ:
                 if self._instance is not None:
                     raise _AbortError("release requested in the middle of a C-STORE")
@@ -421,7 +530,9 @@ class IncomingAssociation:
             )
         pdu_type, length = _PDU_HEADER.unpack(header)
         if pdu_type < pdus.ASSOCIATE_RQ or pdu_type > pdus.ABORT:
-            raise pdus.ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+            raise pdus.ProtocolError(
+                f"unknown PDU type 0x{pdu_type:02X}", reason=pdus.REASON_UNRECOGNIZED_PDU
+            )
         if length > self._config.max_pdu:
             raise pdus.ProtocolError(
                 f"PDU length {length} exceeds the limit {self._config.max_pdu}"
@@ -596,14 +707,15 @@ class IncomingAssociation:
         context = self._contexts.get(pdv.context_id)
         if context is None:
             raise _AbortError(
-                f"PDV on presentation context {pdv.context_id}, which was not accepted"
+                f"PDV on presentation context {pdv.context_id}, which was not accepted",
+                reason=pdus.REASON_INVALID_PARAMETER,
             )
         if pdv.is_command:
             if self._instance is not None:
-                raise _AbortError("command received before the data set in progress ended")
+                raise _AbortError.by_user("command received before the data set in progress ended")
             self._command += pdv.data
             if len(self._command) > _MAX_COMMAND:
-                raise _AbortError("command set larger than 64 KiB")
+                raise _AbortError.by_user("command set larger than 64 KiB")
             if pdv.is_last:
                 raw = bytes(self._command)
                 self._command.clear()
@@ -611,19 +723,19 @@ class IncomingAssociation:
         else:
             instance = self._instance
             if instance is None or instance.context.context_id != pdv.context_id:
-                raise _AbortError("data set fragment without a C-STORE request")
+                raise _AbortError.by_user("data set fragment without a C-STORE request")
             self._on_data(instance, pdv)
 
     def _on_command(self, context: AcceptedContext, raw: bytes) -> None:
         try:
             command = dimse.parse_request(raw)
         except dimse.CommandError as exc:
-            raise _AbortError(str(exc)) from exc
+            raise _AbortError.by_user(str(exc)) from exc
         if command.field == dimse.C_ECHO_RQ:
             self._reply(context, dimse.echo_response(request=command))
             return
         if command.field != dimse.C_STORE_RQ:
-            raise _AbortError(f"unsupported DIMSE command 0x{command.field:04X}")
+            raise _AbortError.by_user(f"unsupported DIMSE command 0x{command.field:04X}")
         self.progress.start_instance(command.sop_instance_uid)
         instance = _Instance(
             context=context,
@@ -634,22 +746,46 @@ class IncomingAssociation:
         )
         if context.is_verification:
             self._fail(instance, Status.SOP_CLASS_NOT_SUPPORTED, "C-STORE on Verification context")
-        if not (dimse.is_uid(command.sop_class_uid) and dimse.is_uid(command.sop_instance_uid)):
+        bad_uids = tuple(
+            tag
+            for tag, value in (
+                (_AFFECTED_SOP_CLASS_UID, command.sop_class_uid),
+                (_AFFECTED_SOP_INSTANCE_UID, command.sop_instance_uid),
+            )
+            if not dimse.is_uid(value)
+        )
+        if bad_uids:
             # No gateway can store it under that name (a gateway that cannot
             # decode the command would leave the sender waiting).
             self._fail(
-                instance, Status.REQUEST_MALFORMED, "Affected SOP Class or Instance UID is no UID"
+                instance,
+                Status.REQUEST_MALFORMED,
+                "Affected SOP Class or Instance UID is no UID",
+                offending=bad_uids,
             )
         if not command.has_data_set:
-            self._fail(instance, Status.REQUEST_MALFORMED, "C-STORE request without a data set")
+            self._fail(
+                instance,
+                Status.REQUEST_MALFORMED,
+                "C-STORE request without a data set",
+                offending=(_COMMAND_DATA_SET_TYPE,),
+            )
             self._answer(instance)
             return
         self._instance = instance
 
-    def _fail(self, instance: _Instance, status: Status, reason: str) -> None:
+    def _fail(
+        self,
+        instance: _Instance,
+        status: Status,
+        reason: str,
+        *,
+        offending: tuple[int, ...] | None = None,
+    ) -> None:
         if instance.failure is None:
             instance.failure = status
             instance.reason = reason
+            instance.offending = OFFENDING.get(status, ()) if offending is None else offending
         instance.pending.clear()
         instance.pending_bytes = 0
 
@@ -777,10 +913,17 @@ class IncomingAssociation:
             self._request.calling_ae if self._config.forward_calling_ae else self._config.ae_title
         )
         usage = self._usage
+        contexts = list(self._contexts.values())
         upstream = Upstream(
             gateway=gateway,
             address=self._config.resolve(gateway.host, gateway.port),
-            contexts=list(self._contexts.values()),
+            contexts=contexts,
+            # The sender's SOP Class Common Extended Negotiation, for its accepted classes.
+            extended=[
+                self._request.extended[cx.abstract_syntax]
+                for cx in contexts
+                if cx.abstract_syntax in self._request.extended
+            ],
             calling_ae=calling_ae,
             max_pdu=self._config.max_pdu,
             timeout=self._config.gateway_timeout,
@@ -792,8 +935,12 @@ class IncomingAssociation:
             upstream.open()
         except GatewayError as exc:
             self._upstreams.pop(key, None)
+            if self._catalog is not None:
+                self._catalog.reached(gateway, reachable=exc.answered)
             self._gateway_failed(instance, exc)
             return None
+        if self._catalog is not None:
+            self._catalog.reached(gateway, reachable=True)
         usage.opened(gateway.name)
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)
@@ -832,7 +979,7 @@ class IncomingAssociation:
         while self._upstreams and not self._sender_pending():
             now = time.monotonic()
             if now >= deadline:
-                raise _AbortError("idle timeout")
+                raise _AbortError.by_user("idle timeout")
             for upstream in list(self._upstreams.values()):
                 if now - upstream.last_used >= config.gateway_idle_release:
                     self._release_idle(upstream, now - upstream.last_used)
@@ -936,7 +1083,10 @@ class IncomingAssociation:
         self._reply(
             instance.context,
             dimse.store_response(
-                request=instance.command, status=failure, error_comment=instance.reason
+                request=instance.command,
+                status=failure,
+                error_comment=instance.reason,
+                offending=instance.offending,
             ),
         )
         if failure in (

@@ -139,7 +139,8 @@ def register(subparsers: Any) -> None:
     tls = parser.add_argument_group(
         "DICOM TLS",
         "PS3.15 Annex B.9 BCP 195 profile on both legs: TLS 1.2 minimum; on TLS 1.2 only "
-        "ECDHE/DHE with AES-GCM. Certificate, key and CA files are re-read when they change "
+        "ECDHE with AES-GCM; the retired profiles (TLS 1.0/1.1, AES-CBC, 3DES) and DHE are "
+        "refused in the handshake. Certificate, key and CA files are re-read when they change "
         "on disk (looked at on new connections, at most every 2 s); open associations keep "
         "their session, and a new file that does not load keeps the old one in use and logs "
         "tls.reload_failed.",
@@ -206,6 +207,28 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="PATH",
         help="private key of --gateway-tls-cert (PEM)",
+    )
+    accepted = parser.add_argument_group(
+        "what senders may send",
+        "By default the router probes every gateway of the map (associations proposing "
+        "at most 128 contexts, on every new set of gateways) and accepts from senders only "
+        "the SOP classes and transfer syntaxes every gateway accepts, choosing among a "
+        "sender's proposals as the gateways prefer. These lists replace the probe's answer.",
+    )
+    accepted.add_argument(
+        "--accepted-transfer-syntax",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="a transfer syntax the gateways accept (repeatable, preferred first)",
+    )
+    accepted.add_argument(
+        "--sop-class",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="a SOP class the gateways accept, private ones included (repeatable); with it, "
+        "only the classes listed (and Verification) are accepted",
     )
     routing = parser.add_argument_group("routing")
     source = routing.add_mutually_exclusive_group(required=True)
@@ -330,6 +353,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         gateway_tls_ca=args.gateway_tls_ca,
         gateway_tls_cert=args.gateway_tls_cert,
         gateway_tls_key=args.gateway_tls_key,
+        accepted_transfer_syntaxes=tuple(args.accepted_transfer_syntax),
+        sop_classes=tuple(args.sop_class),
     )
 
 

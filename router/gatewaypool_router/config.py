@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewaypool.bucketmap import Gateway
-from gatewaypool.contract import ae_title_problem
+from gatewaypool.contract import ae_title_problem, uid_problem
 
 #: More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 256
@@ -186,6 +186,12 @@ class RouterConfig:
     gateway_tls_ca: Path | None = None
     gateway_tls_cert: Path | None = None
     gateway_tls_key: Path | None = None
+    #: ``--accepted-transfer-syntax``: the transfer syntaxes the gateways
+    #: accept, preferred first, instead of probing them.
+    accepted_transfer_syntaxes: tuple[str, ...] = ()
+    #: ``--sop-class``: the SOP classes the gateways accept (private ones
+    #: too), instead of probing them.
+    sop_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_ae_title("--aet", self.ae_title)
@@ -241,7 +247,22 @@ class RouterConfig:
             )
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
+        self._check_syntaxes()
         self._check_tls()
+
+    def _check_syntaxes(self) -> None:
+        """UIDs, each once. A transfer syntax the router cannot read is left out
+        when senders negotiate (it could not route those data sets)."""
+        for option, values in (
+            ("--accepted-transfer-syntax", self.accepted_transfer_syntaxes),
+            ("--sop-class", self.sop_classes),
+        ):
+            for uid in values:
+                problem = uid_problem(uid)
+                if problem is not None:
+                    raise ConfigError(f"{option}: {uid!r} is not a UID ({problem})")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{option}: a UID is given twice")
 
     def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

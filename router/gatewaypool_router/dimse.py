@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -136,8 +137,18 @@ def _encode(dataset: Dataset) -> bytes:
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 
-def store_response(*, request: Command, status: int, error_comment: str | None = None) -> bytes:
-    """Encode the router's own C-STORE-RSP for ``request``."""
+def store_response(
+    *,
+    request: Command,
+    status: int,
+    error_comment: str | None = None,
+    offending: Sequence[int] = (),
+) -> bytes:
+    """Encode the router's own C-STORE-RSP for ``request``.
+
+    ``offending``: the tags for Offending Element (0000,0901), where the
+    status has one (PS3.4 Table B.2-1).
+    """
     dataset = Dataset()
     sop_class = _uid_or_none(request.sop_class_uid)
     if sop_class:
@@ -149,6 +160,8 @@ def store_response(*, request: Command, status: int, error_comment: str | None =
     sop_instance = _uid_or_none(request.sop_instance_uid)
     if sop_instance:
         dataset.AffectedSOPInstanceUID = sop_instance
+    if offending:
+        dataset.OffendingElement = list(offending)
     if error_comment:
         # LO: at most 64 characters, no backslash.
         dataset.ErrorComment = error_comment.replace("\\", "/")[:_ERROR_COMMENT_LIMIT]

@@ -1,10 +1,15 @@
 """Association negotiation on both sides, through pynetdicom's PDU codecs.
 
-The router accepts every storage SOP class and Verification, in each
-transfer syntax whose data set it can read a StudyInstanceUID from, and
-proposes to each gateway exactly the contexts the sender got: same context
-IDs, same abstract syntaxes, same single transfer syntax. Keeping the IDs
-lets command and data PDVs pass through unchanged.
+The router accepts Verification and the storage SOP classes and transfer
+syntaxes its :class:`~gatewaypool_router.acceptance.Policy` allows (what
+every gateway accepts, or configured lists; with no policy, every storage
+SOP class in each transfer syntax whose data set it can read a
+StudyInstanceUID from), choosing among a context's transfer syntaxes in
+the policy's order of preference. It proposes to each gateway exactly the
+contexts the sender got: same context IDs, same abstract syntaxes, same
+single transfer syntax, with the sender's SOP Class Common Extended
+Negotiation items. Keeping the IDs lets command and data PDVs pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -21,13 +26,12 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    SOPClassCommonExtendedNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
-from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
-from pynetdicom.sop_class import uid_to_service_class
 
 from gatewaypool import __version__
-from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
+from gatewaypool_router.acceptance import STORAGE_SERVICE_CLASS, Policy
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -48,6 +52,7 @@ RJ_USER_NO_REASON = 0x01
 RJ_USER_APPLICATION_CONTEXT = 0x02
 RJ_USER_CALLING_AE = 0x03
 RJ_USER_CALLED_AE = 0x07
+RJ_PRESENTATION_CONGESTION = 0x01
 RJ_PRESENTATION_LOCAL_LIMIT = 0x02
 
 
@@ -63,6 +68,35 @@ class AcceptedContext:
     def is_verification(self) -> bool:
         return self.abstract_syntax == VERIFICATION_SOP_CLASS
 
+    @property
+    def transfer_syntaxes(self) -> tuple[str, ...]:
+        return (self.transfer_syntax,)
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedContext:
+    """A context the router proposes with several transfer syntaxes (probes)."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommonExtended:
+    """A SOP Class Common Extended Negotiation item (PS3.7 D.3.3.6)."""
+
+    sop_class: str
+    service_class: str
+    related: tuple[str, ...] = ()
+
+    def item(self) -> SOPClassCommonExtendedNegotiation:
+        item = SOPClassCommonExtendedNegotiation()
+        item.sop_class_uid = UID(self.sop_class)
+        item.service_class_uid = UID(self.service_class)
+        item.related_general_sop_class_identification = [UID(uid) for uid in self.related]
+        return item
+
 
 @dataclass(slots=True)
 class AssociationRequest:
@@ -74,6 +108,14 @@ class AssociationRequest:
     primitive: A_ASSOCIATE
     max_pdu: int = 0
     roles: dict[UID, tuple[bool | None, bool | None]] = field(default_factory=dict)
+    #: SOP Class Common Extended Negotiation items, by SOP class.
+    extended: dict[str, CommonExtended] = field(default_factory=dict)
+
+    @property
+    def storage_marked(self) -> frozenset[str]:
+        """SOP classes the sender named Storage Service Class classes."""
+        marked = self.extended.items()
+        return frozenset(uid for uid, i in marked if i.service_class == STORAGE_SERVICE_CLASS)
 
 
 def parse_request(raw: bytes) -> AssociationRequest:
@@ -92,23 +134,35 @@ def parse_request(raw: bytes) -> AssociationRequest:
             request.max_pdu = int(item.maximum_length_received or 0)
         elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
             request.roles[UID(item.sop_class_uid)] = (item.scu_role, item.scp_role)
+        elif (
+            isinstance(item, SOPClassCommonExtendedNegotiation)
+            and item.sop_class_uid
+            and item.service_class_uid
+        ):
+            request.extended[str(item.sop_class_uid)] = CommonExtended(
+                sop_class=str(item.sop_class_uid),
+                service_class=str(item.service_class_uid),
+                related=tuple(str(uid) for uid in item.related_general_sop_class_identification),
+            )
     return request
 
 
-@functools.lru_cache(maxsize=1024)
-def _supported_context(abstract_syntax: str) -> PresentationContext | None:
+@functools.lru_cache(maxsize=4096)
+def _supported_context(
+    abstract_syntax: str, transfer_syntaxes: tuple[str, ...]
+) -> PresentationContext | None:
     """Our side of a context for ``abstract_syntax``, or None if we refuse it.
 
-    Built once per SOP class: pynetdicom validates every UID it is given,
-    and a sender proposing 128 contexts would otherwise cost tens of
-    milliseconds per association. negotiate_as_acceptor only reads it.
+    Built once per SOP class and list: pynetdicom validates every UID it is
+    given, and a sender proposing 128 contexts would otherwise cost tens of
+    milliseconds per association. negotiate_as_acceptor only reads it, and
+    picks the first of ``transfer_syntaxes`` the sender proposed.
     """
-    service = uid_to_service_class(abstract_syntax)
-    if service is not StorageServiceClass and service is not VerificationServiceClass:
+    if not transfer_syntaxes:
         return None
     ours = PresentationContext()
     ours.abstract_syntax = UID(abstract_syntax)
-    ours.transfer_syntax = [UID(ts) for ts in SUPPORTED_TRANSFER_SYNTAXES]
+    ours.transfer_syntax = [UID(ts) for ts in transfer_syntaxes]
     # The sender may be the SCU (it stores, we answer); it may never be the
     # SCP: the router does not send instances back. Setting both lets
     # pynetdicom answer SCP/SCU Role Selection items when a sender proposes them.
@@ -133,12 +187,18 @@ def _user_information(
     return [max_length, class_uid, version]
 
 
-def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[AcceptedContext]]:
+def accept(
+    request: AssociationRequest, *, max_pdu: int, policy: Policy | None = None
+) -> tuple[bytes, list[AcceptedContext]]:
     """Negotiate the presentation contexts and encode the A-ASSOCIATE-AC.
 
+    A SOP class the policy refuses gets result 3 (abstract syntax not
+    supported), a context none of whose transfer syntaxes it accepts gets 4.
     Returns the PDU and the contexts accepted (possibly none: the sender
     then learns from the AC that nothing it proposed is supported).
     """
+    policy = policy or Policy()
+    marked = request.storage_marked
     proposed: list[PresentationContext] = list(
         request.primitive.presentation_context_definition_list
     )
@@ -154,7 +214,9 @@ def accept(request: AssociationRequest, *, max_pdu: int) -> tuple[bytes, list[Ac
         if syntax in seen:
             continue
         seen.add(syntax)
-        ours = _supported_context(syntax)
+        ours = _supported_context(
+            syntax, policy.syntaxes_for(syntax, marked_storage=syntax in marked)
+        )
         if ours is not None:
             supported.append(ours)
     results, roles = negotiate_as_acceptor(proposed, supported, request.roles or None)
@@ -202,19 +264,28 @@ def reject(*, result: int, source: int, reason: int) -> bytes:
 
 
 def build_request(
-    *, calling_ae: str, called_ae: str, contexts: Iterable[AcceptedContext], max_pdu: int
+    *,
+    calling_ae: str,
+    called_ae: str,
+    contexts: Iterable[AcceptedContext | ProposedContext],
+    max_pdu: int,
+    extended: Iterable[CommonExtended] = (),
 ) -> bytes:
     """Encode the A-ASSOCIATE-RQ proposing the sender's contexts to a gateway.
 
     Cached: a modality reconnects with the same proposal over and over, and
     pynetdicom validates every UID of every context each time it encodes.
     """
-    return _build_request(calling_ae, called_ae, tuple(contexts), max_pdu)
+    return _build_request(calling_ae, called_ae, tuple(contexts), max_pdu, tuple(extended))
 
 
 @functools.lru_cache(maxsize=256)
 def _build_request(
-    calling_ae: str, called_ae: str, contexts: tuple[AcceptedContext, ...], max_pdu: int
+    calling_ae: str,
+    called_ae: str,
+    contexts: tuple[AcceptedContext | ProposedContext, ...],
+    max_pdu: int,
+    extended: tuple[CommonExtended, ...],
 ) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = UID(APPLICATION_CONTEXT)
@@ -225,10 +296,10 @@ def _build_request(
         context = PresentationContext()
         context.context_id = accepted.context_id
         context.abstract_syntax = UID(accepted.abstract_syntax)
-        context.transfer_syntax = [UID(accepted.transfer_syntax)]
+        context.transfer_syntax = [UID(ts) for ts in accepted.transfer_syntaxes]
         definitions.append(context)
     primitive.presentation_context_definition_list = definitions
-    primitive.user_information = [*_user_information(max_pdu)]
+    primitive.user_information = [*_user_information(max_pdu), *(e.item() for e in extended)]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()
@@ -236,46 +307,80 @@ def _build_request(
 
 @dataclass(frozen=True, slots=True)
 class GatewayAcceptance:
-    """What a gateway agreed to: its maximum PDU and the usable context IDs."""
+    """What a gateway agreed to: its maximum PDU, the usable context IDs and their syntaxes."""
 
     max_pdu: int
     context_ids: frozenset[int]
+    #: Transfer syntax the gateway accepted, by context ID.
+    syntaxes: dict[int, str] = field(default_factory=dict)
 
 
-def parse_acceptance(raw: bytes, proposed: Sequence[AcceptedContext]) -> GatewayAcceptance:
+def parse_acceptance(
+    raw: bytes, proposed: Sequence[AcceptedContext | ProposedContext]
+) -> GatewayAcceptance:
     """Decode a gateway's A-ASSOCIATE-AC.
 
-    A context counts as usable only if the gateway accepted it with the very
-    transfer syntax proposed: anything else would change the bytes. Cached
-    like :func:`build_request`: a gateway answers the same proposal alike.
+    A context counts as usable only if the gateway accepted it with a
+    transfer syntax proposed (for the sender's contexts, the very one: anything
+    else would change the bytes). Cached like :func:`build_request`: a
+    gateway answers the same proposal alike.
     """
     return _parse_acceptance(raw, tuple(proposed))
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_acceptance(raw: bytes, proposed: tuple[AcceptedContext, ...]) -> GatewayAcceptance:
+def _parse_acceptance(
+    raw: bytes, proposed: tuple[AcceptedContext | ProposedContext, ...]
+) -> GatewayAcceptance:
     pdu = A_ASSOCIATE_AC()
     pdu.decode(raw)
     primitive = pdu.to_primitive()
-    wanted = {cx.context_id: cx.transfer_syntax for cx in proposed}
+    wanted = {cx.context_id: cx.transfer_syntaxes for cx in proposed}
     usable = set()
+    syntaxes: dict[int, str] = {}
     for context in primitive.presentation_context_definition_results_list:
         cid = int(context.context_id or 0)
         if (
             context.result == 0x00
             and context.transfer_syntax
-            and str(context.transfer_syntax[0]) == wanted.get(cid)
+            and str(context.transfer_syntax[0]) in wanted.get(cid, ())
         ):
             usable.add(cid)
+            syntaxes[cid] = str(context.transfer_syntax[0])
     max_pdu = 0
     for item in primitive.user_information:
         if isinstance(item, MaximumLengthNotification):
             max_pdu = int(item.maximum_length_received or 0)
-    return GatewayAcceptance(max_pdu=max_pdu, context_ids=frozenset(usable))
+    return GatewayAcceptance(max_pdu=max_pdu, context_ids=frozenset(usable), syntaxes=syntaxes)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A gateway's A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+
+    result: int
+    source: int
+    reason: int
+
+    @property
+    def permanent(self) -> bool:
+        return self.result == RJ_PERMANENT
+
+    @property
+    def calling_ae_refused(self) -> bool:
+        return self.source == RJ_SOURCE_USER and self.reason == RJ_USER_CALLING_AE
+
+    def __str__(self) -> str:
+        return f"result={self.result} source={self.source} reason={self.reason}"
+
+
+def parse_rejection(raw: bytes) -> Rejection:
+    """Decode a gateway's A-ASSOCIATE-RJ."""
+    pdu = A_ASSOCIATE_RJ()
+    pdu.decode(raw)
+    return Rejection(int(pdu.result or 0), int(pdu.source or 0), int(pdu.reason_diagnostic or 0))
 
 
 def describe_rejection(raw: bytes) -> str:
     """A readable reason from a gateway's A-ASSOCIATE-RJ."""
-    pdu = A_ASSOCIATE_RJ()
-    pdu.decode(raw)
-    return f"result={pdu.result} source={pdu.source} reason={pdu.reason_diagnostic}"
+    return str(parse_rejection(raw))

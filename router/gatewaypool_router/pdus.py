@@ -52,7 +52,14 @@ class PeerClosedError(ConnectionError):
 
 
 class ProtocolError(ValueError):
-    """The peer sent something that is not a valid DICOM upper-layer PDU."""
+    """The peer sent something that is not a valid DICOM upper-layer PDU.
+
+    ``reason`` is the provider's A-ABORT reason for it (PS3.8 Table 9-26).
+    """
+
+    def __init__(self, message: str, *, reason: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = REASON_INVALID_PARAMETER if reason is None else reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,7 @@ class SocketReader:
         The most bytes one ``recv`` asks for beyond what the call needs.
     """
 
-    __slots__ = ("_buf", "_end", "_sock", "_start", "_view", "read_ahead")
+    __slots__ = ("_buf", "_end", "_sock", "_start", "_view", "deadline", "read_ahead")
 
     def __init__(self, sock: socket.socket, *, capacity: int, read_ahead: int) -> None:
         self._sock = sock
@@ -135,6 +142,17 @@ class SocketReader:
         self._start = 0
         self._end = 0
         self.read_ahead = read_ahead
+        #: With a time (``time.monotonic()``), reads end in ``TimeoutError``
+        #: then, however the peer dribbles its bytes: a bound on a whole
+        #: request, where the socket's timeout bounds each receive only.
+        self.deadline: float | None = None
+
+    def _bound(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self._sock.settimeout(left)
 
     @property
     def buffered(self) -> int:
@@ -154,6 +172,7 @@ class SocketReader:
         while self._end - self._start < need:
             want = max(need - (self._end - self._start), self.read_ahead)
             stop = min(self._end + want, capacity)
+            self._bound()
             count = self._sock.recv_into(view[self._end : stop])
             if not count:
                 return
@@ -178,6 +197,7 @@ class SocketReader:
             view[:got] = self._view[self._start : self._end]
             self._start = self._end = 0
             while got < size:
+                self._bound()
                 count = self._sock.recv_into(view[got:], size - got)
                 if not count:
                     break
@@ -256,7 +276,7 @@ def read_pdu(rfile: ExactReader, *, max_body: int) -> Pdu:
         raise PeerClosedError("connection closed" if not header else "connection closed mid-PDU")
     pdu_type, length = _HEADER.unpack(header)
     if pdu_type < ASSOCIATE_RQ or pdu_type > ABORT:
-        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", reason=REASON_UNRECOGNIZED_PDU)
     if length > max_body:
         raise ProtocolError(f"PDU length {length} exceeds the limit {max_body}")
     body = rfile.read(length)

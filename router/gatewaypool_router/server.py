@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from gatewaypool.logs import log_event
 from gatewaypool_router import sources, tls
 from gatewaypool_router.association import IncomingAssociation
+from gatewaypool_router.catalog import GatewayCatalog
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
 from gatewaypool_router.load import StudiesInFlight
@@ -143,6 +144,7 @@ class Router:
         self._http: HealthServer | None = None
         self._inbound_tls: tls.ReloadingContext | None = None
         self._gateway_tls: tls.ReloadingContext | None = None
+        self.catalog: GatewayCatalog | None = None
         #: The plain port (0 with --no-plain-port) and the TLS port (0 without TLS).
         self.port = config.port
         self.tls_port = 0
@@ -195,6 +197,9 @@ class Router:
         # Built in this process (a worker builds its own): a bad file stops the start.
         self._inbound_tls = tls.inbound_for(config, on_reload=self._tls_reloaded)
         self._gateway_tls = tls.outbound_for(config, on_reload=self._tls_reloaded)
+        # Subscribed before the map source starts, so the first map is probed too.
+        self.catalog = GatewayCatalog(config, self.maps, gateway_tls=self._gateway_tls)
+        self.catalog.start()
         for part in self._stoppables:
             part.start()
         listeners = self._listeners
@@ -304,6 +309,7 @@ class Router:
             secure=secure,
             client_subject=subject,
             gateway_tls=self._gateway_tls,
+            catalog=self.catalog,
         )
         with self._lock:
             self._associations[me] = association

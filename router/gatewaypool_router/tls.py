@@ -1,8 +1,12 @@
 """DICOM over TLS on both legs: contexts, their reload, and the caller's subject.
 
 PS3.15 Annex B.9 (the BCP 195 secure transport profile): TLS 1.2 at least,
-and on TLS 1.2 only ECDHE or DHE key exchange with AES-GCM; TLS 1.3 keeps
-OpenSSL's own suites, which are all AEAD.
+and on TLS 1.2 only ECDHE key exchange with AES-GCM; TLS 1.3 keeps
+OpenSSL's own suites, which are all AEAD. The profile's DHE suites are not
+offered: they need Diffie-Hellman parameters that Python's ssl module
+loads only from a file (RFC 7919 groups), and every peer that has DHE has
+ECDHE. The retired profiles (PS3.15 B.1 to B.8: TLS 1.0 and 1.1, AES-CBC,
+3DES) are refused in the handshake.
 
 Certificates rotate under a running router: Kubernetes swaps a Secret
 volume's files at once (a symlink to a new folder), cert-manager renews
@@ -37,16 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: TLS 1.2 suites of the BCP 195 profile (OpenSSL names): ephemeral
-#: Diffie-Hellman with AES-GCM only. TLS 1.3 suites are not set by this.
+#: TLS 1.2 suites of the BCP 195 profile (OpenSSL names): elliptic-curve
+#: ephemeral Diffie-Hellman with AES-GCM only (see the module docstring for
+#: DHE). TLS 1.3 suites are not set by this.
 BCP195_CIPHERS = ":".join(
     (
         "ECDHE-ECDSA-AES128-GCM-SHA256",
         "ECDHE-RSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA-AES256-GCM-SHA384",
         "ECDHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
     )
 )
 

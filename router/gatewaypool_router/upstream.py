@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from gatewaypool.bucketmap import Gateway
 from gatewaypool_router import negotiation, pdus
 from gatewaypool_router.dimse import C_STORE_RSP, CommandError, Response, parse_response
-from gatewaypool_router.negotiation import AcceptedContext
+from gatewaypool_router.negotiation import AcceptedContext, CommonExtended, ProposedContext
 from gatewaypool_router.splice import SinkError, Splicer
 from gatewaypool_router.statuses import Status
 from gatewaypool_router.tls import close_notify
@@ -50,6 +50,23 @@ class GatewayError(Exception):
         self.reason = reason
         #: Sender bytes a failed splice had already taken (see Upstream.splice_from).
         self.consumed = 0
+        #: The gateway answered (it rejected the association, or its TLS
+        #: certificate): it can be reached.
+        self.answered = False
+
+
+def _rejection_status(rejection: negotiation.Rejection) -> Status:
+    """What a gateway's A-ASSOCIATE-RJ means for the sender's instance.
+
+    A transient rejection (the gateway is busy) is worth a retry; a
+    permanent one fails alike until someone changes the gateway's or the
+    router's configuration, so the sender must not retry it forever.
+    """
+    if not rejection.permanent:
+        return Status.GATEWAY_UNREACHABLE
+    if rejection.calling_ae_refused:
+        return Status.GATEWAY_REFUSED_CALLER
+    return Status.GATEWAY_REJECTED
 
 
 class Upstream:
@@ -60,15 +77,17 @@ class Upstream:
         *,
         gateway: Gateway,
         address: tuple[str, int],
-        contexts: Sequence[AcceptedContext],
+        contexts: Sequence[AcceptedContext | ProposedContext],
         calling_ae: str,
         max_pdu: int,
         timeout: float,
         connect_timeout: float,
         on_close: Callable[[], None] | None = None,
         tls: ssl.SSLContext | None = None,
+        extended: Sequence[CommonExtended] = (),
     ) -> None:
         self.gateway = gateway
+        self._extended = tuple(extended)
         self._on_close = on_close
         self.address = address
         self._contexts = list(contexts)
@@ -85,6 +104,8 @@ class Upstream:
         self.ended_by = ""
         self.peer_max_pdu = 0
         self.usable_contexts: frozenset[int] = frozenset()
+        #: The transfer syntax accepted, by usable context ID.
+        self.accepted_syntaxes: dict[int, str] = {}
         self.instances = 0
         #: True while a PDU's header has gone out and not all its bytes (the
         #: splicing path writes a PDU in several steps). An A-ABORT written
@@ -115,6 +136,7 @@ class Upstream:
                     called_ae=self.gateway.ae_title,
                     contexts=self._contexts,
                     max_pdu=self._max_pdu,
+                    extended=self._extended,
                 )
             )
             reply = pdus.read_pdu(reader, max_body=1 << 20)
@@ -123,8 +145,15 @@ class Upstream:
             raise GatewayError(Status.GATEWAY_UNREACHABLE, f"association failed: {exc}") from exc
         if reply.type == pdus.ASSOCIATE_RJ:
             sock.close()
-            reason = negotiation.describe_rejection(reply.raw())
-            raise GatewayError(Status.GATEWAY_UNREACHABLE, f"association rejected: {reason}")
+            try:
+                rejection = negotiation.parse_rejection(reply.raw())
+            except Exception as exc:  # pynetdicom raises assorted errors on bad PDUs
+                raise GatewayError(
+                    Status.GATEWAY_UNREACHABLE, f"undecodable A-ASSOCIATE-RJ: {exc}"
+                ) from exc
+            error = GatewayError(_rejection_status(rejection), f"association rejected: {rejection}")
+            error.answered = True
+            raise error
         if reply.type != pdus.ASSOCIATE_AC:
             sock.close()
             raise GatewayError(
@@ -137,6 +166,7 @@ class Upstream:
             raise GatewayError(Status.GATEWAY_UNREACHABLE, f"undecodable AC: {exc}") from exc
         self.peer_max_pdu = acceptance.max_pdu
         self.usable_contexts = acceptance.context_ids
+        self.accepted_syntaxes = acceptance.syntaxes
         self._sock = sock
         self._reader = reader
         self.last_used = time.monotonic()
@@ -198,17 +228,16 @@ class Upstream:
         """
         try:
             return context.wrap_socket(sock, server_hostname=self.gateway.host)
-        except ssl.SSLCertVerificationError as exc:
-            sock.close()
-            raise GatewayError(
-                Status.GATEWAY_TLS_FAILED,
-                f"TLS: gateway certificate not verified: {exc.verify_message}",
-            ) from exc
         except ssl.SSLError as exc:
             sock.close()
-            raise GatewayError(
-                Status.GATEWAY_TLS_FAILED, f"TLS handshake failed: {exc.reason or exc}"
-            ) from exc
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                why = f"TLS: gateway certificate not verified: {exc.verify_message}"
+            else:
+                why = f"TLS handshake failed: {exc.reason or exc}"
+            error = GatewayError(Status.GATEWAY_TLS_FAILED, why)
+            # It answered in TLS: it can be reached, and each instance says what is wrong.
+            error.answered = True
+            raise error from exc
         except TimeoutError as exc:
             sock.close()
             raise GatewayError(Status.GATEWAY_TLS_FAILED, "TLS handshake timed out") from exc

@@ -82,9 +82,9 @@ def uid_only_in_a_sequence(ds: pydicom.Dataset) -> None:
 @pytest.mark.parametrize(
     ("change", "status", "name"),
     [
-        (delete_study_uid, 0xC211, "STUDY_UID_MISSING"),
-        (empty_study_uid, 0xC211, "STUDY_UID_MISSING"),
-        (uid_only_in_a_sequence, 0xC211, "STUDY_UID_MISSING"),
+        (delete_study_uid, 0xA900, "STUDY_UID_MISSING"),
+        (empty_study_uid, 0xA900, "STUDY_UID_MISSING"),
+        (uid_only_in_a_sequence, 0xA900, "STUDY_UID_MISSING"),
         (letters_in_study_uid, 0xC212, "STUDY_UID_INVALID"),
         (too_long_study_uid, 0xC212, "STUDY_UID_INVALID"),
     ],
@@ -124,7 +124,7 @@ def test_garbage_data_set_is_refused(
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(header + b"\xde\xad\xbe\xef" * 64)
     [result] = send_files(router.host, router.port, [garbage], called_ae=router.ae_title)
-    assert result.status in (0xC210, 0xC211)
+    assert result.status in (0xC210, 0xA900)
     assert pynetdicom_gateway.received_count() == 0
     assert router.events("instance.failed")
     assert_router_serves(router, study, pynetdicom_gateway)
@@ -155,7 +155,8 @@ def test_non_dicom_client_is_dropped_and_the_router_carries_on(
         received = b""
         while chunk := sock.recv(4096):
             received += chunk
-    assert received in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x01")
+    # AA-1 before any request: an A-ABORT from the service user (PS3.8 9.2.2).
+    assert received in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
     wait_until(
         lambda: bool(router.events("connection.refused") or router.events("connection.closed")),
         timeout=10,

@@ -9,25 +9,44 @@ new one when the gateway has ended it.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import UID
+from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 
-from gatewaypool_local.peers import LOOPBACK, Orthanc, PynetdicomSink, wait_until
+from gatewaypool_local.peers import (
+    LOOPBACK,
+    Orthanc,
+    PeerError,
+    PynetdicomSink,
+    StoreSCP,
+    echoscu,
+    wait_until,
+)
 from gatewaypool_local.routerproc import RouterProcess
-from gatewaypool_local.synth import generate_study
+from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 from gatewaypool_router import negotiation
+from gatewaypool_router.acceptance import STORAGE_SERVICE_CLASS
+from gatewaypool_router.statuses import retryable
 from support import rawdicom
 from support.rawscu import RawScu
 
 RouterFactory = Callable[..., RouterProcess]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+#: A private SOP class (a UID root of no vendor), as Siemens' and GE's are to pynetdicom.
+PRIVATE_CLASS = "1.2.826.0.1.3680043.9.3811.77.1"
+RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
 
 def ct_context(context_id: int = 1, *syntaxes: str) -> rawdicom.PresentationContext:
@@ -101,6 +120,7 @@ class _ReleasingGateway:
         self._server = socket.create_server((LOOPBACK, 0))
         self.port: int = self._server.getsockname()[1]
         self.release_answers: list[int] = []
+        #: Associations that carried an instance (the router's probes carry none).
         self.associations = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -122,7 +142,6 @@ class _ReleasingGateway:
             request = negotiation.parse_request(raw)
             accept_pdu, _ = negotiation.accept(request, max_pdu=65536)
             conn.sendall(accept_pdu)
-            self.associations += 1
         command = b""
         while True:
             pdu = rawdicom.read_pdu(conn)
@@ -135,6 +154,7 @@ class _ReleasingGateway:
             if control & rawdicom.MCH_COMMAND:
                 command = pdu.body[6 : 4 + length]
             elif control & rawdicom.MCH_LAST:
+                self.associations += 1
                 elements = rawdicom.command_elements(command)
                 rsp = rawdicom.command_set(
                     {
@@ -188,3 +208,396 @@ def test_gateway_release_request_is_answered(
     assert releasing_gateway.associations == 2
     ended = router.events("upstream.ended_by_gateway")
     assert [record["how"] for record in ended] == ["released"]
+
+
+# -- accepting only what the gateways accept ----------------------------------
+
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+
+
+class InstalledStoreSCP(StoreSCP):
+    """DCMTK storescp as a site runs it: without ``--accept-all``.
+
+    It then accepts the uncompressed transfer syntaxes only, and (without
+    `promiscuous`) only the storage SOP classes of the standard.
+    """
+
+    def __init__(self, work_dir: Path, *, ae_title: str, promiscuous: bool = False) -> None:
+        super().__init__(work_dir, ae_title=ae_title)
+        self._promiscuous = promiscuous
+
+    def _command(self) -> list[str]:
+        dropped = {"--accept-all", *(() if self._promiscuous else ("--promiscuous",))}
+        return [arg for arg in super()._command() if arg not in dropped]
+
+
+def _send_preferring_jpeg_ls(host: str, port: int, called: str, plain: Study) -> list[int]:
+    """A modality holding each instance in JPEG-LS and able to send it uncompressed.
+
+    It proposes CT in JPEG-LS (context 1, preferred) and in explicit VR
+    little endian (context 3), and sends each instance in the first of
+    them the acceptor accepted, as modalities do.
+    """
+    compressed = []
+    for path in plain.files:
+        target = path.with_suffix(".jls.dcm")
+        subprocess.run(["dcmcjpls", str(path), str(target)], check=True, capture_output=True)
+        compressed.append(target)
+    contexts = [ct_context(1, JPEG_LS_LOSSLESS), ct_context(3, EXPLICIT_VR_LE)]
+    with RawScu(host, port, contexts=contexts, called=called) as scu:
+        use_jls = scu.accepted(1) == JPEG_LS_LOSSLESS
+        assert use_jls or scu.accepted(3) == EXPLICIT_VR_LE
+        statuses = [
+            scu.store_file(1, jls).status if use_jls else scu.store_file(3, path).status
+            for jls, path in zip(compressed, plain.files, strict=True)
+        ]
+        scu.release()
+    return statuses
+
+
+def test_a_sender_falls_back_to_what_the_gateway_accepts(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A sender offering JPEG-LS and uncompressed, storescp taking uncompressed only.
+
+    Straight to the gateway, the JPEG-LS context is refused and the sender
+    sends uncompressed; through the router it must be exactly the same, not
+    a JPEG-LS context accepted that the gateway then fails instance by
+    instance (0x0122).
+    """
+    study = generate_study(tmp_path / "data", study_index=3, instances=3, rows=32, columns=32)
+    routed = InstalledStoreSCP(tmp_path / "routed", ae_title="ROUTED")
+    direct = InstalledStoreSCP(tmp_path / "direct", ae_title="DIRECT")
+    with routed, direct:
+        router = start_router([routed])
+        router.wait_events("gateway.probed", timeout=20)
+        via_router = _send_preferring_jpeg_ls(router.host, router.port, router.ae_title, study)
+        straight = _send_preferring_jpeg_ls(direct.host, direct.port, direct.ae_title, study)
+        got = {r.sop_instance_uid: r for r in routed.wait_for_count(3, timeout=20)}
+        want = {r.sop_instance_uid: r for r in direct.wait_for_count(3, timeout=20)}
+    assert via_router == straight == [0, 0, 0]
+    assert set(got) == set(want) == set(study.sop_instance_uids)
+    for path in study.files:
+        uid = study.sop_instance_uids[study.files.index(path)]
+        assert got[uid].transfer_syntax == want[uid].transfer_syntax == EXPLICIT_VR_LE
+        assert got[uid].dataset == want[uid].dataset == dataset_bytes(path)
+    probed = router.events("gateway.probed")[0]
+    assert JPEG_LS_LOSSLESS not in probed["transfer_syntaxes"]
+    assert EXPLICIT_VR_LE in probed["transfer_syntaxes"]
+
+
+def test_a_context_no_gateway_accepts_is_refused_at_negotiation(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    with InstalledStoreSCP(tmp_path / "gw", ae_title="GW") as gateway:
+        router = start_router([gateway])
+        router.wait_events("gateway.probed", timeout=20)
+        contexts = [
+            ct_context(1, JPEG_LS_LOSSLESS),
+            ct_context(3, JPEG_LS_LOSSLESS, EXPLICIT_VR_LE),
+            rawdicom.context(5, PRIVATE_CLASS, [EXPLICIT_VR_LE]),
+        ]
+        with RawScu(router.host, router.port, contexts=contexts) as scu:
+            results = dict(scu.results)
+            scu.release()
+    assert results[1] == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    assert results[3] == (0, EXPLICIT_VR_LE)
+    assert results[5] == (RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED, "")
+
+
+def test_configured_transfer_syntaxes_take_precedence(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        router = start_router(
+            [sink],
+            extra_args=[
+                "--accepted-transfer-syntax",
+                "1.2.840.10008.1.2",
+                "--accepted-transfer-syntax",
+                EXPLICIT_VR_LE,
+            ],
+        )
+        router.wait_events("gateway.probed", timeout=20)
+        contexts = [ct_context(1, EXPLICIT_VR_LE, "1.2.840.10008.1.2", JPEG_LS_LOSSLESS)]
+        with RawScu(router.host, router.port, contexts=contexts) as scu:
+            results = dict(scu.results)
+            scu.release()
+    # The sink accepts all three; the configured list says implicit VR first.
+    assert results[1] == (0, "1.2.840.10008.1.2")
+
+
+# -- honest statuses and refusals -----------------------------------------------
+
+
+class AeCheckingOrthanc(Orthanc):
+    """Orthanc accepting associations only from the modalities it knows (DicomAlwaysAllow* off).
+
+    An unknown calling AE title is rejected permanently: "calling AE title
+    not recognized" (PS3.8 9.3.4, result 1, source 1, reason 3).
+    """
+
+    def __init__(self, work_dir: Path) -> None:
+        super().__init__(
+            work_dir,
+            ae_title="CHECKING",
+            extra_config={
+                "DicomAlwaysAllowStore": False,
+                "DicomAlwaysAllowEcho": False,
+                "DicomModalities": {"pacs": ["KNOWN", LOOPBACK, 104]},
+            },
+        )
+
+    def _is_ready(self) -> bool:
+        # Its C-ECHO readiness check would be rejected too: the REST API says it is up.
+        try:
+            self.rest("/system")
+        except (OSError, PeerError):
+            return False
+        return True
+
+
+def test_a_permanent_gateway_rejection_is_not_retryable(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    study = generate_study(tmp_path / "data", study_index=4, instances=1, rows=16, columns=16)
+    with AeCheckingOrthanc(tmp_path / "orthanc") as orthanc:
+        router = start_router([orthanc])
+        router.wait_events("gateway.probe_failed", timeout=20)
+        with RawScu(router.host, router.port, contexts=[ct_context()]) as scu:
+            result = scu.store_file(1, study.files[0])
+            scu.release()
+    assert result.status == 0x0124  # Refused: not authorized
+    assert not retryable(result.status)
+    [failed] = router.events("instance.failed")
+    assert failed["status_name"] == "GATEWAY_REFUSED_CALLER"
+    assert "result=1 source=1 reason=3" in failed["reason"]
+
+
+def test_no_reachable_gateway_refuses_associations_until_one_answers(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    sink = PynetdicomSink(tmp_path / "sink", ae_title="LATE")
+    router = start_router([sink])  # not started: nothing listens on its port
+    reply = rawdicom.request_association(router.host, router.port, calling="ECHO", called="X")
+    echo = echoscu(router.host, router.port, called_ae=router.ae_title)
+    assert reply.reject_reason == (2, 3, 1)  # transient, presentation, temporary congestion
+    assert echo.returncode != 0
+    assert "Association Rejected" in echo.stdout + echo.stderr
+    with sink:
+        wait_until(
+            lambda: echoscu(router.host, router.port, called_ae=router.ae_title).returncode == 0,
+            timeout=20,
+            what="C-ECHO answered once the gateway listens",
+        )
+    assert router.metric("gatewaypool_router_refusals_total", reason="no_gateway_reachable") >= 2
+
+
+def test_no_map_refuses_associations(start_router: RouterFactory, tmp_path: Path) -> None:
+    router = RouterProcess(tmp_path / "router", map_file=tmp_path / "absent.json")
+    router.start(wait_ready=False)
+    try:
+        reply = rawdicom.request_association(router.host, router.port, calling="ECHO", called="X")
+    finally:
+        router.stop()
+    assert reply.reject_reason == (2, 3, 1)
+    assert router.events("association.rejected")[0]["reason"] == "no_map"
+
+
+def test_a_missing_study_uid_names_the_offending_element(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    study = generate_study(tmp_path / "data", study_index=5, instances=1, rows=16, columns=16)
+    dataset = pydicom.dcmread(study.files[0])
+    del dataset.StudyInstanceUID
+    broken = tmp_path / "no-study-uid.dcm"
+    dataset.save_as(broken, enforce_file_format=True)
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        router = start_router([sink])
+        with RawScu(router.host, router.port, contexts=[ct_context()]) as scu:
+            result = scu.store_file(1, broken)
+            scu.release()
+    assert result.status == 0xA900  # Error: data set does not match SOP class
+    assert result.offending_element == struct.pack("<HH", 0x0020, 0x000D)
+    assert "StudyInstanceUID" in result.error_comment
+
+
+# -- upper layer (PS3.8) ------------------------------------------------------
+
+
+def _associated(router: RouterProcess) -> socket.socket:
+    sock = socket.create_connection((router.host, router.port), timeout=10)
+    sock.sendall(rawdicom.association_rq(called=router.ae_title))
+    assert rawdicom.read_pdu(sock).pdu_type == rawdicom.ASSOCIATE_AC
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the router sends until it closes; a reset fails the test."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("pdu", "source_reason"),
+    [
+        # An unknown PDU type: provider, unrecognized PDU (AA-8).
+        (rawdicom.pdu(0x09, b"\0" * 4), (2, 1)),
+        # A second A-ASSOCIATE-RQ during data transfer: provider, unexpected PDU.
+        (rawdicom.association_rq(), (2, 2)),
+        # A P-DATA-TF on a context never negotiated: provider, invalid parameter value.
+        (rawdicom.p_data_tf(rawdicom.pdv(77, 3, b"\0" * 8)), (2, 6)),
+        # A DIMSE command the router does not serve (C-FIND): the router's own decision.
+        (
+            rawdicom.p_data_tf(
+                rawdicom.pdv(
+                    1,
+                    rawdicom.MCH_COMMAND | rawdicom.MCH_LAST,
+                    rawdicom.command_set({0x0100: 0x0020, 0x0110: 1, 0x0800: 0x0101}),
+                )
+            ),
+            (0, 0),
+        ),
+    ],
+    ids=["unknown-pdu", "second-rq", "unknown-context", "c-find"],
+)
+def test_abort_says_who_and_why_and_is_read_not_reset(
+    start_router: RouterFactory,
+    tmp_path: Path,
+    pdu: bytes,
+    source_reason: tuple[int, int],
+) -> None:
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        router = start_router([sink])
+        with _associated(router) as sock:
+            # Bytes the router will never read follow the offending PDU: closing
+            # with them unread would reset the connection and lose the A-ABORT.
+            sock.sendall(pdu + b"\xee" * 200_000)
+            received = _until_closed(sock)
+    assert received == bytes((rawdicom.ABORT, 0, 0, 0, 0, 4, 0, 0, *source_reason))
+
+
+def test_no_association_request_in_time_is_closed_without_abort(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """ARTIM expiry before any A-ASSOCIATE-RQ: close (AA-2), however slowly bytes dribble."""
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        router = start_router([sink], extra_args=["--acse-timeout", "1.5"])
+        request = rawdicom.association_rq(called=router.ae_title)
+        with socket.create_connection((router.host, router.port), timeout=10) as sock:
+            started = time.monotonic()
+            sent = 0
+            try:
+                # One byte every 0.2 s: each read is quick, the request never completes.
+                while sent < len(request):
+                    sock.sendall(request[sent : sent + 1])
+                    sent += 1
+                    ready, _, _ = select.select([sock], [], [], 0.2)
+                    if ready:
+                        break
+                received = _until_closed(sock)
+            except ConnectionResetError:
+                received = b"<reset>"
+            elapsed = time.monotonic() - started
+    assert received == b""
+    assert sent < len(request)
+    assert elapsed < 6
+    assert router.events("connection.refused")[0]["reason"] == "no association request in time"
+
+
+def test_a_calling_ae_title_of_spaces_is_rejected_not_aborted(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
+        router = start_router([sink])
+        request = bytearray(rawdicom.association_rq(calling="X", called=router.ae_title))
+        request[26:42] = b" " * 16  # the Calling-AE-title field (PS3.8 9.3.2)
+        with socket.create_connection((router.host, router.port), timeout=10) as sock:
+            sock.sendall(bytes(request))
+            reply = rawdicom.read_pdu(sock)
+    assert reply.reject_reason == (1, 1, 3)  # permanent, service user, calling AE not recognized
+
+
+# -- private and new storage SOP classes --------------------------------------
+
+
+def _private_instance(tmp_path: Path) -> tuple[Path, str]:
+    """A CT slice re-labelled as an instance of a private storage SOP class."""
+    study = generate_study(tmp_path / "data", study_index=6, instances=1, rows=16, columns=16)
+    dataset = pydicom.dcmread(study.files[0])
+    dataset.SOPClassUID = PRIVATE_CLASS
+    dataset.file_meta.MediaStorageSOPClassUID = PRIVATE_CLASS
+    path = tmp_path / "private.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return path, str(dataset.SOPInstanceUID)
+
+
+def _storage_mark(sop_class: str) -> SOPClassCommonExtendedNegotiation:
+    item = SOPClassCommonExtendedNegotiation()
+    item.sop_class_uid = UID(sop_class)
+    item.service_class_uid = UID(STORAGE_SERVICE_CLASS)
+    return item
+
+
+@pytest.mark.parametrize("promiscuous", [True, False], ids=["accepts-it", "refuses-it"])
+def test_a_private_class_marked_storage_reaches_a_gateway_that_accepts_it(
+    start_router: RouterFactory, tmp_path: Path, promiscuous: bool
+) -> None:
+    path, sop_instance = _private_instance(tmp_path)
+    gateway = InstalledStoreSCP(tmp_path / "gw", ae_title="GW", promiscuous=promiscuous)
+    with gateway:
+        router = start_router([gateway])
+        router.wait_events("gateway.probed", timeout=20)
+        contexts = [rawdicom.context(1, PRIVATE_CLASS, [EXPLICIT_VR_LE])]
+        unmarked = RawScu(router.host, router.port, contexts=contexts)
+        unmarked.release()
+        marked = RawScu(
+            router.host, router.port, contexts=contexts, extra=[_storage_mark(PRIVATE_CLASS)]
+        )
+        with marked:
+            accepted = marked.accepted(1)
+            status = marked.store_file(1, path).status if accepted else None
+            marked.release()
+        held = gateway.wait_for_count(1, timeout=20) if promiscuous else gateway.received()
+    # Without the extended negotiation item the router cannot know the class is Storage.
+    assert unmarked.results[1][0] == RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
+    if promiscuous:
+        assert accepted == EXPLICIT_VR_LE
+        assert status == 0
+        assert [item.sop_instance_uid for item in held] == [sop_instance]
+        assert held[0].dataset == dataset_bytes(path)
+    else:
+        # Where the gateway refuses it, so does the router: at negotiation.
+        assert accepted is None
+        assert marked.results[1][0] == RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
+        assert held == []
+    [asked] = router.events("gateway.probed_classes")
+    assert asked["asked"] == [PRIVATE_CLASS]
+    assert asked["accepted"] == ([PRIVATE_CLASS] if promiscuous else [])
+
+
+def test_a_private_class_listed_in_the_configuration_is_accepted(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    path, sop_instance = _private_instance(tmp_path)
+    with InstalledStoreSCP(tmp_path / "gw", ae_title="GW", promiscuous=True) as gateway:
+        router = start_router(
+            [gateway], extra_args=["--sop-class", PRIVATE_CLASS, "--sop-class", CT_IMAGE_STORAGE]
+        )
+        contexts = [
+            rawdicom.context(1, PRIVATE_CLASS, [EXPLICIT_VR_LE]),
+            ct_context(3),
+            rawdicom.context(5, "1.2.840.10008.5.1.4.1.1.4", [EXPLICIT_VR_LE]),  # MR: not listed
+        ]
+        with RawScu(router.host, router.port, contexts=contexts) as scu:
+            results = dict(scu.results)
+            status = scu.store_file(1, path).status
+            scu.release()
+        held = gateway.wait_for_count(1, timeout=20)
+    assert results[1] == (0, EXPLICIT_VR_LE)
+    assert results[3] == (0, EXPLICIT_VR_LE)
+    assert results[5][0] == RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
+    assert status == 0
+    assert [item.sop_instance_uid for item in held] == [sop_instance]

@@ -174,7 +174,7 @@ def _check_round(
         elif expectation == "unsupported":
             assert result.status is None, f"{path.name}: sent on a context we should refuse"
         elif expectation == "missing":
-            assert result.status == 0xC211, f"{path.name}: status {result.status}"
+            assert result.status == 0xA900, f"{path.name}: status {result.status}"
         elif expectation == "invalid":
             assert result.status == 0xC212, f"{path.name}: status {result.status}"
         else:

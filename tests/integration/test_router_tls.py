@@ -492,3 +492,53 @@ def test_workers_serve_both_ports(
         what="the refusal counted in the replica's /metrics",
     )
     assert router.metric("gatewaypool_router_worker_restarts_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "ciphers"),
+    [
+        (ssl.TLSVersion.TLSv1_1, "ALL:@SECLEVEL=0"),  # a retired profile's protocol
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA256:@SECLEVEL=0"),  # AES-CBC
+        (ssl.TLSVersion.TLSv1_2, "DHE-RSA-AES128-GCM-SHA256"),  # DHE: no parameters loaded
+    ],
+    ids=["tls1.1", "aes-cbc", "dhe"],
+)
+def test_retired_profiles_are_refused_in_the_handshake(
+    tmp_path: Path,
+    pki: dict[str, object],
+    routers: list[RouterProcess],
+    pynetdicom_gateway: PynetdicomSink,
+    version: ssl.TLSVersion,
+    ciphers: str,
+) -> None:
+    router, tls_port = _start(
+        routers,
+        tmp_path,
+        [f"{pynetdicom_gateway.ae_title}@{LOOPBACK}:{pynetdicom_gateway.port}"],
+        _inbound_args(pki, mutual=False),
+    )
+    ca = _ca(pki)
+
+    def client(*, retired: bool) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(ca.bundle)
+        if retired:
+            context.minimum_version = version
+            context.maximum_version = version
+            context.set_ciphers(ciphers)
+        return context
+
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        rawdicom.request_association(
+            LOOPBACK, tls_port, calling="OLDSCANNER", called="X", tls=client(retired=True)
+        )
+    # The same client with BCP 195 settings is served.
+    reply = rawdicom.request_association(
+        LOOPBACK, tls_port, calling="NEWSCANNER", called="X", tls=client(retired=False)
+    )
+    assert reply.pdu_type == rawdicom.ASSOCIATE_AC
+    wait_until(
+        lambda: router.metric(REFUSALS, reason="tls_handshake") == 1,
+        timeout=10,
+        what="the retired profile's handshake refused by the router",
+    )

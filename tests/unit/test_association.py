@@ -227,8 +227,8 @@ def test_no_map_yet_answers_0xa704(pair: tuple[Modality, socket.socket]) -> None
 @pytest.mark.parametrize(
     ("attributes", "status"),
     [
-        ({}, 0xC211),  # no StudyInstanceUID
-        ({"StudyInstanceUID": ""}, 0xC211),  # empty
+        ({}, 0xA900),  # no StudyInstanceUID
+        ({"StudyInstanceUID": ""}, 0xA900),  # empty
         ({"StudyInstanceUID": "1.2.abc"}, 0xC212),  # not a UID
     ],
 )

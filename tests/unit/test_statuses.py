@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewaypool_router.statuses import Status, outcome
+from gatewaypool_router.statuses import OFFENDING, Status, outcome, retryable
 
 TRANSIENT = {
     "GATEWAY_UNREACHABLE",
@@ -18,9 +18,12 @@ TRANSIENT = {
     "NO_MAP",
     "GATEWAY_TLS_FAILED",
 }
+#: 0xA9xx, "Error: data set does not match SOP class": a Type 1 attribute missing.
+DOES_NOT_MATCH = {"STUDY_UID_MISSING"}
+#: The gateway refuses the router for good: a retry fails alike.
+PERMANENT_REFUSALS = {"GATEWAY_REFUSED_CALLER", "GATEWAY_REJECTED"}
 DATA_FAULTS = {
     "DATASET_MALFORMED",
-    "STUDY_UID_MISSING",
     "STUDY_UID_INVALID",
     "HEADER_TOO_LARGE",
     "REQUEST_MALFORMED",
@@ -92,9 +95,32 @@ def test_data_statuses_are_cannot_understand(name: str) -> None:
     assert Status[name] >> 8 == 0xC2
 
 
+@pytest.mark.parametrize("name", sorted(DOES_NOT_MATCH))
+def test_missing_type_1_attributes_do_not_match_the_sop_class(name: str) -> None:
+    assert Status[name] >> 8 == 0xA9
+
+
+def test_only_out_of_resources_is_retryable() -> None:
+    for member in Status:
+        assert retryable(member) == (member.name in TRANSIENT), member.name
+    assert Status.GATEWAY_REFUSED_CALLER == 0x0124  # Refused: not authorized (PS3.7 C.4)
+    assert Status.GATEWAY_REJECTED == 0x0110  # Processing failure
+
+
+def test_offending_element_only_where_ps3_4_lists_it() -> None:
+    # PS3.4 Table B.2-1: (0000,0901) belongs to 0xA9xx and 0xCxxx, not to 0xA7xx.
+    for status in OFFENDING:
+        assert status >> 12 == 0xC or status >> 8 == 0xA9, status.name
+    for name in DOES_NOT_MATCH | {"STUDY_UID_INVALID", "HEADER_TOO_LARGE"}:
+        assert OFFENDING[Status[name]] == (0x0020000D,)
+
+
 def test_every_member_is_classified() -> None:
     other = {"SUCCESS", "SOP_CLASS_NOT_SUPPORTED"}
-    assert set(Status.__members__) == TRANSIENT | DATA_FAULTS | other
+    assert (
+        set(Status.__members__)
+        == TRANSIENT | DATA_FAULTS | DOES_NOT_MATCH | PERMANENT_REFUSALS | other
+    )
     assert Status.SUCCESS == 0x0000
     assert Status.SOP_CLASS_NOT_SUPPORTED == 0x0122
     # Nothing outside these two ranges may be 0xA7xx or 0xC2xx by accident.
