@@ -207,6 +207,11 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
     command += _tls_arguments(spec)
     for title in spec.router.allowed_calling_ae_titles:
         command += ["--allow-calling-aet", title]
+    # What the gateways accept, where the pool says so: routers then skip that probe.
+    for uid in spec.gateway.accepted_transfer_syntaxes:
+        command += ["--accepted-transfer-syntax", uid]
+    for uid in spec.gateway.sop_classes:
+        command += ["--sop-class", uid]
     workers = router_workers(spec.router.resources)
     if workers is not None:
         command += ["--workers", str(workers)]

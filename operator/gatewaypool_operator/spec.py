@@ -35,7 +35,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from gatewaypool.contract import AE_TITLE_PATTERN, MAX_BUCKETS, SUBJECT_ATTRIBUTE_TYPES
+from gatewaypool.contract import (
+    AE_TITLE_PATTERN,
+    MAX_BUCKETS,
+    SUBJECT_ATTRIBUTE_TYPES,
+    uid_problem,
+)
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
 from gatewaypool_operator import specpod
@@ -281,6 +286,8 @@ def _gateway(section: SpecObject) -> GatewaySpec:
         "terminationGracePeriodSeconds",
         "tls",
         "securityContext",
+        "acceptedTransferSyntaxes",
+        "sopClasses",
     )
     storage_section = section.child("storage", optional=True)
     storage = None if storage_section is None else _storage(storage_section)
@@ -314,7 +321,23 @@ def _gateway(section: SpecObject) -> GatewaySpec:
         ),
         tls=tls,
         security_context=_gateway_security_context(section.child("securityContext")),
+        accepted_transfer_syntaxes=_uids(section, "acceptedTransferSyntaxes", most=64),
+        sop_classes=_uids(section, "sopClasses", most=1024),
     )
+
+
+def _uids(section: SpecObject, key: str, *, most: int) -> tuple[str, ...]:
+    """A list of UIDs, each once (as the CRD's list type ``set`` and the router check)."""
+    values = section.strings(key)
+    if len(values) > most:
+        raise SpecError(section.path(key), len(values), f"has more than {most} UIDs")
+    for index, value in enumerate(values):
+        problem = uid_problem(value)
+        if problem is not None:
+            raise SpecError(f"{section.path(key)}[{index}]", value, f"is not a UID ({problem})")
+    if len(set(values)) != len(values):
+        raise SpecError(section.path(key), list(values), "names a UID twice")
+    return values
 
 
 MAX_ID: Final = 2**31 - 1

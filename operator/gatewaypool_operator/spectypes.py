@@ -120,6 +120,12 @@ class GatewaySpec:
     #: None: the router speaks plain DICOM to the gateways.
     tls: GatewayTLSSpec | None = None
     security_context: GatewaySecurityContextSpec = field(default_factory=GatewaySecurityContextSpec)
+    #: Transfer syntax UIDs the gateways accept, preferred first (routers'
+    #: ``--accepted-transfer-syntax``); empty: routers probe the gateways.
+    accepted_transfer_syntaxes: tuple[str, ...] = ()
+    #: SOP class UIDs the gateways accept (routers' ``--sop-class``); empty:
+    #: routers probe the gateways.
+    sop_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

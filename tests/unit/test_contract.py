@@ -18,10 +18,12 @@ from gatewaypool.contract import (
     API_VERSION,
     KIND,
     PLURAL,
+    UID_PATTERN,
     ae_title_problem,
+    uid_problem,
 )
 from gatewaypool_operator.spec import SpecError, parse_spec
-from gatewaypool_router.config import ConfigError, check_ae_title
+from gatewaypool_router.config import ConfigError, RouterConfig, check_ae_title
 from support.crd import CRD_PATH, version_of
 
 TITLES = ["GATEWAY", "A", "X" * 16, "CT SCANNER 1", "a~[]{}!", " PAD "]
@@ -85,3 +87,62 @@ def test_the_crd_has_the_contract_coordinates() -> None:
     assert crd["spec"]["names"]["kind"] == KIND
     assert crd["spec"]["names"]["plural"] == PLURAL
     assert version_of(crd)["name"] == API_VERSION
+
+
+UIDS = ["1.2", "1.2.840.10008.1.2.1", "0.0", "2.25." + "9" * 59]
+NOT_UIDS = ["", "1", "1.02", "1..2", "1.2.", "a.b", "1.2.3 ", "2.25." + "9" * 60]
+
+
+def operator_accepts_uid(uid: str) -> bool:
+    spec: dict[str, Any] = {
+        "gateway": {"image": "gw:1", "acceptedTransferSyntaxes": [uid], "sopClasses": [uid]}
+    }
+    try:
+        parse_spec(spec, default_router_image="router:1")
+    except SpecError:
+        return False
+    return True
+
+
+def router_accepts_uid(uid: str) -> bool:
+    try:
+        RouterConfig(
+            gateways=(Gateway(name="gw-0", host="h", port=104, ae_title="GW"),),
+            accepted_transfer_syntaxes=(uid,),
+            sop_classes=(uid,),
+        )
+    except ConfigError:
+        return False
+    return True
+
+
+def crd_uid_schemas() -> list[dict[str, Any]]:
+    gateway = version_of(yaml.safe_load(CRD_PATH.read_text()))["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["gateway"]["properties"]
+    return [gateway[key]["items"] for key in ("acceptedTransferSyntaxes", "sopClasses")]
+
+
+def crd_accepts_uid(uid: str) -> bool:
+    return all(
+        len(uid) <= schema["maxLength"] and re.fullmatch(schema["pattern"].strip("^$"), uid)
+        for schema in crd_uid_schemas()
+    )
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_every_part_accepts_a_uid(uid: str) -> None:
+    assert uid_problem(uid) is None
+    assert (operator_accepts_uid(uid), router_accepts_uid(uid), crd_accepts_uid(uid)) == (True,) * 3
+
+
+@pytest.mark.parametrize("uid", NOT_UIDS)
+def test_every_part_refuses_a_non_uid(uid: str) -> None:
+    assert uid_problem(uid)
+    assert (operator_accepts_uid(uid), router_accepts_uid(uid), crd_accepts_uid(uid)) == (
+        False,
+    ) * 3
+
+
+def test_the_crd_uid_lists_use_the_contract_pattern() -> None:
+    assert [s["pattern"] for s in crd_uid_schemas()] == [UID_PATTERN] * 2

@@ -64,6 +64,8 @@ SPEC_FIELDS = [
     "gateway.args",
     "gateway.port",
     "gateway.aeTitle",
+    "gateway.acceptedTransferSyntaxes",
+    "gateway.sopClasses",
     "gateway.env",
     "gateway.resources",
     "gateway.resources.limits",

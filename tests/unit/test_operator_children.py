@@ -600,6 +600,34 @@ def test_router_counts_studies_in_flight_over_the_handovers_quiet_period() -> No
     assert command[command.index("--study-quiet-seconds") + 1] == "60"
 
 
+def test_router_command_carries_what_the_gateways_accept() -> None:
+    # Set in the pool's spec, the lists replace the routers' probes; in order.
+    spec = {
+        **FULL,
+        "gateway": {
+            **FULL["gateway"],
+            "acceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"],
+            "sopClasses": ["1.2.840.10008.5.1.4.1.1.2", "1.3.12.2.1107.5.9.1"],
+        },
+    }
+    command = router_container(build(spec))["command"]
+    given = [
+        (arg, command[i + 1])
+        for i, arg in enumerate(command)
+        if arg in ("--accepted-transfer-syntax", "--sop-class")
+    ]
+    assert given == [
+        ("--accepted-transfer-syntax", "1.2.840.10008.1.2"),
+        ("--accepted-transfer-syntax", "1.2.840.10008.1.2.1"),
+        ("--sop-class", "1.2.840.10008.5.1.4.1.1.2"),
+        ("--sop-class", "1.3.12.2.1107.5.9.1"),
+    ]
+    # Not set: no option, the routers probe.
+    plain = router_container(build(FULL))["command"]
+    assert "--accepted-transfer-syntax" not in plain
+    assert "--sop-class" not in plain
+
+
 def test_router_command_lists_each_allowed_calling_ae_title() -> None:
     command = router_container(build(FULL))["command"]
     assert command[command.index("--aet") + 1] == "ROUTER"
