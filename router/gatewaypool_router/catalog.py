@@ -327,7 +327,8 @@ class GatewayCatalog:
             else:
                 reference = min(classes, default="")
             if reference:
-                syntaxes = self._accepted_syntaxes(gateway, reference)
+                # None when it took none (a configured class it does not accept): no answer.
+                syntaxes = self._accepted_syntaxes(gateway, reference) or None
         return GatewayAccepts(asked=asked, sop_classes=classes, transfer_syntaxes=syntaxes)
 
     def _accepted_classes(
