@@ -6,6 +6,7 @@ A-ASSOCIATE-AC and then never reads again, like a gateway whose disk stalled.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool.bucketmap import Gateway
+from gatewaypool_local.peers import wait_until
 from gatewaypool_router import negotiation, pdus
 from gatewaypool_router.statuses import Status
 from gatewaypool_router.upstream import GatewayError, Upstream
@@ -83,3 +85,58 @@ def test_a_gateway_that_stops_reading_mid_pdu_gets_a_reset_not_an_abort() -> Non
         # An A-ABORT after a PDU cut short would be read as that PDU's bytes.
         [conn] = accepted
         assert drain(conn) == "reset"
+
+
+def _opened(gateway: Gateway, accepted: list[socket.socket]) -> tuple[Upstream, socket.socket]:
+    """An association to the stand-in, and the stand-in's end of it."""
+    upstream = Upstream(
+        gateway=gateway,
+        address=(gateway.host, gateway.port),
+        contexts=[CONTEXT],
+        calling_ae="ROUTER",
+        max_pdu=16384,
+        timeout=5,
+        connect_timeout=5,
+    )
+    upstream.open()
+    wait_until(lambda: bool(accepted), timeout=5, what="the stand-in's connection")
+    return upstream, accepted[0]
+
+
+def _when_it_arrives(upstream: Upstream) -> None:
+    """Wait (with a deadline) until the gateway's bytes reach the router's socket."""
+    readable, _, _ = select.select([upstream.fileno()], [], [], 5)
+    assert readable, "nothing from the gateway within 5 s"
+
+
+def test_an_idle_association_is_alive_until_the_gateway_aborts_it() -> None:
+    """The zero-timeout look before reuse: nothing waiting is alive; an A-ABORT is not."""
+    with deaf_gateway() as (gateway, accepted):
+        upstream, conn = _opened(gateway, accepted)
+        assert upstream.check_alive()
+        assert upstream.check_alive(), "looking consumes nothing"
+        conn.sendall(pdus.abort_pdu(pdus.ABORT_SOURCE_USER))  # as Orthanc's DicomScpTimeout
+        _when_it_arrives(upstream)
+        assert not upstream.check_alive()
+        assert not upstream.is_open
+        assert upstream.ended_by == "aborted"
+
+
+def test_a_gateway_release_request_is_answered_before_reuse() -> None:
+    with deaf_gateway() as (gateway, accepted):
+        upstream, conn = _opened(gateway, accepted)
+        conn.sendall(pdus.RELEASE_RQ_PDU)
+        _when_it_arrives(upstream)
+        assert not upstream.check_alive()
+        assert upstream.ended_by == "released"
+        conn.settimeout(5)
+        assert read_pdu(conn).pdu_type == pdus.RELEASE_RP
+
+
+def test_a_closed_connection_is_not_reused() -> None:
+    with deaf_gateway() as (gateway, accepted):
+        upstream, conn = _opened(gateway, accepted)
+        conn.shutdown(socket.SHUT_WR)
+        _when_it_arrives(upstream)
+        assert not upstream.check_alive()
+        assert upstream.ended_by == "closed"
