@@ -68,15 +68,15 @@ _DISCARD_CHUNK = 256 * 1024
 #: ahead, so that no data set byte lands in the reader's buffer unasked.
 _HEADERS_AHEAD = 12
 _PDU_HEADER = struct.Struct(">BxL")
+_PDV_HEADER = struct.Struct(">LBB")
 #: Command elements a REQUEST_MALFORMED names as Offending Element.
 _AFFECTED_SOP_CLASS_UID = 0x00000002
 _AFFECTED_SOP_INSTANCE_UID = 0x00001000
 _COMMAND_DATA_SET_TYPE = 0x00000800
-_PDV_HEADER = struct.Struct(">LBB")
 
 
 def _blank_ae_title(raw: bytes) -> str | None:
-    """ "calling" or "called" if that AE title of an A-ASSOCIATE-RQ is all spaces.
+    """Which AE title of an A-ASSOCIATE-RQ is all spaces: "called", "calling" or None.
 
     PS3.5 forbids an AE title of spaces only, and pynetdicom's decoder
     refuses one with an error; it is a request all the same, answered with
