@@ -76,6 +76,29 @@ need_controlplane() {
     export GATEWAYPOOL_CONTROLPLANE="$dir/controlplane"
 }
 
+# metrics-server (tests/metricsserver: the upstream program, required as a Go
+# tool at the release its go.mod names), built once the same way: it serves
+# metrics.k8s.io in the test cluster, so the real HPA controller scales on CPU.
+need_metrics_server() {
+    local module=tests/metricsserver
+    local key
+    key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-16)
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/metrics-server-$key"
+    if [ ! -x "$dir/metrics-server" ]; then
+        echo "==> building metrics-server from Go modules (the first time takes a few minutes)"
+        local began=$SECONDS
+        local version
+        version=$(awk '$1 == "sigs.k8s.io/metrics-server" { print $2 }' "$module/go.mod")
+        mkdir -p "$dir"
+        (cd "$module" && go build -trimpath \
+            -ldflags "-X k8s.io/client-go/pkg/version.gitVersion=$version" \
+            -o "$dir/metrics-server.partial" sigs.k8s.io/metrics-server/cmd/metrics-server)
+        mv "$dir/metrics-server.partial" "$dir/metrics-server"
+        echo "==> metrics-server built in $((SECONDS - began)) s: $dir/metrics-server"
+    fi
+    export GATEWAYPOOL_METRICS_SERVER="$dir/metrics-server"
+}
+
 cmd="${1:-help}"
 shift || true
 case "$cmd" in
@@ -124,6 +147,7 @@ case "$cmd" in
         echo "==> mypy (strict)"
         "$VENV/bin/mypy"
         need_controlplane
+        need_metrics_server
         echo "==> pytest: tests that need the network"
         local_rc=0
         "$VENV/bin/pytest" -m network "$@" || local_rc=$?
@@ -136,6 +160,7 @@ case "$cmd" in
         need_debian_packages
         need_venv
         need_controlplane
+        need_metrics_server
         exec tests/sandbox.sh "$VENV/bin/pytest" "$@"
         ;;
     *)
