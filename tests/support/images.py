@@ -16,11 +16,18 @@ an image missing from a registry does.
 - ``.../pynetdicom-gateway:*``: our pynetdicom Storage SCP
   (``python -m gatewaypool_local.sink``), which keeps each data set's exact
   bytes: what tests compare with what was sent.
+- ``.../metrics-server:*``: metrics-server, built from its Go module
+  (``tests/metricsserver``) by ``./dev.sh``, which names the binary in
+  ``GATEWAYPOOL_METRICS_SERVER``; without it the image is missing.
+- ``.../busybox:*``: a shell (``CMD ["sh"]``), with this machine's programs
+  on its PATH (``python3`` among them, which a real busybox lacks: tests use
+  it to burn a measured share of a CPU).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -81,7 +88,11 @@ def dockerfile_image(text: str) -> Image:
 
 
 def _images() -> dict[str, Image]:
+    built = os.environ.get("GATEWAYPOOL_METRICS_SERVER", "")
+    extra = {"metrics-server": Image((built,))} if built and Path(built).exists() else {}
     return {
+        **extra,
+        "busybox": Image((), ("sh",)),
         "gatewaypool": dockerfile_image(DOCKERFILE.read_text()),
         "dcmtk": Image(()),
         "orthanc": Image(("Orthanc",), ("/etc/orthanc/",)),

@@ -30,10 +30,12 @@ stored or a router logged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -46,7 +48,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from support import images, podruntime
+from support import images, kubeletserver, podruntime
 from support.informer import Informer
 from support.podnet import PodNetwork
 
@@ -140,11 +142,16 @@ class Kubelet:
         self._informer = Informer(api, "/api/v1/pods")
         self._threads: list[threading.Thread] = []
         self._node_addresses = {node: f"10.244.{200 + i}.1" for i, node in enumerate(nodes)}
+        self._servers: dict[str, kubeletserver.KubeletServer] = {}
 
     # -- what tests use ----------------------------------------------------------------
 
     def start(self) -> None:
         for node in self.nodes:
+            self._servers[node] = kubeletserver.KubeletServer(
+                node, self._node_addresses[node], functools.partial(self._running, node)
+            )
+            self._servers[node].start()
             self._register(node)
         self._informer.start()
         self._informer.wait_synced()
@@ -157,6 +164,8 @@ class Kubelet:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        for server in self._servers.values():
+            server.close()
         self._informer.stop()
         with self._lock:
             pods = list(self._pods.values())
@@ -213,10 +222,22 @@ class Kubelet:
         with self._lock:
             self._lost.add(node)
             pods = [p for p in self._pods.values() if p.node == node]
+        self._servers[node].close()
         for pod in pods:
             self._kill_all(pod, grace=0.0)
             with self._lock:
                 pod.done = True
+
+    def _running(self, node: str) -> list[kubeletserver.RunningContainer]:
+        """The running containers of `node`'s pods, for its metrics endpoint."""
+        with self._lock:
+            return [
+                kubeletserver.RunningContainer(pod.namespace, pod.name, name, process.pid)
+                for pod in self._pods.values()
+                if pod.node == node and not pod.done
+                for name, container in pod.containers.items()
+                if (process := container.process) is not None
+            ]
 
     def _require(self, namespace: str, name: str) -> Pod:
         pod = self.pod(namespace, name)
@@ -281,6 +302,7 @@ class Kubelet:
                 {"type": "InternalIP", "address": self._node_addresses[node]},
                 {"type": "Hostname", "address": node},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubeletserver.PORT}},
             "nodeInfo": {
                 "machineID": node,
                 "systemUUID": node,
@@ -565,9 +587,12 @@ class Kubelet:
         if "httpGet" in probe:
             get = probe["httpGet"]
             port = _port(container.spec, get["port"])
-            url = f"http://{pod.address}:{port}{get.get('path', '/')}"
+            scheme = str(get.get("scheme", "HTTP")).lower()
+            url = f"{scheme}://{pod.address}:{port}{get.get('path', '/')}"
+            # The kubelet does not verify an HTTPS probe's certificate.
+            unverified = ssl._create_unverified_context() if scheme == "https" else None
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
+                with urllib.request.urlopen(url, timeout=timeout, context=unverified) as response:
                     return bool(200 <= response.status < 400)
             except OSError:
                 return False
