@@ -51,6 +51,7 @@ class Informer:
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stop = threading.Event()
+        self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"informer {path}", daemon=True)
 
     def start(self) -> None:
@@ -58,7 +59,10 @@ class Informer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=_WATCH_SECONDS + 5)
+        response = self._response
+        if response is not None:  # unblocks the watch's read at once
+            response.shutdown()
+        self._thread.join(timeout=10)
 
     def wait_synced(self, timeout: float = 30.0) -> None:
         if not self._synced.wait(timeout):
@@ -121,6 +125,7 @@ class Informer:
                 allowWatchBookmarks="true",
                 timeoutSeconds=_WATCH_SECONDS,
             )
+            self._response = response
             try:
                 for line in response:
                     if self._stop.is_set():
@@ -143,6 +148,7 @@ class Informer:
                             self._objects[_key(obj)] = obj
                     self._notify(kind, obj)
             finally:
+                self._response = None
                 response.release_conn()
 
     def _notify(self, kind: str, obj: dict[str, Any]) -> None:

@@ -169,8 +169,15 @@ class Kubelet:
         self._informer.stop()
         with self._lock:
             pods = list(self._pods.values())
+        stoppers = [
+            threading.Thread(target=self._kill_all, args=(pod,), kwargs={"grace": 2.0})
+            for pod in pods
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         for pod in pods:
-            self._kill_all(pod, grace=2.0)
             self._teardown(pod)
 
     def pod(self, namespace: str, name: str) -> Pod | None:
@@ -265,6 +272,7 @@ class Kubelet:
         with contextlib.suppress(ApiException):
             self._core.create_node(body)
         self._write_node_status(node)
+        self._renew_lease(node)
 
     def _write_node_status(self, node: str) -> None:
         stamp = now()
@@ -341,7 +349,9 @@ class Kubelet:
             },
         }
         try:
-            self._coordination.replace_namespaced_lease(node, "kube-node-lease", body)
+            self._coordination.patch_namespaced_lease(
+                node, "kube-node-lease", {"spec": body["spec"]}
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -384,6 +394,15 @@ class Kubelet:
                 )
                 thread.start()
             pod.manifest = manifest
+            stale = pod.started and not pod.done and self._ready(pod) != _api_ready(manifest)
+        if stale:
+            # As the kubelet's status manager does: what another writer changed
+            # (the node lifecycle controller marks pods not ready) is set back.
+            self._write_status(pod)
+
+    @staticmethod
+    def _ready(pod: Pod) -> bool:
+        return pod.started and not pod.done and all(c.ready for c in pod.containers.values())
 
     def _pod_worker(self, pod: Pod) -> None:
         """One pod's life, as the kubelet's pod worker runs it."""
@@ -625,13 +644,17 @@ class Kubelet:
             pod.done = True
         self._teardown(pod)
         if current is not None and current["metadata"]["uid"] == pod.uid:
-            with contextlib.suppress(ApiException):
+            self._write_status(pod)
+            try:
+                # In the body: a DELETE with a body takes its options from there alone.
                 self._core.delete_namespaced_pod(
                     pod.name,
                     pod.namespace,
-                    grace_period_seconds=0,
-                    body={"preconditions": {"uid": pod.uid}},
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod.uid}},
                 )
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # gone, or another pod of that name now
+                    self.errors.append(f"{pod.name}: final delete refused: {exc.status}")
 
     def _kill_all(self, pod: Pod, *, grace: float) -> None:
         processes = [c.process for c in pod.containers.values() if c.process is not None]
@@ -661,7 +684,7 @@ class Kubelet:
         if pod.node in self._lost:
             return
         stamp = now()
-        ready = pod.started and not pod.done and all(c.ready for c in pod.containers.values())
+        ready = self._ready(pod)
         statuses = []
         for name, container in pod.containers.items():
             state: dict[str, Any]
@@ -727,6 +750,11 @@ class Kubelet:
                 return
             self.errors.append(f"{pod.name}: status refused: {exc.status} {exc.body}")
             log.warning("pod %s status: %s %s", pod.name, exc.status, exc.body)
+
+
+def _api_ready(manifest: dict[str, Any]) -> bool:
+    conditions = (manifest.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _image(container: dict[str, Any]) -> images.Image:
