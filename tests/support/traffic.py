@@ -25,16 +25,29 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config
 
 from gatewaypool_local import scu
-from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _RETRIES = 20
+
+
+class Target(Protocol):
+    """Where a sender sends: a router process, or a router Service's address."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ae_title(self) -> str: ...
 
 
 @dataclass
@@ -56,7 +69,7 @@ class Traffic:
 
     def __init__(
         self,
-        routers: Sequence[RouterProcess],
+        routers: Sequence[Target],
         studies: Iterable[Study],
         *,
         seed: int,
@@ -141,7 +154,7 @@ class Traffic:
                 self.outcome.unanswered[sop] = _RETRIES
 
     def _over_one_association(
-        self, router: RouterProcess, study: Study, files: list[tuple[Path, str]]
+        self, router: Target, study: Study, files: list[tuple[Path, str]]
     ) -> list[tuple[Path, str]]:
         """Send what it can; return the files that got no status."""
         try:
