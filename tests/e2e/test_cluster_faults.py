@@ -1,0 +1,208 @@
+"""What a real cluster does to a pool, on the real control plane: restarts, evictions, edits.
+
+- The API server restarts: its watch cache starts afresh, so every watch
+  from before gets 410 Gone. Routers must list again once, not spin, and
+  follow the next map.
+- A router pod is evicted in the middle of a handover: it stays in the API
+  as phase Failed until pod garbage collection, never reports again, and
+  must not hold the handover (nor force it).
+- The router Service's settings change: the real API server allocates the
+  ClusterIP and node ports, and the operator must converge without fighting
+  over them, keeping the Service's name and identity.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from gatewaypool_local.peers import wait_until
+from support.realcluster import Cluster
+from support.realpool import RealPool, gateway_spec
+
+MAP_REQUESTS = "gatewaypool_router_map_requests_total"
+
+
+def test_routers_follow_the_map_across_an_api_server_restart(
+    cluster: Cluster, cluster_namespace: str
+) -> None:
+    installed = cluster.install(cluster_namespace)
+    try:
+        pool = RealPool(cluster, cluster_namespace)
+        pool.create(
+            {
+                "replicas": 2,
+                "gateway": gateway_spec(),
+                "router": {"replicas": 1},
+                "handover": {"quietSeconds": 1, "maxDrainSeconds": 30},
+            }
+        )
+        wait_until(functools.partial(pool.settled, 2, 1), timeout=120, what="settled at two")
+        [address] = pool.router_addresses().values()
+        before = RealPool.metric(address, MAP_REQUESTS)
+        began = time.monotonic()
+        cluster.plane.restart_apiserver()
+        pool.scale(3)
+        wait_until(
+            functools.partial(pool.settled, 3, 1),
+            timeout=120,
+            what="the router on the map of three gateways, after the restart",
+        )
+        minutes = (time.monotonic() - began) / 60
+        requests = RealPool.metric(address, MAP_REQUESTS) - before
+    finally:
+        cluster.uninstall(installed)
+    # A list and a watch per broken watch, and a few retries while the server
+    # was down: a handful. A tight loop would be hundreds a minute.
+    assert 2 <= requests <= 8 + 10 * minutes, f"{requests} map requests in {minutes:.1f} min"
+
+
+def test_an_evicted_router_neither_holds_nor_forces_a_handover(
+    cluster: Cluster, cluster_namespace: str
+) -> None:
+    installed = cluster.install(cluster_namespace)
+    try:
+        pool = RealPool(cluster, cluster_namespace)
+        pool.create(
+            {
+                "replicas": 2,
+                "gateway": gateway_spec(),
+                "router": {"replicas": 2},
+                "handover": {"quietSeconds": 3, "maxDrainSeconds": 120},
+            }
+        )
+        wait_until(functools.partial(pool.settled, 2, 2), timeout=120, what="settled at two")
+        pool.scale(3)
+        wait_until(lambda: bool(pool.status().get("movingBuckets")), timeout=60, what="a handover")
+        victim = sorted(pool.router_addresses())[0]
+        cluster.kubelet.evict(cluster_namespace, victim)
+        wait_until(
+            functools.partial(pool.settled, 3, 2),
+            timeout=120,
+            what="settled at three, with the evicted router left out",
+        )
+        core: Any = kubernetes.client.CoreV1Api(cluster.api())
+        evicted = core.read_namespaced_pod(victim, cluster_namespace)
+        events = pool.events()
+    finally:
+        cluster.uninstall(installed)
+    assert evicted.status.phase == "Failed" and evicted.status.reason == "Evicted"
+    assert "HandoverCompleted" in events
+    assert "HandoverForced" not in events
+
+
+def _service(cluster: Cluster, namespace: str) -> Any:
+    core: Any = kubernetes.client.CoreV1Api(cluster.api())
+    return core.read_namespaced_service("ct-router", namespace)
+
+
+def _service_type(cluster: Cluster, namespace: str) -> str | None:
+    try:
+        return str(_service(cluster, namespace).spec.type)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _conditions(pool: RealPool) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in pool.status().get("conditions") or []}
+
+
+def test_router_service_edits_converge_without_fighting_the_allocator(
+    cluster: Cluster, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    installed = cluster.install(ns)
+    try:
+        pool = RealPool(cluster, ns)
+        pool.create(
+            {
+                "replicas": 1,
+                "gateway": gateway_spec(),
+                "router": {"replicas": 1, "service": {"type": "NodePort"}},
+            }
+        )
+        wait_until(
+            lambda: _service_type(cluster, ns) == "NodePort",
+            timeout=60,
+            what="a NodePort router Service",
+        )
+        first = _service(cluster, ns)
+        allocated = {p.name: p.node_port for p in first.spec.ports}
+        assert all(allocated.values()), allocated
+
+        def edit(service: dict[str, Any]) -> None:
+            pool.custom.patch_namespaced_custom_object(
+                "gatewaypool.io",
+                "v1alpha1",
+                ns,
+                "gatewaypools",
+                "ct",
+                {"spec": {"router": {"service": service}}},
+            )
+
+        edit(
+            {
+                "type": "NodePort",
+                "annotations": {"site.example/vlan": "modalities"},
+                "externalTrafficPolicy": "Local",
+            }
+        )
+        wait_until(
+            lambda: (
+                _service(cluster, ns).spec.external_traffic_policy == "Local"
+                and (_service(cluster, ns).metadata.annotations or {}).get("site.example/vlan")
+                == "modalities"
+            ),
+            timeout=60,
+            what="the edited Service",
+        )
+        edited = _service(cluster, ns)
+        # Later resyncs (the chart's operator resyncs every 5 s) change nothing more.
+        version = edited.metadata.resource_version
+        assert "RouterExposed" not in _conditions(pool)
+        resyncs = pool.resyncs()
+        wait_until(lambda: pool.resyncs() >= resyncs + 2, timeout=30, what="two more resyncs")
+        steady = _service(cluster, ns)
+
+        edit(
+            {
+                "type": "LoadBalancer",
+                "loadBalancerSourceRanges": None,
+                "externalTrafficPolicy": "Cluster",
+                "annotations": None,
+            }
+        )
+        wait_until(
+            lambda: _service(cluster, ns).spec.type == "LoadBalancer",
+            timeout=60,
+            what="a LoadBalancer router Service",
+        )
+        wait_until(
+            lambda: _conditions(pool).get("RouterExposed") == "True",
+            timeout=60,
+            what="RouterExposed raised",
+        )
+        balanced = _service(cluster, ns)
+        edit({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.20.0.0/16"]})
+        wait_until(
+            lambda: "RouterExposed" not in _conditions(pool),
+            timeout=60,
+            what="RouterExposed cleared by source ranges",
+        )
+        events = pool.events()
+    finally:
+        cluster.uninstall(installed)
+    assert edited.metadata.uid == first.metadata.uid
+    assert edited.spec.cluster_ip == first.spec.cluster_ip
+    assert {p.name: p.node_port for p in edited.spec.ports} == allocated
+    assert steady.metadata.resource_version == version, "the operator rewrote a steady Service"
+    assert balanced.metadata.uid == first.metadata.uid, "a type change re-created the Service"
+    assert balanced.spec.cluster_ip == first.spec.cluster_ip
+    assert {p.name: p.node_port for p in balanced.spec.ports} == allocated
+    assert events.count("RouterExposed") == 1
