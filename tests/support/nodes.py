@@ -37,6 +37,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -48,12 +49,15 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
+import gatewaypool
 from support import images, kubeletserver, podruntime
 from support.informer import Informer
 from support.podnet import PodNetwork
 
 log = logging.getLogger(__name__)
 
+#: The project's source folder (an editable install runs from it).
+_SOURCES = Path(gatewaypool.__file__).resolve().parents[2]
 LEASE_SECONDS = 40
 LEASE_RENEW = 5.0
 _TICK = 0.1
@@ -439,6 +443,7 @@ class Kubelet:
             service_host=self._service[0],
             service_port=self._service[1],
             cluster_domain=self.cluster_domain,
+            keep=(_SOURCES, self.folder, Path(sys.prefix), Path(sys.base_prefix)),
         )
 
     def _try_start(self, pod: Pod) -> None:

@@ -62,6 +62,11 @@ class PodContext:
     service_host: str
     service_port: int
     cluster_domain: str = "cluster.local"
+    #: Host folders the container's programs live in (the virtualenv, the
+    #: cluster folder): kept visible at their paths even under a volume
+    #: mounted over a parent of theirs (an emptyDir on /tmp with the
+    #: repository under /tmp).
+    keep: tuple[Path, ...] = ()
 
     @property
     def namespace(self) -> str:
@@ -326,6 +331,19 @@ def launch_script(
         "mount --make-rprivate /",
         f"hostname {q(hostname)}",
     ]
+    # Held open before any mount: /proc/self/fd/N still reaches a folder
+    # that a mount over its parent hides from its path.
+    kept = [path for path in context.keep if path.is_dir()][:6]
+    lines += [f"exec {3 + n}<{q(str(path))}" for n, path in enumerate(kept)]
+
+    def uncover(target: str) -> None:
+        for n, path in enumerate(kept):
+            if str(path) == target or str(path).startswith(target.rstrip("/") + "/"):
+                # --no-canonicalize: mount(8) would resolve the fd's link to
+                # the path, which is the very one now hidden.
+                lines.append(f"mkdir -p {q(str(path))}")
+                lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{3 + n} {q(str(path))}")
+
     mounts = sorted(container.get("volumeMounts") or [], key=lambda m: m["mountPath"].count("/"))
     overlays: list[str] = []
     for number, mount in enumerate(mounts):
@@ -342,6 +360,7 @@ def launch_script(
                     + q(f"lowerdir={existing},upperdir={upper / 'upper'},workdir={upper / 'work'}")
                     + f" {q(str(existing))}"
                 )
+                uncover(str(existing))
                 overlays.append(str(existing))
         if source.is_dir():
             lines.append(f"mkdir -p {q(target)}")
@@ -350,11 +369,13 @@ def launch_script(
         lines.append(f"mount --bind {q(str(source))} {q(target)}")
         if mount.get("readOnly"):
             lines.append(f"mount -o remount,bind,ro {q(target)}")
+        uncover(target)
     # Last: an overlay of /etc made for a mount above would hide binds made before it.
     lines.append(f"mount --bind {q(str(etc / 'resolv.conf'))} /etc/resolv.conf")
     lines.append(f"mount --bind {q(str(etc / 'hosts'))} /etc/hosts")
     working = container.get("workingDir") or workdir
     lines.append(f"cd {q(working)}")
+    lines += [f"exec {3 + n}<&-" for n in range(len(kept))]
     exported = " ".join(f"{q(k)}={q(v)}" for k, v in sorted(env.items()))
     lines.append(f"exec env -i {exported} {' '.join(q(a) for a in argv)}")
     return "\n".join(lines) + "\n"
