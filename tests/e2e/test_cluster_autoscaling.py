@@ -19,10 +19,9 @@ from typing import Any
 
 import kubernetes.client
 
-from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
 from gatewaypool_local.peers import wait_until
 from support.realcluster import Cluster
-from support.realpool import RealPool, gateway_spec
+from support.realpool import gateway_spec, operated_pool
 
 
 def _autoscaling(minimum: int) -> dict[str, Any]:
@@ -46,24 +45,18 @@ def test_the_hpa_scales_a_pool_across_a_handover_without_failed_rescales(
     cluster: Cluster, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    installed = cluster.install(ns)
-    try:
-        pool = RealPool(cluster, ns)
-        gateway = gateway_spec()
-        gateway["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
-        pool.create(
-            {
-                "replicas": 1,
-                "gateway": gateway,
-                "router": {"replicas": 1},
-                "handover": {"quietSeconds": 5, "maxDrainSeconds": 600},
-                "autoscaling": _autoscaling(1),
-            }
-        )
+    gateway = gateway_spec()
+    gateway["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
+    spec = {
+        "replicas": 1,
+        "gateway": gateway,
+        "router": {"replicas": 1},
+        "handover": {"quietSeconds": 5, "maxDrainSeconds": 600},
+        "autoscaling": _autoscaling(1),
+    }
+    with operated_pool(cluster, ns, spec) as pool:
         pool.wait_settled(1, 1, timeout=120)
-        pool.custom.patch_namespaced_custom_object(
-            API_GROUP, API_VERSION, ns, PLURAL, "ct", {"spec": {"autoscaling": _autoscaling(2)}}
-        )
+        pool.patch_spec({"autoscaling": _autoscaling(2)})
         wait_until(
             lambda: pool.get()["spec"]["replicas"] >= 2,
             timeout=90,
@@ -71,14 +64,10 @@ def test_the_hpa_scales_a_pool_across_a_handover_without_failed_rescales(
         )
         wait_until(lambda: bool(pool.status().get("movingBuckets")), timeout=60, what="a handover")
         # While that handover runs (quiet period 5 s), the minimum rises again.
-        pool.custom.patch_namespaced_custom_object(
-            API_GROUP, API_VERSION, ns, PLURAL, "ct", {"spec": {"autoscaling": _autoscaling(3)}}
-        )
+        pool.patch_spec({"autoscaling": _autoscaling(3)})
         pool.wait_settled(3, 1, timeout=180)
         events = _hpa_events(cluster, ns)
         pool_events = pool.events()
-    finally:
-        cluster.uninstall(installed)
     reasons = [reason for reason, _ in events]
     assert reasons.count("SuccessfulRescale") >= 2, events
     assert "FailedRescale" not in reasons, events

@@ -28,7 +28,7 @@ import pytest
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
-from support.realpool import RealPool, gateway_spec
+from support.realpool import RealPool, gateway_spec, operated_pool
 from support.traffic import Traffic
 
 STUDIES = 300
@@ -56,20 +56,19 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
         )
         for i in order
     )
-    installed = cluster.install(cluster_namespace)
-    try:
-        pool = RealPool(cluster, cluster_namespace)
-        pool.create(
-            {
-                "replicas": 2,
-                "gateway": gateway_spec(),
-                "router": {"replicas": ROUTERS},
-                "handover": {
-                    "quietSeconds": QUIET_SECONDS,
-                    "maxDrainSeconds": MAX_DRAIN_SECONDS,
-                },
-            }
-        )
+    with operated_pool(
+        cluster,
+        cluster_namespace,
+        {
+            "replicas": 2,
+            "gateway": gateway_spec(),
+            "router": {"replicas": ROUTERS},
+            "handover": {
+                "quietSeconds": QUIET_SECONDS,
+                "maxDrainSeconds": MAX_DRAIN_SECONDS,
+            },
+        },
+    ) as pool:
         pool.wait_settled(2, ROUTERS, timeout=120)
         traffic = Traffic([pool.router_service()], studies, seed=seed, senders=3)
         traffic.start()
@@ -104,8 +103,6 @@ def test_scale_2_5_1_3_with_a_router_killed_under_traffic(
             for result in ("completed", "forced")
         }
         restarts = cluster.kubelet.pod(cluster_namespace, victim)
-    finally:
-        cluster.uninstall(installed)
 
     assert not cluster.kubelet.errors, cluster.kubelet.errors[-5:]
     assert restarts is not None and restarts.containers["router"].restarts == 1

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gatewaypool_local.peers import wait_until
 from support.realcluster import Cluster
-from support.realpool import RealPool, gateway_spec
+from support.realpool import RealPool, gateway_spec, operated_pool
 
 MAP_REQUESTS = "gatewaypool_router_map_requests_total"
 
@@ -30,32 +29,25 @@ MAP_REQUESTS = "gatewaypool_router_map_requests_total"
 def test_routers_follow_the_map_across_an_api_server_restart(
     cluster: Cluster, cluster_namespace: str
 ) -> None:
-    installed = cluster.install(cluster_namespace)
-    try:
-        pool = RealPool(cluster, cluster_namespace)
-        pool.create(
-            {
-                "replicas": 2,
-                "gateway": gateway_spec(),
-                "router": {"replicas": 1},
-                "handover": {"quietSeconds": 1, "maxDrainSeconds": 30},
-            }
-        )
-        wait_until(functools.partial(pool.settled, 2, 1), timeout=120, what="settled at two")
+    with operated_pool(
+        cluster,
+        cluster_namespace,
+        {
+            "replicas": 2,
+            "gateway": gateway_spec(),
+            "router": {"replicas": 1},
+            "handover": {"quietSeconds": 1, "maxDrainSeconds": 30},
+        },
+    ) as pool:
+        pool.wait_settled(2, 1, timeout=120)
         [address] = pool.router_addresses().values()
         before = RealPool.metric(address, MAP_REQUESTS)
         began = time.monotonic()
         cluster.plane.restart_apiserver()
         pool.scale(3)
-        wait_until(
-            functools.partial(pool.settled, 3, 1),
-            timeout=120,
-            what="the router on the map of three gateways, after the restart",
-        )
+        pool.wait_settled(3, 1, timeout=120)  # the router on the map of three, after the restart
         minutes = (time.monotonic() - began) / 60
         requests = RealPool.metric(address, MAP_REQUESTS) - before
-    finally:
-        cluster.uninstall(installed)
     # A list and a watch per broken watch, and a few retries while the server
     # was down: a handful. A tight loop would be hundreds a minute.
     assert 2 <= requests <= 8 + 10 * minutes, f"{requests} map requests in {minutes:.1f} min"
@@ -64,32 +56,25 @@ def test_routers_follow_the_map_across_an_api_server_restart(
 def test_an_evicted_router_neither_holds_nor_forces_a_handover(
     cluster: Cluster, cluster_namespace: str
 ) -> None:
-    installed = cluster.install(cluster_namespace)
-    try:
-        pool = RealPool(cluster, cluster_namespace)
-        pool.create(
-            {
-                "replicas": 2,
-                "gateway": gateway_spec(),
-                "router": {"replicas": 2},
-                "handover": {"quietSeconds": 3, "maxDrainSeconds": 120},
-            }
-        )
-        wait_until(functools.partial(pool.settled, 2, 2), timeout=120, what="settled at two")
+    with operated_pool(
+        cluster,
+        cluster_namespace,
+        {
+            "replicas": 2,
+            "gateway": gateway_spec(),
+            "router": {"replicas": 2},
+            "handover": {"quietSeconds": 3, "maxDrainSeconds": 120},
+        },
+    ) as pool:
+        pool.wait_settled(2, 2, timeout=120)
         pool.scale(3)
         wait_until(lambda: bool(pool.status().get("movingBuckets")), timeout=60, what="a handover")
         victim = sorted(pool.router_addresses())[0]
         cluster.kubelet.evict(cluster_namespace, victim)
-        wait_until(
-            functools.partial(pool.settled, 3, 2),
-            timeout=120,
-            what="settled at three, with the evicted router left out",
-        )
+        pool.wait_settled(3, 2, timeout=120)  # the evicted router left out
         core: Any = kubernetes.client.CoreV1Api(cluster.api())
         evicted = core.read_namespaced_pod(victim, cluster_namespace)
         events = pool.events()
-    finally:
-        cluster.uninstall(installed)
     assert evicted.status.phase == "Failed" and evicted.status.reason == "Evicted"
     assert "HandoverCompleted" in events
     assert "HandoverForced" not in events
@@ -117,16 +102,15 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
     cluster: Cluster, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    installed = cluster.install(ns)
-    try:
-        pool = RealPool(cluster, ns)
-        pool.create(
-            {
-                "replicas": 1,
-                "gateway": gateway_spec(),
-                "router": {"replicas": 1, "service": {"type": "NodePort"}},
-            }
-        )
+    with operated_pool(
+        cluster,
+        ns,
+        {
+            "replicas": 1,
+            "gateway": gateway_spec(),
+            "router": {"replicas": 1, "service": {"type": "NodePort"}},
+        },
+    ) as pool:
         wait_until(
             lambda: _service_type(cluster, ns) == "NodePort",
             timeout=60,
@@ -137,14 +121,7 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
         assert all(allocated.values()), allocated
 
         def edit(service: dict[str, Any]) -> None:
-            pool.custom.patch_namespaced_custom_object(
-                "gatewaypool.io",
-                "v1alpha1",
-                ns,
-                "gatewaypools",
-                "ct",
-                {"spec": {"router": {"service": service}}},
-            )
+            pool.patch_spec({"router": {"service": service}})
 
         edit(
             {
@@ -196,8 +173,6 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
             what="RouterExposed cleared by source ranges",
         )
         events = pool.events()
-    finally:
-        cluster.uninstall(installed)
     assert edited.metadata.uid == first.metadata.uid
     assert edited.spec.cluster_ip == first.spec.cluster_ip
     assert {p.name: p.node_port for p in edited.spec.ports} == allocated

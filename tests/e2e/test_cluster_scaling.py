@@ -20,7 +20,7 @@ from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
-from support.realpool import RealPool, gateway_spec
+from support.realpool import gateway_spec, operated_pool
 from support.traffic import Traffic
 
 ROUTERS = 2
@@ -29,17 +29,16 @@ ROUTERS = 2
 def test_scale_three_five_two_four_under_traffic(
     cluster: Cluster, cluster_namespace: str, tmp_path: Path
 ) -> None:
-    installed = cluster.install(cluster_namespace)
-    try:
-        pool = RealPool(cluster, cluster_namespace)
-        pool.create(
-            {
-                "replicas": 3,
-                "gateway": gateway_spec(),
-                "router": {"replicas": ROUTERS},
-                "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
-            }
-        )
+    with operated_pool(
+        cluster,
+        cluster_namespace,
+        {
+            "replicas": 3,
+            "gateway": gateway_spec(),
+            "router": {"replicas": ROUTERS},
+            "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
+        },
+    ) as pool:
         pool.wait_settled(3, ROUTERS, timeout=120)
         studies = [
             generate_study(tmp_path / "data", study_index=i, instances=20, rows=16, columns=16)
@@ -59,8 +58,6 @@ def test_scale_three_five_two_four_under_traffic(
         late = Traffic([pool.router_service()], studies[-6:], seed=1, senders=2)
         late.start()
         after = late.finish(drain=True)
-    finally:
-        cluster.uninstall(installed)
 
     assert not outcome.failed, sorted(outcome.failed.items())[:5]
     assert not outcome.unanswered

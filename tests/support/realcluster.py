@@ -44,7 +44,7 @@ from support.controlplane import ControlPlane, ControlPlaneUnavailableError
 from support.crd import ROOT
 from support.informer import Informer
 from support.nodes import Kubelet
-from support.podnet import GATEWAY, PodNetwork
+from support.podnet import GATEWAY, SERVICE_CIDR, PodNetwork
 from support.serviceproxy import ServiceProxy
 
 CHART = ROOT / "charts" / "gatewaypool"
@@ -232,7 +232,16 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
     with ExitStack() as stack:
         network = PodNetwork()
         network.setup()
-        plane = ControlPlane(folder / "controlplane", extra_args=["--hpa-sync-period", "2s"])
+        plane = ControlPlane(
+            folder / "controlplane",
+            # Dual-stack Services, as many hospital clusters now have (the pods stay IPv4).
+            extra_args=[
+                "--hpa-sync-period",
+                "2s",
+                "--service-cluster-ip-range",
+                f"{SERVICE_CIDR},fd00:10:96::/112",
+            ],
+        )
         plane.start()
         stack.callback(plane.stop)
         api = plane.api_client()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +85,12 @@ class RealPool:
             self.namespace,
             PLURAL,
             pool_body(self.namespace, self.name, spec),
+        )
+
+    def patch_spec(self, spec: dict[str, Any]) -> None:
+        """A merge patch of the pool's spec, as ``kubectl patch --type merge`` sends it."""
+        self.custom.patch_namespaced_custom_object(
+            API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, {"spec": spec}
         )
 
     def get(self) -> dict[str, Any]:
@@ -218,3 +226,21 @@ class RealPool:
             for study in instances.values():
                 holders[study].add(pod)
         return dict(holders)
+
+
+@contextmanager
+def operated_pool(
+    cluster: Cluster, namespace: str, spec: dict[str, Any], *, name: str = "ct"
+) -> Iterator[RealPool]:
+    """The chart installed into `namespace` and pool `name` created there with `spec`.
+
+    Yields as soon as the pool is created; the chart's cluster-wide objects
+    are removed afterwards (the namespace takes the rest).
+    """
+    installed = cluster.install(namespace)
+    try:
+        pool = RealPool(cluster, namespace, name)
+        pool.create(spec)
+        yield pool
+    finally:
+        cluster.uninstall(installed)

@@ -48,8 +48,8 @@ class ServiceProxy:
         for service in self._services.items():
             spec = service.get("spec") or {}
             cluster_ip = spec.get("clusterIP")
-            if not cluster_ip or cluster_ip == "None":
-                continue
+            if not cluster_ip or cluster_ip == "None" or ":" in cluster_ip:
+                continue  # headless, or IPv6 first: the pod network here is IPv4 only
             for port in spec.get("ports") or []:
                 if (port.get("protocol") or "TCP") == "TCP":
                     self._listen(cluster_ip, int(port["port"]))

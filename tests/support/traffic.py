@@ -10,10 +10,12 @@ instance is recorded with the status it got:
   never see;
 - no status at all (the router died under the association, or refused the
   connection) is what a modality retries: the instance is sent again, on a
-  new association to another router, and the retry is counted.
+  new association to another router, after a pause that grows with each
+  try (as a modality's retry timer does), and the retry is counted.
 
-Nothing here waits on wall-clock sleeps; `finish` stops taking new studies
-and joins the senders.
+That pause is a sender's behaviour, the only wait here; nothing waits on
+the clock for synchronisation. `finish` stops taking new studies and joins
+the senders.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from gatewaypool_local.synth import Study
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _RETRIES = 20
+#: The pause before the n-th retry is n times this, at most _RETRY_PAUSE_MAX (seconds).
+_RETRY_PAUSE = 0.25
+_RETRY_PAUSE_MAX = 2.0
 
 
 class Target(Protocol):
@@ -147,6 +152,10 @@ class Traffic:
             if attempt:
                 with self._lock:
                     self.outcome.retries += 1
+                # A modality waits before it tries again; through a Service, a
+                # router that just died stays an endpoint until its pod is
+                # marked not ready, and instant retries would all meet it.
+                time.sleep(min(_RETRY_PAUSE * attempt, _RETRY_PAUSE_MAX))
             router = rng.choice(self._routers)
             pending = self._over_one_association(router, study, pending)
         with self._lock:

@@ -10,7 +10,6 @@ each rule). The Service never carries what the API server allocates.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from gatewaypool_operator.gatewaychildren import UNPRIVILEGED_PORT_SYSCTL
 from gatewaypool_operator.passdata import Observed
 from gatewaypool_operator.plan import plan
 from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
+from support.servicecombos import combinations
 
 NAME, NAMESPACE = "ct", "radiology"
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
@@ -74,44 +74,6 @@ def api_server_problems(service: Mapping[str, Any]) -> list[str]:
         if allocated in spec:
             problems.append(f"{allocated} is the API server's to allocate")
     return problems
-
-
-# The settings combined: each value, or None for "not set".
-TYPES = (None, "ClusterIP", "NodePort", "LoadBalancer")
-PORTS = ("plain", "tls", "both")
-EXTRAS: dict[str, tuple[Any, ...]] = {
-    "loadBalancerClass": (None, "example.com/internal"),
-    "loadBalancerSourceRanges": (None, ["10.20.30.0/24", "fd00:20::/64"]),
-    "externalTrafficPolicy": (None, "Local"),
-    "nodePorts": (None, {"dicom": 30104}, {"dicomTLS": 32762}, {"dicom": 30104, "dicomTLS": 30104}),
-    "ipFamilies": (
-        None,
-        {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]},
-        {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]},
-    ),
-}
-
-
-def combinations() -> list[dict[str, Any]]:
-    routers = []
-    for kind, ports, *values in itertools.product(TYPES, PORTS, *EXTRAS.values()):
-        service: dict[str, Any] = {"annotations": {"metallb.io/loadBalancerIPs": "10.20.0.50"}}
-        if kind is not None:
-            service["type"] = kind
-        for key, value in zip(EXTRAS, values, strict=True):
-            if value is None:
-                continue
-            if key == "ipFamilies":
-                service |= value
-            else:
-                service[key] = value
-        router: dict[str, Any] = {"service": service}
-        if ports != "plain":
-            router["tls"] = {"secretName": "router-tls"}
-        if ports == "tls":
-            router["plainPort"] = False
-        routers.append(router)
-    return routers
 
 
 COMBINATIONS = combinations()
