@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 import gatewaypool
@@ -108,6 +109,8 @@ class Pod:
     done: bool = False
     started: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: A status write that did not reach the API server (it was restarting): sent again.
+    unsent: bool = False
 
 
 class Kubelet:
@@ -419,10 +422,17 @@ class Kubelet:
                 if self._deleting(pod):
                     self._terminate(pod)
                     return
-                if not pod.started:
-                    self._try_start(pod)
-                else:
-                    self._tend(pod)
+                if pod.unsent:
+                    self._write_status(pod)
+                try:
+                    if not pod.started:
+                        self._try_start(pod)
+                    else:
+                        self._tend(pod)
+                except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                    # The API server restarting: the kubelet goes on and tries again.
+                    log.info("kubelet: pod %s: %s; trying again", pod.name, exc)
+                    self._stop.wait(0.5)
                 self._stop.wait(_TICK)
         except Exception as exc:
             log.exception("kubelet: pod worker %s", pod.name)
@@ -743,6 +753,7 @@ class Kubelet:
             status["reason"] = pod.reason
         if pod.message:
             status["message"] = pod.message
+        pod.unsent = False
         try:
             self._core.patch_namespaced_pod_status(
                 pod.name,
@@ -750,8 +761,14 @@ class Kubelet:
                 {"metadata": {"uid": pod.uid}, "status": status},
                 _content_type="application/strategic-merge-patch+json",
             )
+        except urllib3.exceptions.HTTPError as exc:  # the API server restarting
+            log.info("pod %s status not sent: %s", pod.name, exc)
+            pod.unsent = True
         except ApiException as exc:
             if exc.status == 404:  # deleted meanwhile
+                return
+            if exc.status >= 500 or exc.status == 429:
+                pod.unsent = True
                 return
             self.errors.append(f"{pod.name}: status refused: {exc.status} {exc.body}")
             log.warning("pod %s status: %s %s", pod.name, exc.status, exc.body)

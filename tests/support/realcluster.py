@@ -5,8 +5,8 @@ kube-apiserver, etcd, kube-controller-manager and kube-scheduler
 (:mod:`support.controlplane`), with the stand-ins for what a machine without
 a container runtime lacks: the kubelet (:mod:`support.nodes`), the pod
 network (:mod:`support.podnet`), cluster DNS (:mod:`support.clusterdns`)
-and kube-proxy (:mod:`support.serviceproxy`). metrics-server serves
-``metrics.k8s.io`` from the kubelet's figures (:mod:`support.metrics`).
+and kube-proxy (:mod:`support.serviceproxy`). The tests that need
+``metrics.k8s.io`` deploy metrics-server (:mod:`support.metrics`).
 
 Each test gets a namespace of its own (:meth:`Cluster.namespace`) and, when
 it needs the operator, installs the chart into it as a user would
@@ -38,7 +38,6 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool_local.peers import wait_until
-from support import metrics
 from support.clusterdns import ClusterDNS
 from support.controlplane import ControlPlane, ControlPlaneUnavailableError
 from support.crd import ROOT
@@ -271,9 +270,7 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
         )
         kubelet.start()
         stack.callback(kubelet.stop)
-        cluster = Cluster(plane, network, kubelet, services, slices, dns, proxy, folder)
-        metrics.deploy(cluster)  # metrics.k8s.io, as in a real cluster: metrics.wait_available
-        yield cluster
+        yield Cluster(plane, network, kubelet, services, slices, dns, proxy, folder)
 
 
 def _install_crds(plane: ControlPlane) -> None:
