@@ -16,7 +16,7 @@
 #   ./dev.sh docs    regenerate docs/configuration.md from the CRD
 #
 # Each command installs what it needs first: the DICOM peers from Debian
-# (dcmtk, orthanc) and a virtualenv in .venv with this project and its
+# (dcmtk, orthanc, libgdcm-tools) and a virtualenv in .venv with this project and its
 # test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,6 +28,8 @@ need_debian_packages() {
     local missing=()
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+    # GDCM's gdcmscu: a third DICOM network implementation (neither DCMTK nor pynetdicom).
+    command -v gdcmscu >/dev/null 2>&1 || missing+=(libgdcm-tools)
     # The test sandbox and the kubelet stand-in: ip (netns, veth, bridge), unshare, nsenter.
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
