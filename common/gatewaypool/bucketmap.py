@@ -46,6 +46,14 @@ import yaml
 
 from gatewaypool.assignment import initial_owners
 from gatewaypool.contract import MAX_BUCKETS, ae_title_problem
+from gatewaypool.strict import (
+    DuplicateKeyError,
+    is_decimal_key,
+    is_int,
+    kind_of,
+    refuse_duplicate_keys,
+    show,
+)
 
 __all__ = [
     "MAX_BUCKETS",
@@ -137,8 +145,8 @@ class Gateway:
     def __post_init__(self) -> None:
         _check_label(self.name, "name")
         _check_label(self.host, "host")
-        if not _is_int(self.port) or not 1 <= self.port <= 65535:
-            raise MapError(f"{_show(self.port)} is not a TCP port (1..65535)", path="port")
+        if not is_int(self.port) or not 1 <= self.port <= 65535:
+            raise MapError(f"{show(self.port)} is not a TCP port (1..65535)", path="port")
         _check_ae_title(self.ae_title)
 
     def address(self) -> str:
@@ -157,7 +165,7 @@ class Gateway:
         Raises
         ------
         MapError
-            If `data` is not a mapping with exactly the keys ``name``,
+            If `data` is not an object with exactly the keys ``name``,
             ``host``, ``port`` and ``aeTitle``, or a value is invalid.
         """
         fields = _mapping(data, what="a gateway", keys=_GATEWAY_KEYS, required=_GATEWAY_KEYS)
@@ -220,13 +228,13 @@ class BucketMap:
         object.__setattr__(self, "gateways", tuple(self.gateways))
         object.__setattr__(self, "owners", tuple(self.owners))
         object.__setattr__(self, "moving", MappingProxyType(dict(self.moving)))
-        if not _is_int(self.version) or self.version < 0:
+        if not is_int(self.version) or self.version < 0:
             raise MapError(
-                f"{_show(self.version)} is not a version (an integer >= 0)", path="version"
+                f"{show(self.version)} is not a version (an integer >= 0)", path="version"
             )
-        if not _is_int(self.buckets) or not 1 <= self.buckets <= MAX_BUCKETS:
+        if not is_int(self.buckets) or not 1 <= self.buckets <= MAX_BUCKETS:
             raise MapError(
-                f"{_show(self.buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets"
+                f"{show(self.buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets"
             )
         self._check_gateways()
         self._check_owners()
@@ -235,7 +243,7 @@ class BucketMap:
         for bucket in sorted(self.closing, key=repr):
             if bucket not in self.moving:
                 raise MapError(
-                    f"bucket {_show(bucket)} is closing but not moving (closing is the last "
+                    f"bucket {show(bucket)} is closing but not moving (closing is the last "
                     "step of a move)",
                     path="closing",
                 )
@@ -250,7 +258,7 @@ class BucketMap:
         for index, gateway in enumerate(self.gateways):
             path = f"gateways[{index}]"
             if not isinstance(gateway, Gateway):
-                raise MapError(f"{_show(gateway)} is not a Gateway", path=path)
+                raise MapError(f"{show(gateway)} is not a Gateway", path=path)
             if gateway.name in names:
                 raise MapError(
                     f"{gateway.name!r} is already the name of gateways[{names[gateway.name]}]",
@@ -276,24 +284,22 @@ class BucketMap:
             )
         count = len(self.gateways)
         for bucket, owner in enumerate(self.owners):
-            if not _is_int(owner) or not 0 <= owner < count:
+            if not is_int(owner) or not 0 <= owner < count:
                 raise MapError(
-                    f"{_show(owner)} is not a gateway index (0..{count - 1})",
+                    f"{show(owner)} is not a gateway index (0..{count - 1})",
                     path=f"owners[{bucket}]",
                 )
 
     def _check_moving(self) -> None:
         count = len(self.gateways)
         for bucket, target in self.moving.items():
-            if not _is_int(bucket) or not 0 <= bucket < self.buckets:
+            if not is_int(bucket) or not 0 <= bucket < self.buckets:
                 raise MapError(
-                    f"key {_show(bucket)} is not a bucket (0..{self.buckets - 1})", path="moving"
+                    f"key {show(bucket)} is not a bucket (0..{self.buckets - 1})", path="moving"
                 )
             path = f"moving[{bucket}]"
-            if not _is_int(target) or not 0 <= target < count:
-                raise MapError(
-                    f"{_show(target)} is not a gateway index (0..{count - 1})", path=path
-                )
+            if not is_int(target) or not 0 <= target < count:
+                raise MapError(f"{show(target)} is not a gateway index (0..{count - 1})", path=path)
             if target == self.owners[bucket]:
                 raise MapError(
                     f"{target} is the bucket's current owner; a handover needs another gateway",
@@ -443,8 +449,8 @@ def balanced_map(
         If `buckets` is out of range, there are no gateways or more gateways
         than buckets, or the gateways are not unique.
     """
-    if not _is_int(buckets) or not 1 <= buckets <= MAX_BUCKETS:
-        raise MapError(f"{_show(buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets")
+    if not is_int(buckets) or not 1 <= buckets <= MAX_BUCKETS:
+        raise MapError(f"{show(buckets)} is not a bucket count (1..{MAX_BUCKETS})", path="buckets")
     if not 1 <= len(gateways) <= buckets:
         raise MapError(
             f"{len(gateways)} gateways for {buckets} buckets (1..{buckets} gateways)",
@@ -480,7 +486,9 @@ def _load_document(text: str) -> object:
     json_error: json.JSONDecodeError | None = None
     if text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=_json_object)
+            return json.loads(text, object_pairs_hook=refuse_duplicate_keys)
+        except DuplicateKeyError as error:
+            raise MapError(f"{error} (JSON)") from None
         except json.JSONDecodeError as error:
             json_error = error  # may still be a YAML flow mapping: {version: 3, ...}
     try:
@@ -498,24 +506,15 @@ def _load_document(text: str) -> object:
         raise MapError(f"not valid YAML: {error}") from None
 
 
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise MapError(f"duplicate key {key!r} (JSON)")
-        result[key] = value
-    return result
-
-
 def _mapping(
     data: object, *, what: str, keys: Sequence[str], required: Sequence[str]
 ) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
-        raise MapError(f"{what} must be a mapping, not {_kind(data)}: {_show(data)}")
+        raise MapError(f"{what} must be an object, not {kind_of(data)}: {show(data)}")
     for key in data:
         if key not in keys:
             raise MapError(
-                f"{_show(key)} is not a known key (expected {', '.join(keys)})", path=str(key)
+                f"{show(key)} is not a known key (expected {', '.join(keys)})", path=str(key)
             )
     for key in required:
         if key not in data:
@@ -525,15 +524,15 @@ def _mapping(
 
 def _list(data: object, path: str) -> list[Any]:
     if not isinstance(data, list):
-        raise MapError(f"{_show(data)} is not a list ({_kind(data)})", path=path)
+        raise MapError(f"{show(data)} is not a list ({kind_of(data)})", path=path)
     return data
 
 
 def _closing(data: object) -> list[int]:
     items = _list(data, "closing")
     for index, bucket in enumerate(items):
-        if not _is_int(bucket):
-            raise MapError(f"{_show(bucket)} is not a bucket number", path=f"closing[{index}]")
+        if not is_int(bucket):
+            raise MapError(f"{show(bucket)} is not a bucket number", path=f"closing[{index}]")
     if len(set(items)) != len(items):
         raise MapError("a bucket is listed twice", path="closing")
     return items
@@ -541,17 +540,19 @@ def _closing(data: object) -> list[int]:
 
 def _moving(data: object) -> dict[int, int]:
     if not isinstance(data, Mapping):
-        raise MapError(f"{_show(data)} is not a mapping of bucket to gateway index", path="moving")
+        raise MapError(
+            f"{show(data)} is not an object that maps buckets to gateway indices", path="moving"
+        )
     moving: dict[int, int] = {}
     for key, target in data.items():
-        if _is_int(key):
+        if is_int(key):
             bucket = key
-        elif isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key:
+        elif is_decimal_key(key):
             bucket = int(key)
         else:
-            raise MapError(f"key {_show(key)} is not a bucket number", path="moving")
+            raise MapError(f"key {show(key)} is not a bucket number", path="moving")
         if bucket in moving:
-            raise MapError(f"key {_show(key)} names bucket {bucket} twice", path="moving")
+            raise MapError(f"key {show(key)} names bucket {bucket} twice", path="moving")
         moving[bucket] = target
     return moving
 
@@ -559,18 +560,13 @@ def _moving(data: object) -> dict[int, int]:
 # --- value checks ------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass; a YAML "yes" must not pass as 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_label(value: object, path: str) -> None:
     if not isinstance(value, str):
-        raise MapError(f"{_show(value)} is not a string ({_kind(value)})", path=path)
+        raise MapError(f"{show(value)} is not a string ({kind_of(value)})", path=path)
     if not value:
         raise MapError("'' is empty", path=path)
     if len(value) > _MAX_NAME:
-        raise MapError(f"{_show(value)} is longer than {_MAX_NAME} characters", path=path)
+        raise MapError(f"{show(value)} is longer than {_MAX_NAME} characters", path=path)
     if any(char.isspace() or not char.isprintable() for char in value):
         raise MapError(f"{value!r} contains whitespace or control characters", path=path)
 
@@ -578,24 +574,7 @@ def _check_label(value: object, path: str) -> None:
 def _check_ae_title(value: object) -> None:
     path = "aeTitle"
     if not isinstance(value, str):
-        raise MapError(f"{_show(value)} is not a string ({_kind(value)})", path=path)
+        raise MapError(f"{show(value)} is not a string ({kind_of(value)})", path=path)
     problem = ae_title_problem(value)
     if problem is not None:
         raise MapError(f"{value!r} is not an AE title ({problem})", path=path)
-
-
-def _kind(value: object) -> str:
-    return {
-        type(None): "null",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }.get(type(value), type(value).__name__)
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -88,11 +88,20 @@ import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
 from gatewaypool.contract import MAX_BUCKETS
+from gatewaypool.strict import (
+    format_time,
+    is_decimal_key,
+    is_int,
+    kind_of,
+    parse_time,
+    refuse_duplicate_keys,
+    show,
+)
 
 __all__ = [
     "AGE_CLASSES",
@@ -195,9 +204,9 @@ class RouterReport:
             "open_associations",
             MappingProxyType(dict(sorted(self.open_associations.items()))),
         )
-        if self.map_version is not None and (not _is_int(self.map_version) or self.map_version < 0):
+        if self.map_version is not None and (not is_int(self.map_version) or self.map_version < 0):
             raise ReportError(f"{self.map_version!r} is not a map version", path="mapVersion")
-        if not _is_int(self.buckets) or not 0 <= self.buckets <= MAX_BUCKETS:
+        if not is_int(self.buckets) or not 0 <= self.buckets <= MAX_BUCKETS:
             raise ReportError(f"{self.buckets!r} is not a bucket count", path="buckets")
         if (self.map_version is None) != (self.buckets == 0):
             raise ReportError(
@@ -211,13 +220,14 @@ class RouterReport:
                 raise ReportError(f"{moment!r} is not a timezone-aware time", path=_camel(name))
         if self.reported_at < self.started_at:
             raise ReportError(
-                f"{_format(self.reported_at)} is before startedAt {_format(self.started_at)}",
+                f"{format_time(self.reported_at)} "
+                f"is before startedAt {format_time(self.started_at)}",
                 path="reportedAt",
             )
         for bucket, cls in self.used.items():
-            if not _is_int(bucket) or not 0 <= bucket < self.buckets:
+            if not is_int(bucket) or not 0 <= bucket < self.buckets:
                 raise ReportError(f"bucket {bucket!r} is not in 0..{self.buckets - 1}", path="used")
-            if not _is_int(cls) or not 1 <= cls <= len(AGE_CLASSES):
+            if not is_int(cls) or not 1 <= cls <= len(AGE_CLASSES):
                 raise ReportError(f"age class {cls!r} of bucket {bucket} is not 1..15", path="used")
         if len(self.open_associations) > MAX_OPEN_ENTRIES:
             raise ReportError(
@@ -225,15 +235,15 @@ class RouterReport:
             )
         for gateway, count in self.open_associations.items():
             path = f'open["{gateway}"]'
-            if not _is_int(gateway) or not 0 <= gateway < MAX_BUCKETS:
+            if not is_int(gateway) or not 0 <= gateway < MAX_BUCKETS:
                 raise ReportError(f"{gateway!r} is not a gateway index", path="open")
-            if not _is_int(count) or not 1 <= count <= _MAX_OPEN_COUNT:
+            if not is_int(count) or not 1 <= count <= _MAX_OPEN_COUNT:
                 raise ReportError(f"{count!r} is not a positive association count", path=path)
 
     def __repr__(self) -> str:
         return (
             f"RouterReport(map_version={self.map_version}, "
-            f"reported_at={_format(self.reported_at)}, used={len(self.used)} buckets"
+            f"reported_at={format_time(self.reported_at)}, used={len(self.used)} buckets"
             f"{', all used' if self.all_used else ''}, open={dict(self.open_associations)})"
         )
 
@@ -336,8 +346,8 @@ def dump_report(report: RouterReport, *, budget: int | None = None) -> str:
     data: dict[str, Any] = {
         "mapVersion": report.map_version,
         "buckets": report.buckets,
-        "startedAt": _format(report.started_at),
-        "reportedAt": _format(report.reported_at),
+        "startedAt": format_time(report.started_at),
+        "reportedAt": format_time(report.reported_at),
         "used": ALL_USED if report.all_used else _encode_used(report.used, report.buckets),
         "open": {str(gateway): count for gateway, count in report.open_associations.items()},
         "openTruncated": report.open_truncated,
@@ -363,26 +373,26 @@ def parse_report(text: str) -> RouterReport:
     if len(text) > report_size_bound(MAX_BUCKETS):
         raise ReportError(f"{len(text)} characters, more than any report can take")
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
+        data = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
     except ValueError as error:
         raise ReportError(f"not JSON ({error})") from None
     if not isinstance(data, dict):
-        raise ReportError(f"a report must be a mapping, not {_show(data)}")
+        raise ReportError(f"a report must be an object, not {kind_of(data)}: {show(data)}")
     for key in data:
         if key not in _KEYS:
-            raise ReportError(f"{_show(key)} is not a known key", path=str(key))
+            raise ReportError(f"{show(key)} is not a known key", path=str(key))
     for key in _REQUIRED:
         if key not in data:
             raise ReportError("required key is missing", path=key)
     version = data["mapVersion"]
-    if version is not None and (not _is_int(version) or version < 0):
+    if version is not None and (not is_int(version) or version < 0):
         raise ReportError(
-            f"{_show(version)} is not a map version (integer >= 0 or null)", path="mapVersion"
+            f"{show(version)} is not a map version (integer >= 0 or null)", path="mapVersion"
         )
     buckets = data["buckets"]
-    if not _is_int(buckets) or not 0 <= buckets <= MAX_BUCKETS:
+    if not is_int(buckets) or not 0 <= buckets <= MAX_BUCKETS:
         raise ReportError(
-            f"{_show(buckets)} is not a bucket count (0..{MAX_BUCKETS})", path="buckets"
+            f"{show(buckets)} is not a bucket count (0..{MAX_BUCKETS})", path="buckets"
         )
     if (version is None) != (buckets == 0):
         raise ReportError(
@@ -390,16 +400,16 @@ def parse_report(text: str) -> RouterReport:
             "(0 buckets exactly when no map is applied)",
             path="buckets",
         )
-    started = _parse_time(data["startedAt"], "startedAt")
-    reported = _parse_time(data["reportedAt"], "reportedAt")
+    started = _time(data["startedAt"], "startedAt")
+    reported = _time(data["reportedAt"], "reportedAt")
     raw_used = data["used"]
     if not isinstance(raw_used, str):
-        raise ReportError(f"{_show(raw_used)} is not a string", path="used")
+        raise ReportError(f"{show(raw_used)} is not a string", path="used")
     all_used = raw_used == ALL_USED
     used = {} if all_used else _decode_used(raw_used, buckets)
     truncated = data.get("openTruncated", False)
     if not isinstance(truncated, bool):
-        raise ReportError(f"{_show(truncated)} is not a boolean", path="openTruncated")
+        raise ReportError(f"{show(truncated)} is not a boolean", path="openTruncated")
     return RouterReport(
         map_version=version,
         buckets=buckets,
@@ -431,7 +441,7 @@ def _decode_used(text: str, buckets: int) -> dict[int, int]:
     try:
         compressed = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise ReportError(f"{_show(text)} is not base64", path="used") from None
+        raise ReportError(f"{show(text)} is not base64", path="used") from None
     inflate = zlib.decompressobj()
     try:
         # Never inflate more than the map can need: a hostile report cannot balloon.
@@ -459,51 +469,26 @@ def _decode_used(text: str, buckets: int) -> dict[int, int]:
 
 def _parse_open(data: object) -> dict[int, int]:
     if not isinstance(data, Mapping):
-        raise ReportError(f"{_show(data)} is not a mapping of gateway index to count", path="open")
+        raise ReportError(
+            f"{show(data)} is not an object that maps gateway indices to counts", path="open"
+        )
     result: dict[int, int] = {}
     for key, count in data.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key):
-            raise ReportError(f"key {_show(key)} is not a gateway index", path="open")
-        if not _is_int(count) or not 1 <= count <= _MAX_OPEN_COUNT:
-            raise ReportError(f"{_show(count)} is not a positive count", path=f'open["{key}"]')
+        if not is_decimal_key(key):
+            raise ReportError(f"key {show(key)} is not a gateway index", path="open")
+        if not is_int(count) or not 1 <= count <= _MAX_OPEN_COUNT:
+            raise ReportError(f"{show(count)} is not a positive count", path=f'open["{key}"]')
         result[int(key)] = count
     return result
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ReportError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _parse_time(value: object, path: str) -> datetime:
-    if not isinstance(value, str):
-        raise ReportError(f"{_show(value)} is not an RFC 3339 time", path=path)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ReportError(f"{_show(value)} is not an RFC 3339 time", path=path) from None
-    if moment.tzinfo is None:
-        raise ReportError(f"{_show(value)} has no time zone", path=path)
+def _time(value: object, path: str) -> datetime:
+    moment = parse_time(value)
+    if moment is None:
+        raise ReportError(f"{show(value)} is not an RFC 3339 time", path=path)
     return moment
-
-
-def _format(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _show(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

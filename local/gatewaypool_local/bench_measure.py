@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatewaypool.strict import show
+
 #: Bytes in the "GB" of the CPU-per-GB target (decimal, as throughput is quoted).
 GB = 10**9
 
@@ -117,10 +119,10 @@ def parse_stat(text: str) -> ProcStat:
     """
     head, close, tail = text.rpartition(")")
     if not close or "(" not in head:
-        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
+        raise ValueError(f"not a /proc/<pid>/stat line: {show(text)}")
     fields = tail.split()
     if len(fields) < 15:
-        raise ValueError(f"short /proc/<pid>/stat line: {text[:80]!r}")
+        raise ValueError(f"short /proc/<pid>/stat line: {show(text)}")
     # After the name: state ppid pgrp session tty tpgid flags minflt cminflt
     # majflt cmajflt utime stime cutime cstime (fields 3..17 of proc(5)).
     return ProcStat(

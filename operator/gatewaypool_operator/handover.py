@@ -82,6 +82,7 @@ from typing import Final, Literal, NamedTuple
 from gatewaypool.assignment import initial_owners, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.reports import AGE_CLASSES, RouterReport
+from gatewaypool.strict import format_time
 from gatewaypool_operator.handoverstate import (
     MAX_BATCHES,
     STATE_KEY,
@@ -89,7 +90,6 @@ from gatewaypool_operator.handoverstate import (
     MoveBatch,
     StateError,
     dump_state,
-    format_time,
     parse_state,
 )
 

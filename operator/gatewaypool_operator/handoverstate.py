@@ -14,8 +14,10 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, TypeGuard
+
+from gatewaypool.strict import format_time, is_int, parse_time
 
 __all__ = [
     "MAX_BATCHES",
@@ -24,7 +26,6 @@ __all__ = [
     "MoveBatch",
     "StateError",
     "dump_state",
-    "format_time",
     "parse_state",
 ]
 
@@ -119,7 +120,7 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
     except (TypeError, ValueError) as error:
         raise StateError(f"not JSON ({error})") from None
     if not isinstance(data, dict):
-        raise StateError("the handover state must be a mapping")
+        raise StateError("the handover state must be an object")
     batches = []
     raw_batches = data.get("batches")
     if not isinstance(raw_batches, list):
@@ -127,11 +128,11 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
     for index, raw in enumerate(raw_batches):
         path = f"batches[{index}]"
         if not isinstance(raw, dict):
-            raise StateError(f"{path}: not a mapping")
+            raise StateError(f"{path}: not an object")
         version = raw.get("version")
         if not _is_count(version):
             raise StateError(f"{path}.version: {version!r} is not a version")
-        started = _parse_time(raw.get("startedAt"))
+        started = parse_time(raw.get("startedAt"))
         if started is None:
             raise StateError(f"{path}.startedAt: {raw.get('startedAt')!r} is not a time")
         batches.append(
@@ -151,7 +152,7 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
     routers, raw_hold = data.get("routers"), data.get("holdUntil")
     if not isinstance(routers, list) or not all(isinstance(name, str) for name in routers):
         raise StateError(f"routers: {routers!r} is not a list of names")
-    hold = _parse_time(raw_hold)
+    hold = parse_time(raw_hold)
     if raw_hold is not None and hold is None:
         raise StateError(f"holdUntil: {raw_hold!r} is not a time")
     return HandoverState(tuple(batches), span, since, frozenset(excluded), frozenset(routers), hold)
@@ -183,19 +184,5 @@ def _decode_set(text: object, buckets: int, path: str) -> frozenset[int]:
     return members
 
 
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
 def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0

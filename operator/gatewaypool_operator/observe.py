@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from gatewaypool.reports import ReportError, parse_report
+from gatewaypool.strict import parse_time
 from gatewaypool_operator.handover import GatewayPod, RouterPod
 
 __all__ = [
@@ -29,23 +30,11 @@ __all__ = [
     "gateway_pods",
     "gateway_ports",
     "live_routers",
-    "parse_time",
     "router_pods",
 ]
 
 FINISHED_PHASES: Final = frozenset({"Failed", "Succeeded"})
 """Pod phases after which no container of the pod runs again."""
-
-
-def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 time as Kubernetes writes it (``2026-12-01T10:00:00Z``), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _ready(pod: Mapping[str, Any]) -> tuple[bool, datetime | None]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from gatewaypool.strict import parse_time
+
 log = logging.getLogger(__name__)
 
 PEERING_GROUP = "kopf.dev"
@@ -41,11 +43,11 @@ def outranked(status: Mapping[str, Any], *, me: Peering, now: datetime) -> bool:
         try:
             priority = int(info.get("priority", 0))
             lifetime = timedelta(seconds=int(info.get("lifetime", 60)))
-            lastseen = datetime.fromisoformat(str(info["lastseen"]))
-        except (KeyError, TypeError, ValueError):
+        except (TypeError, ValueError):
             continue
-        if lastseen.tzinfo is None:
-            lastseen = lastseen.replace(tzinfo=now.tzinfo)
+        lastseen = parse_time(info.get("lastseen"))
+        if lastseen is None:
+            continue
         if lastseen + lifetime >= now and priority > me.priority:
             return True
     return False

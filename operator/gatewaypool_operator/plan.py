@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, dump_map
+from gatewaypool.strict import is_int
 from gatewaypool_operator import (
     childnames,
     children,
@@ -508,4 +509,4 @@ def _already_degraded(previous: Any, message: str) -> bool:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0

@@ -45,11 +45,12 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool.reports import ReportError, parse_report
+from gatewaypool.strict import format_time, is_int, parse_time
 from gatewaypool_operator import exposure
 from gatewaypool_operator.childnames import selector_string
 from gatewaypool_operator.specfields import thaw
@@ -59,7 +60,6 @@ __all__ = [
     "DEFAULT_PROGRESS_DEADLINE_SECONDS",
     "HandoverSummary",
     "compute_status",
-    "format_time",
     "merge_patch",
     "report_in_sync",
 ]
@@ -273,11 +273,6 @@ def merge_patch(*, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     return patch
 
 
-def format_time(moment: datetime) -> str:
-    """Return `moment` as the RFC 3339 UTC text Kubernetes uses: ``2026-01-02T03:04:05Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # --- observations ---------------------------------------------------------------
 
 
@@ -421,7 +416,7 @@ def _degraded(
             degraded_before.get("status") == "True"
             and degraded_before.get("reason") == "GatewaysUnavailable"
         )
-        since = _parse_time(progressing_before.get("lastTransitionTime"))
+        since = parse_time(progressing_before.get("lastTransitionTime"))
         stuck = (
             progressing_before.get("status") == "True"
             and since is not None
@@ -483,7 +478,7 @@ def _condition(
     since = format_time(now)
     if previous is not None and previous.get("status") == status:
         kept = previous.get("lastTransitionTime")
-        if isinstance(kept, str) and _parse_time(kept) is not None:
+        if isinstance(kept, str) and parse_time(kept) is not None:
             since = kept
     return {
         "type": kind,
@@ -503,18 +498,8 @@ def _by_type(conditions: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, 
     return result
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0
 
 
 def _seconds(seconds: float) -> str:

@@ -31,10 +31,11 @@ from typing import Any, Final
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
+from gatewaypool.strict import format_time
 from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
-from gatewaypool_operator.poolstatus import format_time, merge_patch
+from gatewaypool_operator.poolstatus import merge_patch
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
     Event,

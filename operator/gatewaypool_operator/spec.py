@@ -43,6 +43,7 @@ from gatewaypool.contract import (
 )
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
+from gatewaypool.strict import is_int, kind_of
 from gatewaypool_operator import specpod
 from gatewaypool_operator.podparts import GATEWAY_CERT_DIRECTORY
 from gatewaypool_operator.specfields import (
@@ -52,9 +53,7 @@ from gatewaypool_operator.specfields import (
     SpecObject,
     check_ae_title,
     check_subdomain,
-    is_int,
     is_qualified_name,
-    kind_of,
     thaw,
 )
 from gatewaypool_operator.specpod import RESERVED_LABELS

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from gatewaypool.contract import ae_title_problem
+from gatewaypool.strict import is_int, kind_of, show
 
 __all__ = [
     "DNS_LABEL",
@@ -26,9 +27,7 @@ __all__ = [
     "SpecObject",
     "check_ae_title",
     "check_subdomain",
-    "is_int",
     "is_qualified_name",
-    "kind_of",
     "thaw",
 ]
 
@@ -69,7 +68,7 @@ class SpecError(ValueError):
         if value is SpecError.MISSING:
             message = f"{field_path}: {problem}"
         else:
-            message = f"{field_path}: {_show(value)} {problem}"
+            message = f"{field_path}: {show(value)} {problem}"
         super().__init__(message)
         self.field_path = field_path
         self.value = value
@@ -284,34 +283,9 @@ def _is_label_name(value: str) -> bool:
     return len(value) <= 63 and bool(_LABEL_NAME.match(value))
 
 
-def is_int(value: object) -> bool:
-    """Whether `value` is an integer, and not a boolean."""
-    # bool is an int subclass; a YAML "yes" must not pass as 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return MappingProxyType({key: _freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
         return tuple(_freeze(item) for item in value)
     return value
-
-
-def kind_of(value: object) -> str:
-    """Name `value`'s JSON type as an error message says it (``"a string"``, ``"null"``)."""
-    return {
-        type(None): "null",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        tuple: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-def _show(value: object, limit: int = 100) -> str:
-    text = repr(thaw(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,13 +16,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+from gatewaypool.strict import is_int, kind_of
 from gatewaypool_operator.specfields import (
     QUANTITY,
     SpecError,
     SpecObject,
     check_subdomain,
-    is_int,
-    kind_of,
     thaw,
 )
 from gatewaypool_operator.spectypes import PodTemplateSpec
@@ -229,7 +228,9 @@ def resources(section: SpecObject, key: str) -> Mapping[str, Any]:
                 )
             continue
         if not isinstance(value, Mapping):
-            raise SpecError(f"{path}.{name}", value, "is not a mapping of resource to quantity")
+            raise SpecError(
+                f"{path}.{name}", value, "is not an object that maps resources to quantities"
+            )
         for resource, quantity in value.items():
             if is_int(quantity) or isinstance(quantity, float):
                 ok = math.isfinite(quantity) and quantity >= 0

@@ -166,10 +166,10 @@ def test_load_map_reads_json_and_yaml_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ["- 1\n- 2\n", "just a string\n", "42\n", "", "null\n"])
-def test_a_file_that_is_not_a_mapping_is_a_map_error(tmp_path: Path, content: str) -> None:
+def test_a_file_that_is_not_an_object_is_a_map_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "map.yaml"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(MapError, match="must be a mapping") as caught:
+    with pytest.raises(MapError, match="must be an object") as caught:
         load_map(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert caught.value.source == str(path)
@@ -376,8 +376,8 @@ def test_the_documented_example_message() -> None:
 
 
 @pytest.mark.parametrize("data", [[1, 2], "map", 3, None])
-def test_a_document_that_is_not_a_mapping_is_a_map_error(data: object) -> None:
-    with pytest.raises(MapError, match="the bucket map must be a mapping"):
+def test_a_document_that_is_not_an_object_is_a_map_error(data: object) -> None:
+    with pytest.raises(MapError, match="the bucket map must be an object"):
         BucketMap.from_dict(data)
 
 

@@ -562,7 +562,7 @@ def test_reports_of_pods_that_are_gone_are_pruned() -> None:
 @pytest.mark.parametrize(
     ("text", "field_name"),
     [
-        ("[]", "mapping"),
+        ("[]", "an object"),
         ('{"batches": 1}', "batches"),
         ('{"batches": [{"version": -1}]}', "batches[0].version"),
         ('{"batches": [{"version": 1, "startedAt": "x"}]}', "batches[0].startedAt"),

@@ -105,9 +105,9 @@ def test_nothing_published(data: dict[str, str] | None) -> None:
     ("text", "reason"),
     [
         ("{not json", "line 1"),
-        ("[]", "mapping"),
+        ("[]", "an object"),
         ('{"version": 1}', "required key is missing"),
-        ("", "mapping"),
+        ("", "an object"),
     ],
 )
 def test_an_unusable_map_reads_as_none_with_the_reason(text: str, reason: str) -> None:

@@ -10,7 +10,6 @@ from gatewaypool_operator.observe import (
     gateway_pods,
     gateway_ports,
     live_routers,
-    parse_time,
     router_pods,
 )
 
@@ -26,13 +25,6 @@ def _pod(name: str, *, ready: str | None = None, **metadata: Any) -> dict[str, A
             ]
         }
     return pod
-
-
-def test_parse_time() -> None:
-    assert parse_time("2026-12-01T10:00:00Z") == NOW
-    assert parse_time("2026-12-01T10:00:00.000000Z") == NOW
-    assert parse_time("yesterday") is None
-    assert parse_time(None) is None
 
 
 def test_gateway_pods_by_ordinal_with_readiness() -> None:

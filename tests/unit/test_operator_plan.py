@@ -411,7 +411,7 @@ def test_passes_during_a_handover_with_nothing_new_give_the_same_status() -> Non
         assert write_of(decided, "ConfigMap", "ct-map") is None
         statuses.append(decided.status)
     assert statuses[0]["movingBuckets"] == 6
-    assert statuses[0]["oldestMoveSince"] == "2026-03-01T12:00:00Z"
+    assert statuses[0]["oldestMoveSince"] == "2026-03-01T12:00:00.000000Z"
     assert statuses == [started.status] * 3
 
 

@@ -187,7 +187,6 @@ def good() -> dict[str, object]:
         ({"buckets": 65537}, "buckets"),
         ({"buckets": 0}, "buckets"),  # a version needs a map's bucket count
         ({"startedAt": "yesterday"}, "startedAt"),
-        ({"startedAt": "2026-03-01T12:00:00"}, "startedAt"),  # no time zone
         ({"reportedAt": "2026-03-01T11:00:00Z"}, "reportedAt"),  # before it started
         ({"used": 5}, "used"),
         ({"used": "not base64!"}, "used"),
