@@ -17,10 +17,11 @@ own, and their public names are re-exported here:
 - `gatewaypool_operator.childnames`: names, labels, selectors, metadata and
   the ownerReference, which follow the shared contract;
 - `gatewaypool_operator.gatewaychildren`: the gateway StatefulSet, its
-  headless Service, NetworkPolicy and PodDisruptionBudget;
+  headless Service and NetworkPolicy;
 - `gatewaypool_operator.routerchildren`: the router Deployment, Service,
-  RBAC, NetworkPolicy, PodDisruptionBudget and TLS Secret mounts;
-- `gatewaypool_operator.podparts`: what both pod templates share.
+  RBAC, NetworkPolicy and TLS Secret mounts;
+- `gatewaypool_operator.podparts`: what both pod templates share, and the
+  PodDisruptionBudget of each (`pod_disruption_budget`).
 """
 
 from __future__ import annotations
