@@ -17,7 +17,7 @@
 #
 # Each command installs what it needs first: the DICOM peers from Debian
 # (dcmtk, orthanc, libgdcm-tools) and a virtualenv in .venv with this project and its
-# test tools.
+# test tools; the tests also build dicom-rs's DICOM peers from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -54,6 +54,32 @@ need_venv() {
         "$VENV/bin/python" -m pip install -q -e ".[local,test]"
         touch "$stamp"
     fi
+}
+
+# dicom-rs's dicom-storescp and dicom-storescu (Rust, from crates.io): a DICOM
+# network implementation shared with neither DCMTK nor pynetdicom, as a gateway
+# and a sender in the interop tests. Built once into a cache folder keyed by
+# the release; later runs only check that it is there.
+DICOM_RS_RELEASE=0.10.1
+need_dicom_rs() {
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/dicom-rs-$DICOM_RS_RELEASE"
+    if [ ! -x "$dir/bin/dicom-storescp" ] || [ ! -x "$dir/bin/dicom-storescu" ]; then
+        local cargo
+        cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+        if [ ! -x "$cargo" ]; then
+            echo "Rust's cargo is needed to build the dicom-rs test peers (dicom-storescp, dicom-storescu)" >&2
+            exit 1
+        fi
+        echo "==> building dicom-rs $DICOM_RS_RELEASE from crates.io (the first time takes a few minutes)"
+        local began=$SECONDS
+        rm -rf "$dir.partial.$$"
+        "$cargo" install --quiet --locked --root "$dir.partial.$$" \
+            "dicom-storescp@$DICOM_RS_RELEASE" "dicom-storescu@$DICOM_RS_RELEASE"
+        rm -rf "$dir"
+        mv "$dir.partial.$$" "$dir"
+        echo "==> dicom-rs built in $((SECONDS - began)) s: $dir/bin"
+    fi
+    export GATEWAYPOOL_DICOM_RS="$dir/bin"
 }
 
 # The real Kubernetes control plane (tests/controlplane), built once into a
@@ -143,6 +169,7 @@ case "$cmd" in
     test)
         need_debian_packages
         need_venv
+        need_dicom_rs
         echo "==> ruff"
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
@@ -161,6 +188,7 @@ case "$cmd" in
     pytest)
         need_debian_packages
         need_venv
+        need_dicom_rs
         need_controlplane
         need_metrics_server
         exec tests/sandbox.sh "$VENV/bin/pytest" "$@"
