@@ -6,17 +6,20 @@ are real, independent programs run as processes:
 - :class:`StoreSCP` — DCMTK ``storescp`` in bit-preserving mode;
 - :class:`Orthanc` — a real PACS, configured in a temporary folder;
 - :class:`PynetdicomSink` — :mod:`gatewaypool_local.sink`, which keeps the
-  exact received bytes and can answer chosen statuses.
+  exact received bytes and can answer chosen statuses;
+- :class:`DicomRsStoreSCP` — dicom-rs ``dicom-storescp`` (Rust), a third
+  network implementation, shared with neither DCMTK nor pynetdicom.
 
-All three implement :class:`GatewayPeer`: start, stop, crash (``kill``), restart on
+All of them implement :class:`GatewayPeer`: start, stop, crash (``kill``), restart on
 the same port, and list what they received with the dataset bytes, so tests
 can compare them byte for byte with what was sent. Starting waits for the
 peer to answer a C-ECHO (and, for Orthanc, its REST API) with a deadline; no
 fixed sleeps. Each process writes its output to a log file in its work dir.
 
-Senders: :func:`storescu` (DCMTK, an independent implementation) and
+Senders: :func:`storescu` (DCMTK, an independent implementation),
 :func:`gatewaypool_local.scu.send_files` (pynetdicom, which reports every
-instance's status).
+instance's status), :func:`dicom_rs_storescu` (dicom-rs) and :func:`gdcmscu`
+(GDCM, C-ECHO and C-STORE).
 
 DCMTK programs (``storescp``, ``storescu``, ``echoscu``, and Orthanc, which
 uses DCMTK's network code) are started with ``TCP_NODELAY=1`` in their
@@ -32,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,17 +58,26 @@ from gatewaypool_local.synth import dataset_offset
 
 __all__ = [
     "DCMTK_ENV",
+    "DICOM_RS_ENV",
     "LOOPBACK",
+    "DicomRsStoreResult",
+    "DicomRsStoreSCP",
     "GatewayPeer",
+    "GdcmScuResult",
     "Orthanc",
     "PeerError",
     "PeerTls",
     "PynetdicomSink",
     "Received",
     "StoreSCP",
+    "dicom_rs_program",
+    "dicom_rs_storescu",
     "echo",
     "echoscu",
     "free_port",
+    "gdcmscu",
+    "parse_dicom_rs_storescu",
+    "parse_gdcmscu",
     "storescu",
     "wait_until",
 ]
@@ -1085,3 +1098,265 @@ class PynetdicomSink(_ProcessGateway):
                 )
             )
         return result
+
+
+# --------------------------------------------------------------------------
+# dicom-rs and GDCM: network code shared with neither DCMTK nor pynetdicom
+
+#: Folder holding the dicom-rs programs (``./dev.sh`` builds them there from
+#: crates.io); without it they are looked up on ``PATH``.
+DICOM_RS_ENV = "GATEWAYPOOL_DICOM_RS"
+
+
+def dicom_rs_program(name: str) -> str:
+    """The path of dicom-rs program ``name`` (``dicom-storescp``, ``dicom-storescu``)."""
+    folder = os.environ.get(DICOM_RS_ENV)
+    return str(Path(folder) / name) if folder else name
+
+
+class DicomRsStoreSCP(StoreSCP):
+    """dicom-rs ``dicom-storescp`` (Rust) with its defaults, as a site runs it.
+
+    It accepts the storage SOP classes of its own table (``promiscuous``:
+    any), in every transfer syntax dicom-rs knows (``uncompressed_only``:
+    the native ones only), and writes each instance to
+    ``<work_dir>/received/<SOP Instance UID>.dcm`` once it has all of it.
+    It listens on every address (it has no option to choose one); tests
+    reach it on loopback. Files still open are left out, as for
+    :class:`StoreSCP`.
+    """
+
+    kind = "dicom-storescp"
+    #: It parses each data set and writes it anew: byte-identical for the
+    #: tests' data, but not a promise.
+    _BIT_PRESERVING = False
+
+    def __init__(
+        self,
+        work_dir: Path | str,
+        *,
+        ae_title: str = "DICOMRS",
+        port: int | None = None,
+        uncompressed_only: bool = False,
+        promiscuous: bool = False,
+        start_timeout: float = _DEFAULT_START_TIMEOUT,
+    ) -> None:
+        super().__init__(work_dir, ae_title=ae_title, port=port, start_timeout=start_timeout)
+        self._flags = [
+            *(["--uncompressed-only"] if uncompressed_only else []),
+            *(["--promiscuous"] if promiscuous else []),
+        ]
+
+    def _command(self) -> list[str]:
+        return [
+            dicom_rs_program("dicom-storescp"),
+            # Its own AE title, despite the option's name.
+            "--calling-ae-title",
+            self.ae_title,
+            "-p",
+            str(self.port),
+            "-o",
+            str(self.out_dir),
+            *self._flags,
+        ]
+
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+
+#: A command element as ``dicom-storescu --verbose`` prints a response:
+#: ``(0000,0900) Status   US (1,  2 bytes): 0``.
+_DICOM_RS_ELEMENT = re.compile(r"^\(0000,([0-9A-Fa-f]{4})\) \w+\s+(\w\w) \([^)]*\): (.*)$")
+
+
+@dataclass(frozen=True)
+class DicomRsStoreResult:
+    """What ``dicom-storescu`` was answered, read from its verbose output.
+
+    Attributes
+    ----------
+    returncode : int
+        Its exit code (0 even when it skipped a file it could not send).
+    store_statuses : dict[str, int]
+        Each C-STORE response's status by Affected SOP Instance UID.
+    output : str
+        Everything it printed, for a failing test's message.
+    """
+
+    returncode: int
+    store_statuses: dict[str, int]
+    output: str = field(repr=False)
+
+
+def parse_dicom_rs_storescu(output: str) -> dict[str, int]:
+    """Each C-STORE response's status by SOP Instance UID, from ``dicom-storescu -v``."""
+    statuses: dict[str, int] = {}
+    status: int | None = None
+    for line in output.splitlines():
+        match = _DICOM_RS_ELEMENT.match(line.strip())
+        if match is None:
+            continue
+        element, value = int(match.group(1), 16), match.group(3).strip()
+        if element == 0x0900:
+            status = int(value)
+        elif element == 0x1000 and status is not None:
+            statuses[value.strip('"')] = status
+            status = None
+    return statuses
+
+
+def dicom_rs_storescu(
+    host: str,
+    port: int,
+    files: Iterable[Path | str],
+    *,
+    calling_ae: str = "DICOMRS-SCU",
+    called_ae: str = "ANY-SCP",
+    timeout: float = 120.0,
+) -> DicomRsStoreResult:
+    """Send ``files`` with dicom-rs ``dicom-storescu`` on one association.
+
+    It proposes each file's SOP class in the file's transfer syntax and, for
+    those it can decode, in the uncompressed ones too; it sends each file as
+    it is, or converted to what the acceptor chose. A file no accepted
+    context fits is skipped ("No matching presentation contexts"): this
+    build has no JPEG-LS or JPEG 2000 decoder, so such a file goes only
+    where its own transfer syntax is accepted.
+    """
+    cmd = [
+        dicom_rs_program("dicom-storescu"),
+        "--verbose",
+        "--calling-ae-title",
+        calling_ae,
+        "--called-ae-title",
+        called_ae,
+        f"{host}:{port}",
+        *(str(f) for f in files),
+    ]
+    env = {**os.environ, "NO_COLOR": "1"}
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    output = done.stdout + done.stderr
+    return DicomRsStoreResult(
+        returncode=done.returncode, store_statuses=parse_dicom_rs_storescu(output), output=output
+    )
+
+
+#: PDU types (PS3.8 9.3.1) as ``gdcmscu --debug`` names what it received.
+_PDU_NAMES = {
+    2: "A-ASSOCIATE-AC",
+    3: "A-ASSOCIATE-RJ",
+    4: "P-DATA-TF",
+    6: "A-RELEASE-RP",
+    7: "A-ABORT",
+}
+_GDCM_PDU = re.compile(r"^PDU code: (\d+)$", re.MULTILINE)
+#: One command element of a message dump: ``(0000,0900) ?? (US) 0  # 2,1 Status``.
+_GDCM_ELEMENT = re.compile(r"^\(0000,([0-9a-f]{4})\) \?\? \((\w\w)\) (.*?)\s+#")
+_C_STORE_RSP = 0x8001
+_C_ECHO_RSP = 0x8030
+
+
+@dataclass(frozen=True)
+class GdcmScuResult:
+    """What ``gdcmscu`` received, read from its debug output.
+
+    GDCM 3.0.21 (Debian 12) ``gdcmscu`` ends every run with SIGABRT
+    ("ProtocolStream as nullptr is invalid") once its connection is closed,
+    after a release as after a refusal, whatever the peer: its exit code
+    says nothing. What it received says it all: the PDUs, and every
+    response's status.
+
+    Attributes
+    ----------
+    pdus : tuple[str, ...]
+        The PDUs it received, in order (``A-ASSOCIATE-AC``, ``P-DATA-TF``,
+        ``A-RELEASE-RP``, ``A-ASSOCIATE-RJ``, ``A-ABORT``).
+    store_statuses : dict[str, int]
+        Each C-STORE response's status by Affected SOP Instance UID.
+    echo_status : int or None
+        The C-ECHO response's status, if one came.
+    output : str
+        Everything it printed, for a failing test's message.
+    """
+
+    pdus: tuple[str, ...]
+    store_statuses: dict[str, int]
+    echo_status: int | None
+    output: str = field(repr=False)
+
+    @property
+    def released(self) -> bool:
+        """The association was established and released by both sides."""
+        return self.pdus[:1] == ("A-ASSOCIATE-AC",) and self.pdus[-1:] == ("A-RELEASE-RP",)
+
+
+def _gdcm_responses(output: str) -> list[dict[int, str]]:
+    """The command sets ``gdcmscu --debug`` printed (each response is printed twice)."""
+    commands: list[dict[int, str]] = []
+    current: dict[int, str] = {}
+    for line in output.splitlines():
+        match = _GDCM_ELEMENT.match(line)
+        if match is not None:
+            value = match.group(3).strip()
+            current[int(match.group(1), 16)] = value.strip("[]") if value.startswith("[") else value
+            continue
+        if current:
+            commands.append(current)
+            current = {}
+    if current:
+        commands.append(current)
+    return commands
+
+
+def parse_gdcmscu(output: str) -> GdcmScuResult:
+    """Read ``gdcmscu --debug`` output: the PDUs and responses it received."""
+    stores: dict[str, int] = {}
+    echo_status: int | None = None
+    for command in _gdcm_responses(output):
+        field_value = int(command.get(0x0100, "0"))
+        status = command.get(0x0900)
+        if status is None:
+            continue
+        if field_value == _C_STORE_RSP:
+            stores[command.get(0x1000, "")] = int(status)
+        elif field_value == _C_ECHO_RSP:
+            echo_status = int(status)
+    pdus = tuple(_PDU_NAMES.get(int(code), f"type {code}") for code in _GDCM_PDU.findall(output))
+    return GdcmScuResult(pdus=pdus, store_statuses=stores, echo_status=echo_status, output=output)
+
+
+def gdcmscu(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "GDCMSCU",
+    files: Sequence[Path | str] = (),
+    timeout: float = 120.0,
+) -> GdcmScuResult:
+    """Run GDCM ``gdcmscu`` once: C-ECHO without ``files``, C-STORE of them on one association.
+
+    For C-STORE it proposes one context per SOP class and transfer syntax
+    of the files, each in the file's own transfer syntax only (it never
+    converts, so it cannot fall back to another), and sends each file as it
+    is. It does not look at which contexts were accepted: a file whose
+    context was refused is sent anyway, and the peer aborts.
+    """
+    mode = ["--store", *(arg for f in files for arg in ("-i", str(f)))] if files else ["--echo"]
+    cmd = [
+        "gdcmscu",
+        "--debug",
+        *mode,
+        "--aetitle",
+        calling_ae,
+        "--call",
+        called_ae,
+        "-H",
+        host,
+        "-p",
+        str(port),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return parse_gdcmscu(done.stdout + done.stderr)

@@ -785,7 +785,12 @@ class IncomingAssociation:
         if instance.failure is None:
             instance.failure = status
             instance.reason = reason
-            instance.offending = OFFENDING.get(status, ()) if offending is None else offending
+            if offending is None:
+                offending = OFFENDING.get(status, ())
+                broke_at = instance.scanner.offending
+                if status is Status.DATASET_MALFORMED and broke_at is not None:
+                    offending = (broke_at,)
+            instance.offending = offending
         instance.pending.clear()
         instance.pending_bytes = 0
 

@@ -211,7 +211,15 @@ _INFLATE_STEP: Final = 64 * 1024
 
 
 class _MalformedError(Exception):
-    """Raised inside the parser; the scanner turns it into MALFORMED."""
+    """Raised inside the parser; the scanner turns it into MALFORMED.
+
+    ``tag``: the element at which the data set broke, when there is one to
+    name (the router's response gives it as Offending Element).
+    """
+
+    def __init__(self, reason: str, *, tag: int | None = None) -> None:
+        super().__init__(reason)
+        self.tag = tag
 
 
 def _tag_name(tag: int) -> str:
@@ -292,6 +300,9 @@ class DatasetScanner:
     detail : str
         Why the state is MISSING, INVALID_UID or MALFORMED. It names tags,
         lengths and offsets only, never a value, so it is safe to log.
+    offending : int or None
+        When MALFORMED, the tag of the element at which the data set broke,
+        if there is one to name (not for a data set that merely ends early).
     bytes_seen : int
         Raw (not inflated) bytes fed so far.
     transfer_syntax : str
@@ -334,6 +345,7 @@ class DatasetScanner:
         "_view",
         "bytes_seen",
         "detail",
+        "offending",
         "study_uid",
         "transfer_syntax",
     )
@@ -343,6 +355,7 @@ class DatasetScanner:
         self.transfer_syntax: str = transfer_syntax.rstrip("\0 ")
         self.study_uid: str | None = None
         self.detail: str = ""
+        self.offending: int | None = None
         self.bytes_seen: int = 0
         self._uid_state = ScanState.NEED_MORE
         self._malformed = False
@@ -504,8 +517,9 @@ class DatasetScanner:
 
     # -- driving the parser -------------------------------------------------
 
-    def _fail(self, reason: str, *, offset: int | None = None) -> None:
+    def _fail(self, reason: str, *, offset: int | None = None, tag: int | None = None) -> None:
         self._malformed = True
+        self.offending = tag
         self._skip = 0
         self._buf.clear()
         where = self._total if offset is None else offset
@@ -530,7 +544,7 @@ class DatasetScanner:
         try:
             self._skip = self._parser.send(None)
         except _MalformedError as exc:
-            self._fail(str(exc), offset=self._total - len(view) + self._pos)
+            self._fail(str(exc), offset=self._total - len(view) + self._pos, tag=exc.tag)
         except StopIteration:  # pragma: no cover - the top level never returns
             self._fail("parser stopped")
         # The parser's frames still name the view: release it so that the
@@ -660,7 +674,10 @@ class DatasetScanner:
                         pos = self._pos
                 elif vr not in _SHORT_VRS:
                     self._pos = pos
-                    raise _MalformedError(f"unknown VR in element {_tag_name(group << 16 | elem)}")
+                    raise _MalformedError(
+                        f"unknown VR in element {_tag_name(group << 16 | elem)}",
+                        tag=group << 16 | elem,
+                    )
             else:
                 group, elem, length = header.unpack_from(raw, at)
             tag = group << 16 | elem
@@ -669,7 +686,7 @@ class DatasetScanner:
                 self._pos = pos
                 if tag == _ITEM_END_TAG and not top and end is None:
                     return  # a non-zero delimiter length is ignored, as pydicom does
-                raise _MalformedError(f"unexpected {_tag_name(tag)} among data elements")
+                raise _MalformedError(f"unexpected {_tag_name(tag)} among data elements", tag=tag)
             if top and tag == _STUDY_UID_TAG:
                 undecided = False
                 self._pos = pos
@@ -686,7 +703,9 @@ class DatasetScanner:
             past_end = end is not None and self._total - len(view) + pos + length > end
             if past_end and length != _UNDEFINED:
                 self._pos = pos
-                raise _MalformedError(f"element {_tag_name(tag)} runs past the end of its item")
+                raise _MalformedError(
+                    f"element {_tag_name(tag)} runs past the end of its item", tag=tag
+                )
             if length == _UNDEFINED:
                 self._pos = pos
                 yield from self._undefined_length(enc, tag, vr, depth=depth)
@@ -707,7 +726,8 @@ class DatasetScanner:
             if tag != _PIXEL_DATA_TAG and not _may_be_sequence(tag):
                 raise _MalformedError(
                     f"undefined length in element {_tag_name(tag)}, not a sequence"
-                    " by the data dictionary"
+                    " by the data dictionary",
+                    tag=tag,
                 )
             yield from self._items(enc, depth=depth + 1, fragments=tag == _PIXEL_DATA_TAG)
         elif vr == b"SQ":
@@ -718,7 +738,9 @@ class DatasetScanner:
         elif vr in (b"OB", b"OW"):
             yield from self._items(enc, depth=depth + 1, fragments=True)
         else:
-            raise _MalformedError(f"undefined length in element {_tag_name(tag)} of VR {vr!r}")
+            raise _MalformedError(
+                f"undefined length in element {_tag_name(tag)} of VR {vr!r}", tag=tag
+            )
 
     def _items(self, enc: _Encoding, *, depth: int, fragments: bool = False) -> _Parser:
         """Parse the items of a sequence, or pixel data fragments, to the delimiter.
@@ -749,7 +771,7 @@ class DatasetScanner:
                 return
             if tag != _ITEM_TAG:
                 self._pos = pos
-                raise _MalformedError(f"{_tag_name(tag)} where an item was expected")
+                raise _MalformedError(f"{_tag_name(tag)} where an item was expected", tag=tag)
             if length == _UNDEFINED:
                 self._pos = pos
                 if fragments:
@@ -775,7 +797,9 @@ class DatasetScanner:
     def _study_uid(self, length: int, vr: bytes) -> Generator[int, None, bool]:
         """Judge a top-level (0020,000D); return True if its value was consumed."""
         if self._uid_state is not ScanState.NEED_MORE:
-            raise _MalformedError("StudyInstanceUID (0020,000D) repeated or after a later tag")
+            raise _MalformedError(
+                "StudyInstanceUID (0020,000D) repeated or after a later tag", tag=_STUDY_UID_TAG
+            )
         if length == _UNDEFINED or vr == b"SQ":
             self._invalid("StudyInstanceUID (0020,000D) is encoded as a sequence")
             return False

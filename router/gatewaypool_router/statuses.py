@@ -11,7 +11,10 @@ gateway refuses the router for good, 0x0122 that the gateway does not take
 this SOP class in this transfer syntax.
 
 Where PS3.4 Table B.2-1 lists Offending Element (0000,0901) for a status
-(0xA9xx, 0xCxxx), the router's response carries it: :data:`OFFENDING`.
+(0xA9xx, 0xCxxx), the router's response carries it: :data:`OFFENDING`, the
+command element at fault for REQUEST_MALFORMED, and for DATASET_MALFORMED
+the element at which the data set broke (none when it merely ends early:
+there is no element to name).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ STUDY_INSTANCE_UID = 0x0020000D
 
 #: Offending Element (0000,0901) of the router's own statuses that PS3.4
 #: Table B.2-1 gives one; REQUEST_MALFORMED names the command element at
-#: fault case by case.
+#: fault, and DATASET_MALFORMED the element the scanner broke at, case by case.
 OFFENDING: dict[Status, tuple[int, ...]] = {
     Status.STUDY_UID_MISSING: (STUDY_INSTANCE_UID,),
     Status.STUDY_UID_INVALID: (STUDY_INSTANCE_UID,),

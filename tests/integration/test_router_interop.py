@@ -20,16 +20,19 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 
 from gatewaypool_local.peers import (
     LOOPBACK,
+    DicomRsStoreSCP,
     Orthanc,
     PeerError,
     PynetdicomSink,
     StoreSCP,
+    dicom_rs_storescu,
     echoscu,
+    gdcmscu,
     wait_until,
 )
 from gatewaypool_local.routerproc import RouterProcess
@@ -381,9 +384,12 @@ def test_no_reachable_gateway_refuses_associations_until_one_answers(
     router = start_router([sink])  # not started: nothing listens on its port
     reply = rawdicom.request_association(router.host, router.port, calling="ECHO", called="X")
     echo = echoscu(router.host, router.port, called_ae=router.ae_title)
+    gdcm_echo = gdcmscu(router.host, router.port, called_ae=router.ae_title)
     assert reply.reject_reason == (2, 3, 1)  # transient, presentation, temporary congestion
     assert echo.returncode != 0
     assert "Association Rejected" in echo.stdout + echo.stderr
+    assert gdcm_echo.pdus == ("A-ASSOCIATE-RJ",), gdcm_echo.output[-2000:]
+    assert gdcm_echo.echo_status is None
     with sink:
         wait_until(
             lambda: echoscu(router.host, router.port, called_ae=router.ae_title).returncode == 0,
@@ -412,14 +418,28 @@ def test_a_missing_study_uid_names_the_offending_element(
     del dataset.StudyInstanceUID
     broken = tmp_path / "no-study-uid.dcm"
     dataset.save_as(broken, enforce_file_format=True)
+    # Modality (0008,0060) with the VR "??": nobody can tell where its value ends.
+    plain = dataset_bytes(study.files[0])
+    modality = struct.pack("<HH", 0x0008, 0x0060) + b"CS"
+    assert plain.count(modality) == 1
+    unreadable = plain.replace(modality, modality[:4] + b"??")
     with PynetdicomSink(tmp_path / "sink", ae_title="SINK") as sink:
         router = start_router([sink])
         with RawScu(router.host, router.port, contexts=[ct_context()]) as scu:
             result = scu.store_file(1, broken)
+            malformed = scu.store(
+                1,
+                sop_class=CT_IMAGE_STORAGE,
+                sop_instance=study.sop_instance_uids[0],
+                data=unreadable,
+            )
             scu.release()
     assert result.status == 0xA900  # Error: data set does not match SOP class
     assert result.offending_element == struct.pack("<HH", 0x0020, 0x000D)
     assert "StudyInstanceUID" in result.error_comment
+    assert malformed.status == 0xC210  # Error: cannot understand
+    assert malformed.offending_element == struct.pack("<HH", 0x0008, 0x0060)
+    assert "unknown VR" in malformed.error_comment
 
 
 # -- upper layer (PS3.8) ------------------------------------------------------
@@ -601,3 +621,177 @@ def test_a_private_class_listed_in_the_configuration_is_accepted(
     assert results[5][0] == RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED
     assert status == 0
     assert [item.sop_instance_uid for item in held] == [sop_instance]
+
+
+# -- a third and a fourth implementation: dicom-rs and GDCM ---------------------
+#
+# DCMTK (storescu, storescp, Orthanc's network code) and pynetdicom (the
+# router's own negotiation, the sink) are not the only DICOM stacks sites
+# run. dicom-rs (Rust: dicom-storescp as a gateway, dicom-storescu as a
+# sender) and GDCM (C++: gdcmscu as a sender) share no network code with
+# either. GDCM has no storage SCP program, so it is a sender only.
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+#: DCMTK's converters, for what pydicom does not write by itself.
+_DCMTK_CONVERTERS = {
+    EXPLICIT_VR_BE: ["dcmconv", "+tb"],
+    JPEG_LS_LOSSLESS: ["dcmcjpls"],
+    JPEG_LOSSLESS_SV1: ["dcmcjpeg", "+e1"],
+}
+MIXED_SYNTAXES = (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+)
+
+
+def _studies_in_each_syntax(folder: Path, study_index: int) -> dict[str, list[Path]]:
+    """One two-instance study per transfer syntax of :data:`MIXED_SYNTAXES`.
+
+    One synthetic study, copied under new UIDs for each syntax; pydicom
+    writes the uncompressed little endian and RLE copies, DCMTK the others
+    (in parallel: each of its programs takes half a second to start).
+    """
+    base = generate_study(
+        folder / "base", study_index=study_index, instances=2, rows=16, columns=16
+    )
+    made: dict[str, list[Path]] = {}
+    converting: list[subprocess.Popen[bytes]] = []
+    for n, syntax in enumerate(MIXED_SYNTAXES):
+        (folder / syntax).mkdir()
+        made[syntax] = []
+        for i, path in enumerate(base.files):
+            dataset = pydicom.dcmread(path)
+            dataset.StudyInstanceUID = generate_uid(entropy_srcs=[base.study_uid, str(n)])
+            dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[base.series_uid, str(n)])
+            dataset.SOPInstanceUID = generate_uid(entropy_srcs=[base.study_uid, str(n), str(i)])
+            dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+            target = folder / syntax / path.name
+            made[syntax].append(target)
+            if syntax == IMPLICIT_VR_LE:
+                dataset.file_meta.TransferSyntaxUID = UID(IMPLICIT_VR_LE)
+                dataset.save_as(target, implicit_vr=True, little_endian=True)
+            elif syntax == RLE_LOSSLESS:
+                dataset.compress(UID(RLE_LOSSLESS), encoding_plugin="pydicom")
+                dataset.save_as(target)
+            elif syntax == EXPLICIT_VR_LE:
+                dataset.save_as(target)
+            else:
+                plain = target.with_suffix(".plain.dcm")
+                dataset.save_as(plain)
+                converter = _DCMTK_CONVERTERS[syntax]
+                converting.append(subprocess.Popen([*converter, str(plain), str(target)]))
+    assert [process.wait(timeout=60) for process in converting] == [0] * len(converting)
+    return made
+
+
+def _sop_instance(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_gdcm_echoes_and_stores_through_the_router_to_dicom_rs_gateways(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """gdcmscu through a router in front of two dicom-rs gateways.
+
+    Six studies, each in another transfer syntax (explicit and implicit VR
+    little endian, big endian, JPEG-LS, RLE, JPEG lossless), on one
+    association: every instance is answered Success, lands on the gateway
+    of its study exactly as sent, and the router counts no failure.
+    """
+    by_syntax = _studies_in_each_syntax(tmp_path / "data", study_index=20)
+    files = [path for paths in by_syntax.values() for path in paths]
+    syntax_of = {_sop_instance(path): ts for ts, paths in by_syntax.items() for path in paths}
+    with (
+        DicomRsStoreSCP(tmp_path / "gw-a", ae_title="RS_A") as a,
+        DicomRsStoreSCP(tmp_path / "gw-b", ae_title="RS_B") as b,
+    ):
+        router = start_router([a, b])
+        router.wait_events("gateway.probed", count=2, timeout=20)
+        echo = gdcmscu(router.host, router.port, called_ae=router.ae_title, calling_ae="GDCM_ECHO")
+        sent = gdcmscu(
+            router.host,
+            router.port,
+            called_ae=router.ae_title,
+            calling_ae="GDCM_STORE",
+            files=files,
+        )
+        wait_until(
+            lambda: a.received_count() + b.received_count() >= len(files),
+            timeout=20,
+            what=f"{len(files)} instances on the dicom-rs gateways",
+        )
+        held = {item.sop_instance_uid: item for item in [*a.received(), *b.received()]}
+        studies_on = [{item.study_uid for item in g.received()} for g in (a, b)]
+        released = router.wait_events("association.released", count=2, timeout=10)
+        counts = {
+            (gateway, outcome): router.metric(
+                "gatewaypool_router_instances_total", gateway=gateway, outcome=outcome
+            )
+            for gateway in ("gw-0", "gw-1")
+            for outcome in ("success", "failure")
+        }
+    assert echo.echo_status == 0, echo.output[-2000:]
+    assert echo.released and sent.released, sent.output[-2000:]
+    assert sent.store_statuses == dict.fromkeys(syntax_of, 0)
+    assert set(held) == set(syntax_of)
+    # Each study whole on one gateway, and both gateways used.
+    assert not studies_on[0] & studies_on[1]
+    assert all(studies_on)
+    assert {r["calling_ae"]: (r["instances"], r["failed"]) for r in released} == {
+        "GDCM_ECHO": (0, 0),
+        "GDCM_STORE": (len(files), 0),
+    }
+    assert counts[("gw-0", "failure")] == counts[("gw-1", "failure")] == 0
+    assert counts[("gw-0", "success")] + counts[("gw-1", "success")] == len(files)
+    for path in files:
+        item = held[_sop_instance(path)]
+        assert item.transfer_syntax == syntax_of[item.sop_instance_uid]
+        assert item.dataset == dataset_bytes(path)
+
+
+def test_a_dicom_rs_sender_falls_back_through_the_router_as_it_does_directly(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """dicom-storescu and uncompressed-only dicom-rs gateways: routed and direct alike.
+
+    dicom-storescu proposes each file's own transfer syntax and, where it
+    can decode it, the uncompressed ones; the router refuses what its
+    gateway refuses, so the sender converts big endian, RLE and JPEG
+    lossless exactly as it does for the gateway itself. It cannot decode
+    JPEG-LS: those files are skipped at negotiation both ways, and no
+    instance fails.
+    """
+    by_syntax = _studies_in_each_syntax(tmp_path / "data", study_index=40)
+    files = [path for paths in by_syntax.values() for path in paths]
+    unsendable = {_sop_instance(path) for path in by_syntax[JPEG_LS_LOSSLESS]}
+    sendable = {_sop_instance(path) for path in files} - unsendable
+    with (
+        DicomRsStoreSCP(tmp_path / "routed", ae_title="ROUTED", uncompressed_only=True) as routed,
+        DicomRsStoreSCP(tmp_path / "direct", ae_title="DIRECT", uncompressed_only=True) as direct,
+    ):
+        router = start_router([routed])
+        router.wait_events("gateway.probed", timeout=20)
+        via_router = dicom_rs_storescu(router.host, router.port, files, called_ae=router.ae_title)
+        straight = dicom_rs_storescu(direct.host, direct.port, files, called_ae=direct.ae_title)
+        got = {item.sop_instance_uid: item for item in routed.wait_for_count(len(sendable))}
+        want = {item.sop_instance_uid: item for item in direct.wait_for_count(len(sendable))}
+        [released] = router.wait_events("association.released", timeout=10)
+    assert via_router.store_statuses == straight.store_statuses == dict.fromkeys(sendable, 0), (
+        via_router.output[-3000:]
+    )
+    assert set(got) == set(want) == sendable
+    for uid, item in got.items():
+        assert item.transfer_syntax == want[uid].transfer_syntax
+        assert item.transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+        assert item.dataset == want[uid].dataset
+    assert (released["instances"], released["failed"]) == (len(sendable), 0)
+    assert (
+        router.metric("gatewaypool_router_instances_total", gateway="gw-0", outcome="failure") == 0
+    )

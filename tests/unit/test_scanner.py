@@ -762,6 +762,21 @@ def test_malformation_after_the_uid_still_refuses_the_instance() -> None:
     assert scanner.finish() is False
 
 
+def test_malformed_names_the_element_it_broke_at() -> None:
+    """The tag for Offending Element (0000,0901); none for a data set that merely ends early."""
+    # (0010,0010) with VR "??": where its length is cannot be known.
+    broken = scan_whole(ExplicitVRLittleEndian, HEAD + b"\x10\x00\x10\x00??\x00\x00" + STUDY)
+    assert broken.state is ScanState.MALFORMED
+    assert broken.offending == 0x00100010
+    repeated = scan_whole(ExplicitVRLittleEndian, HEAD + STUDY + STUDY)
+    assert repeated.state is ScanState.MALFORMED
+    assert repeated.offending == 0x0020000D
+    cut = scan_whole(ExplicitVRLittleEndian, (HEAD + STUDY)[:-3])
+    assert cut.finish() is False
+    assert cut.state is ScanState.MALFORMED
+    assert cut.offending is None
+
+
 def test_value_running_past_the_end_is_incomplete() -> None:
     data = HEAD + STUDY + el(0x7FE00010, b"OB", bytes(10), length=1000)
     scanner = scan_whole(ExplicitVRLittleEndian, data)
