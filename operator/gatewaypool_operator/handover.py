@@ -1,63 +1,75 @@
 """Bucket handover as pure decisions: what to publish next, and how far the gateways may shrink.
 
-A bucket changes owner only when no router is sending a study into it (see
-DESIGN.md, "Never split a study"). On every pass the operator calls
-`plan_handover` with what it observed; the function returns the next map to
-publish (or None), the StatefulSet replica count allowed now, the moves
-completed and forced, the Events to post and the drain progress. It does no
-I/O, keeps no memory between calls, and is deterministic: everything it needs
-to resume after an operator restart is in the published map and the
-`HandoverState` stored beside it.
+A bucket changes owner only when no router is sending a study into it (the
+README's "Scaling without splitting a study" tells it for users). On every
+pass the operator calls `plan_handover` with what it observed; the function
+returns the next map to publish (or None), the StatefulSet replica count
+allowed now, the moves completed and forced, the Events to post and the
+drain progress. It does no I/O, keeps no memory between calls, and is
+deterministic: everything it needs to resume after an operator restart is
+in the published map and the `HandoverState` stored beside it.
 
-The rules, pass by pass:
+The rules, pass by pass; the code cites them by number:
 
-- Gateways that may *receive* buckets are the wanted ones (ordinal below
-  ``spec.replicas``) whose pods are Ready. A wanted gateway that is not Ready
-  keeps what it owns (its pod is restarting) but receives nothing, until it
-  has been not Ready for ``failoverAfterSeconds``: then its buckets move at
-  once, a forced move. Gateways at or above ``spec.replicas`` are leaving.
-- The target owners are `gatewaypool.assignment.rebalance` of the *planned*
-  owners: each bucket's owner, or the gateway it is moving to if that one may
-  still receive. Planning from the targets already published makes the
-  passes agree with each other (a balanced plan is a fixed point of
-  `rebalance`), so a handover is never re-decided while it drains, and a new
-  spec mid-handover only re-targets the moves it must. When rebalancing the
-  owners alone would move strictly fewer buckets (say the moves under way
-  went to gateways that are now over their share), that plan is taken
-  instead; every such switch leaves fewer moves to make, so the plans
-  settle, and from any pass on the buckets that change owner are at most
-  the fewest `rebalance` would move from the owners of that pass.
-- A bucket whose target differs from its owner is published moving,
-  ``owner → target``; routers keep sending it to the owner. It is recorded
-  with the version that marked it and the time it started (`MoveBatch`). A
-  moving bucket whose target changes keeps both: routers send it to the same
-  owner whatever the target. A bucket whose target becomes its owner again
-  simply stops moving.
-- A moving bucket that every live router's fresh report (on the marking
-  version or newer) shows quiet for at least ``quietSeconds`` -- which also
-  covers a router that started less than ``quietSeconds`` before its
-  report -- is published *closing*: routers on that version hold its
-  instances instead of sending them to the owner. It completes (its target
-  becomes the owner) when every live router's fresh report written on a
-  version that has it closing still shows it quiet: from then on no router
-  sends it to the old owner, and an instance held meanwhile belongs to a
-  study that began after the bucket went quiet, so the handover is exact,
-  whatever the reports' age. A closing bucket such a report shows used (a
-  study came in after the operator last looked, or one is held now) goes
-  back to plain moving, and its held instances go to the owner. It is forced
-  (and recorded) ``maxDrainSeconds`` after it started, when its owner failed
-  over, or when a live router's word was missing because its report timed out.
-- A router pod that goes away holds every completion for ``quietSeconds``
-  (``HandoverState.hold_until``): the study it was receiving may go on
-  through another router that has not seen that bucket in use. It is the
-  mirror of the rule for a router that starts.
-- Versions only increase, also above ``version_floor`` (``status.mapVersion``).
-- The StatefulSet grows at once to ``spec.replicas``; it shrinks only as far
-  as no live router can still send to a gateway it would remove: not under
-  the map version it applied, whose highest owner is known only for versions
-  since the current highest owner was published (``HandoverState.span_since``;
-  a router on an older version holds the StatefulSet where it is), and not
-  over an association it reports open.
+1. *Receivers.* Gateways that may receive buckets are the wanted ones
+   (ordinal below ``spec.replicas``) whose pods are Ready. A wanted gateway
+   that is not Ready keeps what it owns (its pod is restarting) but receives
+   nothing, until it has been not Ready for ``failoverAfterSeconds``: then
+   its buckets move at once (rule 7). Gateways at or above ``spec.replicas``
+   are leaving. A pool's first map deals the buckets round robin over the
+   Ready wanted gateways, once there is one.
+2. *Targets.* The target owners are `gatewaypool.assignment.rebalance` of
+   the *planned* owners: each bucket's owner, or the gateway it is moving to
+   if that one may still receive. Planning from the targets already
+   published makes the passes agree with each other (a balanced plan is a
+   fixed point of `rebalance`), so a handover is never re-decided while it
+   drains, and a new spec mid-handover only re-targets the moves it must.
+   When rebalancing the owners alone would move strictly fewer buckets (say
+   the moves under way went to gateways that are now over their share), that
+   plan is taken instead; every such switch leaves fewer moves to make, so
+   the plans settle, and from any pass on the buckets that change owner are
+   at most the fewest `rebalance` would move from the owners of that pass.
+3. *Mark.* A bucket whose target differs from its owner is published
+   moving, ``owner → target``; routers keep sending it to the owner. It is
+   recorded with the version that marked it and the time it started
+   (`MoveBatch`). A moving bucket whose target changes keeps both: routers
+   send it to the same owner whatever the target. A bucket whose target
+   becomes its owner again simply stops moving.
+4. *Close.* A moving bucket that every considered router's fresh report (on
+   the marking version or newer) shows quiet for at least ``quietSeconds``
+   -- which also covers a router that started less than ``quietSeconds``
+   before its report -- is published *closing*: routers on that version hold
+   its instances instead of sending them to the owner.
+5. *Complete.* A closing bucket completes (its target becomes the owner)
+   when every considered router's fresh report written on a version that
+   has it closing still shows it quiet: from then on no router sends it to
+   the old owner, and an instance held meanwhile belongs to a study that
+   began after the bucket went quiet, so the handover is exact, whatever
+   the reports' age.
+6. *Reopen.* A closing bucket that such a report shows used (a study came
+   in after the operator last looked, or one is held now) goes back to
+   plain moving, and its held instances go to the owner.
+7. *Force.* A moving bucket changes owner anyway, counted as forced,
+   ``maxDrainSeconds`` after it started, at once when its owner failed over
+   (rule 1), and when it completes while a router is excluded (rule 8).
+8. *Exclude.* A live router whose newest report (or, without one, whose
+   pod) is older than the report timeout is excluded: no step waits for its
+   word. The others are the *considered* routers.
+9. *Pause.* A router pod that goes away (or a lost state, when one may have
+   gone unseen) holds every close and completion for ``quietSeconds``
+   (``HandoverState.hold_until``): the study it was receiving may go on
+   through another router that has not seen that bucket in use. It is the
+   mirror of the rule for a router that starts.
+10. *Versions* only increase, also above ``version_floor``
+    (``status.mapVersion``), and a pass that changes nothing publishes
+    nothing.
+11. *Shrink last.* The StatefulSet grows at once to ``spec.replicas``; it
+    shrinks only as far as no live router can still send to a gateway it
+    would remove: not under the map version it applied, whose highest owner
+    is known only for versions since the current highest owner was
+    published (``HandoverState.span_since``; a router on an older version
+    holds the StatefulSet where it is), and not over an association it
+    reports open.
 
 Map gateways are numbered by StatefulSet ordinal (gateway ``i`` is pod ``i``),
 as `gatewaypool_operator.mapgateways.desired_gateways` builds them, so gateway
@@ -74,45 +86,30 @@ version and started now, which can only delay completion and forcing.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 from gatewaypool.assignment import initial_owners, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.reports import AGE_CLASSES, RouterReport
 from gatewaypool.strict import format_time
-from gatewaypool_operator.handoverstate import (
-    MAX_BATCHES,
-    STATE_KEY,
-    HandoverState,
-    MoveBatch,
-    StateError,
-    dump_state,
-    parse_state,
-)
+from gatewaypool_operator.events import Event, Reason
+from gatewaypool_operator.handoverstate import MAX_BATCHES, HandoverState, MoveBatch
 
 __all__ = [
     "DEFAULT_FRESH_SECONDS",
     "DEFAULT_REPORT_TIMEOUT_SECONDS",
-    "FORCED_FAILOVER",
-    "FORCED_MAX_DRAIN",
-    "FORCED_UNCONFIRMED",
-    "MAX_BATCHES",
-    "STATE_KEY",
+    "Forced",
     "GatewayPod",
-    "HandoverEvent",
     "HandoverInput",
     "HandoverPlan",
     "HandoverSettings",
-    "HandoverState",
     "Move",
-    "MoveBatch",
     "RouterPod",
-    "StateError",
-    "dump_state",
-    "parse_state",
+    "Step",
     "plan_handover",
 ]
 
@@ -122,13 +119,24 @@ DEFAULT_FRESH_SECONDS: Final = 10.0
 DEFAULT_REPORT_TIMEOUT_SECONDS: Final = 60.0
 """A router silent for this long is excluded from handovers (with an event)."""
 
-_DONE: Final = "done"
-_WAIT: Final = "wait"
-_USED: Final = "used"
 
-FORCED_MAX_DRAIN: Final = "MaxDrain"
-FORCED_FAILOVER: Final = "GatewayFailedOver"
-FORCED_UNCONFIRMED: Final = "RouterExcluded"
+class Step(enum.Enum):
+    """Where a bucket that is not where it should be stands after a pass."""
+
+    STARTED = "started"  # rule 3: marked moving by this pass
+    MOVING = "moving"  # rule 3: moving, not yet quiet everywhere
+    CLOSING = "closing"  # rule 4: closing, its completion not yet confirmed
+    REOPENED = "reopened"  # rule 6: was closing, used again: moving
+    COMPLETED = "completed"  # rule 5: handed over, quiet on every router
+    FORCED = "forced"  # rule 7: handed over without proof of quiet
+
+
+class Forced(enum.StrEnum):
+    """Why a bucket was handed over without proof of quiet (rule 7)."""
+
+    MAX_DRAIN = "MaxDrain"
+    FAILOVER = "GatewayFailedOver"
+    UNCONFIRMED = "RouterExcluded"
 
 
 # --- inputs ----------------------------------------------------------------------
@@ -273,24 +281,14 @@ class HandoverInput:
 class Move:
     """A bucket that changed owner in this pass.
 
-    `forced` is None for a handover that completed quietly, else the reason
-    (``MaxDrain``, ``GatewayFailedOver``, ``RouterExcluded``).
+    `forced` is None for a handover that completed quietly, else why not.
     """
 
     bucket: int
     source: int
     target: int
     started_at: datetime
-    forced: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HandoverEvent:
-    """A Kubernetes Event to post on the pool."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
+    forced: Forced | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +324,7 @@ class HandoverPlan:
     replicas: int
     completed: tuple[Move, ...]
     forced: tuple[Move, ...]
-    events: tuple[HandoverEvent, ...]
+    events: tuple[Event, ...]
     prune_reports: tuple[str, ...]
     moving: int
     oldest_move_seconds: float | None
@@ -360,23 +358,61 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
 
     previous = x.state or HandoverState()
     routers = _Routers.classify(x)
-    events: list[HandoverEvent] = []
-    for name in sorted(routers.excluded):
-        if name not in previous.excluded:
-            events.append(HandoverEvent("Warning", "RouterExcluded", routers.excluded[name]))
-    excluded = frozenset(routers.excluded)
+    events, held, prune = _router_hold(x, previous, routers)
+    if x.published is None:
+        return _first_map(x, events=events, held=held, prune=prune)
+
+    published = x.published
+    decided = _decide_buckets(x, published, routers, hold=held.hold_until)
+    publish, version = _next_map(x, published, decided)
+    state = HandoverState(
+        _batches(decided.marks, decided.moving, decided.started, version=version, now=x.now),
+        decided.span,
+        _span_since(x, previous, published, span=decided.span, version=version),
+        *held,
+    )
+    events.extend(_move_events(decided, owners=published.owners, version=version))
+    starts = [batch.started_at for batch in state.batches]
+    return HandoverPlan(
+        publish=publish,
+        state=state,
+        state_changed=state != x.state,
+        replicas=_replicas(x, state=state),
+        completed=tuple(decided.completed),
+        forced=tuple(decided.forced),
+        events=tuple(events),
+        prune_reports=prune,
+        moving=len(decided.moving),
+        oldest_move_seconds=(x.now - min(starts)).total_seconds() if starts else None,
+        excluded_routers=tuple(sorted(held.excluded)),
+        oldest_move_since=min(starts) if starts else None,
+    )
+
+
+def _router_hold(
+    x: HandoverInput, previous: HandoverState, routers: _Routers
+) -> tuple[list[Event], _Held, tuple[str, ...]]:
+    """The routers' part of a pass: who is excluded (rule 8), and the hold (rule 9).
+
+    Returns the Events so far, the bookkeeping to store, and the reports to
+    prune (those of pods that are gone).
+    """
+    events = [
+        Event(Reason.ROUTER_EXCLUDED, routers.excluded[name])
+        for name in sorted(routers.excluded)
+        if name not in previous.excluded  # said once, not on every pass
+    ]
     live = frozenset(pod.name for pod in x.routers)
     prune = tuple(sorted(set(x.report_keys) - live))
     gone = sorted((set(x.report_keys) | previous.routers) - live)
     hold = previous.hold_until
-    if gone or x.state is None:  # without a state, a router may have left unseen
+    if gone or x.state is None:  # rule 9; without a state, a router may have left unseen
         until = x.now + timedelta(seconds=x.settings.quiet_seconds)
         hold = max(hold, until) if hold is not None else until
         if gone:
             events.append(
-                HandoverEvent(
-                    "Normal",
-                    "HandoverPaused",
+                Event(
+                    Reason.HANDOVER_PAUSED,
                     f"router {', '.join(gone)} is gone; no bucket changes owner before "
                     f"{format_time(hold)} in case it was receiving a study that another "
                     "router now continues",
@@ -384,151 +420,151 @@ def plan_handover(inputs: HandoverInput) -> HandoverPlan:
             )
     if hold is not None and hold <= x.now:
         hold = None
-    held = _Held(excluded=excluded, routers=live, hold_until=hold)
+    return events, _Held(excluded=frozenset(routers.excluded), routers=live, hold_until=hold), prune
 
-    if x.published is None:
-        return _first_map(x, events=events, held=held, prune=prune)
 
-    published = x.published
+@dataclass(slots=True)
+class _Buckets:
+    """What the per-bucket loop decided: the next map's owners, moves and records."""
+
+    owners: list[int]
+    marks: Mapping[int, tuple[int, datetime]]
+    moving: dict[int, int] = field(default_factory=dict)
+    closing: set[int] = field(default_factory=set)
+    reopened: set[int] = field(default_factory=set)
+    started: set[int] = field(default_factory=set)
+    completed: list[Move] = field(default_factory=list)
+    forced: list[Move] = field(default_factory=list)
+
+    @property
+    def span(self) -> int:
+        """The gateways the next map's owners reach: the highest owner + 1."""
+        return max(self.owners) + 1
+
+
+def _decide_buckets(
+    x: HandoverInput, published: BucketMap, routers: _Routers, *, hold: datetime | None
+) -> _Buckets:
+    """Each bucket's step in this pass, from the targets (rules 1 and 2)."""
     ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
     failed = _failed_over(x)
     receivers = [g for g in range(x.wanted) if g in ready]
     receiving = set(receivers)
     holding = {g for g in range(x.wanted) if g not in ready and g not in failed}
-    marks = _recover_marks(published, x.state, x.now)
-
     owners = list(published.owners)
     planned = [
         target if (target := published.moving.get(b)) in receiving else owner
         for b, owner in enumerate(owners)
     ]
-    # Continue the moves under way unless starting over from the owners moves
-    # strictly fewer buckets (a spec change can make moves under way pointless).
-    # Each switch leaves fewer moves to make, so plans cannot oscillate.
+    # Rule 2: continue the moves under way unless starting over from the owners
+    # moves strictly fewer buckets (a spec change can make moves under way
+    # pointless). Each switch leaves fewer moves to make, so plans cannot oscillate.
     targets = _targets(planned, receivers, holding)
     afresh = _targets(owners, receivers, holding)
     if _changes(owners, afresh) < _changes(owners, targets):
         targets = afresh
 
-    new_owners = list(owners)
-    new_moving: dict[int, int] = {}
-    new_closing: set[int] = set()
-    reopened: set[int] = set()
-    completed: list[Move] = []
-    forced: list[Move] = []
-    fresh: set[int] = set()
+    decided = _Buckets(owners=list(owners), marks=_recover_marks(published, x.state, x.now))
     for bucket, (owner, target) in enumerate(zip(owners, targets, strict=True)):
         if target == owner:
+            continue  # rule 3: not moving, or it stops moving
+        mark = decided.marks.get(bucket)
+        step, why = _step(
+            x,
+            published,
+            routers,
+            bucket=bucket,
+            owner=owner,
+            target=target,
+            mark=mark,
+            failed=failed,
+            hold=hold,
+        )
+        if step in (Step.COMPLETED, Step.FORCED):
+            decided.owners[bucket] = target
+            move = Move(bucket, owner, target, mark[1] if mark else x.now, why)
+            (decided.completed if why is None else decided.forced).append(move)
             continue
-        mark = marks.get(bucket)
-        started = mark[1] if mark else x.now
-        reason: str | None = None
-        if owner in failed:
-            reason = FORCED_FAILOVER
-        elif mark is None:
-            fresh.add(bucket)
-            new_moving[bucket] = target
-            continue
-        elif (x.now - started).total_seconds() >= x.settings.max_drain_seconds:
-            reason = FORCED_MAX_DRAIN
-        elif (
-            hold is None and bucket in published.closing and published.moving.get(bucket) == target
-        ):
-            # The last step: routers on this version hold the bucket's instances.
-            verdict = routers.closing(
-                bucket,
-                version=published.version,
-                buckets=x.buckets,
-                settings=x.settings,
-                now=x.now,
-            )
-            if verdict != _DONE:
-                new_moving[bucket] = target
-                if verdict == _WAIT:
-                    new_closing.add(bucket)
-                else:
-                    reopened.add(bucket)
-                continue
-            reason = FORCED_UNCONFIRMED if routers.excluded else None
-        else:
-            new_moving[bucket] = target
-            if hold is None and routers.quiet(
-                bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now
-            ):
-                new_closing.add(bucket)  # quiet: close it, and complete once confirmed
-            continue
-        new_owners[bucket] = target
-        move = Move(bucket, owner, target, started, reason)
-        (completed if reason is None else forced).append(move)
+        decided.moving[bucket] = target
+        if step is Step.STARTED:
+            decided.started.add(bucket)
+        elif step is Step.CLOSING:
+            decided.closing.add(bucket)
+        elif step is Step.REOPENED:
+            decided.reopened.add(bucket)
+    return decided
 
-    span = max(new_owners) + 1
-    count = max(x.wanted, span, 1)
-    gateways = tuple(x.catalogue[:count])
+
+def _step(
+    x: HandoverInput,
+    published: BucketMap,
+    routers: _Routers,
+    *,
+    bucket: int,
+    owner: int,
+    target: int,
+    mark: tuple[int, datetime] | None,
+    failed: set[int],
+    hold: datetime | None,
+) -> tuple[Step, Forced | None]:
+    """The step of one bucket whose target is not its owner, and why if forced."""
+    if owner in failed:
+        return Step.FORCED, Forced.FAILOVER  # rules 1 and 7
+    if mark is None:
+        return Step.STARTED, None  # rule 3
+    if (x.now - mark[1]).total_seconds() >= x.settings.max_drain_seconds:
+        return Step.FORCED, Forced.MAX_DRAIN  # rule 7
+    if hold is not None:
+        return Step.MOVING, None  # rule 9: neither closes nor completes
+    if bucket in published.closing and published.moving.get(bucket) == target:
+        # Rules 5 and 6: routers on this version hold the bucket's instances.
+        step = routers.closing(
+            bucket, version=published.version, buckets=x.buckets, settings=x.settings, now=x.now
+        )
+        if step is Step.COMPLETED and routers.excluded:
+            return Step.FORCED, Forced.UNCONFIRMED  # rules 7 and 8
+        return step, None
+    if routers.quiet(bucket, marked=mark[0], buckets=x.buckets, settings=x.settings, now=x.now):
+        return Step.CLOSING, None  # rule 4: close it, and complete once confirmed
+    return Step.MOVING, None
+
+
+def _next_map(
+    x: HandoverInput, published: BucketMap, decided: _Buckets
+) -> tuple[BucketMap | None, int]:
+    """The map to publish (None if nothing changed) and the version the pass ends on (rule 10)."""
+    gateways = tuple(x.catalogue[: max(x.wanted, decided.span, 1)])
     unchanged = (
         gateways == published.gateways
-        and tuple(new_owners) == published.owners
-        and new_moving == dict(published.moving)
-        and frozenset(new_closing) == published.closing
+        and tuple(decided.owners) == published.owners
+        and decided.moving == dict(published.moving)
+        and frozenset(decided.closing) == published.closing
         and published.version >= x.version_floor
     )
-    publish: BucketMap | None = None
-    version = published.version
-    if not unchanged:
-        version = max(published.version, x.version_floor) + 1
-        publish = BucketMap(
-            version=version,
-            buckets=x.buckets,
-            gateways=gateways,
-            owners=tuple(new_owners),
-            moving=new_moving,
-            closing=frozenset(new_closing),
-        )
-    old_span = max(owners) + 1
+    if unchanged:
+        return None, published.version
+    version = max(published.version, x.version_floor) + 1
+    publish = BucketMap(
+        version=version,
+        buckets=x.buckets,
+        gateways=gateways,
+        owners=tuple(decided.owners),
+        moving=decided.moving,
+        closing=frozenset(decided.closing),
+    )
+    return publish, version
+
+
+def _span_since(
+    x: HandoverInput, previous: HandoverState, published: BucketMap, *, span: int, version: int
+) -> int:
+    """The oldest version since which the owners reach no further than `span` (rule 11)."""
+    old_span = max(published.owners) + 1
     if x.state is not None and previous.span == old_span:
-        span_since = min(previous.span_since, published.version)
+        since = min(previous.span_since, published.version)
     else:
-        span_since = published.version  # no usable record: trust only this version
-    if span != old_span:
-        span_since = version
-
-    batches = _batches(marks, new_moving, fresh, version=version, now=x.now)
-    state = HandoverState(batches, span, span_since, *held)
-
-    if reopened:
-        events.append(
-            HandoverEvent(
-                "Normal",
-                "HandoverDeferred",
-                f"bucket map version {version}: {len(reopened)} closing buckets were used "
-                "again (a study began in them); they move once quiet again",
-            )
-        )
-    events.extend(
-        _move_events(
-            fresh=fresh,
-            moving=new_moving,
-            owners=owners,
-            completed=completed,
-            forced=forced,
-            version=version,
-        )
-    )
-    replicas = _replicas(x, state=state)
-    starts = [batch.started_at for batch in batches]
-    return HandoverPlan(
-        publish=publish,
-        state=state,
-        state_changed=state != x.state,
-        replicas=replicas,
-        completed=tuple(completed),
-        forced=tuple(forced),
-        events=tuple(events),
-        prune_reports=prune,
-        moving=len(new_moving),
-        oldest_move_seconds=(x.now - min(starts)).total_seconds() if starts else None,
-        excluded_routers=tuple(sorted(excluded)),
-        oldest_move_since=min(starts) if starts else None,
-    )
+        since = published.version  # no usable record: trust only this version
+    return version if span != old_span else since
 
 
 # --- routers -----------------------------------------------------------------------
@@ -574,37 +610,38 @@ class _Routers:
 
     def closing(
         self, bucket: int, *, version: int, buckets: int, settings: HandoverSettings, now: datetime
-    ) -> str:
-        """The last step of a move: `_DONE`, `_USED` (a study is in it) or `_WAIT`.
+    ) -> Step:
+        """The last step of a move: `Step.COMPLETED`, `Step.REOPENED` or `Step.CLOSING`.
 
-        Done when every considered router's fresh report, written on
+        Completed when every considered router's fresh report, written on
         `version` or newer (so it holds the bucket's instances instead of
         sending them to the old owner), still shows the bucket quiet for
-        quietSeconds: from then on no router sends to the old owner, and an
-        instance held meanwhile belongs to a study that began after the
-        bucket went quiet. Used when such a report shows a use within
-        quietSeconds: a study came in after the operator last looked (or one
-        is held now), so the bucket goes back to plain moving.
+        quietSeconds (rule 5): from then on no router sends to the old owner,
+        and an instance held meanwhile belongs to a study that began after
+        the bucket went quiet. Reopened when such a report shows a use within
+        quietSeconds (rule 6): a study came in after the operator last looked
+        (or one is held now), so the bucket goes back to plain moving. Still
+        closing while any router's word is missing.
         """
-        verdict = _DONE
+        step = Step.COMPLETED
         for pod in self.considered:
             report = pod.report
             if report is None or report.map_version is None or report.map_version < version:
-                verdict = _WAIT
+                step = Step.CLOSING
                 continue
             if report.buckets != buckets:
-                verdict = _WAIT
+                step = Step.CLOSING
                 continue
             if report.all_used:
-                return _USED
+                return Step.REOPENED
             cls = report.used.get(bucket)
             if cls is not None and AGE_CLASSES[cls - 1] < settings.quiet_seconds:
-                return _USED
+                return Step.REOPENED
             if (now - report.reported_at).total_seconds() > settings.fresh_seconds:
-                verdict = _WAIT
+                step = Step.CLOSING
             elif report.quiet_seconds(bucket) < settings.quiet_seconds:
-                verdict = _WAIT  # started too recently to vouch for the bucket
-        return verdict
+                step = Step.CLOSING  # started too recently to vouch for the bucket
+        return step
 
     def quiet(
         self, bucket: int, *, marked: int, buckets: int, settings: HandoverSettings, now: datetime
@@ -724,9 +761,13 @@ def _batches(
 
 
 def _first_map(
-    x: HandoverInput, *, events: list[HandoverEvent], held: _Held, prune: tuple[str, ...]
+    x: HandoverInput, *, events: list[Event], held: _Held, prune: tuple[str, ...]
 ) -> HandoverPlan:
-    """The first map of a pool: round robin over the Ready wanted gateways, or nothing yet."""
+    """The first map of a pool: round robin over the Ready wanted gateways, or nothing yet.
+
+    Rule 1; the StatefulSet shrinks only if no router can be routing by a map
+    we cannot see (rule 11).
+    """
     ready = {pod.ordinal for pod in x.gateway_pods if pod.ready}
     receivers = [g for g in range(x.wanted) if g in ready][: x.buckets]
     state = HandoverState((), 0, 0, *held)
@@ -743,9 +784,8 @@ def _first_map(
         )
         state = HandoverState((), span, version, *held)
         events.append(
-            HandoverEvent(
-                "Normal",
-                "BucketMapPublished",
+            Event(
+                Reason.BUCKET_MAP_PUBLISHED,
                 f"bucket map version {version}: {x.buckets} buckets over "
                 f"{len(receivers)} ready gateways",
             )
@@ -768,55 +808,56 @@ def _first_map(
     )
 
 
-def _move_events(
-    *,
-    fresh: set[int],
-    moving: Mapping[int, int],
-    owners: Sequence[int],
-    completed: Sequence[Move],
-    forced: Sequence[Move],
-    version: int,
-) -> list[HandoverEvent]:
-    events: list[HandoverEvent] = []
-    if fresh:
-        pairs = sorted({(owners[b], moving[b]) for b in fresh})
+def _move_events(decided: _Buckets, *, owners: Sequence[int], version: int) -> list[Event]:
+    """The Events of the moves reopened (rule 6), started (3), completed (5) and forced (7)."""
+    events: list[Event] = []
+    if decided.reopened:
         events.append(
-            HandoverEvent(
-                "Normal",
-                "HandoverStarted",
-                f"bucket map version {version}: {len(fresh)} buckets start moving "
+            Event(
+                Reason.HANDOVER_DEFERRED,
+                f"bucket map version {version}: {len(decided.reopened)} closing buckets were "
+                "used again (a study began in them); they move once quiet again",
+            )
+        )
+    if decided.started:
+        pairs = sorted({(owners[b], decided.moving[b]) for b in decided.started})
+        events.append(
+            Event(
+                Reason.HANDOVER_STARTED,
+                f"bucket map version {version}: {len(decided.started)} buckets start moving "
                 f"({_pairs(pairs)}); they move once quiet on every router",
             )
         )
-    if completed:
+    if decided.completed:
         events.append(
-            HandoverEvent(
-                "Normal",
-                "HandoverCompleted",
-                f"bucket map version {version}: {len(completed)} buckets handed over "
-                f"({_pairs(sorted({(m.source, m.target) for m in completed}))})",
+            Event(
+                Reason.HANDOVER_COMPLETED,
+                f"bucket map version {version}: {len(decided.completed)} buckets handed over "
+                f"({_pairs(sorted({(m.source, m.target) for m in decided.completed}))})",
             )
         )
-    by_reason: dict[str, list[Move]] = {}
-    for move in forced:
-        by_reason.setdefault(move.forced or "", []).append(move)
-    why = {
-        FORCED_MAX_DRAIN: "still in use after maxDrainSeconds",
-        FORCED_FAILOVER: "their gateway was not ready for failoverAfterSeconds",
-        FORCED_UNCONFIRMED: "quiet on every router that reports, but some are excluded",
-    }
+    by_reason: dict[Forced, list[Move]] = {}
+    for move in decided.forced:
+        if move.forced is not None:
+            by_reason.setdefault(move.forced, []).append(move)
     for reason, moves in sorted(by_reason.items()):
         events.append(
-            HandoverEvent(
-                "Warning",
-                "HandoverForced",
+            Event(
+                Reason.HANDOVER_FORCED,
                 f"bucket map version {version}: {len(moves)} buckets handed over without "
-                f"proof of quiet ({reason}: {why.get(reason, reason)}; "
+                f"proof of quiet ({reason}: {_WHY_FORCED[reason]}; "
                 f"{_pairs(sorted({(m.source, m.target) for m in moves}))}); "
                 "a study in flight in them may be split",
             )
         )
     return events
+
+
+_WHY_FORCED: Final = {
+    Forced.MAX_DRAIN: "still in use after maxDrainSeconds",
+    Forced.FAILOVER: "their gateway was not ready for failoverAfterSeconds",
+    Forced.UNCONFIRMED: "quiet on every router that reports, but some are excluded",
+}
 
 
 def _pairs(pairs: Sequence[tuple[int, int]], limit: int = 6) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, TypeGuard
 
-from gatewaypool.strict import format_time, is_int, parse_time
+from gatewaypool.strict import format_time, is_int, parse_time, show
 
 __all__ = [
     "MAX_BATCHES",
@@ -131,10 +131,10 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
             raise StateError(f"{path}: not an object")
         version = raw.get("version")
         if not _is_count(version):
-            raise StateError(f"{path}.version: {version!r} is not a version")
+            raise StateError(f"{path}.version: {show(version)} is not a version")
         started = parse_time(raw.get("startedAt"))
         if started is None:
-            raise StateError(f"{path}.startedAt: {raw.get('startedAt')!r} is not a time")
+            raise StateError(f"{path}.startedAt: {show(raw.get('startedAt'))} is not a time")
         batches.append(
             MoveBatch(
                 version=version,
@@ -144,17 +144,17 @@ def parse_state(text: str, *, buckets: int) -> HandoverState:
         )
     span, since, excluded = data.get("span"), data.get("spanSince"), data.get("excluded")
     if not _is_count(span):
-        raise StateError(f"span: {span!r} is not a count")
+        raise StateError(f"span: {show(span)} is not a count")
     if not _is_count(since):
-        raise StateError(f"spanSince: {since!r} is not a version")
+        raise StateError(f"spanSince: {show(since)} is not a version")
     if not isinstance(excluded, list) or not all(isinstance(name, str) for name in excluded):
-        raise StateError(f"excluded: {excluded!r} is not a list of names")
+        raise StateError(f"excluded: {show(excluded)} is not a list of names")
     routers, raw_hold = data.get("routers"), data.get("holdUntil")
     if not isinstance(routers, list) or not all(isinstance(name, str) for name in routers):
-        raise StateError(f"routers: {routers!r} is not a list of names")
+        raise StateError(f"routers: {show(routers)} is not a list of names")
     hold = parse_time(raw_hold)
     if raw_hold is not None and hold is None:
-        raise StateError(f"holdUntil: {raw_hold!r} is not a time")
+        raise StateError(f"holdUntil: {show(raw_hold)} is not a time")
     return HandoverState(tuple(batches), span, since, frozenset(excluded), frozenset(routers), hold)
 
 
@@ -167,7 +167,7 @@ def _encode_set(members: frozenset[int], buckets: int) -> str:
 
 def _decode_set(text: object, buckets: int, path: str) -> frozenset[int]:
     if not isinstance(text, str):
-        raise StateError(f"{path}: {text!r} is not a string")
+        raise StateError(f"{path}: {show(text)} is not a string")
     size = math.ceil(buckets / 8)
     try:
         inflate = zlib.decompressobj()

@@ -16,6 +16,7 @@ from typing import Any
 
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool_operator import poolstatus
+from gatewaypool_operator.events import Event
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.spectypes import PoolSpec
@@ -62,15 +63,6 @@ class Observed:
         """The routers' reports: pod name → report text."""
         data: Mapping[str, str] = (self.reports_configmap or {}).get("data") or {}
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A Kubernetes Event to post about the pool."""
-
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)

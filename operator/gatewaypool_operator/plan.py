@@ -30,16 +30,17 @@ from gatewaypool_operator import (
     children,
     exposure,
     handover,
+    handoverstate,
     mapgateways,
     observe,
     poolstatus,
 )
 from gatewaypool_operator.drift import duplicate_key
+from gatewaypool_operator.events import Event, Reason
 from gatewaypool_operator.handover import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.passdata import (
     ApplyResult,
-    Event,
     Observed,
     Outcome,
     Plan,
@@ -55,7 +56,6 @@ __all__ = [
     "ACCEPTED_SPEC_ANNOTATION",
     "APPLY_REFUSED",
     "ApplyResult",
-    "Event",
     "Observed",
     "Outcome",
     "Plan",
@@ -114,7 +114,7 @@ def plan(
 
     published = mapgateways.read_published((map_object or {}).get("data"))
     if published.problem is not None:
-        events.append(Event("Warning", "MapUnreadable", published.problem))
+        events.append(Event(Reason.MAP_UNREADABLE, published.problem))
     current_map = published.bucket_map
     basis = StatusBasis(
         name=name,
@@ -136,7 +136,7 @@ def plan(
     try:
         spec = _checked_spec(name, raw_spec, current_map, default_router_image)
     except SpecError as exc:
-        events.append(Event("Warning", "SpecRejected", f"{exc}; the pool is left as it was"))
+        events.append(Event(Reason.SPEC_REJECTED, f"{exc}; the pool is left as it was"))
         running = _accepted(body, default_router_image)
         return Plan(
             namespace=namespace,
@@ -176,12 +176,12 @@ def plan(
     map_data = (
         {
             children.MAP_KEY: dump_map(current_map),
-            handover.STATE_KEY: handover.dump_state(decided.state, buckets=spec.buckets),
+            handoverstate.STATE_KEY: handoverstate.dump_state(decided.state, buckets=spec.buckets),
         }
         if current_map is not None
         else None
     )
-    events.extend(Event(e.type, e.reason, e.message) for e in decided.events)
+    events.extend(decided.events)
     events.extend(_exposure_events(spec, previous))
     previous_totals = pool_status.get("handovers") or {}
     summary = poolstatus.HandoverSummary(
@@ -263,7 +263,7 @@ def finish(plan: Plan, result: ApplyResult) -> Outcome:
     apply_error = "; ".join((*plan.refused, *result.refused)) or None
     previous = plan.status_basis.previous_conditions
     if apply_error is not None and not _already_degraded(previous, apply_error):
-        events.append(Event("Warning", APPLY_REFUSED, f"the API server refused {apply_error}"))
+        events.append(Event(Reason.APPLY_REFUSED, f"the API server refused {apply_error}"))
     return Outcome(
         status=plan.status_basis.status(apply_error=apply_error),
         events=events,
@@ -329,14 +329,14 @@ def _plan_handover(
     cluster_domain: str,
 ) -> HandoverPlan:
     """Turn the observed objects into the handover's inputs, and let it decide."""
-    state: handover.HandoverState | None = None
-    text = stored.get(handover.STATE_KEY)
+    state: handoverstate.HandoverState | None = None
+    text = stored.get(handoverstate.STATE_KEY)
     if text:
         try:
-            state = handover.parse_state(text, buckets=spec.buckets)
-        except handover.StateError as exc:
+            state = handoverstate.parse_state(text, buckets=spec.buckets)
+        except handoverstate.StateError as exc:
             # Safe to lose: moves then count as started now and wait again.
-            events.append(Event("Warning", "HandoverStateUnreadable", str(exc)))
+            events.append(Event(Reason.HANDOVER_STATE_UNREADABLE, str(exc)))
     sts_name = childnames.statefulset_name(name)
     sts_replicas = _count(((observed.statefulset or {}).get("spec") or {}).get("replicas"))
     listed = len(published.gateways) if published is not None else 0
@@ -412,7 +412,7 @@ def _writes(
 
 
 def _state_news(
-    stored: Mapping[str, str], state: handover.HandoverState, *, buckets: int, now: datetime
+    stored: Mapping[str, str], state: handoverstate.HandoverState, *, buckets: int, now: datetime
 ) -> bool:
     """Whether `state` says more than the stored one (an expired hold says nothing).
 
@@ -420,11 +420,11 @@ def _state_news(
     to write the map's ConfigMap (and to send every router a watch event).
     """
     try:
-        before = handover.parse_state(stored.get(handover.STATE_KEY, ""), buckets=buckets)
-    except handover.StateError:
+        before = handoverstate.parse_state(stored.get(handoverstate.STATE_KEY, ""), buckets=buckets)
+    except handoverstate.StateError:
         return True
 
-    def settled(one: handover.HandoverState) -> handover.HandoverState:
+    def settled(one: handoverstate.HandoverState) -> handoverstate.HandoverState:
         if one.hold_until is not None and one.hold_until <= now:
             return dataclasses.replace(one, hold_until=None)
         return one
@@ -465,20 +465,17 @@ def _child_event(plan: Plan, item: Applied) -> Event | None:
     if item.kind == "ConfigMap" and item.name == plan.map_name and item.action == "patched":
         return None  # map versions have their own events (BucketMapPublished, Handover*)
     if item.action == "created" and plan.map_existed:
-        return Event("Normal", "ChildRecreated", f"{item.kind} {item.name} re-created")
+        return Event(Reason.CHILD_RECREATED, f"{item.kind} {item.name} re-created")
     if item.action == "recreated":
         return Event(
-            "Normal",
-            "ChildRecreated",
+            Reason.CHILD_RECREATED,
             f"{item.kind} {item.name} deleted with its pods and volumes orphaned and "
             f"created again: {item.why} (an immutable field)",
         )
     if item.action == "patched":
-        return Event(
-            "Normal", "ChildUpdated", f"{item.kind} {item.name} brought in line: {item.why}"
-        )
+        return Event(Reason.CHILD_UPDATED, f"{item.kind} {item.name} brought in line: {item.why}")
     if item.action == "deleted":
-        return Event("Normal", "ChildDeleted", f"{item.kind} {item.name} deleted")
+        return Event(Reason.CHILD_DELETED, f"{item.kind} {item.name} deleted")
     return None
 
 
@@ -493,7 +490,7 @@ def _exposure_events(spec: PoolSpec, previous: Sequence[Mapping[str, Any]]) -> l
     )
     if not exposed or was:
         return []
-    return [Event("Warning", exposure.ROUTER_EXPOSED, message)]
+    return [Event(Reason.ROUTER_EXPOSED, message)]
 
 
 def _already_degraded(previous: Any, message: str) -> bool:

@@ -29,7 +29,6 @@ from gatewaypool_operator.plan import (
     ACCEPTED_SPEC_ANNOTATION,
     APPLY_REFUSED,
     ApplyResult,
-    Event,
     Observed,
     Outcome,
     Plan,
@@ -40,7 +39,6 @@ from gatewaypool_operator.plan import (
 __all__ = [
     "ACCEPTED_SPEC_ANNOTATION",
     "APPLY_REFUSED",
-    "Event",
     "Outcome",
     "apply",
     "observe",

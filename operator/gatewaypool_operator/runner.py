@@ -33,12 +33,12 @@ from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
 from gatewaypool.strict import format_time
 from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
+from gatewaypool_operator.events import Event, EventType
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.poolstatus import merge_patch
 from gatewaypool_operator.reconcile import (
     ACCEPTED_SPEC_ANNOTATION,
-    Event,
     Outcome,
     reconcile,
 )
@@ -170,7 +170,7 @@ def write_results(cluster: Cluster, body: dict[str, Any], outcome: Outcome) -> N
         )
     for event in outcome.events:
         post_event(cluster, body, event)
-        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        level = logging.WARNING if event.type is EventType.WARNING else logging.INFO
         log.log(level, "%s/%s %s: %s", namespace, name, event.reason, event.message)
     changed = [f"{a.kind}/{a.name} {a.action}" for a in outcome.applied if a.action != "unchanged"]
     if changed:
@@ -193,8 +193,8 @@ def post_event(cluster: Cluster, body: dict[str, Any], event: Event) -> None:
             "namespace": metadata["namespace"],
             "uid": metadata.get("uid"),
         },
-        "type": event.type,
-        "reason": event.reason,
+        "type": event.type.value,
+        "reason": event.reason.value,
         "message": event.message[:1024],
         "source": {"component": "gatewaypool-operator"},
         "firstTimestamp": now,

@@ -28,13 +28,16 @@ from gatewaypool_operator.handover import (
     HandoverInput,
     HandoverPlan,
     HandoverSettings,
+    RouterPod,
+    Step,
+    plan_handover,
+)
+from gatewaypool_operator.handoverstate import (
     HandoverState,
     MoveBatch,
-    RouterPod,
     StateError,
     dump_state,
     parse_state,
-    plan_handover,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -1016,7 +1019,7 @@ def test_the_model_catches_a_core_that_ignores_quiet(monkeypatch: pytest.MonkeyP
     from gatewaypool_operator import handover
 
     monkeypatch.setattr(handover._Routers, "quiet", lambda *args, **kwargs: True)
-    monkeypatch.setattr(handover._Routers, "closing", lambda *args, **kwargs: handover._DONE)
+    monkeypatch.setattr(handover._Routers, "closing", lambda *args, **kwargs: Step.COMPLETED)
     with pytest.raises(SplitError, match="bucket 5 active"):
         run_model(buckets=6, start=2, routers=2, steps=SPLITTING_SCENARIO, failover=None)
 

@@ -18,7 +18,7 @@ import pytest
 
 from gatewaypool.bucketmap import BucketMap, balanced_map, dump_map, parse_map
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator import children, handover
+from gatewaypool_operator import children, handoverstate
 from gatewaypool_operator.kubeapply import Applied, Cluster, ConflictError, RefusedError
 from gatewaypool_operator.mapgateways import desired_gateways
 from gatewaypool_operator.plan import (
@@ -242,7 +242,7 @@ def test_a_new_pool_has_no_map_until_a_gateway_is_ready() -> None:
     assert set(first.owners) == {0}  # only the Ready gateway takes buckets
     map_write = write_of(decided, "ConfigMap", "ct-map")
     assert map_write is not None and map_write.base is observed.map_configmap
-    assert handover.STATE_KEY in map_write.obj["data"]
+    assert handoverstate.STATE_KEY in map_write.obj["data"]
     assert reasons(decided) == ["BucketMapPublished"]
     assert decided.status["mapVersion"] == 1
 
