@@ -22,6 +22,7 @@ import pydicom
 import pytest
 from pydicom.uid import UID, generate_uid
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
+from pynetdicom.presentation import PresentationContext
 
 from gatewaypool_local.peers import (
     LOOPBACK,
@@ -52,7 +53,7 @@ RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
 
-def ct_context(context_id: int = 1, *syntaxes: str) -> rawdicom.PresentationContext:
+def ct_context(context_id: int = 1, *syntaxes: str) -> PresentationContext:
     return rawdicom.context(context_id, CT_IMAGE_STORAGE, list(syntaxes) or [EXPLICIT_VR_LE])
 
 
@@ -547,8 +548,8 @@ def _private_instance(tmp_path: Path) -> tuple[Path, str]:
     """A CT slice re-labelled as an instance of a private storage SOP class."""
     study = generate_study(tmp_path / "data", study_index=6, instances=1, rows=16, columns=16)
     dataset = pydicom.dcmread(study.files[0])
-    dataset.SOPClassUID = PRIVATE_CLASS
-    dataset.file_meta.MediaStorageSOPClassUID = PRIVATE_CLASS
+    dataset.SOPClassUID = UID(PRIVATE_CLASS)
+    dataset.file_meta.MediaStorageSOPClassUID = UID(PRIVATE_CLASS)
     path = tmp_path / "private.dcm"
     dataset.save_as(path, enforce_file_format=True)
     return path, str(dataset.SOPInstanceUID)
