@@ -183,12 +183,6 @@ class ReloadingContext:
                 self._check()
             return self._context
 
-    def check_now(self) -> None:
-        """Look at the files at once (tests, and the first connection after a quiet spell)."""
-        with self._lock:
-            self._checked = self._clock()
-            self._check()
-
     def _check(self) -> None:
         ids = self._identity()
         if ids in (self._ids, self._refused):

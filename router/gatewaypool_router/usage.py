@@ -1,6 +1,6 @@
 """What the operator needs to know of this router's traffic, to move buckets safely.
 
-Two facts, kept for every association thread of the router at the cost of
+Three facts, kept for every association thread of the router at the cost of
 one store per routed instance:
 
 - when each bucket was last routed into (a bucket may change owner only
