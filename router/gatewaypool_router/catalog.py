@@ -12,8 +12,9 @@ For every gateway of the current map the router opens probe associations
 
 A configured list (``--accepted-transfer-syntax``, ``--sop-class``) replaces
 the step it would answer. Results are cached per gateway (host, port, AE
-title) and probed again when the map's set of gateways changes; the probes
-run on a thread of their own, never on a sender's.
+title) while the map has that gateway, and every gateway is probed again
+when the map's set of gateways changes; the probes run on a thread of
+their own, never on a sender's.
 
 The same probes say whether a gateway can be reached. An association from
 a sender is refused (transient: A-ASSOCIATE-RJ 2/3/1) when no map is loaded
@@ -106,6 +107,10 @@ class GatewayCatalog:
         """Probe the gateways of a map whose set of gateways is new to us."""
         keys = {key_of(g): g for g in bucket_map.gateways}
         with self._lock:
+            # Forget gateways the map no longer has: one that comes back (a
+            # gateway redeployed with other settings, say) is probed anew.
+            for key in set(self._entries) - set(keys):
+                del self._entries[key]
             fresh = set(keys) - set(self._entries)
             for key in fresh:
                 self._entries[key] = _Entry()
@@ -289,11 +294,13 @@ class GatewayCatalog:
             )
         with self._lock:
             self._probing.discard(key)
-            entry = self._entries.setdefault(key, _Entry())
-            entry.reachable = reachable
-            entry.checked = time.monotonic()
-            if accepts is not None:
-                entry.accepts = accepts
+            # None: the map dropped the gateway while it was being probed.
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.reachable = reachable
+                entry.checked = time.monotonic()
+                if accepts is not None:
+                    entry.accepts = accepts
             self._changed.notify_all()
         if accepts is not None:
             log_event(

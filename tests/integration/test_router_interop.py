@@ -24,6 +24,7 @@ from pydicom.uid import UID, generate_uid
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 
+from gatewaypool.bucketmap import BucketMap, Gateway, dump_map
 from gatewaypool_local.peers import (
     LOOPBACK,
     DicomRsStoreSCP,
@@ -796,3 +797,45 @@ def test_a_dicom_rs_sender_falls_back_through_the_router_as_it_does_directly(
     assert (
         router.metric("gatewaypool_router_instances_total", gateway="gw-0", outcome="failure") == 0
     )
+
+
+def _one_gateway_map(gateway: DicomRsStoreSCP, version: int) -> str:
+    only = Gateway(name="gw-0", host=gateway.host, port=gateway.port, ae_title=gateway.ae_title)
+    return dump_map(BucketMap(version=version, buckets=64, gateways=(only,), owners=(0,) * 64))
+
+
+def test_what_the_router_accepts_follows_the_gateways_of_the_map(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A map change to other gateways probes them anew, and so does a gateway coming back.
+
+    The map names an uncompressed-only dicom-rs gateway, then one that
+    takes JPEG-LS, then the first again: a JPEG-LS context is refused,
+    accepted (and its instance stored as sent), refused again.
+    """
+    study = generate_study(tmp_path / "data", study_index=60, instances=1, rows=16, columns=16)
+    jpeg_ls = tmp_path / "jpeg-ls.dcm"
+    subprocess.run(["dcmcjpls", str(study.files[0]), str(jpeg_ls)], check=True)
+    map_file = tmp_path / "map.json"
+    plain = DicomRsStoreSCP(tmp_path / "plain", ae_title="PLAIN", uncompressed_only=True)
+    every = DicomRsStoreSCP(tmp_path / "every", ae_title="EVERY")
+    results: list[tuple[int, str]] = []
+    with plain, every:
+        for version, gateway in enumerate((plain, every, plain), start=1):
+            temporary = map_file.with_suffix(".tmp")
+            temporary.write_text(_one_gateway_map(gateway, version))
+            temporary.replace(map_file)
+            if version == 1:
+                router = start_router(map_file=map_file)
+            router.wait_events("gateway.probed", count=version, timeout=20)
+            offer = [ct_context(1, JPEG_LS_LOSSLESS)]
+            with RawScu(router.host, router.port, contexts=offer) as scu:
+                results.append(scu.results[1])
+                if scu.accepted(1):
+                    assert scu.store_file(1, jpeg_ls).status == 0
+                scu.release()
+        held = every.wait_for_count(1)
+    refused = (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    assert results == [refused, (0, JPEG_LS_LOSSLESS), refused]
+    assert [item.transfer_syntax for item in held] == [JPEG_LS_LOSSLESS]
+    assert held[0].dataset == dataset_bytes(jpeg_ls)
