@@ -7,14 +7,18 @@ on it (0x0122), where the sender, talking to that gateway directly, would
 have fallen back to another context at negotiation. So the router accepts
 only what every gateway of the pool accepts, and prefers what they prefer:
 
-- configured lists (``--accept-transfer-syntax``, ``--sop-class``; the pool's
+- configured lists (``--accepted-transfer-syntax``, ``--sop-class``; the pool's
   ``spec.gateway.acceptedTransferSyntaxes`` and ``spec.gateway.sopClasses``)
   take precedence: a configured transfer syntax list is also the order of
   preference, a configured SOP class list is the whole set of classes (and
   may name private ones);
 - otherwise what the gateways answered to probe associations
   (:mod:`gatewaypool_router.catalog`): the SOP classes each accepted, the
-  transfer syntaxes each accepted, ordered by the first gateway's choice;
+  transfer syntaxes each accepted, ordered by the first gateway's choice.
+  A gateway's transfer syntaxes are learnt for one SOP class (CT Image
+  Storage where it takes it) and assumed for every class it takes: the
+  gateways tested (DCMTK storescp, Orthanc, dicom-rs, pynetdicom) set them
+  for the whole gateway, not class by class;
 - a gateway not probed yet (unreachable, or refusing the router's AE title)
   does not narrow the set; with no gateway known, the router accepts every
   storage SOP class in every transfer syntax it can read.
