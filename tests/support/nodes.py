@@ -16,6 +16,9 @@ name and environment). What it does, as the kubelet does it:
   readiness period (the one time compression here, so a 5 s period does
   not make every test wait for Ready); liveness keeps its real period, as a
   compressed one would kill a process still starting;
+- a pod whose Secret or ConfigMap volume cannot be mounted (the object or a
+  key is missing) waits, with a ``FailedMount`` Warning Event, and starts
+  once it can be;
 - restarts exited containers by ``restartPolicy``, with back-off;
 - a pod being deleted gets SIGTERM, then SIGKILL after its
   ``terminationGracePeriodSeconds``, and is then removed from the API;
@@ -472,6 +475,14 @@ class Kubelet:
             self._network.attach(pod.netns, pod.address)
         try:
             volumes = podruntime.make_volumes(self._api, self._context(pod))
+        except podruntime.MountFailedError as exc:
+            if pod.message != str(exc):
+                pod.message = str(exc)
+                self._write_status(pod)
+                self._warn(pod, "FailedMount", f"MountVolume.SetUp failed: {exc}")
+            self._stop.wait(1.0)  # the kubelet retries mounts on its next sync
+            return
+        try:
             prepared = []
             for spec_container in spec.get("containers") or []:
                 env = podruntime.environment(
@@ -492,6 +503,30 @@ class Kubelet:
         pod.started = True
         pod.phase = "Running"
         self._write_status(pod)
+
+    def _warn(self, pod: Pod, reason: str, message: str) -> None:
+        """A Warning Event about the pod, as the kubelet records one (``kubectl describe``)."""
+        event = {
+            "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "uid": pod.uid,
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": pod.node},
+            "firstTimestamp": now(),
+            "lastTimestamp": now(),
+            "count": 1,
+        }
+        try:
+            self._core.create_namespaced_event(pod.namespace, event)
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            log.info("event %s for pod %s not recorded: %s", reason, pod.name, exc)
 
     def _launch(
         self, pod: Pod, container: Container, volumes: dict[str, Path], env: dict[str, str]

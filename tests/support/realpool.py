@@ -77,6 +77,7 @@ class RealPool:
         # Bodies are plain dicts, as kubectl sends them.
         self.custom: Any = kubernetes.client.CustomObjectsApi(cluster.api())
         self.core: Any = kubernetes.client.CoreV1Api(cluster.api())
+        self.apps: Any = kubernetes.client.AppsV1Api(cluster.api())
 
     def create(self, spec: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(
@@ -114,7 +115,11 @@ class RealPool:
         )
 
     def settled(self, replicas: int, routers: int) -> bool:
-        """`replicas` gateways Ready and owning buckets, nothing moving, all routers confirmed."""
+        """`replicas` gateways Ready and owning buckets, nothing moving, all routers confirmed.
+
+        And `routers` router pods Ready: a router reports its map before it
+        listens, and the router Service sends only to Ready pods.
+        """
         status = self.status()
         return (
             status.get("replicas") == replicas
@@ -122,7 +127,13 @@ class RealPool:
             and not status.get("movingBuckets")
             and len(status.get("bucketCounts") or {}) == replicas
             and status.get("routers") == f"{routers}/{routers}"
+            and self.routers_ready() == routers
         )
+
+    def routers_ready(self) -> int:
+        """Ready router pods, as the router Deployment counts them."""
+        found = self.apps.read_namespaced_deployment_status(f"{self.name}-router", self.namespace)
+        return int(found.status.ready_replicas or 0)
 
     def wait_settled(self, replicas: int, routers: int, *, timeout: float) -> None:
         """Wait until `settled`; the error shows the pool's last status."""
