@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 BRIDGE = "gwp0"
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 GATEWAY = "10.244.0.1"
+#: The bridge's own MAC (locally administered), fixed for the session.
+BRIDGE_MAC = "02:67:77:70:00:01"
 #: ClusterIPs (Services); addresses of it are made local by the Service proxy.
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
 
@@ -45,7 +47,12 @@ class PodNetwork:
 
     def setup(self) -> None:
         ip("link", "set", "lo", "up")
-        ip("link", "add", BRIDGE, "type", "bridge")
+        # A fixed MAC: without one the bridge takes the lowest of its ports' MACs, and
+        # changes it when that pod's veth goes; every other pod's ARP entry for the
+        # gateway and the node addresses then points nowhere, and its connections stall
+        # 10 to 45 s until the entry expires (metrics-server's scrapes time out, probes
+        # fail, containers are restarted).
+        ip("link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         ip("addr", "add", f"{GATEWAY}/{POD_CIDR.prefixlen}", "dev", BRIDGE)
         ip("link", "set", BRIDGE, "up")
 
