@@ -127,6 +127,61 @@ need_metrics_server() {
     export GATEWAYPOOL_METRICS_SERVER="$dir/metrics-server"
 }
 
+# Prometheus (tests/prometheus: the upstream program, required as a Go tool at
+# the release its go.mod names, with only its Kubernetes service discovery
+# compiled in) and the stand-in for Prometheus Adapter (tests/metricsadapter,
+# on sigs.k8s.io/custom-metrics-apiserver), built once the same way: they
+# serve the routers' studies in flight as custom.metrics.k8s.io in the test
+# cluster, so the real HPA controller scales a pool on them.
+need_prometheus() {
+    local module=tests/prometheus
+    local key
+    key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-16)
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/prometheus-$key"
+    if [ ! -x "$dir/prometheus" ]; then
+        echo "==> building Prometheus from Go modules (the first time takes a while)"
+        local began=$SECONDS
+        local version  # the release the module version stands for (v0.316.0: 3.16.0)
+        version=$(cd "$module" && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
+        mkdir -p "$dir"
+        (cd "$module" && go build -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+            -ldflags "-X github.com/prometheus/common/version.Version=$version" \
+            -o "$dir/prometheus.partial.$$" github.com/prometheus/prometheus/cmd/prometheus)
+        mv "$dir/prometheus.partial.$$" "$dir/prometheus"
+        echo "==> Prometheus built in $((SECONDS - began)) s: $dir/prometheus"
+    fi
+    export GATEWAYPOOL_PROMETHEUS="$dir/prometheus"
+}
+
+need_metrics_adapter() {
+    local module=tests/metricsadapter
+    local key
+    key=$(cat "$module/go.mod" "$module/go.sum" "$module"/*.go | sha256sum | cut -c1-16)
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/metrics-adapter-$key"
+    if [ ! -x "$dir/metricsadapter" ]; then
+        echo "==> building the Prometheus Adapter stand-in from Go modules (the first time takes a few minutes)"
+        local began=$SECONDS
+        mkdir -p "$dir"
+        (cd "$module" && go build -trimpath -o "$dir/metricsadapter.partial.$$" .)
+        mv "$dir/metricsadapter.partial.$$" "$dir/metricsadapter"
+        echo "==> Prometheus Adapter stand-in built in $((SECONDS - began)) s: $dir/metricsadapter"
+    fi
+    export GATEWAYPOOL_METRICS_ADAPTER="$dir/metricsadapter"
+}
+
+# Whether a pytest run of these arguments may reach the tests that need
+# Prometheus and the adapter: the whole suite, or any autoscaling test.
+reaches_custom_metrics() {
+    local arg chosen=0
+    for arg in "$@"; do
+        case "$arg" in
+            *autoscal*) return 0 ;;
+            tests/* | *.py | *::*) chosen=1 ;;
+        esac
+    done
+    [ "$chosen" -eq 0 ]
+}
+
 cmd="${1:-help}"
 shift || true
 case "$cmd" in
@@ -150,7 +205,10 @@ case "$cmd" in
         need_venv
         "$VENV/bin/python" -c "import matplotlib" 2>/dev/null \
             || "$VENV/bin/python" -m pip install -q -e ".[local,test,plot]"
-        PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
+        need_controlplane
+        need_prometheus
+        need_metrics_adapter
+        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
         ;;
     fuzz)
         need_debian_packages
@@ -177,6 +235,8 @@ case "$cmd" in
         "$VENV/bin/mypy"
         need_controlplane
         need_metrics_server
+        need_prometheus
+        need_metrics_adapter
         echo "==> pytest: tests that need the network"
         local_rc=0
         "$VENV/bin/pytest" -m network "$@" || local_rc=$?
@@ -191,6 +251,10 @@ case "$cmd" in
         need_dicom_rs
         need_controlplane
         need_metrics_server
+        if reaches_custom_metrics "$@"; then
+            need_prometheus
+            need_metrics_adapter
+        fi
         exec tests/sandbox.sh "$VENV/bin/pytest" "$@"
         ;;
     *)

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 from gatewaypool_local.synth import Study, generate_study
+from support import custommetrics
 from support.cluster import pool_cluster
 from support.kubeemu import KubeEmulator
 from support.realcluster import Cluster, namespace_for, running_cluster, session_folder
@@ -170,6 +171,16 @@ def cluster() -> Iterator[Cluster]:
     folder = session_folder()
     with running_cluster(folder) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def custom_metrics(cluster: Cluster) -> None:
+    """``custom.metrics.k8s.io`` served: Prometheus and the adapter (support.custommetrics).
+
+    Deployed once per session, by the first test that asks for it; Available when this returns.
+    """
+    custommetrics.deploy(cluster)
+    custommetrics.wait_available(cluster)
 
 
 @pytest.fixture

@@ -19,6 +19,10 @@ an image missing from a registry does.
 - ``.../metrics-server:*``: metrics-server, built from its Go module
   (``tests/metricsserver``) by ``./dev.sh``, which names the binary in
   ``GATEWAYPOOL_METRICS_SERVER``; without it the image is missing.
+- ``.../prometheus:*``: Prometheus, built from its Go module
+  (``tests/prometheus``; ``GATEWAYPOOL_PROMETHEUS``), the same way.
+- ``.../prometheus-adapter-standin:*``: the stand-in for Prometheus Adapter
+  (``tests/metricsadapter``; ``GATEWAYPOOL_METRICS_ADAPTER``), the same way.
 - ``.../busybox:*``: a shell (``CMD ["sh"]``), with this machine's programs
   on its PATH (``python3`` among them, which a real busybox lacks: tests use
   it to burn a measured share of a CPU).
@@ -87,9 +91,20 @@ def dockerfile_image(text: str) -> Image:
     return Image(tuple(entrypoint), tuple(cmd), (_VENV, *_SYSTEM), env, workdir)
 
 
+#: Images of programs ./dev.sh builds from Go modules: repository name -> the variable naming it.
+_BUILT = {
+    "metrics-server": "GATEWAYPOOL_METRICS_SERVER",
+    "prometheus": "GATEWAYPOOL_PROMETHEUS",
+    "prometheus-adapter-standin": "GATEWAYPOOL_METRICS_ADAPTER",
+}
+
+
 def _images() -> dict[str, Image]:
-    built = os.environ.get("GATEWAYPOOL_METRICS_SERVER", "")
-    extra = {"metrics-server": Image((built,))} if built and Path(built).exists() else {}
+    extra = {}
+    for name, variable in _BUILT.items():
+        built = os.environ.get(variable, "")
+        if built and Path(built).exists():
+            extra[name] = Image((built,))
     return {
         **extra,
         "busybox": Image((), ("sh",)),
