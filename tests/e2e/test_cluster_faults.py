@@ -40,17 +40,24 @@ def test_routers_follow_the_map_across_an_api_server_restart(
         },
     ) as pool:
         pool.wait_settled(2, 1, timeout=120)
-        [address] = pool.router_addresses().values()
+        [(router, address)] = pool.router_addresses().items()
         before = RealPool.metric(address, MAP_REQUESTS)
+        lists_before = RealPool.metric(address, MAP_REQUESTS, labels={"verb": "list"})
         began = time.monotonic()
         cluster.plane.restart_apiserver()
         pool.scale(3)
         pool.wait_settled(3, 1, timeout=120)  # the router on the map of three, after the restart
         minutes = (time.monotonic() - began) / 60
         requests = RealPool.metric(address, MAP_REQUESTS) - before
+        lists = RealPool.metric(address, MAP_REQUESTS, labels={"verb": "list"}) - lists_before
+        expired = cluster.pod_log(cluster_namespace, router).count('"map.watch_expired"')
     # A list and a watch per broken watch, and a few retries while the server
     # was down: a handful. A tight loop would be hundreds a minute.
     assert 2 <= requests <= 8 + 10 * minutes, f"{requests} map requests in {minutes:.1f} min"
+    # The new watch cache no longer reaches the router's version: 410 Gone, and
+    # a list only after each 410 (the first at once, a repeat after a back-off).
+    assert expired >= 1, "the resumed watch was never answered 410 Gone"
+    assert lists == expired, f"{lists} lists after {expired} 410s"
 
 
 def test_an_evicted_router_neither_holds_nor_forces_a_handover(
