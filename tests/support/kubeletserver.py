@@ -34,6 +34,10 @@ server (a TokenReview, then a SubjectAccessReview for ``nodes/metrics``);
 this stand-in serves read-only figures and does not check who asks. Its
 serving certificate is self-signed, as a kubelet's is without serving
 certificate bootstrap: metrics-server runs with ``--kubelet-insecure-tls``.
+
+Each server keeps its last requests (:attr:`KubeletServer.served`: when,
+what, the answer and how long it took), so a scrape that times out shows
+whether it never arrived or was answered slowly.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import os
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -60,6 +65,16 @@ log = logging.getLogger(__name__)
 PORT = 10250
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request answered: when it arrived (Unix seconds), its path, status and duration."""
+
+    at: float
+    path: str
+    status: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,8 @@ class KubeletServer:
         self._counters: dict[RunningContainer, float] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: The last requests answered, oldest first.
+        self.served: deque[Served] = deque(maxlen=50)
 
     def start(self) -> None:
         """Make the address local on the pod bridge, then serve on it."""
@@ -333,17 +350,22 @@ class KubeletServer:
 def _handler(kubelet: KubeletServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            began, at = time.monotonic(), time.time()
             path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                self._answer(200, "ok", "text/plain; charset=utf-8")
-            elif not self.headers.get("Authorization", "").startswith("Bearer "):
-                self._answer(401, "Unauthorized", "text/plain; charset=utf-8")
-            elif path == "/metrics/resource":
-                self._answer(200, kubelet.page(), "text/plain; version=0.0.4; charset=utf-8")
-            else:
-                self._answer(404, "404 page not found", "text/plain; charset=utf-8")
+            status = self._route(path)
+            kubelet.served.append(Served(at, path, status, time.monotonic() - began))
 
-        def _answer(self, status: int, body: str, content_type: str) -> None:
+        def _route(self, path: str) -> int:
+            if path == "/healthz":
+                return self._answer(200, "ok", "text/plain; charset=utf-8")
+            if not self.headers.get("Authorization", "").startswith("Bearer "):
+                return self._answer(401, "Unauthorized", "text/plain; charset=utf-8")
+            if path == "/metrics/resource":
+                page = kubelet.page()
+                return self._answer(200, page, "text/plain; version=0.0.4; charset=utf-8")
+            return self._answer(404, "404 page not found", "text/plain; charset=utf-8")
+
+        def _answer(self, status: int, body: str, content_type: str) -> int:
             data = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -351,6 +373,7 @@ def _handler(kubelet: KubeletServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             with contextlib.suppress(OSError):
                 self.wfile.write(data)
+            return status
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("kubelet %s: " + format, kubelet.node, *args)

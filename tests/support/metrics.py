@@ -12,14 +12,15 @@ kubelet stand-in like any pod. It scrapes each Node's ``/metrics/resource``
 (:mod:`support.kubeletserver`) every 15 s; the real HPA controller in
 kube-controller-manager then reads pods' CPU from it.
 
-:func:`deploy` applies the objects when the session's cluster starts and
-does not wait; :func:`wait_available` waits for the APIService to be
-Available (metrics-server is Ready after its second scrape, some 20 to 40
-seconds after the cluster starts).
+:func:`deploy` applies the objects and does not wait; :func:`wait_available`
+waits for the APIService to be Available (metrics-server is Ready after its
+second scrape, some 20 to 40 seconds after it starts). The tests that need
+``metrics.k8s.io`` do both once per session, through one fixture.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -243,7 +244,12 @@ def diagnosis(cluster: Cluster) -> str:
             (f["manager"], f.get("subresource"), f.get("time"))
             for f in pod["metadata"].get("managedFields") or []
         ]
+        restarts = [
+            (c["name"], c.get("restartCount"), (c.get("lastState") or {}).get("terminated"))
+            for c in status.get("containerStatuses") or []
+        ]
         lines.append(f"pod {pod['metadata']['name']}: {status.get('phase')} {conditions}")
+        lines.append(f"  restarts {restarts}")
         lines.append(f"  written by {writers}")
     core: Any = kubernetes.client.CoreV1Api(cluster.api())
     for event in core.list_namespaced_event(NAMESPACE).items:
@@ -252,6 +258,12 @@ def diagnosis(cluster: Cluster) -> str:
     ran = cluster.kubelet.pods(NAMESPACE)
     lines.append(cluster.kubelet.log(ran[-1])[-3000:] if ran else "(no metrics-server pod ran)")
     lines += [f"kubelet error: {error}" for error in cluster.kubelet.errors[-5:]]
+    for node, server in cluster.kubelet.servers().items():
+        answered = [
+            f"{time.strftime('%H:%M:%S', time.gmtime(s.at))} {s.path} {s.status} {s.seconds:.3f}s"
+            for s in list(server.served)[-6:]
+        ]
+        lines.append(f"kubelet {node} answered: {answered or 'nothing yet'}")
     return "\n".join(lines)
 
 

@@ -245,6 +245,10 @@ class Kubelet:
             with self._lock:
                 pod.done = True
 
+    def servers(self) -> dict[str, kubeletserver.KubeletServer]:
+        """Each Node's HTTPS port (``/metrics/resource``), by Node name."""
+        return dict(self._servers)
+
     def _running(self, node: str) -> list[kubeletserver.RunningContainer]:
         """The running containers of `node`'s pods, for its metrics endpoint."""
         with self._lock:
