@@ -204,16 +204,7 @@ class RouterReport:
             "open_associations",
             MappingProxyType(dict(sorted(self.open_associations.items()))),
         )
-        if self.map_version is not None and (not is_int(self.map_version) or self.map_version < 0):
-            raise ReportError(f"{self.map_version!r} is not a map version", path="mapVersion")
-        if not is_int(self.buckets) or not 0 <= self.buckets <= MAX_BUCKETS:
-            raise ReportError(f"{self.buckets!r} is not a bucket count", path="buckets")
-        if (self.map_version is None) != (self.buckets == 0):
-            raise ReportError(
-                f"{self.buckets} buckets with map version {self.map_version!r} "
-                "(0 buckets exactly when no map is applied)",
-                path="buckets",
-            )
+        _check_applied(self.map_version, self.buckets)
         for name in ("started_at", "reported_at"):
             moment = getattr(self, name)
             if not isinstance(moment, datetime) or moment.tzinfo is None:
@@ -368,38 +359,9 @@ def parse_report(text: str) -> RouterReport:
         Naming the field, for anything malformed; also for text far larger
         than any report can be, before decoding it.
     """
-    if not isinstance(text, str):
-        raise ReportError(f"{type(text).__name__} is not text")
-    if len(text) > report_size_bound(MAX_BUCKETS):
-        raise ReportError(f"{len(text)} characters, more than any report can take")
-    try:
-        data = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
-    except ValueError as error:
-        raise ReportError(f"not JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"a report must be an object, not {kind_of(data)}: {show(data)}")
-    for key in data:
-        if key not in _KEYS:
-            raise ReportError(f"{show(key)} is not a known key", path=str(key))
-    for key in _REQUIRED:
-        if key not in data:
-            raise ReportError("required key is missing", path=key)
-    version = data["mapVersion"]
-    if version is not None and (not is_int(version) or version < 0):
-        raise ReportError(
-            f"{show(version)} is not a map version (integer >= 0 or null)", path="mapVersion"
-        )
-    buckets = data["buckets"]
-    if not is_int(buckets) or not 0 <= buckets <= MAX_BUCKETS:
-        raise ReportError(
-            f"{show(buckets)} is not a bucket count (0..{MAX_BUCKETS})", path="buckets"
-        )
-    if (version is None) != (buckets == 0):
-        raise ReportError(
-            f"{buckets} buckets with map version {version!r} "
-            "(0 buckets exactly when no map is applied)",
-            path="buckets",
-        )
+    data = _load(text)
+    version, buckets = data["mapVersion"], data["buckets"]
+    _check_applied(version, buckets)
     started = _time(data["startedAt"], "startedAt")
     reported = _time(data["reportedAt"], "reportedAt")
     raw_used = data["used"]
@@ -420,6 +382,45 @@ def parse_report(text: str) -> RouterReport:
         open_associations=_parse_open(data.get("open", {})),
         open_truncated=truncated,
     )
+
+
+def _load(text: str) -> dict[str, Any]:
+    """The report's JSON object, its keys checked; bounded before it is decoded."""
+    if not isinstance(text, str):
+        raise ReportError(f"{type(text).__name__} is not text")
+    if len(text) > report_size_bound(MAX_BUCKETS):
+        raise ReportError(f"{len(text)} characters, more than any report can take")
+    try:
+        data = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
+    except ValueError as error:
+        raise ReportError(f"not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"a report must be an object, not {kind_of(data)}: {show(data)}")
+    for key in data:
+        if key not in _KEYS:
+            raise ReportError(f"{show(key)} is not a known key", path=str(key))
+    for key in _REQUIRED:
+        if key not in data:
+            raise ReportError("required key is missing", path=key)
+    return data
+
+
+def _check_applied(version: object, buckets: object) -> None:
+    """``mapVersion`` and ``buckets``: a version and its map's bucket count, or null and 0."""
+    if version is not None and (not is_int(version) or version < 0):
+        raise ReportError(
+            f"{show(version)} is not a map version (integer >= 0 or null)", path="mapVersion"
+        )
+    if not is_int(buckets) or not 0 <= buckets <= MAX_BUCKETS:
+        raise ReportError(
+            f"{show(buckets)} is not a bucket count (0..{MAX_BUCKETS})", path="buckets"
+        )
+    if (version is None) != (buckets == 0):
+        raise ReportError(
+            f"{buckets} buckets with map version {version!r} "
+            "(0 buckets exactly when no map is applied)",
+            path="buckets",
+        )
 
 
 # --- encoding ------------------------------------------------------------------

@@ -138,6 +138,15 @@ def render(result: BenchResult) -> str:
     """Return the run as a dated Markdown section (a level-3 heading and its figures)."""
     lines: list[str] = []
     say: Callable[[str], None] = lines.append
+    _describe_run(result, say)
+    _throughput(result, say)
+    _costs(result, say)
+    _targets(result, say)
+    return "\n".join(lines) + "\n"
+
+
+def _describe_run(result: BenchResult, say: Callable[[str], None]) -> None:
+    """The heading, the command, the machine and the data."""
     machine = result.machine
     loaded = result.load_start[0] >= QUIET_LOAD
     say(f"### {result.date}, --workers {result.workers}")
@@ -164,6 +173,10 @@ def render(result: BenchResult) -> str:
         f"{result.study_size}; best of {result.rounds} round{'s' if result.rounds > 1 else ''}."
     )
     say("")
+
+
+def _throughput(result: BenchResult, say: Callable[[str], None]) -> None:
+    """Instances and megabytes per second, routed against the references."""
     say("| path | associations | instances/s | MB/s | routed vs reference |")
     say("|---|---|---|---|---|")
     for associations in (1, 4):
@@ -184,6 +197,10 @@ def render(result: BenchResult) -> str:
                 f"| {_figure(case.megabytes_per_second)} | {ratio} |"
             )
     say("")
+
+
+def _costs(result: BenchResult, say: Callable[[str], None]) -> None:
+    """The limit's method, latency, CPU and memory."""
     say(
         f"Limit: each of the {result.studies} studies sent by its own `storescu` straight to "
         f"the gateway its bucket names in the router's map ({result.limit_spread} studies), "
@@ -217,6 +234,11 @@ def render(result: BenchResult) -> str:
         f"(took {result.multiframe_seconds:.1f} s): {describe_memory(result.multiframe_memory)}."
     )
     say("")
+
+
+def _targets(result: BenchResult, say: Callable[[str], None]) -> None:
+    """The figures against their targets (issue 11)."""
+    lat = result.latency
     say("| figure (issue 11) | measured | target | met |")
     say("|---|---|---|---|")
     one = result.find("routed", 1).per_second / result.find("direct", 1).per_second
@@ -244,4 +266,3 @@ def render(result: BenchResult) -> str:
     ):
         peak = worker_peak(samples)
         say(_target_row(what, _mib(peak), "< 100 MiB", peak < 100 * 2**20))
-    return "\n".join(lines) + "\n"

@@ -352,25 +352,7 @@ def generate_study(
     _common_attributes(
         ds, study_index=study_index, seed=seed, study_uid=study_uid, rows=rows, columns=columns
     )
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SeriesDate = ds.StudyDate
-    ds.SeriesTime = ds.StudyTime
-    ds.SeriesDescription = "HEAD 1.0 mm"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = 2
-    ds.AcquisitionNumber = 1
-    ds.SliceThickness = str(_SLICE_SPACING_MM)
-    ds.ConvolutionKernel = "H30s"
-    ds.PatientPosition = "HFS"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = _pixel_spacing(rows, columns)
-    ds.RescaleIntercept = str(_RESCALE_INTERCEPT)
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
-    ds.WindowCenter = "40"
-    ds.WindowWidth = "80"
-    ds.WindowCenterWidthExplanation = "BRAIN"
+    _head_ct_series(ds, series_uid=series_uid, rows=rows, columns=columns)
 
     half_fov = _FIELD_OF_VIEW_MM / 2.0
     encoder = _SliceEncoder(
@@ -404,6 +386,29 @@ def generate_study(
         transfer_syntax=str(ts),
         total_bytes=total,
     )
+
+
+def _head_ct_series(ds: Dataset, *, series_uid: str, rows: int, columns: int) -> None:
+    """The attributes every slice of the axial head-CT series shares."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SeriesDate = ds.StudyDate
+    ds.SeriesTime = ds.StudyTime
+    ds.SeriesDescription = "HEAD 1.0 mm"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 2
+    ds.AcquisitionNumber = 1
+    ds.SliceThickness = str(_SLICE_SPACING_MM)
+    ds.ConvolutionKernel = "H30s"
+    ds.PatientPosition = "HFS"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = _pixel_spacing(rows, columns)
+    ds.RescaleIntercept = str(_RESCALE_INTERCEPT)
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "80"
+    ds.WindowCenterWidthExplanation = "BRAIN"
 
 
 def _set_pixel_data(ds: Dataset, pixels: npt.NDArray[np.int16], ts: UID) -> None:

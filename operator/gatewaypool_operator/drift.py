@@ -258,43 +258,9 @@ def _first_difference(
     ``atomic``: inside an atomic list, where every nested list is atomic too.
     """
     if isinstance(desired, Mapping):
-        if live is None and not desired:
-            return None
-        if not isinstance(live, Mapping):
-            return path
-        for key, value in desired.items():
-            if key not in live or live[key] is None:
-                if _empty(value):
-                    continue
-                return (*path, f"f:{key}")
-            found = _first_difference(value, live[key], (*path, f"f:{key}"), atomic=atomic)
-            if found is not None:
-                return found
-        return None
+        return _mapping_difference(desired, live, path, atomic=atomic)
     if isinstance(desired, list | tuple):
-        if live is None and not desired:
-            return None
-        if not isinstance(live, list):
-            return path
-        keys = () if atomic else _keys(path)
-        if keys:
-            for item in desired:
-                element = _item_element(item, keys)
-                match = next((other for other in live if _matches(other, item, keys)), None)
-                if match is None:
-                    return (*path, element)
-                found = _first_difference(item, match, (*path, element))
-                if found is not None:
-                    return found
-            return None
-        if not atomic and _field(path) in _SET_LISTS:
-            return None if set(map(_compact, desired)) <= set(map(_compact, live)) else path
-        if len(desired) != len(live):
-            return path
-        for item, other in zip(desired, live, strict=True):
-            if _first_difference(item, other, path, atomic=True) is not None:
-                return path  # an atomic list is one field
-        return None
+        return _list_difference(desired, live, path, atomic=atomic)
     if desired == live and type(desired) is type(live):
         return None
     if _is_quantity(path):
@@ -303,6 +269,52 @@ def _first_difference(
         except quantity.QuantityError:
             return path
     return path
+
+
+def _mapping_difference(
+    desired: Mapping[str, Any], live: Any, path: FieldPath, *, atomic: bool
+) -> FieldPath | None:
+    if live is None and not desired:
+        return None
+    if not isinstance(live, Mapping):
+        return path
+    for key, value in desired.items():
+        if key not in live or live[key] is None:
+            if _empty(value):
+                continue
+            return (*path, f"f:{key}")
+        found = _first_difference(value, live[key], (*path, f"f:{key}"), atomic=atomic)
+        if found is not None:
+            return found
+    return None
+
+
+def _list_difference(
+    desired: Sequence[Any], live: Any, path: FieldPath, *, atomic: bool
+) -> FieldPath | None:
+    if live is None and not desired:
+        return None
+    if not isinstance(live, list):
+        return path
+    keys = () if atomic else _keys(path)
+    if keys:  # a map list: each desired item against the live item of its keys
+        for item in desired:
+            element = _item_element(item, keys)
+            match = next((other for other in live if _matches(other, item, keys)), None)
+            if match is None:
+                return (*path, element)
+            found = _first_difference(item, match, (*path, element))
+            if found is not None:
+                return found
+        return None
+    if not atomic and _field(path) in _SET_LISTS:
+        return None if set(map(_compact, desired)) <= set(map(_compact, live)) else path
+    if len(desired) != len(live):
+        return path
+    for item, other in zip(desired, live, strict=True):
+        if _first_difference(item, other, path, atomic=True) is not None:
+            return path  # an atomic list is one field
+    return None
 
 
 def _field(path: FieldPath) -> str:

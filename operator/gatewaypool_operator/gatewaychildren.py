@@ -14,6 +14,7 @@ the pool owns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from gatewaypool_operator.childnames import (
@@ -35,7 +36,7 @@ from gatewaypool_operator.podparts import (
     topology_spread,
 )
 from gatewaypool_operator.specfields import thaw
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spectypes import GatewaySpec, PoolSpec
 
 __all__ = [
     "DATA_VOLUME",
@@ -102,56 +103,8 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
     gateway = spec.gateway
     template = gateway.pod_template
     secrets = gateway_secret_mounts(spec)
-    volume_mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
-    if gateway.storage is not None:
-        volume_mounts.append({"name": DATA_VOLUME, "mountPath": gateway.storage.mount_path})
-    volume_mounts += [mount.volume_mount() for mount in secrets]
-    container: dict[str, Any] = {
-        "name": "gateway",
-        "image": gateway.image,
-        "imagePullPolicy": gateway.image_pull_policy,
-    }
-    if gateway.command:
-        container["command"] = list(gateway.command)
-    if gateway.args:
-        container["args"] = list(gateway.args)
-    container["ports"] = [{"name": "dicom", "containerPort": gateway.port, "protocol": "TCP"}]
-    if gateway.env:
-        container["env"] = thaw(gateway.env)
-    container["resources"] = container_resources(gateway.resources)
-    container["readinessProbe"] = {
-        # Any DICOM SCP accepts a TCP connection when it can take associations;
-        # a C-ECHO probe would need a DICOM client in the user's image.
-        "tcpSocket": {"port": "dicom"},
-        "periodSeconds": 5,
-        "failureThreshold": 3,
-    }
-    security = gateway.security_context
-    container["securityContext"] = container_security_context(
-        run_as_non_root=security.run_as_non_root
-    )
-    container["volumeMounts"] = volume_mounts
-
-    pod_security: dict[str, Any] = {
-        # The image picks its user unless the spec does; by default it must not be root.
-        "runAsNonRoot": security.run_as_non_root,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    if security.run_as_user is not None:
-        pod_security["runAsUser"] = security.run_as_user
-    if security.run_as_group is not None:
-        pod_security["runAsGroup"] = security.run_as_group
-    if security.fs_group is not None or gateway.storage is not None or secrets:
-        # A fresh volume and Secret files are root's; the group makes the
-        # volume writable and the Secret files readable to any non-root user.
-        pod_security["fsGroup"] = security.fs_group if security.fs_group is not None else FS_GROUP
-        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
-    if gateway.port < PRIVILEGED_PORTS:
-        # A non-root gateway may bind its DICOM port (104) without a capability:
-        # the pod's own network namespace lets unprivileged users bind from the
-        # port up. A "safe" sysctl, allowed by the baseline and restricted Pod
-        # Security levels and by every kubelet since Kubernetes 1.22.
-        pod_security["sysctls"] = [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": str(gateway.port)}]
+    container = _container(gateway, secrets)
+    pod_security = _pod_security(gateway, secrets)
     pod_spec: dict[str, Any] = {
         # Gateways do not call the Kubernetes API unless the user gives them an account.
         "automountServiceAccountToken": bool(template.service_account_name),
@@ -209,6 +162,65 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
         "metadata": object_metadata(statefulset_name(name), namespace, labels(name, "gateway")),
         "spec": statefulset_spec,
     }
+
+
+def _container(gateway: GatewaySpec, secrets: Sequence[SecretMount]) -> dict[str, Any]:
+    """The gateway container: the user's image, command and env, with our probe and mounts."""
+    volume_mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    if gateway.storage is not None:
+        volume_mounts.append({"name": DATA_VOLUME, "mountPath": gateway.storage.mount_path})
+    volume_mounts += [mount.volume_mount() for mount in secrets]
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gateway.image,
+        "imagePullPolicy": gateway.image_pull_policy,
+    }
+    if gateway.command:
+        container["command"] = list(gateway.command)
+    if gateway.args:
+        container["args"] = list(gateway.args)
+    container["ports"] = [{"name": "dicom", "containerPort": gateway.port, "protocol": "TCP"}]
+    if gateway.env:
+        container["env"] = thaw(gateway.env)
+    container["resources"] = container_resources(gateway.resources)
+    container["readinessProbe"] = {
+        # Any DICOM SCP accepts a TCP connection when it can take associations;
+        # a C-ECHO probe would need a DICOM client in the user's image.
+        "tcpSocket": {"port": "dicom"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    container["securityContext"] = container_security_context(
+        run_as_non_root=gateway.security_context.run_as_non_root
+    )
+    container["volumeMounts"] = volume_mounts
+    return container
+
+
+def _pod_security(gateway: GatewaySpec, secrets: Sequence[SecretMount]) -> dict[str, Any]:
+    """The gateway pod's securityContext."""
+    security = gateway.security_context
+    pod_security: dict[str, Any] = {
+        # The image picks its user unless the spec does; by default it must not be root.
+        "runAsNonRoot": security.run_as_non_root,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if security.run_as_user is not None:
+        pod_security["runAsUser"] = security.run_as_user
+    if security.run_as_group is not None:
+        pod_security["runAsGroup"] = security.run_as_group
+    if security.fs_group is not None or gateway.storage is not None or secrets:
+        # A fresh volume and Secret files are root's; the group makes the
+        # volume writable and the Secret files readable to any non-root user.
+        pod_security["fsGroup"] = security.fs_group if security.fs_group is not None else FS_GROUP
+        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
+    if gateway.port < PRIVILEGED_PORTS:
+        # A non-root gateway may bind its DICOM port (104) without a capability:
+        # the pod's own network namespace lets unprivileged users bind from the
+        # port up. A "safe" sysctl, allowed by the baseline and restricted Pod
+        # Security levels and by every kubelet since Kubernetes 1.22.
+        pod_security["sysctls"] = [{"name": UNPRIVILEGED_PORT_SYSCTL, "value": str(gateway.port)}]
+    return pod_security
 
 
 def network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:

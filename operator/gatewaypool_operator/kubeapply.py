@@ -406,46 +406,9 @@ class Cluster:
         conditional = not isinstance(base, _Unset)  # a write at base's resourceVersion
         live = base if not isinstance(base, _Unset) else self.read(kind, namespace, name)
         try:
-            live_metadata = (live or {}).get("metadata") or {}
-            if live is not None and live_metadata.get("deletionTimestamp"):
-                # Deleted for a re-creation by an earlier pass, or by someone:
-                # create it once it is gone.
-                if not self.wait_gone(kind, namespace, name, uid=live_metadata.get("uid")):
-                    return Applied(kind, name, "deleting", "the old object is still terminating")
-                self.server_side_apply(desired)
-                return Applied(kind, name, "created")
             if live is None:
-                if exclusive or create_only:
-                    try:
-                        self.create(desired)
-                    except ApiException as exc:
-                        if exc.status != 409:
-                            raise
-                        if exclusive:
-                            raise ConflictError(f"{kind} {name} was created meanwhile") from exc
-                        return Applied(kind, name, "unchanged")
-                else:
-                    self.server_side_apply(desired)
-                return Applied(kind, name, "created")
-            if create_only:
-                return Applied(kind, name, "unchanged")
-            immutable = immutable_change(desired, live)
-            if immutable is not None:
-                # Pods and PersistentVolumeClaims stay: the new object adopts them.
-                uid = live_metadata.get("uid")
-                self.delete(kind, namespace, name, orphan=True, uid=uid)
-                if not self.wait_gone(kind, namespace, name, uid=uid):
-                    return Applied(kind, name, "deleting", immutable)
-                self.server_side_apply(desired)
-                return Applied(kind, name, "recreated", immutable)
-            why = apply_change(desired, live)
-            if why is None:
-                return Applied(kind, name, "unchanged")
-            if conditional:
-                version = (live.get("metadata") or {}).get("resourceVersion")
-                desired = {**desired, "metadata": {**metadata, "resourceVersion": version}}
-            self.server_side_apply(desired)
-            return Applied(kind, name, "patched", why)
+                return self._create(desired, exclusive=exclusive, create_only=create_only)
+            return self._update(desired, live, conditional=conditional, create_only=create_only)
         except ApiException as exc:
             if exc.status == 409:
                 raise ConflictError(f"{kind} {name}: {_server_message(exc)}") from exc
@@ -453,6 +416,64 @@ class Cluster:
                 # Also a 5xx that outlasted the retries: one child's trouble.
                 raise RefusedError(kind, name, _server_message(exc)) from exc
             raise
+
+    def _create(self, desired: Mapping[str, Any], *, exclusive: bool, create_only: bool) -> Applied:
+        """`apply` of an object that is absent."""
+        from kubernetes.client.exceptions import ApiException
+
+        kind, name = str(desired["kind"]), str(desired["metadata"]["name"])
+        if not (exclusive or create_only):
+            self.server_side_apply(desired)
+            return Applied(kind, name, "created")
+        try:
+            self.create(desired)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if exclusive:
+                raise ConflictError(f"{kind} {name} was created meanwhile") from exc
+            return Applied(kind, name, "unchanged")
+        return Applied(kind, name, "created")
+
+    def _update(
+        self,
+        desired: Mapping[str, Any],
+        live: Mapping[str, Any],
+        *,
+        conditional: bool,
+        create_only: bool,
+    ) -> Applied:
+        """`apply` of an object that exists: re-create, patch, or leave it."""
+        kind = str(desired["kind"])
+        metadata = desired["metadata"]
+        name, namespace = str(metadata["name"]), str(metadata["namespace"])
+        live_metadata = live.get("metadata") or {}
+        if live_metadata.get("deletionTimestamp"):
+            # Deleted for a re-creation by an earlier pass, or by someone:
+            # create it once it is gone.
+            if not self.wait_gone(kind, namespace, name, uid=live_metadata.get("uid")):
+                return Applied(kind, name, "deleting", "the old object is still terminating")
+            self.server_side_apply(desired)
+            return Applied(kind, name, "created")
+        if create_only:
+            return Applied(kind, name, "unchanged")
+        immutable = immutable_change(desired, live)
+        if immutable is not None:
+            # Pods and PersistentVolumeClaims stay: the new object adopts them.
+            uid = live_metadata.get("uid")
+            self.delete(kind, namespace, name, orphan=True, uid=uid)
+            if not self.wait_gone(kind, namespace, name, uid=uid):
+                return Applied(kind, name, "deleting", immutable)
+            self.server_side_apply(desired)
+            return Applied(kind, name, "recreated", immutable)
+        why = apply_change(desired, live)
+        if why is None:
+            return Applied(kind, name, "unchanged")
+        if conditional:
+            version = live_metadata.get("resourceVersion")
+            desired = {**desired, "metadata": {**metadata, "resourceVersion": version}}
+        self.server_side_apply(desired)
+        return Applied(kind, name, "patched", why)
 
 
 def _selector(labels: Mapping[str, str]) -> str:

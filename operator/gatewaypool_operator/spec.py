@@ -569,7 +569,24 @@ def _router_service(section: SpecObject, *, plain_port: bool, tls: bool) -> Rout
     if traffic is not None:
         traffic = service.choice("externalTrafficPolicy", _EXTERNAL_TRAFFIC_POLICIES, "Cluster")
     only_with("nodePorts", ("NodePort", "LoadBalancer"))
-    node_ports = service.child("nodePorts")
+    ports = _node_ports(service.child("nodePorts"), plain_port=plain_port, tls=tls)
+    policy, families = _ip_families(service)
+    return RouterServiceSpec(
+        type=kind,
+        annotations=service.string_map("annotations", values="any"),
+        labels=labels,
+        load_balancer_class=load_balancer_class,
+        load_balancer_source_ranges=ranges,
+        external_traffic_policy=traffic,
+        node_port=ports["dicom"],
+        tls_node_port=ports["dicomTLS"],
+        ip_family_policy=policy,
+        ip_families=families,
+    )
+
+
+def _node_ports(node_ports: SpecObject, *, plain_port: bool, tls: bool) -> dict[str, int | None]:
+    """``spec.router.service.nodePorts``: ``dicom`` and ``dicomTLS``, each only with its port."""
     node_ports.keys("dicom", "dicomTLS")
     ports: dict[str, int | None] = {}
     for key, needed, why in (
@@ -588,6 +605,11 @@ def _router_service(section: SpecObject, *, plain_port: bool, tls: bool) -> Rout
             ports["dicomTLS"],
             "is nodePorts.dicom too: the plain and the TLS port need two node ports",
         )
+    return ports
+
+
+def _ip_families(service: SpecObject) -> tuple[str | None, tuple[str, ...]]:
+    """``ipFamilyPolicy`` and ``ipFamilies`` of the router Service, checked together."""
     policy = service.data.get("ipFamilyPolicy")
     if policy is not None:
         policy = service.choice("ipFamilyPolicy", _IP_FAMILY_POLICIES, "SingleStack")
@@ -609,18 +631,7 @@ def _router_service(section: SpecObject, *, plain_port: bool, tls: bool) -> Rout
             policy,
             "cannot have two ipFamilies (use PreferDualStack or RequireDualStack)",
         )
-    return RouterServiceSpec(
-        type=kind,
-        annotations=service.string_map("annotations", values="any"),
-        labels=labels,
-        load_balancer_class=load_balancer_class,
-        load_balancer_source_ranges=ranges,
-        external_traffic_policy=traffic,
-        node_port=ports["dicom"],
-        tls_node_port=ports["dicomTLS"],
-        ip_family_policy=policy,
-        ip_families=families,
-    )
+    return policy, families
 
 
 def _check_cidr(path: str, text: str) -> None:

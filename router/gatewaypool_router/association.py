@@ -337,25 +337,9 @@ class IncomingAssociation:
         connection is closed (AA-2); anything else that is not a request is
         answered with an A-ABORT (AA-1), then closed.
         """
-        self._reader.deadline = time.monotonic() + self._config.acse_timeout
-        self.progress.wait("sender", "A-ASSOCIATE-RQ")
-        try:
-            pdu = pdus.read_pdu(self._reader, max_body=1 << 20)
-        except pdus.PeerClosedError as exc:
-            self._metrics.refusals.labels(reason="not_dicom").inc()
-            log_event(log, logging.WARNING, "connection.closed", peer=self._peer, reason=str(exc))
+        pdu = self._read_request()
+        if pdu is None:
             return False
-        except TimeoutError:
-            return self._not_dicom("no association request in time", abort=False)
-        except pdus.ProtocolError as exc:
-            return self._not_dicom(str(exc))
-        finally:
-            self._reader.deadline = None
-        self._sock.settimeout(self._config.acse_timeout)
-        if pdu.type == pdus.ABORT:
-            return self._not_dicom("A-ABORT instead of A-ASSOCIATE-RQ", abort=False)
-        if pdu.type != pdus.ASSOCIATE_RQ:
-            return self._not_dicom(f"PDU type 0x{pdu.type:02X} instead of A-ASSOCIATE-RQ")
         blank = _blank_ae_title(pdu.raw())
         if blank is not None:
             return self._refuse(
@@ -382,31 +366,8 @@ class IncomingAssociation:
                 source=negotiation.RJ_SOURCE_USER,
                 diagnostic=negotiation.RJ_USER_APPLICATION_CONTEXT,
             )
-        subjects = config.subjects_for(request.calling_ae)
-        if subjects is not None:
-            if self._client_subject not in subjects:
-                return self._refuse_subject(subjects)
-        elif config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
-            return self._refuse(
-                "calling_ae_not_allowed",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=negotiation.RJ_USER_CALLING_AE,
-            )
-        if config.require_called_ae and request.called_ae != config.ae_title:
-            return self._refuse(
-                "called_ae_mismatch",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=negotiation.RJ_USER_CALLED_AE,
-            )
-        if over_limit:
-            return self._refuse(
-                "too_many_associations",
-                result=negotiation.RJ_TRANSIENT,
-                source=negotiation.RJ_SOURCE_PRESENTATION,
-                diagnostic=negotiation.RJ_PRESENTATION_LOCAL_LIMIT,
-            )
+        if not self._admitted(request, over_limit=over_limit):
+            return False
         policy = None
         if self._catalog is not None:
             why = self._catalog.admit()
@@ -438,6 +399,63 @@ class IncomingAssociation:
             client_subject=self._client_subject,
             forwarding="copy" if self._splicer is None else "splice",
         )
+        return True
+
+    def _read_request(self) -> pdus.Pdu | None:
+        """The A-ASSOCIATE-RQ; None once anything else was answered (see `_negotiate`)."""
+        self._reader.deadline = time.monotonic() + self._config.acse_timeout
+        self.progress.wait("sender", "A-ASSOCIATE-RQ")
+        try:
+            pdu = pdus.read_pdu(self._reader, max_body=1 << 20)
+        except pdus.PeerClosedError as exc:
+            self._metrics.refusals.labels(reason="not_dicom").inc()
+            log_event(log, logging.WARNING, "connection.closed", peer=self._peer, reason=str(exc))
+            return None
+        except TimeoutError:
+            self._not_dicom("no association request in time", abort=False)
+            return None
+        except pdus.ProtocolError as exc:
+            self._not_dicom(str(exc))
+            return None
+        finally:
+            self._reader.deadline = None
+        self._sock.settimeout(self._config.acse_timeout)
+        if pdu.type == pdus.ABORT:
+            self._not_dicom("A-ABORT instead of A-ASSOCIATE-RQ", abort=False)
+            return None
+        if pdu.type != pdus.ASSOCIATE_RQ:
+            self._not_dicom(f"PDU type 0x{pdu.type:02X} instead of A-ASSOCIATE-RQ")
+            return None
+        return pdu
+
+    def _admitted(self, request: AssociationRequest, *, over_limit: bool) -> bool:
+        """Whether the caller may associate: its AE titles, its certificate, the limit."""
+        config = self._config
+        subjects = config.subjects_for(request.calling_ae)
+        if subjects is not None:
+            if self._client_subject not in subjects:
+                return self._refuse_subject(subjects)
+        elif config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
+            return self._refuse(
+                "calling_ae_not_allowed",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=negotiation.RJ_USER_CALLING_AE,
+            )
+        if config.require_called_ae and request.called_ae != config.ae_title:
+            return self._refuse(
+                "called_ae_mismatch",
+                result=negotiation.RJ_PERMANENT,
+                source=negotiation.RJ_SOURCE_USER,
+                diagnostic=negotiation.RJ_USER_CALLED_AE,
+            )
+        if over_limit:
+            return self._refuse(
+                "too_many_associations",
+                result=negotiation.RJ_TRANSIENT,
+                source=negotiation.RJ_SOURCE_PRESENTATION,
+                diagnostic=negotiation.RJ_PRESENTATION_LOCAL_LIMIT,
+            )
         return True
 
     def _refuse_subject(self, subjects: frozenset[str]) -> bool:
@@ -482,18 +500,9 @@ class IncomingAssociation:
             progress.wait("sender", "data set fragment" if self._instance else "next request")
             if self._instance is None and self._upstreams:
                 self._await_sender()
-            try:
-                if self._splicer is None:
-                    pdu = pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
-                else:
-                    streamed = self._read_or_stream()
-                    if streamed is None:
-                        continue
-                    pdu = streamed
-            except pdus.ProtocolError as exc:
-                raise _AbortError.from_protocol(exc) from exc
-            except TimeoutError as exc:
-                raise _AbortError.by_user("idle timeout") from exc
+            pdu = self._next_pdu()
+            if pdu is None:
+                continue  # a P-DATA-TF streamed as it came
             progress.read(pdu_name(pdu.type), len(pdu.body))
             if pdu.type == pdus.P_DATA_TF:
                 try:
@@ -502,17 +511,32 @@ class IncomingAssociation:
                 except pdus.ProtocolError as exc:
                     raise _AbortError.from_protocol(exc) from exc
             elif pdu.type == pdus.RELEASE_RQ:
-                if self._instance is not None:
-                    raise _AbortError("release requested in the middle of a C-STORE")
-                for upstream in self._upstreams.values():
-                    upstream.release()
-                self._upstreams.clear()
-                self._send_quietly(pdus.RELEASE_RP_PDU)
-                return "released"
+                return self._release()
             elif pdu.type == pdus.ABORT:
                 return "aborted"
             else:
                 raise _AbortError(f"unexpected PDU type 0x{pdu.type:02X} during data transfer")
+
+    def _next_pdu(self) -> pdus.Pdu | None:
+        """The sender's next PDU; None when the splicing path streamed a P-DATA-TF itself."""
+        try:
+            if self._splicer is None:
+                return pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
+            return self._read_or_stream()
+        except pdus.ProtocolError as exc:
+            raise _AbortError.from_protocol(exc) from exc
+        except TimeoutError as exc:
+            raise _AbortError.by_user("idle timeout") from exc
+
+    def _release(self) -> str:
+        """Answer the sender's A-RELEASE-RQ, releasing every gateway's association first."""
+        if self._instance is not None:
+            raise _AbortError("release requested in the middle of a C-STORE")
+        for upstream in self._upstreams.values():
+            upstream.release()
+        self._upstreams.clear()
+        self._send_quietly(pdus.RELEASE_RP_PDU)
+        return "released"
 
     # -- the splicing path -------------------------------------------------
 
@@ -632,11 +656,10 @@ class IncomingAssociation:
         scanner = instance.scanner
         reader = self._reader
         progress = self.progress
-        sock = self._sock
         last = bool(control & pdus.MCH_LAST)
         pieces = pdus.piece_headers(context_id, control, size, max_body=upstream.peer_max_pdu)
         final_index = len(pieces) - 1
-        left = size
+        start = instance.size  # every byte taken from the sender is counted there
         try:
             for index, (header, piece) in enumerate(pieces):
                 final = last and index == final_index
@@ -648,54 +671,71 @@ class IncomingAssociation:
                     room = todo - 1 if final else todo
                     run = min(scanner.skippable, room) if not reader.buffered else 0
                     if run >= _MIN_SPLICE:
-                        progress.wait("sender", "data set fragment")
-                        try:
-                            upstream.splice_from(
-                                splicer, sock, run, more=run < todo, on_wait=self._splice_wait
-                            )
-                        except GatewayError as exc:
-                            left -= exc.consumed
-                            instance.size += exc.consumed
-                            raise
-                        scanner.skip(run)
+                        self._splice_run(instance, upstream, splicer, run, more=run < todo)
                         todo -= run
-                        left -= run
-                        instance.size += run
-                        progress.read("P-DATA-TF", run)
-                        progress.wrote("data set fragment to gateway", run)
-                        progress.received_bytes = instance.size
-                        progress.forwarded_bytes += run
                         continue
-                    progress.wait("sender", "data set fragment")
-                    chunk = reader.read_some(min(todo, _SCAN_CHUNK))
-                    count = len(chunk)
-                    todo -= count
-                    left -= count
-                    instance.size += count
-                    progress.read("P-DATA-TF", count)
-                    progress.received_bytes = instance.size
-                    scanner.feed(chunk)
-                    if final and not todo and not scanner.finish():
-                        # Aborting makes the gateway drop the partial instance it holds.
-                        upstream.abort()
-                        instance.upstream = None
-                        detail = scanner.detail or "truncated"
-                        self._fail(instance, Status.DATASET_MALFORMED, detail)
+                    taken = self._scan_run(instance, upstream, todo, final=final)
+                    if taken is None:
                         break  # the final piece: nothing follows
-                    progress.wait("gateway", "send")
-                    upstream.send([chunk], more=todo > 0)
-                    progress.wrote("data set fragment to gateway", count)
-                    progress.forwarded_bytes += count
+                    todo -= taken
                 upstream.pdu_open = False
         except GatewayError as exc:
             progress.received_bytes = instance.size
             self._gateway_failed(instance, exc)
+        left = size - (instance.size - start)
         if left:
             return left  # failed: the caller drops the rest, then answers
         if last:
             self._instance = None
             self._answer(instance)
         return 0
+
+    def _splice_run(
+        self, instance: _Instance, upstream: Upstream, splicer: Splicer, run: int, *, more: bool
+    ) -> None:
+        """Splice `run` bytes the scanner may skip from the sender to the gateway."""
+        progress = self.progress
+        progress.wait("sender", "data set fragment")
+        try:
+            upstream.splice_from(splicer, self._sock, run, more=more, on_wait=self._splice_wait)
+        except GatewayError as exc:
+            instance.size += exc.consumed
+            raise
+        instance.scanner.skip(run)
+        instance.size += run
+        progress.read("P-DATA-TF", run)
+        progress.wrote("data set fragment to gateway", run)
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += run
+
+    def _scan_run(
+        self, instance: _Instance, upstream: Upstream, todo: int, *, final: bool
+    ) -> int | None:
+        """Read, scan and send on up to `todo` bytes of a piece; return how many.
+
+        None when they end the data set (`final`) and the scan finds it
+        malformed: the instance has failed, and the gateway's association is
+        aborted, which makes the gateway drop the partial instance it holds.
+        """
+        progress = self.progress
+        scanner = instance.scanner
+        progress.wait("sender", "data set fragment")
+        chunk = self._reader.read_some(min(todo, _SCAN_CHUNK))
+        count = len(chunk)
+        instance.size += count
+        progress.read("P-DATA-TF", count)
+        progress.received_bytes = instance.size
+        scanner.feed(chunk)
+        if final and count == todo and not scanner.finish():
+            upstream.abort()
+            instance.upstream = None
+            self._fail(instance, Status.DATASET_MALFORMED, scanner.detail or "truncated")
+            return None
+        progress.wait("gateway", "send")
+        upstream.send([chunk], more=count < todo)
+        progress.wrote("data set fragment to gateway", count)
+        progress.forwarded_bytes += count
+        return count
 
     def _splice_wait(self, on_gateway: bool) -> None:
         if on_gateway:

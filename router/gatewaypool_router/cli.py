@@ -43,6 +43,16 @@ def register(subparsers: Any) -> None:
         ),
     )
     defaults = RouterConfig(gateways=(parse_gateway("X@x:1", 0),))
+    _network_options(parser, defaults)
+    _tls_options(parser, defaults)
+    _sender_options(parser)
+    _routing_options(parser, defaults)
+    _operations_options(parser, defaults)
+    parser.set_defaults(func=run)
+
+
+def _network_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> None:
+    """The options of the DICOM network: ports, AE titles, limits and timeouts."""
     net = parser.add_argument_group("DICOM network")
     net.add_argument(
         "--port", type=int, default=defaults.port, help="plain DICOM port (default %(default)s)"
@@ -136,6 +146,10 @@ def register(subparsers: Any) -> None:
         default=defaults.header_limit,
         help="bytes of data set read before the StudyInstanceUID must appear",
     )
+
+
+def _tls_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> None:
+    """The options of DICOM TLS on both legs."""
     tls = parser.add_argument_group(
         "DICOM TLS",
         "PS3.15 Annex B.9 BCP 195 profile on both legs: TLS 1.2 minimum; on TLS 1.2 only "
@@ -208,6 +222,10 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="private key of --gateway-tls-cert (PEM)",
     )
+
+
+def _sender_options(parser: argparse.ArgumentParser) -> None:
+    """The options of what senders may send."""
     accepted = parser.add_argument_group(
         "what senders may send",
         "By default the router probes every gateway of the map (associations proposing "
@@ -230,6 +248,10 @@ def register(subparsers: Any) -> None:
         help="a SOP class the gateways accept, private ones included (repeatable); with it, "
         "only the classes listed (and Verification) are accepted",
     )
+
+
+def _routing_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> None:
+    """The options of where the map comes from, and the report."""
     routing = parser.add_argument_group("routing")
     source = routing.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -277,6 +299,10 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT:CONNECT_HOST:CONNECT_PORT",
         help="reach a gateway of the map at another address (like curl's --connect-to)",
     )
+
+
+def _operations_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> None:
+    """The options of workers, HTTP, logging."""
     ops = parser.add_argument_group("operations")
     ops.add_argument(
         "--study-quiet-seconds",
@@ -300,7 +326,6 @@ def register(subparsers: Any) -> None:
     ops.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])
-    parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:

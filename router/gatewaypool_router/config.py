@@ -200,6 +200,15 @@ class RouterConfig:
             check_port("--port", self.port)
         if self.http_port != 0:
             check_port("--http-port", self.http_port)
+        self._check_map_source()
+        for ae in self.allowed_calling_aes:
+            check_ae_title("--allow-calling-aet", ae)
+        self._check_limits()
+        self._check_syntaxes()
+        self._check_tls()
+
+    def _check_map_source(self) -> None:
+        """One map source, and a bucket count the gateways fit in."""
         sources = [self.map_file is not None, bool(self.gateways), self.map_configmap is not None]
         if sum(sources) != 1:
             raise ConfigError(
@@ -214,8 +223,9 @@ class RouterConfig:
             raise ConfigError(
                 f"--gateway: {len(self.gateways)} gateways but only {self.buckets} buckets"
             )
-        for ae in self.allowed_calling_aes:
-            check_ae_title("--allow-calling-aet", ae)
+
+    def _check_limits(self) -> None:
+        """Limits, timeouts and the forwarding mode, each in its range."""
         if not 1 <= self.max_associations <= 10000:
             raise ConfigError(f"--max-associations: {self.max_associations} is not in 1..10000")
         if not 4096 <= self.max_pdu <= 16 * 1024 * 1024:
@@ -247,8 +257,6 @@ class RouterConfig:
             )
         if self.header_limit < 1024:
             raise ConfigError(f"--header-limit: {self.header_limit} is below 1024 bytes")
-        self._check_syntaxes()
-        self._check_tls()
 
     def _check_syntaxes(self) -> None:
         """UIDs, each once. A transfer syntax the router cannot read is left out
