@@ -269,6 +269,14 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
+        # Liveness waits for this: a router on a slow or busy node can take
+        # longer than liveness's 30 s to load, fork its workers and listen, and
+        # would otherwise be killed before it ever served (in a loop).
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 90,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": 10,

@@ -11,8 +11,9 @@ name and environment). What it does, as the kubelet does it:
 - takes the pods the real scheduler binds to its Nodes; a pod's container
   starts `start_after` seconds later (image pull, container start) and the
   pod becomes Ready only when its real readiness probe passes;
-- runs readiness and liveness probes (``tcpSocket``, ``httpGet``,
-  ``exec``) with the pod's own thresholds; `probe_period_cap` caps the
+- runs startup, readiness and liveness probes (``tcpSocket``, ``httpGet``,
+  ``exec``) with the pod's own thresholds, readiness and liveness only once
+  the startup probe (if any) has passed; `probe_period_cap` caps the
   readiness period (the one time compression here, so a 5 s period does
   not make every test wait for Ready); liveness keeps its real period, as a
   compressed one would kill a process still starting;
@@ -65,6 +66,8 @@ _SOURCES = Path(gatewaypool.__file__).resolve().parents[2]
 LEASE_SECONDS = 40
 LEASE_RENEW = 5.0
 _TICK = 0.1
+#: The probes a startup probe holds back until it has passed.
+_AFTER_STARTUP = ("readinessProbe", "livenessProbe")
 
 
 def now() -> str:
@@ -570,13 +573,15 @@ class Kubelet:
         container.terminated = None
         container.ready = False
         started = time.monotonic()
+        # A startup probe holds the other two back until it has passed.
+        first = ("startupProbe",) if spec.get("startupProbe") else _AFTER_STARTUP
         container.probes_due = {
             kind: started + float((spec.get(kind) or {}).get("initialDelaySeconds", 0))
-            for kind in ("readinessProbe", "livenessProbe")
+            for kind in first
             if spec.get(kind)
         }
         container.probe_results = {}
-        if not spec.get("readinessProbe"):
+        if not spec.get("readinessProbe") and not spec.get("startupProbe"):
             container.ready = True
 
     def _tend(self, pod: Pod) -> None:
@@ -643,8 +648,16 @@ class Kubelet:
                     container.ready, changed = True, True
                 elif container.ready and failures >= int(probe.get("failureThreshold", 3)):
                     container.ready, changed = False, True
+            elif kind == "startupProbe" and successes >= int(probe.get("successThreshold", 1)):
+                del container.probes_due[kind]
+                for later in _AFTER_STARTUP:
+                    if container.spec.get(later):
+                        delay = float(container.spec[later].get("initialDelaySeconds", 0))
+                        container.probes_due[later] = moment + delay
+                if not container.spec.get("readinessProbe"):
+                    container.ready, changed = True, True
             elif failures >= int(probe.get("failureThreshold", 3)) and container.process:
-                log.info("kubelet: %s failed its liveness probe; restarting", pod.name)
+                log.info("kubelet: %s failed its %s; restarting", pod.name, kind)
                 _signal_group(container.process, signal.SIGKILL)
         return changed
 

@@ -666,6 +666,10 @@ def test_router_container() -> None:
     ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Liveness waits for a startup probe that gives a slow start minutes, not 30 s.
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
     assert container["resources"] == {}
     full = router_container(build(FULL))
     assert full["image"] == "registry.example.org/router:1"
