@@ -8,6 +8,14 @@ network (:mod:`support.podnet`), cluster DNS (:mod:`support.clusterdns`)
 and kube-proxy (:mod:`support.serviceproxy`). The tests that need
 ``metrics.k8s.io`` deploy metrics-server (:mod:`support.metrics`).
 
+The API server keeps an audit log (:mod:`support.audit` reads it) of the
+requests service accounts make, outside ``kube-system``: what the operator
+and the routers asked, as whom, and whether RBAC allowed it. Everything else
+goes unlogged, so the log costs little. The
+``OwnerReferencesPermissionEnforcement`` admission plugin is on, as in many
+hardened clusters: an ownerReference with ``blockOwnerDeletion`` needs the
+right to update the owner's finalizers.
+
 Each test gets a namespace of its own (:meth:`Cluster.namespace`) and, when
 it needs the operator, installs the chart into it as a user would
 (:meth:`Cluster.install`): rendered by the real Helm engine, then applied
@@ -53,6 +61,21 @@ IMAGE_TAG = "test"
 #: The `kubernetes` Service's ClusterIP, where pods reach the API server.
 KUBERNETES_SERVICE = ("10.96.0.1", 443)
 NODES = ("node-a", "node-b")
+#: What the API server audits: service accounts' requests (not the controllers'
+#: in kube-system), at Metadata level (who, what, the decision; no bodies),
+#: once each (a watch also when it starts). Deletes also keep their body, the
+#: DeleteOptions: whether dependents were orphaned.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Request", "userGroups": ["system:serviceaccounts"], "verbs": ["delete"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
 
 
 def session_folder() -> Path:
@@ -88,6 +111,8 @@ class Cluster:
     dns: ClusterDNS
     proxy: ServiceProxy
     folder: Path
+    #: The API server's audit log (JSON lines; see :data:`AUDIT_POLICY`).
+    audit_log: Path
 
     def api(self) -> kubernetes.client.ApiClient:
         """An admin client (system:masters)."""
@@ -231,6 +256,9 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
     with ExitStack() as stack:
         network = PodNetwork()
         network.setup()
+        policy = folder / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        audit_log = folder / "audit.log"
         plane = ControlPlane(
             folder / "controlplane",
             # Dual-stack Services, as many hospital clusters now have (the pods stay IPv4).
@@ -239,6 +267,10 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
                 "2s",
                 "--service-cluster-ip-range",
                 f"{SERVICE_CIDR},fd00:10:96::/112",
+                f"--apiserver-arg=--audit-policy-file={policy}",
+                f"--apiserver-arg=--audit-log-path={audit_log}",
+                "--apiserver-arg=--audit-log-format=json",
+                "--apiserver-arg=--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             ],
         )
         plane.start()
@@ -270,7 +302,7 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
         )
         kubelet.start()
         stack.callback(kubelet.stop)
-        yield Cluster(plane, network, kubelet, services, slices, dns, proxy, folder)
+        yield Cluster(plane, network, kubelet, services, slices, dns, proxy, folder, audit_log)
 
 
 def _install_crds(plane: ControlPlane) -> None:
