@@ -415,7 +415,7 @@ def role(name: str, namespace: str) -> dict[str, Any]:
         "kind": "Role",
         "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
         # Least privilege, exactly the calls a router makes (checked against
-        # them in tests/integration/test_rbac_calls.py): list and watch the map
+        # them in tests/e2e/test_cluster_rbac.py): list and watch the map
         # (a list or watch narrowed to one name by a field selector is
         # authorized by resourceNames), merge-patch its own key into the reports.
         "rules": [

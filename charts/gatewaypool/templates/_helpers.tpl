@@ -120,8 +120,8 @@ per watched namespace (rbac.scope namespaces).
 # The GatewayPools: kopf lists and watches them and patches their
 # annotations (progress, last handled spec) and their status; every reconcile
 # pass reads its pool afresh ("get") under the pool's lock. These rules are
-# checked against the calls the operator really makes (tests/integration/
-# test_rbac_calls.py): no more, no less.
+# checked against the calls the operator really makes, as the API server's
+# audit log records them (tests/e2e/test_cluster_rbac.py): no more, no less.
 - apiGroups: ["gatewaypool.io"]
   resources: ["gatewaypools"]
   verbs: ["get", "list", "watch", "patch"]
