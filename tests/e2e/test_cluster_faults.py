@@ -82,9 +82,13 @@ def test_an_evicted_router_neither_holds_nor_forces_a_handover(
         core: Any = kubernetes.client.CoreV1Api(cluster.api())
         evicted = core.read_namespaced_pod(victim, cluster_namespace)
         events = pool.events()
+        handovers = pool.status()["handovers"]
+        reports = core.read_namespaced_config_map("ct-routers", cluster_namespace).data or {}
     assert evicted.status.phase == "Failed" and evicted.status.reason == "Evicted"
     assert "HandoverCompleted" in events
     assert "HandoverForced" not in events
+    assert handovers["completed"] > 0 and handovers["forced"] == 0, handovers
+    assert victim not in reports, "the evicted router's report is pruned"
 
 
 def _service(cluster: Cluster, namespace: str) -> Any:
