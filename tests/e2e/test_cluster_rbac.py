@@ -251,3 +251,32 @@ def test_every_call_is_granted_and_every_grant_is_used(
         f"router calls its Role does not grant: {sorted(router_used - role)}"
     )
     assert role == router_used, f"router Role grants unused: {sorted(role - router_used)}"
+
+
+def test_the_audit_log_shows_a_refused_call(cluster: Cluster, cluster_namespace: str) -> None:
+    """The check above can fail: a call RBAC refuses is in the log, as refused, under its user."""
+    core: Any = kubernetes.client.CoreV1Api(cluster.api())
+    core.create_namespaced_service_account(cluster_namespace, {"metadata": {"name": "nobody"}})
+    token = core.create_namespaced_service_account_token(
+        "nobody", cluster_namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+    configuration = kubernetes.client.Configuration()
+    configuration.host = cluster.plane.endpoints.server
+    configuration.ssl_ca_cert = str(cluster.plane.endpoints.ca)
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    audit = AuditLog(cluster.audit_log)
+    since = audit.mark()
+    nobody: Any = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+    try:
+        nobody.list_namespaced_secret(cluster_namespace)
+    except ApiException as exc:
+        assert exc.status == 403
+    else:
+        raise AssertionError("a ServiceAccount without a Role listed Secrets")
+    [request] = audit.requests(since=since, user=service_account(cluster_namespace, "nobody"))
+    assert (request.verb, request.resource, request.namespace) == (
+        "list",
+        "secrets",
+        cluster_namespace,
+    )
+    assert request.denied and request.decision == "forbid", request
