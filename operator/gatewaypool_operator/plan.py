@@ -199,6 +199,9 @@ def plan(
         map_data=map_data,
         gateway_replicas=decided.replicas,
     )
+    wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
+    if _autoscaler_waits(observed, name, spec, pool_status):
+        desired = [obj for obj in desired if obj["kind"] != "HorizontalPodAutoscaler"]
     reports = children.routers_configmap(name=name, namespace=namespace)
     # What server-side apply would refuse with a 500 is not sent: refused here, by name.
     refused = tuple(
@@ -213,7 +216,6 @@ def plan(
         observed=observed,
         write_map=write_map,
     )
-    wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
     deletes = tuple(
         child
         for child in children.optional_children(name)
@@ -430,6 +432,24 @@ def _state_news(
         return one
 
     return settled(before) != settled(state)
+
+
+def _autoscaler_waits(
+    observed: Observed, name: str, spec: PoolSpec, pool_status: Mapping[str, Any]
+) -> bool:
+    """Whether the pool's HorizontalPodAutoscaler is not to be created in this pass yet.
+
+    The HPA controller reads the pool's ``/scale``, whose selector is
+    ``status.selector``, at once when an HPA appears; before the pool's
+    status has a selector it answers ``InvalidSelector`` (a Warning Event,
+    ``SelectorRequired``, and the pool ``Degraded`` until its next sync). So
+    a new pool's HPA is created by the pass after the one that wrote the
+    selector. One that exists is kept in line whatever the status says.
+    """
+    if spec.autoscaling is None or pool_status.get("selector"):
+        return False
+    key = ("HorizontalPodAutoscaler", childnames.autoscaler_name(name))
+    return observed.optional_children.get(key) is None
 
 
 def _autoscaler_status(

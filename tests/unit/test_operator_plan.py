@@ -521,6 +521,21 @@ def test_optional_children_the_spec_wants_are_applied_not_deleted() -> None:
     assert decided.status["autoscaling"] == "1-4"
 
 
+def test_a_new_pools_autoscaler_comes_once_the_status_has_the_selector_it_reads() -> None:
+    # The real HPA controller reads the pool's /scale as soon as the HPA
+    # exists: before status.selector it answers InvalidSelector, a Warning,
+    # and the pool would be Degraded until its next sync.
+    spec = {**SPEC, "autoscaling": AUTOSCALING}
+    first = decide(Observed(pool(spec)))
+    assert ("HorizontalPodAutoscaler", "ct") not in targets(first)
+    assert first.deletes == ()
+    selector = first.status["selector"]
+    assert selector == "app.kubernetes.io/instance=ct,app.kubernetes.io/component=gateway"
+
+    second = decide(Observed(pool(spec, status={"selector": selector})))
+    assert ("HorizontalPodAutoscaler", "ct") in targets(second)
+
+
 def test_nothing_is_deleted_that_does_not_exist() -> None:
     decided = decide(Observed(pool({**SPEC, "networkPolicy": {"enabled": False}})))
     assert decided.deletes == ()
