@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -20,27 +19,13 @@ import kopf
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
+from gatewaypool_operator.apiclient import api_client
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
 from gatewaypool_operator.options import Options
 from gatewaypool_operator.peering import Peering
 from gatewaypool_operator.resync import Schedule, resync_forever
 from gatewaypool_operator.runner import PoolLocks, run_pass
-
-
-def _api_client() -> Any:
-    """An ApiClient from the in-cluster service account, else from $KUBECONFIG."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    # The kubernetes client is untyped: its loaders are called through Any.
-    load_incluster: Any = config.load_incluster_config
-    load_kube: Any = config.load_kube_config
-    try:
-        load_incluster(client_configuration=configuration)
-    except config.ConfigException:
-        load_kube(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 def _options(memo: kopf.Memo) -> Options:
@@ -64,7 +49,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
-    memo["cluster"] = Cluster(_api_client())
+    memo["cluster"] = Cluster(api_client())
     # One pass of a pool at a time, handlers and resync alike (see runner).
     memo["locks"] = PoolLocks()
     memo["router_image"] = options.router_image
