@@ -1,14 +1,17 @@
 """Benchmark: an autoscaled pool through a load that rises from 1 to 8 senders and falls.
 
-    ./dev.sh bench-autoscale [--out docs/autoscaling.png] [--sync-period 1]
+    ./dev.sh bench-autoscale [--out docs/autoscaling.png] [--seed 0]
 
-Runs the scenario of the end-to-end autoscaling test (:mod:`support.autoscale`:
-the real operator and routers, the kubelet harness, a stand-in for the HPA
-controller following the autoscaling/v2 algorithm on the HPA the operator
-renders), holding each step of the load a little longer, then prints a
-summary (replicas reached, when the pool scaled up and down, studies sent,
-split, failed and lost) and draws load, studies in flight and replicas over
-time into a PNG. It is not a test: the figures depend on the machine.
+Runs the scenario of the end-to-end autoscaling test (:mod:`support.autoscale`)
+on the real control plane: the operator and routers as pods, the real HPA
+controller of kube-controller-manager (sync period 2 s) reading studies in
+flight through ``custom.metrics.k8s.io`` (Prometheus and the chart's
+Prometheus Adapter rules, :mod:`support.custommetrics`), holding each step
+of the load a little longer than the test. It prints a summary (replicas
+reached, when the pool scaled up and down, studies sent, split, failed and
+lost) and draws load, studies in flight and replicas over time into a PNG.
+It is not a test: the figures depend on the machine. It starts a cluster of
+its own, so it runs in the test sandbox (``./dev.sh`` puts it there).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 
 import matplotlib
 
-from support import autoscale
-from support.kubeemu import KubeEmulator
+from support import autoscale, custommetrics
+from support.realcluster import running_cluster, session_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,11 +39,12 @@ def plot(result: autoscale.Result, out: Path) -> None:
         2, 1, sharex=True, figsize=(10, 7), constrained_layout=True
     )
     fig.suptitle(
-        "GatewayPool autoscaling: the HPA algorithm on studies in flight per gateway\n"
+        "GatewayPool autoscaling: the real HPA controller on studies in flight per gateway\n"
         f"{s.min_replicas} to {s.max_replicas} gateways, target {s.studies_in_flight} studies "
         f"in flight per gateway; scale-down: {s.stabilization_seconds} s window, 1 gateway "
         f"per {s.period_seconds} s\nquietSeconds {s.quiet_seconds}; HPA sync every "
-        f"{s.sync_period:g} s (Kubernetes: 15 s); {len(result.outcome.studies)} studies sent: "
+        f"{s.sync_period:g} s (Kubernetes: 15 s), Prometheus scrape every "
+        f"{custommetrics.SCRAPE_INTERVAL}; {len(result.outcome.studies)} studies sent: "
         f"{len(result.split_studies())} split, {len(result.outcome.failed)} failed, "
         f"{len(result.lost_instances())} lost",
         fontsize=10,
@@ -67,7 +71,7 @@ def _draw_load(ax: Any, result: autoscale.Result) -> None:
         [x.in_flight for x in result.samples],
         color="tab:blue",
         lw=1.5,
-        label="studies in flight (sum over gateways and routers, as the HPA read it)",
+        label="studies in flight (over gateways and routers, as the HPA read it)",
     )
     ax.step(
         times,
@@ -118,13 +122,9 @@ def _draw_replicas(ax: Any, result: autoscale.Result) -> None:
             fontsize=8,
             color=colour,
         )
-    # The syncs at which the window held a scale-down back.
-    held = [
-        result.at(x.time)
-        for x in result.syncs
-        if x.decision.reason == "ScaleDownStabilized" and x.time >= result.started
-    ]
-    for start, end in _spans(held, gap=2.5 * s.sync_period):
+    # When the HPA said its window held a scale-down back (AbleToScale: ScaleDownStabilized).
+    held = [x.time for x in result.samples if x.stabilized]
+    for start, end in _spans(held, gap=0.5):
         ax.axvspan(start, end, color="tab:purple", alpha=0.08)
     ax.plot([], [], color="tab:purple", alpha=0.3, lw=6, label="scale-down held by the window")
     downs = [t for t, a, b in events if b < a]
@@ -167,14 +167,17 @@ def _spans(times: list[float], *, gap: float) -> list[tuple[float, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "autoscaling.png")
-    parser.add_argument("--sync-period", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    scenario = autoscale.Scenario(sync_period=args.sync_period, seed=args.seed)
-    with tempfile.TemporaryDirectory(prefix="gwp-bench-autoscale-") as tmp, KubeEmulator() as kube:
-        kube.apply_crd(REPO / "crds" / "gatewaypool.io_gatewaypools.yaml")
-        kube.create_namespace(autoscale.NS)
-        result = autoscale.run(kube, Path(tmp), scenario)
+    scenario = autoscale.Scenario(seed=args.seed)
+    with (
+        tempfile.TemporaryDirectory(prefix="gwp-bench-autoscale-") as tmp,
+        running_cluster(session_folder()) as cluster,
+    ):
+        custommetrics.deploy(cluster)
+        custommetrics.wait_available(cluster)
+        with cluster.namespace("bench-autoscale") as namespace:
+            result = autoscale.run(cluster, namespace, Path(tmp), scenario)
     print()
     print(result.summary())
     if result.errors:

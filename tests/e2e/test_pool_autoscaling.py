@@ -1,12 +1,13 @@
 """An autoscaled pool follows a load that rises from 1 to 8 senders and falls, splitting nothing.
 
-Everything real but the cluster (see :mod:`support.autoscale`): the operator
-renders the HPA from ``spec.autoscaling``; a stand-in for Kubernetes' HPA
-controller (:mod:`support.hpa_controller`, the documented autoscaling/v2
-algorithm, its sync period compressed from 15 s to 1 s) reads that HPA and
-the routers' real ``/metrics``, and writes replicas through the pool's
-``/scale`` subresource; the kubelet harness starts gateways late and makes
-them Ready later; senders send whole studies over several associations.
+On the real control plane (see :mod:`support.autoscale`): the operator
+renders the HPA from ``spec.autoscaling``; kube-controller-manager's HPA
+controller (sync period 2 s) reads the routers' studies in flight through
+``custom.metrics.k8s.io`` (Prometheus scraping the routers every second,
+the chart's Prometheus Adapter rules: :mod:`support.custommetrics`), and
+writes replicas through the pool's ``/scale`` subresource; gateways start
+late and become Ready later; senders send whole studies over several
+associations to the router Service.
 
 Asserted: replicas rise while the load is high, within a bounded number of
 syncs, to the maximum; fall only once the scale-down window has passed and
@@ -24,29 +25,42 @@ from pathlib import Path
 import pytest
 
 from support import autoscale
-from support.hpa_algorithm import parse_hpa
-from support.kubeemu import KubeEmulator
+from support.realcluster import Cluster
 
-#: Short holds, so that the whole test takes about 70 s.
-SCENARIO = autoscale.Scenario(hold_syncs=2, peak_syncs=4, calm_syncs=4)
+#: Short holds, so that the whole test takes about two minutes.
+SCENARIO = autoscale.Scenario(hold_syncs=2, peak_syncs=2, calm_syncs=2)
 
 
 @pytest.mark.slow
 def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
-    kube: KubeEmulator, tmp_path: Path
+    cluster: Cluster, cluster_namespace: str, custom_metrics: None, tmp_path: Path
 ) -> None:
     s = SCENARIO
-    result = autoscale.run(kube, tmp_path, s)
+    result = autoscale.run(cluster, cluster_namespace, tmp_path, s)
     print(result.summary())  # shown with a failure's report
     assert not result.errors
 
-    # The stand-in followed the HPA the operator rendered from spec.autoscaling.
-    hpa = parse_hpa(result.hpa)
-    assert (hpa.min_replicas, hpa.max_replicas) == (s.min_replicas, s.max_replicas)
-    assert hpa.target == s.studies_in_flight
-    assert hpa.scale_down.window == s.stabilization_seconds
-    [policy] = hpa.scale_down.policies
-    assert (policy.kind, policy.value, policy.period) == ("Pods", 1, s.period_seconds)
+    # The real HPA controller followed the HPA the operator rendered from spec.autoscaling.
+    spec = result.hpa["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (s.min_replicas, s.max_replicas)
+    [metric] = spec["metrics"]
+    assert metric["pods"]["metric"]["name"] == autoscale.IN_FLIGHT
+    assert metric["pods"]["target"]["averageValue"] == str(s.studies_in_flight)
+    down = spec["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == s.stabilization_seconds
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": s.period_seconds}]
+    # ... it wrote spec.replicas through /scale (its field manager is the
+    # controller manager's program: kube-controller-manager in a cluster, our
+    # one binary here), on the studies in flight it read.
+    manager, subresource = result.replicas_writer
+    assert subresource == "scale" and manager in ("kube-controller-manager", "controlplane"), (
+        result.replicas_writer
+    )
+    rescales = [m for r, m in result.hpa_events if r == "SuccessfulRescale"]
+    assert any(f"pods metric {autoscale.IN_FLIGHT} above target" in m for m in rescales), (
+        result.hpa_events
+    )
+    assert "FailedRescale" not in [r for r, _ in result.hpa_events], result.hpa_events
 
     # Never outside [min, max]: the pool sampled every 0.1 s, and every write.
     assert result.samples
@@ -67,34 +81,26 @@ def test_replicas_follow_the_load_within_the_windows_and_no_study_is_split(
     ups = [(t, a, b) for t, a, b in events if b > a]
     assert ups and ups[0][0] < result.marks["load falls"]
 
-    # Down: only once the window has passed since the load fell, one per period.
+    # Down: only once the load fell and the window has passed since the HPA
+    # last asked for more, one gateway at a time, one per period.
     downs = [(t, a, b) for t, a, b in events if b < a]
     assert downs, "never scaled down"
-    assert downs[0][0] >= result.marks["load falls"] + s.stabilization_seconds - s.sync_period, (
-        downs,
-        result.marks,
-    )
+    assert downs[0][0] > result.marks["load falls"], (downs, result.marks)
+    for t, _, _ in downs:
+        last_up = max((u for u, _, _ in ups if u < t), default=None)
+        assert last_up is None or t - last_up >= s.stabilization_seconds - 1, (t, ups)
     assert all(a - b == 1 for _, a, b in downs), downs
     for (t1, a1, b1), (t2, a2, b2) in itertools.pairwise(events):
         if b1 < a1 and b2 < a2:  # two scale-downs in a row (a scale-up between allows more)
-            assert t2 - t1 >= s.period_seconds, events
-    # ... and the controller's own view agrees: every recommendation of the
-    # window before a scale-down asked for no more than it left.
-    for sync in result.syncs:
-        if sync.wrote and sync.decision.replicas < sync.current:
-            window = [
-                other.decision.metric_replicas
-                for other in result.syncs
-                if sync.time - s.stabilization_seconds < other.time <= sync.time
-                and other.decision.metric_replicas is not None
-            ]
-            assert max(window) <= sync.decision.replicas, (sync, window)
+            assert t2 - t1 >= s.period_seconds - 0.5, events  # 0.5: seen by a watch, not written
+    # ... and the controller said so meanwhile: its window held a scale-down back.
+    assert any(x.stabilized and x.time < downs[0][0] for x in result.samples)
 
     # The end: back at the minimum once the load stopped, and staying there.
     assert "settled back at min" in result.marks
     assert result.samples[-1].spec_replicas == s.min_replicas
     assert result.samples[-1].ready == s.min_replicas
-    # The operator read the HPA's conditions as the stand-in wrote them: it scales.
+    # The operator read the HPA's conditions as the controller wrote them: it scales.
     [degraded] = [c for c in result.conditions if c["type"] == "Degraded"]
     assert degraded["status"] == "False", degraded
 

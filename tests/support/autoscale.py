@@ -1,22 +1,29 @@
 """An autoscaled pool through a load that rises and falls: the scenario, its timeline, its outcome.
 
 Shared by the end-to-end test (which asserts on it) and the benchmark (which
-plots it), so both run the same thing. Everything real but the cluster: the
-API is the emulator, the operator and the routers are processes, the
-kubelet harness starts a pynetdicom gateway per pod with a real cluster's
-delays, and :class:`support.hpa_controller.HPAController` plays Kubernetes'
-HPA controller on the HPA the operator renders, fed by the routers'
-``/metrics``.
+plots it), so both run the same thing, on the real control plane
+(:mod:`support.realcluster`): the operator as the chart's Deployment renders
+the HPA from ``spec.autoscaling``; kube-controller-manager's HPA controller
+reads the Pods metric ``gatewaypool_studies_in_flight`` through
+``custom.metrics.k8s.io`` (Prometheus scraping the routers, the chart's
+Prometheus Adapter rules: :mod:`support.custommetrics`) and writes the
+pool's ``/scale``; the routers and one pynetdicom gateway per StatefulSet
+pod run as pods of the kubelet stand-in, with a cluster's delays; senders
+send whole studies to the router Service's ClusterIP.
 
 The load: one sender, then 2, 4 and 8 at once, held a while once the HPA
 has scaled the pool to its maximum, then 4, 2 and 1, held until the HPA
 has begun to scale down and a while longer (gateways leave under load),
-then none until the pool is back at its minimum and settled. Phases are
-counted in HPA syncs and ended by what the pool does, not by wall-clock
-sleeps, so a slow machine stretches the run instead of failing it. A
-sampler records, every 0.1 s, senders, studies in flight (summed over
-routers and gateways, as the HPA last read them), the pool's spec and
-status replicas and the gateways Ready.
+then none until the pool is back at its minimum and settled. How long each
+step of the load lasts is counted in HPA sync periods: that is the load's
+shape, as a modality sends for a while. What the run waits for (the pool
+at its maximum, the first scale-down, the pool back at its minimum) it
+waits for as conditions with deadlines, so a slow machine stretches the run
+instead of failing it. A sampler records, every 0.1 s from watches of the
+pool, its HPA and its pods: senders, studies in flight (as the HPA last
+read them: its average times the pods it averaged over), the pool's spec
+and status replicas, the gateways Ready and whether the HPA held a
+scale-down back (``ScaleDownStabilized``).
 """
 
 from __future__ import annotations
@@ -30,19 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatewaypool import quantity
+from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
 from gatewaypool_local.peers import wait_until
-from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study
-from support.cluster import NS
-from support.hpa_controller import HPAController, RouterMetricsAdapter, Sync
-from support.kubeemu import KubeEmulator
-from support.kubelet import GatewayKubelet
+from support import custommetrics
+from support.informer import Informer
 from support.load import Load
-from support.pool import POOL, operated, pool_spec, pool_status, settled
-from support.pool import router as make_router
+from support.realcluster import Cluster
+from support.realpool import RealPool, gateway_spec, operated_pool
 from support.traffic import Outcome
 
-IN_FLIGHT = "gatewaypool_router_studies_in_flight"
+POOL = "ct"
+IN_FLIGHT = "gatewaypool_studies_in_flight"
+#: kube-controller-manager's --horizontal-pod-autoscaler-sync-period in the test cluster.
+HPA_SYNC_PERIOD = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,10 @@ class Scenario:
 
     min_replicas: int = 1
     max_replicas: int = 4
-    studies_in_flight: int = 3  # the HPA's target per gateway
+    #: The HPA's target per gateway. Low enough that 4 senders already ask
+    #: for the maximum: the last scale-up's moves are then not made under
+    #: the peak, and the peak holds the pool at its maximum.
+    studies_in_flight: int = 2
     #: Few buckets make handovers quick; too few make each a busy one, whose
     #: studies follow one another so closely that it is not quiet for
     #: quietSeconds within maxDrainSeconds: its move is then forced, and may
@@ -59,20 +71,22 @@ class Scenario:
     buckets: int = 256
     quiet_seconds: int = 2
     #: Under 8 senders a study takes seconds on a 2-core machine: 10 s (the
-    #: least allowed) leaves a busy bucket too little time to fall quiet.
-    max_drain_seconds: int = 15
+    #: least allowed) leaves a busy bucket too little time to fall quiet, and
+    #: so did 15 s once the real HPA controller made its last scale-up under
+    #: the peak (2 to 4 buckets forced per run).
+    max_drain_seconds: int = 30
     period_seconds: int = 3  # scaleDown.periodSeconds
-    sync_period: float = 1.0  # Kubernetes: 15 s, compressed here
+    sync_period: float = HPA_SYNC_PERIOD  # Kubernetes' default: 15 s
     routers: int = 2
     instances: int = 30  # per study
     chunk: int = 10  # instances per association
     ramp: tuple[int, ...] = (1, 2, 4, 8)
-    #: HPA syncs each step of the ramp is held.
+    #: HPA sync periods each step of the ramp lasts.
     hold_syncs: int = 3
-    #: HPA syncs the most senders send once the pool is at max.
+    #: HPA sync periods the most senders send once the pool is at max.
     peak_syncs: int = 12
-    #: HPA syncs the lowest load goes on once the HPA has begun to scale down,
-    #: so that gateways leave while studies still come in.
+    #: HPA sync periods the lowest load goes on once the HPA has begun to
+    #: scale down, so that gateways leave while studies still come in.
     calm_syncs: int = 8
     seed: int = 0
 
@@ -82,14 +96,16 @@ class Scenario:
         return self.max_drain_seconds
 
     def spec(self) -> dict[str, Any]:
-        """The pool's spec: the harness's gateways, few buckets, autoscaled on studies."""
+        """The pool's spec: pynetdicom gateways, few buckets, autoscaled on studies in flight."""
         return {
-            **pool_spec(
-                replicas=self.min_replicas,
-                quiet_seconds=self.quiet_seconds,
-                max_drain_seconds=self.max_drain_seconds,
-            ),
+            "replicas": self.min_replicas,
             "buckets": self.buckets,
+            "gateway": gateway_spec(),
+            "router": {"replicas": self.routers},
+            "handover": {
+                "quietSeconds": self.quiet_seconds,
+                "maxDrainSeconds": self.max_drain_seconds,
+            },
             "autoscaling": {
                 "minReplicas": self.min_replicas,
                 "maxReplicas": self.max_replicas,
@@ -108,10 +124,11 @@ class Sample:
 
     time: float
     senders: int
-    in_flight: float  # studies in flight, summed over routers and gateways
+    in_flight: float  # studies in flight over the gateways, as the HPA last read them
     spec_replicas: int
     status_replicas: int
     ready: int  # gateway pods Ready
+    stabilized: bool  # the HPA held a scale-down back (AbleToScale: ScaleDownStabilized)
 
 
 @dataclass
@@ -125,13 +142,18 @@ class Result:
     scenario: Scenario
     started: float  # monotonic time the load started; sample and phase times count from it
     samples: list[Sample] = field(repr=False)
-    syncs: list[Sync] = field(repr=False)
+    #: (monotonic time, from, to) of every change of the pool's spec.replicas seen.
+    changes: list[tuple[float, int, int]] = field(repr=False)
     phases: list[tuple[float, int]]  # (time, senders)
     outcome: Outcome = field(repr=False)
-    held: dict[str, set[int]] = field(repr=False)  # study -> gateway ordinals holding some of it
-    holders: dict[str, int] = field(repr=False)  # SOP instance -> gateway ordinal
-    hpa: dict[str, Any] = field(repr=False)
+    held: dict[str, set[str]] = field(repr=False)  # study -> gateway pods holding some of it
+    holders: dict[str, str] = field(repr=False)  # SOP instance -> gateway pod
+    hpa: dict[str, Any] = field(repr=False)  # the HPA the operator rendered, at the end
+    hpa_events: list[tuple[str, str]] = field(repr=False)  # (reason, message)
+    #: Who wrote spec.replicas last (managedFields): (manager, subresource).
+    replicas_writer: tuple[str, str]
     handovers: dict[str, int]  # the pool's status.handovers at the end: completed, forced
+    forced: list[str]  # the HandoverForced Events' messages (buckets and gateways, no UIDs)
     conditions: list[dict[str, Any]]  # the pool's status.conditions at the end
     errors: list[str] = field(default_factory=list)
     #: Times (since the load started) of the milestones the run waited for.
@@ -141,12 +163,8 @@ class Result:
         return monotonic - self.started
 
     def scale_events(self) -> list[tuple[float, int, int]]:
-        """(time, from, to) of every spec.replicas change the HPA controller wrote."""
-        return [
-            (self.at(s.time), s.current, s.decision.replicas)
-            for s in self.syncs
-            if s.wrote and s.time >= self.started
-        ]
+        """(time, from, to) of every spec.replicas change (the HPA's writes) since the load."""
+        return [(self.at(t), a, b) for t, a, b in self.changes if t >= self.started]
 
     def split_studies(self) -> list[str]:
         return [s.study_uid for s in self.outcome.studies if len(self.held[s.study_uid]) != 1]
@@ -163,7 +181,8 @@ class Result:
         lines = [
             f"autoscaling: {self.scenario.min_replicas}..{self.scenario.max_replicas} gateways, "
             f"target {self.scenario.studies_in_flight} studies in flight per gateway, "
-            f"HPA sync every {self.scenario.sync_period:g} s (Kubernetes: 15 s)",
+            f"the real HPA controller syncing every {self.scenario.sync_period:g} s "
+            "(Kubernetes: 15 s)",
             f"load: senders {' -> '.join(str(n) for _, n in self.phases)}",
             f"max replicas reached: {peak}; max studies in flight: "
             f"{max((s.in_flight for s in self.samples), default=0):g}",
@@ -190,6 +209,7 @@ class Result:
             + "; scale-downs: "
             + ", ".join(f"{t:.1f} s {a}->{b}" for t, a, b in downs)
         )
+        lines.append(f"spec.replicas written by {self.replicas_writer}")
         lines.append(
             f"studies sent: {len(self.outcome.studies)}, instances acknowledged: "
             f"{len(self.outcome.acknowledged)}, split studies: {len(self.split_studies())}, "
@@ -200,30 +220,94 @@ class Result:
             f"handovers: {self.handovers.get('completed', 0)} completed, "
             f"{self.handovers.get('forced', 0)} forced"
         )
+        lines += [f"  {message}" for message in self.forced]
         return "\n".join(lines)
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def hpa_total(hpa: dict[str, Any]) -> float:
+    """Studies in flight over the pool as the HPA last read them: its average times its pods."""
+    status = hpa.get("status") or {}
+    for metric in status.get("currentMetrics") or []:
+        if metric.get("type") == "Pods" and metric["pods"]["metric"]["name"] == IN_FLIGHT:
+            average = float(quantity.parse(metric["pods"]["current"]["averageValue"])[0])
+            return average * int(status.get("currentReplicas") or 0)
+    return 0.0
+
+
+def _stabilized(hpa: dict[str, Any]) -> bool:
+    conditions = (hpa.get("status") or {}).get("conditions") or []
+    return any(
+        c["type"] == "AbleToScale" and c.get("reason") == "ScaleDownStabilized" for c in conditions
+    )
+
+
+class Watch:
+    """The pool, its HPA and its pods as watches keep them, and every spec.replicas change."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        api = cluster.api()
+        self.namespace = namespace
+        self.changes: list[tuple[float, int, int]] = []
+        self._last: int | None = None
+        self.pools = Informer(
+            api,
+            f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}",
+            on_change=self._pool_changed,
+        )
+        self.hpas = Informer(
+            api, f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+        )
+        self.pods = Informer(api, f"/api/v1/namespaces/{namespace}/pods")
+        self._all = (self.pools, self.hpas, self.pods)
+
+    def _pool_changed(self, kind: str, pool: dict[str, Any]) -> None:
+        if kind == "DELETED" or pool["metadata"]["name"] != POOL:
+            return
+        replicas = int((pool.get("spec") or {}).get("replicas") or 0)
+        if self._last is not None and replicas != self._last:
+            self.changes.append((time.monotonic(), self._last, replicas))
+        self._last = replicas
+
+    def start(self) -> None:
+        for informer in self._all:
+            informer.start()
+        for informer in self._all:
+            informer.wait_synced()
+
+    def stop(self) -> None:
+        for informer in self._all:
+            informer.stop()
+
+    def pool(self) -> dict[str, Any]:
+        return self.pools.get(self.namespace, POOL) or {}
+
+    def hpa(self) -> dict[str, Any]:
+        return self.hpas.get(self.namespace, POOL) or {}
+
+    def spec_replicas(self) -> int:
+        return int((self.pool().get("spec") or {}).get("replicas") or 0)
+
+    def ready_gateways(self) -> int:
+        prefix = f"{POOL}-gw-"
+        return sum(
+            1 for p in self.pods.items() if p["metadata"]["name"].startswith(prefix) and _ready(p)
+        )
+
+
 class Sampler:
-    """Records :class:`Sample` every `interval` seconds in a thread.
+    """Records :class:`Sample` every `interval` seconds in a thread, from the watches' caches."""
 
-    The pool is read from the emulator in process (cheap, so the replicas
-    are sampled far more often than the HPA syncs); studies in flight are
-    the total of the HPA's last scrape of the routers, not a scrape of our
-    own, which would double the load on the routers' ``/metrics``.
-    """
-
-    def __init__(
-        self,
-        kube: KubeEmulator,
-        kubelet: GatewayKubelet,
-        adapter: RouterMetricsAdapter,
-        load: Load,
-        *,
-        interval: float,
-    ) -> None:
+    def __init__(self, watch: Watch, load: Load, *, interval: float) -> None:
         self.samples: list[Sample] = []
         self.started = time.monotonic()
-        self._kube, self._kubelet, self._adapter, self._load = kube, kubelet, adapter, load
+        self._watch, self._load = watch, load
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -238,17 +322,97 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            pool = self._kube.get("GatewayPool", POOL, NS) or {}
+            pool, hpa = self._watch.pool(), self._watch.hpa()
             self.samples.append(
                 Sample(
                     time=time.monotonic() - self.started,
                     senders=self._load.senders,
-                    in_flight=self._adapter.last_total,
+                    in_flight=hpa_total(hpa),
                     spec_replicas=int((pool.get("spec") or {}).get("replicas") or 0),
                     status_replicas=int((pool.get("status") or {}).get("replicas") or 0),
-                    ready=len(self._kubelet.ready_ordinals()),
+                    ready=self._watch.ready_gateways(),
+                    stabilized=_stabilized(hpa),
                 )
             )
+
+
+def _scaling_active(watch: Watch) -> bool:
+    conditions = (watch.hpa().get("status") or {}).get("conditions") or []
+    return any(
+        c["type"] == "ScalingActive" and c["status"] == "True" and c["reason"] == "ValidMetricFound"
+        for c in conditions
+    )
+
+
+class _Phases:
+    """Drives the load through its phases, each lasting a number of HPA sync periods."""
+
+    def __init__(
+        self, pool: RealPool, watch: Watch, s: Scenario, load: Load, sampler: Sampler
+    ) -> None:
+        self.pool = pool
+        self.watch = watch
+        self.s = s
+        self.load = load
+        self.sampler = sampler
+        self.phases: list[tuple[float, int]] = []
+        self.marks: dict[str, float] = {}
+        self._stopped = threading.Event()  # never set: the holds run their length
+
+    def run(self) -> Outcome:
+        s = self.s
+        try:
+            for step, count in enumerate(s.ramp):
+                self.senders(count)
+                if step < len(s.ramp) - 1:
+                    self.hold(s.hold_syncs)
+            wait_until(
+                lambda: self.watch.spec_replicas() == s.max_replicas,
+                timeout=30 * s.sync_period + 30,
+                what="the HPA scaling to max",
+            )
+            # The peak: the new gateways get their buckets as the load goes on.
+            self.hold(s.peak_syncs)
+            self.mark("load falls")
+            for count in reversed(s.ramp[:-1]):
+                self.senders(count)
+                if count != s.ramp[0]:
+                    self.hold(s.hold_syncs - 1)
+            wait_until(
+                lambda: self.watch.spec_replicas() < s.max_replicas,
+                timeout=s.stabilization_seconds + 30 * s.sync_period + 30,
+                what="the HPA's first scale-down",
+            )
+            self.hold(s.calm_syncs)
+            self.senders(0)
+            self.mark("load stops")
+            wait_until(
+                lambda: (
+                    self.watch.spec_replicas() == s.min_replicas
+                    and self.pool.settled(s.min_replicas, s.routers)
+                ),
+                timeout=s.stabilization_seconds
+                + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
+                + s.max_drain_seconds
+                + 90,
+                what="the pool back at min and settled",
+                interval=0.5,  # reads the pool from the API server
+            )
+            self.mark("settled back at min")
+        finally:
+            outcome = self.load.finish()
+        return outcome
+
+    def senders(self, count: int) -> None:
+        self.load.set_senders(count)
+        self.phases.append((time.monotonic() - self.sampler.started, count))
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.monotonic() - self.sampler.started
+
+    def hold(self, syncs: int) -> None:
+        """Let the load go on as it is for `syncs` HPA sync periods (the load's shape)."""
+        self._stopped.wait(syncs * self.s.sync_period)
 
 
 @contextmanager
@@ -261,159 +425,33 @@ def _running(*parts: Any) -> Iterator[None]:
         yield
 
 
-@dataclass
-class _Pool:
-    """The pool at its minimum with its routers, the operator and the kubelet running."""
-
-    kube: KubeEmulator
-    kubelet: GatewayKubelet
-    routers: list[RouterProcess]
-    hpa: dict[str, Any]
-
-
-@contextmanager
-def _pool(kube: KubeEmulator, work: Path, s: Scenario) -> Iterator[_Pool]:
-    with (
-        operated(kube, work, spec=s.spec(), max_gateways=s.max_replicas, resync=1) as pool,
-        ExitStack() as stack,
-    ):
-        routers = [
-            make_router(
-                kube,
-                pool.kubelet,
-                work,
-                f"{POOL}-router-{i}",
-                extra_args=["--study-quiet-seconds", str(s.quiet_seconds)],
-            )
-            for i in range(s.routers)
+def _timeline(watch: Watch, started: float, phases: _Phases) -> str:
+    """Where a run stood: its phases, the HPA's writes, the pool's and the HPA's status."""
+    status = {k: v for k, v in (watch.pool().get("status") or {}).items() if k != "bucketCounts"}
+    hpa = watch.hpa().get("status") or {}
+    return "\n".join(
+        [
+            f"phases: {[(round(t, 1), n) for t, n in phases.phases]}, marks: {phases.marks}",
+            f"spec.replicas: {[(round(t - started, 1), a, b) for t, a, b in watch.changes]}",
+            f"pool status: {status}",
+            f"HPA status: {hpa}",
         ]
-        for router in routers:
-            stack.callback(router.stop)
-        # Together, while the first gateway starts: each is ready once it has a map.
-        _start_together(routers, timeout=90)
-        wait_until(
-            lambda: settled(kube, pool.kubelet, s.min_replicas), timeout=60, what="pool at min"
-        )
-        wait_until(
-            lambda: kube.get("HorizontalPodAutoscaler", POOL, NS) is not None,
-            timeout=30,
-            what="the operator's HPA",
-        )
-        yield _Pool(
-            kube, pool.kubelet, routers, kube.get("HorizontalPodAutoscaler", POOL, NS) or {}
-        )
+    )
 
 
-def _start_together(routers: list[RouterProcess], *, timeout: float) -> None:
-    """Start every router at once and wait until each is ready; raise what any raised."""
-    failures: list[BaseException] = []
-
-    def start(router: RouterProcess) -> None:
-        try:
-            router.start(timeout=timeout)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=start, args=(r,), name="start-router") for r in routers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+def _replicas_writer(pool: dict[str, Any]) -> tuple[str, str]:
+    """The field manager of spec.replicas, and the subresource it wrote through."""
+    for entry in pool["metadata"].get("managedFields") or []:
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return str(entry.get("manager")), str(entry.get("subresource") or "")
+    return "", ""
 
 
-class _Phases:
-    """Drives the load through its phases, counting time in HPA syncs."""
+def run(cluster: Cluster, namespace: str, work: Path, scenario: Scenario) -> Result:
+    """Run `scenario` in `namespace` of `cluster`, which serves ``custom.metrics.k8s.io``.
 
-    def __init__(
-        self,
-        pool: _Pool,
-        s: Scenario,
-        controller: HPAController,
-        load: Load,
-        sampler: Sampler,
-    ) -> None:
-        self.pool = pool
-        self.s = s
-        self.controller = controller
-        self.load = load
-        self.sampler = sampler
-        self.phases: list[tuple[float, int]] = []
-        self.marks: dict[str, float] = {}
-
-    def run(self) -> Outcome:
-        s = self.s
-        try:
-            for step, count in enumerate(s.ramp):
-                self.senders(count)
-                if step < len(s.ramp) - 1:
-                    self.hold(s.hold_syncs, f"{count} senders")
-            wait_until(
-                lambda: self.spec_replicas() == s.max_replicas,
-                timeout=30 * s.sync_period + 30,
-                what="the HPA scaling to max",
-            )
-            # The peak: the new gateways get their buckets as the load goes on.
-            self.hold(s.peak_syncs, "the peak")
-            self.mark("load falls")
-            for count in reversed(s.ramp[:-1]):
-                self.senders(count)
-                if count != s.ramp[0]:
-                    self.hold(s.hold_syncs - 1, f"{count} senders")
-            wait_until(
-                lambda: self.spec_replicas() < s.max_replicas,
-                timeout=s.stabilization_seconds + 30 * s.sync_period + 30,
-                what="the HPA's first scale-down",
-            )
-            self.hold(s.calm_syncs, f"{s.ramp[0]} sender while gateways leave")
-            self.senders(0)
-            self.mark("load stops")
-            kube, kubelet = self.pool.kube, self.pool.kubelet
-            wait_until(
-                lambda: (
-                    self.spec_replicas() == s.min_replicas
-                    and settled(kube, kubelet, s.min_replicas)
-                ),
-                timeout=s.stabilization_seconds
-                + (s.max_replicas - s.min_replicas) * (s.period_seconds + s.sync_period)
-                + s.max_drain_seconds
-                + 60,
-                what="the pool back at min and settled",
-            )
-            self.mark("settled back at min")
-        finally:
-            outcome = self.load.finish()
-        wait_until(
-            lambda: all(_in_flight(r) == 0 for r in self.pool.routers),
-            timeout=s.quiet_seconds * 5 + 10,
-            what="nothing in flight",
-        )
-        self.hold(s.hold_syncs, "idle")
-        return outcome
-
-    def senders(self, count: int) -> None:
-        self.load.set_senders(count)
-        self.phases.append((time.monotonic() - self.sampler.started, count))
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = time.monotonic() - self.sampler.started
-
-    def hold(self, syncs: int, what: str) -> None:
-        target = len(self.controller.syncs) + syncs
-        wait_until(
-            lambda: len(self.controller.syncs) >= target,
-            timeout=syncs * self.s.sync_period * 5 + 10,
-            what=what,
-        )
-
-    def spec_replicas(self) -> int:
-        pool = self.pool.kube.get("GatewayPool", POOL, NS) or {}
-        return int((pool.get("spec") or {}).get("replicas") or 0)
-
-
-def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
-    """Run `scenario` on `kube` (CRD applied, namespace made) with files under `work`."""
+    The chart is installed into `namespace` for the run; files go under `work`.
+    """
     s = scenario
 
     def make_study(index: int) -> Study:
@@ -426,39 +464,67 @@ def run(kube: KubeEmulator, work: Path, scenario: Scenario) -> Result:
             seed=s.seed,
         )
 
-    with _pool(kube, work, s) as pool:
-        adapter = RouterMetricsAdapter(lambda: pool.routers)
-        controller = HPAController(
-            kube, namespace=NS, name=POOL, metrics=adapter.pods_metric, sync_period=s.sync_period
-        )
-        load = Load(pool.routers, make_study, seed=s.seed, chunk=s.chunk)
-        sampler = Sampler(kube, pool.kubelet, adapter, load, interval=0.1)
-        phases = _Phases(pool, s, controller, load, sampler)
-        with _running(controller, sampler):
-            outcome = phases.run()
-        held: dict[str, set[int]] = defaultdict(set)
-        holders: dict[str, int] = {}
-        for ordinal, sink in pool.kubelet.gateways.items():
-            for item in sink.received():
-                held[item.study_uid].add(ordinal)
-                holders[item.sop_instance_uid] = ordinal
-        status = pool_status(kube, pool.kubelet)
+    watch = Watch(cluster, namespace)
+    errors_before = len(cluster.kubelet.errors)
+    with operated_pool(cluster, namespace, s.spec(), name=POOL) as pool, _running(watch):
+        pool.wait_settled(s.min_replicas, s.routers, timeout=120)
+        # The whole chain is up before the load starts: routers scraped, the
+        # adapter serving their series, the HPA reading them.
+        try:
+            wait_until(
+                lambda: _scaling_active(watch),
+                timeout=60,
+                what=f"the HPA reading {IN_FLIGHT} (ScalingActive: ValidMetricFound)",
+            )
+        except TimeoutError as exc:
+            conditions = (watch.hpa().get("status") or {}).get("conditions")
+            raise TimeoutError(
+                f"{exc}\nHPA conditions: {conditions}\n{custommetrics.diagnosis(cluster)}"
+            ) from None
+        load = Load([pool.router_service()], make_study, seed=s.seed, chunk=s.chunk)
+        sampler = Sampler(watch, load, interval=0.1)
+        phases = _Phases(pool, watch, s, load, sampler)
+        with _running(sampler):
+            try:
+                outcome = phases.run()
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{_timeline(watch, sampler.started, phases)}") from None
+        held: dict[str, set[str]] = defaultdict(set)
+        holders: dict[str, str] = {}
+        for gateway, instances in pool.stored().items():
+            for sop, study in instances.items():
+                held[study].add(gateway)
+                holders[sop] = gateway
+        final = pool.get()
+        status = dict(final.get("status") or {})
+        hpa_events = [
+            (str(e.reason), str(e.message))
+            for e in pool.core.list_namespaced_event(
+                namespace, field_selector="involvedObject.kind=HorizontalPodAutoscaler"
+            ).items
+        ]
+        hpa = watch.hpa()
+        forced = [
+            f"{e.last_timestamp or e.event_time}: {e.message}"
+            for e in pool.core.list_namespaced_event(
+                namespace, field_selector="reason=HandoverForced"
+            ).items
+        ]
     return Result(
         scenario=s,
         started=sampler.started,
         samples=sampler.samples,
-        syncs=controller.syncs,
+        changes=watch.changes,
         phases=phases.phases,
         outcome=outcome,
         held=held,
         holders=holders,
-        hpa=pool.hpa,
+        hpa=hpa,
+        hpa_events=hpa_events,
+        replicas_writer=_replicas_writer(final),
         handovers=dict(status.get("handovers") or {}),
+        forced=forced,
         conditions=list(status.get("conditions") or []),
-        errors=[*pool.kubelet.errors, *controller.errors],
+        errors=[e for e in cluster.kubelet.errors[errors_before:] if e.startswith(f"{POOL}-")],
         marks=phases.marks,
     )
-
-
-def _in_flight(router: RouterProcess) -> float:
-    return sum(v for (name, _), v in router.metrics().items() if name == IN_FLIGHT)

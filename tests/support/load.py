@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from pynetdicom import _config
 
-from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
-from support.traffic import Outcome, Traffic
+from support.traffic import Outcome, Target, Traffic
 
 #: Study indexes of sender k start at k * this, so senders never share a study.
 _INDEXES_PER_SENDER = 1_000_000
@@ -31,7 +30,8 @@ class Load:
     Parameters
     ----------
     routers
-        The routers every association goes to (one at random each time).
+        Where every association goes (one at random each time): router
+        processes, or a router Service's address.
     make_study
         Writes the study of a given index (called by the sender that sends
         it, as it needs it).
@@ -43,7 +43,7 @@ class Load:
 
     def __init__(
         self,
-        routers: Sequence[RouterProcess],
+        routers: Sequence[Target],
         make_study: Callable[[int], Study],
         *,
         seed: int,
