@@ -139,7 +139,7 @@ need_prometheus() {
     key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-16)
     local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/prometheus-$key"
     if [ ! -x "$dir/prometheus" ]; then
-        echo "==> building Prometheus from Go modules (the first time takes a while)"
+        echo "==> building Prometheus from Go modules (the first time: about 5 minutes of CPU)"
         local began=$SECONDS
         local version  # the release the module version stands for (v0.316.0: 3.16.0)
         version=$(cd "$module" && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
@@ -159,7 +159,7 @@ need_metrics_adapter() {
     key=$(cat "$module/go.mod" "$module/go.sum" "$module"/*.go | sha256sum | cut -c1-16)
     local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/metrics-adapter-$key"
     if [ ! -x "$dir/metricsadapter" ]; then
-        echo "==> building the Prometheus Adapter stand-in from Go modules (the first time takes a few minutes)"
+        echo "==> building the Prometheus Adapter stand-in from Go modules (the first time: about 4 minutes of CPU)"
         local began=$SECONDS
         mkdir -p "$dir"
         (cd "$module" && go build -trimpath -o "$dir/metricsadapter.partial.$$" .)
