@@ -13,12 +13,15 @@ only what every gateway of the pool accepts, and prefers what they prefer:
   preference, a configured SOP class list is the whole set of classes (and
   may name private ones);
 - otherwise what the gateways answered to probe associations
-  (:mod:`gatewaypool_router.catalog`): the SOP classes each accepted, the
-  transfer syntaxes each accepted, ordered by the first gateway's choice.
-  A gateway's transfer syntaxes are learnt for one SOP class (CT Image
-  Storage where it takes it) and assumed for every class it takes: the
-  gateways tested (DCMTK storescp, Orthanc, dicom-rs, pynetdicom) set them
-  for the whole gateway, not class by class;
+  (:mod:`gatewaypool_router.catalog`): the SOP classes each accepted, and
+  per SOP class the transfer syntaxes each accepted, as (SOP class,
+  transfer syntax) pairs, each asked in a context of its own. A gateway
+  may take JPEG-LS for CT and not for MR: MR in JPEG-LS is then refused at
+  negotiation (result 4) and the sender falls back, as it would with that
+  gateway. A pair a gateway was never asked about counts as refused; the
+  catalog asks about a sender's proposed pairs before answering it
+  (:meth:`Policy.to_learn`). Among the syntaxes every gateway takes, the
+  first gateway's own pick comes first, then the router's order;
 - a gateway not probed yet (unreachable, or refusing the router's AE title)
   does not narrow the set; with no gateway known, the router accepts every
   storage SOP class in every transfer syntax it can read.
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, uid_to_service_class
@@ -59,6 +62,10 @@ def is_verification(sop_class: str) -> bool:
     return uid_to_service_class(sop_class) is VerificationServiceClass
 
 
+#: A (SOP class UID, transfer syntax UID) pair: what a presentation context agrees on.
+Pair = tuple[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayAccepts:
     """What one gateway accepted in its probe associations.
@@ -66,22 +73,46 @@ class GatewayAccepts:
     Attributes
     ----------
     asked : frozenset[str]
-        The SOP classes it was asked about; about the others nothing is known.
+        The SOP classes it was asked about (in uncompressed syntaxes); about
+        the others nothing is known at the class level.
     sop_classes : frozenset[str]
         Those of ``asked`` it accepted.
-    transfer_syntaxes : tuple[str, ...] or None
-        The transfer syntaxes it accepted, its preferred first; None when not
-        probed (a configured list applies).
+    pairs_asked : frozenset[Pair]
+        The (SOP class, transfer syntax) pairs it was asked about, each in a
+        context of its own.
+    pairs : frozenset[Pair]
+        Those of ``pairs_asked`` it accepted.
+    first_choice : str or None
+        The transfer syntax it picked from a context offering every one:
+        its preference, put first when the router chooses among a sender's.
     """
 
     asked: frozenset[str]
     sop_classes: frozenset[str]
-    transfer_syntaxes: tuple[str, ...] | None
+    pairs_asked: frozenset[Pair] = frozenset()
+    pairs: frozenset[Pair] = frozenset()
+    first_choice: str | None = None
+
+    def refuses_class(self, sop_class: str) -> bool:
+        """Asked about ``sop_class`` and refused it."""
+        return sop_class in self.asked and sop_class not in self.sop_classes
+
+    def learnt(self, asked: Iterable[Pair], accepted: Iterable[Pair]) -> GatewayAccepts:
+        """This knowledge plus the answer to one more pair probe."""
+        return replace(
+            self,
+            pairs_asked=self.pairs_asked | frozenset(asked),
+            pairs=self.pairs | frozenset(accepted),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The sender-side negotiation rules for the current map and configuration."""
+    """The sender-side negotiation rules for the current map and configuration.
+
+    ``gateways`` holds what each probed gateway of the map accepts; a
+    gateway not probed yet is left out (it does not narrow the set).
+    """
 
     configured_syntaxes: tuple[str, ...] | None = None
     configured_classes: frozenset[str] | None = None
@@ -101,36 +132,78 @@ class Policy:
         """Whether some known gateway was never asked about ``sop_class``."""
         return any(sop_class not in g.asked for g in self.gateways)
 
-    def syntaxes_for(self, sop_class: str, *, marked_storage: bool = False) -> tuple[str, ...]:
-        """Transfer syntaxes accepted for ``sop_class``, preferred first; () refuses the class."""
-        if is_verification(sop_class):
-            return SUPPORTED_TRANSFER_SYNTAXES
+    def class_allowed(self, sop_class: str, *, marked_storage: bool = False) -> bool:
+        """Whether ``sop_class`` may be accepted in some transfer syntax (storage classes)."""
         if self.configured_classes is not None:
-            if sop_class not in self.configured_classes:
-                return ()
-        elif not self.is_storage(sop_class, marked_storage=marked_storage):
-            return ()
-        if any(sop_class in g.asked and sop_class not in g.sop_classes for g in self.gateways):
-            return ()
+            return sop_class in self.configured_classes
+        if not self.is_storage(sop_class, marked_storage=marked_storage):
+            return False
+        if any(g.refuses_class(sop_class) for g in self.gateways):
+            return False
         # A private or new class: accepted only where every gateway said yes to it.
-        if (
-            self.configured_classes is None
-            and not is_known_storage(sop_class)
-            and (not self.gateways or self.unknown_to(sop_class))
-        ):
-            return ()
-        return self.transfer_syntaxes()
+        if is_known_storage(sop_class):
+            return True
+        return bool(self.gateways) and not self.unknown_to(sop_class)
 
-    def transfer_syntaxes(self) -> tuple[str, ...]:
-        """Transfer syntaxes every gateway accepts, in the order they prefer."""
-        supported = set(SUPPORTED_TRANSFER_SYNTAXES)
+    def syntaxes_for(self, sop_class: str, *, marked_storage: bool = False) -> tuple[str, ...]:
+        """Transfer syntaxes accepted for ``sop_class``, preferred first; () refuses the class.
+
+        A syntax is accepted when every probed gateway accepted the pair
+        (``sop_class``, syntax); a pair a gateway was not asked about counts
+        as refused (:meth:`to_learn` says which to ask before deciding).
+        """
+        return _syntaxes_for(self, sop_class, marked_storage=marked_storage)
+
+    def to_learn(
+        self,
+        gateway: GatewayAccepts,
+        proposed: Iterable[Pair],
+        *,
+        marked: frozenset[str] = frozenset(),
+    ) -> tuple[Pair, ...]:
+        """The proposed pairs ``gateway`` must be asked about before the router answers.
+
+        None when a configured transfer syntax list decides, for a class
+        refused anyway (by configuration, by some gateway, or not storage),
+        for a syntax the router cannot read, or for a pair already asked.
+        """
         if self.configured_syntaxes is not None:
-            return tuple(ts for ts in self.configured_syntaxes if ts in supported)
-        probed = [g.transfer_syntaxes for g in self.gateways if g.transfer_syntaxes is not None]
-        if not probed:
-            return SUPPORTED_TRANSFER_SYNTAXES
-        common = set(probed[0]).intersection(*probed[1:]) & supported
-        return tuple(ts for ts in probed[0] if ts in common)
+            return ()
+        readable = set(SUPPORTED_TRANSFER_SYNTAXES)
+        wanted: list[Pair] = []
+        for pair in proposed:
+            sop_class, syntax = pair
+            if (
+                pair in wanted
+                or pair in gateway.pairs_asked
+                or syntax not in readable
+                or is_verification(sop_class)
+                or not self.class_allowed(sop_class, marked_storage=sop_class in marked)
+            ):
+                continue
+            wanted.append(pair)
+        return tuple(wanted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _syntaxes_for(policy: Policy, sop_class: str, *, marked_storage: bool) -> tuple[str, ...]:
+    """:meth:`Policy.syntaxes_for`, cached: the policy of every association is
+    rebuilt from the same answers, and a sender may propose 128 contexts."""
+    if is_verification(sop_class):
+        return SUPPORTED_TRANSFER_SYNTAXES
+    if not policy.class_allowed(sop_class, marked_storage=marked_storage):
+        return ()
+    if policy.configured_syntaxes is not None:
+        supported = set(SUPPORTED_TRANSFER_SYNTAXES)
+        return tuple(ts for ts in policy.configured_syntaxes if ts in supported)
+    if not policy.gateways:
+        return SUPPORTED_TRANSFER_SYNTAXES
+    common = [
+        ts
+        for ts in SUPPORTED_TRANSFER_SYNTAXES
+        if all((sop_class, ts) in g.pairs for g in policy.gateways)
+    ]
+    return preference(common, policy.gateways[0].first_choice)
 
 
 def preference(accepted: Iterable[str], first_choice: str | None) -> tuple[str, ...]:

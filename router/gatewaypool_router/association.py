@@ -380,7 +380,12 @@ class IncomingAssociation:
                 )
             proposed = request.primitive.presentation_context_definition_list
             policy = self._catalog.policy_for(
-                [str(cx.abstract_syntax) for cx in proposed if cx.abstract_syntax],
+                [
+                    (str(cx.abstract_syntax), str(ts))
+                    for cx in proposed
+                    if cx.abstract_syntax
+                    for ts in cx.transfer_syntax
+                ],
                 request.extended,
             )
         accept_pdu, accepted = negotiation.accept(request, max_pdu=config.max_pdu, policy=policy)

@@ -6,15 +6,25 @@ For every gateway of the current map the router opens probe associations
 1. every storage SOP class pynetdicom knows (and the private ones senders
    asked for, see :meth:`GatewayCatalog.policy_for`), each in explicit and
    implicit VR little endian: the SOP classes the gateway accepts;
-2. one SOP class it accepted in each transfer syntax the router can read,
-   one context per syntax, plus one context offering them all: the syntaxes
-   it accepts, and the one it prefers.
+2. a seed of (SOP class, transfer syntax) pairs, each in a context of its
+   own: the common storage classes it accepted (:data:`SEED_CLASSES`, or
+   the configured ones) in each transfer syntax the router can read, plus
+   one context offering them all (the syntax the gateway prefers);
+3. on demand, when a sender proposes a pair some probed gateway was never
+   asked about: one association per such gateway with those pairs (up to
+   128 a association), every gateway at once, before the router answers
+   the sender (:meth:`GatewayCatalog.policy_for`). The sender waits at most
+   half of ``--acse-timeout``; a pair still unanswered then is refused
+   (result 4, or 3 when no syntax of the class is left), the probe goes on
+   and the next association gets its answer.
 
 A configured list (``--accepted-transfer-syntax``, ``--sop-class``) replaces
 the step it would answer. Results are cached per gateway (host, port, AE
-title) while the map has that gateway, and every gateway is probed again
-when the map's set of gateways changes; the probes run on a thread of
-their own, never on a sender's.
+title) while the map has that gateway; every gateway is probed again, and
+what was learnt on demand forgotten, when the map's set of gateways
+changes. Steps 1 and 2 run on a thread of their own, never on a sender's.
+Each process has its own cache: with ``--workers``, each worker probes and
+learns by itself (the answers are the gateways', so they agree).
 
 The same probes say whether a gateway can be reached. An association from
 a sender is refused (transient: A-ASSOCIATE-RJ 2/3/1) when no map is loaded
@@ -28,8 +38,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.logs import log_event
@@ -40,8 +50,8 @@ from gatewaypool_router.acceptance import (
     STORAGE_SERVICE_CLASS,
     VERIFICATION_SOP_CLASS,
     GatewayAccepts,
+    Pair,
     Policy,
-    preference,
 )
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import MapHolder
@@ -58,12 +68,28 @@ GatewayKey = tuple[str, int, str]
 MAX_CONTEXTS = 128
 #: The shortest time between two re-checks of unreachable gateways.
 _RECHECK = 2.0
-#: The SOP class a transfer syntax probe uses when the gateway accepts it.
-_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: The share of ``--acse-timeout`` a sender's association may wait for on-demand probes.
+LEARN_SHARE = 0.5
+#: Storage SOP classes whose pairs the first probes learn (where the gateway
+#: takes them), most common first: CT, MR, ultrasound, CR, digital X-ray
+#: (for presentation), secondary capture. Six classes in 42 transfer syntaxes
+#: fit two associations; the rest is learnt when a sender proposes it.
+SEED_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.7",
+)
 
 
 def key_of(gateway: Gateway) -> GatewayKey:
     return (gateway.host, gateway.port, gateway.ae_title)
+
+
+def _pair_name(pair: Pair) -> str:
+    return f"{pair[0]}/{pair[1]}"
 
 
 @dataclass(slots=True)
@@ -71,6 +97,11 @@ class _Entry:
     reachable: bool | None = None
     accepts: GatewayAccepts | None = None
     checked: float = 0.0
+    #: Bumped when a full probe replaces ``accepts``: a pair probe started
+    #: before then learnt about the previous gateway, and is dropped.
+    generation: int = 0
+    #: Pairs an on-demand probe is asking about right now.
+    learning: set[Pair] = field(default_factory=set)
 
 
 class GatewayCatalog:
@@ -150,38 +181,61 @@ class GatewayCatalog:
             gateways=tuple(known),
         )
 
-    def policy_for(self, proposed: Iterable[str], extended: dict[str, CommonExtended]) -> Policy:
-        """The policy, after asking the gateways about private classes a sender marked Storage.
+    def learn_wait(self) -> float:
+        """How long a sender's association waits for on-demand probes."""
+        return self._config.acse_timeout * LEARN_SHARE
 
-        A SOP class pynetdicom does not know, which the sender names a
-        Storage Service Class SOP class (SOP Class Common Extended
-        Negotiation), is asked about once per gateway, on the sender's
-        thread: its association waits for that probe (bounded by the
-        connect and gateway timeouts), later ones use the answer.
+    def policy_for(
+        self, proposed: Sequence[Pair], extended: Mapping[str, CommonExtended]
+    ) -> Policy:
+        """The policy for a sender's proposal, once the gateways were asked what it needs.
+
+        ``proposed``: the (SOP class, transfer syntax) pairs of the sender's
+        contexts. First, a SOP class pynetdicom does not know, which the
+        sender names a Storage Service Class SOP class (SOP Class Common
+        Extended Negotiation), is asked about; then every pair some probed
+        gateway was never asked about (:meth:`Policy.to_learn`). Both on the
+        sender's thread, every gateway at once, for at most
+        :meth:`learn_wait` in all; later associations use the answers.
         """
+        deadline = time.monotonic() + self.learn_wait()
         policy = self.policy()
-        if policy.configured_classes is not None:
-            return policy
-        wanted = [
-            extended[uid]
-            for uid in proposed
-            if uid in extended
-            and extended[uid].service_class == STORAGE_SERVICE_CLASS
-            and policy.syntaxes_for(uid, marked_storage=True) == ()
-            and (policy.unknown_to(uid) or not policy.gateways)
-        ]
-        if not wanted:
-            return policy
-        with self._lock:
-            for item in wanted:
-                self._extra_classes.setdefault(item.sop_class, item)
         bucket_map = self._maps.current
         if bucket_map is None:
             return policy
-        self._ask_about([i.sop_class for i in wanted], bucket_map.gateways)
+        classes = list(dict.fromkeys(uid for uid, _ in proposed))
+        if policy.configured_classes is None:
+            wanted = [
+                extended[uid]
+                for uid in classes
+                if uid in extended
+                and extended[uid].service_class == STORAGE_SERVICE_CLASS
+                and not policy.class_allowed(uid, marked_storage=True)
+                and (policy.unknown_to(uid) or not policy.gateways)
+            ]
+            if wanted:
+                with self._lock:
+                    for item in wanted:
+                        self._extra_classes.setdefault(item.sop_class, item)
+                self._ask_about([i.sop_class for i in wanted], bucket_map.gateways, deadline)
+                policy = self.policy()
+        marked = frozenset(
+            uid for uid, item in extended.items() if item.service_class == STORAGE_SERVICE_CLASS
+        )
+        items = [extended[uid] for uid in sorted(marked)]
+        self._learn(
+            policy,
+            proposed=proposed,
+            marked=marked,
+            extended=items,
+            gateways=bucket_map.gateways,
+            deadline=deadline,
+        )
         return self.policy()
 
-    def _ask_about(self, classes: Sequence[str], gateways: Sequence[Gateway]) -> None:
+    def _ask_about(
+        self, classes: Sequence[str], gateways: Sequence[Gateway], deadline: float
+    ) -> None:
         threads = [
             threading.Thread(target=self._probe_classes, args=(g, classes), daemon=True)
             for g in gateways
@@ -189,7 +243,7 @@ class GatewayCatalog:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _probe_classes(self, gateway: Gateway, classes: Sequence[str]) -> None:
         key = key_of(gateway)
@@ -207,11 +261,12 @@ class GatewayCatalog:
         with self._lock:
             old = entry.accepts
             if old is not None:
-                entry.accepts = GatewayAccepts(
+                entry.accepts = replace(
+                    old.learnt(accepted.items(), accepted.items()),
                     asked=old.asked | set(classes),
-                    sop_classes=old.sop_classes | accepted,
-                    transfer_syntaxes=old.transfer_syntaxes,
+                    sop_classes=old.sop_classes | set(accepted),
                 )
+            self._changed.notify_all()
         log_event(
             log,
             logging.INFO,
@@ -219,6 +274,128 @@ class GatewayCatalog:
             gateway=gateway.name,
             asked=sorted(classes),
             accepted=sorted(accepted),
+        )
+
+    def _learn(
+        self,
+        policy: Policy,
+        *,
+        proposed: Sequence[Pair],
+        marked: frozenset[str],
+        extended: Sequence[CommonExtended],
+        gateways: Sequence[Gateway],
+        deadline: float,
+    ) -> None:
+        """Ask each probed gateway about the proposed pairs it was never asked about.
+
+        Pairs another association is already asking about are waited for,
+        not asked twice. Returns when every pair is answered (or its probe
+        failed), or at ``deadline``.
+        """
+        waiting: dict[GatewayKey, tuple[Pair, ...]] = {}
+        starts: list[tuple[Gateway, list[Pair], int]] = []
+        with self._lock:
+            for gateway in gateways:
+                key = key_of(gateway)
+                entry = self._entries.get(key)
+                # Not probed yet, or unreachable: it does not narrow the set
+                # (not probed) or is re-checked by admission (unreachable).
+                if entry is None or entry.accepts is None or entry.reachable is False:
+                    continue
+                wanted = policy.to_learn(entry.accepts, proposed, marked=marked)
+                if not wanted:
+                    continue
+                waiting[key] = wanted
+                new = [pair for pair in wanted if pair not in entry.learning]
+                if new:
+                    entry.learning.update(new)
+                    starts.append((gateway, new, entry.generation))
+        if not waiting:
+            return
+        for gateway, pairs, generation in starts:
+            threading.Thread(
+                target=self._probe_pairs,
+                args=(gateway, pairs, extended, generation),
+                name=f"pairs-{gateway.name}",
+                daemon=True,
+            ).start()
+        with self._lock:
+            while True:
+                pending = self._pending(waiting)
+                if not pending:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+        log_event(
+            log,
+            logging.WARNING,
+            "gateway.probe_pending",
+            unanswered=pending,
+            seconds=round(self.learn_wait(), 3),
+        )
+
+    def _pending(self, waiting: dict[GatewayKey, tuple[Pair, ...]]) -> int:
+        """How many of the pairs waited for are still being asked (lock held)."""
+        count = 0
+        for key, pairs in waiting.items():
+            entry = self._entries.get(key)
+            if entry is not None:
+                count += sum(1 for pair in pairs if pair in entry.learning)
+        return count
+
+    def _probe_pairs(
+        self,
+        gateway: Gateway,
+        pairs: Sequence[Pair],
+        extended: Sequence[CommonExtended],
+        generation: int,
+    ) -> None:
+        """One on-demand probe: record which of ``pairs`` the gateway accepts."""
+        key = key_of(gateway)
+        started = time.monotonic()
+        accepted: frozenset[Pair] | None = None
+        failure: GatewayError | None = None
+        try:
+            accepted, _ = self._accepted_pairs(gateway, pairs, extended)
+        except GatewayError as exc:
+            failure = exc
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.learning.difference_update(pairs)
+                if (
+                    accepted is not None
+                    and entry.accepts is not None
+                    and entry.generation == generation
+                ):
+                    entry.accepts = entry.accepts.learnt(pairs, accepted)
+                if failure is not None and not failure.answered:
+                    entry.reachable = False
+                    entry.checked = time.monotonic()
+            self._changed.notify_all()
+        if accepted is None:
+            reason = failure.reason if failure is not None else ""
+            reachable = failure is not None and failure.answered
+            log_event(
+                log,
+                logging.WARNING,
+                "gateway.probe_failed",
+                gateway=gateway.name,
+                reason=reason,
+                reachable=reachable,
+            )
+            return
+        log_event(
+            log,
+            logging.INFO,
+            "gateway.probed_pairs",
+            gateway=gateway.name,
+            asked=len(pairs),
+            accepted=sorted(_pair_name(p) for p in accepted),
+            refused=sorted(_pair_name(p) for p in set(pairs) - accepted),
+            seconds=round(time.monotonic() - started, 3),
         )
 
     def admit(self) -> str | None:
@@ -270,7 +447,11 @@ class GatewayCatalog:
     # -- probing --------------------------------------------------------------
 
     def probe(self, gateway: Gateway) -> None:
-        """Ask one gateway what it accepts; record it and whether it answered."""
+        """Ask one gateway what it accepts; record it and whether it answered.
+
+        What it answers replaces all that was known of it, pairs learnt on
+        demand included.
+        """
         key = key_of(gateway)
         with self._lock:
             self._probing.add(key)
@@ -301,8 +482,14 @@ class GatewayCatalog:
                 entry.checked = time.monotonic()
                 if accepts is not None:
                     entry.accepts = accepts
+                    entry.generation += 1
             self._changed.notify_all()
         if accepts is not None:
+            seeded: dict[str, list[str]] = {}
+            for sop_class, syntax in sorted(accepts.pairs_asked):
+                accepted = seeded.setdefault(sop_class, [])
+                if (sop_class, syntax) in accepts.pairs:
+                    accepted.append(syntax)
             log_event(
                 log,
                 logging.INFO,
@@ -310,38 +497,46 @@ class GatewayCatalog:
                 gateway=gateway.name,
                 sop_classes=len(accepts.sop_classes),
                 asked=len(accepts.asked),
-                transfer_syntaxes=list(accepts.transfer_syntaxes or ()),
+                first_choice=accepts.first_choice,
+                seeded=seeded,
                 seconds=round(time.monotonic() - started, 3),
             )
 
     def _probe(self, gateway: Gateway, extra: dict[str, CommonExtended]) -> GatewayAccepts:
         config = self._config
+        chosen: dict[str, str] = {}
         if config.sop_classes:
             # Configured classes take precedence: one association says it answers.
             self._associate(gateway, [ProposedContext(1, VERIFICATION_SOP_CLASS, _UNCOMPRESSED)])
             classes: frozenset[str] = frozenset()
             asked: frozenset[str] = frozenset()
+            seed = list(config.sop_classes)
         else:
             wanted = [*KNOWN_STORAGE_CLASSES, *sorted(set(extra) - set(KNOWN_STORAGE_CLASSES))]
-            classes = self._accepted_classes(gateway, wanted, list(extra.values()))
+            chosen = self._accepted_classes(gateway, wanted, list(extra.values()))
+            classes = frozenset(chosen)
             asked = frozenset(wanted)
-        syntaxes: tuple[str, ...] | None = None
-        if not config.accepted_transfer_syntaxes:
-            if config.sop_classes:
-                reference = config.sop_classes[0]
-            elif _CT_IMAGE_STORAGE in classes:
-                reference = _CT_IMAGE_STORAGE
-            else:
-                reference = min(classes, default="")
-            if reference:
-                # None when it took none (a configured class it does not accept): no answer.
-                syntaxes = self._accepted_syntaxes(gateway, reference) or None
-        return GatewayAccepts(asked=asked, sop_classes=classes, transfer_syntaxes=syntaxes)
+            seed = [uid for uid in SEED_CLASSES if uid in classes] or sorted(classes)[:1]
+        accepts = GatewayAccepts(
+            asked=asked,
+            sop_classes=classes,
+            # What the class probe's contexts were accepted in is known too.
+            pairs_asked=frozenset(chosen.items()),
+            pairs=frozenset(chosen.items()),
+        )
+        if config.accepted_transfer_syntaxes or not seed:
+            return accepts
+        per_association = (MAX_CONTEXTS - 1) // len(SUPPORTED_TRANSFER_SYNTAXES)
+        seed = seed[: 2 * per_association]
+        pairs = [(uid, ts) for uid in seed for ts in SUPPORTED_TRANSFER_SYNTAXES]
+        accepted, first_choice = self._accepted_pairs(gateway, pairs, (), choice_of=seed[0])
+        return replace(accepts.learnt(pairs, accepted), first_choice=first_choice)
 
     def _accepted_classes(
         self, gateway: Gateway, classes: Sequence[str], extended: Sequence[CommonExtended]
-    ) -> frozenset[str]:
-        accepted: set[str] = set()
+    ) -> dict[str, str]:
+        """{accepted SOP class: the uncompressed syntax the gateway chose for it}."""
+        accepted: dict[str, str] = {}
         for start in range(0, len(classes), MAX_CONTEXTS):
             chunk = classes[start : start + MAX_CONTEXTS]
             contexts = [
@@ -349,18 +544,43 @@ class GatewayCatalog:
             ]
             mine = [e for e in extended if e.sop_class in chunk]
             usable = self._associate(gateway, contexts, mine)
-            accepted.update(cx.abstract_syntax for cx in contexts if cx.context_id in usable)
-        return frozenset(accepted)
+            for cx in contexts:
+                if cx.context_id in usable:
+                    accepted[cx.abstract_syntax] = usable[cx.context_id]
+        return accepted
 
-    def _accepted_syntaxes(self, gateway: Gateway, sop_class: str) -> tuple[str, ...]:
-        every = ProposedContext(1, sop_class, SUPPORTED_TRANSFER_SYNTAXES)
-        singles = [
-            ProposedContext(2 * index + 3, sop_class, (ts,))
-            for index, ts in enumerate(SUPPORTED_TRANSFER_SYNTAXES)
-        ]
-        usable = self._associate(gateway, [every, *singles])
-        accepted = [cx.transfer_syntaxes[0] for cx in singles if cx.context_id in usable]
-        return preference(accepted, usable.get(1))
+    def _accepted_pairs(
+        self,
+        gateway: Gateway,
+        pairs: Sequence[Pair],
+        extended: Sequence[CommonExtended],
+        *,
+        choice_of: str | None = None,
+    ) -> tuple[frozenset[Pair], str | None]:
+        """Which ``pairs`` the gateway accepts, each in a context of its own.
+
+        At most 128 contexts an association. With ``choice_of``, the first
+        association also offers that SOP class in every readable syntax in
+        one context: the one the gateway picks is returned as its choice.
+        """
+        accepted: set[Pair] = set()
+        first_choice: str | None = None
+        per = MAX_CONTEXTS - (1 if choice_of is not None else 0)
+        for start in range(0, len(pairs), per):
+            chunk = pairs[start : start + per]
+            contexts = [ProposedContext(2 * i + 1, uid, (ts,)) for i, (uid, ts) in enumerate(chunk)]
+            every: ProposedContext | None = None
+            if choice_of is not None and start == 0:
+                every = ProposedContext(2 * len(chunk) + 1, choice_of, SUPPORTED_TRANSFER_SYNTAXES)
+            classes = {uid for uid, _ in chunk}
+            mine = [e for e in extended if e.sop_class in classes]
+            usable = self._associate(gateway, [*contexts, *([every] if every else [])], mine)
+            accepted.update(
+                pair for pair, cx in zip(chunk, contexts, strict=True) if cx.context_id in usable
+            )
+            if every is not None:
+                first_choice = usable.get(every.context_id)
+        return frozenset(accepted), first_choice
 
     def _associate(
         self,

@@ -286,9 +286,9 @@ def test_a_sender_falls_back_to_what_the_gateway_accepts(
         uid = study.sop_instance_uids[study.files.index(path)]
         assert got[uid].transfer_syntax == want[uid].transfer_syntax == EXPLICIT_VR_LE
         assert got[uid].dataset == want[uid].dataset == dataset_bytes(path)
-    probed = router.events("gateway.probed")[0]
-    assert JPEG_LS_LOSSLESS not in probed["transfer_syntaxes"]
-    assert EXPLICIT_VR_LE in probed["transfer_syntaxes"]
+    seeded = router.events("gateway.probed")[0]["seeded"][CT_IMAGE_STORAGE]
+    assert JPEG_LS_LOSSLESS not in seeded
+    assert EXPLICIT_VR_LE in seeded
 
 
 def test_a_context_no_gateway_accepts_is_refused_at_negotiation(
@@ -845,3 +845,275 @@ def test_what_the_router_accepts_follows_the_gateways_of_the_map(
     assert results == [refused, (0, JPEG_LS_LOSSLESS), refused]
     assert [item.transfer_syntax for item in held] == [JPEG_LS_LOSSLESS]
     assert held[0].dataset == dataset_bytes(jpeg_ls)
+
+
+# -- transfer syntaxes per SOP class ------------------------------------------
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+
+#: A DCMTK association negotiation profile (storescp ``--config-file``) as a
+#: site writes one for a gateway whose JPEG-LS decoder is licensed, or
+#: validated, for CT only: JPEG-LS for the CT classes, uncompressed for MR.
+_JPEG_LS_FOR_CT_ONLY = """\
+[[TransferSyntaxes]]
+
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[JpegLsOrUncompressed]
+TransferSyntax1 = JPEGLSLossless
+TransferSyntax2 = LocalEndianExplicit
+TransferSyntax3 = LittleEndianImplicit
+
+[[PresentationContexts]]
+
+[JpegLsForCtOnly]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = CTImageStorage\\JpegLsOrUncompressed
+PresentationContext3 = EnhancedCTImageStorage\\JpegLsOrUncompressed
+PresentationContext4 = MRImageStorage\\Uncompressed
+PresentationContext5 = EnhancedMRImageStorage\\Uncompressed
+
+[[Profiles]]
+
+[JpegLsForCtOnly]
+PresentationContexts = JpegLsForCtOnly
+"""
+
+
+class JpegLsForCtStoreSCP(StoreSCP):
+    """DCMTK storescp taking JPEG-LS for CT and Enhanced CT, uncompressed MR only."""
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        (self.work_dir / "profile.cfg").write_text(_JPEG_LS_FOR_CT_ONLY)
+
+    def _command(self) -> list[str]:
+        dropped = {"--accept-all", "--promiscuous"}
+        command = [arg for arg in super()._command() if arg not in dropped]
+        profile = ["--config-file", str(self.work_dir / "profile.cfg"), "JpegLsForCtOnly"]
+        return [*command[:-1], *profile, command[-1]]
+
+
+def _relabelled(study: Study, sop_class: str, modality: str) -> Study:
+    """The study's files rewritten as instances of ``sop_class`` (same UIDs)."""
+    for path in study.files:
+        dataset = pydicom.dcmread(path)
+        dataset.SOPClassUID = UID(sop_class)
+        dataset.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+        dataset.Modality = modality
+        dataset.save_as(path, enforce_file_format=True)
+    return study
+
+
+def _send_each_preferring_jpeg_ls(
+    host: str, port: int, called: str, studies: list[tuple[str, Study]]
+) -> tuple[list[int], dict[str, str]]:
+    """A modality holding each instance in JPEG-LS, able to send it uncompressed.
+
+    One association: for each study's SOP class a JPEG-LS context (preferred)
+    and an explicit VR little endian one. Each instance goes in JPEG-LS where
+    that context was accepted, uncompressed otherwise, as modalities fall
+    back. Returns the statuses and the syntax each SOP class was sent in.
+    """
+    contexts = []
+    for n, (sop_class, _) in enumerate(studies):
+        contexts.append(rawdicom.context(4 * n + 1, sop_class, [JPEG_LS_LOSSLESS]))
+        contexts.append(rawdicom.context(4 * n + 3, sop_class, [EXPLICIT_VR_LE]))
+    statuses: list[int] = []
+    sent_in: dict[str, str] = {}
+    with RawScu(host, port, contexts=contexts, called=called) as scu:
+        for n, (sop_class, study) in enumerate(studies):
+            use_jls = scu.accepted(4 * n + 1) == JPEG_LS_LOSSLESS
+            assert use_jls or scu.accepted(4 * n + 3) == EXPLICIT_VR_LE
+            sent_in[sop_class] = JPEG_LS_LOSSLESS if use_jls else EXPLICIT_VR_LE
+            for path in study.files:
+                if use_jls:
+                    statuses.append(scu.store_file(4 * n + 1, path.with_suffix(".jls")).status)
+                else:
+                    statuses.append(scu.store_file(4 * n + 3, path).status)
+        scu.release()
+    return statuses, sent_in
+
+
+@pytest.mark.parametrize(
+    ("ct_class", "mr_class", "workers"),
+    [
+        (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, 1),
+        (ENHANCED_CT_STORAGE, ENHANCED_MR_STORAGE, 1),
+        (ENHANCED_CT_STORAGE, ENHANCED_MR_STORAGE, 2),
+    ],
+    ids=["seeded", "on-demand", "on-demand-2-workers"],
+)
+def test_transfer_syntaxes_are_learnt_per_sop_class(
+    start_router: RouterFactory, tmp_path: Path, ct_class: str, mr_class: str, workers: int
+) -> None:
+    """Two gateways taking JPEG-LS for CT only; a sender offering CT and MR in JPEG-LS.
+
+    Through the router, CT goes as JPEG-LS and MR falls back to
+    uncompressed, as straight to such a gateway; no instance fails. CT and
+    MR are in the first probes' seed; Enhanced CT and MR are learnt when
+    the sender proposes them, one probe association per gateway. A sender
+    offering MR in JPEG-LS only has that context refused (result 4).
+    """
+    ct = _relabelled(
+        generate_study(tmp_path / "ct", study_index=80, instances=2, rows=16, columns=16),
+        ct_class,
+        "CT",
+    )
+    mr = _relabelled(
+        generate_study(tmp_path / "mr", study_index=81, instances=2, rows=16, columns=16),
+        mr_class,
+        "MR",
+    )
+    converting = [
+        subprocess.Popen(["dcmcjpls", str(path), str(path.with_suffix(".jls"))])
+        for path in [*ct.files, *mr.files]
+    ]
+    assert [process.wait(timeout=60) for process in converting] == [0] * len(converting)
+    studies = [(ct_class, ct), (mr_class, mr)]
+    a = JpegLsForCtStoreSCP(tmp_path / "gw-a", ae_title="GW_A")
+    b = JpegLsForCtStoreSCP(tmp_path / "gw-b", ae_title="GW_B")
+    direct = JpegLsForCtStoreSCP(tmp_path / "direct", ae_title="DIRECT")
+    with a, b, direct:
+        router = start_router([a, b], workers=workers)
+        router.wait_events("gateway.probed", count=2 * workers, timeout=60)
+        via_router, routed_in = _send_each_preferring_jpeg_ls(
+            router.host, router.port, router.ae_title, studies
+        )
+        straight, direct_in = _send_each_preferring_jpeg_ls(
+            direct.host, direct.port, direct.ae_title, studies
+        )
+        only_jls = [rawdicom.context(1, mr_class, [JPEG_LS_LOSSLESS])]
+        with RawScu(router.host, router.port, contexts=only_jls) as scu:
+            no_fallback = scu.results[1]
+            scu.release()
+        count = len(ct.files) + len(mr.files)
+        wait_until(
+            lambda: a.received_count() + b.received_count() >= count,
+            timeout=30,
+            what=f"{count} instances on the gateways",
+        )
+        got = {item.sop_instance_uid: item for item in [*a.received(), *b.received()]}
+        want = {item.sop_instance_uid: item for item in direct.wait_for_count(count, timeout=30)}
+        failures = sum(
+            router.metric("gatewaypool_router_instances_total", gateway=name, outcome="failure")
+            for name in ("gw-0", "gw-1")
+        )
+    assert via_router == straight == [0] * count
+    assert routed_in == direct_in == {ct_class: JPEG_LS_LOSSLESS, mr_class: EXPLICIT_VR_LE}
+    assert no_fallback == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    assert failures == 0
+    assert set(got) == set(want) == {*ct.sop_instance_uids, *mr.sop_instance_uids}
+    for sop_class, study in studies:
+        for uid, path in zip(study.sop_instance_uids, study.files, strict=True):
+            sent = path.with_suffix(".jls") if sop_class == ct_class else path
+            assert got[uid].transfer_syntax == want[uid].transfer_syntax
+            assert got[uid].dataset == want[uid].dataset == dataset_bytes(sent)
+    if ct_class == CT_IMAGE_STORAGE:
+        # Known from the first probes: nothing asked on demand.
+        seeded = router.events("gateway.probed")[0]["seeded"]
+        assert JPEG_LS_LOSSLESS in seeded[CT_IMAGE_STORAGE]
+        assert JPEG_LS_LOSSLESS not in seeded[MR_IMAGE_STORAGE]
+        assert router.events("gateway.probed_pairs") == []
+    elif workers == 1:
+        # One probe association per gateway, at the first association; the
+        # second one (JPEG-LS MR only) is answered from the cache.
+        learnt = router.events("gateway.probed_pairs")
+        assert sorted(event["gateway"] for event in learnt) == ["gw-0", "gw-1"]
+        for event in learnt:
+            assert event["accepted"] == [f"{ct_class}/{JPEG_LS_LOSSLESS}"]
+            assert event["refused"] == [f"{mr_class}/{JPEG_LS_LOSSLESS}"]
+
+
+class _HoldingGateway:
+    """A Storage SCP accepting every context, whose answers can be held (raw protocol).
+
+    While ``hold`` is set, an A-ASSOCIATE-RQ gets its A-ASSOCIATE-AC only
+    once it is cleared: a gateway too slow for the router's on-demand probe.
+    """
+
+    def __init__(self) -> None:
+        self._server = socket.create_server((LOOPBACK, 0))
+        self.port: int = self._server.getsockname()[1]
+        self.hold = threading.Event()
+        self._released = threading.Event()
+        self.held = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            request = rawdicom.read_pdu(conn)
+            if request.pdu_type != rawdicom.ASSOCIATE_RQ:
+                return
+            if self.hold.is_set():
+                self.held += 1
+                self._released.wait(60)
+            raw = struct.pack(">BBL", request.pdu_type, 0, len(request.body)) + request.body
+            accept_pdu, _ = negotiation.accept(negotiation.parse_request(raw), max_pdu=65536)
+            conn.sendall(accept_pdu)
+            if rawdicom.read_pdu(conn).pdu_type == rawdicom.RELEASE_RQ:
+                conn.sendall(bytes((rawdicom.RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+
+    def release(self) -> None:
+        self.hold.clear()
+        self._released.set()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_pair_probe_too_slow_refuses_the_pair_until_it_answers(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """The sender waits at most half of --acse-timeout for an on-demand probe.
+
+    A pair the gateway has not answered by then is refused (result 4) and
+    the sender falls back to what is known; the probe goes on, and the next
+    association gets its answer.
+    """
+    gateway = _HoldingGateway()
+    try:
+        router = start_router(
+            extra_args=["--gateway", f"HOLDING@{LOOPBACK}:{gateway.port}", "--acse-timeout", "4"]
+        )
+        router.wait_events("gateway.probed", timeout=30)
+        gateway.hold.set()
+        offer = [
+            rawdicom.context(1, ENHANCED_CT_STORAGE, [JPEG_LS_LOSSLESS]),
+            rawdicom.context(3, ENHANCED_CT_STORAGE, [EXPLICIT_VR_LE]),
+        ]
+        started = time.monotonic()
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            waited = time.monotonic() - started
+            while_held = dict(scu.results)
+            scu.release()
+        [pending] = router.events("gateway.probe_pending")
+        assert gateway.held == 1
+        gateway.release()
+        [learnt] = router.wait_events("gateway.probed_pairs", timeout=30)
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            answered = dict(scu.results)
+            scu.release()
+    finally:
+        gateway.release()
+        gateway.close()
+    assert while_held[1] == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    assert while_held[3] == (0, EXPLICIT_VR_LE)
+    assert 2 <= waited < 4
+    assert pending["unanswered"] == 1
+    assert learnt["accepted"] == [f"{ENHANCED_CT_STORAGE}/{JPEG_LS_LOSSLESS}"]
+    assert answered[1] == (0, JPEG_LS_LOSSLESS)
+    assert answered[3] == (0, EXPLICIT_VR_LE)

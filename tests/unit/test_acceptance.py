@@ -7,6 +7,7 @@ reach it.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.uid import UID
@@ -34,12 +35,24 @@ UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 
 def gateway(
-    classes: set[str], syntaxes: tuple[str, ...] | None, asked: set[str] | None = None
+    classes: set[str],
+    syntaxes: tuple[str, ...] | None,
+    asked: set[str] | None = None,
+    *,
+    per_class: dict[str, tuple[str, ...]] | None = None,
 ) -> GatewayAccepts:
+    """A probed gateway: it takes ``syntaxes`` for each of ``classes`` (or ``per_class``).
+
+    Every pair of its classes was asked about; its first choice is the
+    first syntax listed for its first class.
+    """
+    taken = dict.fromkeys(classes, syntaxes or ()) | (per_class or {})
     return GatewayAccepts(
         asked=frozenset(KNOWN_STORAGE_CLASSES if asked is None else asked),
         sop_classes=frozenset(classes),
-        transfer_syntaxes=syntaxes,
+        pairs_asked=frozenset((c, ts) for c in taken for ts in SUPPORTED_TRANSFER_SYNTAXES),
+        pairs=frozenset((c, ts) for c, accepted in taken.items() for ts in accepted),
+        first_choice=next((ts[0] for ts in taken.values() if ts), None),
     )
 
 
@@ -53,12 +66,78 @@ def test_with_nothing_known_every_storage_class_in_every_readable_syntax() -> No
     assert policy.syntaxes_for("1.2.840.10008.5.1.4.1.2.2.1") == ()  # C-FIND, not storage
 
 
-def test_only_what_every_gateway_accepts_in_the_first_ones_order() -> None:
+def test_only_what_every_gateway_accepts_first_choice_first() -> None:
     first = gateway({CT, MR}, (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, JPEG_LS))
     second = gateway({CT}, (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN))
     policy = Policy(gateways=(first, second))
     assert policy.syntaxes_for(CT) == (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
     assert policy.syntaxes_for(MR) == ()  # the second gateway refused MR
+
+
+# Per gateway: (classes it takes, {class: syntaxes it takes}); the last
+# columns: what the router accepts for CT and for MR.
+JPEG_LS_FOR_CT_ONLY = {CT: (JPEG_LS, *UNCOMPRESSED), MR: UNCOMPRESSED}
+EVERYTHING = {CT: (JPEG_LS, *UNCOMPRESSED), MR: (JPEG_LS, *UNCOMPRESSED)}
+PLAIN = {CT: UNCOMPRESSED, MR: UNCOMPRESSED}
+PAIR_TABLE = [
+    # One gateway taking JPEG-LS for CT only: MR in JPEG-LS is refused, CT not.
+    ([JPEG_LS_FOR_CT_ONLY], (JPEG_LS, *UNCOMPRESSED), UNCOMPRESSED),
+    # Two gateways: a pair is accepted only where both take it.
+    ([EVERYTHING, JPEG_LS_FOR_CT_ONLY], (JPEG_LS, *UNCOMPRESSED), UNCOMPRESSED),
+    ([EVERYTHING, PLAIN], UNCOMPRESSED, UNCOMPRESSED),
+    ([EVERYTHING, EVERYTHING], (JPEG_LS, *UNCOMPRESSED), (JPEG_LS, *UNCOMPRESSED)),
+    # A gateway refusing MR altogether: MR refused (result 3), CT as the pairs say.
+    ([EVERYTHING, {CT: UNCOMPRESSED}], UNCOMPRESSED, ()),
+]
+
+
+@pytest.mark.parametrize(("gateways", "for_ct", "for_mr"), PAIR_TABLE)
+def test_transfer_syntaxes_are_per_sop_class(
+    gateways: list[dict[str, tuple[str, ...]]],
+    for_ct: tuple[str, ...],
+    for_mr: tuple[str, ...],
+) -> None:
+    policy = Policy(gateways=tuple(gateway(set(g), None, per_class=g) for g in gateways))
+    assert policy.syntaxes_for(CT) == for_ct
+    assert policy.syntaxes_for(MR) == for_mr
+
+
+def test_a_pair_never_asked_is_refused_until_learnt() -> None:
+    # MR was accepted by the class probe, but no MR pair was asked yet.
+    unknown = GatewayAccepts(
+        asked=frozenset(KNOWN_STORAGE_CLASSES),
+        sop_classes=frozenset({CT, MR}),
+        pairs_asked=frozenset((CT, ts) for ts in SUPPORTED_TRANSFER_SYNTAXES),
+        pairs=frozenset((CT, ts) for ts in UNCOMPRESSED),
+        first_choice=EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+    policy = Policy(gateways=(unknown,))
+    proposed = [(MR, JPEG_LS), (MR, EXPLICIT_VR_LITTLE_ENDIAN), (CT, JPEG_LS), (CT, "1.2.3.4")]
+    assert policy.syntaxes_for(MR) == ()
+    # CT's pairs were all asked; the unreadable syntax is never worth asking.
+    assert policy.to_learn(unknown, proposed) == ((MR, JPEG_LS), (MR, EXPLICIT_VR_LITTLE_ENDIAN))
+    learnt = unknown.learnt([(MR, JPEG_LS), (MR, EXPLICIT_VR_LITTLE_ENDIAN)], [(MR, JPEG_LS)])
+    assert Policy(gateways=(learnt,)).syntaxes_for(MR) == (JPEG_LS,)
+    assert Policy(gateways=(learnt,)).to_learn(learnt, proposed) == ()
+
+
+def test_what_is_not_worth_learning() -> None:
+    new = GatewayAccepts(asked=frozenset({CT, MR}), sop_classes=frozenset({CT}))
+    proposed = [
+        (MR, JPEG_LS),  # refused by the class probe: no syntax will change that
+        (VERIFICATION_SOP_CLASS, JPEG_LS),  # the router answers it itself
+        ("1.2.840.10008.5.1.4.1.2.2.1", JPEG_LS),  # C-FIND: not storage
+        (PRIVATE, JPEG_LS),  # private and not marked Storage
+        (CT, JPEG_LS),
+        (CT, JPEG_LS),  # asked once
+    ]
+    assert Policy(gateways=(new,)).to_learn(new, proposed) == ((CT, JPEG_LS),)
+    # A configured transfer syntax list decides alone: nothing to learn.
+    configured = Policy(configured_syntaxes=(JPEG_LS,), gateways=(new,))
+    assert configured.to_learn(new, proposed) == ()
+    # A configured class list: its classes are learnt, whatever the class probe said.
+    listed = Policy(configured_classes=frozenset({MR}), gateways=(new,))
+    assert listed.to_learn(new, proposed) == ((MR, JPEG_LS),)
 
 
 def test_configured_lists_take_precedence() -> None:
@@ -95,18 +174,27 @@ def test_preference_puts_the_gateways_choice_first() -> None:
 
 
 syntax_sets = st.lists(st.sampled_from(SUPPORTED_TRANSFER_SYNTAXES), unique=True, max_size=8)
+per_class_sets = st.fixed_dictionaries({CT: syntax_sets, MR: syntax_sets})
 
 
-@given(st.lists(syntax_sets, min_size=1, max_size=4))
-def test_accepted_syntaxes_are_readable_and_taken_by_every_gateway(
-    probed: list[list[str]],
+@given(st.lists(per_class_sets, min_size=1, max_size=4))
+def test_accepted_pairs_are_readable_and_taken_by_every_gateway(
+    probed: list[dict[str, list[str]]],
 ) -> None:
-    policy = Policy(gateways=tuple(gateway({CT}, tuple(s)) for s in probed))
-    chosen = policy.syntaxes_for(CT)
-    for syntaxes in probed:
-        assert set(chosen) <= set(syntaxes)
-    assert list(chosen) == [ts for ts in probed[0] if ts in chosen]
-    assert set(chosen) == set(probed[0]).intersection(*probed[1:])
+    gateways = tuple(
+        gateway({CT, MR}, None, per_class={c: tuple(ts) for c, ts in g.items()}) for g in probed
+    )
+    policy = Policy(gateways=gateways)
+    for sop_class in (CT, MR):
+        chosen = policy.syntaxes_for(sop_class)
+        taken = [set(g[sop_class]) for g in probed]
+        assert set(chosen) == taken[0].intersection(*taken[1:])
+        # The first gateway's own choice first, then the router's order.
+        rest = [ts for ts in SUPPORTED_TRANSFER_SYNTAXES if ts in chosen]
+        first = gateways[0].first_choice
+        assert list(chosen) == ([first] if first in chosen else []) + [
+            ts for ts in rest if ts != first
+        ]
 
 
 def _results(raw_request: bytes, policy: Policy) -> dict[int, tuple[int, str]]:
