@@ -44,9 +44,9 @@ def gateway(
     """A probed gateway: it takes ``syntaxes`` for each of ``classes`` (or ``per_class``).
 
     Every pair of its classes was asked about; its first choice is the
-    first syntax listed for its first class.
+    first syntax listed for its first class in UID order (CT before MR).
     """
-    taken = dict.fromkeys(classes, syntaxes or ()) | (per_class or {})
+    taken = dict.fromkeys(sorted(classes), syntaxes or ()) | (per_class or {})
     return GatewayAccepts(
         asked=frozenset(KNOWN_STORAGE_CLASSES if asked is None else asked),
         sop_classes=frozenset(classes),
