@@ -60,10 +60,10 @@ class Scenario:
 
     min_replicas: int = 1
     max_replicas: int = 4
-    #: The HPA's target per gateway. Low enough that 4 senders already ask
-    #: for the maximum: the last scale-up's moves are then not made under
-    #: the peak, and the peak holds the pool at its maximum.
-    studies_in_flight: int = 2
+    #: The HPA's target per gateway. At 2, the studies in flight of one
+    #: sender (summed over two routers, 4 to 8) kept asking for the maximum
+    #: and the pool never scaled down while it sent.
+    studies_in_flight: int = 3
     #: Few buckets make handovers quick; too few make each a busy one, whose
     #: studies follow one another so closely that it is not quiet for
     #: quietSeconds within maxDrainSeconds: its move is then forced, and may
