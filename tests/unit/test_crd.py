@@ -260,24 +260,26 @@ SECRET_NAME_FIELDS = [
 ]
 
 # Where the schema keeps what the user wrote unchecked: Kubernetes' own types.
+# Tolerations, affinity, spread constraints, NetworkPolicy peers and ports declare every
+# field they have, so that an unknown one is refused (as the operator refuses it); only
+# what is free-form below them keeps what the user wrote.
 PRESERVE_UNKNOWN_FIELDS = {
     "spec.gateway.env[]",
-    "spec.gateway.podTemplate.tolerations[]",
-    "spec.gateway.podTemplate.affinity",
+    "spec.gateway.env[].valueFrom",
     "spec.gateway.podTemplate.affinity.nodeAffinity",
     "spec.gateway.podTemplate.affinity.podAffinity",
     "spec.gateway.podTemplate.affinity.podAntiAffinity",
-    "spec.gateway.podTemplate.topologySpreadConstraints[]",
-    "spec.router.topologySpreadConstraints[]",
-    "spec.router.podTemplate.tolerations[]",
-    "spec.router.podTemplate.affinity",
+    "spec.gateway.podTemplate.topologySpreadConstraints[].labelSelector",
+    "spec.router.topologySpreadConstraints[].labelSelector",
     "spec.router.podTemplate.affinity.nodeAffinity",
     "spec.router.podTemplate.affinity.podAffinity",
     "spec.router.podTemplate.affinity.podAntiAffinity",
-    "spec.router.podTemplate.topologySpreadConstraints[]",
-    "spec.networkPolicy.routerFrom[]",
-    "spec.networkPolicy.extraIngress[].from[]",
-    "spec.networkPolicy.extraIngress[].ports[]",
+    "spec.router.podTemplate.topologySpreadConstraints[].labelSelector",
+    *(
+        f"spec.networkPolicy.{peers}.{kind}"
+        for peers in ("routerFrom[]", "extraIngress[].from[]")
+        for kind in ("podSelector", "namespaceSelector", "ipBlock")
+    ),
 }
 
 # The contract's sample pool, status included.
@@ -936,9 +938,8 @@ def test_example_is_accepted(path: Path) -> None:
 @pytest.mark.parametrize("rule", all_rules(), ids=lambda r: f"{r.where}:{r.rule}")
 def test_every_rule_holds_for_every_example(rule: Rule, path: Path) -> None:
     pool = apply_defaults(example_pool(path), root_schema())
-    values = list(_values_at(pool, rule.location))
-    assert values, f"{rule.where} absent from the defaulted example"
-    for _, value in values:
+    # A rule on a field the example leaves out (a list's items, say) has nothing to check.
+    for _, value in _values_at(pool, rule.location):
         assert evaluate(rule, value, value)
 
 
@@ -1035,6 +1036,14 @@ def test_the_secure_example_keeps_its_honest_notes() -> None:
 
 #: The router Service's type as the CRD's rules read it: service.type, else the older
 #: serviceType, else ClusterIP (neither has a schema default, so that both can be read).
+#: The labels the operator's selectors rely on, refused in every labels map of the spec.
+RESERVED_LABELS_RULE = (
+    "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self)"
+    " && !('app.kubernetes.io/managed-by' in self) && !('app.kubernetes.io/component' in self)"
+)
+TOLERATION_RULE = (
+    "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''"
+)
 SERVICE_TYPE = (
     "(has(self.service) && has(self.service.type) ? self.service.type"
     " : (has(self.serviceType) ? self.serviceType : 'ClusterIP'))"
@@ -1043,6 +1052,12 @@ SERVICE_TYPE = (
 
 def test_the_rules_are_where_the_contract_puts_them() -> None:
     assert [(r.where, r.rule, r.field_path) for r in all_rules()] == [
+        (
+            "<root>",
+            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+            " && size(self.metadata.name) <= 49",
+            "",
+        ),
         (
             "spec",
             "!has(self.replicas) || !has(self.buckets) || self.replicas <= self.buckets",
@@ -1075,6 +1090,15 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
         ),
         (
             "spec",
+            "!has(self.autoscaling) || !has(self.autoscaling.targets.cpuUtilization)"
+            " || !has(self.gateway.resources) || !has(self.gateway.resources.requests)"
+            " || !('cpu' in self.gateway.resources.requests)"
+            " || !string(self.gateway.resources.requests['cpu'])"
+            ".matches('^[+]?(0+[.]?0*|[.]0+)([KMGTPE]i|[numkMGTPE]|[eE].*)?$')",
+            ".autoscaling.targets.cpuUtilization",
+        ),
+        (
+            "spec",
             "!has(self.autoscaling) || !has(self.autoscaling.scaleDown)"
             " || !has(self.autoscaling.scaleDown.stabilizationSeconds)"
             " || !has(self.handover) || !has(self.handover.maxDrainSeconds)"
@@ -1101,6 +1125,13 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             " || (has(self.securityContext.runAsNonRoot) && !self.securityContext.runAsNonRoot)",
             ".securityContext.runAsUser",
         ),
+        (
+            "spec.gateway",
+            "!has(self.storage) || !self.storage.mountPath.matches('^(/+|/tmp/*)$')",
+            ".storage.mountPath",
+        ),
+        ("spec.gateway.podTemplate.labels", RESERVED_LABELS_RULE, ""),
+        ("spec.gateway.podTemplate.tolerations[]", TOLERATION_RULE, ".value"),
         ("spec.router", "!has(self.plainPort) || self.plainPort || has(self.tls)", ".plainPort"),
         (
             "spec.router",
@@ -1192,6 +1223,9 @@ def test_the_rules_are_where_the_contract_puts_them() -> None:
             " || !has(self.podTemplate.topologySpreadConstraints)",
             ".topologySpreadConstraints",
         ),
+        ("spec.router.service.labels", RESERVED_LABELS_RULE, ""),
+        ("spec.router.podTemplate.labels", RESERVED_LABELS_RULE, ""),
+        ("spec.router.podTemplate.tolerations[]", TOLERATION_RULE, ".value"),
         (
             "spec.handover",
             "!has(self.maxDrainSeconds) || !has(self.quietSeconds)"
@@ -1302,7 +1336,9 @@ def test_autoscaling_targets(
 
 
 def test_the_cpu_rule_sees_the_request_and_only_the_request() -> None:
-    (rule,) = [r for r in all_rules() if r.field_path == ".autoscaling.targets.cpuUtilization"]
+    rule, _above_zero = [
+        r for r in all_rules() if r.field_path == ".autoscaling.targets.cpuUtilization"
+    ]
     spec = autoscaled({"maxReplicas": 4, "targets": {"cpuUtilization": 70}})["spec"]
     assert not evaluate(rule, spec)
     spec["gateway"]["resources"] = {"limits": {"cpu": "2"}}
@@ -1312,6 +1348,35 @@ def test_the_cpu_rule_sees_the_request_and_only_the_request() -> None:
     # Without autoscaling, or without a CPU target, the rule holds whatever the resources.
     assert evaluate(rule, minimal_pool()["spec"])
     assert evaluate(rule, autoscaled({"maxReplicas": 4, "targets": STUDIES})["spec"])
+
+
+@pytest.mark.parametrize(
+    ("cpu", "allowed"),
+    [
+        ("500m", True),
+        (1, True),
+        ("0.1", True),
+        ("1e-3", True),
+        ("0", False),
+        (0, False),
+        ("0m", False),
+        ("0.0", False),
+        (".0", False),
+        ("00Gi", False),
+        ("+0", False),
+        ("0e3", False),
+    ],
+)
+def test_a_cpu_target_needs_a_cpu_request_above_zero(cpu: Any, allowed: bool) -> None:
+    pool = autoscaled({"maxReplicas": 4, "targets": {"cpuUtilization": 70}}, requests={"cpu": cpu})
+    errors = rejections(pool)
+    assert (errors == []) is allowed, errors
+    try:
+        parse_spec(apply_defaults(pool, root_schema())["spec"], default_router_image="gp:1")
+    except SpecError:
+        assert not allowed
+    else:
+        assert allowed
 
 
 @pytest.mark.parametrize(
