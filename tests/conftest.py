@@ -192,6 +192,4 @@ def cluster_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Itera
     with cluster.namespace(namespace_for(request.node.name)) as namespace:
         yield namespace
         if _failed(request):
-            for pod in cluster.kubelet.pods(namespace):
-                print(f"--- pod {pod.name} ({pod.uid[:8]}) ---")
-                print("\n".join(cluster.kubelet.log(pod).splitlines()[-_LOG_LINES_ON_FAILURE:]))
+            cluster.print_pod_logs(namespace, lines=_LOG_LINES_ON_FAILURE)

@@ -170,18 +170,11 @@ def ns(operated: Operated, request: pytest.FixtureRequest) -> Iterator[Operated]
     report = getattr(request.node, "report_call", None)
     if report is None or report.failed:
         prefixes = tuple(f"{pool.name}-" for pool in operated.pools)
-        for pod in operated.cluster.kubelet.pods(operated.namespace):
-            if pod.name.startswith((*prefixes, f"{operated.operator}-")):
-                print(f"--- pod {pod.name} ({pod.uid[:8]}) ---")
-                print("\n".join(operated.cluster.kubelet.log(pod).splitlines()[-40:]))
+        operated.cluster.print_pod_logs(
+            operated.namespace, prefixes=(*prefixes, f"{operated.operator}-"), lines=40
+        )
     for pool in operated.pools:
-        try:
-            pool.custom.delete_namespaced_custom_object(
-                API_GROUP, API_VERSION, pool.namespace, PLURAL, pool.name
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        pool.delete()
     operated.pools.clear()
 
 

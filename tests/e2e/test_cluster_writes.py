@@ -196,16 +196,13 @@ def ns(operated: Operated, request: pytest.FixtureRequest) -> Iterator[Operated]
     """The module's operator; the test's pools go afterwards (their logs printed if it failed)."""
     yield operated
     report = getattr(request.node, "report_call", None)
-    failed = report is None or report.failed
-    for pool in operated.pools:
-        if failed:
-            for pod in operated.cluster.kubelet.pods(operated.namespace):
-                if pod.name.startswith((f"{pool.name}-", f"{operated.operator}-")):
-                    print(f"--- pod {pod.name} ---")
-                    print("\n".join(operated.cluster.kubelet.log(pod).splitlines()[-40:]))
-        pool.custom.delete_namespaced_custom_object(
-            "gatewaypool.io", "v1alpha1", pool.namespace, "gatewaypools", pool.name
+    if report is None or report.failed:
+        prefixes = tuple(f"{pool.name}-" for pool in operated.pools)
+        operated.cluster.print_pod_logs(
+            operated.namespace, prefixes=(*prefixes, f"{operated.operator}-"), lines=40
         )
+    for pool in operated.pools:
+        pool.delete()
     operated.pools.clear()
 
 

@@ -217,6 +217,15 @@ class Cluster:
         pod = self.kubelet.pod(namespace, name)
         return self.kubelet.log(pod) if pod is not None else ""
 
+    def print_pod_logs(
+        self, namespace: str, *, prefixes: tuple[str, ...] = ("",), lines: int
+    ) -> None:
+        """The last `lines` of the log of each pod in `namespace` named with one of `prefixes`."""
+        for pod in self.kubelet.pods(namespace):
+            if pod.name.startswith(prefixes):
+                print(f"--- pod {pod.name} ({pod.uid[:8]}) ---")
+                print("\n".join(self.kubelet.log(pod).splitlines()[-lines:]))
+
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         core = kubernetes.client.CoreV1Api(self.api())
         listed = core.list_namespaced_pod(namespace, label_selector=selector)

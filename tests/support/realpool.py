@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes.client
+from kubernetes.client.exceptions import ApiException
 
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
 from gatewaypool_local.peers import wait_until
@@ -87,6 +88,16 @@ class RealPool:
             PLURAL,
             pool_body(self.namespace, self.name, spec),
         )
+
+    def delete(self) -> None:
+        """Delete the pool (its children go with it); gone already is fine."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                API_GROUP, API_VERSION, self.namespace, PLURAL, self.name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def patch_spec(self, spec: dict[str, Any]) -> None:
         """A merge patch of the pool's spec, as ``kubectl patch --type merge`` sends it."""
