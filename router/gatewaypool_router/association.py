@@ -34,9 +34,9 @@ from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.logs import log_event
 from gatewaypool_router import dimse, negotiation, pdus, tls
+from gatewaypool_router.bucketusage import BucketUsage
 from gatewaypool_router.catalog import GatewayCatalog
 from gatewaypool_router.config import RouterConfig
-from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
@@ -45,9 +45,9 @@ from gatewaypool_router.scanner import DatasetScanner, ScanState
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.statuses import OFFENDING, Status, outcome
+from gatewaypool_router.studiesinflight import StudiesInFlight
 from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
-from gatewaypool_router.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class IncomingAssociation:
         config: RouterConfig,
         metrics: RouterMetrics,
         maps: MapHolder,
-        usage: Usage,
+        usage: BucketUsage,
         studies: StudiesInFlight,
         secure: bool = False,
         client_subject: str | None = None,

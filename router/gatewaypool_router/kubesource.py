@@ -34,9 +34,9 @@ from gatewaypool.reports import (
     dump_report,
     report_budget,
 )
+from gatewaypool_router.bucketusage import BucketUsageView
 from gatewaypool_router.config import ObjectRef, RouterConfig
 from gatewaypool_router.mapsource import MapHolder
-from gatewaypool_router.usage import UsageView
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class RouterReporter:
         *,
         pod_name: str,
         holder: MapHolder,
-        usage: UsageView,
+        usage: BucketUsageView,
         heartbeat: float = 15.0,
         pending_interval: float = PENDING_REPORT_SECONDS,
     ) -> None:

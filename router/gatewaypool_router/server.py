@@ -25,15 +25,15 @@ from prometheus_client import generate_latest
 from gatewaypool.logs import log_event
 from gatewaypool_router import sources, tls
 from gatewaypool_router.association import IncomingAssociation
+from gatewaypool_router.bucketusage import BucketUsage
 from gatewaypool_router.catalog import GatewayCatalog
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
-from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 from gatewaypool_router.progress import StallWatch
-from gatewaypool_router.usage import Usage
+from gatewaypool_router.studiesinflight import StudiesInFlight
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Router:
         self.maps.subscribe(
             lambda applied: self.metrics.gateways_known(g.name for g in applied.gateways)
         )
-        self.usage = Usage()
+        self.usage = BucketUsage()
         self.studies = StudiesInFlight(quiet_seconds=config.study_quiet_seconds)
         self.metrics.export_studies_in_flight(self.studies, self._map_gateways)
         self._lock = threading.Lock()

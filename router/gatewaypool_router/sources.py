@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from gatewaypool.bucketmap import balanced_map
+from gatewaypool_router.bucketusage import BucketUsageView
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
 from gatewaypool_router.metrics import RouterMetrics
-from gatewaypool_router.usage import UsageView
 
 
 class Part(Protocol):
@@ -61,7 +61,9 @@ def map_source(
     return [], None
 
 
-def reporter(config: RouterConfig, api: Any, maps: MapHolder, usage: UsageView) -> Part | None:
+def reporter(
+    config: RouterConfig, api: Any, maps: MapHolder, usage: BucketUsageView
+) -> Part | None:
     """The replica's report to the operator, if ``--report-configmap`` asks for one."""
     if config.report_configmap is None:
         return None

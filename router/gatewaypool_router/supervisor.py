@@ -11,7 +11,7 @@ replica use them all and still look like one router from outside:
 - one map source (one watch of the map ConfigMap, not one per worker): each
   map the supervisor applies goes to every worker over its pipe;
 - one report to the operator, merging every worker's bucket use and open
-  upstream associations (:mod:`gatewaypool_router.replicausage`);
+  upstream associations (:mod:`gatewaypool_router.bucketusage`);
 - one ``/healthz``, ``/readyz`` and ``/metrics``; metric values live in
   prometheus_client's multiprocess files, and studies in flight are merged
   from the workers' own trackers at scrape time;
@@ -45,14 +45,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool.logs import log_event
 from gatewaypool_router import sources
+from gatewaypool_router.bucketusage import GatewayKey, ReplicaBucketUsage
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.httpserver import HealthServer
-from gatewaypool_router.load import merge_in_flight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
-from gatewaypool_router.replicausage import ReplicaUsage
 from gatewaypool_router.server import Listeners, log_started
-from gatewaypool_router.usage import GatewayKey
+from gatewaypool_router.studiesinflight import merge_in_flight
 from gatewaypool_router.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class WorkerHandle:
     """The supervisor's end of one worker: its process, its pipe, its answers."""
 
     def __init__(
-        self, index: int, process: BaseProcess, conn: Connection, usage: ReplicaUsage
+        self, index: int, process: BaseProcess, conn: Connection, usage: ReplicaBucketUsage
     ) -> None:
         self.index = index
         self.process = process
@@ -174,7 +173,7 @@ class Supervisor:
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
         self.maps.subscribe(self._broadcast)
-        self.usage = ReplicaUsage(self, clock=time.monotonic)
+        self.usage = ReplicaBucketUsage(self, clock=time.monotonic)
         self._registry = CollectorRegistry()
         collector: Any = MultiProcessCollector  # untyped in prometheus_client
         collector(self._registry, path=str(multiproc_dir))

@@ -26,11 +26,11 @@ from gatewaypool.bucketmap import Gateway, balanced_map
 from gatewaypool_local.peers import free_port
 from gatewaypool_router import dimse, negotiation, pdus
 from gatewaypool_router.association import IncomingAssociation
+from gatewaypool_router.bucketusage import BucketUsage
 from gatewaypool_router.config import RouterConfig
-from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
-from gatewaypool_router.usage import Usage
+from gatewaypool_router.studiesinflight import StudiesInFlight
 from support import rawdicom
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -160,7 +160,7 @@ def serve(
         config=config,
         metrics=metrics,
         maps=maps,
-        usage=Usage(),
+        usage=BucketUsage(),
         studies=studies,
     )
     thread = threading.Thread(target=association.serve, kwargs={"over_limit": over_limit})

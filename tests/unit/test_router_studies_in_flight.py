@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewaypool_router.load import StudiesInFlight
 from gatewaypool_router.metrics import RouterMetrics
+from gatewaypool_router.studiesinflight import StudiesInFlight
 
 QUIET = 30.0
 

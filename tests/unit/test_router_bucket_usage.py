@@ -1,13 +1,16 @@
-"""A replica's report over its workers: a bucket used in any worker is used.
+"""Bucket usage: last use per bucket and open upstream associations per gateway, in one
+process and merged over a replica's workers.
 
-The operator moves a bucket once it is quiet on every replica; a replica
-that reported a bucket quiet because the worker that used it was not asked,
-did not answer or died, would let a study be split.
+A replica's report over its workers says a bucket used in any worker is
+used: the operator moves a bucket once it is quiet on every replica; a
+replica that reported a bucket quiet because the worker that used it was not
+asked, did not answer or died, would let a study be split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 from hypothesis import given
@@ -15,12 +18,56 @@ from hypothesis import strategies as st
 
 from gatewaypool.bucketmap import Gateway, balanced_map
 from gatewaypool.reports import age_class
+from gatewaypool_router.bucketusage import (
+    BucketUsage,
+    ReplicaBucketUsage,
+    merge_ages,
+    merge_open,
+)
 from gatewaypool_router.config import ObjectRef
 from gatewaypool_router.kubesource import RouterReporter
-from gatewaypool_router.load import merge_in_flight
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
-from gatewaypool_router.replicausage import ReplicaUsage, merge_ages, merge_open
+from gatewaypool_router.studiesinflight import merge_in_flight
+
+
+def test_ages_cover_buckets_used_since_start_only() -> None:
+    usage = BucketUsage()
+    usage.routed(5, 64)
+    usage.routed(9, 64)
+    ages = usage.ages(range(64))
+    assert set(ages) == {5, 9}
+    assert all(0 <= age < 5 for age in ages.values())
+    [(bucket, age)] = usage.ages([5, 6]).items()
+    assert bucket == 5
+    assert usage.ages([5], now=1e12)[5] > age
+
+
+def test_a_new_bucket_count_starts_over() -> None:
+    usage = BucketUsage()
+    usage.routed(5, 64)
+    usage.routed(100, 4096)
+    assert set(usage.ages(range(4096))) == {100}
+
+
+def test_open_associations_count_up_and_down_across_threads() -> None:
+    usage = BucketUsage()
+    key = "ct-gw-0"
+
+    def churn() -> None:
+        for _ in range(1000):
+            usage.opened(key)
+            usage.closed(key)
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    usage.opened(key)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert usage.open_associations() == {key: 1}
+    usage.closed(key)
+    assert usage.open_associations() == {}
 
 
 def test_most_recent_use_over_workers_wins() -> None:
@@ -93,7 +140,7 @@ def test_replica_usage_asks_with_the_reporters_clock() -> None:
     workers = _Workers()
     workers.ages = [{7: 4.0}, {7: 1.5}]
     workers.open = [{"gw-0": 1}, {"gw-0": 1}]
-    usage = ReplicaUsage(workers, clock=lambda: 50.0)
+    usage = ReplicaBucketUsage(workers, clock=lambda: 50.0)
     assert usage.ages([7, 8], now=20.0) == {7: 1.5}
     assert workers.asked == [([7, 8], 20.0)]
     assert usage.open_associations() == {"gw-0": 2}
@@ -101,14 +148,14 @@ def test_replica_usage_asks_with_the_reporters_clock() -> None:
 
 def test_replica_usage_does_not_ask_about_no_buckets() -> None:
     workers = _Workers()
-    assert ReplicaUsage(workers, clock=lambda: 1.0).ages([]) == {}
+    assert ReplicaBucketUsage(workers, clock=lambda: 1.0).ages([]) == {}
     assert workers.asked == []
 
 
 def test_a_lost_worker_wakes_the_reporter_and_marks_every_bucket() -> None:
     now = [100.0]
     workers = _Workers()
-    usage = ReplicaUsage(workers, clock=lambda: now[0])
+    usage = ReplicaBucketUsage(workers, clock=lambda: now[0])
     woken: list[bool] = []
     usage.subscribe(lambda: woken.append(True))
     usage.worker_lost()
@@ -118,7 +165,7 @@ def test_a_lost_worker_wakes_the_reporter_and_marks_every_bucket() -> None:
 
 
 def test_held_instance_in_a_worker_wakes_the_reporter() -> None:
-    usage = ReplicaUsage(_Workers(), clock=lambda: 1.0)
+    usage = ReplicaBucketUsage(_Workers(), clock=lambda: 1.0)
     woken: list[bool] = []
     usage.subscribe(lambda: woken.append(True))
     usage.held()
@@ -155,7 +202,7 @@ def test_the_replica_report_says_used_for_a_bucket_any_worker_used() -> None:
         ObjectRef(namespace="ns", name="pool-routers"),
         pod_name="router-a",
         holder=holder,
-        usage=ReplicaUsage(workers, clock=time.monotonic),
+        usage=ReplicaBucketUsage(workers, clock=time.monotonic),
     )
     report = reporter.build()
     # Bucket 0 by its most recent use (worker 1's), not worker 0's older one.
