@@ -75,22 +75,6 @@ _AFFECTED_SOP_INSTANCE_UID = 0x00001000
 _COMMAND_DATA_SET_TYPE = 0x00000800
 
 
-def _blank_ae_title(raw: bytes) -> str | None:
-    """Which AE title of an A-ASSOCIATE-RQ is all spaces: "called", "calling" or None.
-
-    PS3.5 forbids an AE title of spaces only, and pynetdicom's decoder
-    refuses one with an error; it is a request all the same, answered with
-    an A-ASSOCIATE-RJ ("not recognized"), not an abort.
-    """
-    if len(raw) < 42:
-        return None
-    if not raw[10:26].strip(b" \0"):
-        return "called"
-    if not raw[26:42].strip(b" \0"):
-        return "calling"
-    return None
-
-
 @functools.cache
 def _can_splice() -> bool:
     return splice_available()
@@ -320,11 +304,13 @@ class IncomingAssociation:
 
     # -- association establishment ---------------------------------------
 
-    def _refuse(self, reason: str, *, result: int, source: int, diagnostic: int) -> bool:
-        self._metrics.refusals.labels(reason=reason).inc()
+    def _refuse(self, refusal: negotiation.Refusal) -> bool:
+        self._metrics.refusals.labels(reason=refusal.reason).inc()
         self._metrics.associations.labels(result="rejected").inc()
-        log_event(log, logging.WARNING, "association.rejected", **self.who(), reason=reason)
-        self._send_quietly(negotiation.reject(result=result, source=source, reason=diagnostic))
+        if refusal.reason == negotiation.CALLER_SUBJECT_MISMATCH.reason:
+            self._log_subject_mismatch(refusal)
+        log_event(log, logging.WARNING, "association.rejected", **self.who(), reason=refusal.reason)
+        self._send_quietly(refusal.pdu())
         self._request = None  # nothing to summarise
         return False
 
@@ -340,18 +326,9 @@ class IncomingAssociation:
         pdu = self._read_request()
         if pdu is None:
             return False
-        blank = _blank_ae_title(pdu.raw())
+        blank = negotiation.blank_ae_title(pdu.raw())
         if blank is not None:
-            return self._refuse(
-                f"{blank}_ae_blank",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=(
-                    negotiation.RJ_USER_CALLING_AE
-                    if blank == "calling"
-                    else negotiation.RJ_USER_CALLED_AE
-                ),
-            )
+            return self._refuse(blank)
         try:
             request = negotiation.parse_request(pdu.raw())
         except Exception as exc:  # pynetdicom raises assorted errors on garbage
@@ -359,25 +336,18 @@ class IncomingAssociation:
         self._request = request
         self._peer_max_pdu = request.max_pdu
         config = self._config
-        if request.application_context != negotiation.APPLICATION_CONTEXT:
-            return self._refuse(
-                "application_context",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=negotiation.RJ_USER_APPLICATION_CONTEXT,
-            )
-        if not self._admitted(request, over_limit=over_limit):
-            return False
+        refusal = negotiation.admit(
+            request,
+            config,
+            secure=self._secure,
+            client_subject=self._client_subject,
+            over_limit=over_limit,
+            gateways_unavailable=self._catalog.admit if self._catalog is not None else None,
+        )
+        if refusal is not None:
+            return self._refuse(refusal)
         policy = None
         if self._catalog is not None:
-            why = self._catalog.admit()
-            if why is not None:
-                return self._refuse(
-                    why,
-                    result=negotiation.RJ_TRANSIENT,
-                    source=negotiation.RJ_SOURCE_PRESENTATION,
-                    diagnostic=negotiation.RJ_PRESENTATION_CONGESTION,
-                )
             proposed = request.primitive.presentation_context_definition_list
             policy = self._catalog.policy_for(
                 [
@@ -433,58 +403,18 @@ class IncomingAssociation:
             return None
         return pdu
 
-    def _admitted(self, request: AssociationRequest, *, over_limit: bool) -> bool:
-        """Whether the caller may associate: its AE titles, its certificate, the limit."""
-        config = self._config
-        subjects = config.subjects_for(request.calling_ae)
-        if subjects is not None:
-            if self._client_subject not in subjects:
-                return self._refuse_subject(subjects)
-        elif config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
-            return self._refuse(
-                "calling_ae_not_allowed",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=negotiation.RJ_USER_CALLING_AE,
-            )
-        if config.require_called_ae and request.called_ae != config.ae_title:
-            return self._refuse(
-                "called_ae_mismatch",
-                result=negotiation.RJ_PERMANENT,
-                source=negotiation.RJ_SOURCE_USER,
-                diagnostic=negotiation.RJ_USER_CALLED_AE,
-            )
-        if over_limit:
-            return self._refuse(
-                "too_many_associations",
-                result=negotiation.RJ_TRANSIENT,
-                source=negotiation.RJ_SOURCE_PRESENTATION,
-                diagnostic=negotiation.RJ_PRESENTATION_LOCAL_LIMIT,
-            )
-        return True
-
-    def _refuse_subject(self, subjects: frozenset[str]) -> bool:
-        """A calling AE title bound by ``--caller-subject`` without its certificate."""
-        if not self._secure:
-            why = "AE title bound to a certificate subject, called on the plain port"
-        elif self._client_subject is None:
-            why = "AE title bound to a certificate subject, no client certificate"
-        else:
-            why = "client certificate subject is not the one bound to this AE title"
+    def _log_subject_mismatch(self, refusal: negotiation.Refusal) -> None:
+        """A calling AE title bound by ``--caller-subject`` came without its certificate."""
+        assert self._request is not None
+        subjects = self._config.subjects_for(self._request.calling_ae) or frozenset()
         log_event(
             log,
             logging.WARNING,
             "association.caller_subject_mismatch",
             **self.who(),
-            reason=why,
+            reason=refusal.detail,
             subject=self._client_subject,
             expected=sorted(subjects),
-        )
-        return self._refuse(
-            "caller_subject_mismatch",
-            result=negotiation.RJ_PERMANENT,
-            source=negotiation.RJ_SOURCE_USER,
-            diagnostic=negotiation.RJ_USER_CALLING_AE,
         )
 
     def _not_dicom(self, reason: str, *, abort: bool = True) -> bool:

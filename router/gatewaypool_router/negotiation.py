@@ -10,13 +10,17 @@ contexts the sender got: same context IDs, same abstract syntaxes, same
 single transfer syntax, with the sender's SOP Class Common Extended
 Negotiation items. Keeping the IDs lets command and data PDVs pass through
 unchanged.
+
+Whether a caller may associate at all is :func:`admit`: one function of
+the request, the configuration and what the connection and the process
+know, with every rule in the order applied.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -32,6 +36,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from gatewaypool import __version__
 from gatewaypool_router.acceptance import STORAGE_SERVICE_CLASS, Policy
+from gatewaypool_router.config import RouterConfig
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -261,6 +266,125 @@ def reject(*, result: int, source: int, reason: int) -> bytes:
     pdu = A_ASSOCIATE_RJ()
     pdu.from_primitive(primitive)
     return pdu.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An association the router refuses: the A-ASSOCIATE-RJ, and why.
+
+    ``reason`` is the label of ``gatewaypool_router_refusals_total`` and the
+    ``reason`` of the ``association.rejected`` log line; ``detail`` says more
+    where one reason has several causes.
+    """
+
+    reason: str
+    result: int
+    source: int
+    diagnostic: int
+    detail: str = ""
+
+    def pdu(self) -> bytes:
+        """The A-ASSOCIATE-RJ answering the request."""
+        return reject(result=self.result, source=self.source, reason=self.diagnostic)
+
+
+CALLED_AE_BLANK = Refusal("called_ae_blank", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLED_AE)
+CALLING_AE_BLANK = Refusal("calling_ae_blank", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE)
+APPLICATION_CONTEXT_UNSUPPORTED = Refusal(
+    "application_context", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_APPLICATION_CONTEXT
+)
+CALLER_SUBJECT_MISMATCH = Refusal(
+    "caller_subject_mismatch", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE
+)
+CALLING_AE_NOT_ALLOWED = Refusal(
+    "calling_ae_not_allowed", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE
+)
+CALLED_AE_MISMATCH = Refusal("called_ae_mismatch", RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLED_AE)
+TOO_MANY_ASSOCIATIONS = Refusal(
+    "too_many_associations", RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_LOCAL_LIMIT
+)
+
+
+def unavailable(reason: str) -> Refusal:
+    """The transient refusal while no gateway can take instances (``no_map``, ...)."""
+    return Refusal(reason, RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_CONGESTION)
+
+
+def blank_ae_title(raw: bytes) -> Refusal | None:
+    """The refusal of an A-ASSOCIATE-RQ whose called or calling AE title is all spaces.
+
+    PS3.5 forbids an AE title of spaces only, and pynetdicom's decoder
+    refuses one with an error; it is a request all the same, answered with
+    an A-ASSOCIATE-RJ ("not recognized"), not an abort. So this looks at
+    the raw PDU, before :func:`parse_request`.
+    """
+    if len(raw) < 42:
+        return None
+    if not raw[10:26].strip(b" \0"):
+        return CALLED_AE_BLANK
+    if not raw[26:42].strip(b" \0"):
+        return CALLING_AE_BLANK
+    return None
+
+
+def admit(
+    request: AssociationRequest,
+    config: RouterConfig,
+    *,
+    secure: bool,
+    client_subject: str | None,
+    over_limit: bool,
+    gateways_unavailable: Callable[[], str | None] | None = None,
+) -> Refusal | None:
+    """Why the router refuses `request`, or None to accept it.
+
+    The rules, first match wins:
+
+    1. an application context other than DICOM's;
+    2. a calling AE title bound by ``--caller-subject``: refused unless the
+       caller's verified certificate has a bound subject (so never on the
+       plain port); an unbound one, with ``--allow-calling-aet``, refused
+       unless listed;
+    3. with ``--require-called-aet``, a called AE title other than ours;
+    4. `over_limit`: ``--max-associations`` are being served already;
+    5. `gateways_unavailable`, asked last because it may wait for a gateway's probe:
+       why no gateway can take instances now (no map, none reachable).
+
+    Parameters
+    ----------
+    secure
+        The connection came in on the TLS port (its handshake is done).
+    client_subject
+        The subject (RFC 4514) of the caller's verified certificate, if any.
+    over_limit
+        Admitting it would exceed ``--max-associations``.
+    gateways_unavailable
+        Returns a reason (``no_map``, ``no_gateway_reachable``) or None;
+        without it (no gateway catalog), gateways are not asked about.
+    """
+    if request.application_context != APPLICATION_CONTEXT:
+        return APPLICATION_CONTEXT_UNSUPPORTED
+    subjects = config.subjects_for(request.calling_ae)
+    if subjects is not None:
+        if client_subject not in subjects:
+            if not secure:
+                why = "AE title bound to a certificate subject, called on the plain port"
+            elif client_subject is None:
+                why = "AE title bound to a certificate subject, no client certificate"
+            else:
+                why = "client certificate subject is not the one bound to this AE title"
+            return replace(CALLER_SUBJECT_MISMATCH, detail=why)
+    elif config.allowed_calling_aes and request.calling_ae not in config.allowed_calling_aes:
+        return CALLING_AE_NOT_ALLOWED
+    if config.require_called_ae and request.called_ae != config.ae_title:
+        return CALLED_AE_MISMATCH
+    if over_limit:
+        return TOO_MANY_ASSOCIATIONS
+    if gateways_unavailable is not None:
+        reason = gateways_unavailable()
+        if reason is not None:
+            return unavailable(reason)
+    return None
 
 
 def build_request(

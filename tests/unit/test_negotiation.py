@@ -7,8 +7,12 @@ wrong place would fail to decode or decode to something else.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import (
@@ -29,7 +33,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, build_context
 
+from gatewaypool.bucketmap import Gateway
 from gatewaypool_router import negotiation
+from gatewaypool_router.config import CallerSubject, RouterConfig
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.scanner import SUPPORTED_TRANSFER_SYNTAXES
 from support import rawdicom
@@ -302,6 +308,237 @@ def test_reject_round_trip(result: int, source: int, reason: int) -> None:
     pdu.decode(raw)
     assert (pdu.result, pdu.source, pdu.reason_diagnostic) == (result, source, reason)
     assert negotiation.describe_rejection(raw) == f"result={result} source={source} reason={reason}"
+
+
+# --- admit: whether a caller may associate at all ---------------------------
+
+# A-ASSOCIATE-RJ fields as PS3.8 9.3.4 numbers them, written out here so that
+# the table checks the router's constants rather than restating them.
+PERMANENT, TRANSIENT = 1, 2
+BY_USER, BY_PRESENTATION = 1, 3
+NO_CONTEXT, CALLING_AE, CALLED_AE = 2, 3, 7
+CONGESTION, LOCAL_LIMIT = 1, 2
+#: ``gateways`` of a case without a gateway catalog: nothing to ask.
+NO_CATALOG = "no catalog"
+CT01_SUBJECT = "CN=ct01,O=Radiology"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One row: what the caller sent and what the router knows, and the answer."""
+
+    case: str
+    expected: tuple[str, int, int, int] | None
+    calling: str = "CT01"
+    called: str = "GATEWAYPOOL"
+    application_context: str = negotiation.APPLICATION_CONTEXT
+    config: dict[str, Any] = field(default_factory=dict)
+    secure: bool = False
+    subject: str | None = None
+    over_limit: bool = False
+    #: What the gateway catalog answers (a refusal reason or None), or NO_CATALOG.
+    gateways: str | None = None
+    #: Whether the catalog must have been asked (it may wait for a probe).
+    asked: bool = False
+    #: Words the refusal's detail must contain.
+    detail: str = ""
+
+
+ALLOW_CT02 = {"allowed_calling_aes": frozenset({"CT02"})}
+REQUIRE_CALLED = {"require_called_ae": True}
+BIND_CT01 = {
+    "caller_subjects": (CallerSubject("CT01", CT01_SUBJECT),),
+    "tls_cert": Path("router.pem"),
+    "tls_key": Path("router.key"),
+    "tls_client_ca": Path("ca.pem"),
+}
+BIND_CT02 = {**BIND_CT01, "caller_subjects": (CallerSubject("CT02", CT01_SUBJECT),)}
+
+ADMISSIONS = [
+    Admission("nothing configured", None, asked=True),
+    Admission("no catalog: gateways not asked", None, gateways=NO_CATALOG),
+    Admission(
+        "another application context",
+        ("application_context", PERMANENT, BY_USER, NO_CONTEXT),
+        application_context="1.2.3.4",
+    ),
+    Admission("calling AE listed", None, calling="CT02", config=ALLOW_CT02, asked=True),
+    Admission(
+        "calling AE not listed",
+        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
+        config=ALLOW_CT02,
+    ),
+    Admission("another called AE, not required", None, called="OTHER", asked=True),
+    Admission("our called AE, required", None, config=REQUIRE_CALLED, asked=True),
+    Admission(
+        "another called AE, required",
+        ("called_ae_mismatch", PERMANENT, BY_USER, CALLED_AE),
+        called="OTHER",
+        config=REQUIRE_CALLED,
+    ),
+    Admission(
+        "over the limit",
+        ("too_many_associations", TRANSIENT, BY_PRESENTATION, LOCAL_LIMIT),
+        over_limit=True,
+    ),
+    Admission(
+        "no map",
+        ("no_map", TRANSIENT, BY_PRESENTATION, CONGESTION),
+        gateways="no_map",
+        asked=True,
+    ),
+    Admission(
+        "no gateway reachable",
+        ("no_gateway_reachable", TRANSIENT, BY_PRESENTATION, CONGESTION),
+        gateways="no_gateway_reachable",
+        asked=True,
+    ),
+    Admission(
+        "bound AE on the plain port",
+        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        config=BIND_CT01,
+        detail="plain port",
+    ),
+    Admission(
+        "bound AE without a client certificate",
+        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        config=BIND_CT01,
+        secure=True,
+        detail="no client certificate",
+    ),
+    Admission(
+        "bound AE with another subject",
+        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        config=BIND_CT01,
+        secure=True,
+        subject="CN=ct02,O=Radiology",
+        detail="not the one bound",
+    ),
+    Admission(
+        "bound AE with its subject",
+        None,
+        config=BIND_CT01,
+        secure=True,
+        subject=CT01_SUBJECT,
+        asked=True,
+    ),
+    Admission(
+        "a bound AE needs no place in the allowed list",
+        None,
+        config={**BIND_CT01, **ALLOW_CT02},
+        secure=True,
+        subject=CT01_SUBJECT,
+        asked=True,
+    ),
+    Admission(
+        "an unbound AE still needs one",
+        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
+        config={**BIND_CT02, **ALLOW_CT02},
+        secure=True,
+        subject=CT01_SUBJECT,
+    ),
+    Admission(
+        "first rule first: application context before the calling AE",
+        ("application_context", PERMANENT, BY_USER, NO_CONTEXT),
+        application_context="1.2.3.4",
+        config=ALLOW_CT02,
+    ),
+    Admission(
+        "the calling AE before the called AE",
+        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
+        called="OTHER",
+        config={**ALLOW_CT02, **REQUIRE_CALLED},
+    ),
+    Admission(
+        "the called AE before the limit",
+        ("called_ae_mismatch", PERMANENT, BY_USER, CALLED_AE),
+        called="OTHER",
+        config=REQUIRE_CALLED,
+        over_limit=True,
+    ),
+    Admission(
+        "the limit before the gateways",
+        ("too_many_associations", TRANSIENT, BY_PRESENTATION, LOCAL_LIMIT),
+        over_limit=True,
+        gateways="no_map",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ADMISSIONS, ids=[row.case for row in ADMISSIONS])
+def test_admit(row: Admission) -> None:
+    gateway = Gateway(name="gw-0", host="127.0.0.1", port=11112, ae_title="GW")
+    config = RouterConfig(gateways=(gateway,), **row.config)
+    request = negotiation.parse_request(
+        negotiation.build_request(
+            calling_ae=row.calling,
+            called_ae=row.called,
+            contexts=[AcceptedContext(1, CT_IMAGE_STORAGE, ExplicitVRLittleEndian)],
+            max_pdu=16384,
+        )
+    )
+    request = dataclasses.replace(request, application_context=row.application_context)
+    asked: list[bool] = []
+
+    def gateways_unavailable() -> str | None:
+        asked.append(True)
+        assert row.gateways != NO_CATALOG
+        return row.gateways
+
+    refusal = negotiation.admit(
+        request,
+        config,
+        secure=row.secure,
+        client_subject=row.subject,
+        over_limit=row.over_limit,
+        gateways_unavailable=None if row.gateways == NO_CATALOG else gateways_unavailable,
+    )
+
+    assert bool(asked) == row.asked
+    if row.expected is None:
+        assert refusal is None
+        return
+    assert refusal is not None
+    assert (refusal.reason, refusal.result, refusal.source, refusal.diagnostic) == row.expected
+    assert row.detail in refusal.detail
+    rj = A_ASSOCIATE_RJ()
+    rj.decode(refusal.pdu())
+    assert (rj.result, rj.source, rj.reason_diagnostic) == row.expected[1:]
+
+
+def _with_titles(called: bytes, calling: bytes) -> bytes:
+    raw = bytearray(
+        negotiation.build_request(
+            calling_ae="CT01",
+            called_ae="GATEWAYPOOL",
+            contexts=[AcceptedContext(1, CT_IMAGE_STORAGE, ExplicitVRLittleEndian)],
+            max_pdu=16384,
+        )
+    )
+    raw[10:26] = called.ljust(16)
+    raw[26:42] = calling.ljust(16)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("called", "calling", "expected"),
+    [
+        (b"GATEWAYPOOL", b"CT01", None),
+        (b"", b"CT01", ("called_ae_blank", PERMANENT, BY_USER, CALLED_AE)),
+        (b"GATEWAYPOOL", b"", ("calling_ae_blank", PERMANENT, BY_USER, CALLING_AE)),
+        (b"", b"", ("called_ae_blank", PERMANENT, BY_USER, CALLED_AE)),
+    ],
+)
+def test_a_blank_ae_title_is_refused_before_decoding(
+    called: bytes, calling: bytes, expected: tuple[str, int, int, int] | None
+) -> None:
+    refusal = negotiation.blank_ae_title(_with_titles(called, calling))
+    if expected is None:
+        assert refusal is None
+        assert negotiation.blank_ae_title(b"\x01\x00") is None  # too short to say
+        return
+    assert refusal is not None
+    assert (refusal.reason, refusal.result, refusal.source, refusal.diagnostic) == expected
 
 
 # --- the router's request to a gateway ---------------------------------------
