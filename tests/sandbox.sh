@@ -2,8 +2,8 @@
 # Runs a command (the test suite) in a sandbox of its own: a user, network and
 # mount namespace. The real control plane's pods get a bridge, addresses and
 # network namespaces there (tests/support/podnet.py), and none of it touches
-# the machine's network. The sandbox has no route out: tests that need the
-# network (marked `network`) run outside it.
+# the machine's network. The sandbox has no route out: what needs the package
+# registries (the image's wheels, the Go builds) is done by ./dev.sh before it.
 set -eu
 if [ "${GATEWAYPOOL_SANDBOX:-}" != 1 ]; then
     export GATEWAYPOOL_SANDBOX=1

@@ -6,9 +6,14 @@ replaces the entrypoint and its ``args`` the default arguments, as in a
 container. An image not listed here fails to "pull" (``ErrImagePull``), as
 an image missing from a registry does.
 
-- ``.../gatewaypool:*``: this project's image, run from the virtualenv the
-  tests run in, with the ``ENV``, ``WORKDIR``, ``ENTRYPOINT`` and ``CMD`` of
-  the Dockerfile's last stage, read from the Dockerfile itself.
+- ``.../gatewaypool:*``: this project's image: the virtualenv ``./dev.sh``
+  builds as the Dockerfile builds the image (the wheels of the Dockerfile's
+  sources and of their dependencies, installed with ``--no-index``;
+  ``$GATEWAYPOOL_IMAGE`` names it), with the ``ENV``, ``WORKDIR``,
+  ``ENTRYPOINT`` and ``CMD`` of the Dockerfile's last stage, read from the
+  Dockerfile itself. The operator and routers therefore run with what the
+  image carries, not with the tests' virtualenv (which adds ``local/`` and
+  the test tools).
 - ``.../dcmtk:*``: DCMTK (``storescp`` and friends); the pod names the
   program in ``command``.
 - ``.../orthanc:*``: Orthanc, reading the configuration folder its pod mounts
@@ -67,8 +72,8 @@ class Image:
         return shutil.which(program) or program
 
 
-def dockerfile_image(text: str) -> Image:
-    """The ENV, WORKDIR, ENTRYPOINT and CMD of a Dockerfile's last stage."""
+def dockerfile_image(text: str, venv: Path) -> Image:
+    """The ENV, WORKDIR, ENTRYPOINT and CMD of a Dockerfile's last stage, its programs in `venv`."""
     joined = re.sub(r"\\\n", " ", text)
     stage = re.split(r"(?im)^FROM\s.*$", joined)[-1]
     env: dict[str, str] = {}
@@ -88,7 +93,22 @@ def dockerfile_image(text: str) -> Image:
             entrypoint = json.loads(rest)
         elif instruction == "CMD":
             cmd = json.loads(rest)
-    return Image(tuple(entrypoint), tuple(cmd), (_VENV, *_SYSTEM), env, workdir)
+    return Image(tuple(entrypoint), tuple(cmd), (str(venv / "bin"), *_SYSTEM), env, workdir)
+
+
+#: The variable naming the image's virtualenv (set by ./dev.sh).
+IMAGE_VARIABLE = "GATEWAYPOOL_IMAGE"
+
+
+def project_venv() -> Path:
+    """The image's virtualenv ``./dev.sh`` built, or an error saying how to get it."""
+    path = os.environ.get(IMAGE_VARIABLE, "")
+    if not path or not (Path(path) / "bin" / "gatewaypool").exists():
+        raise RuntimeError(
+            f"${IMAGE_VARIABLE} names no built image ({path!r}): run the tests through "
+            "./dev.sh test (or ./dev.sh pytest ARGS), which builds it"
+        )
+    return Path(path)
 
 
 #: Images of programs ./dev.sh builds from Go modules: repository name -> the variable naming it.
@@ -108,7 +128,6 @@ def _images() -> dict[str, Image]:
     return {
         **extra,
         "busybox": Image((), ("sh",)),
-        "gatewaypool": dockerfile_image(DOCKERFILE.read_text()),
         "dcmtk": Image(()),
         "orthanc": Image(("Orthanc",), ("/etc/orthanc/",)),
         "pynetdicom-gateway": Image(
@@ -127,7 +146,10 @@ def repository_name(image: str) -> str:
 
 def pull(image: str) -> Image | None:
     """The image, or None when no such image exists (ErrImagePull)."""
-    return _images().get(repository_name(image))
+    name = repository_name(image)
+    if name == "gatewaypool":
+        return dockerfile_image(DOCKERFILE.read_text(), project_venv())
+    return _images().get(name)
 
 
 def command_line(image: Image, command: list[str], args: list[str]) -> list[str]:

@@ -46,6 +46,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool_local.peers import wait_until
+from support import images
 from support.clusterdns import ClusterDNS
 from support.controlplane import ControlPlane, ControlPlaneUnavailableError
 from support.crd import ROOT
@@ -262,6 +263,7 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
         raise ControlPlaneUnavailableError(
             "the cluster tests run in the test sandbox: ./dev.sh test, or ./dev.sh pytest ARGS"
         )
+    images.project_venv()  # built, or say how to build it before anything starts
     with ExitStack() as stack:
         network = PodNetwork()
         network.setup()
