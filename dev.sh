@@ -90,17 +90,21 @@ need_dicom_rs() {
 # they run what the image carries and nothing the tests' virtualenv adds.
 # Kept in .image/ (one per checkout); the dependencies' wheels are fetched
 # again only when pyproject.toml changes, the project's own wheel whenever
-# its sources do.
+# its sources do (in place, in a few seconds, under a lock: runs started
+# from one checkout at once do not build over each other).
 IMAGE_SOURCES=(pyproject.toml README.md common router operator)
 need_image() {
     local dir=.image
     local deps sources
+    mkdir -p "$dir"
+    exec {image_lock}>"$dir/.lock"
+    flock "$image_lock"
     deps=$(sha256sum pyproject.toml | cut -c1-16)
     sources=$(find "${IMAGE_SOURCES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
         -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
     if [ ! -f "$dir/venv/.deps-$deps" ]; then
         echo "==> building the image's environment (.image/): wheels of gatewaypool and its dependencies"
-        rm -rf "$dir"
+        rm -rf "$dir/src" "$dir/wheels" "$dir/venv"
         mkdir -p "$dir/src"
         tar -cf - --exclude=__pycache__ "${IMAGE_SOURCES[@]}" | tar -xf - -C "$dir/src"
         "$VENV/bin/python" -m pip wheel -q "./$dir/src" -w "$dir/wheels"
@@ -117,6 +121,7 @@ need_image() {
             "$dir/wheels"/gatewaypool-*.whl
         touch "$dir/venv/.sources-$sources"
     fi
+    exec {image_lock}>&-
     export GATEWAYPOOL_IMAGE="$PWD/$dir/venv"
 }
 
