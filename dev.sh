@@ -125,91 +125,77 @@ need_image() {
     export GATEWAYPOOL_IMAGE="$PWD/$dir/venv"
 }
 
-# The real Kubernetes control plane (tests/controlplane), built once into a
-# cache folder keyed by its go.sum and sources; later runs start it in seconds.
-need_controlplane() {
-    local module=tests/controlplane
+# A Go program of the test cluster, built once into a cache folder keyed by
+# its module (go.mod, go.sum and our own .go files there); later runs only
+# check that it is there. The variable VAR names the binary for the tests.
+#   go_program VAR CACHE-NAME BINARY MODULE PACKAGE "WHAT" [go build flags...]
+go_cache_folder() {  # CACHE-NAME MODULE
     local key
-    key=$(cat "$module/go.mod" "$module/go.sum" "$module"/*.go | sha256sum | cut -c1-16)
-    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/controlplane-$key"
-    if [ ! -x "$dir/controlplane" ]; then
+    key=$(find "$2" -maxdepth 1 -name '*.go' -print0 | LC_ALL=C sort -z \
+        | xargs -0 cat "$2/go.mod" "$2/go.sum" | sha256sum | cut -c1-16)
+    echo "${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/$1-$key"
+}
+
+go_program() {
+    local variable=$1 name=$2 binary=$3 module=$4 package=$5 what=$6
+    shift 6
+    local dir
+    dir=$(go_cache_folder "$name" "$module")
+    if [ ! -x "$dir/$binary" ]; then
         if ! command -v go >/dev/null 2>&1; then
-            echo "Go 1.26 or newer is needed to build the test control plane (tests/controlplane)" >&2
+            echo "Go 1.26 or newer is needed to build $what ($module)" >&2
             exit 1
         fi
-        echo "==> building the Kubernetes control plane from Go modules (the first time takes a while)"
+        echo "==> building $what from Go modules (the first time takes minutes: see README)"
         local began=$SECONDS
         mkdir -p "$dir"
-        (cd "$module" && go build -trimpath -o "$dir/controlplane.partial" .)
-        mv "$dir/controlplane.partial" "$dir/controlplane"
-        echo "==> control plane built in $((SECONDS - began)) s: $dir/controlplane"
+        (cd "$module" && go build -trimpath "$@" -o "$dir/$binary.partial.$$" "$package")
+        mv "$dir/$binary.partial.$$" "$dir/$binary"
+        echo "==> $what built in $((SECONDS - began)) s: $dir/$binary"
     fi
-    export GATEWAYPOOL_CONTROLPLANE="$dir/controlplane"
+    export "$variable=$dir/$binary"
+}
+
+# The real Kubernetes control plane (tests/controlplane): etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler in one program.
+need_controlplane() {
+    go_program GATEWAYPOOL_CONTROLPLANE controlplane controlplane tests/controlplane . \
+        "the Kubernetes control plane"
 }
 
 # metrics-server (tests/metricsserver: the upstream program, required as a Go
-# tool at the release its go.mod names), built once the same way: it serves
-# metrics.k8s.io in the test cluster, so the real HPA controller scales on CPU.
+# tool at the release its go.mod names): it serves metrics.k8s.io in the test
+# cluster, so the real HPA controller scales on CPU.
 need_metrics_server() {
-    local module=tests/metricsserver
-    local key
-    key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-16)
-    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/metrics-server-$key"
-    if [ ! -x "$dir/metrics-server" ]; then
-        echo "==> building metrics-server from Go modules (the first time takes a few minutes)"
-        local began=$SECONDS
-        local version
-        version=$(awk '$1 == "sigs.k8s.io/metrics-server" { print $2 }' "$module/go.mod")
-        mkdir -p "$dir"
-        (cd "$module" && go build -trimpath \
-            -ldflags "-X k8s.io/client-go/pkg/version.gitVersion=$version" \
-            -o "$dir/metrics-server.partial" sigs.k8s.io/metrics-server/cmd/metrics-server)
-        mv "$dir/metrics-server.partial" "$dir/metrics-server"
-        echo "==> metrics-server built in $((SECONDS - began)) s: $dir/metrics-server"
-    fi
-    export GATEWAYPOOL_METRICS_SERVER="$dir/metrics-server"
+    local version
+    version=$(awk '$1 == "sigs.k8s.io/metrics-server" { print $2 }' tests/metricsserver/go.mod)
+    go_program GATEWAYPOOL_METRICS_SERVER metrics-server metrics-server tests/metricsserver \
+        sigs.k8s.io/metrics-server/cmd/metrics-server "metrics-server" \
+        -ldflags "-X k8s.io/client-go/pkg/version.gitVersion=$version"
 }
 
 # Prometheus (tests/prometheus: the upstream program, required as a Go tool at
 # the release its go.mod names, with only its Kubernetes service discovery
 # compiled in) and the stand-in for Prometheus Adapter (tests/metricsadapter,
-# on sigs.k8s.io/custom-metrics-apiserver), built once the same way: they
-# serve the routers' studies in flight as custom.metrics.k8s.io in the test
-# cluster, so the real HPA controller scales a pool on them.
+# on sigs.k8s.io/custom-metrics-apiserver): they serve the routers' studies
+# in flight as custom.metrics.k8s.io in the test cluster, so the real HPA
+# controller scales a pool on them.
 need_prometheus() {
-    local module=tests/prometheus
-    local key
-    key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-16)
-    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/prometheus-$key"
-    if [ ! -x "$dir/prometheus" ]; then
-        echo "==> building Prometheus from Go modules (the first time: about 5 minutes of CPU)"
-        local began=$SECONDS
-        local version  # the release the module version stands for (v0.316.0: 3.16.0)
-        version=$(cd "$module" && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
-        mkdir -p "$dir"
-        (cd "$module" && go build -trimpath -tags remove_all_sd,enable_kubernetes_sd \
-            -ldflags "-X github.com/prometheus/common/version.Version=$version" \
-            -o "$dir/prometheus.partial.$$" github.com/prometheus/prometheus/cmd/prometheus)
-        mv "$dir/prometheus.partial.$$" "$dir/prometheus"
-        echo "==> Prometheus built in $((SECONDS - began)) s: $dir/prometheus"
+    # The release the module version stands for (v0.316.0: 3.16.0), read from
+    # the module itself: `go list` may download it, so only when building.
+    local version=""
+    if [ ! -x "$(go_cache_folder prometheus tests/prometheus)/prometheus" ]; then
+        version=$(cd tests/prometheus && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
     fi
-    export GATEWAYPOOL_PROMETHEUS="$dir/prometheus"
+    go_program GATEWAYPOOL_PROMETHEUS prometheus prometheus tests/prometheus \
+        github.com/prometheus/prometheus/cmd/prometheus "Prometheus" \
+        -tags remove_all_sd,enable_kubernetes_sd \
+        -ldflags "-X github.com/prometheus/common/version.Version=$version"
 }
 
 need_metrics_adapter() {
-    local module=tests/metricsadapter
-    local key
-    key=$(cat "$module/go.mod" "$module/go.sum" "$module"/*.go | sha256sum | cut -c1-16)
-    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/gatewaypool/metrics-adapter-$key"
-    if [ ! -x "$dir/metricsadapter" ]; then
-        echo "==> building the Prometheus Adapter stand-in from Go modules (the first time: about 4 minutes of CPU)"
-        local began=$SECONDS
-        mkdir -p "$dir"
-        (cd "$module" && go build -trimpath -o "$dir/metricsadapter.partial.$$" .)
-        mv "$dir/metricsadapter.partial.$$" "$dir/metricsadapter"
-        echo "==> Prometheus Adapter stand-in built in $((SECONDS - began)) s: $dir/metricsadapter"
-    fi
-    export GATEWAYPOOL_METRICS_ADAPTER="$dir/metricsadapter"
+    go_program GATEWAYPOOL_METRICS_ADAPTER metrics-adapter metricsadapter tests/metricsadapter . \
+        "the Prometheus Adapter stand-in"
 }
 
 # Whether a pytest run of these arguments may reach the tests that need
