@@ -63,7 +63,7 @@ router applies the new map, has its first instances on the old owner and the
 rest on the new one. No report can close that window (only a router that
 refuses or holds instances of a closing bucket could), but its length is in
 the operator's hands: it requires every report it relies on to be at most
-``freshSeconds`` old (`gatewaypool_operator.handover`), and routers report
+``freshSeconds`` old (`gatewaypool_operator.handover.decide`), and routers report
 every `PENDING_REPORT_SECONDS` while their map has moving buckets, so fresh
 reports are always at hand. A stale report therefore never proves a bucket
 quiet: the handover waits (and after maxDrainSeconds is forced and counted),

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "EXPOSED",

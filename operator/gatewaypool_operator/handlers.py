@@ -1,6 +1,6 @@
 """kopf handlers: translate between Kubernetes events and the reconcile pass.
 
-Every handler runs the same level-based pass (:func:`reconcile.reconcile`):
+Every handler runs the same level-based pass (:func:`gatewaypool_operator.reconcile.reconcile`):
 on creation, on each spec change (``kubectl scale`` and an HPA change
 ``spec.replicas`` through the scale subresource) and when the operator
 resumes; a periodic resync (:mod:`gatewaypool_operator.resync`) repairs

@@ -1,7 +1,7 @@
 """The bucket map's gateways and its published form, as the operator reads them.
 
 Which buckets move, and when, is the handover's decision
-(`gatewaypool_operator.handover`); this module names the gateways a map
+(`gatewaypool_operator.handover.decide`); this module names the gateways a map
 lists (one per StatefulSet pod, by its stable DNS name) and reads what the
 ``NAME-map`` ConfigMap holds without ever crashing on it.
 """
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from gatewaypool.bucketmap import BucketMap, Gateway, MapError, parse_map
 from gatewaypool.contract import MAP_KEY
-from gatewaypool_operator.childnames import (
+from gatewaypool_operator.children.names import (
     DEFAULT_CLUSTER_DOMAIN,
     gateway_dns_name,
     gateway_pod_name,
 )
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "PublishedMap",

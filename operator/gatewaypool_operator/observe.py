@@ -1,11 +1,16 @@
-"""What the handover needs, read off Kubernetes objects: pure functions, no I/O.
+"""The observe step of a pass: read what it decides from, and what pods and reports say.
 
-The reconcile pass lists the pool's pods and reads its report ConfigMap;
-these functions turn those plain objects into the inputs of
-:func:`gatewaypool_operator.handover.plan_handover`. Anything malformed is
-read as the safe thing: a pod without a readable Ready condition is not
-Ready, a report that does not parse is no report (its router then counts as
-not having spoken, which delays handovers and never completes one).
+`observe` is the pass's reads, through
+:class:`~gatewaypool_operator.kubeapply.Cluster`: the pool's map and
+StatefulSet, its pods, its report ConfigMap and its optional children, each
+once, before anything is decided (:func:`gatewaypool_operator.plan.plan`).
+
+The other functions are pure: they turn those plain objects into the inputs
+of :func:`gatewaypool_operator.handover.decide.plan_handover`, which the plan
+calls. Anything malformed is read as the safe thing: a pod without a
+readable Ready condition is not Ready, a report that does not parse is no
+report (its router then counts as not having spoken, which delays handovers
+and never completes one).
 
 A pod in phase ``Failed`` or ``Succeeded`` (evicted, killed by a node
 shutdown, or its container exited for good) runs no container again and is
@@ -23,18 +28,62 @@ from typing import Any, Final
 
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool.strict import parse_time
-from gatewaypool_operator.handover import GatewayPod, RouterPod
+from gatewaypool_operator.children.desired import optional_children
+from gatewaypool_operator.children.names import (
+    map_configmap_name,
+    routers_configmap_name,
+    selector_labels,
+    statefulset_name,
+)
+from gatewaypool_operator.handover.decide import GatewayPod, RouterPod
+from gatewaypool_operator.kubeapply import Cluster
+from gatewaypool_operator.passdata import Observed
 
 __all__ = [
     "FINISHED_PHASES",
     "gateway_pods",
     "gateway_ports",
     "live_routers",
+    "observe",
     "router_pods",
 ]
 
 FINISHED_PHASES: Final = frozenset({"Failed", "Succeeded"})
 """Pod phases after which no container of the pod runs again."""
+
+
+def observe(cluster: Cluster, *, body: Mapping[str, Any]) -> Observed:
+    """Read everything a pass decides from, each object once.
+
+    The pool itself is read by the caller, under the pool's lock, to learn
+    whether it is being deleted before anything else is read; `body` is that
+    read.
+
+    All optional children are read, whether the spec wants them or not:
+    which ones it wants is the plan's decision, made after the reads. The
+    price is a second read of each one the spec wants, which
+    :meth:`~gatewaypool_operator.kubeapply.Cluster.apply` reads again to
+    compare: it cannot take this read as its ``base``, since a conditional
+    write of an object others update (the autoscaler's status) would
+    conflict again and again.
+    """
+    metadata = body.get("metadata") or {}
+    name = str(metadata["name"])
+    namespace = str(metadata["namespace"])
+    optional: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for kind, child_name in optional_children(name):
+        live = cluster.read(kind, namespace, child_name)
+        if live is not None:
+            optional[(kind, child_name)] = live
+    return Observed(
+        pool=body,
+        map_configmap=cluster.read("ConfigMap", namespace, map_configmap_name(name)),
+        statefulset=cluster.read("StatefulSet", namespace, statefulset_name(name)),
+        gateway_pods=cluster.find("Pod", namespace, labels=selector_labels(name, "gateway")),
+        router_pods=cluster.find("Pod", namespace, labels=selector_labels(name, "router")),
+        reports_configmap=cluster.read("ConfigMap", namespace, routers_configmap_name(name)),
+        optional_children=optional,
+    )
 
 
 def _ready(pod: Mapping[str, Any]) -> tuple[bool, datetime | None]:

@@ -1,9 +1,9 @@
 r"""What one pass of the control loop reads, decides and did, as plain data.
 
-`Observed` is what :func:`gatewaypool_operator.reconcile.observe` reads;
+`Observed` is what :func:`gatewaypool_operator.observe.observe` reads;
 `Plan` (with its `Write`\ s, `Prune` and `StatusBasis`) is what the pure
 :func:`gatewaypool_operator.plan.plan` decides; `ApplyResult` is what
-:func:`gatewaypool_operator.reconcile.apply` did; `Outcome` is what the pass
+:func:`gatewaypool_operator.apply.apply` did; `Outcome` is what the pass
 hands the runner. Kept apart from the decisions so that both stay short.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool_operator import poolstatus
 from gatewaypool_operator.events import Event
-from gatewaypool_operator.handover import HandoverPlan
+from gatewaypool_operator.handover.decide import HandoverPlan
 from gatewaypool_operator.kubeapply import Applied
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spec.types import PoolSpec
 
 #: A child named by kind and name.
 Child = tuple[str, str]
@@ -44,9 +44,10 @@ class Observed:
     reports_configmap
         The ``NAME-routers`` ConfigMap the routers report into; None if absent.
     optional_children
-        The children a spec may leave out (`children.optional_children`)
-        that exist, by (kind, name): deleted when the spec leaves them out
-        and this pool owns them. The HorizontalPodAutoscaler's status, which
+        The children a spec may leave out
+        (`gatewaypool_operator.children.desired.optional_children`) that
+        exist, by (kind, name): deleted when the spec leaves them out and
+        this pool owns them. The HorizontalPodAutoscaler's status, which
         the pool's status repeats, is read off the same object.
     """
 

@@ -1,8 +1,8 @@
 """What one pass of the control loop decides for a pool, from what it observed: no I/O.
 
 A pass reads the pool and the objects around it once (`Observed`, read by
-:func:`gatewaypool_operator.reconcile.observe`), decides everything here
-(:func:`plan`), and only then writes (:func:`gatewaypool_operator.reconcile.apply`).
+:func:`gatewaypool_operator.observe.observe`), decides everything here
+(:func:`plan`), and only then writes (:func:`gatewaypool_operator.apply.apply`).
 Keeping the decisions apart from the reads and writes means every rule of a
 pass -- a refused spec leaves the pool alone, the map is published only with
 news, an optional child goes only if this pool owns it, a refusal is
@@ -24,20 +24,37 @@ from datetime import datetime
 from typing import Any
 
 from gatewaypool.bucketmap import BucketMap, dump_map
+from gatewaypool.contract import MAP_KEY
 from gatewaypool.strict import is_int
-from gatewaypool_operator import (
-    childnames,
-    children,
-    exposure,
-    handover,
-    handoverstate,
-    mapgateways,
-    observe,
-    poolstatus,
+from gatewaypool_operator import exposure, mapgateways, observe, poolstatus
+from gatewaypool_operator.children.desired import (
+    build_children,
+    optional_children,
+    routers_configmap,
+)
+from gatewaypool_operator.children.names import (
+    DEFAULT_CLUSTER_DOMAIN,
+    autoscaler_name,
+    map_configmap_name,
+    owner_reference,
+    routers_configmap_name,
+    statefulset_name,
 )
 from gatewaypool_operator.drift import duplicate_key
 from gatewaypool_operator.events import Event, Reason
-from gatewaypool_operator.handover import HandoverPlan
+from gatewaypool_operator.handover.decide import (
+    HandoverInput,
+    HandoverPlan,
+    HandoverSettings,
+    plan_handover,
+)
+from gatewaypool_operator.handover.state import (
+    STATE_KEY,
+    HandoverState,
+    StateError,
+    dump_state,
+    parse_state,
+)
 from gatewaypool_operator.kubeapply import Applied
 from gatewaypool_operator.passdata import (
     ApplyResult,
@@ -48,26 +65,17 @@ from gatewaypool_operator.passdata import (
     StatusBasis,
     Write,
 )
-from gatewaypool_operator.spec import check_name, parse_spec
-from gatewaypool_operator.specfields import SpecError
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import check_name, parse_spec
+from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "ACCEPTED_SPEC_ANNOTATION",
-    "APPLY_REFUSED",
-    "ApplyResult",
-    "Observed",
-    "Outcome",
-    "Plan",
-    "Prune",
-    "StatusBasis",
-    "Write",
     "finish",
     "plan",
 ]
 
 ACCEPTED_SPEC_ANNOTATION = "gatewaypool.io/accepted-spec"
-APPLY_REFUSED = poolstatus.APPLY_REFUSED
 
 
 def plan(
@@ -75,7 +83,7 @@ def plan(
     *,
     default_router_image: str,
     now: datetime,
-    cluster_domain: str = childnames.DEFAULT_CLUSTER_DOMAIN,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> Plan:
     """Decide everything one pass does to bring the pool in line with its spec.
 
@@ -108,7 +116,7 @@ def plan(
     previous = pool_status.get("conditions") or []
     generation = int(metadata.get("generation") or 0)
     events: list[Event] = []
-    map_name = childnames.map_configmap_name(name)
+    map_name = map_configmap_name(name)
     map_object = observed.map_configmap
     stored: Mapping[str, str] = (map_object or {}).get("data") or {}
 
@@ -175,8 +183,8 @@ def plan(
     )
     map_data = (
         {
-            children.MAP_KEY: dump_map(current_map),
-            handoverstate.STATE_KEY: handoverstate.dump_state(decided.state, buckets=spec.buckets),
+            MAP_KEY: dump_map(current_map),
+            STATE_KEY: dump_state(decided.state, buckets=spec.buckets),
         }
         if current_map is not None
         else None
@@ -191,8 +199,8 @@ def plan(
         excluded_routers=decided.excluded_routers,
     )
 
-    owner = childnames.owner_reference(body)
-    desired = children.build_children(
+    owner = owner_reference(body)
+    desired = build_children(
         name=name,
         namespace=namespace,
         spec=spec,
@@ -202,7 +210,7 @@ def plan(
     wanted = {(str(obj["kind"]), str(obj["metadata"]["name"])) for obj in desired}
     if _autoscaler_waits(observed, name, spec, pool_status):
         desired = [obj for obj in desired if obj["kind"] != "HorizontalPodAutoscaler"]
-    reports = children.routers_configmap(name=name, namespace=namespace)
+    reports = routers_configmap(name=name, namespace=namespace)
     # What server-side apply would refuse with a 500 is not sent: refused here, by name.
     refused = tuple(
         f"{obj['kind']} {obj['metadata']['name']}: {problem}"
@@ -218,7 +226,7 @@ def plan(
     )
     deletes = tuple(
         child
-        for child in children.optional_children(name)
+        for child in optional_children(name)
         if child not in wanted and _owned(observed.optional_children.get(child), owner["uid"])
     )
     accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
@@ -237,7 +245,7 @@ def plan(
         writes=writes,
         # Reports of router pods that are gone; each router writes only its own key.
         prune=(
-            Prune(childnames.routers_configmap_name(name), decided.prune_reports)
+            Prune(routers_configmap_name(name), decided.prune_reports)
             if decided.prune_reports
             else None
         ),
@@ -252,8 +260,9 @@ def plan(
 def finish(plan: Plan, result: ApplyResult) -> Outcome:
     """The pass's outcome once its writes are done: Events about them, the final status.
 
-    A refusal makes the pool ``Degraded`` (reason `APPLY_REFUSED`, the
-    server's words) on every pass it lasts, but its Warning Event is posted
+    A refusal makes the pool ``Degraded`` (reason
+    `gatewaypool_operator.poolstatus.APPLY_REFUSED`, the server's words) on
+    every pass it lasts, but its Warning Event is posted
     only when the pool did not already say the same: a refused child is
     retried on every resync, and one Event a minute would bury the others.
     """
@@ -331,15 +340,15 @@ def _plan_handover(
     cluster_domain: str,
 ) -> HandoverPlan:
     """Turn the observed objects into the handover's inputs, and let it decide."""
-    state: handoverstate.HandoverState | None = None
-    text = stored.get(handoverstate.STATE_KEY)
+    state: HandoverState | None = None
+    text = stored.get(STATE_KEY)
     if text:
         try:
-            state = handoverstate.parse_state(text, buckets=spec.buckets)
-        except handoverstate.StateError as exc:
+            state = parse_state(text, buckets=spec.buckets)
+        except StateError as exc:
             # Safe to lose: moves then count as started now and wait again.
             events.append(Event(Reason.HANDOVER_STATE_UNREADABLE, str(exc)))
-    sts_name = childnames.statefulset_name(name)
+    sts_name = statefulset_name(name)
     sts_replicas = _count(((observed.statefulset or {}).get("spec") or {}).get("replicas"))
     listed = len(published.gateways) if published is not None else 0
     ports = observe.gateway_ports(observed.gateway_pods, statefulset=sts_name)
@@ -355,14 +364,14 @@ def _plan_handover(
             )
         )
     ]
-    settings = handover.HandoverSettings(
+    settings = HandoverSettings(
         quiet_seconds=spec.handover.quiet_seconds,
         max_drain_seconds=spec.handover.max_drain_seconds,
         failover_after_seconds=spec.handover.failover_after_seconds,
     )
     reports = observed.reports
-    return handover.plan_handover(
-        handover.HandoverInput(
+    return plan_handover(
+        HandoverInput(
             published=published,
             state=state,
             catalogue=catalogue,
@@ -399,12 +408,12 @@ def _writes(
     for obj in objects:
         obj["metadata"]["ownerReferences"] = [owner]
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind == "ConfigMap" and name == childnames.map_configmap_name(pool):
+        if kind == "ConfigMap" and name == map_configmap_name(pool):
             if write_map:
                 # Written only with a new version or a new handover state.
                 base = observed.map_configmap
                 writes.append(Write(obj, conditional=True, base=base, exclusive=True))
-        elif kind == "ConfigMap" and name == childnames.routers_configmap_name(pool):
+        elif kind == "ConfigMap" and name == routers_configmap_name(pool):
             writes.append(Write(obj, create_only=True))
         elif kind == "StatefulSet":
             writes.append(Write(obj, conditional=True, base=observed.statefulset))
@@ -414,7 +423,7 @@ def _writes(
 
 
 def _state_news(
-    stored: Mapping[str, str], state: handoverstate.HandoverState, *, buckets: int, now: datetime
+    stored: Mapping[str, str], state: HandoverState, *, buckets: int, now: datetime
 ) -> bool:
     """Whether `state` says more than the stored one (an expired hold says nothing).
 
@@ -422,11 +431,11 @@ def _state_news(
     to write the map's ConfigMap (and to send every router a watch event).
     """
     try:
-        before = handoverstate.parse_state(stored.get(handoverstate.STATE_KEY, ""), buckets=buckets)
-    except handoverstate.StateError:
+        before = parse_state(stored.get(STATE_KEY, ""), buckets=buckets)
+    except StateError:
         return True
 
-    def settled(one: handoverstate.HandoverState) -> handoverstate.HandoverState:
+    def settled(one: HandoverState) -> HandoverState:
         if one.hold_until is not None and one.hold_until <= now:
             return dataclasses.replace(one, hold_until=None)
         return one
@@ -448,7 +457,7 @@ def _autoscaler_waits(
     """
     if spec.autoscaling is None or pool_status.get("selector"):
         return False
-    key = ("HorizontalPodAutoscaler", childnames.autoscaler_name(name))
+    key = ("HorizontalPodAutoscaler", autoscaler_name(name))
     return observed.optional_children.get(key) is None
 
 
@@ -461,9 +470,7 @@ def _autoscaler_status(
     """
     if spec is None or spec.autoscaling is None:
         return None
-    autoscaler = observed.optional_children.get(
-        ("HorizontalPodAutoscaler", childnames.autoscaler_name(name))
-    )
+    autoscaler = observed.optional_children.get(("HorizontalPodAutoscaler", autoscaler_name(name)))
     status: Mapping[str, Any] | None = (autoscaler or {}).get("status")
     return status
 
@@ -519,7 +526,7 @@ def _already_degraded(previous: Any, message: str) -> bool:
         if condition.get("type") == poolstatus.DEGRADED:
             return bool(
                 condition.get("status") == "True"
-                and condition.get("reason") == APPLY_REFUSED
+                and condition.get("reason") == poolstatus.APPLY_REFUSED
                 and condition.get("message") == message
             )
     return False

@@ -52,9 +52,9 @@ from gatewaypool.bucketmap import BucketMap
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool.strict import format_time, is_int, parse_time
 from gatewaypool_operator import exposure
-from gatewaypool_operator.childnames import selector_string
-from gatewaypool_operator.specfields import thaw
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.children.names import selector_string
+from gatewaypool_operator.spec.fields import thaw
+from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "DEFAULT_PROGRESS_DEADLINE_SECONDS",

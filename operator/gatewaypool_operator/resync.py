@@ -23,11 +23,11 @@ from typing import Any
 from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
-from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
+from gatewaypool_operator.children.names import DEFAULT_CLUSTER_DOMAIN
 from gatewaypool_operator.kubeapply import Cluster
 from gatewaypool_operator.metrics import OperatorMetrics
+from gatewaypool_operator.passdata import Outcome
 from gatewaypool_operator.peering import Peering, is_active
-from gatewaypool_operator.reconcile import Outcome
 from gatewaypool_operator.runner import PoolLocks, run_pass
 
 log = logging.getLogger(__name__)

@@ -32,16 +32,14 @@ from gatewaypool.contract import API_GROUP as GROUP
 from gatewaypool.contract import API_VERSION as VERSION
 from gatewaypool.contract import PLURAL
 from gatewaypool.strict import format_time
-from gatewaypool_operator.childnames import DEFAULT_CLUSTER_DOMAIN
+from gatewaypool_operator.children.names import DEFAULT_CLUSTER_DOMAIN
 from gatewaypool_operator.events import Event, EventType
 from gatewaypool_operator.kubeapply import Cluster, ConflictError
 from gatewaypool_operator.metrics import OperatorMetrics
+from gatewaypool_operator.passdata import Outcome
+from gatewaypool_operator.plan import ACCEPTED_SPEC_ANNOTATION
 from gatewaypool_operator.poolstatus import merge_patch
-from gatewaypool_operator.reconcile import (
-    ACCEPTED_SPEC_ANNOTATION,
-    Outcome,
-    reconcile,
-)
+from gatewaypool_operator.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_operator.children import build_children
-from gatewaypool_operator.spec import SpecError, parse_spec
+from gatewaypool_operator.children.desired import build_children
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import parse_spec
 from support.realcluster import Cluster
 from support.servicecombos import combinations
 

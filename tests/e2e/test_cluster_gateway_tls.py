@@ -25,7 +25,7 @@ import kubernetes.client
 from gatewaypool_local.peers import echoscu, wait_until
 from gatewaypool_local.sink import instance_file_name
 from gatewaypool_local.synth import dataset_bytes, generate_study
-from gatewaypool_operator.podparts import GATEWAY_CERT_DIRECTORY
+from gatewaypool_operator.children.podparts import GATEWAY_CERT_DIRECTORY
 from support.certs import TestCA
 from support.realcluster import Cluster
 from support.realpool import GATEWAY_AE, GATEWAY_PORT, RealPool, gateway_spec, operated_pool

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_operator.children import build_children
-from gatewaypool_operator.spec import parse_spec
+from gatewaypool_operator.children.desired import build_children
+from gatewaypool_operator.spec.parse import parse_spec
 from support.crd import ROOT
 from support.realcluster import IMAGE_REPOSITORY, Cluster
 

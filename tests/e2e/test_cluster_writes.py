@@ -38,7 +38,8 @@ import pytest
 
 from gatewaypool.bucketmap import BucketMap, parse_map
 from gatewaypool_local.peers import wait_until
-from gatewaypool_operator import childnames, children
+from gatewaypool_operator.children.desired import routers_configmap
+from gatewaypool_operator.children.names import selector_labels
 from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from gatewaypool_operator.kubeapply import ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
@@ -526,7 +527,7 @@ def test_pod_template_edits(ns: Operated) -> None:
     assert pod()["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert "team" not in pod()["metadata"]["labels"]
     assert pod()["spec"]["affinity"]["nodeAffinity"]
-    selector = {"matchLabels": childnames.selector_labels("tmpl", "gateway")}
+    selector = {"matchLabels": selector_labels("tmpl", "gateway")}
     assert pod()["spec"]["topologySpreadConstraints"] == [{**spread[0], "labelSelector": selector}]
     assert_quiet(ns, pool)
 
@@ -609,7 +610,7 @@ def test_a_refused_write_is_degraded_with_one_warning(ns: Operated) -> None:
 
 def test_a_write_from_an_older_read_conflicts(ns: Operated) -> None:
     kube = ns.kube
-    desired = children.routers_configmap(name="conflict", namespace=ns.namespace)
+    desired = routers_configmap(name="conflict", namespace=ns.namespace)
     desired["data"] = {"a": "1"}
     kube.apply(desired, base=None, exclusive=True)
     read = kube.read("ConfigMap", ns.namespace, "conflict-routers")

@@ -2,10 +2,10 @@
 
 A router process runs beside the session's cluster (:mod:`support.realcluster`)
 with the token of a ServiceAccount bound to the Role the operator gives a
-pool's routers (``routerchildren.role``), so RBAC checks every call. What
-the router asked is read from its own debug log: the request line of each
-list, watch and patch as it went to the server, with the status the server
-answered.
+pool's routers (``gatewaypool_operator.children.router.role``), so RBAC
+checks every call. What the router asked is read from its own debug log:
+the request line of each list, watch and patch as it went to the server,
+with the status the server answered.
 
 The real watch cache sends a watch's bookmark 2 s before the watch's deadline
 (and otherwise every minute: ``nextBookmarkTime`` in k8s.io/apiserver's
@@ -40,7 +40,7 @@ from gatewaypool_local import scu
 from gatewaypool_local.peers import PynetdicomSink, wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
-from gatewaypool_operator import routerchildren
+from gatewaypool_operator.children import router
 from support.realcluster import Cluster, namespace_for
 
 StudyFactory = Callable[..., list[Study]]
@@ -105,11 +105,11 @@ class MapRouter:
         )
         rbac: Any = kubernetes.client.RbacAuthorizationV1Api(self.cluster.api())
         self.core.create_namespaced_service_account(
-            self.namespace, routerchildren.service_account(self.pool, self.namespace)
+            self.namespace, router.service_account(self.pool, self.namespace)
         )
-        rbac.create_namespaced_role(self.namespace, routerchildren.role(self.pool, self.namespace))
+        rbac.create_namespaced_role(self.namespace, router.role(self.pool, self.namespace))
         rbac.create_namespaced_role_binding(
-            self.namespace, routerchildren.role_binding(self.pool, self.namespace)
+            self.namespace, router.role_binding(self.pool, self.namespace)
         )
         wait_until(self._allowed, timeout=10, what="RBAC allows the router's watch")
         token = self.core.create_namespaced_service_account_token(

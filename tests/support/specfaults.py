@@ -690,20 +690,20 @@ FAULTS: Final[tuple[Fault, ...]] = (
 
 #: The operator's refusals the CRD's schema cannot make, and why.
 SCHEMA_CANNOT: Final[Mapping[str, str]] = {
-    "spec:_router#1": (
+    "spec.parse:_router#1": (
         "no router image and no operator default: the default is the operator's "
         "GATEWAYPOOL_IMAGE, which the CRD cannot see"
     ),
-    "spec:_router#2": (
+    "spec.parse:_router#2": (
         "whitespace in the default router image: a spec.router.image with whitespace is "
-        "refused earlier (specpod:image#2, in the table); this one is the operator's own "
+        "refused earlier (spec.pod:image#2, in the table); this one is the operator's own "
         "GATEWAYPOOL_IMAGE"
     ),
-    "specfields:__init__#2": (
+    "spec.fields:__init__#2": (
         "a field name that is not a string: JSON object keys always are, so no request "
         "can carry one"
     ),
-    "specfields:_check_qualified_name#1": (
+    "spec.fields:_check_qualified_name#1": (
         "label and annotation keys (qualified names): a schema cannot constrain a map's "
         "keys, and the API server refuses a CEL rule over them (self.all(k, k.matches(...))) "
         "as over its cost budget (1.6x, tried) unless every labels, annotations and "
@@ -715,7 +715,7 @@ SCHEMA_CANNOT: Final[Mapping[str, str]] = {
 #: Refusals the table shows that the schema makes only in part: it refuses the common
 #: case, not every value the operator does, and why.
 SCHEMA_PARTLY: Final[Mapping[str, str]] = {
-    "spec:_check_cidr#1": (
+    "spec.parse:_check_cidr#1": (
         "a CIDR's numbers (10.0.0.300/24, /129): the schema's pattern refuses what is "
         "not address/prefix, but checking the address needs CEL's isCIDR (Kubernetes "
         "1.31), newer than the 1.29 the CRD supports"

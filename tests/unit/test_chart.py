@@ -31,8 +31,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gatewaypool_operator import children, cli, kubeapply
-from gatewaypool_operator.spec import parse_spec
+from gatewaypool_operator import cli
+from gatewaypool_operator.children.desired import build_children, routers_configmap
+from gatewaypool_operator.kubeapply import OWNED_KINDS
+from gatewaypool_operator.spec.parse import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gatewaypool"
@@ -582,20 +584,20 @@ def _pool_children() -> list[dict[str, Any]]:
         },
         default_router_image="registry.example.org/gatewaypool/gatewaypool:0.1.0",
     )
-    built = children.build_children(
+    built = build_children(
         name="ct-triage",
         namespace="radiology",
         spec=spec,
         map_data={"map.json": '{"version":1}'},
         gateway_replicas=3,
     )
-    return [*built, children.routers_configmap(name="ct-triage", namespace="radiology")]
+    return [*built, routers_configmap(name="ct-triage", namespace="radiology")]
 
 
 def test_the_rules_cover_every_child_the_operator_builds() -> None:
     """The operator reads, creates, patches each child; the garbage collector deletes them."""
     built = _pool_children()
-    assert {obj["kind"] for obj in built} == set(kubeapply.OWNED_KINDS)
+    assert {obj["kind"] for obj in built} == set(OWNED_KINDS)
     for obj in built:
         verbs = EXPECTED_OPERATOR_RULES.get(_resource_of(obj), frozenset())
         assert {"get", "create", "patch"} <= verbs, obj["kind"]

@@ -22,7 +22,8 @@ from gatewaypool.contract import (
     ae_title_problem,
     uid_problem,
 )
-from gatewaypool_operator.spec import SpecError, parse_spec
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import parse_spec
 from gatewaypool_router.config import ConfigError, RouterConfig, check_ae_title
 from support.crd import CRD_PATH, version_of
 

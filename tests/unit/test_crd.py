@@ -32,12 +32,12 @@ import pytest
 import yaml
 
 from gatewaypool.contract import AE_TITLE_PATTERN
-from gatewaypool_operator.spec import (
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import (
     MAX_ALLOWED_CALLING_AE_TITLES,
     MAX_CALLER_SUBJECTS,
     MAX_SUBJECT_LENGTH,
     SUBJECT_PATTERN,
-    SpecError,
     parse_spec,
 )
 from support.crd import apply_defaults, load_crd, root_schema, version_of

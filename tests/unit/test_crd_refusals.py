@@ -20,13 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from gatewaypool_operator import exposure, spec, specfields, specpod, spectypes
-from gatewaypool_operator.spec import SpecError, check_name, parse_spec
+from gatewaypool_operator import exposure
+from gatewaypool_operator.spec import fields, parse, pod, types
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import check_name, parse_spec
 from support.crd import apply_defaults, root_schema
 from support.specfaults import FAULTS, SCHEMA_CANNOT, SCHEMA_PARTLY, Fault
 
 #: The modules whose checks make up the operator's spec parsing.
-MODULES = (spec, specfields, specpod, spectypes, exposure)
+MODULES = (parse, fields, pod, types, exposure)
 
 
 def _own_raises(function: ast.FunctionDef) -> list[ast.Raise]:
@@ -56,7 +58,7 @@ def raise_sites() -> dict[tuple[str, int], str]:
     sites = {}
     for module in MODULES:
         path = str(Path(module.__file__ or "").resolve())
-        name = module.__name__.rsplit(".", 1)[-1]
+        name = module.__name__.removeprefix("gatewaypool_operator.")
         tree = ast.parse(Path(path).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
@@ -103,8 +105,8 @@ def test_the_scan_finds_the_refusals() -> None:
     # The scan has teeth: it sees refusals of every module that makes them, nested ones too.
     sites = set(raise_sites().values())
     assert len(sites) > 80
-    assert {"spec:only_with#1", "specpod:_tolerations#1", "specfields:integer#3"} <= sites
-    assert "spec:_router_service#5" not in sites  # only_with's raise is its own
+    assert {"spec.parse:only_with#1", "spec.pod:_tolerations#1", "spec.fields:integer#3"} <= sites
+    assert "spec.parse:_router_service#5" not in sites  # only_with's raise is its own
 
 
 def test_fault_ids_are_unique() -> None:
@@ -143,5 +145,5 @@ def test_partial_refusals_are_shown_by_the_table() -> None:
 def test_the_coverage_check_can_fail() -> None:
     # Without its faults, the toleration refusal would be reported as missing.
     rest = {site_of(refusal(f)) for f in FAULTS if "toleration-exists" not in f.id}
-    assert "specpod:_tolerations#1" in shown()
-    assert "specpod:_tolerations#1" not in rest
+    assert "spec.pod:_tolerations#1" in shown()
+    assert "spec.pod:_tolerations#1" not in rest

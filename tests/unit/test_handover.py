@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from gatewaypool.assignment import moved_buckets, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway, dump_map, parse_map
 from gatewaypool.reports import build_report, dump_report, parse_report
-from gatewaypool_operator.handover import (
+from gatewaypool_operator.handover.decide import (
     GatewayPod,
     HandoverInput,
     HandoverPlan,
@@ -32,7 +32,7 @@ from gatewaypool_operator.handover import (
     Step,
     plan_handover,
 )
-from gatewaypool_operator.handoverstate import (
+from gatewaypool_operator.handover.state import (
     HandoverState,
     MoveBatch,
     StateError,
@@ -1016,18 +1016,18 @@ def test_the_model_passes_a_scenario_that_a_careless_core_fails() -> None:
 
 def test_the_model_catches_a_core_that_ignores_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property checker can fail: with the quiet check gone, it sees the split."""
-    from gatewaypool_operator import handover
+    from gatewaypool_operator.handover import decide
 
-    monkeypatch.setattr(handover._Routers, "quiet", lambda *args, **kwargs: True)
-    monkeypatch.setattr(handover._Routers, "closing", lambda *args, **kwargs: Step.COMPLETED)
+    monkeypatch.setattr(decide._Routers, "quiet", lambda *args, **kwargs: True)
+    monkeypatch.setattr(decide._Routers, "closing", lambda *args, **kwargs: Step.COMPLETED)
     with pytest.raises(SplitError, match="bucket 5 active"):
         run_model(buckets=6, start=2, routers=2, steps=SPLITTING_SCENARIO, failover=None)
 
 
 def test_the_model_catches_a_core_that_shrinks_too_early(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gatewaypool_operator import handover
+    from gatewaypool_operator.handover import decide
 
-    monkeypatch.setattr(handover, "_replicas", lambda x, **kwargs: x.wanted)
+    monkeypatch.setattr(decide, "_replicas", lambda x, **kwargs: x.wanted)
     with pytest.raises(AssertionError):
         run_model(buckets=6, start=3, routers=1, steps=[("scale", 2)], failover=None)
 
@@ -1050,16 +1050,16 @@ def test_the_closing_step_saves_a_core_that_trusts_stale_reports(
 ) -> None:
     """With the quiet check made to trust a stale report, the closing step still asks
     every router on the closing version, sees bucket 5 used, and moves nothing."""
-    from gatewaypool_operator import handover
+    from gatewaypool_operator.handover import decide
 
     model = run_model(buckets=6, start=2, routers=2, steps=STALE_SCENARIO, failover=None)
     assert model.published is not None
     assert model.published.moving == {4: 2, 5: 2}  # waits for a fresh report from router-0
     trusting = replace(MODEL_SETTINGS, fresh_seconds=8)
-    original = handover._Routers.quiet
+    original = decide._Routers.quiet
 
     def quiet(
-        self: handover._Routers,
+        self: decide._Routers,
         bucket: int,
         *,
         marked: int,
@@ -1069,7 +1069,7 @@ def test_the_closing_step_saves_a_core_that_trusts_stale_reports(
     ) -> bool:
         return original(self, bucket, marked=marked, buckets=buckets, settings=trusting, now=now)
 
-    monkeypatch.setattr(handover._Routers, "quiet", quiet)
+    monkeypatch.setattr(decide._Routers, "quiet", quiet)
     steps = [*STALE_SCENARIO, ("sync", 0), ("sync", 1), ("tick", 1), ("sync", 0), ("sync", 1)]
     model = run_model(buckets=6, start=2, routers=2, steps=steps, failover=None)
     assert model.published is not None

@@ -11,18 +11,21 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from gatewaypool_operator.children import (
-    autoscaler_name,
+from gatewaypool_operator.children.desired import (
     build_children,
+    optional_children,
+    routers_configmap,
+)
+from gatewaypool_operator.children.names import (
+    autoscaler_name,
     gateway_dns_name,
     labels,
-    optional_children,
     owner_reference,
-    routers_configmap,
     selector_labels,
     selector_string,
 )
-from gatewaypool_operator.spec import MAX_NAME_LENGTH, PoolSpec, parse_spec
+from gatewaypool_operator.spec.parse import MAX_NAME_LENGTH, parse_spec
+from gatewaypool_operator.spec.types import PoolSpec
 
 NAME = "ct-triage"
 NAMESPACE = "radiology"

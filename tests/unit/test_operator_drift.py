@@ -15,13 +15,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewaypool_operator import children, drift
-from gatewaypool_operator.spec import parse_spec
-from support.cluster import NS
+from gatewaypool_operator import drift
+from gatewaypool_operator.children.desired import build_children
+from gatewaypool_operator.children.names import selector_labels
+from gatewaypool_operator.spec.parse import parse_spec
 from support.kubeemu.apply import apply as server_apply
 from support.kubeemu.defaults import apply_defaults, canonicalize_quantities, drop_empty_strings
 from support.kubeemu.schemas import Schema, builtin_schema
 
+NS = "radiology"
 OWNER = {
     "apiVersion": "gatewaypool.io/v1alpha1",
     "kind": "GatewayPool",
@@ -34,7 +36,7 @@ OWNER = {
 
 def objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
     parsed = parse_spec(spec, default_router_image="gp:1")
-    built = children.build_children(
+    built = build_children(
         name="ct",
         namespace=NS,
         spec=parsed,
@@ -232,7 +234,7 @@ def test_immutable_changes() -> None:
 @given(spec=gateways, name=st.sampled_from(["ct", "mr-triage", "a"]))
 def test_selectors_come_from_the_pool_name_only(spec: dict[str, Any], name: str) -> None:
     parsed = parse_spec(base_spec(**spec), default_router_image="gp:1")
-    for obj in children.build_children(
+    for obj in build_children(
         name=name, namespace=NS, spec=parsed, map_data=None, gateway_replicas=1
     ):
         selector = (obj.get("spec") or {}).get("selector")
@@ -240,7 +242,7 @@ def test_selectors_come_from_the_pool_name_only(spec: dict[str, Any], name: str)
             component = "gateway" if obj["kind"] != "Deployment" else "router"
             if obj["metadata"]["name"].endswith("-router"):
                 component = "router"
-            assert selector == {"matchLabels": children.selector_labels(name, component)}
+            assert selector == {"matchLabels": selector_labels(name, component)}
 
 
 def _list_fields(

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
 from gatewaypool_operator.mapgateways import desired_gateways, read_published
-from gatewaypool_operator.spec import PoolSpec, parse_spec
+from gatewaypool_operator.spec.parse import parse_spec
+from gatewaypool_operator.spec.types import PoolSpec
 
 NAME = "ct-triage"
 NAMESPACE = "radiology"

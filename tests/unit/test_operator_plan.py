@@ -17,23 +17,17 @@ from typing import Any, cast
 import pytest
 
 from gatewaypool.bucketmap import BucketMap, balanced_map, dump_map, parse_map
+from gatewaypool.contract import MAP_KEY
 from gatewaypool.reports import build_report, dump_report
-from gatewaypool_operator import children, handoverstate
+from gatewaypool_operator.apply import apply
+from gatewaypool_operator.children.names import selector_labels
+from gatewaypool_operator.handover.state import STATE_KEY
 from gatewaypool_operator.kubeapply import Applied, Cluster, ConflictError, RefusedError
 from gatewaypool_operator.mapgateways import desired_gateways
-from gatewaypool_operator.plan import (
-    ACCEPTED_SPEC_ANNOTATION,
-    APPLY_REFUSED,
-    ApplyResult,
-    Observed,
-    Plan,
-    Prune,
-    Write,
-    finish,
-    plan,
-)
-from gatewaypool_operator.reconcile import apply
-from gatewaypool_operator.spec import parse_spec
+from gatewaypool_operator.passdata import ApplyResult, Observed, Plan, Prune, Write
+from gatewaypool_operator.plan import ACCEPTED_SPEC_ANNOTATION, finish, plan
+from gatewaypool_operator.poolstatus import APPLY_REFUSED
+from gatewaypool_operator.spec.parse import parse_spec
 
 NAME, NS, UID = "ct", "radiology", "uid-of-ct"
 ROUTER_IMAGE = "gatewaypool:1"
@@ -88,7 +82,7 @@ def gateway_pod(ordinal: int, *, ready: bool = True) -> dict[str, Any]:
     return {
         "metadata": {
             "name": f"ct-gw-{ordinal}",
-            "labels": children.selector_labels(NAME, "gateway"),
+            "labels": selector_labels(NAME, "gateway"),
             "creationTimestamp": EARLIER,
         },
         "spec": {
@@ -110,7 +104,7 @@ def router_pod(name: str) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
-            "labels": children.selector_labels(NAME, "router"),
+            "labels": selector_labels(NAME, "router"),
             "creationTimestamp": EARLIER,
         }
     }
@@ -136,7 +130,7 @@ def published(gateways: int, *, version: int = 3) -> dict[str, Any]:
     bucket_map = balanced_map(listed, buckets=12, version=version)
     return {
         "metadata": {"name": "ct-map", "namespace": NS, "resourceVersion": "41"},
-        "data": {children.MAP_KEY: dump_map(bucket_map)},
+        "data": {MAP_KEY: dump_map(bucket_map)},
     }
 
 
@@ -187,7 +181,7 @@ def map_written(decided: Plan) -> BucketMap | None:
     """The map the pass publishes (None: the ConfigMap is not written, or has no map)."""
     write = write_of(decided, "ConfigMap", "ct-map")
     data = (write.obj.get("data") or {}) if write is not None else {}
-    return parse_map(data[children.MAP_KEY]) if children.MAP_KEY in data else None
+    return parse_map(data[MAP_KEY]) if MAP_KEY in data else None
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -242,7 +236,7 @@ def test_a_new_pool_has_no_map_until_a_gateway_is_ready() -> None:
     assert set(first.owners) == {0}  # only the Ready gateway takes buckets
     map_write = write_of(decided, "ConfigMap", "ct-map")
     assert map_write is not None and map_write.base is observed.map_configmap
-    assert handoverstate.STATE_KEY in map_write.obj["data"]
+    assert STATE_KEY in map_write.obj["data"]
     assert reasons(decided) == ["BucketMapPublished"]
     assert decided.status["mapVersion"] == 1
 
@@ -444,7 +438,7 @@ def test_a_failed_router_pod_neither_holds_nor_forces_a_handover() -> None:
             if map_write is not None
             else observed.map_configmap
         )
-        version = parse_map(map_configmap["data"][children.MAP_KEY]).version
+        version = parse_map(map_configmap["data"][MAP_KEY]).version
         replicas = sts_replicas(decided)
         now += timedelta(seconds=31)
         # The live router applied what was published and routed nothing since.

@@ -22,7 +22,8 @@ from gatewaypool_operator.poolstatus import (
     merge_patch,
     report_in_sync,
 )
-from gatewaypool_operator.spec import PoolSpec, parse_spec
+from gatewaypool_operator.spec.parse import parse_spec
+from gatewaypool_operator.spec.types import PoolSpec
 
 NAME = "ct-triage"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

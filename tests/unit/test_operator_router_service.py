@@ -12,21 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
 from gatewaypool_operator import exposure
-from gatewaypool_operator.children import build_children
+from gatewaypool_operator.children.desired import build_children
+from gatewaypool_operator.children.gateway import UNPRIVILEGED_PORT_SYSCTL
 from gatewaypool_operator.drift import immutable_change
-from gatewaypool_operator.gatewaychildren import UNPRIVILEGED_PORT_SYSCTL
 from gatewaypool_operator.passdata import Observed
 from gatewaypool_operator.plan import plan
-from gatewaypool_operator.spec import PoolSpec, SpecError, parse_spec
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import parse_spec
+from gatewaypool_operator.spec.types import PoolSpec
 from support.servicecombos import combinations
 
 NAME, NAMESPACE = "ct", "radiology"
+REPO = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -441,8 +445,6 @@ def test_the_operator_option_takes_the_environment_and_refuses_a_bad_domain(
 
 def test_the_modality_vlan_example_is_reachable_only_from_its_subnets() -> None:
     import yaml
-
-    from support.cluster import REPO
 
     pool = yaml.safe_load((REPO / "examples" / "modality-vlan.yaml").read_text())
     spec = parse_spec(pool["spec"], default_router_image="gp:1")

@@ -12,18 +12,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewaypool_operator.spec import (
+from gatewaypool_operator.spec.fields import SpecError, thaw
+from gatewaypool_operator.spec.parse import MAX_NAME_LENGTH, check_name, parse_spec
+from gatewaypool_operator.spec.types import (
     DEFAULT_TLS_PORT,
-    MAX_NAME_LENGTH,
     AutoscalingSpec,
     CallerSubject,
     GatewayTLSSpec,
     PoolSpec,
     RouterTLSSpec,
-    SpecError,
-    check_name,
-    parse_spec,
-    thaw,
 )
 from support.crd import apply_defaults, spec_schema
 
@@ -820,7 +817,7 @@ def test_pool_names_that_would_break_children_are_refused(name: str) -> None:
 
 
 def test_handover_and_scale_down_settings() -> None:
-    from gatewaypool_operator.spec import SpecError as _SpecError
+    from gatewaypool_operator.spec.fields import SpecError as _SpecError
 
     spec = parse_spec(
         {

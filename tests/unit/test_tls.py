@@ -449,7 +449,7 @@ def _router_to_gateway(
 
 def test_one_wildcard_certificate_serves_every_gateway_of_a_pool(ca: TestCA) -> None:
     # The certificate docs/security.md asks for: *.NAME-gw.<namespace>.svc.cluster.local.
-    from gatewaypool_operator.childnames import gateway_dns_name
+    from gatewaypool_operator.children.names import gateway_dns_name
 
     wildcard = ca.issue("gateways", "*.ct-gw.radiology.svc.cluster.local")
     for ordinal in (0, 1, 17):

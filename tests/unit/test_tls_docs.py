@@ -7,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from gatewaypool_operator import children
-from gatewaypool_operator.spec import parse_spec
+from gatewaypool_operator.children.desired import build_children
+from gatewaypool_operator.children.gateway import FS_GROUP
+from gatewaypool_operator.children.podparts import SECRET_FILE_MODE
+from gatewaypool_operator.spec.parse import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "security.md"
@@ -30,9 +32,11 @@ EVERYTHING = {
 
 
 def test_the_guide_lists_every_folder_and_option_the_operator_renders() -> None:
+    from gatewaypool_operator.children.router import RUN_AS_USER, secret_mounts
+
     text = GUIDE.read_text()
     spec = parse_spec(EVERYTHING, default_router_image="gp:1")
-    mounts = children.router_secret_mounts(spec)
+    mounts = secret_mounts(spec)
     assert len(mounts) == 4
     for mount in mounts:
         assert f"`{mount.directory}`" in text, mount.directory
@@ -40,7 +44,7 @@ def test_the_guide_lists_every_folder_and_option_the_operator_renders() -> None:
             assert f"`{key}`" in text
     [deployment] = [
         obj
-        for obj in children.build_children(
+        for obj in build_children(
             name="ct", namespace="ns", spec=spec, map_data=None, gateway_replicas=1
         )
         if obj["kind"] == "Deployment"
@@ -59,8 +63,8 @@ def test_the_guide_lists_every_folder_and_option_the_operator_renders() -> None:
     }
     for option in options - {"--tls-port"}:
         assert f"`{option}" in text, option
-    assert f"0{children.SECRET_FILE_MODE:o}" in text
-    assert f"`fsGroup` {children.RUN_AS_USER}" in text
+    assert f"0{SECRET_FILE_MODE:o}" in text
+    assert f"`fsGroup` {RUN_AS_USER}" in text
 
 
 def test_the_dcmtk_commands_use_the_examples_names() -> None:
@@ -94,13 +98,13 @@ def test_the_guides_links_exist() -> None:
 
 
 def test_the_gateway_example_is_a_valid_spec_whose_args_name_the_mounted_files() -> None:
-    from gatewaypool_operator.gatewaychildren import gateway_secret_mounts
+    from gatewaypool_operator.children.gateway import secret_mounts
 
     blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.DOTALL)
     [block] = [b for b in blocks if "serverCertSecretName" in b and "args:" in b]
     spec = yaml.safe_load(block)["spec"]
     pool = parse_spec(spec, default_router_image="gp:1")
-    [mount] = gateway_secret_mounts(pool)
+    [mount] = secret_mounts(pool)
     assert mount.secret_name == spec["gateway"]["tls"]["serverCertSecretName"]
     args = spec["gateway"]["args"]
     assert args[args.index("+tls") + 1 : args.index("+tls") + 3] == [
@@ -112,4 +116,4 @@ def test_the_gateway_example_is_a_valid_spec_whose_args_name_the_mounted_files()
     assert args[args.index("-od") + 1] == pool.gateway.storage.mount_path
     text = GUIDE.read_text()
     assert f"`{mount.directory}`" in text
-    assert f"mode 0{children.SECRET_FILE_MODE:o}, group {children.FS_GROUP}" in text
+    assert f"mode 0{SECRET_FILE_MODE:o}, group {FS_GROUP}" in text

@@ -7,7 +7,7 @@ and the container fields the gateway and router sections share (``image``,
 Kubernetes fields, kept frozen and checked as far as the API server would
 refuse them, so that a bad value is reported against the pool's field rather
 than as a StatefulSet the API server rejects. Called by the section readers
-of `gatewaypool_operator.spec`.
+of `gatewaypool_operator.spec.parse`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from gatewaypool.strict import is_int, kind_of
-from gatewaypool_operator.specfields import (
+from gatewaypool_operator.spec.fields import (
     QUANTITY,
     SpecError,
     SpecObject,
     check_subdomain,
     thaw,
 )
-from gatewaypool_operator.spectypes import PodTemplateSpec
+from gatewaypool_operator.spec.types import PodTemplateSpec
 
 __all__ = [
     "RESERVED_LABELS",

@@ -1,6 +1,6 @@
 """What the handover remembers between passes, and its text beside the map.
 
-`HandoverState` is all `gatewaypool_operator.handover.plan_handover` needs
+`HandoverState` is all `gatewaypool_operator.handover.decide.plan_handover` needs
 besides what it observes; the operator stores `dump_state`'s text under
 `STATE_KEY` in the ``NAME-map`` ConfigMap, in the same update as the map.
 `parse_state` names the field of a malformed state, which the caller treats

@@ -6,8 +6,8 @@ fields and out-of-range values become a `SpecError` that names the field as
 a user writes it in ``kubectl edit``. The checks of single values (AE
 titles, DNS names, label keys and values, quantities) and the frozen form of
 free-form fields (`thaw` undoes it) live here too, beside the readers that
-use them. The section readers are in `gatewaypool_operator.spec` and
-`gatewaypool_operator.specpod`.
+use them. The section readers are in `gatewaypool_operator.spec.parse` and
+`gatewaypool_operator.spec.pod`.
 """
 
 from __future__ import annotations

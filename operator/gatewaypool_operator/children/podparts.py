@@ -1,7 +1,7 @@
 """What gateway and router pods share: security context, resources, spread, Secrets, PDB.
 
-Both the gateway StatefulSet (`gatewaypool_operator.gatewaychildren`) and
-the router Deployment (`gatewaypool_operator.routerchildren`) run locked-down
+Both the gateway StatefulSet (`gatewaypool_operator.children.gateway`) and
+the router Deployment (`gatewaypool_operator.children.router`) run locked-down
 containers with a writable ``/tmp`` only, take their resource requirements
 from the spec, spread over zones and nodes unless the spec says otherwise,
 mount the TLS Secrets of the spec read-only below `TLS_DIRECTORY`, and have
@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gatewaypool_operator.childnames import labels, object_metadata, selector_labels
-from gatewaypool_operator.specfields import thaw
-from gatewaypool_operator.spectypes import PodTemplateSpec
+from gatewaypool_operator.children.names import labels, object_metadata, selector_labels
+from gatewaypool_operator.spec.fields import thaw
+from gatewaypool_operator.spec.types import PodTemplateSpec
 
 __all__ = [
     "CA_KEY",

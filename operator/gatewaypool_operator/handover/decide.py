@@ -75,7 +75,7 @@ Map gateways are numbered by StatefulSet ordinal (gateway ``i`` is pod ``i``),
 as `gatewaypool_operator.mapgateways.desired_gateways` builds them, so gateway
 indices in routers' reports mean the same pod in every version.
 
-Where the move records live (`gatewaypool_operator.handoverstate`):
+Where the move records live (`gatewaypool_operator.handover.state`):
 `dump_state` gives the text the operator stores under `STATE_KEY` in the
 ``NAME-map`` ConfigMap, written in the same update as the map (routers
 read only ``map.json``), so a map and the start times of its moves are
@@ -97,7 +97,7 @@ from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.reports import AGE_CLASSES, RouterReport
 from gatewaypool.strict import format_time
 from gatewaypool_operator.events import Event, Reason
-from gatewaypool_operator.handoverstate import MAX_BATCHES, HandoverState, MoveBatch
+from gatewaypool_operator.handover.state import MAX_BATCHES, HandoverState, MoveBatch
 
 __all__ = [
     "DEFAULT_FRESH_SECONDS",

@@ -1,6 +1,6 @@
 """The GatewayPool spec as typed, frozen data: one dataclass per section of ``spec``.
 
-`gatewaypool_operator.spec.parse_spec` builds a `PoolSpec` from the raw
+`gatewaypool_operator.spec.parse.parse_spec` builds a `PoolSpec` from the raw
 spec, with every default applied and every field checked; everything
 downstream of it reads these types and never raw dictionaries. The
 constructors trust their arguments (tests and the operator's own code
@@ -54,7 +54,7 @@ class PodTemplateSpec:
     """``spec.gateway.podTemplate``: extra settings for the gateway pods.
 
     Mappings are read-only and nested values frozen (see
-    `gatewaypool_operator.specfields.thaw`), so a spec shared between
+    `gatewaypool_operator.spec.fields.thaw`), so a spec shared between
     reconciliations cannot be changed by accident.
     """
 

@@ -3,8 +3,8 @@
 Every child's name derives from the pool's (``NAME-gw``, ``NAME-router``,
 ``NAME-map``, ``NAME-routers``) and every child carries the same labels, so
 that the operator, the routers and a user's ``kubectl get -l`` find them
-without looking anything up. The objects themselves are built in
-`gatewaypool_operator.children` and the modules it calls.
+without looking anything up. The objects themselves are built by the
+other modules of `gatewaypool_operator.children`.
 """
 
 from __future__ import annotations

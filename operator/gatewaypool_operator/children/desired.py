@@ -1,4 +1,4 @@
-"""Everything a GatewayPool owns, built as plain data from its spec.
+"""The list of everything a GatewayPool owns, built as plain data from its spec.
 
 Desired state is built here and applied elsewhere: these functions return
 the objects as ``kubectl get -o json`` would show them, minus what the API
@@ -6,22 +6,15 @@ server fills in, so that a test can check a StatefulSet without a cluster
 and the applier only compares and writes. Nothing here talks to the API.
 
 The objects are built without an ownerReference: the pass's plan
-(`gatewaypool_operator.plan`) adds `owner_reference` to each object it
-writes (the pool's uid is known only from the live object), which makes the
-garbage collector delete them with the pool.
+(`gatewaypool_operator.plan`) adds `gatewaypool_operator.children.names.owner_reference`
+to each object it writes (the pool's uid is known only from the live
+object), which makes the garbage collector delete them with the pool.
 
 This module holds the list (`build_children`), the two ConfigMaps and the
-HorizontalPodAutoscaler; the other objects are built in modules of their
-own, and their public names are re-exported here:
-
-- `gatewaypool_operator.childnames`: names, labels, selectors, metadata and
-  the ownerReference, which follow the shared contract;
-- `gatewaypool_operator.gatewaychildren`: the gateway StatefulSet, its
-  headless Service and NetworkPolicy;
-- `gatewaypool_operator.routerchildren`: the router Deployment, Service,
-  RBAC, NetworkPolicy and TLS Secret mounts;
-- `gatewaypool_operator.podparts`: what both pod templates share, and the
-  PodDisruptionBudget of each (`pod_disruption_budget`).
+HorizontalPodAutoscaler. The gateways' objects are built by
+`gatewaypool_operator.children.gateway`, the routers' by
+`gatewaypool_operator.children.router`, and the PodDisruptionBudget of each
+by `gatewaypool_operator.children.podparts.pod_disruption_budget`.
 """
 
 from __future__ import annotations
@@ -29,71 +22,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gatewaypool.contract import API_GROUP, KIND, MAP_KEY
-from gatewaypool_operator import gatewaychildren, routerchildren
-from gatewaypool_operator.childnames import (
+from gatewaypool.contract import KIND
+from gatewaypool_operator.children import gateway, router
+from gatewaypool_operator.children.names import (
     API_VERSION,
     autoscaler_name,
-    gateway_dns_name,
-    gateway_pod_name,
     labels,
     map_configmap_name,
     object_metadata,
-    owner_reference,
     router_name,
     routers_configmap_name,
-    selector_labels,
-    selector_string,
     statefulset_name,
 )
-from gatewaypool_operator.gatewaychildren import FS_GROUP, gateway_secret_mounts
-from gatewaypool_operator.podparts import (
-    SECRET_FILE_MODE,
-    TLS_DIRECTORY,
-    SecretMount,
-    pod_disruption_budget,
-    topology_spread,
-)
-from gatewaypool_operator.routerchildren import (
-    ROUTER_DICOM_PORT,
-    ROUTER_HTTP_PORT,
-    ROUTER_TLS_PORT,
-    RUN_AS_USER,
-    router_secret_mounts,
-)
-from gatewaypool_operator.spectypes import AutoscalingSpec, PoolSpec
+from gatewaypool_operator.children.podparts import pod_disruption_budget
+from gatewaypool_operator.spec.types import AutoscalingSpec, PoolSpec
 
 __all__ = [
-    "API_GROUP",
-    "API_VERSION",
-    "FS_GROUP",
-    "KIND",
-    "MAP_KEY",
-    "ROUTER_DICOM_PORT",
-    "ROUTER_HTTP_PORT",
-    "ROUTER_TLS_PORT",
-    "RUN_AS_USER",
-    "SECRET_FILE_MODE",
+    "SCALE_UP_POLICIES",
     "STUDIES_IN_FLIGHT_METRIC",
-    "TLS_DIRECTORY",
-    "SecretMount",
-    "autoscaler_name",
     "build_children",
-    "gateway_dns_name",
-    "gateway_pod_name",
-    "gateway_secret_mounts",
-    "labels",
-    "map_configmap_name",
     "optional_children",
-    "owner_reference",
-    "router_name",
-    "router_secret_mounts",
     "routers_configmap",
-    "routers_configmap_name",
-    "selector_labels",
-    "selector_string",
-    "statefulset_name",
-    "topology_spread",
 ]
 
 STUDIES_IN_FLIGHT_METRIC: Final = "gatewaypool_studies_in_flight"
@@ -133,7 +82,7 @@ def build_children(
         The StatefulSet's replica count, which the handover decides, not the
         spec: ``spec.replicas`` when growing, and while scaling down only as
         few as no live router can still send to a gateway it would remove
-        (see `gatewaypool_operator.handover`).
+        (see `gatewaypool_operator.handover.decide`).
 
     Returns
     -------
@@ -155,8 +104,8 @@ def build_children(
         raise ValueError(f"gateway_replicas: {gateway_replicas!r} is negative")
     policies = (
         [
-            gatewaychildren.network_policy(name, namespace, spec),
-            routerchildren.router_network_policy(name, namespace, spec),
+            gateway.network_policy(name, namespace, spec),
+            router.network_policy(name, namespace, spec),
         ]
         if spec.network_policy.enabled
         else []
@@ -167,17 +116,17 @@ def build_children(
         else []
     )
     return [
-        routerchildren.service_account(name, namespace),
-        routerchildren.role(name, namespace),
-        routerchildren.role_binding(name, namespace),
+        router.service_account(name, namespace),
+        router.role(name, namespace),
+        router.role_binding(name, namespace),
         _map_configmap(name, namespace, map_data),
-        gatewaychildren.headless_service(name, namespace, spec),
-        gatewaychildren.statefulset(name, namespace, spec, gateway_replicas),
+        gateway.service(name, namespace, spec),
+        gateway.statefulset(name, namespace, spec, gateway_replicas),
         *policies,
         pod_disruption_budget(statefulset_name(name), name, namespace, "gateway"),
-        routerchildren.router_deployment(name, namespace, spec),
+        router.deployment(name, namespace, spec),
         pod_disruption_budget(router_name(name), name, namespace, "router"),
-        routerchildren.router_service(name, namespace, spec),
+        router.service(name, namespace, spec),
         *autoscalers,
     ]
 

@@ -5,11 +5,11 @@ per gateway with a stable DNS name from the headless Service (the names the
 bucket map lists), its own volume with ``spec.gateway.storage``, a
 NetworkPolicy that lets only the pool's routers (and
 ``spec.networkPolicy.extraIngress``) reach it (and a PodDisruptionBudget of
-one, from `gatewaypool_operator.podparts`). With
+one, from `gatewaypool_operator.children.podparts`). With
 ``spec.gateway.tls.serverCertSecretName`` every gateway pod mounts that
-certificate (`gateway_secret_mounts`). Built as plain data;
-`gatewaypool_operator.children.build_children` puts them in the list of what
-the pool owns.
+certificate (`secret_mounts`). Built as plain data;
+`gatewaypool_operator.children.desired.build_children` puts them in the list
+of what the pool owns.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from gatewaypool_operator.childnames import (
+from gatewaypool_operator.children.names import (
     labels,
     object_metadata,
     selector_labels,
     statefulset_name,
 )
-from gatewaypool_operator.podparts import (
+from gatewaypool_operator.children.podparts import (
     CERT_KEYS,
     GATEWAY_CERT_DIRECTORY,
     TMP_VOLUME,
@@ -35,18 +35,17 @@ from gatewaypool_operator.podparts import (
     secret_volume,
     topology_spread,
 )
-from gatewaypool_operator.specfields import thaw
-from gatewaypool_operator.spectypes import GatewaySpec, PoolSpec
+from gatewaypool_operator.spec.fields import thaw
+from gatewaypool_operator.spec.types import GatewaySpec, PoolSpec
 
 __all__ = [
     "DATA_VOLUME",
     "FS_GROUP",
-    "GATEWAY_CERT_DIRECTORY",
     "PRIVILEGED_PORTS",
     "UNPRIVILEGED_PORT_SYSCTL",
-    "gateway_secret_mounts",
-    "headless_service",
     "network_policy",
+    "secret_mounts",
+    "service",
     "statefulset",
 ]
 
@@ -60,7 +59,7 @@ DATA_VOLUME: Final = "data"
 """The volume of ``spec.gateway.storage``, and so the prefix of its claims' names."""
 
 
-def gateway_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
+def secret_mounts(spec: PoolSpec) -> list[SecretMount]:
     """Return the Secrets the gateway pods mount: the certificate of ``serverCertSecretName``.
 
     Its files are `GATEWAY_CERT_DIRECTORY` ``/tls.crt`` and ``/tls.key``,
@@ -75,7 +74,7 @@ def gateway_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
     ]
 
 
-def headless_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+def service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     """Return the headless Service ``NAME-gw``, which gives each gateway pod its DNS name."""
     return {
         "apiVersion": "v1",
@@ -102,7 +101,7 @@ def statefulset(name: str, namespace: str, spec: PoolSpec, gateway_replicas: int
     """Return the gateway StatefulSet ``NAME-gw`` with `gateway_replicas` pods."""
     gateway = spec.gateway
     template = gateway.pod_template
-    secrets = gateway_secret_mounts(spec)
+    secrets = secret_mounts(spec)
     container = _container(gateway, secrets)
     pod_security = _pod_security(gateway, secrets)
     pod_spec: dict[str, Any] = {

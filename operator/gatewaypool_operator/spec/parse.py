@@ -2,9 +2,8 @@
 
 The API server checks a spec against the CRD's schema and fills in its
 defaults, but the operator must not rely on that: a CRD installed without
-the schema, an older CRD version, or the test emulator (which neither
-validates nor defaults) would otherwise let a half-filled spec reach the
-code that builds StatefulSets. `parse_spec` therefore applies every default
+the schema, or an older CRD version, would otherwise let a half-filled spec
+reach the code that builds StatefulSets. `parse_spec` therefore applies every default
 of the contract itself and checks everything the schema checks, plus what
 only the operator can know: that a label cannot break the pool's selectors,
 that an AE title is usable in a bucket map, that a router image exists at
@@ -17,15 +16,11 @@ message ends up in an Event and in ``status.conditions`` where the user has
 to find that field.
 
 This module reads the pool-level sections (gateway, storage, router and its
-TLS, handover, autoscaling, network policy). The rest of the spec's code is
-in modules of its own, and what they define is re-exported here, so
-``gatewaypool_operator.spec`` stays the one import for the spec:
-
-- `gatewaypool_operator.spectypes`: the typed, frozen dataclasses;
-- `gatewaypool_operator.specpod`: readers of the pod template and of the
-  container fields both sections share (image, env, resources, spread);
-- `gatewaypool_operator.specfields`: the field-reader class, `SpecError`,
-  the value checks and `thaw`.
+TLS, handover, autoscaling, network policy) into the dataclasses of
+`gatewaypool_operator.spec.types`; the readers of the pod template and of
+the container fields both sections share (image, env, resources, spread)
+are `gatewaypool_operator.spec.pod`'s, and the field reader, `SpecError`,
+the value checks and `thaw` are `gatewaypool_operator.spec.fields`'.
 """
 
 from __future__ import annotations
@@ -36,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from gatewaypool.contract import (
-    AE_TITLE_PATTERN,
     MAX_BUCKETS,
     SUBJECT_ATTRIBUTE_TYPES,
     uid_problem,
@@ -44,9 +38,9 @@ from gatewaypool.contract import (
 from gatewaypool.quantity import QuantityError
 from gatewaypool.quantity import parse as parse_quantity
 from gatewaypool.strict import is_int, kind_of
-from gatewaypool_operator import specpod
-from gatewaypool_operator.podparts import GATEWAY_CERT_DIRECTORY
-from gatewaypool_operator.specfields import (
+from gatewaypool_operator.children.podparts import GATEWAY_CERT_DIRECTORY
+from gatewaypool_operator.spec import pod
+from gatewaypool_operator.spec.fields import (
     DNS_LABEL,
     QUANTITY,
     SpecError,
@@ -54,10 +48,9 @@ from gatewaypool_operator.specfields import (
     check_ae_title,
     check_subdomain,
     is_qualified_name,
-    thaw,
 )
-from gatewaypool_operator.specpod import RESERVED_LABELS
-from gatewaypool_operator.spectypes import (
+from gatewaypool_operator.spec.pod import RESERVED_LABELS
+from gatewaypool_operator.spec.types import (
     DEFAULT_BUCKETS,
     DEFAULT_TLS_PORT,
     AutoscalingSpec,
@@ -76,31 +69,14 @@ from gatewaypool_operator.spectypes import (
 )
 
 __all__ = [
-    "AE_TITLE_PATTERN",
-    "DEFAULT_BUCKETS",
-    "DEFAULT_TLS_PORT",
     "MAX_ALLOWED_CALLING_AE_TITLES",
     "MAX_CALLER_SUBJECTS",
     "MAX_NAME_LENGTH",
     "MAX_SCALE_DOWN_WINDOW",
     "MAX_SUBJECT_LENGTH",
-    "RESERVED_LABELS",
     "SUBJECT_PATTERN",
-    "AutoscalingSpec",
-    "CallerSubject",
-    "GatewaySpec",
-    "GatewayTLSSpec",
-    "HandoverSpec",
-    "NetworkPolicySpec",
-    "PodTemplateSpec",
-    "PoolSpec",
-    "RouterSpec",
-    "RouterTLSSpec",
-    "SpecError",
-    "StorageSpec",
     "check_name",
     "parse_spec",
-    "thaw",
 ]
 
 MAX_REPLICAS: Final = 1024
@@ -305,16 +281,16 @@ def _gateway(section: SpecObject) -> GatewaySpec:
             "spec.gateway.tls.serverCertSecretName",
         )
     return GatewaySpec(
-        image=specpod.image(section, "image", default=None),
+        image=pod.image(section, "image", default=None),
         image_pull_policy=section.choice("imagePullPolicy", _PULL_POLICIES, "IfNotPresent"),
         command=section.strings("command"),
         args=section.strings("args"),
         port=section.integer("port", default=104, low=1, high=65535),
         ae_title=section.ae_title("aeTitle", default="GATEWAY"),
-        env=specpod.env(section),
-        resources=specpod.resources(section, "resources"),
+        env=pod.env(section),
+        resources=pod.resources(section, "resources"),
         storage=storage,
-        pod_template=specpod.pod_template(section.child("podTemplate")),
+        pod_template=pod.pod_template(section.child("podTemplate")),
         termination_grace_period_seconds=section.integer(
             "terminationGracePeriodSeconds", default=30, low=0, high=3600
         ),
@@ -423,7 +399,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         "plainPort",
         "tls",
     )
-    image = specpod.image(section, "image", default="") or default_router_image
+    image = pod.image(section, "image", default="") or default_router_image
     if not image:
         raise SpecError(
             section.path("image"),
@@ -467,7 +443,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         port=port,
         service=_router_service(section, plain_port=plain_port, tls=tls is not None),
         allowed_calling_ae_titles=allowed,
-        resources=specpod.resources(section, "resources"),
+        resources=pod.resources(section, "resources"),
         pod_template=_router_pod_template(section),
         plain_port=plain_port,
         tls=tls,
@@ -478,8 +454,8 @@ def _router_pod_template(section: SpecObject) -> PodTemplateSpec:
     """``spec.router.podTemplate``, whose spread ``spec.router.topologySpreadConstraints``
     (the older spelling) may give instead, not both."""
     template_section = section.child("podTemplate")
-    template = specpod.pod_template(template_section, with_service_account=False)
-    older = specpod.spread(section)
+    template = pod.pod_template(template_section, with_service_account=False)
+    older = pod.spread(section)
     if older is None:
         return template
     if template.topology_spread_constraints is not None:

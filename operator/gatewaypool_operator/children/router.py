@@ -4,10 +4,10 @@ The study router runs as the Deployment ``NAME-router`` behind the Service
 of the same name, with a ServiceAccount, Role and RoleBinding that allow
 exactly the API calls a router makes, a NetworkPolicy that opens its DICOM
 and HTTP ports and no other (and a PodDisruptionBudget of one, from
-`gatewaypool_operator.podparts`). The Secrets
+`gatewaypool_operator.children.podparts`). The Secrets
 of ``spec.router.tls`` and ``spec.gateway.tls`` are mounted into its pods
-(`router_secret_mounts`), and its command line names the files they hold.
-Built as plain data; `gatewaypool_operator.children.build_children` puts
+(`secret_mounts`), and its command line names the files they hold. Built
+as plain data; `gatewaypool_operator.children.desired.build_children` puts
 them in the list of what the pool owns.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from gatewaypool import quantity
-from gatewaypool_operator.childnames import (
+from gatewaypool_operator.children.names import (
     labels,
     map_configmap_name,
     object_metadata,
@@ -26,7 +26,7 @@ from gatewaypool_operator.childnames import (
     routers_configmap_name,
     selector_labels,
 )
-from gatewaypool_operator.podparts import (
+from gatewaypool_operator.children.podparts import (
     CA_KEY,
     CERT_KEYS,
     TLS_DIRECTORY,
@@ -39,22 +39,22 @@ from gatewaypool_operator.podparts import (
     secret_volume,
     spread_field,
 )
-from gatewaypool_operator.specfields import thaw
-from gatewaypool_operator.spectypes import PoolSpec
+from gatewaypool_operator.spec.fields import thaw
+from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "ROUTER_DICOM_PORT",
     "ROUTER_HTTP_PORT",
     "ROUTER_TLS_PORT",
     "RUN_AS_USER",
+    "deployment",
+    "network_policy",
     "role",
     "role_binding",
-    "router_deployment",
-    "router_network_policy",
-    "router_secret_mounts",
-    "router_service",
-    "router_workers",
+    "secret_mounts",
+    "service",
     "service_account",
+    "workers",
 ]
 
 ROUTER_DICOM_PORT: Final = 11112
@@ -67,7 +67,7 @@ RUN_AS_USER: Final = 65532
 """The router's user and group: the distroless "nonroot" user of the image."""
 
 
-def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+def network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     """Return the NetworkPolicy ``NAME-router``: the DICOM ports from ``routerFrom`` or anywhere,
     the HTTP port from anywhere."""
     dicom_ports = [
@@ -110,7 +110,7 @@ def router_network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str
     }
 
 
-def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
+def secret_mounts(spec: PoolSpec) -> list[SecretMount]:
     """Return the Secrets the router pods mount for ``spec.router.tls`` and ``spec.gateway.tls``.
 
     The folders are the contract with the router's options (``--tls-cert``
@@ -155,8 +155,8 @@ def router_secret_mounts(spec: PoolSpec) -> list[SecretMount]:
 
 
 def _tls_arguments(spec: PoolSpec) -> list[str]:
-    """The router's TLS options, naming the files `router_secret_mounts` puts in place."""
-    mounts = {mount.volume: mount for mount in router_secret_mounts(spec)}
+    """The router's TLS options, naming the files `secret_mounts` puts in place."""
+    mounts = {mount.volume: mount for mount in secret_mounts(spec)}
     arguments: list[str] = []
     if "tls-server" in mounts:
         server = mounts["tls-server"]
@@ -186,7 +186,7 @@ def _tls_arguments(spec: PoolSpec) -> list[str]:
     return arguments
 
 
-def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
+def _command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
     command = [
         "gatewaypool",
         "router",
@@ -212,13 +212,13 @@ def _router_command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
         command += ["--accepted-transfer-syntax", uid]
     for uid in spec.gateway.sop_classes:
         command += ["--sop-class", uid]
-    workers = router_workers(spec.router.resources)
-    if workers is not None:
-        command += ["--workers", str(workers)]
+    count = workers(spec.router.resources)
+    if count is not None:
+        command += ["--workers", str(count)]
     return command
 
 
-def router_workers(resources: Mapping[str, Any]) -> int | None:
+def workers(resources: Mapping[str, Any]) -> int | None:
     """Return the router's ``--workers``: its CPU request in whole cores, rounded up.
 
     A router process uses about one core, so a router given more than one
@@ -235,13 +235,13 @@ def router_workers(resources: Mapping[str, Any]) -> int | None:
     return max(1, math.ceil(cores))
 
 
-def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+def deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     """Return the router Deployment ``NAME-router``, with its TLS Secrets mounted."""
-    mounts = router_secret_mounts(spec)
+    mounts = secret_mounts(spec)
     container: dict[str, Any] = {
         "name": "router",
         "image": spec.router.image,
-        "command": _router_command(name, namespace, spec),
+        "command": _command(name, namespace, spec),
         "ports": [
             *(
                 [{"name": "dicom", "containerPort": ROUTER_DICOM_PORT, "protocol": "TCP"}]
@@ -335,7 +335,7 @@ def router_deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, An
     }
 
 
-def router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+def service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     """Return the router Service ``NAME-router``: the pool's DICOM endpoint.
 
     Only what ``spec.router.service`` sets is written. What the API server
@@ -354,7 +354,7 @@ def router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     service_spec: dict[str, Any] = {
         "type": service.type,
         "selector": selector_labels(name, "router"),
-        "ports": _router_service_ports(spec),
+        "ports": _service_ports(spec),
     }
     if service.load_balancer_class is not None:
         service_spec["loadBalancerClass"] = service.load_balancer_class
@@ -374,7 +374,7 @@ def router_service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     }
 
 
-def _router_service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
+def _service_ports(spec: PoolSpec) -> list[dict[str, Any]]:
     """``dicom`` on ``spec.router.port`` unless plainPort is off, ``dicom-tls`` with TLS;
     each with its fixed node port, if the spec gives one."""
     service = spec.router.service
