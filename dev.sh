@@ -227,7 +227,9 @@ case "$cmd" in
     bench-handover)
         need_debian_packages
         need_venv
-        PYTHONPATH=tests exec "$VENV/bin/python" tests/benchmarks/handover.py "$@"
+        need_controlplane
+        need_image
+        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tests/benchmarks/handover.py "$@"
         ;;
     bench-autoscale)
         need_debian_packages
