@@ -19,8 +19,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 from gatewaypool_local.synth import Study, generate_study
 from support import custommetrics
-from support.cluster import pool_cluster
-from support.kubeemu import KubeEmulator
 from support.realcluster import Cluster, namespace_for, running_cluster, session_folder
 
 # Property tests check properties, not speed: hypothesis's per-example
@@ -149,13 +147,6 @@ def ct_studies(tmp_path: Path) -> StudyFactory:
         ]
 
     return make
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    """The API emulator with the GatewayPool CRD and the tests' namespace (support.cluster)."""
-    with pool_cluster() as emulator:
-        yield emulator
 
 
 # -- the real control plane -----------------------------------------------------------

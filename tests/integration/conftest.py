@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: the router and the operator as real processes."""
+"""Fixtures for integration tests: the router as a real process."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import pytest
 from gatewaypool_local.peers import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_router import splice
-from support.cluster import IMAGE
-from support.kubeemu import KubeEmulator
-from support.operatorproc import OperatorProcess
 
 #: Modules whose tests run once per ``--forwarding`` mode: every test that
 #: moves data set bytes (routing, streaming, bad input, failures,
@@ -103,22 +100,3 @@ def start_router(
         router.stop()
         if failed is None or failed.failed:
             print(f"--- last lines of {router.log_path} ---\n{router.log_tail(60)}")
-
-
-@pytest.fixture
-def operator(
-    kube: KubeEmulator, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[OperatorProcess]:
-    """The operator as a process on `kube`, drift checks every second; its log on failure."""
-    process = OperatorProcess(
-        tmp_path / "operator.log",
-        kubeconfig=kube.kubeconfig_path,
-        router_image=IMAGE,
-        extra_args=["--resync", "1"],
-    )
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
-        print(f"--- operator log ---\n{process.log_tail(120)}")
