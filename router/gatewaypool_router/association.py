@@ -7,26 +7,17 @@ every later fragment follows as soon as it arrives. The sender gets the
 gateway's own response, or a named failure status when no gateway holds the
 instance.
 
-With ``--forwarding splice`` (the default where Linux allows it) a P-DATA-TF
-of the instance in progress is not read whole: its PDV headers are read,
-the data is read in small pieces only while the scanner must look at it
-(before the StudyInstanceUID, element headers, the last byte), and every
-run of bytes the scanner would skip unseen moves from the sender's socket
-to the gateway's in the kernel (:mod:`gatewaypool_router.splice`), behind
-PDU and PDV headers written from here. Never on a TLS leg: bytes spliced
-in the kernel would be ciphertext on one side and bypass TLS on the other,
-so an association from the TLS port, or with ``--gateway-tls-ca``, copies.
+How the data set's bytes reach the gateway, copied or spliced in the
+kernel, is :mod:`gatewaypool_router.forwarding`'s; this module decides.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import select
 import socket
 import ssl
-import struct
 import time
 from dataclasses import dataclass, field
 
@@ -37,14 +28,13 @@ from gatewaypool_router import dimse, negotiation, pdus, tls
 from gatewaypool_router.bucketusage import BucketUsage
 from gatewaypool_router.catalog import GatewayCatalog
 from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.forwarding import HEADERS_AHEAD, Forwarder, Instance, splicer_for
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
 from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
-from gatewaypool_router.splice import Splicer
-from gatewaypool_router.splice import available as splice_available
-from gatewaypool_router.statuses import OFFENDING, Status, outcome
+from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.studiesinflight import StudiesInFlight
 from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
@@ -53,31 +43,12 @@ log = logging.getLogger(__name__)
 
 _MAX_COMMAND = 64 * 1024
 
-#: While the scanner must see the bytes, the splicing path reads this much
-#: at a time: a CT header's remainder in one read, and little read ahead of a
-#: value the kernel could have moved instead.
-_SCAN_CHUNK = 4096
-#: Runs of skippable bytes shorter than this are read and written instead:
-#: two splices cost more than copying a few hundred bytes.
-_MIN_SPLICE = 1024
 #: After an A-ABORT to the sender, how long it may take to close its side.
 _ABORT_DRAIN = 2.0
-#: Bytes read at a time from a sender whose instance already failed.
-_DISCARD_CHUNK = 256 * 1024
-#: A P-DATA-TF header and the first PDV header: what the splicing path reads
-#: ahead, so that no data set byte lands in the reader's buffer unasked.
-_HEADERS_AHEAD = 12
-_PDU_HEADER = struct.Struct(">BxL")
-_PDV_HEADER = struct.Struct(">LBB")
 #: Command elements a REQUEST_MALFORMED names as Offending Element.
 _AFFECTED_SOP_CLASS_UID = 0x00000002
 _AFFECTED_SOP_INSTANCE_UID = 0x00001000
 _COMMAND_DATA_SET_TYPE = 0x00000800
-
-
-@functools.cache
-def _can_splice() -> bool:
-    return splice_available()
 
 
 _SCAN_FAILURES = {
@@ -114,27 +85,6 @@ class _AbortError(Exception):
     @classmethod
     def from_protocol(cls, exc: pdus.ProtocolError) -> _AbortError:
         return cls(str(exc), reason=exc.reason)
-
-
-@dataclass(slots=True)
-class _Instance:
-    """The C-STORE in progress (senders get one operation at a time)."""
-
-    context: AcceptedContext
-    command: dimse.Command
-    raw_command: bytes
-    scanner: DatasetScanner
-    started: float
-    # Views into the PDU bodies read (immutable bytes): buffering copies nothing.
-    pending: list[memoryview] = field(default_factory=list)
-    pending_bytes: int = 0
-    upstream: Upstream | None = None
-    gateway: Gateway | None = None
-    failure: Status | None = None
-    reason: str = ""
-    #: Offending Element (0000,0901) of the failure, if it has one.
-    offending: tuple[int, ...] = ()
-    size: int = 0
 
 
 @dataclass(slots=True)
@@ -191,30 +141,32 @@ class IncomingAssociation:
         self._maps = maps
         self._usage = usage
         self._studies = studies
-        # The pipe is the association's own, so threads never share one. Bytes
-        # spliced in the kernel would bypass TLS: a TLS leg on either side copies.
-        self._splicer: Splicer | None = (
-            Splicer()
-            if config.forwarding != "copy" and not secure and gateway_tls is None and _can_splice()
-            else None
-        )
+        self.progress = Progress()
+        splicer = splicer_for(config, secure=secure, gateway_tls=gateway_tls)
         capacity = max(config.max_pdu + 6, 65536)
         self._reader = pdus.SocketReader(
             sock,
             capacity=capacity,
-            read_ahead=capacity if self._splicer is None else _HEADERS_AHEAD,
+            read_ahead=capacity if splicer is None else HEADERS_AHEAD,
+        )
+        self._forwarder = Forwarder(
+            self,
+            sock=sock,
+            reader=self._reader,
+            splicer=splicer,
+            progress=self.progress,
+            max_pdu=config.max_pdu,
         )
         self._request: AssociationRequest | None = None
         self._contexts: dict[int, AcceptedContext] = {}
         self._upstreams: dict[tuple[str, int, str], Upstream] = {}
         self._command = bytearray()
-        self._instance: _Instance | None = None
+        self._instance: Instance | None = None
         self._peer_max_pdu = 0
         self._tally = _Tally()
         self._started = time.monotonic()
         #: An A-ABORT went out: the connection ends gracefully after it.
         self._aborted = False
-        self.progress = Progress()
 
     # -- life cycle -------------------------------------------------------
 
@@ -282,8 +234,7 @@ class IncomingAssociation:
         )
 
     def _close(self, *, released: bool = False) -> None:
-        if self._splicer is not None:
-            self._splicer.close()
+        self._forwarder.close()
         if released:
             tls.close_notify(self._sock)
         if self._aborted:
@@ -372,7 +323,7 @@ class IncomingAssociation:
             max_pdu=request.max_pdu,
             tls=self._secure,
             client_subject=self._client_subject,
-            forwarding="copy" if self._splicer is None else "splice",
+            forwarding="splice" if self._forwarder.splicing else "copy",
         )
         return True
 
@@ -442,7 +393,7 @@ class IncomingAssociation:
             if pdu.type == pdus.P_DATA_TF:
                 try:
                     for pdv in pdus.iter_pdvs(pdu.body):
-                        self._on_pdv(pdv)
+                        self.on_pdv(pdv)
                 except pdus.ProtocolError as exc:
                     raise _AbortError.from_protocol(exc) from exc
             elif pdu.type == pdus.RELEASE_RQ:
@@ -455,9 +406,7 @@ class IncomingAssociation:
     def _next_pdu(self) -> pdus.Pdu | None:
         """The sender's next PDU; None when the splicing path streamed a P-DATA-TF itself."""
         try:
-            if self._splicer is None:
-                return pdus.read_pdu(self._reader, max_body=self._config.max_pdu)
-            return self._read_or_stream()
+            return self._forwarder.next_pdu()
         except pdus.ProtocolError as exc:
             raise _AbortError.from_protocol(exc) from exc
         except TimeoutError as exc:
@@ -473,212 +422,17 @@ class IncomingAssociation:
         self._send_quietly(pdus.RELEASE_RP_PDU)
         return "released"
 
-    # -- the splicing path -------------------------------------------------
+    # -- what the forwarder hands back (forwarding.Association) ------------
 
-    def _read_or_stream(self) -> pdus.Pdu | None:
-        """Read the next PDU, or stream it if it carries the instance in progress.
+    @property
+    def instance(self) -> Instance | None:
+        return self._instance
 
-        Returns the PDU to handle as the copying path does, or None when a
-        P-DATA-TF was handled here, PDV by PDV, without reading it whole.
-        """
-        reader = self._reader
-        header = reader.read(6)
-        if len(header) < 6:
-            raise pdus.PeerClosedError(
-                "connection closed" if not header else "connection closed mid-PDU"
-            )
-        pdu_type, length = _PDU_HEADER.unpack(header)
-        if pdu_type < pdus.ASSOCIATE_RQ or pdu_type > pdus.ABORT:
-            raise pdus.ProtocolError(
-                f"unknown PDU type 0x{pdu_type:02X}", reason=pdus.REASON_UNRECOGNIZED_PDU
-            )
-        if length > self._config.max_pdu:
-            raise pdus.ProtocolError(
-                f"PDU length {length} exceeds the limit {self._config.max_pdu}"
-            )
-        instance = self._instance
-        if (
-            pdu_type != pdus.P_DATA_TF
-            or instance is None
-            or instance.failure is not None
-            or instance.scanner.deflated
-        ):
-            body = reader.read(length)
-            if len(body) < length:
-                raise pdus.PeerClosedError("connection closed mid-PDU")
-            return pdus.Pdu(pdu_type, header, body)
-        self.progress.read("P-DATA-TF", length)
-        self._stream_pdu(length)
-        return None
+    def data_set_sent(self, instance: Instance) -> None:
+        self._instance = None
+        self._answer(instance)
 
-    def _stream_pdu(self, length: int) -> None:
-        """Handle a P-DATA-TF of ``length`` bytes PDV by PDV, as it arrives."""
-        reader = self._reader
-        left = length
-        if left < 6:
-            raise pdus.ProtocolError("P-DATA-TF without a presentation data value")
-        while left:
-            if left < 6:
-                raise pdus.ProtocolError("truncated PDV header")
-            head = reader.read(6)
-            if len(head) < 6:
-                raise pdus.PeerClosedError("connection closed mid-PDU")
-            item_length, context_id, control = _PDV_HEADER.unpack(head)
-            pdus.check_pdv_header(item_length, left - 4)
-            size = item_length - 2
-            left -= 6 + size
-            instance = self._instance
-            if (
-                control & pdus.MCH_COMMAND
-                or instance is None
-                or instance.context.context_id != context_id
-                or instance.failure is not None
-                or instance.scanner.deflated
-            ):
-                data = reader.read(size)
-                if len(data) < size:
-                    raise pdus.PeerClosedError("connection closed mid-PDU")
-                self._on_pdv(pdus.Pdv(context_id, control, memoryview(data)))
-            else:
-                self._stream_data(instance, context_id, control, size)
-
-    def _stream_data(self, instance: _Instance, context_id: int, control: int, size: int) -> None:
-        """Take one data set PDV of ``size`` bytes from the sender, piece by piece.
-
-        Until the instance is routed (or failed) its bytes are read in small
-        pieces and go through :meth:`_on_data` as the copying path's PDVs
-        do; what is left once the gateway is known goes to
-        :meth:`_splice_rest`; after a failure the rest is read and dropped.
-        """
-        reader = self._reader
-        if not size:
-            self._on_data(instance, pdus.Pdv(context_id, control, memoryview(b"")))
-            return
-        left = size
-        while left and instance.failure is None and instance.upstream is None:
-            chunk = reader.read_some(min(left, _SCAN_CHUNK))
-            left -= len(chunk)
-            piece_control = control if not left else control & ~pdus.MCH_LAST
-            self._on_data(instance, pdus.Pdv(context_id, piece_control, memoryview(chunk)))
-        if left and instance.failure is None:
-            left = self._splice_rest(instance, context_id, control, left)
-        while left:
-            limit = _DISCARD_CHUNK if instance.failure is not None else _SCAN_CHUNK
-            chunk = reader.read_some(min(left, limit))
-            left -= len(chunk)
-            piece_control = control if not left else control & ~pdus.MCH_LAST
-            self._on_data(instance, pdus.Pdv(context_id, piece_control, memoryview(chunk)))
-
-    def _splice_rest(self, instance: _Instance, context_id: int, control: int, size: int) -> int:
-        """Forward the last ``size`` bytes of a PDV to the instance's gateway.
-
-        The PDV is re-framed for the gateway's maximum PDU; each piece's
-        12 header bytes are written from here, then its bytes follow: runs
-        the scanner would skip are spliced, the rest is read, scanned and
-        written. The final byte of the data set is always read, so that the
-        scan can judge the data set complete before the gateway has it all:
-        a truncated instance is aborted at the gateway, never stored.
-
-        Returns
-        -------
-        int
-            Bytes of the PDV still to be taken from the sender: 0, unless the
-            gateway failed on the way.
-        """
-        upstream = instance.upstream
-        splicer = self._splicer
-        assert upstream is not None and splicer is not None
-        scanner = instance.scanner
-        reader = self._reader
-        progress = self.progress
-        last = bool(control & pdus.MCH_LAST)
-        pieces = pdus.piece_headers(context_id, control, size, max_body=upstream.peer_max_pdu)
-        final_index = len(pieces) - 1
-        start = instance.size  # every byte taken from the sender is counted there
-        try:
-            for index, (header, piece) in enumerate(pieces):
-                final = last and index == final_index
-                progress.wait("gateway", "send")
-                upstream.pdu_open = True
-                upstream.send([header], more=True)
-                todo = piece
-                while todo:
-                    room = todo - 1 if final else todo
-                    run = min(scanner.skippable, room) if not reader.buffered else 0
-                    if run >= _MIN_SPLICE:
-                        self._splice_run(instance, upstream, splicer, run, more=run < todo)
-                        todo -= run
-                        continue
-                    taken = self._scan_run(instance, upstream, todo, final=final)
-                    if taken is None:
-                        break  # the final piece: nothing follows
-                    todo -= taken
-                upstream.pdu_open = False
-        except GatewayError as exc:
-            progress.received_bytes = instance.size
-            self._gateway_failed(instance, exc)
-        left = size - (instance.size - start)
-        if left:
-            return left  # failed: the caller drops the rest, then answers
-        if last:
-            self._instance = None
-            self._answer(instance)
-        return 0
-
-    def _splice_run(
-        self, instance: _Instance, upstream: Upstream, splicer: Splicer, run: int, *, more: bool
-    ) -> None:
-        """Splice `run` bytes the scanner may skip from the sender to the gateway."""
-        progress = self.progress
-        progress.wait("sender", "data set fragment")
-        try:
-            upstream.splice_from(splicer, self._sock, run, more=more, on_wait=self._splice_wait)
-        except GatewayError as exc:
-            instance.size += exc.consumed
-            raise
-        instance.scanner.skip(run)
-        instance.size += run
-        progress.read("P-DATA-TF", run)
-        progress.wrote("data set fragment to gateway", run)
-        progress.received_bytes = instance.size
-        progress.forwarded_bytes += run
-
-    def _scan_run(
-        self, instance: _Instance, upstream: Upstream, todo: int, *, final: bool
-    ) -> int | None:
-        """Read, scan and send on up to `todo` bytes of a piece; return how many.
-
-        None when they end the data set (`final`) and the scan finds it
-        malformed: the instance has failed, and the gateway's association is
-        aborted, which makes the gateway drop the partial instance it holds.
-        """
-        progress = self.progress
-        scanner = instance.scanner
-        progress.wait("sender", "data set fragment")
-        chunk = self._reader.read_some(min(todo, _SCAN_CHUNK))
-        count = len(chunk)
-        instance.size += count
-        progress.read("P-DATA-TF", count)
-        progress.received_bytes = instance.size
-        scanner.feed(chunk)
-        if final and count == todo and not scanner.finish():
-            upstream.abort()
-            instance.upstream = None
-            self._fail(instance, Status.DATASET_MALFORMED, scanner.detail or "truncated")
-            return None
-        progress.wait("gateway", "send")
-        upstream.send([chunk], more=count < todo)
-        progress.wrote("data set fragment to gateway", count)
-        progress.forwarded_bytes += count
-        return count
-
-    def _splice_wait(self, on_gateway: bool) -> None:
-        if on_gateway:
-            self.progress.wait("gateway", "send")
-        else:
-            self.progress.wait("sender", "data set fragment")
-
-    def _on_pdv(self, pdv: pdus.Pdv) -> None:
+    def on_pdv(self, pdv: pdus.Pdv) -> None:
         context = self._contexts.get(pdv.context_id)
         if context is None:
             raise _AbortError(
@@ -699,7 +453,7 @@ class IncomingAssociation:
             instance = self._instance
             if instance is None or instance.context.context_id != pdv.context_id:
                 raise _AbortError.by_user("data set fragment without a C-STORE request")
-            self._on_data(instance, pdv)
+            self.on_data(instance, pdv)
 
     def _on_command(self, context: AcceptedContext, raw: bytes) -> None:
         try:
@@ -712,7 +466,7 @@ class IncomingAssociation:
         if command.field != dimse.C_STORE_RQ:
             raise _AbortError.by_user(f"unsupported DIMSE command 0x{command.field:04X}")
         self.progress.start_instance(command.sop_instance_uid)
-        instance = _Instance(
+        instance = Instance(
             context=context,
             command=command,
             raw_command=raw,
@@ -720,7 +474,7 @@ class IncomingAssociation:
             started=time.monotonic(),
         )
         if context.is_verification:
-            self._fail(instance, Status.SOP_CLASS_NOT_SUPPORTED, "C-STORE on Verification context")
+            instance.fail(Status.SOP_CLASS_NOT_SUPPORTED, "C-STORE on Verification context")
         bad_uids = tuple(
             tag
             for tag, value in (
@@ -732,15 +486,13 @@ class IncomingAssociation:
         if bad_uids:
             # No gateway can store it under that name (a gateway that cannot
             # decode the command would leave the sender waiting).
-            self._fail(
-                instance,
+            instance.fail(
                 Status.REQUEST_MALFORMED,
                 "Affected SOP Class or Instance UID is no UID",
                 offending=bad_uids,
             )
         if not command.has_data_set:
-            self._fail(
-                instance,
+            instance.fail(
                 Status.REQUEST_MALFORMED,
                 "C-STORE request without a data set",
                 offending=(_COMMAND_DATA_SET_TYPE,),
@@ -749,27 +501,7 @@ class IncomingAssociation:
             return
         self._instance = instance
 
-    def _fail(
-        self,
-        instance: _Instance,
-        status: Status,
-        reason: str,
-        *,
-        offending: tuple[int, ...] | None = None,
-    ) -> None:
-        if instance.failure is None:
-            instance.failure = status
-            instance.reason = reason
-            if offending is None:
-                offending = OFFENDING.get(status, ())
-                broke_at = instance.scanner.offending
-                if status is Status.DATASET_MALFORMED and broke_at is not None:
-                    offending = (broke_at,)
-            instance.offending = offending
-        instance.pending.clear()
-        instance.pending_bytes = 0
-
-    def _on_data(self, instance: _Instance, pdv: pdus.Pdv) -> None:
+    def on_data(self, instance: Instance, pdv: pdus.Pdv) -> None:
         instance.size += len(pdv.data)
         self.progress.received_bytes = instance.size
         complete = True
@@ -780,28 +512,26 @@ class IncomingAssociation:
         if instance.failure is None and instance.upstream is None:
             state = instance.scanner.state
             if state in _SCAN_FAILURES:
-                self._fail(instance, _SCAN_FAILURES[state], instance.scanner.detail)
+                instance.fail(_SCAN_FAILURES[state], instance.scanner.detail)
             else:
                 instance.pending.append(pdv.data)
                 instance.pending_bytes += len(pdv.data)
                 if state is ScanState.FOUND:
                     self._route(instance, last=pdv.is_last, complete=complete)
                 elif instance.pending_bytes > self._config.header_limit:
-                    self._fail(
-                        instance,
+                    instance.fail(
                         Status.HEADER_TOO_LARGE,
                         f"no StudyInstanceUID in the first {self._config.header_limit} bytes",
                     )
         elif instance.failure is None and instance.upstream is not None:
-            self._forward(instance, pdv.data, last=pdv.is_last, complete=complete)
+            self._forwarder.forward(instance, pdv.data, last=pdv.is_last, complete=complete)
         if pdv.is_last:
-            self._instance = None
-            self._answer(instance)
+            self.data_set_sent(instance)
 
-    def _route(self, instance: _Instance, *, last: bool, complete: bool) -> None:
+    def _route(self, instance: Instance, *, last: bool, complete: bool) -> None:
         bucket_map = self._maps.current
         if bucket_map is None:
-            self._fail(instance, Status.NO_MAP, "no bucket map loaded")
+            instance.fail(Status.NO_MAP, "no bucket map loaded")
             return
         study_uid = instance.scanner.study_uid
         assert study_uid is not None
@@ -819,8 +549,7 @@ class IncomingAssociation:
         if upstream is None:
             return
         if instance.context.context_id not in upstream.usable_contexts:
-            self._fail(
-                instance,
+            instance.fail(
                 Status.SOP_CLASS_NOT_SUPPORTED,
                 "gateway did not accept this SOP class and transfer syntax",
             )
@@ -834,7 +563,7 @@ class IncomingAssociation:
                 memoryview(instance.raw_command),
             )
         except GatewayError as exc:
-            self._gateway_failed(instance, exc)
+            self.gateway_failed(instance, exc)
             return
         self.progress.wrote("C-STORE-RQ to gateway", len(instance.raw_command))
         pending = instance.pending
@@ -842,11 +571,11 @@ class IncomingAssociation:
         instance.pending_bytes = 0
         for index, fragment in enumerate(pending):
             is_last = last and index == len(pending) - 1
-            self._forward(instance, fragment, last=is_last, complete=complete)
+            self._forwarder.forward(instance, fragment, last=is_last, complete=complete)
             if instance.failure is not None:
                 return
 
-    def _hold(self, instance: _Instance, bucket: int, bucket_map: BucketMap) -> BucketMap:
+    def _hold(self, instance: Instance, bucket: int, bucket_map: BucketMap) -> BucketMap:
         """Hold an instance of a closing bucket until a newer map says where it goes.
 
         A closing bucket is in the last step of its move: the operator saw it
@@ -881,7 +610,7 @@ class IncomingAssociation:
             self._usage.release(bucket)
         return bucket_map
 
-    def _upstream_for(self, instance: _Instance, gateway: Gateway) -> Upstream | None:
+    def _upstream_for(self, instance: Instance, gateway: Gateway) -> Upstream | None:
         key = (gateway.host, gateway.port, gateway.ae_title)
         upstream = self._upstreams.get(key)
         if upstream is not None and upstream.is_open:
@@ -917,7 +646,7 @@ class IncomingAssociation:
             self._upstreams.pop(key, None)
             if self._catalog is not None:
                 self._catalog.reached(gateway, reachable=exc.answered)
-            self._gateway_failed(instance, exc)
+            self.gateway_failed(instance, exc)
             return None
         if self._catalog is not None:
             self._catalog.reached(gateway, reachable=True)
@@ -1005,34 +734,13 @@ class IncomingAssociation:
         )
         self._upstreams = {k: u for k, u in self._upstreams.items() if u is not upstream}
 
-    def _gateway_failed(self, instance: _Instance, exc: GatewayError) -> None:
+    def gateway_failed(self, instance: Instance, exc: GatewayError) -> None:
         name = instance.gateway.name if instance.gateway is not None else "-"
         self._metrics.upstream_failures.labels(gateway=name, reason=exc.status.name.lower()).inc()
         instance.upstream = None
-        self._fail(instance, exc.status, exc.reason)
+        instance.fail(exc.status, exc.reason)
 
-    def _forward(
-        self, instance: _Instance, data: memoryview, *, last: bool, complete: bool
-    ) -> None:
-        upstream = instance.upstream
-        assert upstream is not None
-        if last and not complete:
-            # Aborting makes the gateway drop the partial instance it holds.
-            upstream.abort()
-            instance.upstream = None
-            self._fail(instance, Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
-            return
-        progress = self.progress
-        progress.wait("gateway", "send")
-        try:
-            upstream.send_pdv(instance.context.context_id, pdus.MCH_LAST if last else 0, data)
-        except GatewayError as exc:
-            self._gateway_failed(instance, exc)
-            return
-        progress.wrote("data set fragment to gateway", len(data))
-        progress.forwarded_bytes += len(data)
-
-    def _answer(self, instance: _Instance) -> None:
+    def _answer(self, instance: Instance) -> None:
         """Send the sender its C-STORE-RSP: the gateway's, or ours."""
         gateway_name = instance.gateway.name if instance.gateway is not None else "-"
         status: int
@@ -1041,7 +749,7 @@ class IncomingAssociation:
             try:
                 raw, response = instance.upstream.read_response(instance.command.message_id)
             except GatewayError as exc:
-                self._gateway_failed(instance, exc)
+                self.gateway_failed(instance, exc)
             else:
                 self.progress.read("C-STORE-RSP from gateway", len(raw))
                 status = response.status
@@ -1092,7 +800,7 @@ class IncomingAssociation:
         )
         self._count(instance, gateway_name, int(failure))
 
-    def _count(self, instance: _Instance, gateway_name: str, status: int) -> None:
+    def _count(self, instance: Instance, gateway_name: str, status: int) -> None:
         self.progress.end_instance()
         result = outcome(status)
         self._tally.instances += 1
