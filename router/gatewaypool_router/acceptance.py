@@ -32,7 +32,7 @@ Everything here is a function of data: no I/O.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
@@ -218,8 +218,3 @@ def preference(accepted: Iterable[str], first_choice: str | None) -> tuple[str, 
         ordered.remove(first_choice)
         ordered.insert(0, first_choice)
     return tuple(ordered)
-
-
-def storage_marks(items: Mapping[str, str]) -> frozenset[str]:
-    """SOP classes a sender marked as Storage: {sop_class: service_class} from its RQ."""
-    return frozenset(uid for uid, service in items.items() if service == STORAGE_SERVICE_CLASS)
