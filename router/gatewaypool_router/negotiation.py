@@ -35,12 +35,15 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from gatewaypool import __version__
-from gatewaypool_router.acceptance import STORAGE_SERVICE_CLASS, Policy
+from gatewaypool_router.acceptance import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    STORAGE_SERVICE_CLASS,
+    VERIFICATION_SOP_CLASS,
+    Policy,
+)
 from gatewaypool_router.config import RouterConfig
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 #: Presentation context results (PS3.8 9.3.3.2).
 RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
