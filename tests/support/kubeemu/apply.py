@@ -1,4 +1,4 @@
-"""Server-side apply and the ``managedFields`` every write keeps.
+"""Server-side apply and the ``managedFields`` it keeps.
 
 :func:`apply` merges an applied configuration into the live object the way
 the API server does (structured-merge-diff): list items matched by their
@@ -7,27 +7,24 @@ change a field another manager owns with a different value (409 Conflict,
 naming the manager and the field) unless forced, which takes the field over;
 and it removes what the same manager applied before and leaves out now,
 unless another manager owns it too (then only the ownership goes).
-
-:func:`record_update` is the bookkeeping of every other write (create, PUT,
-merge, strategic and JSON patches): an ``Update`` entry for its manager owns
-what it changed; other managers lose what it changed or removed.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import kmock
-
 from . import fieldpath
+from .errors import ApiError
 from .fieldpath import FieldPath
-from .objects import JSONObject, now
 from .schemas import Schema
 
-__all__ = ["ManagedEntry", "apply", "managed_view", "merge_applied", "record_update"]
+__all__ = ["ManagedEntry", "apply", "managed_view", "merge_applied"]
+
+JSONObject = dict[str, Any]
 
 #: Metadata the field manager never tracks (set by the server, or identity).
 _UNTRACKED_METADATA: Final = (
@@ -87,6 +84,11 @@ class ManagedEntry:
         )
 
 
+def now() -> str:
+    """A managed-fields entry's time: the server's clock, to the second."""
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _read_entries(obj: Mapping[str, Any] | None) -> list[ManagedEntry]:
     raw = ((obj or {}).get("metadata") or {}).get("managedFields") or []
     return [ManagedEntry.read(entry) for entry in raw if isinstance(entry, Mapping)]
@@ -143,7 +145,7 @@ def merge_applied(live: Any, applied: Any, schema: Schema) -> Any:
     return copy.deepcopy(applied)
 
 
-def _conflict(conflicts: Mapping[str, tuple[str, set[FieldPath]]]) -> kmock.KubernetesError:
+def _conflict(conflicts: Mapping[str, tuple[str, set[FieldPath]]]) -> ApiError:
     count = sum(len(paths) for _, paths in conflicts.values())
     lines: list[str] = []
     causes: list[JSONObject] = []
@@ -164,9 +166,7 @@ def _conflict(conflicts: Mapping[str, tuple[str, set[FieldPath]]]) -> kmock.Kube
         )
     plural = "conflict" if count == 1 else "conflicts"
     message = f"Apply failed with {count} {plural}: " + "\n".join(lines)
-    return kmock.KubernetesError(
-        status=409, reason="Conflict", message=message, details={"causes": causes}
-    )
+    return ApiError(409, "Conflict", message, {"causes": causes})
 
 
 def apply(
@@ -193,7 +193,7 @@ def apply(
 
     Raises
     ------
-    kmock.KubernetesError
+    ApiError
         409 Conflict for fields other managers own with other values.
     """
     entries = _read_entries(live)
@@ -239,38 +239,3 @@ def apply(
         result_entries.append(new_entry)
     merged.setdefault("metadata", {})["managedFields"] = [e.write() for e in result_entries]
     return merged
-
-
-def record_update(
-    old: JSONObject | None,
-    new: JSONObject,
-    schema: Schema,
-    *,
-    manager: str,
-    api_version: str,
-    subresource: str | None,
-    status_apart: bool,
-) -> None:
-    """Set ``new``'s managed fields after a non-apply write by ``manager`` (in place)."""
-    entries = _read_entries(old)
-
-    def view(obj: Mapping[str, Any] | None) -> Any:
-        return managed_view(obj, subresource=subresource, status_apart=status_apart)
-
-    changed, removed = fieldpath.compare(view(old), view(new), schema)
-    if changed or removed:
-        mine = next((e for e in entries if e.same_writer(manager, "Update", subresource)), None)
-        for entry in entries:
-            if entry is not mine:
-                entry.fields -= changed | removed
-        if mine is None:
-            mine = ManagedEntry(manager, "Update", api_version, now(), set(), subresource)
-            entries.append(mine)
-        mine.fields = (mine.fields - removed) | changed
-        mine.time = now()
-        entries = [e for e in entries if e.fields]
-    metadata = new.setdefault("metadata", {})
-    if entries:
-        metadata["managedFields"] = [e.write() for e in entries]
-    else:
-        metadata.pop("managedFields", None)

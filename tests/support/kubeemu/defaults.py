@@ -3,8 +3,8 @@
 Defaulting (the ``SetDefaults_*`` functions of the real server, for the
 fields GatewayPool's children meet) and quantity canonicalization. A client
 that compares the object it wants with the one it reads back must ignore
-these, or it sees a difference on every pass; the emulator adds them so that
-such a client is tested. Defaults are not in the OpenAPI schemas (the real
+these, or it sees a difference on every pass; the drift property test's
+oracle adds them so that such a client is tested. Defaults are not in the OpenAPI schemas (the real
 server has them in Go code), so they are listed here; which values are
 quantities comes from the schemas.
 
@@ -13,25 +13,22 @@ fields are ``omitempty``, so a field sent as ``""`` (an env var's
 ``value``, a toleration's ``key``) is stored without it (:func:`drop_empty_strings`).
 
 Defaulted fields are owned by no manager when the object was applied (they
-are not in the applied configuration); a create or update through any other
-verb owns what it changed, defaults included, as on a real server.
+are not in the applied configuration), as on a real server.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gatewaypool.quantity import QuantityError, canonical
 
-from .errors import error
+from .errors import ApiError
 from .schemas import Schema
 
 __all__ = [
     "apply_defaults",
     "canonicalize_quantities",
-    "cluster_ip",
     "drop_empty_strings",
     "key_defaults",
 ]
@@ -295,14 +292,14 @@ def canonicalize_quantities(value: Any, schema: Schema, path: str = "") -> Any:
 
     Raises
     ------
-    kmock.KubernetesError
+    ApiError
         400 when a quantity does not parse, naming the field.
     """
     if schema.is_quantity and isinstance(value, str | int | float):
         try:
             return canonical(value)
         except QuantityError as exc:
-            raise error(400, "BadRequest", f"{path.lstrip('.')}: {exc}") from exc
+            raise ApiError(400, "BadRequest", f"{path.lstrip('.')}: {exc}") from exc
     if isinstance(value, dict):
         return {
             key: canonicalize_quantities(child, schema.field(key), f"{path}.{key}")
@@ -314,8 +311,3 @@ def canonicalize_quantities(value: Any, schema: Schema, path: str = "") -> Any:
             for index, item in enumerate(value)
         ]
     return value
-
-
-def cluster_ip(index: int) -> str:
-    """The ``index``-th ClusterIP of the emulated service range 10.96.0.0/12 (skips .0, .1)."""
-    return str(ipaddress.ip_address("10.96.0.0") + 10 + index)

@@ -1,17 +1,24 @@
-"""Errors answered as Kubernetes Status objects (kmock renders ``KubernetesError``)."""
+"""A write the API server refuses, with the code, reason and message of its Status."""
 
 from __future__ import annotations
 
-import kmock
-
-from .kinds import ResourceKind
+from typing import Any
 
 
-def error(status: int, reason: str, message: str) -> kmock.KubernetesError:
-    # Non-empty details keep kmock from putting a server traceback there.
-    details = {"causes": [{"message": message}]}
-    return kmock.KubernetesError(status=status, reason=reason, message=message, details=details)
+class ApiError(Exception):
+    """What the API server would answer instead of the object: a ``Status``.
 
+    `status` is the HTTP code (409 for an apply conflict, 400 for a bad
+    quantity), `reason` the Status's reason (``Conflict``, ``BadRequest``),
+    `message` its message, worded as the real server words it, and
+    `details` its details (the conflicts' causes).
+    """
 
-def not_found(kind: ResourceKind, name: str | None) -> kmock.KubernetesError:
-    return error(404, "NotFound", f'{kind.plural}.{kind.group} "{name}" not found')
+    def __init__(
+        self, status: int, reason: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.details = details or {}

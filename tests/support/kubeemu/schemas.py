@@ -7,8 +7,6 @@ resources use their CRD's ``openAPIV3Schema``. From them come, per field:
 - list semantics: ``x-kubernetes-list-type`` (``atomic``, ``set``, ``map``)
   with ``x-kubernetes-list-map-keys``, else ``x-kubernetes-patch-merge-key``
   (a map keyed by it), else atomic -- what server-side apply merges by;
-- ``x-kubernetes-patch-strategy``/``-merge-key`` -- what strategic merge
-  patch merges by (it ignores list types);
 - ``x-kubernetes-map-type: atomic`` (a label selector is replaced whole);
 - whether a value is a ``resource.Quantity`` (canonicalized on write).
 
@@ -69,8 +67,8 @@ class Schema:
     __slots__ = ("name", "node")
 
     def __init__(self, node: Mapping[str, Any], name: str | None = None) -> None:
-        # A field's own extensions (``x-kubernetes-patch-strategy: retainKeys``
-        # next to a ``$ref``) apply to it, over those of the referenced type.
+        # A field's own extensions (``x-kubernetes-list-type`` next to a
+        # ``$ref``) apply to it, over those of the referenced type.
         extensions: dict[str, Any] = {}
         while True:
             extensions = {
@@ -143,24 +141,6 @@ class Schema:
             return tuple(keys)
         merge_key = self.node.get("x-kubernetes-patch-merge-key")
         return (merge_key,) if merge_key else ()
-
-    @property
-    def patch_merge(self) -> bool:
-        """Whether strategic merge patch merges this list (else replaces it)."""
-        strategy = str(self.node.get("x-kubernetes-patch-strategy") or "")
-        return "merge" in strategy.split(",")
-
-    @property
-    def patch_merge_key(self) -> str | None:
-        """The key strategic merge patch matches this list's items by."""
-        key = self.node.get("x-kubernetes-patch-merge-key")
-        return str(key) if key else None
-
-    @property
-    def retain_keys(self) -> bool:
-        """Whether strategic merge patch accepts ``$retainKeys`` on this object."""
-        strategy = str(self.node.get("x-kubernetes-patch-strategy") or "")
-        return "retainKeys" in strategy.split(",")
 
 
 def builtin_schema(api_version: str, kind: str) -> Schema | None:
