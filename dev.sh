@@ -3,8 +3,12 @@
 #
 #   ./dev.sh demo    router + three local gateways + real DICOM traffic + report
 #   ./dev.sh test    lint, type check and the whole test suite (builds the
-#                    Kubernetes control plane the first time: see README)
+#                    Kubernetes control plane the first time: see README),
+#                    with each stage's time
 #   ./dev.sh pytest ARGS   pytest in the test sandbox, with the control plane
+#   ./dev.sh check   lint and type check only (no Debian packages)
+#   ./dev.sh unit [ARGS]   the unit tests only, in parallel (no Debian
+#                    packages, no cluster: about a minute)
 #   ./dev.sh bench   the throughput / memory benchmark (prints figures)
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
 #   ./dev.sh bench-autoscale  an autoscaled pool under rising and falling load:
@@ -211,6 +215,19 @@ reaches_custom_metrics() {
     [ "$chosen" -eq 0 ]
 }
 
+# The comment at the top of this file, whole.
+usage() {
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+# Prints how long the previous stage took, then the next stage's name ("" ends).
+STAGE="" STAGE_BEGAN=$SECONDS
+stage() {
+    [ -z "$STAGE" ] || echo "==> $STAGE: $((SECONDS - STAGE_BEGAN)) s"
+    STAGE=$1 STAGE_BEGAN=$SECONDS
+    [ -z "$STAGE" ] || echo "==> $STAGE"
+}
+
 cmd="${1:-help}"
 shift || true
 case "$cmd" in
@@ -256,22 +273,42 @@ case "$cmd" in
         need_venv
         PYTHONPATH=tests exec "$VENV/bin/python" -m support.configref "$@"
         ;;
+    check)
+        need_venv
+        stage "ruff"
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        stage "mypy (strict)"
+        "$VENV/bin/mypy"
+        stage ""
+        ;;
+    unit)
+        need_venv
+        exec "$VENV/bin/pytest" tests/unit -n "${GATEWAYPOOL_WORKERS:-auto}" "$@"
+        ;;
     test)
+        stage "set-up: Debian packages, virtualenvs, the test cluster's programs"
         need_debian_packages
         need_venv
         need_dicom_rs
-        echo "==> ruff"
-        "$VENV/bin/ruff" check .
-        "$VENV/bin/ruff" format --check .
-        echo "==> mypy (strict)"
-        "$VENV/bin/mypy"
         need_controlplane
         need_image
         need_metrics_server
         need_prometheus
         need_metrics_adapter
-        echo "==> pytest, in the test sandbox"
-        exec tests/sandbox.sh "$VENV/bin/pytest" "$@"
+        stage "ruff"
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        stage "mypy (strict)"
+        "$VENV/bin/mypy"
+        stage "pytest, in the test sandbox"
+        rc=0
+        # Two workers: the cluster's tests in one (one control plane), the
+        # rest in the other, each test still waiting on conditions, not time.
+        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadgroup "$@" \
+            || rc=$?
+        stage ""
+        exit "$rc"
         ;;
     pytest)
         need_debian_packages
@@ -286,8 +323,11 @@ case "$cmd" in
         fi
         exec tests/sandbox.sh "$VENV/bin/pytest" "$@"
         ;;
+    help | -h | --help)
+        usage
+        ;;
     *)
-        sed -n '2,18p' "$0"
+        usage
         exit 2
         ;;
 esac

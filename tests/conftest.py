@@ -39,6 +39,18 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, every test of the real cluster runs in one worker.
+
+    The cluster is one per session (one per worker under xdist): its tests
+    form one group (``--dist loadgroup``), so one control plane serves them
+    while the other workers run the rest.
+    """
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
 def _failed(request: pytest.FixtureRequest) -> bool:
     report = getattr(request.node, "report_call", None)
     return report is None or report.failed
