@@ -354,33 +354,28 @@ BIND_CT01 = {
 }
 BIND_CT02 = {**BIND_CT01, "caller_subjects": (CallerSubject("CT02", CT01_SUBJECT),)}
 
+# Refusals as (reason, result, source, diagnostic).
+WRONG_CONTEXT = ("application_context", PERMANENT, BY_USER, NO_CONTEXT)
+CALLING_NOT_ALLOWED = ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE)
+CALLED_MISMATCH = ("called_ae_mismatch", PERMANENT, BY_USER, CALLED_AE)
+OVER_LIMIT = ("too_many_associations", TRANSIENT, BY_PRESENTATION, LOCAL_LIMIT)
+SUBJECT_MISMATCH = ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE)
+
 ADMISSIONS = [
     Admission("nothing configured", None, asked=True),
     Admission("no catalog: gateways not asked", None, gateways=NO_CATALOG),
-    Admission(
-        "another application context",
-        ("application_context", PERMANENT, BY_USER, NO_CONTEXT),
-        application_context="1.2.3.4",
-    ),
+    Admission("another application context", WRONG_CONTEXT, application_context="1.2.3.4"),
     Admission("calling AE listed", None, calling="CT02", config=ALLOW_CT02, asked=True),
-    Admission(
-        "calling AE not listed",
-        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
-        config=ALLOW_CT02,
-    ),
+    Admission("calling AE not listed", CALLING_NOT_ALLOWED, config=ALLOW_CT02),
     Admission("another called AE, not required", None, called="OTHER", asked=True),
     Admission("our called AE, required", None, config=REQUIRE_CALLED, asked=True),
     Admission(
         "another called AE, required",
-        ("called_ae_mismatch", PERMANENT, BY_USER, CALLED_AE),
+        CALLED_MISMATCH,
         called="OTHER",
         config=REQUIRE_CALLED,
     ),
-    Admission(
-        "over the limit",
-        ("too_many_associations", TRANSIENT, BY_PRESENTATION, LOCAL_LIMIT),
-        over_limit=True,
-    ),
+    Admission("over the limit", OVER_LIMIT, over_limit=True),
     Admission(
         "no map",
         ("no_map", TRANSIENT, BY_PRESENTATION, CONGESTION),
@@ -395,20 +390,20 @@ ADMISSIONS = [
     ),
     Admission(
         "bound AE on the plain port",
-        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        SUBJECT_MISMATCH,
         config=BIND_CT01,
         detail="plain port",
     ),
     Admission(
         "bound AE without a client certificate",
-        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        SUBJECT_MISMATCH,
         config=BIND_CT01,
         secure=True,
         detail="no client certificate",
     ),
     Admission(
         "bound AE with another subject",
-        ("caller_subject_mismatch", PERMANENT, BY_USER, CALLING_AE),
+        SUBJECT_MISMATCH,
         config=BIND_CT01,
         secure=True,
         subject="CN=ct02,O=Radiology",
@@ -432,36 +427,31 @@ ADMISSIONS = [
     ),
     Admission(
         "an unbound AE still needs one",
-        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
+        CALLING_NOT_ALLOWED,
         config={**BIND_CT02, **ALLOW_CT02},
         secure=True,
         subject=CT01_SUBJECT,
     ),
     Admission(
         "first rule first: application context before the calling AE",
-        ("application_context", PERMANENT, BY_USER, NO_CONTEXT),
+        WRONG_CONTEXT,
         application_context="1.2.3.4",
         config=ALLOW_CT02,
     ),
     Admission(
         "the calling AE before the called AE",
-        ("calling_ae_not_allowed", PERMANENT, BY_USER, CALLING_AE),
+        CALLING_NOT_ALLOWED,
         called="OTHER",
         config={**ALLOW_CT02, **REQUIRE_CALLED},
     ),
     Admission(
         "the called AE before the limit",
-        ("called_ae_mismatch", PERMANENT, BY_USER, CALLED_AE),
+        CALLED_MISMATCH,
         called="OTHER",
         config=REQUIRE_CALLED,
         over_limit=True,
     ),
-    Admission(
-        "the limit before the gateways",
-        ("too_many_associations", TRANSIENT, BY_PRESENTATION, LOCAL_LIMIT),
-        over_limit=True,
-        gateways="no_map",
-    ),
+    Admission("the limit before the gateways", OVER_LIMIT, over_limit=True, gateways="no_map"),
 ]
 
 
