@@ -305,7 +305,7 @@ case "$cmd" in
         rc=0
         # Two workers: the cluster's tests in one (one control plane), the
         # rest in the other, each test still waiting on conditions, not time.
-        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadgroup "$@" \
+        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadscope "$@" \
             || rc=$?
         stage ""
         exit "$rc"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import hypothesis
 import pytest
@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
 from gatewaypool_local.synth import Study, generate_study
-from support import custommetrics
+from support import custommetrics, lanes
 from support.realcluster import Cluster, namespace_for, running_cluster, session_folder
 
 # Property tests check properties, not speed: hypothesis's per-example
@@ -40,15 +40,14 @@ def pytest_runtest_makereport(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, every test of the real cluster runs in one worker.
+    lanes.check_placement(items)
 
-    The cluster is one per session (one per worker under xdist): its tests
-    form one group (``--dist loadgroup``), so one control plane serves them
-    while the other workers run the rest.
-    """
-    for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope``: one worker takes every cluster module (support.lanes)."""
+    if config.getvalue("dist") == "loadscope":
+        return lanes.OneClusterScheduling(config, log)
+    return None
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
