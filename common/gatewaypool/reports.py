@@ -14,7 +14,9 @@ Wire format (JSON, one line, camelCase)::
      "reportedAt": "2026-03-01T12:05:00.250000Z",
      "used": "eJzt...",
      "open": {"4": 2, "3": 1},
-     "openTruncated": false}
+     "openTruncated": false,
+     "spool": {"instances": 12, "bytes": 6291456, "oldestSeconds": 41.5,
+               "refused": 0, "buckets": "eJzt..."}}
 
 - ``mapVersion``: the bucket map version the router routes by; null before
   it applied any. ``buckets``: that map's bucket count (0 before any).
@@ -43,17 +45,31 @@ Wire format (JSON, one line, camelCase)::
   highest indices; ``openTruncated`` says lower indices were left out. The
   StatefulSet removes the highest ordinals first, so the highest index with
   an open association is exact, and that is what a scale-down needs.
+- ``spool`` (optional; absent when the router runs without a spool, which is
+  how every report written before the spool reads): what the router's spool
+  holds. ``instances`` and ``bytes`` waiting to be forwarded (the refused
+  ones not counted), ``oldestSeconds`` the age of the oldest of them at
+  ``reportedAt`` (0 when none), ``refused`` the instances a gateway refused
+  for good and that are kept aside, and ``buckets`` the set of buckets with
+  instances waiting: one bit per bucket (bucket ``8k`` in the high bit of
+  byte ``k``), zlib-compressed and base64-encoded like ``used``; ``""`` for
+  none, ``"*"`` for "every bucket", what a router sends when the exact set
+  does not fit its budget. A bucket in that set is not quiet, whatever
+  ``used`` says (`RouterReport.quiet_seconds` is 0 for it): its instances
+  must reach its owner before it may change owner.
 
 Size bound. A report is at most `report_size_bound(buckets)` characters:
-about 300 for the fixed fields, 560 for ``open``, and for ``used`` the
-base64 of zlib's worst case for ``ceil(buckets / 2)`` bytes (incompressible
-input grows by a few bytes per 16 KiB). With 4096 buckets that is under
-3.7 KB; with the 65536 maximum under 44.9 KB, so 20 routers' reports with
-253-character pod names take under 905 KB of the ConfigMap's 1 MiB (1048576
-bytes, keys included), whatever the traffic. `report_budget` gives the
-per-router share for more routers (the CRD allows 100); a router whose
-exact ``used`` would exceed it sends ``"*"``, so the whole ConfigMap stays
-under 1 MiB for any number of buckets and routers the CRD accepts.
+about 300 for the fixed fields, 560 for ``open``, for ``used`` the base64 of
+zlib's worst case for ``ceil(buckets / 2)`` bytes (incompressible input grows
+by a few bytes per 16 KiB), and for ``spool`` about 150 for its numbers plus
+the same worst case for ``ceil(buckets / 8)`` bytes. With 4096 buckets that
+is under 4.6 KB; with the 65536 maximum under 56 KB, so 18 routers' reports
+with 253-character pod names take under 1015 KB of the ConfigMap's 1 MiB
+(1048576 bytes, keys included), whatever the traffic. `report_budget` gives
+the per-router share for more routers (the CRD allows 100); a router whose
+exact report would exceed it sends ``"*"`` for ``used``, then if need be for
+``spool.buckets`` too, so the whole ConfigMap stays under 1 MiB for any
+number of buckets and routers the CRD accepts.
 
 Staleness and safety. A report says what the router did up to
 ``reportedAt`` and nothing after. When the operator completes a handover on
@@ -112,6 +128,7 @@ __all__ = [
     "PENDING_REPORT_SECONDS",
     "ReportError",
     "RouterReport",
+    "SpoolSummary",
     "age_class",
     "build_report",
     "dump_report",
@@ -142,7 +159,19 @@ _MAX_KEY = 253  # a pod name's length
 _FIXED_FIELDS = 300  # keys, punctuation, two timestamps, version, counts, openTruncated
 _OPEN_ENTRY = 17  # "65535":2147483647,
 _MAX_OPEN_COUNT = 2**31 - 1
-_KEYS = ("mapVersion", "buckets", "startedAt", "reportedAt", "used", "open", "openTruncated")
+_SPOOL_FIELDS = 150  # "spool":{...} with its four numbers at their longest and the keys
+_MAX_COUNT = 2**63 - 1
+_KEYS = (
+    "mapVersion",
+    "buckets",
+    "startedAt",
+    "reportedAt",
+    "used",
+    "open",
+    "openTruncated",
+    "spool",
+)
+_SPOOL_KEYS = ("instances", "bytes", "oldestSeconds", "refused", "buckets")
 _REQUIRED = ("mapVersion", "buckets", "startedAt", "reportedAt", "used")
 
 
@@ -161,6 +190,50 @@ class ReportError(ValueError):
         super().__init__(f"{path}: {problem}" if path else problem)
         self.path = path
         self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSummary:
+    """What a router's spool holds at ``reportedAt``; valid by construction.
+
+    Attributes
+    ----------
+    instances, bytes
+        Instances waiting to be forwarded, and their size on disk (refused
+        ones not counted).
+    oldest_seconds
+        The age of the oldest waiting instance (0 when none).
+    refused
+        Instances a gateway refused for good, kept aside.
+    buckets
+        The buckets with instances waiting. Ignored when `all_buckets`.
+    all_buckets
+        Every bucket counts as holding spooled instances (the ``"*"`` form).
+    """
+
+    instances: int = 0
+    bytes: int = 0
+    oldest_seconds: float = 0.0
+    refused: int = 0
+    buckets: frozenset[int] = frozenset()
+    all_buckets: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "buckets", frozenset(self.buckets))
+        for name, wire in (("instances", "instances"), ("bytes", "bytes"), ("refused", "refused")):
+            value = getattr(self, name)
+            if not is_int(value) or not 0 <= value <= _MAX_COUNT:
+                raise ReportError(f"{show(value)} is not a count", path=f"spool.{wire}")
+        age = self.oldest_seconds
+        if isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf:
+            raise ReportError(f"{show(age)} is not an age in seconds", path="spool.oldestSeconds")
+        for bucket in self.buckets:
+            if not is_int(bucket) or not 0 <= bucket < MAX_BUCKETS:
+                raise ReportError(f"{show(bucket)} is not a bucket", path="spool.buckets")
+
+    def holds(self, bucket: int) -> bool:
+        """Whether `bucket` has instances waiting in this spool."""
+        return self.all_buckets or bucket in self.buckets
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -186,6 +259,8 @@ class RouterReport:
         Gateway index → open upstream associations (positive counts only).
     open_truncated
         Gateways below the lowest index in `open_associations` were left out.
+    spool
+        What the router's spool holds; None when it runs without one.
     """
 
     map_version: int | None
@@ -196,6 +271,7 @@ class RouterReport:
     all_used: bool = False
     open_associations: Mapping[int, int] = field(default_factory=dict, hash=False)
     open_truncated: bool = False
+    spool: SpoolSummary | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "used", MappingProxyType(dict(sorted(self.used.items()))))
@@ -230,27 +306,39 @@ class RouterReport:
                 raise ReportError(f"{gateway!r} is not a gateway index", path="open")
             if not is_int(count) or not 1 <= count <= _MAX_OPEN_COUNT:
                 raise ReportError(f"{count!r} is not a positive association count", path=path)
+        if self.spool is not None and not self.spool.all_buckets:
+            beyond = [b for b in self.spool.buckets if b >= self.buckets]
+            if beyond:
+                raise ReportError(
+                    f"bucket {min(beyond)} is not in 0..{self.buckets - 1}", path="spool.buckets"
+                )
 
     def __repr__(self) -> str:
         return (
             f"RouterReport(map_version={self.map_version}, "
             f"reported_at={format_time(self.reported_at)}, used={len(self.used)} buckets"
-            f"{', all used' if self.all_used else ''}, open={dict(self.open_associations)})"
+            f"{', all used' if self.all_used else ''}, open={dict(self.open_associations)}"
+            f"{'' if self.spool is None else f', spool={self.spool.instances} instances'})"
         )
 
     def quiet_seconds(self, bucket: int) -> float:
         """Return a lower bound of how long, at `reported_at`, the router had not used `bucket`.
 
         Counts only the time since the router started (before that it knows
-        nothing), is 0 for every bucket in the ``"*"`` form, and at most
-        `HORIZON_SECONDS` for a bucket not used within it.
+        nothing), is 0 for every bucket in the ``"*"`` form and for a bucket
+        with instances in the router's spool, and at most `HORIZON_SECONDS`
+        for a bucket not used within it.
         """
         known = (self.reported_at - self.started_at).total_seconds()
-        if self.all_used:
+        if self.all_used or self.spooled(bucket):
             return 0.0
         cls = self.used.get(bucket)
         age = float(HORIZON_SECONDS) if cls is None else float(AGE_CLASSES[cls - 1])
         return min(age, known)
+
+    def spooled(self, bucket: int) -> bool:
+        """Whether the router's spool holds instances of `bucket` (never without a spool)."""
+        return self.spool is not None and self.spool.holds(bucket)
 
     def highest_open_gateway(self) -> int | None:
         """Return the highest gateway index with an open association, or None."""
@@ -279,6 +367,7 @@ def build_report(
     reported_at: datetime,
     ages: Mapping[int, float],
     open_associations: Mapping[int, int],
+    spool: SpoolSummary | None = None,
 ) -> RouterReport:
     """Return a router's report from what it tracks.
 
@@ -291,6 +380,8 @@ def build_report(
     open_associations
         Gateway index → open upstream associations; zero counts are dropped,
         and only the `MAX_OPEN_ENTRIES` highest indices are kept.
+    spool
+        What the router's spool holds; None without a spool.
     """
     used = {bucket: cls for bucket, age in ages.items() if (cls := age_class(max(0.0, age)))}
     open_now = sorted((g, n) for g, n in open_associations.items() if n > 0)
@@ -303,15 +394,22 @@ def build_report(
         used=used,
         open_associations=kept,
         open_truncated=len(kept) < len(open_now),
+        spool=spool,
     )
 
 
 def report_size_bound(buckets: int) -> int:
     """Return the most characters a report of a map with `buckets` buckets can take."""
-    packed = math.ceil(buckets / 2)
+    used = _base64_bound(math.ceil(buckets / 2))
+    spooled = _base64_bound(math.ceil(buckets / 8))
+    return _FIXED_FIELDS + MAX_OPEN_ENTRIES * _OPEN_ENTRY + used + _SPOOL_FIELDS + spooled
+
+
+def _base64_bound(packed: int) -> int:
+    """The most characters the base64 of `packed` bytes zlib-compressed can take."""
     # zlib's compressBound: stored blocks cost 5 bytes per 16 KiB, plus header and trailer.
     compressed = packed + (packed >> 12) + (packed >> 14) + (packed >> 25) + 13
-    return _FIXED_FIELDS + MAX_OPEN_ENTRIES * _OPEN_ENTRY + 4 * math.ceil(compressed / 3)
+    return 4 * math.ceil(compressed / 3)
 
 
 def report_budget(routers: int) -> int:
@@ -331,8 +429,9 @@ def dump_report(report: RouterReport, *, budget: int | None = None) -> str:
     ----------
     budget
         The most characters the text may take (`report_budget` for the
-        pool's router count); if the exact ``used`` does not fit, it is sent
-        as ``"*"``, which is safe. None: no limit beyond `report_size_bound`.
+        pool's router count); if the exact report does not fit, ``used`` is
+        sent as ``"*"``, and then ``spool.buckets`` too if need be, which is
+        safe. None: no limit beyond `report_size_bound`.
     """
     data: dict[str, Any] = {
         "mapVersion": report.map_version,
@@ -343,11 +442,26 @@ def dump_report(report: RouterReport, *, budget: int | None = None) -> str:
         "open": {str(gateway): count for gateway, count in report.open_associations.items()},
         "openTruncated": report.open_truncated,
     }
+    if report.spool is not None:
+        data["spool"] = _spool_data(report.spool, report.buckets)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     if budget is not None and len(text) > budget and data["used"] != ALL_USED:
         data["used"] = ALL_USED
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if budget is not None and len(text) > budget and "spool" in data:
+        data["spool"]["buckets"] = ALL_USED
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return text
+
+
+def _spool_data(spool: SpoolSummary, buckets: int) -> dict[str, Any]:
+    return {
+        "instances": spool.instances,
+        "bytes": spool.bytes,
+        "oldestSeconds": round(float(spool.oldest_seconds), 3),
+        "refused": spool.refused,
+        "buckets": ALL_USED if spool.all_buckets else _encode_bits(spool.buckets, buckets),
+    }
 
 
 def parse_report(text: str) -> RouterReport:
@@ -381,6 +495,7 @@ def parse_report(text: str) -> RouterReport:
         all_used=all_used,
         open_associations=_parse_open(data.get("open", {})),
         open_truncated=truncated,
+        spool=_parse_spool(data["spool"], buckets) if "spool" in data else None,
     )
 
 
@@ -435,26 +550,31 @@ def _encode_used(used: Mapping[int, int], buckets: int) -> str:
     return base64.b64encode(zlib.compress(bytes(packed), 9)).decode("ascii")
 
 
-def _decode_used(text: str, buckets: int) -> dict[int, int]:
-    if not text:
-        return {}
-    size = math.ceil(buckets / 2)
+def _inflate(text: str, size: int, buckets: int, path: str) -> bytes:
+    """The `size` bytes that `text` (base64 of zlib) holds, or a `ReportError` at `path`."""
     try:
         compressed = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise ReportError(f"{show(text)} is not base64", path="used") from None
+        raise ReportError(f"{show(text)} is not base64", path=path) from None
     inflate = zlib.decompressobj()
     try:
         # Never inflate more than the map can need: a hostile report cannot balloon.
         packed = inflate.decompress(compressed, size + 1)
     except zlib.error as error:
-        raise ReportError(f"not zlib data ({error})", path="used") from None
+        raise ReportError(f"not zlib data ({error})", path=path) from None
     if len(packed) != size or not inflate.eof or inflate.unconsumed_tail:
         raise ReportError(
             f"holds {len(packed)}{'+' if inflate.unconsumed_tail else ''} bytes, "
             f"{size} expected for {buckets} buckets",
-            path="used",
+            path=path,
         )
+    return packed
+
+
+def _decode_used(text: str, buckets: int) -> dict[int, int]:
+    if not text:
+        return {}
+    packed = _inflate(text, math.ceil(buckets / 2), buckets, "used")
     used: dict[int, int] = {}
     for index, byte in enumerate(packed):
         for bucket, cls in ((2 * index, byte >> 4), (2 * index + 1, byte & 0x0F)):
@@ -466,6 +586,54 @@ def _decode_used(text: str, buckets: int) -> dict[int, int]:
                     )
                 used[bucket] = cls
     return used
+
+
+def _encode_bits(members: frozenset[int], buckets: int) -> str:
+    if not members:
+        return ""
+    packed = bytearray(math.ceil(buckets / 8))
+    for bucket in members:
+        packed[bucket // 8] |= 0x80 >> (bucket % 8)
+    return base64.b64encode(zlib.compress(bytes(packed), 9)).decode("ascii")
+
+
+def _decode_bits(text: str, buckets: int, path: str) -> frozenset[int]:
+    if not text:
+        return frozenset()
+    packed = _inflate(text, math.ceil(buckets / 8), buckets, path)
+    members = {
+        8 * index + bit
+        for index, byte in enumerate(packed)
+        for bit in range(8)
+        if byte & (0x80 >> bit)
+    }
+    beyond = [bucket for bucket in members if bucket >= buckets]
+    if beyond:
+        raise ReportError(f"bucket {min(beyond)} is beyond {buckets} buckets", path=path)
+    return frozenset(members)
+
+
+def _parse_spool(data: object, buckets: int) -> SpoolSummary:
+    if not isinstance(data, Mapping):
+        raise ReportError(f"{show(data)} is not an object", path="spool")
+    for key in data:
+        if key not in _SPOOL_KEYS:
+            raise ReportError(f"{show(key)} is not a known key", path=f"spool.{key}")
+    for key in _SPOOL_KEYS:
+        if key not in data:
+            raise ReportError("required key is missing", path=f"spool.{key}")
+    raw = data["buckets"]
+    if not isinstance(raw, str):
+        raise ReportError(f"{show(raw)} is not a string", path="spool.buckets")
+    every = raw == ALL_USED
+    return SpoolSummary(
+        instances=data["instances"],
+        bytes=data["bytes"],
+        oldest_seconds=data["oldestSeconds"],
+        refused=data["refused"],
+        buckets=frozenset() if every else _decode_bits(raw, buckets, "spool.buckets"),
+        all_buckets=every,
+    )
 
 
 def _parse_open(data: object) -> dict[int, int]:

@@ -21,6 +21,7 @@ from gatewaypool.reports import (
     MAX_OPEN_ENTRIES,
     ReportError,
     RouterReport,
+    SpoolSummary,
     age_class,
     build_report,
     dump_report,
@@ -57,7 +58,29 @@ def worst_case(buckets: int) -> RouterReport:
         used={bucket: rng.randint(1, 15) for bucket in range(buckets)},
         open_associations={MAX_BUCKETS - 1 - i: 2**31 - 1 for i in range(MAX_OPEN_ENTRIES)},
         open_truncated=True,
+        spool=SpoolSummary(
+            instances=2**63 - 1,
+            bytes=2**63 - 1,
+            oldest_seconds=123456789012.125,
+            refused=2**63 - 1,
+            buckets=frozenset(b for b in range(buckets) if rng.random() < 0.5),
+        ),
     )
+
+
+def spools(buckets: int) -> st.SearchStrategy[SpoolSummary | None]:
+    members = (
+        st.frozensets(st.integers(0, buckets - 1), max_size=40) if buckets else st.just(frozenset())
+    )
+    return st.none() | st.builds(
+        SpoolSummary,
+        instances=st.integers(0, 2**63 - 1),
+        bytes=st.integers(0, 2**63 - 1),
+        oldest_seconds=st.integers(0, 10**6).map(lambda ms: ms / 1000),
+        refused=st.integers(0, 2**63 - 1),
+        buckets=members,
+        all_buckets=st.booleans(),
+    ).map(lambda s: dataclasses.replace(s, buckets=frozenset()) if s.all_buckets else s)
 
 
 @settings(max_examples=150, deadline=None)
@@ -91,6 +114,7 @@ def test_round_trip(
         all_used=data.draw(st.booleans()) and buckets > 0,
         open_associations=opened,
         open_truncated=data.draw(st.booleans()),
+        spool=data.draw(spools(buckets)),
     )
     parsed = parse_report(dump_report(original))
     expected_used = {} if original.all_used else dict(original.used)
@@ -99,6 +123,7 @@ def test_round_trip(
     assert dict(parsed.open_associations) == dict(original.open_associations)
     assert (parsed.map_version, parsed.buckets) == (version, buckets)
     assert parsed.open_truncated == original.open_truncated
+    assert parsed.spool == original.spool
     # Microseconds survive: the router's clock is read as written.
     assert parsed.started_at == original.started_at
     assert parsed.reported_at == original.reported_at
@@ -108,16 +133,19 @@ def test_round_trip(
 def test_the_worst_case_stays_within_the_stated_bound(buckets: int) -> None:
     text = dump_report(worst_case(buckets))
     assert len(text) <= report_size_bound(buckets)
-    assert dict(parse_report(text).used) == dict(worst_case(buckets).used)
+    parsed = parse_report(text)
+    assert dict(parsed.used) == dict(worst_case(buckets).used)
+    assert parsed.spool == worst_case(buckets).spool
 
 
-def test_twenty_worst_case_reports_fit_one_configmap_at_every_bucket_count() -> None:
+def test_eighteen_worst_case_reports_fit_one_configmap_at_every_bucket_count() -> None:
     text = dump_report(worst_case(MAX_BUCKETS))
-    keys = [f"{'r' * 240}-{i:012d}" for i in range(20)]  # 253-character pod names
+    keys = [f"{'r' * 240}-{i:012d}" for i in range(18)]  # 253-character pod names
     total = sum(len(key) + len(text) for key in keys)
     assert total < CONFIGMAP_LIMIT
-    assert report_size_bound(MAX_BUCKETS) * 20 + 20 * 253 < 905_000
-    assert report_size_bound(4096) < 3_700
+    assert report_size_bound(MAX_BUCKETS) * 18 + 18 * 253 < 1_015_000
+    assert report_size_bound(MAX_BUCKETS) < 56_000
+    assert report_size_bound(4096) < 4_600
 
 
 def test_a_budget_makes_a_report_conservative_instead_of_too_large() -> None:
@@ -128,8 +156,22 @@ def test_a_budget_makes_a_report_conservative_instead_of_too_large() -> None:
     parsed = parse_report(text)
     assert parsed.all_used
     assert parsed.quiet_seconds(5) == 0.0
+    assert parsed.spool is not None and parsed.spool.all_buckets
+    assert parsed.spool.instances == 2**63 - 1  # the numbers are never given up
+    assert parsed.quiet_seconds(5) == 0.0
     # A small report is sent exactly under the same budget.
     assert not parse_report(dump_report(report(), budget=budget)).all_used
+
+
+def test_the_budget_gives_up_used_before_the_spools_buckets() -> None:
+    spool = SpoolSummary(instances=1, bytes=10, buckets=frozenset(range(0, 4096, 3)))
+    rng = random.Random(7)
+    big = report(used={b: rng.randint(1, 15) for b in range(4096)}, spool=spool)
+    exact = dump_report(big)
+    fitting = len(exact) - 100
+    parsed = parse_report(dump_report(big, budget=fitting))
+    assert parsed.all_used
+    assert parsed.spool == spool
 
 
 def test_ages_round_down_to_a_class_never_up() -> None:
@@ -171,6 +213,98 @@ def test_used_puts_bucket_two_k_in_the_high_half_of_byte_k() -> None:
     text = dump_report(report(buckets=4, used={0: 1, 3: 15}))
     packed = zlib.decompress(base64.b64decode(json.loads(text)["used"]))
     assert packed == bytes([0x10, 0x0F])
+
+
+def test_spool_buckets_put_bucket_eight_k_in_the_high_bit_of_byte_k() -> None:
+    import base64
+    import zlib
+
+    text = dump_report(report(buckets=12, used={}, spool=SpoolSummary(buckets=frozenset({0, 9}))))
+    packed = zlib.decompress(base64.b64decode(json.loads(text)["spool"]["buckets"]))
+    assert packed == bytes([0x80, 0x40])
+
+
+def test_a_report_without_spool_has_none_and_a_spooled_bucket_is_never_quiet() -> None:
+    old = good()
+    assert "spool" not in old  # reports written before the spool read as before
+    assert parse_report(json.dumps(old)).spool is None
+    quiet = report(reported_at=STARTED + timedelta(days=1), used={})
+    assert quiet.quiet_seconds(3) == HORIZON_SECONDS
+    assert not quiet.spooled(3)
+    held = report(
+        reported_at=STARTED + timedelta(days=1),
+        used={},
+        spool=SpoolSummary(instances=2, bytes=100, oldest_seconds=7.5, buckets=frozenset({3})),
+    )
+    assert held.spooled(3) and not held.spooled(4)
+    assert held.quiet_seconds(3) == 0.0
+    assert held.quiet_seconds(4) == HORIZON_SECONDS
+    every = report(spool=SpoolSummary(all_buckets=True))
+    assert every.quiet_seconds(4095) == 0.0
+    text = dump_report(held)
+    assert json.loads(text)["spool"] == {
+        "instances": 2,
+        "bytes": 100,
+        "oldestSeconds": 7.5,
+        "refused": 0,
+        "buckets": json.loads(text)["spool"]["buckets"],
+    }
+    assert parse_report(text).spool == held.spool
+    empty = json.loads(dump_report(report(spool=SpoolSummary())))["spool"]
+    assert empty["buckets"] == ""
+
+
+def good_spool() -> dict[str, object]:
+    text = dump_report(report(spool=SpoolSummary(instances=1, bytes=5, buckets=frozenset({17}))))
+    result: dict[str, object] = json.loads(text)["spool"]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"instances": -1}, "spool.instances"),
+        ({"instances": 1.5}, "spool.instances"),
+        ({"bytes": True}, "spool.bytes"),
+        ({"refused": "3"}, "spool.refused"),
+        ({"oldestSeconds": -0.5}, "spool.oldestSeconds"),
+        ({"oldestSeconds": "1"}, "spool.oldestSeconds"),
+        ({"oldestSeconds": None}, "spool.oldestSeconds"),
+        ({"buckets": 5}, "spool.buckets"),
+        ({"buckets": "not base64!"}, "spool.buckets"),
+        ({"buckets": "aGVsbG8="}, "spool.buckets"),
+        ({"colour": "blue"}, "spool.colour"),
+    ],
+)
+def test_malformed_spool_fields_are_named(change: dict[str, object], path: str) -> None:
+    data = good() | {"spool": good_spool() | change}
+    with pytest.raises(ReportError) as caught:
+        parse_report(json.dumps(data))
+    assert caught.value.path == path
+
+
+@pytest.mark.parametrize("missing", ["instances", "bytes", "oldestSeconds", "refused", "buckets"])
+def test_required_spool_fields(missing: str) -> None:
+    spool = good_spool()
+    del spool[missing]
+    with pytest.raises(ReportError, match=f"^spool.{missing}: required key is missing"):
+        parse_report(json.dumps(good() | {"spool": spool}))
+
+
+def test_spool_buckets_beyond_the_map_are_refused() -> None:
+    import base64
+    import zlib
+
+    with pytest.raises(ReportError, match=r"^spool: "):
+        parse_report(json.dumps(good() | {"spool": [1]}))
+    data = good() | {"buckets": 12, "used": ""}
+    data["spool"] = good_spool() | {
+        "buckets": base64.b64encode(zlib.compress(bytes([0x00, 0x01]))).decode()
+    }
+    with pytest.raises(ReportError, match=r"^spool.buckets: bucket 15 is beyond 12 buckets"):
+        parse_report(json.dumps(data))
+    with pytest.raises(ReportError, match=r"^spool.buckets: bucket 4096"):
+        report(spool=SpoolSummary(buckets=frozenset({4096})))
 
 
 def good() -> dict[str, object]:
