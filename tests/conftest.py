@@ -39,6 +39,15 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="write the golden files (tests/golden/) from what the code renders now, "
+        "instead of comparing with them; review the change with git diff",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     lanes.check_placement(items)
 

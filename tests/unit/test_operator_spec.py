@@ -23,6 +23,7 @@ from gatewaypool_operator.spec.types import (
     RouterTLSSpec,
 )
 from support.crd import apply_defaults, spec_schema
+from support.specs import full
 
 OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
 
@@ -33,47 +34,6 @@ def parse(spec: Any) -> PoolSpec:
 
 def minimal() -> dict[str, Any]:
     return {"gateway": {"image": "orthancteam/orthanc:24.1.2"}}
-
-
-def full() -> dict[str, Any]:
-    """Every field of the contract set, none to its default."""
-    return {
-        "replicas": 3,
-        "buckets": 1024,
-        "gateway": {
-            "image": "orthancteam/orthanc:24.1.2",
-            "imagePullPolicy": "Always",
-            "command": ["Orthanc"],
-            "args": ["/etc/orthanc/"],
-            "port": 4242,
-            "aeTitle": "ORTHANC",
-            "env": [
-                {"name": "ORTHANC__NAME", "value": "gw"},
-                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
-            ],
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}},
-            "storage": {"size": "10Gi", "storageClassName": "fast", "mountPath": "/data"},
-            "podTemplate": {
-                "labels": {"team": "radiology"},
-                "annotations": {"example.org/note": "any text, even spaces"},
-                "nodeSelector": {"node-role.example.org/phi": "true"},
-                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "phi"}],
-                "affinity": {"nodeAffinity": {}},
-                "priorityClassName": "clinical-critical",
-                "serviceAccountName": "gateway",
-            },
-        },
-        "router": {
-            "replicas": 4,
-            "image": "registry.example.org/router:1",
-            "aeTitle": "ROUTER",
-            "port": 104,
-            "serviceType": "LoadBalancer",
-            "allowedCallingAETitles": ["CT1", "MR ROOM 2"],
-            "resources": {"limits": {"memory": "256Mi"}},
-        },
-        "handover": {"quietSeconds": 60, "maxDrainSeconds": 900},
-    }
 
 
 def with_value(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -155,7 +115,7 @@ def test_explicit_nulls_count_as_unset() -> None:
 
 def test_full_spec_keeps_every_value() -> None:
     spec = parse(full())
-    assert (spec.replicas, spec.buckets) == (3, 1024)
+    assert (spec.replicas, spec.buckets) == (4, 1024)
     gateway = spec.gateway
     assert (gateway.image_pull_policy, gateway.command, gateway.args) == (
         "Always",
@@ -174,7 +134,7 @@ def test_full_spec_keeps_every_value() -> None:
     assert template.service_account_name == "gateway"
     router = spec.router
     assert (router.replicas, router.image, router.service.type) == (
-        4,
+        3,
         "registry.example.org/router:1",
         "LoadBalancer",
     )
@@ -776,6 +736,8 @@ def test_any_value_anywhere_gives_a_spec_or_a_spec_error(path: str, value: Any) 
     base = minimal()
     if "storage." in path:
         base["gateway"]["storage"] = {"size": "1Gi"}
+    if path.startswith("router.spool."):
+        base["router"] = {"spool": {"size": "1Gi"}}
     if path.startswith("autoscaling."):
         base["autoscaling"] = {"maxReplicas": 4, "targets": {"studiesInFlight": 4}}
     if path.startswith("router.tls."):
