@@ -254,6 +254,35 @@ FAULTS: Final[tuple[Fault, ...]] = (
         "spec.gateway.storage.whenScaled",
         _set("gateway.storage", {"size": "1Gi", "whenScaled": "Shred"}),
     ),
+    Fault("spool-without-size", "spec.router.spool.size", _set("router.spool", {})),
+    Fault("spool-size-zero", "spec.router.spool.size", _set("router.spool", {"size": "0"})),
+    Fault("spool-size-bad", "spec.router.spool.size", _set("router.spool", {"size": "1 GB"})),
+    Fault(
+        "spool-class-not-a-subdomain",
+        "spec.router.spool.storageClassName",
+        _set("router.spool", {"size": "1Gi", "storageClassName": "local_nvme"}),
+    ),
+    Fault(
+        "spool-when-sometimes",
+        "spec.router.spool.when",
+        _set("router.spool", {"size": "1Gi", "when": "Sometimes"}),
+    ),
+    Fault(
+        "spool-retention-too-short",
+        "spec.router.spool.retentionSeconds",
+        _set("router.spool", {"size": "1Gi", "retentionSeconds": 59}),
+    ),
+    Fault(
+        "spool-retention-too-long",
+        "spec.router.spool.retentionSeconds",
+        _set("router.spool", {"size": "1Gi", "retentionSeconds": 30 * 86400 + 1}),
+    ),
+    Fault(
+        "spool-unknown-field",
+        "spec.router.spool.mountPath",
+        _set("router.spool", {"size": "1Gi", "mountPath": "/spool"}),
+        status=400,
+    ),
     Fault(
         "storage-in-cert-folder",
         "spec.gateway.storage.mountPath",

@@ -64,12 +64,15 @@ EXPECTED_OPERATOR_RULES: Rules = {
     # collector deletes it with the pool. "list" and "watch" on ConfigMaps: the
     # routers' Role grants them, and RBAC lets the operator grant only what it holds.
     ("", "configmaps"): frozenset({"get", "list", "watch", "create", "patch"}),
-    ("", "services"): frozenset({"get", "create", "patch"}),
+    # The routers' headless Service NAME-router-pods goes with spec.router.spool.
+    ("", "services"): frozenset({"get", "create", "patch", "delete"}),
     ("", "serviceaccounts"): frozenset({"get", "create", "patch"}),
     # Deleted with propagationPolicy Orphan and created again to change an
-    # immutable field (spec.gateway.storage): pods and volumes stay.
+    # immutable field (spec.gateway.storage): pods and volumes stay. The
+    # routers are a Deployment, or a StatefulSet with spec.router.spool: the
+    # kind the spec no longer asks for is deleted once the other is ready.
     ("apps", "statefulsets"): frozenset({"get", "create", "patch", "delete"}),
-    ("apps", "deployments"): frozenset({"get", "create", "patch"}),
+    ("apps", "deployments"): frozenset({"get", "create", "patch", "delete"}),
     ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch"}),
     ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch"}),
     # Deleted when spec.networkPolicy.enabled is false.

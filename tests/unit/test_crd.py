@@ -139,6 +139,11 @@ SPEC_FIELDS = [
     "router.tls.port",
     "router.tls.clientCASecretName",
     "router.tls.callerSubjects",
+    "router.spool",
+    "router.spool.size",
+    "router.spool.storageClassName",
+    "router.spool.when",
+    "router.spool.retentionSeconds",
     "networkPolicy",
     "networkPolicy.enabled",
     "networkPolicy.extraIngress",
@@ -173,6 +178,7 @@ STATUS_FIELDS = [
     "excludedRouters",
     "autoscaling",
     "bucketCounts",
+    "spool",
     "conditions",
 ]
 CONDITION_FIELDS = [
@@ -201,6 +207,8 @@ DEFAULTS = {
     "router.plainPort": True,
     "gateway.securityContext.runAsNonRoot": True,
     "router.tls.port": 2762,
+    "router.spool.when": "GatewayUnavailable",
+    "router.spool.retentionSeconds": 86400,
     "handover": {},
     "handover.quietSeconds": 30,
     "handover.maxDrainSeconds": 600,
@@ -216,6 +224,7 @@ RANGES = {
     "router.replicas": (1, 100),
     "router.port": (1, 65535),
     "router.tls.port": (1, 65535),
+    "router.spool.retentionSeconds": (60, 30 * 86400),
     "router.service.nodePorts.dicom": (1, 65535),
     "router.service.nodePorts.dicomTLS": (1, 65535),
     "gateway.securityContext.runAsUser": (0, 2**31 - 1),
@@ -242,6 +251,7 @@ ENUMS = {
     "router.service.externalTrafficPolicy": ["Cluster", "Local"],
     "router.service.ipFamilyPolicy": ["SingleStack", "PreferDualStack", "RequireDualStack"],
     "gateway.storage.whenScaled": ["Retain", "Delete"],
+    "router.spool.when": ["GatewayUnavailable", "Always"],
 }
 AE_TITLE_FIELDS = [
     "gateway.aeTitle",
@@ -759,6 +769,7 @@ def test_required_fields() -> None:
     assert schema["properties"]["spec"]["required"] == ["gateway"]
     assert node("gateway")["required"] == ["image"]
     assert node("gateway.storage")["required"] == ["size"]
+    assert node("router.spool")["required"] == ["size"]
     assert node("autoscaling")["required"] == ["maxReplicas", "targets"]
 
 

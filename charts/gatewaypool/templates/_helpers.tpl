@@ -143,17 +143,25 @@ per watched namespace (rbac.scope namespaces).
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "serviceaccounts"]
+  resources: ["serviceaccounts"]
   verbs: ["get", "create", "patch"]
+# Services are also deleted: the routers' headless Service NAME-router-pods
+# when spec.router.spool goes.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch", "delete"]
 # StatefulSets are also deleted, with propagationPolicy Orphan (pods and
-# volumes kept), to change an immutable field (spec.gateway.storage) by
-# creating them again; NetworkPolicies when spec.networkPolicy.enabled is false.
+# volumes kept), to change an immutable field (spec.gateway.storage,
+# spec.router.spool.size) by creating them again; NetworkPolicies when
+# spec.networkPolicy.enabled is false. The routers run as a Deployment, or as
+# a StatefulSet with spec.router.spool: the kind the spec no longer asks for
+# is deleted once the other is ready.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "patch"]

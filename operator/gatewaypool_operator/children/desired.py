@@ -31,6 +31,7 @@ from gatewaypool_operator.children.names import (
     map_configmap_name,
     object_metadata,
     router_name,
+    router_pods_service_name,
     routers_configmap_name,
     statefulset_name,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "STUDIES_IN_FLIGHT_METRIC",
     "build_children",
     "optional_children",
+    "router_workloads",
     "routers_configmap",
 ]
 
@@ -87,7 +89,9 @@ def build_children(
     Returns
     -------
     list[dict]
-        StatefulSet, headless Service, router Deployment, router Service,
+        StatefulSet, headless Service, router Deployment (with
+        ``spec.router.spool``: the router StatefulSet and its headless
+        Service ``NAME-router-pods`` instead), router Service,
         ServiceAccount, Role, RoleBinding, ConfigMap ``NAME-map``,
         NetworkPolicies ``NAME-gw`` and ``NAME-router`` (unless
         ``spec.networkPolicy.enabled`` is false) and PodDisruptionBudgets
@@ -115,6 +119,11 @@ def build_children(
         if spec.autoscaling is not None
         else []
     )
+    routers = (
+        [router.pods_service(name, namespace), router.statefulset(name, namespace, spec)]
+        if spec.router.spool is not None
+        else [router.deployment(name, namespace, spec)]
+    )
     return [
         router.service_account(name, namespace),
         router.role(name, namespace),
@@ -124,7 +133,7 @@ def build_children(
         gateway.statefulset(name, namespace, spec, gateway_replicas),
         *policies,
         pod_disruption_budget(statefulset_name(name), name, namespace, "gateway"),
-        router.deployment(name, namespace, spec),
+        *routers,
         pod_disruption_budget(router_name(name), name, namespace, "router"),
         router.service(name, namespace, spec),
         *autoscalers,
@@ -135,13 +144,23 @@ def optional_children(name: str) -> list[tuple[str, str]]:
     """Return (kind, name) of the children a spec may leave out, which are then deleted.
 
     The NetworkPolicies go with ``spec.networkPolicy.enabled: false``, the
-    HorizontalPodAutoscaler with ``spec.autoscaling``.
+    HorizontalPodAutoscaler with ``spec.autoscaling``. The routers are either
+    the Deployment or, with ``spec.router.spool``, the StatefulSet and its
+    headless Service: the kind the spec no longer asks for goes once the
+    other is ready (`router_workloads`; the plan decides when).
     """
     return [
         ("NetworkPolicy", statefulset_name(name)),
         ("NetworkPolicy", router_name(name)),
         ("HorizontalPodAutoscaler", autoscaler_name(name)),
+        *router_workloads(name),
+        ("Service", router_pods_service_name(name)),
     ]
+
+
+def router_workloads(name: str) -> list[tuple[str, str]]:
+    """Return (kind, name) of the two kinds the routers can run as: Deployment, StatefulSet."""
+    return [("Deployment", router_name(name)), ("StatefulSet", router_name(name))]
 
 
 def routers_configmap(*, name: str, namespace: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "object_metadata",
     "owner_reference",
     "router_name",
+    "router_pods_service_name",
     "routers_configmap_name",
     "selector_labels",
     "selector_string",
@@ -57,6 +58,16 @@ def statefulset_name(name: str) -> str:
 def router_name(name: str) -> str:
     """Return ``NAME-router``: the router Deployment, Service, ServiceAccount, Role, binding."""
     return f"{name}-router"
+
+
+def router_pods_service_name(name: str) -> str:
+    """Return ``NAME-router-pods``: the headless Service the router StatefulSet names.
+
+    Only with ``spec.router.spool``. Modalities use the router Service
+    ``NAME-router``; this one exists because a StatefulSet names a governing
+    Service (``serviceName``, which older API servers require).
+    """
+    return f"{name}-router-pods"
 
 
 def map_configmap_name(name: str) -> str:

@@ -1,7 +1,14 @@
-"""The routers' objects: Deployment, Service, RBAC, NetworkPolicy, and their TLS Secrets.
+"""The routers' objects: Deployment or StatefulSet, Services, RBAC, NetworkPolicy, Secrets.
 
 The study router runs as the Deployment ``NAME-router`` behind the Service
-of the same name, with a ServiceAccount, Role and RoleBinding that allow
+of the same name or, with ``spec.router.spool``, as the StatefulSet
+``NAME-router`` (`statefulset`), each pod with a PersistentVolumeClaim of
+its own for the spool, and the headless Service ``NAME-router-pods`` the
+StatefulSet names; the Service modalities send to stays ``NAME-router``.
+Both kinds have the same pod template but for the spool's volume, options
+and grace period, and the same selector, so the router Service and the
+PodDisruptionBudget cover the pods of both while one replaces the other.
+The routers have a ServiceAccount, Role and RoleBinding that allow
 exactly the API calls a router makes, a NetworkPolicy that opens its DICOM
 and HTTP ports and no other (and a PodDisruptionBudget of one, from
 `gatewaypool_operator.children.podparts`). The Secrets
@@ -23,6 +30,7 @@ from gatewaypool_operator.children.names import (
     map_configmap_name,
     object_metadata,
     router_name,
+    router_pods_service_name,
     routers_configmap_name,
     selector_labels,
 )
@@ -40,20 +48,28 @@ from gatewaypool_operator.children.podparts import (
     spread_field,
 )
 from gatewaypool_operator.spec.fields import thaw
-from gatewaypool_operator.spec.types import PoolSpec
+from gatewaypool_operator.spec.types import PoolSpec, SpoolSpec
 
 __all__ = [
     "ROUTER_DICOM_PORT",
     "ROUTER_HTTP_PORT",
     "ROUTER_TLS_PORT",
     "RUN_AS_USER",
+    "SPOOL_DIRECTORY",
+    "SPOOL_SHUTDOWN_GRACE_SECONDS",
+    "SPOOL_TERMINATION_GRACE_SECONDS",
+    "SPOOL_USABLE_PERCENT",
+    "SPOOL_VOLUME",
     "deployment",
     "network_policy",
+    "pods_service",
     "role",
     "role_binding",
     "secret_mounts",
     "service",
     "service_account",
+    "spool_max_bytes",
+    "statefulset",
     "workers",
 ]
 
@@ -65,6 +81,27 @@ ROUTER_TLS_PORT: Final = 2762
 so changing it moves the Service's port and restarts no router."""
 RUN_AS_USER: Final = 65532
 """The router's user and group: the distroless "nonroot" user of the image."""
+SPOOL_VOLUME: Final = "spool"
+"""The volumeClaimTemplate of the router StatefulSet: claims ``spool-NAME-router-<i>``."""
+SPOOL_DIRECTORY: Final = "/var/spool/gatewaypool"
+"""Where a router pod mounts its spool volume (``--spool-dir``)."""
+SPOOL_USABLE_PERCENT: Final = 85
+"""The share of ``spec.router.spool.size`` a router may fill (``--spool-max-bytes``).
+
+The rest is what a file system takes before a non-root process can write a
+byte: ext4 keeps 5% of the blocks for root (the router is not root), its
+inode tables take about 1.6% and its journal up to 256 MiB (32 MiB on a
+1 GiB volume); and what the spool writes beside the data sets (a metadata
+file and a directory entry per instance) and the instance being written
+are not in the count the router keeps. 15% covers those from 1 GiB up, so
+a full spool answers 0xA700 before the disk answers ENOSPC.
+"""
+SPOOL_SHUTDOWN_GRACE_SECONDS: Final = 90
+"""A spooling router's ``--shutdown-grace``: after SIGTERM it stops accepting,
+lets open associations end and forwards what its spool holds, within this."""
+SPOOL_TERMINATION_GRACE_SECONDS: Final = SPOOL_SHUTDOWN_GRACE_SECONDS + 15
+"""Its pods' ``terminationGracePeriodSeconds``: the shutdown grace, then time to
+write a last report and exit before the kubelet's SIGKILL."""
 
 
 def network_policy(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
@@ -215,7 +252,32 @@ def _command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
     count = workers(spec.router.resources)
     if count is not None:
         command += ["--workers", str(count)]
+    if spec.router.spool is not None:
+        command += _spool_arguments(spec.router.spool)
     return command
+
+
+def _spool_arguments(spool: SpoolSpec) -> list[str]:
+    """The router's spool options: its folder on the volume, when, how much, how long."""
+    return [
+        "--spool-dir",
+        SPOOL_DIRECTORY,
+        "--spool-when",
+        spool.when,
+        "--spool-max-bytes",
+        str(spool_max_bytes(spool.size)),
+        "--spool-retention",
+        str(spool.retention_seconds),
+        # Time to forward what the spool holds after SIGTERM (scale-down, rollout).
+        "--shutdown-grace",
+        str(SPOOL_SHUTDOWN_GRACE_SECONDS),
+    ]
+
+
+def spool_max_bytes(size: str) -> int:
+    """Return ``--spool-max-bytes`` for a volume of `size`: `SPOOL_USABLE_PERCENT` of it."""
+    value, _ = quantity.parse(size)
+    return int(value) * SPOOL_USABLE_PERCENT // 100
 
 
 def workers(resources: Mapping[str, Any]) -> int | None:
@@ -237,7 +299,94 @@ def workers(resources: Mapping[str, Any]) -> int | None:
 
 def deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
     """Return the router Deployment ``NAME-router``, with its TLS Secrets mounted."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "replicas": spec.router.replicas,
+            "selector": {"matchLabels": selector_labels(name, "router")},
+            # Never below the wanted count during a rollout: senders keep a router to talk to.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": _pod_template(name, namespace, spec),
+        },
+    }
+
+
+def statefulset(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """Return the router StatefulSet ``NAME-router`` of ``spec.router.spool``.
+
+    Each router gets the claim ``spool-NAME-router-<i>``, mounted at
+    `SPOOL_DIRECTORY`. Claims are kept when a router is scaled away and when
+    the StatefulSet or the pool is deleted (``Retain`` both): a spool may
+    still hold acknowledged instances, which the router that next mounts it
+    (the same ordinal, when the routers grow again or the spool comes back)
+    forwards.
+
+    Raises
+    ------
+    ValueError
+        If the spec has no spool.
+    """
+    spool = spec.router.spool
+    if spool is None:
+        raise ValueError("spec.router.spool is not set: the routers are a Deployment")
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spool.size}},
+    }
+    if spool.storage_class_name is not None:
+        claim_spec["storageClassName"] = spool.storage_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
+        "spec": {
+            "replicas": spec.router.replicas,
+            "serviceName": router_pods_service_name(name),
+            # Routers are independent peers: start and stop them all at once.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(name, "router")},
+            "template": _pod_template(name, namespace, spec),
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": SPOOL_VOLUME, "labels": labels(name, "router")},
+                    "spec": claim_spec,
+                }
+            ],
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenScaled": "Retain",
+                "whenDeleted": "Retain",
+            },
+        },
+    }
+
+
+def pods_service(name: str, namespace: str) -> dict[str, Any]:
+    """Return the headless Service ``NAME-router-pods`` the router StatefulSet names."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(
+            router_pods_service_name(name), namespace, labels(name, "router")
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(name, "router"),
+            "ports": [
+                {"name": "http", "port": ROUTER_HTTP_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def _pod_template(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
+    """The router pods' template, for the Deployment and for the StatefulSet alike."""
     mounts = secret_mounts(spec)
+    spool = spec.router.spool
     container: dict[str, Any] = {
         "name": "router",
         "image": spec.router.image,
@@ -285,6 +434,7 @@ def deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *([{"name": SPOOL_VOLUME, "mountPath": SPOOL_DIRECTORY}] if spool else []),
             *(mount.volume_mount() for mount in mounts),
         ],
     }
@@ -294,45 +444,36 @@ def deployment(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:
         "runAsGroup": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if mounts:
-        # Secret files belong to root; the kubelet gives them this group, the
-        # router's own, which mode 0440 lets read them.
+    if mounts or spool:
+        # Secret files and a fresh volume belong to root; the kubelet gives
+        # them this group, the router's own, which lets it read the Secrets
+        # (mode 0440) and write its spool.
         pod_security["fsGroup"] = RUN_AS_USER
+    if spool:
+        # Only a volume whose top folder is not already the group's is walked.
+        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
     template = spec.router.pod_template
     pod_metadata: dict[str, Any] = {"labels": {**thaw(template.labels), **labels(name, "router")}}
     if template.annotations:
         pod_metadata["annotations"] = thaw(template.annotations)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": object_metadata(router_name(name), namespace, labels(name, "router")),
-        "spec": {
-            "replicas": spec.router.replicas,
-            "selector": {"matchLabels": selector_labels(name, "router")},
-            # Never below the wanted count during a rollout: senders keep a router to talk to.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": pod_metadata,
-                "spec": {
-                    "serviceAccountName": router_name(name),
-                    # The router reads its map and writes its report through the API.
-                    "automountServiceAccountToken": True,
-                    "securityContext": pod_security,
-                    **image_pull_secrets_field(spec.image_pull_secrets),
-                    "containers": [container],
-                    "volumes": [
-                        {"name": TMP_VOLUME, "emptyDir": {}},
-                        *(secret_volume(mount) for mount in mounts),
-                    ],
-                    **scheduling_fields(template),
-                    **spread_field(name, "router", template.topology_spread_constraints),
-                },
-            },
-        },
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": router_name(name),
+        # The router reads its map and writes its report through the API.
+        "automountServiceAccountToken": True,
+        "securityContext": pod_security,
+        **image_pull_secrets_field(spec.image_pull_secrets),
+        "containers": [container],
+        "volumes": [
+            {"name": TMP_VOLUME, "emptyDir": {}},
+            *(secret_volume(mount) for mount in mounts),
+        ],
+        **scheduling_fields(template),
+        **spread_field(name, "router", template.topology_spread_constraints),
     }
+    if spool:
+        # A router leaving forwards what its spool holds before it exits.
+        pod_spec["terminationGracePeriodSeconds"] = SPOOL_TERMINATION_GRACE_SECONDS
+    return {"metadata": pod_metadata, "spec": pod_spec}
 
 
 def service(name: str, namespace: str, spec: PoolSpec) -> dict[str, Any]:

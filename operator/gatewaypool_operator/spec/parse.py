@@ -65,6 +65,7 @@ from gatewaypool_operator.spec.types import (
     RouterServiceSpec,
     RouterSpec,
     RouterTLSSpec,
+    SpoolSpec,
     StorageSpec,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SCALE_DOWN_WINDOW",
     "MAX_SUBJECT_LENGTH",
+    "SPOOL_WHEN",
     "SUBJECT_PATTERN",
     "check_name",
     "parse_spec",
@@ -362,12 +364,8 @@ def _within(path: str, folder: str) -> bool:
 
 def _storage(section: SpecObject) -> StorageSpec:
     section.keys("size", "storageClassName", "mountPath", "whenScaled")
-    size = section.string("size", default=None)
-    if not QUANTITY.match(size) or size.startswith("-") or not any(c in "123456789" for c in size):
-        raise SpecError(section.path("size"), size, "is not a positive quantity (e.g. 10Gi)")
-    storage_class = section.string("storageClassName", default="")
-    if storage_class:
-        check_subdomain(section.path("storageClassName"), storage_class)
+    size = _volume_size(section)
+    storage_class = _storage_class(section)
     mount_path = section.string("mountPath", default="/var/lib/gateway")
     if not mount_path.startswith("/") or mount_path.rstrip("/") in ("", TMP_PATH):
         raise SpecError(
@@ -378,9 +376,47 @@ def _storage(section: SpecObject) -> StorageSpec:
         )
     return StorageSpec(
         size=size,
-        storage_class_name=storage_class or None,
+        storage_class_name=storage_class,
         mount_path=mount_path,
         when_scaled=section.choice("whenScaled", ("Retain", "Delete"), "Retain"),
+    )
+
+
+def _volume_size(section: SpecObject) -> str:
+    """A volume's ``size``: required, a quantity above zero (a claim's storage request)."""
+    size = section.string("size", default=None)
+    if not QUANTITY.match(size) or size.startswith("-") or not any(c in "123456789" for c in size):
+        raise SpecError(section.path("size"), size, "is not a positive quantity (e.g. 10Gi)")
+    return size
+
+
+def _storage_class(section: SpecObject) -> str | None:
+    """A volume's optional ``storageClassName``: None (the cluster's default) when not set."""
+    storage_class = section.string("storageClassName", default="")
+    if storage_class:
+        check_subdomain(section.path("storageClassName"), storage_class)
+    return storage_class or None
+
+
+SPOOL_WHEN: Final = ("GatewayUnavailable", "Always")
+"""``spec.router.spool.when``: spool what a gateway cannot take now, or every instance."""
+MIN_RETENTION_SECONDS: Final = 60
+MAX_RETENTION_SECONDS: Final = 30 * 86400
+
+
+def _spool(section: SpecObject) -> SpoolSpec:
+    """``spec.router.spool``: a volume per router, and when and how long it holds instances."""
+    section.keys("size", "storageClassName", "when", "retentionSeconds")
+    return SpoolSpec(
+        size=_volume_size(section),
+        storage_class_name=_storage_class(section),
+        when=section.choice("when", SPOOL_WHEN, "GatewayUnavailable"),
+        retention_seconds=section.integer(
+            "retentionSeconds",
+            default=86400,
+            low=MIN_RETENTION_SECONDS,
+            high=MAX_RETENTION_SECONDS,
+        ),
     )
 
 
@@ -398,6 +434,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         "podTemplate",
         "plainPort",
         "tls",
+        "spool",
     )
     image = pod.image(section, "image", default="") or default_router_image
     if not image:
@@ -422,6 +459,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
     plain_port = section.boolean("plainPort", default=True)
     tls_section = section.child("tls", optional=True)
     tls = None if tls_section is None else _router_tls(tls_section, allowed=allowed)
+    spool_section = section.child("spool", optional=True)
     if tls is None and not plain_port:
         raise SpecError(
             section.path("plainPort"),
@@ -447,6 +485,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         pod_template=_router_pod_template(section),
         plain_port=plain_port,
         tls=tls,
+        spool=None if spool_section is None else _spool(spool_section),
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "RouterServiceSpec",
     "RouterSpec",
     "RouterTLSSpec",
+    "SpoolSpec",
     "StorageSpec",
 ]
 
@@ -47,6 +48,24 @@ class StorageSpec:
     mount_path: str = "/var/lib/gateway"
     #: What happens to a removed gateway's claim on scale-down: Retain or Delete.
     when_scaled: str = "Retain"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSpec:
+    """``spec.router.spool``: a volume per router where it stores instances to forward later.
+
+    With it the routers run as a StatefulSet, each with a PersistentVolumeClaim
+    named ``spool`` (`gatewaypool_operator.children.router.statefulset`).
+    """
+
+    size: str
+    storage_class_name: str | None = None
+    #: ``GatewayUnavailable``: spool only what the instance's gateway cannot take
+    #: now; ``Always``: acknowledge every instance once it is on the volume.
+    when: str = "GatewayUnavailable"
+    #: An instance spooled longer than this sets the pool's SpoolBacklog condition;
+    #: it is never dropped.
+    retention_seconds: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +217,8 @@ class RouterSpec:
     plain_port: bool = True
     #: None: no TLS port.
     tls: RouterTLSSpec | None = None
+    #: None: cut-through only, the routers a Deployment without volumes.
+    spool: SpoolSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,290 @@
+"""``spec.router.spool``: read from the spec, rendered as the router StatefulSet, switched to.
+
+The spool's spec fields and their defaults; the children a spooling pool
+owns (the router StatefulSet with a claim per router, its headless Service,
+the router's spool options, a grace period to drain), and that a pool
+without a spool owns what it owned before; and the plan's rule for the
+switch between the router Deployment and the StatefulSet: the old kind is
+deleted only once the new one is Ready.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gatewaypool_operator.children.desired import build_children, optional_children
+from gatewaypool_operator.children.names import selector_labels
+from gatewaypool_operator.children.router import (
+    SPOOL_DIRECTORY,
+    SPOOL_SHUTDOWN_GRACE_SECONDS,
+    SPOOL_TERMINATION_GRACE_SECONDS,
+    spool_max_bytes,
+    statefulset,
+)
+from gatewaypool_operator.passdata import Observed
+from gatewaypool_operator.plan import plan
+from gatewaypool_operator.spec.fields import SpecError
+from gatewaypool_operator.spec.parse import parse_spec
+from gatewaypool_operator.spec.types import PoolSpec, SpoolSpec
+
+NAME, NS, UID = "ct", "radiology", "uid-of-ct"
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+SPOOL: dict[str, Any] = {"size": "20Gi"}
+
+
+def spec_with(spool: dict[str, Any] | None = None, **router: Any) -> dict[str, Any]:
+    router_section: dict[str, Any] = dict(router)
+    if spool is not None:
+        router_section["spool"] = spool
+    return {"replicas": 2, "buckets": 12, "gateway": {"image": "gw:1"}, "router": router_section}
+
+
+def parse(raw: dict[str, Any]) -> PoolSpec:
+    return parse_spec(raw, default_router_image="gatewaypool:1")
+
+
+def children(raw: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    spec = parse(raw)
+    return {
+        (obj["kind"], obj["metadata"]["name"]): obj
+        for obj in build_children(
+            name=NAME, namespace=NS, spec=spec, map_data=None, gateway_replicas=spec.replicas
+        )
+    }
+
+
+def arguments(command: list[str]) -> dict[str, str]:
+    """The router's ``--spool-*`` and ``--shutdown-grace`` options and their values."""
+    found = {}
+    for index, word in enumerate(command):
+        if word.startswith(("--spool-", "--shutdown-grace")):
+            found[word] = command[index + 1]
+    return found
+
+
+# --- the spec -------------------------------------------------------------------------
+
+
+def test_no_spool_by_default() -> None:
+    assert parse(spec_with()).router.spool is None
+
+
+def test_spool_defaults() -> None:
+    assert parse(spec_with(SPOOL)).router.spool == SpoolSpec(
+        size="20Gi", storage_class_name=None, when="GatewayUnavailable", retention_seconds=86400
+    )
+
+
+def test_spool_keeps_every_value() -> None:
+    spool = {"size": "5Gi", "storageClassName": "local-nvme", "when": "Always"}
+    parsed = parse(spec_with({**spool, "retentionSeconds": 3600})).router.spool
+    assert parsed == SpoolSpec("5Gi", "local-nvme", "Always", 3600)
+
+
+@pytest.mark.parametrize(
+    ("spool", "field"),
+    [
+        ({}, "spec.router.spool.size"),
+        ({"size": "0Gi"}, "spec.router.spool.size"),
+        ({"size": "-1Gi"}, "spec.router.spool.size"),
+        ({"size": "lots"}, "spec.router.spool.size"),
+        ({"size": "1Gi", "storageClassName": "Fast_SSD"}, "spec.router.spool.storageClassName"),
+        ({"size": "1Gi", "when": "Never"}, "spec.router.spool.when"),
+        ({"size": "1Gi", "retentionSeconds": 59}, "spec.router.spool.retentionSeconds"),
+        ({"size": "1Gi", "retentionSeconds": "1d"}, "spec.router.spool.retentionSeconds"),
+        ({"size": "1Gi", "mountPath": "/spool"}, "spec.router.spool.mountPath"),
+        ("20Gi", "spec.router.spool"),
+    ],
+)
+def test_spool_refusals_name_the_field(spool: Any, field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse(spec_with(spool))
+    assert caught.value.field_path == field
+
+
+# --- the children ------------------------------------------------------------------------
+
+
+def test_without_spool_the_routers_are_a_deployment_as_before() -> None:
+    owned = children(spec_with())
+    assert ("Deployment", "ct-router") in owned
+    assert ("StatefulSet", "ct-router") not in owned
+    assert ("Service", "ct-router-pods") not in owned
+    template = owned[("Deployment", "ct-router")]["spec"]["template"]
+    assert "terminationGracePeriodSeconds" not in template["spec"]
+    assert not arguments(template["spec"]["containers"][0]["command"])
+
+
+def test_with_spool_the_routers_are_a_statefulset_with_a_claim_each() -> None:
+    owned = children(spec_with({"size": "20Gi", "storageClassName": "fast"}, replicas=3))
+    assert ("Deployment", "ct-router") not in owned
+    routers = owned[("StatefulSet", "ct-router")]["spec"]
+    assert routers["replicas"] == 3
+    assert routers["serviceName"] == "ct-router-pods"
+    assert routers["selector"] == {"matchLabels": selector_labels(NAME, "router")}
+    [claim] = routers["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "fast",
+    }
+    # A removed router's spool may hold acknowledged instances: its claim stays.
+    assert routers["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Retain",
+        "whenDeleted": "Retain",
+    }
+    headless = owned[("Service", "ct-router-pods")]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"] == selector_labels(NAME, "router")
+    # Modalities keep sending to the router Service.
+    assert owned[("Service", "ct-router")]["spec"]["selector"] == selector_labels(NAME, "router")
+
+
+def test_the_claim_names_the_cluster_default_class_by_leaving_it_out() -> None:
+    [claim] = statefulset(NAME, NS, parse(spec_with(SPOOL)))["spec"]["volumeClaimTemplates"]
+    assert "storageClassName" not in claim["spec"]
+
+
+def test_the_spooling_router_mounts_its_volume_and_is_told_about_it() -> None:
+    spec = parse(spec_with({"size": "1Gi", "when": "Always", "retentionSeconds": 600}))
+    pod = statefulset(NAME, NS, spec)["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert {"name": "spool", "mountPath": SPOOL_DIRECTORY} in container["volumeMounts"]
+    assert arguments(container["command"]) == {
+        "--spool-dir": SPOOL_DIRECTORY,
+        "--spool-when": "Always",
+        "--spool-max-bytes": str(1024**3 * 85 // 100),
+        "--spool-retention": "600",
+        "--shutdown-grace": str(SPOOL_SHUTDOWN_GRACE_SECONDS),
+    }
+    # The kubelet kills only after the router had its whole grace to drain.
+    assert pod["terminationGracePeriodSeconds"] == SPOOL_TERMINATION_GRACE_SECONDS
+    assert SPOOL_TERMINATION_GRACE_SECONDS > SPOOL_SHUTDOWN_GRACE_SECONDS
+    # A fresh volume is root's: the router's group makes it writable.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("1Gi", 912680550), ("20Gi", 18253611008), ("100G", 85 * 10**9), ("1000Mi", 891289600)],
+)
+def test_the_router_fills_85_percent_of_its_volume(size: str, expected: int) -> None:
+    assert spool_max_bytes(size) == expected
+
+
+def test_both_router_kinds_share_the_pod_template_but_the_spool() -> None:
+    deployment = children(spec_with())[("Deployment", "ct-router")]["spec"]["template"]
+    spooling = children(spec_with(SPOOL))[("StatefulSet", "ct-router")]["spec"]["template"]
+    assert deployment["metadata"] == spooling["metadata"]
+    [plain], [spooled] = deployment["spec"]["containers"], spooling["spec"]["containers"]
+    assert spooled["command"][: len(plain["command"])] == plain["command"]
+    assert {k: v for k, v in spooled.items() if k not in ("command", "volumeMounts")} == {
+        k: v for k, v in plain.items() if k not in ("command", "volumeMounts")
+    }
+
+
+def test_the_router_kind_the_spec_leaves_out_is_an_optional_child() -> None:
+    optional = optional_children(NAME)
+    for child in (("Deployment", "ct-router"), ("StatefulSet", "ct-router")):
+        assert child in optional
+    assert ("Service", "ct-router-pods") in optional
+
+
+# --- the switch ------------------------------------------------------------------------------
+
+
+def workload(kind: str, *, ready: int, generation: int = 1, seen: int = 1) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": "ct-router",
+            "generation": generation,
+            "ownerReferences": [{"uid": UID, "controller": True}],
+        },
+        "status": {"observedGeneration": seen, "readyReplicas": ready},
+    }
+
+
+def deletes(
+    raw: dict[str, Any], live: dict[tuple[str, str], dict[str, Any]]
+) -> set[tuple[str, str]]:
+    body = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 2},
+        "spec": raw,
+        "status": {},
+    }
+    decided = plan(
+        Observed(pool=body, optional_children=live), default_router_image="gatewaypool:1", now=NOW
+    )
+    return set(decided.deletes)
+
+
+@pytest.mark.parametrize(
+    ("ready", "generation", "seen", "deleted"),
+    [
+        (0, 1, 1, False),  # the StatefulSet's routers are not Ready yet
+        (1, 1, 1, False),  # one of two
+        (2, 2, 1, False),  # Ready, but of a spec its controller has not seen yet
+        (2, 1, 1, True),
+        (3, 1, 1, True),
+    ],
+)
+def test_the_deployment_goes_once_the_statefulset_is_ready(
+    ready: int, generation: int, seen: int, deleted: bool
+) -> None:
+    live = {
+        ("Deployment", "ct-router"): workload("Deployment", ready=2),
+        ("StatefulSet", "ct-router"): workload(
+            "StatefulSet", ready=ready, generation=generation, seen=seen
+        ),
+    }
+    assert (("Deployment", "ct-router") in deletes(spec_with(SPOOL), live)) is deleted
+
+
+def test_the_deployment_stays_while_the_statefulset_does_not_exist() -> None:
+    live = {("Deployment", "ct-router"): workload("Deployment", ready=2)}
+    assert ("Deployment", "ct-router") not in deletes(spec_with(SPOOL), live)
+
+
+def test_the_statefulset_goes_once_the_deployment_is_ready_again() -> None:
+    spool_gone = spec_with()
+    statefulset_live = workload("StatefulSet", ready=2)
+    headless = {"kind": "Service", "metadata": {"ownerReferences": [{"uid": UID}]}}
+    live = {("StatefulSet", "ct-router"): statefulset_live, ("Service", "ct-router-pods"): headless}
+    # The headless Service serves no traffic: it goes at once; the routers wait.
+    assert deletes(spool_gone, live) == {("Service", "ct-router-pods")}
+    live[("Deployment", "ct-router")] = workload("Deployment", ready=2)
+    assert deletes(spool_gone, live) == {
+        ("Service", "ct-router-pods"),
+        ("StatefulSet", "ct-router"),
+    }
+
+
+def test_a_router_workload_not_owned_by_the_pool_is_never_deleted() -> None:
+    stranger = workload("Deployment", ready=2)
+    stranger["metadata"]["ownerReferences"] = [{"uid": "someone-else"}]
+    live = {
+        ("Deployment", "ct-router"): stranger,
+        ("StatefulSet", "ct-router"): workload("StatefulSet", ready=2),
+    }
+    assert not deletes(spec_with(SPOOL), live)
+
+
+def test_the_router_statefulset_is_not_written_over_the_gateways_version() -> None:
+    """Only the gateway StatefulSet's write is conditional on the one the pass read."""
+    body = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 2},
+        "spec": spec_with(SPOOL),
+    }
+    decided = plan(Observed(pool=body), default_router_image="gatewaypool:1", now=NOW)
+    writes = {(w.obj["kind"], w.obj["metadata"]["name"]): w for w in decided.writes}
+    assert writes[("StatefulSet", "ct-gw")].conditional
+    assert not writes[("StatefulSet", "ct-router")].conditional
