@@ -24,49 +24,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from gatewaypool_operator.conditions import ConditionReason
 from gatewaypool_operator.spec.types import PoolSpec
 
-__all__ = [
-    "EXPOSED",
-    "NOT_A_LOAD_BALANCER",
-    "RESTRICTED",
-    "ROUTER_EXPOSED",
-    "router_exposure",
-]
-
-ROUTER_EXPOSED: Final = "RouterExposed"
-"""The condition type, and the reason of the Warning Event posted when it turns True."""
-EXPOSED: Final = "AnySourceAdmitted"
-"""Reason while True: a LoadBalancer with neither source ranges nor a NetworkPolicy restriction."""
-RESTRICTED: Final = "SourcesRestricted"
-"""Reason while False on a LoadBalancer: source ranges or ``routerFrom`` restrict the callers."""
-NOT_A_LOAD_BALANCER: Final = "NotALoadBalancer"
-"""Reason while False otherwise: the router Service is ClusterIP or NodePort."""
+__all__ = ["router_exposure"]
 
 _EVERYWHERE: Final = frozenset({"0.0.0.0/0", "::/0"})
 
 
-def router_exposure(spec: PoolSpec) -> tuple[bool, str, str]:
+def router_exposure(spec: PoolSpec) -> tuple[bool, ConditionReason, str]:
     """Return (exposed, reason, message) for the ``RouterExposed`` condition of `spec`."""
     service = spec.router.service
     if service.type != "LoadBalancer":
-        return False, NOT_A_LOAD_BALANCER, f"the router Service is of type {service.type}"
+        return (
+            False,
+            ConditionReason.NOT_A_LOAD_BALANCER,
+            f"the router Service is of type {service.type}",
+        )
     if service.load_balancer_source_ranges:
         return (
             False,
-            RESTRICTED,
+            ConditionReason.SOURCES_RESTRICTED,
             "the load balancer admits only spec.router.service.loadBalancerSourceRanges",
         )
     policy = spec.network_policy
     if policy.enabled and policy.router_from and not any(map(_admits_all, policy.router_from)):
         return (
             False,
-            RESTRICTED,
+            ConditionReason.SOURCES_RESTRICTED,
             "the routers' NetworkPolicy admits only spec.networkPolicy.routerFrom",
         )
     return (
         True,
-        EXPOSED,
+        ConditionReason.ANY_SOURCE_ADMITTED,
         "the router Service is a LoadBalancer with no spec.router.service."
         "loadBalancerSourceRanges and no spec.networkPolicy.routerFrom: its DICOM port is "
         "reachable from any address the load balancer admits (on several clouds, the "

@@ -30,7 +30,6 @@ from gatewaypool_operator import exposure, mapgateways, observe, poolstatus
 from gatewaypool_operator.children.desired import (
     build_children,
     optional_children,
-    router_workloads,
     routers_configmap,
 )
 from gatewaypool_operator.children.names import (
@@ -41,6 +40,7 @@ from gatewaypool_operator.children.names import (
     routers_configmap_name,
     statefulset_name,
 )
+from gatewaypool_operator.conditions import ConditionReason, ConditionType
 from gatewaypool_operator.drift import duplicate_key
 from gatewaypool_operator.events import Event, Reason
 from gatewaypool_operator.handover.decide import (
@@ -228,9 +228,7 @@ def plan(
     deletes = tuple(
         child
         for child in optional_children(name)
-        if child not in wanted
-        and _owned(observed.optional_children.get(child), owner["uid"])
-        and not _replacement_waits(child, observed, name, spec, wanted)
+        if child not in wanted and _owned(observed.optional_children.get(child), owner["uid"])
     )
     accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
     annotations = metadata.get("annotations") or {}
@@ -264,7 +262,7 @@ def finish(plan: Plan, result: ApplyResult) -> Outcome:
     """The pass's outcome once its writes are done: Events about them, the final status.
 
     A refusal makes the pool ``Degraded`` (reason
-    `gatewaypool_operator.poolstatus.APPLY_REFUSED`, the server's words) on
+    `gatewaypool_operator.conditions.ConditionReason.APPLY_REFUSED`, the server's words) on
     every pass it lasts, but its Warning Event is posted
     only when the pool did not already say the same: a refused child is
     retried on every resync, and one Event a minute would bury the others.
@@ -418,7 +416,7 @@ def _writes(
                 writes.append(Write(obj, conditional=True, base=base, exclusive=True))
         elif kind == "ConfigMap" and name == routers_configmap_name(pool):
             writes.append(Write(obj, create_only=True))
-        elif kind == "StatefulSet" and name == statefulset_name(pool):
+        elif kind == "StatefulSet":
             writes.append(Write(obj, conditional=True, base=observed.statefulset))
         else:
             writes.append(Write(obj))
@@ -478,44 +476,6 @@ def _autoscaler_status(
     return status
 
 
-def _replacement_waits(
-    child: tuple[str, str],
-    observed: Observed,
-    name: str,
-    spec: PoolSpec,
-    wanted: set[tuple[str, str]],
-) -> bool:
-    """Whether `child`, a router workload the spec no longer wants, must wait to be deleted.
-
-    Adding or removing ``spec.router.spool`` replaces the router Deployment
-    with a StatefulSet or back. The old kind goes only once the new one has
-    every router Ready on its current template: until then the old routers
-    take the studies (a StatefulSet whose claims no storage class serves
-    never becomes Ready, and the Deployment then keeps routing). A deleted
-    router gets its grace period, in which a spooling one forwards its
-    spool; its claim stays.
-    """
-    if child not in router_workloads(name):
-        return False
-    replacement = next((one for one in router_workloads(name) if one in wanted), None)
-    live = observed.optional_children.get(replacement) if replacement else None
-    return not _workload_ready(live, spec.router.replicas)
-
-
-def _workload_ready(live: Mapping[str, Any] | None, replicas: int) -> bool:
-    """Whether a Deployment or StatefulSet has `replicas` Ready pods of its current spec."""
-    if live is None:
-        return False
-    metadata = live.get("metadata") or {}
-    status = live.get("status") or {}
-    generation = metadata.get("generation")
-    observed_generation = status.get("observedGeneration")
-    current = (
-        is_int(generation) and is_int(observed_generation) and observed_generation >= generation
-    )
-    return bool(current) and _count(status.get("readyReplicas")) >= replicas
-
-
 def _owned(live: Mapping[str, Any] | None, uid: str) -> bool:
     """Whether `live` exists and names the pool `uid` among its owners.
 
@@ -552,7 +512,7 @@ def _exposure_events(spec: PoolSpec, previous: Sequence[Mapping[str, Any]]) -> l
     exposed, _, message = exposure.router_exposure(spec)
     was = any(
         isinstance(condition, Mapping)
-        and condition.get("type") == exposure.ROUTER_EXPOSED
+        and condition.get("type") == ConditionType.ROUTER_EXPOSED
         and condition.get("status") == "True"
         for condition in previous
     )
@@ -564,10 +524,10 @@ def _exposure_events(spec: PoolSpec, previous: Sequence[Mapping[str, Any]]) -> l
 def _already_degraded(previous: Any, message: str) -> bool:
     """Whether the pool already says this refusal (its Event was posted then)."""
     for condition in previous or []:
-        if condition.get("type") == poolstatus.DEGRADED:
+        if condition.get("type") == ConditionType.DEGRADED:
             return bool(
                 condition.get("status") == "True"
-                and condition.get("reason") == poolstatus.APPLY_REFUSED
+                and condition.get("reason") == ConditionReason.APPLY_REFUSED
                 and condition.get("message") == message
             )
     return False

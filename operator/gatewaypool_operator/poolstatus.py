@@ -53,6 +53,7 @@ from gatewaypool.reports import ReportError, parse_report
 from gatewaypool.strict import format_time, is_int, parse_time
 from gatewaypool_operator import exposure
 from gatewaypool_operator.children.names import selector_string
+from gatewaypool_operator.conditions import ConditionReason, ConditionType
 from gatewaypool_operator.spec.fields import thaw
 from gatewaypool_operator.spec.types import PoolSpec
 
@@ -69,11 +70,6 @@ DEFAULT_PROGRESS_DEADLINE_SECONDS: Final = 600.0
 Degraded: a pulled image and a started DICOM server take well under that, a wrong image
 name never succeeds. The same default as a Deployment's progressDeadlineSeconds."""
 
-READY: Final = "Ready"
-PROGRESSING: Final = "Progressing"
-DEGRADED: Final = "Degraded"
-APPLY_REFUSED: Final = "ApplyRefused"
-AUTOSCALER_NOT_SCALING: Final = "AutoscalerNotScaling"
 #: The HorizontalPodAutoscaler conditions that, when False, mean it does not scale the pool.
 _AUTOSCALER_BLOCKERS: Final = ("ScalingActive", "AbleToScale")
 
@@ -194,10 +190,10 @@ def compute_status(
     previous = _by_type(previous_conditions)
     summary = handover if handover is not None else HandoverSummary()
     wanted = [
-        (READY, *_ready(observed)),
-        (PROGRESSING, *_progressing(observed)),
+        (ConditionType.READY, *_ready(observed)),
+        (ConditionType.PROGRESSING, *_progressing(observed)),
         (
-            DEGRADED,
+            ConditionType.DEGRADED,
             *_degraded(
                 observed,
                 spec_error=spec_error,
@@ -213,7 +209,7 @@ def compute_status(
         ),
     ]
     if spec is not None and exposure.router_exposure(spec)[0]:
-        wanted.append((exposure.ROUTER_EXPOSED, "True", *exposure.router_exposure(spec)[1:]))
+        wanted.append((ConditionType.ROUTER_EXPOSED, "True", *exposure.router_exposure(spec)[1:]))
     conditions = [
         _condition(
             kind,
@@ -321,32 +317,36 @@ class _Observed:
         )
 
 
-_Verdict = tuple[str, str, str]  # status, reason, message
+_Verdict = tuple[str, ConditionReason, str]  # status, reason, message
 
 
 def _ready(seen: _Observed) -> _Verdict:
     spec = seen.spec
     if spec is None:
-        return "False", "SpecRejected", "no spec of this pool was accepted yet"
+        return "False", ConditionReason.SPEC_REJECTED, "no spec of this pool was accepted yet"
     if spec.replicas == 0:
-        return "False", "ScaledToZero", "spec.replicas is 0: no gateway takes studies"
+        return (
+            "False",
+            ConditionReason.SCALED_TO_ZERO,
+            "spec.replicas is 0: no gateway takes studies",
+        )
     if seen.bucket_map is None:
-        return "False", "MapNotPublished", "no bucket map is published yet"
+        return "False", ConditionReason.MAP_NOT_PUBLISHED, "no bucket map is published yet"
     if seen.ready < spec.replicas:
         return (
             "False",
-            "GatewaysNotReady",
+            ConditionReason.GATEWAYS_NOT_READY,
             f"{seen.ready} of {spec.replicas} gateways ready",
         )
     if seen.in_sync == 0:
         return (
             "False",
-            "RoutersNotReady",
+            ConditionReason.ROUTERS_NOT_READY,
             f"no router has applied bucket map version {seen.version} ({seen.routers} router pods)",
         )
     return (
         "True",
-        "AllGatewaysReady",
+        ConditionReason.ALL_GATEWAYS_READY,
         f"{spec.replicas} of {spec.replicas} gateways ready; "
         f"{seen.in_sync}/{seen.routers} routers on bucket map version {seen.version}",
     )
@@ -355,7 +355,7 @@ def _ready(seen: _Observed) -> _Verdict:
 def _progressing(seen: _Observed) -> _Verdict:
     spec = seen.spec
     if spec is None:
-        return "False", "SpecRejected", "no spec of this pool was accepted yet"
+        return "False", ConditionReason.SPEC_REJECTED, "no spec of this pool was accepted yet"
     wanted = spec.replicas
     map_behind = wanted > 0 and (seen.bucket_map is None or seen.map_gateways != wanted)
     if not seen.has_statefulset or seen.replicas != wanted or seen.ready < wanted or map_behind:
@@ -366,23 +366,27 @@ def _progressing(seen: _Observed) -> _Verdict:
         )
         return (
             "True",
-            "ScalingGateways",
+            ConditionReason.SCALING_GATEWAYS,
             f"{wanted} gateways wanted: {seen.replicas} exist, {seen.ready} ready; {listed}",
         )
     if seen.moving:
         return (
             "True",
-            "HandingOverBuckets",
+            ConditionReason.HANDING_OVER_BUCKETS,
             f"{seen.moving} buckets moving in bucket map version {seen.version}",
         )
     routers_wanted = max(seen.routers, spec.router.replicas)
     if seen.bucket_map is not None and seen.in_sync < routers_wanted:
         return (
             "True",
-            "RoutersUpdating",
+            ConditionReason.ROUTERS_UPDATING,
             f"{seen.in_sync} of {routers_wanted} routers applied bucket map version {seen.version}",
         )
-    return "False", "UpToDate", f"{wanted} gateways and {seen.routers} routers as the spec says"
+    return (
+        "False",
+        ConditionReason.UP_TO_DATE,
+        f"{wanted} gateways and {seen.routers} routers as the spec says",
+    )
 
 
 def _degraded(
@@ -397,14 +401,14 @@ def _degraded(
     autoscaler: str | None,
 ) -> _Verdict:
     if spec_error is not None:
-        return "True", "SpecRejected", spec_error
+        return "True", ConditionReason.SPEC_REJECTED, spec_error
     if apply_error is not None:
-        return "True", APPLY_REFUSED, apply_error
+        return "True", ConditionReason.APPLY_REFUSED, apply_error
     spec = seen.spec
     if spec is not None and seen.ready < spec.replicas:
-        ready_before = previous.get(READY, {})
-        degraded_before = previous.get(DEGRADED, {})
-        progressing_before = previous.get(PROGRESSING, {})
+        ready_before = previous.get(ConditionType.READY, {})
+        degraded_before = previous.get(ConditionType.DEGRADED, {})
+        progressing_before = previous.get(ConditionType.PROGRESSING, {})
         # A gateway lost while the pool was ready at this very spec, not one
         # still starting after a change of spec:
         lost = (
@@ -414,7 +418,7 @@ def _degraded(
         # ... stays lost until it is back, whatever Progressing says meanwhile:
         still = (
             degraded_before.get("status") == "True"
-            and degraded_before.get("reason") == "GatewaysUnavailable"
+            and degraded_before.get("reason") == ConditionReason.GATEWAYS_UNAVAILABLE
         )
         since = parse_time(progressing_before.get("lastTransitionTime"))
         stuck = (
@@ -431,13 +435,13 @@ def _degraded(
             )
             return (
                 "True",
-                "GatewaysUnavailable",
+                ConditionReason.GATEWAYS_UNAVAILABLE,
                 f"{missing} of {spec.replicas} gateways not ready ({why}); "
                 "studies in their buckets are refused until they are back",
             )
     if autoscaler is not None:
-        return "True", AUTOSCALER_NOT_SCALING, autoscaler
-    return "False", "AsExpected", "nothing needs attention"
+        return "True", ConditionReason.AUTOSCALER_NOT_SCALING, autoscaler
+    return "False", ConditionReason.AS_EXPECTED, "nothing needs attention"
 
 
 def _autoscaler_problem(autoscaler_status: Mapping[str, Any] | None) -> str | None:
@@ -466,10 +470,10 @@ def _autoscaler_problem(autoscaler_status: Mapping[str, Any] | None) -> str | No
 
 
 def _condition(
-    kind: str,
+    kind: ConditionType,
     *,
     status: str,
-    reason: str,
+    reason: ConditionReason,
     message: str,
     generation: int,
     previous: Mapping[str, Any] | None,
@@ -481,9 +485,9 @@ def _condition(
         if isinstance(kept, str) and parse_time(kept) is not None:
             since = kept
     return {
-        "type": kind,
+        "type": str(kind),  # plain strings: the status is written as JSON, and read as YAML
         "status": status,
-        "reason": reason,
+        "reason": str(reason),
         "message": message,
         "lastTransitionTime": since,
         "observedGeneration": generation,

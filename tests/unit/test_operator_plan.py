@@ -21,12 +21,13 @@ from gatewaypool.contract import MAP_KEY
 from gatewaypool.reports import build_report, dump_report
 from gatewaypool_operator.apply import apply
 from gatewaypool_operator.children.names import selector_labels
+from gatewaypool_operator.conditions import ConditionReason
+from gatewaypool_operator.events import Reason
 from gatewaypool_operator.handover.state import STATE_KEY
 from gatewaypool_operator.kubeapply import Applied, Cluster, ConflictError, RefusedError
 from gatewaypool_operator.mapgateways import desired_gateways
 from gatewaypool_operator.passdata import ApplyResult, Observed, Plan, Prune, Write
 from gatewaypool_operator.plan import ACCEPTED_SPEC_ANNOTATION, finish, plan
-from gatewaypool_operator.poolstatus import APPLY_REFUSED
 from gatewaypool_operator.spec.parse import parse_spec
 
 NAME, NS, UID = "ct", "radiology", "uid-of-ct"
@@ -573,21 +574,21 @@ def test_a_refused_write_degrades_the_pool_and_is_announced_once() -> None:
     result = ApplyResult(refused=(refusal,))
 
     outcome = finish(decide(observed), result)
-    assert conditions(outcome.status)["Degraded"] == ("True", APPLY_REFUSED)
-    assert [e.reason for e in outcome.events if e.type == "Warning"] == [APPLY_REFUSED]
+    assert conditions(outcome.status)["Degraded"] == ("True", ConditionReason.APPLY_REFUSED)
+    assert [e.reason for e in outcome.events if e.type == "Warning"] == [Reason.APPLY_REFUSED]
     assert outcome.events[-1].message == f"the API server refused {refusal}"
 
     # The next pass, the pool already says so: Degraded still, no second Event.
     again = dataclasses.replace(observed, pool=pool(status=outcome.status))
     repeated = finish(decide(again), result)
-    assert conditions(repeated.status)["Degraded"] == ("True", APPLY_REFUSED)
-    assert APPLY_REFUSED not in [e.reason for e in repeated.events]
+    assert conditions(repeated.status)["Degraded"] == ("True", ConditionReason.APPLY_REFUSED)
+    assert Reason.APPLY_REFUSED not in [e.reason for e in repeated.events]
     degraded = next(c for c in repeated.status["conditions"] if c["type"] == "Degraded")
     assert degraded["message"] == refusal
 
     # Another refusal is news.
     other = finish(decide(again), ApplyResult(refused=("Service ct-gw: forbidden",)))
-    assert [e.reason for e in other.events] == [APPLY_REFUSED]
+    assert [e.reason for e in other.events] == [Reason.APPLY_REFUSED]
 
     # Accepted at last: no longer Degraded.
     healed = finish(decide(again), ApplyResult())

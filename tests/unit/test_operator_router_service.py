@@ -21,7 +21,9 @@ import pytest
 from gatewaypool_operator import exposure
 from gatewaypool_operator.children.desired import build_children
 from gatewaypool_operator.children.gateway import UNPRIVILEGED_PORT_SYSCTL
+from gatewaypool_operator.conditions import ConditionReason, ConditionType
 from gatewaypool_operator.drift import immutable_change
+from gatewaypool_operator.events import Reason
 from gatewaypool_operator.passdata import Observed
 from gatewaypool_operator.plan import plan
 from gatewaypool_operator.spec.fields import SpecError
@@ -300,7 +302,7 @@ def test_router_exposure(extra: dict[str, Any], exposed: bool) -> None:
 
 def exposed_conditions(decided: Any) -> list[dict[str, Any]]:
     status = decided.status_basis.status()
-    return [c for c in status["conditions"] if c["type"] == exposure.ROUTER_EXPOSED]
+    return [c for c in status["conditions"] if c["type"] == ConditionType.ROUTER_EXPOSED]
 
 
 def pool_body(spec: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,8 +319,11 @@ def test_router_exposed_appears_with_one_warning_and_clears() -> None:
     spec: dict[str, Any] = {"gateway": {"image": "gw:1"}, "router": LOAD_BALANCER}
     first = plan(Observed(pool_body(spec, [])), default_router_image="gp:1", now=NOW)
     (condition,) = exposed_conditions(first)
-    assert (condition["status"], condition["reason"]) == ("True", exposure.EXPOSED)
-    warnings = [e for e in first.events if e.reason == exposure.ROUTER_EXPOSED]
+    assert (condition["status"], condition["reason"]) == (
+        "True",
+        ConditionReason.ANY_SOURCE_ADMITTED,
+    )
+    warnings = [e for e in first.events if e.reason is Reason.ROUTER_EXPOSED]
     assert [e.type for e in warnings] == ["Warning"]
     assert "reachable from any address" in warnings[0].message
 
@@ -326,7 +331,7 @@ def test_router_exposed_appears_with_one_warning_and_clears() -> None:
     after = first.status_basis.status()["conditions"]
     again = plan(Observed(pool_body(spec, after)), default_router_image="gp:1", now=NOW)
     assert exposed_conditions(again) and not [
-        e for e in again.events if e.reason == exposure.ROUTER_EXPOSED
+        e for e in again.events if e.reason is Reason.ROUTER_EXPOSED
     ]
 
     # Source ranges clear it.
@@ -335,7 +340,7 @@ def test_router_exposed_appears_with_one_warning_and_clears() -> None:
     }
     cleared = plan(Observed(pool_body(spec, after)), default_router_image="gp:1", now=NOW)
     assert exposed_conditions(cleared) == []
-    assert not [e for e in cleared.events if e.reason == exposure.ROUTER_EXPOSED]
+    assert not [e for e in cleared.events if e.reason is Reason.ROUTER_EXPOSED]
 
 
 # --- pull Secrets and the gateway's users (issue 19) -----------------------------------------
