@@ -30,6 +30,7 @@ from gatewaypool_operator import exposure, mapgateways, observe, poolstatus
 from gatewaypool_operator.children.desired import (
     build_children,
     optional_children,
+    router_workloads,
     routers_configmap,
 )
 from gatewaypool_operator.children.names import (
@@ -228,7 +229,9 @@ def plan(
     deletes = tuple(
         child
         for child in optional_children(name)
-        if child not in wanted and _owned(observed.optional_children.get(child), owner["uid"])
+        if child not in wanted
+        and _owned(observed.optional_children.get(child), owner["uid"])
+        and not _replacement_waits(child, observed, name, spec, wanted)
     )
     accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
     annotations = metadata.get("annotations") or {}
@@ -416,7 +419,7 @@ def _writes(
                 writes.append(Write(obj, conditional=True, base=base, exclusive=True))
         elif kind == "ConfigMap" and name == routers_configmap_name(pool):
             writes.append(Write(obj, create_only=True))
-        elif kind == "StatefulSet":
+        elif kind == "StatefulSet" and name == statefulset_name(pool):
             writes.append(Write(obj, conditional=True, base=observed.statefulset))
         else:
             writes.append(Write(obj))
@@ -474,6 +477,44 @@ def _autoscaler_status(
     autoscaler = observed.optional_children.get(("HorizontalPodAutoscaler", autoscaler_name(name)))
     status: Mapping[str, Any] | None = (autoscaler or {}).get("status")
     return status
+
+
+def _replacement_waits(
+    child: tuple[str, str],
+    observed: Observed,
+    name: str,
+    spec: PoolSpec,
+    wanted: set[tuple[str, str]],
+) -> bool:
+    """Whether `child`, a router workload the spec no longer wants, must wait to be deleted.
+
+    Adding or removing ``spec.router.spool`` replaces the router Deployment
+    with a StatefulSet or back. The old kind goes only once the new one has
+    every router Ready on its current template: until then the old routers
+    take the studies (a StatefulSet whose claims no storage class serves
+    never becomes Ready, and the Deployment then keeps routing). A deleted
+    router gets its grace period, in which a spooling one forwards its
+    spool; its claim stays.
+    """
+    if child not in router_workloads(name):
+        return False
+    replacement = next((one for one in router_workloads(name) if one in wanted), None)
+    live = observed.optional_children.get(replacement) if replacement else None
+    return not _workload_ready(live, spec.router.replicas)
+
+
+def _workload_ready(live: Mapping[str, Any] | None, replicas: int) -> bool:
+    """Whether a Deployment or StatefulSet has `replicas` Ready pods of its current spec."""
+    if live is None:
+        return False
+    metadata = live.get("metadata") or {}
+    status = live.get("status") or {}
+    generation = metadata.get("generation")
+    observed_generation = status.get("observedGeneration")
+    current = (
+        is_int(generation) and is_int(observed_generation) and observed_generation >= generation
+    )
+    return bool(current) and _count(status.get("readyReplicas")) >= replicas
 
 
 def _owned(live: Mapping[str, Any] | None, uid: str) -> bool:
