@@ -6,6 +6,11 @@ times, while the spec's replicas change and gateway pods become Ready late
 or die; the operator's pure core runs after every step, its inputs read
 back from the text the cluster would hold (maps, state and reports through
 their dump and parse functions), as a restarted operator would read them.
+Routers also spool: an instance of a bucket whose gateway cannot take it
+waits in the router's spool, and its report says which buckets hold
+spooled instances until the router forwards them; a bucket moved without
+force while a router held spooled instances of it fails the model, as a
+split does.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from hypothesis import strategies as st
 
 from gatewaypool.assignment import moved_buckets, rebalance
 from gatewaypool.bucketmap import BucketMap, Gateway, dump_map, parse_map
-from gatewaypool.reports import build_report, dump_report, parse_report
+from gatewaypool.reports import SpoolSummary, build_report, dump_report, parse_report
 from gatewaypool_operator.handover.decide import (
     GatewayPod,
     HandoverInput,
@@ -623,6 +628,8 @@ class ModelRouter:
     last_use: dict[int, int] = field(default_factory=dict)
     opened: Counter[int] = field(default_factory=Counter)
     report: str | None = None
+    #: Bucket → when (seq) its oldest instance waiting in this router's spool was spooled.
+    spooled: dict[int, int] = field(default_factory=dict)
 
 
 class SplitError(AssertionError):
@@ -678,6 +685,23 @@ class Model:
             r.opened[gateway] += 1
         self.check_agreement()
 
+    def spool(self, name: str, bucket: int) -> None:
+        """The router takes an instance its gateway cannot take now: routed, and spooled."""
+        r = self.routers.get(name)
+        if r is None or r.applied is None:
+            return
+        self.route(name, bucket, keep_open=False)
+        r.spooled.setdefault(bucket % self.buckets, self.seq)
+
+    def forward(self, name: str) -> None:
+        """The router forwards its spool, each bucket to its owner in the map it applied."""
+        r = self.routers.get(name)
+        if r is None or r.applied is None:
+            return
+        for bucket in sorted(r.spooled):
+            self.route(name, bucket, keep_open=False)
+        r.spooled.clear()
+
     def apply(self, name: str) -> None:
         r = self.routers.get(name)
         if r is not None and self.maps:
@@ -709,6 +733,9 @@ class Model:
                 reported_at=at(self.time),
                 ages={b: self.time - t for b, t in r.last_use.items() if b in moving},
                 open_associations=dict(r.opened),
+                spool=SpoolSummary(instances=len(r.spooled), buckets=frozenset(r.spooled))
+                if m is not None
+                else None,
             )
         )
 
@@ -762,6 +789,7 @@ class Model:
                 assert self.ready.get(target, (False, 0))[0]
                 assert target < self.wanted
             seen = {pod.name: self.report_seq[pod.name] for pod in inputs.routers if pod.report}
+            self.check_spools(result.completed, seen)
             for move in result.completed:
                 self.completions.append(
                     Completion(move.bucket, new.version, self.time, False, seen)
@@ -788,6 +816,25 @@ class Model:
                 self.ready[g] = (False, self.time)
         self.statefulset = result.replicas
         return result
+
+    # --- property (6) -------------------------------------------------------
+
+    def check_spools(self, completed: Sequence[Any], seen: dict[str, int]) -> None:
+        """No bucket moves without force while a router holds spooled instances of it.
+
+        Unless, as for a use, the instance was spooled after the report the
+        decision relied on (which no report could show; property (1) bounds
+        that window).
+        """
+        for move in completed:
+            for r in self.routers.values():
+                since = r.spooled.get(move.bucket)
+                relied = seen.get(r.name)
+                if since is not None and relied is not None and since < relied:
+                    raise SplitError(
+                        f"bucket {move.bucket} moved at {self.time} while {r.name} held "
+                        "spooled instances of it, which would reach the new owner"
+                    )
 
     # --- property (1) -------------------------------------------------------
 
@@ -849,6 +896,8 @@ actions = st.one_of(
     st.tuples(st.just("apply"), st.integers(0, 3)),
     st.tuples(st.just("report"), st.integers(0, 3)),
     st.tuples(st.just("restart"), st.integers(0, 3)),
+    st.tuples(st.just("spool"), st.integers(0, 3), st.integers(0, 63)),
+    st.tuples(st.just("forward"), st.integers(0, 3)),
     st.tuples(st.just("spawn")),
     st.tuples(st.just("kill"), st.integers(0, 3)),
     st.tuples(st.just("scale"), st.integers(1, 5)),
@@ -888,6 +937,10 @@ def run_model(
         pick = names[number(step, 1) % len(names)] if len(step) > 1 and names else ""
         if kind == "route":
             model.route(pick, number(step, 2), keep_open=bool(number(step, 3)))
+        elif kind == "spool":
+            model.spool(pick, number(step, 2))
+        elif kind == "forward":
+            model.forward(pick)
         elif kind == "close" and pick:
             model.routers[pick].opened.clear()
         elif kind == "apply":
@@ -926,8 +979,9 @@ def settle(model: Model) -> tuple[list[int], int, int]:
     model.operate()
     for g in range(model.statefulset):
         model.set_ready(g, True)
-    for r in model.routers.values():
+    for name, r in model.routers.items():
         r.opened.clear()
+        model.forward(name)  # the gateways take what was spooled
     before = model.published
     assert before is not None
     owners, moving, forced = list(before.owners), len(before.moving), model.forced_moves
@@ -1101,3 +1155,98 @@ def test_the_model_drives_three_to_five_to_two_mid_handover_to_the_end() -> None
     assert model.statefulset == 2
     assert model.forced_moves == 0
     assert moved_buckets(owners, final.owners) == moved_buckets(owners, rebalance(owners, 2))
+
+
+SPOOL_SCENARIO: list[tuple[object, ...]] = [
+    ("tick", 5),  # past the hold of the first pass
+    ("scale", 3),
+    ("ready", 2, True),  # buckets 4 and 5 start moving to gateway 2
+    ("sync all",),
+    ("spool", 0, 5),  # gateway 1 cannot take an instance of bucket 5: router-0 spools it
+    ("tick", 6),  # quiet for longer than quietSeconds (4): only the spool says otherwise
+    ("sync all",),
+    ("tick", 1),
+    ("sync all",),
+    ("tick", 1),
+    ("sync all",),
+]
+
+
+def test_a_spooled_bucket_does_not_move_until_its_spool_is_forwarded() -> None:
+    model = run_model(buckets=6, start=2, routers=2, steps=SPOOL_SCENARIO, failover=None)
+    assert model.published is not None
+    assert 5 in model.published.moving and 5 not in model.published.closing
+    assert 4 not in model.published.moving  # quiet and not spooled: it moved
+    steps = [*SPOOL_SCENARIO, ("forward", 0), ("tick", 6), ("sync all",)]
+    steps += [("tick", 1), ("sync all",)] * 2
+    model = run_model(buckets=6, start=2, routers=2, steps=steps, failover=None)
+    assert model.published is not None
+    assert not model.published.moving
+    assert model.forced_moves == 0
+
+
+def test_the_model_catches_a_core_that_ignores_the_spool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spool property can fail: with spooled buckets read as not spooled, it sees the move."""
+    from gatewaypool.reports import RouterReport
+
+    monkeypatch.setattr(RouterReport, "spooled", lambda self, bucket: False)
+    with pytest.raises(SplitError, match="held spooled instances"):
+        run_model(buckets=6, start=2, routers=2, steps=SPOOL_SCENARIO, failover=None)
+
+
+def test_a_closing_bucket_reopens_when_a_router_spools_it() -> None:
+    closing = plan(
+        balanced(2, version=2).__class__(
+            version=2,
+            buckets=12,
+            gateways=CATALOGUE[:3],
+            owners=balanced(2).owners,
+            moving={5: 2},
+            closing=frozenset({5}),
+        ),
+        now=100,
+        wanted=3,
+        gateway_pods=pods([0, 1, 2]),
+        routers=[spooling_router("r0", version=2, reported=99, spooled={5})],
+        state=HandoverState((MoveBatch(2, at(50), frozenset({5})),), 3, 1),
+    )
+    assert closing.publish is not None
+    assert 5 in closing.publish.moving and 5 not in closing.publish.closing
+    assert "HandoverDeferred" in reasons(closing)
+
+
+def test_a_spooled_bucket_is_still_forced_after_max_drain() -> None:
+    moving = BucketMap(
+        version=2,
+        buckets=12,
+        gateways=CATALOGUE[:3],
+        owners=balanced(2).owners,
+        moving={5: 2},
+    )
+    forced = plan(
+        moving,
+        now=700,
+        wanted=3,
+        gateway_pods=pods([0, 1, 2]),
+        routers=[spooling_router("r0", version=2, reported=699, spooled={5})],
+        state=HandoverState((MoveBatch(2, at(50), frozenset({5})),), 3, 1),
+    )
+    assert [m.bucket for m in forced.forced] == [5]
+    assert "HandoverForced" in reasons(forced)
+
+
+def spooling_router(
+    name: str, *, version: int, reported: float, spooled: set[int], buckets: int = 12
+) -> RouterPod:
+    report = build_report(
+        map_version=version,
+        buckets=buckets,
+        started_at=at(-1000),
+        reported_at=at(reported),
+        ages={},
+        open_associations={},
+        spool=SpoolSummary(instances=len(spooled), buckets=frozenset(spooled)),
+    )
+    return RouterPod(name=name, created_at=at(-1000), report=parse_report(dump_report(report)))

@@ -70,6 +70,13 @@ The rules, pass by pass; the code cites them by number:
     published (``HandoverState.span_since``; a router on an older version
     holds the StatefulSet where it is), and not over an association it
     reports open.
+12. *Spooled.* A bucket with instances in a considered router's spool (its
+    report's ``spool.buckets``, `RouterReport.spooled`) is not quiet,
+    whatever its last use: it does not close (rule 4), and a closing one
+    reopens (rule 6), so that what the router spooled reaches the owner its
+    study began on, first in first out, before the bucket moves. Only rule
+    7 moves it (``maxDrainSeconds``, a failed-over owner, an excluded
+    router); the routers then send what they spooled to the new owner.
 
 Map gateways are numbered by StatefulSet ordinal (gateway ``i`` is pod ``i``),
 as `gatewaypool_operator.mapgateways.desired_gateways` builds them, so gateway
@@ -620,8 +627,9 @@ class _Routers:
         and an instance held meanwhile belongs to a study that began after
         the bucket went quiet. Reopened when such a report shows a use within
         quietSeconds (rule 6): a study came in after the operator last looked
-        (or one is held now), so the bucket goes back to plain moving. Still
-        closing while any router's word is missing.
+        (or one is held now), or shows it spooled (rule 12), so the bucket
+        goes back to plain moving. Still closing while any router's word is
+        missing.
         """
         step = Step.COMPLETED
         for pod in self.considered:
@@ -632,8 +640,8 @@ class _Routers:
             if report.buckets != buckets:
                 step = Step.CLOSING
                 continue
-            if report.all_used:
-                return Step.REOPENED
+            if report.all_used or report.spooled(bucket):
+                return Step.REOPENED  # rule 12 for a spooled bucket
             cls = report.used.get(bucket)
             if cls is not None and AGE_CLASSES[cls - 1] < settings.quiet_seconds:
                 return Step.REOPENED
@@ -655,6 +663,8 @@ class _Routers:
                 return False
             if (now - report.reported_at).total_seconds() > settings.fresh_seconds:
                 return False
+            if report.spooled(bucket):
+                return False  # rule 12
             if report.quiet_seconds(bucket) < settings.quiet_seconds:
                 return False
         return True
