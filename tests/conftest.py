@@ -16,7 +16,9 @@ import hypothesis
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP
+from gatewaypool_local.peers.dcmtk import StoreSCP
+from gatewaypool_local.peers.orthanc import Orthanc
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.synth import Study, generate_study
 from support import custommetrics, lanes
 from support.realcluster import Cluster, namespace_for, running_cluster, session_folder

@@ -141,7 +141,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.latency_instances < 1 or args.multiframe_mb < 1:
         print("gatewaypool bench: --latency-instances and --multiframe-mb must be >= 1")
         return 2
-    from gatewaypool_local.bench import main as bench_main
+    from gatewaypool_local.bench.run import main as bench_main
 
     result: int = bench_main(args)
     return result

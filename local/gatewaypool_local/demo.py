@@ -22,7 +22,10 @@ from typing import TextIO
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import GatewayPeer, Orthanc, PynetdicomSink, StoreSCP, storescu
+from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
+from gatewaypool_local.peers.gateway import GatewayPeer
+from gatewaypool_local.peers.orthanc import Orthanc
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewaypool_local.peers import LOOPBACK, free_port, wait_until
+from gatewaypool_local.peers.process import LOOPBACK, ManagedProcess, free_port, wait_until
 
 
-class RouterProcess:
-    """``gatewaypool router`` in a subprocess, logging JSON to a file."""
+class RouterProcess(ManagedProcess):
+    """``gatewaypool router`` in a subprocess, logging JSON to ``<work_dir>/router.log``."""
+
+    kind = "router"
 
     def __init__(
         self,
@@ -47,26 +46,23 @@ class RouterProcess:
             whatever the machine's cores), more for a supervisor and its
             workers, or None for the router's own default (the CPUs it may use).
         """
-        self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(work_dir, start_timeout=20.0, stop_timeout=30.0)
         self.ae_title = ae_title
         self.host = LOOPBACK
         self.port = free_port()
         self.http_port = free_port()
-        self.log_path = self.work_dir / "router.log"
         self._gateways = list(gateways)
-        self._map_file = map_file
+        # It runs in its work folder: a relative path would be read from there.
+        self._map_file = map_file.resolve() if map_file is not None else None
         self._extra = list(extra_args)
         self._env = env
         self.workers = workers
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
+        self._ready_path = "/readyz"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def __repr__(self) -> str:
+        return f"RouterProcess({self.ae_title}@{self.host}:{self.port})"
 
-    def command(self) -> list[str]:
+    def _command(self) -> list[str]:
         cmd = [
             sys.executable,
             "-m",
@@ -93,21 +89,19 @@ class RouterProcess:
             cmd += ["--gateway", gateway]
         return cmd + self._extra
 
-    def start(self, *, timeout: float = 20.0, wait_ready: bool = True) -> None:
+    def start(self, *, timeout: float | None = None, wait_ready: bool = True) -> None:
         """Start and wait until ``/readyz`` (or with ``wait_ready=False``, ``/healthz``) is 200."""
-        self._log_file = self.log_path.open("ab")
-        env = dict(os.environ if self._env is None else self._env)
-        self._proc = subprocess.Popen(
-            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, env=env
-        )
-        path = "/readyz" if wait_ready else "/healthz"
-        wait_until(lambda: self._up_or_dead(path), timeout=timeout, what=f"router {path}")
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"router exited with {self._proc.returncode}:\n{self.log_tail()}")
+        self._ready_path = "/readyz" if wait_ready else "/healthz"
+        super().start(timeout=timeout)
 
-    def _up_or_dead(self, path: str) -> bool:
-        dead = self._proc is not None and self._proc.poll() is not None
-        return dead or self.http_status(path) == 200
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ if self._env is None else self._env)
+
+    def _listens_on(self) -> Sequence[tuple[str, int]]:
+        return [(self.host, self.port), (LOOPBACK, self.http_port)]
+
+    def _is_ready(self) -> bool:
+        return self.http_status(self._ready_path) == 200
 
     def ready(self) -> bool:
         return self.http_status("/readyz") == 200
@@ -169,56 +163,11 @@ class RouterProcess:
         )
         return self.events(name)
 
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def peak_rss_bytes(self) -> int:
         """VmHWM of the live process: its peak resident memory so far."""
-        if self._proc is None:
+        if self.pid is None:
             return 0
-        for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         return 0
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as when a node dies or the OOM killer strikes; wait for the exit."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def stop(self, *, timeout: float = 30.0) -> int | None:
-        """SIGTERM (graceful: running associations finish) and wait."""
-        if self._proc is None:
-            return None
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        return self._proc.returncode
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -39,7 +39,7 @@ from typing import Any
 from gatewaypool.assignment import moved_buckets, rebalance
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
 from support.informer import Informer
 from support.realcluster import Cluster, running_cluster, session_folder

@@ -19,7 +19,7 @@ from typing import Any
 
 import kubernetes.client
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support.realcluster import Cluster
 from support.realpool import gateway_spec, operated_pool
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
 from support.realpool import RealPool, gateway_spec, operated_pool

@@ -19,7 +19,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support.realcluster import Cluster
 from support.realpool import RealPool, gateway_spec, operated_pool
 

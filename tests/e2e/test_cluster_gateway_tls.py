@@ -22,7 +22,8 @@ from typing import Any
 
 import kubernetes.client
 
-from gatewaypool_local.peers import echoscu, wait_until
+from gatewaypool_local.peers.dcmtk import echoscu
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.sink import instance_file_name
 from gatewaypool_local.synth import dataset_bytes, generate_study
 from gatewaypool_operator.children.podparts import GATEWAY_CERT_DIRECTORY

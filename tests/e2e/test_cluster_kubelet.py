@@ -14,7 +14,8 @@ from typing import Any
 
 import kubernetes.client
 
-from gatewaypool_local.peers import echo, wait_until
+from gatewaypool_local.peers.gateway import echo
+from gatewaypool_local.peers.process import wait_until
 from support.realcluster import Cluster
 
 #: Seconds between two looks at the server (the kubelet stand-in runs in this process).

@@ -37,7 +37,8 @@ from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool.reports import RouterReport, parse_report
 from gatewaypool_local import scu
-from gatewaypool_local.peers import PynetdicomSink, wait_until
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
 from gatewaypool_operator.children import router

@@ -24,7 +24,7 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support import metrics, podnet
 from support.realcluster import Cluster
 

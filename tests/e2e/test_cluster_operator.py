@@ -41,7 +41,7 @@ from kubernetes.client.exceptions import ApiException
 from gatewaypool.assignment import rebalance
 from gatewaypool.bucketmap import BucketMap, parse_map
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from support.certs import TestCA
 from support.nodes import Pod

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support.realcluster import Cluster, namespace_for
 from support.realpool import RealPool
 

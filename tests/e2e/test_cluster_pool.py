@@ -16,7 +16,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import storescu, wait_until
+from gatewaypool_local.peers.dcmtk import storescu
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
 from support.realpool import gateway_spec, operated_pool, pool_body

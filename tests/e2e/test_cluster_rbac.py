@@ -22,7 +22,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from support.audit import AuditLog, Request, service_account
 from support.realcluster import Cluster

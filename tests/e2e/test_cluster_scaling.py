@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
 from support.realpool import gateway_spec, operated_pool

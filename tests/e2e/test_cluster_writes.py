@@ -37,7 +37,7 @@ import kubernetes.client
 import pytest
 
 from gatewaypool.bucketmap import BucketMap, parse_map
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_operator.children.desired import routers_configmap
 from gatewaypool_operator.children.names import selector_labels
 from gatewaypool_operator.kubeapply import Cluster as KubeApi

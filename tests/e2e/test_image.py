@@ -18,7 +18,9 @@ import helm_python
 import pytest
 import yaml
 
-from gatewaypool_local.peers import PynetdicomSink, echo, free_port, wait_until
+from gatewaypool_local.peers.gateway import echo
+from gatewaypool_local.peers.process import free_port, wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from support import images
 from support.crd import ROOT
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import pytest
 
-from gatewaypool_local.peers import GatewayPeer
+from gatewaypool_local.peers.gateway import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_router import splice
 
@@ -99,4 +99,4 @@ def start_router(
     for router in routers:
         router.stop()
         if failed is None or failed.failed:
-            print(f"--- last lines of {router.log_path} ---\n{router.log_tail(60)}")
+            print(router.log_tail(60))

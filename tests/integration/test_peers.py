@@ -20,14 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from gatewaypool_local.peers import (
-    GatewayPeer,
-    PeerError,
-    PynetdicomSink,
-    echo,
-    echoscu,
-    storescu,
-)
+from gatewaypool_local.peers.dcmtk import echoscu, storescu
+from gatewaypool_local.peers.gateway import GatewayPeer, echo
+from gatewaypool_local.peers.process import PeerError
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.scu import send_files
 from gatewaypool_local.synth import (
     Study,
@@ -212,7 +208,7 @@ def test_storescu_reencodes_implicit_vr_unless_told(
 def test_start_fails_clearly_when_the_port_is_taken(
     pynetdicom_gateway: PynetdicomSink, tmp_workdir: Path
 ) -> None:
-    from gatewaypool_local.peers import StoreSCP
+    from gatewaypool_local.peers.dcmtk import StoreSCP
 
     clash = StoreSCP(tmp_workdir / "clash", port=pynetdicom_gateway.port, start_timeout=10)
     with pytest.raises(PeerError, match="in use"):

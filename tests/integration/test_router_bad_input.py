@@ -10,7 +10,9 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from gatewaypool_local.peers import PynetdicomSink, echo, wait_until
+from gatewaypool_local.peers.gateway import echo
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import send_files
 from gatewaypool_local.synth import Study, generate_study

@@ -27,7 +27,7 @@ from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
-from gatewaypool_local.peers import StoreSCP
+from gatewaypool_local.peers.dcmtk import StoreSCP
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256
 

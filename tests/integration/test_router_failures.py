@@ -19,7 +19,8 @@ from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
-from gatewaypool_local.peers import PynetdicomSink, wait_until
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, generate_study, study_uid_for
 

@@ -25,18 +25,12 @@ from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 
 from gatewaypool.bucketmap import BucketMap, Gateway, dump_map
-from gatewaypool_local.peers import (
-    LOOPBACK,
-    DicomRsStoreSCP,
-    Orthanc,
-    PeerError,
-    PynetdicomSink,
-    StoreSCP,
-    dicom_rs_storescu,
-    echoscu,
-    gdcmscu,
-    wait_until,
-)
+from gatewaypool_local.peers.dcmtk import StoreSCP, echoscu
+from gatewaypool_local.peers.dicomrs import DicomRsStoreSCP, dicom_rs_storescu
+from gatewaypool_local.peers.gdcm import gdcmscu
+from gatewaypool_local.peers.orthanc import Orthanc
+from gatewaypool_local.peers.process import LOOPBACK, PeerError, wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 from gatewaypool_router import negotiation

@@ -20,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import LOOPBACK, PynetdicomSink, StoreSCP, free_port, wait_until
+from gatewaypool_local.peers.dcmtk import StoreSCP
+from gatewaypool_local.peers.process import LOOPBACK, free_port, wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import send_files
 from gatewaypool_local.synth import Study, dataset_bytes

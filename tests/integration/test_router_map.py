@@ -11,7 +11,8 @@ from pynetdicom import _config
 
 from gatewaypool.bucketmap import BucketMap, Gateway, dump_map
 from gatewaypool_local import scu
-from gatewaypool_local.peers import PynetdicomSink, wait_until
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
 

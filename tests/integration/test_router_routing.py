@@ -16,7 +16,9 @@ from pathlib import Path
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import Orthanc, PynetdicomSink, StoreSCP, echoscu, storescu
+from gatewaypool_local.peers.dcmtk import StoreSCP, echoscu, storescu
+from gatewaypool_local.peers.orthanc import Orthanc
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes
 

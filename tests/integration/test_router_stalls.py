@@ -21,7 +21,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from gatewaypool_local import scu
-from gatewaypool_local.peers import PynetdicomSink, wait_until
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gatewaypool_local.peers import StoreSCP, storescu
+from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import dataset_sha256, generate_multiframe
 

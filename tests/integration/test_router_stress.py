@@ -27,7 +27,8 @@ import pytest
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.peers import DCMTK_ENV, PynetdicomSink, StoreSCP
+from gatewaypool_local.peers.dcmtk import DCMTK_ENV, StoreSCP
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256, generate_multiframe
 

@@ -21,7 +21,8 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from gatewaypool_local.peers import PynetdicomSink, Received
+from gatewaypool_local.peers.gateway import Received
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import SendResult, send_files
 from gatewaypool_local.synth import dataset_bytes

@@ -23,15 +23,10 @@ import pytest
 from pydicom import dcmread
 
 from gatewaypool_local import scu
-from gatewaypool_local.peers import (
-    LOOPBACK,
-    PeerTls,
-    PynetdicomSink,
-    StoreSCP,
-    free_port,
-    storescu,
-    wait_until,
-)
+from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
+from gatewaypool_local.peers.gateway import PeerTls
+from gatewaypool_local.peers.process import LOOPBACK, free_port, wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 from gatewaypool_router import splice

@@ -23,7 +23,8 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool_local import scu
-from gatewaypool_local.peers import StoreSCP, wait_until
+from gatewaypool_local.peers.dcmtk import StoreSCP
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
 

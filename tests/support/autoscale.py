@@ -39,7 +39,7 @@ from typing import Any
 
 from gatewaypool import quantity
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import Study, generate_study
 from support import custommetrics
 from support.informer import Informer

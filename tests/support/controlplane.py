@@ -28,7 +28,7 @@ from typing import Any, Self
 import kubernetes.client
 import kubernetes.config
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 
 #: The environment variable naming the built binary (set by ./dev.sh).
 BINARY_VARIABLE = "GATEWAYPOOL_CONTROLPLANE"

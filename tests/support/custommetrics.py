@@ -44,7 +44,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool import quantity
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 
 if TYPE_CHECKING:
     from support.realcluster import Cluster

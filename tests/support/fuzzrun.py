@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewaypool_local import sink as sink_module
-from gatewaypool_local.peers import LOOPBACK, PynetdicomSink, echo, free_port, wait_until
+from gatewaypool_local.peers.gateway import echo
+from gatewaypool_local.peers.process import LOOPBACK, free_port, wait_until
+from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.scu import PynetdicomSendError, send_files
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study

@@ -28,7 +28,7 @@ import kubernetes.client
 import yaml
 
 from gatewaypool import quantity
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 
 if TYPE_CHECKING:
     from support.realcluster import Cluster

@@ -45,7 +45,7 @@ import kubernetes.client
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support import images
 from support.clusterdns import ClusterDNS
 from support.controlplane import ControlPlane, ControlPlaneUnavailableError

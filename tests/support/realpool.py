@@ -21,7 +21,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from support.realcluster import Cluster
 
 GATEWAY_IMAGE = "registry.example.org/test/pynetdicom-gateway:1"

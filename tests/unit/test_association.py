@@ -23,7 +23,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from gatewaypool.bucketmap import Gateway, balanced_map
-from gatewaypool_local.peers import free_port
+from gatewaypool_local.peers.process import free_port
 from gatewaypool_router import dimse, negotiation, pdus
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.bucketusage import BucketUsage

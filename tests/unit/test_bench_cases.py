@@ -8,7 +8,7 @@ import pytest
 
 from gatewaypool.bucketmap import Gateway, balanced_map
 from gatewaypool.hashing import study_bucket
-from gatewaypool_local.bench_cases import (
+from gatewaypool_local.bench.cases import (
     StudyFiles,
     lanes,
     straight_to_owners,

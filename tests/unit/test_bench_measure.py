@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewaypool_local.bench_measure import (
+from gatewaypool_local.bench.measure import (
     Latency,
     cpu_seconds_per_gb,
     descendants,

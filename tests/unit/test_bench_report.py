@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gatewaypool_local.bench_measure import Latency, Machine, ProcessSample
-from gatewaypool_local.bench_report import (
+from gatewaypool_local.bench.measure import Latency, Machine, ProcessSample
+from gatewaypool_local.bench.report import (
     BenchResult,
     RouterCpu,
     Throughput,

@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from gatewaypool.bucketmap import Gateway
-from gatewaypool_local.peers import wait_until
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_router import negotiation, pdus
 from gatewaypool_router.statuses import Status
 from gatewaypool_router.upstream import GatewayError, Upstream

@@ -7,9 +7,9 @@ to three ``storescp`` gateways give the ratios. Then the router's CPU per GB
 forwarded, the latency it adds per C-STORE (a pynetdicom sender timing each
 round trip of small instances, direct and routed) and its peak memory, per
 worker and in total, also while it streams one very large multi-frame
-instance. :mod:`gatewaypool_local.bench_cases` holds the cases,
-:mod:`gatewaypool_local.bench_measure` the measuring and
-:mod:`gatewaypool_local.bench_report` the text.
+instance. :mod:`gatewaypool_local.bench.cases` holds the cases,
+:mod:`gatewaypool_local.bench.measure` the measuring and
+:mod:`gatewaypool_local.bench.report` the text.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
-from gatewaypool_local import bench_cases as cases
-from gatewaypool_local.bench_measure import (
+from gatewaypool_local.bench import cases
+from gatewaypool_local.bench.measure import (
     Latency,
     ProcessSample,
     load_average,
@@ -32,8 +32,8 @@ from gatewaypool_local.bench_measure import (
     this_machine,
     tree_cpu_seconds,
 )
-from gatewaypool_local.bench_report import BenchResult, RouterCpu, Throughput, render
-from gatewaypool_local.peers import StoreSCP, storescu
+from gatewaypool_local.bench.report import BenchResult, RouterCpu, Throughput, render
+from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_multiframe, generate_study
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gatewaypool_local.bench_measure import (
+from gatewaypool_local.bench.measure import (
     Latency,
     Machine,
     ProcessSample,

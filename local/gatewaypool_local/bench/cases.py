@@ -23,7 +23,7 @@ from pynetdicom import _config
 from gatewaypool.bucketmap import BucketMap, Gateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
-from gatewaypool_local.peers import storescu
+from gatewaypool_local.peers.dcmtk import storescu
 
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
