@@ -227,7 +227,7 @@ class Cluster:
         """Objects of ``kind`` carrying every label in ``labels``.
 
         The label selector goes to the API server, and is applied again here:
-        an API server (or an emulator) that ignores it must not make the
+        an API server (or a proxy in front of one) that ignores it must not make the
         operator act on objects that are not its own.
         """
         api, suffix = self._api(kind)

@@ -8,7 +8,7 @@ collector controllers act on what the operator writes; the gateways are
 DCMTK ``storescp`` (little CPU, Ready when its port answers); no DICOM
 traffic flows: none of these tests is about traffic.
 
-What the real server does that the API emulator did not:
+What only a real control plane does, and these tests rely on:
 
 - the schema and its CEL rules refuse an unhonourable ``spec.replicas``, a
   changed ``spec.buckets`` or a pool name too long for its children at the
@@ -393,7 +393,7 @@ def test_an_unhonourable_spec_is_refused_and_leaves_the_pool_running(ns: Operate
     assert statefulset is not None
 
     # The real server's CEL rules refuse these at the write, through the
-    # scale subresource too (the emulator accepted them).
+    # scale subresource too.
     writes: list[tuple[str, Callable[[], None]]] = [
         ("spec.replicas", lambda: pool.patch_spec({"replicas": 12})),
         ("spec.replicas", lambda: pool.scale(12)),

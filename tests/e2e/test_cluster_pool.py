@@ -26,7 +26,7 @@ from support.realpool import gateway_spec, operated_pool, pool_body
 def test_the_crd_refuses_autoscaling_without_targets(
     cluster: Cluster, cluster_namespace: str
 ) -> None:
-    """The real API server validates custom resources against the CRD (the emulator did not)."""
+    """The real API server validates custom resources against the CRD."""
     custom = kubernetes.client.CustomObjectsApi(cluster.api())
     spec = {"replicas": 1, "gateway": gateway_spec(), "autoscaling": {"maxReplicas": 3}}
     with pytest.raises(ApiException) as refused:

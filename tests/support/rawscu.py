@@ -2,7 +2,7 @@
 
 For tests that must pause between instances on one association, see every
 context's negotiation result, or read exactly what the router answers
-(pynetdicom 3.0.4's sender can lose a fast response; see TESTING.md).
+(pynetdicom 3.0.4's sender can lose a fast response).
 Built on :mod:`support.rawdicom`'s PDU helpers.
 """
 

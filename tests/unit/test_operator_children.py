@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -925,10 +924,6 @@ def test_the_router_accepts_the_command_it_is_given(
 def test_the_router_accepts_the_tls_command_it_is_given(
     variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gatewaypool_router.config import RouterConfig
-
-    if "tls_cert" not in {field.name for field in dataclasses.fields(RouterConfig)}:
-        pytest.skip("this router has no TLS options yet (the router side of issue 12)")
     monkeypatch.setenv("POD_NAME", "ct-triage-router-0")
     spec = parse(TLS_SPECS[variant])
     config = router_accepts(router_container(build(TLS_SPECS[variant]))["command"])

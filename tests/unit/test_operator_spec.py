@@ -1001,7 +1001,7 @@ OPERATOR_CHECKED = (
     ids=lambda p: p.name,
 )
 def test_the_operator_refuses_what_the_crd_refuses(path: Path) -> None:
-    """Without the CRD's schema and rules (the emulator, an old CRD) the operator still refuses
+    """Without the CRD's schema and rules (an old CRD, or none applied) the operator still refuses
     each of these invalid files, naming the field the API server would name."""
     first, *_ = path.read_text().splitlines()
     expected = first.removeprefix("# expect: ")
