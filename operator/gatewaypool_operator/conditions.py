@@ -25,6 +25,8 @@ class ConditionType(enum.StrEnum):
     DEGRADED = "Degraded"
     #: The router is a LoadBalancer that admits any source (present only while True).
     ROUTER_EXPOSED = "RouterExposed"
+    #: The routers' spools need a person (present only with ``spec.router.spool``).
+    SPOOL_BACKLOG = "SpoolBacklog"
 
 
 class ConditionReason(enum.StrEnum):
@@ -68,3 +70,14 @@ class ConditionReason(enum.StrEnum):
     SOURCES_RESTRICTED = "SourcesRestricted"
     #: Not exposed, so no condition: the router Service is ClusterIP or NodePort.
     NOT_A_LOAD_BALANCER = "NotALoadBalancer"
+    # SpoolBacklog (see gatewaypool_operator.spoolstatus)
+    #: True: a spooled instance waited longer than ``spec.router.spool.retentionSeconds``.
+    RETENTION_EXCEEDED = "RetentionExceeded"
+    #: True: a router's spool is nearly full (then it answers 0xA700).
+    SPOOL_FILLING = "SpoolFilling"
+    #: True: gateways refused spooled instances for good; they are kept aside.
+    INSTANCES_REFUSED = "InstancesRefused"
+    #: False: instances wait in the spools, within the limits.
+    SPOOL_DRAINING = "SpoolDraining"
+    #: False: no instance waits.
+    SPOOL_EMPTY = "SpoolEmpty"

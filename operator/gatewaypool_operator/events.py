@@ -55,6 +55,9 @@ class Reason(enum.StrEnum):
     CHILD_DELETED = "ChildDeleted"
     #: The router is a LoadBalancer that admits any source.
     ROUTER_EXPOSED = "RouterExposed"
+    #: The routers' spools need a person: an instance past its retention, a spool
+    #: nearly full, or instances refused for good (the SpoolBacklog condition turned True).
+    SPOOL_BACKLOG = "SpoolBacklog"
 
     @property
     def type(self) -> EventType:
@@ -71,6 +74,7 @@ _WARNINGS = frozenset(
         Reason.HANDOVER_STATE_UNREADABLE,
         Reason.APPLY_REFUSED,
         Reason.ROUTER_EXPOSED,
+        Reason.SPOOL_BACKLOG,
     }
 )
 

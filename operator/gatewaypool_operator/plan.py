@@ -26,7 +26,7 @@ from typing import Any
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool.contract import MAP_KEY
 from gatewaypool.strict import is_int
-from gatewaypool_operator import exposure, mapgateways, observe, poolstatus
+from gatewaypool_operator import exposure, mapgateways, observe, poolstatus, spoolstatus
 from gatewaypool_operator.children.desired import (
     build_children,
     optional_children,
@@ -193,6 +193,7 @@ def plan(
     )
     events.extend(decided.events)
     events.extend(_exposure_events(spec, previous))
+    events.extend(_spool_events(spec, basis, previous))
     previous_totals = pool_status.get("handovers") or {}
     summary = poolstatus.HandoverSummary(
         oldest_move_since=decided.oldest_move_since,
@@ -560,6 +561,25 @@ def _exposure_events(spec: PoolSpec, previous: Sequence[Mapping[str, Any]]) -> l
     if not exposed or was:
         return []
     return [Event(Reason.ROUTER_EXPOSED, message)]
+
+
+def _spool_events(
+    spec: PoolSpec, basis: StatusBasis, previous: Sequence[Mapping[str, Any]]
+) -> list[Event]:
+    """The ``SpoolBacklog`` Warning Event, when the condition turns True (not on every pass)."""
+    if spec.router.spool is None:
+        return []
+    totals = spoolstatus.spool_totals(basis.router_reports, basis.live_router_pods)
+    status, _, message = spoolstatus.backlog(spec.router.spool, totals, now=basis.now)
+    was = any(
+        isinstance(condition, Mapping)
+        and condition.get("type") == ConditionType.SPOOL_BACKLOG
+        and condition.get("status") == "True"
+        for condition in previous
+    )
+    if status != "True" or was:
+        return []
+    return [Event(Reason.SPOOL_BACKLOG, message)]
 
 
 def _already_degraded(previous: Any, message: str) -> bool:

@@ -26,6 +26,9 @@ since when) and ``observedGeneration``.
   LoadBalancer that admits any source address (see
   `gatewaypool_operator.exposure`); it goes when the spec restricts the
   sources or the type changes.
+- ``SpoolBacklog``: present with ``spec.router.spool``, True while the
+  routers' spools need a person (`gatewaypool_operator.spoolstatus`), beside
+  ``status.spool``, what they hold.
 
 The status changes only when something a user sees changed: it holds no
 age or anything else that moves with the clock alone (the oldest move's
@@ -51,7 +54,7 @@ from typing import Any, Final
 from gatewaypool.bucketmap import BucketMap
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool.strict import format_time, is_int, parse_time
-from gatewaypool_operator import exposure
+from gatewaypool_operator import exposure, spoolstatus
 from gatewaypool_operator.children.names import selector_string
 from gatewaypool_operator.conditions import ConditionReason, ConditionType
 from gatewaypool_operator.spec.fields import thaw
@@ -210,6 +213,10 @@ def compute_status(
     ]
     if spec is not None and exposure.router_exposure(spec)[0]:
         wanted.append((ConditionType.ROUTER_EXPOSED, "True", *exposure.router_exposure(spec)[1:]))
+    spool = spec.router.spool if spec is not None else None
+    totals = spoolstatus.spool_totals(router_reports, live_router_pods)
+    if spool is not None:
+        wanted.append((ConditionType.SPOOL_BACKLOG, *spoolstatus.backlog(spool, totals, now=now)))
     conditions = [
         _condition(
             kind,
@@ -240,6 +247,9 @@ def compute_status(
     if summary.oldest_move_since is not None:
         # Absent when nothing moves: the merge patch then deletes it.
         result["oldestMoveSince"] = format_time(summary.oldest_move_since)
+    if spool is not None:
+        # Absent without a spool (the merge patch then deletes it).
+        result["spool"] = totals.status()
     if spec is not None and spec.autoscaling is not None:
         # Absent when not autoscaled, so that kubectl get gwp shows <none>.
         autoscaling = spec.autoscaling

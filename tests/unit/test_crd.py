@@ -880,6 +880,7 @@ def test_the_examples_exist() -> None:
         "modality-vlan.yaml",
         "orthanc.yaml",
         "secure.yaml",
+        "spool.yaml",
     ]
 
 

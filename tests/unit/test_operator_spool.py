@@ -1,4 +1,4 @@
-"""``spec.router.spool``: read from the spec, rendered as the router StatefulSet, switched to.
+"""``spec.router.spool``: read, rendered as the router StatefulSet, switched to, and shown.
 
 The spool's spec fields and their defaults; the children a spooling pool
 owns (the router StatefulSet with a claim per router, its headless Service,
@@ -10,11 +10,12 @@ deleted only once the new one is Ready.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from gatewaypool.reports import SpoolSummary, build_report, dump_report
 from gatewaypool_operator.children.desired import build_children, optional_children
 from gatewaypool_operator.children.names import selector_labels
 from gatewaypool_operator.children.router import (
@@ -24,8 +25,10 @@ from gatewaypool_operator.children.router import (
     spool_max_bytes,
     statefulset,
 )
+from gatewaypool_operator.events import Reason
 from gatewaypool_operator.passdata import Observed
 from gatewaypool_operator.plan import plan
+from gatewaypool_operator.poolstatus import compute_status
 from gatewaypool_operator.spec.fields import SpecError
 from gatewaypool_operator.spec.parse import parse_spec
 from gatewaypool_operator.spec.types import PoolSpec, SpoolSpec
@@ -288,3 +291,132 @@ def test_the_router_statefulset_is_not_written_over_the_gateways_version() -> No
     writes = {(w.obj["kind"], w.obj["metadata"]["name"]): w for w in decided.writes}
     assert writes[("StatefulSet", "ct-gw")].conditional
     assert not writes[("StatefulSet", "ct-router")].conditional
+
+
+# --- the status ------------------------------------------------------------------------------
+
+
+def spool_report(
+    *, instances: int = 0, size: int = 0, oldest: float = 0.0, refused: int = 0, at: datetime = NOW
+) -> str:
+    return dump_report(
+        build_report(
+            map_version=1,
+            buckets=12,
+            started_at=at - timedelta(hours=1),
+            reported_at=at,
+            ages={},
+            open_associations={},
+            spool=SpoolSummary(
+                instances=instances,
+                bytes=size,
+                oldest_seconds=oldest,
+                refused=refused,
+                buckets=frozenset({3}) if instances else frozenset(),
+            ),
+        )
+    )
+
+
+def status_of(
+    reports: dict[str, str], *, spool: dict[str, Any] | None = SPOOL, live: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    return compute_status(
+        name=NAME,
+        spec=parse(spec_with(spool)),
+        generation=1,
+        statefulset_status=None,
+        bucket_map=None,
+        router_reports=reports,
+        live_router_pods=live or tuple(reports),
+        spec_error=None,
+        previous_conditions=[],
+        now=NOW,
+    )
+
+
+def backlog_of(status: dict[str, Any]) -> dict[str, Any]:
+    [condition] = [c for c in status["conditions"] if c["type"] == "SpoolBacklog"]
+    return dict(condition)
+
+
+def test_status_spool_sums_the_live_routers_reports() -> None:
+    reports = {
+        "ct-router-0": spool_report(instances=3, size=3000, oldest=61.5),
+        "ct-router-1": spool_report(instances=2, size=500, oldest=10, refused=1),
+        "ct-router-2": spool_report(instances=100, size=10**6, oldest=3600),  # its pod is gone
+    }
+    status = status_of(reports, live=("ct-router-0", "ct-router-1"))
+    assert status["spool"] == {
+        "instances": 5,
+        "bytes": 3500,
+        "refused": 1,
+        "routers": 2,
+        # A time, to the second: the status does not change with the clock alone.
+        "oldestSince": "2026-03-01T11:58:58.000000Z",
+    }
+
+
+def test_no_status_spool_and_no_condition_without_a_spool() -> None:
+    status = status_of({"ct-router-0": spool_report(instances=3, size=10)}, spool=None)
+    assert "spool" not in status
+    assert "SpoolBacklog" not in {c["type"] for c in status["conditions"]}
+
+
+def test_an_empty_spool_is_no_backlog() -> None:
+    status = status_of({"ct-router-0": spool_report()})
+    assert "oldestSince" not in status["spool"]
+    assert (backlog_of(status)["status"], backlog_of(status)["reason"]) == ("False", "SpoolEmpty")
+
+
+def test_instances_within_the_limits_are_draining() -> None:
+    status = status_of({"ct-router-0": spool_report(instances=4, size=4096, oldest=120)})
+    assert (backlog_of(status)["status"], backlog_of(status)["reason"]) == (
+        "False",
+        "SpoolDraining",
+    )
+
+
+@pytest.mark.parametrize(
+    ("report", "reason"),
+    [
+        # retentionSeconds is 600 here
+        (spool_report(instances=1, size=10, oldest=601), "RetentionExceeded"),
+        (spool_report(instances=9, size=spool_max_bytes("1Gi") * 9 // 10), "SpoolFilling"),
+        (spool_report(refused=2), "InstancesRefused"),
+    ],
+)
+def test_a_backlog_past_a_limit_sets_the_condition(report: str, reason: str) -> None:
+    status = status_of({"ct-router-0": report}, spool={"size": "1Gi", "retentionSeconds": 600})
+    assert (backlog_of(status)["status"], backlog_of(status)["reason"]) == ("True", reason)
+
+
+def test_an_instance_just_within_its_retention_is_no_backlog() -> None:
+    report = spool_report(instances=1, size=10, oldest=599)
+    status = status_of({"ct-router-0": report}, spool={"size": "1Gi", "retentionSeconds": 600})
+    assert backlog_of(status)["status"] == "False"
+
+
+def test_the_backlog_event_is_posted_when_the_condition_turns_true_only() -> None:
+    report = spool_report(instances=1, size=10, oldest=90000)
+    body = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+        "spec": spec_with(SPOOL),
+        "status": {},
+    }
+    pod = {"metadata": {"name": "ct-router-0", "labels": selector_labels(NAME, "router")}}
+    reports = {"metadata": {"name": "ct-routers"}, "data": {"ct-router-0": report}}
+    observed = Observed(pool=body, router_pods=[pod], reports_configmap=reports)
+    first = plan(observed, default_router_image="gatewaypool:1", now=NOW)
+    assert [e.reason for e in first.events if e.reason == Reason.SPOOL_BACKLOG] == [
+        Reason.SPOOL_BACKLOG
+    ]
+    body["status"] = first.status
+    again = plan(
+        Observed(pool=body, router_pods=[pod], reports_configmap=reports),
+        default_router_image="gatewaypool:1",
+        now=NOW,
+    )
+    assert Reason.SPOOL_BACKLOG not in [e.reason for e in again.events]
