@@ -9,6 +9,11 @@ instance.
 
 How the data set's bytes reach the gateway, copied or spliced in the
 kernel, is :mod:`gatewaypool_router.forwarding`'s; this module decides.
+
+With a spool (``--spool-dir``), an instance whose gateway cannot take it
+now (or every instance, with ``--spool-when Always``) is written to the
+spool and answered Success once it is durable there; see
+:mod:`gatewaypool_router.spool`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gatewaypool.bucketmap import BucketMap, Gateway
@@ -34,6 +40,9 @@ from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
 from gatewaypool_router.progress import Progress, pdu_name
 from gatewaypool_router.scanner import DatasetScanner, ScanState
+from gatewaypool_router.spool.decide import diverts
+from gatewaypool_router.spool.intake import SpoolIntake
+from gatewaypool_router.spool.store import Meta, SpoolFullError
 from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.studiesinflight import StudiesInFlight
 from gatewaypool_router.tls import ReloadingContext
@@ -112,6 +121,7 @@ class IncomingAssociation:
         client_subject: str | None = None,
         gateway_tls: ReloadingContext | None = None,
         catalog: GatewayCatalog | None = None,
+        spool: SpoolIntake | None = None,
     ) -> None:
         """Prepare to serve `sock`; nothing is read before :meth:`serve`.
 
@@ -129,8 +139,11 @@ class IncomingAssociation:
             which contexts are accepted, and refuses associations while no
             map is loaded or no gateway can be reached. Without one every
             association is admitted and every storage context accepted.
+        spool
+            The router's spool (``--spool-dir``), if any.
         """
         self._catalog = catalog
+        self._spool = spool
         self._sock = sock
         self._secure = secure
         self._client_subject = client_subject
@@ -234,6 +247,8 @@ class IncomingAssociation:
         )
 
     def _close(self, *, released: bool = False) -> None:
+        if self._instance is not None and self._instance.spool is not None:
+            self._instance.spool.discard()  # never acknowledged: never stored
         self._forwarder.close()
         if released:
             tls.close_notify(self._sock)
@@ -293,7 +308,7 @@ class IncomingAssociation:
             secure=self._secure,
             client_subject=self._client_subject,
             over_limit=over_limit,
-            gateways_unavailable=self._catalog.admit if self._catalog is not None else None,
+            gateways_unavailable=self._admission_check(),
         )
         if refusal is not None:
             return self._refuse(refusal)
@@ -326,6 +341,13 @@ class IncomingAssociation:
             forwarding="splice" if self._forwarder.splicing else "copy",
         )
         return True
+
+    def _admission_check(self) -> Callable[[], str | None] | None:
+        """What admission asks about the gateways: with a spool, only whether a map is loaded."""
+        if self._spool is not None:
+            maps = self._maps
+            return lambda: "no_map" if maps.current is None else None
+        return self._catalog.admit if self._catalog is not None else None
 
     def _read_request(self) -> pdus.Pdu | None:
         """The A-ASSOCIATE-RQ; None once anything else was answered (see `_negotiate`)."""
@@ -509,7 +531,7 @@ class IncomingAssociation:
             instance.scanner.feed(pdv.data)
             if pdv.is_last:
                 complete = instance.scanner.finish()
-        if instance.failure is None and instance.upstream is None:
+        if instance.failure is None and not instance.routed:
             state = instance.scanner.state
             if state in _SCAN_FAILURES:
                 instance.fail(_SCAN_FAILURES[state], instance.scanner.detail)
@@ -523,10 +545,51 @@ class IncomingAssociation:
                         Status.HEADER_TOO_LARGE,
                         f"no StudyInstanceUID in the first {self._config.header_limit} bytes",
                     )
-        elif instance.failure is None and instance.upstream is not None:
-            self._forwarder.forward(instance, pdv.data, last=pdv.is_last, complete=complete)
+        elif instance.failure is None:
+            self._routed_data(instance, pdv, complete=complete)
         if pdv.is_last:
             self.data_set_sent(instance)
+
+    def _routed_data(self, instance: Instance, pdv: pdus.Pdv, *, complete: bool) -> None:
+        """A fragment of a routed instance: to its file (if any), and on to its gateway."""
+        if instance.spool is not None:
+            self._spool_write(instance, [pdv.data])
+        if instance.upstream is not None:
+            self._forwarder.forward(instance, pdv.data, last=pdv.is_last, complete=complete)
+        elif pdv.is_last and not complete and instance.failure is None:
+            instance.fail(Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
+
+    def _spool_write(self, instance: Instance, fragments: list[memoryview]) -> None:
+        writer = instance.spool
+        assert writer is not None
+        try:
+            for fragment in fragments:
+                writer.write(fragment)
+        except OSError as exc:
+            writer.discard()
+            instance.spool = None
+            if instance.spooled:
+                instance.spooled = False
+                instance.fail(Status.SPOOL_FULL, f"spool write failed: {exc.strerror}")
+
+    def _to_spool(self, instance: Instance, *, last: bool, complete: bool) -> None:
+        """Send a routed instance to the spool: what arrived so far goes to its file."""
+        assert self._spool is not None
+        writer = instance.spool or self._spool.writer()
+        if writer is None:
+            self._metrics.refusals.labels(reason="spool_full").inc()
+            instance.fail(Status.SPOOL_FULL, "spool full")
+            return
+        pending = instance.pending if instance.spool is None else []
+        instance.pending = []
+        instance.pending_bytes = 0
+        instance.spool = writer
+        instance.spooled = True
+        instance.upstream = None
+        self.progress.instance_gateway = "spool"
+        self._spool_write(instance, pending)
+        if last and not complete and instance.failure is None:
+            instance.fail(Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
 
     def _route(self, instance: Instance, *, last: bool, complete: bool) -> None:
         bucket_map = self._maps.current
@@ -544,9 +607,18 @@ class IncomingAssociation:
         # a gateway that fails it is still load aimed at that gateway.
         self._studies.seen(study_uid, gateway.name)
         instance.gateway = gateway
+        instance.bucket = bucket
         self.progress.instance_gateway = gateway.name
+        if self._spool is not None:
+            if self._spool.spool_first(bucket, gateway.name):
+                self._to_spool(instance, last=last, complete=complete)
+                return
+            instance.spool = self._spool.copy()
+            if instance.spool is not None:
+                self._spool_write(instance, list(instance.pending))
         upstream = self._upstream_for(instance, gateway)
         if upstream is None:
+            self._divert_pending(instance, last=last, complete=complete)
             return
         if instance.context.context_id not in upstream.usable_contexts:
             instance.fail(
@@ -564,6 +636,7 @@ class IncomingAssociation:
             )
         except GatewayError as exc:
             self.gateway_failed(instance, exc)
+            self._divert_pending(instance, last=last, complete=complete)
             return
         self.progress.wrote("C-STORE-RQ to gateway", len(instance.raw_command))
         pending = instance.pending
@@ -572,8 +645,15 @@ class IncomingAssociation:
         for index, fragment in enumerate(pending):
             is_last = last and index == len(pending) - 1
             self._forwarder.forward(instance, fragment, last=is_last, complete=complete)
-            if instance.failure is not None:
+            if instance.failure is not None or instance.upstream is None:
                 return
+
+    def _divert_pending(self, instance: Instance, *, last: bool, complete: bool) -> None:
+        """The gateway failed before the data set went out; its copy holds what arrived."""
+        instance.pending = []
+        instance.pending_bytes = 0
+        if instance.spooled and last and not complete and instance.failure is None:
+            instance.fail(Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
 
     def _hold(self, instance: Instance, bucket: int, bucket_map: BucketMap) -> BucketMap:
         """Hold an instance of a closing bucket until a newer map says where it goes.
@@ -738,7 +818,34 @@ class IncomingAssociation:
         name = instance.gateway.name if instance.gateway is not None else "-"
         self._metrics.upstream_failures.labels(gateway=name, reason=exc.status.name.lower()).inc()
         instance.upstream = None
+        if self._divert(instance, int(exc.status), exc.reason):
+            return
         instance.fail(exc.status, exc.reason)
+
+    def _divert(self, instance: Instance, status: int, reason: str) -> bool:
+        """Send an instance its gateway failed to the spool, if its copy can go there."""
+        if (
+            self._spool is None
+            or instance.spool is None
+            or instance.failure is not None
+            or not diverts(status)
+        ):
+            return False
+        name = instance.gateway.name if instance.gateway is not None else "-"
+        self._spool.availability.failed(name)
+        instance.spooled = True
+        instance.upstream = None
+        log_event(
+            log,
+            logging.INFO,
+            "instance.diverted_to_spool",
+            **self.who(),
+            gateway=name,
+            status=f"0x{status:04X}",
+            reason=reason,
+            sop_instance_uid=instance.command.sop_instance_uid,
+        )
+        return True
 
     def _answer(self, instance: Instance) -> None:
         """Send the sender its C-STORE-RSP: the gateway's, or ours."""
@@ -753,6 +860,9 @@ class IncomingAssociation:
             else:
                 self.progress.read("C-STORE-RSP from gateway", len(raw))
                 status = response.status
+                if self._divert(instance, status, response.error_comment or "gateway status"):
+                    self._answer_spooled(instance)
+                    return
                 self._reply(instance.context, raw)
                 if outcome(status) != "success":
                     log_event(
@@ -767,6 +877,9 @@ class IncomingAssociation:
                     )
                 self._count(instance, gateway_name, status)
                 return
+        if instance.failure is None and instance.spooled:
+            self._answer_spooled(instance)
+            return
         failure = instance.failure or Status.GATEWAY_ABORTED
         self._reply(
             instance.context,
@@ -800,7 +913,40 @@ class IncomingAssociation:
         )
         self._count(instance, gateway_name, int(failure))
 
+    def _answer_spooled(self, instance: Instance) -> None:
+        """Commit the instance to the spool, then answer Success; 0xA700 if it cannot."""
+        writer = instance.spool
+        assert writer is not None and self._request is not None
+        command = instance.command
+        meta = Meta(
+            bucket=instance.bucket,
+            study_uid=instance.scanner.study_uid or "",
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=command.sop_instance_uid,
+            transfer_syntax=instance.context.transfer_syntax,
+            command=instance.raw_command,
+            message_id=command.message_id,
+            calling_ae=self._request.calling_ae,
+            spooled_at=time.time(),
+        )
+        self.progress.wait("spool", "fsync")
+        try:
+            writer.commit(meta)
+        except (SpoolFullError, OSError) as exc:
+            full = isinstance(exc, SpoolFullError)
+            instance.spooled = False
+            instance.fail(Status.SPOOL_FULL, "spool full" if full else f"spool write failed: {exc}")
+            self._metrics.refusals.labels(reason="spool_full").inc()
+            self._answer(instance)
+            return
+        status = Status.SUCCESS
+        self._reply(instance.context, dimse.store_response(request=command, status=status))
+        gateway_name = instance.gateway.name if instance.gateway is not None else "-"
+        self._count(instance, gateway_name, int(status))
+
     def _count(self, instance: Instance, gateway_name: str, status: int) -> None:
+        if instance.spool is not None:
+            instance.spool.discard()  # a copy no longer needed (a committed file is not touched)
         self.progress.end_instance()
         result = outcome(status)
         self._tally.instances += 1

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from gatewaypool import logs
 from gatewaypool_router.config import (
     FORWARDING_MODES,
+    SPOOL_WHEN,
     CallerSubject,
     ConfigError,
     ConnectTo,
@@ -324,8 +325,52 @@ def _operations_options(parser: argparse.ArgumentParser, defaults: RouterConfig)
     ops.add_argument("--http-port", type=int, default=defaults.http_port)
     ops.add_argument("--http-bind", default=defaults.http_bind)
     ops.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
+    _spool_options(parser, defaults)
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])
+
+
+def _spool_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> None:
+    """Store and forward: the spool's options."""
+    spool = parser.add_argument_group(
+        "spool (store and forward)",
+        "With --spool-dir an instance whose gateway cannot take it now is written to this "
+        "folder and answered Success once fsynced there, then forwarded, per bucket in order, "
+        "when its bucket's gateway can take it. Costs an fsync per spooled instance, and every "
+        "instance is written there (unsynced) while it goes to its gateway, so that a gateway "
+        "failing midway is spooled too.",
+    )
+    spool.add_argument(
+        "--spool-dir",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the spool's folder, on a volume of this router's own (off when absent)",
+    )
+    spool.add_argument(
+        "--spool-when",
+        choices=SPOOL_WHEN,
+        default=defaults.spool_when,
+        help="GatewayUnavailable: spool what a gateway cannot take now (connection refused or "
+        "timed out, a retryable 0xA7xx answer, a gateway that just failed); Always: spool "
+        "every instance first (default %(default)s)",
+    )
+    spool.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the most the spool's files may take; a full spool answers 0xA700 (out of "
+        "resources), never Success (default: the volume's room)",
+    )
+    spool.add_argument(
+        "--spool-retention",
+        type=float,
+        default=defaults.spool_retention,
+        metavar="SECONDS",
+        help="an instance still waiting after this long is overdue: logged, counted in "
+        "gatewaypool_router_spool_overdue_instances, never dropped (default %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -380,6 +425,10 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         gateway_tls_key=args.gateway_tls_key,
         accepted_transfer_syntaxes=tuple(args.accepted_transfer_syntax),
         sop_classes=tuple(args.sop_class),
+        spool_dir=args.spool_dir,
+        spool_when=args.spool_when,
+        spool_max_bytes=args.spool_max_bytes,
+        spool_retention=args.spool_retention,
     )
 
 

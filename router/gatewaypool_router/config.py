@@ -21,6 +21,9 @@ MAX_WORKERS = 256
 #: the router's memory, ``auto`` splices where the system can.
 FORWARDING_MODES = ("auto", "splice", "copy")
 
+#: ``--spool-when``: spool only what a gateway cannot take now, or everything.
+SPOOL_WHEN = ("GatewayUnavailable", "Always")
+
 
 class ConfigError(ValueError):
     """An invalid option; the message names it and its value."""
@@ -192,6 +195,13 @@ class RouterConfig:
     #: ``--sop-class``: the SOP classes the gateways accept (private ones
     #: too), instead of probing them.
     sop_classes: tuple[str, ...] = ()
+    #: ``--spool-dir``: store and forward through this folder (off when None).
+    spool_dir: Path | None = None
+    spool_when: str = "GatewayUnavailable"
+    #: ``--spool-max-bytes``: what the spool's files may take; None: the volume's room.
+    spool_max_bytes: int | None = None
+    #: ``--spool-retention``: an instance waiting longer is overdue (alert), never dropped.
+    spool_retention: float = 86400.0
 
     def __post_init__(self) -> None:
         check_ae_title("--aet", self.ae_title)
@@ -206,6 +216,21 @@ class RouterConfig:
         self._check_limits()
         self._check_syntaxes()
         self._check_tls()
+        self._check_spool()
+
+    def _check_spool(self) -> None:
+        if self.spool_when not in SPOOL_WHEN:
+            raise ConfigError(
+                f"--spool-when: {self.spool_when!r} is not one of {', '.join(SPOOL_WHEN)}"
+            )
+        if self.spool_max_bytes is not None and self.spool_max_bytes < 1:
+            raise ConfigError(f"--spool-max-bytes: {self.spool_max_bytes} must be positive")
+        if not self.spool_retention > 0:
+            raise ConfigError(f"--spool-retention: {self.spool_retention} must be positive")
+        if self.spool_dir is None and (
+            self.spool_max_bytes is not None or self.spool_when != "GatewayUnavailable"
+        ):
+            raise ConfigError("--spool-when and --spool-max-bytes need --spool-dir")
 
     def _check_map_source(self) -> None:
         """One map source, and a bucket count the gateways fit in."""
@@ -307,6 +332,8 @@ class RouterConfig:
                 "every gateway connection is TLS (--gateway-tls-ca)"
                 if self.gateway_tls_ca is not None
                 else "the only port is TLS (--no-plain-port)"
+                if not self.plain_port
+                else "every instance is also written to the spool (--spool-dir)"
             )
             raise ConfigError(
                 f"--forwarding splice: no connection could splice, {why}; kernel splicing "
@@ -315,8 +342,11 @@ class RouterConfig:
 
     @property
     def can_splice(self) -> bool:
-        """Whether any association could use the splice path: a plain leg on both sides."""
-        return self.gateway_tls_ca is None and self.plain_port
+        """Whether any association could use the splice path: a plain leg on both sides.
+
+        Not with a spool: every instance's bytes go to its file as well.
+        """
+        return self.gateway_tls_ca is None and self.plain_port and self.spool_dir is None
 
     def subjects_for(self, calling_ae: str) -> frozenset[str] | None:
         """The subjects bound to `calling_ae` by ``--caller-subject``, or None if unbound."""

@@ -39,6 +39,7 @@ from gatewaypool_router.progress import Progress
 from gatewaypool_router.scanner import DatasetScanner
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
+from gatewaypool_router.spool.store import SpoolWriter
 from gatewaypool_router.statuses import OFFENDING, Status
 from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
@@ -71,8 +72,16 @@ def splicer_for(
 
     The pipe is the association's own, so threads never share one. Bytes
     spliced in the kernel would bypass TLS: a TLS leg on either side copies.
+    With a spool every instance's bytes are also written to its file, so
+    they pass through the router's memory: it copies too.
     """
-    if config.forwarding == "copy" or secure or gateway_tls is not None or not _can_splice():
+    if (
+        config.forwarding == "copy"
+        or secure
+        or gateway_tls is not None
+        or config.spool_dir is not None
+        or not _can_splice()
+    ):
         return None
     return Splicer()
 
@@ -96,6 +105,16 @@ class Instance:
     #: Offending Element (0000,0901) of the failure, if it has one.
     offending: tuple[int, ...] = ()
     size: int = 0
+    bucket: int = -1
+    #: With a spool: the instance's file, a copy while it goes to its gateway.
+    spool: SpoolWriter | None = None
+    #: The instance goes to the spool (its file), not to a gateway.
+    spooled: bool = False
+
+    @property
+    def routed(self) -> bool:
+        """Whether its destination is known: a gateway, or the spool."""
+        return self.upstream is not None or self.spooled
 
     def fail(
         self, status: Status, reason: str, *, offending: tuple[int, ...] | None = None

@@ -30,6 +30,7 @@ from gatewaypool.logs import log_event
 from gatewaypool.reports import (
     PENDING_REPORT_SECONDS,
     RouterReport,
+    SpoolSummary,
     build_report,
     dump_report,
     report_budget,
@@ -377,6 +378,7 @@ class RouterReporter:
         pod_name: str,
         holder: MapHolder,
         usage: BucketUsageView,
+        spool: Callable[[int], SpoolSummary] | None = None,
         heartbeat: float = 15.0,
         pending_interval: float = PENDING_REPORT_SECONDS,
     ) -> None:
@@ -385,6 +387,7 @@ class RouterReporter:
         self._pod = pod_name
         self._holder = holder
         self._usage = usage
+        self._spool = spool
         self._heartbeat = heartbeat
         self._pending_interval = pending_interval
         self._started = datetime.now(UTC)
@@ -418,6 +421,7 @@ class RouterReporter:
                 reported_at=reported_at,
                 ages={},
                 open_associations={},
+                spool=self._spool(0) if self._spool is not None else None,
             )
         return build_report(
             map_version=current.version,
@@ -426,6 +430,7 @@ class RouterReporter:
             reported_at=reported_at,
             ages=self._usage.ages(current.moving, now=now),
             open_associations=_by_index(current, self._usage.open_associations()),
+            spool=self._spool(current.buckets) if self._spool is not None else None,
         )
 
     def report(self) -> bool:

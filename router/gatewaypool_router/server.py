@@ -33,6 +33,8 @@ from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 from gatewaypool_router.progress import StallWatch
+from gatewaypool_router.spool.forwarder import SpoolForwarder
+from gatewaypool_router.spool.intake import SpoolIntake
 from gatewaypool_router.studiesinflight import StudiesInFlight
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,10 @@ class Router:
         self._inbound_tls: tls.ReloadingContext | None = None
         self._gateway_tls: tls.ReloadingContext | None = None
         self.catalog: GatewayCatalog | None = None
+        #: The spool on the data path (each worker has one), and its forwarder
+        #: (only in the process that holds the map source).
+        self.spool = SpoolIntake(config) if config.spool_dir is not None else None
+        self.forwarder: SpoolForwarder | None = None
         #: The plain port (0 with --no-plain-port) and the TLS port (0 without TLS).
         self.port = config.port
         self.tls_port = 0
@@ -182,9 +188,15 @@ class Router:
     def start(self) -> None:
         config = self.config
         if not self._supervised:
+            if config.spool_dir is not None:
+                # Recovered before the first association can write to it.
+                self.forwarder = SpoolForwarder(config, self.maps)
+                self.forwarder.recover()
+                self.forwarder.register(self.metrics.registry)
             parts, api = sources.map_source(config, self.maps, self.metrics)
             self._stoppables.extend(parts)
-            report = sources.reporter(config, api, self.maps, self.usage)
+            summary = self.forwarder.summary if self.forwarder is not None else None
+            report = sources.reporter(config, api, self.maps, self.usage, spool=summary)
             if report is not None:
                 self._stoppables.append(report)
         self._stoppables.append(
@@ -202,6 +214,8 @@ class Router:
         self.catalog.start()
         for part in self._stoppables:
             part.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         listeners = self._listeners
         if listeners is None:
             listeners = Listeners.open(config)
@@ -229,8 +243,12 @@ class Router:
         self._stopping.set()
 
     def stop(self, *, grace: float | None = None) -> None:
-        """Stop accepting, let running associations finish for ``grace`` seconds."""
+        """Stop accepting, let running associations finish for ``grace`` seconds.
+
+        The spool's forwarder then forwards for what is left of ``grace``.
+        """
         grace = self.config.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
         self._stopping.set()
         if self._listeners is not None:
             for sock, _ in self._listeners.each():
@@ -240,7 +258,6 @@ class Router:
             self._listeners.close()
         for part in self._stoppables:
             part.stop()
-        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
                 remaining = list(self._active)
@@ -249,6 +266,8 @@ class Router:
             remaining[0].join(timeout=max(0.0, deadline - time.monotonic()))
         for acceptor in self._acceptors:
             acceptor.join(timeout=1.0)
+        if self.forwarder is not None:
+            self.forwarder.drain(deadline)
         if self._http is not None:
             self._http.stop()
         log_event(log, logging.INFO, "router.stopped", unfinished=self.active_associations)
@@ -310,6 +329,7 @@ class Router:
             client_subject=subject,
             gateway_tls=self._gateway_tls,
             catalog=self.catalog,
+            spool=self.spool,
         )
         with self._lock:
             self._associations[me] = association

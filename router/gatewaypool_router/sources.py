@@ -8,9 +8,11 @@ build them here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gatewaypool.bucketmap import balanced_map
+from gatewaypool.reports import SpoolSummary
 from gatewaypool_router.bucketusage import BucketUsageView
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
@@ -62,9 +64,16 @@ def map_source(
 
 
 def reporter(
-    config: RouterConfig, api: Any, maps: MapHolder, usage: BucketUsageView
+    config: RouterConfig,
+    api: Any,
+    maps: MapHolder,
+    usage: BucketUsageView,
+    spool: Callable[[int], SpoolSummary] | None = None,
 ) -> Part | None:
-    """The replica's report to the operator, if ``--report-configmap`` asks for one."""
+    """The replica's report to the operator, if ``--report-configmap`` asks for one.
+
+    `spool` gives what the replica's spool holds, for a map of that many buckets.
+    """
     if config.report_configmap is None:
         return None
     from gatewaypool_router.kubesource import RouterReporter, core_api
@@ -75,4 +84,5 @@ def reporter(
         pod_name=config.pod_name,
         holder=maps,
         usage=usage,
+        spool=spool,
     )

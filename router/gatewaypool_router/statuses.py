@@ -35,6 +35,9 @@ class Status(enum.IntEnum):
     #: The gateway rejected the router's association permanently: calling AE
     #: title not recognized ("Refused: not authorized").
     GATEWAY_REFUSED_CALLER = 0x0124
+    #: The spool cannot take the instance: ``--spool-max-bytes`` reached, or
+    #: its volume failed a write ("Refused: out of resources").
+    SPOOL_FULL = 0xA700
     #: No association to the gateway could be opened (refused, unreachable).
     GATEWAY_UNREACHABLE = 0xA701
     #: The gateway did not answer within the configured timeout.

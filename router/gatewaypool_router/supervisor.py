@@ -51,6 +51,7 @@ from gatewaypool_router.httpserver import HealthServer
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.server import Listeners, log_started
+from gatewaypool_router.spool.forwarder import SpoolForwarder
 from gatewaypool_router.studiesinflight import merge_in_flight
 from gatewaypool_router.worker import worker_main
 
@@ -188,6 +189,8 @@ class Supervisor:
         self._parts: list[sources.Part] = []
         self._monitor: threading.Thread | None = None
         self._http: HealthServer | None = None
+        #: The replica's one spool forwarder (its workers only write entries).
+        self.forwarder: SpoolForwarder | None = None
         self.port = config.port
         self.tls_port = 0
         self.http_port = config.http_port
@@ -236,13 +239,21 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
+        if config.spool_dir is not None:
+            # Recovered before any worker exists, so before any writes to it.
+            self.forwarder = SpoolForwarder(config, self.maps)
+            self.forwarder.recover()
+            self.forwarder.register(self._registry)
         parts, api = sources.map_source(config, self.maps, self.metrics)
         self._parts.extend(parts)
-        report = sources.reporter(config, api, self.maps, self.usage)
+        summary = self.forwarder.summary if self.forwarder is not None else None
+        report = sources.reporter(config, api, self.maps, self.usage, spool=summary)
         if report is not None:
             self._parts.append(report)
         for part in self._parts:
             part.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         listeners = Listeners.open(config)
         self._listeners = listeners
         self.port = listeners.plain.getsockname()[1] if listeners.plain is not None else 0
@@ -279,6 +290,7 @@ class Supervisor:
         and the operator must still see its buckets in use.
         """
         grace = self.config.shutdown_grace if grace is None else grace
+        drained_by = time.monotonic() + grace
         self.request_stop()
         if self._monitor is not None:
             self._monitor.join(timeout=5.0)
@@ -297,6 +309,8 @@ class Supervisor:
             handle.close()
         if self._listeners is not None:
             self._listeners.close()
+        if self.forwarder is not None:
+            self.forwarder.drain(drained_by)
         for part in self._parts:
             part.stop()
         if self._http is not None:

@@ -17,6 +17,7 @@ TRANSIENT = {
     "GATEWAY_ABORTED",
     "NO_MAP",
     "GATEWAY_TLS_FAILED",
+    "SPOOL_FULL",
 }
 #: 0xA9xx, "Error: data set does not match SOP class": a Type 1 attribute missing.
 DOES_NOT_MATCH = {"STUDY_UID_MISSING"}
