@@ -37,6 +37,8 @@ need_debian_packages() {
     # The test sandbox and the kubelet stand-in: ip (netns, veth, bridge), unshare, nsenter.
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    # The spool's durability test reads the router's fsync and rename calls.
+    command -v strace >/dev/null 2>&1 || missing+=(strace)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "==> installing Debian packages: ${missing[*]}"
         local sudo=""
