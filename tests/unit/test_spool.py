@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from gatewaypool.bucketmap import Gateway, balanced_map
+from gatewaypool.reports import dump_report, parse_report
+from gatewaypool_router.bucketusage import BucketUsage
+from gatewaypool_router.config import ObjectRef, RouterConfig
+from gatewaypool_router.kubesource import RouterReporter
+from gatewaypool_router.mapsource import MapHolder
+from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.spool.decide import (
     RETRY_FIRST,
     RETRY_MAX,
@@ -18,6 +26,7 @@ from gatewaypool_router.spool.decide import (
     retry_delay,
     spool_first,
 )
+from gatewaypool_router.spool.forwarder import SpoolForwarder
 from gatewaypool_router.spool.queue import SpoolQueue
 from gatewaypool_router.spool.store import (
     MAGIC,
@@ -284,3 +293,35 @@ def test_entry_names_carry_their_sequence() -> None:
     assert seq_of("42.inst") is None
     assert seq_of(entry_name(42) + ".json") is None
     assert seq_of("x" * 20 + ".inst") is None
+
+
+# -- what the operator reads --------------------------------------------------------
+
+
+def test_the_routers_report_names_the_buckets_with_spooled_instances(tmp_path: Path) -> None:
+    gateways = [Gateway(name=f"gw-{i}", host="h", port=104 + i, ae_title="GW") for i in range(2)]
+    holder = MapHolder(RouterMetrics())
+    holder.offer(balanced_map(gateways, buckets=64, version=3), source="test")
+    config = RouterConfig(gateways=tuple(gateways), buckets=64, spool_dir=tmp_path)
+    store = SpoolStore(tmp_path)
+    for bucket in (5, 5, 40):
+        writer = store.writer()
+        writer.write(b"x" * 10)
+        writer.commit(meta(bucket=bucket, spooled_at=time.time() - 30))
+    forwarder = SpoolForwarder(config, holder)
+    forwarder.recover()  # not started: nothing is forwarded
+    reporter = RouterReporter(
+        None,
+        ObjectRef(namespace="ns", name="pool-routers"),
+        pod_name="router-a",
+        holder=holder,
+        usage=BucketUsage(),
+        spool=forwarder.summary,
+    )
+    report = parse_report(dump_report(reporter.build()))
+    assert report.spool is not None
+    assert report.spool.buckets == frozenset({5, 40})
+    assert (report.spool.instances, report.spool.bytes, report.spool.refused) == (3, 30, 0)
+    assert 29 <= report.spool.oldest_seconds < 60
+    assert report.quiet_seconds(5) == 0.0  # never handed over under its spooled instances
+    assert report.spooled(40) and not report.spooled(6)
