@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gatewaypool.bucketmap import Gateway, balanced_map
 from gatewaypool.reports import dump_report, parse_report
 from gatewaypool_router.bucketusage import BucketUsage
-from gatewaypool_router.config import ObjectRef, RouterConfig
+from gatewaypool_router.config import ConfigError, ObjectRef, RouterConfig
 from gatewaypool_router.kubesource import RouterReporter
 from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
@@ -325,3 +327,22 @@ def test_the_routers_report_names_the_buckets_with_spooled_instances(tmp_path: P
     assert 29 <= report.spool.oldest_seconds < 60
     assert report.quiet_seconds(5) == 0.0  # never handed over under its spooled instances
     assert report.spooled(40) and not report.spooled(6)
+
+
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"spool_when": "Sometimes"}, "--spool-when"),
+        ({"spool_max_bytes": 0}, "--spool-max-bytes"),
+        ({"spool_retention": 0.0}, "--spool-retention"),
+        ({"spool_dir": None, "spool_max_bytes": 10}, "--spool-dir"),
+        ({"forwarding": "splice"}, "--forwarding splice"),  # every instance is written too
+    ],
+)
+def test_spool_options_are_checked_at_start(
+    tmp_path: Path, changes: dict[str, Any], option: str
+) -> None:
+    gateways = (Gateway(name="gw-0", host="h", port=104, ae_title="GW"),)
+    base = RouterConfig(gateways=gateways, spool_dir=tmp_path)
+    with pytest.raises(ConfigError, match=option):
+        dataclasses.replace(base, **changes)
