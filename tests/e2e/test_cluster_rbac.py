@@ -155,7 +155,10 @@ def test_every_call_is_granted_and_every_grant_is_used(
         )
         # The router watches its map and reports the version it routes by.
         wait_until(lambda: pool.settled(2, 1), timeout=180, what="2 gateways", interval=POLL)
-        pool.scale(3)
+        # The HPA owns the replicas: a hand scale would be undone as soon as it
+        # reads studies in flight (whenever Prometheus and the adapter run in
+        # this session). Raising its floor has its controller scale the pool.
+        pool.patch_spec({"autoscaling": {"minReplicas": 3}})
         wait_until(lambda: pool.settled(3, 1), timeout=180, what="3 gateways", interval=POLL)
         core.delete_namespaced_service("ct-router", namespace)
         wait_until(
