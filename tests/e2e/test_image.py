@@ -14,15 +14,12 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import helm_python
 import pytest
-import yaml
 
 from gatewaypool_local.peers.gateway import echo
 from gatewaypool_local.peers.process import free_port, wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
-from support import images
-from support.crd import ROOT
+from support import chart, images
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +70,8 @@ def test_every_command_is_registered(venv: Path) -> None:
 
 
 def test_the_charts_operator_and_routers_run_from_the_image(venv: Path) -> None:
-    files = helm_python.Chart.load(ROOT / "charts" / "gatewaypool").render(
-        {}, name="gatewaypool", namespace="gatewaypool-system", is_install=True
-    )
-    [deployment] = [
-        doc
-        for path, text in files.items()
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc and doc["kind"] == "Deployment"
-    ]
+    objects = chart.render({}, release="gatewaypool", namespace="gatewaypool-system")
+    [deployment] = [obj for obj in objects if obj["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     image = images.pull(container["image"])
     assert image is not None

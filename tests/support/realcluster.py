@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import helm_python
 import kubernetes.client
 import yaml
 from kubernetes.client.exceptions import ApiException
 
 from gatewaypool_local.peers.process import wait_until
-from support import images
+from support import chart, images
 from support.clusterdns import ClusterDNS
 from support.controlplane import ControlPlane, ControlPlaneUnavailableError
 from support.crd import ROOT
@@ -55,7 +54,6 @@ from support.nodes import Kubelet
 from support.podnet import GATEWAY, SERVICE_CIDR, PodNetwork
 from support.serviceproxy import ServiceProxy
 
-CHART = ROOT / "charts" / "gatewaypool"
 #: The image the chart's operator and the pools' routers run (the kubelet runs it from the venv).
 IMAGE_REPOSITORY = "registry.example.org/gatewaypool/gatewaypool"
 IMAGE_TAG = "test"
@@ -157,16 +155,7 @@ class Cluster:
         self, namespace: str, release: str, values: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """``helm template`` of the chart with `values` (the real Helm engine)."""
-        files = helm_python.Chart.load(CHART).render(
-            dict(values), name=release, namespace=namespace, is_install=True
-        )
-        return [
-            doc
-            for path, text in sorted(files.items())
-            if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text)
-            if doc
-        ]
+        return chart.render(values, release=release, namespace=namespace)
 
     def apply(self, objects: list[dict[str, Any]], *, field_manager: str = "helm") -> None:
         """``kubectl apply --server-side`` of `objects`, as a user installs a rendered chart."""
@@ -318,7 +307,7 @@ def running_cluster(folder: Path) -> Iterator[Cluster]:
 
 def _install_crds(plane: ControlPlane) -> None:
     """The chart's CRDs (``crds/``, which Helm installs before the templates), server-side."""
-    for path in sorted((CHART / "crds").glob("*.yaml")):
+    for path in sorted((chart.CHART / "crds").glob("*.yaml")):
         subprocess.run(
             [
                 kubectl(),

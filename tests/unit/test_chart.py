@@ -35,9 +35,10 @@ from gatewaypool_operator import cli
 from gatewaypool_operator.children.desired import build_children, routers_configmap
 from gatewaypool_operator.kubeapply import OWNED_KINDS
 from gatewaypool_operator.spec.parse import parse_spec
+from support import chart as helm_chart
+from support.chart import CHART, objects_in
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "gatewaypool"
 CRD_FILE = "gatewaypool.io_gatewaypools.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -270,25 +271,9 @@ ROUTER_METRICS = (
 # --- rendering --------------------------------------------------------------
 
 
-@functools.cache
-def _chart() -> helm_python.Chart:
-    return helm_python.Chart.load(CHART)
-
-
 def render_files(values: Mapping[str, Any]) -> dict[str, str]:
-    """``helm template`` of the chart: template path -> rendered text."""
-    return _chart().render(dict(values), name=RELEASE, namespace=RELEASE_NAMESPACE, is_install=True)
-
-
-def objects_in(files: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The Kubernetes objects of rendered templates (NOTES.txt left out)."""
-    return [
-        doc
-        for path, text in sorted(files.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+    """``helm template`` of the chart as release `RELEASE`: template path -> rendered text."""
+    return helm_chart.render_files(values, release=RELEASE, namespace=RELEASE_NAMESPACE)
 
 
 @functools.cache
@@ -409,7 +394,7 @@ def test_default_values_match_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(values)
-    _chart().validate_schema(values)
+    helm_chart.chart().validate_schema(values)
 
 
 def test_namespaced_scope_needs_the_example_pool_in_a_watched_namespace() -> None:
@@ -741,7 +726,7 @@ def test_chart_crd_is_the_repository_crd() -> None:
     assert chart_crd.read_bytes() == (ROOT / "crds" / CRD_FILE).read_bytes(), (
         f"copy crds/{CRD_FILE} to charts/gatewaypool/crds/"
     )
-    assert sorted(crd["filename"] for crd in _chart().crds) == [
+    assert sorted(crd["filename"] for crd in helm_chart.chart().crds) == [
         f"gatewaypool/crds/{CRD_FILE}",
         "gatewaypool/crds/kopf.dev_peerings.yaml",
     ]
