@@ -5,7 +5,9 @@ ServiceAccount's token and each router with its own. A pool then lives its
 whole life: creation with an autoscaler, a scale through the scale
 subresource, a deleted child, a hand edit of every kind it owns, an
 immutable change (the StatefulSet re-created), NetworkPolicies and the
-autoscaler turned off, deletion. The real API server's audit log
+autoscaler turned off, the routers given a spool (a StatefulSet replaces
+their Deployment) and relieved of it (the Deployment replaces the
+StatefulSet and its headless Service), deletion. The real API server's audit log
 (:mod:`support.audit`) then says what each identity asked and what RBAC
 decided: nothing was refused, and every (group, resource, verb) the chart
 grants the operator, and every (ConfigMap, verb) the operator's Role grants
@@ -25,6 +27,7 @@ from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from support.audit import AuditLog, Request, service_account
+from support.provisioner import STORAGE_CLASS
 from support.realcluster import Cluster
 from support.realpool import RealPool
 
@@ -215,6 +218,26 @@ def test_every_call_is_granted_and_every_grant_is_used(
             ),
             timeout=90,
             what="StatefulSet re-created, NetworkPolicies and autoscaler deleted",
+            interval=POLL,
+        )
+        # A spool: the router StatefulSet replaces the Deployment once Ready
+        # (deployments: delete); no spool: the Deployment is back and the
+        # StatefulSet and its headless Service go (services: delete).
+        pool.patch_spec({"router": {"spool": {"size": "1Mi", "storageClassName": STORAGE_CLASS}}})
+        wait_until(
+            lambda: kube.read("Deployment", namespace, "ct-router") is None,
+            timeout=120,
+            what="router Deployment replaced by a StatefulSet",
+            interval=POLL,
+        )
+        pool.patch_spec({"router": {"spool": None}})
+        wait_until(
+            lambda: (
+                kube.read("StatefulSet", namespace, "ct-router") is None
+                and kube.read("Service", namespace, "ct-router-pods") is None
+            ),
+            timeout=120,
+            what="router StatefulSet replaced by a Deployment",
             interval=POLL,
         )
         pool.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, "ct")

@@ -18,12 +18,17 @@ name and environment). What it does, as the kubelet does it:
   not make every test wait for Ready); liveness keeps its real period, as a
   compressed one would kill a process still starting;
 - a pod whose Secret or ConfigMap volume cannot be mounted (the object or a
-  key is missing) waits, with a ``FailedMount`` Warning Event, and starts
-  once it can be;
+  key is missing), or whose PersistentVolumeClaim is not bound, waits, with
+  a ``FailedMount`` Warning Event, and starts once it can be;
+- volumes for the claims of the StorageClass ``test-local``, from a
+  provisioner that runs beside it (:mod:`support.provisioner`: a folder per
+  claim that outlives its pods, as a real PersistentVolume does);
 - restarts exited containers by ``restartPolicy``, with back-off;
 - a pod being deleted gets SIGTERM, then SIGKILL after its
   ``terminationGracePeriodSeconds``, and is then removed from the API;
-- faults on demand: `crash` (the process dies), `evict` (phase Failed,
+- faults on demand: `crash` (the process dies), `hold` (the process dies
+  and is not restarted until `release`: a gateway down for as long as a
+  test says, refusing connections, not Ready), `evict` (phase Failed,
   reason Evicted, as node-pressure eviction leaves it) and `lose_node`
   (every process killed at once, Lease and status no longer renewed).
 
@@ -58,6 +63,7 @@ import gatewaypool
 from support import images, kubeletserver, podruntime
 from support.informer import Informer
 from support.podnet import PodNetwork
+from support.provisioner import Provisioner
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,8 @@ class Pod:
     manifest: dict[str, Any] = field(default_factory=dict)
     #: A status write that did not reach the API server (it was restarting): sent again.
     unsent: bool = False
+    #: Its containers are not restarted (see `Kubelet.hold`).
+    held: bool = False
 
 
 class Kubelet:
@@ -156,6 +164,8 @@ class Kubelet:
         self._threads: list[threading.Thread] = []
         self._node_addresses = {node: f"10.244.{200 + i}.1" for i, node in enumerate(nodes)}
         self._servers: dict[str, kubeletserver.KubeletServer] = {}
+        #: The volumes of claims of the test StorageClass, beside the pods' folders.
+        self.provisioner = Provisioner(api, folder.parent / "volumes")
 
     # -- what tests use ----------------------------------------------------------------
 
@@ -168,6 +178,7 @@ class Kubelet:
             self._register(node)
         self._informer.start()
         self._informer.wait_synced()
+        self.provisioner.start()
         for target, name in ((self._lease_loop, "kubelet leases"), (self._sync_loop, "kubelet")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -175,6 +186,7 @@ class Kubelet:
 
     def stop(self) -> None:
         self._stop.set()
+        self.provisioner.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         for server in self._servers.values():
@@ -222,6 +234,29 @@ class Kubelet:
         for container in pod.containers.values():
             if container.process is not None and container.process.poll() is None:
                 _signal_group(container.process, signal.SIGKILL)
+
+    def hold(self, namespace: str, name: str) -> None:
+        """The pod's processes die (SIGKILL) and stay down until `release`.
+
+        The pod stays Running and bound, its restart pending: the probes
+        fail, it turns not Ready, and its address refuses connections, as a
+        container in a long crash loop does.
+        """
+        pod = self._require(namespace, name)
+        with self._lock:
+            pod.held = True
+        for container in pod.containers.values():
+            if container.process is not None and container.process.poll() is None:
+                _signal_group(container.process, signal.SIGKILL)
+
+    def release(self, namespace: str, name: str) -> None:
+        """Undo `hold`: the pod's containers start again at once."""
+        pod = self._require(namespace, name)
+        with self._lock:
+            pod.held = False
+            for container in pod.containers.values():
+                if container.process is None and container.next_start:
+                    container.next_start = time.monotonic()
 
     def evict(
         self, namespace: str, name: str, message: str = "The node was low on memory."
@@ -604,7 +639,7 @@ class Kubelet:
                     backoff = min(self.crash_backoff * 2 ** min(container.restarts, 5), 300)
                     container.next_start = time.monotonic() + backoff
                     container.waiting = "CrashLoopBackOff" if container.restarts else None
-            if container.process is None and container.next_start:
+            if container.process is None and container.next_start and not pod.held:
                 if time.monotonic() >= container.next_start:
                     container.next_start = 0.0
                     container.last_terminated = container.terminated

@@ -9,9 +9,13 @@ sandbox and start its containers. What a container gets, and how:
   of its own. A mount path that does not exist on this machine is made in an
   overlay of its nearest existing folder (``/etc``, ``/var``, ...), so the
   machine's files are never written; the volume's folder is then bound there.
-  Volumes: ``emptyDir``, ``secret``, ``configMap``, ``downwardAPI`` and
+  Volumes: ``emptyDir``, ``secret``, ``configMap``, ``downwardAPI``,
   ``projected`` (the service-account token the ServiceAccount admission
-  plugin adds, from the TokenRequest API and bound to the pod).
+  plugin adds, from the TokenRequest API and bound to the pod) and
+  ``persistentVolumeClaim``: the folder of the claim's bound PersistentVolume
+  (``hostPath``, as :mod:`support.provisioner` makes them), bound into the
+  container itself, so what the container writes there outlives the pod; an
+  unbound claim fails the mount, and the kubelet tries again.
 - **Cluster DNS**: ``/etc/resolv.conf`` names :mod:`support.clusterdns`, with
   the pod's search path.
 - **Its host name**: a UTS namespace named after the pod (``hostname`` and
@@ -91,6 +95,9 @@ def make_volumes(api: kubernetes.client.ApiClient, context: PodContext) -> dict[
     folders: dict[str, Path] = {}
     for volume in context.spec.get("volumes") or []:
         folder = context.folder / "volumes" / volume["name"]
+        if "persistentVolumeClaim" in volume:
+            folders[volume["name"]] = _claimed(core, context, folder, volume)
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         if "emptyDir" in volume:
             pass
@@ -113,6 +120,27 @@ def make_volumes(api: kubernetes.client.ApiClient, context: PodContext) -> dict[
             raise MountFailedError(f"volume {volume['name']}: {kinds} is not played here")
         folders[volume["name"]] = folder
     return folders
+
+
+def _claimed(core: Any, context: PodContext, link: Path, volume: dict[str, Any]) -> Path:
+    """The folder of the PersistentVolume bound to the volume's claim; `link` is made to point
+    at it, so the pod's folder shows the volume as it shows the others."""
+    name = volume["persistentVolumeClaim"]["claimName"]
+    try:
+        claim = core.read_namespaced_persistent_volume_claim(name, context.namespace)
+    except ApiException as exc:
+        raise MountFailedError(f"persistentvolumeclaim {name!r} not found") from exc
+    if claim.status.phase != "Bound" or not claim.spec.volume_name:
+        raise MountFailedError(f"persistentvolumeclaim {name!r} is not bound")
+    source = core.read_persistent_volume(claim.spec.volume_name).spec.host_path
+    if source is None:
+        raise MountFailedError(f"volume {claim.spec.volume_name}: only hostPath is played here")
+    folder = Path(source.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(folder, target_is_directory=True)
+    return folder
 
 
 def _project(core: Any, context: PodContext, folder: Path, source: dict[str, Any]) -> None:

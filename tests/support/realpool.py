@@ -142,9 +142,19 @@ class RealPool:
         )
 
     def routers_ready(self) -> int:
-        """Ready router pods, as the router Deployment counts them."""
-        found = self.apps.read_namespaced_deployment_status(f"{self.name}-router", self.namespace)
-        return int(found.status.ready_replicas or 0)
+        """Ready router pods, as the router Deployment (or, with a spool, StatefulSet) counts
+        them: those not being deleted."""
+        listed = self.core.list_namespaced_pod(
+            self.namespace,
+            label_selector=f"app.kubernetes.io/instance={self.name},"
+            "app.kubernetes.io/component=router",
+        )
+        return sum(
+            1
+            for pod in listed.items
+            if pod.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        )
 
     def wait_settled(self, replicas: int, routers: int, *, timeout: float) -> None:
         """Wait until `settled`; the error shows the pool's last status."""

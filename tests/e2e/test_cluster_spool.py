@@ -1,0 +1,226 @@
+"""``spec.router.spool`` on the real control plane: the routers' StatefulSet, claims, status.
+
+The chart's operator runs a pool whose routers gain a spool and lose it
+again: the real StatefulSet controller makes a claim per router, the real
+PersistentVolume controller binds each to a volume of the test StorageClass
+(:mod:`support.provisioner`), the real scheduler places the router pods only
+then, and the kubelet stand-in mounts the volumes. The router Deployment
+goes only once the StatefulSet's routers are Ready, and comes back before
+the StatefulSet goes; a router scaled away keeps its claim. The pool's
+``status.spool`` and ``SpoolBacklog`` come from the routers' own reports.
+The scaling scenario with a gateway down is in
+``test_cluster_spool_scaling.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from gatewaypool_local.peers.process import wait_until
+from gatewaypool_operator.children.router import SPOOL_DIRECTORY, spool_max_bytes
+from support.provisioner import STORAGE_CLASS
+from support.realcluster import Cluster
+from support.realpool import RealPool, gateway_spec, operated_pool
+
+POLL = 0.5
+SPOOL: dict[str, Any] = {
+    "size": "64Mi",
+    "storageClassName": STORAGE_CLASS,
+    "retentionSeconds": 600,
+}
+
+
+def workload(pool: RealPool, kind: str) -> Any:
+    """The router Deployment or StatefulSet ``ct-router``; None when there is none."""
+    read = (
+        pool.apps.read_namespaced_deployment
+        if kind == "Deployment"
+        else pool.apps.read_namespaced_stateful_set
+    )
+    try:
+        return read(f"{pool.name}-router", pool.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def ready(found: Any, replicas: int) -> bool:
+    return found is not None and (found.status.ready_replicas or 0) == replicas
+
+
+def claims(pool: RealPool) -> dict[str, Any]:
+    listed = pool.core.list_namespaced_persistent_volume_claim(pool.namespace)
+    return {claim.metadata.name: claim for claim in listed.items}
+
+
+def pool_events(pool: RealPool, reason: str) -> list[str]:
+    listed = pool.core.list_namespaced_event(pool.namespace)
+    return [str(e.message) for e in listed.items if e.reason == reason]
+
+
+def condition(pool: RealPool, kind: str) -> dict[str, Any]:
+    for found in pool.status().get("conditions") or []:
+        if found["type"] == kind:
+            return dict(found)
+    return {}
+
+
+def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
+    cluster: Cluster, cluster_namespace: str
+) -> None:
+    spec = {
+        "replicas": 1,
+        "buckets": 64,
+        "gateway": gateway_spec(),
+        "router": {"replicas": 2},
+        "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
+    }
+    with operated_pool(cluster, cluster_namespace, spec) as pool:
+        pool.wait_settled(1, 2, timeout=120)
+        deployment_uid = workload(pool, "Deployment").metadata.uid
+
+        # Spool on: the StatefulSet starts beside the Deployment, which goes
+        # only once both spooling routers are Ready.
+        pool.patch_spec({"router": {"spool": SPOOL}})
+        seen_both = False
+
+        def switched() -> bool:
+            nonlocal seen_both
+            routers = workload(pool, "StatefulSet")
+            deployment = workload(pool, "Deployment")
+            if deployment is not None and routers is not None:
+                # While both exist, the Deployment's routers stay Ready.
+                seen_both = True
+                assert ready(deployment, 2) or ready(routers, 2), "no router kind Ready"
+            return deployment is None and ready(routers, 2)
+
+        wait_until(switched, timeout=120, what="routers switched to the StatefulSet", interval=POLL)
+        assert seen_both, "the Deployment went before the StatefulSet existed"
+        assert any("Deployment ct-router deleted" in m for m in pool_events(pool, "ChildDeleted"))
+        routers = workload(pool, "StatefulSet")
+        assert routers.spec.persistent_volume_claim_retention_policy.when_scaled == "Retain"
+        assert routers.spec.persistent_volume_claim_retention_policy.when_deleted == "Retain"
+        found = claims(pool)
+        assert sorted(found) == ["spool-ct-router-0", "spool-ct-router-1"]
+        for claim in found.values():
+            assert claim.status.phase == "Bound"
+            assert claim.spec.storage_class_name == STORAGE_CLASS
+            assert claim.spec.resources.requests["storage"] == "64Mi"
+        [container] = routers.spec.template.spec.containers
+        command = container.command
+        assert command[command.index("--spool-dir") + 1] == SPOOL_DIRECTORY
+        assert command[command.index("--spool-max-bytes") + 1] == str(spool_max_bytes("64Mi"))
+        assert command[command.index("--spool-when") + 1] == "GatewayUnavailable"
+        assert command[command.index("--spool-retention") + 1] == "600"
+        # Each router mounts its own volume, which the provisioner's folder backs.
+        router_pod = cluster.kubelet.pod(cluster_namespace, "ct-router-0")
+        assert router_pod is not None
+        assert (
+            cluster.kubelet.volume(router_pod, "spool")
+            .resolve()
+            .is_relative_to(cluster.kubelet.provisioner.folder)
+        )
+
+        # The routers report their spools: the pool's status sums them.
+        wait_until(
+            lambda: (pool.status().get("spool") or {}).get("routers") == 2,
+            timeout=60,
+            what="status.spool from both routers' reports",
+            interval=POLL,
+        )
+        assert pool.status()["spool"]["instances"] == 0
+        assert condition(pool, "SpoolBacklog")["reason"] == "SpoolEmpty"
+        pool.wait_settled(1, 2, timeout=60)
+
+        # One router fewer: its pod goes, its claim (and what it may hold) stays.
+        pool.patch_spec({"router": {"replicas": 1}})
+        wait_until(
+            lambda: (
+                ready(workload(pool, "StatefulSet"), 1)
+                and cluster.kubelet.pod(cluster_namespace, "ct-router-1") is not None
+                and cluster.kubelet.pod(cluster_namespace, "ct-router-1").done
+            ),
+            timeout=150,
+            what="router 1 gone",
+            interval=POLL,
+        )
+        assert sorted(claims(pool)) == ["spool-ct-router-0", "spool-ct-router-1"]
+
+        # Spool off: a Deployment again, and only then the StatefulSet goes.
+        pool.patch_spec({"router": {"spool": None, "replicas": 2}})
+
+        def back() -> bool:
+            deployment = workload(pool, "Deployment")
+            routers = workload(pool, "StatefulSet")
+            if routers is None:
+                assert ready(deployment, 2), "the StatefulSet went before the Deployment was Ready"
+            return routers is None and ready(deployment, 2)
+
+        wait_until(back, timeout=150, what="routers back on a Deployment", interval=POLL)
+        assert workload(pool, "Deployment").metadata.uid != deployment_uid
+        wait_until(
+            lambda: "spool" not in pool.status(),
+            timeout=30,
+            what="status.spool gone",
+            interval=POLL,
+        )
+        assert not condition(pool, "SpoolBacklog")
+        try:
+            pool.core.read_namespaced_service("ct-router-pods", cluster_namespace)
+        except ApiException as exc:
+            assert exc.status == 404
+        else:
+            raise AssertionError("the routers' headless Service outlived the StatefulSet")
+        # The claims outlive the StatefulSet: a spool coming back finds them.
+        assert sorted(claims(pool)) == ["spool-ct-router-0", "spool-ct-router-1"]
+        pool.wait_settled(1, 2, timeout=60)
+
+
+def test_a_pod_volume_of_a_claim_outlives_the_pod(cluster: Cluster, cluster_namespace: str) -> None:
+    """The stand-ins' volumes: a claim of the test class is bound, its pod scheduled only
+    then, and what the pod wrote is there for the next pod on that claim."""
+    core: Any = kubernetes.client.CoreV1Api(cluster.api())
+    claim = {
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": STORAGE_CLASS,
+            "resources": {"requests": {"storage": "1Mi"}},
+        },
+    }
+    core.create_namespaced_persistent_volume_claim(cluster_namespace, claim)
+
+    def pod(name: str, script: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "registry.example.org/test/busybox:1",
+                        "command": ["sh", "-c", script],
+                        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/data"}],
+                    }
+                ],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+            },
+        }
+
+    def phase(name: str) -> str:
+        return str(core.read_namespaced_pod(name, cluster_namespace).status.phase)
+
+    core.create_namespaced_pod(cluster_namespace, pod("writer", "echo kept > /var/lib/data/file"))
+    wait_until(lambda: phase("writer") == "Succeeded", timeout=60, what="writer done")
+    core.delete_namespaced_pod("writer", cluster_namespace)
+    core.create_namespaced_pod(
+        cluster_namespace, pod("reader", 'test "$(cat /var/lib/data/file)" = kept')
+    )
+    wait_until(lambda: phase("reader") in ("Succeeded", "Failed"), timeout=60, what="reader done")
+    assert phase("reader") == "Succeeded"
+    bound = core.read_namespaced_persistent_volume_claim("data", cluster_namespace)
+    assert bound.status.phase == "Bound"
