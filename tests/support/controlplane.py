@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import kubernetes.client
 import kubernetes.config
 
-from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.peers.process import ManagedProcess
 
 #: The environment variable naming the built binary (set by ./dev.sh).
 BINARY_VARIABLE = "GATEWAYPOOL_CONTROLPLANE"
@@ -60,14 +57,23 @@ class Endpoints:
     control: str
 
 
-class ControlPlane:
+class ControlPlane(ManagedProcess):
     """``controlplane up`` in a subprocess; its logs stay in `folder`."""
 
+    kind = "controlplane"
+
     def __init__(self, folder: Path, *, extra_args: list[str] | None = None) -> None:
-        self.folder = folder
+        # The first start writes certificates: it may take minutes.
+        super().__init__(folder, start_timeout=240.0, stop_timeout=60.0)
         self._extra = list(extra_args or [])
-        self._proc: subprocess.Popen[bytes] | None = None
         self._endpoints: Endpoints | None = None
+
+    def __repr__(self) -> str:
+        return f"ControlPlane({self.folder})"
+
+    @property
+    def folder(self) -> Path:
+        return self.work_dir
 
     @property
     def endpoints(self) -> Endpoints:
@@ -75,25 +81,23 @@ class ControlPlane:
             raise RuntimeError("the control plane is not running")
         return self._endpoints
 
-    def start(self, *, timeout: float = 240.0) -> None:
-        """Start it and wait until the API server is ready (the first start writes certificates)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        ready = self.folder / "ready.json"
-        ready.unlink(missing_ok=True)
-        with (self.folder / "controlplane.log").open("ab") as log:
-            self._proc = subprocess.Popen(
-                [str(binary()), "up", "--dir", str(self.folder), *self._extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_until(
-            lambda: self._alive() and ready.exists(),
-            timeout=timeout,
-            what=f"control plane ready (logs in {self.folder})",
-            interval=0.1,
-        )
-        data = json.loads(ready.read_text())
+    @property
+    def _ready_file(self) -> Path:
+        return self.folder / "ready.json"
+
+    def _command(self) -> list[str]:
+        return [str(binary()), "up", "--dir", str(self.folder), *self._extra]
+
+    def _prepare(self) -> None:
+        self._ready_file.unlink(missing_ok=True)
+
+    def _is_ready(self) -> bool:
+        return self._ready_file.exists()
+
+    def start(self, *, timeout: float | None = None) -> None:
+        """Start it and wait until the API server is ready (``ready.json`` is written)."""
+        super().start(timeout=timeout)
+        data = json.loads(self._ready_file.read_text())
         self._endpoints = Endpoints(
             server=data["server"],
             kubeconfig=Path(data["kubeconfig"]),
@@ -102,25 +106,9 @@ class ControlPlane:
             control=data["control"],
         )
 
-    def _alive(self) -> bool:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise RuntimeError(f"controlplane exited:\n{self.log_tail()}")
-        return True
-
-    def stop(self, *, timeout: float = 60.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+    def stop(self, *, timeout: float | None = None) -> int | None:
         self._endpoints = None
-
-    def log_tail(self, component: str = "controlplane", lines: int = 40) -> str:
-        path = self.folder / f"{component}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return super().stop(timeout=timeout)
 
     # -- faults on demand ------------------------------------------------------
 
@@ -145,15 +133,3 @@ class ControlPlane:
         loader: Any = kubernetes.config.load_kube_config
         loader(config_file=str(self.endpoints.kubeconfig), client_configuration=configuration)
         return kubernetes.client.ApiClient(configuration)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
