@@ -819,6 +819,10 @@ class IncomingAssociation:
         self._metrics.upstream_failures.labels(gateway=name, reason=exc.status.name.lower()).inc()
         instance.upstream = None
         if self._divert(instance, int(exc.status), exc.reason):
+            instance.maybe_delivered = exc.status in (
+                Status.GATEWAY_TIMEOUT,
+                Status.GATEWAY_ABORTED,
+            )
             return
         instance.fail(exc.status, exc.reason)
 
@@ -916,7 +920,7 @@ class IncomingAssociation:
     def _answer_spooled(self, instance: Instance) -> None:
         """Commit the instance to the spool, then answer Success; 0xA700 if it cannot."""
         writer = instance.spool
-        assert writer is not None and self._request is not None
+        assert writer is not None and self._request is not None and self._spool is not None
         command = instance.command
         meta = Meta(
             bucket=instance.bucket,
@@ -931,7 +935,9 @@ class IncomingAssociation:
         )
         self.progress.wait("spool", "fsync")
         try:
-            writer.commit(meta)
+            seq = writer.commit(meta)
+            if instance.maybe_delivered:
+                self._spool.store.sent_before(seq)
         except (SpoolFullError, OSError) as exc:
             full = isinstance(exc, SpoolFullError)
             instance.spooled = False

@@ -110,6 +110,9 @@ class Instance:
     spool: SpoolWriter | None = None
     #: The instance goes to the spool (its file), not to a gateway.
     spooled: bool = False
+    #: Its gateway may hold it although it failed it (a timeout, an abort):
+    #: sending it from the spool counts as a resend.
+    maybe_delivered: bool = False
 
     @property
     def routed(self) -> bool:

@@ -256,6 +256,17 @@ def test_forgetting_frees_the_bytes_and_the_buckets_folder(tmp_path: Path) -> No
     assert not list((tmp_path / "sending").iterdir())
 
 
+def test_an_instance_its_gateway_may_hold_counts_as_a_resend_when_forwarded(
+    tmp_path: Path,
+) -> None:
+    store = SpoolStore(tmp_path)
+    writer = store.writer()
+    writer.write(b"abc")
+    seq = writer.commit(meta(bucket=4))
+    store.sent_before(seq)  # its gateway timed out after the data set went out
+    assert store.mark_sending(read_entry(tmp_path / "queue" / "4" / entry_name(seq)))
+
+
 def test_recovery_discards_partial_files_and_keeps_every_committed_one(tmp_path: Path) -> None:
     store = SpoolStore(tmp_path)
     for bucket in (3, 3, 8):

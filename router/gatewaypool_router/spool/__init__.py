@@ -15,8 +15,9 @@ What it guarantees
   order (within an association, strictly). Entries go to the bucket's
   owner in the current map.
 - At least once: an entry is deleted after its gateway's answer. A send
-  begun before a crash (or one whose answer never came) is sent again and
-  counted as a resend (``sending/`` markers).
+  begun before a crash, or one whose answer never came (from the spool, or
+  on the instance's way to its gateway before it was spooled instead), is
+  sent again and counted as a resend (``sending/`` markers).
 - A permanent refusal (a failure status that is not 0xA7xx) moves the entry
   to ``refused/`` with its status: counted, shown, kept, not retried. The
   router's association being refused (0x0110, 0x0124) is not the instance's

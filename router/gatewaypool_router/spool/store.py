@@ -255,6 +255,10 @@ class SpoolStore:
             (self.sending / str(entry.seq)).unlink()
         return target
 
+    def sent_before(self, seq: int) -> None:
+        """Note that entry `seq` may be on its gateway already (its send failed midway)."""
+        (self.sending / str(seq)).touch()
+
     def mark_sending(self, entry: Entry) -> bool:
         """Note that a send of `entry` begins; True if one began before (a resend)."""
         marker = self.sending / str(entry.seq)
