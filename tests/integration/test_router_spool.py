@@ -374,6 +374,15 @@ def test_a_permanent_refusal_is_kept_aside_with_its_status(
         assert metric(router, "gatewaypool_router_spool_refusals_total") == 2
         assert metric(router, "gatewaypool_router_spool_refused_instances") == 2
         assert router.events("spool.refused")
+        # A person dealt with them: deleting them frees their room.
+        assert metric(router, "gatewaypool_router_spool_held_bytes") > 0
+        for path in (spool / "refused").iterdir():
+            path.unlink()
+        wait_until(
+            lambda: metric(router, "gatewaypool_router_spool_held_bytes") == 0,
+            timeout=10,
+            what="the refused instances' room freed",
+        )
     finally:
         gateway.stop()
 

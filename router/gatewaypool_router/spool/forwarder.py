@@ -202,13 +202,19 @@ class SpoolForwarder:
 
     def _note_refused(self) -> None:
         """Refused entries someone deleted free their bytes."""
+        with self._lock:
+            known = dict(self.refused_files)  # before listing: later refusals are not "gone"
         present = {p.name: p for p in _listdir(self.store.refused) if p.suffix == ".inst"}
-        gone = [name for name in self.refused_files if name not in present]
-        for name in present.keys() - self.refused_files.keys():
+        gone = [name for name in known if name not in present]
+        sizes: dict[str, int] = {}
+        for name in present.keys() - known.keys():
             with contextlib.suppress(FileNotFoundError):
-                self.refused_files[name] = present[name].stat().st_size
-        if gone:
-            freed = sum(self.refused_files.pop(name) for name in gone)
+                sizes[name] = present[name].stat().st_size
+        with self._lock:
+            for name, size in sizes.items():
+                self.refused_files.setdefault(name, size)
+            freed = sum(self.refused_files.pop(name, 0) for name in gone)
+        if freed:
             with self.store.locked() as state:
                 state[1] = max(0, state[1] - freed)
 
@@ -258,16 +264,18 @@ class SpoolForwarder:
         verdict = judge(status)
         if verdict is Verdict.DELIVERED:
             self.store.forget(entry)
-            self.tallies.forwarded += 1
-            self.tallies.forwarded_bytes += entry.size
-            self.tallies.resends += int(resend)
+            with self._lock:  # lanes settle concurrently
+                self.tallies.forwarded += 1
+                self.tallies.forwarded_bytes += entry.size
+                self.tallies.resends += int(resend)
             self._overdue_logged.discard(entry.seq)
             self.queue.done(entry)
         elif verdict is Verdict.REFUSED:
             target = self.store.refuse(entry, status=status, reason=reason)
-            self.refused_files[target.name] = entry.file_size
-            self.tallies.refused += 1
-            self.tallies.resends += int(resend)
+            with self._lock:
+                self.refused_files[target.name] = entry.file_size
+                self.tallies.refused += 1
+                self.tallies.resends += int(resend)
             self.queue.done(entry)
             log_event(
                 log,
@@ -280,7 +288,8 @@ class SpoolForwarder:
                 sop_instance_uid=entry.meta.sop_instance_uid,
             )
         else:
-            self.tallies.retries += 1
+            with self._lock:
+                self.tallies.retries += 1
             self.queue.again(entry)
         return verdict
 
