@@ -364,14 +364,14 @@ def test_a_permanent_refusal_is_kept_aside_with_its_status(
         )
         assert sender_statuses(router, study.files) == [0, 0]
         wait_until(
-            lambda: len(list((spool / "refused").glob("*.inst"))) == 2,
+            lambda: metric(router, "gatewaypool_router_spool_refusals_total") == 2,
             timeout=30,
-            what="both instances moved aside",
+            what="both instances refused",
         )
+        assert len(list((spool / "refused").glob("*.inst"))) == 2
         notes = [json.loads(p.read_text()) for p in (spool / "refused").glob("*.json")]
         assert [note["status"] for note in notes] == [0xC001, 0xC001]
         assert not spool_files(spool)
-        assert metric(router, "gatewaypool_router_spool_refusals_total") == 2
         assert metric(router, "gatewaypool_router_spool_refused_instances") == 2
         assert router.events("spool.refused")
         # A person dealt with them: deleting them frees their room.

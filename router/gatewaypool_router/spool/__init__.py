@@ -55,6 +55,8 @@ on SIGTERM it forwards for what is left of ``--shutdown-grace`` after the
 associations drained, and leaves the rest on disk for the next start.
 
 Modules: :mod:`.store` (the files), :mod:`.decide` (pure decisions),
-:mod:`.queue` (the FIFO index, no I/O), :mod:`.forwarder` (the threads that
-send), :mod:`.intake` (the data path's side).
+:mod:`.queue` (the FIFO index, no I/O), :mod:`.forwarder` (the queue kept
+current, the outcomes acted on), :mod:`.lane` (one gateway's sending),
+:mod:`.metrics` (what Prometheus reads), :mod:`.intake` (the data path's
+side).
 """

@@ -10,10 +10,9 @@ number of processes.
   entries to the :class:`~gatewaypool_router.spool.queue.SpoolQueue`,
   starts a lane for each gateway that owns a bucket with entries, and notes
   refused entries someone deleted (their bytes are free again).
-- A lane sends the entries of its gateway's buckets, one at a time, over
-  one association of its own (opened on demand with the contexts of the
-  entries waiting, released when idle). The queue never gives two lanes the
-  same bucket, so each bucket leaves in order.
+- A lane (:mod:`.lane`) sends the entries of its gateway's buckets, one at
+  a time, over one association of its own. The queue never gives two lanes
+  the same bucket, so each bucket leaves in order.
 - Each attempt ends in a :class:`~gatewaypool_router.spool.decide.Verdict`:
   delivered (deleted), refused (moved aside with its status), or retry
   after a back-off that grows per gateway.
@@ -31,17 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from gatewaypool.bucketmap import Gateway
 from gatewaypool.logs import log_event
 from gatewaypool.reports import SpoolSummary
-from gatewaypool_router import pdus, tls
+from gatewaypool_router import tls
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import MapHolder
-from gatewaypool_router.negotiation import AcceptedContext
-from gatewaypool_router.spool.decide import Verdict, judge, retry_delay
+from gatewaypool_router.spool.decide import Verdict, judge
+from gatewaypool_router.spool.lane import Lane
+from gatewaypool_router.spool.metrics import SpoolCollector
 from gatewaypool_router.spool.queue import SpoolQueue
 from gatewaypool_router.spool.store import (
     Entry,
@@ -51,19 +48,17 @@ from gatewaypool_router.spool.store import (
     recover,
     seq_of,
 )
-from gatewaypool_router.statuses import Status
-from gatewaypool_router.upstream import GatewayError, Upstream
 
 log = logging.getLogger(__name__)
 
+#: How often the folder is looked at for new entries (and deleted refused ones).
 SCAN_SECONDS = 0.25
-#: Contexts a lane proposes at most: one per (SOP class, transfer syntax) waiting.
-_MAX_CONTEXTS = 64
-_READ_CHUNK = 1 << 20
 
 
 @dataclass(slots=True)
-class _Tallies:
+class Tallies:
+    """What the forwarder counted since start (the metrics' counters)."""
+
     spooled: int = 0
     forwarded: int = 0
     forwarded_bytes: int = 0
@@ -88,10 +83,10 @@ class SpoolForwarder:
         self.clock = clock
         self.store = SpoolStore(config.spool_dir, max_bytes=config.spool_max_bytes)
         self.queue = SpoolQueue()
-        self.tallies = _Tallies()
+        self.tallies = Tallies()
         self.refused_files: dict[str, int] = {}
         self._overdue_logged: set[int] = set()
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._scanner = threading.Thread(target=self._scan_loop, name="spool-scan", daemon=True)
@@ -163,7 +158,7 @@ class SpoolForwarder:
         )
 
     def register(self, registry: CollectorRegistry) -> None:
-        registry.register(_SpoolCollector(self))
+        registry.register(SpoolCollector(self))
 
     # -- scanning -------------------------------------------------------------------
 
@@ -253,7 +248,7 @@ class SpoolForwarder:
         with self._lock:
             lane = self._lanes.get(gateway)
             if lane is None or not lane.is_alive():
-                lane = _Lane(self, gateway)
+                lane = Lane(self, gateway)
                 self._lanes[gateway] = lane
                 lane.start()
 
@@ -294,254 +289,9 @@ class SpoolForwarder:
         return verdict
 
 
-class _Lane(threading.Thread):
-    """Sends the entries of one gateway's buckets, one at a time, over one association."""
-
-    def __init__(self, forwarder: SpoolForwarder, gateway: str) -> None:
-        super().__init__(name=f"spool-{gateway}", daemon=True)
-        self._forwarder = forwarder
-        self._gateway_name = gateway
-        self._upstream: Upstream | None = None
-        self._contexts: dict[tuple[str, str], int] = {}
-        self._calling = ""
-        self._failures = 0
-
-    def run(self) -> None:
-        forwarder = self._forwarder
-        try:
-            while not forwarder.stopping.is_set():
-                if not self._step():
-                    self._idle()
-        finally:
-            self._close(release=True)
-
-    def _step(self) -> bool:
-        """Send one entry if one is due; False when there was none."""
-        forwarder = self._forwarder
-        current = forwarder.maps.current
-        if current is None:
-            return False
-        owner_of = forwarder.owner_of()
-        entry = forwarder.queue.take(owner_of, self._gateway_name)
-        if entry is None:
-            return False
-        gateway = current.gateway_for(entry.meta.bucket)
-        status, reason, resend = self._attempt(gateway, entry)
-        verdict = forwarder.settle(entry, status=status, reason=reason, resend=resend)
-        if verdict is Verdict.RETRY:
-            self._failures += 1
-            self._close(release=False)
-            delay = retry_delay(self._failures)
-            log_event(
-                log,
-                logging.WARNING,
-                "spool.forward_failed",
-                gateway=gateway.name,
-                status=f"0x{status:04X}",
-                reason=reason,
-                failures=self._failures,
-                retry_in=delay,
-            )
-            forwarder.stopping.wait(delay)
-        else:
-            if self._failures:
-                log_event(log, logging.INFO, "spool.gateway_back", gateway=gateway.name)
-            self._failures = 0
-        return True
-
-    def _idle(self) -> None:
-        forwarder = self._forwarder
-        queue = forwarder.queue
-        with queue.changed:
-            queue.changed.wait(SCAN_SECONDS)
-        upstream = self._upstream
-        config = forwarder.config
-        if upstream is not None and time.monotonic() - upstream.last_used > min(
-            config.gateway_idle_release, 5.0
-        ):
-            self._close(release=True)
-
-    def _attempt(self, gateway: Gateway, entry: Entry) -> tuple[int, str, bool]:
-        """Send `entry` to `gateway`: the status it ended with, why, and whether a resend.
-
-        A send counts as begun (and any later one as a resend) once the
-        association is open, just before the command goes out: the gateway
-        may store what follows even if its answer never comes back.
-        """
-        meta = entry.meta
-        resend = False
-        try:
-            context_id = self._context_for(gateway, entry)
-            if context_id is None:
-                return (
-                    Status.SOP_CLASS_NOT_SUPPORTED,
-                    "gateway did not accept this SOP class and transfer syntax",
-                    False,
-                )
-            upstream = self._upstream
-            assert upstream is not None
-            resend = self._forwarder.store.mark_sending(entry)
-            command = memoryview(meta.command)
-            upstream.send_pdv(context_id, pdus.MCH_COMMAND | pdus.MCH_LAST, command)
-            self._send_data_set(upstream, context_id, entry)
-            _raw, response = upstream.read_response(meta.message_id)
-        except GatewayError as exc:
-            return int(exc.status), exc.reason, resend
-        except OSError as exc:  # the entry file: it stays, and is tried again
-            return Status.GATEWAY_ABORTED, f"spool read failed: {exc}", resend
-        return response.status, response.error_comment, resend
-
-    def _send_data_set(self, upstream: Upstream, context_id: int, entry: Entry) -> None:
-        with open(entry.path, "rb") as file:
-            left = entry.size
-            if not left:
-                upstream.send_pdv(context_id, pdus.MCH_LAST, memoryview(b""))
-            while left:
-                chunk = file.read(min(left, _READ_CHUNK))
-                if not chunk:
-                    raise OSError(f"{entry.path.name} ends early")
-                left -= len(chunk)
-                upstream.send_pdv(context_id, 0 if left else pdus.MCH_LAST, memoryview(chunk))
-
-    def _context_for(self, gateway: Gateway, entry: Entry) -> int | None:
-        """The context of an association to `gateway` that carries `entry`; opened if need be."""
-        pair = (entry.meta.sop_class_uid, entry.meta.transfer_syntax)
-        calling = self._calling_ae(entry)
-        upstream = self._upstream
-        if upstream is not None and (
-            not upstream.is_open
-            or upstream.gateway != gateway
-            or self._calling != calling
-            or not upstream.check_alive()
-        ):
-            self._close(release=upstream.is_open)
-            upstream = None
-        if upstream is not None and pair in self._contexts:
-            return self._contexts[pair]
-        if upstream is not None:
-            self._close(release=True)
-        return self._open(gateway, pair, calling)
-
-    def _calling_ae(self, entry: Entry) -> str:
-        config = self._forwarder.config
-        return entry.meta.calling_ae if config.forward_calling_ae else config.ae_title
-
-    def _open(self, gateway: Gateway, pair: tuple[str, str], calling: str) -> int | None:
-        forwarder = self._forwarder
-        config = forwarder.config
-        pairs = [pair, *self._waiting_pairs(pair)][:_MAX_CONTEXTS]
-        contexts = [
-            AcceptedContext(context_id=2 * i + 1, abstract_syntax=sop, transfer_syntax=ts)
-            for i, (sop, ts) in enumerate(pairs)
-        ]
-        gateway_tls = forwarder.gateway_tls
-        upstream = Upstream(
-            gateway=gateway,
-            address=config.resolve(gateway.host, gateway.port),
-            contexts=contexts,
-            calling_ae=calling,
-            max_pdu=config.max_pdu,
-            timeout=config.gateway_timeout,
-            connect_timeout=config.connect_timeout,
-            tls=gateway_tls.current() if gateway_tls is not None else None,
-        )
-        upstream.open()
-        self._upstream = upstream
-        self._calling = calling
-        self._contexts = {
-            (cx.abstract_syntax, cx.transfer_syntax): cx.context_id
-            for cx in contexts
-            if cx.context_id in upstream.usable_contexts
-        }
-        return self._contexts.get(pair)
-
-    def _waiting_pairs(self, first: tuple[str, str]) -> list[tuple[str, str]]:
-        queue = self._forwarder.queue
-        entries = [e for waiting in queue.entries().values() for e in waiting]
-        seen = {first}
-        pairs: list[tuple[str, str]] = []
-        for entry in entries:
-            pair = (entry.meta.sop_class_uid, entry.meta.transfer_syntax)
-            if pair not in seen:
-                seen.add(pair)
-                pairs.append(pair)
-        return pairs
-
-    def _close(self, *, release: bool) -> None:
-        upstream = self._upstream
-        self._upstream = None
-        self._contexts = {}
-        if upstream is None:
-            return
-        if release and upstream.is_open:
-            upstream.release()
-        else:
-            upstream.abort()
-
-
 def _listdir(folder: Path) -> list[Path]:
     try:
         with os.scandir(folder) as entries:
             return [Path(entry.path) for entry in entries]
     except FileNotFoundError:
         return []
-
-
-class _SpoolCollector(Collector):
-    """The spool's metrics, read from the forwarder at scrape time."""
-
-    def __init__(self, forwarder: SpoolForwarder) -> None:
-        self._forwarder = forwarder
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        f = self._forwarder
-        backlog = f.queue.backlog(f.owner_of())
-        now = f.clock()
-        instances = GaugeMetricFamily(
-            "gatewaypool_router_spool_instances",
-            "Instances waiting in the spool, by the gateway that owns their bucket",
-            labels=["gateway"],
-        )
-        size = GaugeMetricFamily(
-            "gatewaypool_router_spool_bytes",
-            "Data set bytes waiting in the spool, by the gateway that owns their bucket",
-            labels=["gateway"],
-        )
-        oldest = GaugeMetricFamily(
-            "gatewaypool_router_spool_oldest_seconds",
-            "Age of the oldest instance waiting in the spool, by gateway",
-            labels=["gateway"],
-        )
-        for gateway, tally in sorted(backlog.by_gateway.items()):
-            instances.add_metric([gateway], tally.instances)
-            size.add_metric([gateway], tally.bytes)
-            age = 0.0 if tally.oldest is None else max(0.0, now - tally.oldest)
-            oldest.add_metric([gateway], age)
-        yield instances
-        yield size
-        yield oldest
-        t = f.tallies
-        yield GaugeMetricFamily(
-            "gatewaypool_router_spool_overdue_instances",
-            "Instances waiting longer than --spool-retention (alert on any)",
-            value=f.overdue_count(),
-        )
-        yield GaugeMetricFamily(
-            "gatewaypool_router_spool_refused_instances",
-            "Instances a gateway refused for good, kept aside in the spool's refused/ folder",
-            value=len(f.refused_files),
-        )
-        yield GaugeMetricFamily(
-            "gatewaypool_router_spool_held_bytes",
-            "Bytes the spool's files take (waiting and refused), against --spool-max-bytes",
-            value=f.store.held_bytes(),
-        )
-        for name, doc, value in (
-            ("spooled", "Instances found committed in the spool", t.spooled),
-            ("forwarded", "Spooled instances delivered to their gateway", t.forwarded),
-            ("forwarded_bytes", "Data set bytes delivered from the spool", t.forwarded_bytes),
-            ("resends", "Deliveries of an instance sent before (at least once)", t.resends),
-            ("refusals", "Spooled instances a gateway refused for good", t.refused),
-            ("retries", "Forwarding attempts that failed and wait to be tried again", t.retries),
-        ):
-            yield CounterMetricFamily(f"gatewaypool_router_spool_{name}", doc, value=value)
