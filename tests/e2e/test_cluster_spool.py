@@ -7,27 +7,35 @@ PersistentVolume controller binds each to a volume of the test StorageClass
 then, and the kubelet stand-in mounts the volumes. The router Deployment
 goes only once the StatefulSet's routers are Ready, and comes back before
 the StatefulSet goes; a router scaled away keeps its claim. The pool's
-``status.spool`` and ``SpoolBacklog`` come from the routers' own reports.
+``status.spool`` and ``SpoolBacklog`` come from the routers' own reports,
+also while a gateway is down and a router's spool fills.
 The scaling scenario with a gateway down is in
 ``test_cluster_spool_scaling.py``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
+from gatewaypool.bucketmap import parse_map
+from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.process import wait_until
+from gatewaypool_local.synth import generate_study
 from gatewaypool_operator.children.router import SPOOL_DIRECTORY, spool_max_bytes
 from support.provisioner import STORAGE_CLASS
 from support.realcluster import Cluster
 from support.realpool import RealPool, gateway_spec, operated_pool
+from support.traffic import Traffic
 
 POLL = 0.5
 SPOOL: dict[str, Any] = {
-    "size": "64Mi",
+    # 891289 bytes a router may spool: the test's study of 7 instances of 120 KB
+    # fills one router's spool past 90% (SpoolBacklog) without filling it.
+    "size": "1Mi",
     "storageClassName": STORAGE_CLASS,
     "retentionSeconds": 600,
 }
@@ -70,17 +78,17 @@ def condition(pool: RealPool, kind: str) -> dict[str, Any]:
 
 
 def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
-    cluster: Cluster, cluster_namespace: str
+    cluster: Cluster, cluster_namespace: str, tmp_path: Path
 ) -> None:
     spec = {
-        "replicas": 1,
+        "replicas": 2,
         "buckets": 64,
         "gateway": gateway_spec(),
         "router": {"replicas": 2},
         "handover": {"quietSeconds": 2, "maxDrainSeconds": 60},
     }
     with operated_pool(cluster, cluster_namespace, spec) as pool:
-        pool.wait_settled(1, 2, timeout=120)
+        pool.wait_settled(2, 2, timeout=120)
         deployment_uid = workload(pool, "Deployment").metadata.uid
 
         # Spool on: the StatefulSet starts beside the Deployment, which goes
@@ -109,11 +117,11 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
         for claim in found.values():
             assert claim.status.phase == "Bound"
             assert claim.spec.storage_class_name == STORAGE_CLASS
-            assert claim.spec.resources.requests["storage"] == "64Mi"
+            assert claim.spec.resources.requests["storage"] == "1Mi"
         [container] = routers.spec.template.spec.containers
         command = container.command
         assert command[command.index("--spool-dir") + 1] == SPOOL_DIRECTORY
-        assert command[command.index("--spool-max-bytes") + 1] == str(spool_max_bytes("64Mi"))
+        assert command[command.index("--spool-max-bytes") + 1] == str(spool_max_bytes("1Mi"))
         assert command[command.index("--spool-when") + 1] == "GatewayUnavailable"
         assert command[command.index("--spool-retention") + 1] == "600"
         # Each router mounts its own volume, which the provisioner's folder backs.
@@ -134,7 +142,8 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
         )
         assert pool.status()["spool"]["instances"] == 0
         assert condition(pool, "SpoolBacklog")["reason"] == "SpoolEmpty"
-        pool.wait_settled(1, 2, timeout=60)
+        spool_backlog_from_a_gateway_down(cluster, pool, tmp_path)
+        pool.wait_settled(2, 2, timeout=60)
 
         # One router fewer: its pod goes, its claim (and what it may hold) stays.
         pool.patch_spec({"router": {"replicas": 1}})
@@ -177,7 +186,43 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
             raise AssertionError("the routers' headless Service outlived the StatefulSet")
         # The claims outlive the StatefulSet: a spool coming back finds them.
         assert sorted(claims(pool)) == ["spool-ct-router-0", "spool-ct-router-1"]
-        pool.wait_settled(1, 2, timeout=60)
+        pool.wait_settled(2, 2, timeout=60)
+
+
+def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path: Path) -> None:
+    """A gateway down: its study is acknowledged from a router's spool, which fills past
+    90%, so SpoolBacklog turns True (SpoolFilling) with a Warning Event; the gateway back,
+    the spool is forwarded to it and the condition clears."""
+    study = generate_study(tmp_path, study_index=0, instances=7, rows=248, columns=240)
+    bucket_map = parse_map(pool.map_text())
+    owner = bucket_map.gateway_for(study_bucket(study.study_uid, bucket_map.buckets)).name
+    cluster.kubelet.hold(pool.namespace, owner)
+    traffic = Traffic([pool.router_service()], [study], seed=0, senders=1, chunk=7)
+    traffic.start()
+    outcome = traffic.finish(drain=True)
+    assert not outcome.failed and not outcome.unanswered, outcome.failed
+    assert len(outcome.acknowledged) == 7, "not every instance acknowledged from the spool"
+    wait_until(
+        lambda: condition(pool, "SpoolBacklog").get("status") == "True",
+        timeout=30,
+        what="SpoolBacklog True",
+        interval=POLL,
+    )
+    backlog = condition(pool, "SpoolBacklog")
+    assert backlog["reason"] == "SpoolFilling", backlog
+    status = pool.status()["spool"]
+    assert status["instances"] == 7 and status["bytes"] > 0 and status["oldestSince"], status
+    assert pool_events(pool, "SpoolBacklog"), "no SpoolBacklog Warning Event"
+    assert not pool.stored().get(owner), "the gateway got instances while down"
+    cluster.kubelet.release(pool.namespace, owner)
+    wait_until(
+        lambda: condition(pool, "SpoolBacklog").get("reason") == "SpoolEmpty",
+        timeout=90,
+        what="the spool forwarded",
+        interval=POLL,
+    )
+    assert pool.status()["spool"]["instances"] == 0
+    assert set(pool.stored()[owner]) == set(study.sop_instance_uids)
 
 
 def test_a_pod_volume_of_a_claim_outlives_the_pod(cluster: Cluster, cluster_namespace: str) -> None:
