@@ -171,6 +171,9 @@ class Plan:
     map_existed
         Whether the map's ConfigMap existed: a child created in a pool
         that already had one was deleted by someone, and is re-created.
+    replacing
+        The router Deployment or StatefulSet the spec no longer asks for
+        waits for the other kind to be Ready before it is deleted.
     """
 
     namespace: str
@@ -184,6 +187,7 @@ class Plan:
     accepted_spec: str | None = None
     handover: HandoverPlan | None = None
     refused: tuple[str, ...] = ()
+    replacing: bool = False
 
     @property
     def status(self) -> dict[str, Any]:
@@ -215,16 +219,20 @@ class Outcome:
     applied: list[Applied] = field(default_factory=list)
     #: The handover's decision; None when the spec was refused.
     plan: HandoverPlan | None = None
+    #: The old router kind waits for the new one to be Ready (see `Plan.replacing`).
+    replacing: bool = False
 
     @property
     def pending(self) -> bool:
         """Whether the pool is mid-change: buckets moving, gateways not yet as wanted.
 
         The resync then passes again within seconds, not at its usual interval:
-        a handover advances only on passes.
+        a handover advances only on passes, and so does a router replacement.
         """
         if any(item.action == "deleting" for item in self.applied):
             return True  # a re-creation waits for the old object to go
+        if self.replacing:
+            return True  # the old routers go on the first pass that sees the new ones Ready
         plan = self.plan
         if plan is None:
             return False

@@ -227,13 +227,13 @@ def plan(
         observed=observed,
         write_map=write_map,
     )
-    deletes = tuple(
+    unwanted = [
         child
         for child in optional_children(name)
-        if child not in wanted
-        and _owned(observed.optional_children.get(child), owner["uid"])
-        and not _replacement_waits(child, observed, name, spec, wanted)
-    )
+        if child not in wanted and _owned(observed.optional_children.get(child), owner["uid"])
+    ]
+    waiting = [c for c in unwanted if _replacement_waits(c, observed, name, spec, wanted)]
+    deletes = tuple(child for child in unwanted if child not in waiting)
     accepted = json.dumps(raw_spec, sort_keys=True, separators=(",", ":"))
     annotations = metadata.get("annotations") or {}
     return Plan(
@@ -259,6 +259,7 @@ def plan(
         accepted_spec=accepted if accepted != annotations.get(ACCEPTED_SPEC_ANNOTATION) else None,
         handover=decided,
         refused=refused,
+        replacing=bool(waiting),
     )
 
 
@@ -286,6 +287,7 @@ def finish(plan: Plan, result: ApplyResult) -> Outcome:
         accepted_spec=plan.accepted_spec,
         applied=list(result.applied),
         plan=plan.handover,
+        replacing=plan.replacing,
     )
 
 

@@ -26,8 +26,8 @@ from gatewaypool_operator.children.router import (
     statefulset,
 )
 from gatewaypool_operator.events import Reason
-from gatewaypool_operator.passdata import Observed
-from gatewaypool_operator.plan import plan
+from gatewaypool_operator.passdata import ApplyResult, Observed
+from gatewaypool_operator.plan import finish, plan
 from gatewaypool_operator.poolstatus import compute_status
 from gatewaypool_operator.spec.fields import SpecError
 from gatewaypool_operator.spec.parse import parse_spec
@@ -248,6 +248,33 @@ def test_the_deployment_goes_once_the_statefulset_is_ready(
         ),
     }
     assert (("Deployment", "ct-router") in deletes(spec_with(SPOOL), live)) is deleted
+
+
+def test_a_waiting_replacement_keeps_the_pool_pending() -> None:
+    """The old routers go on the first pass that sees the new ones Ready: the resync passes
+    again within seconds, not at its usual interval."""
+    body = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 2},
+        "spec": spec_with(SPOOL),
+        "status": {},
+    }
+    live = {
+        ("Deployment", "ct-router"): workload("Deployment", ready=2),
+        ("StatefulSet", "ct-router"): workload("StatefulSet", ready=1),
+    }
+    waiting = plan(
+        Observed(pool=body, optional_children=live), default_router_image="gatewaypool:1", now=NOW
+    )
+    assert waiting.replacing
+    assert finish(waiting, ApplyResult()).pending
+    live[("StatefulSet", "ct-router")] = workload("StatefulSet", ready=2)
+    done = plan(
+        Observed(pool=body, optional_children=live), default_router_image="gatewaypool:1", now=NOW
+    )
+    assert not done.replacing
+    assert ("Deployment", "ct-router") in done.deletes
 
 
 def test_the_deployment_stays_while_the_statefulset_does_not_exist() -> None:
