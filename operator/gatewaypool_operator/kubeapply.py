@@ -64,6 +64,7 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Service": ("CoreV1Api", "service"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
     "Pod": ("CoreV1Api", "pod"),
+    "PersistentVolumeClaim": ("CoreV1Api", "persistent_volume_claim"),
     "StatefulSet": ("AppsV1Api", "stateful_set"),
     "Deployment": ("AppsV1Api", "deployment"),
     "Role": ("RbacAuthorizationV1Api", "role"),

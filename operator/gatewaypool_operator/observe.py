@@ -2,8 +2,9 @@
 
 `observe` is the pass's reads, through
 :class:`~gatewaypool_operator.kubeapply.Cluster`: the pool's map and
-StatefulSet, its pods, its report ConfigMap and its optional children, each
-once, before anything is decided (:func:`gatewaypool_operator.plan.plan`).
+StatefulSet, its pods, its report ConfigMap, its optional children and the
+routers' spool claims, each once, before anything is decided
+(:func:`gatewaypool_operator.plan.plan`).
 
 The other functions are pure: they turn those plain objects into the inputs
 of :func:`gatewaypool_operator.handover.decide.plan_handover`, which the plan
@@ -83,6 +84,9 @@ def observe(cluster: Cluster, *, body: Mapping[str, Any]) -> Observed:
         router_pods=cluster.find("Pod", namespace, labels=selector_labels(name, "router")),
         reports_configmap=cluster.read("ConfigMap", namespace, routers_configmap_name(name)),
         optional_children=optional,
+        router_claims=cluster.find(
+            "PersistentVolumeClaim", namespace, labels=selector_labels(name, "router")
+        ),
     )
 
 

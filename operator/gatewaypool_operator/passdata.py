@@ -43,6 +43,10 @@ class Observed:
         The pods carrying the pool's gateway / router selector labels.
     reports_configmap
         The ``NAME-routers`` ConfigMap the routers report into; None if absent.
+    router_claims
+        The PersistentVolumeClaims carrying the router selector labels: the
+        spool claims the router StatefulSet made (it gives them its selector's
+        labels), kept after their routers are gone.
     optional_children
         The children a spec may leave out
         (`gatewaypool_operator.children.desired.optional_children`) that
@@ -58,6 +62,7 @@ class Observed:
     router_pods: Sequence[Mapping[str, Any]] = ()
     reports_configmap: Mapping[str, Any] | None = None
     optional_children: Mapping[Child, Mapping[str, Any]] = field(default_factory=dict)
+    router_claims: Sequence[Mapping[str, Any]] = ()
 
     @property
     def reports(self) -> Mapping[str, str]:
@@ -119,6 +124,8 @@ class StatusBasis:
     now: datetime
     handover: poolstatus.HandoverSummary | None = None
     autoscaler_status: Mapping[str, Any] | None = None
+    #: Spool claims no live router mounts (see `Observed.router_claims`).
+    idle_spool_claims: tuple[str, ...] = ()
 
     def status(self, *, apply_error: str | None = None) -> dict[str, Any]:
         """The whole ``status`` block, with `apply_error` when a write was refused."""
@@ -136,6 +143,7 @@ class StatusBasis:
             now=self.now,
             handover=self.handover,
             autoscaler_status=self.autoscaler_status,
+            idle_spool_claims=self.idle_spool_claims,
         )
 
 

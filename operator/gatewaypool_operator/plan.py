@@ -38,6 +38,7 @@ from gatewaypool_operator.children.names import (
     autoscaler_name,
     map_configmap_name,
     owner_reference,
+    router_name,
     routers_configmap_name,
     statefulset_name,
 )
@@ -141,6 +142,12 @@ def plan(
         spec_error=None,
         previous_conditions=previous,
         now=now,
+    )
+    basis = dataclasses.replace(
+        basis,
+        idle_spool_claims=spoolstatus.idle_claims(
+            observed.router_claims, router_name(name), basis.live_router_pods
+        ),
     )
 
     try:

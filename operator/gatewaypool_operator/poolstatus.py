@@ -128,6 +128,7 @@ def compute_status(
     apply_error: str | None = None,
     handover: HandoverSummary | None = None,
     autoscaler_status: Mapping[str, Any] | None = None,
+    idle_spool_claims: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Return the pool's whole ``status`` block.
 
@@ -167,6 +168,8 @@ def compute_status(
     autoscaler_status
         The ``status`` of the pool's HorizontalPodAutoscaler; None if there is
         none or it has no status yet. Read only when `spec` has autoscaling.
+    idle_spool_claims
+        Spool claims no live router mounts (``status.spool.idleClaims``).
 
     Returns
     -------
@@ -247,9 +250,11 @@ def compute_status(
     if summary.oldest_move_since is not None:
         # Absent when nothing moves: the merge patch then deletes it.
         result["oldestMoveSince"] = format_time(summary.oldest_move_since)
-    if spool is not None:
-        # Absent without a spool (the merge patch then deletes it).
-        result["spool"] = totals.status()
+    if spool is not None or idle_spool_claims:
+        # Absent without a spool and its claims (the merge patch then deletes it).
+        result["spool"] = totals.status() if spool is not None else {}
+        if idle_spool_claims:
+            result["spool"]["idleClaims"] = list(idle_spool_claims)
     if spec is not None and spec.autoscaling is not None:
         # Absent when not autoscaled, so that kubectl get gwp shows <none>.
         autoscaling = spec.autoscaling

@@ -26,18 +26,18 @@ reports it again. Pure: the reports are the routers' text, parsed here.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from gatewaypool.reports import ReportError, parse_report
 from gatewaypool.strict import format_time
-from gatewaypool_operator.children.router import spool_max_bytes
+from gatewaypool_operator.children.router import SPOOL_VOLUME, spool_max_bytes
 from gatewaypool_operator.conditions import ConditionReason
 from gatewaypool_operator.spec.types import SpoolSpec
 
-__all__ = ["FILLING_PERCENT", "SpoolTotals", "backlog", "spool_totals"]
+__all__ = ["FILLING_PERCENT", "SpoolTotals", "backlog", "idle_claims", "spool_totals"]
 
 FILLING_PERCENT: Final = 90
 """A router's spool this full (of its ``--spool-max-bytes``) sets ``SpoolBacklog``."""
@@ -106,6 +106,26 @@ def spool_totals(reports: Mapping[str, str], live_router_pods: Collection[str]) 
             since = since.replace(microsecond=0)
             oldest = since if oldest is None else min(oldest, since)
     return SpoolTotals(instances, size, refused, oldest, routers, largest)
+
+
+def idle_claims(
+    claims: Iterable[Mapping[str, Any]], routers: str, live_router_pods: Collection[str]
+) -> tuple[str, ...]:
+    """The spool claims (``spool-ROUTERS-<i>``) whose router pod (``ROUTERS-<i>``) is not live.
+
+    A claim outlives its router (scaled away, or the spool removed): what it
+    holds is forwarded only when a router mounts it again. The pool's status
+    names these claims meanwhile, since no report can say what they hold.
+    """
+    prefix = f"{SPOOL_VOLUME}-{routers}-"
+    idle = []
+    for claim in claims:
+        name = str((claim.get("metadata") or {}).get("name") or "")
+        ordinal = name.removeprefix(prefix)
+        pod = f"{routers}-{ordinal}"
+        if name.startswith(prefix) and ordinal.isdigit() and pod not in live_router_pods:
+            idle.append(name)
+    return tuple(sorted(idle, key=lambda one: int(one.removeprefix(prefix))))
 
 
 def backlog(

@@ -158,6 +158,13 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
             interval=POLL,
         )
         assert sorted(claims(pool)) == ["spool-ct-router-0", "spool-ct-router-1"]
+        # ... and the pool's status names it, as no router reports what it holds.
+        wait_until(
+            lambda: pool.status()["spool"].get("idleClaims") == ["spool-ct-router-1"],
+            timeout=30,
+            what="status.spool.idleClaims",
+            interval=POLL,
+        )
 
         # Spool off: a Deployment again, and only then the StatefulSet goes.
         pool.patch_spec({"router": {"spool": None, "replicas": 2}})
@@ -171,10 +178,14 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
 
         wait_until(back, timeout=150, what="routers back on a Deployment", interval=POLL)
         assert workload(pool, "Deployment").metadata.uid != deployment_uid
+        # Only the kept claims are left to show.
         wait_until(
-            lambda: "spool" not in pool.status(),
+            lambda: (
+                pool.status().get("spool")
+                == {"idleClaims": ["spool-ct-router-0", "spool-ct-router-1"]}
+            ),
             timeout=30,
-            what="status.spool gone",
+            what="status.spool: the idle claims only",
             interval=POLL,
         )
         assert not condition(pool, "SpoolBacklog")

@@ -85,6 +85,8 @@ EXPECTED_OPERATOR_RULES: Rules = {
     # Gateway pods (Ready ones receive buckets) and router pods (whose reports
     # a handover waits for, and status.routersTotal).
     ("", "pods"): frozenset({"list"}),
+    # The routers' spool claims that no router mounts (status.spool.idleClaims).
+    ("", "persistentvolumeclaims"): frozenset({"list"}),
     # kopf posts core/v1 Events (never patches them); so does the operator.
     ("", "events"): frozenset({"create"}),
 }

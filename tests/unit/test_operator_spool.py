@@ -32,6 +32,7 @@ from gatewaypool_operator.poolstatus import compute_status
 from gatewaypool_operator.spec.fields import SpecError
 from gatewaypool_operator.spec.parse import parse_spec
 from gatewaypool_operator.spec.types import PoolSpec, SpoolSpec
+from gatewaypool_operator.spoolstatus import idle_claims
 
 NAME, NS, UID = "ct", "radiology", "uid-of-ct"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -447,3 +448,59 @@ def test_the_backlog_event_is_posted_when_the_condition_turns_true_only() -> Non
         now=NOW,
     )
     assert Reason.SPOOL_BACKLOG not in [e.reason for e in again.events]
+
+
+def claim(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": selector_labels(NAME, "router")}}
+
+
+def test_idle_claims_are_the_spool_claims_no_live_router_mounts() -> None:
+    found = [claim(f"spool-ct-router-{i}") for i in (10, 0, 2, 1)] + [claim("other-ct-router-3")]
+    assert idle_claims(found, "ct-router", ("ct-router-0", "ct-router-1")) == (
+        "spool-ct-router-2",
+        "spool-ct-router-10",
+    )
+    # Back on a Deployment, whose pods have other names: every claim is idle.
+    assert len(idle_claims(found, "ct-router", ("ct-router-6d9f-abcde",))) == 4
+
+
+def test_idle_claims_show_in_the_status_also_without_a_spool() -> None:
+    common: dict[str, Any] = {
+        "name": NAME,
+        "generation": 1,
+        "statefulset_status": None,
+        "bucket_map": None,
+        "router_reports": {},
+        "live_router_pods": (),
+        "spec_error": None,
+        "previous_conditions": [],
+        "now": NOW,
+    }
+    without = compute_status(
+        spec=parse(spec_with()), idle_spool_claims=("spool-ct-router-0",), **common
+    )
+    assert without["spool"] == {"idleClaims": ["spool-ct-router-0"]}
+    assert "SpoolBacklog" not in {c["type"] for c in without["conditions"]}
+    assert "spool" not in compute_status(spec=parse(spec_with()), **common)
+    spooling = compute_status(
+        spec=parse(spec_with(SPOOL)), idle_spool_claims=("spool-ct-router-2",), **common
+    )
+    assert spooling["spool"]["idleClaims"] == ["spool-ct-router-2"]
+    assert spooling["spool"]["instances"] == 0
+
+
+def test_the_plan_names_the_idle_claims_from_what_it_observed() -> None:
+    body = {
+        "apiVersion": "gatewaypool.io/v1alpha1",
+        "kind": "GatewayPool",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 2},
+        "spec": spec_with(SPOOL),
+    }
+    pod = {"metadata": {"name": "ct-router-0", "labels": selector_labels(NAME, "router")}}
+    observed = Observed(
+        pool=body,
+        router_pods=[pod],
+        router_claims=[claim("spool-ct-router-0"), claim("spool-ct-router-1")],
+    )
+    decided = plan(observed, default_router_image="gatewaypool:1", now=NOW)
+    assert decided.status["spool"]["idleClaims"] == ["spool-ct-router-1"]

@@ -179,8 +179,9 @@ per watched namespace (rbac.scope namespaces).
   verbs: ["get", "create", "patch", "delete"]
 # Gateway and router pods: which gateways are Ready (a bucket moves only to a
 # Ready gateway), which routers exist (whose reports a handover waits for).
+# The routers' spool claims: which no router mounts (status.spool.idleClaims).
 - apiGroups: [""]
-  resources: ["pods"]
+  resources: ["pods", "persistentvolumeclaims"]
   verbs: ["list"]
 # Events about the pools (kopf posts core/v1 Events, never patches them).
 - apiGroups: [""]
