@@ -454,7 +454,12 @@ class Kubelet:
 
     @staticmethod
     def _ready(pod: Pod) -> bool:
-        return pod.started and not pod.done and all(c.ready for c in pod.containers.values())
+        return (
+            pod.started
+            and not pod.done
+            and pod.phase not in ("Failed", "Succeeded")
+            and all(c.ready for c in pod.containers.values())
+        )
 
     def _pod_worker(self, pod: Pod) -> None:
         """One pod's life, as the kubelet's pod worker runs it."""
@@ -772,6 +777,7 @@ class Kubelet:
                 process.wait()
         for container in pod.containers.values():
             container.process = None
+            container.ready = False  # a killed container is not ready
             container.next_start = 0.0
 
     def _teardown(self, pod: Pod) -> None:
