@@ -33,6 +33,19 @@ def register(subparsers: Any) -> None:
         "--associations", type=int, default=4, help="concurrent senders (default %(default)s)"
     )
     parser.add_argument("--work-dir", type=Path, help="keep everything in this folder")
+    parser.add_argument(
+        "--spool",
+        action="store_true",
+        help="give the router a spool and stop one gateway while the studies flow: every "
+        "instance is still answered Success and reaches its gateway once it is back",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --spool, how long the gateway stays stopped (default %(default)s)",
+    )
     parser.set_defaults(func=run_local)
 
 
@@ -67,6 +80,8 @@ def run_local(args: argparse.Namespace) -> int:
             instances=args.instances,
             size=args.size,
             associations=args.associations,
+            spool=args.spool,
+            outage_seconds=args.outage,
         )
     finally:
         if args.work_dir is None:

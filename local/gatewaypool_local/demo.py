@@ -5,10 +5,16 @@ stand where a cluster's gateway pods would; head-CT studies go through the
 router over several concurrent associations, one study split over two of
 them and one association carrying several studies, as modalities do. The
 report says where each study landed and proves nothing was split or lost.
+
+With ``--spool`` the router has a spool, and one gateway (the pynetdicom
+SCP) is killed while the studies flow and started again some seconds
+later: every instance is still answered Success, and reaches its gateway
+once that is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import threading
@@ -19,17 +25,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from gatewaypool.bucketmap import BucketMap, balanced_map
 from gatewaypool.bucketmap import Gateway as MapGateway
-from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
 from gatewaypool_local.peers.gateway import GatewayPeer
 from gatewaypool_local.peers.orthanc import Orthanc
+from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_bytes, generate_study
 
 KINDS = ("DCMTK storescp", "Orthanc", "pynetdicom SCP")
+#: With ``--spool``, the gateway stopped mid-run: the pynetdicom SCP, which
+#: holds only whole instances when stopped (storescp would keep a partial file).
+OUTAGE_GATEWAY = 2
+#: How long the demo waits for the spool to deliver once the gateway is back.
+_DELIVERY_TIMEOUT = 300.0
+
+
+@dataclass
+class OutageReport:
+    """The gateway stopped mid-run, and what the router's spool did meanwhile."""
+
+    gateway: str
+    held_before: int
+    share: int
+    seconds_down: float
+    spooled: int = 0
+    forwarded: int = 0
+    resends: int = 0
+    left: int = 0
 
 
 @dataclass
@@ -62,6 +88,7 @@ class DemoReport:
     identical: int
     compared: int
     sender_failures: int
+    outage: OutageReport | None = None
 
     @property
     def split_studies(self) -> int:
@@ -75,6 +102,7 @@ class DemoReport:
             and self.misrouted == 0
             and self.identical == self.compared
             and self.sender_failures == 0
+            and (self.outage is None or self.outage.left == 0)
         )
 
 
@@ -113,13 +141,43 @@ class _Progress:
         if self._tty:
             self._out.write("\r" + line)
             self._out.flush()
-        elif done == self._total or done - self._last_printed >= max(1, self._total // 4):
+        elif done != self._last_printed and (
+            done == self._total or done - self._last_printed >= max(1, self._total // 4)
+        ):
             self._out.write(line + "\n")
             self._last_printed = done
 
     def close(self) -> None:
         if self._tty:
             self._out.write("\n")
+
+
+class _Outage(threading.Thread):
+    """Stop a gateway once it holds its first instance, start it again later.
+
+    The outage lasts `seconds` from the stop: a timed event of the scenario,
+    not a synchronisation. If the senders finish first, it begins then.
+    """
+
+    def __init__(
+        self, gateway: GatewayPeer, *, name: str, share: int, seconds: float, done: threading.Event
+    ) -> None:
+        super().__init__(name="outage", daemon=True)
+        self._gateway = gateway
+        self._share = share
+        self._seconds = seconds
+        self._senders_done = done
+        self.report = OutageReport(gateway=name, held_before=0, share=share, seconds_down=0.0)
+
+    def run(self) -> None:
+        while self._gateway.received_count() < 1 and not self._senders_done.is_set():
+            self._senders_done.wait(0.05)
+        self.report.held_before = self._gateway.received_count()
+        self._gateway.kill()  # as a crash: its associations end at once
+        stopped = time.monotonic()
+        time.sleep(self._seconds)  # the outage itself, not a wait for something
+        self._gateway.start()
+        self.report.seconds_down = time.monotonic() - stopped
 
 
 def _watch(
@@ -136,9 +194,15 @@ def run_demo(
     instances: int = 48,
     size: int = 512,
     associations: int = 4,
+    spool: bool = False,
+    outage_seconds: float = 10.0,
     out: TextIO = sys.stdout,
 ) -> DemoReport:
-    """Run the whole demo in ``work_dir`` and print the report to ``out``."""
+    """Run the whole demo in ``work_dir`` and print the report to ``out``.
+
+    With `spool`, the router spools in ``work_dir/spool`` and one gateway is
+    stopped mid-run for `outage_seconds`.
+    """
     say: Callable[[str], None] = lambda text: print(text, file=out, flush=True)  # noqa: E731
     say("GatewayPool local demo")
     say(f"  work folder  {work_dir}")
@@ -160,6 +224,7 @@ def run_demo(
         router = RouterProcess(
             work_dir / "router",
             gateways=[f"{g.ae_title}@{g.host}:{g.port}" for g in gateways],
+            extra_args=["--spool-dir", str(work_dir / "spool")] if spool else [],
         )
         router.start()
         say(f"  router       GATEWAYPOOL at {router.host}:{router.port}")
@@ -178,16 +243,31 @@ def run_demo(
         stop = threading.Event()
         watcher = threading.Thread(target=_watch, args=(gateways, total, progress, stop))
         failures: list[str] = []
+        done = threading.Event()
+        outage = (
+            _Outage(
+                gateways[OUTAGE_GATEWAY],
+                name=f"gw-{OUTAGE_GATEWAY}",
+                share=_share(generated, gateways, OUTAGE_GATEWAY),
+                seconds=outage_seconds,
+                done=done,
+            )
+            if spool
+            else None
+        )
         started = time.monotonic()
         watcher.start()
         senders = [
             threading.Thread(target=_send, args=(router, files, f"MODALITY{i}", failures))
             for i, files in enumerate(plan)
         ]
-        for sender in senders:
-            sender.start()
+        for thread in [*senders, *([outage] if outage is not None else [])]:
+            thread.start()
         for sender in senders:
             sender.join()
+        done.set()
+        if outage is not None:
+            _await_delivery(outage, gateways, total, router)
         seconds = time.monotonic() - started
         stop.set()
         watcher.join()
@@ -201,6 +281,8 @@ def run_demo(
             seconds=seconds,
             sender_failures=len(failures),
         )
+        if outage is not None:
+            report.outage = _spool_figures(outage.report, router)
         for failure in failures:
             say(f"  sender problem: {failure}")
         _print_report(report, out)
@@ -210,6 +292,64 @@ def run_demo(
             router.stop()
         for gateway in gateways:
             gateway.stop()
+
+
+def _share(generated: Sequence[Study], gateways: Sequence[GatewayPeer], index: int) -> int:
+    """How many instances the map sends to gateway `index`."""
+    bucket_map = _demo_map(gateways)
+    return sum(
+        len(s.files)
+        for s in generated
+        if bucket_map.owners[study_bucket(s.study_uid, bucket_map.buckets)] == index
+    )
+
+
+def _demo_map(gateways: Sequence[GatewayPeer]) -> BucketMap:
+    """The map the router builds from the gateways, in order (``--gateway``)."""
+    return balanced_map(
+        [
+            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
+            for i, g in enumerate(gateways)
+        ]
+    )
+
+
+def _await_delivery(
+    outage: _Outage, gateways: Sequence[GatewayPeer], total: int, router: RouterProcess
+) -> None:
+    """Wait for the gateway's return, then for every instance at the gateways, spool empty."""
+    outage.join()
+    with contextlib.suppress(TimeoutError):  # the report then counts what is missing
+        wait_until(
+            lambda: (
+                sum(g.received_count() for g in gateways) >= total and not _spool_backlog(router)
+            ),
+            timeout=_DELIVERY_TIMEOUT,
+            what="every instance delivered from the spool",
+        )
+
+
+def _spool_backlog(router: RouterProcess) -> int:
+    metrics = router.metrics()
+    return int(sum(v for (name, _), v in metrics.items() if name == SPOOL_INSTANCES))
+
+
+SPOOL_INSTANCES = "gatewaypool_router_spool_instances"
+
+
+def _spool_figures(report: OutageReport, router: RouterProcess) -> OutageReport:
+    report.spooled = int(router.metric("gatewaypool_router_spool_spooled_total"))
+    report.forwarded = int(router.metric("gatewaypool_router_spool_forwarded_total"))
+    report.resends = int(router.metric("gatewaypool_router_spool_resends_total"))
+    report.left = _spool_backlog(router)
+    return report
+
+
+def _outage_line(report: OutageReport) -> str:
+    return (
+        f"outage: {report.gateway} stopped holding {report.held_before} of its "
+        f"{report.share} instances, back after {report.seconds_down:.1f} s"
+    )
 
 
 def _send(router: RouterProcess, files: list[Path], calling_ae: str, failures: list[str]) -> None:
@@ -232,12 +372,7 @@ def _collect(
     sender_failures: int,
 ) -> DemoReport:
     names = [f"gw-{i}" for i in range(len(gateways))]
-    bucket_map = balanced_map(
-        [
-            MapGateway(name=n, host=g.host, port=g.port, ae_title=g.ae_title)
-            for n, g in zip(names, gateways, strict=True)
-        ]
-    )
+    bucket_map = _demo_map(gateways)
     digests: dict[str, str] = {}
     study_of: dict[str, Study] = {}
     for study in generated:
@@ -306,4 +441,12 @@ def _print_report(report: DemoReport, out: TextIO) -> None:
     say(f"  lost instances    {report.lost}")
     say(f"  misrouted studies {report.misrouted} (each study on the gateway its bucket names)")
     say(f"  byte-identical    {report.identical}/{report.compared} data sets as sent")
+    outage = report.outage
+    if outage is not None:
+        say(f"  {_outage_line(outage)}")
+        say(
+            f"  spool             {outage.spooled} instances spooled, {outage.forwarded} "
+            f"forwarded, {outage.resends} resent, {outage.left} left"
+        )
+        say(f"  sender failures   {report.sender_failures}")
     say(f"  result            {'OK' if report.ok else 'FAILED'}")
