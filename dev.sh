@@ -305,9 +305,9 @@ case "$cmd" in
         "$VENV/bin/mypy"
         stage "pytest, in the test sandbox"
         rc=0
-        # Two workers: the cluster's tests in one (one control plane), the
-        # rest in the other, each test still waiting on conditions, not time.
-        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadscope "$@" \
+        # Two workers, each with a network and a cluster of its own
+        # (tests/support/lanes.py); every test still waits on conditions.
+        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadfile "$@" \
             || rc=$?
         stage ""
         exit "$rc"

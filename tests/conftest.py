@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import hypothesis
 import pytest
@@ -21,7 +21,13 @@ from gatewaypool_local.peers.orthanc import Orthanc
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.synth import Study, generate_study
 from support import custommetrics, lanes
-from support.realcluster import Cluster, namespace_for, running_cluster, session_folder
+from support.realcluster import (
+    Cluster,
+    in_sandbox,
+    namespace_for,
+    running_cluster,
+    session_folder,
+)
 
 # Property tests check properties, not speed: hypothesis's per-example
 # deadline would make them fail on a busy 2-core machine.
@@ -50,15 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    lanes.check_placement(items)
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadscope``: one worker takes every cluster module (support.lanes)."""
-    if config.getvalue("dist") == "loadscope":
-        return lanes.OneClusterScheduling(config, log)
-    return None
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets a network of its own (support.lanes)."""
+    if lanes.xdist_worker() and in_sandbox():
+        lanes.own_network_namespace()
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:

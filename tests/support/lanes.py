@@ -1,51 +1,40 @@
-"""How ``./dev.sh test`` shares the suite between pytest-xdist workers.
+"""How ``./dev.sh test`` runs the suite on two pytest-xdist workers.
 
-The real cluster is one per session, and under xdist a session is a worker:
-two workers starting one each would double the load and fight over the
-sandbox's pod network. So every ``test_cluster_*`` module is one scope,
-sent whole to one worker, which keeps one control plane for all of them;
-every other module is a scope of its own, spread over the workers as they
-free up (pytest-xdist's ``loadscope``, with this split of scopes).
-
-A test that uses the ``cluster`` fixture must therefore live in a
-``test_cluster_*`` module; :func:`check_placement` refuses one that does not.
-
-pytest-xdist's own ``loadgroup`` would do this with a marker, but 3.8.0
-names groups by rewriting ``Item._nodeid``, which pytest 9.2 no longer
-reads.
+The suite runs in a sandbox of its own (``tests/sandbox.sh``: user, network
+and mount namespaces), and a real cluster needs the sandbox's network to
+itself: its pod bridge, pod and Service addresses, cluster DNS on the
+bridge. Under xdist each worker is a session with a cluster of its own, so
+each worker first moves into a network namespace of its own
+(:func:`own_network_namespace`), with its own loopback: two workers' clusters
+then never meet, and ``--dist loadfile`` may hand any module to any worker.
+Pod network namespaces stay named by pod UID in the sandbox's shared
+``/run/netns``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import PurePosixPath
+import ctypes
+import os
+import subprocess
 
-import pytest
-from xdist.scheduler import LoadScopeScheduling
-
-CLUSTER_MODULE_PREFIX = "test_cluster_"
-
-
-def is_cluster_module(nodeid: str) -> bool:
-    return PurePosixPath(nodeid.split("::", 1)[0]).name.startswith(CLUSTER_MODULE_PREFIX)
+#: unshare(2)'s flag for a new network namespace (linux/sched.h).
+CLONE_NEWNET = 0x40000000
 
 
-class OneClusterScheduling(LoadScopeScheduling):  # type: ignore[misc]  # untyped base
-    """``loadscope`` by module, with all cluster modules in one scope."""
-
-    def _split_scope(self, nodeid: str) -> str:
-        return "cluster" if is_cluster_module(nodeid) else nodeid.split("::", 1)[0]
+def xdist_worker() -> str | None:
+    """The name of this pytest-xdist worker (``gw0``, …), or None outside one."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def check_placement(items: Sequence[pytest.Item]) -> None:
-    """Every test of the cluster is in a cluster module (or it could get a cluster of its own)."""
-    misplaced = [
-        item.nodeid
-        for item in items
-        if "cluster" in getattr(item, "fixturenames", ()) and not is_cluster_module(item.nodeid)
-    ]
-    if misplaced:
-        raise pytest.UsageError(
-            f"tests that use the cluster must live in {CLUSTER_MODULE_PREFIX}*.py modules "
-            f"(support.lanes): {', '.join(misplaced)}"
-        )
+def own_network_namespace() -> None:
+    """Move this process into a new network namespace, with loopback up.
+
+    Threads started later and every child process (the control plane, the
+    kubelet stand-in's pods, DICOM peers) inherit it. Needs the sandbox's
+    user namespace, in which the suite is root.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare(CLONE_NEWNET): {os.strerror(errno)}")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
