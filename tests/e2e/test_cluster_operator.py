@@ -46,7 +46,7 @@ from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from support.certs import TestCA
 from support.nodes import Pod
 from support.realcluster import IMAGE_REPOSITORY, IMAGE_TAG, Cluster, namespace_for
-from support.realpool import RealPool
+from support.realpool import RealPool, clear_test_pools
 
 DCMTK_IMAGE = "registry.example.org/test/dcmtk:1"
 ROUTER_IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
@@ -168,14 +168,13 @@ def ns(operated: Operated, request: pytest.FixtureRequest) -> Iterator[Operated]
     """The module's operator; the test's pools go afterwards (their logs printed if it failed)."""
     yield operated
     report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
-        prefixes = tuple(f"{pool.name}-" for pool in operated.pools)
-        operated.cluster.print_pod_logs(
-            operated.namespace, prefixes=(*prefixes, f"{operated.operator}-"), lines=40
-        )
-    for pool in operated.pools:
-        pool.delete()
-    operated.pools.clear()
+    clear_test_pools(
+        operated.cluster,
+        operated.namespace,
+        operated.operator,
+        operated.pools,
+        failed=report is None or report.failed,
+    )
 
 
 # -- what the server holds -------------------------------------------------------------------

@@ -260,6 +260,19 @@ class RealPool:
         return dict(holders)
 
 
+def clear_test_pools(
+    cluster: Cluster, namespace: str, operator: str, pools: list[RealPool], *, failed: bool
+) -> None:
+    """After a test on a module's operator: the logs of its pools and of the operator if it
+    failed (`operator`: the prefix of the operator's pod names), then its pools deleted."""
+    if failed:
+        prefixes = tuple(f"{pool.name}-" for pool in pools)
+        cluster.print_pod_logs(namespace, prefixes=(*prefixes, f"{operator}-"), lines=40)
+    for pool in pools:
+        pool.delete()
+    pools.clear()
+
+
 @contextmanager
 def operated_pool(
     cluster: Cluster, namespace: str, spec: dict[str, Any], *, name: str = "ct"
