@@ -248,7 +248,7 @@ case "$cmd" in
         need_venv
         need_controlplane
         need_image
-        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tests/benchmarks/handover.py "$@"
+        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tools/benchmarks/handover.py "$@"
         ;;
     bench-autoscale)
         need_debian_packages
@@ -259,7 +259,7 @@ case "$cmd" in
         need_image
         need_prometheus
         need_metrics_adapter
-        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tests/benchmarks/autoscaling.py "$@"
+        PYTHONPATH=tests exec tests/sandbox.sh "$VENV/bin/python" tools/benchmarks/autoscaling.py "$@"
         ;;
     fuzz)
         need_debian_packages
@@ -273,7 +273,7 @@ case "$cmd" in
         ;;
     docs)
         need_venv
-        PYTHONPATH=tests exec "$VENV/bin/python" -m support.configref "$@"
+        exec "$VENV/bin/python" tools/configref.py "$@"
         ;;
     check)
         need_venv

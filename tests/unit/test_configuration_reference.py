@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from support import configref as reference
+import configref as reference
 
 
 def test_reference_is_current() -> None:

@@ -4,7 +4,7 @@ The CRD is the one source of truth for fields, types, defaults and ranges;
 ``docs/configuration.md`` is rendered from it (``./dev.sh docs``) and a
 test fails when the two disagree, so the document can never describe a
 field the API server does not know. A tool of the repository, not of the
-product: it lives beside the tests that call it.
+product (``tools/``); ``tests/unit/test_configuration_reference.py`` runs it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRD_PATH = REPO / "crds" / "gatewaypool.io_gatewaypools.yaml"
 DOC_PATH = REPO / "docs" / "configuration.md"
 
