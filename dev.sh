@@ -268,7 +268,7 @@ case "$cmd" in
         ;;
     fuzz-scanner)
         need_venv
-        GATEWAYPOOL_FUZZ=long exec "$VENV/bin/pytest" tests/unit/test_scanner_differential.py \
+        GATEWAYPOOL_FUZZ=long exec "$VENV/bin/pytest" tests/unit/router/test_scanner_differential.py \
             -p no:timeout -p no:cacheprovider --hypothesis-show-statistics "$@"
         ;;
     docs)

@@ -4,7 +4,7 @@ The CRD is the one source of truth for fields, types, defaults and ranges;
 ``docs/configuration.md`` is rendered from it (``./dev.sh docs``) and a
 test fails when the two disagree, so the document can never describe a
 field the API server does not know. A tool of the repository, not of the
-product (``tools/``); ``tests/unit/test_configuration_reference.py`` runs it.
+product (``tools/``); ``tests/unit/operator/test_configuration_reference.py`` runs it.
 """
 
 from __future__ import annotations

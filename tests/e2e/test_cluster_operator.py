@@ -375,7 +375,7 @@ def test_a_name_too_long_for_the_children_is_refused_before_anything_is_made(
 ) -> None:
     # An object name (a DNS subdomain), too long for the StatefulSet's pod labels: the
     # CRD's rule refuses it at the write. (The operator refuses it too, for a CRD
-    # without that rule: tests/unit/test_crd_refusals.py.)
+    # without that rule: tests/unit/operator/test_crd_refusals.py.)
     name = "ct-" + "x" * 47
     with pytest.raises(ApiException) as refused:
         ns.pool(name, {"replicas": 1, "gateway": storescp()})

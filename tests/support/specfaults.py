@@ -2,7 +2,7 @@
 
 One table for two tests. ``tests/e2e/test_cluster_crd_validation.py`` creates
 each pool on the real API server (a dry run) and expects a refusal naming the
-field; ``tests/unit/test_crd_refusals.py`` feeds each to the operator's
+field; ``tests/unit/operator/test_crd_refusals.py`` feeds each to the operator's
 ``parse_spec`` and checks that every refusal the operator can make (every
 ``raise SpecError`` in the spec modules) is either shown here or listed in
 :data:`SCHEMA_CANNOT` with the reason the schema cannot express it.

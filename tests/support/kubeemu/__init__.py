@@ -22,14 +22,14 @@ module that defines each name:
 - how each field merges, from the real OpenAPI schemas shipped in
   ``kubernetes-validate`` or a CRD's ``openAPIV3Schema`` (:mod:`.schemas`).
 
-Why it remains: ``tests/unit/test_operator_drift.py`` checks, for
+Why it remains: ``tests/unit/operator/test_operator_drift.py`` checks, for
 hypothesis-generated pairs of specs and every child of each, that the
 operator's local drift decision says "no change" exactly when applying the
 new children would leave the stored objects as they are. That takes
 thousands of applies in seconds, which a real API server cannot give on
 demand (each apply a round trip through admission and etcd: minutes). The
 cases that matter also run against the real server, in
-``tests/e2e/test_cluster_writes.py``; ``tests/unit/test_kubeemu_apply.py``
+``tests/e2e/test_cluster_writes.py``; ``tests/unit/operator/test_kubeemu_apply.py``
 pins the behaviours of the real server this oracle must share.
 
 What it does not model: conflicts are computed after defaulting and

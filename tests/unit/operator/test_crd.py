@@ -42,7 +42,7 @@ from gatewaypool_operator.spec.parse import (
 )
 from support.crd import apply_defaults, load_crd, root_schema, version_of
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "schema" / "invalid").glob("*.yaml"))
 EXPECT_PREFIX = "# expect: "

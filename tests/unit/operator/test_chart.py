@@ -38,7 +38,7 @@ from gatewaypool_operator.spec.parse import parse_spec
 from support import chart as helm_chart
 from support.chart import CHART, objects_in
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = "gatewaypool.io_gatewaypools.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -1309,7 +1309,7 @@ def test_autoscaling_examples_are_all_checked_and_none_is_a_pool() -> None:
     for path in AUTOSCALING_EXAMPLES.glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc.get("kind") != "GatewayPool", path.name
-    # tests/unit/test_crd.py checks examples/*.yaml as GatewayPools: not these.
+    # tests/unit/operator/test_crd.py checks examples/*.yaml as GatewayPools: not these.
     assert not any(p.parent == AUTOSCALING_EXAMPLES for p in (ROOT / "examples").glob("*.yaml"))
 
 

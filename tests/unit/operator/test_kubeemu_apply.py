@@ -1,6 +1,6 @@
 """The oracle of the drift property test writes as the real API server does.
 
-``tests/unit/test_operator_drift.py`` trusts :mod:`support.kubeemu`'s
+``tests/unit/operator/test_operator_drift.py`` trusts :mod:`support.kubeemu`'s
 server-side apply, defaulting, omitempty and canonical quantities to say
 what the API server would store. Each test here pins one behaviour of the
 real server that a naive model gets wrong: list items merged by their

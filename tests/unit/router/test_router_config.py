@@ -386,7 +386,7 @@ def test_default_timeouts_answer_before_the_senders_give_up() -> None:
 
 def test_study_quiet_seconds_takes_every_quiet_seconds_a_pool_may_have() -> None:
     """The operator passes spec.handover.quietSeconds: its range and default fit the flag."""
-    crd_path = Path(__file__).parents[2] / "crds" / "gatewaypool.io_gatewaypools.yaml"
+    crd_path = Path(__file__).parents[3] / "crds" / "gatewaypool.io_gatewaypools.yaml"
     crd = yaml.safe_load(crd_path.read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     field = spec["properties"]["handover"]["properties"]["quietSeconds"]

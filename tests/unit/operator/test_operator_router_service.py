@@ -32,7 +32,7 @@ from gatewaypool_operator.spec.types import PoolSpec
 from support.servicecombos import combinations
 
 NAME, NAMESPACE = "ct", "radiology"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

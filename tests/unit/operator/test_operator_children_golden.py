@@ -24,7 +24,7 @@ from gatewaypool_operator.children.desired import build_children, routers_config
 from gatewaypool_operator.spec.parse import parse_spec
 from support import specs
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "children"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "children"
 OPERATOR_IMAGE = "registry.example.org/gatewaypool:0.1.0"
 MAP_DATA = {"map.json": '{"version":1}'}  # opaque to the builders
 POOLS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -102,7 +102,7 @@ def test_the_rendering_does_not_depend_on_the_process() -> None:
     here = Path(__file__).resolve().parent
     environment = os.environ | {"PYTHONHASHSEED": "12345"}
     other = subprocess.run(
-        [sys.executable, "-c", script, str(here), str(here.parent)],
+        [sys.executable, "-c", script, str(here), str(here.parents[1])],
         capture_output=True,
         text=True,
         check=True,

@@ -12,7 +12,7 @@ from gatewaypool_operator.children.gateway import FS_GROUP
 from gatewaypool_operator.children.podparts import SECRET_FILE_MODE
 from gatewaypool_operator.spec.parse import parse_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GUIDE = ROOT / "docs" / "security.md"
 EXAMPLE = ROOT / "examples" / "secure.yaml"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gatewaypool_operator.conditions import ConditionReason, ConditionType
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def readme_conditions() -> dict[str, set[str]]:

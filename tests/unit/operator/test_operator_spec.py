@@ -723,7 +723,7 @@ def _crd_fields(node: dict[str, Any], prefix: str = "") -> list[str]:
 FIELDS = _crd_fields(
     yaml.safe_load(
         (
-            Path(__file__).resolve().parents[2] / "crds" / "gatewaypool.io_gatewaypools.yaml"
+            Path(__file__).resolve().parents[3] / "crds" / "gatewaypool.io_gatewaypools.yaml"
         ).read_text()
     )["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 )
@@ -812,7 +812,7 @@ def test_handover_and_scale_down_settings() -> None:
 
 # --- autoscaling ------------------------------------------------------------------
 
-INVALID_FILES = Path(__file__).resolve().parents[1] / "schema" / "invalid"
+INVALID_FILES = Path(__file__).resolve().parents[2] / "schema" / "invalid"
 
 
 def autoscaled(**autoscaling: Any) -> dict[str, Any]:
@@ -868,7 +868,7 @@ def test_the_default_scale_down_window_is_never_shorter_than_a_drain(
 
 
 def test_the_example_is_accepted_by_the_operator() -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "autoscaling.yaml"
+    example = Path(__file__).resolve().parents[3] / "examples" / "autoscaling.yaml"
     autoscaling = parse(yaml.safe_load(example.read_text())["spec"]).autoscaling
     assert autoscaling is not None
     assert (autoscaling.min_replicas, autoscaling.max_replicas) == (2, 8)

@@ -817,7 +817,7 @@ def test_implicit_undefined_length_is_a_sequence_except_for_pixel_data() -> None
 
 
 def test_implicit_undefined_length_on_a_standard_non_sequence_tag_is_malformed() -> None:
-    # Found by tests/unit/test_scanner_differential.py. (0008,0016) is UI by
+    # Found by tests/unit/router/test_scanner_differential.py. (0008,0016) is UI by
     # the data dictionary: pydicom reads its undefined-length value up to the
     # first delimiter bytes, here inside an item, and then finds the hidden
     # (0020,000D) 1.2.666 at the top level; item by item, the scan found
@@ -842,7 +842,7 @@ def test_implicit_undefined_length_on_a_standard_non_sequence_tag_is_malformed()
 
 
 def test_element_running_past_the_end_of_its_defined_length_item_is_malformed() -> None:
-    # Found by tests/unit/test_scanner_differential.py. In a sequence of
+    # Found by tests/unit/router/test_scanner_differential.py. In a sequence of
     # undefined length, pydicom reads a defined-length item element by element
     # and lets its last element run past the item's end: here it swallows the
     # sequence delimiter and (0020,000D) 1.2.3 and then finds 1.2.666 at the

@@ -13,7 +13,7 @@ import pytest
 
 from gatewaypool_operator.events import Event, EventType, Reason
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def readme_events() -> dict[str, str]:
