@@ -93,12 +93,15 @@ def register_bench(subparsers: Any) -> None:
     """Add the ``bench`` subcommand (entry point ``gatewaypool.commands``)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
-        help="benchmark: storescu straight to storescp vs through the router; CPU, latency, memory",
+        help="benchmark: storescu straight to storescp vs through the router, with and without "
+        "a spool; CPU, latency, memory",
         description=(
             "Throughput of DCMTK storescu straight to storescp, straight to the gateway each "
-            "study's bucket names (the limit), and through the router; the router's CPU per GB "
-            "forwarded, the latency it adds per C-STORE, and its peak RSS per worker and in "
-            "total, also while streaming one large multi-frame instance."
+            "study's bucket names (the limit), through the router, and through routers with a "
+            "spool (--spool-when Always, and GatewayUnavailable with every gateway up) in the "
+            "work dir; the router's CPU per GB forwarded, the latency it adds per C-STORE, and "
+            "its peak RSS per worker and in total, also while streaming one large multi-frame "
+            "instance."
         ),
     )
     parser.add_argument(
@@ -135,7 +138,12 @@ def register_bench(subparsers: Any) -> None:
         default=200,
         help="small instances timed one by one for the added latency (default %(default)s)",
     )
-    parser.add_argument("--work-dir", type=Path)
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the data, the gateways' files and the spools here (default: a temporary "
+        "folder, removed at the end); the spools' file system is named in the figures",
+    )
     parser.add_argument(
         "--markdown",
         type=Path,

@@ -6,7 +6,10 @@ process (one association). The routed cases give each lane one ``storescu``
 carrying whole studies, as a modality sends them. The limit case sends the
 same studies in the same lanes, but each study with its own ``storescu``
 straight to the gateway its bucket names in the map the router is given:
-what the gateways can take with no router at all.
+what the gateways can take with no router at all. The spool cases send
+the routed cases' lanes through routers of their own with ``--spool-dir``
+(:data:`SPOOL_CASES`), timed until the senders are answered and, for a
+router that acknowledges before forwarding, until its spool is empty again.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,14 +107,87 @@ def studies_per_gateway(plan: Sequence[Sequence[Send]], gateways: Sequence[Gatew
     )
 
 
-def run_lanes(plan: Sequence[Sequence[Send]]) -> float:
-    """Run every lane at once, each lane's sends in turn; return the wall-clock seconds.
+@dataclass(frozen=True)
+class SpoolCase:
+    """A routed case through a router with a spool: its label and ``--spool-when``."""
+
+    label: str
+    when: str
+
+    @property
+    def folder(self) -> str:
+        """The spool's folder under the benchmark's work dir (on disk, as a router's volume)."""
+        return self.label
+
+    def router_args(self, work: Path) -> list[str]:
+        """The router options of this case: its spool in `work`, no size limit but the disk's."""
+        return ["--spool-dir", str(work / self.folder), "--spool-when", self.when]
+
+
+#: The spool cases, beside the cut-through ``routed`` case. ``Always``
+#: acknowledges each instance once it is fsynced in the spool and forwards
+#: it afterwards; ``GatewayUnavailable`` with every gateway up spools
+#: nothing, but copies each instance through memory (no splice) and writes
+#: an unsynced copy of it while it goes to its gateway: its cost when
+#: nothing fails.
+SPOOL_CASES = (
+    SpoolCase("spool-always", "Always"),
+    SpoolCase("spool-unavailable", "GatewayUnavailable"),
+)
+
+
+def spool_entries(spool_dir: Path) -> int:
+    """Committed instances waiting in a spool folder (``queue/<bucket>/<seq>.inst``).
+
+    The forwarder deletes an entry once its gateway answered, so none left
+    means every acknowledged instance was on its gateway.
+    """
+    queue = spool_dir / "queue"
+    if not queue.is_dir():
+        return 0
+    count = 0
+    for bucket in queue.iterdir():
+        try:
+            count += sum(1 for name in bucket.iterdir() if name.suffix == ".inst")
+        except (FileNotFoundError, NotADirectoryError):  # emptied and removed meanwhile
+            continue
+    return count
+
+
+def spool_is_empty(spool_dir: Path) -> bool:
+    """Whether every instance a spool acknowledged has been forwarded."""
+    return spool_entries(spool_dir) == 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a case took, in seconds from the senders' start.
+
+    `answered`: until every sender had its last answer; `delivered`: until
+    every instance was on its gateway, the same for a cut-through router.
+    """
+
+    answered: float
+    delivered: float
+
+
+def run_lanes(
+    plan: Sequence[Sequence[Send]],
+    *,
+    delivered: Callable[[], bool] | None = None,
+    interval: float = 0.005,
+    timeout: float = 600.0,
+) -> Timing:
+    """Run every lane at once, each lane's sends in turn, then poll `delivered` until true.
+
+    `delivered` None: the senders' answers are the delivery (cut-through).
 
     Raises
     ------
     RuntimeError
         If any ``storescu`` failed: a figure from a run that lost instances
-        would flatter whichever path lost them.
+        would flatter whichever path lost them. Or if `delivered` stayed
+        false for `timeout` seconds after the senders finished.
     """
     errors: list[str] = []
 
@@ -134,10 +210,17 @@ def run_lanes(plan: Sequence[Sequence[Send]]) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    answered = time.perf_counter() - started
     if errors:
         raise RuntimeError("storescu failed: " + " | ".join(errors))
-    return elapsed
+    if delivered is None:
+        return Timing(answered, answered)
+    deadline = time.monotonic() + timeout
+    while not delivered():
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"instances not delivered within {timeout:g} s of the answers")
+        time.sleep(interval)
+    return Timing(answered, time.perf_counter() - started)
 
 
 def round_trips(host: str, port: int, called_ae: str, files: Sequence[Path]) -> list[float]:

@@ -200,6 +200,98 @@ def parse_loadavg(text: str) -> tuple[float, float, float]:
     return one, five, fifteen
 
 
+#: File system types that keep their data in memory: an fsync there costs
+#: nothing, so a spool on one measures no deployment.
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+@dataclass(frozen=True)
+class FileSystem:
+    """The mount a path lives on, as ``/proc/self/mountinfo`` names it."""
+
+    mount_point: str
+    type: str
+    source: str
+
+    @property
+    def in_memory(self) -> bool:
+        return self.type in MEMORY_FILE_SYSTEMS
+
+    def describe(self) -> str:
+        return f"{self.type} ({self.source}, mounted on {self.mount_point})"
+
+
+def _unescape_mount_field(field: str) -> str:
+    """Undo mountinfo's octal escapes (``\\040`` for a space, and tab, newline, backslash)."""
+    out, i = [], 0
+    while i < len(field):
+        octal = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(octal) == 3 and all(c in "01234567" for c in octal):
+            out.append(chr(int(octal, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[FileSystem]:
+    """Return every mount of ``/proc/<pid>/mountinfo`` text, in its order.
+
+    Each line is ``id parent major:minor root mount-point options
+    [optional fields...] - type source super-options`` (proc(5)); the
+    optional fields end at the lone ``-``.
+
+    Raises
+    ------
+    ValueError
+        If a line lacks the separator or the fields around it.
+    """
+    mounts = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)
+        except ValueError:
+            raise ValueError(f"not a mountinfo line: {show(line)}") from None
+        if len(fields) < dash + 3:
+            raise ValueError(f"short mountinfo line: {show(line)}")
+        mounts.append(
+            FileSystem(
+                mount_point=_unescape_mount_field(fields[4]),
+                type=fields[dash + 1],
+                source=_unescape_mount_field(fields[dash + 2]),
+            )
+        )
+    return mounts
+
+
+def file_system_of(path: str, mounts: Sequence[FileSystem]) -> FileSystem:
+    """Return the mount that holds the absolute, resolved `path`.
+
+    The longest mount point that contains it; of several mounts on that same
+    point, the last (it hides the ones below it).
+
+    Raises
+    ------
+    ValueError
+        If `path` is not absolute or no mount holds it.
+    """
+    if not path.startswith("/"):
+        raise ValueError(f"not an absolute path: {show(path)}")
+    best: FileSystem | None = None
+    for mount in mounts:
+        point = mount.mount_point
+        holds = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+        if holds and (best is None or len(point) >= len(best.mount_point)):
+            best = mount
+    if best is None:
+        raise ValueError(f"no mount holds {show(path)}")
+    return best
+
+
 # --- reading the live machine -------------------------------------------------
 
 
@@ -288,3 +380,8 @@ def this_machine() -> Machine:
 def load_average() -> tuple[float, float, float]:
     """The machine's load now: a figure measured under load is not a final figure."""
     return parse_loadavg(_read("/proc/loadavg") or "0 0 0")
+
+
+def file_system(path: Path) -> FileSystem:
+    """The file system `path` is on, for the report: a spool on tmpfs is no deployment."""
+    return file_system_of(str(path.resolve()), parse_mountinfo(_read("/proc/self/mountinfo") or ""))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gatewaypool_local.bench.measure import (
+    FileSystem,
     Latency,
     Machine,
     ProcessSample,
@@ -27,6 +28,8 @@ _PATHS = {
     "direct": "storescu → storescp",
     "routed": "storescu → router → 3 storescp",
     "limit": "storescu per study → its gateway (limit)",
+    "spool-always": "storescu → router, spool `Always` → 3 storescp",
+    "spool-unavailable": "storescu → router, spool `GatewayUnavailable` → 3 storescp",
 }
 
 
@@ -34,15 +37,24 @@ _PATHS = {
 class Throughput:
     """One throughput case: the best of its rounds."""
 
-    label: str  # "direct", "routed" or "limit"
+    label: str  # "direct", "routed", "limit" or a spool case's ("spool-always")
     associations: int
     instances: int
     size: int
-    seconds: float
+    seconds: float  # until every sender was answered
+    #: Until every instance was on its gateway, when that came later than the
+    #: answers (a router that acknowledges from its spool); best of the rounds.
+    delivered_seconds: float | None = None
 
     @property
     def per_second(self) -> float:
         return self.instances / self.seconds
+
+    @property
+    def delivered_per_second(self) -> float:
+        return self.instances / (
+            self.seconds if self.delivered_seconds is None else self.delivered_seconds
+        )
 
     @property
     def megabytes_per_second(self) -> float:
@@ -60,6 +72,22 @@ class RouterCpu:
     @property
     def per_gb(self) -> float:
         return cpu_seconds_per_gb(self.cpu_seconds, self.forwarded_bytes)
+
+
+@dataclass(frozen=True)
+class SpoolFigures:
+    """One spool case's router: where its spool was, what it did over all rounds, its cost."""
+
+    label: str  # as its Throughput rows
+    when: str  # --spool-when
+    folder: str
+    file_system: FileSystem
+    spooled: int
+    forwarded: int
+    resends: int
+    refused: int
+    cpu: tuple[RouterCpu, ...]
+    memory: tuple[ProcessSample, ...]
 
 
 @dataclass(frozen=True)
@@ -87,6 +115,7 @@ class BenchResult:
     multiframe_bytes: int
     multiframe_seconds: float
     multiframe_memory: tuple[ProcessSample, ...]
+    spool: tuple[SpoolFigures, ...] = ()
 
     def find(self, label: str, associations: int) -> Throughput:
         return next(
@@ -141,6 +170,7 @@ def render(result: BenchResult) -> str:
     _describe_run(result, say)
     _throughput(result, say)
     _costs(result, say)
+    _spool(result, say)
     _targets(result, say)
     return "\n".join(lines) + "\n"
 
@@ -185,11 +215,14 @@ def _throughput(result: BenchResult, say: Callable[[str], None]) -> None:
         references = [direct]
         if associations > 1:
             references.append(result.find("limit", associations))
-        for case in [*references, routed]:
+        spooled = [result.find(s.label, associations) for s in result.spool]
+        for case in [*references, routed, *spooled]:
             if case is routed:
                 ratio = ", ".join(
                     f"{routed.per_second / ref.per_second:.2f} of {ref.label}" for ref in references
                 )
+            elif case in spooled:
+                ratio = _spool_ratio(case, routed)
             else:
                 ratio = "reference"
             say(
@@ -234,6 +267,64 @@ def _costs(result: BenchResult, say: Callable[[str], None]) -> None:
         f"(took {result.multiframe_seconds:.1f} s): {describe_memory(result.multiframe_memory)}."
     )
     say("")
+
+
+def _spool_ratio(case: Throughput, routed: Throughput) -> str:
+    """A spool row against cut-through: answered, and delivered when that came later."""
+    ratio = f"{case.per_second / routed.per_second:.2f} of routed"
+    if case.delivered_seconds is not None:
+        ratio += f" (delivered: {case.delivered_per_second / routed.per_second:.2f})"
+    return ratio
+
+
+def _spool(result: BenchResult, say: Callable[[str], None]) -> None:
+    """Where the spool cases' spools were, what they did, and what they cost."""
+    if not result.spool:
+        return
+    file_systems = sorted({s.file_system.describe() for s in result.spool})
+    say(
+        "Spool: each spool path is a router of its own beside the cut-through one (the same "
+        "map, gateways, senders and `--workers`), with `--spool-dir` in the bench's work dir, "
+        f"on {' and '.join(file_systems)}: "
+        + ", ".join(f"`{s.folder}`" for s in result.spool)
+        + ". A spool row's instances/s is what its senders saw; `delivered` counts until "
+        "every instance was on its gateway."
+    )
+    if any(s.file_system.in_memory for s in result.spool):
+        say(
+            "**The spool was on a file system in memory: an fsync costs nothing there, so "
+            "these are no deployment figures.**"
+        )
+    say("")
+    for spool in result.spool:
+        say(f"- {_spool_line(result, spool)}")
+    say("")
+
+
+def _spool_line(result: BenchResult, spool: SpoolFigures) -> str:
+    """One spool router: what it does to an instance, its tallies, CPU and memory."""
+    rows = [r for r in result.throughput if r.label == spool.label]
+    if any(r.delivered_seconds is not None for r in rows):
+        what = (
+            "each instance answered once fsynced in the spool, forwarded afterwards; "
+            "delivered (until the spool was empty again): "
+            + ", ".join(
+                f"{r.associations} association{'s' if r.associations > 1 else ''} "
+                f"{r.delivered_per_second:.0f} instances/s"
+                for r in rows
+            )
+        )
+    else:
+        what = (
+            "every gateway up, each instance copied through the router's memory (no "
+            "splice) and written, unsynced, to the spool folder on its way"
+        )
+    cpu = ", ".join(f"{c.case} {c.per_gb:.2f} s/GB" for c in spool.cpu)
+    return (
+        f"`{spool.when}`: {what}. {spool.spooled} spooled, {spool.forwarded} forwarded "
+        f"from the spool, {spool.resends} resent, {spool.refused} refused. Router CPU: {cpu}; "
+        f"peak RSS per worker {_mib(worker_peak(spool.memory))}."
+    )
 
 
 def _targets(result: BenchResult, say: Callable[[str], None]) -> None:

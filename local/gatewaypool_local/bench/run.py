@@ -7,7 +7,11 @@ to three ``storescp`` gateways give the ratios. Then the router's CPU per GB
 forwarded, the latency it adds per C-STORE (a pynetdicom sender timing each
 round trip of small instances, direct and routed) and its peak memory, per
 worker and in total, also while it streams one very large multi-frame
-instance. :mod:`gatewaypool_local.bench.cases` holds the cases,
+instance. The spool paths send the routed path's lanes through routers of
+their own with ``--spool-dir`` in the work dir (on disk, where a router's
+volume would be, and the report names its file system): ``--spool-when
+Always`` against cut-through, and ``GatewayUnavailable`` with every gateway
+up. :mod:`gatewaypool_local.bench.cases` holds the cases,
 :mod:`gatewaypool_local.bench.measure` the measuring and
 :mod:`gatewaypool_local.bench.report` the text.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import shutil
 import tempfile
 import time
@@ -27,12 +32,19 @@ from gatewaypool_local.bench import cases
 from gatewaypool_local.bench.measure import (
     Latency,
     ProcessSample,
+    file_system,
     load_average,
     sample_tree,
     this_machine,
     tree_cpu_seconds,
 )
-from gatewaypool_local.bench.report import BenchResult, RouterCpu, Throughput, render
+from gatewaypool_local.bench.report import (
+    BenchResult,
+    RouterCpu,
+    SpoolFigures,
+    Throughput,
+    render,
+)
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_multiframe, generate_study
@@ -139,6 +151,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     direct_gateway = StoreSCP(work / "direct", ae_title="DIRECT", extra_args=["--fork"])
     scps = [StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}", extra_args=["--fork"]) for i in range(3)]
     router: RouterProcess | None = None
+    spool_routers: dict[str, RouterProcess] = {}
     try:
         for scp in [direct_gateway, *scps]:
             scp.start()
@@ -147,8 +160,16 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         map_file.write_text(dump_map(bucket_map))
         router = RouterProcess(work / "router", map_file=map_file, workers=args.workers)
         router.start()
+        for case in cases.SPOOL_CASES:
+            spool_routers[case.label] = RouterProcess(
+                work / f"router-{case.label}",
+                map_file=map_file,
+                workers=args.workers,
+                extra_args=case.router_args(work),
+            )
+            spool_routers[case.label].start()
         tree = _RouterTree(router, args.workers)
-        results, cpu, limit_spread = _throughput(
+        results, cpu, limit_spread, spool_cpu = _throughput(
             args,
             studies,
             size=size,
@@ -156,6 +177,12 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             router=router,
             bucket_map=bucket_map,
             tree=tree,
+            spool_routers=spool_routers,
+            work=work,
+        )
+        spool = tuple(
+            _spool_figures(case, spool_routers[case.label], work, spool_cpu[case.label], args)
+            for case in cases.SPOOL_CASES
         )
         latency = Latency(
             direct=tuple(
@@ -167,8 +194,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         memory = tuple(tree.sample())
     finally:
-        if router is not None:
-            router.stop()
+        for started in [router, *spool_routers.values()]:
+            if started is not None:
+                started.stop()
         for scp in [direct_gateway, *scps]:
             scp.stop()
 
@@ -196,6 +224,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         multiframe_bytes=big.size,
         multiframe_seconds=big.seconds,
         multiframe_memory=big.memory,
+        spool=spool,
     )
     text = render(result)
     _say()
@@ -216,19 +245,27 @@ def _throughput(
     router: RouterProcess,
     bucket_map: BucketMap,
     tree: _RouterTree,
-) -> tuple[list[Throughput], list[RouterCpu], str]:
-    """Run the direct, limit and routed cases on 1 and 4 associations.
+    spool_routers: dict[str, RouterProcess],
+    work: Path,
+) -> tuple[list[Throughput], list[RouterCpu], str, dict[str, list[RouterCpu]]]:
+    """Run the direct, limit, routed and spool cases on 1 and 4 associations.
 
     Returns
     -------
     tuple
         The best round of each case; the router's CPU over all rounds of
         each routed case (read around those rounds only, so the other cases'
-        idle router does not count); how the limit case spread the studies.
+        idle router does not count); how the limit case spread the studies;
+        each spool router's CPU over the rounds of its cases, by label.
     """
     instances = sum(len(s.files) for s in studies)
     results: list[Throughput] = []
     cpu: list[RouterCpu] = []
+    spool_cpu: dict[str, list[RouterCpu]] = {case.label: [] for case in cases.SPOOL_CASES}
+    trees = {"routed": tree} | {
+        label: _RouterTree(spooler, args.workers) for label, spooler in spool_routers.items()
+    }
+    spools = {case.label: case for case in cases.SPOOL_CASES}
     spread = ""
     for associations in (1, 4):
         study_lanes = cases.lanes(studies, associations)
@@ -246,20 +283,63 @@ def _throughput(
         if associations > 1:
             plans["limit"] = cases.straight_to_owners(study_lanes, bucket_map)
             spread = cases.studies_per_gateway(plans["limit"], bucket_map.gateways)
+        for label, spooler in spool_routers.items():
+            plans[label] = cases.through_one_peer(
+                study_lanes, host=spooler.host, port=spooler.port, called_ae=spooler.ae_title
+            )
         for label, plan in plans.items():
-            before = tree.cpu_seconds() if label == "routed" else 0.0
-            best = min(cases.run_lanes(plan) for _ in range(args.rounds))
-            if label == "routed":
-                cpu.append(
-                    RouterCpu(
-                        f"{associations} association{'s' if associations > 1 else ''}",
-                        tree.cpu_seconds() - before,
-                        size * args.rounds,
-                    )
+            measured = trees.get(label)
+            before = measured.cpu_seconds() if measured is not None else 0.0
+            spool = spools.get(label)
+            drained = (
+                None
+                if spool is None
+                else functools.partial(cases.spool_is_empty, work / spool.folder)
+            )
+            timings = [cases.run_lanes(plan, delivered=drained) for _ in range(args.rounds)]
+            best = min(t.answered for t in timings)
+            # Only a router that answers from its spool delivers after the answers.
+            delivered = (
+                min(t.delivered for t in timings)
+                if spool is not None and spool.when == "Always"
+                else None
+            )
+            if measured is not None:
+                used = RouterCpu(
+                    f"{associations} association{'s' if associations > 1 else ''}",
+                    measured.cpu_seconds() - before,
+                    size * args.rounds,
                 )
-            results.append(Throughput(label, associations, instances, size, best))
-            _say(f"  {label} x{associations}: {instances / best:.0f} instances/s")
-    return results, cpu, spread
+                (cpu if spool is None else spool_cpu[label]).append(used)
+            results.append(Throughput(label, associations, instances, size, best, delivered))
+            shown = f"  {label} x{associations}: {instances / best:.0f} instances/s"
+            if delivered is not None:
+                shown += f", delivered {instances / delivered:.0f} instances/s"
+            _say(shown)
+    return results, cpu, spread, spool_cpu
+
+
+def _spool_figures(
+    case: cases.SpoolCase,
+    spooler: RouterProcess,
+    work: Path,
+    cpu: list[RouterCpu],
+    args: argparse.Namespace,
+) -> SpoolFigures:
+    """What one spool router did over its cases, from its /metrics, and its peak RSS."""
+    folder = work / case.folder
+    return SpoolFigures(
+        label=case.label,
+        when=case.when,
+        folder=str(folder),
+        file_system=file_system(folder),
+        spooled=int(spooler.metric("gatewaypool_router_spool_spooled_total")),
+        forwarded=int(spooler.metric("gatewaypool_router_spool_forwarded_total")),
+        resends=int(spooler.metric("gatewaypool_router_spool_resends_total")),
+        refused=int(spooler.metric("gatewaypool_router_spool_refusals_total")),
+        cpu=tuple(cpu),
+        memory=tuple(_RouterTree(spooler, args.workers).sample()),
+    )
 
 
 @dataclass(frozen=True)

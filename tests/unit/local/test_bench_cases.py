@@ -1,4 +1,4 @@
-"""The benchmark's sending plans: whole studies per lane, and the limit's owners."""
+"""The benchmark's sending plans: whole studies per lane, the limit's owners, the spool cases."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import pytest
 from gatewaypool.bucketmap import Gateway, balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.bench.cases import (
+    SPOOL_CASES,
     StudyFiles,
     lanes,
+    run_lanes,
+    spool_entries,
+    spool_is_empty,
     straight_to_owners,
     studies_per_gateway,
     through_one_peer,
 )
+from gatewaypool_router.config import SPOOL_WHEN
 
 GATEWAYS = [
     Gateway(name=f"gw-{i}", host="127.0.0.1", port=11000 + i, ae_title=f"GW{i}") for i in range(3)
@@ -79,3 +84,55 @@ def test_the_limit_follows_the_map_not_the_gateway_order() -> None:
     plan = straight_to_owners(lanes(_studies(5), 4), only_last)
     assert {send.port for lane in plan for send in lane} == {11002}
     assert studies_per_gateway(plan, only_last.gateways) == "gw-0 0, gw-1 0, gw-2 5"
+
+
+def test_the_spool_cases_cover_every_spool_when_with_a_folder_each_in_the_work_dir() -> None:
+    assert sorted(case.when for case in SPOOL_CASES) == sorted(SPOOL_WHEN)
+    assert len({case.label for case in SPOOL_CASES}) == len(SPOOL_CASES)
+    assert len({case.folder for case in SPOOL_CASES}) == len(SPOOL_CASES)
+    work = Path("/var/bench")
+    for case in SPOOL_CASES:
+        args = case.router_args(work)
+        assert args == ["--spool-dir", str(work / case.folder), "--spool-when", case.when]
+        # Under the work dir: the report names the file system it is on.
+        assert Path(args[1]).parent == work
+
+
+def test_spool_entries_counts_only_committed_instances_in_the_queue(tmp_path: Path) -> None:
+    assert spool_entries(tmp_path / "never-created") == 0
+    assert spool_is_empty(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "123-1.part").write_bytes(b"being received")  # no entry yet
+    (tmp_path / "refused").mkdir()
+    (tmp_path / "refused" / "00000000000000000001.inst").write_bytes(b"kept aside")
+    queue = tmp_path / "queue"
+    (queue / "17").mkdir(parents=True)
+    (queue / "4095").mkdir()
+    for seq in (2, 5):
+        (queue / "17" / f"{seq:020d}.inst").write_bytes(b"x")
+    (queue / "4095" / f"{3:020d}.inst").write_bytes(b"x")
+    (queue / "4095" / "not-an-entry.tmp").write_bytes(b"x")
+    assert spool_entries(tmp_path) == 3
+    assert not spool_is_empty(tmp_path)
+    for entry in list(queue.glob("*/*.inst")):
+        entry.unlink()
+    assert spool_is_empty(tmp_path)
+
+
+def test_run_lanes_waits_for_delivery_after_the_answers() -> None:
+    looks = []
+
+    def delivered() -> bool:
+        looks.append(1)
+        return len(looks) >= 3
+
+    timing = run_lanes([], delivered=delivered, interval=0.01)
+    assert len(looks) == 3
+    assert timing.delivered >= timing.answered + 0.02
+    cut_through = run_lanes([])
+    assert cut_through.delivered == cut_through.answered
+
+
+def test_run_lanes_fails_when_the_spool_never_empties() -> None:
+    with pytest.raises(RuntimeError, match=r"not delivered within 0\.05 s"):
+        run_lanes([], delivered=lambda: False, interval=0.01, timeout=0.05)

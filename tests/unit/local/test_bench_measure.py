@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gatewaypool_local.bench.measure import (
+    FileSystem,
     Latency,
     cpu_seconds_per_gb,
     descendants,
+    file_system_of,
     parse_cpu_model,
     parse_loadavg,
+    parse_mountinfo,
     parse_stat,
     parse_vmhwm,
     percentile,
@@ -128,3 +131,54 @@ def test_cpu_model_and_load_average() -> None:
     assert parse_cpu_model(CPUINFO) == "AMD EPYC 7B13 64-Core Processor"
     assert parse_cpu_model("processor\t: 0\n") == "unknown"
     assert parse_loadavg("5.61 5.15 5.15 16/199 23024\n") == (5.61, 5.15, 5.15)
+
+
+# The mounts of a container: no optional field or several, a mount point with
+# a space (escaped as \040), tmpfs stacked twice on /tmp.
+MOUNTINFO = r"""27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+25 24 0:23 / /dev/shm rw,relatime shared:4 - tmpfs tmpfs rw,size=24683772k
+40 27 0:40 / /tmp rw,nosuid shared:7 master:1 - tmpfs tmpfs rw
+41 40 0:41 / /tmp rw,nosuid - tmpfs scratch rw
+42 27 8:17 / /mnt/spool\040disk rw,relatime - xfs /dev/sdb1 rw
+"""
+
+
+def test_mountinfo_gives_each_mount_its_point_type_and_source() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert mounts[0] == FileSystem(mount_point="/", type="ext4", source="/dev/vda")
+    assert mounts[1] == FileSystem(mount_point="/dev/shm", type="tmpfs", source="tmpfs")
+    assert mounts[4] == FileSystem(mount_point="/mnt/spool disk", type="xfs", source="/dev/sdb1")
+    assert mounts[4].describe() == "xfs (/dev/sdb1, mounted on /mnt/spool disk)"
+
+
+@pytest.mark.parametrize(
+    ("path", "source", "in_memory"),
+    [
+        ("/work/bench/spool-always", "/dev/vda", False),
+        ("/", "/dev/vda", False),
+        ("/tmp/gatewaypool-bench-x/spool-always", "scratch", True),  # the last mount on /tmp
+        ("/tmp", "scratch", True),
+        ("/tmpfoo/spool", "/dev/vda", False),  # a prefix of the name is not a parent
+        ("/mnt/spool disk/spool", "/dev/sdb1", False),
+    ],
+)
+def test_a_path_is_on_the_longest_mount_point_that_holds_it(
+    path: str, source: str, in_memory: bool
+) -> None:
+    found = file_system_of(path, parse_mountinfo(MOUNTINFO))
+    assert found.source == source
+    assert found.in_memory is in_memory
+
+
+def test_file_system_of_refuses_a_relative_path_and_a_path_no_mount_holds() -> None:
+    with pytest.raises(ValueError, match="not an absolute path"):
+        file_system_of("spool", parse_mountinfo(MOUNTINFO))
+    only_tmp = [FileSystem(mount_point="/tmp", type="tmpfs", source="tmpfs")]
+    with pytest.raises(ValueError, match="no mount holds"):
+        file_system_of("/work/spool", only_tmp)
+
+
+@pytest.mark.parametrize("line", ["27 1 254:0 / / rw,relatime ext4 /dev/vda rw", "27 1 - ext4"])
+def test_a_mountinfo_line_without_its_separator_or_fields_is_refused(line: str) -> None:
+    with pytest.raises(ValueError, match="mountinfo line"):
+        parse_mountinfo(line)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gatewaypool_local.bench.measure import Latency, Machine, ProcessSample
+from gatewaypool_local.bench.measure import FileSystem, Latency, Machine, ProcessSample
 from gatewaypool_local.bench.report import (
     BenchResult,
     RouterCpu,
+    SpoolFigures,
     Throughput,
     describe_memory,
     render,
@@ -148,3 +149,98 @@ def test_small_smoke_figures_keep_two_decimals() -> None:
     )
     assert "0.40 MB, 20 studies of 50; best of 1 round." in text
     assert "| storescu → storescp | 1 | 200 | 4.00 | reference |" in text
+
+
+DISK = FileSystem(mount_point="/", type="ext4", source="/dev/vda")
+
+
+def _spool(label: str, when: str, *, spooled: int, on: FileSystem = DISK) -> SpoolFigures:
+    size = 526_000_000
+    return SpoolFigures(
+        label=label,
+        when=when,
+        folder=f"/tmp/gatewaypool-bench-x/{label}",
+        file_system=on,
+        spooled=spooled,
+        forwarded=spooled,
+        resends=0,
+        refused=0,
+        cpu=(
+            RouterCpu("1 association", 2.104, 2 * size),  # 2.00 s/GB
+            RouterCpu("4 associations", 1.578, 2 * size),  # 1.50 s/GB
+        ),
+        memory=(ProcessSample(pid=20, role="worker", cpu_ticks=700, peak_rss=64 * MIB),),
+    )
+
+
+def _with_spool(on: FileSystem = DISK) -> BenchResult:
+    size = 526_000_000
+    plain = _result()
+    return dataclasses.replace(
+        plain,
+        throughput=(
+            *plain.throughput,
+            # routed x1 took 1.25 s, routed x4 0.55 s.
+            Throughput("spool-always", 1, 1000, size, 2.5, delivered_seconds=3.125),
+            Throughput("spool-unavailable", 1, 1000, size, 1.5625),
+            Throughput("spool-always", 4, 1000, size, 1.1, delivered_seconds=1.375),
+            Throughput("spool-unavailable", 4, 1000, size, 0.6875),
+        ),
+        spool=(
+            _spool("spool-always", "Always", spooled=4000, on=on),
+            _spool("spool-unavailable", "GatewayUnavailable", spooled=0, on=on),
+        ),
+    )
+
+
+def test_spool_rows_follow_the_routed_row_with_their_ratio_to_cut_through() -> None:
+    lines = render(_with_spool()).splitlines()
+    routed_one = lines.index("| storescu → router → 3 storescp | 1 | 800 | 421 | 0.80 of direct |")
+    assert lines[routed_one + 1 : routed_one + 3] == [
+        "| storescu → router, spool `Always` → 3 storescp | 1 | 400 | 210 "
+        "| 0.50 of routed (delivered: 0.40) |",
+        "| storescu → router, spool `GatewayUnavailable` → 3 storescp | 1 | 640 | 337 "
+        "| 0.80 of routed |",
+    ]
+    routed_four = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("| storescu → router → 3 storescp | 4 ")
+    )
+    assert lines[routed_four + 1 : routed_four + 3] == [
+        "| storescu → router, spool `Always` → 3 storescp | 4 | 909 | 478 "
+        "| 0.50 of routed (delivered: 0.40) |",
+        "| storescu → router, spool `GatewayUnavailable` → 3 storescp | 4 | 1455 | 765 "
+        "| 0.80 of routed |",
+    ]
+
+
+def test_the_spool_paragraph_names_the_file_system_and_what_each_spool_did() -> None:
+    text = render(_with_spool())
+    spool = _line(text, "Spool:")
+    assert "on ext4 (/dev/vda, mounted on /)" in spool
+    assert "`/tmp/gatewaypool-bench-x/spool-always`" in spool
+    assert "in memory" not in text
+    always = _line(text, "- `Always`:")
+    assert "answered once fsynced in the spool" in always
+    assert "1 association 320 instances/s, 4 associations 727 instances/s" in always
+    assert "4000 spooled, 4000 forwarded from the spool, 0 resent, 0 refused" in always
+    assert "Router CPU: 1 association 2.00 s/GB, 4 associations 1.50 s/GB" in always
+    assert "peak RSS per worker 64 MiB" in always
+    unavailable = _line(text, "- `GatewayUnavailable`:")
+    assert "every gateway up" in unavailable
+    assert "0 spooled" in unavailable
+    # The spool's CPU is not among issue 11's targets: those are the cut-through router's.
+    targets = text[text.index("| figure (issue 11)") :]
+    assert "2.00 s" not in targets
+
+
+def test_a_spool_in_memory_is_marked_as_no_deployment_figure() -> None:
+    text = render(_with_spool(on=FileSystem(mount_point="/tmp", type="tmpfs", source="tmpfs")))
+    assert "on tmpfs (tmpfs, mounted on /tmp)" in text
+    assert "**The spool was on a file system in memory" in text
+
+
+def test_a_run_without_spool_cases_renders_as_before() -> None:
+    text = render(_result())
+    assert "spool" not in text.lower()
