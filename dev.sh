@@ -305,9 +305,9 @@ case "$cmd" in
         "$VENV/bin/mypy"
         stage "pytest, in the test sandbox"
         rc=0
-        # Two workers, each with a network and a cluster of its own
-        # (tests/support/lanes.py); every test still waits on conditions.
-        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadfile "$@" \
+        # Two workers: one takes every cluster module (one control plane), the
+        # other the rest (tests/support/lanes.py); tests wait on conditions.
+        tests/sandbox.sh "$VENV/bin/pytest" -n "${GATEWAYPOOL_WORKERS:-2}" --dist loadscope "$@" \
             || rc=$?
         stage ""
         exit "$rc"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import hypothesis
 import pytest
@@ -60,6 +60,17 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, each worker gets a network of its own (support.lanes)."""
     if lanes.xdist_worker() and in_sandbox():
         lanes.own_network_namespace()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    lanes.check_placement(items)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope``: one worker takes every cluster module (support.lanes)."""
+    if config.getvalue("dist") == "loadscope":
+        return lanes.OneClusterScheduling(config, log)
+    return None
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:

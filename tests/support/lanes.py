@@ -1,14 +1,21 @@
 """How ``./dev.sh test`` runs the suite on two pytest-xdist workers.
 
-The suite runs in a sandbox of its own (``tests/sandbox.sh``: user, network
-and mount namespaces), and a real cluster needs the sandbox's network to
-itself: its pod bridge, pod and Service addresses, cluster DNS on the
-bridge. Under xdist each worker is a session with a cluster of its own, so
-each worker first moves into a network namespace of its own
-(:func:`own_network_namespace`), with its own loopback: two workers' clusters
-then never meet, and ``--dist loadfile`` may hand any module to any worker.
-Pod network namespaces stay named by pod UID in the sandbox's shared
-``/run/netns``.
+The real cluster is one per session, and under xdist a session is a worker.
+Two clusters at once overload a 2-core machine (measured: no faster than
+one, and the scaling scenarios' timing suffers), so every
+``test_cluster_*`` module is one scope (:class:`OneClusterScheduling`), sent
+whole to one worker that keeps one cluster for all of them, while the other
+worker takes the other modules one by one (pytest-xdist's ``loadscope``,
+with this split of scopes). A test that uses the ``cluster`` fixture must
+therefore live in a ``test_cluster_*`` module; :func:`check_placement`
+refuses one that does not.
+
+Each worker also moves into a network namespace of its own when it starts
+(:func:`own_network_namespace`), so that a run that does start two clusters
+(``--dist loadfile``) cannot mix their pod bridges, addresses and DNS.
+
+pytest-xdist's own ``loadgroup`` would group by a marker, but 3.8.0 names
+groups by rewriting ``Item._nodeid``, which pytest 9.2 no longer reads.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+from collections.abc import Sequence
+from pathlib import PurePosixPath
 
+import pytest
+from xdist.scheduler import LoadScopeScheduling
+
+CLUSTER_MODULE_PREFIX = "test_cluster_"
 #: unshare(2)'s flag for a new network namespace (linux/sched.h).
 CLONE_NEWNET = 0x40000000
 
@@ -38,3 +51,28 @@ def own_network_namespace() -> None:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare(CLONE_NEWNET): {os.strerror(errno)}")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def is_cluster_module(nodeid: str) -> bool:
+    return PurePosixPath(nodeid.split("::", 1)[0]).name.startswith(CLUSTER_MODULE_PREFIX)
+
+
+class OneClusterScheduling(LoadScopeScheduling):  # type: ignore[misc]  # untyped base
+    """``loadscope`` by module, with all cluster modules in one scope."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return "cluster" if is_cluster_module(nodeid) else nodeid.split("::", 1)[0]
+
+
+def check_placement(items: Sequence[pytest.Item]) -> None:
+    """Every test of the cluster is in a cluster module (or it could get a cluster of its own)."""
+    misplaced = [
+        item.nodeid
+        for item in items
+        if "cluster" in getattr(item, "fixturenames", ()) and not is_cluster_module(item.nodeid)
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            f"tests that use the cluster must live in {CLUSTER_MODULE_PREFIX}*.py modules "
+            f"(support.lanes): {', '.join(misplaced)}"
+        )
