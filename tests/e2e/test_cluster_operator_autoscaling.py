@@ -245,9 +245,18 @@ def test_the_hpa_controller_scales_through_the_scale_subresource(cluster: Cluste
     scaled = pool.get()
     apps: Any = kubernetes.client.AppsV1Api(cluster.api())
 
+    core: Any = kubernetes.client.CoreV1Api(cluster.api())
+
     def settled() -> bool:
         statefulset = apps.read_namespaced_stateful_set("scaled-gw", ns)
-        return statefulset.spec.replicas == 3 and len(parse_map(pool.map_text()).gateways) == 3
+        # The map ConfigMap exists before its first map: until the first
+        # gateway is Ready it has no map.json.
+        data = core.read_namespaced_config_map("scaled-map", ns).data or {}
+        return (
+            statefulset.spec.replicas == 3
+            and "map.json" in data
+            and len(parse_map(data["map.json"]).gateways) == 3
+        )
 
     wait_until(settled, timeout=60, what="three gateways in the map")
     # The operator follows spec.replicas and never writes it: after more passes
