@@ -188,10 +188,12 @@ need_metrics_server() {
 # controller scales a pool on them.
 need_prometheus() {
     # The release the module version stands for (v0.316.0: 3.16.0), read from
-    # the module itself: `go list` may download it, so only when building.
+    # the module itself, downloading it if need be: only when building.
     local version=""
     if [ ! -x "$(go_cache_folder prometheus tests/prometheus)/prometheus" ]; then
-        version=$(cd tests/prometheus && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
+        # `go list -m` names no folder for a module not yet downloaded (a fresh machine).
+        version=$(cd tests/prometheus && go mod download github.com/prometheus/prometheus \
+            && cat "$(go list -m -f '{{.Dir}}' github.com/prometheus/prometheus)/VERSION")
     fi
     go_program GATEWAYPOOL_PROMETHEUS prometheus prometheus tests/prometheus \
         github.com/prometheus/prometheus/cmd/prometheus "Prometheus" \
