@@ -99,6 +99,13 @@ need_dicom_rs() {
 # its sources do (in place, in a few seconds, under a lock: runs started
 # from one checkout at once do not build over each other).
 IMAGE_SOURCES=(pyproject.toml README.md common router operator)
+# What the Dockerfile copies into its build, fresh, into folder $1.
+copy_image_sources() {
+    rm -rf "$1"
+    mkdir -p "$1"
+    tar -cf - --exclude=__pycache__ "${IMAGE_SOURCES[@]}" | tar -xf - -C "$1"
+}
+
 need_image() {
     local dir=.image
     local deps sources
@@ -110,18 +117,16 @@ need_image() {
         -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
     if [ ! -f "$dir/venv/.deps-$deps" ]; then
         echo "==> building the image's environment (.image/): wheels of gatewaypool and its dependencies"
-        rm -rf "$dir/src" "$dir/wheels" "$dir/venv"
-        mkdir -p "$dir/src"
-        tar -cf - --exclude=__pycache__ "${IMAGE_SOURCES[@]}" | tar -xf - -C "$dir/src"
+        rm -rf "$dir/wheels" "$dir/venv"
+        copy_image_sources "$dir/src"
         "$VENV/bin/python" -m pip wheel -q "./$dir/src" -w "$dir/wheels"
         "$PY" -m venv "$dir/venv"
         "$dir/venv/bin/python" -m pip install -q --no-index --find-links "$dir/wheels" gatewaypool
         touch "$dir/venv/.deps-$deps" "$dir/venv/.sources-$sources"
     elif [ ! -f "$dir/venv/.sources-$sources" ]; then
         echo "==> rebuilding gatewaypool's wheel in the image's environment (.image/)"
-        rm -rf "$dir/src" "$dir/venv"/.sources-* "$dir/wheels"/gatewaypool-*.whl
-        mkdir -p "$dir/src"
-        tar -cf - --exclude=__pycache__ "${IMAGE_SOURCES[@]}" | tar -xf - -C "$dir/src"
+        rm -rf "$dir/venv"/.sources-* "$dir/wheels"/gatewaypool-*.whl
+        copy_image_sources "$dir/src"
         "$VENV/bin/python" -m pip wheel -q --no-deps "./$dir/src" -w "$dir/wheels"
         "$dir/venv/bin/python" -m pip install -q --no-index --no-deps --force-reinstall \
             "$dir/wheels"/gatewaypool-*.whl
