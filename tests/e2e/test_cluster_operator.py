@@ -670,6 +670,11 @@ def test_passes_during_a_handover_with_nothing_new_write_no_status(ns: Operated)
     the world they see differs only in the reports' times. None may write
     the pool (its status), or its resourceVersion would move under the
     HorizontalPodAutoscaler, whose rescale would then fail with 409.
+
+    The pool settles with a short ``quietSeconds`` first: a first map is dealt
+    over the gateways Ready at that pass (rule 1), and when one comes up a
+    pass later its share moves like any other, which with 600 s would not
+    settle within the test.
     """
     pool = ns.pool(
         "hv",
@@ -677,10 +682,17 @@ def test_passes_during_a_handover_with_nothing_new_write_no_status(ns: Operated)
             "replicas": 2,
             "buckets": 16,
             "gateway": storescp(),
-            "handover": {"quietSeconds": 600, "maxDrainSeconds": 1200},
+            "handover": {"quietSeconds": 2, "maxDrainSeconds": 1200},
         },
     )
     wait(lambda: pool.settled(2, 1), timeout=120, what="two gateways, one router")
+    pool.patch_spec({"handover": {"quietSeconds": 600}})
+    generation = pool.get()["metadata"]["generation"]
+    wait(
+        lambda: pool.status().get("observedGeneration") == generation,
+        timeout=60,
+        what="the long quietSeconds taken in",
+    )
     pool.scale(1)
     wait(
         lambda: map_version(ns, "hv") >= 2 and bool(pool.status().get("movingBuckets")),
