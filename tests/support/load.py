@@ -99,10 +99,10 @@ class Load:
         with self._lock:
             return sum(traffic.sent_studies() for traffic in self._all)
 
-    def longest_pause(self, study: Study) -> float:
-        """The longest time between two acknowledged instances of `study`, in seconds."""
+    def longest_silence(self, study: Study) -> float:
+        """The longest time `study`'s sender sent nothing of it, in seconds."""
         with self._lock:
-            return max(traffic.longest_pause(study) for traffic in self._all)
+            return max(traffic.longest_silence(study) for traffic in self._all)
 
     def finish(self, *, timeout: float = 120.0) -> Outcome:
         """Stop every sender after its study and return what all of them got."""
@@ -118,7 +118,7 @@ class Load:
             merged.acknowledged.update(outcome.acknowledged)
             merged.failed.update(outcome.failed)
             merged.unanswered.update(outcome.unanswered)
-            merged.acknowledged_at.update(outcome.acknowledged_at)
+            merged.sent_at.update(outcome.sent_at)
             merged.studies.extend(outcome.studies)
             merged.retries += outcome.retries
             merged.associations += outcome.associations

@@ -16,6 +16,13 @@ instance is recorded with the status it got:
 That pause is a sender's behaviour, the only wait here; nothing waits on
 the clock for synchronisation. `finish` stops taking new studies and joins
 the senders.
+
+When each instance was sent is recorded too, every attempt: a study whose
+sender went silent for longer than the pool's ``quietSeconds`` (a retry's
+pause, an association that waited out its timeout for a lost response) may
+continue on another gateway. That is the documented meaning of "study
+complete", not a split, and :meth:`Traffic.longest_silence` tells the two
+apart.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ _RETRIES = 20
 #: The pause before the n-th retry is n times this, at most _RETRY_PAUSE_MAX (seconds).
 _RETRY_PAUSE = 0.25
 _RETRY_PAUSE_MAX = 2.0
+#: How much shorter a router may see a sender's silence than the sender's clock shows:
+#: the earlier of two instances may reach the router later than it was sent.
+SEND_SKEW_SECONDS = 0.5
 
 
 class Target(Protocol):
@@ -63,8 +73,8 @@ class Outcome:
     failed: dict[str, int] = field(default_factory=dict)  # SOP instance -> status
     unanswered: dict[str, int] = field(default_factory=dict)  # SOP instance -> attempts
     retries: int = 0
-    #: When each instance was acknowledged (monotonic), to tell a paused study from a split.
-    acknowledged_at: dict[str, float] = field(default_factory=dict)
+    #: When each attempt to send an instance of a study began (monotonic), by study.
+    sent_at: dict[str, list[float]] = field(default_factory=dict)
     studies: list[Study] = field(default_factory=list)
     associations: int = 0
 
@@ -104,13 +114,11 @@ class Traffic:
         for thread in self._threads:
             thread.start()
 
-    def longest_pause(self, study: Study) -> float:
-        """The longest time between two acknowledged instances of `study`, in seconds."""
-        times = sorted(
-            self.outcome.acknowledged_at[sop]
-            for sop in study.sop_instance_uids
-            if sop in self.outcome.acknowledged_at
-        )
+    def longest_silence(self, study: Study) -> float:
+        """The longest time the sender sent nothing of `study`, between its first and last
+        attempt, in seconds: between the starts of two attempts one after the other."""
+        with self._lock:
+            times = sorted(self.outcome.sent_at.get(study.study_uid, ()))
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def sent_studies(self) -> int:
@@ -180,6 +188,10 @@ class Traffic:
                 for position, (path, sop) in enumerate(files):
                     if not assoc.is_established:
                         return files[position:]
+                    with self._lock:
+                        self.outcome.sent_at.setdefault(study.study_uid, []).append(
+                            time.monotonic()
+                        )
                     response = scu.store(assoc, path)
                     status = int(response.Status) if "Status" in response else None
                     if status is None:
@@ -187,7 +199,6 @@ class Traffic:
                     with self._lock:
                         if status == 0:
                             self.outcome.acknowledged[sop] = study.study_uid
-                            self.outcome.acknowledged_at[sop] = time.monotonic()
                         else:
                             self.outcome.failed[sop] = status
         except (scu.PynetdicomSendError, OSError):
