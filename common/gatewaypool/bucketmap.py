@@ -31,6 +31,32 @@ handover for why that makes the handover exact).
 Every error is a :class:`MapError` that names the field, as spelled in the
 wire format (``gateways[2].port``), and the offending value, because the
 person reading it has to find that field in a ConfigMap.
+
+Readiness: beside the map, not in it
+------------------------------------
+Which of the map's gateways are not Ready now is a second, small record,
+:class:`Readiness`, kept under its own key (``readiness.json``, beside
+``map.json`` in the same ConfigMap)::
+
+    {"notReady": ["pool-gw-1"]}
+
+It is not a field of the map, and has no version of its own, because it is
+advice on *how* a router reaches a bucket's owner (now, or through its spool
+once the owner is back), never *which* gateway owns it:
+
+- a readiness change publishes no map version, so it posts no map Event,
+  asks no router to confirm anything and leaves the handover's rules (which
+  count versions) alone; a gateway whose probe flaps costs a ConfigMap write
+  per flap, nothing more (the kubelet already records the flaps as Events);
+- routers that know nothing of readiness read only ``map.json``, whose
+  parser refuses unknown keys: a field there would make every such router
+  refuse every map while a gateway is not Ready; a key beside it is ignored;
+- a router that knows readiness but finds no ``readiness.json`` (an older
+  operator, or a map file alone) counts every gateway as Ready, which is
+  what it did before readiness existed.
+
+Names are gateway names (``gateways[i].name``); a name that is not in the
+router's map is ignored, so readiness and map need not arrive together.
 """
 
 from __future__ import annotations
@@ -60,10 +86,13 @@ __all__ = [
     "BucketMap",
     "Gateway",
     "MapError",
+    "Readiness",
     "balanced_map",
     "dump_map",
+    "dump_readiness",
     "load_map",
     "parse_map",
+    "parse_readiness",
 ]
 
 
@@ -71,6 +100,7 @@ _MAX_NAME = 253  # a DNS name's length; gateway names and hosts are DNS names
 _TOP_LEVEL_KEYS = ("version", "buckets", "gateways", "owners", "moving", "closing")
 _REQUIRED_KEYS = ("version", "buckets", "gateways", "owners")
 _GATEWAY_KEYS = ("name", "host", "port", "aeTitle")
+_READINESS_KEYS = ("notReady",)
 
 
 class MapError(ValueError):
@@ -382,6 +412,76 @@ class BucketMap:
             moving=_moving(fields.get("moving", {})),
             closing=frozenset(_closing(fields.get("closing", []))),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """The gateways of a pool that are not Ready now; valid by construction.
+
+    Parameters
+    ----------
+    not_ready
+        Gateway names (as in the map: for a pool on Kubernetes, pod names)
+        whose pod is not Ready or does not exist. Empty: all are Ready.
+
+    Raises
+    ------
+    MapError
+        If a name is not a valid gateway name.
+    """
+
+    not_ready: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "not_ready", frozenset(self.not_ready))
+        for name in sorted(self.not_ready, key=repr):
+            _check_label(name, "notReady")
+
+    def ready(self, gateway: str) -> bool:
+        """Whether `gateway` may be sent to now (a name it does not list is Ready)."""
+        return gateway not in self.not_ready
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire form: ``{"notReady": [names, sorted]}``."""
+        return {"notReady": sorted(self.not_ready)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Readiness:
+        """Build it from its wire form, refusing unknown keys, duplicates and bad names.
+
+        Raises
+        ------
+        MapError
+            If `data` is not ``{"notReady": [...]}`` with distinct valid names.
+        """
+        fields = _mapping(
+            data, what="the readiness", keys=_READINESS_KEYS, required=_READINESS_KEYS
+        )
+        names = _list(fields["notReady"], "notReady")
+        for index, name in enumerate(names):
+            _check_label(name, f"notReady[{index}]")
+        if len(set(names)) != len(names):
+            raise MapError("a gateway is listed twice", path="notReady")
+        return cls(not_ready=frozenset(names))
+
+
+def parse_readiness(text: str) -> Readiness:
+    """Parse and check a readiness record written as JSON or YAML (as `parse_map` does).
+
+    Raises
+    ------
+    MapError
+        On a syntax error or an invalid record.
+    """
+    return Readiness.from_dict(_load_document(text))
+
+
+def dump_readiness(readiness: Readiness) -> str:
+    """Return the record as compact JSON, names sorted: the same set gives the same text.
+
+    The operator compares it with what the ConfigMap holds and writes only news.
+    """
+    return json.dumps(readiness.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def parse_map(text: str) -> BucketMap:

@@ -24,6 +24,7 @@ __all__ = [
     "MAP_KEY",
     "MAX_BUCKETS",
     "PLURAL",
+    "READINESS_KEY",
     "SUBJECT_ATTRIBUTE_TYPES",
     "UID_MAX_LENGTH",
     "UID_PATTERN",
@@ -39,6 +40,12 @@ PLURAL: Final = "gatewaypools"
 
 MAP_KEY: Final = "map.json"
 """The key of the bucket map in a pool's ``NAME-map`` ConfigMap."""
+
+READINESS_KEY: Final = "readiness.json"
+"""The key, beside `MAP_KEY`, of which of the map's gateways are not Ready
+(`gatewaypool.bucketmap.Readiness`): written by the operator in the same
+ConfigMap, outside the versioned map, so that a readiness change bumps no
+version and routers that read only ``map.json`` are not affected."""
 
 MAX_BUCKETS: Final = 65536
 """Upper bound of a pool's bucket count: ample for any pool, and it keeps a map small."""

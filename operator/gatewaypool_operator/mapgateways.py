@@ -2,28 +2,33 @@
 
 Which buckets move, and when, is the handover's decision
 (`gatewaypool_operator.handover.decide`); this module names the gateways a map
-lists (one per StatefulSet pod, by its stable DNS name) and reads what the
-``NAME-map`` ConfigMap holds without ever crashing on it.
+lists (one per StatefulSet pod, by its stable DNS name), says which of them
+are not Ready (`readiness`, published beside the map, see
+`gatewaypool.bucketmap.Readiness`) and reads what the ``NAME-map`` ConfigMap
+holds without ever crashing on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gatewaypool.bucketmap import BucketMap, Gateway, MapError, parse_map
+from gatewaypool.bucketmap import BucketMap, Gateway, MapError, Readiness, parse_map
 from gatewaypool.contract import MAP_KEY
 from gatewaypool_operator.children.names import (
     DEFAULT_CLUSTER_DOMAIN,
     gateway_dns_name,
     gateway_pod_name,
 )
+from gatewaypool_operator.handover.decide import GatewayPod
 from gatewaypool_operator.spec.types import PoolSpec
 
 __all__ = [
     "PublishedMap",
     "desired_gateways",
+    "owners_not_ready",
     "read_published",
+    "readiness",
 ]
 
 
@@ -110,3 +115,33 @@ def read_published(configmap_data: Mapping[str, str] | None) -> PublishedMap:
         return PublishedMap(parse_map(text))
     except MapError as error:
         return PublishedMap(None, f"{MAP_KEY}: {error}")
+
+
+def readiness(bucket_map: BucketMap, pods: Sequence[GatewayPod]) -> Readiness:
+    """Which of `bucket_map`'s gateways are not Ready, for routers to spool instead of trying.
+
+    Gateway ``i`` is pod ``i`` (as `desired_gateways` names them). A gateway
+    whose pod is not Ready -- starting, failing its probe, being deleted
+    (`gatewaypool_operator.observe.gateway_pods`) -- or has no pod at all is
+    not Ready. Every listed gateway is judged, owner or not: the record says
+    what is, and a gateway that owns nothing is simply never sent to.
+    """
+    ready = {pod.ordinal for pod in pods if pod.ready}
+    return Readiness(
+        not_ready=frozenset(
+            gateway.name for index, gateway in enumerate(bucket_map.gateways) if index not in ready
+        )
+    )
+
+
+def owners_not_ready(bucket_map: BucketMap, readiness: Readiness) -> tuple[str, ...]:
+    """The gateways `readiness` marks not Ready that own a bucket in `bucket_map`, in map order.
+
+    Routers send only to owners, so only these hold instances in spools.
+    """
+    owning = set(bucket_map.owners)
+    return tuple(
+        gateway.name
+        for index, gateway in enumerate(bucket_map.gateways)
+        if index in owning and not readiness.ready(gateway.name)
+    )

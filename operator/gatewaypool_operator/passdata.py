@@ -182,6 +182,10 @@ class Plan:
     replacing
         The router Deployment or StatefulSet the spec no longer asks for
         waits for the other kind to be Ready before it is deleted.
+    owners_not_ready
+        With ``spec.router.spool``: the gateways the published readiness
+        marks not Ready that own buckets. Routers spool their instances
+        until a pass sees them Ready again, so the pool is passed again soon.
     """
 
     namespace: str
@@ -196,6 +200,7 @@ class Plan:
     handover: HandoverPlan | None = None
     refused: tuple[str, ...] = ()
     replacing: bool = False
+    owners_not_ready: tuple[str, ...] = ()
 
     @property
     def status(self) -> dict[str, Any]:
@@ -229,10 +234,12 @@ class Outcome:
     plan: HandoverPlan | None = None
     #: The old router kind waits for the new one to be Ready (see `Plan.replacing`).
     replacing: bool = False
+    #: Gateways marked not Ready that own buckets, with a spool (see `Plan.owners_not_ready`).
+    owners_not_ready: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
-        """Whether the pool is mid-change: buckets moving, gateways not yet as wanted.
+        """Whether the pool is mid-change: moves, gateways not as wanted, a spooled owner not Ready.
 
         The resync then passes again within seconds, not at its usual interval:
         a handover advances only on passes, and so does a router replacement.
@@ -241,6 +248,8 @@ class Outcome:
             return True  # a re-creation waits for the old object to go
         if self.replacing:
             return True  # the old routers go on the first pass that sees the new ones Ready
+        if self.owners_not_ready:
+            return True  # spools hold their instances until a pass marks them Ready again
         plan = self.plan
         if plan is None:
             return False

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from gatewaypool.bucketmap import BucketMap, dump_map
-from gatewaypool.contract import MAP_KEY
+from gatewaypool.bucketmap import BucketMap, dump_map, dump_readiness
+from gatewaypool.contract import MAP_KEY, READINESS_KEY
 from gatewaypool.strict import is_int
 from gatewaypool_operator import exposure, mapgateways, observe, poolstatus, spoolstatus
 from gatewaypool_operator.children.desired import (
@@ -182,6 +182,17 @@ def plan(
     )
     if decided.publish is not None:
         current_map = decided.publish
+    # Readiness goes beside the map, unversioned (see gatewaypool.bucketmap):
+    # a change is written, but publishes no version and posts no Event.
+    readiness = (
+        mapgateways.readiness(
+            current_map,
+            observe.gateway_pods(observed.gateway_pods, statefulset=statefulset_name(name)),
+        )
+        if current_map is not None
+        else None
+    )
+    readiness_text = dump_readiness(readiness) if readiness is not None else None
     write_map = (
         decided.publish is not None
         or map_object is None
@@ -189,11 +200,13 @@ def plan(
             decided.state_changed
             and _state_news(stored, decided.state, buckets=spec.buckets, now=now)
         )
+        or (readiness_text is not None and stored.get(READINESS_KEY) != readiness_text)
     )
     map_data = (
         {
             MAP_KEY: dump_map(current_map),
             STATE_KEY: dump_state(decided.state, buckets=spec.buckets),
+            READINESS_KEY: readiness_text or "",
         }
         if current_map is not None
         else None
@@ -267,6 +280,12 @@ def plan(
         handover=decided,
         refused=refused,
         replacing=bool(waiting),
+        # A spool holds instances for these until the map says they are Ready again.
+        owners_not_ready=(
+            mapgateways.owners_not_ready(current_map, readiness)
+            if spec.router.spool is not None and current_map is not None and readiness is not None
+            else ()
+        ),
     )
 
 
@@ -295,6 +314,7 @@ def finish(plan: Plan, result: ApplyResult) -> Outcome:
         applied=list(result.applied),
         plan=plan.handover,
         replacing=plan.replacing,
+        owners_not_ready=plan.owners_not_ready,
     )
 
 

@@ -19,10 +19,13 @@ from gatewaypool.bucketmap import (
     BucketMap,
     Gateway,
     MapError,
+    Readiness,
     balanced_map,
     dump_map,
+    dump_readiness,
     load_map,
     parse_map,
+    parse_readiness,
 )
 
 
@@ -464,3 +467,54 @@ def test_closing_buckets_round_trip_and_must_be_moving() -> None:
     wire["closing"] = ["7"]
     with pytest.raises(MapError, match=r"closing\[0\]"):
         BucketMap.from_dict(wire)
+
+
+# --- readiness (beside the map, not in it) ------------------------------------
+
+
+@given(st.frozensets(LABEL, max_size=6))
+def test_readiness_round_trips_in_one_text(names: frozenset[str]) -> None:
+    readiness = Readiness(not_ready=names)
+    text = dump_readiness(readiness)
+    assert parse_readiness(text) == readiness
+    assert text == dump_readiness(Readiness(not_ready=frozenset(sorted(names, reverse=True))))
+    assert all(readiness.ready(name) is (name not in names) for name in [*names, "other"])
+
+
+def test_readiness_reads_yaml_and_says_all_ready_when_empty() -> None:
+    assert parse_readiness("notReady: [pool-gw-1]\n") == Readiness(frozenset({"pool-gw-1"}))
+    assert dump_readiness(Readiness()) == '{"notReady":[]}'
+    assert Readiness().ready("pool-gw-0")
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("{}", "notReady"),
+        ('{"notReady": []} ', None),
+        ('{"notReady": [], "ready": []}', "ready"),
+        ('{"notReady": "gw-1"}', "notReady"),
+        ('{"notReady": ["gw-1", "gw-1"]}', "notReady"),
+        ('{"notReady": [1]}', "notReady[0]"),
+        ('{"notReady": [""]}', "notReady[0]"),
+        ('{"notReady": ["gw 1"]}', "notReady[0]"),
+        ('{"notReady": [], "notReady": ["gw-1"]}', ""),
+        ("[]", ""),
+    ],
+)
+def test_readiness_refuses_anything_but_distinct_gateway_names(text: str, path: str | None) -> None:
+    if path is None:
+        assert parse_readiness(text) == Readiness()
+        return
+    with pytest.raises(MapError) as caught:
+        parse_readiness(text)
+    assert caught.value.path == path
+
+
+def test_a_map_with_readiness_inside_is_refused() -> None:
+    """Readiness lives beside the map: the map's strict parser still refuses it inside."""
+    wire = good_wire_map()
+    wire["notReady"] = ["gw-1"]
+    with pytest.raises(MapError) as caught:
+        BucketMap.from_dict(wire)
+    assert caught.value.path == "notReady"

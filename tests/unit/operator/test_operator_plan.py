@@ -16,8 +16,15 @@ from typing import Any, cast
 
 import pytest
 
-from gatewaypool.bucketmap import BucketMap, balanced_map, dump_map, parse_map
-from gatewaypool.contract import MAP_KEY
+from gatewaypool.bucketmap import (
+    BucketMap,
+    Readiness,
+    balanced_map,
+    dump_map,
+    parse_map,
+    parse_readiness,
+)
+from gatewaypool.contract import MAP_KEY, READINESS_KEY
 from gatewaypool.reports import build_report, dump_report
 from gatewaypool_operator.apply import apply
 from gatewaypool_operator.children.names import selector_labels
@@ -26,7 +33,7 @@ from gatewaypool_operator.events import Reason
 from gatewaypool_operator.handover.state import STATE_KEY
 from gatewaypool_operator.kubeapply import Applied, Cluster, ConflictError, RefusedError
 from gatewaypool_operator.mapgateways import desired_gateways
-from gatewaypool_operator.passdata import ApplyResult, Observed, Plan, Prune, Write
+from gatewaypool_operator.passdata import ApplyResult, Observed, Outcome, Plan, Prune, Write
 from gatewaypool_operator.plan import ACCEPTED_SPEC_ANNOTATION, finish, plan
 from gatewaypool_operator.spec.parse import parse_spec
 
@@ -240,6 +247,78 @@ def test_a_new_pool_has_no_map_until_a_gateway_is_ready() -> None:
     assert STATE_KEY in map_write.obj["data"]
     assert reasons(decided) == ["BucketMapPublished"]
     assert decided.status["mapVersion"] == 1
+
+
+# --- gateway readiness, beside the map -------------------------------------------------
+
+
+def map_data(decided: Plan) -> dict[str, str]:
+    write = write_of(decided, "ConfigMap", "ct-map")
+    assert write is not None
+    return dict(write.obj["data"])
+
+
+def readiness_written(decided: Plan) -> Readiness | None:
+    """The readiness the pass writes beside the map (None: the ConfigMap is not written)."""
+    write = write_of(decided, "ConfigMap", "ct-map")
+    if write is None:
+        return None
+    return parse_readiness(write.obj["data"][READINESS_KEY])
+
+
+def test_a_gateway_not_ready_is_marked_beside_the_map_with_no_new_version_or_event() -> None:
+    """Readiness flaps publish no version and post no Event; only news is written."""
+    spool = {**SPEC, "router": {"spool": {"size": "1Gi"}}}
+    ready = Observed(
+        pool(spool, status={"mapVersion": 3}),
+        map_configmap=published(2),
+        statefulset=statefulset(2),
+        gateway_pods=[gateway_pod(0), gateway_pod(1)],
+    )
+    # An older operator's ConfigMap has no readiness.json: written once, all Ready.
+    first = decide(ready)
+    assert readiness_written(first) == Readiness()
+    assert map_written(first) == parse_map(published(2)["data"][MAP_KEY])  # the same version
+    assert reasons(first) == []
+    data = map_data(first)
+    settled = dataclasses.replace(ready, map_configmap={**published(2), "data": data})
+    assert write_of(decide(settled), "ConfigMap", "ct-map") is None  # nothing new, no write
+    assert not finish(decide(settled), ApplyResult()).pending
+
+    # gw-1 fails its probe: marked, at the same map version, without an Event.
+    down = dataclasses.replace(settled, gateway_pods=[gateway_pod(0), gateway_pod(1, ready=False)])
+    marked = decide(down)
+    assert readiness_written(marked) == Readiness(frozenset({"ct-gw-1"}))
+    assert map_written(marked) == parse_map(data[MAP_KEY])
+    assert reasons(marked) == [] and finish(marked, ApplyResult()).events == []
+    assert marked.status == decide(settled).status
+    # It owns buckets and routers spool for it: the pool is passed again soon.
+    assert marked.owners_not_ready == ("ct-gw-1",)
+    assert finish(marked, ApplyResult()).pending
+    # A pod that is gone is not Ready either.
+    assert readiness_written(
+        decide(dataclasses.replace(settled, gateway_pods=[gateway_pod(0)]))
+    ) == Readiness(frozenset({"ct-gw-1"}))
+
+    # Back: marked Ready again, still the same version.
+    back = dataclasses.replace(settled, map_configmap={**published(2), "data": map_data(marked)})
+    again = decide(back)
+    assert readiness_written(again) == Readiness()
+    assert map_written(again) == parse_map(data[MAP_KEY]) and reasons(again) == []
+
+
+def test_without_a_spool_a_gateway_not_ready_does_not_hurry_the_passes() -> None:
+    observed = Observed(
+        pool(status={"mapVersion": 3}),
+        map_configmap=published(2),
+        statefulset=statefulset(2),
+        gateway_pods=[gateway_pod(0), gateway_pod(1, ready=False)],
+    )
+    decided = decide(observed)
+    assert readiness_written(decided) == Readiness(frozenset({"ct-gw-1"}))
+    assert decided.owners_not_ready == ()
+    outcome: Outcome = finish(decided, ApplyResult())
+    assert not outcome.pending
 
 
 # --- a refused spec ---------------------------------------------------------------------
