@@ -146,15 +146,27 @@ class StudyFactory(Protocol):
     ) -> list[Study]: ...
 
 
+_StudyKey = tuple[int, int, int, int, str, int, int]
+
+
+@pytest.fixture(scope="session")
+def _generated_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[_StudyKey, list[Study]]:
+    """Studies already written this session, by what was asked for (see ``ct_studies``)."""
+    return {}
+
+
 @pytest.fixture
-def ct_studies(tmp_path: Path) -> StudyFactory:
+def ct_studies(
+    tmp_path_factory: pytest.TempPathFactory, _generated_studies: dict[_StudyKey, list[Study]]
+) -> StudyFactory:
     """Factory: ``ct_studies(count, instances=5, rows=64, columns=64, ...)``.
 
-    Writes ``count`` small head-CT studies (indexes ``first_index`` on) under
-    the test's folder and returns them. Small images by default: tests need
-    the shape of CT traffic, not its size.
+    Returns ``count`` head-CT studies (indexes ``first_index`` on). Small
+    images by default: tests need the shape of CT traffic, not its size.
+    The same request gives the same files (the same seed and index give
+    identical studies), so each is written once per session and shared: a
+    test that must alter one copies it first.
     """
-    counter = iter(range(1_000_000))
 
     def make(
         count: int = 1,
@@ -166,19 +178,24 @@ def ct_studies(tmp_path: Path) -> StudyFactory:
         first_index: int = 0,
         seed: int = 0,
     ) -> list[Study]:
-        out = tmp_path / "studies" / f"batch-{next(counter)}"
-        return [
-            generate_study(
-                out,
-                study_index=first_index + i,
-                instances=instances,
-                rows=rows,
-                columns=columns,
-                transfer_syntax=transfer_syntax,
-                seed=seed,
-            )
-            for i in range(count)
-        ]
+        key = (count, instances, rows, columns, str(transfer_syntax), first_index, seed)
+        made = _generated_studies.get(key)
+        if made is None:
+            out = tmp_path_factory.mktemp("studies")
+            made = [
+                generate_study(
+                    out,
+                    study_index=first_index + i,
+                    instances=instances,
+                    rows=rows,
+                    columns=columns,
+                    transfer_syntax=transfer_syntax,
+                    seed=seed,
+                )
+                for i in range(count)
+            ]
+            _generated_studies[key] = made
+        return list(made)
 
     return make
 
