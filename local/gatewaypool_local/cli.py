@@ -150,6 +150,14 @@ def register_bench(subparsers: Any) -> None:
         help="append the figures to this file as a dated section (how BENCHMARKS.md keeps "
         "its history)",
     )
+    parser.add_argument(
+        "--gateways",
+        choices=("both", "disk", "fast"),
+        default="both",
+        help="which gateways' cases run: disk-writing storescp (with the spool cases), "
+        "storescp --ignore with a bare forwarder beside the router (issue 23), or both "
+        "(default %(default)s)",
+    )
     parser.set_defaults(func=run_bench)
 
 

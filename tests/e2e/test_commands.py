@@ -89,6 +89,10 @@ def test_bench_prints_its_figures(tmp_path: Path) -> None:
     assert "| router CPU per GB forwarded, 4 associations |" in report
     assert "| added latency per C-STORE, p50 |" in report
     assert "| peak RSS per worker, 8 MiB multi-frame |" in report
+    # The fast-gateway case (issue 23), with the bare forwarder beside the router.
+    assert "| storescu → router → 3 storescp `--ignore` | 4 |" in report
+    assert "| storescu → bare splice forwarder → 3 storescp `--ignore` | 1 |" in report
+    assert "as a multiple of the bare forwarder's" in report
     # Both workers and the supervisor were read, and the total sums them.
     rss = next(line for line in report.splitlines() if line.startswith("Peak RSS"))
     assert rss.count("supervisor") == 2 and rss.count("workers") == 2, rss

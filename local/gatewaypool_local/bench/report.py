@@ -30,7 +30,14 @@ _PATHS = {
     "limit": "storescu per study → its gateway (limit)",
     "spool-always": "storescu → router, spool `Always` → 3 storescp",
     "spool-unavailable": "storescu → router, spool `GatewayUnavailable` → 3 storescp",
+    "direct-fast": "storescu → storescp `--ignore`",
+    "limit-fast": "storescu per study → its gateway `--ignore` (limit)",
+    "bare-fast": "storescu → bare splice forwarder → 3 storescp `--ignore`",
+    "routed-fast": "storescu → router → 3 storescp `--ignore`",
 }
+
+#: Issue 23: the router's CPU per GB against the bare forwarder's, at most.
+BARE_MULTIPLE = 1.5
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,33 @@ class SpoolFigures:
 
 
 @dataclass(frozen=True)
+class FastFigures:
+    """The fast-gateway case (issue 23): ``storescp --ignore``, and a bare forwarder.
+
+    Its throughput rows are in :attr:`BenchResult.throughput` under the
+    ``-fast`` labels; here are what the rows do not hold.
+    """
+
+    limit_spread: str
+    cpu: tuple[RouterCpu, ...]  # the router's, per association count
+    bare_cpu: tuple[RouterCpu, ...]  # the bare forwarder's, the same cases
+    latency: Latency
+
+    def multiples(self) -> list[tuple[RouterCpu, RouterCpu, float | None]]:
+        """Each case's router CPU, the bare forwarder's, and the first as a multiple.
+
+        None where the bare forwarder used no measurable CPU (a clock tick
+        is 10 ms: a tiny run).
+        """
+        bare = {c.case: c for c in self.bare_cpu}
+        return [
+            (c, bare[c.case], c.per_gb / bare[c.case].per_gb if bare[c.case].cpu_seconds else None)
+            for c in self.cpu
+            if c.case in bare
+        ]
+
+
+@dataclass(frozen=True)
 class BenchResult:
     """Everything one ``gatewaypool bench`` run measured, and where."""
 
@@ -109,18 +143,25 @@ class BenchResult:
     throughput: tuple[Throughput, ...]
     limit_spread: str
     cpu: tuple[RouterCpu, ...]
-    latency: Latency
+    #: Against the disk-writing gateways; None when only the fast ones ran.
+    latency: Latency | None
     latency_instance_bytes: int
     memory: tuple[ProcessSample, ...]
     multiframe_bytes: int
     multiframe_seconds: float
     multiframe_memory: tuple[ProcessSample, ...]
     spool: tuple[SpoolFigures, ...] = ()
+    fast: FastFigures | None = None
 
     def find(self, label: str, associations: int) -> Throughput:
         return next(
             r for r in self.throughput if r.label == label and r.associations == associations
         )
+
+    @property
+    def disk(self) -> bool:
+        """Whether the disk-writing gateways' cases ran."""
+        return any(r.label == "direct" for r in self.throughput)
 
 
 def _mib(value: int) -> str:
@@ -168,10 +209,15 @@ def render(result: BenchResult) -> str:
     lines: list[str] = []
     say: Callable[[str], None] = lines.append
     _describe_run(result, say)
-    _throughput(result, say)
-    _costs(result, say)
-    _spool(result, say)
-    _targets(result, say)
+    if result.disk:
+        _throughput(result, say)
+        _costs(result, say)
+        _spool(result, say)
+        _targets(result, say)
+    if result.fast is not None:
+        if result.disk:
+            say("")
+        _fast(result, result.fast, say)
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +278,96 @@ def _throughput(result: BenchResult, say: Callable[[str], None]) -> None:
     say("")
 
 
+def _latency_line(lat: Latency, instance_bytes: int) -> str:
+    return (
+        f"C-STORE round trip (pynetdicom sender, one association, {len(lat.direct)} instances "
+        f"of {instance_bytes / 1e3:.0f} kB): "
+        f"direct p50 {_ms(percentile(lat.direct, 0.5))}, p99 {_ms(percentile(lat.direct, 0.99))}; "
+        f"routed p50 {_ms(percentile(lat.routed, 0.5))}, "
+        f"p99 {_ms(percentile(lat.routed, 0.99))}; "
+        f"added by the router p50 {_ms(lat.added(0.5))}, p99 {_ms(lat.added(0.99))}."
+    )
+
+
+def _fast(result: BenchResult, fast: FastFigures, say: Callable[[str], None]) -> None:
+    """The fast-gateway case: its rows, the bare forwarder, and the issue-23 targets."""
+    say(
+        "Fast gateways (issue 23): the same senders and data to `storescp --fork --ignore`, "
+        "which receives every byte and stores none, through a router of its own (same "
+        "`--workers`), and through a bare forwarder: one process, plain TCP `splice(2)` "
+        "between each sender and a gateway (round robin by connection), no DICOM at all."
+    )
+    say("")
+    say("| path | associations | instances/s | MB/s | vs reference |")
+    say("|---|---|---|---|---|")
+    for associations in (1, 4):
+        references = [result.find("direct-fast", associations)]
+        if associations > 1:
+            references.append(result.find("limit-fast", associations))
+        rows = [*references, result.find("bare-fast", associations)]
+        rows.append(result.find("routed-fast", associations))
+        for case in rows:
+            if case in references:
+                ratio = "reference"
+            else:
+                ratio = ", ".join(
+                    f"{case.per_second / ref.per_second:.2f} of {ref.label}" for ref in references
+                )
+            say(
+                f"| {_PATHS[case.label]} | {associations} | {case.per_second:.0f} "
+                f"| {_figure(case.megabytes_per_second)} | {ratio} |"
+            )
+    say("")
+    say(
+        f"Limit: each study by its own `storescu` straight to its gateway "
+        f"({fast.limit_spread} studies)."
+    )
+    say("")
+    say(_latency_line(fast.latency, result.latency_instance_bytes))
+    say("")
+    say(
+        "CPU per GB, router against bare forwarder (user + system of each process tree): "
+        + "; ".join(
+            f"{router.case}: router {router.per_gb:.2f} s/GB, bare {bare.per_gb:.2f} s/GB, "
+            + ("not measurable" if multiple is None else f"{multiple:.2f}x")
+            for router, bare, multiple in fast.multiples()
+        )
+        + "."
+    )
+    say("")
+    say("| figure (issue 23, fast gateways) | measured | target | met |")
+    say("|---|---|---|---|")
+    one = result.find("routed-fast", 1).per_second / result.find("direct-fast", 1).per_second
+    four = result.find("routed-fast", 4).per_second / result.find("limit-fast", 4).per_second
+    say(_target_row("one association, routed / direct", f"{one:.2f}", "≥ 0.85", one >= 0.85))
+    say(_target_row("four associations, routed / limit", f"{four:.2f}", "≥ 0.85", four >= 0.85))
+    for router, _, multiple in fast.multiples():
+        say(
+            _target_row(
+                f"router CPU per GB, {router.case}, as a multiple of the bare forwarder's",
+                "-" if multiple is None else f"{multiple:.2f}x ({router.per_gb:.2f} s)",
+                f"≤ {BARE_MULTIPLE}x",
+                None if multiple is None else multiple <= BARE_MULTIPLE,
+            )
+        )
+    added99 = fast.latency.added(0.99)
+    say(_target_row("added latency per C-STORE, p99", _ms(added99), "≤ 1 ms", added99 <= 0.001))
+    _memory_rows(result, say)
+
+
+def _memory_rows(result: BenchResult, say: Callable[[str], None]) -> None:
+    """Peak RSS per worker against its target, after the runs and while streaming."""
+    for what, samples in (
+        ("peak RSS per worker", result.memory),
+        (
+            f"peak RSS per worker, {_mib(result.multiframe_bytes)} multi-frame",
+            result.multiframe_memory,
+        ),
+    ):
+        peak = worker_peak(samples)
+        say(_target_row(what, _mib(peak), "< 100 MiB", peak < 100 * 2**20))
+
+
 def _costs(result: BenchResult, say: Callable[[str], None]) -> None:
     """The limit's method, latency, CPU and memory."""
     say(
@@ -240,16 +376,9 @@ def _costs(result: BenchResult, say: Callable[[str], None]) -> None:
         f"the same {min(4, result.studies)} senders at once."
     )
     say("")
-    lat = result.latency
-    say(
-        f"C-STORE round trip (pynetdicom sender, one association, {len(lat.direct)} instances "
-        f"of {result.latency_instance_bytes / 1e3:.0f} kB): "
-        f"direct p50 {_ms(percentile(lat.direct, 0.5))}, p99 {_ms(percentile(lat.direct, 0.99))}; "
-        f"routed p50 {_ms(percentile(lat.routed, 0.5))}, "
-        f"p99 {_ms(percentile(lat.routed, 0.99))}; "
-        f"added by the router p50 {_ms(lat.added(0.5))}, p99 {_ms(lat.added(0.99))}."
-    )
-    say("")
+    if result.latency is not None:
+        say(_latency_line(result.latency, result.latency_instance_bytes))
+        say("")
     say(
         "Router CPU (user + system time of every process of the router, /proc/<pid>/stat): "
         + "; ".join(
@@ -330,6 +459,7 @@ def _spool_line(result: BenchResult, spool: SpoolFigures) -> str:
 def _targets(result: BenchResult, say: Callable[[str], None]) -> None:
     """The figures against their targets (issue 11)."""
     lat = result.latency
+    assert lat is not None  # measured whenever the disk-writing cases ran
     say("| figure (issue 11) | measured | target | met |")
     say("|---|---|---|---|")
     one = result.find("routed", 1).per_second / result.find("direct", 1).per_second
@@ -348,12 +478,4 @@ def _targets(result: BenchResult, say: Callable[[str], None]) -> None:
     added50, added99 = lat.added(0.5), lat.added(0.99)
     say(_target_row("added latency per C-STORE, p50", _ms(added50), "≤ 0.3 ms", added50 <= 0.0003))
     say(_target_row("added latency per C-STORE, p99", _ms(added99), "none", None))
-    for what, samples in (
-        ("peak RSS per worker", result.memory),
-        (
-            f"peak RSS per worker, {_mib(result.multiframe_bytes)} multi-frame",
-            result.multiframe_memory,
-        ),
-    ):
-        peak = worker_peak(samples)
-        say(_target_row(what, _mib(peak), "< 100 MiB", peak < 100 * 2**20))
+    _memory_rows(result, say)

@@ -11,7 +11,12 @@ instance. The spool paths send the routed path's lanes through routers of
 their own with ``--spool-dir`` in the work dir (on disk, where a router's
 volume would be, and the report names its file system): ``--spool-when
 Always`` against cut-through, and ``GatewayUnavailable`` with every gateway
-up. :mod:`gatewaypool_local.bench.cases` holds the cases,
+up. The fast-gateway case (issue 23) repeats the direct, limit and routed
+paths against ``storescp --ignore`` gateways, which store nothing and so
+hide none of the router's cost, beside a bare splice forwarder
+(:mod:`gatewaypool_local.bench.bare`) between the same senders and
+gateways: the router's CPU per GB is given as a multiple of its.
+:mod:`gatewaypool_local.bench.cases` holds the cases,
 :mod:`gatewaypool_local.bench.measure` the measuring and
 :mod:`gatewaypool_local.bench.report` the text.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
 from gatewaypool_local.bench import cases
+from gatewaypool_local.bench.bare import BareForwarder
 from gatewaypool_local.bench.measure import (
     Latency,
     ProcessSample,
@@ -40,18 +46,23 @@ from gatewaypool_local.bench.measure import (
 )
 from gatewaypool_local.bench.report import (
     BenchResult,
+    FastFigures,
     RouterCpu,
     SpoolFigures,
     Throughput,
     render,
 )
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
+from gatewaypool_local.peers.process import ManagedProcess
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_multiframe, generate_study
 
 #: Rows and columns of the latency instances: small, so the transfer time
 #: does not hide the per-instance work.
 _LATENCY_SIZE = 64
+#: The fast gateways' flags: every association in a child, every byte
+#: received, none stored.
+_FAST_SCP = ["--fork", "--ignore"]
 
 
 def _say(text: str = "") -> None:
@@ -72,13 +83,15 @@ def _command(args: argparse.Namespace) -> str:
         words.append(f"--study-size {args.study_size}")
     if args.latency_instances != 200:
         words.append(f"--latency-instances {args.latency_instances}")
+    if args.gateways != "both":
+        words.append(f"--gateways {args.gateways}")
     return " ".join(words)
 
 
 class _RouterTree:
     """The router under test: its process, and readings of its whole process tree."""
 
-    def __init__(self, router: RouterProcess, workers: int) -> None:
+    def __init__(self, router: ManagedProcess, workers: int) -> None:
         self.router = router
         self.workers = workers
 
@@ -146,62 +159,71 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         rows=_LATENCY_SIZE,
         columns=_LATENCY_SIZE,
     )
+    disk, fast = args.gateways in ("both", "disk"), args.gateways in ("both", "fast")
     # --fork: a gateway serves concurrent associations, as a real one does
     # (a single storescp process takes one association at a time).
     direct_gateway = StoreSCP(work / "direct", ae_title="DIRECT", extra_args=["--fork"])
     scps = [StoreSCP(work / f"gw-{i}", ae_title=f"GW{i}", extra_args=["--fork"]) for i in range(3)]
-    router: RouterProcess | None = None
-    spool_routers: dict[str, RouterProcess] = {}
+    # The fast gateways (issue 23) receive every byte and store none
+    # (--ignore): gateways that do not hide the router's own cost.
+    fast_direct = StoreSCP(work / "direct-fast", ae_title="DIRECT", extra_args=_FAST_SCP)
+    fast_scps = [
+        StoreSCP(work / f"gw-fast-{i}", ae_title=f"GW{i}", extra_args=_FAST_SCP) for i in range(3)
+    ]
+    gateways = ([direct_gateway, *scps] if disk else []) + (
+        [fast_direct, *fast_scps] if fast else []
+    )
+    routers: dict[str, RouterProcess] = {}
+    bare: BareForwarder | None = None
     try:
-        for scp in [direct_gateway, *scps]:
+        for scp in gateways:
             scp.start()
-        bucket_map = balanced_map([_gateway_of(scp, f"gw-{i}") for i, scp in enumerate(scps)])
-        map_file = work / "map.json"
-        map_file.write_text(dump_map(bucket_map))
-        router = RouterProcess(work / "router", map_file=map_file, workers=args.workers)
-        router.start()
-        for case in cases.SPOOL_CASES:
-            spool_routers[case.label] = RouterProcess(
-                work / f"router-{case.label}",
-                map_file=map_file,
-                workers=args.workers,
-                extra_args=case.router_args(work),
-            )
-            spool_routers[case.label].start()
-        tree = _RouterTree(router, args.workers)
-        results, cpu, limit_spread, spool_cpu = _throughput(
+        routers, maps = _routers(args, work, scps if disk else None, fast_scps if fast else None)
+        if fast:
+            bare = BareForwarder(work / "bare", targets=[(scp.host, scp.port) for scp in fast_scps])
+            bare.start()
+        for started in routers.values():
+            started.start()
+        measured = _throughput(
             args,
             studies,
             size=size,
-            direct_gateway=direct_gateway,
-            router=router,
-            bucket_map=bucket_map,
-            tree=tree,
-            spool_routers=spool_routers,
+            direct={"routed": direct_gateway, "routed-fast": fast_direct},
+            routers=routers,
+            bare=bare,
+            maps=maps,
             work=work,
         )
         spool = tuple(
-            _spool_figures(case, spool_routers[case.label], work, spool_cpu[case.label], args)
+            _spool_figures(case, routers[case.label], work, measured.spool_cpu[case.label], args)
             for case in cases.SPOOL_CASES
+            if disk
         )
-        latency = Latency(
-            direct=tuple(
-                cases.round_trips(
-                    direct_gateway.host, direct_gateway.port, direct_gateway.ae_title, small.files
-                )
-            ),
-            routed=tuple(cases.round_trips(router.host, router.port, router.ae_title, small.files)),
+        latency = _latency(direct_gateway, routers["routed"], small.files) if disk else None
+        fast_latency = _latency(fast_direct, routers["routed-fast"], small.files) if fast else None
+        memory = tuple(
+            _RouterTree(routers["routed" if disk else "routed-fast"], args.workers).sample()
         )
-        memory = tuple(tree.sample())
     finally:
-        for started in [router, *spool_routers.values()]:
-            if started is not None:
-                started.stop()
-        for scp in [direct_gateway, *scps]:
+        for started in routers.values():
+            started.stop()
+        if bare is not None:
+            bare.stop()
+        for scp in gateways:
             scp.stop()
 
     big = _multiframe(work, args.multiframe_mb, args.workers)
-    cpu.append(big.cpu)
+    cpu = [*measured.cpu["routed"], big.cpu]
+    fast_figures = (
+        FastFigures(
+            limit_spread=measured.spread["routed-fast"],
+            cpu=tuple(measured.cpu["routed-fast"]),
+            bare_cpu=tuple(measured.cpu["bare-fast"]),
+            latency=fast_latency,
+        )
+        if fast_latency is not None
+        else None
+    )
     result = BenchResult(
         command=_command(args),
         date=date,
@@ -215,8 +237,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         study_size=study_size,
         studies=len(studies),
         rounds=args.rounds,
-        throughput=tuple(results),
-        limit_spread=limit_spread,
+        throughput=tuple(measured.results),
+        limit_spread=measured.spread.get("routed", ""),
         cpu=tuple(cpu),
         latency=latency,
         latency_instance_bytes=small.total_bytes // small.instances,
@@ -225,6 +247,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         multiframe_seconds=big.seconds,
         multiframe_memory=big.memory,
         spool=spool,
+        fast=fast_figures,
     )
     text = render(result)
     _say()
@@ -236,60 +259,120 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
+def _routers(
+    args: argparse.Namespace,
+    work: Path,
+    disk: list[StoreSCP] | None,
+    fast: list[StoreSCP] | None,
+) -> tuple[dict[str, RouterProcess], dict[str, BucketMap]]:
+    """The routers (not started), by case label, and each cut-through router's map.
+
+    ``routed`` and the spool routers route to the `disk` gateways,
+    ``routed-fast`` to the `fast` ones; a group that is None has none.
+    """
+    routers: dict[str, RouterProcess] = {}
+    maps: dict[str, BucketMap] = {}
+    for label, group in (("routed", disk), ("routed-fast", fast)):
+        if group is None:
+            continue
+        maps[label] = balanced_map([_gateway_of(scp, f"gw-{i}") for i, scp in enumerate(group)])
+        map_file = work / f"map-{label}.json"
+        map_file.write_text(dump_map(maps[label]))
+        routers[label] = RouterProcess(
+            work / f"router-{label}", map_file=map_file, workers=args.workers
+        )
+        if label == "routed":
+            for case in cases.SPOOL_CASES:
+                routers[case.label] = RouterProcess(
+                    work / f"router-{case.label}",
+                    map_file=map_file,
+                    workers=args.workers,
+                    extra_args=case.router_args(work),
+                )
+    return routers, maps
+
+
+def _latency(direct: StoreSCP, router: RouterProcess, files: list[Path]) -> Latency:
+    """C-STORE round trips of the small instances, straight to `direct` and through `router`."""
+    return Latency(
+        direct=tuple(cases.round_trips(direct.host, direct.port, direct.ae_title, files)),
+        routed=tuple(cases.round_trips(router.host, router.port, router.ae_title, files)),
+    )
+
+
+@dataclass
+class _Measured:
+    """What the throughput cases gave: best rounds, CPU by case label, limit spreads."""
+
+    results: list[Throughput]
+    cpu: dict[str, list[RouterCpu]]
+    spread: dict[str, str]
+    spool_cpu: dict[str, list[RouterCpu]]
+
+
 def _throughput(
     args: argparse.Namespace,
     studies: list[cases.StudyFiles],
     *,
     size: int,
-    direct_gateway: StoreSCP,
-    router: RouterProcess,
-    bucket_map: BucketMap,
-    tree: _RouterTree,
-    spool_routers: dict[str, RouterProcess],
+    direct: dict[str, StoreSCP],
+    routers: dict[str, RouterProcess],
+    bare: BareForwarder | None,
+    maps: dict[str, BucketMap],
     work: Path,
-) -> tuple[list[Throughput], list[RouterCpu], str, dict[str, list[RouterCpu]]]:
-    """Run the direct, limit, routed and spool cases on 1 and 4 associations.
+) -> _Measured:
+    """Run the direct, limit, routed, bare and spool cases on 1 and 4 associations.
 
-    Returns
-    -------
-    tuple
-        The best round of each case; the router's CPU over all rounds of
-        each routed case (read around those rounds only, so the other cases'
-        idle router does not count); how the limit case spread the studies;
-        each spool router's CPU over the rounds of its cases, by label.
+    `routers` holds the cut-through routers (``routed`` to the disk-writing
+    gateways, ``routed-fast`` to the fast ones) and the spool routers, by
+    case label; `direct` and `maps` the direct gateway and the map of each
+    cut-through router. The CPU of every router and of the bare forwarder
+    is read around the rounds of its own case only, so an idle process in
+    the other cases does not count.
     """
     instances = sum(len(s.files) for s in studies)
-    results: list[Throughput] = []
-    cpu: list[RouterCpu] = []
-    spool_cpu: dict[str, list[RouterCpu]] = {case.label: [] for case in cases.SPOOL_CASES}
-    trees = {"routed": tree} | {
-        label: _RouterTree(spooler, args.workers) for label, spooler in spool_routers.items()
+    measured = _Measured([], {"routed": [], "routed-fast": [], "bare-fast": []}, {}, {})
+    measured.spool_cpu = {case.label: [] for case in cases.SPOOL_CASES}
+    trees: dict[str, _RouterTree] = {
+        label: _RouterTree(router, args.workers) for label, router in routers.items()
     }
+    if bare is not None:
+        trees["bare-fast"] = _RouterTree(bare, 1)
     spools = {case.label: case for case in cases.SPOOL_CASES}
-    spread = ""
     for associations in (1, 4):
         study_lanes = cases.lanes(studies, associations)
-        plans = {
-            "direct": cases.through_one_peer(
-                study_lanes,
-                host=direct_gateway.host,
-                port=direct_gateway.port,
-                called_ae=direct_gateway.ae_title,
-            ),
-            "routed": cases.through_one_peer(
-                study_lanes, host=router.host, port=router.port, called_ae=router.ae_title
-            ),
-        }
-        if associations > 1:
-            plans["limit"] = cases.straight_to_owners(study_lanes, bucket_map)
-            spread = cases.studies_per_gateway(plans["limit"], bucket_map.gateways)
-        for label, spooler in spool_routers.items():
-            plans[label] = cases.through_one_peer(
-                study_lanes, host=spooler.host, port=spooler.port, called_ae=spooler.ae_title
+        plans: dict[str, list[list[cases.Send]]] = {}
+        for routed, suffix in (("routed", ""), ("routed-fast", "-fast")):
+            if routed not in routers:
+                continue
+            gateway, router = direct[routed], routers[routed]
+            plans[f"direct{suffix}"] = cases.through_one_peer(
+                study_lanes, host=gateway.host, port=gateway.port, called_ae=gateway.ae_title
             )
+            if associations > 1:
+                plans[f"limit{suffix}"] = cases.straight_to_owners(study_lanes, maps[routed])
+                measured.spread[routed] = cases.studies_per_gateway(
+                    plans[f"limit{suffix}"], maps[routed].gateways
+                )
+            plans[routed] = cases.through_one_peer(
+                study_lanes, host=router.host, port=router.port, called_ae=router.ae_title
+            )
+            if suffix and bare is not None:
+                plans["bare-fast"] = cases.through_one_peer(
+                    study_lanes, host=bare.host, port=bare.port, called_ae="BARE"
+                )
+            if not suffix:
+                for label in spools:
+                    spooler = routers[label]
+                    plans[label] = cases.through_one_peer(
+                        study_lanes,
+                        host=spooler.host,
+                        port=spooler.port,
+                        called_ae=spooler.ae_title,
+                    )
         for label, plan in plans.items():
-            measured = trees.get(label)
-            before = measured.cpu_seconds() if measured is not None else 0.0
+            tree = trees.get(label)
+            before = tree.cpu_seconds() if tree is not None else 0.0
             spool = spools.get(label)
             drained = (
                 None
@@ -304,19 +387,23 @@ def _throughput(
                 if spool is not None and spool.when == "Always"
                 else None
             )
-            if measured is not None:
+            if tree is not None:
                 used = RouterCpu(
                     f"{associations} association{'s' if associations > 1 else ''}",
-                    measured.cpu_seconds() - before,
+                    tree.cpu_seconds() - before,
                     size * args.rounds,
                 )
-                (cpu if spool is None else spool_cpu[label]).append(used)
-            results.append(Throughput(label, associations, instances, size, best, delivered))
+                (measured.cpu if spool is None else measured.spool_cpu)[label].append(used)
+            measured.results.append(
+                Throughput(label, associations, instances, size, best, delivered)
+            )
             shown = f"  {label} x{associations}: {instances / best:.0f} instances/s"
             if delivered is not None:
                 shown += f", delivered {instances / delivered:.0f} instances/s"
+            if tree is not None:
+                shown += f", {used.per_gb:.2f} s CPU/GB"
             _say(shown)
-    return results, cpu, spread, spool_cpu
+    return measured
 
 
 def _spool_figures(

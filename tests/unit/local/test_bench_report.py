@@ -8,6 +8,7 @@ from typing import Any
 from gatewaypool_local.bench.measure import FileSystem, Latency, Machine, ProcessSample
 from gatewaypool_local.bench.report import (
     BenchResult,
+    FastFigures,
     RouterCpu,
     SpoolFigures,
     Throughput,
@@ -244,3 +245,69 @@ def test_a_spool_in_memory_is_marked_as_no_deployment_figure() -> None:
 def test_a_run_without_spool_cases_renders_as_before() -> None:
     text = render(_result())
     assert "spool" not in text.lower()
+
+
+def _fast_result() -> BenchResult:
+    size = 526_000_000
+    fast = FastFigures(
+        limit_spread="gw-0 7, gw-1 6, gw-2 7",
+        cpu=(
+            RouterCpu("1 association", 1.052, 2 * size),  # 1.00 s/GB
+            RouterCpu("4 associations", 0.631, 2 * size),  # 0.60 s/GB
+        ),
+        bare_cpu=(
+            RouterCpu("1 association", 0.526, 2 * size),  # 0.50 s/GB: 2.00x
+            RouterCpu("4 associations", 0.526, 2 * size),  # 0.50 s/GB: 1.20x
+        ),
+        latency=Latency(
+            direct=tuple(0.001 + i * 1e-6 for i in range(200)),
+            routed=(*(0.0012 + i * 1e-6 for i in range(199)), 0.01),
+        ),
+    )
+    base = _result()
+    rows = (
+        Throughput("direct-fast", 1, 1000, size, 0.5),  # 2000 instances/s
+        Throughput("bare-fast", 1, 1000, size, 0.5),
+        Throughput("routed-fast", 1, 1000, size, 0.625),  # 0.80 of direct
+        Throughput("direct-fast", 4, 1000, size, 0.4),
+        Throughput("limit-fast", 4, 1000, size, 0.25),  # 4000 instances/s
+        Throughput("bare-fast", 4, 1000, size, 0.25),
+        Throughput("routed-fast", 4, 1000, size, 0.278),  # 0.90 of the limit
+    )
+    return dataclasses.replace(base, throughput=base.throughput + rows, fast=fast)
+
+
+def test_the_fast_gateway_case_has_its_own_rows_and_issue_23_targets() -> None:
+    text = render(_fast_result())
+    assert "| storescu → storescp `--ignore` | 1 | 2000 | 1052 | reference |" in text
+    assert (
+        "| storescu → router → 3 storescp `--ignore` | 1 | 1600 | 842 | 0.80 of direct-fast |"
+        in text
+    )
+    assert "| storescu → bare splice forwarder → 3 storescp `--ignore` | 4 | 4000 |" in text
+    rows = {
+        "one": "| one association, routed / direct | 0.80 | ≥ 0.85 | no |",
+        "four": "| four associations, routed / limit | 0.90 | ≥ 0.85 | yes |",
+        "cpu 1": "| router CPU per GB, 1 association, as a multiple of the bare forwarder's "
+        "| 2.00x (1.00 s) | ≤ 1.5x | no |",
+        "cpu 4": "| router CPU per GB, 4 associations, as a multiple of the bare forwarder's "
+        "| 1.20x (0.60 s) | ≤ 1.5x | yes |",
+        "p99": "| added latency per C-STORE, p99 | 0.20 ms | ≤ 1 ms | yes |",
+    }
+    for name, row in rows.items():
+        assert row in text, name
+    # The disk-writing case's section is still there, before the fast one.
+    assert text.index("| figure (issue 11)") < text.index("| figure (issue 23")
+
+
+def test_a_fast_only_run_leaves_the_disk_sections_out() -> None:
+    full = _fast_result()
+    text = render(
+        dataclasses.replace(
+            full,
+            throughput=tuple(r for r in full.throughput if r.label.endswith("-fast")),
+            latency=None,
+        )
+    )
+    assert "issue 11" not in text
+    assert "| figure (issue 23, fast gateways) |" in text
