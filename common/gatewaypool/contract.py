@@ -25,10 +25,12 @@ __all__ = [
     "MAX_BUCKETS",
     "PLURAL",
     "READINESS_KEY",
+    "STUDY_UID_PATTERN",
     "SUBJECT_ATTRIBUTE_TYPES",
     "UID_MAX_LENGTH",
     "UID_PATTERN",
     "ae_title_problem",
+    "study_uid_problem",
     "uid_problem",
 ]
 
@@ -95,6 +97,24 @@ def uid_problem(value: str) -> str | None:
         return f"1 to {UID_MAX_LENGTH} characters, has {len(value)}"
     if not _UID.fullmatch(value):
         return "digits in dot-separated components, no leading zeros"
+    return None
+
+
+STUDY_UID_PATTERN: Final = r"^[0-9]+(\.[0-9]+)*$"
+"""A StudyInstanceUID the router routes: the syntax of `UID_PATTERN`, except
+that components with leading zeros (and a single component) are tolerated.
+Real-world data has them, and refusing such a study would stop it without
+making routing any safer. ``gatewaypool locate`` takes what the router routes."""
+
+_STUDY_UID: Final = re.compile(STUDY_UID_PATTERN)
+
+
+def study_uid_problem(value: str) -> str | None:
+    """Return why the router would not route a study of UID `value`, or None if it would."""
+    if not 1 <= len(value) <= UID_MAX_LENGTH:
+        return f"1 to {UID_MAX_LENGTH} characters, has {len(value)}"
+    if not _STUDY_UID.fullmatch(value):
+        return "digits in dot-separated components"
     return None
 
 

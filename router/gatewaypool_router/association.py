@@ -45,6 +45,7 @@ from gatewaypool_router.spool.intake import SpoolIntake
 from gatewaypool_router.spool.store import Meta, SpoolFullError
 from gatewaypool_router.statuses import Status, outcome
 from gatewaypool_router.studiesinflight import StudiesInFlight
+from gatewaypool_router.studyrecorder import StudyRecorder
 from gatewaypool_router.tls import ReloadingContext
 from gatewaypool_router.upstream import GatewayError, Upstream
 
@@ -122,6 +123,7 @@ class IncomingAssociation:
         gateway_tls: ReloadingContext | None = None,
         catalog: GatewayCatalog | None = None,
         spool: SpoolIntake | None = None,
+        record: StudyRecorder | None = None,
     ) -> None:
         """Prepare to serve `sock`; nothing is read before :meth:`serve`.
 
@@ -141,7 +143,10 @@ class IncomingAssociation:
             association is admitted and every storage context accepted.
         spool
             The router's spool (``--spool-dir``), if any.
+        record
+            The router's record of studies (``GET /studies/UID``), if any.
         """
+        self._record = record
         self._catalog = catalog
         self._spool = spool
         self._sock = sock
@@ -600,7 +605,9 @@ class IncomingAssociation:
         assert study_uid is not None
         bucket = study_bucket(study_uid, bucket_map.buckets)
         if bucket in bucket_map.closing:
+            instance.held = True
             bucket_map = self._hold(instance, bucket, bucket_map)
+        instance.map_version = bucket_map.version
         self._usage.routed(bucket, bucket_map.buckets)
         gateway = bucket_map.gateway_for(bucket)
         # Counted when routed, before the gateway is reached: a study sent to
@@ -959,6 +966,17 @@ class IncomingAssociation:
         self._tally.size += instance.size
         if result == "failure":
             self._tally.failed += 1
+        study_uid = instance.scanner.study_uid
+        if self._record is not None and study_uid is not None:
+            self._record.answered(
+                study_uid,
+                gateway=instance.gateway.name if instance.gateway is not None else None,
+                bucket=instance.bucket if instance.bucket >= 0 else None,
+                map_version=instance.map_version,
+                status=status,
+                spooled=instance.spooled,
+                held=instance.held,
+            )
         self._metrics.record_instance(
             gateway=gateway_name,
             outcome=result,

@@ -314,6 +314,14 @@ def _operations_options(parser: argparse.ArgumentParser, defaults: RouterConfig)
         "first instance until none arrived for this long (default %(default)s)",
     )
     ops.add_argument(
+        "--study-record-size",
+        type=int,
+        default=defaults.study_record_size,
+        metavar="N",
+        help="keep the last N studies routed in the record served at /studies/UID, "
+        "which `gatewaypool locate` reads; 0 keeps none (default %(default)s)",
+    )
+    ops.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -412,6 +420,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         header_limit=args.header_limit,
         shutdown_grace=args.shutdown_grace,
         study_quiet_seconds=args.study_quiet_seconds,
+        study_record_size=args.study_record_size,
         workers=available_cpus() if args.workers is None else args.workers,
         connect_to=tuple(ConnectTo.parse(rule) for rule in args.connect_to),
         plain_port=args.plain_port,

@@ -15,6 +15,8 @@ from gatewaypool.contract import ae_title_problem, uid_problem
 
 #: More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 256
+#: The most studies ``--study-record-size`` keeps (some 1 KB each).
+MAX_STUDY_RECORD = 1_000_000
 
 #: ``--forwarding``: how data set bytes move once an instance's gateway is
 #: known. ``splice`` moves them inside the kernel (Linux), ``copy`` through
@@ -172,6 +174,8 @@ class RouterConfig:
     watch_seconds: int = 50
     shutdown_grace: float = 30.0
     study_quiet_seconds: float = 30.0
+    #: Studies kept in the record served at ``/studies/UID`` (per worker).
+    study_record_size: int = 10000
     workers: int = 1
     forwarding: str = "auto"
     connect_to: tuple[ConnectTo, ...] = field(default=())
@@ -273,6 +277,10 @@ class RouterConfig:
         if not 1 <= self.study_quiet_seconds <= 3600:
             raise ConfigError(
                 f"--study-quiet-seconds: {self.study_quiet_seconds} is not in 1..3600"
+            )
+        if not 0 <= self.study_record_size <= MAX_STUDY_RECORD:
+            raise ConfigError(
+                f"--study-record-size: {self.study_record_size} is not in 0..{MAX_STUDY_RECORD}"
             )
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"--workers: {self.workers} is not in 1..{MAX_WORKERS}")

@@ -106,6 +106,9 @@ class Instance:
     offending: tuple[int, ...] = ()
     size: int = 0
     bucket: int = -1
+    #: The version of the map it was routed by, and whether it was held (bucket closing).
+    map_version: int | None = None
+    held: bool = False
     #: With a spool: the instance's file, a copy while it goes to its gateway.
     spool: SpoolWriter | None = None
     #: The instance goes to the spool (its file), not to a gateway.

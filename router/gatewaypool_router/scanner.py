@@ -38,6 +38,8 @@ from typing import Final
 import pydicom.datadict
 import pydicom.uid
 
+from gatewaypool.contract import study_uid_problem
+
 __all__ = [
     "MAX_NESTING_DEPTH",
     "MAX_STUDY_UID_BYTES",
@@ -118,7 +120,6 @@ class ScanState(enum.Enum):
     MALFORMED = "malformed"
 
 
-_UID_PATTERN: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _UID_BYTES_PATTERN: Final = re.compile(rb"[0-9]+(?:\.[0-9]+)*")
 _UID_MAX_CHARS: Final = 64
 
@@ -126,10 +127,10 @@ _UID_MAX_CHARS: Final = 64
 def is_valid_uid(value: str) -> bool:
     """Tell whether `value` can serve as a StudyInstanceUID for routing.
 
-    The check is the syntax of PS3.5 9.1 (digits and dots, no empty component,
-    at most 64 characters) except that components with leading zeros are
-    tolerated: real-world data has them, and refusing such a study would stop
-    it without making routing any safer.
+    The rule is :data:`gatewaypool.contract.STUDY_UID_PATTERN`: the syntax of
+    PS3.5 9.1 (digits and dots, no empty component, at most 64 characters)
+    except that components with leading zeros are tolerated. ``gatewaypool
+    locate`` checks the UIDs it is given by the same rule.
 
     Parameters
     ----------
@@ -141,7 +142,7 @@ def is_valid_uid(value: str) -> bool:
     bool
         True if `value` is a usable UID.
     """
-    return len(value) <= _UID_MAX_CHARS and _UID_PATTERN.fullmatch(value) is not None
+    return study_uid_problem(value) is None
 
 
 @dataclass(frozen=True, slots=True)

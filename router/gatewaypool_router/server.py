@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from prometheus_client import generate_latest
 
 from gatewaypool.logs import log_event
+from gatewaypool.studyrecord import StudyEntry
 from gatewaypool_router import sources, tls
 from gatewaypool_router.association import IncomingAssociation
 from gatewaypool_router.bucketusage import BucketUsage
@@ -36,6 +37,7 @@ from gatewaypool_router.progress import StallWatch
 from gatewaypool_router.spool.forwarder import SpoolForwarder
 from gatewaypool_router.spool.intake import SpoolIntake
 from gatewaypool_router.studiesinflight import StudiesInFlight
+from gatewaypool_router.studyrecorder import StudyRecorder
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class Router:
         self.usage = BucketUsage()
         self.studies = StudiesInFlight(quiet_seconds=config.study_quiet_seconds)
         self.metrics.export_studies_in_flight(self.studies, self._map_gateways)
+        self.record = StudyRecorder(capacity=config.study_record_size)
         self._lock = threading.Lock()
         self._active: set[threading.Thread] = set()
         self._associations: dict[threading.Thread, IncomingAssociation] = {}
@@ -173,6 +176,10 @@ class Router:
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.metrics.registry)
+
+    def study(self, study_uid: str) -> StudyEntry:
+        entry = self.record.get(study_uid)
+        return entry if entry is not None else StudyEntry(study_uid)
 
     def _map_gateways(self) -> list[str]:
         bucket_map = self.maps.current
@@ -330,6 +337,7 @@ class Router:
             gateway_tls=self._gateway_tls,
             catalog=self.catalog,
             spool=self.spool,
+            record=self.record,
         )
         with self._lock:
             self._associations[me] = association

@@ -15,6 +15,8 @@ replica use them all and still look like one router from outside:
 - one ``/healthz``, ``/readyz`` and ``/metrics``; metric values live in
   prometheus_client's multiprocess files, and studies in flight are merged
   from the workers' own trackers at scrape time;
+- one study record (``/studies/UID``): each worker records the studies it
+  routes, and the supervisor asks them all at request time and merges;
 - SIGTERM reaches every worker, which drains as a single router does;
 - a worker that dies is logged, counted
   (``gatewaypool_router_worker_restarts_total``) and replaced, and every
@@ -44,6 +46,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from gatewaypool.bucketmap import BucketMap, dump_map
 from gatewaypool.logs import log_event
+from gatewaypool.studyrecord import StudyEntry, merge_entries, parse_entry
 from gatewaypool_router import sources
 from gatewaypool_router.bucketusage import GatewayKey, ReplicaBucketUsage
 from gatewaypool_router.config import RouterConfig
@@ -225,6 +228,17 @@ class Supervisor:
     def ask_open(self) -> list[dict[GatewayKey, int]]:
         answers = [handle.ask("open") for handle in self._asked()]
         return [answer for answer in answers if answer is not None]
+
+    def study(self, study_uid: str) -> StudyEntry:
+        """The replica's record of `study_uid`: every worker's, merged.
+
+        A worker that does not answer in time is left out: the record is for
+        people, and a partial answer serves them better than none.
+        """
+        answers = [handle.ask("study", study_uid) for handle in self._asked()]
+        return merge_entries(
+            study_uid, (parse_entry(answer) for answer in answers if answer is not None)
+        )
 
     def by_gateway(self) -> dict[str, int]:
         """Studies in flight per gateway over all workers (a study counted once)."""

@@ -11,8 +11,9 @@ Messages are tuples pickled by :class:`multiprocessing.connection.Connection`:
 
 - supervisor to worker: ``("map", text)``, the first one before anything
   else (``None`` when it has no map yet); ``("ages", id, buckets, now)``,
-  ``("open", id)``, ``("studies", id)``, each answered by
-  ``("reply", id, value)``;
+  ``("open", id)``, ``("studies", id)``, ``("study", id, uid)`` (its record
+  of one study, as :func:`gatewaypool.studyrecord.dump_entry` writes it, or
+  None), each answered by ``("reply", id, value)``;
 - worker to supervisor, unasked: ``("ready",)`` once it answers questions
   (just before it accepts: a worker not ready has routed nothing), and
   ``("held",)`` when it starts holding an instance of a closing bucket
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from gatewaypool import logs
 from gatewaypool.bucketmap import MapError, parse_map
 from gatewaypool.logs import log_event
+from gatewaypool.studyrecord import dump_entry
 from gatewaypool_router.config import RouterConfig
 
 if TYPE_CHECKING:
@@ -96,6 +98,10 @@ class SupervisorLink:
             self.send(("reply", message[1], dict(router.usage.open_associations())))
         elif kind == "studies":
             self.send(("reply", message[1], router.studies.snapshot()))
+        elif kind == "study":
+            _, request, study_uid = message
+            entry = router.record.get(study_uid)
+            self.send(("reply", request, None if entry is None else dump_entry(entry)))
 
 
 def worker_main(
