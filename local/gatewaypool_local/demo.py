@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import subprocess
 import sys
 import threading
 import time
@@ -285,13 +286,29 @@ def run_demo(
             report.outage = _spool_figures(outage.report, router)
         for failure in failures:
             say(f"  sender problem: {failure}")
-        _print_report(report, out)
+        _print_report(report, out, router_url=f"http://{router.host}:{router.http_port}")
         return report
     finally:
         if router is not None:
             router.stop()
         for gateway in gateways:
             gateway.stop()
+
+
+def _show_locate(url: str, study_uid: str, say: Callable[[str], None]) -> None:
+    """Print `gatewaypool locate` for one study, and what it answers while the router runs."""
+    say("")
+    say('  Where is my study? Ask the routers (see the README\'s "Where is my study?"):')
+    say(f"  $ gatewaypool locate {study_uid} --router {url}")
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewaypool.cli", "locate", study_uid, "--router", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for line in (done.stdout or done.stderr).splitlines():
+        say(f"  {line}")
 
 
 def _share(generated: Sequence[Study], gateways: Sequence[GatewayPeer], index: int) -> int:
@@ -418,7 +435,7 @@ def _collect(
     )
 
 
-def _print_report(report: DemoReport, out: TextIO) -> None:
+def _print_report(report: DemoReport, out: TextIO, *, router_url: str) -> None:
     def say(text: str = "") -> None:
         print(text, file=out)
 
@@ -450,3 +467,5 @@ def _print_report(report: DemoReport, out: TextIO) -> None:
         )
         say(f"  sender failures   {report.sender_failures}")
     say(f"  result            {'OK' if report.ok else 'FAILED'}")
+    if report.studies:
+        _show_locate(router_url, report.studies[0].study.study_uid, say)

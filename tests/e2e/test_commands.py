@@ -43,6 +43,12 @@ def test_local_demo_reports_every_study_whole(tmp_path: Path) -> None:
     for line in lines:
         assert line.split()[1:3] == ["12", "12"], line
         assert line.count("gw-") == 1, line
+    # It ends with `gatewaypool locate` for its first study, and the router's
+    # record agrees with where the gateways stored it.
+    uid, gateway = lines[0].split()[0], lines[0].split()[3]
+    assert f"$ gatewaypool locate {uid} --router http://127.0.0.1:" in out
+    assert f"went to   {gateway} (12), by 1 of 1 routers" in out
+    assert f"  {gateway}: 12 instances " in out
 
 
 def test_bench_prints_its_figures(tmp_path: Path) -> None:

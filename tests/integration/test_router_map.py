@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import _config
 
-from gatewaypool.bucketmap import BucketMap, Gateway, dump_map
+from gatewaypool.bucketmap import dump_map
 from gatewaypool_local import scu
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import generate_study
+from support.mapfiles import all_to, write_atomically
 
 RouterFactory = Callable[..., RouterProcess]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def all_to(gateways: list[PynetdicomSink], owner: int, version: int) -> BucketMap:
-    """A map sending every bucket to one gateway (easy to see where things go)."""
-    return BucketMap(
-        version=version,
-        buckets=64,
-        gateways=tuple(
-            Gateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ),
-        owners=tuple([owner] * 64),
-    )
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def test_new_map_applies_to_open_associations(start_router: RouterFactory, tmp_path: Path) -> None:
