@@ -258,6 +258,14 @@ def _routing_options(parser: argparse.ArgumentParser, defaults: RouterConfig) ->
     source.add_argument(
         "--map", type=Path, help="bucket map file (JSON or YAML), reloaded on change"
     )
+    routing.add_argument(
+        "--readiness",
+        type=Path,
+        metavar="FILE",
+        help="with --map: which of its gateways are not Ready ({notReady: [names]}, JSON or "
+        "YAML), reloaded on change; with a spool their instances are spooled without trying "
+        "them (no file: all are Ready)",
+    )
     source.add_argument(
         "--gateway",
         action="append",
@@ -391,6 +399,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         http_bind=args.http_bind,
         http_port=args.http_port,
         map_file=args.map,
+        readiness_file=args.readiness,
         gateways=gateways,
         map_configmap=(
             ObjectRef.parse("--map-configmap", args.map_configmap) if args.map_configmap else None

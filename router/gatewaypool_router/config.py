@@ -149,6 +149,8 @@ class RouterConfig:
     http_bind: str = "0.0.0.0"
     http_port: int = 8080
     map_file: Path | None = None
+    #: ``--readiness``: the gateways not Ready, polled beside ``--map``.
+    readiness_file: Path | None = None
     gateways: tuple[Gateway, ...] = ()
     map_configmap: ObjectRef | None = None
     report_configmap: ObjectRef | None = None
@@ -238,6 +240,8 @@ class RouterConfig:
 
     def _check_map_source(self) -> None:
         """One map source, and a bucket count the gateways fit in."""
+        if self.readiness_file is not None and self.map_file is None:
+            raise ConfigError("--readiness needs --map (a ConfigMap holds its own readiness)")
         sources = [self.map_file is not None, bool(self.gateways), self.map_configmap is not None]
         if sum(sources) != 1:
             raise ConfigError(

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from gatewaypool.bucketmap import BucketMap, MapError, parse_map
-from gatewaypool.contract import MAP_KEY
+from gatewaypool.bucketmap import BucketMap, MapError, Readiness, parse_map, parse_readiness
+from gatewaypool.contract import MAP_KEY, READINESS_KEY
 from gatewaypool.logs import log_event
 from gatewaypool.reports import (
     PENDING_REPORT_SECONDS,
@@ -214,6 +214,7 @@ class ConfigMapMapWatcher:
         self._requests = requests
         self._stop = threading.Event()
         self._seen: str | None = None
+        self._seen_readiness: str | None = None
         self._thread = threading.Thread(target=self._run, name="map-watch", daemon=True)
 
     def load_now(self) -> bool:
@@ -262,16 +263,31 @@ class ConfigMapMapWatcher:
         if text is None:
             self._holder.refuse(f"ConfigMap {self._ref} has no {MAP_KEY!r} key", source="api")
             return
-        if text == self._seen:
-            return
-        self._seen = text
         source = f"configmap {self._ref}"
-        try:
-            candidate = parse_map(text)
-        except MapError as exc:
-            self._holder.refuse(str(exc), source=source)
+        if text != self._seen:
+            self._seen = text
+            try:
+                candidate = parse_map(text)
+            except MapError as exc:
+                self._holder.refuse(str(exc), source=source)
+            else:
+                self._holder.offer(candidate, source=source)
+        self._consider_readiness(data.get(READINESS_KEY), source=source)
+
+    def _consider_readiness(self, text: str | None, *, source: str) -> None:
+        """Apply the readiness beside the map; none (an older operator) means all are Ready."""
+        if text == self._seen_readiness:
             return
-        self._holder.offer(candidate, source=source)
+        self._seen_readiness = text
+        if text is None:
+            self._holder.offer_readiness(Readiness(), source=source)
+            return
+        try:
+            readiness = parse_readiness(text)
+        except MapError as exc:
+            self._holder.refuse(f"{READINESS_KEY}: {exc}", source=source)
+            return
+        self._holder.offer_readiness(readiness, source=source)
 
     def _watch(self, resource_version: str | None) -> None:
         """Follow one watch until the server ends it."""

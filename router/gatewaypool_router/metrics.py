@@ -153,8 +153,17 @@ class RouterMetrics:
             self.map_requests.labels(verb=verb)
         self.map_rejected = Counter(
             "gatewaypool_router_map_rejected",
-            "New bucket maps refused (invalid, stale or changing the bucket count)",
+            "New bucket maps refused (invalid, stale or changing the bucket count), and "
+            "invalid readiness records",
             registry=r,
+        )
+        self.gateway_not_ready = Gauge(
+            "gatewaypool_router_gateway_not_ready",
+            "1 while the map source marks the gateway not Ready (a router with a spool then "
+            "spools its instances without trying it), 0 once it is Ready again",
+            ["gateway"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def gateways_known(self, names: Iterable[str]) -> None:

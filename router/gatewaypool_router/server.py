@@ -152,7 +152,7 @@ class Router:
         self.catalog: GatewayCatalog | None = None
         #: The spool on the data path (each worker has one), and its forwarder
         #: (only in the process that holds the map source).
-        self.spool = SpoolIntake(config) if config.spool_dir is not None else None
+        self.spool = SpoolIntake(config, self.maps) if config.spool_dir is not None else None
         self.forwarder: SpoolForwarder | None = None
         #: The plain port (0 with --no-plain-port) and the TLS port (0 without TLS).
         self.port = config.port

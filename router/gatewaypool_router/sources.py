@@ -42,7 +42,12 @@ def map_source(
         reporter shares it), else None.
     """
     if config.map_file is not None:
-        watcher = FileMapWatcher(config.map_file, maps, interval=config.map_poll_interval)
+        watcher = FileMapWatcher(
+            config.map_file,
+            maps,
+            interval=config.map_poll_interval,
+            readiness=config.readiness_file,
+        )
         watcher.load_now()
         return [watcher], None
     if config.map_configmap is not None:

@@ -44,7 +44,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gatewaypool.bucketmap import BucketMap, dump_map
+from gatewaypool.bucketmap import BucketMap, Readiness, dump_map, dump_readiness
 from gatewaypool.logs import log_event
 from gatewaypool.studyrecord import StudyEntry, merge_entries, parse_entry
 from gatewaypool_router import sources
@@ -177,6 +177,7 @@ class Supervisor:
         self.metrics = RouterMetrics()
         self.maps = MapHolder(self.metrics)
         self.maps.subscribe(self._broadcast)
+        self.maps.subscribe_readiness(self._broadcast_readiness)
         self.usage = ReplicaBucketUsage(self, clock=time.monotonic)
         self._registry = CollectorRegistry()
         collector: Any = MultiProcessCollector  # untyped in prometheus_client
@@ -369,6 +370,7 @@ class Supervisor:
             # use first, then every later one, in order.
             current = self.maps.current
             handle.send(("map", None if current is None else dump_map(current)))
+            handle.send(("readiness", dump_readiness(self.maps.readiness)))
             self._slots[index] = handle
             live = sum(1 for slot in self._slots if slot is not None)
         handle.start()
@@ -382,6 +384,13 @@ class Supervisor:
             for handle in self._slots:
                 if handle is not None:
                     handle.send(("map", text))
+
+    def _broadcast_readiness(self, readiness: Readiness) -> None:
+        text = dump_readiness(readiness)
+        with self._lock:
+            for handle in self._slots:
+                if handle is not None:
+                    handle.send(("readiness", text))
 
     def _watch(self) -> None:
         """Replace workers that die, until the replica stops."""

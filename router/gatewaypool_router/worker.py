@@ -10,7 +10,9 @@ applies, and asks it, over the pipe, what the replica's report and
 Messages are tuples pickled by :class:`multiprocessing.connection.Connection`:
 
 - supervisor to worker: ``("map", text)``, the first one before anything
-  else (``None`` when it has no map yet); ``("ages", id, buckets, now)``,
+  else (``None`` when it has no map yet); ``("readiness", text)``, the
+  gateways the map source marks not Ready, right after it and on every
+  change; ``("ages", id, buckets, now)``,
   ``("open", id)``, ``("studies", id)``, ``("study", id, uid)`` (its record
   of one study, as :func:`gatewaypool.studyrecord.dump_entry` writes it, or
   None), each answered by ``("reply", id, value)``;
@@ -36,7 +38,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from gatewaypool import logs
-from gatewaypool.bucketmap import MapError, parse_map
+from gatewaypool.bucketmap import MapError, parse_map, parse_readiness
 from gatewaypool.logs import log_event
 from gatewaypool.studyrecord import dump_entry
 from gatewaypool_router.config import RouterConfig
@@ -91,6 +93,8 @@ class SupervisorLink:
                 router.maps.refuse(str(exc), source="supervisor")
                 return
             router.maps.offer(candidate, source="supervisor")
+        elif kind == "readiness":
+            router.maps.offer_readiness(parse_readiness(message[1]), source="supervisor")
         elif kind == "ages":
             _, request, buckets, now = message
             self.send(("reply", request, router.usage.ages(buckets, now=now)))

@@ -28,15 +28,23 @@ What it guarantees
 When an instance is spooled (``--spool-when``)
 ----------------------------------------------
 ``Always``: every instance. ``GatewayUnavailable`` (the default): when its
-bucket has entries waiting, when its gateway failed an instance in this
-process less than 2 s ago, or when on the way the gateway fails it with a
-retryable status (connection refused or timed out, association aborted, a
-0xA7xx answer). So that the last case needs no resend by the sender, every
-instance sent on is also written to a ``tmp/`` file, without fsync, and that
-copy is committed or deleted once the gateway has answered: this is why the
-router copies rather than splices with a spool. The bucket map carries no
-readiness of its gateways; a gateway that is down is learnt from the
-failures above.
+bucket has entries waiting, when the map source marks its gateway not
+Ready (``readiness.json`` beside the map, or ``--readiness``; see
+`gatewaypool.bucketmap.Readiness`), when its gateway failed an instance in
+this process less than 2 s ago, or when on the way the gateway fails it
+with a retryable status (connection refused or timed out, association
+aborted, a 0xA7xx answer). So that the last case needs no resend by the
+sender, every instance sent on is also written to a ``tmp/`` file, without
+fsync, and that copy is committed or deleted once the gateway has answered:
+this is why the router copies rather than splices with a spool.
+
+A gateway marked not Ready is not tried, neither by the data path nor by
+the forwarder: its instances queue in the spool, per bucket behind what is
+already there, and leave in order once a readiness marks it Ready again
+(or a new map gives its buckets to another gateway), as after an outage.
+The operator marks a pod within a pass of the change (at most its resync
+interval, 30 s by default; every 2 s while an owner is marked); meanwhile
+the router learns of a gateway that is down from the failures above.
 
 One spool per router, several processes
 ---------------------------------------

@@ -37,14 +37,17 @@ class Verdict(enum.Enum):
 _ASSOCIATION_REFUSALS = frozenset({Status.GATEWAY_REJECTED, Status.GATEWAY_REFUSED_CALLER})
 
 
-def spool_first(*, always: bool, bucket_waiting: bool, gateway_available: bool) -> bool:
+def spool_first(
+    *, always: bool, bucket_waiting: bool, gateway_available: bool, gateway_ready: bool = True
+) -> bool:
     """Whether an instance goes to the spool before (instead of) its gateway.
 
     Always with ``--spool-when Always``; otherwise when its bucket already
     has instances waiting in the spool (they go first: a study stays in
-    order), or its gateway failed a moment ago.
+    order), its gateway failed a moment ago, or the map source marks it not
+    Ready (`gatewaypool.bucketmap.Readiness`).
     """
-    return always or bucket_waiting or not gateway_available
+    return always or bucket_waiting or not gateway_available or not gateway_ready
 
 
 def judge(status: int) -> Verdict:

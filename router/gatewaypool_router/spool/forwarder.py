@@ -16,6 +16,8 @@ number of processes.
 - Each attempt ends in a :class:`~gatewaypool_router.spool.decide.Verdict`:
   delivered (deleted), refused (moved aside with its status), or retry
   after a back-off that grows per gateway.
+- A gateway the map source marks not Ready is not tried: its lane waits
+  for a readiness that says Ready, which wakes it at once.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class SpoolForwarder:
         self._scanner = threading.Thread(target=self._scan_loop, name="spool-scan", daemon=True)
         self.gateway_tls = tls.outbound_for(config)
         maps.subscribe(lambda _applied: self._notify())
+        maps.subscribe_readiness(lambda _readiness: self._notify())
 
     # -- life cycle -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from gatewaypool_router.config import RouterConfig
+from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.spool.decide import Availability, spool_first
 from gatewaypool_router.spool.store import SpoolStore, SpoolWriter
 
@@ -21,11 +22,12 @@ from gatewaypool_router.spool.store import SpoolStore, SpoolWriter
 class SpoolIntake:
     """The spool as the data path sees it."""
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, maps: MapHolder) -> None:
         assert config.spool_dir is not None
         self.store = SpoolStore(config.spool_dir, max_bytes=config.spool_max_bytes)
         self.always = config.spool_when == "Always"
         self.availability = Availability(clock=time.monotonic)
+        self._maps = maps
 
     def spool_first(self, bucket: int, gateway: str) -> bool:
         """Whether this instance goes to the spool instead of its gateway."""
@@ -35,6 +37,7 @@ class SpoolIntake:
             always=False,
             bucket_waiting=self.store.waiting(bucket),
             gateway_available=self.availability.available(gateway),
+            gateway_ready=self._maps.ready(gateway),
         )
 
     def writer(self) -> SpoolWriter | None:

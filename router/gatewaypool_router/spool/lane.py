@@ -7,7 +7,9 @@ reopened when the gateway, the calling AE title or a needed context
 changes, released when idle), and hands the outcome to the forwarder,
 which deletes, moves aside or keeps the entry. After a failed attempt it
 waits `~gatewaypool_router.spool.decide.retry_delay`, growing with each
-failure in a row.
+failure in a row. While the map source marks its gateway not Ready, the
+lane sends nothing and holds no association to it; it starts again on the
+readiness that says Ready (the forwarder wakes it), as after an outage.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class Lane(threading.Thread):
         forwarder = self._forwarder
         current = forwarder.maps.current
         if current is None:
+            return False
+        if not forwarder.maps.ready(self._gateway_name):
+            self._close(release=True)
             return False
         owner_of = forwarder.owner_of()
         entry = forwarder.queue.take(owner_of, self._gateway_name)

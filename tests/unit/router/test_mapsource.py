@@ -10,10 +10,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from gatewaypool.bucketmap import BucketMap, Gateway, balanced_map, dump_map
+from gatewaypool.bucketmap import (
+    BucketMap,
+    Gateway,
+    Readiness,
+    balanced_map,
+    dump_map,
+    dump_readiness,
+)
+from gatewaypool.contract import MAP_KEY, READINESS_KEY
+from gatewaypool_router.config import ObjectRef
+from gatewaypool_router.kubesource import ConfigMapMapWatcher
 from gatewaypool_router.mapsource import FileMapWatcher, MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 
@@ -378,3 +389,72 @@ def test_file_configmap_symlink_swap(tmp_path: Path, holder: MapHolder) -> None:
     configmap_update(volume, "2024_01_01_00_00_00.3", pool_map(version=3, gateways=3))
     assert watcher.load_now() is True
     assert holder.current == pool_map(version=3, gateways=3)
+
+
+# --- readiness, beside the map -------------------------------------------------------
+
+
+def not_ready_gauge(metrics: RouterMetrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "gatewaypool_router_gateway_not_ready", {"gateway": name}
+    )
+
+
+def test_readiness_replaces_the_last_and_says_nothing_of_versions(
+    holder: MapHolder, metrics: RouterMetrics
+) -> None:
+    seen: list[Readiness] = []
+    holder.subscribe_readiness(seen.append)
+    holder.offer(pool_map(version=3), source="test")
+    assert holder.ready("gw-1")  # nothing said: Ready
+    assert holder.offer_readiness(Readiness(frozenset({"gw-1"})), source="test")
+    assert not holder.ready("gw-1") and holder.ready("gw-0")
+    assert not holder.offer_readiness(Readiness(frozenset({"gw-1"})), source="test")  # no news
+    assert not_ready_gauge(metrics, "gw-1") == 1
+    assert holder.offer_readiness(Readiness(), source="test")
+    assert holder.ready("gw-1") and not_ready_gauge(metrics, "gw-1") == 0
+    assert seen == [Readiness(frozenset({"gw-1"})), Readiness()]
+    assert holder.current == pool_map(version=3) and version_gauge(metrics) == 3
+
+
+def test_readiness_file_beside_the_map(
+    tmp_path: Path, map_path: Path, holder: MapHolder, metrics: RouterMetrics
+) -> None:
+    path = tmp_path / "readiness.json"
+    watcher = FileMapWatcher(map_path, holder, interval=3600, readiness=path)
+    write(map_path, pool_map(version=1))
+    assert watcher.load_now() and holder.readiness == Readiness()  # no file: all Ready
+    path.write_text(dump_readiness(Readiness(frozenset({"gw-0"}))))
+    watcher.load_now()
+    assert not holder.ready("gw-0")
+    path.write_text('{"notReady": ["gw-0", "gw-0"]}')  # refused: the last one stays
+    watcher.load_now()
+    assert not holder.ready("gw-0") and rejected(metrics) == 1
+    path.write_text("notReady: []\n")
+    watcher.load_now()
+    assert holder.ready("gw-0")
+    path.write_text(dump_readiness(Readiness(frozenset({"gw-1"}))))
+    watcher.load_now()
+    path.unlink()  # gone: all Ready
+    watcher.load_now()
+    assert holder.readiness == Readiness() and holder.current == pool_map(version=1)
+
+
+def test_configmap_readiness_key_is_read_beside_the_map(
+    holder: MapHolder, metrics: RouterMetrics
+) -> None:
+    watcher = ConfigMapMapWatcher(None, ObjectRef("ns", "pool-map"), holder)
+
+    def event(**data: str) -> None:
+        watcher._consider(SimpleNamespace(data=data))
+
+    text = dump_map(pool_map(version=4))
+    event(**{MAP_KEY: text})  # an older operator: no readiness.json, all Ready
+    assert holder.current == pool_map(version=4) and holder.readiness == Readiness()
+    down = dump_readiness(Readiness(frozenset({"gw-1"})))
+    event(**{MAP_KEY: text, READINESS_KEY: down})  # the same map, news beside it
+    assert not holder.ready("gw-1") and holder.current == pool_map(version=4)
+    event(**{MAP_KEY: text, READINESS_KEY: "{"})  # refused, counted; the last one stays
+    assert not holder.ready("gw-1") and rejected(metrics) == 1
+    event(**{MAP_KEY: dump_map(pool_map(version=5)), READINESS_KEY: '{"notReady":[]}'})
+    assert holder.ready("gw-1") and holder.current == pool_map(version=5)

@@ -327,6 +327,15 @@ def test_cli_map_and_defaults(tmp_path: Path) -> None:
         assert getattr(built, name) == getattr(reference, name), name
 
 
+def test_cli_readiness_file_goes_with_a_map_file(tmp_path: Path) -> None:
+    readiness = tmp_path / "readiness.json"
+    built = config_from_args(parse("--map", "m.json", "--readiness", str(readiness)))
+    assert built.readiness_file == readiness
+    assert config_from_args(parse("--map", "m.json")).readiness_file is None
+    with pytest.raises(ConfigError, match="--readiness needs --map"):
+        config_from_args(parse("--gateway", "GW@h:104", "--readiness", str(readiness)))
+
+
 @pytest.mark.parametrize("mode", ["auto", "splice", "copy"])
 def test_cli_forwarding(mode: str) -> None:
     assert config_from_args(parse("--gateway", "GW@h:104", "--forwarding", mode)).forwarding == mode

@@ -73,19 +73,26 @@ def entry(seq: int, bucket: int, spooled_at: float = 100.0) -> Entry:
 
 
 @pytest.mark.parametrize(
-    ("always", "waiting", "available", "expected"),
+    ("always", "waiting", "available", "ready", "expected"),
     [
-        (False, False, True, False),  # cut-through, the default path
-        (False, True, True, True),  # behind its bucket's waiting instances
-        (False, False, False, True),  # its gateway failed a moment ago
-        (True, False, True, True),  # --spool-when Always
+        (False, False, True, True, False),  # cut-through, the default path
+        (False, True, True, True, True),  # behind its bucket's waiting instances
+        (False, False, False, True, True),  # its gateway failed a moment ago
+        (False, False, True, False, True),  # the map source marks its gateway not Ready
+        (True, False, True, True, True),  # --spool-when Always
     ],
 )
 def test_when_an_instance_goes_to_the_spool_first(
-    always: bool, waiting: bool, available: bool, expected: bool
+    always: bool, waiting: bool, available: bool, ready: bool, expected: bool
 ) -> None:
     assert (
-        spool_first(always=always, bucket_waiting=waiting, gateway_available=available) is expected
+        spool_first(
+            always=always,
+            bucket_waiting=waiting,
+            gateway_available=available,
+            gateway_ready=ready,
+        )
+        is expected
     )
 
 
