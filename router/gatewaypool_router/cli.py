@@ -368,8 +368,9 @@ def _spool_options(parser: argparse.ArgumentParser, defaults: RouterConfig) -> N
         choices=SPOOL_WHEN,
         default=defaults.spool_when,
         help="GatewayUnavailable: spool what a gateway cannot take now (connection refused or "
-        "timed out, a retryable 0xA7xx answer, a gateway that just failed); Always: spool "
-        "every instance first (default %(default)s)",
+        "timed out, a retryable 0xA7xx answer, a gateway that just failed, a gateway marked "
+        "not Ready, which is then not tried); Always: spool every instance first "
+        "(default %(default)s)",
     )
     spool.add_argument(
         "--spool-max-bytes",
