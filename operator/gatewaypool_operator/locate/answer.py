@@ -220,6 +220,7 @@ def _router_lines(answer: RouterAnswer) -> list[str]:
         first = datetime.fromtimestamp(use.first_at, UTC)
         last = datetime.fromtimestamp(use.last_at, UTC)
         versions = ", ".join(str(v) for v in sorted(use.map_versions)) or "none"
+        plural = "s" if len(use.map_versions) > 1 else ""
         outcomes = [
             f"{count} {name}"
             for name, count in (("acknowledged", use.acknowledged), ("spooled", use.spooled))
@@ -231,10 +232,17 @@ def _router_lines(answer: RouterAnswer) -> list[str]:
         if use.held:
             outcomes.append(f"{use.held} held while the bucket closed")
         lines.append(
-            f"{use.gateway or 'no gateway'}: {use.instances} instances "
-            f"{_clock(first)} to {_clock(last)}, map {versions}, {', '.join(outcomes)}"
+            f"{use.gateway or 'no gateway'}: {use.instances} instances {_span(first, last)}, "
+            f"map version{plural} {versions}, {', '.join(outcomes)}"
         )
     return lines
+
+
+def _span(first: datetime, last: datetime) -> str:
+    """``2026-12-07 23:04:28 to 23:04:29 UTC``: the date once when both are on one day."""
+    if first.date() == last.date():
+        return f"{_clock(first)[:-4]} to {last.strftime('%H:%M:%S')} UTC"
+    return f"{_clock(first)} to {_clock(last)}"
 
 
 def _clock(moment: datetime) -> str:

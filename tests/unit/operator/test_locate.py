@@ -77,7 +77,10 @@ def test_a_study_on_both_sides_of_a_move_shows_both_gateways_and_the_move() -> N
     assert "closing" in text
     assert f"owner     {owner} (pod {owner}, {owner}.ct-gw.rad.svc.cluster.local:104" in text
     assert f"went to   {owner} (30), ct-gw-2 (18), by 2 of 4 routers" in text
-    assert "17 acknowledged, 1 failed (1 x 0xA702), 2 held while the bucket closed" in text
+    assert (
+        "ct-gw-2: 18 instances 2026-12-07 23:29:50 to 23:29:55 UTC, map version 10, "
+        "17 acknowledged, 1 failed (1 x 0xA702), 2 held while the bucket closed"
+    ) in text
     assert "ct-router-c  not seen" in text
     assert "ct-router-d  not asked: pod is Pending" in text
     data = location.to_json()
