@@ -60,12 +60,20 @@ def test_the_image_carries_no_numpy_and_no_test_tools(venv: Path) -> None:
 def test_every_command_is_registered(venv: Path) -> None:
     result = run(venv, "--help")
     assert result.returncode == 0
-    for command in ("router", "operator"):
+    for command in ("router", "operator", "locate"):
         assert command in result.stdout
     # Registered by the project, absent from the image: left out of the list, not an error.
     assert "local" not in result.stdout and "bench" not in result.stdout
     assert run(venv, "router", "--help").returncode == 0
     assert run(venv, "operator", "--help").returncode == 0
+    # `kubectl gwp locate`: the plugin is in the image beside `gatewaypool`.
+    plugin = subprocess.run(
+        [str(venv / "bin" / "kubectl-gwp"), "locate", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert plugin.returncode == 0 and "STUDY_UID" in plugin.stdout
     assert run(venv, "--version").stdout.strip() == "gatewaypool 0.1.0"
 
 
