@@ -171,3 +171,72 @@ def test_unknown_and_malformed_uids(start_router: RouterFactory, tmp_path: Path)
         # The router refuses it as clearly, with 400 rather than "not seen".
         assert router.http_status("/studies/1.2.abc") == 400
         assert router.http_status(f"/studies/{UNSEEN_UID}") == 200
+
+
+def test_one_record_over_the_workers_of_a_replica(
+    start_router: RouterFactory, ct_studies: StudyFactory, tmp_path: Path
+) -> None:
+    """A study whose associations two workers served is one record, counted once."""
+    gateways = [StoreSCP(tmp_path / f"gw{i}", ae_title=f"GW{i}", fork=True) for i in range(2)]
+    map_file = tmp_path / "map.json"
+    with gateways[0], gateways[1]:
+        _write(map_file, all_to(gateways, 0, version=1))
+        router = start_router(map_file=map_file, workers=2)
+        shared: Study | None = None
+        # Rounds of one new study over four concurrent associations, until one
+        # round's associations were served by both workers (the kernel hands
+        # each connection to whichever worker waits in accept()).
+        for round_ in range(12):
+            [study] = ct_studies(1, instances=4, rows=16, columns=16, first_index=100 + round_)
+            threads = [
+                threading.Thread(target=_send, args=(router, [path], f"R{round_}A{i}"))
+                for i, path in enumerate(study.files)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=DEADLINE)
+            served = {
+                event["worker"]
+                for event in router.events("association.released")
+                if str(event.get("calling_ae", "")).startswith(f"R{round_}A")
+            }
+            if served == {0, 1}:
+                shared = study
+                break
+        assert shared is not None, "no study's associations reached both workers"
+        wait_until(
+            lambda: _stored(gateways).get(shared.study_uid) == Counter({"gw-0": 4}),
+            timeout=DEADLINE,
+            what="the shared study stored",
+        )
+    answer = _locate_json(shared.study_uid, router)
+    assert answer["wentTo"] == {"gw-0": 4}
+    [use] = answer["routers"][0]["record"]["gateways"]
+    assert (use["instances"], use["acknowledged"]) == (4, 4)
+
+
+def test_failed_and_spooled_instances_are_recorded_by_status(
+    start_router: RouterFactory, ct_studies: StudyFactory, tmp_path: Path
+) -> None:
+    """A gateway that is down: failed with 0xA701 without a spool, spooled with one."""
+    alive = StoreSCP(tmp_path / "alive", ae_title="ALIVE", fork=True)
+    down = StoreSCP(tmp_path / "down", ae_title="DOWN", fork=True)  # never started
+    failed, spooled = ct_studies(2, instances=2, rows=16, columns=16)
+    map_file = tmp_path / "map.json"
+    with alive:
+        _write(map_file, all_to([alive, down], 1, version=3))
+        plain = start_router(map_file=map_file)
+        spooling = start_router(
+            map_file=map_file,
+            # Its spool cannot drain to a gateway that is down: do not wait for it at stop.
+            extra_args=["--spool-dir", str(tmp_path / "spool"), "--shutdown-grace", "1"],
+        )
+        assert _send(plain, failed.files, "PLAIN") == [0xA701, 0xA701]
+        assert _send(spooling, spooled.files, "SPOOL") == [0, 0]
+    no_spool = _locate(failed.study_uid, "--router", f"http://{plain.host}:{plain.http_port}")
+    assert no_spool.returncode == 0, no_spool.stderr
+    assert "gw-1: 2 instances " in no_spool.stdout
+    assert "map version 3, 2 failed (2 x 0xA701)" in no_spool.stdout
+    [use] = _locate_json(spooled.study_uid, spooling)["routers"][0]["record"]["gateways"]
+    assert (use["gateway"], use["spooled"], use["acknowledged"], use["failed"]) == ("gw-1", 2, 0, 0)
