@@ -21,7 +21,8 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from gatewaypool.bucketmap import parse_map
+from gatewaypool.bucketmap import parse_map, parse_readiness
+from gatewaypool.contract import READINESS_KEY
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
@@ -200,6 +201,13 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
         pool.wait_settled(2, 2, timeout=60)
 
 
+def not_ready(pool: RealPool) -> set[str]:
+    """The gateways the operator marks not Ready beside the map (``readiness.json``)."""
+    found = pool.core.read_namespaced_config_map(f"{pool.name}-map", pool.namespace)
+    text = (found.data or {}).get(READINESS_KEY)
+    return set() if text is None else set(parse_readiness(text).not_ready)
+
+
 def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path: Path) -> None:
     """A gateway down: its study is acknowledged from a router's spool, which fills past
     90%, so SpoolBacklog turns True (SpoolFilling) with a Warning Event; the gateway back,
@@ -208,6 +216,14 @@ def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path
     bucket_map = parse_map(pool.map_text())
     owner = bucket_map.gateway_for(study_bucket(study.study_uid, bucket_map.buckets)).name
     cluster.kubelet.hold(pool.namespace, owner)
+    # The operator marks the held pod not Ready beside the map, at the same version.
+    wait_until(
+        lambda: owner in not_ready(pool),
+        timeout=30,
+        what=f"readiness.json marks {owner} not Ready",
+        interval=POLL,
+    )
+    assert parse_map(pool.map_text()).version == bucket_map.version
     traffic = Traffic([pool.router_service()], [study], seed=0, senders=1, chunk=7)
     traffic.start()
     outcome = traffic.finish(drain=True)
@@ -226,6 +242,12 @@ def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path
     assert pool_events(pool, "SpoolBacklog"), "no SpoolBacklog Warning Event"
     assert not pool.stored().get(owner), "the gateway got instances while down"
     cluster.kubelet.release(pool.namespace, owner)
+    wait_until(
+        lambda: not_ready(pool) == set(),
+        timeout=60,
+        what=f"readiness.json marks {owner} Ready again",
+        interval=POLL,
+    )
     wait_until(
         lambda: condition(pool, "SpoolBacklog").get("reason") == "SpoolEmpty",
         timeout=90,

@@ -85,8 +85,11 @@ indices in routers' reports mean the same pod in every version.
 Where the move records live (`gatewaypool_operator.handover.state`):
 `dump_state` gives the text the operator stores under `STATE_KEY` in the
 ``NAME-map`` ConfigMap, written in the same update as the map (routers
-read only ``map.json``), so a map and the start times of its moves are
-never out of step. A missing or unreadable state is safe to
+read ``map.json``, and ``readiness.json`` beside it, never this), so a map
+and the start times of its moves are never out of step. Readiness
+(`gatewaypool_operator.mapgateways.readiness`) is not a rule of handover:
+it changes no owner and publishes no version; rule 1 alone decides what a
+gateway that is not Ready keeps. A missing or unreadable state is safe to
 resume from: every moving bucket then counts as marked by the published
 version and started now, which can only delay completion and forcing.
 """
