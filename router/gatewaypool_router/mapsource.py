@@ -149,6 +149,7 @@ class FileMapWatcher:
         self._stop = threading.Event()
         self._seen: bytes | None = None
         self._seen_readiness: bytes | None = None
+        self._readiness_unreadable = False
         self._thread = threading.Thread(target=self._run, name="map-watcher", daemon=True)
 
     def load_now(self) -> bool:
@@ -194,9 +195,12 @@ class FileMapWatcher:
         except FileNotFoundError:
             content = None
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            self._holder.refuse(f"cannot read {self._readiness}: {reason}", source=source)
+            if not self._readiness_unreadable:  # once, not on every poll
+                reason = exc.strerror or type(exc).__name__
+                self._holder.refuse(f"cannot read {self._readiness}: {reason}", source=source)
+            self._readiness_unreadable = True
             return
+        self._readiness_unreadable = False
         if content is not None and content == self._seen_readiness:
             return
         self._seen_readiness = content

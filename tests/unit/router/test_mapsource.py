@@ -435,7 +435,12 @@ def test_readiness_file_beside_the_map(
     assert holder.ready("gw-0")
     path.write_text(dump_readiness(Readiness(frozenset({"gw-1"}))))
     watcher.load_now()
-    path.unlink()  # gone: all Ready
+    path.unlink()
+    path.mkdir()  # unreadable: refused once, not on every poll; the last one stays
+    watcher.load_now()
+    watcher.load_now()
+    assert not holder.ready("gw-1") and rejected(metrics) == 2
+    path.rmdir()  # gone: all Ready
     watcher.load_now()
     assert holder.readiness == Readiness() and holder.current == pool_map(version=1)
 
