@@ -9,7 +9,9 @@ and writing PDVs to the next hop is done here, on plain bytes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import select
 import socket
 import ssl
 import struct
@@ -32,6 +34,7 @@ _PDV_HEADER = struct.Struct(">LBB")
 #: Message control header bits (PS3.8 E.2).
 MCH_COMMAND = 0x01
 MCH_LAST = 0x02
+_COMMAND_LAST = MCH_COMMAND | MCH_LAST
 
 #: Abort sources and provider reasons (PS3.8 9.3.8).
 ABORT_SOURCE_USER = 0x00
@@ -133,7 +136,7 @@ class SocketReader:
         The most bytes one ``recv`` asks for beyond what the call needs.
     """
 
-    __slots__ = ("_buf", "_end", "_sock", "_start", "_view", "deadline", "read_ahead")
+    __slots__ = ("_buf", "_end", "_poller", "_sock", "_start", "_view", "deadline", "read_ahead")
 
     def __init__(self, sock: socket.socket, *, capacity: int, read_ahead: int) -> None:
         self._sock = sock
@@ -141,6 +144,7 @@ class SocketReader:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._poller: select.poll | None = None
         self.read_ahead = read_ahead
         #: With a time (``time.monotonic()``), reads end in ``TimeoutError``
         #: then, however the peer dribbles its bytes: a bound on a whole
@@ -240,6 +244,14 @@ class SocketReader:
             return True
         if self._start == self._end:
             self._start = self._end = 0
+        if not isinstance(self._sock, ssl.SSLSocket):
+            # One poll(2) answers the usual case, nothing waiting, where the
+            # read below costs two timeout changes and a failed recv.
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self._sock.fileno(), select.POLLIN)
+            if not self._poller.poll(0):
+                return False
         timeout = self._sock.gettimeout()
         self._sock.settimeout(0)
         try:
@@ -302,6 +314,20 @@ def iter_pdvs(body: bytes) -> Iterator[Pdv]:
         offset += 4 + item_length
 
 
+def sole_command(body: bytes) -> bytes | None:
+    """The command set a P-DATA-TF carries whole in its only PDV, else None.
+
+    What a response nearly always is: read here without the general
+    split of :func:`iter_pdvs`, which handles every other shape.
+    """
+    if len(body) < 6:
+        return None
+    item_length, _, control = _PDV_HEADER.unpack_from(body)
+    if item_length + 4 != len(body) or control & _COMMAND_LAST != _COMMAND_LAST:
+        return None
+    return body[6:]
+
+
 def check_pdv_header(item_length: int, room: int) -> None:
     """Refuse a PDV whose item length is impossible or overruns its PDU.
 
@@ -333,20 +359,22 @@ def pdv_header(context_id: int, control: int, length: int) -> bytes:
     return _HEADER.pack(P_DATA_TF, length + 6) + _PDV_HEADER.pack(length + 2, context_id, control)
 
 
+@functools.lru_cache(maxsize=256)
 def piece_headers(
     context_id: int, control: int, length: int, *, max_body: int
-) -> list[tuple[bytes, int]]:
+) -> tuple[tuple[bytes, int], ...]:
     """Headers and data lengths of the P-DATA-TF PDUs that carry one PDV.
 
     Only the final piece keeps the "last" bit of ``control``; the command
-    bit stays on every piece.
+    bit stays on every piece. Cached: a sender's PDUs are nearly all of one
+    length, so the same headers serve every instance.
     """
     pieces = piece_lengths(length, max_body=max_body)
     final = len(pieces) - 1
-    return [
+    return tuple(
         (pdv_header(context_id, control if index == final else control & ~MCH_LAST, piece), piece)
         for index, piece in enumerate(pieces)
-    ]
+    )
 
 
 def pdv_frames(
@@ -384,14 +412,23 @@ def send_buffers(
     (``MSG_MORE``), so a 12-byte header written here and the data spliced
     right after it leave in one segment instead of two.
     """
-    pending: list[bytes | memoryview] = [b for b in buffers if len(b)]
     if isinstance(sock, ssl.SSLSocket):
         # TLS has no sendmsg(): one write, so the buffers go out in few records.
-        sock.sendall(b"".join(pending))
+        sock.sendall(b"".join(buffers))
         return
     flags = _MSG_MORE if more else 0
-    while pending:
-        sent = sock.sendmsg(pending[:512], [], flags)
+    total = sum(map(len, buffers))
+    if not total:
+        return
+    if len(buffers) <= 512:
+        # Nearly always the socket takes it all at once: one call, no bookkeeping.
+        sent = sock.sendmsg(buffers, [], flags)
+        if sent == total:
+            return
+    else:
+        sent = 0
+    pending: list[bytes | memoryview] = [b for b in buffers if len(b)]
+    while True:
         while sent:
             first = pending[0]
             if sent >= len(first):
@@ -400,6 +437,9 @@ def send_buffers(
             else:
                 pending[0] = memoryview(first)[sent:]
                 sent = 0
+        if not pending:
+            return
+        sent = sock.sendmsg(pending[:512], [], flags)
 
 
 def drain_and_close(sock: socket.socket, *, timeout: float) -> None:

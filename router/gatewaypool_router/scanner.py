@@ -28,6 +28,7 @@ lengths and offsets, so logging it cannot leak patient data.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import struct
 import zlib
@@ -247,8 +248,14 @@ def _may_be_sequence(tag: int) -> bool:
     return vr in ("SQ", "UN")
 
 
+@functools.lru_cache(maxsize=64)
 def _resolve_transfer_syntax(transfer_syntax: str) -> tuple[_Encoding, bool]:
-    """Return the encoding of the data set and whether it is deflated."""
+    """Return the encoding of the data set and whether it is deflated.
+
+    Cached: every instance makes a scanner, and pydicom's UID checks cost
+    more than the rest of its set-up (an unsupported syntax raises each
+    time; a sender proposes few syntaxes, so the cache stays small).
+    """
     value = transfer_syntax.rstrip("\0 ")
     if not is_valid_uid(value):
         raise ValueError("transfer syntax is not a UID")

@@ -314,6 +314,10 @@ class Upstream:
         try:
             while True:
                 pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
+                if not command and pdu.type == pdus.P_DATA_TF:
+                    whole = pdus.sole_command(pdu.body)
+                    if whole is not None:  # nearly always: the response in one PDV
+                        return self._response(whole, message_id)
                 if pdu.type == pdus.ABORT:
                     self.close()
                     raise GatewayError(Status.GATEWAY_ABORTED, "gateway aborted the association")
@@ -327,17 +331,7 @@ class Upstream:
                         continue  # a C-STORE-RSP carries no data set; ignore stray data
                     command += pdv.data
                     if pdv.is_last:
-                        field, response = parse_response(bytes(command))
-                        if field != C_STORE_RSP or response.message_id != message_id:
-                            self.abort()
-                            raise GatewayError(
-                                Status.GATEWAY_ABORTED,
-                                f"unexpected response 0x{field:04X} to message "
-                                f"{response.message_id}",
-                            )
-                        self.instances += 1
-                        self.last_used = time.monotonic()
-                        return bytes(command), response
+                        return self._response(bytes(command), message_id)
         except TimeoutError as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "no response from gateway") from exc
@@ -347,6 +341,19 @@ class Upstream:
         except (pdus.PeerClosedError, CommandError, OSError) as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
+
+    def _response(self, raw: bytes, message_id: int) -> tuple[bytes, Response]:
+        """The whole response command set `raw`: parsed, if it answers `message_id`."""
+        field, response = parse_response(raw)
+        if field != C_STORE_RSP or response.message_id != message_id:
+            self.abort()
+            raise GatewayError(
+                Status.GATEWAY_ABORTED,
+                f"unexpected response 0x{field:04X} to message {response.message_id}",
+            )
+        self.instances += 1
+        self.last_used = time.monotonic()
+        return raw, response
 
     def release(self) -> None:
         """Release the association politely; abort it if the gateway does not answer."""

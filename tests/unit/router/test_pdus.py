@@ -357,3 +357,21 @@ def test_send_buffers_nothing_to_send(socket_pair: tuple[socket.socket, socket.s
     choked = ChokedSocket(sender, 10)
     send_buffers(choked, [b"", memoryview(b"")])  # type: ignore[arg-type]
     assert choked.calls == []
+
+
+@pytest.mark.parametrize(
+    ("pdvs", "whole"),
+    [
+        ([(1, MCH_COMMAND | MCH_LAST, b"rsp")], b"rsp"),
+        ([(1, MCH_COMMAND, b"rsp")], None),  # more of the command follows
+        ([(1, MCH_LAST, b"data")], None),  # a data set fragment
+        ([(1, MCH_COMMAND, b"rs"), (1, MCH_COMMAND | MCH_LAST, b"p")], None),  # two PDVs
+    ],
+)
+def test_sole_command_is_only_a_whole_command_in_the_only_pdv(
+    pdvs: list[tuple[int, int, bytes]], whole: bytes | None
+) -> None:
+    body = b"".join(pdv(*each) for each in pdvs)
+    assert pdus.sole_command(body) == whole
+    if whole is not None:  # what the general split gives too
+        assert b"".join(bytes(p.data) for p in iter_pdvs(body)) == whole
