@@ -126,6 +126,8 @@ class StatusBasis:
     autoscaler_status: Mapping[str, Any] | None = None
     #: Spool claims no live router mounts (see `Observed.router_claims`).
     idle_spool_claims: tuple[str, ...] = ()
+    #: The map's gateways published as not Ready (``readiness.json``).
+    gateways_not_ready: tuple[str, ...] = ()
 
     def status(self, *, apply_error: str | None = None) -> dict[str, Any]:
         """The whole ``status`` block, with `apply_error` when a write was refused."""
@@ -144,6 +146,7 @@ class StatusBasis:
             handover=self.handover,
             autoscaler_status=self.autoscaler_status,
             idle_spool_claims=self.idle_spool_claims,
+            gateways_not_ready=self.gateways_not_ready,
         )
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from gatewaypool.bucketmap import BucketMap, dump_map, dump_readiness
+from gatewaypool.bucketmap import BucketMap, Readiness, dump_map, dump_readiness
 from gatewaypool.contract import MAP_KEY, READINESS_KEY
 from gatewaypool.strict import is_int
 from gatewaypool_operator import exposure, mapgateways, observe, poolstatus, spoolstatus
@@ -148,6 +148,7 @@ def plan(
         idle_spool_claims=spoolstatus.idle_claims(
             observed.router_claims, router_name(name), basis.live_router_pods
         ),
+        gateways_not_ready=_not_ready(_readiness(observed, name, current_map)),
     )
 
     try:
@@ -184,14 +185,7 @@ def plan(
         current_map = decided.publish
     # Readiness goes beside the map, unversioned (see gatewaypool.bucketmap):
     # a change is written, but publishes no version and posts no Event.
-    readiness = (
-        mapgateways.readiness(
-            current_map,
-            observe.gateway_pods(observed.gateway_pods, statefulset=statefulset_name(name)),
-        )
-        if current_map is not None
-        else None
-    )
+    readiness = _readiness(observed, name, current_map)
     readiness_text = dump_readiness(readiness) if readiness is not None else None
     write_map = (
         decided.publish is not None
@@ -264,6 +258,7 @@ def plan(
             bucket_map=current_map,
             handover=summary,
             autoscaler_status=_autoscaler_status(observed, name, spec),
+            gateways_not_ready=_not_ready(readiness),
         ),
         map_name=map_name,
         map_existed=map_object is not None,
@@ -358,6 +353,18 @@ def _accepted(body: Mapping[str, Any], default_router_image: str) -> PoolSpec | 
         return parse_spec(json.loads(text), default_router_image=default_router_image)
     except (ValueError, SpecError):
         return None
+
+
+def _readiness(observed: Observed, name: str, bucket_map: BucketMap | None) -> Readiness | None:
+    """Which of `bucket_map`'s gateways are not Ready now; None without a map."""
+    if bucket_map is None:
+        return None
+    pods = observe.gateway_pods(observed.gateway_pods, statefulset=statefulset_name(name))
+    return mapgateways.readiness(bucket_map, pods)
+
+
+def _not_ready(readiness: Readiness | None) -> tuple[str, ...]:
+    return tuple(sorted(readiness.not_ready)) if readiness is not None else ()
 
 
 def _plan_handover(

@@ -129,6 +129,7 @@ def compute_status(
     handover: HandoverSummary | None = None,
     autoscaler_status: Mapping[str, Any] | None = None,
     idle_spool_claims: Sequence[str] = (),
+    gateways_not_ready: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Return the pool's whole ``status`` block.
 
@@ -170,12 +171,16 @@ def compute_status(
         none or it has no status yet. Read only when `spec` has autoscaling.
     idle_spool_claims
         Spool claims no live router mounts (``status.spool.idleClaims``).
+    gateways_not_ready
+        The map's gateways published as not Ready beside it
+        (``status.gatewaysNotReady``, `gatewaypool_operator.mapgateways.readiness`).
 
     Returns
     -------
     dict
         Every status field of the contract, always all of them but
-        ``oldestMoveSince`` (absent when nothing moves) and ``autoscaling``
+        ``oldestMoveSince`` (absent when nothing moves), ``gatewaysNotReady``
+        (absent when all are Ready) and ``autoscaling``
         (absent without ``spec.autoscaling``): the status is written with
         `merge_patch`, which deletes what is absent.
 
@@ -247,6 +252,9 @@ def compute_status(
         "bucketCounts": bucket_map.bucket_counts() if bucket_map is not None else {},
         "conditions": conditions,
     }
+    if gateways_not_ready:
+        # Absent when all are Ready: the merge patch then deletes it.
+        result["gatewaysNotReady"] = sorted(gateways_not_ready)
     if summary.oldest_move_since is not None:
         # Absent when nothing moves: the merge patch then deletes it.
         result["oldestMoveSince"] = format_time(summary.oldest_move_since)

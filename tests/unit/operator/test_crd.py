@@ -178,6 +178,7 @@ STATUS_FIELDS = [
     "excludedRouters",
     "autoscaling",
     "bucketCounts",
+    "gatewaysNotReady",
     "spool",
     "conditions",
 ]

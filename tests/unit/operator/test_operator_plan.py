@@ -291,7 +291,11 @@ def test_a_gateway_not_ready_is_marked_beside_the_map_with_no_new_version_or_eve
     assert readiness_written(marked) == Readiness(frozenset({"ct-gw-1"}))
     assert map_written(marked) == parse_map(data[MAP_KEY])
     assert reasons(marked) == [] and finish(marked, ApplyResult()).events == []
-    assert marked.status == decide(settled).status
+    # The status names it (absent when all are Ready); nothing else in it changes.
+    status = marked.status
+    assert status.pop("gatewaysNotReady") == ["ct-gw-1"]
+    assert "gatewaysNotReady" not in decide(settled).status
+    assert status == decide(settled).status
     # It owns buckets and routers spool for it: the pool is passed again soon.
     assert marked.owners_not_ready == ("ct-gw-1",)
     assert finish(marked, ApplyResult()).pending
