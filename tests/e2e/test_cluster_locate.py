@@ -163,6 +163,7 @@ def test_locate_follows_studies_across_a_handover_with_the_documented_role(
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
         plugin = _kubectl_gwp(env, both_sides[0], cluster_namespace, "-o", "json")
+        text = _kubectl_gwp(env, both_sides[0], cluster_namespace)
         unseen = _kubectl_gwp(env, UNSEEN_UID, cluster_namespace)
         malformed = _kubectl_gwp(env, "1.2.x", cluster_namespace)
         fewer = _needed_rules(short, cluster_namespace, studies[0].study_uid)
@@ -197,6 +198,11 @@ def test_locate_follows_studies_across_a_handover_with_the_documented_role(
     assert answer["owner"]["host"].startswith(
         f"{answer['owner']['pod']}.ct-gw.{cluster_namespace}.svc."
     )
+    print(text.stdout)  # the README's pool example comes from here (pytest -s)
+    assert text.returncode == 0, text.stderr
+    went = ", ".join(f"{name} ({count})" for name, count in answer["wentTo"].items())
+    assert f"went to   {went}, by " in text.stdout
+    assert f"owner     {answer['owner']['pod']} (pod {answer['owner']['pod']}, " in text.stdout
     assert unseen.returncode == 0, unseen.stderr
     assert "not seen by any router (2 asked)" in unseen.stdout
     assert "owner     ct-gw-" in unseen.stdout

@@ -79,15 +79,20 @@ class Location:
 
     @property
     def went_to(self) -> dict[str, int]:
-        """Instances per gateway over every router (``-`` for those no gateway got)."""
+        """Instances per gateway over every router (``-`` for those no gateway got).
+
+        In the order the gateways got their first instance of the study.
+        """
         totals: dict[str, int] = {}
+        first: dict[str, float] = {}
         for answer in self.routers:
             if answer.entry is None:
                 continue
             for name, use in answer.entry.uses.items():
                 key = name or "-"
                 totals[key] = totals.get(key, 0) + use.instances
-        return totals
+                first[key] = min(first.get(key, use.first_at), use.first_at)
+        return {key: totals[key] for key in sorted(totals, key=lambda k: (first[k], k))}
 
     @property
     def seen(self) -> bool:
@@ -232,14 +237,18 @@ def _router_lines(answer: RouterAnswer) -> list[str]:
         if use.held:
             outcomes.append(f"{use.held} held while the bucket closed")
         lines.append(
-            f"{use.gateway or 'no gateway'}: {use.instances} instances {_span(first, last)}, "
+            f"{use.gateway or 'no gateway'}: {use.instances} instance{'s' * (use.instances != 1)} "
+            f"{_span(first, last)}, "
             f"map version{plural} {versions}, {', '.join(outcomes)}"
         )
     return lines
 
 
 def _span(first: datetime, last: datetime) -> str:
-    """``2026-12-07 23:04:28 to 23:04:29 UTC``: the date once when both are on one day."""
+    """``2026-12-07 23:04:28 to 23:04:29 UTC``: the date once when both are on one day,
+    the time once when both are in one second."""
+    if first.replace(microsecond=0) == last.replace(microsecond=0):
+        return f"at {_clock(first)}"
     if first.date() == last.date():
         return f"{_clock(first)[:-4]} to {last.strftime('%H:%M:%S')} UTC"
     return f"{_clock(first)} to {_clock(last)}"

@@ -72,6 +72,9 @@ def test_a_study_on_both_sides_of_a_move_shows_both_gateways_and_the_move() -> N
     since = NOW - timedelta(seconds=95)
     location = locate(UID, bucket_map, routers=answers, move_since=since, in_pool=True)
     assert location.went_to == {owner: 30, "ct-gw-2": 18}
+    # Gateways in the order they got the study, whichever router saw them.
+    backwards = locate(UID, bucket_map, routers=answers[::-1], move_since=since, in_pool=True)
+    assert list(backwards.went_to) == [owner, "ct-gw-2"]
     text = render_text(location, now=NOW)
     assert f"moving    {owner} → ct-gw-2 since 2026-12-07 23:28:25 UTC (95 s ago)" in text
     assert "closing" in text
@@ -82,6 +85,16 @@ def test_a_study_on_both_sides_of_a_move_shows_both_gateways_and_the_move() -> N
         "17 acknowledged, 1 failed (1 x 0xA702), 2 held while the bucket closed"
     ) in text
     assert "ct-router-c  not seen" in text
+    single = GatewayUse(
+        "ct-gw-2",
+        instances=1,
+        first_at=NOW.timestamp(),
+        last_at=NOW.timestamp() + 0.2,
+        map_versions={10},
+        acknowledged=1,
+    )
+    one = locate(UID, bucket_map, routers=[RouterAnswer("r", entry=_entry(single))])
+    assert "ct-gw-2: 1 instance at 2026-12-07 23:30:00 UTC, map version 10" in render_text(one)
     assert "ct-router-d  not asked: pod is Pending" in text
     data = location.to_json()
     assert data["moving"] == {
