@@ -224,6 +224,12 @@ def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path
         interval=POLL,
     )
     assert parse_map(pool.map_text()).version == bucket_map.version
+    wait_until(
+        lambda: pool.status().get("gatewaysNotReady") == [owner],
+        timeout=30,
+        what="status.gatewaysNotReady names it",
+        interval=POLL,
+    )
     traffic = Traffic([pool.router_service()], [study], seed=0, senders=1, chunk=7)
     traffic.start()
     outcome = traffic.finish(drain=True)
@@ -246,6 +252,12 @@ def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path
         lambda: not_ready(pool) == set(),
         timeout=60,
         what=f"readiness.json marks {owner} Ready again",
+        interval=POLL,
+    )
+    wait_until(
+        lambda: "gatewaysNotReady" not in pool.status(),
+        timeout=30,
+        what="status.gatewaysNotReady gone",
         interval=POLL,
     )
     wait_until(
