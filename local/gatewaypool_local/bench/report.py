@@ -109,6 +109,8 @@ class FastFigures:
     cpu: tuple[RouterCpu, ...]  # the router's, per association count
     bare_cpu: tuple[RouterCpu, ...]  # the bare forwarder's, the same cases
     latency: Latency
+    #: Peak RSS of the fast case's router after its runs (the fast rows' memory figure).
+    memory: tuple[ProcessSample, ...] = ()
 
     def multiples(self) -> list[tuple[RouterCpu, RouterCpu, float | None]]:
         """Each case's router CPU, the bare forwarder's, and the first as a multiple.
@@ -352,13 +354,18 @@ def _fast(result: BenchResult, fast: FastFigures, say: Callable[[str], None]) ->
         )
     added99 = fast.latency.added(0.99)
     say(_target_row("added latency per C-STORE, p99", _ms(added99), "≤ 1 ms", added99 <= 0.001))
-    _memory_rows(result, say)
+    _memory_rows(result, say, fast.memory or None)
 
 
-def _memory_rows(result: BenchResult, say: Callable[[str], None]) -> None:
-    """Peak RSS per worker against its target, after the runs and while streaming."""
+def _memory_rows(
+    result: BenchResult, say: Callable[[str], None], memory: Sequence[ProcessSample] | None = None
+) -> None:
+    """Peak RSS per worker against its target, after the runs and while streaming.
+
+    `memory`: the router read after the runs (by default the disk case's).
+    """
     for what, samples in (
-        ("peak RSS per worker", result.memory),
+        ("peak RSS per worker", result.memory if memory is None else memory),
         (
             f"peak RSS per worker, {_mib(result.multiframe_bytes)} multi-frame",
             result.multiframe_memory,

@@ -201,9 +201,11 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         )
         latency = _latency(direct_gateway, routers["routed"], small.files) if disk else None
         fast_latency = _latency(fast_direct, routers["routed-fast"], small.files) if fast else None
-        memory = tuple(
-            _RouterTree(routers["routed" if disk else "routed-fast"], args.workers).sample()
-        )
+        memory = {
+            label: tuple(_RouterTree(routers[label], args.workers).sample())
+            for label in ("routed", "routed-fast")
+            if label in routers
+        }
     finally:
         for started in routers.values():
             started.stop()
@@ -220,6 +222,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             cpu=tuple(measured.cpu["routed-fast"]),
             bare_cpu=tuple(measured.cpu["bare-fast"]),
             latency=fast_latency,
+            memory=memory["routed-fast"],
         )
         if fast_latency is not None
         else None
@@ -242,7 +245,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         cpu=tuple(cpu),
         latency=latency,
         latency_instance_bytes=small.total_bytes // small.instances,
-        memory=memory,
+        memory=memory.get("routed", memory.get("routed-fast", ())),
         multiframe_bytes=big.size,
         multiframe_seconds=big.seconds,
         multiframe_memory=big.memory,

@@ -263,6 +263,7 @@ def _fast_result() -> BenchResult:
             direct=tuple(0.001 + i * 1e-6 for i in range(200)),
             routed=(*(0.0012 + i * 1e-6 for i in range(199)), 0.01),
         ),
+        memory=(ProcessSample(pid=12, role="worker", cpu_ticks=400, peak_rss=70 * MIB),),
     )
     base = _result()
     rows = (
@@ -296,6 +297,10 @@ def test_the_fast_gateway_case_has_its_own_rows_and_issue_23_targets() -> None:
     }
     for name, row in rows.items():
         assert row in text, name
+    # The fast case's own router's memory, not the disk case's (62 MiB).
+    assert (
+        "| peak RSS per worker | 70 MiB | < 100 MiB | yes |" in text.split("| figure (issue 23")[1]
+    )
     # The disk-writing case's section is still there, before the fast one.
     assert text.index("| figure (issue 11)") < text.index("| figure (issue 23")
 
