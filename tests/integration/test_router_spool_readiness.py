@@ -114,13 +114,20 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
         assert before >= 1 and gateways[0].is_running()
         # Success for every instance, though gw-0 is never asked: they are in the spool.
         send(router, spooled)
-        send(router, other)  # gw-1 is Ready: straight on, as before
         assert len(list((spool / "queue").rglob("*.inst"))) == 24
         assert associations(gateways[0]) == before
-        assert gateways[0].received_count() == 12
+        # The forwarder has the entries in its queue (and has started gw-0's lane).
+        wait_until(
+            lambda: router.metric("gatewaypool_router_spool_spooled_total") == 24,
+            timeout=15,
+            what="the forwarder queued the spooled instances",
+        )
+        # gw-1 is Ready: straight on, as before; meanwhile gw-0's lane does not try it.
+        send(router, other)
         wait_until(lambda: gateways[1].received_count() == 12, timeout=30, what="gw-1's study")
         assert router.metric("gatewaypool_router_gateway_failures_total", gateway="gw-0") == 0
-        assert associations(gateways[0]) == before  # the forwarder has not tried it either
+        assert associations(gateways[0]) == before
+        assert gateways[0].received_count() == 12
 
         readiness.write_text(dump_readiness(Readiness()))
         wait_until(
