@@ -23,7 +23,7 @@ from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.synth import generate_study
 from support.realcluster import Cluster
 from support.realpool import gateway_spec, operated_pool
-from support.traffic import SEND_SKEW_SECONDS, Traffic
+from support.traffic import Traffic, assert_whole_or_resumed
 
 ROUTERS = 2
 QUIET_SECONDS = 2
@@ -67,18 +67,9 @@ def test_scale_three_five_two_four_under_traffic(
     assert outcome.studies[-1] not in studies[-6:], "the late studies were sent before"
     holders = pool.gateways_of_studies()
     stored = {sop for instances in pool.stored().values() for sop in instances}
-    resumed: list[str] = []
     for study in outcome.studies:
         assert set(study.sop_instance_uids) <= outcome.acknowledged.keys()
-        if len(holders[study.study_uid]) > 1:
-            # Complete by the documented meaning: its sender went quiet (a retry's pause).
-            silence = traffic.longest_silence(study)
-            assert silence > QUIET_SECONDS - SEND_SKEW_SECONDS, (
-                f"study split over {holders[study.study_uid]}, "
-                f"its sender silent for at most {silence:.1f} s"
-            )
-            resumed.append(study.study_uid)
-    assert len(resumed) <= len(outcome.studies) // 10, f"{len(resumed)} studies resumed"
+    assert_whole_or_resumed(traffic, outcome.studies, holders, quiet_seconds=QUIET_SECONDS)
     assert outcome.acknowledged.keys() <= stored, "an acknowledged instance is on no gateway"
     assert not after.failed and len(after.studies) == 6
     for study in after.studies:

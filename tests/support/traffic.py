@@ -31,7 +31,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +49,7 @@ _RETRY_PAUSE = 0.25
 _RETRY_PAUSE_MAX = 2.0
 #: How much shorter a router may see a sender's silence than the sender's clock shows:
 #: the earlier of two instances may reach the router later than it was sent.
-SEND_SKEW_SECONDS = 0.5
+_SEND_SKEW_SECONDS = 0.5
 
 
 class Target(Protocol):
@@ -204,3 +204,28 @@ class Traffic:
         except (scu.PynetdicomSendError, OSError):
             return files
         return []
+
+
+def assert_whole_or_resumed(
+    traffic: Traffic,
+    studies: Sequence[Study],
+    holders: Mapping[str, set[str]],
+    *,
+    quiet_seconds: float,
+) -> None:
+    """Every study on one gateway (`holders`: study UID -> gateways holding it), but for one
+    whose sender went silent for longer than `quiet_seconds`, and at most a tenth of them.
+
+    Such a study was complete by the README's definition when it went quiet,
+    and may go on on its bucket's new gateway.
+    """
+    resumed = []
+    for study in studies:
+        if len(holders[study.study_uid]) > 1:
+            silence = traffic.longest_silence(study)
+            assert silence > quiet_seconds - _SEND_SKEW_SECONDS, (
+                f"study split over {sorted(holders[study.study_uid])}, "
+                f"its sender silent for at most {silence:.1f} s"
+            )
+            resumed.append(study.study_uid)
+    assert len(resumed) <= len(studies) // 10, f"{len(resumed)} of {len(studies)} studies resumed"
