@@ -117,6 +117,8 @@ class Pod:
     phase: str = "Pending"
     reason: str | None = None
     message: str | None = None
+    #: Set (under the lock) by `evict` before it kills the pod's processes: the pod
+    #: worker then leaves the pod alone, lest it take their deaths for exits of their own.
     stopping: bool = False
     done: bool = False
     started: bool = False
@@ -625,6 +627,8 @@ class Kubelet:
             container.ready = True
 
     def _tend(self, pod: Pod) -> None:
+        if pod.stopping:
+            return  # being evicted: `evict` kills it and writes its phase
         changed = False
         restart_policy = (pod.manifest.get("spec") or {}).get("restartPolicy", "Always")
         for container in pod.containers.values():
@@ -645,7 +649,7 @@ class Kubelet:
                     container.next_start = time.monotonic() + backoff
                     container.waiting = "CrashLoopBackOff" if container.restarts else None
             if container.process is None and container.next_start and not pod.held:
-                if time.monotonic() >= container.next_start:
+                if time.monotonic() >= container.next_start and not pod.stopping:
                     container.next_start = 0.0
                     container.last_terminated = container.terminated
                     container.restarts += 1
@@ -657,6 +661,8 @@ class Kubelet:
                     changed = True
             elif container.process is not None:
                 changed |= self._probe(pod, container)
+        if pod.stopping:
+            return  # evicted meanwhile: its processes died of that, not of their own
         if all(c.process is None and not c.next_start for c in pod.containers.values()):
             failed = any((c.terminated or {}).get("exitCode") for c in pod.containers.values())
             pod.phase = "Failed" if failed else "Succeeded"
