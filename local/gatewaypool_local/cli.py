@@ -135,7 +135,7 @@ def register_bench(subparsers: Any) -> None:
     parser.add_argument(
         "--latency-instances",
         type=int,
-        default=200,
+        default=1000,
         help="small instances timed one by one for the added latency (default %(default)s)",
     )
     parser.add_argument(
