@@ -316,10 +316,11 @@ def test_scale_through_the_scale_subresource_and_the_spec(ns: Operated) -> None:
     wait_settled(ns, pool, 5)
     second = published(ns, "sc")
     assert second is not None
-    assert list(second.owners) == rebalance(list(first.owners), 5)
-    moved = sum(1 for a, b in zip(first.owners, second.owners, strict=True) if a != b)
-    # Only what the two newcomers need moves: 4096 // 5 = 819 buckets each.
-    assert moved == 2 * 819
+    # Only what the two newcomers need moves: 4096 // 5 = 819 buckets each, and only
+    # to them (in one step, or in two when one is Ready a pass before the other).
+    moved = [(a, b) for a, b in zip(first.owners, second.owners, strict=True) if a != b]
+    assert {b for _, b in moved} == {3, 4}
+    assert len(moved) == 2 * 819
     counts = sorted(second.bucket_counts().values())
     assert counts[-1] - counts[0] <= 1
     scale = pool.custom.get_namespaced_custom_object_scale(
