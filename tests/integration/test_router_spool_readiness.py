@@ -17,6 +17,7 @@ import pytest
 from gatewaypool.bucketmap import BucketMap, Readiness, balanced_map, dump_map, dump_readiness
 from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.hashing import study_bucket
+from gatewaypool.studyrecord import parse_entry
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.routerproc import RouterProcess
@@ -161,6 +162,18 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
                 assert item.dataset_sha256() == sent[item.sop_instance_uid]
         assert router.metric("gatewaypool_router_spool_forwarded_total") == 24
         assert router.metric("gatewaypool_router_gateway_not_ready", gateway="gw-0") == 0
+        # The study record says where the spooled studies went, and that they got there
+        # (with two workers: the supervisor's deliveries merged with the workers' answers).
+        for study in spooled:
+            entry = parse_entry(router.http_text(f"/studies/{study.study_uid}"))
+            use = entry.uses["gw-0"]
+            assert (use.instances, use.spooled, use.spool_delivered, use.spool_refused) == (
+                12,
+                12,
+                12,
+                0,
+            ), entry
+            assert set(entry.uses) == {"gw-0"}
     finally:
         for gateway in gateways:
             gateway.stop()
