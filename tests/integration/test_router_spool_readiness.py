@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from gatewaypool.bucketmap import BucketMap, Readiness, balanced_map, dump_map, dump_readiness
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool.studyrecord import parse_entry
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256, generate_study, study_uid_for
@@ -77,12 +77,7 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
     for gateway in gateways:
         gateway.start()
     try:
-        bucket_map = balanced_map(
-            [
-                MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-                for i, g in enumerate(gateways)
-            ]
-        )
+        bucket_map = balanced_map(map_gateways(gateways))
         map_file = tmp_path / "map.json"
         map_file.write_text(dump_map(bucket_map))
         readiness = tmp_path / "readiness.json"
