@@ -736,7 +736,7 @@ class IncomingAssociation:
             self.gateway_failed(instance, exc)
             return None
         if self._catalog is not None:
-            self._catalog.reached(gateway, reachable=True)
+            self._catalog.reached(gateway, reachable=True, associated=True)
         usage.opened(gateway.name)
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)

@@ -395,6 +395,31 @@ def test_no_reachable_gateway_refuses_associations_until_one_answers(
     assert router.metric("gatewaypool_router_refusals_total", reason="no_gateway_reachable") >= 2
 
 
+def test_with_a_spool_no_reachable_gateway_still_admits_and_spools(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """With --spool-dir the router can hold what no gateway takes now: C-ECHO succeeds.
+
+    A refusal would be the lie then: the instance is acknowledged once it
+    is durable in the spool, and forwarded when its gateway answers.
+    """
+    study = generate_study(tmp_path / "data", study_index=7, instances=1, rows=16, columns=16)
+    sink = PynetdicomSink(tmp_path / "sink", ae_title="LATE")
+    router = start_router(
+        [sink], extra_args=["--spool-dir", str(tmp_path / "spool"), "--shutdown-grace", "2"]
+    )  # the sink is not started: nothing listens on its port
+    echo = echoscu(router.host, router.port, called_ae=router.ae_title)
+    with RawScu(router.host, router.port, contexts=[ct_context()]) as scu:
+        status = scu.store_file(1, study.files[0]).status
+        scu.release()
+    with sink:
+        [held] = sink.wait_for_count(1, timeout=30)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert status == 0
+    assert held.sop_instance_uid == study.sop_instance_uids[0]
+    assert not router.events("association.rejected")
+
+
 def test_no_map_refuses_associations(start_router: RouterFactory, tmp_path: Path) -> None:
     router = RouterProcess(tmp_path / "router", map_file=tmp_path / "absent.json")
     router.start(wait_ready=False)
@@ -1111,3 +1136,39 @@ def test_a_pair_probe_too_slow_refuses_the_pair_until_it_answers(
     assert learnt["accepted"] == [f"{ENHANCED_CT_STORAGE}/{JPEG_LS_LOSSLESS}"]
     assert answered[1] == (0, JPEG_LS_LOSSLESS)
     assert answered[3] == (0, EXPLICIT_VR_LE)
+
+
+def _offer_jpeg_ls_only(router: RouterProcess) -> tuple[int, str]:
+    with RawScu(router.host, router.port, contexts=[ct_context(1, JPEG_LS_LOSSLESS)]) as scu:
+        result = scu.results[1]
+        scu.release()
+    return result
+
+
+def test_a_gateway_that_starts_late_is_probed_once_it_listens(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A gateway down when the router probed it narrows the set once it is up.
+
+    In a pool, a gateway pod restarts, or comes up after the router: its
+    first probe fails. The router probes it again while it has no answer,
+    without waiting for a sender, so that what senders may send follows it
+    too: here JPEG-LS, taken by the first gateway, is refused once the
+    uncompressed-only second one answers.
+    """
+    early = PynetdicomSink(tmp_path / "early", ae_title="EARLY")
+    late = InstalledStoreSCP(tmp_path / "late", ae_title="LATE")
+    with early:
+        router = start_router([early, late])
+        probed = router.wait_events("gateway.probed", timeout=20)
+        router.wait_events("gateway.probe_failed", timeout=20)
+        assert [record["gateway"] for record in probed] == ["gw-0"]
+        assert _offer_jpeg_ls_only(router) == (0, JPEG_LS_LOSSLESS)
+        with late:
+            [later] = [
+                record
+                for record in router.wait_events("gateway.probed", count=2, timeout=20)
+                if record["gateway"] == "gw-1"
+            ]
+            assert JPEG_LS_LOSSLESS not in later["seeded"][CT_IMAGE_STORAGE]
+            assert _offer_jpeg_ls_only(router) == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
