@@ -454,6 +454,13 @@ def test_a_missing_study_uid_names_the_offending_element(
                 sop_instance=study.sop_instance_uids[0],
                 data=unreadable,
             )
+            # The data set ends 10 bytes into what its pixel data's length promised.
+            cut = scu.store(
+                1,
+                sop_class=CT_IMAGE_STORAGE,
+                sop_instance=study.sop_instance_uids[0],
+                data=plain[:-10],
+            )
             scu.release()
     assert result.status == 0xA900  # Error: data set does not match SOP class
     assert result.offending_element == struct.pack("<HH", 0x0020, 0x000D)
@@ -461,6 +468,9 @@ def test_a_missing_study_uid_names_the_offending_element(
     assert malformed.status == 0xC210  # Error: cannot understand
     assert malformed.offending_element == struct.pack("<HH", 0x0008, 0x0060)
     assert "unknown VR" in malformed.error_comment
+    assert cut.status == 0xC210
+    assert cut.offending_element == struct.pack("<HH", 0x7FE0, 0x0010)
+    assert "before the end of a value" in cut.error_comment
 
 
 # -- upper layer (PS3.8) ------------------------------------------------------
