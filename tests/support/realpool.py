@@ -288,14 +288,20 @@ def clear_test_pools(operated: ModuleOperator, *, failed: bool) -> None:
 
 @contextmanager
 def operated_pool(
-    cluster: Cluster, namespace: str, spec: dict[str, Any], *, name: str = "ct"
+    cluster: Cluster,
+    namespace: str,
+    spec: dict[str, Any],
+    *,
+    name: str = "ct",
+    values: dict[str, Any] | None = None,
 ) -> Iterator[RealPool]:
-    """The chart installed into `namespace` and pool `name` created there with `spec`.
+    """The chart installed into `namespace` (with `values`) and pool `name` created there
+    with `spec`.
 
     Yields as soon as the pool is created; the chart's cluster-wide objects
     are removed afterwards (the namespace takes the rest).
     """
-    installed = cluster.install(namespace)
+    installed = cluster.install(namespace, values=values)
     try:
         pool = RealPool(cluster, namespace, name)
         pool.create(spec)
