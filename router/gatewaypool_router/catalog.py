@@ -31,7 +31,10 @@ listening yet; or it rejected the router's association) is probed again in
 the background, without waiting for a sender: first after ``_RECHECK``
 seconds, then at doubling intervals up to ``_REPROBE_MAX``, and at once
 when a sender's association reaches it. Until it answers it does not
-narrow what senders may send.
+narrow what senders may send. A gateway that refuses, in a sender's
+association, a pair its probe accepted (redeployed with other settings
+under the same name) is probed again too, as soon as ``_RECHECK`` seconds
+have passed since its last probe: its answers replace what was known.
 
 The same probes say whether a gateway can be reached. An association from
 a sender is refused (transient: A-ASSOCIATE-RJ 2/3/1) when no map is loaded
@@ -123,6 +126,8 @@ class _Entry:
     learning: set[Pair] = field(default_factory=set)
     #: Probes in a row that got no answer (see :func:`reprobe_delay`).
     failures: int = 0
+    #: A sender's association found it refusing a pair it accepted when probed.
+    stale: bool = False
 
 
 class GatewayCatalog:
@@ -175,9 +180,9 @@ class GatewayCatalog:
             key = key_of(gateway)
             entry = self._entries.get(key)
             # Not answered yet: its first probe (or another) is still under way.
-            if entry is None or entry.accepts is not None or entry.reachable is None:
+            if entry is None or entry.reachable is None or key in self._probing:
                 continue
-            if key in self._probing:
+            if entry.accepts is not None and not entry.stale:
                 continue
             left = entry.checked + reprobe_delay(entry.failures) - now
             if left <= 0:
@@ -508,6 +513,25 @@ class GatewayCatalog:
                 entry.checked = time.monotonic()
                 self._changed.notify_all()
 
+    def contradicted(self, gateway: Gateway, refused: Sequence[Pair]) -> None:
+        """A sender's association to the gateway had these pairs refused.
+
+        Those its probes said it accepts make what is known of it stale: it
+        is probed again (see :meth:`_due`), and its answers replace that.
+        """
+        with self._lock:
+            entry = self._entries.get(key_of(gateway))
+            if entry is None or entry.accepts is None or entry.stale:
+                return
+            wrong = sorted(_pair_name(pair) for pair in refused if pair in entry.accepts.pairs)
+            if not wrong:
+                return
+            entry.stale = True
+            self._changed.notify_all()
+        log_event(
+            log, logging.WARNING, "gateway.probe_contradicted", gateway=gateway.name, refused=wrong
+        )
+
     # -- probing --------------------------------------------------------------
 
     def probe(self, gateway: Gateway) -> None:
@@ -548,6 +572,7 @@ class GatewayCatalog:
                     entry.accepts = accepts
                     entry.generation += 1
                     entry.failures = 0
+                    entry.stale = False
                 else:
                     entry.failures += 1
             self._changed.notify_all()

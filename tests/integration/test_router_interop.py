@@ -221,8 +221,15 @@ class InstalledStoreSCP(StoreSCP):
     `promiscuous`) only the storage SOP classes of the standard.
     """
 
-    def __init__(self, work_dir: Path, *, ae_title: str, promiscuous: bool = False) -> None:
-        super().__init__(work_dir, ae_title=ae_title)
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        ae_title: str,
+        promiscuous: bool = False,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(work_dir, ae_title=ae_title, port=port)
         self._promiscuous = promiscuous
 
     def _command(self) -> list[str]:
@@ -1182,3 +1189,41 @@ def test_a_gateway_that_starts_late_is_probed_once_it_listens(
             ]
             assert JPEG_LS_LOSSLESS not in later["seeded"][CT_IMAGE_STORAGE]
             assert _offer_jpeg_ls_only(router) == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+
+
+def test_a_gateway_that_refuses_what_its_probe_accepted_is_probed_again(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A gateway redeployed with other settings under the same name and address.
+
+    Its pod restarts with a configuration that no longer takes JPEG-LS: the
+    map does not change, and what the router learnt is now wrong. The first
+    instance on a JPEG-LS context fails (0x0122: the gateway refused the
+    context), and that contradiction makes the router probe the gateway
+    again, so the next association falls back at negotiation.
+    """
+    study = generate_study(tmp_path / "data", study_index=8, instances=2, rows=16, columns=16)
+    jpeg_ls = [path.with_suffix(".jls.dcm") for path in study.files]
+    for plain, compressed in zip(study.files, jpeg_ls, strict=True):
+        subprocess.run(["dcmcjpls", str(plain), str(compressed)], check=True)
+    before = StoreSCP(tmp_path / "before", ae_title="GW")
+    with before:
+        router = start_router([before])
+        router.wait_events("gateway.probed", timeout=20)
+    after = InstalledStoreSCP(tmp_path / "after", ae_title="GW", port=before.port)
+    offer = [ct_context(1, JPEG_LS_LOSSLESS)]
+    with after:
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            assert scu.accepted(1) == JPEG_LS_LOSSLESS  # what the first probe said
+            failed = scu.store_file(1, jpeg_ls[0]).status
+            scu.release()
+        [_, again] = router.wait_events("gateway.probed", count=2, timeout=20)
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            refused = scu.results[1]
+            scu.release()
+    assert failed == 0x0122
+    assert JPEG_LS_LOSSLESS not in again["seeded"][CT_IMAGE_STORAGE]
+    assert refused == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    [stale] = router.events("gateway.probe_contradicted")
+    assert stale["gateway"] == "gw-0"
+    assert stale["refused"] == [f"{CT_IMAGE_STORAGE}/{JPEG_LS_LOSSLESS}"]

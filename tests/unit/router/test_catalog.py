@@ -16,6 +16,7 @@ import time
 import pytest
 
 from gatewaypool.bucketmap import Gateway, balanced_map
+from gatewaypool_router.acceptance import GatewayAccepts
 from gatewaypool_router.catalog import GatewayCatalog, _Entry, key_of, reprobe_delay
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.mapsource import MapHolder
@@ -58,3 +59,37 @@ def test_a_gateway_without_an_answer_is_due_again_and_at_once_when_reached() -> 
     catalog.reached(down, reachable=True, associated=True)
     assert catalog._due(time.monotonic())[0] == [down]
     assert entry.failures == 0
+
+
+def test_a_gateway_refusing_what_its_probe_accepted_is_due_again() -> None:
+    gateway = Gateway(name="gw-0", host="127.0.0.1", port=_refusing_port(), ae_title="GW")
+    holder = MapHolder(RouterMetrics())
+    catalog = GatewayCatalog(RouterConfig(gateways=(gateway,)), holder)
+    holder.offer(balanced_map([gateway], buckets=8), source="test")
+    ct, jpeg_ls, explicit = (
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.1",
+    )
+    entry = catalog._entries[key_of(gateway)] = _Entry(
+        reachable=True,
+        accepts=GatewayAccepts(
+            asked=frozenset({ct}),
+            sop_classes=frozenset({ct}),
+            pairs_asked=frozenset({(ct, jpeg_ls), (ct, explicit)}),
+            pairs=frozenset({(ct, explicit)}),
+        ),
+        checked=time.monotonic() - 60,
+    )
+    assert catalog._due(time.monotonic())[0] == []
+    # Refusing what it was known to refuse says nothing new.
+    catalog.contradicted(gateway, [(ct, jpeg_ls)])
+    assert not entry.stale
+    assert catalog._due(time.monotonic())[0] == []
+    catalog.contradicted(gateway, [(ct, explicit)])
+    assert entry.stale
+    assert catalog._due(time.monotonic())[0] == [gateway]
+    # Probed (it is down now): what was known stays, and so does the doubt.
+    catalog.probe(gateway)
+    assert entry.accepts is not None
+    assert entry.stale

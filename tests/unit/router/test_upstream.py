@@ -248,3 +248,20 @@ def test_a_gateway_breaking_the_protocol_is_aborted_with_the_reason_for_it(
         abort = read_pdu(conn)
     assert abort.pdu_type == pdus.ABORT
     assert abort.body[2:4] == bytes(source_reason)
+
+
+def test_a_release_collision_is_answered_and_ends_at_once() -> None:
+    """Both ask to release (PS3.8 Sta9, the router the requestor): each answers the other."""
+    with deaf_gateway() as (gateway, accepted):
+        upstream, conn = _opened(gateway, accepted)
+        releasing = threading.Thread(target=upstream.release)
+        releasing.start()
+        conn.settimeout(5)
+        assert read_pdu(conn).pdu_type == pdus.RELEASE_RQ
+        conn.sendall(pdus.RELEASE_RQ_PDU)  # the gateway asks too, before answering
+        assert read_pdu(conn).pdu_type == pdus.RELEASE_RP
+        conn.sendall(pdus.RELEASE_RP_PDU)
+        releasing.join(timeout=5)
+        assert not releasing.is_alive()
+        assert not upstream.is_open
+        assert drain(conn) == "closed"
