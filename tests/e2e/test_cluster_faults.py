@@ -307,6 +307,23 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
         repaired = _service_dict(cluster, ns)
         assert repaired["spec"]["healthCheckNodePort"] == health_port
 
+        # A node port outside the cluster's range: the API server refuses it, the
+        # pool says so, and the Service stays as it was until the next step.
+        _set_router_service(pool, lb_local | {"nodePorts": {"dicom": 104}}, [])
+
+        def refused() -> str:
+            for condition in pool.status().get("conditions") or []:
+                if condition["type"] == "Degraded" and condition["reason"] == "ApplyRefused":
+                    return str(condition["message"])
+            return ""
+
+        wait_until(lambda: bool(refused()), timeout=60, what="the pool Degraded")
+        assert "Service ct-router" in refused() and "104" in refused(), refused()
+        assert (
+            _service_dict(cluster, ns)["metadata"]["resourceVersion"]
+            == repaired["metadata"]["resourceVersion"]
+        )
+
         step(
             "a LoadBalancer open to any source",
             {"type": "LoadBalancer"},
