@@ -301,6 +301,32 @@ LOAD_BALANCER = {"service": {"type": "LoadBalancer"}}
             },
             True,
         ),
+        # A range of every address restricts nothing, whatever else is listed.
+        (
+            {
+                "router": {
+                    "service": LOAD_BALANCER["service"]
+                    | {"loadBalancerSourceRanges": ["0.0.0.0/0"]}
+                }
+            },
+            True,
+        ),
+        (
+            {
+                "router": {
+                    "service": LOAD_BALANCER["service"]
+                    | {"loadBalancerSourceRanges": ["10.20.30.0/24", "::/0"]}
+                }
+            },
+            True,
+        ),
+        (
+            {
+                "router": LOAD_BALANCER,
+                "networkPolicy": {"routerFrom": [*MODALITIES, {"ipBlock": {"cidr": "::/0"}}]},
+            },
+            True,
+        ),
     ],
 )
 def test_router_exposure(extra: dict[str, Any], exposed: bool) -> None:
