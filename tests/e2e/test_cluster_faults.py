@@ -114,11 +114,19 @@ def _conditions(pool: RealPool) -> dict[str, str]:
 
 # --- the router Service, edited step by step on the real API server ------------------------
 
-#: A node port for the plain DICOM port, fixed in one step of the walk (the test cluster's
-#: range is the default 30000-32767).
-FIXED_NODE_PORT = 30999
 MODALITIES = [{"ipBlock": {"cidr": "10.20.30.0/24"}}]
 ALLOCATED = ("f:clusterIP", "f:clusterIPs", "f:healthCheckNodePort")
+
+
+def _free_node_port(core: Any) -> int:
+    """A node port no Service of the cluster holds, in the default range 30000-32767."""
+    taken = {
+        port.node_port
+        for service in core.list_service_for_all_namespaces().items
+        for port in service.spec.ports or []
+        if port.node_port
+    }
+    return next(port for port in range(32767, 29999, -1) if port not in taken)
 
 
 def _service_dict(cluster: Cluster, namespace: str) -> dict[str, Any]:
@@ -275,10 +283,11 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
         )
         restarted = _service_dict(cluster, ns)
 
+        fixed_port = _free_node_port(core)
         fixed = step(
             "a fixed node port",
-            lb_local | {"nodePorts": {"dicom": FIXED_NODE_PORT}},
-            lambda s: ports(s)["dicom"] == FIXED_NODE_PORT,
+            lb_local | {"nodePorts": {"dicom": fixed_port}},
+            lambda s: ports(s)["dicom"] == fixed_port,
         )
         assert fixed["spec"]["healthCheckNodePort"] == health_port
 
@@ -288,7 +297,7 @@ def test_router_service_edits_converge_without_fighting_the_allocator(
             lambda s: not any(p[-1] == "f:nodePort" for p in _ours(s)),
         )
         # Nobody fixes it now, and the server keeps the port it has.
-        assert ports(unfixed)["dicom"] == FIXED_NODE_PORT
+        assert ports(unfixed)["dicom"] == fixed_port
         assert unfixed["spec"]["healthCheckNodePort"] == health_port
 
         # A hand edit that opens the load balancer to everyone is put back.
