@@ -124,6 +124,7 @@ def enforcing(cluster: Cluster) -> Iterator[dict[str, str]]:
             }
         )
         names[level] = name
+        cluster.wait_default_service_account(name)
     yield names
     for name in names.values():
         core.delete_namespace(name)

@@ -143,6 +143,7 @@ class Cluster:
         core: Any = kubernetes.client.CoreV1Api(self.api())
         core.create_namespace({"metadata": {"name": name}})
         try:
+            self.wait_default_service_account(name)
             yield name
         finally:
             try:
@@ -150,6 +151,25 @@ class Cluster:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+    def wait_default_service_account(self, namespace: str) -> None:
+        """Until the controller manager has made the namespace's ``default`` ServiceAccount.
+
+        Admission refuses a pod that names no ServiceAccount until then (as on
+        any cluster in the first moments of a namespace).
+        """
+        core: Any = kubernetes.client.CoreV1Api(self.api())
+
+        def made() -> bool:
+            try:
+                core.read_namespaced_service_account("default", namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return False
+            return True
+
+        wait_until(made, timeout=30, what=f"the default ServiceAccount of {namespace}")
 
     def render(
         self, namespace: str, release: str, values: Mapping[str, Any]
