@@ -205,7 +205,7 @@ _UNKNOWN_PDU = bytes([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 #: A PDU header announcing more than the router's maximum PDU length.
 _OVERSIZED = bytes([pdus.P_DATA_TF, 0]) + (1 << 30).to_bytes(4, "big")
 #: A well-formed command PDV, while the router asked nothing of the gateway.
-_UNSOLICITED = bytes([pdus.P_DATA_TF, 0, 0, 0, 0, 8]) + (2).to_bytes(4, "big") + bytes([1, 3])
+_UNSOLICITED = bytes([pdus.P_DATA_TF, 0, 0, 0, 0, 6]) + (2).to_bytes(4, "big") + bytes([1, 3])
 
 PROVIDER = pdus.ABORT_SOURCE_PROVIDER
 
