@@ -36,7 +36,7 @@ from gatewaypool_router import dimse, pdus
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.progress import Progress
-from gatewaypool_router.scanner import DatasetScanner
+from gatewaypool_router.scanner import Scanner
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.spool.store import SpoolWriter
@@ -93,7 +93,7 @@ class Instance:
     context: AcceptedContext
     command: dimse.Command
     raw_command: bytes
-    scanner: DatasetScanner
+    scanner: Scanner
     started: float
     # Views into the PDU bodies read (immutable bytes): buffering copies nothing.
     pending: list[memoryview] = field(default_factory=list)
