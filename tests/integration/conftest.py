@@ -126,8 +126,9 @@ def start_router(
         routers.append(router)
         router.start()
         if hot_path is not None:
-            started = router.events("router.started")
-            assert started and started[0]["hot_path"] == hot_path, started
+            # Logged beside serving, not before: ready may come a moment first.
+            started = router.wait_events("router.started")
+            assert started[0]["hot_path"] == hot_path, started
         return router
 
     yield start
