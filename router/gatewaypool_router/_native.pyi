@@ -33,3 +33,16 @@ class Scanner:
     def skip(self, size: int) -> None: ...
     def feed(self, fragment: bytes | bytearray | memoryview) -> None: ...
     def finish(self) -> bool: ...
+
+def splice_move(
+    source: int,
+    sink: int,
+    pipe_read: int,
+    pipe_write: int,
+    capacity: int,
+    size: int,
+    more: bool,
+    source_timeout: float | None,
+    sink_timeout: float | None,
+    on_wait: Callable[[bool], None] | None,
+) -> tuple[int, int, int]: ...

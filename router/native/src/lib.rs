@@ -26,18 +26,27 @@
 //! rest of an instance that owns its sockets and pipe, returning to Python
 //! once per instance.
 //!
+//! Second, `splice_move`: the loop of `Splicer.move` (splice in, drain out,
+//! poll on EAGAIN) with the GIL released, the smallest piece of the socket
+//! loop that moves without changing who decides what (Python still raises
+//! the same errors from its outcome). It is the first brick of the native
+//! `stream` the next step needs.
+//!
 //! `Scanner` is `gatewaypool_router.scanner.DatasetScanner` for the
 //! non-deflated transfer syntaxes; `scanner.py` picks it at import
 //! (`GATEWAYPOOL_HOT_PATH`: auto, native, python) and keeps the Python scan
 //! as the fallback and the specification.
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use std::os::fd::RawFd;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
 mod scanner;
+mod splice;
 
 use scanner::{Encoding, Scan};
+use splice::{Move, Outcome};
 
 /// The scan of one C-STORE data set; see `gatewaypool_router.scanner`.
 ///
@@ -186,9 +195,65 @@ impl Scanner {
     }
 }
 
+/// `Splicer.move`'s loop with the GIL released (see `splice.rs`). Returns
+/// (outcome, moved, errno): 0 done, 1 source timed out, 2 source closed,
+/// 3 sink timed out, 4 sink failed (with its errno); an error reading the
+/// source is raised as the OSError it is.
+#[pyfunction]
+#[pyo3(signature = (source, sink, pipe_read, pipe_write, capacity, size, more, source_timeout, sink_timeout, on_wait))]
+#[allow(clippy::too_many_arguments)]
+fn splice_move(
+    py: Python<'_>,
+    source: RawFd,
+    sink: RawFd,
+    pipe_read: RawFd,
+    pipe_write: RawFd,
+    capacity: u64,
+    size: u64,
+    more: bool,
+    source_timeout: Option<f64>,
+    sink_timeout: Option<f64>,
+    on_wait: Option<Py<PyAny>>,
+) -> PyResult<(u8, u64, i32)> {
+    let job = Move {
+        source,
+        sink,
+        pipe_read,
+        pipe_write,
+        capacity: capacity.max(1),
+        size,
+        more,
+        source_timeout,
+        sink_timeout,
+    };
+    let outcome = py.detach(|| {
+        let mut report = |on_sink: bool| {
+            if let Some(callback) = &on_wait {
+                // Progress bookkeeping only: an exception in it must not
+                // leave bytes in the pipe, so it is reported, not raised.
+                Python::attach(|py| {
+                    if let Err(error) = callback.call1(py, (on_sink,)) {
+                        error.write_unraisable(py, None);
+                    }
+                });
+            }
+        };
+        job.run(&mut report)
+    });
+    match outcome {
+        Outcome::Done => Ok((0, size, 0)),
+        Outcome::SourceTimeout => Ok((1, 0, 0)),
+        Outcome::SourceClosed => Ok((2, 0, 0)),
+        Outcome::SourceError(error) => Err(error.into()),
+        Outcome::SinkTimeout { moved } => Ok((3, moved, 0)),
+        Outcome::SinkError { moved, error } => Ok((4, moved, error.raw_os_error().unwrap_or(0))),
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scanner>()?;
+    m.add_function(wrap_pyfunction!(splice_move, m)?)?;
     m.add("MAX_STUDY_UID_BYTES", scanner::MAX_STUDY_UID_BYTES)?;
     m.add("MAX_NESTING_DEPTH", scanner::MAX_NESTING_DEPTH)?;
     Ok(())
