@@ -73,3 +73,16 @@ def test_native_scan_is_the_router_default_where_built() -> None:
     assert scanner.HOT_PATH in ("native", "python")
     made = native_scanner("1.2.840.10008.1.2.1")
     assert made.state is ScanState.NEED_MORE
+
+
+def test_the_transcripts_compare_details_offsets_and_offending_elements() -> None:
+    # Not vacuous: what is compared holds the detail with its offset and the tag.
+    bad = b"\x08\x00\x16\x00ZZ\x04\x001.2\0"  # (0008,0016) with an unknown VR
+    ours = transcript(native_scanner, "1.2.840.10008.1.2.1", [bad[:5], bad[5:]], splice=False)
+    theirs = transcript(python_scanner, "1.2.840.10008.1.2.1", [bad[:5], bad[5:]], splice=False)
+    assert ours == theirs
+    last = ours[-1]
+    assert isinstance(last, tuple)
+    complete, state, _, detail, offending, seen = last
+    assert (complete, state, offending, seen) == (False, ScanState.MALFORMED, 0x00080016, 12)
+    assert detail == "unknown VR in element (0008,0016) (data set offset 8)"
