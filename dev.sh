@@ -7,8 +7,9 @@
 #                    with each stage's time
 #   ./dev.sh pytest ARGS   pytest in the test sandbox, with the control plane
 #   ./dev.sh check   lint and type check only (no Debian packages)
-#   ./dev.sh unit [ARGS]   the unit tests only, in parallel (no Debian
-#                    packages, no cluster: about a minute)
+#   ./dev.sh unit [ARGS]   the unit tests only (or the tests/unit paths in
+#                    ARGS), in parallel (no Debian packages, no cluster:
+#                    about a minute)
 #   ./dev.sh bench   the throughput / memory benchmark (prints figures)
 #   ./dev.sh bench-handover   time from a scale change to its last bucket moved
 #   ./dev.sh bench-autoscale  an autoscaled pool under rising and falling load:
@@ -328,7 +329,14 @@ case "$cmd" in
         ;;
     unit)
         need_venv
-        exec "$VENV/bin/pytest" tests/unit -n "${GATEWAYPOOL_WORKERS:-auto}" "$@"
+        # The paths given, or all of tests/unit; the other arguments go to pytest as they are.
+        where=(tests/unit)
+        for arg in "$@"; do
+            case "$arg" in
+                tests/unit/*) where=() ;;
+            esac
+        done
+        exec "$VENV/bin/pytest" "${where[@]}" -n "${GATEWAYPOOL_WORKERS:-auto}" "$@"
         ;;
     test)
         stage "set-up: Debian packages, virtualenvs, the test cluster's programs"

@@ -316,10 +316,11 @@ def test_scale_through_the_scale_subresource_and_the_spec(ns: Operated) -> None:
     wait_settled(ns, pool, 5)
     second = published(ns, "sc")
     assert second is not None
-    assert list(second.owners) == rebalance(list(first.owners), 5)
-    moved = sum(1 for a, b in zip(first.owners, second.owners, strict=True) if a != b)
-    # Only what the two newcomers need moves: 4096 // 5 = 819 buckets each.
-    assert moved == 2 * 819
+    # Only what the two newcomers need moves: 4096 // 5 = 819 buckets each, and only
+    # to them (in one step, or in two when one is Ready a pass before the other).
+    moved = [(a, b) for a, b in zip(first.owners, second.owners, strict=True) if a != b]
+    assert {b for _, b in moved} == {3, 4}
+    assert len(moved) == 2 * 819
     counts = sorted(second.bucket_counts().values())
     assert counts[-1] - counts[0] <= 1
     scale = pool.custom.get_namespaced_custom_object_scale(
@@ -338,9 +339,11 @@ def test_scale_through_the_scale_subresource_and_the_spec(ns: Operated) -> None:
 
 
 def test_a_deleted_child_comes_back_and_drift_is_repaired(ns: Operated) -> None:
-    pool = ns.pool("dc", {"replicas": 2, "gateway": storescp()})
+    pool = ns.pool("dc", {"replicas": 2, "gateway": storescp(), "handover": {"quietSeconds": 1}})
     wait(lambda: all_children_exist(ns, "dc"), timeout=60, what="every child")
-    wait(lambda: map_version(ns, "dc") == 1, timeout=90, what="first map")
+    # Settled: a gateway Ready a pass after the first map gets its share by a handover.
+    wait_settled(ns, pool, 2)
+    version = map_version(ns, "dc")
     before = ns.read("Service", "dc-router")
     assert before is not None
     core: Any = kubernetes.client.CoreV1Api(ns.cluster.api())
@@ -371,8 +374,8 @@ def test_a_deleted_child_comes_back_and_drift_is_repaired(ns: Operated) -> None:
         timeout=90,
         what="the extra gateway pods gone",
     )
-    assert map_version(ns, "dc") == 1
-    assert pool.status().get("mapVersion") == 1
+    assert map_version(ns, "dc") == version
+    assert pool.status().get("mapVersion") == version
 
 
 def test_a_name_too_long_for_the_children_is_refused_before_anything_is_made(
@@ -391,8 +394,12 @@ def test_a_name_too_long_for_the_children_is_refused_before_anything_is_made(
 
 
 def test_an_unhonourable_spec_is_refused_and_leaves_the_pool_running(ns: Operated) -> None:
-    pool = ns.pool("uh", {"replicas": 3, "buckets": 8, "gateway": storescp()})
-    wait(lambda: map_version(ns, "uh") == 1, timeout=90, what="first map")
+    pool = ns.pool(
+        "uh",
+        {"replicas": 3, "buckets": 8, "gateway": storescp(), "handover": {"quietSeconds": 1}},
+    )
+    wait_settled(ns, pool, 3)
+    version = map_version(ns, "uh")
     statefulset = ns.read("StatefulSet", "uh-gw")
     assert statefulset is not None
 
@@ -428,7 +435,7 @@ def test_an_unhonourable_spec_is_refused_and_leaves_the_pool_running(ns: Operate
     assert now["metadata"]["generation"] == statefulset["metadata"]["generation"]
     assert now["spec"] == statefulset["spec"]
     current = published(ns, "uh")
-    assert current is not None and current.version == 1 and current.buckets == 8
+    assert current is not None and current.version == version and current.buckets == 8
     assert pool.get()["spec"]["buckets"] == 8
 
 

@@ -109,7 +109,15 @@ def test_routers_gain_a_spool_keep_their_claims_and_lose_it_again(
 
         wait_until(switched, timeout=120, what="routers switched to the StatefulSet", interval=POLL)
         assert seen_both, "the Deployment went before the StatefulSet existed"
-        assert any("Deployment ct-router deleted" in m for m in pool_events(pool, "ChildDeleted"))
+        # kopf posts Events from a queue, shortly after the pass that deleted it.
+        wait_until(
+            lambda: any(
+                "Deployment ct-router deleted" in m for m in pool_events(pool, "ChildDeleted")
+            ),
+            timeout=30,
+            what="the ChildDeleted Event of the Deployment",
+            interval=POLL,
+        )
         routers = workload(pool, "StatefulSet")
         assert routers.spec.persistent_volume_claim_retention_policy.when_scaled == "Retain"
         assert routers.spec.persistent_volume_claim_retention_policy.when_deleted == "Retain"
@@ -245,7 +253,12 @@ def spool_backlog_from_a_gateway_down(cluster: Cluster, pool: RealPool, tmp_path
     assert backlog["reason"] == "SpoolFilling", backlog
     status = pool.status()["spool"]
     assert status["instances"] == 7 and status["bytes"] > 0 and status["oldestSince"], status
-    assert pool_events(pool, "SpoolBacklog"), "no SpoolBacklog Warning Event"
+    wait_until(
+        lambda: bool(pool_events(pool, "SpoolBacklog")),
+        timeout=30,
+        what="the SpoolBacklog Warning Event",
+        interval=POLL,
+    )
     assert not pool.stored().get(owner), "the gateway got instances while down"
     cluster.kubelet.release(pool.namespace, owner)
     wait_until(

@@ -234,7 +234,12 @@ def test_a_router_killed_while_spooling_and_while_forwarding_loses_nothing(
     # 1. Killed while it spools (the gateway is down; every instance is spooled).
     sender = threading.Thread(target=send)
     sender.start()
-    wait_until(lambda: len(spool_files(spool)) >= 10, timeout=30, what="10 instances spooled")
+    # Ten answered Success, so spooled and fsynced: the kill lands among later ones.
+    wait_until(
+        lambda: sum(1 for status in list(statuses.values()) if status == 0) >= 10,
+        timeout=30,
+        what="10 instances spooled and acknowledged",
+    )
     router.kill()
     sender.join(timeout=60)
     acknowledged = {uid for uid, status in statuses.items() if status == 0}

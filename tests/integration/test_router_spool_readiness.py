@@ -55,6 +55,11 @@ def marked(router: RouterProcess, not_ready: list[str]) -> int:
     return sum(1 for r in router.events("map.readiness") if r.get("not_ready") == not_ready)
 
 
+def probed(router: RouterProcess, gateway: str) -> int:
+    """How many of the router's processes logged probing `gateway` (at their start)."""
+    return sum(1 for r in router.events("gateway.probed") if r.get("gateway") == gateway)
+
+
 def send(router: RouterProcess, studies: Sequence[Study]) -> None:
     files = [f for study in studies for f in study.files]
     done = storescu(router.host, router.port, files, called_ae=router.ae_title, timeout=60)
@@ -102,6 +107,14 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
             lambda: gateways[0].received_count() == 12, timeout=30, what="the first study on gw-0"
         )
 
+        # Every routing process has probed the gateways (its catalog does at its
+        # start): the associations gw-0 sees from here on are the router's only
+        # if it tried gw-0 for an instance.
+        wait_until(
+            lambda: probed(router, "gw-0") >= workers,
+            timeout=30,
+            what="every routing process's catalog probed gw-0",
+        )
         readiness.write_text(dump_readiness(Readiness(frozenset({"gw-0"}))))
         # Applied by every process that routes (and by the supervisor that read it).
         wait_until(

@@ -179,7 +179,8 @@ def test_dcmtk_over_tls_to_a_pynetdicom_tls_gateway_byte_identical(
         result = _tls_storescu(tls_port, study.files, _cert(pki, "ct01"), ca)
         assert result.returncode == 0, result.stdout + result.stderr
         assert _delivered(gateway, len(study.files)) == _sent(study)
-    started = router.events("router.started")[0]
+    # Logged just after the router answers /readyz: waited for, not read once.
+    started = router.wait_events("router.started")[0]
     assert started["tls_port"] == tls_port
     assert started["mutual_tls"] is True
     assert started["gateway_tls"] is True
@@ -423,7 +424,7 @@ def test_rotated_certificate_reaches_new_connections_and_spares_open_ones(
             "--no-plain-port",
         ],
     )
-    assert router.events("router.started")[0]["port"] is None
+    assert router.wait_events("router.started")[0]["port"] is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((LOOPBACK, router.port), timeout=5).close()
     assert _served_serial(tls_port, ca, client) == first.serial()

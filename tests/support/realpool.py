@@ -132,11 +132,15 @@ class RealPool:
         listens, and the router Service sends only to Ready pods.
         """
         status = self.status()
+        counts = status.get("bucketCounts") or {}
         return (
             status.get("replicas") == replicas
             and status.get("readyReplicas") == replicas
             and not status.get("movingBuckets")
-            and len(status.get("bucketCounts") or {}) == replicas
+            # Each owns some (the counts list a gateway that owns none too: one Ready
+            # a pass after the first map, whose share is still to move).
+            and len(counts) == replicas
+            and all(count > 0 for count in counts.values())
             and status.get("routers") == f"{routers}/{routers}"
             and self.routers_ready() == routers
         )
