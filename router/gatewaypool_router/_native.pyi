@@ -46,3 +46,12 @@ def splice_move(
     sink_timeout: float | None,
     on_wait: Callable[[bool], None] | None,
 ) -> tuple[int, int, int]: ...
+def stream_rest(
+    scanner: Scanner,
+    link: tuple[int, int, int, int, int, int, float | None, float | None],
+    context_id: int,
+    control: int,
+    size: int,
+    prefix: bytes,
+    on_wait: Callable[[bool, int, int], None],
+) -> tuple[int, int, int, int]: ...

@@ -26,6 +26,7 @@ the association (:class:`Association`) what it must decide on.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from gatewaypool_router import dimse, pdus
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.progress import Progress
-from gatewaypool_router.scanner import Scanner
+from gatewaypool_router.scanner import IMPLEMENTATIONS, Scanner
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.spool.store import SpoolWriter
@@ -58,6 +59,21 @@ _DISCARD_CHUNK = 256 * 1024
 HEADERS_AHEAD = 12
 _PDU_HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
+
+if "native" in IMPLEMENTATIONS:
+    from gatewaypool_router._native import Scanner as _NativeScan
+    from gatewaypool_router._native import stream_rest as _native_stream_rest
+
+# What _native.stream_rest returns first (router/native/src/lib.rs).
+_STREAMED = 0
+_MALFORMED = 1
+_SENDER_TIMED_OUT = 2
+_SENDER_CLOSED = 3
+_SENDER_FAILED = 4
+_GATEWAY_TIMED_OUT = 5
+_GATEWAY_FAILED = 6
+_GATEWAY_TIMED_OUT_PIPE = 7
+_GATEWAY_FAILED_PIPE = 8
 
 
 @functools.cache
@@ -196,6 +212,10 @@ class Forwarder:
         self._splicer = splicer
         self._progress = progress
         self._max_pdu = max_pdu
+        #: Where the native stream's counts start: (instance size, forwarded bytes).
+        self._base = (0, 0)
+        # The native stream needs the native splicer's pipe (and its scan).
+        self._native = splicer is not None and splicer.native
 
     @property
     def splicing(self) -> bool:
@@ -323,7 +343,11 @@ class Forwarder:
                 instance, pdus.Pdv(context_id, piece_control, memoryview(chunk))
             )
         if left and instance.failure is None:
-            left = self._splice_rest(instance, context_id, control, left)
+            scanner = instance.scanner
+            if self._native and isinstance(scanner, _NativeScan):
+                left = self._stream_rest_natively(instance, scanner, context_id, control, left)
+            else:
+                left = self._splice_rest(instance, context_id, control, left)
         while left:
             limit = _DISCARD_CHUNK if instance.failure is not None else _SCAN_CHUNK
             chunk = reader.read_some(min(left, limit))
@@ -387,6 +411,95 @@ class Forwarder:
         if last:
             self._association.data_set_sent(instance)
         return 0
+
+    def _stream_rest_natively(
+        self, instance: Instance, scanner: _NativeScan, context_id: int, control: int, size: int
+    ) -> int:
+        """:meth:`_splice_rest` in Rust, with the GIL released: the same bytes, the same errors.
+
+        Progress is brought up to date once the call returns, and before
+        each wait in it (:meth:`_native_wait`), so the stall log still says
+        whom the association waits on and what it moved.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        progress = self._progress
+        gateway_fd, gateway_timeout = upstream.stream_target()
+        pipe_read, pipe_write, capacity = splicer.pipe()
+        reader = self._reader
+        prefix = reader.take_buffered(size) if reader.buffered else b""
+        self._base = (instance.size, progress.forwarded_bytes)
+        upstream.pdu_open = True
+        code, taken, forwarded, errno = _native_stream_rest(
+            scanner,
+            (
+                self._sock.fileno(),
+                gateway_fd,
+                pipe_read,
+                pipe_write,
+                capacity,
+                upstream.peer_max_pdu,
+                self._sock.gettimeout(),
+                gateway_timeout,
+            ),
+            context_id,
+            control,
+            size,
+            prefix,
+            self._native_wait,
+        )
+        instance.size += taken
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += forwarded
+        if taken:
+            progress.read("P-DATA-TF", taken)
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+        if code in (_STREAMED, _MALFORMED):
+            if code == _MALFORMED:
+                # The PDU is still open (its final byte unsent): the
+                # connection is reset, which no gateway takes for an instance.
+                upstream.abort()
+                instance.upstream = None
+                instance.fail(Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
+            upstream.pdu_open = False
+            if control & pdus.MCH_LAST:
+                self._association.data_set_sent(instance)
+            return 0
+        if code == _SENDER_TIMED_OUT:
+            raise TimeoutError("timed out")
+        if code == _SENDER_CLOSED:
+            raise pdus.PeerClosedError("connection closed mid-PDU")
+        if code == _SENDER_FAILED:
+            raise OSError(errno, os.strerror(errno))
+        if code in (_GATEWAY_TIMED_OUT_PIPE, _GATEWAY_FAILED_PIPE):
+            splicer.close()
+        if code in (_GATEWAY_TIMED_OUT, _GATEWAY_TIMED_OUT_PIPE):
+            upstream.abort()
+            exc = GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading")
+        else:
+            upstream.close()
+            exc = GatewayError(
+                Status.GATEWAY_ABORTED, f"send failed: {OSError(errno, os.strerror(errno))}"
+            )
+        self._association.gateway_failed(instance, exc)
+        return size - taken
+
+    def _native_wait(self, on_gateway: bool, taken: int, forwarded: int) -> None:
+        """Before the native stream waits: progress as of then, and whom it waits on."""
+        progress = self._progress
+        size, forwarded_before = self._base
+        if taken:
+            progress.read("P-DATA-TF", taken)
+            progress.received_bytes = size + taken
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+            progress.forwarded_bytes = forwarded_before + forwarded
+        if on_gateway:
+            progress.wait("gateway", "send")
+        else:
+            progress.wait("sender", "data set fragment")
 
     def _splice_run(
         self, instance: Instance, upstream: Upstream, splicer: Splicer, run: int, *, more: bool

@@ -227,6 +227,13 @@ class SocketReader:
         self._start = end
         return data
 
+    def take_buffered(self, limit: int) -> bytes:
+        """Up to ``limit`` of the bytes already received, without reading the socket."""
+        end = min(self._start + limit, self._end)
+        data = bytes(self._view[self._start : end])
+        self._start = end
+        return data
+
     def poll(self) -> bool:
         """Whether bytes wait to be read, without waiting for any.
 

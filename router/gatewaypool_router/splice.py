@@ -136,6 +136,22 @@ class Splicer:
         if self._native and "native" not in IMPLEMENTATIONS:
             raise ValueError("gatewaypool_router._native is not built")
 
+    @property
+    def native(self) -> bool:
+        """Whether this splicer's moves run in Rust (and its owner may stream natively)."""
+        return self._native
+
+    def pipe(self) -> tuple[int, int, int]:
+        """The pipe as (read fd, write fd, capacity), opened if need be.
+
+        For the native stream (``_native.stream_rest``), which splices
+        through it itself; after a failure that may leave bytes in it, the
+        caller must :meth:`close` it.
+        """
+        if self._write_fd < 0:
+            self._open()
+        return self._read_fd, self._write_fd, self.capacity
+
     def _open(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         with contextlib.suppress(OSError):

@@ -175,6 +175,17 @@ class Upstream:
         """The socket's descriptor, for ``poll`` (-1 once closed)."""
         return self._sock.fileno() if self._sock is not None else -1
 
+    def stream_target(self) -> tuple[int, float | None]:
+        """The socket's descriptor and timeout, for the native stream to write to.
+
+        Only between instances' reads: nothing of the gateway's may be
+        buffered, and the socket is a plain TCP one (splicing never runs
+        over TLS).
+        """
+        if self._sock is None:
+            raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
+        return self._sock.fileno(), self._sock.gettimeout()
+
     def has_pending(self) -> bool:
         """Bytes from the gateway already read from the socket, not yet looked at."""
         if self._reader is not None and self._reader.buffered:

@@ -38,15 +38,18 @@
 //! as the fallback and the specification.
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
-use std::os::fd::RawFd;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use std::os::fd::RawFd;
 
+mod fdio;
 mod scanner;
 mod splice;
+mod stream;
 
 use scanner::{Encoding, Scan};
 use splice::{Move, Outcome};
+use stream::{Counts, Host, Link, Stop, Stream};
 
 /// The scan of one C-STORE data set; see `gatewaypool_router.scanner`.
 ///
@@ -227,7 +230,7 @@ fn splice_move(
         sink_timeout,
     };
     let outcome = py.detach(|| {
-        let mut report = |on_sink: bool| {
+        let mut report = |on_sink: bool, _taken: u64, _sent: u64| {
             if let Some(callback) = &on_wait {
                 // Progress bookkeeping only: an exception in it must not
                 // leave bytes in the pipe, so it is reported, not raised.
@@ -242,18 +245,133 @@ fn splice_move(
     });
     match outcome {
         Outcome::Done => Ok((0, size, 0)),
-        Outcome::SourceTimeout => Ok((1, 0, 0)),
-        Outcome::SourceClosed => Ok((2, 0, 0)),
-        Outcome::SourceError(error) => Err(error.into()),
+        Outcome::SourceTimeout { .. } => Ok((1, 0, 0)),
+        Outcome::SourceClosed { .. } => Ok((2, 0, 0)),
+        Outcome::SourceError { error, .. } => Err(error.into()),
         Outcome::SinkTimeout { moved } => Ok((3, moved, 0)),
         Outcome::SinkError { moved, error } => Ok((4, moved, error.raw_os_error().unwrap_or(0))),
     }
+}
+
+/// The Python side of a stream: the scanner's dictionary callback and the
+/// association's progress, each called with the GIL taken back.
+struct PyHost {
+    dictionary: Py<PyAny>,
+    on_wait: Py<PyAny>,
+}
+
+impl Host for PyHost {
+    fn may_be_sequence(&mut self, tag: u32) -> bool {
+        Python::attach(|py| ask(py, &self.dictionary, tag))
+    }
+
+    fn waiting(&mut self, on_gateway: bool, counts: Counts) {
+        Python::attach(|py| {
+            // Progress bookkeeping only: an exception in it must not leave
+            // a PDU half written, so it is reported, not raised.
+            if let Err(error) = self
+                .on_wait
+                .call1(py, (on_gateway, counts.taken, counts.forwarded))
+            {
+                error.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+/// How `stream_rest` ended, first of what it returns (forwarding.py names them).
+fn stop_code(stop: &Stop) -> (u8, i32) {
+    let errno = |error: &std::io::Error| error.raw_os_error().unwrap_or(0);
+    match stop {
+        Stop::Malformed => (1, 0),
+        Stop::SenderTimeout => (2, 0),
+        Stop::SenderClosed => (3, 0),
+        Stop::SenderError(error) => (4, errno(error)),
+        Stop::GatewayTimeout { pipe_dirty } => (if *pipe_dirty { 7 } else { 5 }, 0),
+        Stop::GatewayError { error, pipe_dirty } => (if *pipe_dirty { 8 } else { 6 }, errno(error)),
+    }
+}
+
+/// `Forwarder._splice_rest` with the GIL released (see `stream.rs`): the
+/// last `size` bytes of a routed data set PDV, `prefix` (the reader's
+/// buffered bytes of it) first. `link`: (sender fd, gateway fd, pipe read
+/// fd, pipe write fd, pipe capacity, gateway's max PDU, sender timeout,
+/// gateway timeout). `on_wait(on_gateway, taken, forwarded)` runs before
+/// each wait.
+///
+/// Returns (code, taken, forwarded, errno): 0 done, 1 malformed at the end
+/// (the final byte unsent), 2 sender timed out, 3 sender closed, 4 sender
+/// error, 5 gateway timed out, 6 gateway error; 7 and 8 as 5 and 6 with
+/// bytes possibly left in the pipe.
+#[pyfunction]
+#[pyo3(signature = (scanner, link, context_id, control, size, prefix, on_wait))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn stream_rest(
+    py: Python<'_>,
+    scanner: &Bound<'_, Scanner>,
+    link: (
+        RawFd,
+        RawFd,
+        RawFd,
+        RawFd,
+        u64,
+        u64,
+        Option<f64>,
+        Option<f64>,
+    ),
+    context_id: u8,
+    control: u8,
+    size: u64,
+    prefix: Vec<u8>,
+    on_wait: Py<PyAny>,
+) -> PyResult<(u8, u64, u64, i32)> {
+    let (
+        sender,
+        gateway,
+        pipe_read,
+        pipe_write,
+        capacity,
+        peer_max_pdu,
+        sender_timeout,
+        gateway_timeout,
+    ) = link;
+    let link = Link {
+        sender,
+        gateway,
+        pipe_read,
+        pipe_write,
+        capacity,
+        peer_max_pdu,
+        sender_timeout,
+        gateway_timeout,
+    };
+    let mut guard = scanner.try_borrow_mut()?;
+    let Scanner {
+        scan,
+        may_be_sequence,
+        ..
+    } = &mut *guard;
+    let mut host = PyHost {
+        dictionary: may_be_sequence.clone_ref(py),
+        on_wait,
+    };
+    let (result, counts) = py.detach(|| {
+        let mut stream = Stream::new(&link, scan, &mut host, &prefix);
+        let result = stream.rest(context_id, control, size);
+        (result, stream.counts)
+    });
+    let (code, errno) = match &result {
+        Ok(()) => (0, 0),
+        Err(stop) => stop_code(stop),
+    };
+    Ok((code, counts.taken, counts.forwarded, errno))
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scanner>()?;
     m.add_function(wrap_pyfunction!(splice_move, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_rest, m)?)?;
     m.add("MAX_STUDY_UID_BYTES", scanner::MAX_STUDY_UID_BYTES)?;
     m.add("MAX_NESTING_DEPTH", scanner::MAX_NESTING_DEPTH)?;
     Ok(())

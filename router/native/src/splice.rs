@@ -9,69 +9,19 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use crate::fdio::{deadline, splice, wait};
 
 /// How a move ended; `moved` counts the bytes taken from the source.
+#[derive(Debug)]
 pub enum Outcome {
     Done,
-    SourceTimeout,
-    SourceClosed,
-    SourceError(io::Error),
+    SourceTimeout { moved: u64 },
+    SourceClosed { moved: u64 },
+    SourceError { moved: u64, error: io::Error },
     SinkTimeout { moved: u64 },
     SinkError { moved: u64, error: io::Error },
-}
-
-fn splice(from: RawFd, to: RawFd, size: usize, more: bool) -> io::Result<usize> {
-    let mut flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-    if more {
-        flags |= libc::SPLICE_F_MORE;
-    }
-    loop {
-        // SAFETY: plain file descriptors, no offsets (sockets and pipes).
-        let got = unsafe {
-            libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), size, flags)
-        };
-        if got >= 0 {
-            return Ok(got as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
-}
-
-/// Wait for `events` on `fd` until `deadline` (None: forever); false when
-/// the deadline passed. Any event (hang-up, error) counts as ready: the next
-/// splice tells what it was.
-fn wait(fd: RawFd, events: libc::c_short, deadline: Option<Instant>) -> bool {
-    loop {
-        let timeout_ms = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return false;
-                }
-                let left = deadline - now;
-                (left.as_millis().max(1)).min(i32::MAX as u128) as i32
-            }
-        };
-        let mut poll = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, owned here.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-        if ready > 0 {
-            return true;
-        }
-    }
-}
-
-fn deadline(timeout: Option<f64>) -> Option<Instant> {
-    timeout.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds.max(0.0)))
 }
 
 pub struct Move {
@@ -87,23 +37,26 @@ pub struct Move {
 }
 
 impl Move {
-    /// Run the move; `on_wait(false)` before waiting on the source,
-    /// `on_wait(true)` before waiting on the sink (the first wait of a drain).
-    pub fn run(&self, on_wait: &mut dyn FnMut(bool)) -> Outcome {
+    /// Run the move; `on_wait(false, taken, sent)` before waiting on the
+    /// source, `on_wait(true, taken, sent)` before waiting on the sink (the
+    /// first wait of a drain), with the bytes taken from the source and
+    /// written to the sink so far: the caller's progress shows them while
+    /// the move waits.
+    pub fn run(&self, on_wait: &mut dyn FnMut(bool, u64, u64)) -> Outcome {
         let mut moved = 0u64;
         while moved < self.size {
             let want = (self.size - moved).min(self.capacity) as usize;
             let got = match splice(self.source, self.pipe_write, want, false) {
-                Ok(0) => return Outcome::SourceClosed,
+                Ok(0) => return Outcome::SourceClosed { moved },
                 Ok(got) => got,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    on_wait(false);
+                    on_wait(false, moved, moved);
                     if !wait(self.source, libc::POLLIN, deadline(self.source_timeout)) {
-                        return Outcome::SourceTimeout;
+                        return Outcome::SourceTimeout { moved };
                     }
                     continue;
                 }
-                Err(error) => return Outcome::SourceError(error),
+                Err(error) => return Outcome::SourceError { moved, error },
             };
             moved += got as u64;
             let more = self.more || moved < self.size;
@@ -117,7 +70,7 @@ impl Move {
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         let until = *sink_deadline.get_or_insert_with(|| {
-                            on_wait(true);
+                            on_wait(true, moved, moved - left as u64);
                             deadline(self.sink_timeout)
                         });
                         if !wait(self.sink, libc::POLLOUT, until) {

@@ -1,0 +1,263 @@
+"""The native stream (``_native.stream_rest``) against what the Python path sends.
+
+The gateway must receive byte for byte what ``Forwarder._splice_rest``
+would send it: the PDV re-framed for its maximum PDU (``pdus.piece_headers``),
+the data unchanged, the reader's buffered bytes first. A data set whose last
+byte leaves it malformed is never completed at the gateway: the final byte
+is held back. Each side's failure is told apart and counted, because a
+sender's failure ends the association while a gateway's fails one instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from gatewaypool_router import pdus, splice
+from gatewaypool_router.scanner import IMPLEMENTATIONS, new_scanner
+
+pytestmark = pytest.mark.skipif(
+    "native" not in IMPLEMENTATIONS or not splice.available(),
+    reason="needs the native extension and splice",
+)
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+CONTEXT_ID = 3
+
+
+def _dataset(pixels: int) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.StudyInstanceUID = "1.2.3.4.6"
+    ds.PatientName = "Doe^Jane"
+    ds.add_new(0x7FE00010, "OW", bytes(range(256)) * (pixels // 256))
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+@dataclass
+class Run:
+    code: int
+    taken: int
+    forwarded: int
+    errno: int
+    received: bytes
+    waits: list[tuple[bool, int, int]] = field(default_factory=list)
+
+
+@pytest.fixture
+def splicer() -> Iterator[splice.Splicer]:
+    made = splice.Splicer(native=True)
+    yield made
+    made.close()
+
+
+def _run(
+    splicer: splice.Splicer,
+    data: bytes,
+    *,
+    head: int,
+    prefix: int = 0,
+    max_pdu: int = 0,
+    sent: bytes | None = None,
+    close_gateway: bool = False,
+    sender_timeout: float | None = 5.0,
+) -> Run:
+    """Scan `head` bytes, then stream the rest of `data` as one last PDV.
+
+    `sent`: what the sender actually writes of the rest (then it closes);
+    `prefix` of the rest's bytes come as already-read bytes.
+    """
+    from gatewaypool_router import _native
+
+    scanner = new_scanner(EXPLICIT_LE)
+    assert isinstance(scanner, _native.Scanner)
+    scanner.feed(data[:head])
+    assert scanner.study_uid == "1.2.3.4.6"
+    rest = data[head:]
+    on_wire = rest[prefix:] if sent is None else sent
+    sender_app, sender = socket.socketpair()
+    gateway, gateway_app = socket.socketpair()
+    sender.settimeout(sender_timeout)
+    gateway.settimeout(5.0)
+    received = bytearray()
+    if close_gateway:
+        gateway_app.close()
+
+    def write() -> None:
+        # The router's side may stop reading (a failed gateway): then this fails.
+        with sender_app, contextlib.suppress(OSError):
+            sender_app.sendall(on_wire)
+            if sent is not None:
+                sender_app.shutdown(socket.SHUT_WR)
+                sender_app.recv(1)
+
+    def read() -> None:
+        while chunk := gateway_app.recv(1 << 16):
+            received.extend(chunk)
+
+    threads = [threading.Thread(target=write)]
+    if not close_gateway:
+        threads.append(threading.Thread(target=read))
+    for thread in threads:
+        thread.start()
+    pipe_read, pipe_write, capacity = splicer.pipe()
+    waits: list[tuple[bool, int, int]] = []
+    try:
+        code, taken, forwarded, errno = _native.stream_rest(
+            scanner,
+            (
+                sender.fileno(),
+                gateway.fileno(),
+                pipe_read,
+                pipe_write,
+                capacity,
+                max_pdu,
+                sender.gettimeout(),
+                gateway.gettimeout(),
+            ),
+            CONTEXT_ID,
+            pdus.MCH_LAST,
+            len(rest),
+            rest[:prefix],
+            lambda on_gateway, taken, forwarded: waits.append((on_gateway, taken, forwarded)),
+        )
+    finally:
+        sender.close()
+        gateway.close()
+        for thread in threads:
+            thread.join(10)
+        if not close_gateway:
+            gateway_app.close()
+    return Run(code, taken, forwarded, errno, bytes(received), waits)
+
+
+def _framed(rest: bytes, max_pdu: int) -> bytes:
+    out = bytearray()
+    at = 0
+    for header, length in pdus.piece_headers(
+        CONTEXT_ID, pdus.MCH_LAST, len(rest), max_body=max_pdu
+    ):
+        out += header + rest[at : at + length]
+        at += length
+    return bytes(out)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 65536, 4000])
+@pytest.mark.parametrize("prefix", [0, 6])
+def test_the_gateway_gets_what_the_python_path_sends(
+    splicer: splice.Splicer, max_pdu: int, prefix: int
+) -> None:
+    data = _dataset(200_000)
+    run = _run(splicer, data, head=300, prefix=prefix, max_pdu=max_pdu)
+    rest = data[300:]
+    assert (run.code, run.errno) == (0, 0)
+    assert run.taken == run.forwarded == len(rest)
+    assert run.received == _framed(rest, max_pdu)
+    # Progress is reported before waits with counts that only grow.
+    assert all(0 <= forwarded <= taken <= len(rest) for _, taken, forwarded in run.waits)
+
+
+def test_a_truncated_data_set_is_never_completed_at_the_gateway(
+    splicer: splice.Splicer,
+) -> None:
+    data = _dataset(200_000)
+    # The last PDV says the data set ends 100 bytes early: the pixel data is short.
+    truncated = data[:-100]
+    run = _run(splicer, truncated, head=300)
+    rest = truncated[300:]
+    assert run.code == 1  # malformed at the end
+    assert run.taken == len(rest)
+    assert run.forwarded == len(rest) - 1
+    assert len(run.received) < len(_framed(rest, 0))
+    assert run.received == _framed(rest, 0)[: len(run.received)]
+
+
+def test_a_sender_that_closes_mid_pdv_is_told_apart(splicer: splice.Splicer) -> None:
+    data = _dataset(200_000)
+    rest = data[300:]
+    run = _run(splicer, data, head=300, sent=rest[:50_000])
+    assert run.code == 3  # sender closed
+    assert run.taken == 50_000
+
+
+def test_a_silent_sender_times_out_and_says_whom_it_waited_on(
+    splicer: splice.Splicer,
+) -> None:
+    data = _dataset(200_000)
+    rest = data[300:]
+    sender_app, sender = socket.socketpair()
+    with sender_app:
+        sender_app.sendall(rest[:10_000])
+        run = _run_with(splicer, data, sender, head=300)
+    assert run.code == 2  # sender timed out
+    assert run.taken == 10_000
+    assert run.waits and run.waits[-1] == (False, 10_000, 10_000)
+
+
+def _run_with(splicer: splice.Splicer, data: bytes, sender: socket.socket, *, head: int) -> Run:
+    """Stream from a sender socket the test drives itself (0.3 s timeout)."""
+    from gatewaypool_router import _native
+
+    scanner = new_scanner(EXPLICIT_LE)
+    assert isinstance(scanner, _native.Scanner)
+    scanner.feed(data[:head])
+    gateway, gateway_app = socket.socketpair()
+    sender.settimeout(0.3)
+    gateway.settimeout(5.0)
+    received = bytearray()
+
+    def read() -> None:
+        while chunk := gateway_app.recv(1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    pipe_read, pipe_write, capacity = splicer.pipe()
+    waits: list[tuple[bool, int, int]] = []
+    try:
+        code, taken, forwarded, errno = _native.stream_rest(
+            scanner,
+            (
+                sender.fileno(),
+                gateway.fileno(),
+                pipe_read,
+                pipe_write,
+                capacity,
+                0,
+                sender.gettimeout(),
+                gateway.gettimeout(),
+            ),
+            CONTEXT_ID,
+            pdus.MCH_LAST,
+            len(data) - head,
+            b"",
+            lambda on_gateway, taken, forwarded: waits.append((on_gateway, taken, forwarded)),
+        )
+    finally:
+        sender.close()
+        gateway.close()
+        reader.join(10)
+        gateway_app.close()
+    return Run(code, taken, forwarded, errno, bytes(received), waits)
+
+
+def test_a_gateway_that_closed_fails_the_instance_not_the_sender(
+    splicer: splice.Splicer,
+) -> None:
+    data = _dataset(200_000)
+    run = _run(splicer, data, head=300, close_gateway=True, sender_timeout=1.0)
+    assert run.code in (6, 8)  # gateway failed (8: bytes left in the pipe)
+    assert run.errno in (32, 104)  # EPIPE, ECONNRESET
+    assert run.forwarded == 0
