@@ -62,6 +62,7 @@ _PDV_HEADER = struct.Struct(">LBB")
 
 if "native" in IMPLEMENTATIONS:
     from gatewaypool_router._native import Scanner as _NativeScan
+    from gatewaypool_router._native import stream_pdus as _native_stream_pdus
     from gatewaypool_router._native import stream_rest as _native_stream_rest
 
 # What _native.stream_rest returns first (router/native/src/lib.rs).
@@ -74,6 +75,11 @@ _GATEWAY_TIMED_OUT = 5
 _GATEWAY_FAILED = 6
 _GATEWAY_TIMED_OUT_PIPE = 7
 _GATEWAY_FAILED_PIPE = 8
+_SENDER_CLOSED_BETWEEN_PDUS = 9
+# Where _native.stream_pdus paused (Streamed.pause).
+_PAUSED_AT_DATA_SET_END = 0
+_PAUSED_AT_PDU = 1
+_PAUSED_AT_PDV = 2
 
 
 @functools.cache
@@ -262,13 +268,28 @@ class Forwarder:
 
         Returns the PDU to handle as the copying path does, or None when a
         P-DATA-TF was handled here, PDV by PDV, without reading it whole.
+        With the native hot path, a routed instance's PDUs are streamed in
+        Rust from their header on (:meth:`_stream_pdus_natively`).
         """
-        reader = self._reader
-        header = reader.read(6)
+        instance = self._association.instance
+        if (
+            self._native
+            and instance is not None
+            and instance.failure is None
+            and instance.upstream is not None
+            and isinstance(instance.scanner, _NativeScan)
+        ):
+            return self._stream_pdus_natively(instance, instance.scanner)
+        header = self._reader.read(6)
         if len(header) < 6:
             raise pdus.PeerClosedError(
                 "connection closed" if not header else "connection closed mid-PDU"
             )
+        return self._on_pdu_header(header)
+
+    def _on_pdu_header(self, header: bytes) -> pdus.Pdu | None:
+        """Go on from a PDU header read: stream a P-DATA-TF, or read the PDU whole."""
+        reader = self._reader
         pdu_type, length = _PDU_HEADER.unpack(header)
         if pdu_type < pdus.ASSOCIATE_RQ or pdu_type > pdus.ABORT:
             raise pdus.ProtocolError(
@@ -293,17 +314,26 @@ class Forwarder:
 
     def _stream_pdu(self, length: int) -> None:
         """Handle a P-DATA-TF of ``length`` bytes PDV by PDV, as it arrives."""
-        reader = self._reader
-        left = length
-        if left < 6:
+        if length < 6:
             raise pdus.ProtocolError("P-DATA-TF without a presentation data value")
+        self._stream_pdvs(length)
+
+    def _stream_pdvs(self, left: int, head: bytes | None = None) -> None:
+        """Handle the last ``left`` bytes of a P-DATA-TF PDV by PDV.
+
+        ``head``: the next PDV's header, if it was read already (by the
+        native stream, which left that PDV to Python).
+        """
+        reader = self._reader
         while left:
-            if left < 6:
-                raise pdus.ProtocolError("truncated PDV header")
-            head = reader.read(6)
-            if len(head) < 6:
-                raise pdus.PeerClosedError("connection closed mid-PDU")
+            if head is None:
+                if left < 6:
+                    raise pdus.ProtocolError("truncated PDV header")
+                head = reader.read(6)
+                if len(head) < 6:
+                    raise pdus.PeerClosedError("connection closed mid-PDU")
             item_length, context_id, control = _PDV_HEADER.unpack(head)
+            head = None
             pdus.check_pdv_header(item_length, left - 4)
             size = item_length - 2
             left -= 6 + size
@@ -321,6 +351,109 @@ class Forwarder:
                 self._association.on_pdv(pdus.Pdv(context_id, control, memoryview(data)))
             else:
                 self._stream_data(instance, context_id, control, size)
+
+    def _stream_pdus_natively(self, instance: Instance, scanner: _NativeScan) -> pdus.Pdu | None:
+        """:meth:`_read_or_stream` and :meth:`_stream_pdu` for a routed instance, in Rust.
+
+        From the next PDU header on, every P-DATA-TF that carries only the
+        instance's data set goes to its gateway in one call with the GIL
+        released, until the data set's last PDV is out or a PDU or PDV
+        needs deciding here; Python goes on from that header with its own
+        checks. Progress as in :meth:`_stream_rest_natively`.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        progress = self._progress
+        reader = self._reader
+        gateway_fd, gateway_timeout = upstream.stream_target()
+        pipe_read, pipe_write, capacity = splicer.pipe()
+        prefix = reader.take_buffered(reader.buffered) if reader.buffered else b""
+        self._base = (instance.size, progress.forwarded_bytes)
+        context_id = instance.context.context_id
+        upstream.pdu_open = True  # until told otherwise: an abort then resets
+        streamed = _native_stream_pdus(
+            scanner,
+            (
+                self._sock.fileno(),
+                gateway_fd,
+                pipe_read,
+                pipe_write,
+                capacity,
+                upstream.peer_max_pdu,
+                self._sock.gettimeout(),
+                gateway_timeout,
+            ),
+            context_id,
+            self._max_pdu,
+            prefix,
+            self._native_wait,
+        )
+        if streamed.unread:
+            reader.push_back(streamed.unread)
+        taken, forwarded = streamed.taken, streamed.forwarded
+        instance.size += taken
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += forwarded
+        if taken:
+            progress.read("P-DATA-TF", taken)
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+        code = streamed.code
+        upstream.pdu_open = streamed.gateway_pdu_open
+        if code == _STREAMED:
+            if streamed.pause == _PAUSED_AT_PDU:
+                return self._on_pdu_header(streamed.header)
+            if streamed.pause == _PAUSED_AT_PDV:
+                head = streamed.header or None
+                self._stream_pdvs(streamed.pdu_left + (6 if head else 0), head)
+                return None
+            assert streamed.pause == _PAUSED_AT_DATA_SET_END
+            self._association.data_set_sent(instance)
+        elif code == _MALFORMED:
+            upstream.abort()  # its PDU still open: the connection is reset
+            upstream.pdu_open = False
+            instance.upstream = None
+            instance.fail(Status.DATASET_MALFORMED, scanner.detail or "truncated")
+            self._association.data_set_sent(instance)
+        else:
+            self._stream_failed(instance, code, streamed.errno)
+            if streamed.pdv_left:
+                self._drop(instance, context_id, streamed.control, streamed.pdv_left)
+            elif streamed.control & pdus.MCH_LAST:
+                self._association.data_set_sent(instance)  # failed on the final byte
+        if streamed.pdu_left:
+            self._stream_pdvs(streamed.pdu_left)
+        return None
+
+    def _stream_failed(self, instance: Instance, code: int, errno: int) -> None:
+        """After a native stream stopped on a failure: raise the sender's, or fail the instance.
+
+        A gateway's failure closes or aborts its association as
+        :meth:`Upstream.send` and :meth:`Upstream.splice_from` do.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        if code == _SENDER_TIMED_OUT:
+            raise TimeoutError("timed out")
+        if code == _SENDER_CLOSED:
+            raise pdus.PeerClosedError("connection closed mid-PDU")
+        if code == _SENDER_CLOSED_BETWEEN_PDUS:
+            raise pdus.PeerClosedError("connection closed")
+        if code == _SENDER_FAILED:
+            raise OSError(errno, os.strerror(errno))
+        if code in (_GATEWAY_TIMED_OUT_PIPE, _GATEWAY_FAILED_PIPE):
+            splicer.close()
+        if code in (_GATEWAY_TIMED_OUT, _GATEWAY_TIMED_OUT_PIPE):
+            upstream.abort()
+            exc = GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading")
+        else:
+            upstream.close()
+            exc = GatewayError(
+                Status.GATEWAY_ABORTED, f"send failed: {OSError(errno, os.strerror(errno))}"
+            )
+        self._association.gateway_failed(instance, exc)
 
     def _stream_data(self, instance: Instance, context_id: int, control: int, size: int) -> None:
         """Take one data set PDV of ``size`` bytes from the sender, piece by piece.
@@ -348,6 +481,16 @@ class Forwarder:
                 left = self._stream_rest_natively(instance, scanner, context_id, control, left)
             else:
                 left = self._splice_rest(instance, context_id, control, left)
+        self._drop(instance, context_id, control, left)
+
+    def _drop(self, instance: Instance, context_id: int, control: int, left: int) -> None:
+        """Take the last ``left`` bytes of a data set PDV through :meth:`Association.on_data`.
+
+        After a failure they are read and dropped (in large pieces); the
+        PDV's last piece keeps its control bits, so a last PDV still ends
+        the instance and gets it answered.
+        """
+        reader = self._reader
         while left:
             limit = _DISCARD_CHUNK if instance.failure is not None else _SCAN_CHUNK
             chunk = reader.read_some(min(left, limit))
@@ -467,24 +610,11 @@ class Forwarder:
             if control & pdus.MCH_LAST:
                 self._association.data_set_sent(instance)
             return 0
-        if code == _SENDER_TIMED_OUT:
-            raise TimeoutError("timed out")
-        if code == _SENDER_CLOSED:
-            raise pdus.PeerClosedError("connection closed mid-PDU")
-        if code == _SENDER_FAILED:
-            raise OSError(errno, os.strerror(errno))
-        if code in (_GATEWAY_TIMED_OUT_PIPE, _GATEWAY_FAILED_PIPE):
-            splicer.close()
-        if code in (_GATEWAY_TIMED_OUT, _GATEWAY_TIMED_OUT_PIPE):
-            upstream.abort()
-            exc = GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading")
-        else:
-            upstream.close()
-            exc = GatewayError(
-                Status.GATEWAY_ABORTED, f"send failed: {OSError(errno, os.strerror(errno))}"
-            )
-        self._association.gateway_failed(instance, exc)
-        return size - taken
+        self._stream_failed(instance, code, errno)
+        left = size - taken
+        if not left and control & pdus.MCH_LAST:
+            self._association.data_set_sent(instance)  # failed on the final byte
+        return left
 
     def _native_wait(self, on_gateway: bool, taken: int, forwarded: int) -> None:
         """Before the native stream waits: progress as of then, and whom it waits on."""

@@ -234,6 +234,16 @@ class SocketReader:
         self._start = end
         return data
 
+    def push_back(self, data: bytes) -> None:
+        """Hold `data` again, as the next bytes to read (the buffer must be empty).
+
+        For bytes a native reader took ahead and did not use.
+        """
+        assert self._start == self._end, "push_back onto buffered bytes"
+        size = len(data)
+        self._view[:size] = data
+        self._start, self._end = 0, size
+
     def poll(self) -> bool:
         """Whether bytes wait to be read, without waiting for any.
 

@@ -40,8 +40,10 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use std::os::fd::RawFd;
 
+mod ahead;
 mod fdio;
 mod scanner;
 mod splice;
@@ -49,7 +51,7 @@ mod stream;
 
 use scanner::{Encoding, Scan};
 use splice::{Move, Outcome};
-use stream::{Counts, Host, Link, Stop, Stream};
+use stream::{Counts, Host, Link, Pause, Stop, Stream};
 
 /// The scan of one C-STORE data set; see `gatewaypool_router.scanner`.
 ///
@@ -279,13 +281,50 @@ impl Host for PyHost {
     }
 }
 
+/// (sender fd, gateway fd, pipe read fd, pipe write fd, pipe capacity,
+/// gateway's max PDU, sender timeout, gateway timeout), as Python passes it.
+type LinkTuple = (
+    RawFd,
+    RawFd,
+    RawFd,
+    RawFd,
+    u64,
+    u64,
+    Option<f64>,
+    Option<f64>,
+);
+
+fn link_from(link: LinkTuple) -> Link {
+    let (
+        sender,
+        gateway,
+        pipe_read,
+        pipe_write,
+        capacity,
+        peer_max_pdu,
+        sender_timeout,
+        gateway_timeout,
+    ) = link;
+    Link {
+        sender,
+        gateway,
+        pipe_read,
+        pipe_write,
+        capacity,
+        peer_max_pdu,
+        sender_timeout,
+        gateway_timeout,
+    }
+}
+
 /// How `stream_rest` ended, first of what it returns (forwarding.py names them).
 fn stop_code(stop: &Stop) -> (u8, i32) {
     let errno = |error: &std::io::Error| error.raw_os_error().unwrap_or(0);
     match stop {
         Stop::Malformed => (1, 0),
         Stop::SenderTimeout => (2, 0),
-        Stop::SenderClosed => (3, 0),
+        Stop::SenderClosed { mid_pdu: true } => (3, 0),
+        Stop::SenderClosed { mid_pdu: false } => (9, 0),
         Stop::SenderError(error) => (4, errno(error)),
         Stop::GatewayTimeout { pipe_dirty } => (if *pipe_dirty { 7 } else { 5 }, 0),
         Stop::GatewayError { error, pipe_dirty } => (if *pipe_dirty { 8 } else { 6 }, errno(error)),
@@ -300,51 +339,23 @@ fn stop_code(stop: &Stop) -> (u8, i32) {
 /// each wait.
 ///
 /// Returns (code, taken, forwarded, errno): 0 done, 1 malformed at the end
-/// (the final byte unsent), 2 sender timed out, 3 sender closed, 4 sender
-/// error, 5 gateway timed out, 6 gateway error; 7 and 8 as 5 and 6 with
-/// bytes possibly left in the pipe.
+/// (the final byte unsent), 2 sender timed out, 3 sender closed mid-PDU,
+/// 4 sender error, 5 gateway timed out, 6 gateway error; 7 and 8 as 5 and 6
+/// with bytes possibly left in the pipe; 9 sender closed between PDUs.
 #[pyfunction]
 #[pyo3(signature = (scanner, link, context_id, control, size, prefix, on_wait))]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn stream_rest(
     py: Python<'_>,
     scanner: &Bound<'_, Scanner>,
-    link: (
-        RawFd,
-        RawFd,
-        RawFd,
-        RawFd,
-        u64,
-        u64,
-        Option<f64>,
-        Option<f64>,
-    ),
+    link: LinkTuple,
     context_id: u8,
     control: u8,
     size: u64,
     prefix: Vec<u8>,
     on_wait: Py<PyAny>,
 ) -> PyResult<(u8, u64, u64, i32)> {
-    let (
-        sender,
-        gateway,
-        pipe_read,
-        pipe_write,
-        capacity,
-        peer_max_pdu,
-        sender_timeout,
-        gateway_timeout,
-    ) = link;
-    let link = Link {
-        sender,
-        gateway,
-        pipe_read,
-        pipe_write,
-        capacity,
-        peer_max_pdu,
-        sender_timeout,
-        gateway_timeout,
-    };
+    let link = link_from(link);
     let mut guard = scanner.try_borrow_mut()?;
     let Scanner {
         scan,
@@ -367,11 +378,103 @@ fn stream_rest(
     Ok((code, counts.taken, counts.forwarded, errno))
 }
 
+/// What `stream_pdus` did, and where it left the sender's stream.
+#[pyclass(frozen, get_all, module = "gatewaypool_router._native")]
+pub struct Streamed {
+    /// As `stream_rest`'s first value (0 also when paused, see `pause`).
+    code: u8,
+    errno: i32,
+    taken: u64,
+    forwarded: u64,
+    /// With code 0: 0 the data set's last PDV went out, 1 a PDU header
+    /// (`header`) not streamed, 2 a PDV header (`header`, empty when fewer
+    /// than 6 bytes of the PDU were left) not streamed.
+    pause: u8,
+    header: Py<PyBytes>,
+    /// Bytes of the failed PDV not taken, its control header, and bytes of
+    /// the P-DATA-TF after the PDV (or after `header`, for a PDV header).
+    pdv_left: u64,
+    control: u8,
+    pdu_left: u64,
+    /// Sender bytes read ahead and not used: back to the Python reader.
+    unread: Py<PyBytes>,
+    /// A PDU to the gateway is open (`Upstream.pdu_open`).
+    gateway_pdu_open: bool,
+}
+
+/// Stream the routed instance's P-DATA-TF PDUs from the next PDU header
+/// on, with the GIL released (see `Stream::pdus`): the same as repeated
+/// `_read_or_stream` calls would, until the data set's last PDV is out or
+/// a PDU or PDV needs Python. `max_pdu`: the longest PDU taken from the
+/// sender; `prefix`: the Python reader's buffered bytes.
+#[pyfunction]
+#[pyo3(signature = (scanner, link, context_id, max_pdu, prefix, on_wait))]
+fn stream_pdus(
+    py: Python<'_>,
+    scanner: &Bound<'_, Scanner>,
+    link: LinkTuple,
+    context_id: u8,
+    max_pdu: u64,
+    prefix: Vec<u8>,
+    on_wait: Py<PyAny>,
+) -> PyResult<Streamed> {
+    let link = link_from(link);
+    let mut guard = scanner.try_borrow_mut()?;
+    let Scanner {
+        scan,
+        may_be_sequence,
+        ..
+    } = &mut *guard;
+    let mut host = PyHost {
+        dictionary: may_be_sequence.clone_ref(py),
+        on_wait,
+    };
+    let (result, stream) = py.detach(|| {
+        let mut stream = Stream::new(&link, scan, &mut host, &prefix);
+        let result = stream.pdus(context_id, max_pdu);
+        let left = (
+            stream.counts,
+            stream.pdv_left,
+            stream.control,
+            stream.pdu_left,
+            stream.ahead.held().to_vec(),
+            stream.gateway_pdu_open,
+        );
+        (result, left)
+    });
+    let (counts, pdv_left, control, pdu_left, unread, gateway_pdu_open) = stream;
+    let (code, errno, pause, header): (u8, i32, u8, &[u8]) = match &result {
+        Ok(Pause::DataSetEnd) => (0, 0, 0, b""),
+        Ok(Pause::PduHeader(header)) => (0, 0, 1, header),
+        Ok(Pause::PdvHeader(Some(header))) => (0, 0, 2, header),
+        Ok(Pause::PdvHeader(None)) => (0, 0, 2, b""),
+        Err(stop) => {
+            let (code, errno) = stop_code(stop);
+            (code, errno, 0, b"")
+        }
+    };
+    Ok(Streamed {
+        code,
+        errno,
+        taken: counts.taken,
+        forwarded: counts.forwarded,
+        pause,
+        header: PyBytes::new(py, header).unbind(),
+        pdv_left,
+        control,
+        pdu_left,
+        unread: PyBytes::new(py, &unread).unbind(),
+        gateway_pdu_open,
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scanner>()?;
     m.add_function(wrap_pyfunction!(splice_move, m)?)?;
     m.add_function(wrap_pyfunction!(stream_rest, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_pdus, m)?)?;
+    m.add_class::<Streamed>()?;
     m.add("MAX_STUDY_UID_BYTES", scanner::MAX_STUDY_UID_BYTES)?;
     m.add("MAX_NESTING_DEPTH", scanner::MAX_NESTING_DEPTH)?;
     Ok(())

@@ -22,6 +22,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::ahead::Ahead;
 use crate::fdio::{recv_some, send_all, SocketError};
 use crate::scanner::Scan;
 use crate::splice::{Move, Outcome};
@@ -62,7 +63,10 @@ pub enum Stop {
     /// sent, and the gateway must be aborted with the PDU still open.
     Malformed,
     SenderTimeout,
-    SenderClosed,
+    /// The sender closed; `mid_pdu`: with a PDU begun (else between PDUs).
+    SenderClosed {
+        mid_pdu: bool,
+    },
     SenderError(io::Error),
     /// The gateway stopped reading; `pipe_dirty`: bytes may be left in the pipe.
     GatewayTimeout {
@@ -74,6 +78,20 @@ pub enum Stop {
     },
 }
 
+/// Where a run of P-DATA-TF PDUs handed back to Python (no failure).
+#[derive(Debug)]
+pub enum Pause {
+    /// The data set's last PDV went out (`pdu_left`: the PDU goes on).
+    DataSetEnd,
+    /// The header of a PDU this loop does not stream: any but a P-DATA-TF
+    /// of an acceptable length. Python reads its body and handles it.
+    PduHeader([u8; 6]),
+    /// The header of a PDV this loop does not stream (a command, another
+    /// context, an empty or impossible one), `pdu_left` bytes of its PDU
+    /// after it; None when fewer than 6 bytes of the PDU are left.
+    PdvHeader(Option<[u8; 6]>),
+}
+
 /// What the stream asks of the Python side.
 pub trait Host {
     /// The data dictionary: may an implicit VR element of undefined length
@@ -83,6 +101,9 @@ pub trait Host {
     /// moved `counts` so far in this call.
     fn waiting(&mut self, on_gateway: bool, counts: Counts);
 }
+
+/// The PDV control header's command bit.
+pub const MCH_COMMAND: u8 = 0x01;
 
 /// The 12 bytes before `length` data bytes: P-DATA-TF header, PDV header.
 pub fn piece_header(context_id: u8, control: u8, length: u64) -> [u8; 12] {
@@ -119,17 +140,26 @@ pub struct Stream<'a> {
     pub link: &'a Link,
     pub scan: &'a mut Scan,
     pub host: &'a mut dyn Host,
-    /// Bytes of this PDV the Python reader had already received: they come
-    /// first, and nothing may be spliced while any is left.
-    pub prefix: &'a [u8],
+    /// Sender bytes read ahead (at first, the Python reader's): they come
+    /// first, and nothing may be spliced while any is held.
+    pub ahead: Ahead,
     pub counts: Counts,
+    /// Where a stop left the sender's stream: bytes of the current PDV and
+    /// of the current P-DATA-TF after it not yet taken, and the PDV's
+    /// control header (Python drops the rest of a failed PDV, then goes on).
+    pub pdv_left: u64,
+    pub pdu_left: u64,
+    pub control: u8,
+    /// A PDU to the gateway has begun and not ended: an abort must reset
+    /// the connection (`Upstream.pdu_open`).
+    pub gateway_pdu_open: bool,
     chunk: Box<[u8; SCAN_CHUNK]>,
 }
 
 fn sender_stop(error: SocketError) -> Stop {
     match error {
         SocketError::Timeout => Stop::SenderTimeout,
-        SocketError::Closed => Stop::SenderClosed,
+        SocketError::Closed => Stop::SenderClosed { mid_pdu: true },
         SocketError::Os(error) => Stop::SenderError(error),
     }
 }
@@ -159,14 +189,26 @@ impl<'a> Stream<'a> {
             link,
             scan,
             host,
-            prefix,
+            ahead: Ahead::new(prefix),
             counts: Counts::default(),
+            pdv_left: 0,
+            pdu_left: 0,
+            control: 0,
+            gateway_pdu_open: false,
             chunk: Box::new([0u8; SCAN_CHUNK]),
         }
     }
 
     /// Forward the last `size` bytes of a data set PDV (`_splice_rest`).
     pub fn rest(&mut self, context_id: u8, control: u8, size: u64) -> Result<(), Stop> {
+        let start = self.counts.taken;
+        self.control = control;
+        let result = self.pieces(context_id, control, size);
+        self.pdv_left = size - (self.counts.taken - start);
+        result
+    }
+
+    fn pieces(&mut self, context_id: u8, control: u8, size: u64) -> Result<(), Stop> {
         let last = control & MCH_LAST != 0;
         let pieces = piece_lengths(size, self.link.peer_max_pdu);
         let final_index = pieces.len() - 1;
@@ -178,11 +220,12 @@ impl<'a> Stream<'a> {
                 control & !MCH_LAST
             };
             let header = piece_header(context_id, piece_control, piece);
+            self.gateway_pdu_open = true;
             send_to_gateway(self.link, &mut *self.host, self.counts, &header, true)?;
             let mut todo = piece;
             while todo > 0 {
                 let room = if final_piece { todo - 1 } else { todo };
-                let run = if self.prefix.is_empty() {
+                let run = if self.ahead.is_empty() {
                     self.scan.skippable().min(room)
                 } else {
                     0
@@ -194,8 +237,69 @@ impl<'a> Stream<'a> {
                 }
                 todo -= self.scan_run(todo, final_piece)?;
             }
+            self.gateway_pdu_open = false;
         }
         Ok(())
+    }
+
+    /// Stream P-DATA-TF PDUs of the instance's data set, from the next PDU
+    /// header on (`_read_or_stream` and `_stream_pdu` for a routed
+    /// instance), until its last PDV is out or something needs Python.
+    ///
+    /// Only what Python would stream without deciding anything is taken
+    /// here: a P-DATA-TF no longer than `max_pdu`, whose PDVs are non-empty
+    /// data of `context_id` that fit it. Anything else pauses with its
+    /// header, and Python goes on from there with its own checks and errors.
+    pub fn pdus(&mut self, context_id: u8, max_pdu: u64) -> Result<Pause, Stop> {
+        loop {
+            self.pdu_left = 0;
+            let header = self.header(false)?;
+            let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as u64;
+            if header[0] != P_DATA_TF || length > max_pdu || length < 6 {
+                return Ok(Pause::PduHeader(header));
+            }
+            self.pdu_left = length;
+            while self.pdu_left > 0 {
+                if self.pdu_left < 6 {
+                    return Ok(Pause::PdvHeader(None));
+                }
+                let pdv = self.header(true)?;
+                self.pdu_left -= 6;
+                let item_length = u32::from_be_bytes([pdv[0], pdv[1], pdv[2], pdv[3]]) as u64;
+                let (context, control) = (pdv[4], pdv[5]);
+                if item_length <= 2
+                    || item_length > self.pdu_left + 2
+                    || control & MCH_COMMAND != 0
+                    || context != context_id
+                {
+                    return Ok(Pause::PdvHeader(Some(pdv)));
+                }
+                let size = item_length - 2;
+                self.pdu_left -= size;
+                self.rest(context_id, control, size)?;
+                if control & MCH_LAST != 0 {
+                    return Ok(Pause::DataSetEnd);
+                }
+            }
+        }
+    }
+
+    /// The next 6-byte PDU or PDV header from the sender.
+    fn header(&mut self, mid_pdu: bool) -> Result<[u8; 6], Stop> {
+        let counts = self.counts;
+        let host = &mut *self.host;
+        let held = !self.ahead.is_empty();
+        match self
+            .ahead
+            .header::<6>(self.link.sender, self.link.sender_timeout, &mut || {
+                host.waiting(false, counts)
+            }) {
+            Ok(header) => Ok(header),
+            Err(SocketError::Closed) => Err(Stop::SenderClosed {
+                mid_pdu: mid_pdu || held || !self.ahead.is_empty(),
+            }),
+            Err(error) => Err(sender_stop(error)),
+        }
     }
 
     /// Splice `run` bytes the scanner may skip (`_splice_run`).
@@ -241,7 +345,7 @@ impl<'a> Stream<'a> {
             Outcome::SourceClosed { moved } => {
                 counts.taken += moved;
                 counts.forwarded += moved;
-                Err(Stop::SenderClosed)
+                Err(Stop::SenderClosed { mid_pdu: true })
             }
             Outcome::SourceError { moved, error } => {
                 counts.taken += moved;
@@ -267,11 +371,8 @@ impl<'a> Stream<'a> {
     /// and the scan finds it incomplete: they are not sent.
     fn scan_run(&mut self, todo: u64, final_piece: bool) -> Result<u64, Stop> {
         let want = (todo as usize).min(SCAN_CHUNK);
-        let count = if !self.prefix.is_empty() {
-            let count = want.min(self.prefix.len());
-            self.chunk[..count].copy_from_slice(&self.prefix[..count]);
-            self.prefix = &self.prefix[count..];
-            count
+        let count = if !self.ahead.is_empty() {
+            self.ahead.take(&mut self.chunk[..want])
         } else {
             let counts = self.counts;
             let host = &mut *self.host;

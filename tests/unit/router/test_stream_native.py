@@ -1,4 +1,4 @@
-"""The native stream (``_native.stream_rest``) against what the Python path sends.
+"""The native stream (``_native.stream_rest``, ``stream_pdus``) against the Python path.
 
 The gateway must receive byte for byte what ``Forwarder._splice_rest``
 would send it: the PDV re-framed for its maximum PDU (``pdus.piece_headers``),
@@ -6,6 +6,9 @@ the data unchanged, the reader's buffered bytes first. A data set whose last
 byte leaves it malformed is never completed at the gateway: the final byte
 is held back. Each side's failure is told apart and counted, because a
 sender's failure ends the association while a gateway's fails one instance.
+The PDU loop streams only what Python would stream without deciding: any
+other PDU or PDV is handed back with its header, and bytes it read ahead go
+back to the Python reader.
 """
 
 from __future__ import annotations
@@ -261,3 +264,158 @@ def test_a_gateway_that_closed_fails_the_instance_not_the_sender(
     assert run.code in (6, 8)  # gateway failed (8: bytes left in the pipe)
     assert run.errno in (32, 104)  # EPIPE, ECONNRESET
     assert run.forwarded == 0
+
+
+# -- whole P-DATA-TF PDUs (_native.stream_pdus) -----------------------------------
+
+
+def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
+    body = b"".join(
+        len(data).__add__(2).to_bytes(4, "big") + bytes([context, control]) + data
+        for context, control, data in pdvs
+    )
+    return bytes([pdus.P_DATA_TF, 0]) + len(body).to_bytes(4, "big") + body
+
+
+def _stream_pdus(
+    splicer: splice.Splicer, head: bytes, wire: bytes, *, max_pdu: int = 0, prefix: int = 0
+) -> tuple[object, bytes]:
+    """Scan `head`, then let the native loop take `wire` (PDUs) from the sender."""
+    from gatewaypool_router import _native
+
+    scanner = new_scanner(EXPLICIT_LE)
+    assert isinstance(scanner, _native.Scanner)
+    scanner.feed(head)
+    sender_app, sender = socket.socketpair()
+    gateway, gateway_app = socket.socketpair()
+    sender.settimeout(5.0)
+    gateway.settimeout(5.0)
+    received = bytearray()
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            sender_app.sendall(wire[prefix:])
+            sender_app.shutdown(socket.SHUT_WR)
+
+    def read() -> None:
+        while chunk := gateway_app.recv(1 << 16):
+            received.extend(chunk)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    pipe_read, pipe_write, capacity = splicer.pipe()
+    try:
+        streamed = _native.stream_pdus(
+            scanner,
+            (
+                sender.fileno(),
+                gateway.fileno(),
+                pipe_read,
+                pipe_write,
+                capacity,
+                max_pdu,
+                sender.gettimeout(),
+                gateway.gettimeout(),
+            ),
+            CONTEXT_ID,
+            1 << 20,
+            wire[:prefix],
+            lambda on_gateway, taken, forwarded: None,
+        )
+    finally:
+        gateway.close()
+        threads[1].join(10)
+        sender_app.close()
+        sender.close()
+        threads[0].join(10)
+        gateway_app.close()
+    return streamed, bytes(received)
+
+
+def _framed_pdvs(pdvs: list[tuple[int, bytes]], max_pdu: int) -> bytes:
+    out = bytearray()
+    for control, data in pdvs:
+        at = 0
+        for header, length in pdus.piece_headers(CONTEXT_ID, control, len(data), max_body=max_pdu):
+            out += header + data[at : at + length]
+            at += length
+    return bytes(out)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 5000])
+@pytest.mark.parametrize("prefix", [0, 6, 12])
+def test_a_data_sets_pdus_reach_the_gateway_as_the_python_path_frames_them(
+    splicer: splice.Splicer, max_pdu: int, prefix: int
+) -> None:
+    data = _dataset(200_000)
+    rest = data[300:]
+    # PDUs of 16 KiB with one PDV each, then one PDU holding two PDVs.
+    cut = len(rest) - 3000
+    pieces = [rest[at : min(at + 16384, cut)] for at in range(0, cut, 16384)]
+    pdvs = [(0, piece) for piece in pieces] + [(0, rest[cut:-1000]), (pdus.MCH_LAST, rest[-1000:])]
+    wire = b"".join(_pdu((CONTEXT_ID, control, piece)) for control, piece in pdvs[:-2])
+    wire += _pdu(*((CONTEXT_ID, control, piece) for control, piece in pdvs[-2:]))
+    trailer = pdus.RELEASE_RQ_PDU
+    streamed, received = _stream_pdus(
+        splicer, data[:300], wire + trailer, max_pdu=max_pdu, prefix=prefix
+    )
+    assert (streamed.code, streamed.pause) == (0, 0)  # the data set's end
+    assert streamed.taken == streamed.forwarded == len(rest)
+    assert streamed.pdu_left == 0
+    assert received == _framed_pdvs(pdvs, max_pdu)
+    # What was read ahead goes back to the Python reader: none of it is lost.
+    assert trailer.startswith(streamed.unread)
+
+
+def test_a_pdu_other_than_p_data_pauses_with_its_header(splicer: splice.Splicer) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    wire = _pdu((CONTEXT_ID, 0, rest[:20_000])) + pdus.abort_pdu(pdus.ABORT_SOURCE_USER)
+    streamed, received = _stream_pdus(splicer, data[:300], wire)
+    assert (streamed.code, streamed.pause) == (0, 1)
+    assert streamed.header == pdus.abort_pdu(pdus.ABORT_SOURCE_USER)[:6]
+    assert streamed.taken == 20_000
+    assert received == _framed_pdvs([(0, rest[:20_000])], 0)
+
+
+@pytest.mark.parametrize(
+    "context, control, size",
+    [(CONTEXT_ID, pdus.MCH_COMMAND, 100), (CONTEXT_ID + 2, 0, 100), (CONTEXT_ID, 0, 0)],
+    ids=["command", "other_context", "empty"],
+)
+def test_a_pdv_that_is_not_the_data_sets_pauses_with_its_header(
+    splicer: splice.Splicer, context: int, control: int, size: int
+) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    foreign = bytes(size)
+    wire = _pdu((CONTEXT_ID, 0, rest[:10_000]), (context, control, foreign))
+    streamed, _ = _stream_pdus(splicer, data[:300], wire)
+    assert (streamed.code, streamed.pause) == (0, 2)
+    assert streamed.header == (size + 2).to_bytes(4, "big") + bytes([context, control])
+    assert streamed.pdu_left == size
+    assert streamed.taken == 10_000
+
+
+def test_a_pdv_overrunning_its_pdu_is_left_to_python(splicer: splice.Splicer) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    pdu = bytearray(_pdu((CONTEXT_ID, 0, rest[:1000])))
+    pdu[6:10] = (5000).to_bytes(4, "big")  # longer than the PDU holds
+    streamed, received = _stream_pdus(splicer, data[:300], bytes(pdu))
+    assert (streamed.code, streamed.pause, streamed.taken) == (0, 2, 0)
+    assert received == b""
+
+
+def test_a_sender_closing_between_pdus_is_told_from_one_closing_mid_pdu(
+    splicer: splice.Splicer,
+) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    whole = _pdu((CONTEXT_ID, 0, rest[:10_000]))
+    streamed, _ = _stream_pdus(splicer, data[:300], whole)
+    assert (streamed.code, streamed.taken) == (9, 10_000)  # closed between PDUs
+    streamed, _ = _stream_pdus(splicer, data[:300], whole + whole[:3])
+    assert (streamed.code, streamed.taken) == (3, 10_000)  # closed mid-PDU
+    assert not streamed.gateway_pdu_open
