@@ -53,7 +53,7 @@ def stream_rest(
     control: int,
     size: int,
     prefix: bytes,
-    on_wait: Callable[[bool, int, int], None],
+    on_wait: Callable[[int, int, int], None],
 ) -> tuple[int, int, int, int]: ...
 
 class Streamed:
@@ -79,6 +79,14 @@ class Streamed:
     def unread(self) -> bytes: ...
     @property
     def gateway_pdu_open(self) -> bool: ...
+    @property
+    def response_code(self) -> int: ...
+    @property
+    def response(self) -> bytes | None: ...
+    @property
+    def response_unread(self) -> bytes: ...
+    @property
+    def response_errno(self) -> int: ...
 
 def stream_pdus(
     scanner: Scanner,
@@ -86,5 +94,6 @@ def stream_pdus(
     context_id: int,
     max_pdu: int,
     prefix: bytes,
-    on_wait: Callable[[bool, int, int], None],
+    read_response: int | None,
+    on_wait: Callable[[int, int, int], None],
 ) -> Streamed: ...

@@ -18,6 +18,16 @@ bytes spliced in the kernel would be ciphertext on one side and bypass TLS
 on the other, so an association from the TLS port, or with
 ``--gateway-tls-ca``, copies (:func:`splicer_for`).
 
+With the native hot path (``GATEWAYPOOL_HOT_PATH``, see
+:mod:`gatewaypool_router.scanner`), the splicing path's loops run in Rust
+with the GIL released: the routed rest of a PDV (``_native.stream_rest``
+for :meth:`Forwarder._splice_rest`), then a routed instance's later PDUs
+from their header on and the gateway's response
+(``_native.stream_pdus``, :meth:`Forwarder._stream_pdus_natively`). They
+move the same bytes and stop where the Python loops would decide
+something, handing back the header read; the Python loops stay, as the
+fallback and the specification.
+
 The association decides (what an instance is, where it goes, what the
 sender is answered); this module only moves its bytes, and hands back to
 the association (:class:`Association`) what it must decide on.
@@ -76,6 +86,9 @@ _GATEWAY_FAILED = 6
 _GATEWAY_TIMED_OUT_PIPE = 7
 _GATEWAY_FAILED_PIPE = 8
 _SENDER_CLOSED_BETWEEN_PDUS = 9
+# What the native stream waits for (its on_wait's first argument).
+_WAIT_SENDER = 0
+_WAIT_GATEWAY_SEND = 1
 # Where _native.stream_pdus paused (Streamed.pause).
 _PAUSED_AT_DATA_SET_END = 0
 _PAUSED_AT_PDU = 1
@@ -387,6 +400,8 @@ class Forwarder:
             context_id,
             self._max_pdu,
             prefix,
+            # The response too, in the same call, unless Python holds some of it.
+            None if upstream.has_pending() else upstream.response_max_body,
             self._native_wait,
         )
         if streamed.unread:
@@ -409,6 +424,12 @@ class Forwarder:
                 self._stream_pdvs(streamed.pdu_left + (6 if head else 0), head)
                 return None
             assert streamed.pause == _PAUSED_AT_DATA_SET_END
+            upstream.read_natively(
+                streamed.response_code,
+                streamed.response,
+                streamed.response_unread,
+                streamed.response_errno,
+            )
             self._association.data_set_sent(instance)
         elif code == _MALFORMED:
             upstream.abort()  # its PDU still open: the connection is reset
@@ -616,8 +637,12 @@ class Forwarder:
             self._association.data_set_sent(instance)  # failed on the final byte
         return left
 
-    def _native_wait(self, on_gateway: bool, taken: int, forwarded: int) -> None:
-        """Before the native stream waits: progress as of then, and whom it waits on."""
+    def _native_wait(self, what: int, taken: int, forwarded: int) -> None:
+        """Before the native stream waits: progress as of then, and whom it waits on.
+
+        ``what``: 0 the sender's data, 1 room at the gateway, 2 the
+        gateway's C-STORE-RSP (``_native.stream_pdus``).
+        """
         progress = self._progress
         size, forwarded_before = self._base
         if taken:
@@ -626,10 +651,12 @@ class Forwarder:
         if forwarded:
             progress.wrote("data set fragment to gateway", forwarded)
             progress.forwarded_bytes = forwarded_before + forwarded
-        if on_gateway:
+        if what == _WAIT_SENDER:
+            progress.wait("sender", "data set fragment")
+        elif what == _WAIT_GATEWAY_SEND:
             progress.wait("gateway", "send")
         else:
-            progress.wait("sender", "data set fragment")
+            progress.wait("gateway", "C-STORE-RSP")
 
     def _splice_run(
         self, instance: Instance, upstream: Upstream, splicer: Splicer, run: int, *, more: bool

@@ -32,6 +32,20 @@
 //! the same errors from its outcome). It is the first brick of the native
 //! `stream` the next step needs.
 //!
+//! Third, the per-instance loop itself, with the GIL released (modules
+//! `stream`, `ahead`, `response`, over the socket calls of `fdio`):
+//! `stream_rest` forwards the routed rest of one data set PDV
+//! (`Forwarder._splice_rest`); `stream_pdus` takes a routed instance's
+//! P-DATA-TF PDUs from their header on until its last PDV is out, then
+//! reads the gateway's C-STORE-RSP in the same call. Each returns once, with
+//! what it moved and where it stopped; anything that needs deciding (a
+//! command, another context, another PDU, an unusual response, a failure)
+//! goes back to Python with the header or bytes read, and Python goes on
+//! from there with its own checks and errors. Python keeps the command,
+//! routing, the answer, metrics, and progress (updated on return and, by a
+//! callback, before every wait, so the stall log still names whom an
+//! association waits on).
+//!
 //! `Scanner` is `gatewaypool_router.scanner.DatasetScanner` for the
 //! non-deflated transfer syntaxes; `scanner.py` picks it at import
 //! (`GATEWAYPOOL_HOT_PATH`: auto, native, python) and keeps the Python scan
@@ -45,13 +59,15 @@ use std::os::fd::RawFd;
 
 mod ahead;
 mod fdio;
+mod response;
 mod scanner;
 mod splice;
 mod stream;
 
+use response::Response;
 use scanner::{Encoding, Scan};
 use splice::{Move, Outcome};
-use stream::{Counts, Host, Link, Pause, Stop, Stream};
+use stream::{Counts, Host, Link, Pause, Stop, Stream, Wait};
 
 /// The scan of one C-STORE data set; see `gatewaypool_router.scanner`.
 ///
@@ -267,13 +283,13 @@ impl Host for PyHost {
         Python::attach(|py| ask(py, &self.dictionary, tag))
     }
 
-    fn waiting(&mut self, on_gateway: bool, counts: Counts) {
+    fn waiting(&mut self, what: Wait, counts: Counts) {
         Python::attach(|py| {
             // Progress bookkeeping only: an exception in it must not leave
             // a PDU half written, so it is reported, not raised.
             if let Err(error) = self
                 .on_wait
-                .call1(py, (on_gateway, counts.taken, counts.forwarded))
+                .call1(py, (what as u8, counts.taken, counts.forwarded))
             {
                 error.write_unraisable(py, None);
             }
@@ -335,8 +351,8 @@ fn stop_code(stop: &Stop) -> (u8, i32) {
 /// last `size` bytes of a routed data set PDV, `prefix` (the reader's
 /// buffered bytes of it) first. `link`: (sender fd, gateway fd, pipe read
 /// fd, pipe write fd, pipe capacity, gateway's max PDU, sender timeout,
-/// gateway timeout). `on_wait(on_gateway, taken, forwarded)` runs before
-/// each wait.
+/// gateway timeout). `on_wait(what, taken, forwarded)` runs before each
+/// wait (`what` as for `stream_pdus`).
 ///
 /// Returns (code, taken, forwarded, errno): 0 done, 1 malformed at the end
 /// (the final byte unsent), 2 sender timed out, 3 sender closed mid-PDU,
@@ -400,15 +416,28 @@ pub struct Streamed {
     unread: Py<PyBytes>,
     /// A PDU to the gateway is open (`Upstream.pdu_open`).
     gateway_pdu_open: bool,
+    /// The gateway's response, when asked for and the data set went out:
+    /// 0 not read, 1 the command set (`response`), 2 something else (all
+    /// of it in `response_unread`), 3 timed out, 4 failed (`response_errno`).
+    response_code: u8,
+    response: Option<Py<PyBytes>>,
+    /// Gateway bytes read beyond the response: back to the upstream's reader.
+    response_unread: Py<PyBytes>,
+    response_errno: i32,
 }
 
 /// Stream the routed instance's P-DATA-TF PDUs from the next PDU header
 /// on, with the GIL released (see `Stream::pdus`): the same as repeated
 /// `_read_or_stream` calls would, until the data set's last PDV is out or
 /// a PDU or PDV needs Python. `max_pdu`: the longest PDU taken from the
-/// sender; `prefix`: the Python reader's buffered bytes.
+/// sender; `prefix`: the Python reader's buffered bytes; `read_response`:
+/// the longest response PDU body accepted, to read the gateway's response
+/// once the data set is out (None: leave it to Python).
+/// `on_wait(what, taken, forwarded)`: `what` 0 the sender, 1 room at the
+/// gateway, 2 the gateway's response.
 #[pyfunction]
-#[pyo3(signature = (scanner, link, context_id, max_pdu, prefix, on_wait))]
+#[pyo3(signature = (scanner, link, context_id, max_pdu, prefix, read_response, on_wait))]
+#[allow(clippy::too_many_arguments)]
 fn stream_pdus(
     py: Python<'_>,
     scanner: &Bound<'_, Scanner>,
@@ -416,6 +445,7 @@ fn stream_pdus(
     context_id: u8,
     max_pdu: u64,
     prefix: Vec<u8>,
+    read_response: Option<u64>,
     on_wait: Py<PyAny>,
 ) -> PyResult<Streamed> {
     let link = link_from(link);
@@ -431,6 +461,7 @@ fn stream_pdus(
     };
     let (result, stream) = py.detach(|| {
         let mut stream = Stream::new(&link, scan, &mut host, &prefix);
+        stream.read_response = read_response;
         let result = stream.pdus(context_id, max_pdu);
         let left = (
             stream.counts,
@@ -439,10 +470,18 @@ fn stream_pdus(
             stream.pdu_left,
             stream.ahead.held().to_vec(),
             stream.gateway_pdu_open,
+            stream.response.take(),
         );
         (result, left)
     });
-    let (counts, pdv_left, control, pdu_left, unread, gateway_pdu_open) = stream;
+    let (counts, pdv_left, control, pdu_left, unread, gateway_pdu_open, response) = stream;
+    let (response_code, command, response_unread, response_errno) = match response {
+        None => (0, None, Vec::new(), 0),
+        Some(Response::Command { command, extra }) => (1, Some(command), extra, 0),
+        Some(Response::Other(read)) => (2, None, read, 0),
+        Some(Response::Timeout) => (3, None, Vec::new(), 0),
+        Some(Response::Failed(error)) => (4, None, Vec::new(), error.raw_os_error().unwrap_or(0)),
+    };
     let (code, errno, pause, header): (u8, i32, u8, &[u8]) = match &result {
         Ok(Pause::DataSetEnd) => (0, 0, 0, b""),
         Ok(Pause::PduHeader(header)) => (0, 0, 1, header),
@@ -465,6 +504,10 @@ fn stream_pdus(
         pdu_left,
         unread: PyBytes::new(py, &unread).unbind(),
         gateway_pdu_open,
+        response_code,
+        response: command.map(|command| PyBytes::new(py, &command).unbind()),
+        response_unread: PyBytes::new(py, &response_unread).unbind(),
+        response_errno,
     })
 }
 

@@ -24,6 +24,7 @@ use std::os::fd::RawFd;
 
 use crate::ahead::Ahead;
 use crate::fdio::{recv_some, send_all, SocketError};
+use crate::response::{self, Response};
 use crate::scanner::Scan;
 use crate::splice::{Move, Outcome};
 
@@ -92,14 +93,24 @@ pub enum Pause {
     PdvHeader(Option<[u8; 6]>),
 }
 
+/// What a stream is about to wait for (the association's progress says so).
+#[derive(Clone, Copy, Debug)]
+pub enum Wait {
+    /// The sender's next bytes.
+    Sender = 0,
+    /// Room in the gateway's socket.
+    GatewaySend = 1,
+    /// The gateway's C-STORE-RSP.
+    GatewayResponse = 2,
+}
+
 /// What the stream asks of the Python side.
 pub trait Host {
     /// The data dictionary: may an implicit VR element of undefined length
     /// with this tag be a sequence?
     fn may_be_sequence(&mut self, tag: u32) -> bool;
-    /// About to wait on the gateway (true) or the sender (false), having
-    /// moved `counts` so far in this call.
-    fn waiting(&mut self, on_gateway: bool, counts: Counts);
+    /// About to wait for `what`, having moved `counts` so far in this call.
+    fn waiting(&mut self, what: Wait, counts: Counts);
 }
 
 /// The PDV control header's command bit.
@@ -153,6 +164,10 @@ pub struct Stream<'a> {
     /// A PDU to the gateway has begun and not ended: an abort must reset
     /// the connection (`Upstream.pdu_open`).
     pub gateway_pdu_open: bool,
+    /// With `Some(max_body)`, the gateway's response is read once the data
+    /// set is out (see `response.rs`); what was read ends up in `response`.
+    pub read_response: Option<u64>,
+    pub response: Option<Response>,
     chunk: Box<[u8; SCAN_CHUNK]>,
 }
 
@@ -195,6 +210,8 @@ impl<'a> Stream<'a> {
             pdu_left: 0,
             control: 0,
             gateway_pdu_open: false,
+            read_response: None,
+            response: None,
             chunk: Box::new([0u8; SCAN_CHUNK]),
         }
     }
@@ -278,6 +295,16 @@ impl<'a> Stream<'a> {
                 self.pdu_left -= size;
                 self.rest(context_id, control, size)?;
                 if control & MCH_LAST != 0 {
+                    if let Some(max_body) = self.read_response {
+                        let counts = self.counts;
+                        let host = &mut *self.host;
+                        self.response = Some(response::read(
+                            self.link.gateway,
+                            self.link.gateway_timeout,
+                            max_body,
+                            &mut || host.waiting(Wait::GatewayResponse, counts),
+                        ));
+                    }
                     return Ok(Pause::DataSetEnd);
                 }
             }
@@ -292,7 +319,7 @@ impl<'a> Stream<'a> {
         match self
             .ahead
             .header::<6>(self.link.sender, self.link.sender_timeout, &mut || {
-                host.waiting(false, counts)
+                host.waiting(Wait::Sender, counts)
             }) {
             Ok(header) => Ok(header),
             Err(SocketError::Closed) => Err(Stop::SenderClosed {
@@ -320,7 +347,11 @@ impl<'a> Stream<'a> {
         let host = &mut *self.host;
         let outcome = job.run(&mut |on_gateway, taken, sent| {
             host.waiting(
-                on_gateway,
+                if on_gateway {
+                    Wait::GatewaySend
+                } else {
+                    Wait::Sender
+                },
                 Counts {
                     taken: before.taken + taken,
                     forwarded: before.forwarded + sent,
@@ -380,7 +411,7 @@ impl<'a> Stream<'a> {
                 self.link.sender,
                 &mut self.chunk[..want],
                 self.link.sender_timeout,
-                &mut || host.waiting(false, counts),
+                &mut || host.waiting(Wait::Sender, counts),
             )
             .map_err(sender_stop)?
         };
@@ -414,7 +445,7 @@ fn send_to_gateway(
     more: bool,
 ) -> Result<(), Stop> {
     send_all(link.gateway, data, more, link.gateway_timeout, &mut || {
-        host.waiting(true, counts)
+        host.waiting(Wait::GatewaySend, counts)
     })
     .map_err(gateway_stop)
 }

@@ -18,6 +18,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydicom
 import pytest
@@ -56,7 +57,7 @@ class Run:
     forwarded: int
     errno: int
     received: bytes
-    waits: list[tuple[bool, int, int]] = field(default_factory=list)
+    waits: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def _run(
     for thread in threads:
         thread.start()
     pipe_read, pipe_write, capacity = splicer.pipe()
-    waits: list[tuple[bool, int, int]] = []
+    waits: list[tuple[int, int, int]] = []
     try:
         code, taken, forwarded, errno = _native.stream_rest(
             scanner,
@@ -134,7 +135,7 @@ def _run(
             pdus.MCH_LAST,
             len(rest),
             rest[:prefix],
-            lambda on_gateway, taken, forwarded: waits.append((on_gateway, taken, forwarded)),
+            lambda what, taken, forwarded: waits.append((what, taken, forwarded)),
         )
     finally:
         sender.close()
@@ -206,7 +207,7 @@ def test_a_silent_sender_times_out_and_says_whom_it_waited_on(
         run = _run_with(splicer, data, sender, head=300)
     assert run.code == 2  # sender timed out
     assert run.taken == 10_000
-    assert run.waits and run.waits[-1] == (False, 10_000, 10_000)
+    assert run.waits and run.waits[-1] == (0, 10_000, 10_000)  # on the sender
 
 
 def _run_with(splicer: splice.Splicer, data: bytes, sender: socket.socket, *, head: int) -> Run:
@@ -228,7 +229,7 @@ def _run_with(splicer: splice.Splicer, data: bytes, sender: socket.socket, *, he
     reader = threading.Thread(target=read)
     reader.start()
     pipe_read, pipe_write, capacity = splicer.pipe()
-    waits: list[tuple[bool, int, int]] = []
+    waits: list[tuple[int, int, int]] = []
     try:
         code, taken, forwarded, errno = _native.stream_rest(
             scanner,
@@ -246,7 +247,7 @@ def _run_with(splicer: splice.Splicer, data: bytes, sender: socket.socket, *, he
             pdus.MCH_LAST,
             len(data) - head,
             b"",
-            lambda on_gateway, taken, forwarded: waits.append((on_gateway, taken, forwarded)),
+            lambda what, taken, forwarded: waits.append((what, taken, forwarded)),
         )
     finally:
         sender.close()
@@ -278,9 +279,21 @@ def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
 
 
 def _stream_pdus(
-    splicer: splice.Splicer, head: bytes, wire: bytes, *, max_pdu: int = 0, prefix: int = 0
-) -> tuple[object, bytes]:
-    """Scan `head`, then let the native loop take `wire` (PDUs) from the sender."""
+    splicer: splice.Splicer,
+    head: bytes,
+    wire: bytes,
+    *,
+    max_pdu: int = 0,
+    prefix: int = 0,
+    response: tuple[int, bytes] | None = None,
+    hang_up: bool = False,
+) -> tuple[Any, bytes]:
+    """Scan `head`, then let the native loop take `wire` (PDUs) from the sender.
+
+    `response`: once the gateway received that many bytes it sends these
+    (and the native loop is asked to read the response); with `hang_up`,
+    it then closes its side for writing.
+    """
     from gatewaypool_router import _native
 
     scanner = new_scanner(EXPLICIT_LE)
@@ -300,6 +313,10 @@ def _stream_pdus(
     def read() -> None:
         while chunk := gateway_app.recv(1 << 16):
             received.extend(chunk)
+            if response is not None and len(received) == response[0]:
+                gateway_app.sendall(response[1])
+                if hang_up:
+                    gateway_app.shutdown(socket.SHUT_WR)
 
     threads = [threading.Thread(target=write), threading.Thread(target=read)]
     for thread in threads:
@@ -321,7 +338,8 @@ def _stream_pdus(
             CONTEXT_ID,
             1 << 20,
             wire[:prefix],
-            lambda on_gateway, taken, forwarded: None,
+            None if response is None else 1 << 16,
+            lambda what, taken, forwarded: None,
         )
     finally:
         gateway.close()
@@ -419,3 +437,57 @@ def test_a_sender_closing_between_pdus_is_told_from_one_closing_mid_pdu(
     streamed, _ = _stream_pdus(splicer, data[:300], whole + whole[:3])
     assert (streamed.code, streamed.taken) == (3, 10_000)  # closed mid-PDU
     assert not streamed.gateway_pdu_open
+
+
+# -- the gateway's response, read in the same call ------------------------------
+
+
+def _response_pdu(*pdvs: tuple[int, bytes]) -> bytes:
+    return _pdu(*((CONTEXT_ID, control, data) for control, data in pdvs))
+
+
+@pytest.mark.parametrize("extra", [b"", pdus.RELEASE_RQ_PDU], ids=["alone", "then_release"])
+def test_the_response_is_read_once_the_data_set_is_out(
+    splicer: splice.Splicer, extra: bytes
+) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    command = bytes(range(90))
+    wire = _pdu((CONTEXT_ID, pdus.MCH_LAST, rest))
+    expected = _framed_pdvs([(pdus.MCH_LAST, rest)], 0)
+    reply = _response_pdu((pdus.MCH_COMMAND | pdus.MCH_LAST, command)) + extra
+    streamed, received = _stream_pdus(splicer, data[:300], wire, response=(len(expected), reply))
+    assert (streamed.code, streamed.pause) == (0, 0)
+    assert received == expected
+    assert (streamed.response_code, streamed.response) == (1, command)
+    # What came after the response goes back to the upstream's reader.
+    assert streamed.response_unread == extra
+
+
+def test_a_response_in_several_pdvs_is_left_to_python_whole(splicer: splice.Splicer) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    wire = _pdu((CONTEXT_ID, pdus.MCH_LAST, rest))
+    expected = _framed_pdvs([(pdus.MCH_LAST, rest)], 0)
+    reply = _response_pdu(
+        (pdus.MCH_COMMAND, bytes(40)), (pdus.MCH_COMMAND | pdus.MCH_LAST, bytes(50))
+    )
+    streamed, _ = _stream_pdus(splicer, data[:300], wire, response=(len(expected), reply))
+    assert (streamed.response_code, streamed.response) == (2, None)
+    assert streamed.response_unread == reply
+
+
+def test_a_gateway_closing_instead_of_answering_leaves_the_bytes_to_python(
+    splicer: splice.Splicer,
+) -> None:
+    data = _dataset(50_000)
+    rest = data[300:]
+    wire = _pdu((CONTEXT_ID, pdus.MCH_LAST, rest))
+    expected = _framed_pdvs([(pdus.MCH_LAST, rest)], 0)
+    # Half a response, then the gateway hangs up.
+    reply = _response_pdu((pdus.MCH_COMMAND | pdus.MCH_LAST, bytes(90)))[:20]
+    streamed, _ = _stream_pdus(
+        splicer, data[:300], wire, response=(len(expected), reply), hang_up=True
+    )
+    assert (streamed.response_code, streamed.response) == (2, None)
+    assert streamed.response_unread == reply
