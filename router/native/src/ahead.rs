@@ -17,21 +17,22 @@ pub const HEADERS_AHEAD: usize = 12;
 const CAPACITY: usize = 2 * HEADERS_AHEAD;
 
 pub struct Ahead {
-    buf: [u8; CAPACITY],
+    buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
 impl Ahead {
-    /// Start with `bytes` the Python reader had buffered (at most a few).
+    /// Start with `bytes` the Python reader had buffered (a few: its own
+    /// read-ahead rule; room is made for more all the same).
     pub fn new(bytes: &[u8]) -> Self {
-        let mut ahead = Ahead {
-            buf: [0; CAPACITY],
+        let mut buf = vec![0; CAPACITY.max(bytes.len())];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Ahead {
+            buf,
             start: 0,
-            end: bytes.len().min(CAPACITY),
-        };
-        ahead.buf[..ahead.end].copy_from_slice(&bytes[..ahead.end]);
-        ahead
+            end: bytes.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,7 +65,9 @@ impl Ahead {
             self.end -= self.start;
             self.start = 0;
             while self.end < N {
-                let want = (N - self.end).max(HEADERS_AHEAD).min(CAPACITY - self.end);
+                let want = (N - self.end)
+                    .max(HEADERS_AHEAD)
+                    .min(self.buf.len() - self.end);
                 let got = recv_some(
                     fd,
                     &mut self.buf[self.end..self.end + want],
