@@ -21,6 +21,7 @@ from gatewaypool_local.peers.orthanc import Orthanc
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.synth import Study, generate_study
 from support import custommetrics, lanes
+from support.outcome import did_fail
 from support.realcluster import (
     Cluster,
     in_sandbox,
@@ -73,16 +74,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return None
 
 
-def _failed(request: pytest.FixtureRequest) -> bool:
-    report = getattr(request.node, "report_call", None)
-    return report is None or report.failed
-
-
 def _print_log_on_failure(
     request: pytest.FixtureRequest, gateway: StoreSCP | Orthanc | PynetdicomSink
 ) -> None:
     # Printed output of a failed test is shown with its report.
-    if _failed(request):
+    if did_fail(request):
         print(gateway.log_tail(_LOG_LINES_ON_FAILURE))
 
 
@@ -233,5 +229,5 @@ def cluster_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Itera
     """
     with cluster.namespace(namespace_for(request.node.name)) as namespace:
         yield namespace
-        if _failed(request):
+        if did_fail(request):
             cluster.print_pod_logs(namespace, lines=_LOG_LINES_ON_FAILURE)

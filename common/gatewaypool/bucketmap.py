@@ -82,7 +82,6 @@ from gatewaypool.strict import (
 )
 
 __all__ = [
-    "MAX_BUCKETS",
     "BucketMap",
     "Gateway",
     "MapError",

@@ -17,15 +17,21 @@ Wire format (JSON)::
         "firstAt": "2026-12-07T23:01:02.250000Z", "lastAt": "2026-12-07T23:01:04.000000Z",
         "mapVersions": [3, 4],
         "acknowledged": 47, "spooled": 0, "held": 1, "failed": 1,
-        "failures": [{"status": "0xA702", "count": 1}]}]}
+        "failures": [{"status": "0xA702", "count": 1}],
+        "spoolDelivered": 0, "spoolRefused": 0}]}
 
 One entry per gateway the study's instances were routed to (``gateway`` is
 null for instances that failed before any gateway was chosen, with no map
 loaded). ``acknowledged`` counts instances the gateway answered with success
 or a warning, ``spooled`` those answered Success from the spool, ``failed``
 those answered a failure status (by status in ``failures``); ``held`` counts
-instances held while their bucket was closing, whatever their outcome. A
-study not seen has ``"seen": false``, no bucket and no gateways.
+instances held while their bucket was closing, whatever their outcome.
+``spoolDelivered`` and ``spoolRefused`` count what the router's spool later
+did with spooled instances of the study: delivered to this gateway, or
+refused by it for good (kept aside on the router's volume); the gateway is
+the one the spool sent them to, so a gateway may appear with no
+``instances`` of its own. A study not seen has ``"seen": false``, no bucket
+and no gateways.
 
 Only the UID identifies a study here: no patient attribute is ever kept.
 """
@@ -43,6 +49,7 @@ from gatewaypool.strict import format_time, is_int, kind_of, parse_time, show
 
 __all__ = [
     "OUTCOMES",
+    "SPOOL_OUTCOMES",
     "GatewayUse",
     "RecordError",
     "StudyEntry",
@@ -55,8 +62,20 @@ OUTCOMES: Final = ("acknowledged", "spooled", "failed")
 """How an instance ended, as counted per gateway."""
 
 _ENTRY_KEYS: Final = frozenset({"studyInstanceUID", "seen", "bucket", "gateways"})
+#: What the spool did later with spooled instances, counted per gateway it sent them to.
+SPOOL_OUTCOMES: Final = ("spoolDelivered", "spoolRefused")
 _USE_KEYS: Final = frozenset(
-    {"gateway", "instances", "firstAt", "lastAt", "mapVersions", "held", "failures", *OUTCOMES}
+    {
+        "gateway",
+        "instances",
+        "firstAt",
+        "lastAt",
+        "mapVersions",
+        "held",
+        "failures",
+        *OUTCOMES,
+        *SPOOL_OUTCOMES,
+    }
 )
 
 
@@ -78,16 +97,27 @@ class GatewayUse:
     held: int = 0
     #: Failure status -> instances answered with it.
     failures: dict[int, int] = field(default_factory=dict)
+    #: Spooled instances the spool later delivered to this gateway.
+    spool_delivered: int = 0
+    #: Spooled instances this gateway refused for good (kept aside in the spool).
+    spool_refused: int = 0
 
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
 
+    @property
+    def events(self) -> int:
+        """Instances answered to senders, and spooled ones the spool settled here."""
+        return self.instances + self.spool_delivered + self.spool_refused
+
     def add(self, other: GatewayUse) -> None:
-        """Count `other` (the same gateway, seen by another worker) into this one."""
-        if other.instances:
-            self.first_at = min(self.first_at, other.first_at) if self.instances else other.first_at
+        """Count `other` (the same gateway, seen by another process) into this one."""
+        if other.events:
+            self.first_at = min(self.first_at, other.first_at) if self.events else other.first_at
             self.last_at = max(self.last_at, other.last_at)
+        self.spool_delivered += other.spool_delivered
+        self.spool_refused += other.spool_refused
         self.instances += other.instances
         self.map_versions |= other.map_versions
         self.acknowledged += other.acknowledged
@@ -145,6 +175,8 @@ def dump_entry(entry: StudyEntry) -> dict[str, Any]:
                     {"status": f"0x{status:04X}", "count": count}
                     for status, count in sorted(use.failures.items())
                 ],
+                "spoolDelivered": use.spool_delivered,
+                "spoolRefused": use.spool_refused,
             }
             for use in sorted(entry.uses.values(), key=lambda u: (u.first_at, u.gateway or ""))
         ],
@@ -191,7 +223,7 @@ def _parse_use(data: object, path: str) -> GatewayUse:
     if name is not None and not (isinstance(name, str) and name):
         raise RecordError(f"{path}.gateway: {show(name)} is not a gateway name")
     counts = {}
-    for key in ("instances", "held", "failed", *OUTCOMES):
+    for key in ("instances", "held", "failed", *OUTCOMES, *SPOOL_OUTCOMES):
         value = item.get(key, 0)
         if not (is_int(value) and value >= 0):
             raise RecordError(f"{path}.{key}: {show(value)} is not a count")
@@ -226,6 +258,8 @@ def _parse_use(data: object, path: str) -> GatewayUse:
         spooled=counts["spooled"],
         held=counts["held"],
         failures=failures,
+        spool_delivered=counts["spoolDelivered"],
+        spool_refused=counts["spoolRefused"],
     )
     if counts["failed"] != use.failed:
         raise RecordError(f"{path}.failed: {counts['failed']} is not the sum of failures")

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import TextIO
 
 from gatewaypool.bucketmap import BucketMap, balanced_map
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
-from gatewaypool_local.peers.gateway import GatewayPeer
+from gatewaypool_local.peers.gateway import GatewayPeer, map_gateways
 from gatewaypool_local.peers.orthanc import Orthanc
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
@@ -323,12 +322,7 @@ def _share(generated: Sequence[Study], gateways: Sequence[GatewayPeer], index: i
 
 def _demo_map(gateways: Sequence[GatewayPeer]) -> BucketMap:
     """The map the router builds from the gateways, in order (``--gateway``)."""
-    return balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ]
-    )
+    return balanced_map(map_gateways(gateways))
 
 
 def _await_delivery(

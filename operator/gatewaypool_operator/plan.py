@@ -573,6 +573,13 @@ def _child_event(plan: Plan, item: Applied) -> Event | None:
     if item.action == "created" and plan.map_existed:
         return Event(Reason.CHILD_RECREATED, f"{item.kind} {item.name} re-created")
     if item.action == "recreated":
+        if item.kind == "Service":
+            return Event(
+                Reason.CHILD_RECREATED,
+                f"Service {item.name} deleted and created again: {item.why} (an immutable "
+                "field); the addresses the API server allocated to it (cluster IP, node ports "
+                "not fixed in the spec, load balancer address) may change",
+            )
         return Event(
             Reason.CHILD_RECREATED,
             f"{item.kind} {item.name} deleted with its pods and volumes orphaned and "

@@ -736,7 +736,18 @@ class IncomingAssociation:
             self.gateway_failed(instance, exc)
             return None
         if self._catalog is not None:
-            self._catalog.reached(gateway, reachable=True)
+            self._catalog.reached(gateway, reachable=True, associated=True)
+            if len(upstream.usable_contexts) < len(contexts):
+                # Contexts the catalog said the gateway takes, refused: it may
+                # have been redeployed with other settings (catalog.contradicted).
+                self._catalog.contradicted(
+                    gateway,
+                    [
+                        (cx.abstract_syntax, cx.transfer_syntax)
+                        for cx in contexts
+                        if cx.context_id not in upstream.usable_contexts and not cx.is_verification
+                    ],
+                )
         usage.opened(gateway.name)
         self._upstreams[key] = upstream
         self._tally.gateways.add(gateway.name)

@@ -26,6 +26,16 @@ changes. Steps 1 and 2 run on a thread of their own, never on a sender's.
 Each process has its own cache: with ``--workers``, each worker probes and
 learns by itself (the answers are the gateways', so they agree).
 
+A gateway whose probe got no answer (it was down, restarting, or not
+listening yet; or it rejected the router's association) is probed again in
+the background, without waiting for a sender: first after ``_RECHECK``
+seconds, then at doubling intervals up to ``_REPROBE_MAX``, and at once
+when a sender's association reaches it. Until it answers it does not
+narrow what senders may send. A gateway that refuses, in a sender's
+association, a pair its probe accepted (redeployed with other settings
+under the same name) is probed again too, as soon as ``_RECHECK`` seconds
+have passed since its last probe: its answers replace what was known.
+
 The same probes say whether a gateway can be reached. An association from
 a sender is refused (transient: A-ASSOCIATE-RJ 2/3/1) when no map is loaded
 or no gateway of the map can be reached, so that a modality's "verify"
@@ -68,6 +78,8 @@ GatewayKey = tuple[str, int, str]
 MAX_CONTEXTS = 128
 #: The shortest time between two re-checks of unreachable gateways.
 _RECHECK = 2.0
+#: The longest time between two background probes of a gateway without an answer.
+_REPROBE_MAX = 30.0
 #: The share of ``--acse-timeout`` a sender's association may wait for on-demand probes.
 LEARN_SHARE = 0.5
 #: Storage SOP classes whose pairs the first probes learn (where the gateway
@@ -88,6 +100,16 @@ def key_of(gateway: Gateway) -> GatewayKey:
     return (gateway.host, gateway.port, gateway.ae_title)
 
 
+def reprobe_delay(failures: int) -> float:
+    """How long after its last probe a gateway without an answer is probed again.
+
+    ``failures``: its probes that failed in a row. Doubling from ``_RECHECK``
+    up to ``_REPROBE_MAX``: a gateway that comes up late is heard within
+    seconds, one that stays down costs a probe every half minute.
+    """
+    return min(_RECHECK * 2.0 ** max(failures - 1, 0), _REPROBE_MAX)
+
+
 def _pair_name(pair: Pair) -> str:
     return f"{pair[0]}/{pair[1]}"
 
@@ -102,6 +124,10 @@ class _Entry:
     generation: int = 0
     #: Pairs an on-demand probe is asking about right now.
     learning: set[Pair] = field(default_factory=set)
+    #: Probes in a row that got no answer (see :func:`reprobe_delay`).
+    failures: int = 0
+    #: A sender's association found it refusing a pair it accepted when probed.
+    stale: bool = False
 
 
 class GatewayCatalog:
@@ -133,6 +159,37 @@ class GatewayCatalog:
         current = self._maps.current
         if current is not None:
             self._on_map(current)
+        threading.Thread(target=self._reprobe_loop, name="gateway-reprobe", daemon=True).start()
+
+    def _reprobe_loop(self) -> None:
+        """Probe again, in the background, each gateway of the map without an answer."""
+        while True:
+            with self._lock:
+                due, wait = self._due(time.monotonic())
+                if not due:
+                    self._changed.wait(wait)
+                    continue
+            self._probe_all(due)
+
+    def _due(self, now: float) -> tuple[list[Gateway], float]:
+        """The gateways to probe again now, and how long until the next one is due (lock held)."""
+        bucket_map = self._maps.current
+        due: list[Gateway] = []
+        wait = _REPROBE_MAX
+        for gateway in bucket_map.gateways if bucket_map is not None else ():
+            key = key_of(gateway)
+            entry = self._entries.get(key)
+            # Not answered yet: its first probe (or another) is still under way.
+            if entry is None or entry.reachable is None or key in self._probing:
+                continue
+            if entry.accepts is not None and not entry.stale:
+                continue
+            left = entry.checked + reprobe_delay(entry.failures) - now
+            if left <= 0:
+                due.append(gateway)
+            else:
+                wait = min(wait, left)
+        return due, wait
 
     def _on_map(self, bucket_map: BucketMap) -> None:
         """Probe the gateways of a map whose set of gateways is new to us."""
@@ -435,14 +492,45 @@ class GatewayCatalog:
         with self._lock:
             return any(self._entries.get(key_of(g), _Entry()).reachable for g in gateways)
 
-    def reached(self, gateway: Gateway, *, reachable: bool) -> None:
-        """What an association to the gateway just found (feeds :meth:`admit`)."""
+    def reached(self, gateway: Gateway, *, reachable: bool, associated: bool = False) -> None:
+        """What an association to the gateway just found (feeds :meth:`admit`).
+
+        ``associated``: the gateway accepted the association. If its last
+        probe could not reach it, it is probed again at once.
+        """
         with self._lock:
             entry = self._entries.get(key_of(gateway))
-            if entry is not None and entry.reachable != reachable:
+            if entry is None:
+                return
+            if associated and entry.accepts is None and entry.reachable is False:
+                # Up again, and what it accepts is not known: ask it now.
+                entry.checked = 0.0
+                entry.failures = 0
+                entry.reachable = True
+                self._changed.notify_all()
+            elif entry.reachable != reachable:
                 entry.reachable = reachable
                 entry.checked = time.monotonic()
                 self._changed.notify_all()
+
+    def contradicted(self, gateway: Gateway, refused: Sequence[Pair]) -> None:
+        """A sender's association to the gateway had these pairs refused.
+
+        Those its probes said it accepts make what is known of it stale: it
+        is probed again (see :meth:`_due`), and its answers replace that.
+        """
+        with self._lock:
+            entry = self._entries.get(key_of(gateway))
+            if entry is None or entry.accepts is None or entry.stale:
+                return
+            wrong = sorted(_pair_name(pair) for pair in refused if pair in entry.accepts.pairs)
+            if not wrong:
+                return
+            entry.stale = True
+            self._changed.notify_all()
+        log_event(
+            log, logging.WARNING, "gateway.probe_contradicted", gateway=gateway.name, refused=wrong
+        )
 
     # -- probing --------------------------------------------------------------
 
@@ -483,6 +571,10 @@ class GatewayCatalog:
                 if accepts is not None:
                     entry.accepts = accepts
                     entry.generation += 1
+                    entry.failures = 0
+                    entry.stale = False
+                else:
+                    entry.failures += 1
             self._changed.notify_all()
         if accepts is not None:
             seeded: dict[str, list[str]] = {}

@@ -324,8 +324,10 @@ class DatasetScanner:
         Why the state is MISSING, INVALID_UID or MALFORMED. It names tags,
         lengths and offsets only, never a value, so it is safe to log.
     offending : int or None
-        When MALFORMED, the tag of the element at which the data set broke,
-        if there is one to name (not for a data set that merely ends early).
+        When MALFORMED, the tag of the element at which the data set broke:
+        for one that ends early, the top-level element it ends inside (a
+        value cut short, an open sequence); none when it ends inside the
+        first 8 bytes of a top-level element, as no tag can be named.
     bytes_seen : int
         Raw (not inflated) bytes fed so far.
     transfer_syntax : str
@@ -359,6 +361,7 @@ class DatasetScanner:
         "_finished",
         "_inflater",
         "_malformed",
+        "_open_tag",
         "_parser",
         "_pos",
         "_skip",
@@ -397,6 +400,8 @@ class DatasetScanner:
         self._buf = bytearray()
         # True while the parser waits for a top-level element header.
         self._at_boundary = False
+        # The top-level element being read (its header seen, not its end).
+        self._open_tag: int | None = None
         self._parser: _Parser = self._dataset(encoding, depth=0)
         self._skip = next(self._parser)
 
@@ -517,7 +522,10 @@ class DatasetScanner:
         self._finished = True
         if not self._malformed:
             if self._skip:
-                self._fail(f"data set ends {self._skip} bytes before the end of a value")
+                self._fail(
+                    f"data set ends {self._skip} bytes before the end of a value",
+                    tag=self._open_tag,
+                )
             else:
                 # A parser that stopped right after a skip has not looked for
                 # the next header yet; let it, on no data.
@@ -528,7 +536,11 @@ class DatasetScanner:
             elif self._inflater is not None and not self._deflate_trailer_ok():
                 self._fail("unexpected bytes after the end of the deflate stream")
             elif self._buf or not self._at_boundary:
-                self._fail("data set ends inside an element header, sequence or item")
+                self._fail(
+                    "data set ends inside an element header, sequence or item",
+                    # Inside a top-level header no element can be named.
+                    tag=None if self._at_boundary else self._open_tag,
+                )
         if self._uid_state is ScanState.NEED_MORE:
             self._uid_state = ScanState.MISSING
             if not self._malformed:
@@ -684,6 +696,8 @@ class DatasetScanner:
             vr = b""
             if explicit:
                 group, elem, vr, length = header.unpack_from(raw, at)
+                if top:
+                    self._open_tag = group << 16 | elem
                 if group == _ITEM_GROUP:
                     (length,) = u32.unpack_from(raw, at + 4)  # items have no VR
                 elif vr in _LONG_VRS:
@@ -703,6 +717,8 @@ class DatasetScanner:
                     )
             else:
                 group, elem, length = header.unpack_from(raw, at)
+                if top:
+                    self._open_tag = group << 16 | elem
             tag = group << 16 | elem
 
             if group == _ITEM_GROUP:

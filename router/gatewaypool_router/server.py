@@ -201,7 +201,7 @@ class Router:
         if not self._supervised:
             if config.spool_dir is not None:
                 # Recovered before the first association can write to it.
-                self.forwarder = SpoolForwarder(config, self.maps)
+                self.forwarder = SpoolForwarder(config, self.maps, record=self.record)
                 self.forwarder.recover()
                 self.forwarder.register(self.metrics.registry)
             parts, api = sources.map_source(config, self.maps, self.metrics)

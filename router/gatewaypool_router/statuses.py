@@ -13,8 +13,10 @@ this SOP class in this transfer syntax.
 Where PS3.4 Table B.2-1 lists Offending Element (0000,0901) for a status
 (0xA9xx, 0xCxxx), the router's response carries it: :data:`OFFENDING`, the
 command element at fault for REQUEST_MALFORMED, and for DATASET_MALFORMED
-the element at which the data set broke (none when it merely ends early:
-there is no element to name).
+the element at which the data set broke, or, for one that ends early, the
+top-level element it ends inside (none when it ends inside the first 8
+bytes of a top-level element, its tag not yet whole: there is no element to
+name).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ version and how each ended (see :mod:`gatewaypool.studyrecord`).
 It is bounded: at most ``--study-record-size`` studies, the least recently
 routed forgotten first. Each instance's outcome costs one dictionary look-up
 and a few additions under a lock, once the instance is answered. A replica
-with several workers keeps one record per worker; the supervisor asks them
-all at request time and merges (:func:`gatewaypool.studyrecord.merge_entries`),
-so it is one record from outside.
+with several workers keeps one record per worker, and its supervisor one
+more for what its spool forwarder settles; the supervisor asks them all at
+request time and merges (:func:`gatewaypool.studyrecord.merge_entries`), so
+it is one record from outside.
 """
 
 from __future__ import annotations
@@ -59,22 +60,9 @@ class StudyRecorder:
         """An instance of `study_uid` was answered `status` (routed to `gateway`, if any)."""
         if not self._capacity:
             return
-        now = self._clock()
         with self._lock:
-            entry = self._studies.get(study_uid)
-            if entry is None:
-                entry = self._studies[study_uid] = StudyEntry(study_uid)
-                if len(self._studies) > self._capacity:
-                    self._studies.popitem(last=False)
-            else:
-                self._studies.move_to_end(study_uid)
-            if bucket is not None:
-                entry.bucket = bucket
-            use = entry.uses.get(gateway)
-            if use is None:
-                use = entry.uses[gateway] = GatewayUse(gateway, first_at=now)
+            use = self._use(study_uid, gateway, bucket)
             use.instances += 1
-            use.last_at = now
             if map_version is not None:
                 use.map_versions.add(map_version)
             use.held += held
@@ -84,6 +72,38 @@ class StudyRecorder:
                 use.spooled += 1
             else:
                 use.acknowledged += 1
+
+    def from_spool(self, study_uid: str, *, gateway: str, bucket: int, delivered: bool) -> None:
+        """The spool settled a spooled instance of `study_uid` with `gateway`.
+
+        `delivered`: the gateway acknowledged it; else it refused it for good.
+        """
+        if not self._capacity:
+            return
+        with self._lock:
+            use = self._use(study_uid, gateway, bucket)
+            if delivered:
+                use.spool_delivered += 1
+            else:
+                use.spool_refused += 1
+
+    def _use(self, study_uid: str, gateway: str | None, bucket: int | None) -> GatewayUse:
+        """The study's use of `gateway`, now the most recent; under the lock."""
+        now = self._clock()
+        entry = self._studies.get(study_uid)
+        if entry is None:
+            entry = self._studies[study_uid] = StudyEntry(study_uid)
+            if len(self._studies) > self._capacity:
+                self._studies.popitem(last=False)
+        else:
+            self._studies.move_to_end(study_uid)
+        if bucket is not None:
+            entry.bucket = bucket
+        use = entry.uses.get(gateway)
+        if use is None:
+            use = entry.uses[gateway] = GatewayUse(gateway, first_at=now)
+        use.last_at = now
+        return use
 
     def get(self, study_uid: str) -> StudyEntry | None:
         """A copy of the record of `study_uid`, or None if it is not (or no longer) kept."""

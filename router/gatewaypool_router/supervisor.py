@@ -16,7 +16,8 @@ replica use them all and still look like one router from outside:
   prometheus_client's multiprocess files, and studies in flight are merged
   from the workers' own trackers at scrape time;
 - one study record (``/studies/UID``): each worker records the studies it
-  routes, and the supervisor asks them all at request time and merges;
+  routes, the supervisor what its spool forwarder delivers, and it asks
+  the workers at request time and merges;
 - SIGTERM reaches every worker, which drains as a single router does;
 - a worker that dies is logged, counted
   (``gatewaypool_router_worker_restarts_total``) and replaced, and every
@@ -56,6 +57,7 @@ from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.server import Listeners, log_started
 from gatewaypool_router.spool.forwarder import SpoolForwarder
 from gatewaypool_router.studiesinflight import merge_in_flight
+from gatewaypool_router.studyrecorder import StudyRecorder
 from gatewaypool_router.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -195,6 +197,8 @@ class Supervisor:
         self._http: HealthServer | None = None
         #: The replica's one spool forwarder (its workers only write entries).
         self.forwarder: SpoolForwarder | None = None
+        #: What that forwarder did with spooled instances, per study (merged into /studies).
+        self.spool_record = StudyRecorder(capacity=config.study_record_size)
         self.port = config.port
         self.tls_port = 0
         self.http_port = config.http_port
@@ -237,9 +241,8 @@ class Supervisor:
         people, and a partial answer serves them better than none.
         """
         answers = [handle.ask("study", study_uid) for handle in self._asked()]
-        return merge_entries(
-            study_uid, (parse_entry(answer) for answer in answers if answer is not None)
-        )
+        workers = [parse_entry(answer) for answer in answers if answer is not None]
+        return merge_entries(study_uid, [*workers, self.spool_record.get(study_uid)])
 
     def by_gateway(self) -> dict[str, int]:
         """Studies in flight per gateway over all workers (a study counted once)."""
@@ -256,7 +259,7 @@ class Supervisor:
         config = self.config
         if config.spool_dir is not None:
             # Recovered before any worker exists, so before any writes to it.
-            self.forwarder = SpoolForwarder(config, self.maps)
+            self.forwarder = SpoolForwarder(config, self.maps, record=self.spool_record)
             self.forwarder.recover()
             self.forwarder.register(self._registry)
         parts, api = sources.map_source(config, self.maps, self.metrics)

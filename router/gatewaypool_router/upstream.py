@@ -226,7 +226,10 @@ class Upstream:
         gateway sent between instances ends the association here: an
         A-RELEASE-RQ is answered with an A-RELEASE-RP (PS3.8 Sta8), an
         A-ABORT or a closed connection is taken as it is, any other PDU is
-        answered with an A-ABORT. :attr:`ended_by` then says which.
+        answered with an A-ABORT: from the service user for a P-DATA-TF (no
+        response is due: a DIMSE fault), from the provider with the reason
+        (PS3.8 Table 9-26) for a PDU that is invalid or out of place.
+        :attr:`ended_by` then says which.
         """
         if self._sock is None or self._reader is None:
             return False
@@ -239,10 +242,15 @@ class Upstream:
             log.debug("gateway %s closed an idle association: %s", self.gateway.address(), exc)
             self.close()
             return False
-        except (OSError, pdus.ProtocolError) as exc:
+        except pdus.ProtocolError as exc:
             self.ended_by = "broken"
             log.debug("idle association to %s broke: %s", self.gateway.address(), exc)
-            self.abort(reason=pdus.REASON_UNRECOGNIZED_PDU, source=pdus.ABORT_SOURCE_PROVIDER)
+            self.abort(reason=exc.reason, source=pdus.ABORT_SOURCE_PROVIDER)
+            return False
+        except OSError as exc:
+            self.ended_by = "broken"
+            log.debug("idle association to %s broke: %s", self.gateway.address(), exc)
+            self.abort()
             return False
         if pdu.type == pdus.RELEASE_RQ:
             self.ended_by = "released"
@@ -253,6 +261,9 @@ class Upstream:
         elif pdu.type == pdus.ABORT:
             self.ended_by = "aborted"
             self.close()
+        elif pdu.type == pdus.P_DATA_TF:
+            self.ended_by = "unexpected_pdu"
+            self.abort()
         else:
             self.ended_by = "unexpected_pdu"
             self.abort(reason=pdus.REASON_UNEXPECTED_PDU, source=pdus.ABORT_SOURCE_PROVIDER)
@@ -359,7 +370,7 @@ class Upstream:
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "no response from gateway") from exc
         except pdus.ProtocolError as exc:
-            self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=pdus.REASON_UNRECOGNIZED_PDU)
+            self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=exc.reason)
             raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
         except (pdus.PeerClosedError, CommandError, OSError) as exc:
             self.abort()

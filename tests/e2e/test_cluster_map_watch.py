@@ -42,6 +42,7 @@ from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study
 from gatewaypool_operator.children import router
+from support.outcome import did_fail
 from support.realcluster import Cluster, namespace_for
 
 StudyFactory = Callable[..., list[Study]]
@@ -264,10 +265,10 @@ def map_router(
     try:
         yield make
     finally:
-        report = getattr(request.node, "report_call", None)
+        failed = did_fail(request)
         for each in made:
             each.stop()
-            if each.router is not None and (report is None or report.failed):
+            if each.router is not None and failed:
                 print(f"--- router of {each.pool} ---\n{each.router.log_tail()}")
 
 

@@ -46,7 +46,7 @@ from gatewaypool_operator.kubeapply import Cluster as KubeApi
 from support.certs import TestCA
 from support.nodes import Pod
 from support.realcluster import IMAGE_REPOSITORY, IMAGE_TAG, Cluster, namespace_for
-from support.realpool import RealPool, clear_test_pools
+from support.realpool import RealPool
 
 DCMTK_IMAGE = "registry.example.org/test/dcmtk:1"
 ROUTER_IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
@@ -161,20 +161,6 @@ def operated(cluster: Cluster) -> Iterator[Operated]:
             )
         finally:
             cluster.uninstall(installed)
-
-
-@pytest.fixture
-def ns(operated: Operated, request: pytest.FixtureRequest) -> Iterator[Operated]:
-    """The module's operator; the test's pools go afterwards (their logs printed if it failed)."""
-    yield operated
-    report = getattr(request.node, "report_call", None)
-    clear_test_pools(
-        operated.cluster,
-        operated.namespace,
-        operated.operator,
-        operated.pools,
-        failed=report is None or report.failed,
-    )
 
 
 # -- what the server holds -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from gatewaypool.bucketmap import parse_map
 from gatewaypool.contract import API_GROUP, API_VERSION, PLURAL
 from gatewaypool_local.peers.process import wait_until
+from support.outcome import did_fail
 from support.realcluster import Cluster, namespace_for
 from support.realpool import RealPool
 
@@ -57,8 +58,7 @@ def ns(operator_namespace: str, cluster: Cluster, request: pytest.FixtureRequest
     The operator's log is printed when the test fails.
     """
     yield operator_namespace
-    report = getattr(request.node, "report_call", None)
-    if report is None or report.failed:
+    if did_fail(request):
         for pod in cluster.kubelet.pods(operator_namespace):
             if "-gw-" not in pod.name and "-router-" not in pod.name:
                 print(f"--- pod {pod.name} ---")

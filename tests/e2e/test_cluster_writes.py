@@ -13,6 +13,9 @@ operator applied is what the server holds.
   compared as the server canonicalizes them (``1``, ``1000m``, ``10240Mi``),
   and values it drops (an env value of "", a toleration key of "") are no
   drift.
+- Router pods carry every placement field of ``spec.router.podTemplate``
+  (admitted with their PriorityClass's value, placed by the real
+  scheduler), and the fields dropped from it leave them.
 - Adding storage re-creates the StatefulSet (``volumeClaimTemplates`` are
   immutable): the operator deletes it alone, its pods orphaned, once.
 - A child the server refuses (a quota allows no LoadBalancer) makes the pool
@@ -45,7 +48,7 @@ from gatewaypool_operator.kubeapply import ConflictError
 from gatewaypool_operator.runner import PoolLocks, run_pass
 from support.audit import AuditLog, Request, service_account
 from support.realcluster import IMAGE_REPOSITORY, IMAGE_TAG, Cluster, namespace_for
-from support.realpool import RealPool, clear_test_pools
+from support.realpool import RealPool
 
 DCMTK_IMAGE = "registry.example.org/test/dcmtk:1"
 ROUTER_IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
@@ -117,6 +120,48 @@ def pool_spec(gateway: dict[str, Any], **spec: Any) -> dict[str, Any]:
     }
 
 
+#: A PriorityClass of the test cluster, made for the module (the Priority admission
+#: plugin refuses a pod naming one that does not exist).
+PRIORITY_CLASS: dict[str, Any] = {
+    "apiVersion": "scheduling.k8s.io/v1",
+    "kind": "PriorityClass",
+    "metadata": {"name": "gatewaypool-test-dicom-ingress"},
+    "value": 1000,
+}
+#: ``spec.router.podTemplate``: every placement field, with values that let the
+#: routers schedule on the test cluster's nodes.
+ROUTER_PLACEMENT: dict[str, Any] = {
+    "labels": {"tier": "dicom-ingress"},
+    "annotations": {"example.org/owner": "radiology"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dicom-ingress", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {
+                                "key": "topology.kubernetes.io/zone",
+                                "operator": "In",
+                                "values": ["zone-a"],
+                            }
+                        ]
+                    }
+                ]
+            }
+        }
+    },
+    "priorityClassName": "gatewaypool-test-dicom-ingress",
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+        }
+    ],
+}
+
 #: The module's pools as each test starts them: all are created with the
 #: operator, so that they start together, and each test deletes its own.
 POOLS = {
@@ -145,6 +190,8 @@ POOLS = {
             }
         )
     ),
+    # The routers placed as a site places its DICOM ingress (issue 25).
+    "place": pool_spec(storescp(), router={"replicas": 1, "podTemplate": ROUTER_PLACEMENT}),
     "disk": pool_spec(storescp()),
     # Values the server stores as absent (omitempty).
     "drop": pool_spec(
@@ -174,6 +221,8 @@ def operated(cluster: Cluster) -> Iterator[Operated]:
         installed = cluster.install(
             namespace, values={"operator": {"resyncSeconds": RESYNC_SECONDS}}
         )
+        scheduling: Any = kubernetes.client.SchedulingV1Api(cluster.api())
+        scheduling.create_priority_class(PRIORITY_CLASS)
         try:
             core: Any = kubernetes.client.CoreV1Api(cluster.api())
             core.create_namespaced_resource_quota(namespace, QUOTA)
@@ -190,20 +239,7 @@ def operated(cluster: Cluster) -> Iterator[Operated]:
             )
         finally:
             cluster.uninstall(installed)
-
-
-@pytest.fixture
-def ns(operated: Operated, request: pytest.FixtureRequest) -> Iterator[Operated]:
-    """The module's operator; the test's pools go afterwards (their logs printed if it failed)."""
-    yield operated
-    report = getattr(request.node, "report_call", None)
-    clear_test_pools(
-        operated.cluster,
-        operated.namespace,
-        operated.operator,
-        operated.pools,
-        failed=report is None or report.failed,
-    )
+            scheduling.delete_priority_class(PRIORITY_CLASS["metadata"]["name"])
 
 
 # -- what the server holds -------------------------------------------------------------------
@@ -528,6 +564,59 @@ def test_pod_template_edits(ns: Operated) -> None:
     assert pod()["spec"]["affinity"]["nodeAffinity"]
     selector = {"matchLabels": selector_labels("tmpl", "gateway")}
     assert pod()["spec"]["topologySpreadConstraints"] == [{**spread[0], "labelSelector": selector}]
+    assert_quiet(ns, pool)
+
+
+def router_pods(ns: Operated, pool: RealPool) -> list[dict[str, Any]]:
+    """The pool's router pods the server holds, but those on their way out."""
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(pool.name, "router").items())
+    return [
+        p
+        for p in ns.cluster.pods(ns.namespace, selector)
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def test_router_pods_carry_the_placement_fields(ns: Operated) -> None:
+    # Scheduled by the real scheduler, admitted with the PriorityClass's value.
+    pool = ns.pool("place")
+    rolled(ns, pool)
+    [pod] = router_pods(ns, pool)
+    spec = pod["spec"]
+    assert pod["metadata"]["labels"]["tier"] == "dicom-ingress"
+    assert pod["metadata"]["annotations"]["example.org/owner"] == "radiology"
+    assert spec["nodeSelector"] == ROUTER_PLACEMENT["nodeSelector"]
+    assert ROUTER_PLACEMENT["tolerations"][0] in spec["tolerations"]
+    assert spec["affinity"] == ROUTER_PLACEMENT["affinity"]
+    assert (spec["priorityClassName"], spec["priority"]) == ("gatewaypool-test-dicom-ingress", 1000)
+    selector = {"matchLabels": selector_labels("place", "router")}
+    assert spec["topologySpreadConstraints"] == [
+        {**ROUTER_PLACEMENT["topologySpreadConstraints"][0], "labelSelector": selector}
+    ]
+    assert spec["nodeName"]
+    assert_quiet_now(ns, pool)
+
+    # Fields dropped from the template leave the pods; the default spread comes back.
+    body = pool.get()
+    body["spec"]["router"]["podTemplate"] = {"nodeSelector": {"kubernetes.io/os": "linux"}}
+    pool.custom.replace_namespaced_custom_object(
+        "gatewaypool.io", "v1alpha1", pool.namespace, "gatewaypools", pool.name, body
+    )
+
+    def placed() -> dict[str, Any]:
+        pods = router_pods(ns, pool)
+        return pods[0] if len(pods) == 1 and "priorityClassName" not in pods[0]["spec"] else {}
+
+    wait_until(
+        lambda: bool(placed()), timeout=90, what="a router without the fields", interval=POLL
+    )
+    after = placed()
+    assert "tier" not in after["metadata"]["labels"]
+    assert "example.org/owner" not in (after["metadata"].get("annotations") or {})
+    assert "affinity" not in after["spec"]
+    assert ROUTER_PLACEMENT["tolerations"][0] not in after["spec"]["tolerations"]
+    assert after["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert len(after["spec"]["topologySpreadConstraints"]) == 2  # the default spread
     assert_quiet(ns, pool)
 
 

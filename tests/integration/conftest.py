@@ -13,6 +13,7 @@ from gatewaypool_local.peers.gateway import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_router import splice
 from gatewaypool_router.scanner import HOT_PATH_VARIABLE, IMPLEMENTATIONS
+from support.outcome import did_fail
 
 #: Modules whose tests run once per ``--forwarding`` mode: every test that
 #: moves data set bytes (routing, streaming, bad input, failures,
@@ -132,8 +133,8 @@ def start_router(
         return router
 
     yield start
-    failed = getattr(request.node, "report_call", None)
+    failed = did_fail(request)
     for router in routers:
         router.stop()
-        if failed is None or failed.failed:
+        if failed:
             print(router.log_tail(60))

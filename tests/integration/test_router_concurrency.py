@@ -23,11 +23,11 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config
 
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
 from gatewaypool_local.peers.dcmtk import StoreSCP
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256
 
@@ -100,12 +100,7 @@ def test_eight_pynetdicom_associations_never_stall(
     assert not router.events("association.aborted")
 
     # Every study whole on the gateway its bucket names, every data set as sent.
-    bucket_map = balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ]
-    )
+    bucket_map = balanced_map(map_gateways(gateways))
     where: dict[str, set[int]] = defaultdict(set)
     held: dict[str, str] = {}
     for index, items in enumerate(received):

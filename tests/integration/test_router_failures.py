@@ -15,10 +15,10 @@ from pathlib import Path
 from pynetdicom import _config
 from pynetdicom.association import Association
 
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
@@ -57,12 +57,7 @@ def studies_on(
     gateways: list[PynetdicomSink], wanted: list[int], out: Path, instances: int
 ) -> list[Study]:
     """One generated study for each wanted gateway index (as the router's map routes it)."""
-    bucket_map = balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ]
-    )
+    bucket_map = balanced_map(map_gateways(gateways))
     chosen: list[Study] = []
     index = 0
     for target in wanted:

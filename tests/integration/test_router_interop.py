@@ -221,8 +221,15 @@ class InstalledStoreSCP(StoreSCP):
     `promiscuous`) only the storage SOP classes of the standard.
     """
 
-    def __init__(self, work_dir: Path, *, ae_title: str, promiscuous: bool = False) -> None:
-        super().__init__(work_dir, ae_title=ae_title)
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        ae_title: str,
+        promiscuous: bool = False,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(work_dir, ae_title=ae_title, port=port)
         self._promiscuous = promiscuous
 
     def _command(self) -> list[str]:
@@ -395,6 +402,31 @@ def test_no_reachable_gateway_refuses_associations_until_one_answers(
     assert router.metric("gatewaypool_router_refusals_total", reason="no_gateway_reachable") >= 2
 
 
+def test_with_a_spool_no_reachable_gateway_still_admits_and_spools(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """With --spool-dir the router can hold what no gateway takes now: C-ECHO succeeds.
+
+    A refusal would be the lie then: the instance is acknowledged once it
+    is durable in the spool, and forwarded when its gateway answers.
+    """
+    study = generate_study(tmp_path / "data", study_index=7, instances=1, rows=16, columns=16)
+    sink = PynetdicomSink(tmp_path / "sink", ae_title="LATE")
+    router = start_router(
+        [sink], extra_args=["--spool-dir", str(tmp_path / "spool"), "--shutdown-grace", "2"]
+    )  # the sink is not started: nothing listens on its port
+    echo = echoscu(router.host, router.port, called_ae=router.ae_title)
+    with RawScu(router.host, router.port, contexts=[ct_context()]) as scu:
+        status = scu.store_file(1, study.files[0]).status
+        scu.release()
+    with sink:
+        [held] = sink.wait_for_count(1, timeout=30)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert status == 0
+    assert held.sop_instance_uid == study.sop_instance_uids[0]
+    assert not router.events("association.rejected")
+
+
 def test_no_map_refuses_associations(start_router: RouterFactory, tmp_path: Path) -> None:
     router = RouterProcess(tmp_path / "router", map_file=tmp_path / "absent.json")
     router.start(wait_ready=False)
@@ -429,6 +461,13 @@ def test_a_missing_study_uid_names_the_offending_element(
                 sop_instance=study.sop_instance_uids[0],
                 data=unreadable,
             )
+            # The data set ends 10 bytes into what its pixel data's length promised.
+            cut = scu.store(
+                1,
+                sop_class=CT_IMAGE_STORAGE,
+                sop_instance=study.sop_instance_uids[0],
+                data=plain[:-10],
+            )
             scu.release()
     assert result.status == 0xA900  # Error: data set does not match SOP class
     assert result.offending_element == struct.pack("<HH", 0x0020, 0x000D)
@@ -436,6 +475,9 @@ def test_a_missing_study_uid_names_the_offending_element(
     assert malformed.status == 0xC210  # Error: cannot understand
     assert malformed.offending_element == struct.pack("<HH", 0x0008, 0x0060)
     assert "unknown VR" in malformed.error_comment
+    assert cut.status == 0xC210
+    assert cut.offending_element == struct.pack("<HH", 0x7FE0, 0x0010)
+    assert "before the end of a value" in cut.error_comment
 
 
 # -- upper layer (PS3.8) ------------------------------------------------------
@@ -1111,3 +1153,77 @@ def test_a_pair_probe_too_slow_refuses_the_pair_until_it_answers(
     assert learnt["accepted"] == [f"{ENHANCED_CT_STORAGE}/{JPEG_LS_LOSSLESS}"]
     assert answered[1] == (0, JPEG_LS_LOSSLESS)
     assert answered[3] == (0, EXPLICIT_VR_LE)
+
+
+def _offer_jpeg_ls_only(router: RouterProcess) -> tuple[int, str]:
+    with RawScu(router.host, router.port, contexts=[ct_context(1, JPEG_LS_LOSSLESS)]) as scu:
+        result = scu.results[1]
+        scu.release()
+    return result
+
+
+def test_a_gateway_that_starts_late_is_probed_once_it_listens(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A gateway down when the router probed it narrows the set once it is up.
+
+    In a pool, a gateway pod restarts, or comes up after the router: its
+    first probe fails. The router probes it again while it has no answer,
+    without waiting for a sender, so that what senders may send follows it
+    too: here JPEG-LS, taken by the first gateway, is refused once the
+    uncompressed-only second one answers.
+    """
+    early = PynetdicomSink(tmp_path / "early", ae_title="EARLY")
+    late = InstalledStoreSCP(tmp_path / "late", ae_title="LATE")
+    with early:
+        router = start_router([early, late])
+        probed = router.wait_events("gateway.probed", timeout=20)
+        router.wait_events("gateway.probe_failed", timeout=20)
+        assert [record["gateway"] for record in probed] == ["gw-0"]
+        assert _offer_jpeg_ls_only(router) == (0, JPEG_LS_LOSSLESS)
+        with late:
+            [later] = [
+                record
+                for record in router.wait_events("gateway.probed", count=2, timeout=20)
+                if record["gateway"] == "gw-1"
+            ]
+            assert JPEG_LS_LOSSLESS not in later["seeded"][CT_IMAGE_STORAGE]
+            assert _offer_jpeg_ls_only(router) == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+
+
+def test_a_gateway_that_refuses_what_its_probe_accepted_is_probed_again(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A gateway redeployed with other settings under the same name and address.
+
+    Its pod restarts with a configuration that no longer takes JPEG-LS: the
+    map does not change, and what the router learnt is now wrong. The first
+    instance on a JPEG-LS context fails (0x0122: the gateway refused the
+    context), and that contradiction makes the router probe the gateway
+    again, so the next association falls back at negotiation.
+    """
+    study = generate_study(tmp_path / "data", study_index=8, instances=2, rows=16, columns=16)
+    jpeg_ls = [path.with_suffix(".jls.dcm") for path in study.files]
+    for plain, compressed in zip(study.files, jpeg_ls, strict=True):
+        subprocess.run(["dcmcjpls", str(plain), str(compressed)], check=True)
+    before = StoreSCP(tmp_path / "before", ae_title="GW")
+    with before:
+        router = start_router([before])
+        router.wait_events("gateway.probed", timeout=20)
+    after = InstalledStoreSCP(tmp_path / "after", ae_title="GW", port=before.port)
+    offer = [ct_context(1, JPEG_LS_LOSSLESS)]
+    with after:
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            assert scu.accepted(1) == JPEG_LS_LOSSLESS  # what the first probe said
+            failed = scu.store_file(1, jpeg_ls[0]).status
+            scu.release()
+        [_, again] = router.wait_events("gateway.probed", count=2, timeout=20)
+        with RawScu(router.host, router.port, contexts=offer) as scu:
+            refused = scu.results[1]
+            scu.release()
+    assert failed == 0x0122
+    assert JPEG_LS_LOSSLESS not in again["seeded"][CT_IMAGE_STORAGE]
+    assert refused == (RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    [stale] = router.events("gateway.probe_contradicted")
+    assert stale["gateway"] == "gw-0"
+    assert stale["refused"] == [f"{CT_IMAGE_STORAGE}/{JPEG_LS_LOSSLESS}"]

@@ -21,6 +21,7 @@ from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.dcmtk import StoreSCP
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.process import LOOPBACK, free_port, wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
@@ -70,13 +71,7 @@ def test_studies_in_flight_per_gateway_follow_the_studies_sent_and_fall_to_zero(
     )
     names = ["gw-0", "gw-1", "gw-2"]
     # The map the router builds from its --gateway flags, in their order.
-    bucket_map = balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate([storescp_gateway, pynetdicom_gateway])
-        ]
-        + [idle]
-    )
+    bucket_map = balanced_map([*map_gateways([storescp_gateway, pynetdicom_gateway]), idle])
 
     def owner(study: Study) -> str:
         return bucket_map.gateway_for(study_bucket(study.study_uid, bucket_map.buckets)).name

@@ -20,10 +20,10 @@ import pytest
 from pynetdicom import _config
 
 from gatewaypool.bucketmap import BucketMap, balanced_map, dump_map
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local import scu
 from gatewaypool_local.peers.dcmtk import storescu
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
@@ -38,12 +38,7 @@ OUTAGE_SECONDS = 60.0
 
 
 def gateways_map(gateways: Sequence[PynetdicomSink]) -> BucketMap:
-    return balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ]
-    )
+    return balanced_map(map_gateways(gateways))
 
 
 def write_map(path: Path, bucket_map: BucketMap) -> Path:

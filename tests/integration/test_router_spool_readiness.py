@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from gatewaypool.bucketmap import BucketMap, Readiness, balanced_map, dump_map, dump_readiness
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.hashing import study_bucket
+from gatewaypool.studyrecord import parse_entry
 from gatewaypool_local.peers.dcmtk import StoreSCP, storescu
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.process import wait_until
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256, generate_study, study_uid_for
@@ -76,12 +77,7 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
     for gateway in gateways:
         gateway.start()
     try:
-        bucket_map = balanced_map(
-            [
-                MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-                for i, g in enumerate(gateways)
-            ]
-        )
+        bucket_map = balanced_map(map_gateways(gateways))
         map_file = tmp_path / "map.json"
         map_file.write_text(dump_map(bucket_map))
         readiness = tmp_path / "readiness.json"
@@ -161,6 +157,18 @@ def test_a_gateway_marked_not_ready_is_spooled_for_untried_and_gets_its_studies_
                 assert item.dataset_sha256() == sent[item.sop_instance_uid]
         assert router.metric("gatewaypool_router_spool_forwarded_total") == 24
         assert router.metric("gatewaypool_router_gateway_not_ready", gateway="gw-0") == 0
+        # The study record says where the spooled studies went, and that they got there
+        # (with two workers: the supervisor's deliveries merged with the workers' answers).
+        for study in spooled:
+            entry = parse_entry(router.http_text(f"/studies/{study.study_uid}"))
+            use = entry.uses["gw-0"]
+            assert (use.instances, use.spooled, use.spool_delivered, use.spool_refused) == (
+                12,
+                12,
+                12,
+                0,
+            ), entry
+            assert set(entry.uses) == {"gw-0"}
     finally:
         for gateway in gateways:
             gateway.stop()

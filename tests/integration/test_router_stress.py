@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool.bucketmap import balanced_map
 from gatewaypool.hashing import study_bucket
 from gatewaypool_local.peers.dcmtk import DCMTK_ENV, StoreSCP
+from gatewaypool_local.peers.gateway import map_gateways
 from gatewaypool_local.peers.pynetdicom_sink import PynetdicomSink
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_local.synth import Study, dataset_sha256, generate_multiframe
@@ -158,12 +158,7 @@ def test_mixed_senders_every_pdu_and_instance_size(
     assert not router.events("association.aborted")
     assert not router.events("instance.overdue")
 
-    bucket_map = balanced_map(
-        [
-            MapGateway(name=f"gw-{i}", host=g.host, port=g.port, ae_title=g.ae_title)
-            for i, g in enumerate(gateways)
-        ]
-    )
+    bucket_map = balanced_map(map_gateways(gateways))
     where: dict[str, set[int]] = defaultdict(set)
     held: dict[str, str] = {}
     for index, items in enumerate(received):

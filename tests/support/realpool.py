@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
@@ -264,14 +264,23 @@ class RealPool:
         return dict(holders)
 
 
-def clear_test_pools(
-    cluster: Cluster, namespace: str, operator: str, pools: list[RealPool], *, failed: bool
-) -> None:
+class ModuleOperator(Protocol):
+    """A test module's namespace and operator, and the pools its running test made."""
+
+    cluster: Cluster
+    namespace: str
+    #: The prefix of the operator's pod names.
+    operator: str
+    pools: list[RealPool]
+
+
+def clear_test_pools(operated: ModuleOperator, *, failed: bool) -> None:
     """After a test on a module's operator: the logs of its pools and of the operator if it
-    failed (`operator`: the prefix of the operator's pod names), then its pools deleted."""
+    failed, then its pools deleted."""
+    pools = operated.pools
     if failed:
-        prefixes = tuple(f"{pool.name}-" for pool in pools)
-        cluster.print_pod_logs(namespace, prefixes=(*prefixes, f"{operator}-"), lines=40)
+        prefixes = (*(f"{pool.name}-" for pool in pools), f"{operated.operator}-")
+        operated.cluster.print_pod_logs(operated.namespace, prefixes=prefixes, lines=40)
     for pool in pools:
         pool.delete()
     pools.clear()
@@ -279,14 +288,20 @@ def clear_test_pools(
 
 @contextmanager
 def operated_pool(
-    cluster: Cluster, namespace: str, spec: dict[str, Any], *, name: str = "ct"
+    cluster: Cluster,
+    namespace: str,
+    spec: dict[str, Any],
+    *,
+    name: str = "ct",
+    values: dict[str, Any] | None = None,
 ) -> Iterator[RealPool]:
-    """The chart installed into `namespace` and pool `name` created there with `spec`.
+    """The chart installed into `namespace` (with `values`) and pool `name` created there
+    with `spec`.
 
     Yields as soon as the pool is created; the chart's cluster-wide objects
     are removed afterwards (the namespace takes the rest).
     """
-    installed = cluster.install(namespace)
+    installed = cluster.install(namespace, values=values)
     try:
         pool = RealPool(cluster, namespace, name)
         pool.create(spec)

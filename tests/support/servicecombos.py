@@ -23,6 +23,8 @@ EXTRAS: dict[str, tuple[Any, ...]] = {
         None,
         {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]},
         {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]},
+        {"ipFamilyPolicy": "RequireDualStack"},
+        {"ipFamilies": ["IPv6"]},
     ),
 }
 
@@ -31,7 +33,10 @@ def combinations() -> list[dict[str, Any]]:
     """The ``spec.router`` of every combination."""
     routers = []
     for kind, ports, *values in itertools.product(TYPES, PORTS, *EXTRAS.values()):
-        service: dict[str, Any] = {"annotations": {"metallb.io/loadBalancerIPs": "10.20.0.50"}}
+        service: dict[str, Any] = {
+            "annotations": {"metallb.io/loadBalancerIPs": "10.20.0.50"},
+            "labels": {"site": "north"},
+        }
         if kind is not None:
             service["type"] = kind
         for key, value in zip(EXTRAS, values, strict=True):

@@ -278,6 +278,16 @@ FAULTS: Final[tuple[Fault, ...]] = (
         _set("router.spool", {"size": "1Gi", "retentionSeconds": 30 * 86400 + 1}),
     ),
     Fault(
+        "router-gateway-timeout-zero",
+        "spec.router.timeouts.gatewaySeconds",
+        _set("router.timeouts", {"gatewaySeconds": 0}),
+    ),
+    Fault(
+        "router-connect-timeout-too-long",
+        "spec.router.timeouts.connectSeconds",
+        _set("router.timeouts", {"connectSeconds": 301}),
+    ),
+    Fault(
         "spool-unknown-field",
         "spec.router.spool.mountPath",
         _set("router.spool", {"size": "1Gi", "mountPath": "/spool"}),

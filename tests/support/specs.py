@@ -82,6 +82,7 @@ _FULL: Final[dict[str, Any]] = {
         "serviceType": "LoadBalancer",
         "allowedCallingAETitles": ["CT1", "MR ROOM 2"],
         "resources": {"limits": {"memory": "256Mi"}},
+        "timeouts": {"gatewaySeconds": 8, "gatewayIdleReleaseSeconds": 4},
     },
     "handover": {"quietSeconds": 60, "maxDrainSeconds": 900},
     "autoscaling": {

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from gatewaypool.bucketmap import Gateway as MapGateway
 from gatewaypool_local import scu
 from gatewaypool_local.peers.process import (
     DEFAULT_START_TIMEOUT,
@@ -33,6 +34,15 @@ from gatewaypool_local.synth import dataset_offset
 
 _CHUNK = 8 * 1024 * 1024
 _AE_TITLE_MAX = 16
+
+
+def map_gateways(peers: Sequence[GatewayPeer]) -> list[MapGateway]:
+    """`peers` as a router started with one ``--gateway`` each, in order, names them:
+    ``gw-0``, ``gw-1``, … (its map is ``balanced_map`` of these)."""
+    return [
+        MapGateway(name=f"gw-{i}", host=peer.host, port=peer.port, ae_title=peer.ae_title)
+        for i, peer in enumerate(peers)
+    ]
 
 
 def echo(

@@ -48,7 +48,7 @@ from gatewaypool_operator.children.podparts import (
     spread_field,
 )
 from gatewaypool_operator.spec.fields import thaw
-from gatewaypool_operator.spec.types import PoolSpec, SpoolSpec
+from gatewaypool_operator.spec.types import PoolSpec, RouterTimeouts, SpoolSpec
 
 __all__ = [
     "ROUTER_DICOM_PORT",
@@ -254,7 +254,21 @@ def _command(name: str, namespace: str, spec: PoolSpec) -> list[str]:
         command += ["--workers", str(count)]
     if spec.router.spool is not None:
         command += _spool_arguments(spec.router.spool)
+    command += _timeout_arguments(spec.router.timeouts)
     return command
+
+
+def _timeout_arguments(timeouts: RouterTimeouts) -> list[str]:
+    """The router's timeout options the pool sets (the others keep the router's defaults)."""
+    options = (
+        ("--gateway-timeout", timeouts.gateway_seconds),
+        ("--connect-timeout", timeouts.connect_seconds),
+        ("--acse-timeout", timeouts.association_request_seconds),
+        ("--idle-timeout", timeouts.sender_idle_seconds),
+        ("--gateway-idle-release", timeouts.gateway_idle_release_seconds),
+        ("--stall-warning", timeouts.stall_warning_seconds),
+    )
+    return [part for option, value in options if value is not None for part in (option, str(value))]
 
 
 def _spool_arguments(spool: SpoolSpec) -> list[str]:

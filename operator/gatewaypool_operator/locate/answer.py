@@ -89,6 +89,8 @@ class Location:
             if answer.entry is None:
                 continue
             for name, use in answer.entry.uses.items():
+                if not use.instances:  # only the spool's deliveries: counted where routed
+                    continue
                 key = name or "-"
                 totals[key] = totals.get(key, 0) + use.instances
                 first[key] = min(first.get(key, use.first_at), use.first_at)
@@ -236,11 +238,18 @@ def _router_lines(answer: RouterAnswer) -> list[str]:
             outcomes.append(f"{use.failed} failed ({statuses})")
         if use.held:
             outcomes.append(f"{use.held} held while the bucket closed")
-        lines.append(
-            f"{use.gateway or 'no gateway'}: {use.instances} instance{'s' * (use.instances != 1)} "
-            f"{_span(first, last)}, "
-            f"map version{plural} {versions}, {', '.join(outcomes)}"
-        )
+        if use.spool_delivered:
+            outcomes.append(f"{use.spool_delivered} delivered from the spool")
+        if use.spool_refused:
+            outcomes.append(f"{use.spool_refused} refused from the spool (kept aside)")
+        if use.instances:
+            routed = (
+                f"{use.instances} instance{'s' * (use.instances != 1)} {_span(first, last)}, "
+                f"map version{plural} {versions}"
+            )
+        else:  # a gateway the spool delivered to, not the one the instances were routed to
+            routed = f"from the spool {_span(first, last)}"
+        lines.append(f"{use.gateway or 'no gateway'}: {routed}, {', '.join(outcomes)}")
     return lines
 
 

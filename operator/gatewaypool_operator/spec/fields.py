@@ -150,6 +150,12 @@ class SpecObject:
             value = {}
         return SpecObject(value, self.path(key))
 
+    def optional_integer(self, key: str, *, low: int, high: int | None) -> int | None:
+        """The integer at `key` in its range, or None when it is not set."""
+        if self._get(key) is None:
+            return None
+        return self.integer(key, default=0, low=low, high=high)
+
     def integer(self, key: str, *, default: int, low: int, high: int | None) -> int:
         value = self._get(key)
         if value is None:

@@ -64,6 +64,7 @@ from gatewaypool_operator.spec.types import (
     PoolSpec,
     RouterServiceSpec,
     RouterSpec,
+    RouterTimeouts,
     RouterTLSSpec,
     SpoolSpec,
     StorageSpec,
@@ -75,6 +76,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SCALE_DOWN_WINDOW",
     "MAX_SUBJECT_LENGTH",
+    "ROUTER_TIMEOUTS",
     "SPOOL_WHEN",
     "SUBJECT_PATTERN",
     "check_name",
@@ -435,6 +437,7 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         "plainPort",
         "tls",
         "spool",
+        "timeouts",
     )
     image = pod.image(section, "image", default="") or default_router_image
     if not image:
@@ -486,6 +489,36 @@ def _router(section: SpecObject, *, default_router_image: str) -> RouterSpec:
         plain_port=plain_port,
         tls=tls,
         spool=None if spool_section is None else _spool(spool_section),
+        timeouts=_router_timeouts(section.child("timeouts", optional=True)),
+    )
+
+
+#: ``spec.router.timeouts``: each field's name and range, as in the CRD.
+ROUTER_TIMEOUTS: Final = {
+    "gatewaySeconds": 3600,
+    "connectSeconds": 300,
+    "associationRequestSeconds": 600,
+    "senderIdleSeconds": 86400,
+    "gatewayIdleReleaseSeconds": 3600,
+    "stallWarningSeconds": 3600,
+}
+
+
+def _router_timeouts(section: SpecObject | None) -> RouterTimeouts:
+    """``spec.router.timeouts``: each in 1..its maximum, or unset (the router's default)."""
+    if section is None:
+        return RouterTimeouts()
+    section.keys(*ROUTER_TIMEOUTS)
+    value = {
+        key: section.optional_integer(key, low=1, high=top) for key, top in ROUTER_TIMEOUTS.items()
+    }
+    return RouterTimeouts(
+        gateway_seconds=value["gatewaySeconds"],
+        connect_seconds=value["connectSeconds"],
+        association_request_seconds=value["associationRequestSeconds"],
+        sender_idle_seconds=value["senderIdleSeconds"],
+        gateway_idle_release_seconds=value["gatewayIdleReleaseSeconds"],
+        stall_warning_seconds=value["stallWarningSeconds"],
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "RouterServiceSpec",
     "RouterSpec",
     "RouterTLSSpec",
+    "RouterTimeouts",
     "SpoolSpec",
     "StorageSpec",
 ]
@@ -199,6 +200,18 @@ class RouterServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterTimeouts:
+    """``spec.router.timeouts``, in seconds; None keeps the router's own default."""
+
+    gateway_seconds: int | None = None
+    connect_seconds: int | None = None
+    association_request_seconds: int | None = None
+    sender_idle_seconds: int | None = None
+    gateway_idle_release_seconds: int | None = None
+    stall_warning_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouterSpec:
     """``spec.router``: the study router Deployment and its Service."""
 
@@ -219,6 +232,7 @@ class RouterSpec:
     tls: RouterTLSSpec | None = None
     #: None: cut-through only, the routers a Deployment without volumes.
     spool: SpoolSpec | None = None
+    timeouts: RouterTimeouts = field(default_factory=RouterTimeouts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from gatewaypool_router.spool.store import (
     recover,
     seq_of,
 )
+from gatewaypool_router.studyrecorder import StudyRecorder
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,14 @@ class SpoolForwarder:
         config: RouterConfig,
         maps: MapHolder,
         *,
+        record: StudyRecorder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         assert config.spool_dir is not None
         self.config = config
         self.maps = maps
+        #: The study record (``GET /studies/UID``) told what became of each entry.
+        self.record = record
         self.clock = clock
         self.store = SpoolStore(config.spool_dir, max_bytes=config.spool_max_bytes)
         self.queue = SpoolQueue()
@@ -257,9 +261,18 @@ class SpoolForwarder:
 
     # -- what lanes report -------------------------------------------------------------
 
-    def settle(self, entry: Entry, *, status: int, reason: str, resend: bool) -> Verdict:
-        """Act on an attempt's outcome; return its verdict."""
+    def settle(
+        self, entry: Entry, *, gateway: str, status: int, reason: str, resend: bool
+    ) -> Verdict:
+        """Act on an attempt of `entry` with `gateway`; return its verdict."""
         verdict = judge(status)
+        if self.record is not None and verdict is not Verdict.RETRY:
+            self.record.from_spool(
+                entry.meta.study_uid,
+                gateway=gateway,
+                bucket=entry.meta.bucket,
+                delivered=verdict is Verdict.DELIVERED,
+            )
         if verdict is Verdict.DELIVERED:
             self.store.forget(entry)
             with self._lock:  # lanes settle concurrently

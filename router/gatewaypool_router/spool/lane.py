@@ -76,7 +76,9 @@ class Lane(threading.Thread):
             return False
         gateway = current.gateway_for(entry.meta.bucket)
         status, reason, resend = self._attempt(gateway, entry)
-        verdict = forwarder.settle(entry, status=status, reason=reason, resend=resend)
+        verdict = forwarder.settle(
+            entry, gateway=gateway.name, status=status, reason=reason, resend=resend
+        )
         if verdict is Verdict.RETRY:
             self._failures += 1
             self._close(release=False)

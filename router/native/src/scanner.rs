@@ -197,6 +197,9 @@ pub struct Scan {
     pub study_uid: Option<String>,
     pub detail: String,
     pub offending: Option<u32>,
+    /// The top-level element being read (its header seen, not its end):
+    /// what a data set that ends early ends inside (`_open_tag`).
+    open_tag: Option<u32>,
 }
 
 impl Scan {
@@ -222,6 +225,7 @@ impl Scan {
             study_uid: None,
             detail: String::new(),
             offending: None,
+            open_tag: None,
         }
     }
 
@@ -286,7 +290,7 @@ impl Scan {
                     "data set ends {} bytes before the end of a value",
                     self.skip
                 );
-                self.fail(reason, None, self.total);
+                self.fail(reason, self.open_tag, self.total);
             } else {
                 self.run(&[], may_be_sequence);
             }
@@ -294,9 +298,11 @@ impl Scan {
         if !self.malformed {
             let at_boundary = self.stack.len() == 1 && self.want == Want::Header;
             if !self.buf.is_empty() || !at_boundary {
+                // Inside a top-level header no element can be named.
+                let tag = if at_boundary { None } else { self.open_tag };
                 self.fail(
                     "data set ends inside an element header, sequence or item".to_string(),
-                    None,
+                    tag,
                     self.total,
                 );
             }
@@ -376,7 +382,7 @@ impl Scan {
             }
             match self.want {
                 Want::Header => {
-                    let Frame::Dataset { enc, end, .. } = *self.stack.last().unwrap() else {
+                    let Frame::Dataset { enc, end, top, .. } = *self.stack.last().unwrap() else {
                         unreachable!("a header is read in a data set frame")
                     };
                     if self.buf.is_empty() {
@@ -397,9 +403,13 @@ impl Scan {
                     let Some(raw) = self.take(data, at, 8) else {
                         return Ok(());
                     };
+                    let raw: [u8; 8] = raw.try_into().expect("a header is 8 bytes");
                     let group = enc.u16(&raw[0..2]);
                     let elem = enc.u16(&raw[2..4]);
                     let tag = group << 16 | elem;
+                    if top {
+                        self.open_tag = Some(tag);
+                    }
                     let (vr, length) = if enc.explicit() {
                         let vr = [raw[4], raw[5]];
                         if group == ITEM_GROUP {

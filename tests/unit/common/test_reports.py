@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewaypool.bucketmap import MAX_BUCKETS
+from gatewaypool.contract import MAX_BUCKETS
 from gatewaypool.reports import (
     AGE_CLASSES,
     ALL_USED,

@@ -38,7 +38,7 @@ def _use(gateway: str | None, first: float, last: float, **counts: int) -> Gatew
 
 
 uses = st.builds(
-    lambda name, first, span, ack, spooled, held, failed, versions: GatewayUse(
+    lambda name, first, span, ack, spooled, held, failed, versions, later: GatewayUse(
         name,
         instances=ack + spooled + failed,
         first_at=first,
@@ -48,6 +48,8 @@ uses = st.builds(
         spooled=spooled,
         held=min(held, ack + spooled + failed),
         failures={0xA801: failed} if failed else {},
+        spool_delivered=later[0],
+        spool_refused=later[1],
     ),
     st.one_of(st.none(), st.sampled_from(["gw-0", "gw-1", "ct-gw-12"])),
     st.integers(1_700_000_000_000_000, 1_900_000_000_000_000).map(lambda us: us / 1e6),
@@ -57,6 +59,7 @@ uses = st.builds(
     st.integers(0, 500),
     st.integers(0, 500),
     st.sets(st.integers(0, 10**6), max_size=3),
+    st.tuples(st.integers(0, 500), st.integers(0, 500)),
 )
 
 
@@ -75,6 +78,10 @@ def test_round_trip(items: list[GatewayUse], bucket: int) -> None:
             use.spooled,
             use.held,
         )
+        assert (back.spool_delivered, back.spool_refused) == (
+            use.spool_delivered,
+            use.spool_refused,
+        )
         assert back.failures == use.failures and back.map_versions == use.map_versions
         assert abs(back.first_at - use.first_at) < 1e-5 and abs(back.last_at - use.last_at) < 1e-5
     assert dump_entry(again) == dump_entry(entry)
@@ -90,6 +97,8 @@ def test_round_trip(items: list[GatewayUse], bucket: int) -> None:
         (lambda d: d["gateways"][0].update(instances=True), "gateways[0].instances"),
         (lambda d: d["gateways"][0].update(firstAt="yesterday"), "gateways[0].firstAt"),
         (lambda d: d["gateways"][0].update(failed=3), "gateways[0].failed"),
+        (lambda d: d["gateways"][0].update(spoolDelivered=-1), "gateways[0].spoolDelivered"),
+        (lambda d: d["gateways"][0].update(spoolRefused="2"), "gateways[0].spoolRefused"),
         (lambda d: d["gateways"][0]["failures"][0].update(status="A702"), "failures[0].status"),
         (lambda d: d["gateways"].append(dict(d["gateways"][0])), "listed twice"),
     ],
@@ -124,5 +133,16 @@ def test_merge_over_workers_sums_counts_and_spans_times() -> None:
     assert (gw0.first_at, gw0.last_at) == (50.0, 200.0)
     assert merged.uses["gw-1"].spooled == 3
     assert not merge_entries(UID, [None, None]).seen
+    # The supervisor's spool record: deliveries only, its times counted in the span.
+    spool = StudyEntry(
+        UID,
+        bucket=5,
+        uses={"gw-1": GatewayUse("gw-1", first_at=450.0, last_at=450.0, spool_delivered=2)},
+    )
+    gw1 = merge_entries(UID, [two, spool]).uses["gw-1"]
+    assert (gw1.instances, gw1.spooled, gw1.spool_delivered) == (3, 3, 2)
+    assert (gw1.first_at, gw1.last_at) == (300.0, 450.0)
+    alone = merge_entries(UID, [None, spool]).uses["gw-1"]
+    assert (alone.first_at, alone.last_at, alone.spool_delivered) == (450.0, 450.0, 2)
     # Merging leaves the workers' entries alone.
     assert one.uses["gw-0"].instances == 4

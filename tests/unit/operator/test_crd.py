@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from gatewaypool_operator.spec.parse import (
     MAX_ALLOWED_CALLING_AE_TITLES,
     MAX_CALLER_SUBJECTS,
     MAX_SUBJECT_LENGTH,
+    ROUTER_TIMEOUTS,
     SUBJECT_PATTERN,
     parse_spec,
 )
@@ -144,6 +146,13 @@ SPEC_FIELDS = [
     "router.spool.storageClassName",
     "router.spool.when",
     "router.spool.retentionSeconds",
+    "router.timeouts",
+    "router.timeouts.gatewaySeconds",
+    "router.timeouts.connectSeconds",
+    "router.timeouts.associationRequestSeconds",
+    "router.timeouts.senderIdleSeconds",
+    "router.timeouts.gatewayIdleReleaseSeconds",
+    "router.timeouts.stallWarningSeconds",
     "networkPolicy",
     "networkPolicy.enabled",
     "networkPolicy.extraIngress",
@@ -226,6 +235,7 @@ RANGES = {
     "router.port": (1, 65535),
     "router.tls.port": (1, 65535),
     "router.spool.retentionSeconds": (60, 30 * 86400),
+    **{f"router.timeouts.{key}": (1, top) for key, top in ROUTER_TIMEOUTS.items()},
     "router.service.nodePorts.dicom": (1, 65535),
     "router.service.nodePorts.dicomTLS": (1, 65535),
     "gateway.securityContext.runAsUser": (0, 2**31 - 1),
@@ -954,6 +964,28 @@ def test_every_rule_holds_for_every_example(rule: Rule, path: Path) -> None:
     # A rule on a field the example leaves out (a list's items, say) has nothing to check.
     for _, value in _values_at(pool, rule.location):
         assert evaluate(rule, value, value)
+
+
+#: The sections of docs/operations.md whose YAML blocks are pool specs (issue 25).
+REACH_SECTIONS = ("Network policies", "Reaching the router from the modalities")
+
+
+def doc_specs(section: str) -> list[dict[str, Any]]:
+    """The ``spec`` of every YAML block in a section of docs/operations.md."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", part, re.DOTALL)
+    return [yaml.safe_load(block)["spec"] for block in blocks]
+
+
+@pytest.mark.parametrize("section", REACH_SECTIONS)
+def test_the_documented_router_set_ups_pass_the_crd(section: str) -> None:
+    specs = doc_specs(section)
+    assert specs
+    for spec in specs:
+        pool = minimal_pool(**spec)
+        assert rejections(pool) == [], spec
+        parse_spec(apply_defaults(pool, root_schema())["spec"], default_router_image="gp:1")
 
 
 def cert_manager_objects(path: Path, kind: str) -> dict[str, dict[str, Any]]:

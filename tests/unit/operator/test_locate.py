@@ -107,6 +107,35 @@ def test_a_study_on_both_sides_of_a_move_shows_both_gateways_and_the_move() -> N
     assert [r["seen"] for r in data["routers"]] == [True, True, False, False]
 
 
+def test_what_the_spool_did_later_is_shown_beside_what_was_routed() -> None:
+    bucket_map = _pool_map(moving=False)
+    owner = bucket_map.gateway_for(study_bucket(UID, 16)).name
+    spooled = GatewayUse(
+        owner,
+        instances=5,
+        first_at=NOW.timestamp() - 100,
+        last_at=NOW.timestamp() - 60,
+        map_versions={9},
+        spooled=5,
+        spool_delivered=4,
+        spool_refused=1,
+    )
+    elsewhere = GatewayUse(
+        "ct-gw-2", first_at=NOW.timestamp() - 20, last_at=NOW.timestamp() - 20, spool_delivered=2
+    )
+    location = locate(
+        UID, bucket_map, routers=[RouterAnswer("r", entry=_entry(spooled, elsewhere))]
+    )
+    # Counted where they were routed, not again where the spool delivered them.
+    assert location.went_to == {owner: 5}
+    text = render_text(location, now=NOW)
+    assert (
+        f"{owner}: 5 instances 2026-12-07 23:28:20 to 23:29:00 UTC, map version 9, 5 spooled, "
+        "4 delivered from the spool, 1 refused from the spool (kept aside)"
+    ) in text
+    assert "ct-gw-2: from the spool at 2026-12-07 23:29:40 UTC, 2 delivered from the spool" in text
+
+
 def test_an_unseen_study_still_shows_its_bucket_and_owner() -> None:
     bucket_map = _pool_map(moving=False)
     location = locate(UID, bucket_map, routers=[RouterAnswer("r", entry=StudyEntry(UID))])

@@ -920,6 +920,34 @@ def test_the_router_accepts_the_command_it_is_given(
     assert config.port == 11112
 
 
+def test_the_pools_timeouts_reach_the_router_and_unset_ones_keep_its_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    from gatewaypool_router.config import RouterConfig
+
+    monkeypatch.setenv("POD_NAME", "ct-triage-router-0")
+    defaults = {field.name: field.default for field in dataclasses.fields(RouterConfig)}
+    untouched = router_accepts(router_container(build(specs.minimal()))["command"])
+    waits = ("gateway_timeout", "connect_timeout", "acse_timeout", "idle_timeout")
+    waits += ("gateway_idle_release", "stall_warning")
+    assert [getattr(untouched, name) for name in waits] == [defaults[name] for name in waits]
+    spec = specs.minimal()
+    spec["router"] = {
+        "timeouts": {
+            "gatewaySeconds": 120,
+            "connectSeconds": 2,
+            "associationRequestSeconds": 15,
+            "senderIdleSeconds": 3600,
+            "gatewayIdleReleaseSeconds": 4,
+            "stallWarningSeconds": 30,
+        }
+    }
+    config = router_accepts(router_container(build(spec))["command"])
+    assert [getattr(config, name) for name in waits] == [120, 2, 15, 3600, 4, 30]
+
+
 @pytest.mark.parametrize("variant", sorted(TLS_SPECS))
 def test_the_router_accepts_the_tls_command_it_is_given(
     variant: str, monkeypatch: pytest.MonkeyPatch

@@ -687,6 +687,7 @@ def test_events_say_what_the_writes_did_to_children() -> None:
         Applied("Deployment", "ct-router", "patched", "spec.replicas"),
         Applied("Role", "ct-router", "unchanged"),
         Applied("NetworkPolicy", "ct-gw", "deleted"),
+        Applied("Service", "ct-router", "recreated", ".spec.loadBalancerClass differs"),
     )
     outcome = finish(existing, ApplyResult(applied=applied))
     assert [(e.reason, e.message.split(":")[0]) for e in outcome.events] == [
@@ -697,7 +698,13 @@ def test_events_say_what_the_writes_did_to_children() -> None:
         ),
         ("ChildUpdated", "Deployment ct-router brought in line"),
         ("ChildDeleted", "NetworkPolicy ct-gw deleted"),
+        ("ChildRecreated", "Service ct-router deleted and created again"),
     ]
+    # A Service has no pods to orphan; what modalities are configured with may change.
+    assert outcome.events[-1].message.endswith(
+        "(an immutable field); the addresses the API server allocated to it (cluster IP, "
+        "node ports not fixed in the spec, load balancer address) may change"
+    )
     assert outcome.applied == list(applied)
 
     # Everything of a new pool is created: nothing to announce.

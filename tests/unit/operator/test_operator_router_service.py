@@ -10,6 +10,7 @@ each rule). The Service never carries what the API server allocates.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from gatewaypool_operator import exposure
 from gatewaypool_operator.children.desired import build_children
@@ -214,9 +216,14 @@ PLACEMENT = {
 }
 
 
-def test_router_pods_carry_the_placement_fields() -> None:
-    children = children_of(spec_of(router={"podTemplate": PLACEMENT}))
-    deployment = children[("Deployment", "ct-router")]
+@pytest.mark.parametrize(
+    ("kind", "router"),
+    [("Deployment", {}), ("StatefulSet", {"spool": {"size": "10Gi"}})],
+    ids=["deployment", "spooling-statefulset"],
+)
+def test_router_pods_carry_the_placement_fields(kind: str, router: dict[str, Any]) -> None:
+    children = children_of(spec_of(router={"podTemplate": PLACEMENT} | router))
+    deployment = children[(kind, "ct-router")]
     template = deployment["spec"]["template"]
     pod = template["spec"]
     assert template["metadata"]["labels"]["tier"] == "ingress"
@@ -291,6 +298,32 @@ LOAD_BALANCER = {"service": {"type": "LoadBalancer"}}
             {
                 "router": LOAD_BALANCER,
                 "networkPolicy": {"routerFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]},
+            },
+            True,
+        ),
+        # A range of every address restricts nothing, whatever else is listed.
+        (
+            {
+                "router": {
+                    "service": LOAD_BALANCER["service"]
+                    | {"loadBalancerSourceRanges": ["0.0.0.0/0"]}
+                }
+            },
+            True,
+        ),
+        (
+            {
+                "router": {
+                    "service": LOAD_BALANCER["service"]
+                    | {"loadBalancerSourceRanges": ["10.20.30.0/24", "::/0"]}
+                }
+            },
+            True,
+        ),
+        (
+            {
+                "router": LOAD_BALANCER,
+                "networkPolicy": {"routerFrom": [*MODALITIES, {"ipBlock": {"cidr": "::/0"}}]},
             },
             True,
         ),
@@ -449,8 +482,6 @@ def test_the_operator_option_takes_the_environment_and_refuses_a_bad_domain(
 
 
 def test_the_modality_vlan_example_is_reachable_only_from_its_subnets() -> None:
-    import yaml
-
     pool = yaml.safe_load((REPO / "examples" / "modality-vlan.yaml").read_text())
     spec = parse_spec(pool["spec"], default_router_image="gp:1")
     children = children_of(spec)
@@ -466,3 +497,51 @@ def test_the_modality_vlan_example_is_reachable_only_from_its_subnets() -> None:
     ]
     pod = children[("Deployment", "ct-router")]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"example.org/dicom-ingress": "true"}
+
+
+def doc_specs(section: str) -> list[dict[str, Any]]:
+    """The ``spec`` of every YAML block in a section of docs/operations.md."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", part, re.DOTALL)
+    return [yaml.safe_load(block)["spec"] for block in blocks]
+
+
+def test_the_documented_set_ups_render_what_the_docs_say() -> None:
+    # MetalLB with a fixed address, a cloud's internal load balancer, NodePort
+    # behind the hospital's own load balancer.
+    metallb, internal, node_port = (
+        spec_of(**extra) for extra in doc_specs("Reaching the router from the modalities")
+    )
+    rendered = {}
+    for key, spec in (("metallb", metallb), ("internal", internal), ("nodeport", node_port)):
+        service = router_service(spec)
+        assert api_server_problems(service) == [], key
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(service, version, strict=True)
+        rendered[key] = service
+    assert rendered["metallb"]["metadata"]["annotations"]["metallb.io/loadBalancerIPs"]
+    assert (
+        rendered["internal"]["metadata"]["annotations"][
+            "service.beta.kubernetes.io/azure-load-balancer-internal"
+        ]
+        == "true"
+    )
+    for spec in (metallb, internal):
+        assert exposure.router_exposure(spec)[0] is False
+        assert spec.router.service.external_traffic_policy == "Local"
+    assert rendered["nodeport"]["spec"]["type"] == "NodePort"
+    assert [p["nodePort"] for p in rendered["nodeport"]["spec"]["ports"]] == [30104, 32762]
+
+
+def test_the_documented_network_policies_admit_the_modality_subnets() -> None:
+    [extra] = doc_specs("Network policies")
+    children = children_of(spec_of(**extra))
+    router_rule = children[("NetworkPolicy", "ct-router")]["spec"]["ingress"][0]
+    assert router_rule["from"] == extra["networkPolicy"]["routerFrom"]
+    assert all("ipBlock" in peer for peer in router_rule["from"])
+    gateway_rules = children[("NetworkPolicy", "ct-gw")]["spec"]["ingress"]
+    assert extra["networkPolicy"]["extraIngress"][0] in gateway_rules
+    for key in (("NetworkPolicy", "ct-router"), ("NetworkPolicy", "ct-gw")):
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(children[key], version, strict=True)

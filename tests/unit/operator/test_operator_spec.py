@@ -20,6 +20,7 @@ from gatewaypool_operator.spec.types import (
     CallerSubject,
     GatewayTLSSpec,
     PoolSpec,
+    RouterTimeouts,
     RouterTLSSpec,
 )
 from support.crd import apply_defaults, spec_schema
@@ -139,6 +140,7 @@ def test_full_spec_keeps_every_value() -> None:
         "LoadBalancer",
     )
     assert router.allowed_calling_ae_titles == ("CT1", "MR ROOM 2")
+    assert router.timeouts == RouterTimeouts(gateway_seconds=8, gateway_idle_release_seconds=4)
     assert (spec.handover.quiet_seconds, spec.handover.max_drain_seconds) == (60, 900)
 
 
@@ -361,6 +363,11 @@ MISSING = SpecError.MISSING
 
 # (field below spec, value, expected field path of the error, expected value in the error)
 INVALID: list[tuple[str, Any, str, Any]] = [
+    ("router.timeouts.gatewaySeconds", 0, "spec.router.timeouts.gatewaySeconds", 0),
+    ("router.timeouts.connectSeconds", 301, "spec.router.timeouts.connectSeconds", 301),
+    ("router.timeouts.senderIdleSeconds", 1.5, "spec.router.timeouts.senderIdleSeconds", 1.5),
+    ("router.timeouts.stallWarningSeconds", "10", "spec.router.timeouts.stallWarningSeconds", "10"),
+    ("router.timeouts.gatewaySecs", 5, "spec.router.timeouts.gatewaySecs", 5),
     ("replicas", -1, "spec.replicas", -1),
     ("replicas", 1025, "spec.replicas", 1025),
     ("replicas", "3", "spec.replicas", "3"),

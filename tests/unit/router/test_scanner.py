@@ -767,7 +767,7 @@ def test_malformation_after_the_uid_still_refuses_the_instance() -> None:
 
 
 def test_malformed_names_the_element_it_broke_at() -> None:
-    """The tag for Offending Element (0000,0901); none for a data set that merely ends early."""
+    """The tag for Offending Element (0000,0901), also for a data set that ends early."""
     # (0010,0010) with VR "??": where its length is cannot be known.
     broken = scan_whole(ExplicitVRLittleEndian, HEAD + b"\x10\x00\x10\x00??\x00\x00" + STUDY)
     assert broken.state is ScanState.MALFORMED
@@ -778,7 +778,45 @@ def test_malformed_names_the_element_it_broke_at() -> None:
     cut = scan_whole(ExplicitVRLittleEndian, (HEAD + STUDY)[:-3])
     assert cut.finish() is False
     assert cut.state is ScanState.MALFORMED
-    assert cut.offending is None
+    assert cut.offending == 0x0020000D
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20], ids=["bytewise", "small", "whole"])
+@pytest.mark.parametrize(
+    ("data", "offending"),
+    [
+        # A value cut short: the element it belongs to.
+        (HEAD + STUDY + el(0x7FE00010, b"OB", bytes(10), length=1000), 0x7FE00010),
+        # Inside the length field of a long VR's header: its tag is known.
+        (HEAD + STUDY + el(0x7FE00010, b"OB", length=1000)[:10], 0x7FE00010),
+        # Inside a sequence: the top-level sequence.
+        (
+            HEAD
+            + STUDY
+            + el(0x00081110, b"SQ", item(HEAD + ITEM_END, length=UNDEFINED), length=UNDEFINED),
+            0x00081110,
+        ),
+        # Inside pixel data fragments: the pixel data.
+        (
+            HEAD
+            + STUDY
+            + el(
+                0x7FE00010, b"OB", item(b"", length=0) + item(bytes(4), length=64), length=UNDEFINED
+            ),
+            0x7FE00010,
+        ),
+        # Inside a top-level element header: there is no element to name.
+        (HEAD + STUDY + el(0x0020000E, b"UI", b"1.2.3\0")[:5], None),
+    ],
+    ids=["value", "long-length", "sequence", "fragments", "header"],
+)
+def test_a_data_set_that_ends_early_names_the_element_it_ends_inside(
+    data: bytes, offending: int | None, chunk: int
+) -> None:
+    scanner = scan(ExplicitVRLittleEndian, list(iter_chunks(data, chunk)))
+    assert scanner.finish() is False
+    assert scanner.state is ScanState.MALFORMED
+    assert scanner.offending == offending
 
 
 def test_value_running_past_the_end_is_incomplete() -> None:

@@ -35,6 +35,24 @@ def test_outcomes_are_counted_per_gateway() -> None:
     assert again is not None and again.uses["gw-0"].instances == 3
 
 
+def test_what_the_spool_settles_is_counted_where_it_went() -> None:
+    ticks = _clock()
+    record = StudyRecorder(capacity=10, clock=lambda: next(ticks))
+    uid = "1.2.3.4"
+    record.answered(uid, gateway="gw-1", bucket=9, map_version=5, status=0, spooled=True)
+    record.answered(uid, gateway="gw-1", bucket=9, map_version=5, status=0, spooled=True)
+    record.from_spool(uid, gateway="gw-1", bucket=9, delivered=True)
+    record.from_spool(uid, gateway="gw-1", bucket=9, delivered=False)
+    record.from_spool(uid, gateway="gw-2", bucket=9, delivered=True)
+    entry = record.get(uid)
+    assert entry is not None
+    gw1, gw2 = entry.uses["gw-1"], entry.uses["gw-2"]
+    assert (gw1.instances, gw1.spooled, gw1.spool_delivered, gw1.spool_refused) == (2, 2, 1, 1)
+    assert (gw1.first_at, gw1.last_at) == (1_800_000_000.0, 1_800_000_003.0)
+    # A gateway the spool reached that no instance was routed to: no instances of its own.
+    assert (gw2.instances, gw2.spool_delivered, gw2.map_versions) == (0, 1, set())
+
+
 def test_the_least_recently_routed_study_is_forgotten_first() -> None:
     record = StudyRecorder(capacity=2)
     for uid in ("1.1", "1.2", "1.1", "1.3"):
