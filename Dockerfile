@@ -6,19 +6,36 @@
 #
 #   docker build -t registry.example.org/gatewaypool/gatewaypool:0.1.0 .
 #
-# Two stages: the builder turns the project and its dependencies into
-# wheels; the final image installs those wheels and nothing else, so no
-# compiler, build tool, source tree or pip cache is shipped.
+# Three stages: the Rust toolchain (for the router's native hot path,
+# router/native); the builder, which turns the project and its dependencies
+# into wheels, compiling that extension into gatewaypool's; the final image,
+# which installs those wheels and nothing else, so no compiler, build tool,
+# source tree or pip cache is shipped.
 #
 # The base image is pinned to an exact Python and Debian release. Pin its
 # digest too (python:3.11.14-slim-bookworm@sha256:...) for builds that must
 # be byte-for-byte repeatable.
 
+# The Rust toolchain that builds router/native (PyO3): the release the
+# project's machines build with. Only its cargo and rustc are taken.
+FROM rust:1.95.0-slim-bookworm AS rust
+
+
 FROM python:3.11.14-slim-bookworm AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    RUSTUP_HOME=/usr/local/rustup \
+    CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/cargo/bin:$PATH
+
+# rustc links with the system's C compiler.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+COPY --from=rust /usr/local/cargo /usr/local/cargo
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -30,6 +47,8 @@ COPY operator ./operator
 # benchmark and their synthetic studies) is left out of the build, so the
 # image carries neither it nor numpy; `gatewaypool --help` then lists only
 # the commands the image has.
+# gatewaypool's wheel carries the native extension (setuptools-rust, with
+# router/native's Cargo.lock, --locked): a build without it fails here.
 RUN pip wheel . -w /wheels
 
 
@@ -61,6 +80,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # into a layer; --no-index: nothing is fetched here.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels gatewaypool \
+ && python -c "import gatewaypool_router._native" \
  && groupadd --system --gid 65532 gatewaypool \
  && useradd --system --uid 65532 --gid 65532 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin gatewaypool

@@ -49,17 +49,46 @@ need_debian_packages() {
     fi
 }
 
+# cargo, for the router's native hot path (router/native) and the dicom-rs
+# peers: on the PATH, or where rustup puts it.
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "Rust's cargo is needed to build the router's native hot path (router/native)" >&2
+        exit 1
+    fi
+}
+
+# A key of the native hot path's sources: `pip install -e` built the
+# extension in place, so a change to them (and not to pyproject.toml) must
+# rebuild it.
+native_sources_key() {
+    find router/native -path router/native/target -prune -o -type f -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+
 need_venv() {
+    need_cargo
     if [ ! -x "$VENV/bin/python" ]; then
         echo "==> creating virtualenv $VENV"
         "$PY" -m venv "$VENV"
     fi
     local stamp="$VENV/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    local native="$VENV/.native-$(native_sources_key)"
     if [ ! -f "$stamp" ]; then
         echo "==> installing gatewaypool and its tools into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
+        rm -f "$VENV"/.native-*
         "$VENV/bin/python" -m pip install -q -e ".[local,test]"
-        touch "$stamp"
+        touch "$stamp" "$native"
+    fi
+    if [ ! -f "$native" ]; then
+        echo "==> building the router's native hot path (router/native) into $VENV"
+        "$VENV/bin/python" -m pip install -q --no-deps -e .
+        rm -f "$VENV"/.native-*
+        touch "$native"
     fi
 }
 
@@ -104,7 +133,8 @@ IMAGE_SOURCES=(pyproject.toml README.md common router operator)
 copy_image_sources() {
     rm -rf "$1"
     mkdir -p "$1"
-    tar -cf - --exclude=__pycache__ "${IMAGE_SOURCES[@]}" | tar -xf - -C "$1"
+    tar -cf - --exclude=__pycache__ --exclude=router/native/target --exclude='*.so' \
+        "${IMAGE_SOURCES[@]}" | tar -xf - -C "$1"
 }
 
 need_image() {
@@ -114,13 +144,17 @@ need_image() {
     exec {image_lock}>"$dir/.lock"
     flock "$image_lock"
     deps=$(sha256sum pyproject.toml | cut -c1-16)
-    sources=$(find "${IMAGE_SOURCES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+    sources=$(find "${IMAGE_SOURCES[@]}" -path router/native/target -prune -o -type f \
+        ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.so' \
         -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+    # The wheel's Rust build keeps cargo's folder here: a rebuild after a
+    # change of sources compiles only what changed.
+    local cargo_target="$PWD/$dir/cargo-target"
     if [ ! -f "$dir/venv/.deps-$deps" ]; then
         echo "==> building the image's environment (.image/): wheels of gatewaypool and its dependencies"
         rm -rf "$dir/wheels" "$dir/venv"
         copy_image_sources "$dir/src"
-        "$VENV/bin/python" -m pip wheel -q "./$dir/src" -w "$dir/wheels"
+        CARGO_TARGET_DIR="$cargo_target" "$VENV/bin/python" -m pip wheel -q "./$dir/src" -w "$dir/wheels"
         "$PY" -m venv "$dir/venv"
         "$dir/venv/bin/python" -m pip install -q --no-index --find-links "$dir/wheels" gatewaypool
         touch "$dir/venv/.deps-$deps" "$dir/venv/.sources-$sources"
@@ -128,7 +162,8 @@ need_image() {
         echo "==> rebuilding gatewaypool's wheel in the image's environment (.image/)"
         rm -rf "$dir/venv"/.sources-* "$dir/wheels"/gatewaypool-*.whl
         copy_image_sources "$dir/src"
-        "$VENV/bin/python" -m pip wheel -q --no-deps "./$dir/src" -w "$dir/wheels"
+        CARGO_TARGET_DIR="$cargo_target" \
+            "$VENV/bin/python" -m pip wheel -q --no-deps "./$dir/src" -w "$dir/wheels"
         "$dir/venv/bin/python" -m pip install -q --no-index --no-deps --force-reinstall \
             "$dir/wheels"/gatewaypool-*.whl
         touch "$dir/venv/.sources-$sources"

@@ -39,7 +39,7 @@ from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.negotiation import AcceptedContext, AssociationRequest
 from gatewaypool_router.progress import Progress, pdu_name
-from gatewaypool_router.scanner import DatasetScanner, ScanState
+from gatewaypool_router.scanner import ScanState, new_scanner
 from gatewaypool_router.spool.decide import diverts
 from gatewaypool_router.spool.intake import SpoolIntake
 from gatewaypool_router.spool.store import Meta, SpoolFullError
@@ -497,7 +497,7 @@ class IncomingAssociation:
             context=context,
             command=command,
             raw_command=raw,
-            scanner=DatasetScanner(context.transfer_syntax),
+            scanner=new_scanner(context.transfer_syntax),
             started=time.monotonic(),
         )
         if context.is_verification:

@@ -18,6 +18,16 @@ bytes spliced in the kernel would be ciphertext on one side and bypass TLS
 on the other, so an association from the TLS port, or with
 ``--gateway-tls-ca``, copies (:func:`splicer_for`).
 
+With the native hot path (``GATEWAYPOOL_HOT_PATH``, see
+:mod:`gatewaypool_router.scanner`), the splicing path's loops run in Rust
+with the GIL released: the routed rest of a PDV (``_native.stream_rest``
+for :meth:`Forwarder._splice_rest`), then a routed instance's later PDUs
+from their header on and the gateway's response
+(``_native.stream_pdus``, :meth:`Forwarder._stream_pdus_natively`). They
+move the same bytes and stop where the Python loops would decide
+something, handing back the header read; the Python loops stay, as the
+fallback and the specification.
+
 The association decides (what an instance is, where it goes, what the
 sender is answered); this module only moves its bytes, and hands back to
 the association (:class:`Association`) what it must decide on.
@@ -26,6 +36,7 @@ the association (:class:`Association`) what it must decide on.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -36,7 +47,7 @@ from gatewaypool_router import dimse, pdus
 from gatewaypool_router.config import RouterConfig
 from gatewaypool_router.negotiation import AcceptedContext
 from gatewaypool_router.progress import Progress
-from gatewaypool_router.scanner import DatasetScanner
+from gatewaypool_router.scanner import IMPLEMENTATIONS, Scanner
 from gatewaypool_router.splice import Splicer
 from gatewaypool_router.splice import available as splice_available
 from gatewaypool_router.spool.store import SpoolWriter
@@ -58,6 +69,30 @@ _DISCARD_CHUNK = 256 * 1024
 HEADERS_AHEAD = 12
 _PDU_HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
+
+if "native" in IMPLEMENTATIONS:
+    from gatewaypool_router._native import Scanner as _NativeScan
+    from gatewaypool_router._native import stream_pdus as _native_stream_pdus
+    from gatewaypool_router._native import stream_rest as _native_stream_rest
+
+# What _native.stream_rest returns first (router/native/src/lib.rs).
+_STREAMED = 0
+_MALFORMED = 1
+_SENDER_TIMED_OUT = 2
+_SENDER_CLOSED = 3
+_SENDER_FAILED = 4
+_GATEWAY_TIMED_OUT = 5
+_GATEWAY_FAILED = 6
+_GATEWAY_TIMED_OUT_PIPE = 7
+_GATEWAY_FAILED_PIPE = 8
+_SENDER_CLOSED_BETWEEN_PDUS = 9
+# What the native stream waits for (its on_wait's first argument).
+_WAIT_SENDER = 0
+_WAIT_GATEWAY_SEND = 1
+# Where _native.stream_pdus paused (Streamed.pause).
+_PAUSED_AT_DATA_SET_END = 0
+_PAUSED_AT_PDU = 1
+_PAUSED_AT_PDV = 2
 
 
 @functools.cache
@@ -93,7 +128,7 @@ class Instance:
     context: AcceptedContext
     command: dimse.Command
     raw_command: bytes
-    scanner: DatasetScanner
+    scanner: Scanner
     started: float
     # Views into the PDU bodies read (immutable bytes): buffering copies nothing.
     pending: list[memoryview] = field(default_factory=list)
@@ -196,6 +231,10 @@ class Forwarder:
         self._splicer = splicer
         self._progress = progress
         self._max_pdu = max_pdu
+        #: Where the native stream's counts start: (instance size, forwarded bytes).
+        self._base = (0, 0)
+        # The native stream needs the native splicer's pipe (and its scan).
+        self._native = splicer is not None and splicer.native
 
     @property
     def splicing(self) -> bool:
@@ -242,13 +281,28 @@ class Forwarder:
 
         Returns the PDU to handle as the copying path does, or None when a
         P-DATA-TF was handled here, PDV by PDV, without reading it whole.
+        With the native hot path, a routed instance's PDUs are streamed in
+        Rust from their header on (:meth:`_stream_pdus_natively`).
         """
-        reader = self._reader
-        header = reader.read(6)
+        instance = self._association.instance
+        if (
+            self._native
+            and instance is not None
+            and instance.failure is None
+            and instance.upstream is not None
+            and isinstance(instance.scanner, _NativeScan)
+        ):
+            return self._stream_pdus_natively(instance, instance.scanner)
+        header = self._reader.read(6)
         if len(header) < 6:
             raise pdus.PeerClosedError(
                 "connection closed" if not header else "connection closed mid-PDU"
             )
+        return self._on_pdu_header(header)
+
+    def _on_pdu_header(self, header: bytes) -> pdus.Pdu | None:
+        """Go on from a PDU header read: stream a P-DATA-TF, or read the PDU whole."""
+        reader = self._reader
         pdu_type, length = _PDU_HEADER.unpack(header)
         if pdu_type < pdus.ASSOCIATE_RQ or pdu_type > pdus.ABORT:
             raise pdus.ProtocolError(
@@ -273,17 +327,26 @@ class Forwarder:
 
     def _stream_pdu(self, length: int) -> None:
         """Handle a P-DATA-TF of ``length`` bytes PDV by PDV, as it arrives."""
-        reader = self._reader
-        left = length
-        if left < 6:
+        if length < 6:
             raise pdus.ProtocolError("P-DATA-TF without a presentation data value")
+        self._stream_pdvs(length)
+
+    def _stream_pdvs(self, left: int, head: bytes | None = None) -> None:
+        """Handle the last ``left`` bytes of a P-DATA-TF PDV by PDV.
+
+        ``head``: the next PDV's header, if it was read already (by the
+        native stream, which left that PDV to Python).
+        """
+        reader = self._reader
         while left:
-            if left < 6:
-                raise pdus.ProtocolError("truncated PDV header")
-            head = reader.read(6)
-            if len(head) < 6:
-                raise pdus.PeerClosedError("connection closed mid-PDU")
+            if head is None:
+                if left < 6:
+                    raise pdus.ProtocolError("truncated PDV header")
+                head = reader.read(6)
+                if len(head) < 6:
+                    raise pdus.PeerClosedError("connection closed mid-PDU")
             item_length, context_id, control = _PDV_HEADER.unpack(head)
+            head = None
             pdus.check_pdv_header(item_length, left - 4)
             size = item_length - 2
             left -= 6 + size
@@ -301,6 +364,117 @@ class Forwarder:
                 self._association.on_pdv(pdus.Pdv(context_id, control, memoryview(data)))
             else:
                 self._stream_data(instance, context_id, control, size)
+
+    def _stream_pdus_natively(self, instance: Instance, scanner: _NativeScan) -> pdus.Pdu | None:
+        """:meth:`_read_or_stream` and :meth:`_stream_pdu` for a routed instance, in Rust.
+
+        From the next PDU header on, every P-DATA-TF that carries only the
+        instance's data set goes to its gateway in one call with the GIL
+        released, until the data set's last PDV is out or a PDU or PDV
+        needs deciding here; Python goes on from that header with its own
+        checks. Progress as in :meth:`_stream_rest_natively`.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        progress = self._progress
+        reader = self._reader
+        gateway_fd, gateway_timeout = upstream.stream_target()
+        pipe_read, pipe_write, capacity = splicer.pipe()
+        prefix = reader.take_buffered(reader.buffered) if reader.buffered else b""
+        self._base = (instance.size, progress.forwarded_bytes)
+        context_id = instance.context.context_id
+        upstream.pdu_open = True  # until told otherwise: an abort then resets
+        streamed = _native_stream_pdus(
+            scanner,
+            (
+                self._sock.fileno(),
+                gateway_fd,
+                pipe_read,
+                pipe_write,
+                capacity,
+                upstream.peer_max_pdu,
+                self._sock.gettimeout(),
+                gateway_timeout,
+            ),
+            context_id,
+            self._max_pdu,
+            prefix,
+            # The response too, in the same call, unless Python holds some of it.
+            None if upstream.has_pending() else upstream.response_max_body,
+            self._native_wait,
+        )
+        if streamed.unread:
+            reader.push_back(streamed.unread)
+        taken, forwarded = streamed.taken, streamed.forwarded
+        instance.size += taken
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += forwarded
+        if taken:
+            progress.read("P-DATA-TF", taken)
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+        code = streamed.code
+        upstream.pdu_open = streamed.gateway_pdu_open
+        if code == _STREAMED:
+            if streamed.pause == _PAUSED_AT_PDU:
+                return self._on_pdu_header(streamed.header)
+            if streamed.pause == _PAUSED_AT_PDV:
+                head = streamed.header or None
+                self._stream_pdvs(streamed.pdu_left + (6 if head else 0), head)
+                return None
+            assert streamed.pause == _PAUSED_AT_DATA_SET_END
+            upstream.read_natively(
+                streamed.response_code,
+                streamed.response,
+                streamed.response_unread,
+                streamed.response_errno,
+            )
+            self._association.data_set_sent(instance)
+        elif code == _MALFORMED:
+            upstream.abort()  # its PDU still open: the connection is reset
+            upstream.pdu_open = False
+            instance.upstream = None
+            instance.fail(Status.DATASET_MALFORMED, scanner.detail or "truncated")
+            self._association.data_set_sent(instance)
+        else:
+            self._stream_failed(instance, code, streamed.errno)
+            if streamed.pdv_left:
+                self._drop(instance, context_id, streamed.control, streamed.pdv_left)
+            elif streamed.control & pdus.MCH_LAST:
+                self._association.data_set_sent(instance)  # failed on the final byte
+        if streamed.pdu_left:
+            self._stream_pdvs(streamed.pdu_left)
+        return None
+
+    def _stream_failed(self, instance: Instance, code: int, errno: int) -> None:
+        """After a native stream stopped on a failure: raise the sender's, or fail the instance.
+
+        A gateway's failure closes or aborts its association as
+        :meth:`Upstream.send` and :meth:`Upstream.splice_from` do.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        if code == _SENDER_TIMED_OUT:
+            raise TimeoutError("timed out")
+        if code == _SENDER_CLOSED:
+            raise pdus.PeerClosedError("connection closed mid-PDU")
+        if code == _SENDER_CLOSED_BETWEEN_PDUS:
+            raise pdus.PeerClosedError("connection closed")
+        if code == _SENDER_FAILED:
+            raise OSError(errno, os.strerror(errno))
+        if code in (_GATEWAY_TIMED_OUT_PIPE, _GATEWAY_FAILED_PIPE):
+            splicer.close()
+        if code in (_GATEWAY_TIMED_OUT, _GATEWAY_TIMED_OUT_PIPE):
+            upstream.abort()
+            exc = GatewayError(Status.GATEWAY_TIMEOUT, "gateway stopped reading")
+        else:
+            upstream.close()
+            exc = GatewayError(
+                Status.GATEWAY_ABORTED, f"send failed: {OSError(errno, os.strerror(errno))}"
+            )
+        self._association.gateway_failed(instance, exc)
 
     def _stream_data(self, instance: Instance, context_id: int, control: int, size: int) -> None:
         """Take one data set PDV of ``size`` bytes from the sender, piece by piece.
@@ -323,7 +497,21 @@ class Forwarder:
                 instance, pdus.Pdv(context_id, piece_control, memoryview(chunk))
             )
         if left and instance.failure is None:
-            left = self._splice_rest(instance, context_id, control, left)
+            scanner = instance.scanner
+            if self._native and isinstance(scanner, _NativeScan):
+                left = self._stream_rest_natively(instance, scanner, context_id, control, left)
+            else:
+                left = self._splice_rest(instance, context_id, control, left)
+        self._drop(instance, context_id, control, left)
+
+    def _drop(self, instance: Instance, context_id: int, control: int, left: int) -> None:
+        """Take the last ``left`` bytes of a data set PDV through :meth:`Association.on_data`.
+
+        After a failure they are read and dropped (in large pieces); the
+        PDV's last piece keeps its control bits, so a last PDV still ends
+        the instance and gets it answered.
+        """
+        reader = self._reader
         while left:
             limit = _DISCARD_CHUNK if instance.failure is not None else _SCAN_CHUNK
             chunk = reader.read_some(min(left, limit))
@@ -387,6 +575,88 @@ class Forwarder:
         if last:
             self._association.data_set_sent(instance)
         return 0
+
+    def _stream_rest_natively(
+        self, instance: Instance, scanner: _NativeScan, context_id: int, control: int, size: int
+    ) -> int:
+        """:meth:`_splice_rest` in Rust, with the GIL released: the same bytes, the same errors.
+
+        Progress is brought up to date once the call returns, and before
+        each wait in it (:meth:`_native_wait`), so the stall log still says
+        whom the association waits on and what it moved.
+        """
+        upstream = instance.upstream
+        splicer = self._splicer
+        assert upstream is not None and splicer is not None
+        progress = self._progress
+        gateway_fd, gateway_timeout = upstream.stream_target()
+        pipe_read, pipe_write, capacity = splicer.pipe()
+        reader = self._reader
+        prefix = reader.take_buffered(size) if reader.buffered else b""
+        self._base = (instance.size, progress.forwarded_bytes)
+        upstream.pdu_open = True
+        code, taken, forwarded, errno = _native_stream_rest(
+            scanner,
+            (
+                self._sock.fileno(),
+                gateway_fd,
+                pipe_read,
+                pipe_write,
+                capacity,
+                upstream.peer_max_pdu,
+                self._sock.gettimeout(),
+                gateway_timeout,
+            ),
+            context_id,
+            control,
+            size,
+            prefix,
+            self._native_wait,
+        )
+        instance.size += taken
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += forwarded
+        if taken:
+            progress.read("P-DATA-TF", taken)
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+        if code in (_STREAMED, _MALFORMED):
+            if code == _MALFORMED:
+                # The PDU is still open (its final byte unsent): the
+                # connection is reset, which no gateway takes for an instance.
+                upstream.abort()
+                instance.upstream = None
+                instance.fail(Status.DATASET_MALFORMED, instance.scanner.detail or "truncated")
+            upstream.pdu_open = False
+            if control & pdus.MCH_LAST:
+                self._association.data_set_sent(instance)
+            return 0
+        self._stream_failed(instance, code, errno)
+        left = size - taken
+        if not left and control & pdus.MCH_LAST:
+            self._association.data_set_sent(instance)  # failed on the final byte
+        return left
+
+    def _native_wait(self, what: int, taken: int, forwarded: int) -> None:
+        """Before the native stream waits: progress as of then, and whom it waits on.
+
+        ``what``: 0 the sender's data, 1 room at the gateway, 2 the
+        gateway's C-STORE-RSP (``_native.stream_pdus``).
+        """
+        progress = self._progress
+        size, forwarded_before = self._base
+        if taken:
+            progress.read("P-DATA-TF", taken)
+            progress.received_bytes = size + taken
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+            progress.forwarded_bytes = forwarded_before + forwarded
+        if what == _WAIT_SENDER:
+            progress.wait("sender", "data set fragment")
+        elif what == _WAIT_GATEWAY_SEND:
+            progress.wait("gateway", "send")
+        else:
+            progress.wait("gateway", "C-STORE-RSP")
 
     def _splice_run(
         self, instance: Instance, upstream: Upstream, splicer: Splicer, run: int, *, more: bool

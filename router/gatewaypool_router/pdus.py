@@ -227,6 +227,23 @@ class SocketReader:
         self._start = end
         return data
 
+    def take_buffered(self, limit: int) -> bytes:
+        """Up to ``limit`` of the bytes already received, without reading the socket."""
+        end = min(self._start + limit, self._end)
+        data = bytes(self._view[self._start : end])
+        self._start = end
+        return data
+
+    def push_back(self, data: bytes) -> None:
+        """Hold `data` again, as the next bytes to read (the buffer must be empty).
+
+        For bytes a native reader took ahead and did not use.
+        """
+        assert self._start == self._end, "push_back onto buffered bytes"
+        size = len(data)
+        self._view[:size] = data
+        self._start, self._end = 0, size
+
     def poll(self) -> bool:
         """Whether bytes wait to be read, without waiting for any.
 

@@ -23,18 +23,29 @@ waking the parser, so a fragment inside pixel data costs one subtraction. A
 header or UID value split across fragments is assembled in a small buffer.
 No detail string ever contains a value read from the data set, only tags,
 lengths and offsets, so logging it cannot leak patient data.
+
+Two implementations, one contract: :class:`DatasetScanner` (this module, the
+specification and the fallback) and the same state machine in Rust
+(``router/native``, imported as ``gatewaypool_router._native``), which
+scans the non-deflated transfer syntaxes. :func:`new_scanner` makes the
+router's scanners: the native one where it was built, unless
+``GATEWAYPOOL_HOT_PATH=python`` says otherwise (``native`` insists on it,
+and fails at import where it is missing). The differential test and the PDU
+fuzzer run both (:data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import importlib.util
+import os
 import re
 import struct
 import zlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import pydicom.datadict
 import pydicom.uid
@@ -42,12 +53,16 @@ import pydicom.uid
 from gatewaypool.contract import study_uid_problem
 
 __all__ = [
+    "HOT_PATH",
+    "IMPLEMENTATIONS",
     "MAX_NESTING_DEPTH",
     "MAX_STUDY_UID_BYTES",
     "SUPPORTED_TRANSFER_SYNTAXES",
     "DatasetScanner",
     "ScanState",
+    "Scanner",
     "is_valid_uid",
+    "new_scanner",
 ]
 
 #: A (0020,000D) value longer than this is refused as invalid without being
@@ -853,3 +868,103 @@ class DatasetScanner:
     def _invalid(self, reason: str) -> None:
         self._uid_state = ScanState.INVALID_UID
         self.detail = reason
+
+
+# -- the native implementation, and the choice between the two ---------------------
+
+
+class Scanner(Protocol):
+    """What the router uses of a scanner: :class:`DatasetScanner` documents each."""
+
+    @property
+    def study_uid(self) -> str | None: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def offending(self) -> int | None: ...
+    @property
+    def bytes_seen(self) -> int: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+    @property
+    def state(self) -> ScanState: ...
+    @property
+    def decided(self) -> bool: ...
+    @property
+    def buffered_bytes(self) -> int: ...
+    @property
+    def deflated(self) -> bool: ...
+    @property
+    def skippable(self) -> int: ...
+    def skip(self, size: int) -> None: ...
+    def feed(self, fragment: bytes | bytearray | memoryview) -> None: ...
+    def finish(self) -> bool: ...
+
+
+#: The environment variable that picks the implementation: ``auto`` (the
+#: default: native where built), ``native`` or ``python``.
+HOT_PATH_VARIABLE: Final = "GATEWAYPOOL_HOT_PATH"
+
+# The native codes of an encoding (router/native/src/lib.rs).
+_NATIVE_ENCODING: Final = {_IMPLICIT_LE: 0, _EXPLICIT_LE: 1, _EXPLICIT_BE: 2}
+# state_code -> ScanState, in the order of the native UidState, then MALFORMED.
+_NATIVE_STATES: Final = (
+    ScanState.NEED_MORE,
+    ScanState.FOUND,
+    ScanState.MISSING,
+    ScanState.INVALID_UID,
+    ScanState.MALFORMED,
+)
+
+
+def _python_scanner(transfer_syntax: str) -> Scanner:
+    return DatasetScanner(transfer_syntax)
+
+
+IMPLEMENTATIONS: dict[str, Callable[[str], Scanner]] = {"python": _python_scanner}
+
+# Not built (a source checkout without Rust): the Python scan is the fallback.
+# Built but unloadable is an error, at import: it must not pass unnoticed.
+if importlib.util.find_spec("gatewaypool_router._native") is not None:
+    from gatewaypool_router import _native
+
+    class _NativeScanner(_native.Scanner):
+        """The Rust scan, with :attr:`state` as the enum the router reads."""
+
+        __slots__ = ()
+
+        @property
+        def state(self) -> ScanState:
+            return _NATIVE_STATES[self.state_code]
+
+    def _native_scanner(transfer_syntax: str) -> Scanner:
+        encoding, deflated = _resolve_transfer_syntax(transfer_syntax)
+        if deflated:
+            # Inflating is zlib's work either way, and a deflated data set is
+            # never spliced: the Python scan serves it.
+            return DatasetScanner(transfer_syntax)
+        return _NativeScanner(
+            _NATIVE_ENCODING[encoding], _may_be_sequence, transfer_syntax.rstrip("\0 ")
+        )
+
+    IMPLEMENTATIONS["native"] = _native_scanner
+
+
+def _choose() -> str:
+    wanted = os.environ.get(HOT_PATH_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted == "auto":
+        return "native" if "native" in IMPLEMENTATIONS else "python"
+    if wanted not in ("native", "python"):
+        raise ValueError(f"{HOT_PATH_VARIABLE}={wanted!r}: expected auto, native or python")
+    if wanted not in IMPLEMENTATIONS:
+        raise ImportError(
+            f"{HOT_PATH_VARIABLE}=native, but gatewaypool_router._native is not built"
+        )
+    return wanted
+
+
+#: The implementation the router's scanners use in this process.
+HOT_PATH: Final = _choose()
+
+#: Make the scanner of one instance's data set: see :class:`DatasetScanner`.
+new_scanner: Final[Callable[[str], Scanner]] = IMPLEMENTATIONS[HOT_PATH]

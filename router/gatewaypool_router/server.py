@@ -34,6 +34,7 @@ from gatewaypool_router.mapsource import MapHolder
 from gatewaypool_router.metrics import RouterMetrics
 from gatewaypool_router.pdus import tune_socket
 from gatewaypool_router.progress import StallWatch
+from gatewaypool_router.scanner import HOT_PATH
 from gatewaypool_router.spool.forwarder import SpoolForwarder
 from gatewaypool_router.spool.intake import SpoolIntake
 from gatewaypool_router.studiesinflight import StudiesInFlight
@@ -65,6 +66,9 @@ def log_started(
         max_associations=config.max_associations,
         max_pdu=config.max_pdu,
         allowed_calling_aes=sorted(config.allowed_calling_aes) or "any",
+        # Which scanner this process runs: "native" (router/native) or the
+        # Python fallback (GATEWAYPOOL_HOT_PATH; gatewaypool_router.scanner).
+        hot_path=HOT_PATH,
     )
 
 

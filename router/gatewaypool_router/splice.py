@@ -10,6 +10,11 @@ size. Python writes only the PDU and PDV headers around them.
 
 Linux only (``os.splice``, Python 3.10+); where it is missing the router
 copies, as ``--forwarding copy`` makes it do anywhere.
+
+Where the router's native hot path is in use (``scanner.HOT_PATH``), the
+loop of :meth:`Splicer.move` runs in Rust (``_native.splice_move``) with the
+GIL released, and only its outcome comes back to raise here; the Python loop
+below is the fallback and the specification.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ import time
 from collections.abc import Callable
 
 from gatewaypool_router.pdus import PeerClosedError
+from gatewaypool_router.scanner import HOT_PATH, IMPLEMENTATIONS
+
+if "native" in IMPLEMENTATIONS:
+    from gatewaypool_router._native import splice_move as _native_move
 
 __all__ = ["PIPE_SIZE", "SinkError", "Splicer", "available"]
 
@@ -62,6 +71,14 @@ def available() -> bool:
         return False
     finally:
         splicer.close()
+
+
+# What _native.splice_move returns first (router/native/src/lib.rs).
+_MOVED = 0
+_SOURCE_TIMED_OUT = 1
+_SOURCE_CLOSED = 2
+_SINK_TIMED_OUT = 3
+_SINK_FAILED = 4
 
 
 class SinkError(Exception):
@@ -104,14 +121,36 @@ class Splicer:
     The pipe is empty between calls to :meth:`move`: a call that fails on the
     destination side drops the pipe (and whatever it held), and the next call
     makes a fresh one.
+
+    ``native``: run the loop in Rust (the default where the native hot path
+    is in use); False keeps it in Python.
     """
 
-    __slots__ = ("_read_fd", "_write_fd", "capacity")
+    __slots__ = ("_native", "_read_fd", "_write_fd", "capacity")
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool | None = None) -> None:
         self._read_fd = -1
         self._write_fd = -1
         self.capacity = 0
+        self._native = HOT_PATH == "native" if native is None else native
+        if self._native and "native" not in IMPLEMENTATIONS:
+            raise ValueError("gatewaypool_router._native is not built")
+
+    @property
+    def native(self) -> bool:
+        """Whether this splicer's moves run in Rust (and its owner may stream natively)."""
+        return self._native
+
+    def pipe(self) -> tuple[int, int, int]:
+        """The pipe as (read fd, write fd, capacity), opened if need be.
+
+        For the native stream (``_native.stream_rest``), which splices
+        through it itself; after a failure that may leave bytes in it, the
+        caller must :meth:`close` it.
+        """
+        if self._write_fd < 0:
+            self._open()
+        return self._read_fd, self._write_fd, self.capacity
 
     def _open(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -164,6 +203,9 @@ class Splicer:
         assert _SPLICE is not None
         if self._write_fd < 0:
             self._open()
+        if self._native:
+            self._move_natively(source, sink, size, more=more, on_wait=on_wait)
+            return
         moved = 0
         while moved < size:
             want = min(size - moved, self.capacity)
@@ -183,6 +225,39 @@ class Splicer:
             except SinkError as exc:
                 exc.consumed = moved
                 raise
+
+    def _move_natively(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        size: int,
+        *,
+        more: bool,
+        on_wait: Callable[[bool], None] | None,
+    ) -> None:
+        """:meth:`move`'s loop in Rust: the same waits, raising the same errors."""
+        outcome, moved, errno = _native_move(
+            source.fileno(),
+            sink.fileno(),
+            self._read_fd,
+            self._write_fd,
+            self.capacity,
+            size,
+            more,
+            source.gettimeout(),
+            sink.gettimeout(),
+            on_wait,
+        )
+        if outcome == _MOVED:
+            return
+        if outcome == _SOURCE_TIMED_OUT:
+            raise TimeoutError("timed out")
+        if outcome == _SOURCE_CLOSED:
+            raise PeerClosedError("connection closed mid-PDU")
+        self.close()
+        if outcome == _SINK_TIMED_OUT:
+            raise SinkError("timed out", timeout=True, consumed=moved)
+        raise SinkError(str(OSError(errno, os.strerror(errno))), consumed=moved)
 
     def _drain(
         self, sink: socket.socket, size: int, *, more: bool, on_wait: Callable[[bool], None] | None

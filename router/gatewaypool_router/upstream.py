@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -112,6 +113,9 @@ class Upstream:
         #: then would be read as the PDU's missing bytes, and could complete
         #: a truncated instance; :meth:`abort` resets the connection instead.
         self.pdu_open = False
+        #: The response the native stream read (its command set), or what
+        #: stopped it: :meth:`read_response` starts from it.
+        self._read_early: bytes | BaseException | None = None
 
     @property
     def is_open(self) -> bool:
@@ -174,6 +178,40 @@ class Upstream:
     def fileno(self) -> int:
         """The socket's descriptor, for ``poll`` (-1 once closed)."""
         return self._sock.fileno() if self._sock is not None else -1
+
+    def stream_target(self) -> tuple[int, float | None]:
+        """The socket's descriptor and timeout, for the native stream to write to.
+
+        Only between instances' reads: nothing of the gateway's may be
+        buffered, and the socket is a plain TCP one (splicing never runs
+        over TLS).
+        """
+        if self._sock is None:
+            raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
+        return self._sock.fileno(), self._sock.gettimeout()
+
+    @property
+    def response_max_body(self) -> int:
+        """The longest response PDU body :meth:`read_response` accepts."""
+        return max(self._max_pdu, 1 << 16)
+
+    def read_natively(self, code: int, command: bytes | None, unread: bytes, errno_: int) -> None:
+        """Take what the native stream read of the response (``_native.stream_pdus``).
+
+        ``code``: 0 nothing read; 1 the command set, whole; 2 something else,
+        all of it in ``unread``, which goes back to the reader for
+        :meth:`read_response` to go on from; 3 the gateway's timeout passed;
+        4 the read failed (``errno_``). :meth:`read_response` then answers
+        as if it had read or failed itself, with the same errors.
+        """
+        if unread and self._reader is not None:
+            self._reader.push_back(unread)
+        if code == 1:
+            self._read_early = command
+        elif code == 3:
+            self._read_early = TimeoutError("timed out")
+        elif code == 4:
+            self._read_early = OSError(errno_, os.strerror(errno_))
 
     def has_pending(self) -> bool:
         """Bytes from the gateway already read from the socket, not yet looked at."""
@@ -321,28 +359,13 @@ class Upstream:
         """Wait for the C-STORE-RSP to ``message_id``: (raw command set, parsed)."""
         if self._reader is None:
             raise GatewayError(Status.GATEWAY_ABORTED, "association is closed")
-        command = bytearray()
+        early, self._read_early = self._read_early, None
         try:
-            while True:
-                pdu = pdus.read_pdu(self._reader, max_body=max(self._max_pdu, 1 << 16))
-                if not command and pdu.type == pdus.P_DATA_TF:
-                    whole = pdus.sole_command(pdu.body)
-                    if whole is not None:  # nearly always: the response in one PDV
-                        return self._response(whole, message_id)
-                if pdu.type == pdus.ABORT:
-                    self.close()
-                    raise GatewayError(Status.GATEWAY_ABORTED, "gateway aborted the association")
-                if pdu.type != pdus.P_DATA_TF:
-                    self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=pdus.REASON_UNEXPECTED_PDU)
-                    raise GatewayError(
-                        Status.GATEWAY_ABORTED, f"unexpected PDU 0x{pdu.type:02X} from gateway"
-                    )
-                for pdv in pdus.iter_pdvs(pdu.body):
-                    if not pdv.is_command:
-                        continue  # a C-STORE-RSP carries no data set; ignore stray data
-                    command += pdv.data
-                    if pdv.is_last:
-                        return self._response(bytes(command), message_id)
+            if isinstance(early, BaseException):
+                raise early
+            return self._response(
+                self._read_command(self._reader) if early is None else early, message_id
+            )
         except TimeoutError as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_TIMEOUT, "no response from gateway") from exc
@@ -352,6 +375,30 @@ class Upstream:
         except (pdus.PeerClosedError, CommandError, OSError) as exc:
             self.abort()
             raise GatewayError(Status.GATEWAY_ABORTED, f"response lost: {exc}") from exc
+
+    def _read_command(self, reader: pdus.SocketReader) -> bytes:
+        """Read the gateway's next command set, whole; GatewayError if it aborts or strays."""
+        command = bytearray()
+        while True:
+            pdu = pdus.read_pdu(reader, max_body=self.response_max_body)
+            if not command and pdu.type == pdus.P_DATA_TF:
+                whole = pdus.sole_command(pdu.body)
+                if whole is not None:  # nearly always: the response in one PDV
+                    return whole
+            if pdu.type == pdus.ABORT:
+                self.close()
+                raise GatewayError(Status.GATEWAY_ABORTED, "gateway aborted the association")
+            if pdu.type != pdus.P_DATA_TF:
+                self.abort(source=pdus.ABORT_SOURCE_PROVIDER, reason=pdus.REASON_UNEXPECTED_PDU)
+                raise GatewayError(
+                    Status.GATEWAY_ABORTED, f"unexpected PDU 0x{pdu.type:02X} from gateway"
+                )
+            for pdv in pdus.iter_pdvs(pdu.body):
+                if not pdv.is_command:
+                    continue  # a C-STORE-RSP carries no data set; ignore stray data
+                command += pdv.data
+                if pdv.is_last:
+                    return bytes(command)
 
     def _response(self, raw: bytes, message_id: int) -> tuple[bytes, Response]:
         """The whole response command set `raw`: parsed, if it answers `message_id`."""
@@ -425,6 +472,7 @@ class Upstream:
             return False
 
     def close(self) -> None:
+        self._read_early = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

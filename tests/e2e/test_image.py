@@ -46,6 +46,20 @@ def test_the_wheel_holds_the_product_and_nothing_else(venv: Path) -> None:
     assert not any(name.startswith(("gatewaypool_local/", "tests/", "support/")) for name in names)
 
 
+def test_the_image_runs_the_native_hot_path(venv: Path) -> None:
+    # The wheel carries router/native, built by setuptools-rust: the router in
+    # the image scans natively unless told otherwise (GATEWAYPOOL_HOT_PATH).
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from gatewaypool_router import scanner; "
+         "print(scanner.HOT_PATH)"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "native"
+
+
 def test_the_image_carries_no_numpy_and_no_test_tools(venv: Path) -> None:
     for module in ("numpy", "pytest", "gatewaypool_local"):
         probe = subprocess.run(

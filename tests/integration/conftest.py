@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -11,6 +12,7 @@ import pytest
 from gatewaypool_local.peers.gateway import GatewayPeer
 from gatewaypool_local.routerproc import RouterProcess
 from gatewaypool_router import splice
+from gatewaypool_router.scanner import HOT_PATH_VARIABLE, IMPLEMENTATIONS
 from support.outcome import did_fail
 
 #: Modules whose tests run once per ``--forwarding`` mode: every test that
@@ -32,13 +34,33 @@ DATA_PATH_MODULES = frozenset(
 )
 
 
+#: Modules whose tests run once per hot path too (``GATEWAYPOOL_HOT_PATH``:
+#: the native scanner, and the Python fallback): the data path's, and the
+#: stress test.
+HOT_PATH_MODULES = DATA_PATH_MODULES | {"test_router_stress"}
+
+#: (forwarding, hot path) of a data path module's runs: the native scanner
+#: (the default where built) on both paths, and the Python fallback on the
+#: default path. The fourth pair, copying with the Python scan, adds
+#: nothing either of its halves does not test elsewhere.
+DATA_PATH_RUNS = [("splice", "native"), ("copy", "native"), ("splice", "python")]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run the data path's tests with the fast path on (splice) and forced off (copy)."""
-    if (
-        "start_router" in metafunc.fixturenames
-        and metafunc.module.__name__.rsplit(".", 1)[-1] in DATA_PATH_MODULES
-    ):
-        metafunc.parametrize("forwarding", ["splice", "copy"], indirect=True)
+    """Run the data path's tests with the fast path on (splice) and forced off (copy),
+    and with the native scanner and the Python one."""
+    if "start_router" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in DATA_PATH_MODULES:
+        metafunc.parametrize(
+            ("forwarding", "hot_path"),
+            DATA_PATH_RUNS,
+            indirect=True,
+            ids=[f"{f}-{h}" for f, h in DATA_PATH_RUNS],
+        )
+    elif module in HOT_PATH_MODULES:
+        metafunc.parametrize("hot_path", ["native", "python"], indirect=True)
 
 
 @pytest.fixture
@@ -47,6 +69,15 @@ def forwarding(request: pytest.FixtureRequest) -> str | None:
     mode: str | None = getattr(request, "param", None)
     if mode == "splice" and not splice.available():
         pytest.skip("this system cannot splice between sockets")
+    return mode
+
+
+@pytest.fixture
+def hot_path(request: pytest.FixtureRequest) -> str | None:
+    """The ``GATEWAYPOOL_HOT_PATH`` of the routers a test starts (None: the default)."""
+    mode: str | None = getattr(request, "param", None)
+    if mode is not None and mode not in IMPLEMENTATIONS:
+        pytest.fail("gatewaypool_router._native is not built: run ./dev.sh to build it")
     return mode
 
 
@@ -68,7 +99,7 @@ def gateway_arg(gateway: GatewayPeer) -> str:
 
 @pytest.fixture
 def start_router(
-    tmp_path: Path, request: pytest.FixtureRequest, forwarding: str | None
+    tmp_path: Path, request: pytest.FixtureRequest, forwarding: str | None, hot_path: str | None
 ) -> Iterator[RouterFactory]:
     """Factory starting ``gatewaypool router`` processes; all stopped after the test."""
     routers: list[RouterProcess] = []
@@ -83,6 +114,7 @@ def start_router(
     ) -> RouterProcess:
         if forwarding is not None:
             extra_args = ["--forwarding", forwarding, *extra_args]
+        env = None if hot_path is None else {**os.environ, HOT_PATH_VARIABLE: hot_path}
         router = RouterProcess(
             tmp_path / f"router-{len(routers)}",
             gateways=[gateway_arg(g) for g in gateways],
@@ -90,9 +122,14 @@ def start_router(
             extra_args=extra_args,
             ae_title=ae_title,
             workers=workers,
+            env=env,
         )
         routers.append(router)
         router.start()
+        if hot_path is not None:
+            # Logged beside serving, not before: ready may come a moment first.
+            started = router.wait_events("router.started")
+            assert started[0]["hot_path"] == hot_path, started
         return router
 
     yield start

@@ -1395,6 +1395,11 @@ def dockerfile_stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def stage_named(name: str) -> list[tuple[str, str]]:
+    [stage] = [s for s in dockerfile_stages() if s[0][1].endswith(f" AS {name}")]
+    return stage
+
+
 def test_dockerfile_is_multi_stage_on_a_pinned_base() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2
@@ -1406,19 +1411,30 @@ def test_dockerfile_is_multi_stage_on_a_pinned_base() -> None:
         if image in stage_names:
             continue
         assert "latest" not in image
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", image), image
+        # Python for the builder and the image; Rust's toolchain only to build
+        # the router's native hot path (router/native) in the builder.
+        assert re.fullmatch(
+            r"(python:3\.11\.\d+|rust:1\.\d+\.\d+)-slim-bookworm(@sha256:[0-9a-f]{64})?", image
+        ), image
+    assert stages[-1][0][1].startswith("python:"), "the image is Python's, not Rust's"
 
 
 def test_dockerfile_builder_makes_wheels_of_the_product_only() -> None:
-    builder = dockerfile_stages()[0]
+    builder = stage_named("builder")
     runs = [arguments for keyword, arguments in builder if keyword == "RUN"]
     assert any(re.search(r"pip wheel \.? ?(-w|--wheel-dir) /wheels", run) for run in runs), runs
     copied = {
         source
         for keyword, arguments in builder
-        if keyword == "COPY"
+        if keyword == "COPY" and not arguments.startswith("--from=")
         for source in arguments.split()[:-1]
     }
+    # The Rust toolchain comes from the rust stage, whole: cargo and rustc.
+    toolchain = {a for k, a in builder if k == "COPY" and a.startswith("--from=")}
+    assert toolchain <= {
+        "--from=rust /usr/local/rustup /usr/local/rustup",
+        "--from=rust /usr/local/cargo /usr/local/cargo",
+    }, toolchain
     # The same sources tests/e2e/test_image.py builds and runs; local/ (numpy, the demo) stays out.
     assert copied == {"pyproject.toml", "README.md", "common", "router", "operator"}
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gatewaypool_router.scanner import DatasetScanner
-from support import fuzzrun, pdufuzz
+from support import fuzzrun, pdufuzz, scanners
 
 
 def test_a_case_is_a_function_of_seed_and_index() -> None:
@@ -31,13 +30,14 @@ def test_every_builder_is_used_and_cases_print_how_to_reproduce_them() -> None:
     assert all(case.describe().isprintable() for case in cases)
 
 
+@pytest.mark.usefixtures("implementation")  # by the Python scanner and the native one
 def test_no_prefix_of_a_fuzz_data_set_from_its_safe_cut_on_passes_for_whole() -> None:
     data_set = pdufuzz.make_data_set(random.Random(1), "1.2.3.4", "1.2.3")
-    whole = DatasetScanner(pdufuzz.TRANSFER_SYNTAX)
+    whole = scanners.make(pdufuzz.TRANSFER_SYNTAX)
     whole.feed(data_set.raw)
     assert whole.finish()
     for end in range(data_set.safe_cut, len(data_set.raw)):
-        scanner = DatasetScanner(pdufuzz.TRANSFER_SYNTAX)
+        scanner = scanners.make(pdufuzz.TRANSFER_SYNTAX)
         scanner.feed(data_set.raw[:end])
         assert not scanner.finish(), end
 

@@ -59,10 +59,11 @@ from gatewaypool_router.scanner import (
     MAX_NESTING_DEPTH,
     MAX_STUDY_UID_BYTES,
     SUPPORTED_TRANSFER_SYNTAXES,
-    DatasetScanner,
+    Scanner,
     ScanState,
     is_valid_uid,
 )
+from support import scanners
 
 JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
 DEFLATED = frozenset(
@@ -92,6 +93,9 @@ file_settings = settings(
 property_settings = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+# Every test runs against the Python scanner and the native one.
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 # -- helpers ------------------------------------------------------------------
@@ -129,9 +133,9 @@ def fragmentations(draw: st.DrawFn, data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-def scan(transfer_syntax: str, fragments: list[bytes]) -> DatasetScanner:
+def scan(transfer_syntax: str, fragments: list[bytes]) -> Scanner:
     """Feed `fragments`, checking the invariants that hold after every feed."""
-    scanner = DatasetScanner(transfer_syntax)
+    scanner = scanners.make(transfer_syntax)
     decided_as: tuple[ScanState, str | None] | None = None
     for fragment in fragments:
         scanner.feed(fragment)
@@ -146,11 +150,11 @@ def scan(transfer_syntax: str, fragments: list[bytes]) -> DatasetScanner:
     return scanner
 
 
-def scan_whole(transfer_syntax: str, data: bytes) -> DatasetScanner:
+def scan_whole(transfer_syntax: str, data: bytes) -> Scanner:
     return scan(transfer_syntax, [data])
 
 
-def assert_no_patient_data(scanner: DatasetScanner) -> None:
+def assert_no_patient_data(scanner: Scanner) -> None:
     assert PATIENT_NAME.split("^", maxsplit=1)[0] not in scanner.detail
     assert PATIENT_ID not in scanner.detail
 
@@ -241,7 +245,7 @@ def load_samples() -> tuple[list[Sample], dict[str, str]]:
             skipped[name] = "no transfer syntax"
             continue
         try:
-            DatasetScanner(transfer_syntax)
+            scanners.make(transfer_syntax)
         except ValueError:
             skipped[name] = f"unsupported transfer syntax {transfer_syntax}"
             continue
@@ -473,7 +477,7 @@ def test_uid_found_in_each_family(transfer_syntax: str) -> None:
 @pytest.mark.parametrize("transfer_syntax", FAMILIES.values(), ids=FAMILIES.keys())
 def test_uid_found_before_the_pixel_data_arrives(transfer_syntax: str) -> None:
     data = encode(make_dataset(transfer_syntax, pixel_bytes=8192), transfer_syntax)
-    scanner = DatasetScanner(transfer_syntax)
+    scanner = scanners.make(transfer_syntax)
     for i in range(len(data)):
         scanner.feed(data[i : i + 1])
         if scanner.decided:
@@ -485,7 +489,7 @@ def test_uid_found_before_the_pixel_data_arrives(transfer_syntax: str) -> None:
 @pytest.mark.parametrize("transfer_syntax", FAMILIES.values(), ids=FAMILIES.keys())
 def test_missing_uid_is_reported_at_the_next_tag(transfer_syntax: str) -> None:
     data = encode(make_dataset(transfer_syntax, study_uid=None, pixel_bytes=8192), transfer_syntax)
-    scanner = DatasetScanner(transfer_syntax)
+    scanner = scanners.make(transfer_syntax)
     for i in range(len(data)):
         scanner.feed(data[i : i + 1])
         if scanner.decided:
@@ -685,14 +689,14 @@ TAIL = el(0x0020000E, b"UI", b"1.2.3\0") + el(0x7FE00010, b"OB", bytes(16))
 
 
 def test_uid_is_found_with_its_last_byte_and_missing_with_the_next_header() -> None:
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     for byte in iter_chunks(HEAD + STUDY[:-1], 1):
         scanner.feed(byte)
         assert scanner.state is ScanState.NEED_MORE
     scanner.feed(STUDY[-1:])
     assert scanner.state is ScanState.FOUND
 
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     for byte in iter_chunks(HEAD + TAIL[:7], 1):
         scanner.feed(byte)
         assert scanner.state is ScanState.NEED_MORE
@@ -752,7 +756,7 @@ def test_malformed_bytes_are_malformed_not_an_exception(data: bytes, reason: str
 
 
 def test_malformation_after_the_uid_still_refuses_the_instance() -> None:
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     scanner.feed(HEAD + STUDY)
     assert scanner.state is ScanState.FOUND
     scanner.feed(b"\x10\x00\x10\x00??\x00\x00")
@@ -1002,7 +1006,7 @@ def test_supported_transfer_syntaxes() -> None:
     assert len(set(SUPPORTED_TRANSFER_SYNTAXES)) == len(SUPPORTED_TRANSFER_SYNTAXES)
     assert set(pydicom.uid.AllTransferSyntaxes) <= set(SUPPORTED_TRANSFER_SYNTAXES)
     for ts in SUPPORTED_TRANSFER_SYNTAXES:
-        DatasetScanner(ts)  # does not raise
+        scanners.make(ts)  # does not raise
 
 
 @pytest.mark.parametrize(
@@ -1011,7 +1015,7 @@ def test_supported_transfer_syntaxes() -> None:
 )
 def test_unreadable_transfer_syntax_is_refused_up_front(transfer_syntax: str) -> None:
     with pytest.raises(ValueError):
-        DatasetScanner(transfer_syntax)
+        scanners.make(transfer_syntax)
 
 
 def test_retired_encapsulated_transfer_syntax_is_read_as_explicit_little_endian() -> None:
@@ -1029,7 +1033,7 @@ def test_feed_after_finish_is_a_caller_bug() -> None:
 
 
 def test_empty_data_set_is_complete_but_missing() -> None:
-    scanner = DatasetScanner(ImplicitVRLittleEndian)
+    scanner = scanners.make(ImplicitVRLittleEndian)
     scanner.feed(b"")
     assert scanner.finish() is True
     assert scanner.state is ScanState.MISSING
@@ -1037,7 +1041,7 @@ def test_empty_data_set_is_complete_but_missing() -> None:
 
 def test_any_buffer_type_is_accepted_and_not_kept() -> None:
     data = HEAD + STUDY + TAIL
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     buffer = bytearray(data[:10])
     scanner.feed(buffer)
     buffer.extend(b"x")  # would raise BufferError if the scanner kept a view
@@ -1159,7 +1163,7 @@ def big_instance_head() -> bytes:
 
 def test_64_mib_of_pixel_data_is_counted_not_kept() -> None:
     fragment = bytes(64 << 10)
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     scanner.feed(big_instance_head())
     assert scanner.state is ScanState.FOUND
     tracemalloc.start()
@@ -1180,13 +1184,13 @@ def test_64_mib_of_pixel_data_is_counted_not_kept() -> None:
 # -- skipping unseen bytes (the splicing path) ---------------------------------
 
 
-def scan_skipping(transfer_syntax: str, fragments: list[bytes]) -> DatasetScanner:
+def scan_skipping(transfer_syntax: str, fragments: list[bytes]) -> Scanner:
     """Like :func:`scan`, but let every skippable byte go by unseen.
 
     The router splices those bytes straight to the gateway: the scan only
     learns how many there were (:meth:`DatasetScanner.skip`).
     """
-    scanner = DatasetScanner(transfer_syntax)
+    scanner = scanners.make(transfer_syntax)
     for fragment in fragments:
         unseen = min(scanner.skippable, len(fragment))
         scanner.skip(unseen)
@@ -1196,7 +1200,7 @@ def scan_skipping(transfer_syntax: str, fragments: list[bytes]) -> DatasetScanne
     return scanner
 
 
-def verdict(scanner: DatasetScanner) -> tuple[bool, ScanState, str | None, str]:
+def verdict(scanner: Scanner) -> tuple[bool, ScanState, str | None, str]:
     complete = scanner.finish()
     return complete, scanner.state, scanner.study_uid, scanner.detail
 
@@ -1218,7 +1222,7 @@ def test_skipping_what_is_skippable_reaches_the_same_verdict(
 
 
 def test_deflated_data_is_never_skippable() -> None:
-    scanner = DatasetScanner(DeflatedExplicitVRLittleEndian)
+    scanner = scanners.make(DeflatedExplicitVRLittleEndian)
     assert scanner.deflated
     assert scanner.skippable == 0
     with pytest.raises(ValueError, match="skippable"):
@@ -1226,7 +1230,7 @@ def test_deflated_data_is_never_skippable() -> None:
 
 
 def test_skip_refuses_more_than_skippable_and_nothing_after_finish() -> None:
-    scanner = DatasetScanner(ExplicitVRLittleEndian)
+    scanner = scanners.make(ExplicitVRLittleEndian)
     # (0008,0016) UI of length 1024: the scan skips its value unread.
     scanner.feed(struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 1024))
     assert scanner.skippable == 1024

@@ -49,13 +49,16 @@ from pydicom.valuerep import VR
 
 from gatewaypool_router.scanner import (
     MAX_STUDY_UID_BYTES,
-    DatasetScanner,
     ScanState,
     is_valid_uid,
 )
+from support import scanners
 from support.datasets import DEFLATED_SYNTAXES, EXPLICIT_LE, Case, Family, cases, mutations
 
 LONG_RUN = os.environ.get("GATEWAYPOOL_FUZZ") == "long"
+
+# Every test runs against the Python scanner and the native one.
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -258,7 +261,7 @@ def scan(transfer_syntax: str, fragments: list[bytes], *, splice: bool = False) 
     With `splice`, bytes the scan would skip go by unseen, as on the router's
     splicing path (:meth:`DatasetScanner.skip`).
     """
-    scanner = DatasetScanner(transfer_syntax)
+    scanner = scanners.make(transfer_syntax)
     decided: tuple[ScanState, str | None] | None = None
     for fragment in fragments:
         unseen = min(scanner.skippable, len(fragment)) if splice else 0

@@ -21,8 +21,20 @@ from hypothesis import strategies as st
 
 from gatewaypool_router import pdus, splice
 from gatewaypool_router.pdus import MCH_COMMAND, MCH_LAST, PeerClosedError, SocketReader
+from gatewaypool_router.scanner import IMPLEMENTATIONS
 
 needs_splice = pytest.mark.skipif(not splice.available(), reason="no splice on this system")
+
+
+@pytest.fixture(params=["python", "native"])
+def splicer(request: pytest.FixtureRequest) -> Iterator[splice.Splicer]:
+    """A splicer whose loop runs in Python, or in Rust (router/native)."""
+    native = request.param == "native"
+    if native and "native" not in IMPLEMENTATIONS:
+        pytest.fail("gatewaypool_router._native is not built: run ./dev.sh to build it")
+    made = splice.Splicer(native=native)
+    yield made
+    made.close()
 
 
 @pytest.fixture
@@ -138,7 +150,7 @@ def test_reader_reports_a_close(pair: tuple[socket.socket, socket.socket]) -> No
 
 
 @needs_splice
-def test_splicer_moves_bytes_whole_and_in_order() -> None:
+def test_splicer_moves_bytes_whole_and_in_order(splicer: splice.Splicer) -> None:
     source_w, source_r = socket.socketpair()
     sink_w, sink_r = socket.socketpair()
     payload = bytes(i % 253 for i in range(3 * splice.PIPE_SIZE + 17))
@@ -148,7 +160,6 @@ def test_splicer_moves_bytes_whole_and_in_order() -> None:
         while len(received) < len(payload):
             received.extend(sink_r.recv(1 << 16))
 
-    splicer = splice.Splicer()
     with source_w, source_r, sink_w, sink_r:
         source_r.settimeout(10)
         sink_w.settimeout(10)
@@ -161,15 +172,13 @@ def test_splicer_moves_bytes_whole_and_in_order() -> None:
         splicer.move(source_r, sink_w, len(payload), more=False)
         for thread in threads:
             thread.join()
-    splicer.close()
     assert bytes(received) == payload
 
 
 @needs_splice
-def test_a_silent_sender_is_a_timeout_and_a_closed_one_a_close() -> None:
+def test_a_silent_sender_is_a_timeout_and_a_closed_one_a_close(splicer: splice.Splicer) -> None:
     source_w, source_r = socket.socketpair()
     sink_w, sink_r = socket.socketpair()
-    splicer = splice.Splicer()
     with source_w, source_r, sink_w, sink_r:
         source_r.settimeout(0.2)
         waits: list[bool] = []
@@ -181,14 +190,14 @@ def test_a_silent_sender_is_a_timeout_and_a_closed_one_a_close() -> None:
         with pytest.raises(PeerClosedError):
             splicer.move(source_r, sink_w, 10, more=False)
         assert sink_r.recv(10) == b"12345"
-    splicer.close()
 
 
 @needs_splice
-def test_a_gateway_that_stops_reading_is_a_sink_timeout_with_what_was_taken() -> None:
+def test_a_gateway_that_stops_reading_is_a_sink_timeout_with_what_was_taken(
+    splicer: splice.Splicer,
+) -> None:
     source_w, source_r = socket.socketpair()
     sink_w, sink_r = socket.socketpair()
-    splicer = splice.Splicer()
     size = 16 << 20  # far more than the socket buffers of the silent sink hold
     with source_w, source_r, sink_w, sink_r:
         source_r.settimeout(10)
@@ -201,7 +210,6 @@ def test_a_gateway_that_stops_reading_is_a_sink_timeout_with_what_was_taken() ->
         assert 0 < caught.value.consumed < size
         source_r.close()
         feeder.join()
-    splicer.close()
 
 
 def _send_quietly(sock: socket.socket, size: int) -> None:
@@ -210,10 +218,9 @@ def _send_quietly(sock: socket.socket, size: int) -> None:
 
 
 @needs_splice
-def test_a_closed_gateway_is_a_sink_error_and_the_pipe_is_renewed() -> None:
+def test_a_closed_gateway_is_a_sink_error_and_the_pipe_is_renewed(splicer: splice.Splicer) -> None:
     source_w, source_r = socket.socketpair()
     sink_w, sink_r = socket.socketpair()
-    splicer = splice.Splicer()
     with source_w, source_r, sink_w:
         source_r.settimeout(5)
         sink_w.settimeout(5)
@@ -229,4 +236,3 @@ def test_a_closed_gateway_is_a_sink_error_and_the_pipe_is_renewed() -> None:
             source_w.sendall(b"fresh")
             splicer.move(source_r, other_w, 5, more=False)
             assert other_r.recv(5) == b"fresh"
-    splicer.close()
