@@ -22,7 +22,7 @@
 //! Python scanner, detail strings and offsets included), which makes a port
 //! checkable. This module is therefore I/O-free and holds the GIL (a call
 //! costs a microsecond or two; releasing and taking the GIL would cost as
-//! much). The next step (NOTES-native.md) is a native `stream` of the routed
+//! much). The next step (NOTES.md beside this crate) was a native `stream` of the routed
 //! rest of an instance that owns its sockets and pipe, returning to Python
 //! once per instance.
 //!
