@@ -379,24 +379,14 @@ class Forwarder:
         assert upstream is not None and splicer is not None
         progress = self._progress
         reader = self._reader
-        gateway_fd, gateway_timeout = upstream.stream_target()
-        pipe_read, pipe_write, capacity = splicer.pipe()
+        link = self._native_link(upstream, splicer)
         prefix = reader.take_buffered(reader.buffered) if reader.buffered else b""
         self._base = (instance.size, progress.forwarded_bytes)
         context_id = instance.context.context_id
         upstream.pdu_open = True  # until told otherwise: an abort then resets
         streamed = _native_stream_pdus(
             scanner,
-            (
-                self._sock.fileno(),
-                gateway_fd,
-                pipe_read,
-                pipe_write,
-                capacity,
-                upstream.peer_max_pdu,
-                self._sock.gettimeout(),
-                gateway_timeout,
-            ),
+            link,
             context_id,
             self._max_pdu,
             prefix,
@@ -407,13 +397,7 @@ class Forwarder:
         if streamed.unread:
             reader.push_back(streamed.unread)
         taken, forwarded = streamed.taken, streamed.forwarded
-        instance.size += taken
-        progress.received_bytes = instance.size
-        progress.forwarded_bytes += forwarded
-        if taken:
-            progress.read("P-DATA-TF", taken)
-        if forwarded:
-            progress.wrote("data set fragment to gateway", forwarded)
+        self._count_native(instance, taken, forwarded)
         code = streamed.code
         upstream.pdu_open = streamed.gateway_pdu_open
         if code == _STREAMED:
@@ -576,6 +560,35 @@ class Forwarder:
             self._association.data_set_sent(instance)
         return 0
 
+    def _count_native(self, instance: Instance, taken: int, forwarded: int) -> None:
+        """Bring progress up to date with what a native call read and forwarded."""
+        progress = self._progress
+        instance.size += taken
+        progress.received_bytes = instance.size
+        progress.forwarded_bytes += forwarded
+        if taken:
+            progress.read("P-DATA-TF", taken)
+        if forwarded:
+            progress.wrote("data set fragment to gateway", forwarded)
+
+    def _native_link(
+        self, upstream: Upstream, splicer: Splicer
+    ) -> tuple[int, int, int, int, int, int, float | None, float | None]:
+        """What a native call moves bytes between: the sender's socket, the gateway's,
+        the splice pipe, the gateway's max PDU and both sockets' timeouts."""
+        gateway_fd, gateway_timeout = upstream.stream_target()
+        pipe_read, pipe_write, capacity = splicer.pipe()
+        return (
+            self._sock.fileno(),
+            gateway_fd,
+            pipe_read,
+            pipe_write,
+            capacity,
+            upstream.peer_max_pdu,
+            self._sock.gettimeout(),
+            gateway_timeout,
+        )
+
     def _stream_rest_natively(
         self, instance: Instance, scanner: _NativeScan, context_id: int, control: int, size: int
     ) -> int:
@@ -589,37 +602,21 @@ class Forwarder:
         splicer = self._splicer
         assert upstream is not None and splicer is not None
         progress = self._progress
-        gateway_fd, gateway_timeout = upstream.stream_target()
-        pipe_read, pipe_write, capacity = splicer.pipe()
+        link = self._native_link(upstream, splicer)
         reader = self._reader
         prefix = reader.take_buffered(size) if reader.buffered else b""
         self._base = (instance.size, progress.forwarded_bytes)
         upstream.pdu_open = True
         code, taken, forwarded, errno = _native_stream_rest(
             scanner,
-            (
-                self._sock.fileno(),
-                gateway_fd,
-                pipe_read,
-                pipe_write,
-                capacity,
-                upstream.peer_max_pdu,
-                self._sock.gettimeout(),
-                gateway_timeout,
-            ),
+            link,
             context_id,
             control,
             size,
             prefix,
             self._native_wait,
         )
-        instance.size += taken
-        progress.received_bytes = instance.size
-        progress.forwarded_bytes += forwarded
-        if taken:
-            progress.read("P-DATA-TF", taken)
-        if forwarded:
-            progress.wrote("data set fragment to gateway", forwarded)
+        self._count_native(instance, taken, forwarded)
         if code in (_STREAMED, _MALFORMED):
             if code == _MALFORMED:
                 # The PDU is still open (its final byte unsent): the
