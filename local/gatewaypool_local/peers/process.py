@@ -11,8 +11,10 @@ lines when something goes wrong.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,16 +39,39 @@ class PeerError(RuntimeError):
     """A process could not be started, or exited when it should not."""
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that was free a moment ago (the OS picked it).
+#: Where listening ports are picked: below the kernel's ephemeral range (see
+#: :func:`free_port`) and Kubernetes' NodePort range (30000-32767, which the
+#: test cluster's service proxy listens in), above the ports services own.
+_LISTEN_PORTS = (10000, 29999)
 
-    The socket is closed before returning, so another process could take the
-    port first; on a test machine that is rare enough.
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port that was free a moment ago, outside the ephemeral range.
+
+    The kernel gives outgoing connections their local port from
+    ``ip_local_port_range`` (32768-60999 by default); a port picked there
+    for a peer to listen on could be taken by one of them (a router's
+    connection to a gateway) before the peer starts. So the port is picked
+    at random below that range, and checked free by binding it. The socket
+    is closed before returning: another listener could still take it first,
+    which among a few random picks in twenty thousand is rare.
     """
+    low, high = _LISTEN_PORTS
+    with contextlib.suppress(OSError, ValueError):
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, first_ephemeral - 1)
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sock.bind((host, 0))  # every pick taken: let the kernel choose
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def wait_until(
